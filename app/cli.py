@@ -1,0 +1,50 @@
+"""The `docket` command. Each subcommand lives beside the code it drives and is
+imported lazily, so `docket broker status` does not pay for importing Faust."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from app.settings import SETTINGS, ConfigError
+
+# name -> "module:attribute" of a click command or group
+_COMMANDS = {
+    "broker": "app.broker:broker",
+    "topics": "app.topics:topics",
+    "instance": "agents.instance:instance",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _COMMANDS:
+            module, attr = _COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup)
+def cli() -> None:
+    """docket: redundant event processing on Kafka and Faust."""
+
+
+@cli.command("config")
+def config_cmd() -> None:
+    """Print every DOCKET_* setting with its default and meaning (Markdown table)."""
+    click.echo("| variable | default | meaning |\n|---|---|---|")
+    for s in SETTINGS:
+        click.echo(f"| `{s.env}` | `{s.default}` | {s.doc} |")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="docket", standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"docket: configuration error: {exc}", err=True)
+        sys.exit(2)

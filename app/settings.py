@@ -1,0 +1,152 @@
+"""docket's configuration: one place, environment variables with a ``DOCKET_`` prefix.
+
+Every component reads its settings through :func:`load`. The README's configuration
+table is generated from :data:`SETTINGS` (``docket config``), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A DOCKET_* variable has a value docket cannot use; the message says which and why."""
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component connects to"),
+    Setting("DOCKET_TOPIC_PREFIX", "docket", "prefix of every topic and consumer group docket creates"),
+    Setting("DOCKET_PARTITIONS", "8", "partition count of the input, output, results and divergences topics"),
+    Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics)"),
+    Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
+    Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
+    Setting("DOCKET_BATCH_SIZE", "256", "most events the Usher hands to the Arbiter at once"),
+    Setting("DOCKET_BATCH_WINDOW_MS", "5", "longest the Usher waits to fill a batch"),
+    Setting("DOCKET_CACHE_CAPACITY", "100000", "entities the Registrar keeps in memory per worker"),
+    Setting("DOCKET_DATA_ROOT", "var", "directory under which each worker keeps its RocksDB data"),
+    Setting("DOCKET_BROKER_PORT", "9092", "port of the local broker started by `docket broker start`"),
+    Setting("DOCKET_BROKER_DIR", "var/broker", "storage, config and log of the local broker"),
+    Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
+    Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
+)
+
+_DEFAULTS = {s.env: s.default for s in SETTINGS}
+
+
+def _raw(env: str) -> str:
+    value = os.environ.get(env)
+    return _DEFAULTS[env] if value is None or value.strip() == "" else value.strip()
+
+
+def _int(env: str, minimum: int) -> int:
+    raw = _raw(env)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{env}={value} must be at least {minimum}")
+    return value
+
+
+def _instances(env: str) -> tuple[str, ...]:
+    ids = tuple(part.strip() for part in _raw(env).split(",") if part.strip())
+    if not ids:
+        raise ConfigError(f"{env} names no instance; set it to e.g. 'a,b'")
+    for ident in ids:
+        if not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{env}: instance id {ident!r} may only use letters, digits, '-' and '_'")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{env}={_raw(env)!r} names an instance twice")
+    return ids
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    topic_prefix: str
+    partitions: int
+    instances: tuple[str, ...]
+    required_copies: int
+    idempotency_ttl_ms: int
+    batch_size: int
+    batch_window_ms: int
+    cache_capacity: int
+    data_root: Path
+    broker_port: int
+    broker_dir: Path
+    broker_cache: Path
+    log_level: str
+
+    # Topic names: the one place that spells them.
+    @property
+    def input_topic(self) -> str:
+        return f"{self.topic_prefix}.input"
+
+    def output_topic(self, instance: str) -> str:
+        return f"{self.topic_prefix}.output.{instance}"
+
+    @property
+    def results_topic(self) -> str:
+        return f"{self.topic_prefix}.results"
+
+    @property
+    def divergences_topic(self) -> str:
+        return f"{self.topic_prefix}.divergences"
+
+    def all_topics(self) -> list[str]:
+        return [
+            self.input_topic,
+            *(self.output_topic(i) for i in self.instances),
+            self.results_topic,
+            self.divergences_topic,
+        ]
+
+    def app_id(self, role: str) -> str:
+        """Faust app id, which is also the consumer group: ``<prefix>-<role>``."""
+        return f"{self.topic_prefix}-{role}"
+
+
+def load() -> Settings:
+    prefix = _raw("DOCKET_TOPIC_PREFIX")
+    if not all(c.isalnum() or c in "._-" for c in prefix):
+        raise ConfigError(f"DOCKET_TOPIC_PREFIX={prefix!r} may only use letters, digits, '.', '_' and '-'")
+    level = _raw("DOCKET_LOG_LEVEL").lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, warning, error")
+    instances = _instances("DOCKET_INSTANCES")
+    required = _int("DOCKET_REQUIRED_COPIES", 1)
+    if required > len(instances):
+        raise ConfigError(
+            f"DOCKET_REQUIRED_COPIES={required} exceeds the {len(instances)} instances in DOCKET_INSTANCES"
+        )
+    return Settings(
+        kafka_bootstrap=_raw("DOCKET_KAFKA_BOOTSTRAP"),
+        topic_prefix=prefix,
+        partitions=_int("DOCKET_PARTITIONS", 1),
+        instances=instances,
+        required_copies=required,
+        idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),
+        batch_size=_int("DOCKET_BATCH_SIZE", 1),
+        batch_window_ms=_int("DOCKET_BATCH_WINDOW_MS", 0),
+        cache_capacity=_int("DOCKET_CACHE_CAPACITY", 1),
+        data_root=Path(_raw("DOCKET_DATA_ROOT")).expanduser().resolve(),
+        broker_port=_int("DOCKET_BROKER_PORT", 1),
+        broker_dir=Path(_raw("DOCKET_BROKER_DIR")).expanduser().resolve(),
+        broker_cache=Path(_raw("DOCKET_BROKER_CACHE")).expanduser().resolve(),
+        log_level=level,
+    )
+
