@@ -30,6 +30,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component connects to"),
     Setting("DOCKET_TOPIC_PREFIX", "docket", "prefix of every topic and consumer group docket creates"),
     Setting("DOCKET_PARTITIONS", "8", "partition count of the input, output, results and divergences topics"),
+    Setting("DOCKET_DOMAIN", "inventory", "domain the instances evaluate: a registered name or module:attribute"),
     Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics)"),
     Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
@@ -78,6 +79,7 @@ def _instances(env: str) -> tuple[str, ...]:
 class Settings:
     kafka_bootstrap: str
     topic_prefix: str
+    domain: str
     partitions: int
     instances: tuple[str, ...]
     required_copies: int
@@ -136,6 +138,7 @@ def load() -> Settings:
     return Settings(
         kafka_bootstrap=_raw("DOCKET_KAFKA_BOOTSTRAP"),
         topic_prefix=prefix,
+        domain=_raw("DOCKET_DOMAIN"),
         partitions=_int("DOCKET_PARTITIONS", 1),
         instances=instances,
         required_copies=required,

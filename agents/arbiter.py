@@ -1,0 +1,87 @@
+"""Arbiter: evaluates admitted events with the domain's pure evaluator and writes
+their effects. Spec: specs/arbiter.allium.
+
+Write order per event is the recovery argument (specs/recovery.allium): first the
+Warden entry holding the full output body, then the changed entities stamped with
+the event's offset. Whatever prefix of those writes survives a crash, a replay can
+finish the event and re-emit the identical output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from app import records
+from app.records import Event
+from app.registry import Domain
+from tables.ledger import EntityRecord
+from tables.registrar import Registrar
+from tables.warden import Warden, WardenEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    body: bytes
+    entities: list  # [{"key", "state", "version"}], sorted by key
+
+
+class Arbiter:
+    def __init__(self, domain: Domain, registrar: Registrar, warden: Warden) -> None:
+        self.domain = domain
+        self.registrar = registrar
+        self.warden = warden
+
+    def evaluate(self, event: Event) -> Evaluation:
+        """Evaluate against the current entity states; changes nothing."""
+        domain = self.domain
+        partition = event.record.partition
+        current = {key: self.registrar.get(partition, key)
+                   for key in domain.entity_keys(event.event_name, event.payload)}
+        states = {key: (rec.state if rec is not None else domain.initial_state(key))
+                  for key, rec in current.items()}
+        try:
+            result = domain.evaluate(event.event_name, event.payload, states)
+            entities = []
+            if result.status == "applied":
+                undeclared = sorted(set(result.changes) - set(current))
+                if undeclared:
+                    raise ValueError(f"changed undeclared entities {undeclared}")
+                for key in sorted(result.changes):
+                    rec = current[key]
+                    entities.append({"key": key, "state": result.changes[key],
+                                     "version": (0 if rec is None else rec.version) + 1})
+                outcome = records.outcome("applied", entities=entities)
+            elif result.status == "rejected":
+                outcome = records.outcome("rejected", result.reason, result.detail)
+            else:
+                raise ValueError(f"unknown outcome status {result.status!r}")
+        except Exception as exc:  # a domain bug must not stop the partition
+            entities = []
+            outcome = records.outcome("rejected", "evaluation_error", f"{type(exc).__name__}: {exc}")
+        body = records.body(
+            event.record, idempotency_key=event.idempotency_key, event_name=event.event_name,
+            domain_version=domain.version, outcome=outcome, duplicate_of=None)
+        return Evaluation(body, entities)
+
+    def apply(self, event: Event, evaluation: Evaluation, fingerprint: str,
+              superseded: WardenEntry | None, committed: int) -> None:
+        record = event.record
+        self.warden.record(
+            event.idempotency_key,
+            WardenEntry(record.partition, record.offset, record.timestamp, fingerprint, evaluation.body),
+            superseded, committed)
+        for ent in evaluation.entities:
+            self.registrar.put(record.partition, ent["key"],
+                               EntityRecord(ent["state"], ent["version"], record.offset))
+
+    def redo(self, entry: WardenEntry) -> None:
+        """Finish an event whose Warden entry survived a crash: write every entity
+        change it made that the Ledger does not hold yet."""
+        outcome = orjson.loads(entry.body)["outcome"]
+        for ent in outcome["entities"]:
+            rec = self.registrar.get(entry.partition, ent["key"])
+            if rec is None or rec.stamp < entry.offset:
+                self.registrar.put(entry.partition, ent["key"],
+                                   EntityRecord(ent["state"], ent["version"], entry.offset))

@@ -1,0 +1,139 @@
+"""One redundant instance: a Faust worker running the Usher and Arbiter over the
+input topic, with the Ledger table (entities + Warden entries) in RocksDB.
+
+``docket instance --id a`` runs a worker of app ``<prefix>-a`` (also its consumer
+group), reading ``<prefix>.input`` and writing ``<prefix>.output.a``. More workers
+of the same instance may run with other ``--data-dir`` values; Faust spreads the
+partitions over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+import faust
+from faust.types import TP
+
+import app.domains  # noqa: F401  registers the built-in domains
+from agents.usher import Usher
+from app.records import InputRecord
+from app.registry import registry
+from app.settings import Settings, load
+from tables.faust_store import FaustStore
+from tables.ledger import Ledger
+from tables.registrar import Registrar
+from tables.warden import Warden
+
+log = logging.getLogger("docket.instance")
+
+
+def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
+    """Faust configuration shared by every docket app (instances and the Clerk)."""
+    return dict(
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="rocksdb://",
+        datadir=str(data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        # Faust's own debug banners and tables are noise in a long-running service.
+        loghandlers=[],
+    )
+
+
+def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | None = None):
+    """The Faust app of one instance, and the Usher it drives."""
+    domain = registry.get(settings.domain)
+    app = faust.App(settings.app_id(instance_id), **faust_settings(settings, data_dir, web_port))
+    # Raw bytes: FaustStore writes RocksDB and the changelog itself, and recovery
+    # copies changelog bytes straight into RocksDB.
+    table = app.Table("ledger", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw", internal=False)
+    output_name = settings.output_topic(instance_id)
+
+    store = FaustStore(app, table)
+    registrar = Registrar(Ledger(store), settings.cache_capacity)
+    warden = Warden(store, settings.idempotency_ttl_ms)
+    usher = Usher(instance_id, domain, registrar, warden, settings.partitions)
+    rebuilt: set[int] = set()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **kwargs) -> None:
+        # Recovery may rewrite the table under the caches: start them afresh.
+        registrar.clear()
+        for p in list(rebuilt):
+            warden.forget(p)
+        rebuilt.clear()
+
+    def committed(partition: int) -> int:
+        offset = app.consumer._committed_offset.get(TP(settings.input_topic, partition))
+        return 0 if offset is None else offset
+
+    @app.agent(input_topic, concurrency=1, name="usher")
+    async def usher_agent(stream):
+        window = settings.batch_window_ms / 1000
+        producer = app.producer
+        async for events in stream.take_events(settings.batch_size, window):
+            batch = []
+            for ev in events:
+                msg = ev.message
+                if msg.partition not in rebuilt:
+                    warden.rebuild(msg.partition)
+                    rebuilt.add(msg.partition)
+                batch.append(InputRecord(msg.partition, msg.offset, round(msg.timestamp * 1000),
+                                         msg.key, msg.value))
+            outputs = usher.process(batch, committed)
+            await store.flush()
+            for out in outputs:
+                await producer.send(output_name, out.key, out.value, out.partition, None, None)
+
+    app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden}
+    return app
+
+
+async def _check_topics(settings: Settings, instance_id: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+    except Exception as exc:  # noqa: BLE001  any connection failure gets the same advice
+        raise click.ClickException(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with `docket broker start`"
+        ) from None
+    finally:
+        await admin.close()
+    missing = [t for t in (settings.input_topic, settings.output_topic(instance_id)) if t not in existing]
+    if missing:
+        # Faust would silently consume nothing from a missing source topic.
+        raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
+
+
+@click.command("instance")
+@click.option("--id", "instance_id", required=True, help="instance id, e.g. a")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="RocksDB directory of this worker [default: $DOCKET_DATA_ROOT/<prefix>-<id>]")
+@click.option("--web-port", type=int, default=None, help="serve Faust's web endpoints on this port")
+def instance(instance_id: str, data_dir: Path | None, web_port: int | None) -> None:
+    """Run a worker of one redundant instance."""
+    settings = load()
+    if instance_id not in settings.instances:
+        click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
+                   f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
+    asyncio.run(_check_topics(settings, instance_id))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
+    data_dir = data_dir or settings.data_root / settings.app_id(instance_id)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = build(settings, instance_id, data_dir, web_port)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()

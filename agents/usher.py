@@ -1,0 +1,128 @@
+"""Usher: takes batches of input records, admits or rejects each, consults the
+Warden, pre-warms the Registrar and hands events to the Arbiter. Spec:
+specs/usher.allium.
+
+Everything here is a function of the input records and the table contents, in
+partition offset order; the batch only groups work (pre-warming), so batch
+boundaries never change an output. The Faust agent around it is agents/instance.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import orjson
+
+from agents.arbiter import Arbiter
+from app import records
+from app.canonical import NotCanonical, canonical, digest
+from app.records import Event, InputRecord
+from app.registry import Domain, Rejection
+from tables.registrar import Registrar
+from tables.warden import Verdict, Warden
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    partition: int
+    key: bytes | None
+    value: bytes
+    body: bytes
+
+
+def _fingerprint(event: Event) -> str:
+    return digest(canonical([event.event_name, event.payload]))
+
+
+class Usher:
+    def __init__(self, instance: str, domain: Domain, registrar: Registrar, warden: Warden,
+                 partitions: int) -> None:
+        self.instance = instance
+        self.domain = domain
+        self.registrar = registrar
+        self.warden = warden
+        self.partitions = partitions
+        self.arbiter = Arbiter(domain, registrar, warden)
+
+    def admit(self, record: InputRecord) -> Event | tuple[Rejection, Event | None]:
+        """The stateless checks: envelope, event name, payload, affinity, routing."""
+        event = records.decode(record)
+        if isinstance(event, Rejection):
+            return event, None
+        domain = self.domain
+        if event.event_name not in domain.event_names:
+            return Rejection("unknown_event", f"{domain.name} has no event {event.event_name!r}"), event
+        problem = domain.validate(event.event_name, event.payload)
+        if problem is not None:
+            return problem, event
+        expected_key = domain.affinity_key(event.event_name, event.payload)
+        if expected_key != event.key:
+            return Rejection("affinity_key_mismatch",
+                             f"record key {event.key!r} is not the affinity key {expected_key!r}"), event
+        home = records.partition_for(record.key, self.partitions)
+        if home != record.partition:
+            return Rejection("misrouted", f"key belongs on partition {home}, not {record.partition}"), event
+        return event
+
+    def process(
+        self,
+        batch: Sequence[InputRecord],
+        committed: Callable[[int], int],
+        enter: Callable[[int], None] = lambda index: None,
+    ) -> list[Output]:
+        """One output per input record, in batch order. ``committed(partition)`` is the
+        committed input offset (where a replay would start); ``enter(i)`` makes
+        ``batch[i]`` the current event, so table writes land in its partition."""
+        admitted = [self.admit(record) for record in batch]
+        for item in admitted:  # pre-warm: one pass of reads before any evaluation
+            if isinstance(item, Event):
+                self.registrar.prewarm(item.record.partition,
+                                       self.domain.entity_keys(item.event_name, item.payload))
+        outputs = []
+        last_index = {record.partition: i for i, record in enumerate(batch)}
+        for i, (record, item) in enumerate(zip(batch, admitted)):
+            enter(i)
+            self.warden.observe(record.partition, record.timestamp)
+            body = self._conclude(record, item, committed)
+            outputs.append(Output(record.partition, record.key, records.seal(body, self.instance), body))
+            if last_index[record.partition] == i:
+                self.warden.collect(record.partition, committed)
+        return outputs
+
+    def _conclude(self, record: InputRecord, item, committed: Callable[[int], int]) -> bytes:
+        if not isinstance(item, Event):
+            rejection, event = item
+            return self._rejected(record, event, rejection)
+        event = item
+        try:
+            fingerprint = _fingerprint(event)
+        except NotCanonical as exc:
+            return self._rejected(record, event, Rejection("invalid_payload", str(exc)))
+        entry = self.warden.lookup(record.partition, event.idempotency_key)
+        verdict, version = self.warden.judge(entry, record.offset, record.timestamp, fingerprint)
+        if verdict is Verdict.REPLAY:
+            self.arbiter.redo(version)
+            return version.body
+        if verdict is Verdict.DUPLICATE:
+            original = orjson.loads(version.body)
+            return records.body(
+                record, idempotency_key=event.idempotency_key, event_name=event.event_name,
+                domain_version=self.domain.version, outcome=original["outcome"],
+                duplicate_of=records.position(version.partition, version.offset))
+        if verdict is Verdict.REUSED:
+            return self._rejected(record, event, Rejection(
+                "idempotency_key_reused",
+                f"key first used at partition {version.partition} offset {version.offset} for a different request"))
+        evaluation = self.arbiter.evaluate(event)
+        self.arbiter.apply(event, evaluation, fingerprint, entry, committed(record.partition))
+        return evaluation.body
+
+    def _rejected(self, record: InputRecord, event: Event | None, rejection: Rejection) -> bytes:
+        return records.body(
+            record,
+            idempotency_key=None if event is None else event.idempotency_key,
+            event_name=None if event is None else event.event_name,
+            domain_version=self.domain.version,
+            outcome=records.outcome("rejected", rejection.reason, rejection.detail),
+            duplicate_of=None)

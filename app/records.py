@@ -1,0 +1,129 @@
+"""Wire formats: the input record docket consumes and the output record each
+instance emits. Spec: specs/usher.allium (intake), specs/arbiter.allium (output).
+
+Input:  key = affinity key (UTF-8); value = JSON
+        {"idempotency_key": str, "event_name": str, "payload": {...}};
+        record timestamp = the event's stream time (ms).
+Output: JSON {instance, digest, input: {partition, offset}, idempotency_key,
+        event_name, domain_version, outcome, duplicate_of, stream_time}; ``digest``
+        is SHA-256 of the canonical serialisation of every field but ``instance``
+        and ``digest`` (the *body*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from app.canonical import canonical_trusted, digest
+from app.registry import Rejection
+
+MAX_IDEMPOTENCY_KEY = 128
+MAX_VALUE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    partition: int
+    offset: int
+    timestamp: int  # ms; the event's stream time
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An input record that decoded to the input envelope."""
+
+    record: InputRecord
+    key: str
+    idempotency_key: str
+    event_name: str
+    payload: Any  # not yet validated against the domain
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (Java client and aiokafka): murmur2, positive, modulo."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def decode(record: InputRecord) -> Event | Rejection:
+    """The envelope check. Anything a producer could get wrong becomes a named
+    rejection; nothing raises."""
+    if record.key is None:
+        return Rejection("malformed_record", "record has no key (the key must be the affinity key)")
+    try:
+        key = record.key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejection("malformed_record", "record key is not UTF-8")
+    if record.value is None:
+        return Rejection("malformed_record", "record has no value")
+    if len(record.value) > MAX_VALUE_BYTES:
+        return Rejection("malformed_record", f"record value exceeds {MAX_VALUE_BYTES} bytes")
+    try:
+        value = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return Rejection("malformed_record", "record value is not JSON")
+    if not isinstance(value, dict):
+        return Rejection("malformed_record", "record value must be a JSON object")
+    extra = sorted(set(value) - {"idempotency_key", "event_name", "payload"})
+    if extra:
+        return Rejection("malformed_record", f"unknown envelope field(s): {', '.join(extra)}")
+    ikey = value.get("idempotency_key")
+    if not isinstance(ikey, str) or not ikey:
+        return Rejection("malformed_record", "idempotency_key must be a non-empty string")
+    if len(ikey) > MAX_IDEMPOTENCY_KEY:
+        return Rejection("malformed_record", f"idempotency_key exceeds {MAX_IDEMPOTENCY_KEY} characters")
+    name = value.get("event_name")
+    if not isinstance(name, str) or not name:
+        return Rejection("malformed_record", "event_name must be a non-empty string")
+    if "payload" not in value:
+        return Rejection("malformed_record", "payload is missing")
+    return Event(record, key, ikey, name, value["payload"])
+
+
+def position(partition: int, offset: int) -> dict:
+    return {"partition": partition, "offset": offset}
+
+
+def body(
+    record: InputRecord,
+    *,
+    idempotency_key: str | None,
+    event_name: str | None,
+    domain_version: str,
+    outcome: dict,
+    duplicate_of: dict | None,
+) -> bytes:
+    """The canonical bytes every instance must produce identically for this record."""
+    return canonical_trusted({
+        "input": position(record.partition, record.offset),
+        "idempotency_key": idempotency_key,
+        "event_name": event_name,
+        "domain_version": domain_version,
+        "outcome": outcome,
+        "duplicate_of": duplicate_of,
+        "stream_time": record.timestamp,
+    })
+
+
+def seal(body_bytes: bytes, instance: str) -> bytes:
+    """The output record value: the body with ``instance`` and ``digest`` added.
+    Spliced rather than re-serialised: the body is already canonical, and the
+    digest must be over exactly those bytes."""
+    head = orjson.dumps({"instance": instance, "digest": digest(body_bytes)})
+    return head[:-1] + b"," + body_bytes[1:]
+
+
+def unseal(value: bytes) -> tuple[str, str, dict]:
+    """(instance, digest, body) of an output record value."""
+    out = orjson.loads(value)
+    return out.pop("instance"), out.pop("digest"), out
+
+
+def outcome(status: str, reason: str | None = None, detail: str = "", entities: list | None = None) -> dict:
+    """One shape for every outcome, so consumers never guess which keys exist."""
+    return {"status": status, "reason": reason, "detail": detail, "entities": entities or []}

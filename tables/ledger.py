@@ -1,0 +1,58 @@
+"""Ledger: durable entity state. Spec: specs/ledger.allium.
+
+One changelog-backed RocksDB Faust table per instance holds two key spaces:
+``e\\0<entity key>`` (entity records, here) and ``w\\0<idempotency key>`` (the
+Warden's entries, tables/warden.py). Sharing one table means sharing one changelog
+topic: a crash can cut that ordered log per partition, but can never keep one
+table's writes while losing the other's (DESIGN.md's two-changelog trap).
+
+Each entity record carries ``stamp``, the input offset of the last event that wrote
+it; replay uses it to tell an event's already-applied effect from a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import orjson
+
+from tables.store import Store
+
+ENTITY_PREFIX = b"e\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRecord:
+    state: dict
+    version: int
+    stamp: int  # input offset of the last event that changed this entity
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"s": self.state, "v": self.version, "o": self.stamp})
+
+    @staticmethod
+    def decode(raw: bytes) -> "EntityRecord":
+        d = orjson.loads(raw)
+        return EntityRecord(d["s"], d["v"], d["o"])
+
+
+def entity_key(key: str) -> bytes:
+    return ENTITY_PREFIX + key.encode("utf-8")
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, partition: int, key: str) -> EntityRecord | None:
+        raw = self.store.get(partition, entity_key(key))
+        return None if raw is None else EntityRecord.decode(raw)
+
+    def put(self, partition: int, key: str, record: EntityRecord) -> None:
+        self.store.put(partition, entity_key(key), record.encode())
+
+    def entities(self, partition: int) -> Iterator[tuple[str, EntityRecord]]:
+        """Every entity of a partition, in key order (for dumps and comparisons)."""
+        for raw_key, raw in self.store.scan(partition, ENTITY_PREFIX):
+            yield raw_key[len(ENTITY_PREFIX):].decode("utf-8"), EntityRecord.decode(raw)
