@@ -65,13 +65,11 @@ class Arbiter:
             domain_version=domain.version, outcome=outcome, duplicate_of=None)
         return Evaluation(body, entities)
 
-    def apply(self, event: Event, evaluation: Evaluation, fingerprint: str,
-              superseded: WardenEntry | None, committed: int) -> None:
+    def apply(self, event: Event, evaluation: Evaluation, fingerprint: str) -> None:
         record = event.record
         self.warden.record(
             event.idempotency_key,
-            WardenEntry(record.partition, record.offset, record.timestamp, fingerprint, evaluation.body),
-            superseded, committed)
+            WardenEntry(record.partition, record.offset, record.timestamp, fingerprint, evaluation.body))
         for ent in evaluation.entities:
             self.registrar.put(record.partition, ent["key"],
                                EntityRecord(ent["state"], ent["version"], record.offset))

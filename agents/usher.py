@@ -69,11 +69,10 @@ class Usher:
         self,
         batch: Sequence[InputRecord],
         committed: Callable[[int], int],
-        enter: Callable[[int], None] = lambda index: None,
     ) -> list[Output]:
         """One output per input record, in batch order. ``committed(partition)`` is the
-        committed input offset (where a replay would start); ``enter(i)`` makes
-        ``batch[i]`` the current event, so table writes land in its partition."""
+        committed input offset: where a replay after a crash would start, so the
+        Warden may only collect below it."""
         admitted = [self.admit(record) for record in batch]
         for item in admitted:  # pre-warm: one pass of reads before any evaluation
             if isinstance(item, Event):
@@ -82,15 +81,14 @@ class Usher:
         outputs = []
         last_index = {record.partition: i for i, record in enumerate(batch)}
         for i, (record, item) in enumerate(zip(batch, admitted)):
-            enter(i)
-            self.warden.observe(record.partition, record.timestamp)
-            body = self._conclude(record, item, committed)
+            self.warden.observe(record.partition, record.offset, record.timestamp)
+            body = self._conclude(record, item)
             outputs.append(Output(record.partition, record.key, records.seal(body, self.instance), body))
             if last_index[record.partition] == i:
                 self.warden.collect(record.partition, committed)
         return outputs
 
-    def _conclude(self, record: InputRecord, item, committed: Callable[[int], int]) -> bytes:
+    def _conclude(self, record: InputRecord, item) -> bytes:
         if not isinstance(item, Event):
             rejection, event = item
             return self._rejected(record, event, rejection)
@@ -99,8 +97,8 @@ class Usher:
             fingerprint = _fingerprint(event)
         except NotCanonical as exc:
             return self._rejected(record, event, Rejection("invalid_payload", str(exc)))
-        entry = self.warden.lookup(record.partition, event.idempotency_key)
-        verdict, version = self.warden.judge(entry, record.offset, record.timestamp, fingerprint)
+        version = self.warden.lookup(record.partition, event.idempotency_key, record.offset)
+        verdict = self.warden.judge(version, record.offset, record.timestamp, fingerprint)
         if verdict is Verdict.REPLAY:
             self.arbiter.redo(version)
             return version.body
@@ -115,7 +113,7 @@ class Usher:
                 "idempotency_key_reused",
                 f"key first used at partition {version.partition} offset {version.offset} for a different request"))
         evaluation = self.arbiter.evaluate(event)
-        self.arbiter.apply(event, evaluation, fingerprint, entry, committed(record.partition))
+        self.arbiter.apply(event, evaluation, fingerprint)
         return evaluation.body
 
     def _rejected(self, record: InputRecord, event: Event | None, rejection: Rejection) -> bytes:

@@ -1,6 +1,6 @@
 """Warden: idempotency keys within a TTL of stream time. Spec: specs/warden.allium.
 
-An entry remembers, for an idempotency key, the position of the event that first
+An entry remembers, for an idempotency key, the position of the event that
 used it, the stream time it was recorded at, a fingerprint of the request, and the
 complete output body that event produced (the materialised response). Entries live
 in the Ledger's table (key space ``w\\0``), so they share its changelog.
@@ -11,13 +11,16 @@ re-emitted byte for byte without evaluating it again.
 
 Expiry is a pure function of the looking-up event's stream time. Physical removal
 (:meth:`Warden.collect`) only deletes entries no output can depend on any more:
-below the committed input offset, and older than ttl + grace of stream time.
+below the committed input offset, and older than ttl + grace of stream time. (An
+event whose timestamp lags its partition's newest by more than the grace could be
+judged differently by instances that collected at different moments; the Clerk
+reports that as a divergence. specs/warden.allium, RESOLVED: grace.)
 """
 
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
@@ -30,41 +33,25 @@ WARDEN_PREFIX = b"w\x00"
 
 @dataclass(frozen=True, slots=True)
 class WardenEntry:
+    """One version of a key's entry. Each version is its own table key, written once
+    and deleted once: a key written twice inside the uncommitted window could, after
+    a crash, come back holding the older write while the entities already carry the
+    newer event's stamp (specs/recovery.allium, WardenVersionsAreWriteOnce)."""
+
     partition: int
     offset: int
     recorded_at: int  # stream time (ms) of the recording event
     fingerprint: str
     body: bytes  # canonical output body of the recording event
-    previous: "WardenEntry | None" = None
 
-    def to_dict(self) -> dict:
-        return {
-            "p": self.partition, "o": self.offset, "t": self.recorded_at, "f": self.fingerprint,
-            "b": self.body.decode("utf-8"),
-            "prev": None if self.previous is None else self.previous.to_dict(),
-        }
+    def encode(self) -> bytes:
+        return orjson.dumps({"p": self.partition, "o": self.offset, "t": self.recorded_at,
+                             "f": self.fingerprint, "b": self.body.decode("utf-8")})
 
     @staticmethod
-    def from_dict(d: dict) -> "WardenEntry":
-        prev = d["prev"]
-        return WardenEntry(d["p"], d["o"], d["t"], d["f"], d["b"].encode("utf-8"),
-                           None if prev is None else WardenEntry.from_dict(prev))
-
-    def version_at(self, offset: int) -> "WardenEntry | None":
-        """The version of this key's entry that was current when the event at
-        ``offset`` was first processed: the newest one recorded at or before it."""
-        version: WardenEntry | None = self
-        while version is not None and version.offset > offset:
-            version = version.previous
-        return version
-
-    def pruned(self, committed: int) -> "WardenEntry":
-        """Drop versions no replay can reach: replays start at ``committed``, so only
-        versions at or above it, plus the newest one below it, can still be current
-        for a replayed event."""
-        if self.offset < committed or self.previous is None:
-            return replace(self, previous=None)
-        return replace(self, previous=self.previous.pruned(committed))
+    def decode(raw: bytes) -> "WardenEntry":
+        d = orjson.loads(raw)
+        return WardenEntry(d["p"], d["o"], d["t"], d["f"], d["b"].encode("utf-8"))
 
 
 class Verdict(Enum):
@@ -74,8 +61,14 @@ class Verdict(Enum):
     REUSED = "reused"  # same key, different request, within the TTL: reject
 
 
-def warden_key(idempotency_key: str) -> bytes:
-    return WARDEN_PREFIX + idempotency_key.encode("utf-8")
+def key_prefix(idempotency_key: str) -> bytes:
+    raw = idempotency_key.encode("utf-8")
+    # length-prefixed, so no key's prefix is another key's prefix
+    return WARDEN_PREFIX + len(raw).to_bytes(2, "big") + raw
+
+
+def version_key(idempotency_key: str, offset: int) -> bytes:
+    return key_prefix(idempotency_key) + offset.to_bytes(8, "big")
 
 
 class Warden:
@@ -85,76 +78,88 @@ class Warden:
         self.grace_ms = ttl_ms if grace_ms is None else grace_ms
         # per partition: (recorded_at, offset, key) in recording order, for collection
         self._queues: dict[int, collections.deque[tuple[int, int, str]]] = {}
-        self._newest: dict[int, int] = {}  # per partition: newest stream time seen
+        # per partition: (offset, stream time) of processed events whose stream time is
+        # lower than every later one's: the front is the oldest stream time a replay
+        # from any committed offset could judge with (sliding-window minimum)
+        self._oldest: dict[int, collections.deque[tuple[int, int]]] = {}
+        self._newest: dict[int, int] = {}
 
-    def lookup(self, partition: int, idempotency_key: str) -> WardenEntry | None:
-        raw = self.store.get(partition, warden_key(idempotency_key))
-        return None if raw is None else WardenEntry.from_dict(orjson.loads(raw))
+    def lookup(self, partition: int, idempotency_key: str, offset: int) -> WardenEntry | None:
+        """The version of the key's entry that was current when the event at ``offset``
+        was first processed: the newest one recorded at or before it."""
+        found = None
+        for _, raw in self.store.scan(partition, key_prefix(idempotency_key)):
+            entry = WardenEntry.decode(raw)
+            if entry.offset > offset:
+                break  # versions are in offset order
+            found = entry
+        return found
 
-    def judge(
-        self, entry: WardenEntry | None, offset: int, stream_time: int, fingerprint: str
-    ) -> tuple[Verdict, WardenEntry | None]:
-        """Classify an event against its key's entry. Pure: the same arguments give
-        the same verdict on every instance and on every replay."""
-        version = None if entry is None else entry.version_at(offset)
+    def judge(self, version: WardenEntry | None, offset: int, stream_time: int,
+              fingerprint: str) -> Verdict:
+        """Classify an event against its key's current version. Pure: the same arguments
+        give the same verdict on every instance and on every replay."""
         if version is None:
-            return Verdict.FRESH, None
+            return Verdict.FRESH
         if version.offset == offset:
-            return Verdict.REPLAY, version
+            return Verdict.REPLAY
         if stream_time - version.recorded_at >= self.ttl_ms:
-            return Verdict.FRESH, None
+            return Verdict.FRESH
         if version.fingerprint == fingerprint:
-            return Verdict.DUPLICATE, version
-        return Verdict.REUSED, version
+            return Verdict.DUPLICATE
+        return Verdict.REUSED
 
-    def record(
-        self, idempotency_key: str, entry: WardenEntry, superseded: WardenEntry | None, committed: int
-    ) -> None:
-        if superseded is not None:
-            entry = replace(entry, previous=superseded.pruned(committed))
-        self.store.put(entry.partition, warden_key(idempotency_key), orjson.dumps(entry.to_dict()))
+    def record(self, idempotency_key: str, entry: WardenEntry) -> None:
+        self.store.put(entry.partition, version_key(idempotency_key, entry.offset), entry.encode())
         self._queues.setdefault(entry.partition, collections.deque()).append(
             (entry.recorded_at, entry.offset, idempotency_key))
 
-    def observe(self, partition: int, stream_time: int) -> None:
+    def observe(self, partition: int, offset: int, stream_time: int) -> None:
+        window = self._oldest.setdefault(partition, collections.deque())
+        while window and window[-1][1] >= stream_time:
+            window.pop()  # never the minimum again while this event is in the window
+        window.append((offset, stream_time))
         if stream_time > self._newest.get(partition, stream_time - 1):
             self._newest[partition] = stream_time
 
     def collect(self, partition: int, committed: Callable[[int], int]) -> int:
-        """Delete entries that are expired by ttl + grace of stream time and lie below
-        the committed offset. Returns how many were removed. Amortised O(1) per entry:
-        the queue is in recording order, and recording order is offset order."""
+        """Delete versions that lie below the committed offset and are expired by ttl +
+        grace for the oldest stream time any replayed event has. Returns how many were
+        removed. Amortised O(1) per version: the queue is in recording order, which is
+        offset order."""
         queue = self._queues.get(partition)
-        newest = self._newest.get(partition)
-        if not queue or newest is None:
+        if not queue or partition not in self._newest:
             return 0
-        horizon = newest - self.ttl_ms - self.grace_ms
         limit = committed(partition)
+        window = self._oldest[partition]
+        while window and window[0][0] < limit:
+            window.popleft()  # committed: no replay will judge with its stream time
+        # with nothing uncommitted, only new events remain, and they get the grace
+        oldest = window[0][1] if window else self._newest[partition]
+        horizon = oldest - self.ttl_ms - self.grace_ms
         removed = 0
-        while queue and queue[0][1] < limit:
-            recorded_at, offset, key = queue[0]
-            if recorded_at > horizon:
-                break  # queue is in offset order, not time order: stop at the first young entry
-            queue.popleft()
-            current = self.lookup(partition, key)
-            # Delete only if the key still holds this version: a newer use keeps it alive.
-            if current is not None and current.offset == offset:
-                self.store.delete(partition, warden_key(key))
-                removed += 1
+        while queue and queue[0][1] < limit and queue[0][0] <= horizon:
+            # Stops at the first young version even if later ones are old: the queue
+            # is in offset order, and out-of-order timestamps only delay collection.
+            _, offset, key = queue.popleft()
+            self.store.delete(partition, version_key(key, offset))
+            removed += 1
         return removed
 
     def rebuild(self, partition: int) -> None:
         """Rebuild a partition's collection queue from the table after it is
-        (re)assigned: its order is offset order, as at recording."""
+        (re)assigned, in offset order as at recording."""
         found = []
         for raw_key, raw in self.store.scan(partition, WARDEN_PREFIX):
-            d = orjson.loads(raw)
-            found.append((d["t"], d["o"], raw_key[len(WARDEN_PREFIX):].decode("utf-8")))
+            size = int.from_bytes(raw_key[2:4], "big")
+            entry = WardenEntry.decode(raw)
+            found.append((entry.recorded_at, entry.offset, raw_key[4:4 + size].decode("utf-8")))
         found.sort(key=lambda item: item[1])
         self._queues[partition] = collections.deque(found)
 
     def forget(self, partition: int) -> None:
         self._queues.pop(partition, None)
+        self._oldest.pop(partition, None)
         self._newest.pop(partition, None)
 
     def size(self, partition: int) -> int:

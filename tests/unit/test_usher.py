@@ -1,0 +1,339 @@
+"""The Usher and Arbiter without a broker: intake rules, batching, the Warden's
+verdicts, and replay after simulated crashes (specs/usher.allium,
+specs/arbiter.allium, specs/warden.allium, specs/recovery.allium)."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.records import InputRecord, partition_for, unseal
+from tables.store import MemoryStore
+from tables.warden import version_key
+from tests.unit.pipeline_kit import PARTITIONS, TTL, Stream, entity_state, envelope, run, usher, workload
+
+
+def bodies(outputs):
+    return [unseal(o.value)[2] for o in outputs]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_batch_boundaries_never_change_an_output(seed):
+    """UsherBatchesDoNotChangeOutputs: the same input in batches of 1, 7, 64 and all at
+    once gives byte-identical outputs and the same final state."""
+    stream = workload(seed, 600)
+    results = []
+    for size in (1, 7, 64, len(stream.records)):
+        store = MemoryStore()
+        outs = run(usher(store), stream.records, size)
+        results.append(([o.value for o in outs], entity_state(store)))
+    assert all(r == results[0] for r in results[1:])
+
+
+def test_one_output_per_record_on_the_input_partition():
+    """ArbiterEmitsOneOutputPerRecord: every record, good or bad, gets exactly one
+    output, on the partition number of its input."""
+    stream = workload(5, 300)
+    stream.add(b"s0", b"garbage", 2_000_000)
+    outs = run(usher(), stream.records, 50)
+    assert len(outs) == len(stream.records)
+    for rec, out in zip(stream.records, outs):
+        _, _, b = unseal(out.value)
+        assert out.partition == rec.partition
+        assert b["input"] == {"partition": rec.partition, "offset": rec.offset}
+
+
+def test_two_instances_agree_byte_for_byte_except_instance():
+    """DeterministicEvaluation: two instances fed the same stream emit equal digests."""
+    stream = workload(9, 500)
+    outs_a = run(usher(instance="a"), stream.records, 33)
+    outs_b = run(usher(instance="b"), stream.records, 64)
+    for oa, ob in zip(outs_a, outs_b):
+        ia, da, ba = unseal(oa.value)
+        ib, db, bb = unseal(ob.value)
+        assert (ia, ib) == ("a", "b")
+        assert da == db and ba == bb
+
+
+def _poison_stream():
+    s = Stream()
+    good = {"warehouse": "w1", "sku": "s1", "delta": 5}
+    good_value = envelope("g1", "stock.adjust", good)
+    home = partition_for(b"s1", PARTITIONS)
+    cases = [
+        (s.add(None, good_value, 1), "malformed_record"),
+        (s.add(b"\xff\xfe", good_value, 1, partition=0), "malformed_record"),
+        (s.add(b"s1", None, 1), "malformed_record"),
+        (s.add(b"s1", b"{not json", 1), "malformed_record"),
+        (s.add(b"s1", b"[1,2]", 1), "malformed_record"),
+        (s.add(b"s1", orjson.dumps({"event_name": "stock.adjust", "payload": good}), 1), "malformed_record"),
+        (s.add(b"s1", orjson.dumps({"idempotency_key": "", "event_name": "stock.adjust", "payload": good}), 1),
+         "malformed_record"),
+        (s.add(b"s1", orjson.dumps({"idempotency_key": "x" * 129, "event_name": "stock.adjust",
+                                    "payload": good}), 1), "malformed_record"),
+        (s.add(b"s1", orjson.dumps({"idempotency_key": "p1", "event_name": "stock.adjust"}), 1), "malformed_record"),
+        (s.add(b"s1", orjson.dumps({"idempotency_key": "p1", "event_name": "stock.adjust", "payload": good,
+                                    "x": 1}), 1), "malformed_record"),
+        (s.add(b"s1", b"{" + b'"a":"' + b"x" * 70_000 + b'"}', 1), "malformed_record"),
+        (s.add(b"s1", envelope("p2", "stock.teleport", good), 1), "unknown_event"),
+        (s.add(b"s1", envelope("p3", "stock.adjust", {**good, "delta": 0}), 1), "zero_delta"),
+        (s.add(b"s1", envelope("p4", "stock.adjust", {**good, "delta": 1.5}), 1), "invalid_payload"),
+        (s.add(b"s1", envelope("p5", "stock.adjust", {**good, "delta": 7}).replace(b":7}", b":" + b"9" * 30 + b"}"), 1),
+         "invalid_payload"),
+        (s.add(b"s1", envelope("p6", "stock.adjust", {**good, "sku": "s1 "}), 1), "invalid_identifier"),
+        (s.add(b"s1", envelope("p7", "stock.adjust", {**good, "sku": "s2"}), 1), "affinity_key_mismatch"),
+        (s.add(b"s1", envelope("p8", "stock.adjust", good), 1, partition=(home + 1) % PARTITIONS), "misrouted"),
+    ]
+    goods = [s.add(b"s1", good_value, 2), s.add(b"s1", envelope("g2", "stock.adjust", {**good, "delta": -5}), 3)]
+    return s, cases, goods
+
+
+def test_bad_records_become_named_rejections_and_good_ones_still_apply():
+    """UsherRejectsMalformedRecord, UsherRejectsUnknownEvent, UsherRejectsInvalidPayload,
+    UsherRejectsMisroutedRecord: each bad record is a deterministic rejected output
+    with a named reason, touches no state, and the good records around it apply."""
+    s, cases, goods = _poison_stream()
+    store = MemoryStore()
+    outs = run(usher(store), s.records, 5)
+    by_pos = {(o.partition, unseal(o.value)[2]["input"]["offset"]): unseal(o.value)[2] for o in outs}
+    for rec, reason in cases:
+        out = by_pos[(rec.partition, rec.offset)]
+        assert out["outcome"]["status"] == "rejected", reason
+        assert out["outcome"]["reason"] == reason, (rec, out["outcome"])
+        assert out["outcome"]["detail"]
+    assert [by_pos[(g.partition, g.offset)]["outcome"]["status"] for g in goods] == ["applied", "applied"]
+    assert entity_state(store) == {"stock:w1:s1": ({"quantity": 0}, 2)}
+    # rejected-before-evaluation records left no Warden entries behind
+    assert sorted(k for (_, k) in store.data if k.startswith(b"w\x00")) == sorted(
+        [version_key("g1", goods[0].offset), version_key("g2", goods[1].offset)])
+
+
+def test_domain_bug_becomes_an_evaluation_error_not_a_crash():
+    """ArbiterContainsDomainFailure: an exception in evaluate is a rejected outcome."""
+    u = usher()
+
+    def broken(*args):
+        raise ZeroDivisionError("boom")
+
+    u.arbiter.domain = type("Broken", (), {"evaluate": staticmethod(broken),
+                                          "__getattr__": lambda self, n: getattr(u.domain, n)})()
+    s = Stream()
+    s.event("k1", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 1}, 5)
+    (out,) = u.process(s.records, lambda p: 0)
+    assert unseal(out.value)[2]["outcome"]["reason"] == "evaluation_error"
+
+
+# --- Warden --------------------------------------------------------------------
+
+
+def _adjust(s, ikey, delta, ts, sku="s1"):
+    return s.event(ikey, "stock.adjust", {"warehouse": "w1", "sku": sku, "delta": delta}, ts)
+
+
+def test_duplicate_within_ttl_returns_original_outcome_without_state_change():
+    """WardenRecognisesDuplicate: a repeat within the TTL gets the original outcome and
+    duplicate_of; it is not evaluated again."""
+    s = Stream()
+    first = _adjust(s, "k1", 5, 1_000)
+    _adjust(s, "k1", 5, 1_000 + TTL - 1)
+    store = MemoryStore()
+    o1, o2 = bodies(run(usher(store), s.records, 1))
+    assert o2["duplicate_of"] == {"partition": first.partition, "offset": first.offset}
+    assert o2["outcome"] == o1["outcome"]
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 5}, 1)
+
+
+def test_duplicate_of_a_rejection_is_the_same_rejection():
+    s = Stream()
+    _adjust(s, "k1", -5, 1_000)
+    _adjust(s, "k2", 50, 1_001)
+    _adjust(s, "k1", -5, 1_002)
+    o1, _, o3 = bodies(run(usher(), s.records, 10))
+    assert o1["outcome"]["reason"] == o3["outcome"]["reason"] == "insufficient_stock"
+    assert o3["duplicate_of"] is not None
+
+
+def test_reused_key_with_different_request_is_rejected():
+    """WardenRejectsReusedKey: same key, different payload, within the TTL."""
+    s = Stream()
+    _adjust(s, "k1", 5, 1_000)
+    _adjust(s, "k1", 6, 1_001)
+    store = MemoryStore()
+    _, o2 = bodies(run(usher(store), s.records, 10))
+    assert o2["outcome"]["reason"] == "idempotency_key_reused"
+    assert o2["duplicate_of"] is None
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 5}, 1)
+
+
+def test_key_expires_after_ttl_of_stream_time():
+    """WardenEntryExpires: at ttl of stream time after recording, the key is new again."""
+    s = Stream()
+    _adjust(s, "k1", 5, 1_000)
+    _adjust(s, "k1", 5, 1_000 + TTL)
+    store = MemoryStore()
+    o1, o2 = bodies(run(usher(store), s.records, 10))
+    assert o2["duplicate_of"] is None and o2["outcome"]["status"] == "applied"
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 10}, 2)
+
+
+def test_expired_entries_are_collected_only_below_the_committed_offset():
+    """WardenCollectsExpiredEntries: removal needs ttl + grace of stream time AND an
+    offset below the committed one, so it never changes an output."""
+    s = Stream()
+    for i in range(10):
+        _adjust(s, f"k{i}", 1, 1_000 + i)
+    late = _adjust(s, "late", 1, 1_000 + 2 * TTL + 100)
+    store = MemoryStore()
+    u = usher(store)
+    u.process(s.records, lambda p: 0)
+    assert u.warden.size(late.partition) == 11  # nothing committed: nothing collected
+    committed = {late.partition: late.offset}
+    u.process([], lambda p: committed.get(p, 0))
+    u.warden.collect(late.partition, lambda p: committed.get(p, 0))
+    assert u.warden.size(late.partition) == 1
+    assert [k for (_, k) in store.data if k.startswith(b"w\x00")] == [version_key("late", late.offset)]
+
+
+def test_warden_stays_bounded_by_rate_times_ttl():
+    """WardenBoundedByRateTimesTtl: with commits keeping up, a long stream keeps only
+    about 2 x ttl worth of entries (ttl + grace)."""
+    s = Stream(partitions=PARTITIONS)
+    for i in range(4_000):
+        _adjust(s, f"k{i}", 1, 1_000 + i * 1_000, sku="s1")  # one event per second of stream time
+    store = MemoryStore()
+    u = usher(store, ttl=60_000)
+    done = {}
+    for i in range(0, len(s.records), 100):
+        batch = s.records[i:i + 100]
+        u.process(batch, lambda p: done.get(p, 0))
+        for r in batch:
+            done[r.partition] = r.offset + 1
+    live = sum(1 for (_, k) in store.data if k.startswith(b"w\x00"))
+    assert live <= 2 * 60 + 100 + 1  # 2 x ttl of entries, plus one uncommitted batch
+
+
+def test_superseded_version_survives_for_replay():
+    """WardenVersionsAreWriteOnce: a key used again after expiry gets a new version;
+    the old one stays until collected, so a replay between them still finds it."""
+    s = Stream()
+    a = _adjust(s, "k1", 5, 1_000)
+    dup = _adjust(s, "k1", 5, 1_001)
+    b = _adjust(s, "k1", 5, 1_000 + TTL + 10)
+    store = MemoryStore()
+    u = usher(store)
+    u.process(s.records, lambda p: 0)
+    assert u.warden.lookup(a.partition, "k1", dup.offset).offset == a.offset
+    assert u.warden.lookup(b.partition, "k1", b.offset).offset == b.offset
+    again = usher(store).process(s.records, lambda p: 0)
+    assert unseal(again[1].value)[2]["duplicate_of"] == {"partition": a.partition, "offset": a.offset}
+
+
+def test_warden_rebuild_restores_the_collection_queue():
+    s = Stream()
+    for i in range(5):
+        _adjust(s, f"k{i}", 1, 1_000 + i)
+    store = MemoryStore()
+    u = usher(store)
+    u.process(s.records, lambda p: 0)
+    p = s.records[0].partition
+    fresh = usher(store)
+    fresh.warden.rebuild(p)
+    assert fresh.warden.size(p) == u.warden.size(p) == 5
+
+
+# --- crash and replay --------------------------------------------------------------
+
+
+def _crashed_run(stream, batch_size, rng, commit_every, crash_batch, model):
+    """Run the stream, committing every ``commit_every`` batches, crash after
+    ``crash_batch`` batches, recover the store under ``model``, restart from the
+    committed offsets and finish. Returns (outputs after restart, final store)."""
+    records = stream.records
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    store = MemoryStore()
+    u = usher(store)
+    committed: dict[int, int] = {}
+    commit_write_index = 0
+    for index, batch in enumerate(batches[:crash_batch]):
+        if index % commit_every == 0:
+            # an offset commit covers every earlier batch: the producer was flushed first
+            for done in batches[:index]:
+                for r in done:
+                    committed[r.partition] = max(committed.get(r.partition, 0), r.offset + 1)
+            commit_write_index = len(store.writes)
+        u.process(batch, lambda p: committed.get(p, 0))
+    crash_index = len(store.writes)
+    writes = store.writes
+    if model == "prefix":
+        # restored from the changelog alone (another worker, or a lost data dir): an
+        # ordered prefix of the log, at least up to the commit
+        cut = rng.randint(commit_write_index, crash_index)
+        recovered = MemoryStore.replayed(writes[:cut])
+    else:
+        # restarted on its own data dir: local RocksDB holds every write, then Faust
+        # re-applies the changelog from the persisted offset: a contiguous segment of
+        # the log, after the commit, that reached the broker
+        start = rng.randint(commit_write_index, crash_index)
+        end = rng.randint(start, crash_index)
+        recovered = MemoryStore.replayed(writes[:crash_index] + writes[start:end])
+    recovered.writes.clear()
+    # restart: cold caches, replay from the committed offsets, then the rest
+    restarted = usher(recovered)
+    todo = [r for r in records if r.offset >= committed.get(r.partition, 0)]
+    outs = run(restarted, todo, batch_size, committed=lambda p: committed.get(p, 0))
+    return outs, recovered
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), batch_size=st.sampled_from([1, 3, 16]),
+       commit_every=st.integers(1, 4), model=st.sampled_from(["prefix", "local_plus_tail"]),
+       ttl_jumps=st.booleans(), jitter_ms=st.sampled_from([0, 60_000]))
+def test_replay_after_crash_is_idempotent(seed, batch_size, commit_every, model, ttl_jumps, jitter_ms):
+    """ReplayIsIdempotent, ReplayReemitsOriginalOutput, WardenEntryBeforeEntities:
+    whatever the crash left (a changelog prefix, or the local store with a tail
+    segment of the changelog re-applied over it), replaying from the committed offsets applies no
+    event twice, re-emits byte-identical outputs and ends in the uncrashed state."""
+    rng = random.Random(seed)
+    stream = workload(seed, 160, ttl_jumps=ttl_jumps, jitter_ms=jitter_ms)
+    clean_store = MemoryStore()
+    clean = {(o.partition, unseal(o.value)[2]["input"]["offset"]): o.value
+             for o in run(usher(clean_store), stream.records, batch_size)}
+    n_batches = -(-len(stream.records) // batch_size)
+    crash_batch = rng.randint(1, n_batches)
+    outs, recovered = _crashed_run(stream, batch_size, rng, commit_every, crash_batch, model)
+    for o in outs:
+        pos = (o.partition, unseal(o.value)[2]["input"]["offset"])
+        assert o.value == clean[pos], pos
+    assert entity_state(recovered) == entity_state(clean_store)
+
+
+def test_replay_of_fully_applied_batch_reemits_from_warden():
+    """ReplayReemitsOriginalOutput: a batch whose writes all survived is not evaluated
+    again: its outputs come from the Warden entries."""
+    s = Stream()
+    _adjust(s, "k1", 5, 1)
+    _adjust(s, "k2", -5, 2)
+    store = MemoryStore()
+    first = run(usher(store), s.records, 10)
+    again = run(usher(store), s.records, 10)
+    assert [o.value for o in first] == [o.value for o in again]
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 0}, 2)
+
+
+def test_registrar_eviction_does_not_change_results():
+    """RegistrarIsACacheOnly: a tiny cache gives the same outputs as a large one."""
+    stream = workload(11, 400)
+    small = run(usher(capacity=1), stream.records, 16)
+    large = run(usher(capacity=10_000), stream.records, 16)
+    assert [o.value for o in small] == [o.value for o in large]
+
+
+def test_input_record_value_is_not_mutated_by_processing():
+    rec = InputRecord(0, 0, 1, b"s1", envelope("k", "stock.adjust", {"warehouse": "w", "sku": "s1", "delta": 1}))
+    before = rec.value
+    usher().process([rec], lambda p: 0)
+    assert rec.value == before
