@@ -20,6 +20,7 @@ reports that as a divergence. specs/warden.allium, RESOLVED: grace.)
 from __future__ import annotations
 
 import collections
+import struct
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -61,6 +62,13 @@ class Verdict(Enum):
     REUSED = "reused"  # same key, different request, within the TTL: reject
 
 
+_QUEUED = struct.Struct(">qq")  # recorded_at, offset
+
+
+def _pack(entry: WardenEntry, key: bytes) -> bytes:
+    return _QUEUED.pack(entry.recorded_at, entry.offset) + key
+
+
 def key_prefix(idempotency_key: str) -> bytes:
     raw = idempotency_key.encode("utf-8")
     # length-prefixed, so no key's prefix is another key's prefix
@@ -76,8 +84,11 @@ class Warden:
         self.store = store
         self.ttl_ms = ttl_ms
         self.grace_ms = ttl_ms if grace_ms is None else grace_ms
-        # per partition: (recorded_at, offset, key) in recording order, for collection
-        self._queues: dict[int, collections.deque[tuple[int, int, str]]] = {}
+        # per partition, in recording order, for collection: one bytes object per
+        # version, recorded_at and offset (8 bytes each) then its table key. Packed
+        # because the queue holds rate x (ttl + grace) versions: a tuple of two ints
+        # and a key costs over twice as much heap.
+        self._queues: dict[int, collections.deque[bytes]] = {}
         # per partition: (offset, stream time) of processed events whose stream time is
         # lower than every later one's: the front is the oldest stream time a replay
         # from any committed offset could judge with (sliding-window minimum)
@@ -110,9 +121,9 @@ class Warden:
         return Verdict.REUSED
 
     def record(self, idempotency_key: str, entry: WardenEntry) -> None:
-        self.store.put(entry.partition, version_key(idempotency_key, entry.offset), entry.encode())
-        self._queues.setdefault(entry.partition, collections.deque()).append(
-            (entry.recorded_at, entry.offset, idempotency_key))
+        key = version_key(idempotency_key, entry.offset)
+        self.store.put(entry.partition, key, entry.encode())
+        self._queues.setdefault(entry.partition, collections.deque()).append(_pack(entry, key))
 
     def observe(self, partition: int, offset: int, stream_time: int) -> None:
         window = self._oldest.setdefault(partition, collections.deque())
@@ -138,24 +149,22 @@ class Warden:
         oldest = window[0][1] if window else self._newest[partition]
         horizon = oldest - self.ttl_ms - self.grace_ms
         removed = 0
-        while queue and queue[0][1] < limit and queue[0][0] <= horizon:
-            # Stops at the first young version even if later ones are old: the queue
-            # is in offset order, and out-of-order timestamps only delay collection.
-            _, offset, key = queue.popleft()
-            self.store.delete(partition, version_key(key, offset))
+        while queue:
+            recorded_at, offset = _QUEUED.unpack_from(queue[0])
+            if offset >= limit or recorded_at > horizon:
+                # Stops at the first young version even if later ones are old: the queue
+                # is in offset order, and out-of-order timestamps only delay collection.
+                break
+            self.store.delete(partition, queue.popleft()[_QUEUED.size:])
             removed += 1
         return removed
 
     def rebuild(self, partition: int) -> None:
         """Rebuild a partition's collection queue from the table after it is
         (re)assigned, in offset order as at recording."""
-        found = []
-        for raw_key, raw in self.store.scan(partition, WARDEN_PREFIX):
-            size = int.from_bytes(raw_key[2:4], "big")
-            entry = WardenEntry.decode(raw)
-            found.append((entry.recorded_at, entry.offset, raw_key[4:4 + size].decode("utf-8")))
-        found.sort(key=lambda item: item[1])
-        self._queues[partition] = collections.deque(found)
+        found = [(WardenEntry.decode(raw), raw_key) for raw_key, raw in self.store.scan(partition, WARDEN_PREFIX)]
+        found.sort(key=lambda item: item[0].offset)
+        self._queues[partition] = collections.deque(_pack(entry, key) for entry, key in found)
 
     def forget(self, partition: int) -> None:
         self._queues.pop(partition, None)
