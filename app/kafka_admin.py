@@ -1,0 +1,41 @@
+"""Small helpers around aiokafka shared by the broker launcher, topic management and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+
+class KafkaUnreachable(ConnectionError):
+    """No broker answered at the bootstrap address."""
+
+
+@contextlib.contextmanager
+def quiet(logger_name: str = "aiokafka") -> Iterator[None]:
+    """Silence a library logger for a block where failures are expected and handled
+    (aiokafka logs every refused connection at ERROR, which would reach the terminal
+    through logging's last-resort handler)."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+async def connect_admin(bootstrap: str, timeout_s: float = 30.0):
+    """A started AIOKafkaAdminClient, or KafkaUnreachable naming the address."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        with quiet():
+            await asyncio.wait_for(admin.start(), timeout_s)
+    except (TimeoutError, KafkaConnectionError, OSError):
+        await admin.close()
+        raise KafkaUnreachable(f"cannot reach Kafka at {bootstrap}") from None
+    return admin

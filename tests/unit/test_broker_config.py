@@ -1,0 +1,196 @@
+"""The local broker's configuration and the launcher's behaviour without a broker:
+single-node settings, loopback listeners, bounded heap, atomic jar cache, clear errors
+when Java or Maven is missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import broker as launcher
+
+DOCKET = Path(sys.executable).with_name("docket")
+
+
+def props(port: int = 19092, controller: int = 19093, data: Path = Path("/x/data")) -> dict[str, str]:
+    rendered = launcher.render_properties(launcher.broker_properties(port, controller, data))
+    return launcher.parse_properties(rendered)  # check what is written, not the dict
+
+
+def test_single_node_replication_settings() -> None:
+    p = props()
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "share.coordinator.state.topic.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.min.isr",
+        "min.insync.replicas",
+    ):
+        assert p[key] == "1", key
+
+
+def test_group_and_topic_behaviour() -> None:
+    p = props()
+    assert p["group.initial.rebalance.delay.ms"] == "0"
+    assert p["auto.create.topics.enable"] == "false"
+    # Event-time records may be old; time-based retention must not delete them.
+    assert p["log.retention.ms"] == "-1"
+    assert 0 < int(p["log.retention.bytes"])
+
+
+def test_kraft_combined_node_on_loopback_only() -> None:
+    p = props(port=29092, controller=41234, data=Path("/srv/k/data"))
+    assert p["process.roles"] == "broker,controller"
+    assert p["controller.quorum.voters"] == f"{p['node.id']}@127.0.0.1:41234"
+    assert p["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:41234"
+    assert p["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    assert p["controller.listener.names"] == "CONTROLLER"
+    assert p["log.dirs"] == "/srv/k/data"
+    hosts = re.findall(r"//([^:,]+):", p["listeners"] + "," + p["advertised.listeners"])
+    assert hosts and set(hosts) == {"127.0.0.1"}
+
+
+def heap_bytes(flag: str) -> int:
+    number, unit = re.fullmatch(r"-Xm[xs](\d+)([kmgKMG]?)", flag).groups()
+    return int(number) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit.lower()]
+
+
+def test_java_command_caps_heap_and_sets_logging(tmp_path: Path) -> None:
+    cmd = launcher.java_command("/usr/bin/java", tmp_path / "jars", tmp_path)
+    [xmx] = [a for a in cmd if a.startswith("-Xmx")]
+    [xms] = [a for a in cmd if a.startswith("-Xms")]
+    assert heap_bytes(xmx) <= 2**30
+    assert heap_bytes(xms) <= heap_bytes(xmx)
+    assert f"-Dlog4j2.configurationFile={tmp_path / launcher.LOG4J_FILE}" in cmd
+    assert cmd[cmd.index("-cp") + 1] == f"{tmp_path / 'jars'}/*"
+    assert cmd[-1] == "kafka.Kafka"
+
+
+def test_cluster_ids_are_valid_kafka_uuids() -> None:
+    ids = {launcher.new_cluster_id() for _ in range(200)}
+    assert len(ids) == 200
+    for cid in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cid) and not cid.startswith("-")
+
+
+def test_kafka_version_comes_from_the_pom(tmp_path: Path) -> None:
+    version = launcher.kafka_version()
+    assert re.fullmatch(r"4\.\d+\.\d+", version)
+    assert f"<kafka.version>{version}</kafka.version>" in launcher.POM.read_text()
+
+
+@pytest.mark.parametrize(
+    ("output", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('openjdk version "21" 2023-09-19', 21),
+        ('java version "1.8.0_392"', 8),
+        ("something else", None),
+    ],
+)
+def test_java_version_parsing(output: str, major: int | None) -> None:
+    assert launcher._java_major(output) == major
+
+
+# --------------------------------------------------------------------------- CLI, no broker
+
+
+def run_docket(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DOCKET), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_") and k != "JAVA_HOME"}
+    env["DOCKET_BROKER_DIR"] = str(tmp_path / "broker")
+    env["DOCKET_BROKER_CACHE"] = str(tmp_path / "cache")
+    return env
+
+
+def empty_path(tmp_path: Path) -> str:
+    (tmp_path / "empty-bin").mkdir(exist_ok=True)
+    return str(tmp_path / "empty-bin")
+
+
+def test_missing_java_is_one_clear_sentence(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    proc = run_docket("broker", "start", env={**isolated_env, "PATH": empty_path(tmp_path)})
+    assert proc.returncode == 2
+    assert "Java 17+" in proc.stderr and "apt-get install openjdk-17-jre-headless" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_maven_is_one_clear_sentence(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    proc = run_docket("broker", "fetch", env={**isolated_env, "PATH": empty_path(tmp_path)})
+    assert proc.returncode == 2
+    assert "Maven" in proc.stderr and "apt-get install maven" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_download_never_looks_complete(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    # A Maven that writes part of the jars, then fails (like a dropped connection).
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    mvn = fake_bin / "mvn"
+    mvn.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -DoutputDirectory=*) d="${a#-DoutputDirectory=}";; esac; done\n'
+        'mkdir -p "$d" && touch "$d/kafka_2.13-0.jar"\n'
+        "echo 'Could not transfer artifact' >&2\nexit 1\n"
+    )
+    mvn.chmod(mvn.stat().st_mode | stat.S_IXUSR)
+    proc = run_docket("broker", "fetch", env={**isolated_env, "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert proc.returncode == 1
+    assert "Could not transfer artifact" in proc.stderr and "docket broker fetch" in proc.stderr
+    cache = tmp_path / "cache"
+    assert list(cache.iterdir()) == []  # neither kafka-<version> nor a partial directory remains
+
+
+def test_status_and_stop_without_a_broker(isolated_env: dict[str, str]) -> None:
+    status = run_docket("broker", "status", env=isolated_env)
+    assert status.returncode == 1 and "not running" in status.stdout
+    for _ in range(2):  # stop is idempotent
+        stop = run_docket("broker", "stop", env=isolated_env)
+        assert stop.returncode == 0 and "no broker running" in stop.stderr
+
+
+def test_pid_file_of_another_process_is_not_the_broker(tmp_path: Path) -> None:
+    # A stale pid file whose pid now belongs to some other process (here: this one).
+    (tmp_path / launcher.PID_FILE).write_text(f"{os.getpid()}\n")
+    assert launcher.running_pid(tmp_path) is None
+    assert launcher.stop_broker(tmp_path) is None
+    assert not (tmp_path / launcher.PID_FILE).exists()
+
+
+def test_busy_port_is_refused_with_advice(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    import socket
+
+    from app.settings import load
+
+    cache = load().broker_cache
+    if not launcher.jars_dir(load()).is_dir():
+        pytest.skip("needs the cached broker jars (`docket broker fetch`)")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # The real jar cache: the check must fail on the port, not on a download.
+        env = {**isolated_env, "DOCKET_BROKER_PORT": str(port), "DOCKET_BROKER_CACHE": str(cache)}
+        proc = run_docket("broker", "start", env=env)
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "DOCKET_BROKER_PORT" in proc.stderr
