@@ -1,0 +1,158 @@
+"""aiokafka against the real broker: records come back intact and keyed records land on
+the partition the Java client would pick, which is what co-partitioning relies on."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from app import broker as launcher
+from app.kafka_admin import connect_admin
+from app.topics import create_topics, partition_counts
+
+pytestmark = pytest.mark.integration
+
+# Utils.murmur2 vectors from Apache Kafka's own tests
+# (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2).
+# Java returns a signed int; aiokafka an unsigned one.
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    """The Java producer's BuiltInPartitioner.partitionForKey: toPositive(murmur2) % n."""
+    return (JAVA_MURMUR2[key] & 0x7FFFFFFF) % partitions
+
+
+def test_murmur2_matches_java_vectors() -> None:
+    for key, java_value in JAVA_MURMUR2.items():
+        assert murmur2(key) == java_value & 0xFFFFFFFF, key
+
+
+async def consume_exactly(consumer: AIOKafkaConsumer, count: int, deadline_s: float = 30.0) -> list:
+    records: list = []
+    deadline = time.monotonic() + deadline_s
+    while len(records) < count:
+        assert time.monotonic() < deadline, f"consumed {len(records)} of {count} records in {deadline_s} s"
+        for batch in (await consumer.getmany(timeout_ms=500)).values():
+            records.extend(batch)
+    return records
+
+
+async def test_round_trip_preserves_records_and_java_partitioning(docket_settings) -> None:
+    topic = docket_settings.input_topic
+    partitions = docket_settings.partitions
+    # Partitions the Java client would choose must not all coincide, or the check is weak.
+    assert len({java_partition(k, partitions) for k in JAVA_MURMUR2}) > 1
+
+    base_ts = 1_700_000_000_000  # fixed event time, long in the past: must be kept as is
+    sent = {}
+    producer = AIOKafkaProducer(bootstrap_servers=docket_settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i, key in enumerate(JAVA_MURMUR2):
+            value = f"value-{i}".encode()
+            meta = await producer.send_and_wait(
+                topic, value=value, key=key, timestamp_ms=base_ts + i, headers=[("h", str(i).encode())]
+            )
+            assert meta.partition == java_partition(key, partitions), key
+            sent[key] = (value, base_ts + i, meta.partition, meta.offset)
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=docket_settings.kafka_bootstrap,
+        group_id=f"{docket_settings.topic_prefix}-roundtrip",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        records = await consume_exactly(consumer, len(sent))
+    finally:
+        await consumer.stop()
+
+    assert len(records) == len(sent)
+    for record in records:
+        value, ts, partition, offset = sent[record.key]
+        assert record.value == value
+        assert record.timestamp == ts
+        assert record.timestamp_type == 0  # CreateTime: the producer's timestamp, not the broker's clock
+        assert (record.partition, record.offset) == (partition, offset)
+        assert dict(record.headers)["h"] == value.removeprefix(b"value-")
+
+
+async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(docket_settings) -> None:
+    import dataclasses
+
+    from app.topics import TopicError
+
+    again = await create_topics(docket_settings)  # the fixture already created them
+    assert again.created == []
+    assert again.existing == docket_settings.all_topics()
+
+    admin = await connect_admin(docket_settings.kafka_bootstrap)
+    try:
+        counts = await partition_counts(admin, docket_settings.all_topics())
+    finally:
+        await admin.close()
+    assert counts == {name: docket_settings.partitions for name in docket_settings.all_topics()}
+
+    wrong = dataclasses.replace(docket_settings, partitions=docket_settings.partitions + 1)
+    with pytest.raises(TopicError, match="disagree with DOCKET_PARTITIONS"):
+        await create_topics(wrong)
+
+
+async def test_broker_restart_keeps_data(kafka_broker, docket_settings) -> None:
+    """stop_broker then start_broker on the same directory: the chaos harness relies on it."""
+    if kafka_broker.settings is None:
+        pytest.skip("the session broker is not run by docket's launcher")
+    settings = kafka_broker.settings
+    topic = docket_settings.results_topic
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic, b"survives", key=b"k")
+    finally:
+        await producer.stop()
+
+    # Starting again while it runs is a no-op that reports the running broker.
+    # Called on the event loop's thread on purpose: die_with_parent ties the broker to the
+    # *thread* that starts it, and a to_thread worker exits when the test's loop closes.
+    again = launcher.start_broker(settings)
+    assert again.already_running and again.bootstrap == kafka_broker.bootstrap
+
+    pid = launcher.stop_broker(settings.broker_dir)
+    assert pid == again.pid
+    assert launcher.running_pid(settings.broker_dir) is None
+    assert not launcher.broker_answers(kafka_broker.bootstrap, timeout=1.0)
+    assert launcher.stop_broker(settings.broker_dir) is None  # idempotent
+
+    handle = launcher.start_broker(settings, 90, die_with_parent=True)
+    assert handle.bootstrap == kafka_broker.bootstrap and not handle.already_running
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(topic, meta.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, meta.offset)
+        [record] = (await consume_exactly(consumer, 1))[:1]
+    finally:
+        await consumer.stop()
+    assert (record.key, record.value, record.offset) == (b"k", b"survives", meta.offset)

@@ -1,0 +1,113 @@
+"""DOCKET_* parsing: defaults, topic names, and errors that name the variable at fault."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import SETTINGS, ConfigError, load
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start every test from the defaults, whatever the developer's shell exports."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+
+
+def test_defaults() -> None:
+    s = load()
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert s.topic_prefix == "docket"
+    assert s.instances == ("a", "b")
+    assert s.required_copies == 2
+    assert s.broker_port == 9092
+    assert s.partitions >= 1
+    assert s.data_root.is_absolute() and s.broker_dir.is_absolute() and s.broker_cache.is_absolute()
+
+
+def test_topic_names_follow_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKET_TOPIC_PREFIX", "t1.x")
+    monkeypatch.setenv("DOCKET_INSTANCES", "a, b ,c")
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "3")
+    s = load()
+    assert s.instances == ("a", "b", "c")
+    assert s.all_topics() == [
+        "t1.x.input",
+        "t1.x.output.a",
+        "t1.x.output.b",
+        "t1.x.output.c",
+        "t1.x.results",
+        "t1.x.divergences",
+    ]
+    assert s.app_id("clerk") == "t1.x-clerk"
+
+
+def test_blank_value_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKET_PARTITIONS", "  ")
+    monkeypatch.setenv("DOCKET_BROKER_PORT", "")
+    assert load().broker_port == 9092
+    assert load().partitions == int(next(s.default for s in SETTINGS if s.env == "DOCKET_PARTITIONS"))
+
+
+def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
+    # In a subprocess: the default is computed when app.settings is imported.
+    env = {k: v for k, v in os.environ.items() if k != "DOCKET_BROKER_CACHE"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    code = "from app.settings import load; print(load().broker_cache)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert Path(out.strip()) == tmp_path / "docket"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("DOCKET_PARTITIONS", "eight", "DOCKET_PARTITIONS='eight' is not a whole number"),
+        ("DOCKET_PARTITIONS", "0", "DOCKET_PARTITIONS=0 must be at least 1"),
+        ("DOCKET_BROKER_PORT", "-1", "DOCKET_BROKER_PORT=-1 must be at least 1"),
+        ("DOCKET_BATCH_WINDOW_MS", "1.5", "DOCKET_BATCH_WINDOW_MS='1.5' is not a whole number"),
+        ("DOCKET_TOPIC_PREFIX", "bad/prefix", "DOCKET_TOPIC_PREFIX='bad/prefix' may only use"),
+        ("DOCKET_INSTANCES", " , ", "DOCKET_INSTANCES names no instance"),
+        ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
+        ("DOCKET_INSTANCES", "a,b,a", "names an instance twice"),
+        ("DOCKET_REQUIRED_COPIES", "3", "DOCKET_REQUIRED_COPIES=3 exceeds the 2 instances"),
+        ("DOCKET_LOG_LEVEL", "loud", "DOCKET_LOG_LEVEL='loud' must be one of"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load()
+    assert message in str(excinfo.value)
+
+
+def test_cli_reports_config_errors_in_one_line_with_exit_code_2() -> None:
+    docket = Path(sys.executable).with_name("docket")
+    env = {**os.environ, "DOCKET_PARTITIONS": "many"}
+    proc = subprocess.run(
+        [str(docket), "topics", "create"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "docket: configuration error: DOCKET_PARTITIONS='many' is not a whole number"
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_command_lists_every_setting() -> None:
+    docket = Path(sys.executable).with_name("docket")
+    out = subprocess.run([str(docket), "config"], capture_output=True, text=True, timeout=60, check=True).stdout
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in out
+
+
+def test_readme_configuration_table_is_current() -> None:
+    """README.md embeds `docket config`; the default cache path is shown as ~/.cache/docket."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"} | {"HOME": "/HOME"}
+    table = subprocess.run([str(docket), "config"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    expected = table.stdout.replace("/HOME/", "~/").strip()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    embedded = readme.split("<!-- docket config -->", 1)[1].split("<!-- /docket config -->", 1)[0].strip()
+    assert embedded == expected, "README.md's configuration table is stale: paste `.venv/bin/docket config` into it"
