@@ -1,0 +1,55 @@
+# docket: `make test` is the whole check (what CI runs through .ci/run).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install; pip runs again only when pyproject.toml is newer.
+STAMP := $(VENV)/.installed
+# The test session's own broker lives here (not var/broker, the one `make broker-start`
+# runs), so a test run never touches a developer's broker and `make test` can check that
+# no test broker survived.
+TEST_BROKER_DIR := var/test-broker
+PYTEST_ARGS ?=
+
+# Hook for the specification check. A later issue sets it to `allium check specs/`;
+# empty means there is nothing to check yet.
+SPEC_CHECK ?=
+
+.PHONY: test install broker-fetch broker-start broker-stop spec-check clean
+
+test: $(STAMP) spec-check broker-fetch
+	@rc=0; DOCKET_TEST_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	DOCKET_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/docket broker stop >/dev/null 2>&1 || true; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
+	exit $$rc
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+broker-fetch: $(STAMP)
+	@$(BIN)/docket broker fetch
+
+broker-start: $(STAMP)
+	$(BIN)/docket broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/docket broker stop
+
+spec-check:
+	$(if $(SPEC_CHECK),$(SPEC_CHECK),@true)
+
+# Stops the brokers first, so removing var/ never leaves one running without its files.
+clean:
+	@if [ -x $(BIN)/docket ]; then $(BIN)/docket broker stop || true; \
+	  DOCKET_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/docket broker stop >/dev/null 2>&1 || true; fi
+	rm -rf var/
