@@ -74,12 +74,18 @@ class Arbiter:
             self.registrar.put(record.partition, ent["key"],
                                EntityRecord(ent["state"], ent["version"], record.offset))
 
-    def redo(self, entry: WardenEntry) -> None:
+    def redo(self, idempotency_key: str, entry: WardenEntry) -> None:
         """Finish an event whose Warden entry survived a crash: write every entity
-        change it made that the Ledger does not hold yet."""
+        change it made that the Ledger does not hold yet, and write again what it did
+        write. A crash can keep the local RocksDB writes of a batch and lose their
+        changelog records (they are sent after the batch is evaluated); a write that
+        only the local files hold is lost when the partition is next restored from
+        the changelog (a new data dir, another worker). The rewrites are the same
+        bytes, so they change nothing locally."""
+        self.warden.restate(idempotency_key, entry)
         outcome = orjson.loads(entry.body)["outcome"]
         for ent in outcome["entities"]:
             rec = self.registrar.get(entry.partition, ent["key"])
-            if rec is None or rec.stamp < entry.offset:
+            if rec is None or rec.stamp <= entry.offset:
                 self.registrar.put(entry.partition, ent["key"],
                                    EntityRecord(ent["state"], ent["version"], entry.offset))

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 import faust
+import orjson
 from faust.types import TP
 
 import app.domains  # noqa: F401  registers the built-in domains
+from agents.faults import FaultInjector, FaultSpec
 from agents.usher import Usher
 from app.records import InputRecord
 from app.registry import registry
@@ -49,7 +51,8 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> 
     )
 
 
-def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | None = None):
+def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | None = None,
+          faults: FaultSpec | None = None):
     """The Faust app of one instance, and the Usher it drives."""
     domain = registry.get(settings.domain)
     app = faust.App(settings.app_id(instance_id), **faust_settings(settings, data_dir, web_port))
@@ -64,12 +67,19 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     registrar = Registrar(Ledger(store), settings.cache_capacity)
     warden = Warden(store, settings.idempotency_ttl_ms)
     usher = Usher(instance_id, domain, registrar, warden, settings.partitions)
+    if faults is not None:
+        usher.faults = FaultInjector(faults, instance_id)
     rebuilt: set[int] = set()
+    ready = asyncio.Event()
+    processed: dict[int, int] = {}  # partition -> next offset, this run only
+    advertised: dict[int, int] = {}
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs) -> None:
         # Recovery may rewrite the table under the caches: start them afresh.
         registrar.clear()
+        processed.clear()  # partitions may have moved: advertise only what we process next
+        advertised.clear()
         for p in list(rebuilt):
             warden.forget(p)
         rebuilt.clear()
@@ -95,12 +105,38 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             await store.flush()
             for out in outputs:
                 await producer.send(output_name, out.key, out.value, out.partition, None, None)
+            processed.update(_next_offsets(batch))
+
+    @app.timer(settings.watermark_interval_ms / 1000)
+    async def advertise_watermarks() -> None:
+        # instanceReady gate: nothing is advertised until table recovery has
+        # completed, and a watermark only ever names offsets this run has processed
+        # and whose copies are already queued before it on the same partition:
+        # never the progress of a run before a crash.
+        if not app.tables.recovery.completed.is_set():
+            return
+        if not ready.is_set():
+            ready.set()
+            log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
+        for partition, next_offset in sorted(processed.items()):
+            if advertised.get(partition) != next_offset:
+                await app.producer.send(output_name, None, orjson.dumps(
+                    {"watermark": next_offset, "instance": instance_id, "partition": partition}),
+                    partition, None, None)
+                advertised[partition] = next_offset
 
     app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden}
     return app
 
 
-async def _check_topics(settings: Settings, instance_id: str) -> None:
+def _next_offsets(batch: list[InputRecord]) -> dict[int, int]:
+    nxt: dict[int, int] = {}
+    for record in batch:
+        nxt[record.partition] = record.offset + 1
+    return nxt
+
+
+async def check_topics(settings: Settings, topics: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
@@ -113,7 +149,7 @@ async def _check_topics(settings: Settings, instance_id: str) -> None:
         ) from None
     finally:
         await admin.close()
-    missing = [t for t in (settings.input_topic, settings.output_topic(instance_id)) if t not in existing]
+    missing = [t for t in topics if t not in existing]
     if missing:
         # Faust would silently consume nothing from a missing source topic.
         raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
@@ -124,16 +160,22 @@ async def _check_topics(settings: Settings, instance_id: str) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="RocksDB directory of this worker [default: $DOCKET_DATA_ROOT/<prefix>-<id>]")
 @click.option("--web-port", type=int, default=None, help="serve Faust's web endpoints on this port")
-def instance(instance_id: str, data_dir: Path | None, web_port: int | None) -> None:
+@click.option("--inject-faults", "faults", default=None, metavar="KIND:RATE",
+              help="FOR TESTS AND DEMOS: corrupt outputs (bitflip) or state (state) at this rate")
+def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None) -> None:
     """Run a worker of one redundant instance."""
     settings = load()
+    try:
+        fault_spec = FaultSpec.parse(faults) if faults else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--inject-faults") from None
     if instance_id not in settings.instances:
         click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
                    f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
-    asyncio.run(_check_topics(settings, instance_id))
+    asyncio.run(check_topics(settings, [settings.input_topic, settings.output_topic(instance_id)]))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     data_dir = data_dir or settings.data_root / settings.app_id(instance_id)
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = build(settings, instance_id, data_dir, web_port)
+    app = build(settings, instance_id, data_dir, web_port, fault_spec)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

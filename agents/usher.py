@@ -44,6 +44,7 @@ class Usher:
         self.warden = warden
         self.partitions = partitions
         self.arbiter = Arbiter(domain, registrar, warden)
+        self.faults = None  # agents.faults.FaultInjector, only when asked for
 
     def admit(self, record: InputRecord) -> Event | tuple[Rejection, Event | None]:
         """The stateless checks: envelope, event name, payload, affinity, routing."""
@@ -83,6 +84,9 @@ class Usher:
         for i, (record, item) in enumerate(zip(batch, admitted)):
             self.warden.observe(record.partition, record.offset, record.timestamp)
             body = self._conclude(record, item)
+            if self.faults is not None:
+                self.faults.corrupt_state(self.registrar, record.partition, record.offset, body)
+                body = self.faults.corrupt_body(body)
             outputs.append(Output(record.partition, record.key, records.seal(body, self.instance), body))
             if last_index[record.partition] == i:
                 self.warden.collect(record.partition, committed)
@@ -100,7 +104,7 @@ class Usher:
         version = self.warden.lookup(record.partition, event.idempotency_key, record.offset)
         verdict = self.warden.judge(version, record.offset, record.timestamp, fingerprint)
         if verdict is Verdict.REPLAY:
-            self.arbiter.redo(version)
+            self.arbiter.redo(event.idempotency_key, version)
             return version.body
         if verdict is Verdict.DUPLICATE:
             original = orjson.loads(version.body)

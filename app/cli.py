@@ -15,6 +15,7 @@ _COMMANDS = {
     "broker": "app.broker:broker",
     "topics": "app.topics:topics",
     "instance": "agents.instance:instance",
+    "clerk": "agents.clerk:clerk",
 }
 
 

@@ -125,6 +125,12 @@ class Warden:
         self.store.put(entry.partition, key, entry.encode())
         self._queues.setdefault(entry.partition, collections.deque()).append(_pack(entry, key))
 
+    def restate(self, idempotency_key: str, entry: WardenEntry) -> None:
+        """Write a version again, unchanged (same key, same bytes), so that its changelog
+        record exists even if the crash lost the first one. Not queued again: it is
+        already in the collection queue."""
+        self.store.put(entry.partition, version_key(idempotency_key, entry.offset), entry.encode())
+
     def observe(self, partition: int, offset: int, stream_time: int) -> None:
         window = self._oldest.setdefault(partition, collections.deque())
         while window and window[-1][1] >= stream_time:

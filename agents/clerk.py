@@ -1,0 +1,185 @@
+"""The Clerk as a Faust app: reads every instance's output topic, publishes agreed
+results and reports divergences. Decisions: agents/clerk_core.py. Spec:
+specs/clerk.allium.
+
+Exactly one result per input event, across Clerk crashes, without transactions:
+- a copy is acknowledged only once its position is final (decided or diverged), so
+  committed offsets never pass a copy the Clerk still needs;
+- Faust flushes the producer before it commits offsets, so every decision whose
+  copies are committed is already on the results topic;
+- copies after the committed offsets are read again after a crash, and positions
+  that were already decided are recognised from the ``clerk`` state embedded in the
+  last result and divergence records (read back when a partition is first seen).
+Results are produced by one producer per Clerk worker (aiokafka keeps one request
+in flight per partition, so records land in order), and partitions move between
+Clerk workers only through a rebalance, which drains the old owner first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agents.clerk_core import ClerkCore, Publish
+from agents.instance import check_topics, faust_settings
+from app.canonical import canonical_trusted, digest
+from app.settings import Settings, load
+
+log = logging.getLogger("docket.clerk")
+
+
+class TailReader:
+    """Reads the last record of a partition of the results and divergences topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def last_records(self, partition: int) -> list[bytes]:
+        if self.consumer is None:
+            self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                             enable_auto_commit=False, isolation_level="read_committed")
+            await self.consumer.start()
+        c = self.consumer
+        tps = [TopicPartition(t, partition) for t in (self.settings.results_topic, self.settings.divergences_topic)]
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
+        found = []
+        for tp in tps:
+            if ends[tp] == 0:
+                continue
+            c.seek(tp, ends[tp] - 1)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                batch = await c.getmany(tp, timeout_ms=500)
+                records = batch.get(tp, [])
+                if records:
+                    found.append(records[-1].value)
+                    break
+            else:
+                raise RuntimeError(f"could not read the last record of {tp.topic}[{partition}]")
+        return found
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+class ClerkMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.copies = Counter("docket_clerk_copies", "copies received", ["instance"], registry=r)
+        self.decisions = Counter("docket_clerk_decisions", "results published", registry=r)
+        self.divergences = Counter("docket_clerk_divergences", "divergence reports published", registry=r)
+        self.corrupt = Counter("docket_clerk_corrupt_copies", "copies whose digest does not match their body",
+                               ["instance"], registry=r)
+        self.lag = Gauge("docket_clerk_instance_lag", "offsets an instance is behind the most advanced one",
+                         ["instance"], registry=r)
+        self.pending = Gauge("docket_clerk_pending_positions", "positions held in memory", registry=r)
+        self.latency = Histogram("docket_clerk_decision_latency_seconds",
+                                 "input record timestamp -> result published", registry=r,
+                                 buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30))
+
+
+def build(settings: Settings, data_dir: Path, web_port: int | None):
+    app = faust.App(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port),
+                                                 "store": "memory://"})
+    sources = app.topic(*[settings.output_topic(i) for i in settings.instances],
+                        key_type=bytes, value_type=bytes, internal=False)
+    core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)
+    metrics = ClerkMetrics()
+    tail = TailReader(settings)
+    held: dict[tuple[int, int], list] = defaultdict(list)
+
+    @app.agent(sources, concurrency=1, name="clerk")
+    async def clerk_agent(stream):
+        producer = app.producer
+        async for event in stream.noack().events():
+            msg = event.message
+            p = msg.partition
+            if not core.known(p):
+                core.seed(p, await tail.last_records(p))
+            try:
+                data = orjson.loads(msg.value)
+                if "watermark" in data:
+                    core.on_watermark(p, data["instance"], data["watermark"])
+                    event.ack()
+                    continue
+                instance, claimed = data.pop("instance"), data.pop("digest")
+                offset = data["input"]["offset"]
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, msg.offset)
+                event.ack()
+                continue
+            body = canonical_trusted(data)
+            actual = digest(body)
+            if actual != claimed:
+                metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
+            metrics.copies.labels(instance).inc()
+            for action in core.on_copy(p, offset, instance, actual, body, msg.key):
+                if isinstance(action, Publish):
+                    await producer.send(settings.results_topic, action.key, action.value, p, None, None)
+                    metrics.decisions.inc()
+                    metrics.latency.observe(max(0.0, time.time() - action.stream_time / 1000))
+                else:
+                    await producer.send(settings.divergences_topic, None, action.value, p, None, None)
+                    metrics.divergences.inc()
+                    log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
+            if core.is_final(p, offset):
+                event.ack()
+                for waiting in held.pop((p, offset), ()):
+                    waiting.ack()
+            else:
+                held[(p, offset)].append(event)
+
+    @app.timer(1.0)
+    async def refresh_gauges() -> None:
+        metrics.pending.set(sum(core.pending(p) for p in list(core.partitions)))
+        for inst in settings.instances:
+            behind = [max(st.watermarks.values()) - st.watermarks.get(inst, 0)
+                      for st in core.partitions.values() if st.watermarks]
+            metrics.lag.labels(inst).set(max(behind, default=0))
+        for p, inst in sorted(core.lagging):
+            log.warning("instance %s is more than %d offsets behind on partition %d", inst, core.max_lag, p)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender, revoked, **kwargs) -> None:
+        # A partition may come back after another worker has published for it:
+        # forget it, so it is seeded from the results topic again.
+        for tp in revoked:
+            core.partitions.pop(tp.partition, None)
+            for key in [k for k in held if k[0] == tp.partition]:
+                del held[key]
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+
+    app.docket = {"core": core, "metrics": metrics}
+    return app
+
+
+@click.command("clerk")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Faust's directory for this worker [default: $DOCKET_DATA_ROOT/<prefix>-clerk]")
+@click.option("--web-port", type=int, default=None, help="serve /metrics on this port [default: none]")
+def clerk(data_dir: Path | None, web_port: int | None) -> None:
+    """Run a Clerk worker: publish results the instances agree on."""
+    settings = load()
+    asyncio.run(check_topics(settings, [settings.output_topic(i) for i in settings.instances]
+                             + [settings.results_topic, settings.divergences_topic]))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
+    data_dir = data_dir or settings.data_root / settings.app_id("clerk")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = build(settings, data_dir, web_port)
+    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

@@ -1,0 +1,268 @@
+"""The Clerk's decisions, without Kafka. Spec: specs/clerk.allium.
+
+Copies of the output for one input position (partition, offset) arrive from the
+instances' output topics. When ``required`` copies from distinct instances carry
+the same digest, the position is *decided* and its result is published, once.
+Any copy whose digest differs from another copy of the same position is reported
+as a divergence, before or after the decision; a position whose copies can no
+longer reach ``required`` matching ones is *diverged* and never published.
+
+Per partition, positions are created in input-offset order (each instance emits
+its outputs in input order), so the decided watermark and the collection of
+finished positions advance by popping from the front of a deque: amortised O(1)
+per position, no scans. Finished positions are kept until every instance's
+watermark has passed them, so a late or replayed copy is still compared; after
+that they are dropped, and memory is bounded by the events in flight.
+
+Restart: every published result and divergence record carries ``clerk``: the
+partition's decision sequence number, decided watermark and the finished
+positions above it. A restarted Clerk seeds each partition from the newer of the
+two last records, so a decision made before a crash is never published twice.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import orjson
+
+
+@dataclass
+class Position:
+    offset: int
+    copies: dict[str, str] = field(default_factory=dict)  # instance -> digest
+    bodies: dict[str, bytes] = field(default_factory=dict)  # digest -> body
+    decided: str | None = None  # the agreed digest
+    diverged: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.decided is not None or self.diverged
+
+
+@dataclass(frozen=True)
+class Publish:
+    partition: int
+    key: bytes | None
+    value: bytes
+    stream_time: int
+
+
+@dataclass(frozen=True)
+class Report:
+    partition: int
+    value: bytes
+
+
+@dataclass
+class PartitionState:
+    seq: int = 0  # decisions and divergence reports published so far
+    decided_below: int = 0  # every position below is final (or was never copied)
+    order: collections.deque = field(default_factory=collections.deque)  # offsets, creation order
+    positions: dict[int, Position] = field(default_factory=dict)
+    # finished positions restored from a record, above decided_below: offset -> digest|None
+    restored: dict[int, str | None] = field(default_factory=dict)
+    watermarks: dict[str, int] = field(default_factory=dict)  # instance -> next offset
+    dropped_below: int = 0  # positions below are forgotten: copies for them are late
+
+
+class ClerkCore:
+    def __init__(self, instances: tuple[str, ...], required: int, max_lag: int = 10_000) -> None:
+        if not 1 <= required <= len(instances):
+            raise ValueError(f"required copies {required} must be between 1 and {len(instances)}")
+        self.instances = tuple(sorted(instances))
+        self.required = required
+        self.max_lag = max_lag
+        self.partitions: dict[int, PartitionState] = {}
+        self.counts = collections.Counter()  # metric name -> count
+        self.copies_by_instance = collections.Counter()
+        self.lagging: set[tuple[int, str]] = set()
+
+    # ---- restart -----------------------------------------------------------------
+
+    def seed(self, partition: int, records: list[bytes]) -> None:
+        """Initialise a partition from the last result and last divergence record
+        published for it (either may be missing)."""
+        best = None
+        for raw in records:
+            state = orjson.loads(raw).get("clerk")
+            if state and (best is None or state["seq"] > best["seq"]):
+                best = state
+        st = PartitionState()
+        if best is not None:
+            st.seq = best["seq"]
+            st.decided_below = best["decided_below"]
+            st.dropped_below = best["decided_below"]
+            st.restored = {o: d for o, d in best["finished_above"]}
+        self.partitions[partition] = st
+
+    def known(self, partition: int) -> bool:
+        return partition in self.partitions
+
+    # ---- copies ------------------------------------------------------------------
+
+    def on_watermark(self, partition: int, instance: str, next_offset: int) -> None:
+        """An instance has emitted every copy below ``next_offset`` in its current run.
+        A restarted instance advertises again from where it resumed: watermarks may
+        go down, and positions already dropped stay dropped."""
+        st = self._state(partition)
+        st.watermarks[instance] = next_offset
+        self._advance(st)
+        top = max(st.watermarks.values())
+        for inst in self.instances:
+            behind = top - st.watermarks.get(inst, 0)
+            if behind > self.max_lag:
+                self.lagging.add((partition, inst))
+            else:
+                self.lagging.discard((partition, inst))
+
+    def on_copy(self, partition: int, offset: int, instance: str, digest: str, body: bytes,
+                key: bytes | None) -> list[Publish | Report]:
+        st = self._state(partition)
+        self.copies_by_instance[instance] += 1
+        if offset < st.dropped_below or (offset in st.restored and offset not in st.positions):
+            return self._late(st, partition, offset, instance, digest)
+        pos = st.positions.get(offset)
+        if pos is None:
+            pos = st.positions[offset] = Position(offset)
+            st.order.append(offset)
+        previous = pos.copies.get(instance)
+        if previous is not None:
+            if previous == digest:
+                self.counts["replayed_copies"] += 1
+                return []  # a replay re-emitted the same copy
+            self.counts["replay_mismatches"] += 1
+            return [self._report(st, partition, pos, "replay_mismatch", extra=(instance, digest))]
+        pos.copies[instance] = digest
+        pos.bodies.setdefault(digest, body)
+        if pos.final:
+            if pos.decided is not None and digest == pos.decided:
+                return []
+            # a late copy that disagrees with the decision, or one more copy of a
+            # position that has already diverged
+            return [self._report(st, partition, pos, "mismatch")]
+        actions: list[Publish | Report] = []
+        agreeing = sorted(i for i, d in pos.copies.items() if d == digest)
+        if len(agreeing) >= self.required:
+            pos.decided = digest
+            actions.append(self._publish(st, partition, pos, key, agreeing))
+            if len(agreeing) < len(pos.copies):
+                actions.append(self._report(st, partition, pos, "mismatch"))
+        elif not self._can_still_decide(pos):
+            pos.diverged = True
+            actions.append(self._report(st, partition, pos, "mismatch"))
+        self._advance(st)
+        return actions
+
+    def pending(self, partition: int) -> int:
+        st = self.partitions.get(partition)
+        return 0 if st is None else len(st.positions)
+
+    def decided_below(self, partition: int) -> int:
+        return self._state(partition).decided_below
+
+    def is_final(self, partition: int, offset: int) -> bool:
+        st = self._state(partition)
+        pos = st.positions.get(offset)
+        if pos is not None:
+            return pos.final
+        return offset < st.dropped_below or offset in st.restored
+
+    # ---- internals ----------------------------------------------------------------
+
+    def _state(self, partition: int) -> PartitionState:
+        st = self.partitions.get(partition)
+        if st is None:
+            st = self.partitions[partition] = PartitionState()
+        return st
+
+    def _can_still_decide(self, pos: Position) -> bool:
+        missing = len(self.instances) - len(pos.copies)
+        best = max(collections.Counter(pos.copies.values()).values())
+        return best + missing >= self.required
+
+    def _late(self, st, partition, offset, instance, digest) -> list:
+        # A copy for a position this Clerk has finished and forgotten (or restored
+        # as finished): compare with the agreed digest while it is still known.
+        self.counts["late_copies"] += 1
+        agreed = st.restored.get(offset)
+        if agreed is not None and agreed != digest:
+            pos = Position(offset, copies={instance: digest}, decided=agreed)
+            return [self._report(st, partition, pos, "mismatch")]
+        return []
+
+    def _lowest(self, st: PartitionState) -> int | None:
+        if len(st.watermarks) < len(self.instances):
+            return None  # an instance that never advertised holds everything back
+        return min(st.watermarks[i] for i in self.instances)
+
+    def _advance(self, st: PartitionState) -> None:
+        lowest = self._lowest(st)
+        while True:
+            x = st.decided_below
+            pos = st.positions.get(x)
+            if pos is not None:
+                if not pos.final:
+                    break
+            elif x not in st.restored and (lowest is None or x >= lowest):
+                # No copy yet. Below every instance's watermark it never will come:
+                # that offset holds no event (e.g. a transaction marker).
+                break
+            st.restored.pop(x, None)
+            st.decided_below = x + 1
+        self._collect(st)
+
+    def _collect(self, st: PartitionState) -> None:
+        # Forget finished positions every instance has passed: memory is bounded by
+        # the positions still in flight, not by history.
+        lowest = self._lowest(st)
+        if lowest is None:
+            return
+        limit = min(lowest, st.decided_below)
+        order, positions = st.order, st.positions
+        while order and order[0] < limit:
+            positions.pop(order.popleft(), None)
+        if limit > st.dropped_below:
+            st.dropped_below = limit
+
+    def _clerk_state(self, st: PartitionState, partition: int) -> dict:
+        above = [[o, p.decided] for o, p in sorted(st.positions.items()) if o >= st.decided_below and p.final]
+        above += [[o, d] for o, d in sorted(st.restored.items()) if o >= st.decided_below]
+        return {"seq": st.seq, "decided_below": st.decided_below, "finished_above": sorted(above)}
+
+    def _publish(self, st, partition, pos: Position, key, agreeing) -> Publish:
+        body = orjson.loads(pos.bodies[pos.decided])
+        st.seq += 1
+        self._advance(st)
+        self.counts["decisions"] += 1
+        value = orjson.dumps({
+            "idempotency_key": body["idempotency_key"],
+            "input": body["input"],
+            "event_name": body["event_name"],
+            "outcome": body["outcome"],
+            "duplicate_of": body["duplicate_of"],
+            "domain_version": body["domain_version"],
+            "stream_time": body["stream_time"],
+            "digest": pos.decided,
+            "instances": agreeing,
+            "clerk": self._clerk_state(st, partition),
+        })
+        ikey = body["idempotency_key"]
+        return Publish(partition, None if ikey is None else ikey.encode("utf-8"), value, body["stream_time"])
+
+    def _report(self, st, partition, pos: Position, cause: str, extra=None) -> Report:
+        st.seq += 1
+        self._advance(st)
+        self.counts["divergences"] += 1
+        copies = [{"instance": i, "digest": d} for i, d in sorted(pos.copies.items())]
+        if extra is not None:
+            copies.append({"instance": extra[0], "digest": extra[1], "replay": True})
+        value = orjson.dumps({
+            "input": {"partition": partition, "offset": pos.offset},
+            "cause": cause,
+            "copies": copies,
+            "decided": pos.decided,
+            "clerk": self._clerk_state(st, partition),
+        })
+        return Report(partition, value)
