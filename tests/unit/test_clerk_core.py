@@ -1,0 +1,278 @@
+"""The Clerk's decisions without Kafka (specs/clerk.allium)."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.clerk_core import ClerkCore, Publish, Report
+from app.canonical import canonical, digest
+
+
+def body(offset: int, partition: int = 0, variant: int = 0) -> bytes:
+    return canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": f"k{offset}",
+                      "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
+                      "stream_time": 1000 + offset,
+                      "outcome": {"status": "applied", "reason": None, "detail": "",
+                                  "entities": [{"key": "stock:w:s", "state": {"quantity": offset + variant},
+                                                "version": 1}]}})
+
+
+def copy(core, instance, offset, variant=0, partition=0):
+    b = body(offset, partition, variant)
+    return core.on_copy(partition, offset, instance, digest(b), b, f"k{offset}".encode())
+
+
+def published(actions):
+    return [orjson.loads(a.value) for a in actions if isinstance(a, Publish)]
+
+
+def reports(actions):
+    return [orjson.loads(a.value) for a in actions if isinstance(a, Report)]
+
+
+def test_two_matching_copies_publish_once():
+    """ClerkDecidesOnRequiredCopies: the second matching copy publishes the result."""
+    core = ClerkCore(("a", "b"), 2)
+    assert copy(core, "a", 0) == []
+    (result,) = published(copy(core, "b", 0))
+    assert result["instances"] == ["a", "b"]
+    assert result["input"] == {"partition": 0, "offset": 0}
+    assert result["digest"] == digest(body(0))
+    assert result["outcome"]["entities"][0]["state"]["quantity"] == 0
+    assert core.decided_below(0) == 1
+
+
+def test_identical_replayed_copy_is_ignored():
+    """ClerkIgnoresIdenticalReplay."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0)
+    assert copy(core, "a", 0) == [] and copy(core, "b", 0) == []
+    assert core.counts["decisions"] == 1
+
+
+def test_different_replayed_copy_is_a_divergence():
+    """ClerkReportsReplayMismatch: an instance whose replay differs is non-deterministic."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0)
+    (rep,) = reports(copy(core, "a", 0, variant=7))
+    assert rep["cause"] == "replay_mismatch"
+    assert rep["decided"] == digest(body(0))
+    assert {c["instance"] for c in rep["copies"]} == {"a", "b"}
+
+
+def test_disagreeing_pair_diverges_and_is_never_published():
+    """ClerkReportsDivergence, DivergentPositionNeverPublished."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    actions = copy(core, "b", 0, variant=1)
+    assert published(actions) == []
+    (rep,) = reports(actions)
+    assert rep["decided"] is None and rep["cause"] == "mismatch"
+    assert sorted(c["digest"] for c in rep["copies"]) == sorted([digest(body(0)), digest(body(0, variant=1))])
+    assert published(copy(core, "b", 0, variant=1)) == []
+    assert core.is_final(0, 0)
+
+
+def test_three_instances_first_two_matching_decide_and_the_odd_one_is_reported():
+    """ClerkDecidesOnRequiredCopies with a,b,c and 2 required; the odd copy is reported."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    assert copy(core, "c", 0, variant=3) == []  # alone: nothing to compare yet
+    assert copy(core, "a", 0) == []  # a != c, but b can still agree with either
+    actions = copy(core, "b", 0)
+    (result,) = published(actions)
+    (rep,) = reports(actions)
+    assert result["instances"] == ["a", "b"]
+    assert rep["decided"] == digest(body(0))
+    assert copy(core, "c", 1, variant=3) == []
+    copy(core, "a", 1)
+    copy(core, "b", 1)
+
+
+def test_late_copy_that_disagrees_after_the_decision_is_reported():
+    """ClerkComparesLateCopies: a fault is found even after the result was safe."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0)
+    assert published(copy(core, "b", 0))
+    (rep,) = reports(copy(core, "c", 0, variant=5))
+    assert rep["decided"] == digest(body(0)) and rep["cause"] == "mismatch"
+    assert copy(core, "c", 1) == []
+
+
+def test_three_way_disagreement_diverges():
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0, variant=1)
+    copy(core, "b", 0, variant=2)
+    actions = copy(core, "c", 0, variant=3)
+    assert not published(actions) and reports(actions)[0]["decided"] is None
+
+
+def test_decided_watermark_advances_in_order_and_skips_offsets_without_events():
+    """ClerkAdvancesDecidedWatermark: offsets no instance copied, below every
+    watermark, are not events (e.g. transaction markers)."""
+    core = ClerkCore(("a", "b"), 2)
+    for o in (0, 1):
+        copy(core, "a", o)
+        copy(core, "b", o)
+    copy(core, "a", 3)
+    copy(core, "b", 3)
+    assert core.decided_below(0) == 2  # 2 not seen yet
+    core.on_watermark(0, "a", 4)
+    assert core.decided_below(0) == 2
+    core.on_watermark(0, "b", 4)
+    assert core.decided_below(0) == 4
+
+
+def test_finished_positions_are_dropped_below_the_lowest_watermark():
+    """ClerkDropsBelowLowestWatermark: memory is bounded by events in flight."""
+    core = ClerkCore(("a", "b"), 2)
+    for o in range(1000):
+        copy(core, "a", o)
+        copy(core, "b", o)
+        if o % 100 == 99:
+            core.on_watermark(0, "a", o + 1)
+            core.on_watermark(0, "b", o + 1)
+    assert core.pending(0) == 0
+    assert core.counts["decisions"] == 1000
+
+
+def test_pending_positions_are_never_dropped():
+    """ClerkNeverDropsANeededCopy: a position missing a copy stays, whatever the watermarks."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    core.on_watermark(0, "a", 1)
+    core.on_watermark(0, "b", 1)  # b claims progress it has not shown (a gate violation)
+    assert core.pending(0) == 1 and not core.is_final(0, 0)
+    (result,) = published(copy(core, "b", 0))
+    assert result["input"]["offset"] == 0
+
+
+def test_lagging_instance_is_reported():
+    """ClerkReportsLaggingInstance."""
+    core = ClerkCore(("a", "b"), 2, max_lag=10)
+    core.on_watermark(0, "a", 100)
+    core.on_watermark(0, "b", 95)
+    assert core.lagging == set()
+    core.on_watermark(0, "a", 200)
+    assert core.lagging == {(0, "b")}
+    core.on_watermark(0, "b", 199)
+    assert core.lagging == set()
+
+
+def test_seed_restores_decisions_from_the_newest_record():
+    """ClerkSeedsFromLastRecords: a restarted Clerk does not publish a decided position again."""
+    core = ClerkCore(("a", "b"), 2)
+    last = None
+    for o in range(5):
+        copy(core, "a", o)
+        last = copy(core, "b", o)[0].value
+    restarted = ClerkCore(("a", "b"), 2)
+    restarted.seed(0, [last])
+    for o in range(5):
+        assert copy(restarted, "a", o) == [] and copy(restarted, "b", o) == []
+    assert published(copy(restarted, "a", 5) + copy(restarted, "b", 5))[0]["input"]["offset"] == 5
+
+
+def test_seed_picks_the_newest_of_result_and_divergence_records():
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    result = copy(core, "b", 0)[0].value
+    copy(core, "a", 1)
+    divergence = copy(core, "b", 1, variant=1)[0].value
+    restarted = ClerkCore(("a", "b"), 2)
+    restarted.seed(0, [result, divergence])
+    assert restarted.decided_below(0) == 2
+    assert copy(restarted, "a", 1) == [] and copy(restarted, "b", 1, variant=1) == []
+
+
+# --- exactly once across Clerk crashes ----------------------------------------------
+
+
+def _instance_topic(instance: str, n: int, rng: random.Random, replay: bool) -> list:
+    """An output topic partition: copies in input order, watermarks after them,
+    and optionally a replay (the instance restarted and re-emitted a suffix)."""
+    out = []
+    for o in range(n):
+        out.append(("copy", o))
+        if rng.random() < 0.2:
+            out.append(("wm", o + 1))
+        if replay and rng.random() < 0.02 and o > 5:
+            back = rng.randint(1, 5)
+            out.extend(("copy", r) for r in range(o - back, o + 1))
+    out.append(("wm", n))
+    return out
+
+
+def _run_with_crashes(n: int, seed: int, crashes: int, instances=("a", "b"), required=2) -> list[dict]:
+    rng = random.Random(seed)
+    topics = {i: _instance_topic(i, n, rng, replay=True) for i in instances}
+    committed = {i: 0 for i in instances}
+    log: list[tuple[str, bytes]] = []  # the results and divergences topics, in order
+    for run in range(crashes + 1):
+        core = ClerkCore(instances, required)
+        last_r = [v for k, v in log if k == "results"][-1:]
+        last_d = [v for k, v in log if k == "divergences"][-1:]
+        core.seed(0, last_r + last_d)
+        pos = dict(committed)
+        acked = {i: set() for i in instances}
+        held: dict[int, list[tuple[str, int]]] = {}
+        budget = rng.randint(10, 4 * n) if run < crashes else None
+        steps = 0
+        while any(pos[i] < len(topics[i]) for i in instances):
+            if budget is not None and steps >= budget:
+                break  # crash: nothing else happens in this run
+            steps += 1
+            inst = rng.choice([i for i in instances if pos[i] < len(topics[i])])
+            idx = pos[inst]
+            pos[inst] += 1
+            kind, value = topics[inst][idx]
+            if kind == "wm":
+                core.on_watermark(0, inst, value)
+                acked[inst].add(idx)
+            else:
+                for action in copy(core, inst, value):
+                    log.append(("results" if isinstance(action, Publish) else "divergences", action.value))
+                if core.is_final(0, value):
+                    acked[inst].add(idx)
+                    for other, j in held.pop(value, []):
+                        acked[other].add(j)
+                else:
+                    held.setdefault(value, []).append((inst, idx))
+            if rng.random() < 0.1:  # an offset commit: the contiguous acknowledged prefix
+                for i in instances:
+                    c = committed[i]
+                    while c in acked[i]:
+                        c += 1
+                    committed[i] = c
+    return [orjson.loads(v) for k, v in log if k == "results"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 100_000), crashes=st.integers(0, 4))
+def test_exactly_one_result_per_position_across_clerk_crashes(seed, crashes):
+    """ClerkPublishesOnce, ClerkAcksOnlyFinalPositions, ClerkSeedsFromLastRecords:
+    crash the Clerk anywhere, restart from the committed offsets, and every
+    position still has exactly one result."""
+    n = 120
+    results = _run_with_crashes(n, seed, crashes)
+    offsets = sorted(r["input"]["offset"] for r in results)
+    assert offsets == list(range(n))
+
+
+@pytest.mark.parametrize("order", ["ab", "ba", "interleaved"])
+def test_decisions_do_not_depend_on_arrival_order(order):
+    """ClerkDecisionIndependentOfArrivalOrder."""
+    core = ClerkCore(("a", "b"), 2)
+    seq = {"ab": [("a", o) for o in range(20)] + [("b", o) for o in range(20)],
+           "ba": [("b", o) for o in range(20)] + [("a", o) for o in range(20)],
+           "interleaved": [x for o in range(20) for x in (("a", o), ("b", o))]}[order]
+    outs = []
+    for inst, o in seq:
+        outs += published(copy(core, inst, o, variant=1 if (inst, o) == ("b", 7) else 0))
+    assert sorted(r["input"]["offset"] for r in outs) == [o for o in range(20) if o != 7]
