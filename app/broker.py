@@ -492,9 +492,8 @@ def _wait_until_ready(proc: subprocess.Popen, bootstrap: str, deadline: float, l
     while True:
         code = proc.poll()
         if code is not None:
-            raise BrokerError(
-                f"the broker exited with code {code} during start-up. Last lines of {log_path}:\n{_tail(log_path)}"
-            )
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            raise BrokerError(f"the broker {how} during start-up. Last lines of {log_path}:\n{_tail(log_path)}")
         if _tcp_open(host, int(port)) and broker_answers(bootstrap, timeout=2.0):
             return
         if time.monotonic() >= deadline:
