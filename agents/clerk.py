@@ -129,6 +129,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             for action in core.on_copy(p, offset, instance, actual, body, msg.key):
                 if isinstance(action, Publish):
                     await producer.send(settings.results_topic, action.key, action.value, p, None, None)
+                    for key, value in action.entities:
+                        await producer.send(settings.entities_topic, key, value, p, None, None)
                     metrics.decisions.inc()
                     metrics.latency.observe(max(0.0, time.time() - action.stream_time / 1000))
                 else:
@@ -177,7 +179,7 @@ def clerk(data_dir: Path | None, web_port: int | None) -> None:
     """Run a Clerk worker: publish results the instances agree on."""
     settings = load()
     asyncio.run(check_topics(settings, [settings.output_topic(i) for i in settings.instances]
-                             + [settings.results_topic, settings.divergences_topic]))
+                             + [settings.results_topic, settings.divergences_topic, settings.entities_topic]))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     data_dir = data_dir or settings.data_root / settings.app_id("clerk")
     data_dir.mkdir(parents=True, exist_ok=True)

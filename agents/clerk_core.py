@@ -47,6 +47,9 @@ class Publish:
     key: bytes | None
     value: bytes
     stream_time: int
+    # (entity key, record) for the compacted entities topic: the agreed new state of
+    # every entity the event changed
+    entities: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,13 @@ class ClerkCore:
             "clerk": self._clerk_state(st, partition),
         })
         ikey = body["idempotency_key"]
-        return Publish(partition, None if ikey is None else ikey.encode("utf-8"), value, body["stream_time"])
+        entities = tuple(
+            (ent["key"].encode("utf-8"),
+             orjson.dumps({"key": ent["key"], "state": ent["state"], "version": ent["version"],
+                           "input": body["input"]}))
+            for ent in body["outcome"]["entities"])
+        return Publish(partition, None if ikey is None else ikey.encode("utf-8"), value, body["stream_time"],
+                       entities)
 
     def _report(self, st, partition, pos: Position, cause: str, extra=None) -> Report:
         st.seq += 1

@@ -113,12 +113,18 @@ class Settings:
     def divergences_topic(self) -> str:
         return f"{self.topic_prefix}.divergences"
 
+    @property
+    def entities_topic(self) -> str:
+        """Compacted: the latest agreed state of each entity, kept by the Clerk."""
+        return f"{self.topic_prefix}.entities"
+
     def all_topics(self) -> list[str]:
         return [
             self.input_topic,
             *(self.output_topic(i) for i in self.instances),
             self.results_topic,
             self.divergences_topic,
+            self.entities_topic,
         ]
 
     def app_id(self, role: str) -> str:

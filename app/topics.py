@@ -2,7 +2,7 @@
 
 Topics are created explicitly (the broker's auto-creation is off) because their partition
 count is part of correctness: the copies of event (p, o) must arrive on partition p of
-every output topic, so input, output, results and divergences topics all have
+every output topic, so input, output, results, divergences and entities topics all have
 DOCKET_PARTITIONS partitions. A topic that exists with another count is an error, never
 silently accepted.
 """
@@ -52,6 +52,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         *(TopicSpec(settings.output_topic(i), p, dict(_EVENT_TIME)) for i in settings.instances),
         TopicSpec(settings.results_topic, p),
         TopicSpec(settings.divergences_topic, p),
+        # one record per entity survives compaction: readers load current state
+        # without replaying the results history
+        TopicSpec(settings.entities_topic, p, {"cleanup.policy": "compact"}),
     ]
 
 

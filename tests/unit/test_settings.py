@@ -43,6 +43,7 @@ def test_topic_names_follow_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         "t1.x.output.c",
         "t1.x.results",
         "t1.x.divergences",
+        "t1.x.entities",
     ]
     assert s.app_id("clerk") == "t1.x-clerk"
 
