@@ -16,6 +16,8 @@ _COMMANDS = {
     "topics": "app.topics:topics",
     "instance": "agents.instance:instance",
     "clerk": "agents.clerk:clerk",
+    "api": "app.api:api",
+    "demo": "app.demo:demo",
 }
 
 
