@@ -14,9 +14,10 @@ STAMP := $(VENV)/.installed
 TEST_BROKER_DIR := var/test-broker
 PYTEST_ARGS ?=
 
-# Hook for the specification check. A later issue sets it to `allium check specs/`;
-# empty means there is nothing to check yet.
-SPEC_CHECK ?=
+# The specs are checked with the Allium CLI (crate allium-cli), installed once into
+# ~/.cargo/bin with cargo; later runs find it there.
+ALLIUM_VERSION := 3.6.1
+ALLIUM := $(or $(shell command -v allium 2>/dev/null),$(HOME)/.cargo/bin/allium)
 
 .PHONY: test install broker-fetch broker-start broker-stop spec-check clean
 
@@ -45,8 +46,12 @@ broker-start: $(STAMP)
 broker-stop: $(STAMP)
 	$(BIN)/docket broker stop
 
-spec-check:
-	$(if $(SPEC_CHECK),$(SPEC_CHECK),@true)
+spec-check: $(ALLIUM)
+	@$(ALLIUM) check specs/ >/dev/null || { $(ALLIUM) check specs/; echo "make: allium check specs/ failed" >&2; exit 1; }
+
+$(HOME)/.cargo/bin/allium:
+	@command -v cargo >/dev/null || { echo "make: the spec check needs Rust's cargo (https://rustup.rs) to install allium-cli" >&2; exit 2; }
+	cargo install --locked --quiet allium-cli --version $(ALLIUM_VERSION)
 
 # Stops the brokers first, so removing var/ never leaves one running without its files.
 clean:
