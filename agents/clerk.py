@@ -33,6 +33,7 @@ from agents.clerk_core import ClerkCore, Publish
 from agents.instance import check_topics, faust_settings
 from app.canonical import canonical_trusted, digest
 from app.settings import Settings, load
+from app.stack import wait_for_topics_cli
 
 log = logging.getLogger("docket.clerk")
 
@@ -100,6 +101,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     metrics = ClerkMetrics()
     tail = TailReader(settings)
     held: dict[tuple[int, int], list] = defaultdict(list)
+    instance_of = {settings.output_topic(i): i for i in settings.instances}
 
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
@@ -112,10 +114,13 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             try:
                 data = orjson.loads(msg.value)
                 if "watermark" in data:
-                    core.on_watermark(p, data["instance"], data["watermark"])
+                    core.on_watermark(p, instance_of[msg.topic], data["watermark"])
                     event.ack()
                     continue
-                instance, claimed = data.pop("instance"), data.pop("digest")
+                # Who sent it is the topic it came on, not what it says about itself.
+                instance = instance_of[msg.topic]
+                data.pop("instance")
+                claimed = data.pop("digest")
                 offset = data["input"]["offset"]
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, msg.offset)
@@ -134,6 +139,10 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     metrics.decisions.inc()
                     metrics.latency.observe(max(0.0, time.time() - action.stream_time / 1000))
                 else:
+                    # The restart seed takes the newer of the last result and the last
+                    # divergence: a divergence must not land before a result queued
+                    # ahead of it. Divergences are rare; waiting for the queue is cheap.
+                    await producer.flush()
                     await producer.send(settings.divergences_topic, None, action.value, p, None, None)
                     metrics.divergences.inc()
                     log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
@@ -175,11 +184,15 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Faust's directory for this worker [default: $DOCKET_DATA_ROOT/<prefix>-clerk]")
 @click.option("--web-port", type=int, default=None, help="serve /metrics on this port [default: none]")
-def clerk(data_dir: Path | None, web_port: int | None) -> None:
+@click.option("--wait", "wait_s", type=float, default=0.0, metavar="SECONDS",
+              help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
+def clerk(data_dir: Path | None, web_port: int | None, wait_s: float) -> None:
     """Run a Clerk worker: publish results the instances agree on."""
     settings = load()
-    asyncio.run(check_topics(settings, [settings.output_topic(i) for i in settings.instances]
-                             + [settings.results_topic, settings.divergences_topic, settings.entities_topic]))
+    topics = ([settings.output_topic(i) for i in settings.instances]
+              + [settings.results_topic, settings.divergences_topic, settings.entities_topic])
+    wait_for_topics_cli(settings, topics, wait_s)
+    asyncio.run(check_topics(settings, topics))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     data_dir = data_dir or settings.data_root / settings.app_id("clerk")
     data_dir.mkdir(parents=True, exist_ok=True)

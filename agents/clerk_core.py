@@ -109,6 +109,8 @@ class ClerkCore:
         """An instance has emitted every copy below ``next_offset`` in its current run.
         A restarted instance advertises again from where it resumed: watermarks may
         go down, and positions already dropped stay dropped."""
+        if instance not in self.instances:
+            return  # not one of ours: it must not hold back collection
         st = self._state(partition)
         st.watermarks[instance] = next_offset
         self._advance(st)
@@ -122,11 +124,15 @@ class ClerkCore:
 
     def on_copy(self, partition: int, offset: int, instance: str, digest: str, body: bytes,
                 key: bytes | None) -> list[Publish | Report]:
+        if instance not in self.instances:
+            raise ValueError(f"copy from unconfigured instance {instance!r}")
         st = self._state(partition)
         self.copies_by_instance[instance] += 1
-        if offset < st.dropped_below or (offset in st.restored and offset not in st.positions):
-            return self._late(st, partition, offset, instance, digest)
         pos = st.positions.get(offset)
+        if pos is None and (offset < st.decided_below or offset in st.restored):
+            # Finished before (and forgotten, or restored as finished at a restart):
+            # never open it again, or it could be published a second time.
+            return self._late(st, partition, offset, instance, digest)
         if pos is None:
             pos = st.positions[offset] = Position(offset)
             st.order.append(offset)

@@ -276,3 +276,33 @@ def test_decisions_do_not_depend_on_arrival_order(order):
     for inst, o in seq:
         outs += published(copy(core, inst, o, variant=1 if (inst, o) == ("b", 7) else 0))
     assert sorted(r["input"]["offset"] for r in outs) == [o for o in range(20) if o != 7]
+
+
+def test_restored_position_is_never_reopened_after_the_watermark_passes_it():
+    """ClerkPublishesOnce, ClerkChecksCopyOfForgottenPosition: with three instances, a
+    position restored as finished and then passed by the decided watermark stays
+    finished when a lagging instance's copy arrives."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0)
+    last = copy(core, "b", 0)[0].value
+    restarted = ClerkCore(("a", "b", "c"), 2)
+    restarted.seed(0, [last])
+    for o in (1, 2):
+        copy(restarted, "a", o)
+        copy(restarted, "b", o)
+    assert restarted.decided_below(0) == 3
+    assert copy(restarted, "c", 0) == [] and copy(restarted, "a", 0) == []
+    assert restarted.is_final(0, 0)
+
+
+def test_copies_and_watermarks_of_unconfigured_instances_are_refused():
+    core = ClerkCore(("a", "b"), 2)
+    core.on_watermark(0, "zz", 10)  # ignored: must not break collection
+    with pytest.raises(ValueError):
+        copy(core, "zz", 0)
+    for o in range(3):
+        copy(core, "a", o)
+        copy(core, "b", o)
+    core.on_watermark(0, "a", 3)
+    core.on_watermark(0, "b", 3)
+    assert core.pending(0) == 0
