@@ -8,7 +8,8 @@ A domain is a plain object with these attributes (see ``app/domains/inventory.py
 ``event_names``
     the event names it accepts.
 ``validate(event_name, payload) -> Rejection | None``
-    payload schema check; a named reason when the payload is unusable.
+    payload schema check; a named reason when the payload is unusable (and, optionally,
+    the payload field at fault in ``Rejection.field``).
 ``affinity_key(event_name, payload) -> str``
     the input record key. Every entity an event touches must share it, so they all
     live on the event's partition (conflicting events are totally ordered).
@@ -35,6 +36,10 @@ from typing import Any, Mapping, Protocol
 class Rejection:
     reason: str
     detail: str = ""
+    # the payload field at fault, when there is one (e.g. "delta"); for field-level
+    # error reports (the REST API's 400). Not part of any output record, and not
+    # compared: two rejections with the same reason and detail are the same.
+    field: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

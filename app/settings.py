@@ -44,6 +44,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_BROKER_DIR", "var/broker", "storage, config and log of the local broker"),
     Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
+    Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
+    Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
+    Setting("DOCKET_API_TOKENS", "", "comma-separated bearer tokens the REST API accepts; required (`docket api` refuses to start without one)"),
+    Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
 )
 
 _DEFAULTS = {s.env: s.default for s in SETTINGS}
@@ -63,6 +67,21 @@ def _int(env: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{env}={value} must be at least {minimum}")
     return value
+
+
+def _tokens(env: str) -> tuple[str, ...]:
+    tokens = tuple(part.strip() for part in _raw(env).split(",") if part.strip())
+    for token in tokens:
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise ConfigError(f"{env}: a token may only use printable ASCII characters without spaces")
+    return tokens
+
+
+def _port(env: str) -> int:
+    port = _int(env, 0)
+    if port > 65535:
+        raise ConfigError(f"{env}={port} is not a TCP port (0-65535; 0 picks a free one)")
+    return port
 
 
 def _instances(env: str) -> tuple[str, ...]:
@@ -96,6 +115,10 @@ class Settings:
     broker_dir: Path
     broker_cache: Path
     log_level: str
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_tokens: tuple[str, ...] = ()
+    api_timeout_ms: int = 5000
 
     # Topic names: the one place that spells them.
     @property
@@ -163,5 +186,9 @@ def load() -> Settings:
         broker_dir=Path(_raw("DOCKET_BROKER_DIR")).expanduser().resolve(),
         broker_cache=Path(_raw("DOCKET_BROKER_CACHE")).expanduser().resolve(),
         log_level=level,
+        api_host=_raw("DOCKET_API_HOST"),
+        api_port=_port("DOCKET_API_PORT"),
+        api_tokens=_tokens("DOCKET_API_TOKENS"),
+        api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
     )
 

@@ -43,31 +43,46 @@ class Inventory:
             return Rejection("invalid_payload", "payload must be a JSON object")
         unknown = sorted(set(payload) - set(fields))
         if unknown:
-            return Rejection("invalid_payload", f"unknown field(s): {', '.join(unknown)}")
+            return Rejection("invalid_payload", f"unknown field(s): {', '.join(unknown)}", unknown[0])
         for name, kind in fields.items():  # dict order is the literal's: fixed, so errors are deterministic
             if name not in payload:
-                return Rejection("invalid_payload", f"missing field: {name}")
+                return Rejection("invalid_payload", f"missing field: {name}", name)
             value = payload[name]
             if kind is int and not _is_int(value):
-                return Rejection("invalid_payload", f"{name} must be an integer")
+                return Rejection("invalid_payload", f"{name} must be an integer", name)
             if kind is str:
                 if not isinstance(value, str):
-                    return Rejection("invalid_payload", f"{name} must be a string")
+                    return Rejection("invalid_payload", f"{name} must be a string", name)
                 if not _IDENT.fullmatch(value):
-                    return Rejection("invalid_identifier", f"{name} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+                    return Rejection("invalid_identifier", f"{name} must be 1-64 characters of A-Z a-z 0-9 . _ -", name)
         if event_name == ADJUST:
             delta = payload["delta"]
             if delta == 0:
-                return Rejection("zero_delta", "delta must not be 0")
+                return Rejection("zero_delta", "delta must not be 0", "delta")
             if abs(delta) > MAX_MAGNITUDE:
-                return Rejection("quantity_out_of_range", f"|delta| must be at most {MAX_MAGNITUDE}")
+                return Rejection("quantity_out_of_range", f"|delta| must be at most {MAX_MAGNITUDE}", "delta")
         else:
             quantity = payload["quantity"]
             if not 1 <= quantity <= MAX_MAGNITUDE:
-                return Rejection("quantity_out_of_range", f"quantity must be between 1 and {MAX_MAGNITUDE}")
+                return Rejection("quantity_out_of_range", f"quantity must be between 1 and {MAX_MAGNITUDE}", "quantity")
             if payload["from_warehouse"] == payload["to_warehouse"]:
-                return Rejection("same_warehouse", "from_warehouse and to_warehouse must differ")
+                return Rejection("same_warehouse", "from_warehouse and to_warehouse must differ", "to_warehouse")
         return None
+
+    def payload_schema(self, event_name: str) -> dict:
+        """JSON Schema of a valid payload (for the REST API's OpenAPI document). It says
+        what :meth:`validate` checks, except that the two warehouses of a transfer must
+        differ, which JSON Schema cannot express."""
+        ident = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+        if event_name == ADJUST:
+            props = {"warehouse": ident, "sku": ident,
+                     "delta": {"type": "integer", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE,
+                               "not": {"enum": [0]}}}
+        else:
+            props = {"sku": ident, "from_warehouse": ident, "to_warehouse": ident,
+                     "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_MAGNITUDE}}
+        return {"type": "object", "additionalProperties": False, "required": list(_FIELDS[event_name]),
+                "properties": props}
 
     def affinity_key(self, event_name: str, payload: Mapping[str, Any]) -> str:
         return payload["sku"]

@@ -1,0 +1,542 @@
+"""The REST API: `docket api`. aiohttp over :class:`app.client.DocketClient` (one producer
+and one results consumer per process, whatever the number of requests in flight).
+
+    POST /v1/events                      submit; 200 applied, 409 rejected, 202 pending, ...
+    GET  /v1/events/{idempotency_key}    pending / decided / diverged (404: unknown)
+    GET  /v1/entities/{type}/{id}        agreed state of entity "{type}:{id}"
+                                         (inventory: /v1/entities/stock/{warehouse}:{sku})
+    GET  /healthz /readyz /metrics /openapi.json      (no credentials needed)
+
+Every /v1 request needs ``Authorization: Bearer <token>`` with a token from
+DOCKET_API_TOKENS. Errors are JSON ``{"error": code, "message": ..., "errors": [{"field",
+"reason", "message"}]}``. The OpenAPI document (app/openapi.py) lists every status.
+
+The server starts even when Kafka is unreachable: it connects in the background and
+retries, /readyz says why it is not ready, and a submission is refused with 503 ("not
+accepted") until the connection is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import signal
+import time
+from typing import Any
+from urllib.parse import quote
+
+import click
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app import openapi
+from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
+from app.settings import Settings, load
+
+log = logging.getLogger("docket.api")
+
+MAX_BODY_BYTES = 64 * 1024
+CONNECT_RETRY_S = 1.0
+
+_KEY = re.compile(openapi.KEY_PATTERN)
+_ENTITY_TYPE = re.compile(openapi.ENTITY_TYPE_PATTERN)
+_ENTITY_ID = re.compile(openapi.ENTITY_ID_PATTERN)
+_KEY_RULE = f"1-{openapi.MAX_IDEMPOTENCY_KEY} characters of A-Z a-z 0-9 . _ ~ : @ + = -"
+_REQUEST_FIELDS = ("event_name", "payload")
+
+CLIENT = web.AppKey("client", DocketClient)
+METRICS = web.AppKey("metrics", object)
+CONFIG = web.AppKey("config", dict)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error response: ``status``, ``error`` code, a message, optional field errors."""
+
+    def __init__(self, status: int, error: str, message: str, errors: list[dict] | None = None,
+                 headers: dict | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+        self.errors, self.headers, self.extra = errors, headers, extra
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.error, self.message, self.errors, self.headers, **self.extra)
+
+
+def json_response(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+def error_response(status: int, error: str, message: str, errors: list[dict] | None = None,
+                   headers: dict | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {**extra, "error": error, "message": message}
+    if errors:
+        body["errors"] = errors
+    return json_response(status, body, headers)
+
+
+def _field_errors(errors) -> list[dict]:
+    return [e.as_dict() for e in errors]
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def _position(pos) -> dict | None:
+    return None if pos is None else {"partition": pos[0], "offset": pos[1]}
+
+
+def event_body(idempotency_key: str, state: str, position, result: dict | None = None,
+               divergence: dict | None = None) -> dict:
+    """The JSON of an event (schema Event in app/openapi.py)."""
+    body: dict[str, Any] = {"idempotency_key": idempotency_key, "state": state, "position": _position(position),
+                            "replay": result is not None and result.get("duplicate_of") is not None}
+    if result is not None:
+        for name in ("event_name", "outcome", "duplicate_of", "stream_time", "domain_version", "digest",
+                     "instances"):
+            if name in result:
+                body[name] = result[name]
+    if divergence is not None:
+        body["divergence"] = {k: divergence[k] for k in ("input", "cause", "copies", "decided") if k in divergence}
+    return body
+
+
+def _location(idempotency_key: str) -> str:
+    return "/v1/events/" + quote(idempotency_key, safe="")
+
+
+def _reused_message(result: dict) -> str:
+    detail = result["outcome"].get("detail") or ""
+    return (f"idempotency key {result['idempotency_key']!r} was already used for a different request"
+            + (f" ({detail})" if detail else "") + "; use a new key for a new request")
+
+
+def submission_response(sub: Submission, timeout_ms: int) -> web.Response:
+    """The HTTP answer to a submission: 200 applied, 409 rejected by the domain, 422 key
+    reused (the Warden's verdict), 202 undecided, 502 diverged."""
+    if sub.status == "pending":
+        body = event_body(sub.idempotency_key, "pending", sub.position)
+        body["message"] = (f"not decided within {timeout_ms} ms; the event was accepted: "
+                           f"poll {_location(sub.idempotency_key)}")
+        return json_response(202, body, {"Location": _location(sub.idempotency_key), "Retry-After": "1"})
+    if sub.status == "diverged":
+        body = event_body(sub.idempotency_key, "diverged", sub.position, divergence=sub.divergence)
+        return error_response(502, "diverged",
+                              "the instances disagreed on this event: a fault was detected, and no outcome "
+                              "was published (see divergence)", **body)
+    result = sub.result
+    body = event_body(sub.idempotency_key, "decided", sub.position, result)
+    headers = {"Idempotent-Replayed": "true" if sub.replay else "false"}
+    outcome = result["outcome"]
+    if outcome["status"] == "applied":
+        return json_response(200, body, headers)
+    reason = outcome["reason"] or "rejected"
+    if reason == "idempotency_key_reused":
+        return error_response(422, reason, _reused_message(result),
+                              [{"field": "Idempotency-Key", "reason": reason, "message": _reused_message(result)}],
+                              headers, **body)
+    detail = outcome.get("detail") or ""
+    return error_response(409, reason, f"rejected by {result.get('domain_version', 'the domain')}: {reason}"
+                          + (f" ({detail})" if detail else ""), None, headers, **body)
+
+
+def status_response(st: KeyStatus, ttl_ms: int) -> web.Response:
+    if st.state == "unknown":
+        return error_response(404, "not_found",
+                              f"no event with idempotency key {st.idempotency_key!r} was submitted within the "
+                              f"last {ttl_ms} ms (DOCKET_IDEMPOTENCY_TTL_MS)",
+                              idempotency_key=st.idempotency_key, state="unknown")
+    return json_response(200, event_body(st.idempotency_key, st.state, st.position, st.result, st.divergence))
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+def parse_idempotency_key(raw: str | None) -> tuple[str | None, dict | None]:
+    """(key, None) or (None, field error). An RFC 8941 sf-string (quoted) is unquoted."""
+    if raw is None:
+        return None, {"field": "Idempotency-Key", "reason": "missing",
+                      "message": "the Idempotency-Key header is required (e.g. a UUID per request)"}
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key:
+        return None, {"field": "Idempotency-Key", "reason": "invalid_idempotency_key",
+                      "message": "the Idempotency-Key header is empty"}
+    if len(key) > openapi.MAX_IDEMPOTENCY_KEY:
+        return None, {"field": "Idempotency-Key", "reason": "too_long",
+                      "message": f"the Idempotency-Key is {len(key)} characters; at most "
+                                 f"{openapi.MAX_IDEMPOTENCY_KEY}"}
+    if not _KEY.fullmatch(key):
+        return None, {"field": "Idempotency-Key", "reason": "invalid_idempotency_key",
+                      "message": f"the Idempotency-Key must be {_KEY_RULE}"}
+    return key, None
+
+
+def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
+    """RFC 7240 ``Prefer``: ``respond-async`` or ``wait=N`` (seconds) shorten the wait for
+    the result; they never lengthen it past the server's timeout. Anything else is ignored."""
+    if not raw:
+        return timeout_s, None
+    for pref in raw.split(","):
+        token = pref.split(";")[0].strip().lower()
+        if token == "respond-async":
+            return 0.0, "respond-async"
+        if token.startswith("wait="):
+            try:
+                wait = int(token[5:].strip().strip('"'))
+            except ValueError:
+                continue
+            if wait >= 0:
+                return min(float(wait), timeout_s), f"wait={wait}"
+    return timeout_s, None
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (content_type.startswith("application/")
+                                                   and content_type.endswith("+json"))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def post_event(request: web.Request) -> web.Response:
+    client: DocketClient = request.app[CLIENT]
+    config = request.app[CONFIG]
+    given = request.headers.get("Content-Type")
+    if not _is_json(request.content_type) or given is None:
+        raise ApiError(415, "unsupported_media_type",
+                       f"the body must be JSON sent as Content-Type: application/json (got {given or 'none'})")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large",
+                       f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
+    raw = await request.read()  # client_max_size stops a chunked body over the limit
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    errors: list[dict] = []
+    key, key_error = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    if key_error:
+        errors.append(key_error)
+    if not isinstance(body, dict):
+        errors.append({"field": "body", "reason": "invalid_request",
+                       "message": f"the body must be a JSON object {{\"event_name\": ..., \"payload\": {{...}}}}, "
+                                  f"not {type(body).__name__ if body is not None else 'null'}"})
+    else:
+        for name in sorted(set(body) - set(_REQUEST_FIELDS)):
+            errors.append({"field": name, "reason": "unknown_field",
+                           "message": f"unknown field {name!r}; a request has only event_name and payload"})
+        if "event_name" not in body:
+            errors.append({"field": "event_name", "reason": "missing", "message": "event_name is required"})
+        if "payload" not in body:
+            errors.append({"field": "payload", "reason": "missing", "message": "payload is required"})
+        if "event_name" in body and "payload" in body:
+            errors += _field_errors(client.check_event(body["event_name"], body["payload"]))
+        elif "event_name" in body:
+            errors += [e for e in _field_errors(client.check_event(body["event_name"], {}))
+                       if e["field"] == "event_name"]
+    if errors:
+        raise ApiError(400, "invalid_request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+    wait_s, applied = parse_prefer(request.headers.get("Prefer"), config["timeout_s"])
+    try:
+        sub = await client.submit(body["event_name"], body["payload"], key, timeout=wait_s)
+    except ValidationError as exc:
+        status = 413 if exc.reason == "too_large" else 400
+        raise ApiError(status, "payload_too_large" if status == 413 else "invalid_request", str(exc),
+                       _field_errors(exc.errors)) from None
+    except KeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc),
+                       [{"field": "Idempotency-Key", "reason": "idempotency_key_reused", "message": str(exc)}],
+                       idempotency_key=key, position=_position(exc.position)) from None
+    except KafkaUnavailable as exc:
+        if exc.accepted is False:
+            message = f"the request was not accepted: {exc}"
+        else:
+            message = f"the request was probably not accepted: {exc}"
+        raise ApiError(503, "kafka_unavailable", message, headers={"Retry-After": "5"}) from None
+    request.app[METRICS].observe_submission(sub)
+    response = submission_response(sub, int(wait_s * 1000))
+    if applied:
+        response.headers["Preference-Applied"] = applied
+    return response
+
+
+def _require_started(client: DocketClient, what: str) -> None:
+    if not client.started:
+        reason = f" ({client.last_error})" if client.last_error else ""
+        raise ApiError(503, "not_ready", f"not connected to Kafka yet: {what} unknown{reason}",
+                       headers={"Retry-After": "5"})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    client: DocketClient = request.app[CLIENT]
+    key, problem = parse_idempotency_key(request.match_info["idempotency_key"])
+    if problem:
+        raise ApiError(400, "invalid_request", problem["message"], [{**problem, "field": "idempotency_key"}])
+    _require_started(client, "the state of events is")
+    return status_response(client.status(key), client.ttl_ms)
+
+
+async def get_entity(request: web.Request) -> web.Response:
+    client: DocketClient = request.app[CLIENT]
+    kind, ident = request.match_info["type"], request.match_info["id"]
+    errors = []
+    if not _ENTITY_TYPE.fullmatch(kind):
+        errors.append({"field": "type", "reason": "invalid_entity_type",
+                       "message": "the entity type must be 1-64 characters of A-Z a-z 0-9 . _ -"})
+    if not _ENTITY_ID.fullmatch(ident):
+        errors.append({"field": "id", "reason": "invalid_entity_id",
+                       "message": "the entity id must be 1-200 characters of A-Z a-z 0-9 . _ : -"})
+    if errors:
+        raise ApiError(400, "invalid_request", "; ".join(e["message"] for e in errors), errors)
+    _require_started(client, "entity states are")
+    key = f"{kind}:{ident}"
+    ent = client.entity(key)
+    if ent is None:
+        raise ApiError(404, "not_found", f"no agreed change of entity {key!r}: no event has changed it "
+                                         "(or it does not exist in this domain)", key=key)
+    return json_response(200, ent)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    client: DocketClient = request.app[CLIENT]
+    checks = {"kafka_connected": client.connected, "results_caught_up": client.caught_up}
+    ready = all(checks.values())
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    if not ready:
+        if not client.started:
+            body["message"] = (f"connecting to Kafka at {client.settings.kafka_bootstrap}"
+                               + (f": {client.last_error}" if client.last_error else ""))
+        elif not checks["kafka_connected"]:
+            body["message"] = f"lost the connection to Kafka at {client.settings.kafka_bootstrap}"
+        else:
+            body["message"] = f"reading {client.settings.results_topic} up to its end"
+    return json_response(200 if ready else 503, body)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    metrics: ApiMetrics = request.app[METRICS]
+    metrics.refresh(request.app[CLIENT])
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_page(request: web.Request) -> web.Response:
+    return json_response(200, request.app[CONFIG]["openapi"])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("docket_api_requests", "HTTP requests by route and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("docket_api_request_duration_seconds", "HTTP request latency", ["route"],
+                                 registry=r, buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
+        self.wait = Histogram("docket_api_result_wait_seconds",
+                              "Kafka acknowledged the event -> agreed result read (or gave up)", registry=r,
+                              buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30))
+        self.submissions = Counter("docket_api_submissions", "submissions by what came of them", ["result"],
+                                   registry=r)
+        self.in_flight = Gauge("docket_api_waiting_submissions", "submissions waiting for a result", registry=r)
+        self.index = Gauge("docket_api_idempotency_keys", "idempotency keys remembered (within the TTL)",
+                           registry=r)
+        self.entities = Gauge("docket_api_entities", "entities in the agreed-state view", registry=r)
+        self.ready = Gauge("docket_api_ready", "1 when connected to Kafka and caught up", registry=r)
+
+    def observe_submission(self, sub: Submission) -> None:
+        self.wait.observe(sub.waited_s)
+        if sub.status == "decided":
+            kind = "replay" if sub.replay else sub.result["outcome"]["status"]
+        else:
+            kind = sub.status
+        self.submissions.labels(kind).inc()
+
+    def refresh(self, client: DocketClient) -> None:
+        self.in_flight.set(client.in_flight)
+        self.index.set(client.index_size)
+        self.entities.set(client.entity_count)
+        self.ready.set(1 if client.ready else 0)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
+
+
+def _check_auth(request: web.Request, tokens: tuple[bytes, ...]) -> None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized(f"the Authorization header must be 'Bearer <token>', not a {scheme or 'blank'} credential")
+    given = token.encode("utf-8", "surrogateescape")
+    if not any(hmac.compare_digest(given, t) for t in tokens):  # every token compared: no timing hint
+        raise ApiError(403, "forbidden", "the bearer token is not valid for this API (not in DOCKET_API_TOKENS)")
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    if exc.status == 404:
+        message = "no such endpoint; see /openapi.json"
+    elif exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        message = f"method not allowed here; allowed: {allowed}"
+    elif exc.status == 413:
+        message = f"the body is over the limit of {MAX_BODY_BYTES} bytes"
+    else:
+        message = exc.text or exc.reason
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
+    return error_response(exc.status, codes.get(exc.status, "http_error"), message, None, headers)
+
+
+def create_app(settings: Settings | None = None, client: DocketClient | None = None, *,
+               tokens: tuple[str, ...] | None = None, auth: bool = True, timeout_ms: int | None = None,
+               connect: bool = True) -> web.Application:
+    """The aiohttp application. ``tokens`` defaults to DOCKET_API_TOKENS; ``auth=False``
+    (``--insecure-no-auth``) accepts requests without credentials. ``connect=False``
+    leaves the client as it is (started by the caller, or not at all)."""
+    settings = settings or load()
+    client = client or DocketClient(settings)
+    tokens = settings.api_tokens if tokens is None else tokens
+    if auth and not tokens:
+        raise ValueError("no bearer token configured: set DOCKET_API_TOKENS")
+    secrets = tuple(t.encode("utf-8") for t in tokens)
+    timeout_ms = settings.api_timeout_ms if timeout_ms is None else timeout_ms
+    metrics = ApiMetrics()
+
+    @web.middleware
+    async def observe(request: web.Request, handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = _route_of(request)
+        try:
+            if auth and request.path.startswith("/v1/"):
+                _check_auth(request, secrets)
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:  # the router's 404 / 405, the body limit's 413
+            response = _from_http_exception(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("%s %s failed", request.method, request.path)
+            response = error_response(500, "internal_error", "the API failed on this request; see its log")
+        metrics.requests.labels(request.method, route, str(response.status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    app = web.Application(middlewares=[observe], client_max_size=MAX_BODY_BYTES)
+    app[CLIENT] = client
+    app[METRICS] = metrics
+    app[CONFIG] = {"timeout_s": timeout_ms / 1000,
+                   "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
+                                               ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
+    app.router.add_post("/v1/events", post_event)
+    app.router.add_get("/v1/events/{idempotency_key}", get_event, allow_head=False)
+    app.router.add_get("/v1/entities/{type}/{id}", get_entity, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics_page, allow_head=False)
+    app.router.add_get("/openapi.json", openapi_page, allow_head=False)
+    if connect:
+        app.cleanup_ctx.append(_kafka_connection)
+    return app
+
+
+async def _kafka_connection(app: web.Application):
+    """Connect the client in the background, retrying until Kafka answers; stop it at
+    shutdown."""
+    client: DocketClient = app[CLIENT]
+
+    async def connect() -> None:
+        said = None
+        while not client.started:
+            try:
+                await client.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  unreachable, topics missing: report, retry
+                client.last_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+                if client.last_error != said:
+                    log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
+                                client.last_error)
+                    said = client.last_error
+                await asyncio.sleep(CONNECT_RETRY_S)  # retry back-off, not a synchronisation
+        client.last_error = None
+        log.info("connected to Kafka at %s", client.settings.kafka_bootstrap)
+
+    task = asyncio.create_task(connect(), name="docket api: connect to Kafka")
+    yield
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    await client.stop()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,
+                announce=print) -> None:
+    """Run ``app`` on host:port until SIGINT or SIGTERM."""
+    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001
+    announce(f"docket api listening on http://{host}:{bound} (OpenAPI: http://{host}:{bound}/openapi.json)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+@click.command("api")
+@click.option("--host", default=None, help="listen address [default: $DOCKET_API_HOST]")
+@click.option("--port", type=int, default=None, help="listen port [default: $DOCKET_API_PORT]")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="FOR LOCAL TESTS ONLY: accept /v1 requests without a bearer token")
+def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
+    """Serve the REST API: submit events, read outcomes and entity states."""
+    settings = load()
+    if not settings.api_tokens and not insecure_no_auth:
+        raise click.ClickException(
+            "DOCKET_API_TOKENS is not set: the API accepts only requests with a bearer token from it. "
+            "Set it to one or more comma-separated tokens, e.g. "
+            "DOCKET_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "
+            "or pass --insecure-no-auth for a local test.")
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    if insecure_no_auth:
+        log.warning("--insecure-no-auth: /v1 endpoints accept requests WITHOUT credentials")
+    app = create_app(settings, auth=not insecure_no_auth)
+    asyncio.run(serve(app, host or settings.api_host, settings.api_port if port is None else port,
+                      access_log=settings.log_level in ("debug", "info"),
+                      announce=lambda line: click.echo(line, err=False)))

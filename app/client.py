@@ -1,0 +1,667 @@
+"""DocketClient: submit an event to docket and await the result the instances agreed on,
+over Kafka, without HTTP. The REST API (app/api.py) is a thin layer over it; Kafka-native
+producers can use it directly:
+
+    from app.client import DocketClient
+
+    async with DocketClient() as client:          # DOCKET_* settings; start() / stop()
+        sub = await client.submit("stock.adjust",
+                                  {"warehouse": "w1", "sku": "s1", "delta": 10},
+                                  idempotency_key="receipt-0001", timeout=5.0)
+        print(sub.status, sub.outcome, sub.replay)  # decided {'status': 'applied', ...} False
+        print(client.status("receipt-0001").state)  # decided
+        print(client.entity("stock:w1:s1"))         # {'key': ..., 'state': {'quantity': 10}, 'version': 1, ...}
+
+One process holds one producer and ONE consumer of the results and divergences topics
+(every partition assigned, no consumer group), however many submissions are in flight:
+
+- the producer writes with ``acks=all`` (idempotent), the record key being the domain's
+  affinity key and the partition Kafka's default (murmur2 of the key), exactly like any
+  Kafka-native producer of docket's input;
+- a submission waits on a future keyed by its input position (partition, offset), taken
+  from the produce acknowledgement; a result read before the acknowledgement arrives is
+  buffered until it does;
+- at start the consumer seeks to the results published within the idempotency TTL
+  (``offsets_for_times``), so keys submitted recently, by this process or another, are
+  known; after that it follows the end of the topics;
+- an index idempotency key -> owning position, fingerprint of the request, latest result
+  or divergence, kept for DOCKET_IDEMPOTENCY_TTL_MS, answers :meth:`DocketClient.status`
+  and refuses a key reused for a different request before anything is produced;
+- an entity view (entity key -> agreed state and version) is loaded at start from the
+  Clerk's compacted ``<prefix>.entities`` topic (one record per entity once compacted:
+  the start costs the number of entities, not the length of the results history) and
+  kept current from the results it reads.
+
+The pipeline stays the authority: a repeated key is always produced again, and the
+instances' Warden answers it with the original outcome (``duplicate_of`` set, reported as
+``replay``) or rejects it as ``idempotency_key_reused``. The index only adds what the
+Warden cannot see: a key reused for a request that routes to another partition (each
+partition's Warden knows only its own keys), and reuse detected before producing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.canonical import NotCanonical, canonical, digest
+from app.records import MAX_IDEMPOTENCY_KEY, MAX_VALUE_BYTES, partition_for
+from app.settings import Settings, load
+
+log = logging.getLogger("docket.client")
+
+Position = tuple[int, int]
+
+# How far back the results consumer starts, at least: the entity view is loaded from the
+# entities topic first and the results published since (the Clerk writes a result, then
+# its entity records) must be read too, whatever the idempotency TTL.
+MIN_LOOKBACK_MS = 60_000
+
+
+class ClientError(Exception):
+    """Base of the errors :class:`DocketClient` raises; ``str()`` says what is wrong."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str  # "event_name", "payload", "payload.delta", "idempotency_key"
+    reason: str  # machine-readable, e.g. "invalid_payload", "zero_delta"
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"field": self.field, "reason": self.reason, "message": self.message}
+
+
+class ValidationError(ClientError):
+    """The request is invalid; nothing was produced. ``errors`` lists each problem with
+    the field at fault."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+    @property
+    def reason(self) -> str:
+        return self.errors[0].reason
+
+    @property
+    def field(self) -> str:
+        return self.errors[0].field
+
+    @property
+    def message(self) -> str:
+        return self.errors[0].message
+
+
+class KeyReused(ClientError):
+    """The idempotency key was used within the TTL for a different request; nothing was
+    produced. ``position`` is where the key was first used, when known."""
+
+    reason = "idempotency_key_reused"
+
+    def __init__(self, idempotency_key: str, position: Position | None, why: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.position = position
+        where = "" if position is None else f" (input partition {position[0]} offset {position[1]})"
+        super().__init__(f"idempotency key {idempotency_key!r} was already used{where} for a different "
+                         f"request {why}; use a new key for a new request")
+
+
+class KafkaUnavailable(ClientError):
+    """Kafka could not take the event. ``accepted`` is False when the event was certainly
+    not written (nothing was sent), None when Kafka did not acknowledge it in time (it was
+    most likely not written; a retry with the same idempotency key is safe either way)."""
+
+    def __init__(self, message: str, accepted: bool | None = False) -> None:
+        self.accepted = accepted
+        super().__init__(message)
+
+
+class TopicsMissing(ClientError):
+    """docket's topics do not exist (or have another partition count)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`DocketClient.submit` found.
+
+    ``status``: ``decided`` (``result`` is the Clerk's result record), ``pending`` (not
+    decided within the timeout: ask :meth:`DocketClient.status` later) or ``diverged``
+    (the instances disagreed; ``divergence`` is the Clerk's report; nothing is published).
+    ``position`` is the input position of this submission's record; ``replay`` is True
+    when the pipeline answered it as a repeat of an earlier request with the same key
+    (``result["duplicate_of"]`` is that request's position)."""
+
+    idempotency_key: str
+    status: str
+    position: Position
+    result: dict | None = None
+    divergence: dict | None = None
+    waited_s: float = 0.0  # acknowledged -> decided (or gave up)
+
+    @property
+    def replay(self) -> bool:
+        return self.result is not None and self.result.get("duplicate_of") is not None
+
+    @property
+    def outcome(self) -> dict | None:
+        return None if self.result is None else self.result["outcome"]
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """What this client knows of an idempotency key: ``state`` is ``pending``,
+    ``decided``, ``diverged`` or ``unknown`` (never seen, or older than the TTL)."""
+
+    idempotency_key: str
+    state: str
+    position: Position | None = None  # of the request that owns the key
+    result: dict | None = None
+    divergence: dict | None = None
+
+    @property
+    def replay(self) -> bool:
+        return self.result is not None and self.result.get("duplicate_of") is not None
+
+
+@dataclass(slots=True)
+class _Entry:
+    home: int  # the partition the key's requests route to
+    fingerprint: str | None  # of the owning request; None when only its result was seen
+    recorded_at: int  # stream time (ms) of the owning request
+    position: Position | None  # of the owning request; None until its produce is acknowledged
+    result: bytes | None = None  # latest result for the key (JSON, without the Clerk's state)
+    divergence: bytes | None = None
+
+
+def fingerprint(event_name: str, payload: Any) -> str:
+    """The Warden's fingerprint of a request (agents/usher.py): same bytes, same value."""
+    return digest(canonical([event_name, payload]))
+
+
+def key_problem(idempotency_key: Any) -> str | None:
+    """Why ``idempotency_key`` cannot be used, or None. The envelope's rule
+    (app/records.py): a non-empty string of at most MAX_IDEMPOTENCY_KEY characters."""
+    if not isinstance(idempotency_key, str) or not idempotency_key:
+        return "must be a non-empty string"
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        return f"must be at most {MAX_IDEMPOTENCY_KEY} characters (got {len(idempotency_key)})"
+    return None
+
+
+def _owns(early: tuple[str, dict, bytes]) -> bool:
+    """A result that makes its request the owner of its key: evaluated afresh."""
+    kind, rec, _ = early
+    if kind != "result" or rec.get("duplicate_of") is not None:
+        return False
+    return not (rec["outcome"]["status"] == "rejected" and rec["outcome"]["reason"] == "idempotency_key_reused")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _kafka_connected(kafka_client) -> bool:
+    # aiokafka has no public "connected" flag; a consumer that is fetching keeps a live
+    # connection to the leaders it reads from, and loses it as soon as a broker goes away.
+    conns = getattr(kafka_client, "_conns", None)
+    if conns is None:
+        return True
+    return any(conn.connected() for conn in conns.values())
+
+
+class DocketClient:
+    """See the module docstring. Not thread-safe: use it from one event loop."""
+
+    def __init__(self, settings: Settings | None = None, *, domain=None,
+                 produce_timeout_ms: int = 10_000, start_timeout_s: float = 30.0) -> None:
+        from app.domains import registry
+
+        self.settings = settings or load()
+        self.domain = domain or registry.get(self.settings.domain)
+        self.ttl_ms = self.settings.idempotency_ttl_ms
+        self.produce_timeout_ms = produce_timeout_ms
+        self.start_timeout_s = start_timeout_s
+        self._producer = None
+        self._consumer = None
+        self._task: asyncio.Task | None = None
+        self._started = False
+        self._caught_up = asyncio.Event()
+        self._catch_up_to: dict = {}  # TopicPartition -> end offset at start
+        # submissions waiting for a result, by input position
+        self._waiters: dict[Position, asyncio.Future] = {}
+        # per input partition: produces not yet acknowledged, and results / divergences
+        # read meanwhile (they may answer one of those produces)
+        self._unacked: collections.Counter = collections.Counter()
+        self._early: dict[int, dict[Position, tuple[str, dict, bytes]]] = {}
+        # this process's acknowledged submissions not yet decided:
+        # position -> (key, recorded_at, fingerprint)
+        self._mine: dict[Position, tuple[str, int, str]] = {}
+        self._mine_order: collections.deque = collections.deque()  # (recorded_at, position)
+        self._index: dict[str, _Entry] = {}
+        self._index_order: collections.deque = collections.deque()  # (recorded_at, key)
+        self._entities: dict[str, dict] = {}
+        self.entities_loaded = 0  # records read from the entities topic at start
+        self.results_read = 0
+        self.divergences_read = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> "DocketClient":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def caught_up(self) -> bool:
+        """The results consumer has read everything published before the client started."""
+        return self._caught_up.is_set()
+
+    @property
+    def connected(self) -> bool:
+        return self._started and self._consumer is not None and _kafka_connected(self._consumer._client)  # noqa: SLF001
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.caught_up
+
+    async def wait_caught_up(self, timeout: float) -> None:
+        await asyncio.wait_for(self._caught_up.wait(), timeout)
+
+    async def start(self) -> None:
+        """Connect, check the topics, load the entity view and start following results.
+        Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP) or TopicsMissing."""
+        if self._started:
+            return
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
+        from app.topics import partition_counts
+
+        s = self.settings
+        try:
+            admin = await connect_admin(s.kafka_bootstrap, min(self.start_timeout_s, 10.0))
+        except KafkaUnreachable as exc:
+            raise KafkaUnavailable(f"{exc}: is the broker running (`docket broker start`)?") from None
+        try:
+            topics = [s.input_topic, s.results_topic, s.divergences_topic, s.entities_topic]
+            counts = await partition_counts(admin, topics)
+        finally:
+            await admin.close()
+        missing = [t for t in topics if t not in counts]
+        if missing:
+            raise TopicsMissing(f"topic(s) {', '.join(missing)} do not exist on {s.kafka_bootstrap}; "
+                                "run `docket topics create`")
+        if counts[s.input_topic] != s.partitions:
+            raise TopicsMissing(f"{s.input_topic} has {counts[s.input_topic]} partitions but "
+                                f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
+                                "where the instances do not expect them")
+
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                    request_timeout_ms=self.produce_timeout_ms, linger_ms=0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", auto_offset_reset="earliest")
+        try:
+            with quiet():
+                await producer.start()
+                await consumer.start()
+            t0 = _now_ms()
+            await self._load_entities(consumer, [TopicPartition(s.entities_topic, p)
+                                                 for p in range(counts[s.entities_topic])])
+            tps = [TopicPartition(s.results_topic, p) for p in range(counts[s.results_topic])]
+            tps += [TopicPartition(s.divergences_topic, p) for p in range(counts[s.divergences_topic])]
+            consumer.assign(tps)
+            since = t0 - max(self.ttl_ms, MIN_LOOKBACK_MS)
+            found = await consumer.offsets_for_times({tp: since for tp in tps})
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+            self._catch_up_to = ends
+        except BaseException:
+            await consumer.stop()
+            await producer.stop()
+            raise
+        self._producer, self._consumer = producer, consumer
+        self._started = True
+        self._task = asyncio.create_task(self._follow(), name="docket results consumer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self._started = False
+
+    async def _load_entities(self, consumer, tps) -> None:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if ends[tp] > 0}
+        await consumer.seek_to_beginning(*todo)
+        deadline = time.monotonic() + self.start_timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"could not read {self.settings.entities_topic} to its end within "
+                                       f"{self.start_timeout_s:.0f} s")
+            batches = await consumer.getmany(*todo, timeout_ms=200, max_records=10_000)
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    self.entities_loaded += 1
+                    if m.value is None:
+                        self._entities.pop(m.key.decode("utf-8"), None)
+                        continue
+                    rec = orjson.loads(m.value)
+                    self._put_entity(rec["key"], rec["state"], rec["version"], rec.get("input"))
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+
+    # ------------------------------------------------------------------ submitting
+
+    def check(self, event_name: Any, payload: Any, idempotency_key: Any) -> list[FieldError]:
+        """Every problem with a request, without producing anything: the envelope's
+        rules, then the domain's validation (one problem per field at most)."""
+        errors = []
+        problem = key_problem(idempotency_key)
+        if problem:
+            errors.append(FieldError("idempotency_key", "invalid_idempotency_key", f"idempotency key {problem}"))
+        return errors + self.check_event(event_name, payload)
+
+    def check_event(self, event_name: Any, payload: Any) -> list[FieldError]:
+        """The problems with an event name and payload (the domain's validation)."""
+        errors = []
+        if not isinstance(event_name, str) or not event_name:
+            errors.append(FieldError("event_name", "invalid_event_name", "event_name must be a non-empty string"))
+        elif event_name not in self.domain.event_names:
+            names = ", ".join(sorted(self.domain.event_names))
+            errors.append(FieldError("event_name", "unknown_event",
+                                     f"{self.domain.name} has no event {event_name!r} (known: {names})"))
+        else:
+            rejection = self.domain.validate(event_name, payload)
+            if rejection is not None:
+                where = "payload" if rejection.field is None else f"payload.{rejection.field}"
+                errors.append(FieldError(where, rejection.reason, rejection.detail or rejection.reason))
+        return errors
+
+    def _prepare(self, event_name: str, payload: Any, idempotency_key: str) -> tuple[bytes, int, str, bytes]:
+        errors = self.check(event_name, payload, idempotency_key)
+        if errors:
+            raise ValidationError(errors)
+        try:
+            fp = fingerprint(event_name, payload)
+        except NotCanonical as exc:
+            raise ValidationError([FieldError("payload", "invalid_payload", str(exc))]) from None
+        key = self.domain.affinity_key(event_name, payload).encode("utf-8")
+        value = orjson.dumps({"idempotency_key": idempotency_key, "event_name": event_name, "payload": payload})
+        if len(value) > MAX_VALUE_BYTES:
+            raise ValidationError([FieldError("payload", "too_large",
+                                              f"the event is {len(value)} bytes encoded; at most {MAX_VALUE_BYTES}")])
+        return key, partition_for(key, self.settings.partitions), fp, value
+
+    def _check_reuse(self, ikey: str, home: int, fp: str, now: int) -> None:
+        entry = self._live(ikey, now)
+        if entry is None:
+            return
+        if entry.home != home:
+            raise KeyReused(ikey, entry.position, "that routes to another partition (another affinity key)")
+        if entry.fingerprint is not None and entry.fingerprint != fp:
+            raise KeyReused(ikey, entry.position, "(another event name or payload)")
+
+    async def submit(self, event_name: str, payload: Any, idempotency_key: str,
+                     timeout: float | None = None) -> Submission:
+        """Validate, produce, and wait up to ``timeout`` seconds (default
+        DOCKET_API_TIMEOUT_MS) for the agreed result.
+
+        Raises ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
+        accepted, or not acknowledged in time). Returns a Submission whose status is
+        decided, pending (timeout; the event was accepted) or diverged."""
+        key, home, fp, value = self._prepare(event_name, payload, idempotency_key)
+        now = _now_ms()
+        self._check_reuse(idempotency_key, home, fp, now)
+        if not self.connected:
+            raise KafkaUnavailable(
+                f"Kafka at {self.settings.kafka_bootstrap} is unreachable: the event was not accepted"
+                + (f" ({self.last_error})" if self.last_error else ""), accepted=False)
+        if self._live(idempotency_key, now) is None:
+            # provisional owner, so a concurrent request with the same key and another
+            # body is refused before it is produced
+            self._remember(idempotency_key, _Entry(home, fp, now, None))
+        self._unacked[home] += 1
+        try:
+            try:
+                meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key,
+                                                          timestamp_ms=now)
+            except Exception as exc:  # noqa: BLE001  any produce failure means: not acknowledged
+                entry = self._index.get(idempotency_key)
+                if entry is not None and entry.position is None and entry.recorded_at == now:
+                    del self._index[idempotency_key]
+                raise KafkaUnavailable(
+                    f"Kafka did not acknowledge the event within {self.produce_timeout_ms} ms "
+                    f"({type(exc).__name__}: {exc}); it was most likely not accepted, and a retry with "
+                    "the same idempotency key is safe", accepted=None) from None
+            pos = (meta.partition, meta.offset)
+            if meta.partition != home:  # checked at start; a topic recreated meanwhile
+                log.error("%s[%d] is not the partition %d docket routes key %r to", self.settings.input_topic,
+                          meta.partition, home, key)
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[pos] = fut
+            self._mine[pos] = (idempotency_key, now, fp)
+            self._mine_order.append((now, pos))
+            entry = self._index.get(idempotency_key)
+            if entry is not None and entry.position is None and entry.fingerprint == fp:
+                entry.position = pos
+            early = self._early.get(home, {}).pop(pos, None)
+            if early is not None:
+                self._resolve(pos, *early)
+                entry = self._index.get(idempotency_key)
+                if entry is not None and entry.position == pos and entry.fingerprint is None and _owns(early):
+                    entry.fingerprint = fp  # its result was read before the acknowledgement
+        finally:
+            self._unacked[home] -= 1
+            if self._unacked[home] <= 0:
+                del self._unacked[home]
+                self._early.pop(home, None)
+        acked = time.monotonic()
+        limit = self.settings.api_timeout_ms / 1000 if timeout is None else timeout
+        try:
+            kind, record = await asyncio.wait_for(fut, max(limit, 0.0))
+        except TimeoutError:
+            return Submission(idempotency_key, "pending", pos, waited_s=time.monotonic() - acked)
+        finally:
+            if self._waiters.get(pos) is fut:
+                del self._waiters[pos]
+        waited = time.monotonic() - acked
+        if kind == "result":
+            return Submission(idempotency_key, "decided", pos, result=record, waited_s=waited)
+        return Submission(idempotency_key, "diverged", pos, divergence=record, waited_s=waited)
+
+    # ------------------------------------------------------------------ reading
+
+    def status(self, idempotency_key: str) -> KeyStatus:
+        entry = self._live(idempotency_key, _now_ms())
+        if entry is None:
+            return KeyStatus(idempotency_key, "unknown")
+        if entry.divergence is not None:
+            return KeyStatus(idempotency_key, "diverged", entry.position, divergence=orjson.loads(entry.divergence))
+        if entry.result is not None:
+            return KeyStatus(idempotency_key, "decided", entry.position, result=orjson.loads(entry.result))
+        return KeyStatus(idempotency_key, "pending", entry.position)
+
+    def entity(self, key: str) -> dict | None:
+        """The latest agreed state of an entity: {key, state, version, input} or None."""
+        ent = self._entities.get(key)
+        return None if ent is None else dict(ent)
+
+    @property
+    def entity_count(self) -> int:
+        return len(self._entities)
+
+    @property
+    def index_size(self) -> int:
+        return len(self._index)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiters)
+
+    # ------------------------------------------------------------------ following
+
+    async def _follow(self) -> None:
+        s = self.settings
+        consumer = self._consumer
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                for tp, msgs in batches.items():
+                    if tp.topic == s.results_topic:
+                        for m in msgs:
+                            self.on_result(m.value)
+                    else:
+                        for m in msgs:
+                            self.on_divergence(m.value)
+                if not self._caught_up.is_set():
+                    for tp, end in list(self._catch_up_to.items()):
+                        if await consumer.position(tp) >= end:
+                            del self._catch_up_to[tp]
+                    if not self._catch_up_to:
+                        self._caught_up.set()
+                self._sweep(_now_ms())
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  keep following; readiness shows the trouble
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("reading %s failed: %s", s.results_topic, self.last_error)
+                await asyncio.sleep(0.5)  # back-off before the next fetch, not a synchronisation
+
+    def on_result(self, raw: bytes) -> None:
+        """One record of the results topic (public for tests: it is the whole effect of
+        a result on this client)."""
+        self.results_read += 1
+        rec = orjson.loads(raw)
+        rec.pop("clerk", None)
+        compact = orjson.dumps(rec)
+        pos = (rec["input"]["partition"], rec["input"]["offset"])
+        outcome = rec["outcome"]
+        # entities and index first: a submitter woken below reads its own writes
+        if outcome["status"] == "applied" and rec.get("duplicate_of") is None:
+            for ent in outcome["entities"]:
+                self._put_entity(ent["key"], ent["state"], ent["version"], rec["input"])
+        ikey = rec.get("idempotency_key")
+        if ikey is not None:
+            self._index_result(ikey, pos, rec, compact)
+        self._mine.pop(pos, None)
+        self._deliver(pos, "result", rec, compact)
+
+    def on_divergence(self, raw: bytes) -> None:
+        """One record of the divergences topic. Only a ``mismatch`` with no decision
+        finishes a position (it will never be published); a copy that disagrees with a
+        decision already made is reported too, but the decision stands."""
+        self.divergences_read += 1
+        rec = orjson.loads(raw)
+        if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
+            return
+        rec.pop("clerk", None)
+        compact = orjson.dumps(rec)
+        pos = (rec["input"]["partition"], rec["input"]["offset"])
+        mine = self._mine.pop(pos, None)
+        if mine is not None:
+            entry = self._index.get(mine[0])
+            if entry is not None and entry.position == pos:
+                entry.divergence = compact
+        self._deliver(pos, "divergence", rec, compact)
+
+    def _deliver(self, pos: Position, kind: str, rec: dict, compact: bytes) -> None:
+        if pos in self._waiters:
+            self._resolve(pos, kind, rec, compact)
+        elif pos[0] in self._unacked:
+            self._early.setdefault(pos[0], {})[pos] = (kind, rec, compact)
+
+    def _resolve(self, pos: Position, kind: str, rec: dict, compact: bytes) -> None:
+        fut = self._waiters.pop(pos, None)
+        if fut is not None and not fut.done():
+            fut.set_result((kind, rec))
+
+    def _index_result(self, ikey: str, pos: Position, rec: dict, compact: bytes) -> None:
+        now = _now_ms()
+        entry = self._live(ikey, now)
+        outcome = rec["outcome"]
+        if outcome["status"] == "rejected" and outcome["reason"] == "idempotency_key_reused":
+            # this use was refused; the key still belongs to an earlier request
+            if entry is None or entry.position == pos:
+                self._remember(ikey, _Entry(pos[0], None, rec["stream_time"], pos, compact))
+            return
+        dup = rec.get("duplicate_of")
+        if dup is not None:
+            if entry is None:
+                # the original is older than what this client read: its stream time is
+                # unknown, the repeat's is an upper bound (the key lives a little longer here)
+                self._remember(ikey, _Entry(pos[0], None, rec["stream_time"],
+                                            (dup["partition"], dup["offset"]), compact))
+            elif entry.result is None:
+                entry.result = compact
+            return
+        if entry is not None and entry.position == pos:
+            entry.result = compact
+            return
+        # a new owner: evaluated afresh (first use, or the previous use has expired in
+        # the Warden's stream time); its fingerprint is known if this process sent it
+        mine = self._mine.get(pos)
+        self._remember(ikey, _Entry(pos[0], None if mine is None else mine[2], rec["stream_time"], pos, compact))
+
+    def _remember(self, ikey: str, entry: _Entry) -> None:
+        self._index[ikey] = entry
+        self._index_order.append((entry.recorded_at, ikey))
+
+    def _live(self, ikey: str, now: int) -> _Entry | None:
+        entry = self._index.get(ikey)
+        if entry is None:
+            return None
+        if now - entry.recorded_at >= self.ttl_ms:
+            del self._index[ikey]
+            return None
+        return entry
+
+    def _sweep(self, now: int) -> None:
+        """Forget keys older than the TTL, and this process's undecided submissions too
+        (their keys expire with them)."""
+        order = self._index_order
+        while order and now - order[0][0] >= self.ttl_ms:
+            recorded_at, ikey = order.popleft()
+            entry = self._index.get(ikey)
+            if entry is not None and entry.recorded_at == recorded_at:
+                del self._index[ikey]
+        mine = self._mine_order
+        while mine and now - mine[0][0] >= self.ttl_ms:
+            self._mine.pop(mine.popleft()[1], None)
+
+    def _put_entity(self, key: str, state: dict, version: int, at: dict | None) -> None:
+        current = self._entities.get(key)
+        if current is None or version > current["version"]:
+            self._entities[key] = {"key": key, "state": state, "version": version, "input": at}

@@ -1,0 +1,522 @@
+"""The REST API against the real stack: a real broker, instances a and b, the Clerk and
+`docket api` as processes (tests/integration/procs.py, clerk_kit.py), HTTP over loopback.
+Also DocketClient used directly, as a Kafka-native producer would, and schemathesis
+against /openapi.json.
+
+One stack per module (starting Faust workers costs seconds each on two cores); tests
+isolate themselves by sku and idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from app.api import create_app
+from app.broker import free_port, set_parent_death_signal
+from app.client import DocketClient
+from app.records import partition_for
+from app.settings import Settings, load
+
+from tests.integration.clerk_kit import DocketProc
+from tests.integration.procs import Worker, wait_for, worker_env
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+TOKEN = "it-" + secrets.token_urlsafe(16)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+API_TIMEOUT_MS = 20_000  # generous: two cores shared with Faust workers and the broker
+
+
+@dataclasses.dataclass
+class ApiProc(Worker):
+    """``docket api`` as a subprocess (procs.Worker's lifecycle and logs)."""
+
+    args: tuple[str, ...] = ()
+
+    def start(self) -> "ApiProc":
+        if self.alive:
+            raise RuntimeError(f"api already running (pid {self.proc.pid})")
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{self.instance}-{self.starts}.log"
+        self.logs.append(log_path)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from app.cli import main; main()", "api", *self.args],
+                env=self.env, cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        return self
+
+
+@dataclasses.dataclass
+class Stack:
+    settings: Settings
+    url: str
+    a: DocketProc
+    b: DocketProc
+    clerk: DocketProc
+    api: ApiProc
+
+    def logs(self) -> str:
+        return "\n".join(p.log_tail(15) for p in (self.a, self.b, self.clerk, self.api))
+
+
+def _get_json(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def _post_json(url: str, body: dict, key: str, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=orjson.dumps(body), method="POST",
+                                 headers={**AUTH, "Content-Type": "application/json", "Idempotency-Key": key,
+                                          **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from app.topics import create_topics
+
+    root = tmp_path_factory.mktemp("api-stack")
+    port = free_port()
+    env_over = {"DOCKET_KAFKA_BOOTSTRAP": kafka_bootstrap, "DOCKET_TOPIC_PREFIX": f"api{secrets.token_hex(4)}",
+                "DOCKET_PARTITIONS": str(PARTITIONS), "DOCKET_INSTANCES": "a,b", "DOCKET_DATA_ROOT": str(root / "data")}
+    saved = {k: os.environ.get(k) for k in env_over}
+    os.environ.update(env_over)
+    try:
+        settings = load()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    asyncio.run(create_topics(settings))
+    env = worker_env(settings, DOCKET_API_TOKENS=TOKEN, DOCKET_API_PORT=str(port),
+                     DOCKET_API_TIMEOUT_MS=str(API_TIMEOUT_MS))
+    logs = root / "logs"
+
+    def proc(name: str, command: str) -> DocketProc:
+        role = name if command == "instance" else "clerk"
+        return DocketProc(instance=name, env=env, data_dir=settings.data_root / settings.app_id(role),
+                          log_dir=logs, command=command)
+
+    s = Stack(settings, f"http://127.0.0.1:{port}", proc("a", "instance"), proc("b", "instance"),
+              proc("clerk", "clerk"), ApiProc(instance="api", env=env, data_dir=root, log_dir=logs))
+    procs = [s.a, s.b, s.clerk, s.api]
+    try:
+        for p in procs:
+            p.start()
+        asyncio.run(wait_for(lambda: _get_json(s.url + "/readyz")[0] == 200, 120, "the API to be ready",
+                             detail=s.logs))
+        # the pipeline flows end to end: one event decided through the API
+        status, body = _post_json(s.url + "/v1/events", {"event_name": "stock.adjust", "payload": {
+            "warehouse": "warm", "sku": "warm-up", "delta": 1}}, "warm-up-1")
+        assert status in (200, 202), body
+        asyncio.run(wait_for(lambda: _get_json(s.url + "/v1/events/warm-up-1", AUTH)[1].get("state") == "decided",
+                             180, "the warm-up event to be decided", detail=s.logs))
+        yield s
+    finally:
+        for p in procs:
+            p.kill()
+
+
+@pytest.fixture
+async def http(stack: Stack):
+    async with ClientSession(base_url=stack.url, headers=AUTH) as session:
+        yield session
+
+
+def sku(name: str) -> str:
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+async def submit(http: ClientSession, body: dict, key: str, headers: dict | None = None):
+    resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": key, **(headers or {})})
+    return resp.status, resp.headers, await resp.json()
+
+
+def adjust(warehouse: str, sku_: str, delta: int) -> dict:
+    return {"event_name": "stock.adjust", "payload": {"warehouse": warehouse, "sku": sku_, "delta": delta}}
+
+
+def transfer(sku_: str, src: str, dst: str, quantity: int) -> dict:
+    return {"event_name": "stock.transfer",
+            "payload": {"sku": sku_, "from_warehouse": src, "to_warehouse": dst, "quantity": quantity}}
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+async def test_happy_path_adjust_transfer_reject_and_read_entities(http: ClientSession, stack: Stack) -> None:
+    """ApiProducesWithAffinityKey, ApiAnswersWithAgreedOutcome (200 applied, 409 rejected),
+    ApiReportsEventStatus, ApiReadsAgreedEntity; inventory AdjustApplied, TransferApplied,
+    TransferRejectsInsufficientStock; ResultsShareTheInputPartition."""
+    s = sku("happy")
+    status, headers, body = await submit(http, adjust("w1", s, 10), f"{s}-receipt")
+    assert status == 200, body
+    assert headers["Idempotent-Replayed"] == "false"
+    assert body["state"] == "decided" and body["replay"] is False
+    assert body["outcome"] == {"status": "applied", "reason": None, "detail": "",
+                               "entities": [{"key": f"stock:w1:{s}", "state": {"quantity": 10}, "version": 1}]}
+    assert sorted(body["instances"]) == ["a", "b"]
+    # produced with the affinity key (the sku) through the default partitioner
+    assert body["position"]["partition"] == partition_for(s.encode(), PARTITIONS)
+
+    status, _, body = await submit(http, transfer(s, "w1", "w2", 4), f"{s}-move")
+    assert status == 200, body
+    assert {e["key"]: (e["state"]["quantity"], e["version"]) for e in body["outcome"]["entities"]} == {
+        f"stock:w1:{s}": (6, 2), f"stock:w2:{s}": (4, 1)}
+
+    status, _, body = await submit(http, transfer(s, "w2", "w3", 5), f"{s}-too-much")
+    assert status == 409, body
+    assert body["error"] == "insufficient_stock"
+    assert f"stock:w2:{s} holds 4" in body["message"]
+    assert body["outcome"]["status"] == "rejected" and body["outcome"]["entities"] == []
+
+    # entity reads after the transfer: the agreed state and version
+    resp = await http.get(f"/v1/entities/stock/w1:{s}")
+    assert resp.status == 200
+    assert await resp.json() == {"key": f"stock:w1:{s}", "state": {"quantity": 6}, "version": 2,
+                                 "input": body_position_of(await (await http.get(f"/v1/events/{s}-move")).json())}
+    resp = await http.get(f"/v1/entities/stock/w2:{s}")
+    assert (await resp.json())["state"] == {"quantity": 4}
+    resp = await http.get(f"/v1/entities/stock/w3:{s}")
+    assert resp.status == 404  # the rejected transfer changed nothing
+
+    resp = await http.get(f"/v1/events/{s}-too-much")
+    assert resp.status == 200
+    st = await resp.json()
+    assert st["state"] == "decided" and st["outcome"]["reason"] == "insufficient_stock"
+
+
+def body_position_of(event: dict) -> dict:
+    assert event["state"] == "decided", event
+    return event["position"]
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def _bad_requests(s: str) -> list[tuple]:
+    """(name, method, path, headers, body or raw bytes, status, error code, text in message)."""
+    key = {"Idempotency-Key": f"{s}-bad", "Content-Type": "application/json"}
+    return [
+        ("no credentials", "POST", "/v1/events", {**key, "Authorization": ""}, adjust("w1", s, 1), 401,
+         "unauthorized", "missing credentials"),
+        ("basic credentials", "POST", "/v1/events", {**key, "Authorization": "Basic YTpi"}, adjust("w1", s, 1), 401,
+         "unauthorized", "must be 'Bearer <token>'"),
+        ("wrong token", "POST", "/v1/events", {**key, "Authorization": "Bearer nope"}, adjust("w1", s, 1), 403,
+         "forbidden", "not valid for this API"),
+        ("text body", "POST", "/v1/events", {**key, "Content-Type": "text/plain"}, b"hello", 415,
+         "unsupported_media_type", "got text/plain"),
+        ("over 64 KiB", "POST", "/v1/events", key, b'{"event_name": "' + b"x" * 70_000 + b'"}', 413,
+         "payload_too_large", "at most 65536"),
+        ("broken JSON", "POST", "/v1/events", key, b'{"event_name": ', 400, "invalid_json", "not valid JSON"),
+        ("JSON array", "POST", "/v1/events", key, b"[]", 400, "invalid_request", "must be a JSON object"),
+        ("missing key", "POST", "/v1/events", {"Content-Type": "application/json"}, adjust("w1", s, 1), 400,
+         "invalid_request", "Idempotency-Key header is required"),
+        ("oversized key", "POST", "/v1/events", {**key, "Idempotency-Key": "x" * 200}, adjust("w1", s, 1), 400,
+         "invalid_request", "200 characters; at most 128"),
+        ("key with spaces", "POST", "/v1/events", {**key, "Idempotency-Key": "a b"}, adjust("w1", s, 1), 400,
+         "invalid_request", "must be 1-128 characters"),
+        ("unknown event", "POST", "/v1/events", key, {"event_name": "stock.burn", "payload": {}}, 400,
+         "invalid_request", "inventory has no event 'stock.burn'"),
+        ("missing payload field", "POST", "/v1/events", key,
+         {"event_name": "stock.adjust", "payload": {"warehouse": "w1", "sku": s}}, 400, "invalid_request",
+         "payload.delta: missing field: delta"),
+        ("zero delta", "POST", "/v1/events", key, adjust("w1", s, 0), 400, "invalid_request",
+         "payload.delta: delta must not be 0"),
+        ("string quantity", "POST", "/v1/events", key, transfer(s, "w1", "w2", "3"), 400, "invalid_request",
+         "payload.quantity: quantity must be an integer"),
+        ("same warehouse", "POST", "/v1/events", key, transfer(s, "w1", "w1", 3), 400, "invalid_request",
+         "from_warehouse and to_warehouse must differ"),
+        ("bad sku", "POST", "/v1/events", key, adjust("w1", "s/1", 3), 400, "invalid_request",
+         "payload.sku: sku must be 1-64 characters"),
+        ("extra field", "POST", "/v1/events", key, {**adjust("w1", s, 1), "priority": 1}, 400, "invalid_request",
+         "unknown field 'priority'"),
+        ("unknown event key", "GET", f"/v1/events/{s}-never", {}, None, 404, "not_found",
+         f"no event with idempotency key '{s}-never'"),
+        ("unknown entity", "GET", f"/v1/entities/stock/w9:{s}", {}, None, 404, "not_found",
+         f"no agreed change of entity 'stock:w9:{s}'"),
+        ("bad entity type", "GET", "/v1/entities/st@ck/w1:s1", {}, None, 400, "invalid_request",
+         "entity type must be"),
+        ("wrong method", "PUT", "/v1/events", key, adjust("w1", s, 1), 405, "method_not_allowed",
+         "allowed: POST"),
+        ("no such endpoint", "GET", "/v1/stock", {}, None, 404, "not_found", "no such endpoint"),
+    ]
+
+
+async def test_bad_requests_get_the_documented_status_and_error(http: ClientSession, stack: Stack) -> None:
+    """ApiRequiresBearerToken, ApiRefusesBadRequests: each refused with its status and a
+    message that says what is wrong; none of them reaches Kafka (the input topic gains
+    no record)."""
+    from app.replay import end_offsets
+
+    s = sku("bad")
+    before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
+    cases = _bad_requests(s)
+    assert len(cases) >= 15
+    failures = []
+    for name, method, path, headers, body, status, error, text in cases:
+        hdrs = dict(headers)
+        if hdrs.get("Authorization") == "":
+            hdrs.pop("Authorization")
+            session = ClientSession(base_url=stack.url)  # no default credentials
+        else:
+            session = None
+        data = body if isinstance(body, bytes) else (None if body is None else orjson.dumps(body))
+        async with (session or _Borrowed(http)) as client:
+            resp = await client.request(method, path, data=data, headers=hdrs)
+            got = await resp.json()
+        if resp.status != status or got.get("error") != error or text not in got.get("message", ""):
+            failures.append(f"{name}: expected {status} {error} '{text}', got {resp.status} {got}")
+    assert not failures, "\n".join(failures)
+    after = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
+    assert after == before, "a refused request reached the input topic"
+
+
+class _Borrowed:
+    """``async with`` over a session the fixture owns (not closed here)."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> ClientSession:
+        return self.session
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+async def test_repeated_key_returns_the_original_outcome_as_a_replay(http: ClientSession) -> None:
+    """ApiAnswersWithAgreedOutcome (replay), WardenRecognisesDuplicate,
+    DuplicateRepeatsOriginalOutcome: the repeat is produced again and the instances answer
+    it with the original outcome; stock changes once."""
+    s = sku("replay")
+    first_status, _, first = await submit(http, adjust("w1", s, 7), f"{s}-k")
+    assert first_status == 200, first
+    again_status, headers, again = await submit(http, adjust("w1", s, 7), f"{s}-k")
+    assert again_status == 200, again
+    assert headers["Idempotent-Replayed"] == "true"
+    assert again["replay"] is True
+    assert again["duplicate_of"] == first["position"]
+    assert again["position"] != first["position"]  # a record of its own, answered as a duplicate
+    assert again["outcome"] == first["outcome"]
+    ent = await (await http.get(f"/v1/entities/stock/w1:{s}")).json()
+    assert (ent["state"], ent["version"]) == ({"quantity": 7}, 1)  # applied once
+    # a rejection is replayed as the same rejection
+    status, _, rej = await submit(http, adjust("w1", s, -100), f"{s}-neg")
+    assert status == 409, rej
+    status, headers, rej2 = await submit(http, adjust("w1", s, -100), f"{s}-neg")
+    assert status == 409 and rej2["replay"] is True and headers["Idempotent-Replayed"] == "true"
+    assert rej2["outcome"] == rej["outcome"]
+
+
+async def test_reused_key_with_a_different_request_is_422(http: ClientSession, stack: Stack) -> None:
+    """ApiProducesWithAffinityKey (422 before Kafka), ApiAnswersWithAgreedOutcome (the
+    Warden's idempotency_key_reused mapped to 422), WardenRejectsReusedKey."""
+    from app.replay import end_offsets
+
+    s = sku("reuse")
+    status, _, first = await submit(http, adjust("w1", s, 3), f"{s}-k")
+    assert status == 200, first
+    before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
+    # same key, other body: this API process knows the key's request, so Kafka never sees it
+    status, _, body = await submit(http, adjust("w1", s, 4), f"{s}-k")
+    assert status == 422, body
+    assert body["error"] == "idempotency_key_reused"
+    assert "was already used" in body["message"] and "for a different request" in body["message"]
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    # same key, an event for another sku (another partition, whose Warden cannot know it)
+    other = next(f"{s}-{i}" for i in range(100)
+                 if partition_for(f"{s}-{i}".encode(), PARTITIONS) != first["position"]["partition"])
+    status, _, body = await submit(http, adjust("w1", other, 3), f"{s}-k")
+    assert status == 422 and "routes to another partition" in body["message"], body
+    assert await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic) == before
+
+    # another API process knows the key only from the results topic (not the request's
+    # fingerprint): it produces, and the Warden's verdict comes back as 422
+    settings = dataclasses.replace(stack.settings, api_timeout_ms=API_TIMEOUT_MS)
+    client = DocketClient(settings)
+    await client.start()
+    app = create_app(settings, client, tokens=(TOKEN,), connect=False)
+    try:
+        await client.wait_caught_up(60)
+        assert client.status(f"{s}-k").state == "decided"
+        async with TestServer(app) as server, ClientSession(headers=AUTH) as other_http:
+            resp = await other_http.post(server.make_url("/v1/events"), json=adjust("w1", s, 4),
+                                         headers={"Idempotency-Key": f"{s}-k"})
+            body = await resp.json()
+            assert resp.status == 422, body
+            assert body["state"] == "decided" and body["outcome"]["reason"] == "idempotency_key_reused"
+            assert f"partition {first['position']['partition']} offset {first['position']['offset']}" in body["message"]
+    finally:
+        await client.stop()
+    ent = await (await http.get(f"/v1/entities/stock/w1:{s}")).json()
+    assert ent["state"] == {"quantity": 3}
+
+
+# --------------------------------------------------------------------------- timeout
+
+
+async def test_timeout_gives_202_then_polling_finds_the_decision(http: ClientSession, stack: Stack) -> None:
+    """ApiAnswersPendingAfterTimeout, ApiReportsEventStatus (pending -> decided): with the
+    Clerk stopped nothing can be decided; the request is accepted (202 + Location) and is
+    decided once the Clerk is back."""
+    await stack.clerk.stop(60)
+    s = sku("slow")
+    try:
+        status, headers, body = await submit(http, adjust("w1", s, 2), f"{s}-k", {"Prefer": "wait=1"})
+        assert status == 202, body
+        assert headers["Location"] == f"/v1/events/{s}-k"
+        assert headers["Preference-Applied"] == "wait=1"
+        assert body["state"] == "pending" and "the event was accepted" in body["message"]
+        resp = await http.get(headers["Location"])
+        assert resp.status == 200 and (await resp.json())["state"] == "pending"
+    finally:
+        stack.clerk.start()
+
+    async def decided():
+        resp = await http.get(f"/v1/events/{s}-k")
+        body = await resp.json()
+        return body if body.get("state") == "decided" else None
+
+    body = await wait_for(decided, 120, f"{s}-k to be decided after the Clerk restarted",
+                          detail=stack.clerk.log_tail)
+    assert body["outcome"]["status"] == "applied"
+    assert body["outcome"]["entities"][0]["state"] == {"quantity": 2}
+    status, _, again = await submit(http, adjust("w1", s, 2), f"{s}-k")
+    assert status == 200 and again["replay"] is True
+
+
+# --------------------------------------------------------------------------- the Python client
+
+
+async def test_python_client_without_http(stack: Stack) -> None:
+    """DocketClient as a Kafka-native producer uses it: submit, replay, status, entity;
+    a client started later loads entity states from the compacted entities topic."""
+    s = sku("native")
+    async with DocketClient(stack.settings) as client:
+        sub = await client.submit("stock.adjust", {"warehouse": "w1", "sku": s, "delta": 12}, f"{s}-1", timeout=60)
+        assert sub.status == "decided" and sub.outcome["status"] == "applied" and not sub.replay
+        sub2 = await client.submit("stock.transfer", {"sku": s, "from_warehouse": "w1", "to_warehouse": "w2",
+                                                      "quantity": 5}, f"{s}-2", timeout=60)
+        assert sub2.outcome["status"] == "applied"
+        again = await client.submit("stock.adjust", {"warehouse": "w1", "sku": s, "delta": 12}, f"{s}-1", timeout=60)
+        assert again.replay and again.result["duplicate_of"] == {"partition": sub.position[0],
+                                                                 "offset": sub.position[1]}
+        assert client.status(f"{s}-1").state == "decided"
+        assert client.entity(f"stock:w1:{s}")["state"] == {"quantity": 7}
+
+    async def later_client_sees_it() -> bool:
+        # the Clerk writes entity records just after the result: wait until they are there
+        from app.replay import read_topic
+
+        recs = await read_topic(stack.settings.kafka_bootstrap, stack.settings.entities_topic)
+        return sum(1 for r in recs if r.key in (f"stock:w1:{s}".encode(), f"stock:w2:{s}".encode())) >= 3
+
+    await wait_for(later_client_sees_it, 30, "the Clerk's entity records for the transfer")
+    later = DocketClient(stack.settings)
+    await later.start()
+    try:
+        # loaded from the entities topic before the results consumer even started
+        assert later.entities_loaded >= 3
+        assert later.entity(f"stock:w1:{s}")["state"] == {"quantity": 7}
+        assert later.entity(f"stock:w1:{s}")["version"] == 2
+        assert later.entity(f"stock:w2:{s}")["state"] == {"quantity": 5}
+    finally:
+        await later.stop()
+
+
+# --------------------------------------------------------------------------- probes and metrics
+
+
+async def test_readiness_and_metrics_after_traffic(http: ClientSession, stack: Stack) -> None:
+    """ApiReadiness; /metrics counts requests by status and the server-side wait."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = await http.get("/readyz")
+    assert resp.status == 200
+    assert await resp.json() == {"ready": True, "checks": {"kafka_connected": True, "results_caught_up": True}}
+    s = sku("metrics")
+    status, _, _ = await submit(http, adjust("w1", s, 1), f"{s}-k")
+    assert status == 200
+    text = await (await http.get("/metrics")).text()
+    samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+               for fam in text_string_to_metric_families(text) for x in fam.samples}
+    assert samples[("docket_api_requests_total", (("method", "POST"), ("route", "/v1/events"),
+                                                  ("status", "200")))] >= 1
+    assert samples[("docket_api_result_wait_seconds_count", ())] >= 1
+    assert samples[("docket_api_submissions_total", (("result", "applied"),))] >= 1
+    assert samples[("docket_api_ready", ())] == 1
+
+
+# --------------------------------------------------------------------------- schemathesis
+
+
+SCHEMATHESIS_EXAMPLES = 25
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack, tmp_path: Path) -> None:
+    """Property-based requests generated from /openapi.json (valid and invalid), a bounded
+    number per operation: no 5xx, and every response's status, content type, headers and
+    body conform to the document."""
+    from app import openapi
+
+    # the document's examples exist, so the examples phase reaches 200 answers of every
+    # operation (the POST example is then a replay)
+    status, body = _post_json(stack.url + "/v1/events", openapi.EXAMPLE_EVENT, openapi.EXAMPLE_KEY)
+    assert status == 200, body
+    exe = Path(sys.executable).with_name("schemathesis")
+    cmd = [str(exe), "--no-color", "run", f"{stack.url}/openapi.json",
+           "--header", f"Authorization: Bearer {TOKEN}",
+           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                       "response_headers_conformance,response_schema_conformance,negative_data_rejection",
+           "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--seed", "20261122", "--workers", "1",
+           "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
+           "--generation-database", "none", "--generation-with-security-parameters", "false",
+           "--report", "junit", "--report-dir", str(tmp_path)]
+    began = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=540, check=False, cwd=tmp_path,
+                          env={**os.environ, "SCHEMATHESIS_HOOKS": ""})  # its crash cache stays in tmp_path
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"schemathesis failed (exit {proc.returncode}):\n{out[-12000:]}"
+    import re
+
+    counts = re.search(r"Test cases:\s*\n?\s*(\d+) generated, (\d+) passed", out)
+    assert counts, out[-3000:]
+    generated, passed = int(counts[1]), int(counts[2])
+    assert generated == passed and passed >= 100, out[-3000:]
+    assert "Tested: 6" in out, out[-3000:]  # every operation of the document
+    print(f"schemathesis: {time.monotonic() - began:.1f} s\n{out[-1500:]}")

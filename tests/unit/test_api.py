@@ -1,0 +1,517 @@
+"""The REST API without a broker: authentication, request validation, error mapping,
+the OpenAPI document against the router, metrics, and the `docket api` command.
+
+The API runs as a real aiohttp server (aiohttp.test_utils.TestServer) over a real
+DocketClient that is not connected to Kafka (its bootstrap address is a closed port), so
+everything up to "produce" is the production path, and a valid submission must be
+refused with 503 "not accepted". The outcome mapping (200/409/422/202/502) is checked on
+real Submission objects; against a real pipeline in tests/integration/test_api.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from app import api as api_mod
+from app.api import MAX_BODY_BYTES, create_app, parse_idempotency_key, parse_prefer, submission_response
+from app.broker import free_port
+from app.client import DocketClient, KeyStatus, Submission
+from app.records import partition_for
+from app.settings import SETTINGS, ConfigError, load
+
+TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")
+AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch):
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # nobody listens
+    monkeypatch.setenv("DOCKET_PARTITIONS", "4")
+    monkeypatch.setenv("DOCKET_API_TOKENS", ",".join(TOKENS))
+    return load()
+
+
+@pytest.fixture
+async def http(settings):
+    """(aiohttp TestClient, DocketClient) for an API whose client is not connected."""
+    client = DocketClient(settings)
+    app = create_app(settings, client, connect=False)
+    async with TestClient(TestServer(app)) as tc:
+        yield tc, client
+
+
+def adjust(warehouse: str = "w1", sku: str = "s1", delta: int = 5) -> dict:
+    return {"event_name": "stock.adjust", "payload": {"warehouse": warehouse, "sku": sku, "delta": delta}}
+
+
+def transfer(sku: str = "s1", src: str = "w1", dst: str = "w2", quantity: int = 1) -> dict:
+    return {"event_name": "stock.transfer",
+            "payload": {"sku": sku, "from_warehouse": src, "to_warehouse": dst, "quantity": quantity}}
+
+
+async def post(tc: TestClient, body, *, key: str | None = "k-1", headers: dict | None = None,
+               raw: bytes | None = None, content_type: str | None = "application/json"):
+    h = dict(AUTH)
+    if key is not None:
+        h["Idempotency-Key"] = key
+    if content_type is not None:
+        h["Content-Type"] = content_type
+    h.update(headers or {})
+    data = raw if raw is not None else orjson.dumps(body)
+    skip = () if content_type is not None else ("Content-Type",)  # else aiohttp sends octet-stream
+    resp = await tc.post("/v1/events", data=data, headers=h, skip_auto_headers=skip)
+    return resp.status, resp.headers, await resp.json()
+
+
+# --------------------------------------------------------------------------- auth
+
+
+async def test_v1_endpoints_require_a_bearer_token(http) -> None:
+    tc, _ = http
+    for method, path in [("POST", "/v1/events"), ("GET", "/v1/events/k1"), ("GET", "/v1/entities/stock/w1:s1")]:
+        resp = await tc.request(method, path)
+        assert resp.status == 401, (method, path)
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="docket"'
+        body = await resp.json()
+        assert body["error"] == "unauthorized"
+        assert "Authorization: Bearer <token>" in body["message"]
+
+
+async def test_basic_credentials_are_not_a_bearer_token(http) -> None:
+    tc, _ = http
+    resp = await tc.get("/v1/events/k1", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert resp.status == 401
+    assert "must be 'Bearer <token>'" in (await resp.json())["message"]
+
+
+async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -> None:
+    tc, _ = http
+    resp = await tc.get("/v1/events/k1", headers={"Authorization": "Bearer not-a-token"})
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "forbidden"
+    for token in TOKENS:  # past authentication: the client is not connected, so 503
+        resp = await tc.get("/v1/events/k1", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 503, token
+
+
+async def test_probes_and_documents_need_no_credentials(http) -> None:
+    tc, _ = http
+    assert (await tc.get("/healthz")).status == 200
+    assert (await tc.get("/openapi.json")).status == 200
+    assert (await tc.get("/metrics")).status == 200
+    ready = await tc.get("/readyz")
+    assert ready.status == 503
+    body = await ready.json()
+    assert body["ready"] is False and body["checks"] == {"kafka_connected": False, "results_caught_up": False}
+    assert "connecting to Kafka" in body["message"]
+
+
+def test_create_app_refuses_to_run_without_tokens(settings) -> None:
+    with pytest.raises(ValueError, match="DOCKET_API_TOKENS"):
+        create_app(settings, DocketClient(settings), tokens=(), connect=False)
+
+
+async def test_insecure_no_auth_accepts_requests_without_credentials(settings) -> None:
+    app = create_app(settings, DocketClient(settings), tokens=(), auth=False, connect=False)
+    async with TestClient(TestServer(app)) as tc:
+        resp = await tc.get("/v1/events/k1")
+        assert resp.status == 503  # not 401: no authentication, and Kafka is not connected
+        doc = await (await tc.get("/openapi.json")).json()
+        assert "securitySchemes" not in doc["components"]
+
+
+def test_docket_api_refuses_to_start_without_tokens() -> None:
+    docket = Path(sys.executable).with_name("docket")
+    env = {k: v for k, v in os.environ.items() if k != "DOCKET_API_TOKENS"}
+    proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "DOCKET_API_TOKENS is not set" in proc.stderr
+    assert "--insecure-no-auth" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("env", "value", "message"), [
+    ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
+    ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
+    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: a token may only use printable ASCII"),
+    ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
+])
+def test_api_settings_name_the_variable_at_fault(monkeypatch, env, value, message) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        load()
+
+
+def test_api_settings_defaults(monkeypatch) -> None:
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    s = load()
+    assert (s.api_host, s.api_port, s.api_tokens, s.api_timeout_ms) == ("127.0.0.1", 8080, (), 5000)
+    monkeypatch.setenv("DOCKET_API_TOKENS", " a1 , ,b2 ")
+    assert load().api_tokens == ("a1", "b2")
+
+
+# --------------------------------------------------------------------------- validation
+
+BAD_REQUESTS = [
+    # (name, body, key, content type, expected status, error code, field, text in message)
+    ("not JSON", b"{nope", "k1", "application/json", 400, "invalid_json", None, "not valid JSON"),
+    ("array body", [1, 2], "k1", "application/json", 400, "invalid_request", "body", "must be a JSON object"),
+    ("null body", None, "k1", "application/json", 400, "invalid_request", "body", "not null"),
+    ("no key", adjust(), None, "application/json", 400, "invalid_request", "Idempotency-Key", "header is required"),
+    ("empty key", adjust(), "", "application/json", 400, "invalid_request", "Idempotency-Key", "is empty"),
+    ("long key", adjust(), "k" * 129, "application/json", 400, "invalid_request", "Idempotency-Key",
+     "129 characters; at most 128"),
+    ("key with a slash", adjust(), "a/b", "application/json", 400, "invalid_request", "Idempotency-Key",
+     "must be 1-128 characters of"),
+    ("unknown field", {**adjust(), "extra": 1}, "k1", "application/json", 400, "invalid_request", "extra",
+     "unknown field 'extra'"),
+    ("no event_name", {"payload": {}}, "k1", "application/json", 400, "invalid_request", "event_name",
+     "event_name is required"),
+    ("no payload", {"event_name": "stock.adjust"}, "k1", "application/json", 400, "invalid_request", "payload",
+     "payload is required"),
+    ("unknown event", {"event_name": "stock.steal", "payload": {}}, "k1", "application/json", 400,
+     "invalid_request", "event_name", "inventory has no event 'stock.steal'"),
+    ("event_name not a string", {"event_name": 7, "payload": {}}, "k1", "application/json", 400,
+     "invalid_request", "event_name", "must be a non-empty string"),
+    ("payload not an object", {"event_name": "stock.adjust", "payload": [1]}, "k1", "application/json", 400,
+     "invalid_request", "payload", "payload must be a JSON object"),
+    ("missing payload field", {"event_name": "stock.adjust", "payload": {"warehouse": "w1", "sku": "s1"}},
+     "k1", "application/json", 400, "invalid_request", "payload.delta", "missing field: delta"),
+    ("string delta", adjust(delta="5"), "k1", "application/json", 400, "invalid_request", "payload.delta",
+     "delta must be an integer"),
+    ("float delta", {"event_name": "stock.adjust", "payload": {"warehouse": "w1", "sku": "s1", "delta": 1.5}},
+     "k1", "application/json", 400, "invalid_request", "payload.delta", "delta must be an integer"),
+    ("zero delta", adjust(delta=0), "k1", "application/json", 400, "invalid_request", "payload.delta",
+     "delta must not be 0"),
+    ("huge delta", adjust(delta=10**12), "k1", "application/json", 400, "invalid_request", "payload.delta",
+     "|delta| must be at most"),
+    ("bad identifier", adjust(warehouse="w 1"), "k1", "application/json", 400, "invalid_request",
+     "payload.warehouse", "warehouse must be 1-64 characters"),
+    ("same warehouse", transfer(src="w1", dst="w1"), "k1", "application/json", 400, "invalid_request",
+     "payload.to_warehouse", "must differ"),
+    ("text/plain", adjust(), "k1", "text/plain", 415, "unsupported_media_type", None, "got text/plain"),
+    ("no content type", adjust(), "k1", None, 415, "unsupported_media_type", None, "got none"),
+    ("form", adjust(), "k1", "application/x-www-form-urlencoded", 415, "unsupported_media_type", None,
+     "Content-Type: application/json"),
+    ("over the limit", {"event_name": "stock.adjust", "payload": {"pad": "x" * MAX_BODY_BYTES}}, "k1",
+     "application/json", 413, "payload_too_large", None, f"at most {MAX_BODY_BYTES}"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "key", "ctype", "status", "error", "field", "text"), BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+async def test_bad_requests_are_refused_before_kafka(http, name, body, key, ctype, status, error, field, text) -> None:
+    tc, client = http
+    raw = body if isinstance(body, bytes) else None
+    got, _, answer = await post(tc, body, key=key, raw=raw, content_type=ctype)
+    assert (got, answer["error"]) == (status, error), answer
+    assert text in answer["message"], answer["message"]
+    if field is not None:
+        assert field in [e["field"] for e in answer["errors"]], answer
+        assert all(set(e) == {"field", "reason", "message"} for e in answer["errors"])
+    assert client.index_size == 0  # nothing reached the client's bookkeeping
+
+
+async def test_every_field_error_is_reported_at_once(http) -> None:
+    tc, _ = http
+    status, _, body = await post(tc, {"event_name": "stock.adjust", "extra": True}, key="bad key")
+    assert status == 400
+    assert sorted(e["field"] for e in body["errors"]) == ["Idempotency-Key", "extra", "payload"]
+
+
+async def test_chunked_body_over_the_limit_is_413(http) -> None:
+    tc, _ = http
+
+    async def chunks():
+        for _ in range(MAX_BODY_BYTES // 1024 + 2):
+            yield b" " * 1024
+
+    resp = await tc.post("/v1/events", data=chunks(),
+                         headers={**AUTH, "Idempotency-Key": "k1", "Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "payload_too_large"
+
+
+async def test_quoted_structured_field_key_is_accepted(http) -> None:
+    assert parse_idempotency_key('"abc-1"') == ("abc-1", None)
+    tc, _ = http
+    status, _, body = await post(tc, adjust(), key='"abc-1"')
+    assert status == 503  # valid: refused only because Kafka is not connected
+
+
+async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) -> None:
+    tc, client = http
+    status, headers, body = await post(tc, adjust())
+    assert status == 503
+    assert body["error"] == "kafka_unavailable"
+    assert body["message"].startswith("the request was not accepted")
+    assert client.settings.kafka_bootstrap in body["message"]
+    assert headers["Retry-After"] == "5"
+
+
+async def test_key_known_on_another_partition_is_422_before_producing(http, settings) -> None:
+    """A key's requests all route to one partition, whose Warden alone remembers it: a
+    key reused for an event that routes elsewhere is refused from the client's index."""
+    tc, client = http
+    skus = [f"sku-{i}" for i in range(50)]
+    first = skus[0]
+    other = next(s for s in skus if partition_for(s.encode(), 4) != partition_for(first.encode(), 4))
+    p = partition_for(first.encode(), 4)
+    client.on_result(result_record("reused-key", p, 7, applied=True))
+    status, _, body = await post(tc, adjust(sku=other), key="reused-key")
+    assert status == 422
+    assert body["error"] == "idempotency_key_reused"
+    assert f"input partition {p} offset 7" in body["message"]
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    # the same key for an event on the key's own partition is for the pipeline to judge
+    status, _, body = await post(tc, adjust(sku=first), key="reused-key")
+    assert status == 503
+
+
+async def test_events_and_entities_need_a_connection_and_valid_names(http) -> None:
+    tc, _ = http
+    resp = await tc.get("/v1/events/k1", headers=AUTH)
+    assert resp.status == 503
+    assert "not connected to Kafka yet" in (await resp.json())["message"]
+    resp = await tc.get("/v1/events/a%20b", headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["field"] == "idempotency_key"
+    resp = await tc.get("/v1/entities/st%20ock/w1:s1", headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["field"] == "type"
+
+
+async def test_unknown_routes_and_methods_answer_json(http) -> None:
+    tc, _ = http
+    resp = await tc.get("/v2/nothing")
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+    resp = await tc.delete("/v1/events", headers=AUTH)
+    assert resp.status == 405
+    body = await resp.json()
+    assert body["error"] == "method_not_allowed" and "POST" in body["message"]
+    assert resp.headers["Allow"] == "POST"
+
+
+# --------------------------------------------------------------------------- outcome mapping
+
+
+def result_record(key: str, partition: int, offset: int, *, applied: bool, reason: str | None = None,
+                  duplicate_of: tuple[int, int] | None = None, entities: list | None = None,
+                  stream_time: int | None = None) -> bytes:
+    import time
+
+    outcome = {"status": "applied" if applied else "rejected", "reason": None if applied else reason,
+               "detail": "" if applied else f"because {reason}", "entities": entities or []}
+    return orjson.dumps({
+        "idempotency_key": key, "input": {"partition": partition, "offset": offset},
+        "event_name": "stock.adjust", "outcome": outcome,
+        "duplicate_of": None if duplicate_of is None else {"partition": duplicate_of[0], "offset": duplicate_of[1]},
+        "domain_version": "inventory/1", "stream_time": stream_time or int(time.time() * 1000),
+        "digest": "d" * 64, "instances": ["a", "b"],
+        "clerk": {"seq": 1, "decided_below": offset + 1, "finished_above": []}})
+
+
+def submission(key: str = "k1", **kw) -> Submission:
+    rec = orjson.loads(result_record(key, 2, 9, **kw))
+    rec.pop("clerk")
+    return Submission(key, "decided", (2, 9), result=rec)
+
+
+async def body_of(resp: web.Response) -> dict:
+    return orjson.loads(resp.body)
+
+
+async def test_applied_is_200_and_says_whether_it_is_a_replay() -> None:
+    resp = submission_response(submission(applied=True), 5000)
+    body = await body_of(resp)
+    assert resp.status == 200 and resp.headers["Idempotent-Replayed"] == "false"
+    assert body["state"] == "decided" and body["replay"] is False
+    assert body["position"] == {"partition": 2, "offset": 9} and body["outcome"]["status"] == "applied"
+    resp = submission_response(submission(applied=True, duplicate_of=(2, 3)), 5000)
+    body = await body_of(resp)
+    assert resp.status == 200 and resp.headers["Idempotent-Replayed"] == "true"
+    assert body["replay"] is True and body["duplicate_of"] == {"partition": 2, "offset": 3}
+
+
+async def test_domain_rejection_is_409_with_the_reason() -> None:
+    resp = submission_response(submission(applied=False, reason="insufficient_stock"), 5000)
+    body = await body_of(resp)
+    assert resp.status == 409
+    assert body["error"] == "insufficient_stock"
+    assert "insufficient_stock (because insufficient_stock)" in body["message"]
+    assert body["outcome"]["reason"] == "insufficient_stock" and body["state"] == "decided"
+
+
+async def test_wardens_reused_verdict_is_422() -> None:
+    resp = submission_response(submission(applied=False, reason="idempotency_key_reused"), 5000)
+    body = await body_of(resp)
+    assert resp.status == 422
+    assert body["error"] == "idempotency_key_reused"
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert "was already used for a different request" in body["message"]
+
+
+async def test_undecided_is_202_with_location() -> None:
+    resp = submission_response(Submission("key:1", "pending", (1, 4)), 250)
+    body = await body_of(resp)
+    assert resp.status == 202
+    assert resp.headers["Location"] == "/v1/events/key%3A1"
+    assert body["state"] == "pending" and "not decided within 250 ms" in body["message"]
+
+
+async def test_diverged_is_502_with_the_report() -> None:
+    div = {"input": {"partition": 1, "offset": 4}, "cause": "mismatch", "decided": None,
+           "copies": [{"instance": "a", "digest": "x"}, {"instance": "b", "digest": "y"}]}
+    resp = submission_response(Submission("k", "diverged", (1, 4), divergence=div), 5000)
+    body = await body_of(resp)
+    assert resp.status == 502
+    assert body["error"] == "diverged" and body["divergence"]["copies"] == div["copies"]
+
+
+async def test_unknown_key_status_is_404() -> None:
+    resp = api_mod.status_response(KeyStatus("k9", "unknown"), 300000)
+    body = await body_of(resp)
+    assert resp.status == 404 and body["state"] == "unknown" and "300000 ms" in body["message"]
+
+
+def test_prefer_header_shortens_the_wait_only() -> None:
+    assert parse_prefer(None, 5.0) == (5.0, None)
+    assert parse_prefer("wait=1", 5.0) == (1.0, "wait=1")
+    assert parse_prefer("wait=60", 5.0) == (5.0, "wait=60")
+    assert parse_prefer("respond-async, wait=3", 5.0) == (0.0, "respond-async")
+    assert parse_prefer("handling=lenient, wait=x", 5.0) == (5.0, None)
+
+
+# --------------------------------------------------------------------------- the client's index
+
+
+def test_client_index_follows_results_and_divergences(settings) -> None:
+    client = DocketClient(settings)
+    assert client.status("k1").state == "unknown"
+    ent = [{"key": "stock:w1:s1", "state": {"quantity": 5}, "version": 2}]
+    client.on_result(result_record("k1", 1, 10, applied=True, entities=ent))
+    st = client.status("k1")
+    assert (st.state, st.position, st.replay) == ("decided", (1, 10), False)
+    assert "clerk" not in st.result
+    assert client.entity("stock:w1:s1") == {"key": "stock:w1:s1", "state": {"quantity": 5}, "version": 2,
+                                            "input": {"partition": 1, "offset": 10}}
+    # an older version never replaces a newer one; a duplicate's entities are not news
+    client.on_result(result_record("k0", 1, 3, applied=True,
+                                   entities=[{"key": "stock:w1:s1", "state": {"quantity": 1}, "version": 1}]))
+    client.on_result(result_record("k1", 1, 12, applied=True, duplicate_of=(1, 10),
+                                   entities=[{"key": "stock:w1:s1", "state": {"quantity": 99}, "version": 9}]))
+    assert client.entity("stock:w1:s1")["version"] == 2
+    assert client.status("k1").position == (1, 10)  # still the owner's position
+    # a reused-key rejection does not take the key from its owner
+    client.on_result(result_record("k1", 1, 13, applied=False, reason="idempotency_key_reused"))
+    assert client.status("k1").result["outcome"]["status"] == "applied"
+    # a divergence with a decision does not finish anything; results published stay
+    client.on_divergence(orjson.dumps({"input": {"partition": 1, "offset": 10}, "cause": "mismatch",
+                                       "copies": [], "decided": "d" * 64}))
+    assert client.status("k1").state == "decided"
+
+
+def test_client_index_forgets_keys_after_the_ttl(settings, monkeypatch) -> None:
+    import time
+
+    client = DocketClient(settings)
+    old = int(time.time() * 1000) - settings.idempotency_ttl_ms - 1
+    client.on_result(result_record("old", 0, 1, applied=True, stream_time=old))
+    assert client.status("old").state == "unknown"
+    client.on_result(result_record("new", 0, 2, applied=True))
+    client._sweep(int(time.time() * 1000) + settings.idempotency_ttl_ms)  # noqa: SLF001  as time passes
+    assert client.index_size == 0
+
+
+def test_client_validation_names_fields(settings) -> None:
+    client = DocketClient(settings)
+    errors = client.check("stock.transfer", {"sku": "s1", "from_warehouse": "w1", "to_warehouse": "w2",
+                                              "quantity": 0}, "k" * 200)
+    assert [(e.field, e.reason) for e in errors] == [("idempotency_key", "invalid_idempotency_key"),
+                                                     ("payload.quantity", "quantity_out_of_range")]
+
+
+# --------------------------------------------------------------------------- OpenAPI and metrics
+
+
+def _router_operations(app: web.Application) -> set[tuple[str, str]]:
+    return {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
+            if route.method != "HEAD"}
+
+
+async def test_openapi_paths_and_methods_are_the_routers(http) -> None:
+    tc, _ = http
+    doc = await (await tc.get("/openapi.json")).json()
+    documented = {(method, path) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == _router_operations(tc.server.app)
+    # every /v1 operation documents the authentication answers, the others need none
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if path.startswith("/v1/"):
+                assert {"401", "403"} <= set(op["responses"]), (method, path)
+                assert op["security"] == [{"bearer": []}]
+            else:
+                assert op["security"] == [], (method, path)
+            params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert params == set(_path_params(path)), (method, path)
+
+
+def _path_params(path: str) -> list[str]:
+    import re
+
+    return re.findall(r"{([^}]+)}", path)
+
+
+def test_openapi_document_loads_in_schemathesis(settings) -> None:
+    import schemathesis
+
+    app = create_app(settings, DocketClient(settings), connect=False)
+    schema = schemathesis.openapi.from_dict(app[api_mod.CONFIG]["openapi"])
+    operations = {(op.ok().method.lower(), op.ok().path) for op in schema.get_all_operations()}
+    assert operations == _router_operations(app)
+
+
+def test_openapi_payload_schemas_match_the_inventory_rules(settings) -> None:
+    from app.domains.inventory import MAX_MAGNITUDE, inventory
+
+    doc = create_app(settings, DocketClient(settings), connect=False)[api_mod.CONFIG]["openapi"]
+    variants = {v["title"]: v["properties"]["payload"] for v in doc["components"]["schemas"]["EventRequest"]["oneOf"]}
+    assert set(variants) == set(inventory.event_names)
+    adjust_schema = variants["stock.adjust"]
+    assert adjust_schema["required"] == ["warehouse", "sku", "delta"]
+    assert adjust_schema["properties"]["delta"]["maximum"] == MAX_MAGNITUDE
+    # the bounds the schema states are the ones validate enforces
+    assert inventory.validate("stock.adjust", {"warehouse": "w", "sku": "s", "delta": MAX_MAGNITUDE}) is None
+    assert inventory.validate("stock.adjust", {"warehouse": "w", "sku": "s", "delta": MAX_MAGNITUDE + 1}) is not None
+    assert inventory.validate("stock.transfer", {"sku": "s", "from_warehouse": "a", "to_warehouse": "b",
+                                                 "quantity": 1}) is None
+
+
+async def test_metrics_count_requests_by_route_and_status(http) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tc, _ = http
+    for _ in range(3):
+        await tc.get("/v1/events/k1")  # 401
+    await post(tc, adjust(delta=0))  # 400
+    resp = await tc.get("/metrics")
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(await resp.text()) for s in fam.samples}
+    assert samples[("docket_api_requests_total", (("method", "GET"), ("route", "/v1/events/{idempotency_key}"),
+                                                  ("status", "401")))] == 3
+    assert samples[("docket_api_requests_total", (("method", "POST"), ("route", "/v1/events"),
+                                                  ("status", "400")))] == 1
+    assert samples[("docket_api_request_duration_seconds_count", (("route", "/v1/events"),))] == 1
+    assert ("docket_api_result_wait_seconds_count", ()) in samples
