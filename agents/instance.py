@@ -24,6 +24,7 @@ from agents.usher import Usher
 from app.records import InputRecord
 from app.registry import registry
 from app.settings import Settings, load
+from app.stack import wait_for_topics_cli
 from tables.faust_store import FaustStore
 from tables.ledger import Ledger
 from tables.registrar import Registrar
@@ -162,7 +163,10 @@ async def check_topics(settings: Settings, topics: list[str]) -> None:
 @click.option("--web-port", type=int, default=None, help="serve Faust's web endpoints on this port")
 @click.option("--inject-faults", "faults", default=None, metavar="KIND:RATE",
               help="FOR TESTS AND DEMOS: corrupt outputs (bitflip) or state (state) at this rate")
-def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None) -> None:
+@click.option("--wait", "wait_s", type=float, default=0.0, metavar="SECONDS",
+              help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
+def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None,
+             wait_s: float) -> None:
     """Run a worker of one redundant instance."""
     settings = load()
     try:
@@ -172,7 +176,9 @@ def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faul
     if instance_id not in settings.instances:
         click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
                    f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
-    asyncio.run(check_topics(settings, [settings.input_topic, settings.output_topic(instance_id)]))
+    topics = [settings.input_topic, settings.output_topic(instance_id)]
+    wait_for_topics_cli(settings, topics, wait_s)
+    asyncio.run(check_topics(settings, topics))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
     data_dir = data_dir or settings.data_root / settings.app_id(instance_id)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The local Apache Kafka broker: `docket broker fetch | start | stop | status`.
+"""The local Apache Kafka broker: `docket broker fetch | start | run | stop | status`.
 
 Hosts without Docker run the same Apache Kafka (KRaft, one combined broker+controller
 node on 127.0.0.1) that the compose file runs. Its jars come from Maven Central through
@@ -6,7 +6,8 @@ the pinned ``broker/pom.xml`` and are cached outside the checkout (DOCKET_BROKER
 so every clone and CI run on a machine shares one download.
 
 Everything the test fixture and the chaos harness need is importable:
-:func:`start_broker`, :func:`stop_broker`, :func:`running_pid`. Restarting on the same
+:func:`start_broker`, :func:`stop_broker`, :func:`running_pid`; :func:`run_broker` runs it in
+the foreground (the Procfile's broker). Restarting on the same
 directory keeps the broker's data (storage is formatted only once).
 """
 
@@ -410,6 +411,29 @@ def _format_storage(java: str, jars: Path, broker_dir: Path, step: Step) -> None
         )
 
 
+def _prepare(settings: Settings, broker_dir: Path, step: Step) -> tuple[list[str], str]:
+    """Everything before the broker's JVM starts, shared by `broker start` and `broker run`:
+    find Java, fetch the jars, check the port, write the config, format the storage on the
+    first start, rotate the log. Returns the broker's command line and bootstrap address."""
+    java = java_executable()
+    jars = fetch_jars(settings, step)
+    port = settings.broker_port
+    if not _port_free(port):
+        raise BrokerError(
+            f"port {port} on {HOST} is already in use by another process; stop it, or pick "
+            "another port with DOCKET_BROKER_PORT (and point DOCKET_KAFKA_BOOTSTRAP at it)."
+        )
+    props = broker_properties(port, _controller_port(broker_dir, port), broker_dir / "data")
+    (broker_dir / CONFIG_FILE).write_text(render_properties(props))
+    (broker_dir / LOG4J_FILE).write_text(LOG4J2_PROPERTIES)
+    if not (broker_dir / "data" / "meta.properties").exists():
+        _format_storage(java, jars, broker_dir, step)
+    log_path = broker_dir / LOG_FILE
+    if log_path.exists():  # keep the previous run's log for post-mortems, one generation
+        log_path.replace(broker_dir / (LOG_FILE + ".1"))
+    return [*java_command(java, jars, broker_dir), str(broker_dir / CONFIG_FILE)], f"{HOST}:{port}"
+
+
 def start_broker(
     settings: Settings,
     timeout: float = 60.0,
@@ -432,27 +456,11 @@ def start_broker(
         bootstrap = configured_bootstrap(broker_dir) or f"{HOST}:{settings.broker_port}"
         return BrokerHandle(pid, bootstrap, broker_dir, log_path, already_running=True)
 
-    java = java_executable()
-    jars = fetch_jars(settings, step)
-    port = settings.broker_port
-    if not _port_free(port):
-        raise BrokerError(
-            f"port {port} on {HOST} is already in use by another process; stop it, or pick "
-            "another port with DOCKET_BROKER_PORT (and point DOCKET_KAFKA_BOOTSTRAP at it)."
-        )
-    props = broker_properties(port, _controller_port(broker_dir, port), broker_dir / "data")
-    (broker_dir / CONFIG_FILE).write_text(render_properties(props))
-    (broker_dir / LOG4J_FILE).write_text(LOG4J2_PROPERTIES)
-    if not (broker_dir / "data" / "meta.properties").exists():
-        _format_storage(java, jars, broker_dir, step)
-
-    if log_path.exists():  # keep the previous run's log for post-mortems, one generation
-        log_path.replace(broker_dir / (LOG_FILE + ".1"))
-    bootstrap = f"{HOST}:{port}"
+    cmd, bootstrap = _prepare(settings, broker_dir, step)
     began = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [*java_command(java, jars, broker_dir), str(broker_dir / CONFIG_FILE)],
+            cmd,
             cwd=broker_dir,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -472,6 +480,95 @@ def start_broker(
     # The broker outlives this Popen object on purpose (`docket broker start` returns).
     proc.returncode = 0  # silence "subprocess still running" ResourceWarning at exit
     return BrokerHandle(proc.pid, bootstrap, broker_dir, log_path, seconds_to_ready=time.monotonic() - began)
+
+
+def run_broker(
+    settings: Settings,
+    timeout: float = 120.0,
+    *,
+    echo: Callable[[str], None] = print,
+    step: Step = _no_step,
+) -> int:
+    """Run the broker in the foreground until it exits; return the exit code for the caller.
+
+    Same configuration, storage and pid file as :func:`start_broker` (so `broker status` and
+    `broker stop` see it), but attached: SIGTERM, SIGINT and SIGHUP are forwarded to the
+    broker as SIGTERM (a controlled shutdown) and this returns once it has exited: 0 after
+    a requested stop, the broker's own code otherwise. This is the Procfile's broker.
+
+    The JVM runs in its own session, so a process manager's signal to this process group
+    (honcho's ``killpg``) reaches only this wrapper, which decides when the broker stops;
+    and it gets SIGTERM if this wrapper dies, even by SIGKILL (Linux), so no broker outlives
+    it. Its output goes to ``broker.log`` in DOCKET_BROKER_DIR, as with `broker start`.
+    """
+    broker_dir = settings.broker_dir.resolve()
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    log_path = broker_dir / LOG_FILE
+    pid = running_pid(broker_dir)
+    if pid is not None:
+        # A previous run still shutting down (its wrapper was killed), or a background
+        # broker from `docket broker start`: two brokers must never share the directory.
+        echo(f"a broker (pid {pid}) still runs from {broker_dir}; waiting up to 20 s for it to exit")
+        if not _wait_gone(pid, time.monotonic() + 20):
+            raise BrokerError(
+                f"a broker (pid {pid}) already runs from {broker_dir}, probably started by "
+                "`docket broker start`; stop it with `docket broker stop` and try again."
+            )
+
+    stop_requested: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if not stop_requested:
+            echo(f"{signal.Signals(signum).name} received: stopping the broker (controlled shutdown)")
+        stop_requested.append(signum)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request_stop) for sig in stops}
+    try:
+        cmd, bootstrap = _prepare(settings, broker_dir, step)
+        if stop_requested:
+            return 0
+        began = time.monotonic()
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=broker_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        _write_atomically(broker_dir / PID_FILE, f"{proc.pid}\n")
+        try:
+            try:
+                _wait_until_ready(proc, bootstrap, began + timeout, log_path, timeout)
+            except BrokerError:
+                if not stop_requested:
+                    raise
+            else:
+                echo(f"Kafka {kafka_version()} ready on {bootstrap} in {time.monotonic() - began:.1f} s "
+                     f"(pid {proc.pid}; log {log_path})")
+            code = proc.wait()  # signal handlers run while waiting; wait() resumes after them
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            if running_pid(broker_dir) in (None, proc.pid):
+                (broker_dir / PID_FILE).unlink(missing_ok=True)
+        if stop_requested and code in (0, 128 + signal.SIGTERM, -signal.SIGTERM):
+            echo("broker stopped")
+            return 0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        echo(f"the broker {how}. Last lines of {log_path}:\n{_tail(log_path)}")
+        return 128 - code if code < 0 else (code or 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -618,6 +715,17 @@ def start(timeout: float) -> None:
             err=True,
         )
     click.echo(handle.bootstrap)
+
+
+@broker.command()
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker to answer.")
+def run(timeout: float) -> None:
+    """Run the broker in the foreground (the Procfile's broker): Ctrl-C or SIGTERM stops it.
+
+    Formats the storage on the first run; keeps its data in DOCKET_BROKER_DIR and its log
+    in broker.log there. Exit code 0 after a requested stop, the broker's otherwise."""
+    settings = load()
+    sys.exit(run_broker(settings, timeout, echo=lambda line: click.echo(line, err=True), step=_cli_step))
 
 
 @broker.command()

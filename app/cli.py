@@ -18,6 +18,7 @@ _COMMANDS = {
     "clerk": "agents.clerk:clerk",
     "api": "app.api:api",
     "demo": "app.demo:demo",
+    "stack": "app.stack:stack",
 }
 
 

@@ -1,0 +1,486 @@
+"""The local stack: `docket stack run | topics | health`.
+
+``make run`` sets up the virtualenv and the broker's jars, then runs ``docket stack run``:
+it chooses the API token (DOCKET_API_TOKENS, or one generated once and kept in
+``$DOCKET_DATA_ROOT/api-token``), prints the API's address and a curl example, and hands
+over to honcho, which runs the Procfile:
+
+    broker      docket broker run            Kafka in the foreground, data in var/broker
+    topics      docket stack topics          creates the topics, announces readiness, idles
+    instance-a  docket instance --id a       the two redundant instances
+    instance-b  docket instance --id b
+    clerk       docket clerk                 compares their copies, publishes results
+    api         docket api                   the REST API
+
+honcho starts every process at once and stops all of them as soon as one exits, so
+nothing may exit early and nothing may crash because another is not up yet: every
+component takes ``--wait SECONDS`` and polls for Kafka and its topics (see
+:func:`wait_for_topics`) instead of failing, and the one-shot topic creation stays alive
+after its work, announcing when the whole pipeline is ready.
+
+``docket stack run`` drives honcho's process manager with one change,
+:class:`OrderedManager`: on Ctrl-C (or when a process exits) it stops every component
+first and the broker only once they have exited. Plain honcho signals all of them at
+once; the workers then lose the broker in the middle of leaving their consumer groups,
+the broker keeps them as members, and the next start waits a session timeout (about a
+minute) before the groups rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shlex
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from app.settings import Settings, load
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCFILE = ROOT / "Procfile"
+TOKEN_FILE = "api-token"  # under DOCKET_DATA_ROOT
+EXAMPLE_SKU = "sku-0001"
+EXAMPLE_WAREHOUSE = "wh-01"
+
+
+class StackError(click.ClickException):
+    """The stack cannot start or a component gave up waiting; the message says why."""
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def wait_for_topics(
+    settings: Settings,
+    topics: list[str],
+    wait_s: float,
+    *,
+    echo: Callable[[str], None] | None = None,
+    interval_s: float = 0.5,
+) -> float:
+    """Poll until Kafka answers and every topic in ``topics`` exists; return the seconds
+    waited. After ``wait_s`` seconds raise StackError saying what was missing. ``echo``
+    gets one line when waiting starts (not one per attempt)."""
+    from app.kafka_admin import KafkaUnreachable, connect_admin
+
+    began = time.monotonic()
+    deadline = began + wait_s
+    told = False
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            admin = await connect_admin(settings.kafka_bootstrap, max(1.0, min(5.0, remaining)))
+        except KafkaUnreachable:
+            missing_what = f"Kafka at {settings.kafka_bootstrap}"
+        else:
+            try:
+                existing = set(await admin.list_topics())
+            except Exception as exc:  # noqa: BLE001  a broker still starting may fail requests
+                missing_what = f"an answer from Kafka at {settings.kafka_bootstrap} ({exc.__class__.__name__})"
+            else:
+                missing = [t for t in topics if t not in existing]
+                if not missing:
+                    return time.monotonic() - began
+                missing_what = f"topic(s) {', '.join(missing)}"
+            finally:
+                await admin.close()
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"gave up after {wait_s:g} s waiting for {missing_what}; start the broker "
+                "(`docket broker start`) and create the topics (`docket topics create`)"
+            )
+        if not told and echo is not None:
+            echo(f"waiting up to {wait_s:g} s for {missing_what}")
+            told = True
+        await asyncio.sleep(interval_s)  # poll interval of the condition above
+
+
+def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) -> None:
+    """``--wait`` of the component commands: wait (if ``wait_s`` > 0), in a private loop."""
+    if wait_s > 0:
+        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: click.echo(line, err=True)))
+
+
+def api_base_url(settings: Settings) -> str:
+    """Where clients on this host reach the API (a wildcard bind address means loopback)."""
+    host = settings.api_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api_port}"
+
+
+def api_ready(base_url: str, timeout_s: float = 2.0) -> bool:
+    """True if the API answers GET /readyz with 200."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+async def group_states(settings: Settings, groups: list[str]) -> dict[str, tuple[str, int]]:
+    """group id -> (state, member count), from a DescribeGroups request.
+
+    Sent as version 2: aiokafka 0.14's describe_consumer_groups asks for version 3 and
+    decodes the answer with the version 2 schema, which fails on a Kafka 4 broker."""
+    from aiokafka.protocol.admin import DescribeGroupsRequest, DescribeGroupsRequest_v2
+
+    from app.kafka_admin import connect_admin
+
+    class _V2(DescribeGroupsRequest):
+        def build(self, request_struct_class):
+            return DescribeGroupsRequest_v2(self._groups)
+
+    admin = await connect_admin(settings.kafka_bootstrap, 5.0)
+    try:
+        found: dict[str, tuple[str, int]] = {}
+        for group in groups:
+            node = await admin.find_coordinator(group)
+            response = await admin._client.send(node, _V2([group]))
+            for error_code, gid, state, _ptype, _protocol, members in response.groups:
+                found[gid] = (state if error_code == 0 else f"error {error_code}", len(members))
+        return found
+    finally:
+        await admin.close()
+
+
+def stack_groups(settings: Settings) -> list[str]:
+    """The consumer groups of the pipeline: every instance, and the Clerk."""
+    return [settings.app_id(i) for i in settings.instances] + [settings.app_id("clerk")]
+
+
+async def pipeline_ready(settings: Settings) -> bool:
+    """Every instance and the Clerk has a stable consumer group with a member."""
+    try:
+        states = await group_states(settings, stack_groups(settings))
+    except Exception:  # noqa: BLE001  not reachable, coordinator loading: not ready
+        return False
+    return all(states.get(g, ("", 0))[0] == "Stable" and states[g][1] > 0 for g in stack_groups(settings))
+
+
+# --------------------------------------------------------------------------- token and banner
+
+
+def stack_token(settings: Settings) -> tuple[str, str]:
+    """(token, where it came from): the first of DOCKET_API_TOKENS when set, otherwise
+    the token in ``$DOCKET_DATA_ROOT/api-token``, generated (owner-only) on first use."""
+    if settings.api_tokens:
+        return settings.api_tokens[0], "DOCKET_API_TOKENS"
+    path = settings.data_root / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        tmp.replace(path)
+        return token, f"generated, kept in {path}"
+    return token, f"kept in {path}"
+
+
+def curl_example(base_url: str, token: str, idempotency_key: str, *, one_line: bool = False) -> str:
+    """A curl command that submits one stock.adjust (receipt of 10) and prints the answer."""
+    body = ('{"event_name": "stock.adjust", "payload": '
+            f'{{"warehouse": "{EXAMPLE_WAREHOUSE}", "sku": "{EXAMPLE_SKU}", "delta": 10}}}}')
+    parts = [
+        "curl -sS -i -X POST " + shlex.quote(f"{base_url}/v1/events"),
+        "-H " + shlex.quote(f"Authorization: Bearer {token}"),
+        "-H " + shlex.quote(f"Idempotency-Key: {idempotency_key}"),
+        "-H 'Content-Type: application/json'",
+        "-d " + shlex.quote(body),
+    ]
+    return " ".join(parts) if one_line else " \\\n     ".join(parts)
+
+
+def banner(settings: Settings, token: str, token_source: str, idempotency_key: str) -> str:
+    base = api_base_url(settings)
+    return f"""\
+docket: starting the stack (broker, topics, instance-a, instance-b, clerk, api) with honcho
+  API        {base}   (docs: {base}/openapi.json, metrics: {base}/metrics)
+  token      {token}   ({token_source})
+  state      {settings.data_root} (RocksDB per worker, the token), broker data in {settings.broker_dir}
+  stop       Ctrl-C stops every process; `make run` again resumes with the same state
+
+Once "topics" logs "docket is ready", submit a stock movement:
+
+  {curl_example(base, token, idempotency_key)}
+
+200 with the agreed outcome; the same Idempotency-Key again answers the original outcome
+(a replay). `make demo` submits a few thousand events and checks the balances.
+"""
+
+
+# --------------------------------------------------------------------------- running the Procfile
+
+
+def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, kill_s: float = 30.0,
+                    printer=None):
+    """A honcho Manager (imported lazily: only `stack run` needs honcho) that stops in two
+    steps: SIGTERM to every process whose Procfile name is not in ``last``; once they have
+    exited (SIGKILL to any still running after ``grace_s``), SIGTERM to the ``last`` ones
+    (SIGKILL after ``kill_s``). Otherwise it is honcho's: the same output, and when any
+    process exits, the others are stopped."""
+    import datetime
+    import queue
+
+    from honcho.manager import SIGNALS, Manager
+
+    class OrderedManager(Manager):
+        def __init__(self) -> None:
+            super().__init__(printer)
+            self._phase = None  # None, "first", "last", "kill"
+            self._phase_began = None
+
+        def _is_last(self, name: str) -> bool:
+            return name.rsplit(".", 1)[0] in last
+
+        def _running(self, which) -> list[str]:
+            return [n for n, p in self._processes.items() if "returncode" not in p and which(n)]
+
+        def _signal(self, names: list[str], force: bool) -> None:
+            for n in names:
+                pid = self._processes[n].get("pid")
+                if pid is None:
+                    continue
+                self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {n} (pid {pid})\n")
+                (self._procmgr.kill if force else self._procmgr.terminate)(pid)
+
+        def terminate(self) -> None:
+            if self._terminating:
+                return
+            self._terminating = True
+            self._enter("first")
+            self._signal(self._running(lambda n: not self._is_last(n)), force=False)
+
+        def kill(self) -> None:
+            self._signal(self._running(lambda n: True), force=True)
+
+        def _enter(self, phase: str) -> None:
+            self._phase, self._phase_began = phase, self._clock.now()
+
+        def _elapsed(self) -> datetime.timedelta:
+            return self._clock.now() - self._phase_began
+
+        def _advance(self) -> None:
+            if self._phase == "first":
+                firsts = self._running(lambda n: not self._is_last(n))
+                if firsts and self._elapsed() > datetime.timedelta(seconds=grace_s):
+                    self._signal(firsts, force=True)
+                elif not firsts:
+                    self._enter("last")
+                    self._signal(self._running(self._is_last), force=False)
+            elif self._phase == "last" and self._elapsed() > datetime.timedelta(seconds=kill_s):
+                self._enter("kill")
+                self.kill()
+
+        def loop(self) -> None:
+            def _terminate(signum, frame):
+                self._system_print(f"{SIGNALS[signum]['name']} received: stopping the components, "
+                                   f"then {', '.join(last)}\n")
+                self.returncode = SIGNALS[signum]["rc"]
+                self.terminate()
+
+            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGINT, _terminate)
+            self._start()
+            while True:
+                try:
+                    msg = self.events.get(timeout=0.1)
+                except queue.Empty:
+                    if self._all_started() and self._all_stopped():
+                        break
+                    msg = None
+                if msg is not None:
+                    if msg.type == "line":
+                        self._printer.write(msg)
+                    elif msg.type == "start":
+                        self._processes[msg.name]["pid"] = msg.data["pid"]
+                        self._system_print(f"{msg.name} started (pid={msg.data['pid']})\n")
+                    elif msg.type == "stop":
+                        self._processes[msg.name]["returncode"] = msg.data["returncode"]
+                        self._system_print(f"{msg.name} stopped (rc={msg.data['returncode']})\n")
+                        if self.returncode is None:
+                            self.returncode = msg.data["returncode"]
+                if not self._terminating and self._all_started() and self._any_stopped():
+                    self.terminate()
+                if self._terminating:
+                    self._advance()
+
+    return OrderedManager()
+
+
+def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool) -> int:
+    """Run every process of ``procfile`` like `honcho start`, stopping in order."""
+    from honcho.environ import expand_processes, parse_procfile
+    from honcho.printer import Printer
+
+    processes = parse_procfile(procfile.read_text()).processes
+    if not processes:
+        raise StackError(f"{procfile} names no process")
+    manager = ordered_manager(printer=Printer(sys.stdout, colour=colour, prefix=True))
+    for p in expand_processes(processes, env=None):
+        manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
+    manager.loop()
+    return manager.returncode or 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@click.group()
+def stack() -> None:
+    """The local stack that `make run` starts (Procfile, run by honcho)."""
+
+
+@stack.command("run")
+@click.option("--procfile", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=PROCFILE,
+              show_default=True, help="the Procfile to run")
+def run_cmd(procfile: Path) -> None:
+    """Choose the API token, print the address and a curl example, then run the Procfile
+    with honcho's process manager. Ctrl-C stops the components, then the broker."""
+    settings = load()
+    token, source = stack_token(settings)
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `docket` of this virtualenv
+    env["DOCKET_API_TOKENS"] = ",".join(settings.api_tokens) or token
+    env["PYTHONUNBUFFERED"] = "1"  # honcho relays output line by line
+    env["DOCKET_STACK_STARTED"] = f"{time.time():.3f}"
+    click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}"))
+    sys.stdout.flush()
+    code = run_procfile(procfile.resolve(), env, colour=sys.stdout.isatty())
+    sys.exit(code)
+
+
+@stack.command("topics")
+@click.option("--wait", "wait_s", type=float, default=120.0, show_default=True,
+              help="seconds to wait for the broker, then for the API")
+def topics_cmd(wait_s: float) -> None:
+    """The Procfile's one-shot setup: wait for the broker, create the topics, announce
+    when the API is ready, then idle until stopped.
+
+    honcho stops the whole stack when any process exits, so this one stays alive (doing
+    nothing) after its work; SIGTERM or SIGINT ends it with exit code 0."""
+    from app.kafka_admin import KafkaUnreachable, connect_admin
+    from app.topics import TopicError, create_topics
+
+    settings = load()
+    began = time.monotonic()
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+    async def broker_answers() -> bool:
+        # Also wait for the group coordinator: asking for it makes the broker create its
+        # offsets topic, so the components (which wait for the topics created next) do
+        # not start while it is still being created.
+        try:
+            admin = await connect_admin(settings.kafka_bootstrap, 3.0)
+        except KafkaUnreachable:
+            return False
+        try:
+            await admin.find_coordinator(settings.app_id("clerk"))
+            return True
+        except Exception:  # noqa: BLE001  coordinator not available yet
+            return False
+        finally:
+            await admin.close()
+
+    def until(condition: Callable[[], bool], deadline: float) -> bool:
+        while not stopping:
+            if condition():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)  # poll interval of the condition
+        return False
+
+    deadline = began + wait_s
+    if not until(lambda: asyncio.run(broker_answers()), deadline):
+        if stopping:
+            return
+        raise StackError(f"Kafka did not answer at {settings.kafka_bootstrap} within {wait_s:g} s")
+    while True:  # a broker that has only just started may still refuse the first request
+        try:
+            report = asyncio.run(create_topics(settings))
+            break
+        except TopicError as exc:
+            if stopping or time.monotonic() >= deadline or "disagree" in str(exc):
+                raise
+            time.sleep(1.0)  # retry interval while the broker finishes starting
+    made = f"created {len(report.created)}" if report.created else "all exist"
+    click.echo(f"topics ready: {len(report.created) + len(report.existing)} under prefix "
+               f"{settings.topic_prefix!r}, {settings.partitions} partitions ({made})")
+
+    base = api_base_url(settings)
+    if until(lambda: api_ready(base) and asyncio.run(pipeline_ready(settings)), time.monotonic() + wait_s):
+        since = _since_stack_start() or (time.monotonic() - began)
+        click.echo(f"docket is ready in {since:.1f} s: the API answers at {base}, instances and Clerk "
+                   "are in their consumer groups (Ctrl-C stops everything)")
+    elif not stopping:
+        click.echo(f"warning: the stack was not ready within {wait_s:g} s after the topics (the API at {base} "
+                   f"answers /readyz: {api_ready(base)}; instances and Clerk in their consumer groups: "
+                   f"{asyncio.run(pipeline_ready(settings))})")
+    while not stopping:
+        signal.pause()
+
+
+def _since_stack_start() -> float | None:
+    """Seconds since `docket stack run` handed over to honcho, if it did."""
+    try:
+        return time.time() - float(os.environ["DOCKET_STACK_STARTED"])
+    except (KeyError, ValueError):
+        return None
+
+
+@stack.command("health")
+@click.argument("component", type=click.Choice(["kafka", "topics", "instance", "clerk", "api"]))
+@click.argument("ident", required=False)
+def health_cmd(component: str, ident: str | None) -> None:
+    """Exit 0 if COMPONENT is healthy (the compose file's healthchecks): Kafka answers;
+    the topics exist; instance IDENT / the Clerk has a stable consumer group with a
+    member; the API answers /readyz."""
+    settings = load()
+    if component == "api":
+        sys.exit(0 if api_ready(api_base_url(settings)) else 1)
+    if component == "instance" and not ident:
+        raise click.UsageError("instance needs its id, e.g. `docket stack health instance a`")
+    sys.exit(0 if asyncio.run(_healthy(settings, component, ident)) else 1)
+
+
+async def _healthy(settings: Settings, component: str, ident: str | None) -> bool:
+    from app.kafka_admin import KafkaUnreachable, connect_admin
+
+    try:
+        if component in ("instance", "clerk"):
+            group = settings.app_id(ident if component == "instance" else "clerk")
+            state, members = (await group_states(settings, [group])).get(group, ("", 0))
+            return state == "Stable" and members > 0
+        admin = await connect_admin(settings.kafka_bootstrap, 5.0)
+    except (KafkaUnreachable, Exception):  # noqa: BLE001  any failure means "not healthy"
+        return False
+    try:
+        return component == "kafka" or set(settings.all_topics()) <= set(await admin.list_topics())
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        await admin.close()
