@@ -425,7 +425,8 @@ async def test_timeout_gives_202_then_polling_finds_the_decision(http: ClientSes
 
 async def test_python_client_without_http(stack: Stack) -> None:
     """DocketClient as a Kafka-native producer uses it: submit, replay, status, entity;
-    a client started later loads entity states from the compacted entities topic."""
+    a client started later loads entity states from the compacted entities topic
+    (ClerkPublishesAgreedEntityStates, ApiReadsAgreedEntity without replaying results)."""
     s = sku("native")
     async with DocketClient(stack.settings) as client:
         sub = await client.submit("stock.adjust", {"warehouse": "w1", "sku": s, "delta": 12}, f"{s}-1", timeout=60)

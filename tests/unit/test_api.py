@@ -77,6 +77,7 @@ async def post(tc: TestClient, body, *, key: str | None = "k-1", headers: dict |
 
 
 async def test_v1_endpoints_require_a_bearer_token(http) -> None:
+    """ApiRequiresBearerToken: 401 without credentials, with the scheme to use."""
     tc, _ = http
     for method, path in [("POST", "/v1/events"), ("GET", "/v1/events/k1"), ("GET", "/v1/entities/stock/w1:s1")]:
         resp = await tc.request(method, path)
@@ -105,6 +106,7 @@ async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -
 
 
 async def test_probes_and_documents_need_no_credentials(http) -> None:
+    """ApiReadiness: /readyz is 503 (and says why) until connected and caught up."""
     tc, _ = http
     assert (await tc.get("/healthz")).status == 200
     assert (await tc.get("/openapi.json")).status == 200
@@ -212,6 +214,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize(("name", "body", "key", "ctype", "status", "error", "field", "text"), BAD_REQUESTS,
                          ids=[case[0] for case in BAD_REQUESTS])
 async def test_bad_requests_are_refused_before_kafka(http, name, body, key, ctype, status, error, field, text) -> None:
+    """ApiRefusesBadRequests: 400 with field-level errors, 413, 415, before Kafka."""
     tc, client = http
     raw = body if isinstance(body, bytes) else None
     got, _, answer = await post(tc, body, key=key, raw=raw, content_type=ctype)
@@ -251,6 +254,7 @@ async def test_quoted_structured_field_key_is_accepted(http) -> None:
 
 
 async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) -> None:
+    """ApiReportsKafkaUnavailable: 503, and the body says the request was not accepted."""
     tc, client = http
     status, headers, body = await post(tc, adjust())
     assert status == 503
@@ -333,6 +337,7 @@ async def body_of(resp: web.Response) -> dict:
 
 
 async def test_applied_is_200_and_says_whether_it_is_a_replay() -> None:
+    """ApiAnswersWithAgreedOutcome: 200 applied; a duplicate_of result is a replay."""
     resp = submission_response(submission(applied=True), 5000)
     body = await body_of(resp)
     assert resp.status == 200 and resp.headers["Idempotent-Replayed"] == "false"
@@ -363,6 +368,7 @@ async def test_wardens_reused_verdict_is_422() -> None:
 
 
 async def test_undecided_is_202_with_location() -> None:
+    """ApiAnswersPendingAfterTimeout: 202 with a Location to poll."""
     resp = submission_response(Submission("key:1", "pending", (1, 4)), 250)
     body = await body_of(resp)
     assert resp.status == 202
@@ -380,6 +386,7 @@ async def test_diverged_is_502_with_the_report() -> None:
 
 
 async def test_unknown_key_status_is_404() -> None:
+    """ApiReportsEventStatus: an unknown key."""
     resp = api_mod.status_response(KeyStatus("k9", "unknown"), 300000)
     body = await body_of(resp)
     assert resp.status == 404 and body["state"] == "unknown" and "300000 ms" in body["message"]
