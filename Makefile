@@ -19,7 +19,10 @@ PYTEST_ARGS ?=
 ALLIUM_VERSION := 3.6.1
 ALLIUM := $(or $(shell command -v allium 2>/dev/null),$(HOME)/.cargo/bin/allium)
 
-.PHONY: test install broker-fetch broker-start broker-stop spec-check clean
+# `make demo` passes these to `docket demo`, e.g. DEMO_ARGS="--events 10000 --concurrency 64".
+DEMO_ARGS ?=
+
+.PHONY: test install run demo broker-fetch broker-start broker-stop spec-check clean
 
 test: $(STAMP) spec-check broker-fetch
 	@rc=0; DOCKET_TEST_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -28,6 +31,15 @@ test: $(STAMP) spec-check broker-fetch
 	exit $$rc
 
 install: $(STAMP)
+
+# The whole system in the foreground (Procfile, through honcho): broker, topics,
+# instance-a, instance-b, clerk, api. State lives in var/; Ctrl-C stops everything.
+run: $(STAMP) broker-fetch
+	@$(BIN)/docket stack run
+
+# A realistic workload through the REST API of the running stack, then a balance check.
+demo: $(STAMP)
+	@$(BIN)/docket demo $(DEMO_ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

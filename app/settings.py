@@ -48,6 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
     Setting("DOCKET_API_TOKENS", "", "comma-separated bearer tokens the REST API accepts; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
+    Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
 )
 
 _DEFAULTS = {s.env: s.default for s in SETTINGS}
@@ -119,6 +120,7 @@ class Settings:
     api_port: int = 8080
     api_tokens: tuple[str, ...] = ()
     api_timeout_ms: int = 5000
+    clerk_web_port: int = 6066
 
     # Topic names: the one place that spells them.
     @property
@@ -190,5 +192,6 @@ def load() -> Settings:
         api_port=_port("DOCKET_API_PORT"),
         api_tokens=_tokens("DOCKET_API_TOKENS"),
         api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
+        clerk_web_port=_port("DOCKET_CLERK_WEB_PORT"),
     )
 

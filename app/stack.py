@@ -211,10 +211,11 @@ def banner(settings: Settings, token: str, token_source: str, idempotency_key: s
     base = api_base_url(settings)
     return f"""\
 docket: starting the stack (broker, topics, instance-a, instance-b, clerk, api) with honcho
-  API        {base}   (docs: {base}/openapi.json, metrics: {base}/metrics)
+  API        {base}   (OpenAPI: {base}/openapi.json)
   token      {token}   ({token_source})
-  state      {settings.data_root} (RocksDB per worker, the token), broker data in {settings.broker_dir}
-  stop       Ctrl-C stops every process; `make run` again resumes with the same state
+  metrics    {base}/metrics, Clerk: http://127.0.0.1:{settings.clerk_web_port}/metrics
+  state      {settings.data_root} (RocksDB of each worker, the token); broker: {settings.broker_dir}
+  stop       Ctrl-C stops the components, then the broker; `make run` again resumes the same state
 
 Once "topics" logs "docket is ready", submit a stock movement:
 
@@ -245,6 +246,8 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             super().__init__(printer)
             self._phase = None  # None, "first", "last", "kill"
             self._phase_began = None
+            self.requested = False  # stopped by SIGINT / SIGTERM, not because a process exited
+            self.forced = False  # some process needed SIGKILL
 
         def _is_last(self, name: str) -> bool:
             return name.rsplit(".", 1)[0] in last
@@ -258,6 +261,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 if pid is None:
                     continue
                 self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {n} (pid {pid})\n")
+                self.forced = self.forced or force
                 (self._procmgr.kill if force else self._procmgr.terminate)(pid)
 
         def terminate(self) -> None:
@@ -293,6 +297,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 self._system_print(f"{SIGNALS[signum]['name']} received: stopping the components, "
                                    f"then {', '.join(last)}\n")
                 self.returncode = SIGNALS[signum]["rc"]
+                self.requested = True
                 self.terminate()
 
             signal.signal(signal.SIGTERM, _terminate)
@@ -325,7 +330,9 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
 
 
 def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool) -> int:
-    """Run every process of ``procfile`` like `honcho start`, stopping in order."""
+    """Run every process of ``procfile`` like `honcho start`, stopping in order. Returns 0
+    when stopped by SIGINT/SIGTERM and every process exited with 0 on its own, otherwise
+    honcho's code (the first process to exit, or 128 + the signal)."""
     from honcho.environ import expand_processes, parse_procfile
     from honcho.printer import Printer
 
@@ -336,7 +343,10 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool) -> int:
     for p in expand_processes(processes, env=None):
         manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
     manager.loop()
-    return manager.returncode or 0
+    codes = [p.get("returncode") for p in manager._processes.values()]
+    if manager.requested and not manager.forced and all(c == 0 for c in codes):
+        return 0  # Ctrl-C and every process stopped cleanly (make then reports no error)
+    return manager.returncode or 1
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,0 +1,442 @@
+"""`docket demo`: a realistic inventory workload through the REST API, then a balance check.
+
+The workload is :func:`app.workload.inventory` (deterministic for a seed): receipts for
+every warehouse x sku first, then transfers and adjustments, some bound to be rejected
+(more than the stock), some repeated with the same Idempotency-Key (answered with the
+original outcome: replays), some reusing a key for another request (422). Each run
+names its skus and keys after a fresh run id, so runs against a stack that keeps its
+state (``make run``) never see each other's stock.
+
+Requests for one sku are sent in workload order, one at a time (the order the
+workload was designed in: a transfer that drains a warehouse, then one that would
+need the drained stock); different skus go in parallel, at most ``--concurrency``
+requests in flight. A request that fails in transit, or that the API refuses with 503
+("not accepted"), is sent again with the same key: that is what idempotency keys are
+for. An answer 202 (undecided at the API's timeout) is polled until decided.
+
+The balance check uses only what the API says: it reads every entity of the run from
+``GET /v1/entities/stock/{warehouse}:{sku}`` (once each entity has reached the highest
+version an answer reported) and checks that no stock is negative and that, per sku, the
+total across warehouses equals the sum of the adjustments the API answered as applied
+(each idempotency key counted once). Exit code 0 when it passes and every event was
+decided, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Self
+from urllib.parse import quote
+
+import click
+import orjson
+
+from app.settings import load
+
+ADJUST = "stock.adjust"
+TRANSFER = "stock.transfer"
+
+
+@dataclass(frozen=True)
+class Request:
+    lane: str  # the sku: requests of one lane are sent in order
+    key: str  # Idempotency-Key
+    event_name: str
+    payload: dict
+
+
+def requests_for(seed: int, events: int, warehouses: int, skus: int, run_id: str) -> list[Request]:
+    """The workload as REST requests, skus and keys renamed after ``run_id``."""
+    from app.workload import inventory
+
+    out = []
+    for rec in inventory(seed, events, warehouses=warehouses, skus=skus):
+        env = orjson.loads(rec.value)
+        payload = dict(env["payload"])
+        payload["sku"] = f"{run_id}.{payload['sku']}"
+        out.append(Request(payload["sku"], f"demo-{run_id}-{env['idempotency_key']}", env["event_name"], payload))
+    return out
+
+
+@dataclass
+class Tally:
+    """What the API answered, as the summary table shows it."""
+
+    applied: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> count (first answers only)
+    replays: int = 0
+    diverged: int = 0
+    undecided: int = 0  # still pending at the end
+    errors: Counter = field(default_factory=Counter)  # "HTTP 500", "ClientConnectorError", ...
+    resent: int = 0  # requests sent again after a transport failure or a 503
+    polled: int = 0  # answers 202, then polled
+    latencies: list[float] = field(default_factory=list)  # seconds, send -> decided answer
+    # idempotency key -> the request first sent with it, when the API answered it applied
+    applied_keys: dict[str, Request] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)  # entity key -> highest version seen
+    negative_in_answers: list[str] = field(default_factory=list)
+    done: int = 0
+
+
+def _outcome_entities(body: dict) -> list[dict]:
+    outcome = body.get("outcome") or {}
+    return outcome.get("entities") or []
+
+
+class Demo:
+    def __init__(self, url: str, token: str, concurrency: int, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.tally = Tally()
+        self.first_sent: dict[str, Request] = {}
+        self.session = None
+
+    async def __aenter__(self) -> Self:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency + 4),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s + 30),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    # ------------------------------------------------------------------ preflight
+
+    async def preflight(self) -> str | None:
+        """None if the API is ready and accepts the token, else what is wrong."""
+        import aiohttp
+
+        try:
+            async with self.session.get(f"{self.url}/readyz") as r:
+                if r.status != 200:
+                    body = await r.json(content_type=None)
+                    return f"the API at {self.url} is not ready: {body.get('message', r.status)}"
+            async with self.session.get(f"{self.url}/v1/events/demo-preflight", headers=self.headers) as r:
+                if r.status in (401, 403):
+                    body = await r.json(content_type=None)
+                    return f"the API refused the token ({r.status}): {body.get('message')}"
+        except aiohttp.ClientError as exc:
+            return f"cannot reach the API at {self.url}: {exc}"
+        return None
+
+    # ------------------------------------------------------------------ submitting
+
+    async def submit(self, req: Request, gate: asyncio.Semaphore) -> None:
+        import aiohttp
+
+        t = self.tally
+        self.first_sent.setdefault(req.key, req)
+        body = orjson.dumps({"event_name": req.event_name, "payload": req.payload})
+        headers = {**self.headers, "Idempotency-Key": req.key}
+        began = time.perf_counter()
+        attempts = 0
+        async with gate:
+            while True:
+                attempts += 1
+                try:
+                    async with self.session.post(f"{self.url}/v1/events", data=body, headers=headers) as r:
+                        status, answer = r.status, await r.json(content_type=None)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    if attempts < 5:
+                        t.resent += 1
+                        await asyncio.sleep(0.2 * attempts)  # back-off before sending again
+                        continue
+                    t.errors[type(exc).__name__] += 1
+                    return
+                if status == 503 and attempts < 5:  # not accepted: safe to send again
+                    t.resent += 1
+                    await asyncio.sleep(0.5 * attempts)  # back-off before sending again
+                    continue
+                break
+        if status == 202:
+            t.polled += 1
+            status, answer = await self.poll(req.key)
+        self.record(req, status, answer, time.perf_counter() - began)
+
+    async def poll(self, key: str) -> tuple[int, dict]:
+        """Poll GET /v1/events/{key} until decided or diverged (or the timeout)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            async with self.session.get(f"{self.url}/v1/events/{quote(key, safe='')}", headers=self.headers) as r:
+                answer = await r.json(content_type=None)
+            state = answer.get("state")
+            if r.status == 200 and state == "decided":
+                outcome = answer.get("outcome") or {}
+                if outcome.get("status") == "applied":
+                    return 200, answer
+                reason = outcome.get("reason")
+                return (422 if reason == "idempotency_key_reused" else 409), {**answer, "error": reason}
+            if state == "diverged":
+                return 502, answer
+            if time.monotonic() >= deadline:
+                return 202, answer
+            await asyncio.sleep(0.2)  # poll interval of the event's state
+
+    def record(self, req: Request, status: int, answer: dict, seconds: float) -> None:
+        t = self.tally
+        t.done += 1
+        if status in (200, 409, 422, 502):
+            t.latencies.append(seconds)
+        replay = bool(answer.get("replay"))
+        for ent in _outcome_entities(answer):
+            key, version = ent.get("key"), ent.get("version", 0)
+            if key and version > t.versions.get(key, -1):
+                t.versions[key] = version
+            if (ent.get("state") or {}).get("quantity", 0) < 0:
+                t.negative_in_answers.append(key)
+        if status == 200:
+            if replay:
+                t.replays += 1
+            else:
+                t.applied += 1
+            # each key counted once, with the request first sent with it (a repeat or
+            # a request sent again after a lost answer may be the first to hear "applied")
+            t.applied_keys.setdefault(req.key, self.first_sent[req.key])
+        elif status in (409, 422):
+            if replay:
+                t.replays += 1
+            else:
+                t.rejected[answer.get("error") or "rejected"] += 1
+        elif status == 502:
+            t.diverged += 1
+        elif status == 202:
+            t.undecided += 1
+        else:
+            t.errors[f"HTTP {status} {answer.get('error', '')}".strip()] += 1
+
+    async def run(self, requests: list[Request], progress=None) -> float:
+        """Send every request (per lane in order); return the seconds it took."""
+        lanes: dict[str, list[Request]] = defaultdict(list)
+        for req in requests:
+            lanes[req.lane].append(req)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def lane(reqs: list[Request]) -> None:
+            for req in reqs:
+                await self.submit(req, gate)
+                if progress is not None:
+                    progress(self.tally)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(lane(reqs) for reqs in lanes.values()))
+        return time.perf_counter() - began
+
+    # ------------------------------------------------------------------ checking
+
+    async def read_entities(self, keys: list[str], deadline_s: float = 30.0) -> dict[str, dict | None]:
+        """GET every entity; wait (up to ``deadline_s``) until each has reached the highest
+        version an answer reported, so the check sees the state after the last event."""
+        gate = asyncio.Semaphore(self.concurrency)
+        found: dict[str, dict | None] = {}
+
+        async def one(key: str) -> None:
+            kind, ident = key.split(":", 1)
+            url = f"{self.url}/v1/entities/{quote(kind, safe='')}/{quote(ident, safe=':')}"
+            deadline = time.monotonic() + deadline_s
+            want = self.tally.versions.get(key, 0)
+            async with gate:
+                while True:
+                    async with self.session.get(url, headers=self.headers) as r:
+                        body = await r.json(content_type=None)
+                    ent = body if r.status == 200 else None
+                    if (ent or {}).get("version", 0) >= want or time.monotonic() >= deadline:
+                        found[key] = ent
+                        return
+                    await asyncio.sleep(0.2)  # poll interval: the API's view catches up
+
+        await asyncio.gather(*(one(k) for k in keys))
+        return found
+
+
+def balance_check(tally: Tally, entities: dict[str, dict | None], skus: list[str]) -> dict[str, Any]:
+    """Per sku: total across warehouses == sum of applied adjustments; nothing negative."""
+    expected: Counter = Counter()
+    for req in tally.applied_keys.values():
+        if req.event_name == ADJUST:
+            expected[req.payload["sku"]] += req.payload["delta"]
+    totals: Counter = Counter()
+    negative = sorted(k for k, e in entities.items() if e and e["state"]["quantity"] < 0)
+    negative += sorted(set(tally.negative_in_answers))
+    missing = sorted(k for k, e in entities.items() if e is None)
+    for key, ent in entities.items():
+        if ent is not None:
+            totals[key.split(":")[2]] += ent["state"]["quantity"]
+    wrong = {s: (totals[s], expected[s]) for s in skus if totals[s] != expected[s]}
+    return {
+        "entities_read": len(entities) - len(missing),
+        "entities_missing": missing,
+        "negative": negative,
+        "skus": len(skus),
+        "skus_conserved": len(skus) - len(wrong),
+        "mismatches": wrong,  # sku -> (total read, sum of applied adjustments)
+        "passed": not wrong and not negative and bool(expected),
+    }
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)  # nearest rank
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def summary_table(summary: dict):
+    from rich.table import Table
+
+    t = Table(title=f"docket demo {summary['run_id']}: {summary['events']} events in "
+                    f"{summary['seconds']:.1f} s ({summary['events_per_s']:.0f}/s), "
+                    f"concurrency {summary['concurrency']}", title_justify="left")
+    t.add_column("", style="bold")
+    t.add_column("count / value", justify="right")
+    t.add_row("applied", str(summary["applied"]))
+    for reason, n in sorted(summary["rejected"].items(), key=lambda kv: -kv[1]):
+        t.add_row(f"rejected: {reason}", str(n))
+    t.add_row("replays (same key, original outcome)", str(summary["replays"]))
+    t.add_row("divergences", str(summary["divergences"]))
+    if summary["undecided"]:
+        t.add_row("undecided at the end", f"[red]{summary['undecided']}[/red]")
+    for what, n in sorted(summary["errors"].items()):
+        t.add_row(f"error: {what}", f"[red]{n}[/red]")
+    if summary["resent"]:
+        t.add_row("sent again (lost answer or 503)", str(summary["resent"]))
+    if summary["polled"]:
+        t.add_row("answered 202, then polled", str(summary["polled"]))
+    lat = summary["latency_ms"]
+    fmt = (lambda v: "-" if v is None else f"{v:.1f} ms")
+    t.add_row("latency p50 / p99 / max", f"{fmt(lat['p50'])} / {fmt(lat['p99'])} / {fmt(lat['max'])}")
+    b = summary["balance"]
+    t.add_row("entities read from the API", f"{b['entities_read']} of {b['entities_read'] + len(b['entities_missing'])}")
+    t.add_row("negative stock levels", str(len(b["negative"])) if not b["negative"] else f"[red]{len(b['negative'])}[/red]")
+    t.add_row("skus conserved (total == applied adjustments)", f"{b['skus_conserved']} of {b['skus']}")
+    t.add_row("balance check", "[green]passed[/green]" if b["passed"] else "[red]FAILED[/red]")
+    return t
+
+
+async def run_demo(url: str, token: str, *, events: int, seed: int, concurrency: int, warehouses: int,
+                   skus: int, run_id: str, timeout_s: float, show_progress: bool, console) -> dict:
+    requests = requests_for(seed, events, warehouses, skus, run_id)
+    async with Demo(url, token, concurrency, timeout_s) as demo:
+        problem = await demo.preflight()
+        if problem:
+            raise click.ClickException(problem)
+        if show_progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            with Progress(TextColumn("[bold]submitting"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+                          console=console, transient=False) as bar:
+                task = bar.add_task("submit", total=len(requests), detail="")
+
+                def progress(t: Tally) -> None:
+                    bar.update(task, completed=t.done, detail=(
+                        f"applied {t.applied}  rejected {sum(t.rejected.values())}  replays {t.replays}"
+                        + (f"  diverged {t.diverged}" if t.diverged else "")
+                        + (f"  errors {sum(t.errors.values())}" if t.errors else "")))
+
+                seconds = await demo.run(requests, progress)
+        else:
+            seconds = await demo.run(requests)
+        t = demo.tally
+        sku_names = sorted({r.payload["sku"] for r in requests})
+        wh_names = sorted({w for r in requests for w in
+                           ([r.payload["warehouse"]] if r.event_name == ADJUST
+                            else [r.payload["from_warehouse"], r.payload["to_warehouse"]])})
+        keys = [f"stock:{w}:{s}" for s in sku_names for w in wh_names]
+        entities = await demo.read_entities(keys)
+    balance = balance_check(t, entities, sku_names)
+    ms = [x * 1000 for x in t.latencies]
+    return {
+        "run_id": run_id,
+        "url": url,
+        "events": len(requests),
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "events_per_s": len(requests) / seconds if seconds else 0.0,
+        "applied": t.applied,
+        "rejected": dict(t.rejected),
+        "replays": t.replays,
+        "divergences": t.diverged,
+        "undecided": t.undecided,
+        "errors": dict(t.errors),
+        "resent": t.resent,
+        "polled": t.polled,
+        "latency_ms": {"p50": _quantile(ms, 0.50), "p99": _quantile(ms, 0.99), "max": max(ms, default=None)},
+        "balance": balance,
+        "passed": balance["passed"] and not t.undecided and not t.errors,
+    }
+
+
+def default_token() -> str | None:
+    from app.stack import TOKEN_FILE
+
+    settings = load()
+    if settings.api_tokens:
+        return settings.api_tokens[0]
+    try:
+        return (settings.data_root / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+@click.command("demo")
+@click.option("--url", default=None, help="the API's base URL [default: from DOCKET_API_HOST and DOCKET_API_PORT]")
+@click.option("--token", default=None,
+              help="bearer token [default: the first of DOCKET_API_TOKENS, else the one `make run` keeps "
+                   "in $DOCKET_DATA_ROOT/api-token]")
+@click.option("--events", default=3000, show_default=True, type=click.IntRange(1), help="events to submit")
+@click.option("--seed", default=1, show_default=True, help="workload seed (same seed, same workload)")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
+              help="most requests in flight")
+@click.option("--warehouses", default=5, show_default=True, type=click.IntRange(2))
+@click.option("--skus", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--run-id", default=None, help="names this run's skus and keys [default: random]")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+              help="seconds to wait for one event's outcome")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
+def demo(url: str | None, token: str | None, events: int, seed: int, concurrency: int, warehouses: int,
+         skus: int, run_id: str | None, timeout_s: float, as_json: bool) -> None:
+    """Submit a realistic inventory workload through the REST API and check the balances."""
+    from rich.console import Console
+
+    from app.stack import api_base_url
+
+    url = url or api_base_url(load())
+    token = token or default_token()
+    if not token:
+        raise click.UsageError("no token: pass --token, or set DOCKET_API_TOKENS (`make run` prints its token)")
+    run_id = run_id or secrets.token_hex(3)
+    console = Console(stderr=True)
+    if not as_json:
+        console.print(f"docket demo: {events} events ({warehouses} warehouses x {skus} skus, seed {seed}) "
+                      f"to {url}, run id {run_id}")
+    summary = asyncio.run(run_demo(url, token, events=events, seed=seed, concurrency=concurrency,
+                                   warehouses=warehouses, skus=skus, run_id=run_id, timeout_s=timeout_s,
+                                   show_progress=console.is_terminal and not as_json, console=console))
+    if as_json:
+        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(summary_table(summary))
+        b = summary["balance"]
+        if b["mismatches"]:
+            first = list(b["mismatches"].items())[:5]
+            click.echo(f"per-sku totals differ from the applied adjustments (total, expected): {first}", err=True)
+        if b["negative"]:
+            click.echo(f"negative stock: {b['negative'][:5]}", err=True)
+    sys.exit(0 if summary["passed"] else 1)
