@@ -62,6 +62,9 @@ Position = tuple[int, int]
 # entities topic first and the results published since (the Clerk writes a result, then
 # its entity records) must be read too, whatever the idempotency TTL.
 MIN_LOOKBACK_MS = 60_000
+# Divergence reports kept while produces await their acknowledgement (they carry no
+# idempotency key to select them by; a fault storm must not grow memory without bound).
+EARLY_DIVERGENCES = 1024
 
 
 class ClientError(Exception):
@@ -236,10 +239,12 @@ class DocketClient:
         self._catch_up_to: dict = {}  # TopicPartition -> end offset at start
         # submissions waiting for a result, by input position
         self._waiters: dict[Position, asyncio.Future] = {}
-        # per input partition: produces not yet acknowledged, and results / divergences
-        # read meanwhile (they may answer one of those produces)
+        # idempotency key -> produces not yet acknowledged, and the results for that key
+        # read meanwhile (one of them may answer such a produce); divergences carry no
+        # key: the few read while anything is unacknowledged are kept by position
         self._unacked: collections.Counter = collections.Counter()
-        self._early: dict[int, dict[Position, tuple[str, dict, bytes]]] = {}
+        self._early: dict[str, dict[Position, tuple[str, dict, bytes]]] = {}
+        self._early_divergences: collections.OrderedDict = collections.OrderedDict()
         # this process's acknowledged submissions not yet decided:
         # position -> (key, recorded_at, fingerprint)
         self._mine: dict[Position, tuple[str, int, str]] = {}
@@ -452,7 +457,7 @@ class DocketClient:
             # provisional owner, so a concurrent request with the same key and another
             # body is refused before it is produced
             self._remember(idempotency_key, _Entry(home, fp, now, None))
-        self._unacked[home] += 1
+        self._unacked[idempotency_key] += 1
         try:
             try:
                 meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key,
@@ -476,17 +481,23 @@ class DocketClient:
             entry = self._index.get(idempotency_key)
             if entry is not None and entry.position is None and entry.fingerprint == fp:
                 entry.position = pos
-            early = self._early.get(home, {}).pop(pos, None)
-            if early is not None:
+            early = self._early.get(idempotency_key, {}).pop(pos, None) or self._early_divergences.pop(pos, None)
+            if early is not None:  # read before the acknowledgement: the position is final
                 self._resolve(pos, *early)
+                self._mine.pop(pos, None)
                 entry = self._index.get(idempotency_key)
-                if entry is not None and entry.position == pos and entry.fingerprint is None and _owns(early):
-                    entry.fingerprint = fp  # its result was read before the acknowledgement
+                if entry is not None and entry.position == pos:
+                    if early[0] == "divergence":
+                        entry.divergence = early[2]
+                    elif entry.fingerprint is None and _owns(early):
+                        entry.fingerprint = fp
         finally:
-            self._unacked[home] -= 1
-            if self._unacked[home] <= 0:
-                del self._unacked[home]
-                self._early.pop(home, None)
+            self._unacked[idempotency_key] -= 1
+            if self._unacked[idempotency_key] <= 0:
+                del self._unacked[idempotency_key]
+                self._early.pop(idempotency_key, None)
+                if not self._unacked:
+                    self._early_divergences.clear()
         acked = time.monotonic()
         limit = self.settings.api_timeout_ms / 1000 if timeout is None else timeout
         try:
@@ -600,8 +611,14 @@ class DocketClient:
     def _deliver(self, pos: Position, kind: str, rec: dict, compact: bytes) -> None:
         if pos in self._waiters:
             self._resolve(pos, kind, rec, compact)
-        elif pos[0] in self._unacked:
-            self._early.setdefault(pos[0], {})[pos] = (kind, rec, compact)
+        elif kind == "result":
+            ikey = rec.get("idempotency_key")
+            if ikey in self._unacked:
+                self._early.setdefault(ikey, {})[pos] = (kind, rec, compact)
+        elif self._unacked:
+            self._early_divergences[pos] = (kind, rec, compact)
+            if len(self._early_divergences) > EARLY_DIVERGENCES:
+                self._early_divergences.popitem(last=False)
 
     def _resolve(self, pos: Position, kind: str, rec: dict, compact: bytes) -> None:
         fut = self._waiters.pop(pos, None)
@@ -658,7 +675,7 @@ class DocketClient:
             if entry is not None and entry.recorded_at == recorded_at:
                 del self._index[ikey]
         mine = self._mine_order
-        while mine and now - mine[0][0] >= self.ttl_ms:
+        while mine and (mine[0][1] not in self._mine or now - mine[0][0] >= self.ttl_ms):
             self._mine.pop(mine.popleft()[1], None)
 
     def _put_entity(self, key: str, state: dict, version: int, at: dict | None) -> None:
