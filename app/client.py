@@ -206,6 +206,12 @@ def _owns(early: tuple[str, dict, bytes]) -> bool:
     return not (rec["outcome"]["status"] == "rejected" and rec["outcome"]["reason"] == "idempotency_key_reused")
 
 
+def _exact(data: bytes) -> bytes:
+    """A copy of exactly ``len(data)`` bytes: orjson's output keeps its whole write buffer
+    (4 KiB and more) allocated, and the index keeps results for a TTL."""
+    return bytes(memoryview(data))
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -577,7 +583,7 @@ class DocketClient:
         self.results_read += 1
         rec = orjson.loads(raw)
         rec.pop("clerk", None)
-        compact = orjson.dumps(rec)
+        compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
         outcome = rec["outcome"]
         # entities and index first: a submitter woken below reads its own writes
@@ -599,7 +605,7 @@ class DocketClient:
         if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
             return
         rec.pop("clerk", None)
-        compact = orjson.dumps(rec)
+        compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
         mine = self._mine.pop(pos, None)
         if mine is not None:

@@ -522,3 +522,26 @@ async def test_metrics_count_requests_by_route_and_status(http) -> None:
                                                   ("status", "400")))] == 1
     assert samples[("docket_api_request_duration_seconds_count", (("route", "/v1/events"),))] == 1
     assert ("docket_api_result_wait_seconds_count", ()) in samples
+
+
+def test_client_index_costs_about_a_kilobyte_per_key(settings) -> None:
+    """The index keeps every result of the TTL: it must hold the result's bytes, not a
+    serialiser's write buffer (orjson's output keeps 4 KiB allocated)."""
+    import gc
+    import tracemalloc
+
+    client = DocketClient(settings)
+    ents = [{"key": "stock:wh-01:sku-0001", "state": {"quantity": 10}, "version": 3},
+            {"key": "stock:wh-02:sku-0001", "state": {"quantity": 5}, "version": 2}]
+    records = [result_record(f"order-{i:08d}-transfer", i % 4, i, applied=True, entities=ents) for i in range(5000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for raw in records:
+            client.on_result(raw)
+        gc.collect()
+        per_key = tracemalloc.get_traced_memory()[0] / len(records)
+    finally:
+        tracemalloc.stop()
+    assert client.index_size == len(records)
+    assert per_key < 1500, f"{per_key:.0f} bytes per remembered key ({len(records[0])}-byte results)"
