@@ -54,7 +54,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.divergences_topic, p),
         # one record per entity survives compaction: readers load current state
         # without replaying the results history
-        TopicSpec(settings.entities_topic, p, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.entities_topic, p, {"cleanup.policy": "compact",
+                                                # roll and clean often: a reader at start-up
+                                                # should meet about one record per entity
+                                                "segment.ms": "60000",
+                                                "min.cleanable.dirty.ratio": "0.1"}),
     ]
 
 
