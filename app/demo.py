@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import secrets
 import sys
 import time
@@ -383,6 +384,12 @@ async def run_demo(url: str, token: str, *, events: int, seed: int, concurrency:
     }
 
 
+def _check_run_id(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", value):
+        raise click.BadParameter("1-16 characters of A-Z a-z 0-9 _ -", param_hint="--run-id")
+    return value
+
+
 def default_token() -> str | None:
     from app.stack import TOKEN_FILE
 
@@ -404,9 +411,10 @@ def default_token() -> str | None:
 @click.option("--seed", default=1, show_default=True, help="workload seed (same seed, same workload)")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
               help="most requests in flight")
-@click.option("--warehouses", default=5, show_default=True, type=click.IntRange(2))
-@click.option("--skus", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--run-id", default=None, help="names this run's skus and keys [default: random]")
+@click.option("--warehouses", default=5, show_default=True, type=click.IntRange(2), help="warehouses of the workload")
+@click.option("--skus", default=50, show_default=True, type=click.IntRange(1), help="skus of the workload")
+@click.option("--run-id", default=None, callback=lambda _c, _p, v: _check_run_id(v),
+              help="names this run's skus and keys (1-16 of A-Z a-z 0-9 _ -) [default: random]")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True,
               help="seconds to wait for one event's outcome")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")

@@ -450,8 +450,8 @@ def topics_cmd(wait_s: float) -> None:
         click.echo(f"warning: the stack was not ready within {wait_s:g} s after the topics (the API at {base} "
                    f"answers /readyz: {api_ready(base)}; instances and Clerk in their consumer groups: "
                    f"{asyncio.run(pipeline_ready(settings))})")
-    while not stopping:
-        signal.pause()
+    while not stopping:  # idle; not signal.pause(), which a signal just before it would miss
+        time.sleep(0.5)
 
 
 def _since_stack_start() -> float | None:

@@ -181,7 +181,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def printed_curl(text: str) -> str:
     """The curl example from the banner (continuation lines joined)."""
-    m = re.search(r"^  (curl .*?)\n\n", text, re.S | re.M)
+    m = re.search(r"^  (curl .*?)\n\n", text, re.DOTALL | re.MULTILINE)
     assert m, f"no curl example in the output:\n{text[:3000]}"
     return m.group(1).replace("\\\n", " ")
 
@@ -266,7 +266,7 @@ def test_demo_against_the_stack_passes_its_balance_check(stack: Stack) -> None:
     assert out.returncode == 0, f"demo exit code {out.returncode}\n{out.stdout}\n{out.stderr}\n{stack.current.tail()}"
     table = out.stdout
     assert re.search(r"balance check\s*│\s*passed", table), table
-    assert re.search(r"skus conserved .*│\s*50 of 50", table, re.S), table
+    assert re.search(r"skus conserved .*│\s*50 of 50", table, re.DOTALL), table
     assert re.search(r"negative stock levels\s*│\s*0\b", table), table
     assert re.search(r"entities read from the API\s*│\s*250 of 250", table), table
     applied = int(re.search(r"applied\s*│\s*(\d+)", table).group(1))

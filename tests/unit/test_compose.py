@@ -183,7 +183,7 @@ def test_kafka_image_and_settings_match_the_launcher(services: dict[str, dict]) 
 
 def test_docket_image_built_from_the_dockerfile(services: dict[str, dict]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.1[1-9]", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.1[1-9]", dockerfile, re.MULTILINE)
     for name, svc in docket_services(services).items():
         assert svc["build"] == "." and svc["image"] == "docket:local", name
     for ignored in (".venv", "var", ".git"):

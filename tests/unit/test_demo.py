@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from app.demo import ADJUST, TRANSFER, Demo, Request, Tally, _quantile, balance_check, requests_for, summary_table
+from app.demo import (
+    ADJUST,
+    TRANSFER,
+    Demo,
+    Request,
+    Tally,
+    _quantile,
+    balance_check,
+    requests_for,
+    summary_table,
+)
 
 
 def test_requests_are_renamed_per_run_and_deterministic() -> None:
