@@ -68,6 +68,10 @@ class PartitionState:
     restored: dict[int, str | None] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # instance -> next offset
     dropped_below: int = 0  # positions below are forgotten: copies for them are late
+    # positions of this run that became final at or above decided_below: offset ->
+    # digest|None. Kept apart so the state embedded in each record costs the few
+    # finished-ahead positions, not a scan of every position held.
+    finished: dict[int, str | None] = field(default_factory=dict)
 
 
 class ClerkCore:
@@ -155,11 +159,13 @@ class ClerkCore:
         agreeing = sorted(i for i, d in pos.copies.items() if d == digest)
         if len(agreeing) >= self.required:
             pos.decided = digest
+            st.finished[offset] = digest
             actions.append(self._publish(st, partition, pos, key, agreeing))
             if len(agreeing) < len(pos.copies):
                 actions.append(self._report(st, partition, pos, "mismatch"))
         elif not self._can_still_decide(pos):
             pos.diverged = True
+            st.finished[offset] = None
             actions.append(self._report(st, partition, pos, "mismatch"))
         self._advance(st)
         return actions
@@ -219,6 +225,7 @@ class ClerkCore:
                 # that offset holds no event (e.g. a transaction marker).
                 break
             st.restored.pop(x, None)
+            st.finished.pop(x, None)
             st.decided_below = x + 1
         self._collect(st)
 
@@ -236,8 +243,8 @@ class ClerkCore:
             st.dropped_below = limit
 
     def _clerk_state(self, st: PartitionState, partition: int) -> dict:
-        above = [[o, p.decided] for o, p in sorted(st.positions.items()) if o >= st.decided_below and p.final]
-        above += [[o, d] for o, d in sorted(st.restored.items()) if o >= st.decided_below]
+        above = [[o, d] for o, d in st.finished.items() if o >= st.decided_below]
+        above += [[o, d] for o, d in st.restored.items() if o >= st.decided_below]
         return {"seq": st.seq, "decided_below": st.decided_below, "finished_above": sorted(above)}
 
     def _publish(self, st, partition, pos: Position, key, agreeing) -> Publish:
