@@ -1,0 +1,371 @@
+"""Helpers for the Clerk's integration tests (tests/integration/test_clerk.py), on top
+of tests/integration/procs.py (process handling, ``wait_for``, ``OutputCollector``).
+
+- :class:`DocketProc`: a ``docket instance`` or ``docket clerk`` subprocess with extra
+  command-line arguments (``--inject-faults``, ``--web-port``); a :class:`procs.Worker`
+  otherwise (start, SIGKILL, SIGTERM, log per start).
+- fixtures ``instances`` / ``required_copies`` (override with
+  ``@pytest.mark.parametrize``), ``clerk_settings`` and ``spawn``.
+- :class:`TopicTail`: reads a topic with ``read_committed`` in the background
+  (results, divergences), records with their Kafka timestamps.
+- :func:`group_caught_up`: a consumer group has committed every record of some topics.
+- :func:`clerk_metrics`, :func:`histogram_quantile`: the Clerk's Prometheus page.
+- :func:`fault_positions`: the positions an instance logged as ``FAULT INJECTED``.
+- :func:`paced`: stamps records with their scheduled send time, for latency measured
+  from the input record timestamp (the Clerk's definition) at a fixed arrival rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.broker import set_parent_death_signal
+from app.settings import Settings
+from app.workload import Record
+from tests.integration.procs import Worker, worker_env
+
+Position = tuple[int, int]
+CLERK_PARTITIONS = 4
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class DocketProc(Worker):
+    """``docket <command> ...``: for ``instance``, ``--id <instance>`` is added; ``args``
+    are appended (e.g. ``("--inject-faults", "bitflip:0.01")``). Logs go to
+    ``<log_dir>/<instance>-<n>.log`` (the clerk's ``instance`` is ``"clerk"``)."""
+
+    command: str = "instance"
+    args: tuple[str, ...] = ()
+
+    def start(self) -> DocketProc:
+        if self.alive:
+            raise RuntimeError(f"{self.instance} is already running (pid {self.proc.pid})")
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{self.instance}-{self.starts}.log"
+        self.logs.append(log_path)
+        cmd = [sys.executable, "-c", "from app.cli import main; main()", self.command]
+        if self.command == "instance":
+            cmd += ["--id", self.instance]
+        cmd += ["--data-dir", str(self.data_dir), *self.args]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=Path(__file__).resolve().parents[2],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        return self
+
+    def log_text(self, run: int | None = None) -> str:
+        """The log of start number ``run`` (1-based; default the latest)."""
+        path = self.logs[-1 if run is None else run - 1]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+@pytest.fixture
+def instances() -> str:
+    """DOCKET_INSTANCES for the test; override with parametrize("instances", [...])."""
+    return "a,b"
+
+
+@pytest.fixture
+def required_copies() -> str:
+    return "2"
+
+
+@pytest.fixture
+def clerk_env(instances: str, required_copies: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKET_PARTITIONS", str(CLERK_PARTITIONS))
+    monkeypatch.setenv("DOCKET_INSTANCES", instances)
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", required_copies)
+    monkeypatch.setenv("DOCKET_WATERMARK_INTERVAL_MS", "200")
+
+
+@pytest.fixture
+async def clerk_settings(clerk_env: None, docket_settings: Settings) -> Settings:
+    """docket_settings (own prefix, topics created for every instance, own data root)
+    with CLERK_PARTITIONS partitions and the test's instances / required copies."""
+    assert docket_settings.partitions == CLERK_PARTITIONS
+    return docket_settings
+
+
+@pytest.fixture
+async def spawn(clerk_settings: Settings, tmp_path: Path) -> AsyncIterator[Callable[..., DocketProc]]:
+    """``spawn(name, *args, command="instance")`` -> DocketProc (not started). For
+    ``command="clerk"`` the name is only the log name. Everything spawned is SIGKILLed at
+    teardown if still running, whatever the test's outcome."""
+    spawned: list[DocketProc] = []
+
+    def make(name: str, *args: str, command: str = "instance") -> DocketProc:
+        role = name if command == "instance" else "clerk"
+        proc = DocketProc(instance=name, env=worker_env(clerk_settings),
+                          data_dir=clerk_settings.data_root / f"{clerk_settings.app_id(role)}-{name}",
+                          log_dir=tmp_path / "logs", command=command, args=tuple(args))
+        spawned.append(proc)
+        return proc
+
+    try:
+        yield make
+    finally:
+        for proc in spawned:
+            proc.kill()
+        leftovers = [p.pid for p in spawned if p.alive]
+        assert not leftovers, f"processes survived teardown: {leftovers}"
+
+
+# --------------------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True)
+class Rec:
+    partition: int
+    offset: int
+    timestamp: int  # ms, the record's Kafka timestamp
+    key: bytes | None
+    value: dict
+
+
+class TopicTail:
+    """Reads ``topic`` from the beginning, ``read_committed``, in a background task;
+    ``records`` grows as records arrive. A record the consumer delivers again (after an
+    offset reset) is the same record, not a second one: it is kept once."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.records: list[Rec] = []
+        self._seen: set[tuple[int, int]] = set()
+        self.error: BaseException | None = None
+        self._task: asyncio.Task | None = None
+        self._consumer = None
+
+    async def start(self) -> TopicTail:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from app.replay import _partitions
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
+        await consumer.start()
+        tps = [TopicPartition(self.topic, p) for p in sorted(await _partitions(consumer, self.topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name=f"tail {self.topic}")
+        return self
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                for msgs in (await self._consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                    for m in msgs:
+                        if (m.partition, m.offset) in self._seen:
+                            continue
+                        self._seen.add((m.partition, m.offset))
+                        self.records.append(Rec(m.partition, m.offset, m.timestamp, m.key, orjson.loads(m.value)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaced by check()
+            self.error = exc
+            raise
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"reader of {self.topic} failed: {self.error!r}") from self.error
+
+    def positions(self) -> set[Position]:
+        self.check()
+        return {(r.value["input"]["partition"], r.value["input"]["offset"]) for r in self.records}
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110  a failure surfaces in check()
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self.check()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Rec]:
+    """Every record of ``topic`` up to its current end, ``read_committed``, each once
+    (app.replay.read_topic keeps a record the consumer delivers twice; two results for
+    one position are two records at different offsets, so this hides no duplicate)."""
+    from app.replay import read_topic
+
+    records = {(r.partition, r.offset): r for r in await read_topic(bootstrap, topic, read_committed=True)}
+    return [Rec(r.partition, r.offset, r.timestamp, r.key, orjson.loads(r.value))
+            for _, r in sorted(records.items())]
+
+
+def by_position(records: Iterable[Rec]) -> dict[Position, list[Rec]]:
+    out: dict[Position, list[Rec]] = {}
+    for r in records:
+        out.setdefault((r.value["input"]["partition"], r.value["input"]["offset"]), []).append(r)
+    return out
+
+
+async def _admin(bootstrap: str):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    return admin
+
+
+async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
+    """(state, member count) of a consumer group, e.g. ("Stable", 1)."""
+    admin = await _admin(bootstrap)
+    try:
+        resp = (await admin.describe_consumer_groups([group]))[0].to_object()
+        g = resp["groups"][0]
+        return g.get("state", g.get("group_state", "?")), len(g["members"])
+    finally:
+        await admin.close()
+
+
+async def group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """True when ``group`` has committed, on every partition of ``topics``, the end offset."""
+    from app.replay import end_offsets
+
+    admin = await _admin(bootstrap)
+    try:
+        committed = {(tp.topic, tp.partition): om.offset
+                     for tp, om in (await admin.list_consumer_group_offsets(group)).items()}
+    finally:
+        await admin.close()
+    for topic in topics:
+        for partition, end in (await end_offsets(bootstrap, topic)).items():
+            if end > 0 and committed.get((topic, partition), -1) < end:
+                return False
+    return True
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def clerk_metrics(port: int) -> dict[str, Any]:
+    """The Clerk's /metrics page, as {sample name + sorted labels: value}; {} if it does
+    not answer (yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def histogram_buckets(metrics: dict[str, Any], name: str) -> list[tuple[float, float]]:
+    """[(upper bound, cumulative count)] of histogram ``name``, ascending."""
+    pat = re.compile(rf"^{re.escape(name)}_bucket\{{le=([^}}]+)\}}$")
+    rows = [(float(m[1]), v) for k, v in metrics.items() if (m := pat.match(k))]
+    return sorted(rows)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # beyond the largest finite bucket: its bound is all we know
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+
+
+# --------------------------------------------------------------------------- logs, inputs
+
+
+_FAULT = re.compile(r"FAULT INJECTED kind=(\w+) instance=(\S+) partition=(\d+) offset=(\d+)")
+
+
+def fault_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "FAULT INJECTED" in line]
+
+
+def fault_positions(text: str) -> list[Position]:
+    """The positions of every ``FAULT INJECTED`` line, in log order (repeats kept)."""
+    out = []
+    for line in fault_lines(text):
+        m = _FAULT.search(line)
+        assert m, f"unparseable fault line: {line!r}"
+        out.append((int(m[3]), int(m[4])))
+    return out
+
+
+_LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
+
+
+def log_line_time_ms(text: str, needle: str) -> int | None:
+    """Wall-clock time (ms since the epoch, local time zone) of the first log line
+    containing ``needle``, from Faust's ``[YYYY-mm-dd HH:MM:SS,mmm]`` prefix."""
+    for line in text.splitlines():
+        if needle in line:
+            m = _LOG_TIME.search(line)
+            if m is None:
+                return None
+            return int(time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S"))) * 1000 + int(m[2])
+    return None
+
+
+@dataclass
+class Paced:
+    """Wraps records for ``workload.produce(..., rate=rate)``: record i gets the
+    timestamp t0 + i / rate, where t0 is the wall clock when the producer asks for the
+    first record (just after it starts its schedule). The input timestamp then is the
+    scheduled send time, and "input timestamp -> result published" is the latency a
+    client submitting at that rate would see (no coordinated omission)."""
+
+    records: list[Record]
+    rate: float
+    t0_ms: int | None = None
+    stamped: list[Record] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        self.t0_ms = int(time.time() * 1000)
+        for i, rec in enumerate(self.records):
+            stamped = rec._replace(timestamp=self.t0_ms + round(i * 1000 / self.rate))
+            self.stamped.append(stamped)
+            yield stamped
