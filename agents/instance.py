@@ -23,6 +23,7 @@ from agents.faults import FaultInjector, FaultSpec
 from agents.usher import Usher
 from app.records import InputRecord
 from app.registry import registry
+from app.faust_tuning import shorten_fetch_wait
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 from tables.faust_store import FaustStore
@@ -35,6 +36,7 @@ log = logging.getLogger("docket.instance")
 
 def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
     """Faust configuration shared by every docket app (instances and the Clerk)."""
+    shorten_fetch_wait(settings.fetch_max_wait_ms)
     return dict(
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="rocksdb://",
