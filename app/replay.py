@@ -116,12 +116,19 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def _partitions(consumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    parts = consumer._client.cluster.partitions_for_topic(topic)
-    if not parts:
-        raise LookupError(f"topic {topic!r} does not exist")
-    return parts
+async def _partitions(consumer, topic: str, timeout_s: float = 15.0) -> set[int]:
+    """Partitions of ``topic``. A topic created a moment ago may not be in every
+    broker's metadata yet, so its absence is only believed after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # Fresh metadata. (consumer.topics() fetches it too but returns names only, and
+        # consumer.partitions_for_topic reads a cache that fetch does not update.)
+        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            raise LookupError(f"topic {topic!r} does not exist")
+        await asyncio.sleep(0.2)  # poll interval of the metadata condition
 
 
 async def read_topic(bootstrap: str, topic: str, partitions: Iterable[int] | None = None, *,
