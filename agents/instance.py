@@ -45,6 +45,10 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> 
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Faust's 60 s default means a SIGKILLed worker's partitions wait a minute
+        # before its restart (or another worker) may take them over.
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 1000 / 5),
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_bind="127.0.0.1",

@@ -36,6 +36,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk reports it"),
     Setting("DOCKET_WATERMARK_INTERVAL_MS", "200", "how often an instance advertises its per-partition watermarks"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
+    Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
     Setting("DOCKET_BATCH_SIZE", "256", "most events the Usher hands to the Arbiter at once"),
     Setting("DOCKET_BATCH_WINDOW_MS", "5", "longest the Usher waits to fill a batch"),
@@ -109,6 +110,7 @@ class Settings:
     max_lag: int
     watermark_interval_ms: int
     fetch_max_wait_ms: int
+    session_timeout_ms: int
     idempotency_ttl_ms: int
     batch_size: int
     batch_window_ms: int
@@ -182,6 +184,7 @@ def load() -> Settings:
         max_lag=_int("DOCKET_MAX_LAG", 1),
         watermark_interval_ms=_int("DOCKET_WATERMARK_INTERVAL_MS", 10),
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
+        session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
         batch_window_ms=_int("DOCKET_BATCH_WINDOW_MS", 0),
