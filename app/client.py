@@ -323,8 +323,11 @@ class DocketClient:
 
         producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
                                     request_timeout_ms=self.produce_timeout_ms, linger_ms=0)
+        # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would
+        # delay results behind an idle partition's long poll
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed", auto_offset_reset="earliest")
+                                    isolation_level="read_committed", auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=s.fetch_max_wait_ms)
         try:
             with quiet():
                 await producer.start()
