@@ -238,10 +238,16 @@ async def _admin(bootstrap: str):
 
 
 async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
-    """(state, member count) of a consumer group, e.g. ("Stable", 1)."""
+    """(state, member count) of a consumer group, e.g. ("Stable", 1); ("Unknown", 0)
+    while the broker has no coordinator for it yet (a fresh broker)."""
+    from aiokafka.errors import CoordinatorNotAvailableError
+
     admin = await _admin(bootstrap)
     try:
-        resp = (await admin.describe_consumer_groups([group]))[0].to_object()
+        try:
+            resp = (await admin.describe_consumer_groups([group]))[0].to_object()
+        except CoordinatorNotAvailableError:
+            return "Unknown", 0
         g = resp["groups"][0]
         return g.get("state", g.get("group_state", "?")), len(g["members"])
     finally:

@@ -1,0 +1,641 @@
+"""The Clerk on a real broker: redundant instances (``docket instance``) and a Clerk
+(``docket clerk``) as separate processes. What the Clerk publishes on ``results`` and
+``divergences`` (read with ``read_committed``) is compared with the pure replay of the
+recorded input (app/replay.py) and with the faults the instances log.
+
+Every test ends the same way: once every input position is answered, the Clerk's
+consumer group must have committed every output record (so it has seen every copy), the
+processes are stopped, and only then are the results read in full: a late duplicate
+would be on the topic by then.
+"""
+# ruff: noqa: F811  (test arguments name the fixtures imported from clerk_kit)
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+import app.domains  # noqa: F401  registers the built-in domains
+from app import workload
+from app.broker import free_port
+from app.registry import registry
+from app.replay import end_offsets, read_topic, replay
+from app.settings import Settings
+from tests.integration.clerk_kit import (
+    DocketProc,
+    Paced,
+    Position,
+    Rec,
+    TopicTail,
+    by_position,
+    clerk_env,  # noqa: F401  fixture
+    clerk_metrics,
+    clerk_settings,  # noqa: F401  fixture
+    fault_positions,
+    group_caught_up,
+    group_state,
+    histogram_buckets,
+    histogram_quantile,
+    instances,  # noqa: F401  fixture
+    log_line_time_ms,
+    percentile,
+    read_all,
+    required_copies,  # noqa: F401  fixture
+    spawn,  # noqa: F401  fixture
+)
+from tests.integration.procs import (
+    OutputCollector,
+    assert_watermarks_follow_outputs,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 10_000
+READY = "ready: recovery complete"
+START_DEADLINE_S = 90  # Faust start-up and the first rebalance of a group
+RESTART_DEADLINE_S = 90  # plus the dead member's session timeout (procs.FAUST_TEST_ENV)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def start_instances(spawn, names: str, faults: dict[str, str] | None = None) -> dict[str, DocketProc]:
+    faults = faults or {}
+    procs = {}
+    for name in names.split(","):
+        args = ("--inject-faults", faults[name]) if name in faults else ()
+        procs[name] = spawn(name, *args).start()
+    return procs
+
+
+def start_clerk(spawn) -> tuple[DocketProc, int]:
+    port = free_port()
+    return spawn("clerk", "--web-port", str(port), command="clerk").start(), port
+
+
+async def wait_ready(s: Settings, insts: dict[str, DocketProc], clerk: DocketProc) -> None:
+    """Every instance has logged its instanceReady line and the Clerk's group has a
+    stable assignment: what is produced next is processed right away."""
+    for name, proc in insts.items():
+        await wait_for(lambda proc=proc: proc.assert_alive() or READY in proc.log_text(), START_DEADLINE_S,
+                       f"instance {name} to log {READY!r}", detail=proc.log_tail)
+    await wait_clerk_assigned(s, clerk)
+
+
+async def wait_clerk_assigned(s: Settings, clerk: DocketProc, deadline_s: float = START_DEADLINE_S) -> None:
+    async def stable() -> bool:
+        clerk.assert_alive()
+        return await group_state(s.kafka_bootstrap, s.app_id("clerk")) == ("Stable", 1)
+
+    await wait_for(stable, deadline_s, "the Clerk's consumer group to be Stable with one member",
+                   interval_s=0.25, detail=clerk.log_tail)
+
+
+async def wait_answered(s: Settings, expected: set[Position], results: TopicTail, divergences: TopicTail,
+                        procs: list[DocketProc], deadline_s: float, *,
+                        diverged: Callable[[], set[Position]] = set) -> None:
+    """Every expected position has a result, or a divergence report if it is in
+    ``diverged()`` (e.g. the positions a faulty instance has logged so far); then the
+    Clerk's group has committed every output record."""
+    def answered() -> bool:
+        for p in procs:
+            p.assert_alive()
+        done = results.positions() | (divergences.positions() & diverged())
+        return expected <= done
+
+    def progress() -> str:
+        done = results.positions() | (divergences.positions() & diverged())
+        missing = sorted(expected - done)
+        return (f"{len(done & expected)} of {len(expected)} positions answered; first missing {missing[:5]}\n"
+                + "\n".join(p.log_tail(15) for p in procs))
+
+    await wait_for(answered, deadline_s, "a result (or divergence) for every input position",
+                   interval_s=0.2, detail=progress)
+    outputs = [s.output_topic(i) for i in s.instances]
+    await wait_for(lambda: group_caught_up(s.kafka_bootstrap, s.app_id("clerk"), outputs), 60,
+                   "the Clerk to commit every output record", interval_s=0.5,
+                   detail=lambda: "\n".join(p.log_tail(15) for p in procs))
+
+
+def assert_sequence_numbers_unique(results: list[Rec], reports: list[Rec]) -> None:
+    """ClerkSequenceNumbersUnique: the ``clerk.seq`` of every result and divergence
+    record of a partition is different (the restart seed depends on it)."""
+    seen: dict[tuple[int, int], Rec] = {}
+    for r in [*results, *reports]:
+        key = (r.partition, r.value["clerk"]["seq"])
+        assert key not in seen, f"two records of partition {r.partition} carry seq {key[1]}: {seen[key]} and {r}"
+        seen[key] = r
+
+
+async def stop_all(procs: list[DocketProc]) -> None:
+    for p in procs:
+        assert await p.stop() == 0, p.log_tail()
+
+
+async def oracle_for(s: Settings, expected: set[Position]):
+    # each record once, should the consumer deliver one twice (see clerk_kit.read_all)
+    inputs = sorted({(r.partition, r.offset): r for r in await read_topic(s.kafka_bootstrap, s.input_topic)}.values(),
+                    key=lambda r: (r.partition, r.offset))
+    assert [(r.partition, r.offset) for r in inputs] == sorted(expected), "the input topic is not what was produced"
+    return inputs, replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+
+
+def assert_one_result_each(results: list[Rec], expected: set[Position], oracle,
+                           not_published: set[Position] = frozenset(), required: int = 2) -> dict[Position, Rec]:
+    """ClerkPublishesOnce: exactly one result per expected position outside
+    ``not_published``, none for those, none for positions that are not inputs; each on
+    the input's partition (ResultOnInputPartition), keyed by its idempotency key
+    (ResultKeyedByIdempotencyKey), naming exactly ``required`` agreeing instances
+    (ResultNamesRequiredInstances), carrying the oracle's outcome, digest and
+    duplicate_of."""
+    groups = by_position(results)
+    twice = {pos: len(rs) for pos, rs in groups.items() if len(rs) > 1}
+    assert not twice, f"{len(twice)} positions have more than one result, e.g. {sorted(twice.items())[:5]}"
+    published_bad = sorted(set(groups) & set(not_published))
+    assert not published_bad, f"results were published for divergent positions {published_bad[:5]}"
+    unknown = sorted(set(groups) - expected)
+    assert not unknown, f"results for positions that are not inputs: {unknown[:5]}"
+    missing = sorted(expected - set(not_published) - set(groups))
+    assert not missing, f"{len(missing)} positions have no result, first {missing[:5]}"
+    out = {}
+    for pos, (r,) in groups.items():
+        body = orjson.loads(oracle.bodies[pos])
+        assert r.partition == pos[0], f"result for {pos} is on results partition {r.partition}"
+        assert r.value["digest"] == oracle.digests[pos], f"{pos}: result digest differs from the oracle's: {r.value}"
+        assert r.value["outcome"] == body["outcome"], f"{pos}: outcome {r.value['outcome']} != oracle {body['outcome']}"
+        assert r.value["duplicate_of"] == body["duplicate_of"], f"{pos}: duplicate_of differs: {r.value}"
+        assert r.value["idempotency_key"] == body["idempotency_key"], f"{pos}: idempotency key differs: {r.value}"
+        assert r.key == body["idempotency_key"].encode(), f"{pos}: result key {r.key!r}"
+        assert len(set(r.value["instances"])) == len(r.value["instances"]) == required, (
+            f"{pos}: result names instances {r.value['instances']}, not {required} distinct ones")
+        out[pos] = r
+    return out
+
+
+# --------------------------------------------------------------------------- 1 (and 6)
+
+
+async def test_two_clean_instances_one_result_per_event_equal_to_the_oracle(clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/clerk.allium, specs/recovery.allium):
+
+    - ClerkOpensPosition, ClerkHoldsCopy, ClerkDecidesOnRequiredCopies, ClerkPublishesResult,
+      ClerkPublishesOnce: two clean instances a, b and 10,000 events: exactly one result
+      per input position, on its partition (ResultOnInputPartition), keyed by its
+      idempotency key (ResultKeyedByIdempotencyKey); its outcome, digest and
+      duplicate_of are the pure replay's.
+    - ResultIsAnAgreedCopy, DecidedPositionHasRequiredCopies, ResultNamesRequiredInstances:
+      each result names a and b,
+      and each of them emitted a copy with the result's digest (read from their output
+      topics).
+    - ClerkRecomputesDigest: zero divergence records (clean copies agree byte for byte);
+      ClerkSequenceNumbersUnique: the sequence numbers of a partition's records differ.
+    - ClerkRecordsWatermark, ClerkAdvancesDecidedWatermark, ClerkDropsBelowLowestWatermark
+      (memory bounded by events in flight): once both instances have advertised
+      watermarks past the end, the Clerk's ``docket_clerk_pending_positions`` gauge is 0;
+      ClerkAcksOnlyFinalPositions: the Clerk's group then has every output record
+      committed.
+    Prints decision latency p50/p99 (input record timestamp -> result record timestamp,
+    and the Clerk's own histogram) for a fixed arrival rate; no timing is asserted.
+    """
+    s = clerk_settings
+    rate = 400.0  # events/s, a fixed schedule: the input timestamp is the scheduled send time
+    began = time.monotonic()
+    insts = start_instances(spawn, "a,b")
+    clerk, port = start_clerk(spawn)
+    # Only the results are read while it runs (the test shares the two cores with the
+    # broker, the instances and the Clerk); copies are read from the output topics after.
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    procs = [*insts.values(), clerk]
+    try:
+        await wait_ready(s, insts, clerk)
+        started = time.monotonic()
+        paced = Paced(list(workload.inventory(20240612, EVENTS)), rate)
+        positions = await workload.produce(s.kafka_bootstrap, s.input_topic, paced, rate=rate)
+        sent = time.monotonic() - started
+        expected = set(positions)
+        assert len(expected) == EVENTS
+        await wait_answered(s, expected, results, divergences, procs, 150)
+        answered = time.monotonic() - started
+
+        def pending() -> float | None:
+            return clerk_metrics(port).get("docket_clerk_pending_positions")
+
+        # The gauge is refreshed every second; positions are dropped once every
+        # instance's watermark has passed them.
+        await wait_for(lambda: pending() == 0, 30, "the Clerk's pending positions to return to 0",
+                       interval_s=0.25, detail=lambda: f"pending {pending()}; {clerk_metrics(port)}")
+        metrics = clerk_metrics(port)
+    finally:
+        await results.stop()
+        await divergences.stop()
+    await stop_all(procs)
+
+    _inputs, oracle = await oracle_for(s, expected)
+    final = await read_all(s.kafka_bootstrap, s.results_topic)
+    published = assert_one_result_each(final, expected, oracle)
+    reports = await read_all(s.kafka_bootstrap, s.divergences_topic)
+    assert reports == [], f"{len(reports)} divergence records from clean instances, e.g. {reports[:2]}"
+    assert_sequence_numbers_unique(final, reports)
+    # (instance, position) -> digests of its copies and the timestamp of the first
+    copies: dict[tuple[str, Position], tuple[set[str], int]] = {}
+    for i in ("a", "b"):
+        for rec in await read_all(s.kafka_bootstrap, s.output_topic(i)):
+            if "watermark" not in rec.value:
+                pos = (rec.value["input"]["partition"], rec.value["input"]["offset"])
+                digests, first = copies.get((i, pos), (set(), rec.timestamp))
+                copies[(i, pos)] = (digests | {rec.value["digest"]}, min(first, rec.timestamp))
+    for pos, r in published.items():
+        assert r.value["instances"] == ["a", "b"], r.value
+        for i in r.value["instances"]:
+            assert r.value["digest"] in copies[(i, pos)][0], (
+                f"{pos}: {i} emitted no copy with the result's digest {r.value['digest']}")
+    assert metrics["docket_clerk_decisions_total"] == EVENTS, metrics
+    assert metrics.get("docket_clerk_divergences_total", 0) == 0, metrics
+
+    # Latency: result record timestamp (set by the Clerk's producer when it sends) minus
+    # the input record timestamp (the scheduled send time).
+    lat_ms = [r.timestamp - r.value["stream_time"] for r in published.values()]
+    # The Clerk's own share: result timestamp minus the timestamp of the later of the two
+    # copies (set by each instance's producer when it sent the copy).
+    clerk_ms = [r.timestamp - max(copies[("a", pos)][1], copies[("b", pos)][1]) for pos, r in published.items()]
+    outputs_done = {i: round((max(ts for (j, _), (_, ts) in copies.items() if j == i) - paced.t0_ms) / 1000, 1)
+                    for i in ("a", "b")}
+    buckets = histogram_buckets(metrics, "docket_clerk_decision_latency_seconds")
+    assert buckets and buckets[-1][1] == EVENTS, buckets
+    print(f"\nclerk, clean a+b: {EVENTS} events at {rate:.0f}/s sent in {sent:.1f} s; every output of an "
+          f"instance by {outputs_done} s, every result by {answered:.1f} s (seen) after the first send; "
+          f"decision latency from result timestamps p50 {percentile(lat_ms, 0.50):.0f} ms, "
+          f"p99 {percentile(lat_ms, 0.99):.0f} ms, max {max(lat_ms):.0f} ms; "
+          f"from the Clerk's histogram p50 {1000 * histogram_quantile(0.50, buckets):.0f} ms, "
+          f"p99 {1000 * histogram_quantile(0.99, buckets):.0f} ms (30000 = beyond the last bucket); "
+          f"the Clerk's share (result timestamp - later copy's timestamp) p50 {percentile(clerk_ms, 0.50):.0f} ms, "
+          f"p99 {percentile(clerk_ms, 0.99):.0f} ms; "
+          f"pending positions after the run {metrics['docket_clerk_pending_positions']:.0f}; "
+          f"test {time.monotonic() - began:.1f} s")
+
+
+# --------------------------------------------------------------------------- 2
+
+
+async def test_bitflips_in_one_of_two_instances_are_reported_never_published(clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/clerk.allium):
+
+    - ClerkRecomputesDigest, ClerkReportsDivergence, ClerkPublishesDivergence,
+      DivergentPositionNeverPublished: instance b flips a bit in ~1% of its outputs.
+      Divergence records == the "FAULT INJECTED" lines in b's log (> 0), at exactly the
+      logged positions, on the input's partition (DivergenceOnInputPartition), each with
+      a's copy (the oracle's digest) and b's (another), decided = null; none of those
+      positions has a result.
+    - ClerkAdvancesDecidedWatermark (a diverged position is final: it does not hold the
+      rest back), ClerkPublishesOnce: every other position has exactly one result, the
+      oracle's; ClerkSequenceNumbersUnique.
+    """
+    s = clerk_settings
+    began = time.monotonic()
+    insts = start_instances(spawn, "a,b", faults={"b": "bitflip:0.01"})
+    clerk, _port = start_clerk(spawn)
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    procs = [*insts.values(), clerk]
+    b = insts["b"]
+    try:
+        await wait_ready(s, insts, clerk)
+        assert "FAULT INJECTION ON" in b.log_text(), "instance b did not announce fault injection"
+        positions = await workload.produce(s.kafka_bootstrap, s.input_topic, workload.inventory(31337, EVENTS))
+        expected = set(positions)
+        # b's log names the positions it corrupted; wait until each is answered one way or the other.
+        await wait_answered(s, expected, results, divergences, procs, 120,
+                            diverged=lambda: set(fault_positions(b.all_logs())))
+    finally:
+        await results.stop()
+        await divergences.stop()
+    await stop_all(procs)
+
+    injected = fault_positions(b.all_logs())
+    assert len(injected) > 0, "b injected no fault: the test proves nothing"
+    assert len(set(injected)) == len(injected), f"b corrupted some position twice: {injected}"
+    _inputs, oracle = await oracle_for(s, expected)
+    reports = await read_all(s.kafka_bootstrap, s.divergences_topic)
+    assert len(reports) == len(injected), (
+        f"{len(reports)} divergence records for {len(injected)} injected faults "
+        f"(reported {sorted(set(by_position(reports)) - set(injected))[:5]} not injected, "
+        f"injected {sorted(set(injected) - set(by_position(reports)))[:5]} not reported)")
+    assert set(by_position(reports)) == set(injected)
+    for r in reports:
+        pos = (r.value["input"]["partition"], r.value["input"]["offset"])
+        copies = {c["instance"]: c["digest"] for c in r.value["copies"]}
+        assert r.partition == pos[0], r
+        assert copies.keys() == {"a", "b"}, r.value
+        assert copies["a"] == oracle.digests[pos] != copies["b"], r.value
+        assert r.value["decided"] is None, f"{pos}: a divergence with two of two copies decided something: {r.value}"
+    final = await read_all(s.kafka_bootstrap, s.results_topic)
+    assert_one_result_each(final, expected, oracle, not_published=set(injected))
+    assert_sequence_numbers_unique(final, reports)
+    print(f"\nclerk, b bitflip 1%: {len(injected)} faults injected, {len(reports)} divergences reported, "
+          f"{len(final)} results for {EVENTS} events; test {time.monotonic() - began:.1f} s")
+
+
+# --------------------------------------------------------------------------- 3
+
+
+@pytest.mark.parametrize("instances", ["a,b,c"])
+@pytest.mark.parametrize("required_copies", ["2"])
+async def test_three_instances_two_required_faulty_c_is_outvoted_and_reported(clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/clerk.allium):
+
+    - ClerkDecidesOnRequiredCopies with required_copies 2 of a, b, c: the first two
+      matching copies decide; c flips bits in ~2% of its outputs and every position is
+      still published exactly once, with the oracle's outcome and a, b as the agreeing
+      instances wherever c's copy was bad (ClerkPublishesOnce, ResultIsAnAgreedCopy).
+    - ClerkComparesLateCopies, ClerkReportsDivergence, ClerkPublishesDivergence: every bad
+      copy of c is reported, divergence records == c's "FAULT INJECTED" lines, at those
+      positions, each listing all three copies and naming c's digest as the odd one (a's
+      and b's equal the decided digest, the oracle's). ClerkSequenceNumbersUnique.
+      Both paths are forced: c starts only after a and b have decided the first half
+      (all its copies of that half arrive after the decision), then the second half runs
+      with all three racing (c's copy may come first, second or last).
+    """
+    s = clerk_settings
+    events = 6_000
+    began = time.monotonic()
+    insts = start_instances(spawn, "a,b")
+    clerk, _port = start_clerk(spawn)
+    c = spawn("c", "--inject-faults", "bitflip:0.02")
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    out_c = await OutputCollector(s.kafka_bootstrap, s.output_topic("c")).start()
+    procs = [*insts.values(), clerk]
+    try:
+        await wait_ready(s, insts, clerk)
+        records = list(workload.inventory(99, events))
+        first = set(await workload.produce(s.kafka_bootstrap, s.input_topic, records[:events // 2]))
+        await wait_for(lambda: first <= results.positions(), 120, "a and b to decide the first half",
+                       interval_s=0.2, detail=lambda: f"{len(first & results.positions())} of {len(first)}")
+        c.start()
+        procs.append(c)
+        await wait_ready(s, {"c": c}, clerk)
+        await out_c.wait_complete(first, 120, detail=c.log_tail)  # c has caught up: now all three race
+        second = set(await workload.produce(s.kafka_bootstrap, s.input_topic, records[events // 2:]))
+        expected = first | second
+        await out_c.wait_complete(expected, 120, detail=c.log_tail)
+        await wait_answered(s, expected, results, divergences, procs, 120)
+        await wait_for(lambda: set(fault_positions(c.all_logs())) <= divergences.positions(), 30,
+                       "a divergence report for every fault c logged",
+                       detail=lambda: f"{len(fault_positions(c.all_logs()))} injected, "
+                                      f"{len(divergences.records)} reported")
+    finally:
+        await results.stop()
+        await divergences.stop()
+        await out_c.stop()
+    await stop_all(procs)
+
+    injected = fault_positions(c.all_logs())
+    assert len(set(injected)) == len(injected), f"c corrupted some position twice: {injected}"
+    late = [pos for pos in injected if pos in first]
+    assert late, "c corrupted no copy of the first half: the late-copy path was not exercised"
+    assert len(injected) > len(late), "c corrupted no copy of the second half"
+    _inputs, oracle = await oracle_for(s, expected)
+    final = await read_all(s.kafka_bootstrap, s.results_topic)
+    published = assert_one_result_each(final, expected, oracle)
+    reports = await read_all(s.kafka_bootstrap, s.divergences_topic)
+    assert len(reports) == len(injected), (
+        f"{len(reports)} divergence records for {len(injected)} faults of c ({len(late)} in the first half, "
+        f"where c's copies came after the decision; reported there: "
+        f"{sum(1 for pos in by_position(reports) if pos in first)})")
+    assert set(by_position(reports)) == set(injected)
+    assert_sequence_numbers_unique(final, reports)
+    for r in reports:
+        pos = (r.value["input"]["partition"], r.value["input"]["offset"])
+        copies = {cp["instance"]: cp["digest"] for cp in r.value["copies"]}
+        good = oracle.digests[pos]
+        assert r.partition == pos[0], r
+        assert r.value["decided"] == good, f"{pos}: decided {r.value['decided']} is not the oracle's {good}"
+        assert copies.get("c") not in (None, good), f"{pos}: the report does not name c's bad copy: {r.value}"
+        assert all(d == good for i, d in copies.items() if i != "c"), f"{pos}: a or b is the odd one: {r.value}"
+        assert copies.keys() == {"a", "b", "c"}, f"{pos}: the report does not list every copy: {r.value}"
+        assert set(published[pos].value["instances"]) == {"a", "b"}, published[pos].value
+    counts = {}
+    for pos, r in published.items():
+        key = ("first" if pos in first else "second") + " half " + ",".join(r.value["instances"])
+        counts[key] = counts.get(key, 0) + 1
+    assert any(k.startswith("second") and "c" in k for k in counts), (
+        f"c decided nothing in the second half: it never raced a and b {counts}")
+    print(f"\nclerk, a,b,c with c bitflip 2%, 2 required: {len(injected)} faults ({len(late)} after the decision), "
+          f"{len(reports)} reported; "
+          f"deciding pairs {counts}; test {time.monotonic() - began:.1f} s")
+
+
+# --------------------------------------------------------------------------- 4
+
+
+async def test_clerk_sigkilled_three_times_still_one_result_per_event(clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/clerk.allium, specs/recovery.allium):
+
+    - ClerkPublishesOnce across Clerk crashes: the Clerk is SIGKILLed three times at
+      seeded random points of a 10,000-event run and restarted each time; a
+      read_committed reader still sees exactly one result per position, none missing,
+      each the oracle's (ClerkNeverDropsANeededCopy); ClerkSequenceNumbersUnique.
+    - ClerkSeedsFromLastRecords, ClerkChecksCopyOfForgottenPosition,
+      ClerkAcksOnlyFinalPositions / CommitOnlyAcknowledgedOffsets: each restart re-reads
+      copies after the group's committed offsets, and for at least one kill some of
+      those belong to positions already published (so the restart had to recognise them
+      from the state embedded in the last records, not publish them again).
+    """
+    s = clerk_settings
+    rng = random.Random(8675309)
+    began = time.monotonic()
+    insts = start_instances(spawn, "a,b")
+    clerk, port = start_clerk(spawn)
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    out = {i: await OutputCollector(s.kafka_bootstrap, s.output_topic(i)).start() for i in ("a", "b")}
+    procs = [*insts.values(), clerk]
+    kills = []
+    try:
+        await wait_ready(s, insts, clerk)
+        records = list(workload.inventory(4711, EVENTS))
+        # Paced, so the run lasts through three Clerk restarts (each waits out the dead
+        # member's session); the instances keep going meanwhile.
+        producing = asyncio.create_task(workload.produce(s.kafka_bootstrap, s.input_topic, records, rate=400))
+        for k in range(3):
+            target = len(results.records) + rng.randint(300, 1800)
+            await wait_for(lambda target=target: clerk.assert_alive() or len(results.records) >= target, RESTART_DEADLINE_S,
+                           f"Clerk run {clerk.starts} to publish up to {target} results",
+                           interval_s=0.05, detail=lambda: f"{len(results.records)} results\n{clerk.log_tail()}")
+            clerk.kill()
+            published = by_position(await read_all(s.kafka_bootstrap, s.results_topic))
+            committed = await _committed(s)
+            # Positions already published whose copies lie at or after the committed offsets:
+            # the next run reads those copies again.
+            reread = sum(1 for i in ("a", "b") for pos, copies in out[i].copies.items()
+                         if pos in published and any(c.offset >= committed.get((s.output_topic(i), c.partition), 0)
+                                                     for c in copies))
+            kills.append({"results": len(published), "reread_decided": reread})
+            assert len(published) < EVENTS, f"the run was over before kill {k + 1}: {kills}"
+            clerk.start()
+        positions = await producing
+        expected = set(positions)
+        assert len(expected) == EVENTS
+        await wait_answered(s, expected, results, divergences, procs, 180)
+        metrics = clerk_metrics(port)
+    finally:
+        if "producing" in locals() and not producing.done():
+            producing.cancel()
+        await results.stop()
+        await divergences.stop()
+        for collector in out.values():
+            await collector.stop()
+    await stop_all(procs)
+
+    _inputs, oracle = await oracle_for(s, expected)
+    final = await read_all(s.kafka_bootstrap, s.results_topic)
+    assert_one_result_each(final, expected, oracle)
+    assert await read_all(s.kafka_bootstrap, s.divergences_topic) == []
+    assert_sequence_numbers_unique(final, [])
+    assert any(k["reread_decided"] > 0 for k in kills), (
+        f"no restart re-read a copy of an already published position: the kills tested nothing {kills}")
+    print(f"\nclerk, 3 SIGKILLs: {kills}; {len(final)} results for {EVENTS} events; pending positions "
+          f"after the run {metrics.get('docket_clerk_pending_positions')}; test {time.monotonic() - began:.1f} s")
+
+
+async def _committed(s: Settings) -> dict[tuple[str, int], int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        return {(tp.topic, tp.partition): om.offset
+                for tp, om in (await admin.list_consumer_group_offsets(s.app_id("clerk"))).items()}
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------- 5
+
+
+async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keeps_every_copy(
+        clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/recovery.allium, specs/clerk.allium):
+
+    - InstanceBecomesReady, AdvertiseWatermarkOnlyWhenReady, NoWatermarkBeforeRestore (the
+      instanceReady gate), observed on the wire: instance b is SIGKILLed mid-run and
+      restarted; no watermark of the new run is on b's output topic before the new run
+      logs its ready line (checked while polling, and by the record timestamps against
+      the log line's).
+    - WatermarksCoverOnlyEmittedOutputs, no pre-crash progress claimed: every watermark W
+      the new run advertises on partition p is at most 1 + the highest input offset
+      among the copies the new run emitted on p before it; and (across runs) every input
+      offset below W has a copy earlier on the partition.
+    - ReplayReemitsOriginalOutput, ClerkIgnoresIdenticalReplay, ClerkNeverDropsANeededCopy,
+      ClerkPublishesOnce: the restart re-emitted copies, no divergence was reported, and
+      the Clerk published exactly one result per position, each the oracle's.
+    """
+    s = clerk_settings
+    events = 6_000
+    began = time.monotonic()
+    insts = start_instances(spawn, "a,b")
+    clerk, _port = start_clerk(spawn)
+    b = insts["b"]
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    out_b = await OutputCollector(s.kafka_bootstrap, s.output_topic("b")).start()
+    procs = [*insts.values(), clerk]
+    try:
+        await wait_ready(s, insts, clerk)
+        records = list(workload.inventory(2024, events))
+        producing = asyncio.create_task(workload.produce(s.kafka_bootstrap, s.input_topic, records, rate=600))
+        await wait_for(lambda: b.assert_alive() or out_b.positions >= events * 2 // 5, 60,
+                       "b to answer 40% of the events", detail=b.log_tail)
+        b.kill()
+        before_kill = out_b.positions
+        assert before_kill < events, "b was done before the kill"
+        boundary = await end_offsets(s.kafka_bootstrap, s.output_topic("b"))  # the new run starts here
+        old_marks = {}
+        for p, off, mark in out_b.watermarks:
+            if off < boundary[p]:
+                old_marks[p] = max(old_marks.get(p, 0), mark["watermark"])
+        assert old_marks, "b advertised no watermark before the kill: nothing to claim"
+        b.start()
+
+        def new_marks() -> list:
+            return [(p, off, m) for p, off, m in out_b.watermarks if off >= boundary[p]]
+
+        def gate_holds() -> bool:
+            # Order matters: a watermark seen on the wire was sent after its ready line
+            # was written (the worker logs, then sends), so the line must be in the log.
+            seen = new_marks()
+            ready = READY in b.log_text()
+            assert not seen or ready, f"b advertised {seen[:3]} before logging {READY!r}\n{b.log_tail()}"
+            b.assert_alive()
+            return ready and seen
+
+        await wait_for(gate_holds, RESTART_DEADLINE_S, "b's new run to log ready and advertise a watermark",
+                       interval_s=0.02, detail=b.log_tail)
+        positions = await producing
+        expected = set(positions)
+        await wait_answered(s, expected, results, divergences, procs, 150)
+        await out_b.wait_complete(expected, 30)
+        # b advertises its final watermarks within a watermark interval of its last output.
+        ends = {}
+        for rec in await read_topic(s.kafka_bootstrap, s.input_topic):
+            ends[rec.partition] = rec.offset + 1
+        await wait_for(lambda: all(any(p == q and m["watermark"] == end for q, _, m in new_marks())
+                                   for p, end in ends.items()), 30, "b's final watermarks")
+    finally:
+        if "producing" in locals() and not producing.done():
+            producing.cancel()
+        await results.stop()
+        await divergences.stop()
+        await out_b.stop()
+    await stop_all(procs)
+
+    ready_ms = log_line_time_ms(b.log_text(2), READY)
+    assert ready_ms is not None, f"no timestamped ready line in b's second log\n{b.log_tail()}"
+    marks = new_marks()
+    # OutputCollector keeps no record timestamps; read the watermark records' own.
+    wm_ts = await _watermark_timestamps(s, "b", boundary)
+    early = [(p, off, ts) for (p, off), ts in wm_ts.items() if ts < ready_ms]
+    assert not early, f"b's new run sent watermarks before its ready line ({ready_ms}): {early[:5]}"
+
+    # Every new-run watermark W on p <= 1 + the highest input offset among the new run's
+    # copies on p that precede it on the output partition.
+    checked = 0
+    first_new = {}
+    for p, off, m in marks:
+        emitted = [c.body["input"]["offset"] for copies in out_b.copies.values() for c in copies
+                   if c.partition == p and boundary[p] <= c.offset < off]
+        top = max(emitted, default=-1)
+        assert m["watermark"] <= top + 1, (
+            f"b's new run advertised watermark {m['watermark']} on partition {p} (output offset {off}) having "
+            f"re-emitted only up to input offset {top} in this run (pre-crash watermark {old_marks.get(p)})")
+        first_new.setdefault(p, m["watermark"])
+        checked += 1
+    assert checked >= s.partitions, f"only {checked} new-run watermarks checked"
+    assert_watermarks_follow_outputs(out_b, "b")
+    reemitted = sum(1 for copies in out_b.copies.values() if len(copies) > 1)
+    assert reemitted > 0, "b's restart re-emitted nothing: the kill landed where there was nothing to recover"
+
+    _inputs, oracle = await oracle_for(s, expected)
+    final = await read_all(s.kafka_bootstrap, s.results_topic)
+    assert_one_result_each(final, expected, oracle)
+    assert await read_all(s.kafka_bootstrap, s.divergences_topic) == []
+    print(f"\nclerk, b SIGKILLed at {before_kill} positions: pre-crash watermarks {old_marks}, first new-run "
+          f"watermarks {first_new}, {checked} new-run watermarks checked, {reemitted} positions re-emitted; "
+          f"{len(final)} results for {events} events; test {time.monotonic() - began:.1f} s")
+
+
+async def _watermark_timestamps(s: Settings, instance: str, boundary: dict[int, int]) -> dict[tuple[int, int], int]:
+    """(partition, output offset) -> Kafka timestamp of every watermark record at or
+    after ``boundary``."""
+    out = {}
+    for rec in await read_topic(s.kafka_bootstrap, s.output_topic(instance)):
+        if rec.offset >= boundary[rec.partition] and "watermark" in orjson.loads(rec.value):
+            out[(rec.partition, rec.offset)] = rec.timestamp
+    return out
