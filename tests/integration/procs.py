@@ -320,7 +320,7 @@ def oracle_entities(oracle) -> dict[str, dict]:
 
 
 def assert_inventory_invariants(inputs, oracle, entities: dict[str, dict]) -> dict[str, int]:
-    """NoNegativeStock (in every applied output and the final states) and
+    """NonNegativeStock (in every applied output and the final states) and
     StockConservedPerSku (per sku, the final total equals the sum of the deltas of the
     adjustments that were applied, duplicates not counted again). Returns outcome
     counts for the caller's sanity checks."""

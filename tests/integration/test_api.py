@@ -320,9 +320,9 @@ class _Borrowed:
 
 
 async def test_repeated_key_returns_the_original_outcome_as_a_replay(http: ClientSession) -> None:
-    """ApiAnswersWithAgreedOutcome (replay), WardenRecognisesDuplicate,
-    DuplicateRepeatsOriginalOutcome: the repeat is produced again and the instances answer
-    it with the original outcome; stock changes once."""
+    """ApiReplaysRepeatedKey, WardenRecognisesDuplicate, DuplicateRepeatsOriginalOutcome,
+    DuplicateRequestAnsweredWithOriginal: the repeat is produced again and the instances
+    answer it with the original outcome; stock changes once."""
     s = sku("replay")
     first_status, _, first = await submit(http, adjust("w1", s, 7), f"{s}-k")
     assert first_status == 200, first
@@ -344,8 +344,9 @@ async def test_repeated_key_returns_the_original_outcome_as_a_replay(http: Clien
 
 
 async def test_reused_key_with_a_different_request_is_422(http: ClientSession, stack: Stack) -> None:
-    """ApiProducesWithAffinityKey (422 before Kafka), ApiAnswersWithAgreedOutcome (the
-    Warden's idempotency_key_reused mapped to 422), WardenRejectsReusedKey."""
+    """ApiRefusesKeyReusedAcrossPartitions (422 before Kafka, for another body or another
+    partition), ApiAnswersWithAgreedOutcome (the Warden's idempotency_key_reused mapped
+    to 422 when the key is known only from the results topic), WardenRejectsReusedKey."""
     from app.replay import end_offsets
 
     s = sku("reuse")
@@ -426,7 +427,8 @@ async def test_timeout_gives_202_then_polling_finds_the_decision(http: ClientSes
 async def test_python_client_without_http(stack: Stack) -> None:
     """DocketClient as a Kafka-native producer uses it: submit, replay, status, entity;
     a client started later loads entity states from the compacted entities topic
-    (ClerkPublishesAgreedEntityStates, ApiReadsAgreedEntity without replaying results)."""
+    (ClerkPublishesAgreedEntityStates, ApiEntityViewFromCompactedTopic: before the
+    results consumer starts, without replaying results)."""
     s = sku("native")
     async with DocketClient(stack.settings) as client:
         sub = await client.submit("stock.adjust", {"warehouse": "w1", "sku": s, "delta": 12}, f"{s}-1", timeout=60)

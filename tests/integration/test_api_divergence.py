@@ -34,7 +34,8 @@ TOKEN = "div-" + secrets.token_urlsafe(12)
 
 
 async def test_divergent_event_is_502_and_its_key_reads_diverged(clerk_settings, spawn) -> None:
-    """ApiAnswersWithAgreedOutcome (a diverged position is answered, never left waiting),
+    """ApiAnswersDiverged (a diverged position is answered 502, never left waiting),
+    ApiAnswersWithAgreedOutcome (rejections carry no quantity: both copies agree, 409),
     ApiReportsEventStatus (diverged), ApiReadsAgreedEntity (nothing agreed: 404); the
     Clerk's divergence report reaches the waiting request through the one consumer."""
     a = spawn("a").start()

@@ -25,8 +25,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_api_reports_kafka_unreachable_and_recovers(tmp_path) -> None:
-    """ApiReportsKafkaUnavailable (503, not accepted), ApiReadiness (503 until connected
-    and caught up, 503 again when the broker goes away)."""
+    """ApiServesWithoutKafka (started before the broker, it serves and connects by
+    itself once the broker is up), ApiReportsKafkaUnavailable (503, not accepted),
+    ApiReadiness (503 until connected and caught up, 503 again when the broker goes
+    away)."""
     import asyncio
 
     token = "down-" + secrets.token_urlsafe(12)

@@ -49,6 +49,9 @@ async def consume_exactly(consumer: AIOKafkaConsumer, count: int, deadline_s: fl
 
 
 async def test_round_trip_preserves_records_and_java_partitioning(docket_settings) -> None:
+    """StreamTimeTopicsKeepCreateTime: a record comes back with the producer's timestamp
+    (CreateTime), the event's stream time; keyed records land where the Java client's
+    default partitioner puts them."""
     topic = docket_settings.input_topic
     partitions = docket_settings.partitions
     # Partitions the Java client would choose must not all coincide, or the check is weak.
@@ -93,6 +96,10 @@ async def test_round_trip_preserves_records_and_java_partitioning(docket_setting
 
 
 async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(docket_settings) -> None:
+    """TopicsCreatedExplicitly, PerEventTopicsHavePPartitions: `create_topics` made every
+    docket topic with DOCKET_PARTITIONS partitions and running it again changes nothing;
+    TopicsRefusedOnPartitionMismatch: existing topics with another partition count are
+    an error that says what to do."""
     import dataclasses
 
     from app.topics import TopicError
@@ -114,7 +121,8 @@ async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(do
 
 
 async def test_broker_restart_keeps_data(kafka_broker, docket_settings) -> None:
-    """stop_broker then start_broker on the same directory: the chaos harness relies on it."""
+    """stop_broker then start_broker on the same directory: the chaos harness relies on it.
+    BrokerRestarted (the broker's share: what it acknowledged survives the restart)."""
     if kafka_broker.settings is None:
         pytest.skip("the session broker is not run by docket's launcher")
     settings = kafka_broker.settings

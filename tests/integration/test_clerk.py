@@ -292,7 +292,7 @@ async def test_bitflips_in_one_of_two_instances_are_reported_never_published(cle
       Divergence records == the "FAULT INJECTED" lines in b's log (> 0), at exactly the
       logged positions, on the input's partition (DivergenceOnInputPartition), each with
       a's copy (the oracle's digest) and b's (another), decided = null; none of those
-      positions has a result.
+      positions has a result (CorruptedCopyNeverPublished).
     - ClerkAdvancesDecidedWatermark (a diverged position is final: it does not hold the
       rest back), ClerkPublishesOnce: every other position has exactly one result, the
       oracle's; ClerkSequenceNumbersUnique.
@@ -438,7 +438,7 @@ async def test_three_instances_two_required_faulty_c_is_outvoted_and_reported(cl
 async def test_clerk_sigkilled_three_times_still_one_result_per_event(clerk_settings, spawn) -> None:
     """Spec rules checked (specs/clerk.allium, specs/recovery.allium):
 
-    - ClerkPublishesOnce across Clerk crashes: the Clerk is SIGKILLed three times at
+    - ClerkKilled, ClerkPublishesOnce across Clerk crashes: the Clerk is SIGKILLed three times at
       seeded random points of a 10,000-event run and restarted each time; a
       read_committed reader still sees exactly one result per position, none missing,
       each the oracle's (ClerkNeverDropsANeededCopy); ClerkSequenceNumbersUnique.
@@ -534,8 +534,9 @@ async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keep
       among the copies the new run emitted on p before it; and (across runs) every input
       offset below W has a copy earlier on the partition.
     - ReplayReemitsOriginalOutput, ClerkIgnoresIdenticalReplay, ClerkNeverDropsANeededCopy,
-      ClerkPublishesOnce: the restart re-emitted copies, no divergence was reported, and
-      the Clerk published exactly one result per position, each the oracle's.
+      ClerkPublishesOnce, CrashAfterOutputBeforeCommit: the restart re-emitted copies,
+      no divergence was reported, and the Clerk published exactly one result per
+      position, each the oracle's.
     """
     s = clerk_settings
     events = 6_000

@@ -154,6 +154,10 @@ def processed_up_to(end_offsets: dict[str, int]):
 async def test_table_survives_restart_with_and_without_local_state(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
+    """PartitionStartsRestoring, LedgerPartitionRestored (Faust's share): on each
+    assignment a changelog-backed RocksDB table is restored before the agent processes
+    anything, from local RocksDB plus the changelog's tail, or from the changelog alone
+    when the data dir is gone."""
     from aiokafka.admin import NewTopic
 
     topic = f"{unique_prefix}.counted"

@@ -67,8 +67,21 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
       everything the worker's RocksDB holds is in the changelog, so a restore elsewhere
       loses nothing (a kill can keep a batch's local writes and cut their changelog
       records; the replay must send them again).
-    - LedgerPartitionRestored: with ``lose_data_dir`` the RocksDB directory is deleted
-      before one restart, so the state comes back from the changelog topic alone.
+    - RecoveryStartsOnAssignment, PartitionStartsRestoring, LedgerPartitionRestored:
+      every restart is a new assignment whose partitions are restored before they are
+      processed; with ``lose_data_dir`` the RocksDB directory is deleted before one
+      restart, so the state comes back from the changelog topic alone.
+    - ProducerFlushAcknowledgesWrites, CommitOnlyAcknowledgedOffsets,
+      CommitTrailsAcknowledgement, AcknowledgementTrailsProcessing: an input offset is
+      committed only past events whose changelog records and outputs the broker has
+      acknowledged. Were one committed past an unacknowledged write, a kill would lose
+      that write, the restore from the changelog alone would lack it, no replay would
+      redo it, and the final Ledger would differ from the oracle's.
+    - CrashBeforeWardenWrite, CrashBetweenWardenAndEntityWrites,
+      CrashAfterEntityWritesBeforeOutput, CrashAfterOutputBeforeCommit,
+      RecordDeliveredAgain: SIGKILLs at seeded random moments of a 10,000-event backlog
+      cut the events in flight at whatever step they have reached, and the restarted
+      worker reads them again; whatever was cut, the outcome is the oracle's.
     - WatermarksCoverOnlyEmittedOutputs, NoWatermarkBeforeRestore: every watermark on
       the output topic follows the outputs of all offsets below it, across restarts.
     """

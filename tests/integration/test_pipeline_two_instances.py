@@ -51,9 +51,13 @@ def expired_repeats(oracle, ttl_ms: int) -> int:
 async def test_two_instances_agree_with_each_other_and_the_oracle(pipeline_settings, workers) -> None:
     """Spec rules checked (specs/*.allium):
 
-    - ArbiterEmitsOneOutputPerRecord / UsherReceivesRecord: every input position gets an
-      output on the same partition of each instance's output topic; re-emissions (after a
-      rebalance) are allowed only byte-identical.
+    - ArbiterEmitsOneOutputPerRecord / UsherReceivesRecord, OutputOnInstanceTopic:
+      every input position gets an output on the same partition of each instance's
+      output topic, naming that instance; re-emissions (after a rebalance) are allowed
+      only byte-identical.
+    - WorkerStartsWhenTopicsExist, OneCursorPerInstancePartition: each instance is its
+      own Faust app and consumer group (<prefix>-a, <prefix>-b) with its own position
+      in every input partition, so each sees every input record.
     - InventoryEvaluationIsDeterministic / EvaluationIsDeterministic / RecordsAgreeAcrossInstances:
       for every position digest(a) == digest(b) == the oracle's digest, and the final
       Ledger states of a and b (RocksDB dumps) equal each other and the oracle's.

@@ -106,7 +106,9 @@ async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -
 
 
 async def test_probes_and_documents_need_no_credentials(http) -> None:
-    """ApiReadiness: /readyz is 503 (and says why) until connected and caught up."""
+    """ApiReadiness, ApiServesWithoutKafka: the API serves before Kafka answers;
+    /healthz is 200 and /readyz is 503 (and says why) until connected and caught up;
+    neither needs credentials, nor do /metrics and /openapi.json."""
     tc, _ = http
     assert (await tc.get("/healthz")).status == 200
     assert (await tc.get("/openapi.json")).status == 200
@@ -119,6 +121,7 @@ async def test_probes_and_documents_need_no_credentials(http) -> None:
 
 
 def test_create_app_refuses_to_run_without_tokens(settings) -> None:
+    """ApiRefusesToStartWithoutTokens (create_app)."""
     with pytest.raises(ValueError, match="DOCKET_API_TOKENS"):
         create_app(settings, DocketClient(settings), tokens=(), connect=False)
 
@@ -133,6 +136,8 @@ async def test_insecure_no_auth_accepts_requests_without_credentials(settings) -
 
 
 def test_docket_api_refuses_to_start_without_tokens() -> None:
+    """ApiRefusesToStartWithoutTokens: `docket api` exits 1 before serving and says how
+    to set a token, or to pass --insecure-no-auth."""
     docket = Path(sys.executable).with_name("docket")
     env = {k: v for k, v in os.environ.items() if k != "DOCKET_API_TOKENS"}
     proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -265,8 +270,9 @@ async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) 
 
 
 async def test_key_known_on_another_partition_is_422_before_producing(http, settings) -> None:
-    """A key's requests all route to one partition, whose Warden alone remembers it: a
-    key reused for an event that routes elsewhere is refused from the client's index."""
+    """ApiRefusesKeyReusedAcrossPartitions: a key's requests all route to one
+    partition, whose Warden alone remembers it: a key reused for an event that routes
+    elsewhere is refused 422 from the client's index, before producing."""
     tc, client = http
     skus = [f"sku-{i}" for i in range(50)]
     first = skus[0]
@@ -284,6 +290,8 @@ async def test_key_known_on_another_partition_is_422_before_producing(http, sett
 
 
 async def test_events_and_entities_need_a_connection_and_valid_names(http) -> None:
+    """ApiServesWithoutKafka (event and entity reads are 503 until connected),
+    ApiReportsEventStatus and ApiReadsAgreedEntity (400 for an ill-formed key, type)."""
     tc, _ = http
     resp = await tc.get("/v1/events/k1", headers=AUTH)
     assert resp.status == 503
@@ -323,7 +331,7 @@ def result_record(key: str, partition: int, offset: int, *, applied: bool, reaso
         "duplicate_of": None if duplicate_of is None else {"partition": duplicate_of[0], "offset": duplicate_of[1]},
         "domain_version": "inventory/1", "stream_time": stream_time or int(time.time() * 1000),
         "digest": "d" * 64, "instances": ["a", "b"],
-        "clerk": {"seq": 1, "decided_below": offset + 1, "finished_above": []}})
+        "clerk": {"seq": 1, "decided_below": offset + 1, "finished_ranges": []}})
 
 
 def submission(key: str = "k1", **kw) -> Submission:
@@ -337,7 +345,8 @@ async def body_of(resp: web.Response) -> dict:
 
 
 async def test_applied_is_200_and_says_whether_it_is_a_replay() -> None:
-    """ApiAnswersWithAgreedOutcome: 200 applied; a duplicate_of result is a replay."""
+    """ApiAnswersWithAgreedOutcome: 200 applied; ApiReplaysRepeatedKey: a result with
+    duplicate_of is answered as a replay (Idempotent-Replayed: true)."""
     resp = submission_response(submission(applied=True), 5000)
     body = await body_of(resp)
     assert resp.status == 200 and resp.headers["Idempotent-Replayed"] == "false"
@@ -350,6 +359,7 @@ async def test_applied_is_200_and_says_whether_it_is_a_replay() -> None:
 
 
 async def test_domain_rejection_is_409_with_the_reason() -> None:
+    """ApiAnswersWithAgreedOutcome: 409 with the domain's reason."""
     resp = submission_response(submission(applied=False, reason="insufficient_stock"), 5000)
     body = await body_of(resp)
     assert resp.status == 409
@@ -359,6 +369,7 @@ async def test_domain_rejection_is_409_with_the_reason() -> None:
 
 
 async def test_wardens_reused_verdict_is_422() -> None:
+    """ApiAnswersWithAgreedOutcome: the Warden's idempotency_key_reused is 422."""
     resp = submission_response(submission(applied=False, reason="idempotency_key_reused"), 5000)
     body = await body_of(resp)
     assert resp.status == 422
@@ -377,6 +388,7 @@ async def test_undecided_is_202_with_location() -> None:
 
 
 async def test_diverged_is_502_with_the_report() -> None:
+    """ApiAnswersDiverged: 502 with the Clerk's report."""
     div = {"input": {"partition": 1, "offset": 4}, "cause": "mismatch", "decided": None,
            "copies": [{"instance": "a", "digest": "x"}, {"instance": "b", "digest": "y"}]}
     resp = submission_response(Submission("k", "diverged", (1, 4), divergence=div), 5000)
@@ -393,6 +405,8 @@ async def test_unknown_key_status_is_404() -> None:
 
 
 def test_prefer_header_shortens_the_wait_only() -> None:
+    """ApiProducesWithAffinityKey, ApiAnswersPendingAfterTimeout: Prefer: wait=N or
+    respond-async shortens the wait for the result, never lengthens it."""
     assert parse_prefer(None, 5.0) == (5.0, None)
     assert parse_prefer("wait=1", 5.0) == (1.0, "wait=1")
     assert parse_prefer("wait=60", 5.0) == (5.0, "wait=60")
@@ -404,6 +418,9 @@ def test_prefer_header_shortens_the_wait_only() -> None:
 
 
 def test_client_index_follows_results_and_divergences(settings) -> None:
+    """ApiReportsEventStatus (from the index), ApiEntityViewFromCompactedTopic (kept
+    current from results: newest version wins, a duplicate's entities are not news),
+    ApiAnswersDiverged (only a divergence without a decision finishes a position)."""
     client = DocketClient(settings)
     assert client.status("k1").state == "unknown"
     ent = [{"key": "stock:w1:s1", "state": {"quantity": 5}, "version": 2}]

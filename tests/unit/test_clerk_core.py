@@ -154,7 +154,8 @@ def test_pending_positions_are_never_dropped():
 
 
 def test_lagging_instance_is_reported():
-    """ClerkReportsLaggingInstance."""
+    """ClerkReportsLaggingInstance, LaggingInstanceReported: an instance more than
+    max_lag behind the most advanced one is reported, and no longer once it is back."""
     core = ClerkCore(("a", "b"), 2, max_lag=10)
     core.on_watermark(0, "a", 100)
     core.on_watermark(0, "b", 95)
@@ -256,8 +257,8 @@ def _run_with_crashes(n: int, seed: int, crashes: int, instances=("a", "b"), req
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 100_000), crashes=st.integers(0, 4))
 def test_exactly_one_result_per_position_across_clerk_crashes(seed, crashes):
-    """ClerkPublishesOnce, ClerkAcksOnlyFinalPositions, ClerkSeedsFromLastRecords:
-    crash the Clerk anywhere, restart from the committed offsets, and every
+    """ClerkPublishesOnce, ClerkAcksOnlyFinalPositions, ClerkSeedsFromLastRecords,
+    ClerkKilled: crash the Clerk anywhere, restart from the committed offsets, and every
     position still has exactly one result."""
     n = 120
     results = _run_with_crashes(n, seed, crashes)

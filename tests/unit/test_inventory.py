@@ -23,14 +23,14 @@ def transfer(sku="s1", src="w1", dst="w2", qty=3):
 
 
 def test_adjust_applies_delta():
-    """AdjustApplies: the warehouse's quantity moves by delta."""
+    """AdjustApplied: the warehouse's quantity moves by delta."""
     out = inventory.evaluate(ADJUST, adjust(delta=5), states_for(ADJUST, adjust(), w1=2))
     assert out.status == "applied"
     assert out.changes == {stock_key("w1", "s1"): {"quantity": 7}}
 
 
 def test_adjust_rejected_when_result_negative():
-    """AdjustRejectedWhenInsufficient: stock never goes below zero."""
+    """AdjustRejectsInsufficientStock: stock never goes below zero."""
     out = inventory.evaluate(ADJUST, adjust(delta=-3), states_for(ADJUST, adjust(), w1=2))
     assert (out.status, out.reason) == ("rejected", "insufficient_stock")
     assert not out.changes
@@ -42,7 +42,7 @@ def test_adjust_to_exactly_zero_is_applied():
 
 
 def test_transfer_moves_stock_between_warehouses():
-    """TransferApplies: source loses, target gains the same quantity."""
+    """TransferApplied: source loses, target gains the same quantity."""
     p = transfer(qty=3)
     out = inventory.evaluate(TRANSFER, p, states_for(TRANSFER, p, w1=3, w2=1))
     assert out.status == "applied"
@@ -50,13 +50,14 @@ def test_transfer_moves_stock_between_warehouses():
 
 
 def test_transfer_rejected_on_insufficient_stock():
-    """TransferRejectedWhenInsufficient."""
+    """TransferRejectsInsufficientStock."""
     p = transfer(qty=4)
     out = inventory.evaluate(TRANSFER, p, states_for(TRANSFER, p, w1=3))
     assert (out.status, out.reason) == ("rejected", "insufficient_stock")
 
 
 def test_overflow_is_rejected():
+    """AdjustRejectsQuantityOverflow: stock never exceeds 2^62 (StockWithinBound)."""
     p = adjust(delta=1)
     out = inventory.evaluate(ADJUST, p, {stock_key("w1", "s1"): {"quantity": MAX_QUANTITY}})
     assert out.reason == "quantity_overflow"
@@ -87,19 +88,26 @@ def test_overflow_is_rejected():
     ],
 )
 def test_payload_validation_names_the_reason(name, payload, reason):
-    """InventoryPayloadValidation: every unusable payload gets a named reason."""
+    """Every unusable payload gets a named reason, by the first failing check:
+    InventoryRejectsNonObjectPayload, InventoryRejectsUnknownField,
+    InventoryRejectsBadField (missing or mistyped: invalid_payload; not an
+    identifier: invalid_identifier), AdjustRejectsZeroDelta,
+    AdjustRejectsDeltaOutOfRange, TransferRejectsQuantityOutOfRange,
+    TransferRejectsSameWarehouse."""
     rejection = inventory.validate(name, payload)
     assert rejection is not None and rejection.reason == reason
     assert rejection.detail
 
 
 def test_valid_payloads_pass():
+    """AdjustPayloadAccepted, TransferPayloadAccepted (at the bounds)."""
     assert inventory.validate(ADJUST, adjust(delta=-MAX_MAGNITUDE)) is None
     assert inventory.validate(TRANSFER, transfer(qty=MAX_MAGNITUDE)) is None
 
 
 def test_affinity_key_is_sku_for_both_entities():
-    """AffinityBySku: both sides of a transfer share the event's affinity key."""
+    """InventoryAffinityKeyIsSku, InventoryEntitiesShareAffinity: both sides of a
+    transfer share the event's affinity key, the sku."""
     p = transfer(sku="sku-9")
     assert inventory.affinity_key(TRANSFER, p) == "sku-9"
     assert all(k.endswith(":sku-9") for k in inventory.entity_keys(TRANSFER, p))
@@ -137,7 +145,7 @@ def run(sequence):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=80))
 def test_no_sequence_drives_stock_negative(sequence):
-    """NoNegativeStock (invariant): whatever the event sequence, no quantity is negative."""
+    """NonNegativeStock (invariant): whatever the event sequence, no quantity is negative."""
     state, _ = run(sequence)
     assert all(s["quantity"] >= 0 for s in state.values())
 
@@ -145,7 +153,7 @@ def test_no_sequence_drives_stock_negative(sequence):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=80))
 def test_per_sku_totals_equal_applied_adjustments(sequence):
-    """ConservationPerSku (invariant): transfers conserve; totals move only by applied adjustments."""
+    """StockConservedPerSku (invariant): transfers conserve; totals move only by applied adjustments."""
     state, applied = run(sequence)
     for sku in SKUS:
         total = sum(s["quantity"] for k, s in state.items() if k.endswith(f":{sku}"))
@@ -155,8 +163,9 @@ def test_per_sku_totals_equal_applied_adjustments(sequence):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(events, max_size=60))
 def test_evaluation_is_deterministic(sequence):
-    """DeterministicEvaluation: evaluating the same sequence twice gives the same result,
-    whatever order the states mapping happens to be built in."""
+    """InventoryEvaluationIsDeterministic, EvaluationIsDeterministic: evaluating the same
+    sequence twice gives the same result, whatever order the states mapping happens to
+    be built in."""
     first, _ = run(sequence)
     second, _ = run(list(sequence))
     assert first == second

@@ -23,8 +23,10 @@ def bodies(outputs):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_batch_boundaries_never_change_an_output(seed):
-    """UsherBatchesDoNotChangeOutputs: the same input in batches of 1, 7, 64 and all at
-    once gives byte-identical outputs and the same final state."""
+    """UsherBatchesDoNotChangeOutputs, ArbiterProcessesBatchInOffsetOrder: the same
+    input in batches of 1, 7, 64 and all at once gives byte-identical outputs and the
+    same final state: each record is decided in offset order within its partition and
+    sees every effect of the records before it, in its batch or an earlier one."""
     stream = workload(seed, 600)
     results = []
     for size in (1, 7, 64, len(stream.records)):
@@ -35,8 +37,9 @@ def test_batch_boundaries_never_change_an_output(seed):
 
 
 def test_one_output_per_record_on_the_input_partition():
-    """ArbiterEmitsOneOutputPerRecord: every record, good or bad, gets exactly one
-    output, on the partition number of its input."""
+    """ArbiterEmitsOneOutputPerRecord, ProcessedRecordsHaveOutputs,
+    OutputOnInputPartition: every record, good or bad, gets exactly one output, in
+    batch order, on the partition number of its input."""
     stream = workload(5, 300)
     stream.add(b"s0", b"garbage", 2_000_000)
     outs = run(usher(), stream.records, 50)
@@ -48,7 +51,8 @@ def test_one_output_per_record_on_the_input_partition():
 
 
 def test_two_instances_agree_byte_for_byte_except_instance():
-    """DeterministicEvaluation: two instances fed the same stream emit equal digests."""
+    """EvaluationIsDeterministic, OutputsAgreeAcrossInstances: two instances fed the
+    same stream, in different batches, emit equal digests and equal bodies."""
     stream = workload(9, 500)
     outs_a = run(usher(instance="a"), stream.records, 33)
     outs_b = run(usher(instance="b"), stream.records, 64)
@@ -94,8 +98,11 @@ def _poison_stream():
 
 def test_bad_records_become_named_rejections_and_good_ones_still_apply():
     """UsherRejectsMalformedRecord, UsherRejectsUnknownEvent, UsherRejectsInvalidPayload,
-    UsherRejectsMisroutedRecord: each bad record is a deterministic rejected output
-    with a named reason, touches no state, and the good records around it apply."""
+    UsherRejectsAffinityKeyMismatch, UsherRejectsMisroutedRecord,
+    ArbiterEmitsPreEvaluationRejection, RejectedRecordsCreateNoEvent: each bad record is
+    a deterministic rejected output with a named reason, touches no state and writes no
+    Warden version; UsherAdmitsEvent, AdmittedEventIsCorrectlyRouted: the correctly
+    keyed and routed records around them are admitted and apply."""
     s, cases, goods = _poison_stream()
     store = MemoryStore()
     outs = run(usher(store), s.records, 5)
@@ -135,8 +142,9 @@ def _adjust(s, ikey, delta, ts, sku="s1"):
 
 
 def test_duplicate_within_ttl_returns_original_outcome_without_state_change():
-    """WardenRecognisesDuplicate: a repeat within the TTL gets the original outcome and
-    duplicate_of; it is not evaluated again."""
+    """WardenRecognisesDuplicate, ArbiterAnswersDuplicate,
+    DuplicateRequestAnsweredWithOriginal: a repeat within the TTL gets the original
+    outcome and duplicate_of; it is not evaluated again and changes no state."""
     s = Stream()
     first = _adjust(s, "k1", 5, 1_000)
     _adjust(s, "k1", 5, 1_000 + TTL - 1)
@@ -148,6 +156,8 @@ def test_duplicate_within_ttl_returns_original_outcome_without_state_change():
 
 
 def test_duplicate_of_a_rejection_is_the_same_rejection():
+    """ArbiterAnswersDuplicate, DuplicateRepeatsOriginalOutcome: a repeated request that
+    was rejected by evaluation gets the same rejection back, as a duplicate."""
     s = Stream()
     _adjust(s, "k1", -5, 1_000)
     _adjust(s, "k2", 50, 1_001)
@@ -158,7 +168,8 @@ def test_duplicate_of_a_rejection_is_the_same_rejection():
 
 
 def test_reused_key_with_different_request_is_rejected():
-    """WardenRejectsReusedKey: same key, different payload, within the TTL."""
+    """WardenRejectsReusedKey, ArbiterRejectsReusedKey: same key, different payload,
+    within the TTL: rejected idempotency_key_reused, nothing changes."""
     s = Stream()
     _adjust(s, "k1", 5, 1_000)
     _adjust(s, "k1", 6, 1_001)
@@ -170,7 +181,7 @@ def test_reused_key_with_different_request_is_rejected():
 
 
 def test_key_expires_after_ttl_of_stream_time():
-    """WardenEntryExpires: at ttl of stream time after recording, the key is new again."""
+    """WardenAdmitsExpiredKey: at ttl of stream time after recording, the key is new again."""
     s = Stream()
     _adjust(s, "k1", 5, 1_000)
     _adjust(s, "k1", 5, 1_000 + TTL)
@@ -293,10 +304,19 @@ def _crashed_run(stream, batch_size, rng, commit_every, crash_batch, model):
        commit_every=st.integers(1, 4), model=st.sampled_from(["prefix", "local_plus_tail"]),
        ttl_jumps=st.booleans(), jitter_ms=st.sampled_from([0, 60_000]))
 def test_replay_after_crash_is_idempotent(seed, batch_size, commit_every, model, ttl_jumps, jitter_ms):
-    """ReplayIsIdempotent, ReplayReemitsOriginalOutput, WardenEntryBeforeEntities:
-    whatever the crash left (a changelog prefix, or the local store with a tail
-    segment of the changelog re-applied over it), replaying from the committed offsets applies no
-    event twice, re-emits byte-identical outputs and ends in the uncrashed state."""
+    """NoEventAppliedTwice, ReemittedOutputsAreIdentical, ReplayReemitsOriginalOutput,
+    WardenEntryBeforeEntities, WardenRecognisesReplay, ReplayRewritesEventWrites,
+    ReplayRewritesEntities, ResumeAtCommittedOffset: whatever the crash left (a
+    changelog prefix, or the local store with a tail segment of the changelog
+    re-applied over it), replaying from the committed offsets applies no event twice,
+    re-emits byte-identical outputs and ends in the uncrashed state.
+
+    The cut falls anywhere in the ordered log between the last commit and the crash,
+    so it lands before an event's Warden version (CrashBeforeWardenWrite), between the
+    version and its entity writes or among them (CrashBetweenWardenAndEntityWrites),
+    after the writes of an event whose batch's outputs were not emitted yet
+    (CrashAfterEntityWritesBeforeOutput), or after outputs already emitted but not
+    committed, which are emitted again (CrashAfterOutputBeforeCommit)."""
     rng = random.Random(seed)
     stream = workload(seed, 160, ttl_jumps=ttl_jumps, jitter_ms=jitter_ms)
     clean_store = MemoryStore()
@@ -312,8 +332,9 @@ def test_replay_after_crash_is_idempotent(seed, batch_size, commit_every, model,
 
 
 def test_replay_of_fully_applied_batch_reemits_from_warden():
-    """ReplayReemitsOriginalOutput: a batch whose writes all survived is not evaluated
-    again: its outputs come from the Warden entries."""
+    """ReplayReemitsOriginalOutput, RecordDeliveredAgain, WardenRecognisesReplay: a
+    batch delivered again whose writes all survived is not evaluated again: its
+    outputs come from the Warden entries, and no event is applied twice."""
     s = Stream()
     _adjust(s, "k1", 5, 1)
     _adjust(s, "k2", -5, 2)

@@ -1,0 +1,438 @@
+"""The Faust apps of an instance and of the Clerk, built for real (agents/instance.py,
+agents/clerk.py) but driven without a broker: records go in through Faust's agent test
+context, and whatever the app sends goes to a recording producer. What this pins down
+is the wiring the integration tests only see from outside: batches, the order of
+changelog records, outputs and watermarks on the wire, what an assignment or a
+revocation clears, how the Clerk agent acknowledges, publishes and skips, how Faust's
+assignor places the Clerk's partitions, docket's topic definitions and the start-up
+checks (specs/usher.allium, specs/arbiter.allium, specs/recovery.allium,
+specs/clerk.allium, specs/integration.allium, specs/ledger.allium)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import orjson
+import pytest
+
+from agents import clerk as clerk_mod
+from agents import instance as instance_mod
+from agents.faults import FaultInjector, FaultSpec
+from app.canonical import canonical
+from app.records import partition_for, seal
+from app.settings import SETTINGS, load
+from app.topics import topic_specs
+from tables.ledger import ENTITY_PREFIX
+from tables.warden import WARDEN_PREFIX
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch):
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
+    monkeypatch.setenv("DOCKET_TOPIC_PREFIX", "spec")
+    monkeypatch.setenv("DOCKET_PARTITIONS", str(PARTITIONS))
+    monkeypatch.setenv("DOCKET_BATCH_SIZE", "3")
+    monkeypatch.setenv("DOCKET_CACHE_CAPACITY", "77")
+    return load()
+
+
+class _Sent:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class RecordingProducer:
+    """Stands in for app.producer: records every send, in order, and every flush."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []  # ("send", topic, key, value, partition) or ("flush",)
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.log.append(("send", topic, key, value, partition))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(_Sent(len(self.log)))
+        return fut
+
+    async def flush(self) -> None:
+        self.log.append(("flush",))
+
+    def sent(self, topic: str) -> list[tuple]:
+        return [(i, e) for i, e in enumerate(self.log) if e[0] == "send" and e[1] == topic]
+
+
+async def until(condition, what: str, deadline_s: float = 20.0):
+    deadline = time.monotonic() + deadline_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)  # poll interval of the condition, not a synchronisation
+    return value
+
+
+def timer(app, name: str):
+    """The function behind an @app.timer, to call once."""
+    for task in app._app_tasks:  # Faust keeps its timers here
+        fun = inspect.unwrap(task)
+        if fun.__name__ == name:
+            return fun
+    raise LookupError(name)
+
+
+def envelope(ikey: str, name: str, payload: dict) -> bytes:
+    return orjson.dumps({"idempotency_key": ikey, "event_name": name, "payload": payload})
+
+
+def adjust(ikey: str, sku: str, delta: int, warehouse: str = "w1") -> tuple[bytes, bytes]:
+    return sku.encode(), envelope(ikey, "stock.adjust", {"warehouse": warehouse, "sku": sku, "delta": delta})
+
+
+# --------------------------------------------------------------------------- the instance app
+
+
+async def test_instance_app_is_one_group_with_one_ledger_table(settings, tmp_path) -> None:
+    """AppIdIsPrefixed, OneLedgerTablePerInstance, LedgerCoPartitionedWithInput,
+    RegistrarCapacityFromConfig, FaultInjectionOffByDefault: instance a is the Faust app
+    (and consumer group) <prefix>-a with exactly one table, "ledger", of
+    DOCKET_PARTITIONS partitions and changelog <prefix>-a-ledger-changelog; another
+    instance has its own; the Registrar's capacity is DOCKET_CACHE_CAPACITY; the usher
+    agent reads <prefix>.input at concurrency 1; faults only when asked for."""
+    a = instance_mod.build(settings, "a", tmp_path / "a")
+    b = instance_mod.build(settings, "b", tmp_path / "b", faults=FaultSpec("bitflip", 0.5))
+    assert (a.conf.id, b.conf.id) == ("spec-a", "spec-b")
+    assert list(a.tables) == ["ledger"] and list(b.tables) == ["ledger"]
+    table = a.tables["ledger"]
+    assert table.partitions == settings.partitions == PARTITIONS
+    assert table.changelog_topic.get_topic_name() == "spec-a-ledger-changelog"
+    assert b.tables["ledger"].changelog_topic.get_topic_name() == "spec-b-ledger-changelog"
+    assert a.docket["registrar"].capacity == 77
+    agent = a.agents["usher"]
+    assert tuple(agent.get_topic_names()) == (settings.input_topic,) and agent.concurrency == 1
+    assert a.docket["usher"].faults is None
+    assert isinstance(b.docket["usher"].faults, FaultInjector)
+
+
+async def test_usher_agent_batches_and_puts_changelog_records_before_outputs(settings, tmp_path) -> None:
+    """UsherTakesBatch, BatchWithinSize, BatchKeepsPartitionOffsetOrder: the agent hands
+    the Usher batches of 1..DOCKET_BATCH_SIZE records, each partition's in ascending
+    offset order, every record once.
+    ArbiterEmitsOneOutputPerRecord, OutputOnInstanceTopic, OutputOnInputPartition,
+    CopiesShareTheInputPartition: one output per record on <prefix>.output.a, on the
+    input's partition, with the input's key, naming instance a.
+    ArbiterEmitsEvaluatedOutput, OutputFollowsItsEntityWrites, WardenRecordsVersion:
+    a fresh output reaches the producer only after the changelog records of its Warden
+    version and then of each entity it changed (stamped with its offset), all on the
+    input's partition of the changelog."""
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+    app.producer = producer = RecordingProducer()
+    usher = app.docket["usher"]
+    batches = []
+    process = usher.process
+
+    def recording(batch, committed):
+        batches.append([(r.partition, r.offset) for r in batch])
+        return process(batch, committed)
+
+    usher.process = recording
+    records = [adjust(f"k{i}", sku, 1 + i) for i, sku in enumerate(["s1", "s4", "s1", "s5", "s1", "s4", "c", "s5"])]
+    records.append((b"s1", b"not json"))
+    async with app.agents["usher"].test_context() as ctx:
+        sent = []
+        for key, value in records:
+            ev = await ctx.put(value, key=key, partition=partition_for(key, PARTITIONS), timestamp=1_000.0 + len(sent),
+                               wait=False)
+            sent.append((ev.message.partition, ev.message.offset, key))
+        await until(lambda: len(producer.sent(settings.output_topic("a"))) == len(records), "every output")
+    assert all(1 <= len(b) <= 3 for b in batches), batches
+    assert any(len({p for p, _ in b}) > 1 for b in batches), batches  # partitions interleave in a batch
+    flat = [pos for b in batches for pos in b]
+    assert sorted(flat) == sorted((p, o) for p, o, _ in sent) and len(set(flat)) == len(flat)
+    for p in {p for p, _, _ in sent}:
+        offsets = [o for q, o in flat if q == p]
+        assert offsets == sorted(offsets)
+
+    changelog = settings.app_id("a") + "-ledger-changelog"
+    outputs = producer.sent(settings.output_topic("a"))
+    by_input = {(p, o): k for p, o, k in sent}
+    for index, (_, topic, key, value, partition) in outputs:
+        out = orjson.loads(value)
+        pos = (out["input"]["partition"], out["input"]["offset"])
+        assert out["instance"] == "a" and partition == pos[0] and key == by_input[pos]
+        writes = [(i, e) for i, e in producer.sent(changelog) if e[4] == pos[0]]
+        version_at = [i for i, e in writes if e[2].startswith(WARDEN_PREFIX) and orjson.loads(e[3])["o"] == pos[1]]
+        if out["outcome"]["status"] == "applied":
+            assert len(version_at) == 1 and version_at[0] < index
+            for change in out["outcome"]["entities"]:
+                entity_at = [i for i, e in writes if e[2] == ENTITY_PREFIX + change["key"].encode()
+                             and orjson.loads(e[3])["o"] == pos[1]]
+                assert len(entity_at) == 1 and version_at[0] < entity_at[0] < index, (pos, change)
+        else:
+            assert version_at == []  # the malformed record: no version, no entity
+    assert sum(1 for _, (_, _, _, v, _) in outputs if orjson.loads(v)["outcome"]["status"] == "applied") == 8
+
+
+async def test_watermarks_wait_for_recovery_and_name_only_this_runs_progress(settings, tmp_path, caplog) -> None:
+    """AdvertiseWatermarkOnlyWhenReady, NoWatermarkBeforeRestore, WatermarksCoverOnlyEmittedOutputs:
+    nothing is advertised while Faust's recovery is not complete, even for processed
+    partitions; then one watermark per processed partition, {"watermark": next offset,
+    "instance", "partition"}, on that partition of the output topic, after the copies
+    it covers; an unchanged watermark is not sent again.
+    RecoveryStartsOnAssignment, RegistrarClearsOnRebalance, ResumedAtOrBeforeNext: an
+    assignment empties the Registrar, forgets the Warden's collection state and what
+    was processed and advertised (the run's cursor starts where it resumed and moves
+    only with processed batches), so nothing is advertised for a partition until a
+    batch of it is processed in the new assignment."""
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+    app.producer = producer = RecordingProducer()
+    advertise = timer(app, "advertise_watermarks")
+    out_topic = settings.output_topic("a")
+    home = partition_for(b"s1", PARTITIONS)
+
+    def watermarks():
+        return [(i, e[4], orjson.loads(e[3])) for i, e in producer.sent(out_topic) if b"watermark" in e[3]]
+
+    async with app.agents["usher"].test_context() as ctx:
+        for i in range(3):
+            key, value = adjust(f"k{i}", "s1", 1)
+            last = await ctx.put(value, key=key, partition=home, timestamp=1_000.0 + i, wait=False)
+        await until(lambda: len(producer.sent(out_topic)) == 3, "the outputs")
+        await advertise()
+        assert watermarks() == []  # processed, but recovery is not complete
+        app.tables.recovery.completed.set()
+        with caplog.at_level(logging.WARNING, logger="docket.instance"):
+            await advertise()
+        assert any("ready: recovery complete" in m for m in caplog.messages)
+        (index, partition, mark), = watermarks()
+        assert (partition, mark) == (home, {"watermark": last.message.offset + 1, "instance": "a", "partition": home})
+        copies = [i for i, e in producer.sent(out_topic) if b"watermark" not in e[3] and e[4] == home]
+        assert max(copies) < index
+        await advertise()
+        assert len(watermarks()) == 1  # unchanged: not sent again
+
+        registrar, warden = app.docket["registrar"], app.docket["warden"]
+        assert len(registrar) > 0 and warden.size(home) > 0
+        await app.on_partitions_assigned.send(assigned=set())
+        assert len(registrar) == 0 and warden.size(home) == 0
+        await advertise()
+        assert len(watermarks()) == 1  # nothing processed since the assignment
+        key, value = adjust("k9", "s1", 1)
+        again = await ctx.put(value, key=key, partition=home, timestamp=1_010.0, wait=False)
+        await until(lambda: len([e for _, e in producer.sent(out_topic) if b"watermark" not in e[3]]) == 4, "output")
+        await advertise()
+        assert watermarks()[-1][2]["watermark"] == again.message.offset + 1
+
+
+# --------------------------------------------------------------------------- the Clerk app
+
+
+def copy_value(instance: str, offset: int, partition: int, quantity: int = 5, ikey: str | None = None) -> bytes:
+    body = canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": ikey or f"k{offset}",
+                      "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
+                      "stream_time": 1_000 + offset,
+                      "outcome": {"status": "applied", "reason": None, "detail": "",
+                                  "entities": [{"key": "stock:w1:s1", "state": {"quantity": quantity}, "version": 1}]}})
+    return seal(body, instance)
+
+
+async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, caplog) -> None:
+    """ClerkIgnoresUnreadableRecord, UnreadableOutputRecordSkipped: records that are
+    not JSON, or neither a watermark nor a copy, are logged, acknowledged and skipped;
+    the agent goes on.
+    ClerkRecordsWatermark: a watermark counts for the instance whose topic carried it,
+    whatever it says, and is acknowledged at once.
+    ClerkAcksOnlyFinalPositions, AcknowledgedCopiesAreFinal: a copy of a pending
+    position stays unacknowledged; once the position is decided it and every copy held
+    for it are acknowledged.
+    ClerkPublishesResult, ResultOnInputPartition, ResultKeyedByIdempotencyKey,
+    ClerkPublishesAgreedEntityStates, AgreedEntityOnInputPartition: the result goes to
+    partition p of the results topic keyed by the idempotency key, then one record per
+    changed entity to partition p of the entities topic, keyed by the entity key.
+    ClerkPublishesDivergence, DivergenceOnInputPartition, CorruptedCopyNeverPublished:
+    a copy altered after sealing is compared by its recomputed digest, counted as
+    corrupt and reported; the producer is flushed before the report goes out."""
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    capp.producer = producer = RecordingProducer()
+    core, metrics = capp.docket["core"], capp.docket["metrics"]
+    p = 2
+    core.seed(p, [])  # as if its last records had been read (no Kafka here)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        async def put(topic: str, value: bytes):
+            ctx._get_strtopic = lambda channel: topic  # the topic the record arrives on
+            return await ctx.put(value, partition=p)
+
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            for garbage in (b"{nope", b"[1, 2]", b'{"x": 1}', b"null", b'{"instance": "a", "digest": "d"}'):
+                ev = await put(out_a, garbage)
+                assert ev.message.acked, garbage
+        assert sum("ignoring an unreadable record" in m for m in caplog.messages) == 5
+        assert core.pending(p) == 0 and producer.log == []
+
+        ev = await put(out_a, orjson.dumps({"watermark": 7, "instance": "zz", "partition": p}))
+        assert ev.message.acked and core.partitions[p].watermarks == {"a": 7}
+
+        held = await put(out_a, copy_value("a", 0, p, ikey="order-1"))
+        assert not held.message.acked and producer.log == []
+        deciding = await put(out_b, copy_value("b", 0, p, ikey="order-1"))
+        assert deciding.message.acked and held.message.acked
+        (_, result), = producer.sent(settings.results_topic)
+        assert result[4] == p and result[2] == b"order-1"
+        assert orjson.loads(result[3])["input"] == {"partition": p, "offset": 0}
+        (_, entity), = producer.sent(settings.entities_topic)
+        assert entity[4] == p and entity[2] == b"stock:w1:s1"
+        assert orjson.loads(entity[3]) == {"key": "stock:w1:s1", "state": {"quantity": 5}, "version": 1,
+                                           "input": {"partition": p, "offset": 0}}
+        assert producer.log.index(("send", *result[1:])) < producer.log.index(("send", *entity[1:]))
+
+        await put(out_a, copy_value("a", 1, p))
+        tampered = copy_value("b", 1, p).replace(b'"quantity":5', b'"quantity":4')  # after sealing
+        ev = await put(out_b, tampered)
+        assert ev.message.acked
+        (index, report), = producer.sent(settings.divergences_topic)
+        assert report[4] == p and orjson.loads(report[3])["input"] == {"partition": p, "offset": 1}
+        assert producer.log[index - 1] == ("flush",)
+        assert len(producer.sent(settings.results_topic)) == 1  # the position is never published
+        assert metrics.corrupt.labels("b")._value.get() == 1
+
+
+async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp_path) -> None:
+    """ClerkForgetsRevokedPartition: on revocation the partition's state goes, held
+    copies included (they stay unacknowledged, so the next owner reads them again);
+    other partitions are kept. The partition is seeded again if it comes back."""
+    from faust.types import TP
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    capp.producer = RecordingProducer()
+    core = capp.docket["core"]
+    core.seed(1, [])
+    core.seed(2, [])
+    async with capp.agents["clerk"].test_context() as ctx:
+        ctx._get_strtopic = lambda channel: settings.output_topic("a")  # records arrive on output.a
+        held = await ctx.put(copy_value("a", 0, 2), partition=2)
+        assert not held.message.acked and core.pending(2) == 1
+        await capp.on_partitions_revoked.send(revoked={TP(settings.output_topic("a"), 2),
+                                                       TP(settings.output_topic("b"), 2)})
+    assert not core.known(2) and core.known(1)
+    assert not held.message.acked
+
+
+def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
+    """ClerkAssignedCoPartitioned, OneClerkWorkerPerPartition: with three Clerk workers
+    in the group, Faust's assignor gives partition p of every output topic to one
+    worker, so all copies of (p, o) meet in one process."""
+    monkeypatch.setenv("DOCKET_INSTANCES", "a,b,c")
+    s = load()
+
+    class Cluster:
+        def __init__(self, topics, n):
+            self.partitions = {t: set(range(n)) for t in topics}
+
+        def partitions_for_topic(self, topic):
+            return self.partitions.get(topic)
+
+    async def assign():
+        capp = clerk_mod.build(s, tmp_path / "clerk", None)
+        topics = set(capp.agents["clerk"].get_topic_names())
+        assert topics == {s.output_topic(i) for i in s.instances}
+        members = {f"clerk-{i}": capp.assignor.metadata(topics) for i in range(3)}
+        return capp.assignor.assign(Cluster(topics, s.partitions), members)
+
+    assignment = asyncio.run(assign())
+    owner: dict[int, str] = {}
+    for member, a in assignment.items():
+        by_topic = dict(a.assignment)
+        assert set(by_topic) == {s.output_topic(i) for i in s.instances}
+        partitions = {frozenset(ps) for ps in by_topic.values()}
+        assert len(partitions) == 1, (member, by_topic)  # the same partitions of every output topic
+        for p in next(iter(partitions)):
+            assert p not in owner, f"partition {p} on {owner.get(p)} and {member}"
+            owner[p] = member
+    assert sorted(owner) == list(range(s.partitions))
+    assert len(set(owner.values())) == 3
+
+
+# --------------------------------------------------------------------------- topics and start-up
+
+
+def test_topic_definitions(settings) -> None:
+    """TopicsCreatedExplicitly, PerEventTopicsHavePPartitions, TopicNamesUnique,
+    StreamTimeTopicsKeepCreateTime, EntitiesTopicIsCompacted: `docket topics create`
+    defines input, output.<id> per configured instance, results, divergences and
+    entities, each with DOCKET_PARTITIONS partitions and a distinct name; input and
+    outputs keep the producer's CreateTime; entities is compacted."""
+    specs = {t.name: t for t in topic_specs(settings)}
+    assert list(specs) == settings.all_topics()
+    assert len(specs) == len(topic_specs(settings)) == 1 + len(settings.instances) + 3
+    assert {t.partitions for t in specs.values()} == {PARTITIONS}
+    for name in [settings.input_topic, *(settings.output_topic(i) for i in settings.instances)]:
+        assert specs[name].configs["message.timestamp.type"] == "CreateTime"
+    assert specs[settings.entities_topic].configs["cleanup.policy"] == "compact"
+    for name in (settings.results_topic, settings.divergences_topic):
+        assert "cleanup.policy" not in specs[name].configs
+
+
+class FakeAdmin:
+    topics: ClassVar[set[str]] = set()
+    fail: ClassVar[bool] = False
+
+    def __init__(self, **kwargs) -> None:
+        pass
+
+    async def start(self) -> None:
+        if FakeAdmin.fail:
+            raise ConnectionError("no broker")
+
+    async def list_topics(self):
+        return sorted(FakeAdmin.topics)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_workers_start_only_when_their_topics_exist(settings, monkeypatch) -> None:
+    """WorkerStartsWhenTopicsExist, WorkerRefusesToStartWithoutTopics: the start-up check
+    passes when the broker answers and every needed topic exists; otherwise the worker
+    stops with a message naming the missing topics and `docket topics create`, or the
+    unreachable broker and `docket broker start`."""
+    import aiokafka.admin
+
+    monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", FakeAdmin)
+    needed = [settings.input_topic, settings.output_topic("a")]
+    FakeAdmin.topics, FakeAdmin.fail = set(needed) | {"other"}, False
+    asyncio.run(instance_mod.check_topics(settings, needed))
+    FakeAdmin.topics = {settings.input_topic}
+    with pytest.raises(click.ClickException, match=r"topic\(s\) spec.output.a do not exist; run `docket topics create`"):
+        asyncio.run(instance_mod.check_topics(settings, needed))
+    FakeAdmin.fail = True
+    with pytest.raises(click.ClickException, match="cannot reach Kafka at 127.0.0.1:1 .*`docket broker start`"):
+        asyncio.run(instance_mod.check_topics(settings, needed))
+
+
+def test_unconfigured_instance_is_warned_and_unreachable_kafka_stops_it() -> None:
+    """UnconfiguredInstanceWarned, WorkerRefusesToStartWithoutTopics: `docket instance
+    --id x` with x outside DOCKET_INSTANCES warns that the Clerk will not read it and
+    goes on to its start-up checks, which stop it when Kafka does not answer (exit 1,
+    no traceback)."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")},
+           "DOCKET_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    proc = subprocess.run([str(docket), "instance", "--id", "zz"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "warning: instance 'zz' is not in DOCKET_INSTANCES (a,b); the Clerk will not read its outputs" in proc.stderr
+    assert "cannot reach Kafka at 127.0.0.1:1" in proc.stderr and "Traceback" not in proc.stderr
+    configured = subprocess.run([str(docket), "instance", "--id", "a"], env=env, capture_output=True, text=True,
+                                timeout=60, check=False)
+    assert configured.returncode == 1 and "warning" not in configured.stderr
