@@ -65,6 +65,21 @@ $(HOME)/.cargo/bin/allium:
 	@command -v cargo >/dev/null || { echo "make: the spec check needs Rust's cargo (https://rustup.rs) to install allium-cli" >&2; exit 2; }
 	cargo install --locked --quiet allium-cli --version $(ALLIUM_VERSION)
 
+# The full resilience run (docket chaos, app/chaos.py): every scenario with 100,000 events
+# on its own broker; the JSON report and a Markdown table go to bench/results/. Tens of
+# minutes on 2 cores. Extra options: RESILIENCE_ARGS="--seed 7".
+RESILIENCE_EVENTS ?= 100000
+RESILIENCE_ARGS ?=
+.PHONY: resilience
+resilience: $(STAMP) broker-fetch
+	@mkdir -p bench/results; day=$$(date +%F); began=$$(date +%s); rc=0; \
+	$(BIN)/docket chaos --scenario all --events $(RESILIENCE_EVENTS) --rate 400 --kills 4 \
+	  --report bench/results/resilience-$$day.json --markdown bench/results/resilience-$$day.md \
+	  $(RESILIENCE_ARGS) || rc=$$?; \
+	wall=$$(( $$(date +%s) - began )); \
+	echo "make resilience: wall time $$(( wall / 60 )) min $$(( wall % 60 )) s; report bench/results/resilience-$$day.json (.md)"; \
+	exit $$rc
+
 # Stops the brokers first, so removing var/ never leaves one running without its files.
 clean:
 	@if [ -x $(BIN)/docket ]; then $(BIN)/docket broker stop || true; \

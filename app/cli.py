@@ -19,6 +19,7 @@ _COMMANDS = {
     "api": "app.api:api",
     "demo": "app.demo:demo",
     "stack": "app.stack:stack",
+    "chaos": "app.chaos:chaos",
 }
 
 
