@@ -22,6 +22,7 @@ two last records, so a decision made before a crash is never published twice.
 
 from __future__ import annotations
 
+import bisect
 import collections
 from dataclasses import dataclass, field
 
@@ -64,7 +65,8 @@ class PartitionState:
     decided_below: int = 0  # every position below is final (or was never copied)
     order: collections.deque = field(default_factory=collections.deque)  # offsets, creation order
     positions: dict[int, Position] = field(default_factory=dict)
-    # finished positions restored from a record, above decided_below: offset -> digest|None
+    # finished positions restored from a record, above decided_below: offset -> None
+    # (records carry their offsets only; see _clerk_state)
     restored: dict[int, str | None] = field(default_factory=dict)
     watermarks: dict[str, int] = field(default_factory=dict)  # instance -> next offset
     dropped_below: int = 0  # positions below are forgotten: copies for them are late
@@ -72,6 +74,9 @@ class PartitionState:
     # digest|None. Kept apart so the state embedded in each record costs the few
     # finished-ahead positions, not a scan of every position held.
     finished: dict[int, str | None] = field(default_factory=dict)
+    # the same offsets (finished and restored, above decided_below) as sorted
+    # [start, end) ranges, kept up to date so a record's state costs O(ranges)
+    ranges: list[list[int]] = field(default_factory=list)
 
 
 class ClerkCore:
@@ -101,7 +106,8 @@ class ClerkCore:
             st.seq = best["seq"]
             st.decided_below = best["decided_below"]
             st.dropped_below = best["decided_below"]
-            st.restored = {o: d for o, d in best["finished_above"]}
+            st.ranges = [[a, b] for a, b in best["finished_ranges"] if b > st.decided_below]
+            st.restored = {o: None for start, end in st.ranges for o in range(start, end)}
         self.partitions[partition] = st
 
     def known(self, partition: int) -> bool:
@@ -160,12 +166,14 @@ class ClerkCore:
         if len(agreeing) >= self.required:
             pos.decided = digest
             st.finished[offset] = digest
+            _add_to_ranges(st.ranges, offset)
             actions.append(self._publish(st, partition, pos, key, agreeing))
             if len(agreeing) < len(pos.copies):
                 actions.append(self._report(st, partition, pos, "mismatch"))
         elif not self._can_still_decide(pos):
             pos.diverged = True
             st.finished[offset] = None
+            _add_to_ranges(st.ranges, offset)
             actions.append(self._report(st, partition, pos, "mismatch"))
         self._advance(st)
         return actions
@@ -227,6 +235,11 @@ class ClerkCore:
             st.restored.pop(x, None)
             st.finished.pop(x, None)
             st.decided_below = x + 1
+            if st.ranges and st.ranges[0][0] <= x:
+                if st.ranges[0][1] <= x + 1:
+                    st.ranges.pop(0)
+                else:
+                    st.ranges[0][0] = x + 1
         self._collect(st)
 
     def _collect(self, st: PartitionState) -> None:
@@ -243,9 +256,14 @@ class ClerkCore:
             st.dropped_below = limit
 
     def _clerk_state(self, st: PartitionState, partition: int) -> dict:
-        above = [[o, d] for o, d in st.finished.items() if o >= st.decided_below]
-        above += [[o, d] for o, d in st.restored.items() if o >= st.decided_below]
-        return {"seq": st.seq, "decided_below": st.decided_below, "finished_above": sorted(above)}
+        # Finished positions above the decided watermark, as [start, end) ranges and
+        # without their digests: while one position stays undecided (three instances,
+        # two disagreeing, the third down) every later decision lands here, and a
+        # list of digests would outgrow Kafka's record size within ~14,000 decisions.
+        # The price: after a restart, a late copy of such a position is counted, not
+        # compared.
+        return {"seq": st.seq, "decided_below": st.decided_below,
+                "finished_ranges": [list(r) for r in st.ranges]}
 
     def _publish(self, st, partition, pos: Position, key, agreeing) -> Publish:
         body = orjson.loads(pos.bodies[pos.decided])
@@ -288,3 +306,26 @@ class ClerkCore:
             "clerk": self._clerk_state(st, partition),
         })
         return Report(partition, value)
+
+
+def _add_to_ranges(ranges: list[list[int]], offset: int) -> None:
+    """Insert ``offset`` into sorted, disjoint [start, end) ranges, merging neighbours.
+    Decisions come in offset order, so this is almost always the O(1) append."""
+    if not ranges or offset > ranges[-1][1]:
+        ranges.append([offset, offset + 1])
+        return
+    if offset == ranges[-1][1]:
+        ranges[-1][1] += 1
+        return
+    i = bisect.bisect_right(ranges, [offset, float("inf")]) - 1
+    if i >= 0 and ranges[i][0] <= offset < ranges[i][1]:
+        return  # already there
+    if i >= 0 and ranges[i][1] == offset:
+        ranges[i][1] += 1
+    else:
+        i += 1
+        ranges.insert(i, [offset, offset + 1])
+    if i + 1 < len(ranges) and ranges[i][1] == ranges[i + 1][0]:
+        ranges[i][1] = ranges.pop(i + 1)[1]
+    if i > 0 and ranges[i - 1][1] == ranges[i][0]:
+        ranges[i - 1][1] = ranges.pop(i)[1]

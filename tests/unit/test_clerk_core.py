@@ -307,3 +307,40 @@ def test_copies_and_watermarks_of_unconfigured_instances_are_refused():
     core.on_watermark(0, "a", 3)
     core.on_watermark(0, "b", 3)
     assert core.pending(0) == 0
+
+
+def test_state_embedded_in_records_stays_small_while_a_position_is_stuck():
+    """FinishedAboveTheDecidedWatermark, ClerkSeedsFromLastRecords (RESOLVED: Ranges, not
+    digests): with a and b disagreeing at offset 0 and c absent, 0 stays undecided
+    while 20,000 later positions are decided; each record stays small, and a Clerk
+    restarted from the last one publishes none of them again."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0, variant=1)
+    copy(core, "b", 0, variant=2)
+    last = None
+    for o in range(1, 20_001):
+        copy(core, "a", o)
+        last = copy(core, "b", o)[0].value
+    assert core.decided_below(0) == 0
+    assert len(last) < 2_000
+    restarted = ClerkCore(("a", "b", "c"), 2)
+    restarted.seed(0, [last])
+    assert all(copy(restarted, "c", o) == [] for o in range(1, 20_001))
+    # 0 was never final, so its copies were never acknowledged and are read again
+    assert copy(restarted, "a", 0, variant=1) == []
+    assert reports(copy(restarted, "b", 0, variant=2)) == []  # c may still agree with either
+    assert published(copy(restarted, "c", 0, variant=1))  # a and c agree on 0 at last
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=80))
+def test_finished_ranges_cover_exactly_the_finished_offsets(offsets):
+    """FinishedAboveTheDecidedWatermark: the ranges are sorted, disjoint, merged, and
+    cover exactly the offsets added, whatever their order."""
+    from agents.clerk_core import _add_to_ranges
+    ranges: list[list[int]] = []
+    for o in offsets:
+        _add_to_ranges(ranges, o)
+    covered = [o for a, b in ranges for o in range(a, b)]
+    assert covered == sorted(set(offsets))
+    assert all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))
