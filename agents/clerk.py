@@ -169,6 +169,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
         # forget it, so it is seeded from the results topic again.
         for tp in revoked:
             core.partitions.pop(tp.partition, None)
+            core.lagging = {(p, inst) for p, inst in core.lagging if p != tp.partition}
             for key in [k for k in held if k[0] == tp.partition]:
                 del held[key]
 

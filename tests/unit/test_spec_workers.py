@@ -318,6 +318,7 @@ async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp
     core = capp.docket["core"]
     core.seed(1, [])
     core.seed(2, [])
+    core.lagging = {(1, "b"), (2, "b")}
     async with capp.agents["clerk"].test_context() as ctx:
         ctx._get_strtopic = lambda channel: settings.output_topic("a")  # records arrive on output.a
         held = await ctx.put(copy_value("a", 0, 2), partition=2)
@@ -326,6 +327,7 @@ async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp
                                                        TP(settings.output_topic("b"), 2)})
     assert not core.known(2) and core.known(1)
     assert not held.message.acked
+    assert core.lagging == {(1, "b")}  # a partition owned elsewhere is not ours to report
 
 
 def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
