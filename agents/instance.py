@@ -91,9 +91,35 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             warden.forget(p)
         rebuilt.clear()
 
+    confirmed: dict[int, int] = {}  # partition -> committed offset as Kafka reports it
+
     def committed(partition: int) -> int:
-        offset = app.consumer._committed_offset.get(TP(settings.input_topic, partition))
-        return 0 if offset is None else offset
+        # Where a replay after a crash would start: the lower of what Faust believes
+        # it committed and what Kafka confirms. Faust advances its own figure even
+        # when a commit fails (during a rebalance), and the Warden must never collect
+        # a version that a replay will still look for.
+        believed = app.consumer._committed_offset.get(TP(settings.input_topic, partition))
+        return min(believed or 0, confirmed.get(partition, 0))
+
+    offsets_reader: list = []
+
+    @app.timer(settings.commit_check_interval_ms / 1000)
+    async def confirm_committed() -> None:
+        if not processed:
+            return
+        if not offsets_reader:
+            from aiokafka import AIOKafkaConsumer
+
+            # a group member in name only: it never joins, it only fetches offsets
+            reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                      group_id=settings.app_id(instance_id), enable_auto_commit=False)
+            await reader.start()
+            offsets_reader.append(reader)
+        from aiokafka import TopicPartition
+
+        for partition in sorted(processed):
+            offset = await offsets_reader[0].committed(TopicPartition(settings.input_topic, partition))
+            confirmed[partition] = offset or 0
 
     @app.agent(input_topic, concurrency=1, name="usher")
     async def usher_agent(stream):

@@ -37,6 +37,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_WATERMARK_INTERVAL_MS", "200", "how often an instance advertises its per-partition watermarks"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
+    Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them)"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
     Setting("DOCKET_BATCH_SIZE", "256", "most events the Usher hands to the Arbiter at once"),
     Setting("DOCKET_BATCH_WINDOW_MS", "5", "longest the Usher waits to fill a batch"),
@@ -111,6 +112,7 @@ class Settings:
     watermark_interval_ms: int
     fetch_max_wait_ms: int
     session_timeout_ms: int
+    commit_check_interval_ms: int
     idempotency_ttl_ms: int
     batch_size: int
     batch_window_ms: int
@@ -185,6 +187,7 @@ def load() -> Settings:
         watermark_interval_ms=_int("DOCKET_WATERMARK_INTERVAL_MS", 10),
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
         session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
+        commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
         batch_window_ms=_int("DOCKET_BATCH_WINDOW_MS", 0),

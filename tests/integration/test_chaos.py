@@ -12,7 +12,8 @@ app/chaos_verify.py, after the scenario has drained):
   SIGKILL at random points of the stream), BothInstancesKilled (kill-both),
   InstanceKilledDuringRecovery (kill-during-recovery: killed while restoring a deleted
   RocksDB from the changelog, and during start-up), ClerkKilled (kill-clerk),
-  BrokerRestarted (broker-restart): in every scenario exactly one result per input
+  BrokerRestarted (broker-restart), CommitFailedDuringRebalance (a regression: kill-a
+  once found an adjustment applied twice): in every scenario exactly one result per input
   event (read_committed), none lost, none duplicated (clerk/ClerkPublishesOnce); no
   divergence; every result equal to the pure replay's, outcome and digest
   (recovery/ReemittedOutputsAreIdentical); no negative stock published and per-sku
