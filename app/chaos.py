@@ -192,7 +192,8 @@ def markdown(report: dict) -> str:
                    "max Clerk lag: most input events without a result yet, sampled every second."), ""]
     for e in report["scenarios"]:
         lines.append(f"- **{e['name']}** ({e['wall_s']:.0f} s): " + "; ".join(
-            f"{k['kind']} {'+'.join(k['victims'])} at event {k['at_event']:,}" for k in e["kills"]))
+            f"{k['kind']}{' (' + ', '.join(k['phase'].values()) + ')' if k['kind'] == 'before ready' else ''} "
+            f"{'+'.join(k['victims'])} at event {k['at_event']:,}" for k in e["kills"]))
         if e.get("error"):
             lines.append(f"  - error: {e['error'].splitlines()[0]}")
         for x in e["unexpected_exits"]:

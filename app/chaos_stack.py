@@ -256,6 +256,7 @@ class Watch:
         self.duplicates: list[Position] = []
         self.divergences = 0
         self.errors = 0
+        self.unreadable = 0
         self.last_result_at: float | None = None
         self._low: dict[int, int] = {}  # partition -> every offset below has a result
         self._above: dict[int, set[int]] = {}
@@ -318,8 +319,13 @@ class Watch:
                     self.divergences += len(msgs)
                     continue
                 for m in msgs:
-                    inp = orjson.loads(m.value)["input"]
-                    self._record((inp["partition"], inp["offset"]))
+                    try:
+                        inp = orjson.loads(m.value)["input"]
+                        pos = (inp["partition"], inp["offset"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        self.unreadable += 1  # the verification reads the topic again and says what
+                        continue
+                    self._record(pos)
 
     def _record(self, pos: Position) -> None:
         n = self.counts.get(pos, 0) + 1
