@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from agents.clerk_core import ClerkCore, Publish
-from agents.instance import check_topics, faust_settings
+from agents.instance import STAGE_BUCKETS, check_topics, faust_settings
 from app.canonical import canonical_trusted, digest
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
@@ -90,6 +90,12 @@ class ClerkMetrics:
         self.latency = Histogram("docket_clerk_decision_latency_seconds",
                                  "input record timestamp -> result published", registry=r,
                                  buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30))
+        self.transit = Histogram("docket_clerk_copy_transit_seconds",
+                                 "copy record timestamp (the instance produced it) -> the Clerk reads it",
+                                 registry=r, buckets=STAGE_BUCKETS)
+        self.agreement = Histogram("docket_clerk_agreement_wait_seconds",
+                                   "first copy of a position read -> its result published", registry=r,
+                                   buckets=STAGE_BUCKETS)
 
 
 def build(settings: Settings, data_dir: Path, web_port: int | None):
@@ -101,6 +107,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     metrics = ClerkMetrics()
     tail = TailReader(settings)
     held: dict[tuple[int, int], list] = defaultdict(list)
+    # metrics only: (partition, offset) -> when its first copy was read, until it is final
+    first_read: dict[tuple[int, int], float] = {}
     instance_of = {settings.output_topic(i): i for i in settings.instances}
 
     @app.agent(sources, concurrency=1, name="clerk")
@@ -126,6 +134,9 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, msg.offset)
                 event.ack()
                 continue
+            now = time.time()  # metrics only
+            metrics.transit.observe(max(0.0, now - msg.timestamp))
+            first = first_read.setdefault((p, offset), now)
             body = canonical_trusted(data)
             actual = digest(body)
             if actual != claimed:
@@ -137,7 +148,9 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     for key, value in action.entities:
                         await producer.send(settings.entities_topic, key, value, p, None, None)
                     metrics.decisions.inc()
-                    metrics.latency.observe(max(0.0, time.time() - action.stream_time / 1000))
+                    published = time.time()
+                    metrics.latency.observe(max(0.0, published - action.stream_time / 1000))
+                    metrics.agreement.observe(max(0.0, published - first))
                 else:
                     # The restart seed takes the newer of the last result and the last
                     # divergence: a divergence must not land before a result queued
@@ -147,6 +160,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     metrics.divergences.inc()
                     log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
             if core.is_final(p, offset):
+                first_read.pop((p, offset), None)
                 event.ack()
                 for waiting in held.pop((p, offset), ()):
                     waiting.ack()
@@ -172,12 +186,14 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             core.lagging = {(p, inst) for p, inst in core.lagging if p != tp.partition}
             for key in [k for k in held if k[0] == tp.partition]:
                 del held[key]
+            for key in [k for k in first_read if k[0] == tp.partition]:
+                del first_read[key]
 
     @app.page("/metrics")
     async def metrics_page(web, request):
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
-    app.docket = {"core": core, "metrics": metrics}
+    app.docket = {"core": core, "metrics": metrics, "first_read": first_read}
     return app
 
 

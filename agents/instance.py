@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import click
 import faust
 import orjson
 from faust.types import TP
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec
@@ -32,6 +34,49 @@ from tables.registrar import Registrar
 from tables.warden import Warden
 
 log = logging.getLogger("docket.instance")
+
+STAGE_BUCKETS = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30)
+
+
+class InstanceMetrics:
+    """Server-side stage timings of one instance worker, served at ``/metrics`` on its
+    web port. Observability only: wall-clock readings here never reach an output."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.events = Counter("docket_instance_events", "input events processed", registry=r)
+        self.batch = Histogram("docket_instance_batch_events", "events per batch the Usher takes", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+        self.intake = Histogram("docket_instance_intake_seconds",
+                                "input record timestamp -> the Usher takes the batch it is in", registry=r,
+                                buckets=STAGE_BUCKETS)
+        self.evaluation = Histogram("docket_instance_evaluation_seconds",
+                                    "the Usher's processing of the batch an event is in", registry=r,
+                                    buckets=STAGE_BUCKETS)
+        self.produce = Histogram("docket_instance_produce_seconds",
+                                 "state flush + handing the batch's outputs to the producer", registry=r,
+                                 buckets=STAGE_BUCKETS)
+        self.ack = Histogram("docket_instance_output_ack_seconds",
+                             "the batch's outputs handed to the producer -> Kafka acknowledged the last of them",
+                             registry=r, buckets=STAGE_BUCKETS)
+
+
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``n`` observations of one value (every event of a batch waits as long as its
+    batch), in O(1) when prometheus_client's internals are as expected."""
+    if n <= 0:
+        return
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum  # noqa: SLF001
+    except AttributeError:
+        for _ in range(n):
+            histogram.observe(value)
+        return
+    total.inc(value * n)
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(n)
+            break
 
 
 def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
@@ -74,6 +119,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     registrar = Registrar(Ledger(store), settings.cache_capacity)
     warden = Warden(store, settings.idempotency_ttl_ms)
     usher = Usher(instance_id, domain, registrar, warden, settings.partitions)
+    metrics = InstanceMetrics()
     if faults is not None:
         usher.faults = FaultInjector(faults, instance_id)
     rebuilt: set[int] = set()
@@ -125,20 +171,33 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     async def usher_agent(stream):
         window = settings.batch_window_ms / 1000
         producer = app.producer
+        intake = metrics.intake
         async for events in stream.take_events(settings.batch_size, window):
+            taken = time.time()  # metrics only
             batch = []
             for ev in events:
                 msg = ev.message
                 if msg.partition not in rebuilt:
                     warden.rebuild(msg.partition)
                     rebuilt.add(msg.partition)
+                intake.observe(max(0.0, taken - msg.timestamp))
                 batch.append(InputRecord(msg.partition, msg.offset, round(msg.timestamp * 1000),
                                          msg.key, msg.value))
+            began = time.perf_counter()
             outputs = usher.process(batch, committed)
+            evaluated = time.perf_counter()
             await store.flush()
+            sent = []
             for out in outputs:
-                await producer.send(output_name, out.key, out.value, out.partition, None, None)
+                sent.append(await producer.send(output_name, out.key, out.value, out.partition, None, None))
+            handed = time.perf_counter()
             processed.update(_next_offsets(batch))
+            n = len(batch)
+            metrics.events.inc(n)
+            metrics.batch.observe(n)
+            observe_many(metrics.evaluation, evaluated - began, n)
+            observe_many(metrics.produce, handed - evaluated, n)
+            _time_acks(metrics.ack, sent, handed, n)
 
     @app.timer(settings.watermark_interval_ms / 1000)
     async def advertise_watermarks() -> None:
@@ -158,8 +217,29 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                     partition, None, None)
                 advertised[partition] = next_offset
 
-    app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden}
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+
+    app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden, "metrics": metrics}
     return app
+
+
+def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> None:
+    """Observe, ``n`` times, ``handed`` -> the last of ``futures`` done (one clock
+    reading per batch; nothing waits on it)."""
+    futures = [f for f in futures if hasattr(f, "add_done_callback")]
+    if not futures:
+        return
+    left = [len(futures)]
+
+    def done(_future) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            observe_many(histogram, max(0.0, time.perf_counter() - handed), n)
+
+    for f in futures:
+        f.add_done_callback(done)
 
 
 def _next_offsets(batch: list[InputRecord]) -> dict[int, int]:
