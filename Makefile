@@ -22,7 +22,7 @@ ALLIUM := $(or $(shell command -v allium 2>/dev/null),$(HOME)/.cargo/bin/allium)
 # `make demo` passes these to `docket demo`, e.g. DEMO_ARGS="--events 10000 --concurrency 64".
 DEMO_ARGS ?=
 
-.PHONY: test install run demo broker-fetch broker-start broker-stop spec-check clean
+.PHONY: test install run demo bench bench-smoke broker-fetch broker-start broker-stop spec-check clean
 
 test: $(STAMP) spec-check broker-fetch
 	@rc=0; DOCKET_TEST_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -41,12 +41,23 @@ run: $(STAMP) broker-fetch
 demo: $(STAMP)
 	@$(BIN)/docket demo $(DEMO_ARGS)
 
+# The five benchmarks of bench/run.py on a broker of their own (about 20 minutes on 2
+# cores); the report (JSON, Markdown, PNG plots, py-spy stacks) goes to bench/results/
+# and its summary into the README. Options: BENCH_ARGS="--only kafka_native --native-rates 100 200".
+BENCH_ARGS ?=
+bench: $(STAMP) broker-fetch
+	@$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Seconds per measurement, report in var/bench-smoke/: does the harness work?
+bench-smoke: $(STAMP) broker-fetch
+	@$(BIN)/python -m bench.run --smoke --out var/bench-smoke $(BENCH_ARGS)
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
 broker-fetch: $(STAMP)

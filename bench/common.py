@@ -1,0 +1,84 @@
+"""What every benchmark of ``make bench`` shares: progress lines, percentiles (from
+samples and from Prometheus histograms), the size of a docket event, and a broker of
+the benchmark's own on a free port of 127.0.0.1.
+
+Benchmarks print figures; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from app import broker as launcher
+from app.settings import Settings, load
+from app.workload import inventory
+
+_BEGAN = time.monotonic()
+
+
+def say(message: str) -> None:
+    """One progress line on stderr, stamped with seconds since the bench began."""
+    print(f"[bench {time.monotonic() - _BEGAN:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def event_size(sample: int = 5000) -> tuple[int, int]:
+    """(key bytes, value bytes) of a typical docket input event: the mean over the
+    inventory workload the Kafka-native benchmark sends."""
+    records = [r for r in inventory(seed=1, events=sample) if r.key is not None and r.value is not None]
+    return (round(sum(len(r.key) for r in records) / len(records)),
+            round(sum(len(r.value) for r in records) / len(records)))
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """count, p50, p99, p99.9 and max of latency samples (ms), nearest rank."""
+    values = sorted(samples_ms)
+    n = len(values)
+
+    def rank(q: float) -> float | None:
+        if not n:
+            return None
+        return round(values[min(n - 1, max(0, math.ceil(q * n) - 1))], 3)
+
+    return {"count": n, "p50": rank(0.50), "p99": rank(0.99), "p999": rank(0.999),
+            "max": round(values[-1], 3) if n else None}
+
+
+def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """Quantile ``q`` of a Prometheus histogram, given its cumulative buckets as
+    (upper bound, count) sorted by bound (the last bound is +Inf), interpolating
+    linearly inside a bucket as Prometheus' histogram_quantile does. None if empty.
+    A quantile that falls in the +Inf bucket is reported as the highest finite bound
+    (a lower bound of the truth)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    target = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= target:
+            if math.isinf(bound):
+                return prev_bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (target - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+@contextlib.contextmanager
+def own_broker(work: Path) -> Iterator[Settings]:
+    """A Kafka broker of the benchmark's own (data in ``work/broker``, a free port on
+    127.0.0.1), stopped on exit. Yields the settings with its bootstrap."""
+    settings = dataclasses.replace(load(), broker_dir=work / "broker", broker_port=launcher.free_port())
+    say(f"starting a broker on 127.0.0.1:{settings.broker_port} ...")
+    handle = launcher.start_broker(settings, timeout=120, die_with_parent=True)
+    try:
+        yield dataclasses.replace(settings, kafka_bootstrap=handle.bootstrap)
+    finally:
+        launcher.stop_broker(settings.broker_dir)

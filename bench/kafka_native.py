@@ -1,0 +1,184 @@
+"""docket end to end over Kafka, open model: input records are sent on a fixed arrival
+schedule and every latency is measured from the record's *intended* send time to the
+moment the Clerk published its result, so a stall of the generator or of the pipeline
+is never hidden (no coordinated omission).
+
+Each input record carries its intended send time as its Kafka timestamp; the Clerk
+copies the input timestamp into the result (``stream_time``) and its producer stamps the
+result record when it publishes it. latency = result record timestamp - stream_time,
+both wall-clock milliseconds of this machine.
+
+The sweep runs rates in increasing order, each for ``duration_s``, then waits for the
+pipeline to answer every record of that rate. A rate whose records are not all answered
+within the drain deadline is past saturation; the sweep stops there (a higher rate
+would only queue more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from app.settings import Settings
+from app.workload import inventory
+from bench.common import percentiles, say
+
+TARGET_P99_MS = 100.0
+TICK_S = 0.002  # the generator wakes this often and sends every record that is due
+
+
+@dataclass
+class ResultWatch:
+    """Reads the results topic from the beginning; one latency sample per result."""
+
+    settings: Settings
+    latencies: list[float] = field(default_factory=list)
+    published_ms: list[int] = field(default_factory=list)
+    _task: asyncio.Task | None = None
+    _consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> ResultWatch:
+        self._consumer = AIOKafkaConsumer(
+            self.settings.results_topic, bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 2**20)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
+            for records in batch.values():
+                for r in records:
+                    stream_time = orjson.loads(r.value)["stream_time"]
+                    self.latencies.append(r.timestamp - stream_time)
+                    self.published_ms.append(r.timestamp)
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    async def wait_for(self, want: int, deadline_s: float) -> bool:
+        deadline = time.monotonic() + deadline_s
+        while self.count < want:
+            if self._task.done():
+                self._task.result()  # re-raise what stopped the reader
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)  # poll interval of the count condition
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, duration_s: float,
+                       seed: int) -> dict:
+    """Send ``rate * duration_s`` inventory events on a fixed schedule; each record's
+    timestamp is its intended send time. Returns what the generator itself managed."""
+    total = max(1, round(rate * duration_s))
+    records = list(inventory(seed=seed, events=total))
+    t0_ms = time.time() * 1000 + 50  # a moment to get going
+    interval_ms = 1000 / rate
+    futures = []
+    worst_lag_ms = 0.0
+    i = 0
+    while i < total:
+        now_ms = time.time() * 1000
+        while i < total and t0_ms + i * interval_ms <= now_ms:
+            rec = records[i]
+            intended = t0_ms + i * interval_ms
+            worst_lag_ms = max(worst_lag_ms, now_ms - intended)
+            futures.append(await producer.send(topic, rec.value, rec.key, None, round(intended)))
+            i += 1
+        await asyncio.sleep(TICK_S)
+    await asyncio.gather(*futures)
+    return {"sent": total, "generator_worst_lag_ms": round(worst_lag_ms, 1),
+            "send_seconds": round(time.time() - t0_ms / 1000, 2)}
+
+
+def timeline(published_ms: list[int], latencies: list[float], origin_ms: float) -> list[dict]:
+    """Per second of publication: results published and their p99 latency."""
+    buckets: dict[int, list[float]] = defaultdict(list)
+    for t, lat in zip(published_ms, latencies, strict=True):
+        buckets[int((t - origin_ms) // 1000)].append(lat)
+    return [{"t": s, "results_per_s": len(v), "p99_ms": percentiles(v)["p99"]} for s, v in sorted(buckets.items())]
+
+
+async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed: int = 11,
+                drain_s: float | None = None, warmup_s: float = 0.0) -> dict:
+    """The open-model sweep against a running stack of ``settings``' prefix. With
+    ``warmup_s``, the lowest rate runs that long first and its figures are reported
+    apart (``warmup``): a freshly started worker's first seconds (connections, caches,
+    Faust's first fetches) are not the steady state the rates are about."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    watch = await ResultWatch(settings).start()
+    steps: list[dict] = []
+    origin_ms = time.time() * 1000
+    warmup = None
+    try:
+        if warmup_s:
+            say(f"kafka-native: warming up at {rates[0]:,} events/s for {warmup_s:.0f} s ...")
+            sent = await send_at_rate(producer, settings.input_topic, rates[0], warmup_s, seed - 1)
+            drained = await watch.wait_for(sent["sent"], max(15.0, warmup_s))
+            warmup = {"rate": rates[0], **sent, "drained": drained, "latency_ms": percentiles(watch.latencies)}
+            if not drained:
+                raise RuntimeError(f"the warm-up at {rates[0]}/s was not answered within {max(15.0, warmup_s):.0f} s")
+        for n, rate in enumerate(rates):
+            before = watch.count
+            say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
+            sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n)
+            began = time.monotonic()
+            deadline = drain_s if drain_s is not None else max(15.0, duration_s)
+            drained = await watch.wait_for(before + sent["sent"], deadline)
+            got = watch.latencies[before:]
+            published = watch.published_ms[before:]
+            span_s = (max(published) - min(published)) / 1000 if len(published) > 1 else 0.0
+            step = {
+                "rate": rate, "duration_s": duration_s, **sent, "results": len(got),
+                "missing": sent["sent"] - len(got), "drained": drained,
+                "drain_s": round(time.monotonic() - began, 2),
+                "throughput_per_s": round(len(got) / span_s, 1) if span_s else None,
+                "latency_ms": percentiles(got) if drained else {**percentiles(got), "p99": None, "p999": None},
+            }
+            steps.append(step)
+            lat = step["latency_ms"]
+            say(f"kafka-native: {rate:,}/s -> {len(got):,}/{sent['sent']:,} results, "
+                f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, p99.9 {lat['p999']} ms"
+                + ("" if drained else f" (not all answered within {deadline:.0f} s: saturated)"))
+            if not drained:
+                break
+    finally:
+        await watch.stop()
+        await producer.stop()
+    ok = [s for s in steps if s["drained"] and s["latency_ms"]["p99"] is not None]
+    under = [s["rate"] for s in ok if s["latency_ms"]["p99"] < TARGET_P99_MS]
+    sustained = [s["rate"] for s in ok if s["throughput_per_s"] and s["throughput_per_s"] >= 0.9 * s["rate"]]
+    return {
+        "max_rate_p99_under_100ms": max(under, default=None),
+        "max_sustained_rate": max(sustained, default=None),
+        "warmup": warmup,
+        "rates": steps,
+        "not_run": [r for r in rates if r not in {s["rate"] for s in steps}],
+        "timeline": timeline(watch.published_ms, watch.latencies, origin_ms),
+    }
+
+
+async def hold_rate(settings: Settings, rate: int, duration_s: float, *, seed: int = 99) -> dict:
+    """Send at ``rate`` for ``duration_s`` (for a profile taken meanwhile); no sweep."""
+    result = await sweep(settings, [rate], duration_s, seed=seed)
+    return result["rates"][0]

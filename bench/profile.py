@@ -1,0 +1,97 @@
+"""Where an instance and the Clerk spend their CPU at a given rate: py-spy samples the
+running processes (non-blocking, so the profile does not slow them) and writes
+collapsed stacks; :func:`top` turns them into the costliest functions, in microseconds
+of CPU per event.
+
+Collapsed stacks are one line per distinct stack, ``frame;frame;...;frame count``,
+outermost first, each frame ``function (file:line)``: the input of flamegraph.pl and
+speedscope, kept next to the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench.common import say
+
+SAMPLE_RATE = 100  # samples per second per process
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def py_spy() -> str:
+    exe = Path(sys.executable).with_name("py-spy")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("py-spy is not installed; `make bench` installs it (pip install py-spy)")
+    return found
+
+
+async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[str, Path]:
+    """Sample every process of ``pids`` for ``seconds`` at once; role -> collapsed file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {role: out_dir / f"profile-{role}.collapsed.txt" for role in pids}
+    procs = {}
+    for role, pid in pids.items():
+        procs[role] = await asyncio.create_subprocess_exec(
+            py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(SAMPLE_RATE),
+            "--nonblocking", "--format", "raw", "--output", str(outputs[role]),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    say(f"profiling {', '.join(f'{r} (pid {p})' for r, p in pids.items())} for {seconds:.0f} s ...")
+    for role, proc in procs.items():
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=seconds + 60)
+        except TimeoutError:
+            proc.kill()
+            raise RuntimeError(f"py-spy on {role} did not finish") from None
+        if proc.returncode != 0 or not outputs[role].exists():
+            raise RuntimeError(f"py-spy on {role} failed: {out.decode(errors='replace')[-500:]}")
+    return outputs
+
+
+def parse_frame(frame: str) -> str:
+    """``func (path/to/module.py:12)`` -> ``func (module.py)``: a function, wherever in it."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    return f"{m['func']} ({Path(m['file']).name})"
+
+
+def read_collapsed(text: str) -> list[tuple[list[str], int]]:
+    stacks = []
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        stacks.append(([parse_frame(f) for f in stack.split(";")], int(count)))
+    return stacks
+
+
+def top(text: str, events: int, n: int = 15) -> dict:
+    """The ``n`` costliest functions by own time (self) and by time including callees
+    (total), as a share of the samples and as CPU microseconds per event, given the
+    number of events the process handled while sampled."""
+    stacks = read_collapsed(text)
+    total = sum(c for _, c in stacks)
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks:
+        own[frames[-1]] += count
+        for f in set(frames):
+            inclusive[f] += count
+
+    def rows(counter: Counter[str]) -> list[dict]:
+        return [{"function": f, "share": round(c / total, 4),
+                 "us_per_event": round(c / SAMPLE_RATE / events * 1e6, 1) if events else None}
+                for f, c in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+    return {"samples": total, "cpu_seconds": round(total / SAMPLE_RATE, 2), "events": events,
+            "cpu_us_per_event": round(total / SAMPLE_RATE / events * 1e6, 1) if events else None,
+            "self": rows(own), "total": rows(inclusive)}

@@ -1,0 +1,330 @@
+"""The report of a `make bench` run: ``bench-<date>.json`` (everything measured),
+``bench-<date>.md`` (the tables), ``bench-<date>-latency.png`` (latency percentiles and
+throughput against the offered rate), ``bench-<date>-timeline.png`` (throughput and p99
+over time), the py-spy collapsed stacks, and the README's benchmark section (the text
+between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from app.broker import kafka_version
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _get(d: dict | None, *path, default=None):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def _n(x, unit: str = "", digits: int = 0) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, (int, float)):
+        return f"{x:,.{digits}f}{unit}"
+    return str(x)
+
+
+def docket_throughput(results: dict) -> float | None:
+    """docket's capacity over Kafka: the most results per second any sweep step
+    delivered (a saturated step's results/s is the pipeline's ceiling)."""
+    rates = _get(results, "kafka_native", "rates", default=[]) or []
+    seen = [s["throughput_per_s"] for s in rates if s.get("throughput_per_s")]
+    return max(seen, default=None)
+
+
+def ratios(results: dict) -> dict:
+    docket = docket_throughput(results)
+    floor = _get(results, "faust_floor", "events_per_s")
+    ceiling = _get(results, "kafka_ceiling", "producer", "records_per_s")
+    return {"docket_per_s": docket,
+            "docket_over_faust_floor": round(docket / floor, 3) if docket and floor else None,
+            "docket_over_kafka_ceiling": round(docket / ceiling, 5) if docket and ceiling else None}
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({model or platform.machine()}), Python {platform.python_version()}, "
+            f"Kafka {kafka_version()}, one broker; every process on 127.0.0.1")
+
+
+# --------------------------------------------------------------------------- tables
+
+def summary_rows(results: dict) -> list[tuple[str, str]]:
+    kc, ak, ff, kn = (results.get(k) or {} for k in ("kafka_ceiling", "aiokafka", "faust_floor", "kafka_native"))
+    r = ratios(results)
+    rows = []
+    if "error" in kc:
+        rows.append(("Kafka ceiling", f"failed: {kc['error']}"))
+    elif kc:
+        p = kc.get("producer", {})
+        rows.append((f"Kafka ceiling: ProducerPerformance, {_n(p.get('record_bytes'))}-byte records, acks=all",
+                     f"{_n(p.get('records_per_s'))} records/s (p99 {_n(p.get('p99_ms'))} ms)"))
+        rows.append(("Kafka ceiling: ConsumerPerformance", f"{_n(_get(kc, 'consumer', 'records_per_s'))} records/s"))
+    if "error" in ak:
+        rows.append(("aiokafka", f"failed: {ak['error']}"))
+    elif ak:
+        produce = f"{_n(_get(ak, 'produce', 'records_per_s'))} records/s"
+        if "produce_batch" in ak:
+            produce += f" (send_batch: {_n(_get(ak, 'produce_batch', 'records_per_s'))})"
+        rows.append(("aiokafka produce loop", produce))
+        rows.append(("aiokafka consume loop", f"{_n(_get(ak, 'consume', 'records_per_s'))} records/s"))
+    if "error" in ff:
+        rows.append(("Faust floor", f"failed: {ff['error']}"))
+    elif ff:
+        rows.append(("Faust floor: one agent, a RocksDB table update per event", f"{_n(ff.get('events_per_s'))} events/s"))
+    if "error" in kn:
+        rows.append(("docket over Kafka", f"failed: {kn['error']}"))
+    elif kn:
+        rows.append(("**docket over Kafka: highest rate with p99 < 100 ms** (open model, intended send -> result published)",
+                     f"**{_n(kn.get('max_rate_p99_under_100ms'), ' events/s') if kn.get('max_rate_p99_under_100ms') else 'none of the rates tried'}**"))
+        rows.append(("docket over Kafka: highest rate sustained (all answered, >= 90% delivered)",
+                     _n(kn.get("max_sustained_rate"), " events/s")))
+        rows.append(("docket over Kafka: most results/s delivered at any rate", _n(r["docket_per_s"], " results/s")))
+    h = results.get("http") or {}
+    if "error" in h:
+        rows.append(("docket over HTTP", f"failed: {h['error']}"))
+    for step in h.get("rates", []):
+        lat = step.get("latency_ms", {})
+        rows.append((f"docket over HTTP (vegeta, {_n(step.get('rate'))} requests/s offered)",
+                     f"{_n(step.get('decided_per_s'))} decided/s, p50 {_n(lat.get('p50'))} ms, "
+                     f"p99 {_n(lat.get('p99'))} ms, success {_n(100 * (step.get('success_ratio') or 0), '%', 1)}"))
+    rows.append(("docket / Faust floor", _n(r["docket_over_faust_floor"], "", 3)))
+    rows.append(("docket / Kafka ceiling", _n(r["docket_over_kafka_ceiling"], "", 5)))
+    return rows
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def native_table(results: dict) -> str:
+    rows = []
+    for s in _get(results, "kafka_native", "rates", default=[]) or []:
+        lat = s["latency_ms"]
+        rows.append([_n(s["rate"]), _n(s.get("throughput_per_s")), f"{s['results']:,}/{s['sent']:,}",
+                     _n(lat.get("p50")), _n(lat.get("p99")), _n(lat.get("p999")), _n(lat.get("max")),
+                     _n(s.get("generator_worst_lag_ms")), "yes" if s["drained"] else "**no: saturated**"])
+    not_run = _get(results, "kafka_native", "not_run", default=[]) or []
+    text = table(["offered /s", "results /s", "answered", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+                  "generator lag ms", "all answered"], rows)
+    if not_run:
+        text += f"\n\nNot run (a lower rate was already past saturation): {', '.join(map(str, not_run))} events/s."
+    return text
+
+
+STAGES = ["usher_intake", "evaluation", "output_produce", "output_ack", "clerk_copy_transit",
+          "clerk_agreement_wait", "clerk_decision", "api_result_wait", "api_request"]
+
+
+def http_tables(results: dict) -> str:
+    steps = _get(results, "http", "rates", default=[]) or []
+    rows, stage_rows = [], []
+    for s in steps:
+        lat = s.get("latency_ms", {})
+        codes = ", ".join(f"{k}: {v:,}" for k, v in sorted((s.get("status_codes") or {}).items()))
+        rows.append([_n(s.get("rate")), _n(s.get("requests")), _n(s.get("decided_per_s")),
+                     _n(s.get("throughput_per_s")), _n(100 * (s.get("success_ratio") or 0), "%", 1),
+                     _n(lat.get("p50")), _n(lat.get("p99")), _n(lat.get("p999")), codes or "n/a"])
+        server = s.get("server_ms") or {}
+        for stage in STAGES:
+            if stage in server:
+                st = server[stage]
+                stage_rows.append([_n(s.get("rate")), stage, _n(st.get("count")), _n(st.get("p50"), "", 1),
+                                   _n(st.get("p99"), "", 1), _n(st.get("p999"), "", 1)])
+    if not rows:
+        return "Not measured."
+    return (table(["offered /s", "requests", "decided /s", "2xx /s", "success", "p50 ms", "p99 ms", "p99.9 ms",
+                   "status codes"], rows)
+            + "\n\nServer-side stages during the same runs (Prometheus histograms, delta over the run; "
+              "bucket-interpolated):\n\n"
+            + table(["offered /s", "stage", "observations", "p50 ms", "p99 ms", "p99.9 ms"], stage_rows))
+
+
+def profile_tables(results: dict) -> str:
+    prof = _get(results, "kafka_native", "profile")
+    if not prof:
+        return "Not taken."
+    parts = [f"py-spy at {prof['rate']:,} events/s for {prof['seconds']:.0f} s, 100 samples/s, non-blocking "
+             f"(collapsed stacks: {', '.join(f'`{v}`' for v in prof.get('files', {}).values())})."]
+    for role in ("instance", "clerk"):
+        p = prof.get(role)
+        if not p:
+            continue
+        parts.append(f"\n**{role}**: {p['cpu_seconds']} CPU s sampled, {_n(p['cpu_us_per_event'])} µs of "
+                     f"Python per event. Costliest functions by own time:\n")
+        parts.append(table(["function", "share", "µs/event"],
+                           [[f"`{r['function']}`", f"{100 * r['share']:.1f}%", _n(r["us_per_event"], "", 1)]
+                            for r in p["self"][:12]]))
+    return "\n".join(parts)
+
+
+def markdown(results: dict, day: str, images: list[str]) -> str:
+    head = f"# docket benchmarks, {day}{' (smoke)' if results.get('smoke') else ''}\n\n"
+    head += (f"`make bench` on {machine()}. Wall time {_n((results.get('wall_s') or 0) / 60, ' min', 1)}. "
+             f"Target: 10,000 events/s with p99 < 100 ms.\n\n")
+    body = [summary_block(results, images),
+            "## docket over Kafka (open-model sweep)\n\n" + native_table(results),
+            "## docket over HTTP (vegeta)\n\n" + http_tables(results),
+            "## Profile\n\n" + profile_tables(results)]
+    return head + "\n\n".join(body) + "\n"
+
+
+def summary_block(results: dict, images: list[str], prefix: str = "") -> str:
+    text = table(["measurement", "figure"], [list(r) for r in summary_rows(results)])
+    pics = "\n\n".join(f"![{Path(i).stem}]({prefix}{i})" for i in images)
+    return text + ("\n\n" + pics if pics else "")
+
+
+def summary(results: dict) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in summary_rows(results))
+
+
+# --------------------------------------------------------------------------- plots
+
+def plots(results: dict, out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+
+    def readable(ax) -> None:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(FuncFormatter(lambda _v, _pos: ""))
+
+    made = []
+    native = _get(results, "kafka_native", "rates", default=[]) or []
+    http = _get(results, "http", "rates", default=[]) or []
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, steps, title in ((axes[0], native, "docket over Kafka"), (axes[1], http, "docket over HTTP")):
+        for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^-")):
+            pts = [(s["rate"], s["latency_ms"].get(key)) for s in steps if s.get("latency_ms", {}).get(key)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=key.replace("p999", "p99.9"))
+        ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="100 ms")
+        ax.set(xscale="log", yscale="log", xlabel="offered rate (/s)", ylabel="latency (ms)", title=title)
+        readable(ax)
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    ax = axes[2]
+    for steps, key, label in ((native, "throughput_per_s", "Kafka: results/s"),
+                              (http, "decided_per_s", "HTTP: decided/s")):
+        pts = [(s["rate"], s.get(key)) for s in steps if s.get(key)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", label=label)
+    every = [s["rate"] for s in native + http]
+    if every:
+        ax.plot([min(every), max(every)], [min(every), max(every)], ":", color="grey", label="offered")
+    for key, label in (("faust_floor", "Faust floor"),):
+        floor = _get(results, key, "events_per_s")
+        if floor:
+            ax.axhline(floor, color="tab:red", linestyle="--", linewidth=1, label=f"{label} {floor:,.0f}/s")
+    ax.set(xscale="log", yscale="log", xlabel="offered rate (/s)", ylabel="delivered (/s)",
+           title="throughput vs offered rate")
+    readable(ax)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{stem}-latency.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    made.append(path)
+
+    timeline = _get(results, "kafka_native", "timeline", default=[]) or []
+    fig, axes = plt.subplots(1 + len(http), 1, figsize=(12, 3.2 * (1 + len(http))), squeeze=False)
+    panels = [(axes[0][0], timeline, "results_per_s", "docket over Kafka: the whole sweep")]
+    panels += [(axes[i + 1][0], s.get("timeline") or [], "ok_per_s", f"docket over HTTP at {s['rate']:,}/s offered")
+               for i, s in enumerate(http)]
+    for ax, points, key, title in panels:
+        if points:
+            ts = [p["t"] for p in points]
+            ax.plot(ts, [p.get(key) or 0 for p in points], color="tab:blue", label="per second")
+            ax2 = ax.twinx()
+            ax2.plot(ts, [p.get("p99_ms") or float("nan") for p in points], color="tab:orange", label="p99 ms")
+            ax2.set_yscale("log")
+            ax2.set_ylabel("p99 (ms)", color="tab:orange")
+        ax.set(xlabel="seconds", ylabel="delivered /s", title=title)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{stem}-timeline.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    made.append(path)
+    return made
+
+
+# --------------------------------------------------------------------------- writing
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def replace_readme_section(block: str, readme: Path = README) -> bool:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    before, rest = text.split(BEGIN, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(f"{before}{BEGIN}\n{block}\n{END}{after}")
+    return True
+
+
+def write(results: dict, out: Path, work: Path, *, update_readme: bool = True) -> list[Path]:
+    """Write the report into ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    day = datetime.date.today().isoformat()
+    stem = f"bench-{day}{'-smoke' if results.get('smoke') else ''}"
+    results = dict(results)
+    results["ratios"] = ratios(results)
+    written = []
+    prof = _get(results, "kafka_native", "profile")
+    if prof:
+        for role, src in list(prof.get("files", {}).items()):
+            dst = out / f"{stem}-profile-{role}.collapsed.txt"
+            shutil.copyfile(src, dst)
+            prof["files"][role] = dst.name
+            written.append(dst)
+    images = plots(results, out, stem)
+    written += images
+    names = [p.name for p in images]
+    (out / f"{stem}.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(results, day, names))
+    written += [out / f"{stem}.json", out / f"{stem}.md"]
+    if update_readme:
+        rel = os.path.relpath(out, README.parent)
+        block = (f"Latest run: [{stem}.md]({rel}/{stem}.md) ({machine()}).\n\n"
+                 + summary_block(results, names, prefix=f"{rel}/"))
+        if replace_readme_section(block):
+            written.append(README)
+    return written

@@ -1,0 +1,162 @@
+"""`make bench`: the five measurements, one after the other on one broker of their own,
+then the report (bench/report.py): JSON, a Markdown table and PNG plots in
+bench/results/, and the README's benchmark section.
+
+    python -m bench.run                 # the full run (about 20 minutes on 2 cores)
+    python -m bench.run --smoke         # seconds per measurement: does the harness work?
+
+1. kafka_ceiling  Kafka's own ProducerPerformance / ConsumerPerformance
+2. aiokafka       the Python client's produce and consume loops
+3. faust_floor    a plain one-agent Faust app updating a RocksDB table per event
+4. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
+5. http           docket over its REST API with vegeta, fixed rates, server-side stages
+
+Every figure is printed as it is measured. A measurement that fails is recorded with
+its error, the others still run, and the exit status is 1. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.settings import Settings, load
+from bench import kafka_native, profile
+from bench.common import say
+from bench.stack import BenchStack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FULL = {"native_rates": [50, 100, 200, 400, 800, 1600, 3200, 6400, 10000], "native_duration_s": 30.0, "warmup_s": 10.0,
+        "http_rates": [1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
+SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0,
+         "http_rates": [50], "http_duration_s": 3.0, "profile_s": 0.0}
+
+
+async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> dict:
+    module = __import__(f"bench.{name}", fromlist=["measure"])
+    say(f"{name} ...")
+    return await module.measure(settings, work / name, smoke=smoke)
+
+
+async def native(settings: Settings, work: Path, plan: dict) -> dict:
+    async with BenchStack(settings, work, name="native", api=False) as stack:
+        result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
+                                          warmup_s=plan["warmup_s"])
+    rate = result["max_sustained_rate"]
+    if plan["profile_s"] and rate:
+        result["profile"] = await profile_at(settings, work, rate, plan["profile_s"])
+    return result
+
+
+async def profile_at(settings: Settings, work: Path, rate: int, seconds: float) -> dict:
+    """py-spy on instance a and the Clerk of a fresh stack held at ``rate``."""
+    async with BenchStack(settings, work, name="profile", api=False) as stack:
+        pids = {"instance": stack.pids["a"], "clerk": stack.pids["clerk"]}
+        load = asyncio.create_task(kafka_native.hold_rate(stack.settings, rate, seconds + 10))
+        await asyncio.sleep(5)  # the rate has settled before sampling starts
+        files = await profile.record(pids, seconds, work / "profile")
+        step = await load
+    events = round(rate * seconds)
+    out = {"rate": rate, "seconds": seconds, "under_profile": step, "files": {}}
+    for role, path in files.items():
+        out[role] = profile.top(path.read_text(), events)
+        out["files"][role] = path
+    return out
+
+
+async def http(settings: Settings, work: Path, plan: dict) -> dict:
+    from bench import http_load
+
+    http_load.ensure_vegeta()
+    steps = []
+    for n, rate in enumerate(plan["http_rates"]):
+        # A fresh stack per rate: a rate past saturation leaves a backlog that would
+        # otherwise be charged to the next one.
+        async with BenchStack(settings, work, name=f"http{rate}") as stack:
+            say(f"http: {rate:,} requests/s for {plan['http_duration_s']:.0f} s ...")
+            step = await http_load.measure(stack.api_url, stack.token, stack.metrics_urls, work / f"http{rate}",
+                                           rate=rate, duration_s=plan["http_duration_s"], seed=100 + n)
+        steps.append(step)
+    return {"rates": steps}
+
+
+@contextlib.contextmanager
+def existing_broker(bootstrap: str) -> Iterator[Settings]:
+    yield dataclasses.replace(load(), kafka_bootstrap=bootstrap)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.common import own_broker
+
+    plan = dict(SMOKE if args.smoke else FULL)
+    for key in ("native_rates", "http_rates"):
+        if getattr(args, key):
+            plan[key] = getattr(args, key)
+    for key in ("native_duration_s", "http_duration_s", "profile_s"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    only = args.only or ["kafka_ceiling", "aiokafka", "faust_floor", "kafka_native", "http"]
+    work = Path(tempfile.mkdtemp(prefix="docket-bench-"))
+    began = time.time()
+    results: dict = {"smoke": args.smoke, "plan": plan,
+                     "began": datetime.datetime.fromtimestamp(began, datetime.UTC).isoformat(timespec="seconds")}
+    failed = []
+    try:
+        with (existing_broker(args.bootstrap) if args.bootstrap else own_broker(work)) as settings:
+            steps = {
+                "kafka_ceiling": lambda: baseline("kafka_ceiling", settings, work, args.smoke),
+                "aiokafka": lambda: baseline("aiokafka_ceiling", settings, work, args.smoke),
+                "faust_floor": lambda: baseline("faust_floor", settings, work, args.smoke),
+                "kafka_native": lambda: native(settings, work, plan),
+                "http": lambda: http(settings, work, plan),
+            }
+            for name in only:
+                try:
+                    results[name] = await steps[name]()
+                except Exception as exc:  # noqa: BLE001  recorded, reported, and the run fails at the end
+                    traceback.print_exc()
+                    say(f"{name} FAILED: {exc}")
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    failed.append(name)
+        results["wall_s"] = round(time.time() - began)
+        paths = report.write(results, Path(args.out), work, update_readme=not (args.smoke or args.no_readme))
+        say(f"report: {', '.join(str(p) for p in paths)}")
+        print(report.summary(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        say(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per measurement")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="report directory [bench/results]")
+    ap.add_argument("--only", nargs="+", choices=["kafka_ceiling", "aiokafka", "faust_floor", "kafka_native", "http"])
+    ap.add_argument("--native-rates", type=int, nargs="+", help=f"[{FULL['native_rates']}]")
+    ap.add_argument("--native-duration-s", type=float, help=f"seconds per rate [{FULL['native_duration_s']}]")
+    ap.add_argument("--http-rates", type=int, nargs="+", help=f"[{FULL['http_rates']}]")
+    ap.add_argument("--http-duration-s", type=float, help=f"seconds per rate [{FULL['http_duration_s']}]")
+    ap.add_argument("--profile-s", type=float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")
+    ap.add_argument("--bootstrap", help="use this running broker instead of starting one (the test suite's)")
+    ap.add_argument("--no-readme", action="store_true", help="do not update the README's benchmark section")
+    return asyncio.run(run(ap.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

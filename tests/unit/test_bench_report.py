@@ -1,0 +1,138 @@
+"""The pure parts of `make bench`: percentiles, histogram quantiles, the open-model
+timeline, py-spy stack summaries, and the report's ratios, tables and README section."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import profile, report
+from bench.common import histogram_quantile, percentiles
+from bench.kafka_native import timeline
+
+
+def test_percentiles_use_nearest_rank() -> None:
+    samples = list(range(1, 1001))  # 1..1000 ms
+    got = percentiles(samples)
+    assert got == {"count": 1000, "p50": 500, "p99": 990, "p999": 999, "max": 1000}
+
+
+def test_percentiles_of_nothing_are_none() -> None:
+    assert percentiles([]) == {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
+    buckets = [(0.01, 0), (0.02, 50), (0.05, 100), (math.inf, 100)]
+    assert histogram_quantile(buckets, 0.5) == pytest.approx(0.02)
+    assert histogram_quantile(buckets, 0.75) == pytest.approx(0.035)
+    assert histogram_quantile(buckets, 0.25) == pytest.approx(0.015)
+
+
+def test_histogram_quantile_in_the_overflow_bucket_is_the_last_finite_bound() -> None:
+    buckets = [(0.1, 10), (1.0, 50), (math.inf, 100)]
+    assert histogram_quantile(buckets, 0.99) == 1.0
+
+
+def test_histogram_quantile_of_an_empty_histogram_is_none() -> None:
+    assert histogram_quantile([(0.1, 0), (math.inf, 0)], 0.5) is None
+
+
+def test_timeline_groups_results_by_second_of_publication() -> None:
+    origin = 10_000.0
+    published = [10_100, 10_900, 11_000, 12_500]
+    latencies = [5.0, 7.0, 100.0, 3.0]
+    assert timeline(published, latencies, origin) == [
+        {"t": 0, "results_per_s": 2, "p99_ms": 7.0},
+        {"t": 1, "results_per_s": 1, "p99_ms": 100.0},
+        {"t": 2, "results_per_s": 1, "p99_ms": 3.0},
+    ]
+
+
+COLLAPSED = """\
+_run (asyncio/events.py:80);process (agents/usher.py:40);evaluate (app/domains/inventory.py:90) 30
+_run (asyncio/events.py:80);process (agents/usher.py:40);dumps (app/canonical.py:20) 10
+_run (asyncio/events.py:80);send (aiokafka/producer/producer.py:400) 60
+not a stack line
+"""
+
+
+def test_profile_top_counts_own_and_inclusive_time_per_event() -> None:
+    got = profile.top(COLLAPSED, events=1000)
+    assert got["samples"] == 100
+    assert got["cpu_seconds"] == 1.0
+    assert got["cpu_us_per_event"] == 1000.0  # 1 CPU second over 1,000 events
+    assert got["self"][0] == {"function": "send (producer.py)", "share": 0.6, "us_per_event": 600.0}
+    inclusive = {r["function"]: r["share"] for r in got["total"]}
+    assert inclusive["_run (events.py)"] == 1.0
+    assert inclusive["process (usher.py)"] == 0.4
+
+
+def test_profile_frame_names_keep_function_and_file() -> None:
+    assert profile.parse_frame("evaluate (/x/app/domains/inventory.py:90)") == "evaluate (inventory.py)"
+    assert profile.parse_frame("<module> (<stdin>:7)") == "<module> (<stdin>)"
+
+
+RESULTS = {
+    "kafka_ceiling": {"producer": {"records_per_s": 400_000.0, "record_bytes": 147, "p99_ms": 12},
+                      "consumer": {"records_per_s": 900_000.0}},
+    "aiokafka": {"produce": {"records_per_s": 50_000.0}, "consume": {"records_per_s": 80_000.0}},
+    "faust_floor": {"events_per_s": 4_000.0},
+    "kafka_native": {
+        "max_rate_p99_under_100ms": 100, "max_sustained_rate": 200, "not_run": [800],
+        "rates": [
+            {"rate": 100, "throughput_per_s": 100.0, "results": 3000, "sent": 3000, "drained": True,
+             "generator_worst_lag_ms": 3.0, "latency_ms": {"p50": 20, "p99": 80, "p999": 95, "max": 99}},
+            {"rate": 400, "throughput_per_s": 320.0, "results": 9000, "sent": 12000, "drained": False,
+             "generator_worst_lag_ms": 3.0, "latency_ms": {"p50": 900, "p99": None, "p999": None, "max": 5000}},
+        ],
+        "timeline": [{"t": 0, "results_per_s": 100, "p99_ms": 80}],
+    },
+    "http": {"rates": [{"rate": 1000, "requests": 60_000, "decided_per_s": 150.0, "throughput_per_s": 400.0,
+                        "success_ratio": 0.25, "status_codes": {"200": 9000, "202": 51000},
+                        "latency_ms": {"p50": 5000, "p99": 5100, "p999": 5200},
+                        "server_ms": {"api_result_wait": {"count": 60000, "p50": 4000, "p99": 5000, "p999": 5000}},
+                        "timeline": [{"t": 0, "ok_per_s": 150, "p99_ms": 5100}]}]},
+}
+
+
+def test_ratios_compare_the_best_delivered_rate_with_floor_and_ceiling() -> None:
+    r = report.ratios(RESULTS)
+    assert r["docket_per_s"] == 320.0  # the saturated step delivered the most
+    assert r["docket_over_faust_floor"] == 0.08
+    assert r["docket_over_kafka_ceiling"] == 0.0008
+
+
+def test_markdown_has_the_summary_sweep_http_and_stage_tables() -> None:
+    text = report.markdown(RESULTS, "2026-11-22", ["x-latency.png"])
+    assert "| measurement | figure |" in text
+    assert "**100 events/s**" in text  # the headline
+    assert "**no: saturated**" in text
+    assert "Not run (a lower rate was already past saturation): 800 events/s." in text
+    assert "| 1,000 | api_result_wait | 60,000 |" in text
+    assert "![x-latency](x-latency.png)" in text
+
+
+def test_a_failed_measurement_is_reported_as_failed() -> None:
+    rows = dict(report.summary_rows({"faust_floor": {"error": "TimeoutError: no"}}))
+    assert rows["Faust floor"] == "failed: TimeoutError: no"
+
+
+def test_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.BEGIN}\nold table\n{report.END}\nafter\n")
+    assert report.replace_readme_section("new table", readme)
+    assert readme.read_text() == f"# x\n\nbefore\n{report.BEGIN}\nnew table\n{report.END}\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not report.replace_readme_section("new table", plain)
+    assert plain.read_text() == "no markers\n"
+
+
+def test_report_writes_json_markdown_and_two_pngs(tmp_path: Path) -> None:
+    written = report.write({**RESULTS, "smoke": True}, tmp_path, tmp_path, update_readme=False)
+    names = sorted(p.name for p in written)
+    assert [n.split("-smoke")[1] for n in names] == ["-latency.png", "-timeline.png", ".json", ".md"]
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
