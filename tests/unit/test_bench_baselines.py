@@ -1,0 +1,125 @@
+"""The baselines' pure parts: reading the Kafka perf tools' output, naming topics,
+the workload sample. No broker; no speed is asserted.
+
+The fixtures are the tools' real output (Kafka 4.1.2 on this project's broker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.aiokafka_ceiling import figures, sample_records
+from bench.faust_floor_app import changelog_topic
+from bench.kafka_ceiling import BenchError, parse_consumer_output, parse_producer_output, topic_name
+
+# ProducerPerformance, 2,000,000 records of 147 B: one progress line (no percentiles),
+# then the summary.
+PRODUCER_OUT = """\
+1278621 records sent, 255468.7 records/sec (35.81 MB/sec), 326.5 ms avg latency, 961.0 ms max latency.
+2000000 records sent, 315258.5 records/sec (44.20 MB/sec), 346.65 ms avg latency, 961.00 ms max latency, \
+408 ms 50th, 762 ms 95th, 874 ms 99th, 913 ms 99.9th.
+"""
+
+# ProducerPerformance against an address where no broker answers: exit code 0, all failed.
+PRODUCER_FAILED_OUT = """\
+org.apache.kafka.common.errors.TimeoutException: Topic t1 not present in metadata after 2000 ms.
+org.apache.kafka.common.errors.TimeoutException: Topic t1 not present in metadata after 2000 ms.
+0 records sent, 0.0 records/sec (0.00 MB/sec), NaN ms avg latency, 0.00 ms max latency, \
+0 ms 50th, 0 ms 95th, 0 ms 99th, 0 ms 99.9th.
+"""
+
+CONSUMER_OUT = """\
+start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, \
+fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+2026-11-22 02:54:55:344, 2026-11-22 02:54:57:159, 322.4373, 177.6514, 2300000, 1267217.6309, 378, 1437, \
+224.3822, 1600556.7154
+"""
+
+# ConsumerPerformance on an empty topic, --messages 1000 --timeout 2000: it gives up,
+# warns between the header and the values, and still exits 0.
+CONSUMER_GAVE_UP_OUT = """\
+start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, \
+fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+WARNING: Exiting before consuming the expected number of messages: timeout (2000 ms) exceeded. \
+You can use the --timeout option to increase the timeout.
+2026-11-22 02:56:21:518, 2026-11-22 02:56:23:596, 0.0000, 0.0000, 0, 0.0000, 536, 1542, 0.0000, 0.0000
+"""
+
+
+def test_producer_summary_is_the_line_with_percentiles():
+    figures_ = parse_producer_output(PRODUCER_OUT)
+    assert figures_ == {
+        "records": 2_000_000, "records_per_s": 315258.5, "mb_per_s": 44.2,
+        "avg_latency_ms": 346.65, "max_latency_ms": 961.0,
+        "p50_ms": 408, "p95_ms": 762, "p99_ms": 874, "p999_ms": 913,
+    }
+
+
+def test_producer_progress_lines_alone_are_no_summary():
+    progress_only = PRODUCER_OUT.splitlines()[0] + "\n"
+    with pytest.raises(BenchError, match="no summary line"):
+        parse_producer_output(progress_only)
+
+
+def test_failed_producer_run_parses_with_zero_records():
+    # the caller compares records with what it asked for; the parser must not choke on NaN
+    assert parse_producer_output(PRODUCER_FAILED_OUT)["records"] == 0
+
+
+def test_producer_error_shows_the_output():
+    with pytest.raises(BenchError, match="Exception in thread main"):
+        parse_producer_output("Exception in thread main java.lang.NoClassDefFoundError\n")
+
+
+def test_consumer_summary():
+    figures_ = parse_consumer_output(CONSUMER_OUT)
+    assert figures_ == {
+        "mb": 322.4373, "mb_per_s": 177.6514, "records": 2_300_000, "records_per_s": 1267217.6309,
+        "rebalance_ms": 378, "fetch_ms": 1437, "fetch_mb_per_s": 224.3822,
+        "fetch_records_per_s": 1600556.7154, "seconds": 1.815,
+    }
+    assert isinstance(figures_["records"], int)
+
+
+def test_consumer_values_after_a_warning_line():
+    figures_ = parse_consumer_output(CONSUMER_GAVE_UP_OUT)
+    assert figures_["records"] == 0
+    assert figures_["rebalance_ms"] == 536
+    assert figures_["seconds"] == 2.078
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "Exception in thread \"main\" joptsimple.OptionException\n",
+    CONSUMER_OUT.splitlines()[0] + "\n",  # header without values
+    CONSUMER_OUT.replace(", 1600556.7154", ""),  # a column short
+    CONSUMER_OUT.replace("2300000", "many"),
+])
+def test_consumer_output_without_a_readable_summary(text):
+    with pytest.raises(BenchError):
+        parse_consumer_output(text)
+
+
+def test_topic_names_carry_the_kind_and_differ_over_time(monkeypatch):
+    import bench.kafka_ceiling as kc
+
+    clock = iter([1000.0, 1000.001])
+    monkeypatch.setattr(kc.time, "time", lambda: next(clock))
+    first, second = topic_name("kc"), topic_name("kc")
+    assert first == "bench-kc-1000000"
+    assert second != first
+
+
+def test_sample_records_cycles_keyed_inventory_events():
+    records = sample_records(25, sample=10)
+    assert len(records) == 25
+    assert all(isinstance(k, bytes) and k and isinstance(v, bytes) and v for k, v in records)
+    assert records[10:20] == records[:10]
+
+
+def test_figures_rate():
+    assert figures(1000, 0.5) == {"records": 1000, "records_per_s": 2000.0, "seconds": 0.5}
+    assert figures(1000, 0.0)["records_per_s"] is None
+
+
+def test_changelog_topic_is_fausts_name():
+    assert changelog_topic("bench-ff-1-app") == "bench-ff-1-app-counts-changelog"
