@@ -89,7 +89,7 @@ class ClerkMetrics:
         self.pending = Gauge("docket_clerk_pending_positions", "positions held in memory", registry=r)
         self.latency = Histogram("docket_clerk_decision_latency_seconds",
                                  "input record timestamp -> result published", registry=r,
-                                 buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30))
+                                 buckets=STAGE_BUCKETS)
         self.transit = Histogram("docket_clerk_copy_transit_seconds",
                                  "copy record timestamp (the instance produced it) -> the Clerk reads it",
                                  registry=r, buckets=STAGE_BUCKETS)

@@ -46,6 +46,10 @@ _ENTITY_TYPE = re.compile(openapi.ENTITY_TYPE_PATTERN)
 _ENTITY_ID = re.compile(openapi.ENTITY_ID_PATTERN)
 _KEY_RULE = f"1-{openapi.MAX_IDEMPOTENCY_KEY} characters of A-Z a-z 0-9 . _ ~ : @ + = -"
 _REQUEST_FIELDS = ("event_name", "payload")
+# Seconds; the instances' and the Clerk's stage histograms use the same bounds
+# (agents/instance.py STAGE_BUCKETS), so the stages of one event line up.
+LATENCY_BUCKETS = (.0005, .001, .0015, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .15, .2, .3,
+                   .5, .75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60)
 
 CLIENT = web.AppKey("client", DocketClient)
 METRICS = web.AppKey("metrics", object)
@@ -344,10 +348,10 @@ class ApiMetrics:
         self.requests = Counter("docket_api_requests", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=r)
         self.latency = Histogram("docket_api_request_duration_seconds", "HTTP request latency", ["route"],
-                                 registry=r, buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
+                                 registry=r, buckets=LATENCY_BUCKETS)
         self.wait = Histogram("docket_api_result_wait_seconds",
                               "Kafka acknowledged the event -> agreed result read (or gave up)", registry=r,
-                              buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30))
+                              buckets=LATENCY_BUCKETS)
         self.submissions = Counter("docket_api_submissions", "submissions by what came of them", ["result"],
                                    registry=r)
         self.in_flight = Gauge("docket_api_waiting_submissions", "submissions waiting for a result", registry=r)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import instance as instance_mod
 from agents import clerk as clerk_mod
+from agents import instance as instance_mod
 from app.records import partition_for
 from tests.unit.test_spec_workers import (  # noqa: F401  settings is a fixture
     PARTITIONS,
@@ -25,6 +25,12 @@ def samples(registry: CollectorRegistry) -> dict[str, float]:
     text = generate_latest(registry).decode()
     return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
             if not s.labels or set(s.labels) == {"instance"}}
+
+
+def test_instance_clerk_and_api_histograms_share_their_bounds() -> None:
+    from app.api import LATENCY_BUCKETS
+
+    assert instance_mod.STAGE_BUCKETS == LATENCY_BUCKETS
 
 
 def test_observe_many_equals_repeated_observe() -> None:
