@@ -11,6 +11,7 @@ speedscope, kept next to the report.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import sys
@@ -34,9 +35,20 @@ def py_spy() -> str:
     return found
 
 
-async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[str, Path]:
-    """Sample every process of ``pids`` for ``seconds`` at once; role -> collapsed file."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Sample every process of ``pids`` for ``seconds`` at once. Returns role ->
+    collapsed file, and role -> the user and system CPU seconds it used meanwhile
+    (the kernel's account: py-spy's samples also count time spent runnable but not
+    running, which on a busy machine is not small)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = {role: cpu_times(pid) for role, pid in pids.items()}
     outputs = {role: out_dir / f"profile-{role}.collapsed.txt" for role in pids}
     procs = {}
     for role, pid in pids.items():
@@ -53,7 +65,11 @@ async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> dict[st
             raise RuntimeError(f"py-spy on {role} did not finish") from None
         if proc.returncode != 0 or not outputs[role].exists():
             raise RuntimeError(f"py-spy on {role} failed: {out.decode(errors='replace')[-500:]}")
-    return outputs
+    cpu = {}
+    for role, pid in pids.items():
+        (u0, s0), (u1, s1) = before[role], cpu_times(pid)
+        cpu[role] = {"user_s": round(u1 - u0, 2), "system_s": round(s1 - s0, 2)}
+    return outputs, cpu
 
 
 def parse_frame(frame: str) -> str:
@@ -74,12 +90,20 @@ def read_collapsed(text: str) -> list[tuple[list[str], int]]:
     return stacks
 
 
+# Waiting for the socket, not work: py-spy's idle detection does not always drop these
+# samples when it samples without pausing the process.
+IDLE_LEAVES = ("EpollSelector.select (selectors.py)", "select (selectors.py)")
+
+
 def top(text: str, events: int, n: int = 15) -> dict:
     """The ``n`` costliest functions by own time (self) and by time including callees
-    (total), as a share of the samples and as CPU microseconds per event, given the
-    number of events the process handled while sampled."""
+    (total), as a share of the busy samples and as CPU microseconds per event, given
+    the number of events the process handled while sampled. Samples waiting in the
+    event loop's select() are idle: counted apart, not as cost."""
     stacks = read_collapsed(text)
-    total = sum(c for _, c in stacks)
+    idle = sum(c for frames, c in stacks if frames[-1] in IDLE_LEAVES)
+    stacks = [(frames, c) for frames, c in stacks if frames[-1] not in IDLE_LEAVES]
+    total = sum(c for _, c in stacks) or 1
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     for frames, count in stacks:
@@ -92,6 +116,6 @@ def top(text: str, events: int, n: int = 15) -> dict:
                  "us_per_event": round(c / SAMPLE_RATE / events * 1e6, 1) if events else None}
                 for f, c in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
-    return {"samples": total, "cpu_seconds": round(total / SAMPLE_RATE, 2), "events": events,
+    return {"samples": total, "idle_samples": idle, "cpu_seconds": round(total / SAMPLE_RATE, 2), "events": events,
             "cpu_us_per_event": round(total / SAMPLE_RATE / events * 1e6, 1) if events else None,
             "self": rows(own), "total": rows(inclusive)}

@@ -145,7 +145,7 @@ def http_tables(results: dict) -> str:
         lat = s.get("latency_ms", {})
         codes = ", ".join(f"{k}: {v:,}" for k, v in sorted((s.get("status_codes") or {}).items()))
         rows.append([_n(s.get("rate")), _n(s.get("requests")), _n(s.get("decided_per_s")),
-                     _n(s.get("throughput_per_s")), _n(100 * (s.get("success_ratio") or 0), "%", 1),
+                     _n(s.get("ok_2xx_per_s")), _n(100 * (s.get("success_ratio") or 0), "%", 1),
                      _n(lat.get("p50")), _n(lat.get("p99")), _n(lat.get("p999")), codes or "n/a"])
         server = s.get("server_ms") or {}
         for stage in STAGES:
@@ -172,8 +172,12 @@ def profile_tables(results: dict) -> str:
         p = prof.get(role)
         if not p:
             continue
-        parts.append(f"\n**{role}**: {p['cpu_seconds']} CPU s sampled, {_n(p['cpu_us_per_event'])} µs of "
-                     f"Python per event. Costliest functions by own time:\n")
+        cpu = p.get("cpu") or {}
+        parts.append(f"\n**{role}**: {_n(cpu.get('user_s'), '', 1)} s user + {_n(cpu.get('system_s'), '', 1)} s "
+                     f"system CPU while sampled: **{_n(cpu.get('us_per_event'))} µs of CPU per event**. py-spy saw "
+                     f"it busy (running or runnable) in {p['samples']:,} samples, waiting in select() in "
+                     f"{p.get('idle_samples', 0):,}. Costliest functions by own time (share of the busy samples; "
+                     f"µs/event counts runnable time too, so it overstates CPU on a busy machine):\n")
         parts.append(table(["function", "share", "µs/event"],
                            [[f"`{r['function']}`", f"{100 * r['share']:.1f}%", _n(r["us_per_event"], "", 1)]
                             for r in p["self"][:12]]))

@@ -65,12 +65,14 @@ async def profile_at(settings: Settings, work: Path, rate: int, seconds: float) 
         pids = {"instance": stack.pids["a"], "clerk": stack.pids["clerk"]}
         load = asyncio.create_task(kafka_native.hold_rate(stack.settings, rate, seconds + 10))
         await asyncio.sleep(5)  # the rate has settled before sampling starts
-        files = await profile.record(pids, seconds, work / "profile")
+        files, cpu = await profile.record(pids, seconds, work / "profile")
         step = await load
     events = round(rate * seconds)
     out = {"rate": rate, "seconds": seconds, "under_profile": step, "files": {}}
     for role, path in files.items():
         out[role] = profile.top(path.read_text(), events)
+        c = cpu[role]
+        out[role]["cpu"] = {**c, "us_per_event": round((c["user_s"] + c["system_s"]) / events * 1e6, 1)}
         out["files"][role] = path
     return out
 
@@ -86,7 +88,8 @@ async def http(settings: Settings, work: Path, plan: dict) -> dict:
         async with BenchStack(settings, work, name=f"http{rate}") as stack:
             say(f"http: {rate:,} requests/s for {plan['http_duration_s']:.0f} s ...")
             step = await http_load.measure(stack.api_url, stack.token, stack.metrics_urls, work / f"http{rate}",
-                                           rate=rate, duration_s=plan["http_duration_s"], seed=100 + n)
+                                           rate=rate, duration_s=plan["http_duration_s"], seed=100 + n,
+                                           api_timeout_ms=stack.settings.api_timeout_ms)
         steps.append(step)
     return {"rates": steps}
 

@@ -85,7 +85,8 @@ class BenchStack:
                 self.api = subprocess.Popen(
                     [sys.executable, "-c", "from app.cli import main; main()", "api",
                      "--port", str(self.ports["api"])],
-                    env={**env, "DOCKET_API_TOKENS": self.token, "DOCKET_LOG_LEVEL": "warning"}, cwd=ROOT,
+                    env={**env, "DOCKET_API_TOKENS": self.token, "DOCKET_LOG_LEVEL": "warning",
+                         "DOCKET_API_TIMEOUT_MS": str(s.api_timeout_ms)}, cwd=ROOT,
                     stdin=subprocess.DEVNULL, stdout=open(logs / "api.log", "wb"), stderr=subprocess.STDOUT,
                     preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
                 )

@@ -54,6 +54,7 @@ COLLAPSED = """\
 _run (asyncio/events.py:80);process (agents/usher.py:40);evaluate (app/domains/inventory.py:90) 30
 _run (asyncio/events.py:80);process (agents/usher.py:40);dumps (app/canonical.py:20) 10
 _run (asyncio/events.py:80);send (aiokafka/producer/producer.py:400) 60
+_run_once (asyncio/base_events.py:1900);select (selectors.py:468) 500
 not a stack line
 """
 
@@ -61,6 +62,7 @@ not a stack line
 def test_profile_top_counts_own_and_inclusive_time_per_event() -> None:
     got = profile.top(COLLAPSED, events=1000)
     assert got["samples"] == 100
+    assert got["idle_samples"] == 500  # waiting in select() is not a cost
     assert got["cpu_seconds"] == 1.0
     assert got["cpu_us_per_event"] == 1000.0  # 1 CPU second over 1,000 events
     assert got["self"][0] == {"function": "send (producer.py)", "share": 0.6, "us_per_event": 600.0}
