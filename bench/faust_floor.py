@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 from app import broker as launcher
+from app.kafka_admin import quiet
 from app.settings import Settings
 from app.workload import inventory, produce
 from bench.common import say
-from bench.faust_floor_app import changelog_topic
+from bench.faust_floor_app import KEEP_SPINNER, changelog_topic
 from bench.kafka_ceiling import (BenchError, tail, create_topic, delete_topics, standalone, stop_process,
                                  topic_name, wait_for_topic)
 
@@ -88,7 +89,8 @@ async def measure(settings: Settings, work: Path, *, smoke: bool = False) -> dic
     try:
         await create_topic(bootstrap, topic, settings.partitions)
         say(f"faust_floor: pre-loading {n:,} inventory events into {topic} ...")
-        await produce(bootstrap, topic, inventory(seed=1, events=n))
+        with quiet("aiokafka.producer.sender"):  # "NotLeaderForPartition, retrying" on a new topic
+            await produce(bootstrap, topic, inventory(seed=1, events=n))
         log = work / "faust-worker.log"
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -127,6 +129,7 @@ async def measure(settings: Settings, work: Path, *, smoke: bool = False) -> dic
         "worker_seconds": round(total_s, 3),
         "partitions": settings.partitions,
         "workers": 1,
+        "faust_spinner": KEEP_SPINNER,  # see bench.faust_floor_app.KEEP_SPINNER
         "table_updates": counted["records"],
     }
     say(f"faust_floor: {result['events_per_s']:,} events/s over {result['seconds']} s")
