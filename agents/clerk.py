@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from agents.clerk_core import ClerkCore, Publish
-from agents.instance import STAGE_BUCKETS, check_topics, faust_settings
+from agents.instance import STAGE_BUCKETS, check_topics, faust_settings, run_worker
 from app.canonical import canonical_trusted, digest
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
@@ -214,4 +214,4 @@ def clerk(data_dir: Path | None, web_port: int | None, wait_s: float) -> None:
     data_dir = data_dir or settings.data_root / settings.app_id("clerk")
     data_dir.mkdir(parents=True, exist_ok=True)
     app = build(settings, data_dir, web_port)
-    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    run_worker(app, settings)

@@ -19,12 +19,9 @@ from app.settings import load
 
 TABLE = "counts"
 
-# Launched as docket's workers are (faust.Worker(app, loglevel=..., quiet=True)). Faust's
-# Worker then keeps a progress spinner, whose log handler sets the ROOT logger to DEBUG:
-# every logger.debug() in Faust and aiokafka builds a LogRecord (about 8% of the worker's
-# samples in py-spy; 15-25% more events/s without it, here). Set False to run without
-# the spinner - and then docket's workers should drop it too, or the comparison is unfair.
-KEEP_SPINNER = True
+# Launched exactly as docket's workers are (agents.instance.run_worker: no progress
+# spinner, whose handler would set the root logger to DEBUG), so the comparison is fair.
+KEEP_SPINNER = False
 
 
 def changelog_topic(app_id: str) -> str:
@@ -60,10 +57,9 @@ def main() -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.set_event_loop(asyncio.new_event_loop())  # Faust wants a current loop
     app = build(os.environ["BENCH_FAUST_APP_ID"], os.environ["BENCH_FAUST_TOPIC"], data_dir)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    if not KEEP_SPINNER:
-        worker.spinner = None
-    worker.execute_from_commandline()
+    from agents.instance import run_worker
+
+    run_worker(app, settings)
 
 
 if __name__ == "__main__":

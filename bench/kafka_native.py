@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.records import partition_for
 from app.settings import Settings
 from app.workload import inventory
 from bench.common import percentiles, say
@@ -47,7 +48,7 @@ class ResultWatch:
         self._consumer = AIOKafkaConsumer(
             self.settings.results_topic, bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=20, max_partition_fetch_bytes=4 * 2**20)
+            fetch_max_wait_ms=250, max_partition_fetch_bytes=4 * 2**20)
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())
         return self
@@ -87,9 +88,14 @@ class ResultWatch:
 async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, duration_s: float,
                        seed: int) -> dict:
     """Send ``rate * duration_s`` inventory events on a fixed schedule; each record's
-    timestamp is its intended send time. Returns what the generator itself managed."""
+    timestamp is its intended send time. Returns what the generator itself managed.
+
+    The records due at a tick go out as one batch per partition (routed as Kafka's
+    default partitioner routes them): the generator shares the 2 cores with what it
+    measures, and aiokafka's per-record send() costs several times more CPU."""
     total = max(1, round(rate * duration_s))
-    records = list(inventory(seed=seed, events=total))
+    partitions = len(await producer.partitions_for(topic))
+    records = [(partition_for(r.key, partitions), r.key, r.value) for r in inventory(seed=seed, events=total)]
     t0_ms = time.time() * 1000 + 50  # a moment to get going
     interval_ms = 1000 / rate
     futures = []
@@ -97,12 +103,21 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
     i = 0
     while i < total:
         now_ms = time.time() * 1000
+        batches: dict[int, object] = {}
         while i < total and t0_ms + i * interval_ms <= now_ms:
-            rec = records[i]
+            partition, key, value = records[i]
             intended = t0_ms + i * interval_ms
             worst_lag_ms = max(worst_lag_ms, now_ms - intended)
-            futures.append(await producer.send(topic, rec.value, rec.key, None, round(intended)))
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=round(intended)) is None:  # full
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=round(intended))
             i += 1
+        for partition, batch in sorted(batches.items()):
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.sleep(TICK_S)
     await asyncio.gather(*futures)
     return {"sent": total, "generator_worst_lag_ms": round(worst_lag_ms, 1),
@@ -118,11 +133,13 @@ def timeline(published_ms: list[int], latencies: list[float], origin_ms: float) 
 
 
 async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed: int = 11,
-                drain_s: float | None = None, warmup_s: float = 0.0) -> dict:
+                drain_s: float | None = None, warmup_s: float = 0.0, warmup_rate: int | None = None) -> dict:
     """The open-model sweep against a running stack of ``settings``' prefix. With
-    ``warmup_s``, the lowest rate runs that long first and its figures are reported
-    apart (``warmup``): a freshly started worker's first seconds (connections, caches,
-    Faust's first fetches) are not the steady state the rates are about."""
+    ``warmup_s``, ``warmup_rate`` (default: the lowest rate) runs that long first and
+    its figures are reported apart (``warmup``): the first tens of seconds of a fresh
+    stack are not the steady state the rates are about. The broker's JIT compiler alone
+    takes about half a core for the first ~30 s of docket's request mix (measured per
+    broker thread on this machine), and the workers fill their caches."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
                                 max_batch_size=256 * 1024)
     await producer.start()
@@ -132,12 +149,13 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
     warmup = None
     try:
         if warmup_s:
-            say(f"kafka-native: warming up at {rates[0]:,} events/s for {warmup_s:.0f} s ...")
-            sent = await send_at_rate(producer, settings.input_topic, rates[0], warmup_s, seed - 1)
-            drained = await watch.wait_for(sent["sent"], max(15.0, warmup_s))
-            warmup = {"rate": rates[0], **sent, "drained": drained, "latency_ms": percentiles(watch.latencies)}
+            rate = warmup_rate or rates[0]
+            say(f"kafka-native: warming up at {rate:,} events/s for {warmup_s:.0f} s ...")
+            sent = await send_at_rate(producer, settings.input_topic, rate, warmup_s, seed - 1)
+            drained = await watch.wait_for(sent["sent"], max(30.0, warmup_s))
+            warmup = {"rate": rate, **sent, "drained": drained, "latency_ms": percentiles(watch.latencies)}
             if not drained:
-                raise RuntimeError(f"the warm-up at {rates[0]}/s was not answered within {max(15.0, warmup_s):.0f} s")
+                raise RuntimeError(f"the warm-up at {rate}/s was not answered within {max(30.0, warmup_s):.0f} s")
         for n, rate in enumerate(rates):
             before = watch.count
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
@@ -178,7 +196,8 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
     }
 
 
-async def hold_rate(settings: Settings, rate: int, duration_s: float, *, seed: int = 99) -> dict:
+async def hold_rate(settings: Settings, rate: int, duration_s: float, *, seed: int = 99,
+                    warmup_s: float = 0.0) -> dict:
     """Send at ``rate`` for ``duration_s`` (for a profile taken meanwhile); no sweep."""
-    result = await sweep(settings, [rate], duration_s, seed=seed)
+    result = await sweep(settings, [rate], duration_s, seed=seed, warmup_s=warmup_s)
     return result["rates"][0]

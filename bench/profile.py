@@ -1,7 +1,9 @@
 """Where an instance and the Clerk spend their CPU at a given rate: py-spy samples the
-running processes (non-blocking, so the profile does not slow them) and writes
-collapsed stacks; :func:`top` turns them into the costliest functions, in microseconds
-of CPU per event.
+running processes (non-blocking, so the profile does not slow them; only the thread
+holding the GIL, so a thread preempted inside a socket write, which a busy 2-core
+machine does constantly, is not charged as if it were working) and writes collapsed
+stacks; :func:`top` turns them into the costliest functions, per event. The kernel's
+CPU account of each process (:func:`cpu_times`) is the figure to trust for totals.
 
 Collapsed stacks are one line per distinct stack, ``frame;frame;...;frame count``,
 outermost first, each frame ``function (file:line)``: the input of flamegraph.pl and
@@ -42,19 +44,21 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+async def record(pids: dict[str, int], seconds: float, out_dir: Path,
+                 also: dict[str, int] | None = None) -> tuple[dict[str, Path], dict[str, dict]]:
     """Sample every process of ``pids`` for ``seconds`` at once. Returns role ->
     collapsed file, and role -> the user and system CPU seconds it used meanwhile
-    (the kernel's account: py-spy's samples also count time spent runnable but not
-    running, which on a busy machine is not small)."""
+    (the kernel's account), for ``pids`` and for the processes of ``also`` (not
+    sampled: the broker, the load generator)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    before = {role: cpu_times(pid) for role, pid in pids.items()}
+    accounted = {**(also or {}), **pids}
+    before = {role: cpu_times(pid) for role, pid in accounted.items()}
     outputs = {role: out_dir / f"profile-{role}.collapsed.txt" for role in pids}
     procs = {}
     for role, pid in pids.items():
         procs[role] = await asyncio.create_subprocess_exec(
             py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(SAMPLE_RATE),
-            "--nonblocking", "--format", "raw", "--output", str(outputs[role]),
+            "--nonblocking", "--gil", "--format", "raw", "--output", str(outputs[role]),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     say(f"profiling {', '.join(f'{r} (pid {p})' for r, p in pids.items())} for {seconds:.0f} s ...")
     for role, proc in procs.items():
@@ -66,7 +70,7 @@ async def record(pids: dict[str, int], seconds: float, out_dir: Path) -> tuple[d
         if proc.returncode != 0 or not outputs[role].exists():
             raise RuntimeError(f"py-spy on {role} failed: {out.decode(errors='replace')[-500:]}")
     cpu = {}
-    for role, pid in pids.items():
+    for role, pid in accounted.items():
         (u0, s0), (u1, s1) = before[role], cpu_times(pid)
         cpu[role] = {"user_s": round(u1 - u0, 2), "system_s": round(s1 - s0, 2)}
     return outputs, cpu

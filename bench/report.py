@@ -166,18 +166,25 @@ def profile_tables(results: dict) -> str:
     prof = _get(results, "kafka_native", "profile")
     if not prof:
         return "Not taken."
-    parts = [f"py-spy at {prof['rate']:,} events/s for {prof['seconds']:.0f} s, 100 samples/s, non-blocking "
-             f"(collapsed stacks: {', '.join(f'`{v}`' for v in prof.get('files', {}).values())})."]
+    parts = [f"At {prof['rate']:,} events/s (the highest rate sustained), for {prof['seconds']:.0f} s, on a fresh "
+             f"stack after its warm-up. CPU of every process of the run while sampled (the kernel's account):\n"]
+    cpu = prof.get("cpu") or {}
+    rows = [[role, _n(c["cores"], "", 2), _n(c["us_per_event"]), _n(c["user_s"], "", 1), _n(c["system_s"], "", 1)]
+            for role, c in sorted(cpu.items(), key=lambda kv: -kv[1]["cores"])]
+    if rows:
+        total = sum(c["us_per_event"] for c in cpu.values())
+        rows.append(["**all**", _n(sum(c["cores"] for c in cpu.values()), "", 2), f"**{_n(total)}**", "", ""])
+        parts.append(table(["process", "cores", "CPU µs per event", "user s", "system s"], rows))
+    parts.append(f"\npy-spy (100 samples/s, non-blocking, the thread holding the GIL) on instance a and the Clerk; "
+                 f"collapsed stacks: {', '.join(f'`{v}`' for v in prof.get('files', {}).values())}.")
     for role in ("instance", "clerk"):
         p = prof.get(role)
         if not p:
             continue
-        cpu = p.get("cpu") or {}
-        parts.append(f"\n**{role}**: {_n(cpu.get('user_s'), '', 1)} s user + {_n(cpu.get('system_s'), '', 1)} s "
-                     f"system CPU while sampled: **{_n(cpu.get('us_per_event'))} µs of CPU per event**. py-spy saw "
-                     f"it busy (running or runnable) in {p['samples']:,} samples, waiting in select() in "
-                     f"{p.get('idle_samples', 0):,}. Costliest functions by own time (share of the busy samples; "
-                     f"µs/event counts runnable time too, so it overstates CPU on a busy machine):\n")
+        c = p.get("cpu") or {}
+        parts.append(f"\n**{role}**: {_n(c.get('us_per_event'))} µs of CPU per event. py-spy found it holding the "
+                     f"GIL in {p['samples']:,} samples (waiting in select() in {p.get('idle_samples', 0):,}). "
+                     f"Costliest functions by own time, as a share of those samples and as µs per event:\n")
         parts.append(table(["function", "share", "µs/event"],
                            [[f"`{r['function']}`", f"{100 * r['share']:.1f}%", _n(r["us_per_event"], "", 1)]
                             for r in p["self"][:12]]))

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.broker import running_pid
 from app.settings import Settings, load
 from bench import kafka_native, profile
 from bench.common import say
@@ -37,9 +39,10 @@ from bench.stack import BenchStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FULL = {"native_rates": [50, 100, 200, 400, 800, 1600, 3200, 6400, 10000], "native_duration_s": 30.0, "warmup_s": 10.0,
+FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
+        "warmup_s": 40.0, "warmup_rate": 200,
         "http_rates": [1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
-SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0,
+SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50,
          "http_rates": [50], "http_duration_s": 3.0, "profile_s": 0.0}
 
 
@@ -52,27 +55,35 @@ async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> di
 async def native(settings: Settings, work: Path, plan: dict) -> dict:
     async with BenchStack(settings, work, name="native", api=False) as stack:
         result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
-                                          warmup_s=plan["warmup_s"])
+                                          warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"])
     rate = result["max_sustained_rate"]
     if plan["profile_s"] and rate:
-        result["profile"] = await profile_at(settings, work, rate, plan["profile_s"])
+        result["profile"] = await profile_at(settings, work, rate, plan["profile_s"], plan["warmup_s"])
     return result
 
 
-async def profile_at(settings: Settings, work: Path, rate: int, seconds: float) -> dict:
-    """py-spy on instance a and the Clerk of a fresh stack held at ``rate``."""
+async def profile_at(settings: Settings, work: Path, rate: int, seconds: float, warmup_s: float) -> dict:
+    """py-spy on instance a and the Clerk of a fresh stack held at ``rate``, and the
+    CPU every process of the run used meanwhile (the kernel's account)."""
     async with BenchStack(settings, work, name="profile", api=False) as stack:
         pids = {"instance": stack.pids["a"], "clerk": stack.pids["clerk"]}
-        load = asyncio.create_task(kafka_native.hold_rate(stack.settings, rate, seconds + 10))
-        await asyncio.sleep(5)  # the rate has settled before sampling starts
-        files, cpu = await profile.record(pids, seconds, work / "profile")
+        also = {"instance b": stack.pids["b"], "load generator (this process)": os.getpid()}
+        broker = running_pid(settings.broker_dir)
+        if broker is not None:
+            also["broker"] = broker
+        load = asyncio.create_task(kafka_native.hold_rate(stack.settings, rate, seconds + 10, warmup_s=warmup_s))
+        # sampling starts once the warm-up is over and the rate has settled
+        await asyncio.sleep(warmup_s + 5)
+        files, cpu = await profile.record(pids, seconds, work / "profile", also=also)
         step = await load
     events = round(rate * seconds)
-    out = {"rate": rate, "seconds": seconds, "under_profile": step, "files": {}}
+    out = {"rate": rate, "seconds": seconds, "under_profile": step, "files": {}, "cpu": {}}
+    for role, c in cpu.items():
+        out["cpu"][role] = {**c, "cores": round((c["user_s"] + c["system_s"]) / seconds, 3),
+                            "us_per_event": round((c["user_s"] + c["system_s"]) / events * 1e6, 1)}
     for role, path in files.items():
         out[role] = profile.top(path.read_text(), events)
-        c = cpu[role]
-        out[role]["cpu"] = {**c, "us_per_event": round((c["user_s"] + c["system_s"]) / events * 1e6, 1)}
+        out[role]["cpu"] = out["cpu"][role]
         out["files"][role] = path
     return out
 

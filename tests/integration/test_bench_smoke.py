@@ -1,0 +1,63 @@
+"""`make bench`'s harness at smoke size (`python -m bench.run --smoke`) on the session's
+broker: each of the five measurements yields figures, the report has its tables and
+plots. It asserts that the harness measures, never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(900)
+def test_bench_smoke_measures_all_five_and_writes_the_report(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env["DOCKET_DATA_ROOT"] = str(tmp_path / "data")
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--bootstrap", kafka_bootstrap, "--out", str(out),
+         "--no-readme"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=840)
+    assert proc.returncode == 0, f"bench.run failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+
+    reports = list(out.glob("bench-*-smoke.json"))
+    assert len(reports) == 1, sorted(p.name for p in out.iterdir())
+    results = json.loads(reports[0].read_text())
+    for key in ("kafka_ceiling", "aiokafka", "faust_floor", "kafka_native", "http"):
+        assert key in results and "error" not in results[key], (key, results.get(key))
+
+    assert results["kafka_ceiling"]["producer"]["records_per_s"] > 0
+    assert results["kafka_ceiling"]["consumer"]["records_per_s"] > 0
+    assert results["aiokafka"]["produce"]["records_per_s"] > 0
+    assert results["aiokafka"]["consume"]["records_per_s"] > 0
+    assert results["faust_floor"]["events_per_s"] > 0
+
+    native = results["kafka_native"]
+    assert "max_rate_p99_under_100ms" in native
+    assert [s["rate"] for s in native["rates"]] == results["plan"]["native_rates"]
+    for step in native["rates"]:
+        # every input record of the rate got exactly its one result
+        assert step["drained"] and step["results"] == step["sent"] == round(step["rate"] * step["duration_s"])
+        assert step["latency_ms"]["count"] == step["sent"] and step["latency_ms"]["p99"] is not None
+
+    (http,) = results["http"]["rates"]
+    assert http["requests"] == round(http["rate"] * http["duration_s"])
+    decided = sum(n for code, n in http["status_codes"].items() if code in ("200", "409"))
+    assert decided > 0, http["status_codes"]
+    assert "api_result_wait" in http["server_ms"] and "clerk_decision" in http["server_ms"], http["server_ms"]
+
+    markdown = reports[0].with_suffix(".md").read_text()
+    assert "| measurement | figure |" in markdown and "docket over HTTP" in markdown
+    images = sorted(out.glob("bench-*-smoke-*.png"))
+    assert [p.name.rsplit("-", 1)[1] for p in images] == ["latency.png", "timeline.png"]
+    for image in images:
+        assert image.read_bytes()[:8] == PNG_MAGIC
