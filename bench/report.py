@@ -1,8 +1,8 @@
-"""The report of a `make bench` run: ``bench-<date>.json`` (everything measured),
-``bench-<date>.md`` (the tables), ``bench-<date>-latency.png`` (latency percentiles and
-throughput against the offered rate), ``bench-<date>-timeline.png`` (throughput and p99
-over time), the py-spy collapsed stacks, and the README's benchmark section (the text
-between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``).
+"""The report of a `make bench` run, named ``bench-<date>-<HHMM>``: ``.json`` (everything
+measured), ``.md`` (the tables), ``-latency.png`` (latency percentiles and throughput
+against the offered rate), ``-timeline.png`` (throughput and p99 over time), the py-spy
+collapsed stacks, and the README's benchmark section (the text between
+``<!-- bench:begin -->`` and ``<!-- bench:end -->``).
 """
 
 from __future__ import annotations
@@ -314,8 +314,10 @@ def replace_readme_section(block: str, readme: Path = README) -> bool:
 def write(results: dict, out: Path, work: Path, *, update_readme: bool = True) -> list[Path]:
     """Write the report into ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    day = datetime.date.today().isoformat()
-    stem = f"bench-{day}{'-smoke' if results.get('smoke') else ''}"
+    now = datetime.datetime.now()
+    day = now.date().isoformat()
+    # one report per run: a second run on the same day must not overwrite the first
+    stem = f"bench-{now:%Y-%m-%d-%H%M}{'-smoke' if results.get('smoke') else ''}"
     results = dict(results)
     results["ratios"] = ratios(results)
     written = []

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
         "warmup_s": 40.0, "warmup_rate": 200,
-        "http_rates": [1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
+        "http_rates": [100, 1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50,
          "http_rates": [50], "http_duration_s": 3.0, "profile_s": 0.0}
 
@@ -145,7 +145,9 @@ async def run(args: argparse.Namespace) -> int:
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                     failed.append(name)
         results["wall_s"] = round(time.time() - began)
-        paths = report.write(results, Path(args.out), work, update_readme=not (args.smoke or args.no_readme))
+        # The README shows the latest complete run only.
+        complete = not (args.smoke or args.no_readme or args.only)
+        paths = report.write(results, Path(args.out), work, update_readme=complete)
         say(f"report: {', '.join(str(p) for p in paths)}")
         print(report.summary(results))
     finally:

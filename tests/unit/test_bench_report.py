@@ -4,6 +4,7 @@ timeline, py-spy stack summaries, and the report's ratios, tables and README sec
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -136,5 +137,20 @@ def test_report_writes_json_markdown_and_two_pngs(tmp_path: Path) -> None:
     written = report.write({**RESULTS, "smoke": True}, tmp_path, tmp_path, update_readme=False)
     names = sorted(p.name for p in written)
     assert [n.split("-smoke")[1] for n in names] == ["-latency.png", "-timeline.png", ".json", ".md"]
+    assert all(re.fullmatch(r"bench-\d{4}-\d\d-\d\d-\d{4}-smoke.*", n) for n in names), names
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_section_lists_every_process_cpu_and_the_top_functions() -> None:
+    top = profile.top(COLLAPSED, events=1000)
+    cpu = {"instance": {"user_s": 3.0, "system_s": 1.0, "cores": 0.2, "us_per_event": 1000.0},
+           "broker": {"user_s": 5.0, "system_s": 1.0, "cores": 0.3, "us_per_event": 1500.0}}
+    results = {"kafka_native": {"profile": {"rate": 50, "seconds": 20, "files": {"instance": "x.collapsed.txt"},
+                                            "cpu": cpu, "instance": {**top, "cpu": cpu["instance"]}}}}
+    text = report.profile_tables(results)
+    lines = text.splitlines()
+    broker = lines.index("| broker | 0.30 | 1,500 | 5.0 | 1.0 |")
+    assert lines[broker + 1] == "| instance | 0.20 | 1,000 | 3.0 | 1.0 |"  # busiest first
+    assert "| **all** | 0.50 | **2,500** |  |  |" in text
+    assert "| `send (producer.py)` | 60.0% | 600.0 |" in text
