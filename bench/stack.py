@@ -82,14 +82,15 @@ class BenchStack:
                             args=("--web-port", str(self.ports[role])))
                 self.procs[role] = proc.start()
             if self.with_api:
-                self.api = subprocess.Popen(
-                    [sys.executable, "-c", "from app.cli import main; main()", "api",
-                     "--port", str(self.ports["api"])],
-                    env={**env, "DOCKET_API_TOKENS": self.token, "DOCKET_LOG_LEVEL": "warning",
-                         "DOCKET_API_TIMEOUT_MS": str(s.api_timeout_ms)}, cwd=ROOT,
-                    stdin=subprocess.DEVNULL, stdout=open(logs / "api.log", "wb"), stderr=subprocess.STDOUT,
-                    preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
-                )
+                with open(logs / "api.log", "wb") as log:
+                    self.api = subprocess.Popen(
+                        [sys.executable, "-c", "from app.cli import main; main()", "api",
+                         "--port", str(self.ports["api"])],
+                        env={**env, "DOCKET_API_TOKENS": self.token, "DOCKET_LOG_LEVEL": "warning",
+                             "DOCKET_API_TIMEOUT_MS": str(s.api_timeout_ms)}, cwd=ROOT,
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
+                    )
             await self._wait_ready()
         except BaseException:
             await self.stop()
