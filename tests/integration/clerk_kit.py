@@ -34,7 +34,7 @@ import pytest
 from app.broker import set_parent_death_signal
 from app.settings import Settings
 from app.workload import Record
-from tests.integration.procs import Worker, worker_env
+from tests.integration.procs import BackgroundReader, Worker, worker_env
 
 Position = tuple[int, int]
 CLERK_PARTITIONS = 4
@@ -147,68 +147,22 @@ class Rec:
     value: dict
 
 
-class TopicTail:
+class TopicTail(BackgroundReader):
     """Reads ``topic`` from the beginning, ``read_committed``, in a background task;
-    ``records`` grows as records arrive. A record the consumer delivers again (after an
-    offset reset) is the same record, not a second one: it is kept once."""
+    ``records`` grows as records arrive, each record once."""
+
+    isolation_level = "read_committed"
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
+        super().__init__(bootstrap, topic)
         self.records: list[Rec] = []
-        self._seen: set[tuple[int, int]] = set()
-        self.error: BaseException | None = None
-        self._task: asyncio.Task | None = None
-        self._consumer = None
 
-    async def start(self) -> TopicTail:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from app.replay import _partitions
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", isolation_level="read_committed")
-        await consumer.start()
-        tps = [TopicPartition(self.topic, p) for p in sorted(await _partitions(consumer, self.topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name=f"tail {self.topic}")
-        return self
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                for msgs in (await self._consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                    for m in msgs:
-                        if (m.partition, m.offset) in self._seen:
-                            continue
-                        self._seen.add((m.partition, m.offset))
-                        self.records.append(Rec(m.partition, m.offset, m.timestamp, m.key, orjson.loads(m.value)))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # surfaced by check()
-            self.error = exc
-            raise
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise AssertionError(f"reader of {self.topic} failed: {self.error!r}") from self.error
+    def on_record(self, m: Any) -> None:
+        self.records.append(Rec(m.partition, m.offset, m.timestamp, m.key, orjson.loads(m.value)))
 
     def positions(self) -> set[Position]:
         self.check()
         return {(r.value["input"]["partition"], r.value["input"]["offset"]) for r in self.records}
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110  a failure surfaces in check()
-                pass
-        if self._consumer is not None:
-            await self._consumer.stop()
-        self.check()
 
 
 async def read_all(bootstrap: str, topic: str) -> list[Rec]:

@@ -177,37 +177,41 @@ class Copy:
     body: dict
 
 
-class OutputCollector:
-    """Reads ``topic`` from the beginning in a background task and groups the output
-    records by the input position they answer (``body["input"]``). Watermark records
-    (``{"watermark": next offset, ...}``) are kept apart, in ``watermarks``."""
+class BackgroundReader:
+    """Reads ``topic`` from the beginning in a background task and hands each record to
+    :meth:`on_record` once: a record the consumer delivers again (after an offset reset)
+    is the same record, counted in ``reread``, not handled twice. A failure of the task
+    is kept and raised by :meth:`check`."""
+
+    isolation_level = "read_uncommitted"
+    what = "reader"
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.copies: dict[Position, list[Copy]] = {}
-        self.records = 0  # output records read (re-emissions included, watermarks not)
-        self.watermarks: list[tuple[int, int, dict]] = []  # (partition, offset, record)
-        self.reread = 0  # records the consumer delivered twice (after an offset reset)
+        self.reread = 0
+        self.error: BaseException | None = None
         self._seen: set[tuple[int, int]] = set()
         self._next: dict[int, int] = {}  # partition -> next offset to read
         self._task: asyncio.Task | None = None
         self._consumer = None
-        self.error: BaseException | None = None
 
-    async def start(self) -> OutputCollector:
+    def on_record(self, m: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self):
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from app.replay import _partitions
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level=self.isolation_level)
         await consumer.start()
         tps = [TopicPartition(self.topic, p) for p in sorted(await _partitions(consumer, self.topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name=f"collect {self.topic}")
+        self._task = asyncio.create_task(self._run(), name=f"{self.what} {self.topic}")
         return self
 
     async def _run(self) -> None:
@@ -216,20 +220,11 @@ class OutputCollector:
                 for msgs in (await self._consumer.getmany(timeout_ms=200, max_records=5000)).values():
                     for m in msgs:
                         if (m.partition, m.offset) in self._seen:
-                            # the consumer went back (an offset reset): a record read
-                            # twice is not a second copy
                             self.reread += 1
                             continue
                         self._seen.add((m.partition, m.offset))
                         self._next[m.partition] = max(self._next.get(m.partition, 0), m.offset + 1)
-                        out = orjson.loads(m.value)
-                        if "watermark" in out:  # progress marker, not an output
-                            self.watermarks.append((m.partition, m.offset, out))
-                            continue
-                        instance, dig = out.pop("instance"), out.pop("digest")
-                        pos = (out["input"]["partition"], out["input"]["offset"])
-                        self.copies.setdefault(pos, []).append(Copy(m.partition, m.offset, m.value, instance, dig, out))
-                        self.records += 1
+                        self.on_record(m)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced by check()
@@ -238,7 +233,41 @@ class OutputCollector:
 
     def check(self) -> None:
         if self.error is not None:
-            raise AssertionError(f"collector of {self.topic} failed: {self.error!r}") from self.error
+            raise AssertionError(f"{self.what} of {self.topic} failed: {self.error!r}") from self.error
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            # a failure of the task is kept in self.error and raised by check() below
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self.check()
+
+
+class OutputCollector(BackgroundReader):
+    """Groups the output records of ``topic`` by the input position they answer
+    (``body["input"]``). Watermark records (``{"watermark": next offset, ...}``) are
+    kept apart, in ``watermarks``."""
+
+    what = "collector"
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
+        self.copies: dict[Position, list[Copy]] = {}
+        self.records = 0  # output records read (re-emissions included, watermarks not)
+        self.watermarks: list[tuple[int, int, dict]] = []  # (partition, offset, record)
+
+    def on_record(self, m: Any) -> None:
+        out = orjson.loads(m.value)
+        if "watermark" in out:  # progress marker, not an output
+            self.watermarks.append((m.partition, m.offset, out))
+            return
+        instance, dig = out.pop("instance"), out.pop("digest")
+        pos = (out["input"]["partition"], out["input"]["offset"])
+        self.copies.setdefault(pos, []).append(Copy(m.partition, m.offset, m.value, instance, dig, out))
+        self.records += 1
 
     @property
     def positions(self) -> int:
@@ -273,16 +302,6 @@ class OutputCollector:
         await wait_for(lambda: self.check() or not behind(), deadline_s,
                        f"the collector of {self.topic} to read up to {ends}",
                        detail=lambda: f"records behind per partition: {behind()}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task  # a failure of the task is kept in self.error, raised by check()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        self.check()
-
 
 # --------------------------------------------------------------------------- comparisons
 
