@@ -18,6 +18,10 @@ Restart: every published result and divergence record carries ``clerk``: the
 partition's decision sequence number, decided watermark and the finished
 positions above it. A restarted Clerk seeds each partition from the newer of the
 two last records, so a decision made before a crash is never published twice.
+
+A divergence record says what diverged (:func:`divergence_record`): the request's
+idempotency key, event name and stream time, and every copy's body, each cut to
+:data:`DIVERGENCE_BODY_LIMIT` bytes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ import collections
 from dataclasses import dataclass, field
 
 import orjson
+
+from app.records import MAX_IDEMPOTENCY_KEY
+
+# A divergence record carries each copy's canonical body whole up to this many bytes
+# (16 KiB). A longer body is cut: ``"body": null, "body_truncated": true`` and
+# ``"body_prefix"``, its first DIVERGENCE_PREFIX_BYTES bytes as text (at most twice as
+# long once escaped inside a JSON string, so a copy never costs more than about 16 KiB
+# either way); ``digest`` and ``body_bytes`` are always there. Why 16 KiB: an inventory
+# output is a few hundred bytes, so real bodies are never cut; and a record holds one
+# copy per instance (plus a replayed one), so with 5 instances it stays under 100 KiB
+# and with 50 under 850 KiB, below Kafka's default 1 MiB limit on a record
+# (message.max.bytes, and the producer's max_request_size).
+DIVERGENCE_BODY_LIMIT = 16 * 1024
+DIVERGENCE_PREFIX_BYTES = DIVERGENCE_BODY_LIMIT // 2
+# The event name a divergence record names, at most (characters); a longer one (only a
+# corrupted copy or a malformed input has one) is named null, and is still in the body.
+DIVERGENCE_NAME_LIMIT = 256
 
 
 @dataclass
@@ -142,7 +163,7 @@ class ClerkCore:
         if pos is None and (offset < st.decided_below or offset in st.restored):
             # Finished before (and forgotten, or restored as finished at a restart):
             # never open it again, or it could be published a second time.
-            return self._late(st, partition, offset, instance, digest)
+            return self._late(st, partition, offset, instance, digest, body)
         if pos is None:
             pos = st.positions[offset] = Position(offset)
             st.order.append(offset)
@@ -152,7 +173,7 @@ class ClerkCore:
                 self.counts["replayed_copies"] += 1
                 return []  # a replay re-emitted the same copy
             self.counts["replay_mismatches"] += 1
-            return [self._report(st, partition, pos, "replay_mismatch", extra=(instance, digest))]
+            return [self._report(st, partition, pos, "replay_mismatch", extra=(instance, digest, body))]
         pos.copies[instance] = digest
         pos.bodies.setdefault(digest, body)
         if pos.final:
@@ -205,13 +226,13 @@ class ClerkCore:
         best = max(collections.Counter(pos.copies.values()).values())
         return best + missing >= self.required
 
-    def _late(self, st, partition, offset, instance, digest) -> list:
+    def _late(self, st, partition, offset, instance, digest, body) -> list:
         # A copy for a position this Clerk has finished and forgotten (or restored
         # as finished): compare with the agreed digest while it is still known.
         self.counts["late_copies"] += 1
         agreed = st.restored.get(offset)
         if agreed is not None and agreed != digest:
-            pos = Position(offset, copies={instance: digest}, decided=agreed)
+            pos = Position(offset, copies={instance: digest}, bodies={digest: body}, decided=agreed)
             return [self._report(st, partition, pos, "mismatch")]
         return []
 
@@ -295,17 +316,80 @@ class ClerkCore:
         st.seq += 1
         self._advance(st)
         self.counts["divergences"] += 1
-        copies = [{"instance": i, "digest": d} for i, d in sorted(pos.copies.items())]
-        if extra is not None:
-            copies.append({"instance": extra[0], "digest": extra[1], "replay": True})
-        value = orjson.dumps({
-            "input": {"partition": partition, "offset": pos.offset},
-            "cause": cause,
-            "copies": copies,
-            "decided": pos.decided,
-            "clerk": self._clerk_state(st, partition),
-        })
-        return Report(partition, value)
+        return Report(partition, divergence_record(partition, pos, cause, self._clerk_state(st, partition), extra))
+
+
+def divergence_record(partition: int, pos: Position, cause: str, clerk: dict,
+                      extra: tuple[str, str, bytes] | None = None) -> bytes:
+    """The JSON of a divergence record (specs/clerk.allium, DivergenceRecord).
+
+    ``input``, ``cause``, ``decided``, ``clerk`` and ``copies`` (each copy's ``instance``
+    and ``digest``, ``replay: true`` on ``extra``, the replayed copy of a replay
+    mismatch) as before; each copy also carries its body (:func:`body_report`). The
+    request is named by ``idempotency_key``, ``event_name`` and ``stream_time``, taken
+    from ONE copy, ``named_by`` (its instance), chosen so that a corrupted copy cannot
+    make the record ambiguous (:func:`naming_copy`)."""
+    named_by = naming_copy(pos)
+    fields = _request_fields(pos.bodies.get(pos.copies[named_by]))
+    copies = [{"instance": i, "digest": d, **body_report(pos.bodies[d])} for i, d in sorted(pos.copies.items())]
+    if extra is not None:
+        instance, digest, body = extra
+        copies.append({"instance": instance, "digest": digest, "replay": True, **body_report(body)})
+    return orjson.dumps({
+        "input": {"partition": partition, "offset": pos.offset},
+        "cause": cause,
+        **fields,
+        "named_by": named_by,
+        "copies": copies,
+        "decided": pos.decided,
+        "clerk": clerk,
+    })
+
+
+def naming_copy(pos: Position) -> str:
+    """The instance whose copy names the request in a divergence record: the lowest
+    instance id among the copies with the decided digest when the position is decided
+    (and such a copy is held); otherwise the lowest instance id among the copies whose
+    digest most copies share (with all copies different: the lowest instance id).
+    Copies only, never a replayed copy: that instance's first copy stands."""
+    if pos.decided is not None:
+        agreeing = [i for i, d in pos.copies.items() if d == pos.decided]
+        if agreeing:
+            return min(agreeing)
+    counts = collections.Counter(pos.copies.values())
+    best = max(counts.values())
+    return min(i for i, d in pos.copies.items() if counts[d] == best)
+
+
+def _request_fields(body: bytes | None) -> dict:
+    """idempotency_key, event_name, stream_time of a copy's body; each null when the
+    body lacks it or it has the wrong type, or (a corrupted copy) is too long: a key
+    over MAX_IDEMPOTENCY_KEY characters (the envelope allows no longer one), an event
+    name over DIVERGENCE_NAME_LIMIT."""
+    try:
+        data = orjson.loads(body) if body is not None else {}
+    except orjson.JSONDecodeError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    key, name, time = data.get("idempotency_key"), data.get("event_name"), data.get("stream_time")
+    return {
+        "idempotency_key": key if isinstance(key, str) and len(key) <= MAX_IDEMPOTENCY_KEY else None,
+        "event_name": name if isinstance(name, str) and len(name) <= DIVERGENCE_NAME_LIMIT else None,
+        "stream_time": time if isinstance(time, int) and not isinstance(time, bool) else None,
+    }
+
+
+def body_report(body: bytes) -> dict:
+    """A copy's body as a divergence record carries it: ``body`` (the canonical JSON
+    the Clerk digested, embedded as JSON, byte for byte), ``body_bytes`` (its length)
+    and ``body_truncated: false`` when it is at most DIVERGENCE_BODY_LIMIT bytes;
+    otherwise ``body: null``, ``body_truncated: true`` and ``body_prefix``: its first
+    DIVERGENCE_PREFIX_BYTES bytes as text (a UTF-8 character cut in two is dropped)."""
+    if len(body) <= DIVERGENCE_BODY_LIMIT:
+        return {"body": orjson.Fragment(body), "body_bytes": len(body), "body_truncated": False}
+    prefix = body[:DIVERGENCE_PREFIX_BYTES].decode("utf-8", errors="ignore")
+    return {"body": None, "body_bytes": len(body), "body_truncated": True, "body_prefix": prefix}
 
 
 def _add_to_ranges(ranges: list[list[int]], offset: int) -> None:

@@ -344,3 +344,157 @@ def test_finished_ranges_cover_exactly_the_finished_offsets(offsets):
     covered = [o for a, b in ranges for o in range(a, b)]
     assert covered == sorted(set(offsets))
     assert all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+# --- what a divergence record says ----------------------------------------------------
+
+
+def body_with(offset: int, *, key="k", event_name="stock.adjust", quantity=0, detail="", stream_time=None,
+              partition=0) -> bytes:
+    """A copy's canonical body with the fields a divergence record names set freely (a
+    corrupted copy may carry any of them)."""
+    return canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": key,
+                      "event_name": event_name, "domain_version": "inventory/1", "duplicate_of": None,
+                      "stream_time": 1000 + offset if stream_time is None else stream_time,
+                      "outcome": {"status": "applied", "reason": None, "detail": detail,
+                                  "entities": [{"key": "stock:w:s", "state": {"quantity": quantity},
+                                                "version": 1}]}})
+
+
+def send(core, instance, offset, b: bytes, partition=0):
+    return core.on_copy(partition, offset, instance, digest(b), b, None)
+
+
+def test_divergence_record_names_the_request_and_carries_every_body():
+    """ClerkPublishesDivergence, CopyBodyWholeOrCut, DivergenceOnInputPartition: a
+    diverged position's record names the key, event name and stream time, and carries
+    each copy's body, the very bytes the Clerk digested; the fields older readers use
+    (input, cause, copies[].instance/digest, decided, clerk) are unchanged."""
+    core = ClerkCore(("a", "b"), 2)
+    ba, bb = body_with(3, key="order-7", quantity=10), body_with(3, key="order-7", quantity=11)
+    send(core, "a", 3, ba)
+    (report,) = send(core, "b", 3, bb)
+    assert isinstance(report, Report) and report.partition == 0
+    rec = orjson.loads(report.value)
+    assert rec["input"] == {"partition": 0, "offset": 3} and rec["cause"] == "mismatch"
+    assert rec["decided"] is None and rec["clerk"]["seq"] == 1
+    assert (rec["idempotency_key"], rec["event_name"], rec["stream_time"]) == ("order-7", "stock.adjust", 1003)
+    assert rec["named_by"] == "a"
+    assert [(c["instance"], c["digest"]) for c in rec["copies"]] == [("a", digest(ba)), ("b", digest(bb))]
+    for c, raw in zip(rec["copies"], (ba, bb), strict=True):
+        assert canonical(c["body"]) == raw  # the digested bytes, byte for byte
+        assert digest(canonical(c["body"])) == c["digest"]
+        assert c["body_bytes"] == len(raw) and c["body_truncated"] is False and "body_prefix" not in c
+        assert "replay" not in c
+    assert rec["copies"][1]["body"]["outcome"]["entities"][0]["state"]["quantity"] == 11
+
+
+def test_divergence_body_over_the_limit_is_cut_and_marked():
+    """CopyBodyWholeOrCut (RESOLVED: Bodies cut at 16 KiB): a body of exactly
+    DIVERGENCE_BODY_LIMIT bytes is kept whole; one byte more and it is cut: body null,
+    body_truncated, body_prefix = its first DIVERGENCE_PREFIX_BYTES bytes (a UTF-8
+    character cut in two dropped), digest and size kept. Even a prefix made of
+    characters JSON must escape keeps the copy within the limit."""
+    from agents.clerk_core import DIVERGENCE_BODY_LIMIT, DIVERGENCE_PREFIX_BYTES, body_report
+
+    base = len(body_with(0, detail=""))
+    exact = body_with(0, detail="x" * (DIVERGENCE_BODY_LIMIT - base))
+    assert len(exact) == DIVERGENCE_BODY_LIMIT
+    whole = body_report(exact)
+    assert whole["body_truncated"] is False and orjson.dumps(whole["body"]) == exact
+
+    # "é" is two bytes in UTF-8: place one across the prefix boundary
+    head = body_with(0).index(b'"detail":"') + len(b'"detail":"')  # bytes before the detail's text
+    long = body_with(0, detail="y" * (DIVERGENCE_PREFIX_BYTES - head - 1) + "é" * 10_000)
+    assert long[DIVERGENCE_PREFIX_BYTES - 2:DIVERGENCE_PREFIX_BYTES + 1] == "yé".encode()
+    cut = body_report(long)
+    assert cut["body"] is None and cut["body_truncated"] is True and cut["body_bytes"] == len(long)
+    assert cut["body_prefix"].encode() == long[:DIVERGENCE_PREFIX_BYTES - 1]  # the split "é" is dropped
+
+    core = ClerkCore(("a", "b"), 2)
+    quotes = body_with(0, detail='"\\' * 20_000)  # every character escaped twice once embedded
+    send(core, "a", 0, quotes)
+    (report,) = send(core, "b", 0, body_with(0, detail="z"))
+    rec = orjson.loads(report.value)
+    ca, cb = rec["copies"]
+    assert ca["body"] is None and ca["body_truncated"] is True and ca["digest"] == digest(quotes)
+    assert quotes.decode().startswith(ca["body_prefix"]) and len(ca["body_prefix"].encode()) <= DIVERGENCE_PREFIX_BYTES
+    assert len(orjson.dumps(ca)) <= DIVERGENCE_BODY_LIMIT + 300
+    assert cb["body_truncated"] is False and cb["body"]["outcome"]["detail"] == "z"
+    assert rec["idempotency_key"] == "k"  # named from the whole body the Clerk holds
+
+
+def test_record_with_five_instances_at_the_limit_stays_far_below_kafkas_record_size():
+    """CopyBodyWholeOrCut (RESOLVED: Bodies cut at 16 KiB): five instances plus a
+    replayed copy, each body far over the limit, made of characters JSON escapes, and
+    all different: the record stays under 100 KiB (Kafka's default limit on a record is
+    1 MiB)."""
+    from agents.clerk_core import DIVERGENCE_BODY_LIMIT
+
+    def big(i: int) -> bytes:
+        return body_with(0, quantity=i, detail='"' * 3 * DIVERGENCE_BODY_LIMIT)
+
+    core = ClerkCore(("a", "b", "c", "d", "e"), 5)
+    for i, inst in enumerate("abcde"):
+        last = reports(send(core, inst, 0, big(i)))
+    (rec,) = last  # the report of the last copy lists all five
+    assert len(rec["copies"]) == 5
+    (rec,) = reports(send(core, "e", 0, big(99)))  # e's replay differs: six copies
+    assert len(rec["copies"]) == 6 and all(c["body_truncated"] for c in rec["copies"])
+    assert len(orjson.dumps(rec)) < 100 * 1024
+
+
+def test_corrupted_copy_cannot_rename_the_request():
+    """DivergenceNamedByOneOfItsCopies (RESOLVED: Which copy names the request): the
+    key and event name come from one copy, chosen deterministically: the decided copy
+    of the lowest instance; else the majority; else the lowest instance id."""
+    # decided by a and b; c's corrupted copy says another key and event name
+    core = ClerkCore(("a", "b", "c"), 2)
+    send(core, "c", 0, body_with(0, key="evil", event_name="stock.transfer", quantity=5))
+    send(core, "b", 0, body_with(0, key="good"))
+    actions = send(core, "a", 0, body_with(0, key="good"))
+    (rec,) = reports(actions)
+    assert rec["decided"] is not None and rec["named_by"] == "a"
+    assert (rec["idempotency_key"], rec["event_name"]) == ("good", "stock.adjust")
+
+    # two instances, all different: the lowest instance id, whatever the arrival order
+    for order in ("ab", "ba"):
+        core = ClerkCore(("a", "b"), 2)
+        bodies = {"a": body_with(1, key="from-a", quantity=1), "b": body_with(1, key="from-b", quantity=2)}
+        out = []
+        for inst in order:
+            out += reports(send(core, inst, 1, bodies[inst]))
+        (rec,) = out
+        assert rec["named_by"] == "a" and rec["idempotency_key"] == "from-a"
+
+    # three instances, three required: b and c agree (the majority), a does not
+    core = ClerkCore(("a", "b", "c"), 3)
+    send(core, "a", 2, body_with(2, key="odd", quantity=9))
+    send(core, "b", 2, body_with(2, key="major"))
+    (rec,) = reports(send(core, "c", 2, body_with(2, key="major")))
+    assert rec["decided"] is None and rec["named_by"] == "b" and rec["idempotency_key"] == "major"
+
+    # a key the envelope would refuse, an event name too long, a stream time of the
+    # wrong type: named null (the body still shows them)
+    core = ClerkCore(("a", "b"), 2)
+    send(core, "a", 3, body_with(3, key="k" * 129, event_name="e" * 257, stream_time="soon"))
+    (rec,) = reports(send(core, "b", 3, body_with(3, quantity=1)))
+    assert rec["named_by"] == "a"
+    assert (rec["idempotency_key"], rec["event_name"], rec["stream_time"]) == (None, None, None)
+    assert rec["copies"][0]["body"]["idempotency_key"] == "k" * 129
+
+
+def test_replay_mismatch_reports_the_replayed_body_and_is_not_named_by_it():
+    """ClerkReportsReplayMismatch, ClerkPublishesDivergence: the replayed copy is
+    listed with its own body and ``replay: true``; the request is named by the first
+    copies, never by the replay."""
+    core = ClerkCore(("a", "b"), 2)
+    first = body_with(0, key="r1")
+    send(core, "a", 0, first)
+    send(core, "b", 0, first)
+    replayed = body_with(0, key="r1-replayed", quantity=4)
+    (rec,) = reports(send(core, "a", 0, replayed))
+    assert rec["cause"] == "replay_mismatch" and rec["idempotency_key"] == "r1"
+    assert [(c["instance"], c.get("replay", False)) for c in rec["copies"]] == [("a", False), ("b", False),
+                                                                                 ("a", True)]
+    assert canonical(rec["copies"][2]["body"]) == replayed and rec["copies"][2]["digest"] == digest(replayed)
