@@ -96,6 +96,11 @@ def _position(pos) -> dict | None:
     return None if pos is None else {"partition": pos[0], "offset": pos[1]}
 
 
+# The fields of a divergence record an event's JSON repeats (all but the Clerk's state).
+DIVERGENCE_FIELDS = ("input", "cause", "idempotency_key", "event_name", "stream_time", "named_by", "copies",
+                     "decided")
+
+
 def event_body(idempotency_key: str, state: str, position, result: dict | None = None,
                divergence: dict | None = None) -> dict:
     """The JSON of an event (schema Event in app/openapi.py)."""
@@ -107,7 +112,7 @@ def event_body(idempotency_key: str, state: str, position, result: dict | None =
             if name in result:
                 body[name] = result[name]
     if divergence is not None:
-        body["divergence"] = {k: divergence[k] for k in ("input", "cause", "copies", "decided") if k in divergence}
+        body["divergence"] = {k: divergence[k] for k in DIVERGENCE_FIELDS if k in divergence}
     return body
 
 

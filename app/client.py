@@ -62,8 +62,9 @@ Position = tuple[int, int]
 # entities topic first and the results published since (the Clerk writes a result, then
 # its entity records) must be read too, whatever the idempotency TTL.
 MIN_LOOKBACK_MS = 60_000
-# Divergence reports kept while produces await their acknowledgement (they carry no
-# idempotency key to select them by; a fault storm must not grow memory without bound).
+# Divergence reports kept while produces await their acknowledgement, by position (a
+# report names its request's key only as one copy says it, and reports written before
+# reports named it carry none; a fault storm must not grow memory without bound).
 EARLY_DIVERGENCES = 1024
 
 
@@ -246,8 +247,8 @@ class DocketClient:
         # submissions waiting for a result, by input position
         self._waiters: dict[Position, asyncio.Future] = {}
         # idempotency key -> produces not yet acknowledged, and the results for that key
-        # read meanwhile (one of them may answer such a produce); divergences carry no
-        # key: the few read while anything is unacknowledged are kept by position
+        # read meanwhile (one of them may answer such a produce); divergence reports
+        # read while anything is unacknowledged are kept by position (EARLY_DIVERGENCES)
         self._unacked: collections.Counter = collections.Counter()
         self._early: dict[str, dict[Position, tuple[str, dict, bytes]]] = {}
         self._early_divergences: collections.OrderedDict = collections.OrderedDict()
@@ -602,7 +603,16 @@ class DocketClient:
     def on_divergence(self, raw: bytes) -> None:
         """One record of the divergences topic. Only a ``mismatch`` with no decision
         finishes a position (it will never be published); a copy that disagrees with a
-        decision already made is reported too, but the decision stands."""
+        decision already made is reported too, but the decision stands, and a
+        ``replay_mismatch`` changes nothing either.
+
+        A finishing report is indexed by the idempotency key it names (records written
+        before reports named their request carry none: only this process's own
+        submissions are then recognised, by position): the key's live owner at the
+        report's position becomes ``diverged``; a key with no live entry gets one, owned
+        by that position, so any API process answers it ``diverged`` (reports read at
+        start within the lookback included); a key owned by ANOTHER position (the
+        diverged request repeated or reused an owned key) keeps its owner's state."""
         self.divergences_read += 1
         rec = orjson.loads(raw)
         if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
@@ -611,11 +621,28 @@ class DocketClient:
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
         mine = self._mine.pop(pos, None)
-        if mine is not None:
-            entry = self._index.get(mine[0])
-            if entry is not None and entry.position == pos:
-                entry.divergence = compact
+        ikey = rec.get("idempotency_key")
+        if mine is not None and ikey != mine[0]:
+            ikey = mine[0]  # this process knows what it sent; the report's key came from one copy
+        if isinstance(ikey, str):
+            self._index_divergence(ikey, pos, rec, compact, mine)
         self._deliver(pos, "divergence", rec, compact)
+
+    def _index_divergence(self, ikey: str, pos: Position, rec: dict, compact: bytes,
+                          mine: tuple[str, int, str] | None) -> None:
+        now = _now_ms()
+        entry = self._live(ikey, now)
+        if entry is None:
+            if mine is not None:
+                recorded_at = mine[1]
+            elif isinstance(rec.get("stream_time"), int):
+                recorded_at = rec["stream_time"]
+            else:
+                recorded_at = now  # an older report names no time: keep it one TTL from now
+            self._remember(ikey, _Entry(pos[0], None if mine is None else mine[2], recorded_at, pos,
+                                        divergence=compact))
+        elif entry.position == pos:
+            entry.divergence = compact
 
     def _deliver(self, pos: Position, kind: str, rec: dict, compact: bytes) -> None:
         if pos in self._waiters:

@@ -100,7 +100,14 @@ def _schemas(domain) -> dict:
             "domain_version": {"type": "string"},
             "digest": {"type": "string"},
             "instances": {"type": "array", "items": {"type": "string"}},
-            "divergence": {"type": "object"},
+            "divergence": {
+                "type": "object",
+                "description": "the Clerk's divergence report: `input`, `cause` (mismatch), "
+                               "`idempotency_key`, `event_name` and `stream_time` as the copy of "
+                               "instance `named_by` says them, `decided` (null: nothing was published), "
+                               "and `copies`: per copy its `instance`, `digest`, `body` (the output "
+                               "the Clerk digested; null with `body_truncated` true and a "
+                               "`body_prefix` when it exceeds 16 KiB) and `body_bytes`"},
             "message": {"type": "string"},
         },
     }

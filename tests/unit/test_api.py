@@ -388,13 +388,15 @@ async def test_undecided_is_202_with_location() -> None:
 
 
 async def test_diverged_is_502_with_the_report() -> None:
-    """ApiAnswersDiverged: 502 with the Clerk's report."""
-    div = {"input": {"partition": 1, "offset": 4}, "cause": "mismatch", "decided": None,
-           "copies": [{"instance": "a", "digest": "x"}, {"instance": "b", "digest": "y"}]}
+    """ApiAnswersDiverged: 502 with the Clerk's report: the request it names and every
+    copy with its body."""
+    div = orjson.loads(divergence_report("k", 1, 4))
+    div.pop("clerk")
     resp = submission_response(Submission("k", "diverged", (1, 4), divergence=div), 5000)
     body = await body_of(resp)
     assert resp.status == 502
-    assert body["error"] == "diverged" and body["divergence"]["copies"] == div["copies"]
+    assert body["error"] == "diverged" and body["divergence"] == div
+    assert body["divergence"]["idempotency_key"] == "k" and body["divergence"]["copies"][1]["body"]
 
 
 async def test_unknown_key_status_is_404() -> None:
@@ -444,6 +446,105 @@ def test_client_index_follows_results_and_divergences(settings) -> None:
     client.on_divergence(orjson.dumps({"input": {"partition": 1, "offset": 10}, "cause": "mismatch",
                                        "copies": [], "decided": "d" * 64}))
     assert client.status("k1").state == "decided"
+
+
+def divergence_report(key, partition: int, offset: int, *, quantities=(10, 11), instances=("a", "b"),
+                      required: int = 2, stream_time: int | None = None) -> bytes:
+    """A divergence record exactly as the Clerk writes it (agents/clerk_core.py): one
+    copy per instance, with these quantities, in instance order; the last report."""
+    import time
+
+    from agents.clerk_core import ClerkCore, Report
+    from app.canonical import canonical, digest
+
+    core = ClerkCore(instances, required)
+    last = None
+    for inst, q in zip(instances, quantities, strict=True):
+        body = canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": key,
+                          "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
+                          "stream_time": stream_time or int(time.time() * 1000),
+                          "outcome": {"status": "applied", "reason": None, "detail": "",
+                                      "entities": [{"key": "stock:w1:s1", "state": {"quantity": q},
+                                                    "version": 1}]}})
+        for action in core.on_copy(partition, offset, inst, digest(body), body, None):
+            if isinstance(action, Report):
+                last = action.value
+    assert last is not None, "these copies made no report"
+    return last
+
+
+async def test_any_api_process_answers_a_diverged_key_from_the_report(settings) -> None:
+    """ApiIndexesDivergenceByKey, ApiReportsEventStatus: a client that never saw the
+    request (another API process, or one started later) answers its key `diverged`
+    from the Clerk's report alone, with the report's key, event name and bodies."""
+    client = DocketClient(settings)
+    client.on_divergence(divergence_report("kd", 1, 20))
+    st = client.status("kd")
+    assert (st.state, st.position) == ("diverged", (1, 20))
+    resp = api_mod.status_response(st, settings.idempotency_ttl_ms)
+    body = await body_of(resp)
+    assert resp.status == 200 and body["state"] == "diverged" and body["position"] == {"partition": 1, "offset": 20}
+    div = body["divergence"]
+    assert (div["idempotency_key"], div["event_name"], div["named_by"]) == ("kd", "stock.adjust", "a")
+    assert [c["body"]["outcome"]["entities"][0]["state"]["quantity"] for c in div["copies"]] == [10, 11]
+    assert "clerk" not in div and div["decided"] is None
+
+
+def test_divergence_reports_that_finish_nothing_do_not_touch_the_index(settings) -> None:
+    """ApiIndexesDivergenceByKey, ApiAnswersDiverged: a late copy disagreeing with a
+    decision (the result stands), a replay_mismatch, and a report without a key
+    (written before reports named one) index nothing; a key owned by ANOTHER position
+    keeps its owner's state."""
+    client = DocketClient(settings)
+    # a and b decide, c's late copy disagrees: a report with a decision
+    late = divergence_report("late", 0, 3, quantities=(1, 1, 2), instances=("a", "b", "c"))
+    assert orjson.loads(late)["decided"] is not None
+    client.on_divergence(late)
+    replay = orjson.loads(divergence_report("rep", 0, 4))
+    replay["cause"] = "replay_mismatch"
+    client.on_divergence(orjson.dumps(replay))
+    old = orjson.loads(divergence_report("old", 0, 5))
+    for field in ("idempotency_key", "event_name", "stream_time", "named_by"):
+        del old[field]
+    client.on_divergence(orjson.dumps(old))
+    assert client.index_size == 0 and client.divergences_read == 3
+    assert client.status("late").state == client.status("rep").state == "unknown"
+
+    client.on_result(result_record("owned", 1, 5, applied=True))
+    client.on_divergence(divergence_report("owned", 1, 30))  # a repeat of the key diverged
+    st = client.status("owned")
+    assert (st.state, st.position) == ("decided", (1, 5))
+
+
+def test_a_diverged_key_expires_with_its_request(settings) -> None:
+    """ApiIndexesDivergenceByKey: the entry is recorded at the report's stream time, so
+    a report read at start about a request older than the TTL indexes nothing live."""
+    import time
+
+    client = DocketClient(settings)
+    old = int(time.time() * 1000) - settings.idempotency_ttl_ms - 1
+    client.on_divergence(divergence_report("gone", 2, 7, stream_time=old))
+    assert client.status("gone").state == "unknown"
+    client.on_divergence(divergence_report("here", 2, 8))
+    client._sweep(int(time.time() * 1000) + settings.idempotency_ttl_ms)  # noqa: SLF001  as time passes
+    assert client.index_size == 0
+
+
+def test_own_submission_is_indexed_under_the_key_it_sent(settings) -> None:
+    """ApiIndexesDivergenceByKey: when this process produced the position, the key it
+    sent wins over the key the naming copy says (a corrupted copy may say another)."""
+    import time
+
+    from app.client import _Entry
+
+    client = DocketClient(settings)
+    now = int(time.time() * 1000)
+    pos = (3, 11)
+    client._remember("sent", _Entry(3, "fp", now, pos))  # noqa: SLF001  what submit() records
+    client._mine[pos] = ("sent", now, "fp")  # noqa: SLF001  once the produce is acknowledged
+    client.on_divergence(divergence_report("corrupted", *pos))
+    assert client.status("sent").state == "diverged"
+    assert client.status("corrupted").state == "unknown"
 
 
 def test_client_index_forgets_keys_after_the_ttl(settings, monkeypatch) -> None:
