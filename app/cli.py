@@ -20,6 +20,7 @@ _COMMANDS = {
     "demo": "app.demo:demo",
     "stack": "app.stack:stack",
     "chaos": "app.chaos:chaos",
+    "divergences": "app.divergences:divergences",
 }
 
 

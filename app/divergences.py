@@ -1,0 +1,345 @@
+"""`docket divergences`: the recent reports of ``<prefix>.divergences``, each with a
+field-level diff of its copies. Spec: specs/clerk.allium (DivergenceRecord,
+OperatorListsDivergences).
+
+    docket divergences                 # the 20 newest reports, as a table
+    docket divergences --since 2h      # every report of the last two hours
+    docket divergences --last 5 --json
+
+The topic is read with ``isolation_level="read_committed"``, from the offsets the
+options select up to the end offsets taken at the start (no consumer group, nothing
+committed). Records are parsed with the standard library's ``json``, which keeps
+integers of any size exact (orjson turns those beyond 64 bits into floats, and two
+different big quantities could then look equal).
+
+The diff (:func:`diff_copies`) is pure: for every JSON path where the copies' bodies
+differ, the value each copy holds there, e.g. ``outcome.entities[0].state.quantity:
+a=10 b=11``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from app.settings import Settings, load
+
+DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
+TEXT_CELL_CHARS = 120  # a value longer than this is cut (with "…") in the table, never in --json
+
+ABSENT = "<absent>"  # the path does not exist in that copy's body
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """One path where the copies differ. ``values``: copy label -> the value there, as
+    compact JSON text (keys sorted), or a marker in angle brackets (JSON text never
+    starts with ``<``): ``<absent>``, ``<truncated>`` (that copy's body was cut, its
+    value is unknown), ``<no body>`` (a record written before bodies were reported).
+
+    Special paths: ``$`` is the whole body (the bodies differ at the top, or some copy's
+    body is missing: then each copy's row value says why); ``(digest)`` when every body
+    is complete and equal but the digests differ (a corrupted digest), the values are
+    the digests' first 16 hex digits."""
+
+    path: str
+    values: dict[str, str]
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "values": dict(self.values)}
+
+    def text(self) -> str:
+        return f"{self.path}: " + " ".join(f"{label}={_cut(v)}" for label, v in self.values.items())
+
+
+def copy_labels(copies: list[dict]) -> list[str]:
+    """One label per copy, in the record's order: the instance id, ``<id>(replay)`` for
+    the replayed copy of a replay mismatch, ``#2``... appended if a label repeats."""
+    labels: list[str] = []
+    for c in copies:
+        label = str(c.get("instance")) + ("(replay)" if c.get("replay") else "")
+        base, n = label, 1
+        while label in labels:
+            n += 1
+            label = f"{base}#{n}"
+        labels.append(label)
+    return labels
+
+
+def diff_copies(copies: list[dict]) -> list[DiffRow]:
+    """The field-level diff of a divergence record's ``copies`` (pure).
+
+    Rows come in path order: objects are compared key by key (keys sorted), lists index
+    by index (a list shorter than another is ``<absent>`` beyond its end); where the
+    values differ in type, or one is absent, the row holds the whole values. Values are
+    compared as JSON (1, 1.0 and true differ). A copy whose body is cut or missing takes
+    no part in the comparison: it gets a ``$`` row saying so (first) and ``<truncated>``
+    or ``<no body>`` in every other row. Identical complete bodies with different
+    digests give the one row ``(digest)``."""
+    labels = copy_labels(copies)
+    bodies: dict[str, Any] = {}
+    unknown: dict[str, str] = {}
+    for label, c in zip(labels, copies, strict=True):
+        if c.get("body_truncated"):
+            unknown[label] = "<truncated>"
+        elif c.get("body") is None:
+            unknown[label] = "<no body>"
+        else:
+            bodies[label] = c["body"]
+    rows: list[DiffRow] = []
+    if unknown:
+        rows.append(DiffRow("$", {label: _whole(label, c, unknown) for label, c in zip(labels, copies, strict=True)}))
+    found: list[tuple[str, dict[str, Any]]] = []
+    if len(bodies) >= 2:
+        _walk(bodies, "", found)
+    for path, values in found:
+        rows.append(DiffRow(path or "$", {label: unknown[label] if label in unknown else _render(values[label])
+                                          for label in labels}))
+    if not rows and len({c.get("digest") for c in copies}) > 1:
+        rows.append(DiffRow("(digest)", {label: str(c.get("digest"))[:16] for label, c in zip(labels, copies,
+                                                                                               strict=True)}))
+    return rows
+
+
+def _whole(label: str, c: dict, unknown: dict[str, str]) -> str:
+    size = c.get("body_bytes")
+    of = "" if size is None else f" of {size} bytes"
+    if label not in unknown:
+        return f"<complete{of}>"
+    if unknown[label] == "<truncated>":
+        return f"<truncated: only a prefix{of}>"
+    return "<no body>"
+
+
+def _walk(values: dict[str, Any], path: str, out: list[tuple[str, dict[str, Any]]]) -> None:
+    if _all_same(list(values.values())):
+        return
+    present = list(values.values())
+    if all(isinstance(v, dict) for v in present):
+        for key in sorted(set().union(*present)):
+            _walk({label: v.get(key, _MISSING) for label, v in values.items()}, _child(path, key), out)
+    elif all(isinstance(v, list) for v in present):
+        for i in range(max(len(v) for v in present)):
+            _walk({label: v[i] if i < len(v) else _MISSING for label, v in values.items()}, f"{path}[{i}]", out)
+    else:
+        out.append((path, values))
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _child(path: str, key: str) -> str:
+    if _IDENT.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _all_same(values: list[Any]) -> bool:
+    first = values[0]
+    if any((v is _MISSING) != (first is _MISSING) for v in values):
+        return False
+    if first is _MISSING:
+        return True
+    text = _json(first)
+    return all(_json(v) == text for v in values[1:])
+
+
+def _render(value: Any) -> str:
+    return ABSENT if value is _MISSING else _json(value)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TEXT_CELL_CHARS else text[: TEXT_CELL_CHARS - 1] + "…"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def read_reports(settings: Settings, *, since_ms: int | None = None, last: int | None = None,
+                       timeout_s: float = 60.0) -> list[dict]:
+    """The divergence reports of ``settings.divergences_topic`` written in the last
+    ``since_ms`` milliseconds (by record timestamp; None: all the topic retains), of
+    those the ``last`` newest (None: all), oldest first. Each is the record's JSON
+    without ``clerk`` plus ``timestamp`` (ms), ``partition``, ``offset`` (of the report
+    itself) and ``diff`` (:func:`diff_copies`, as dicts). A record that is not a JSON
+    object is listed as ``{"unreadable": why}`` with its position. Raises TimeoutError
+    when the topic cannot be read to its end offsets within ``timeout_s`` seconds,
+    LookupError when the topic does not exist."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from app.kafka_admin import quiet
+    from app.replay import _partitions
+
+    topic = settings.divergences_topic
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    try:
+        with quiet():
+            await consumer.start()
+        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        found = {}
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: int(time.time() * 1000) - since_ms for tp in tps})
+        todo = set()
+        for tp in tps:
+            start = begins[tp]
+            if since_ms is not None:
+                at = found.get(tp)
+                start = max(start, at.offset if at is not None else ends[tp])
+            if last is not None:
+                # the `last` newest reports overall are among the `last` newest of each partition
+                start = max(start, ends[tp] - last)
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                todo.add(tp)
+        raw = []
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end offsets within {timeout_s:.0f} s "
+                                   f"(partitions {sorted(tp.partition for tp in todo)} unfinished)")
+            for tp, msgs in (await consumer.getmany(*todo, timeout_ms=500)).items():
+                raw.extend(m for m in msgs if m.offset < ends[tp])
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    if since_ms is not None:
+        # offsets_for_times finds the first record at or after the time; a partition
+        # whose timestamps are not monotonic may hold older ones after it
+        cutoff = int(time.time() * 1000) - since_ms
+        raw = [m for m in raw if m.timestamp >= cutoff]
+    raw.sort(key=lambda m: (m.timestamp, m.partition, m.offset))
+    if last is not None:
+        raw = raw[-last:] if last > 0 else []
+    return [report_entry(m.value, m.timestamp, m.partition, m.offset) for m in raw]
+
+
+def report_entry(value: bytes | None, timestamp: int, partition: int, offset: int) -> dict:
+    """One listed report (see :func:`read_reports`)."""
+    meta = {"timestamp": timestamp, "partition": partition, "offset": offset}
+    try:
+        rec = json.loads(value) if value is not None else None
+    except ValueError as exc:
+        return {**meta, "unreadable": f"not JSON: {exc}"}
+    if not isinstance(rec, dict):
+        return {**meta, "unreadable": "not a JSON object"}
+    rec.pop("clerk", None)
+    copies = rec.get("copies") if isinstance(rec.get("copies"), list) else []
+    copies = [c for c in copies if isinstance(c, dict)]
+    return {**meta, **rec, "diff": [row.as_dict() for row in diff_copies(copies)]}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``"90s"``, ``"15m"``, ``"2h"``, ``"7d"``, ``"500ms"`` -> milliseconds. Raises
+    ValueError for anything else."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration: write a number and a unit (ms, s, m, h, d), e.g. 30m")
+    return round(float(m[1]) * _UNIT_MS[m[2]])
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration_ms(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def reports_table(reports: list[dict], title: str):
+    """The rich table of :func:`read_reports`' entries. Every value from a report is
+    plain text (never rich markup: a corrupted body may hold "[red]")."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title, title_justify="left", show_lines=True)
+    for column in ("time", "input", "cause", "key / event", "what differs (value per copy)"):
+        t.add_column(column)
+    for r in reports:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["timestamp"] / 1000))
+        if "unreadable" in r:
+            t.add_row(when, Text(f"(report {r['partition']}@{r['offset']})"), Text("unreadable", style="red"), "",
+                      Text(r["unreadable"]))
+            continue
+        inp = r.get("input") if isinstance(r.get("input"), dict) else {}
+        cause = str(r.get("cause"))
+        if r.get("decided") is not None:
+            cause += f"\n(decided {str(r['decided'])[:12]}; the result stands)"
+        elif cause == "mismatch":
+            cause += "\n(nothing published)"
+        named = "\n".join("(none)" if v is None else str(v) for v in (r.get("idempotency_key"), r.get("event_name")))
+        diff = "\n".join(DiffRow(d["path"], d["values"]).text() for d in r["diff"]) or "(no difference found)"
+        t.add_row(when, Text(f"{inp.get('partition')}@{inp.get('offset')}"), Text(cause), Text(named), Text(diff))
+    return t
+
+
+@click.command("divergences")
+@click.option("--since", "since_ms", type=_Duration(), default=None,
+              help="only reports written within this DURATION (e.g. 30m, 2h, 7d)")
+@click.option("--last", type=click.IntRange(0), default=None,
+              help=f"only the N newest reports [default: {DEFAULT_LAST} unless --since is given]")
+@click.option("--json", "as_json", is_flag=True, help="print the reports as JSON (one array) instead of a table")
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="seconds to read the topic to its end before giving up")
+def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s: float) -> None:
+    """List recent divergence reports, with what the copies disagree about."""
+    from aiokafka.errors import KafkaError
+
+    settings = load()
+    if since_ms is None and last is None:
+        last = DEFAULT_LAST
+    try:
+        reports = asyncio.run(read_reports(settings, since_ms=since_ms, last=last, timeout_s=timeout_s))
+    except LookupError:
+        click.echo(f"docket divergences: topic {settings.divergences_topic} does not exist on "
+                   f"{settings.kafka_bootstrap}; run `docket topics create`", err=True)
+        sys.exit(1)
+    except (TimeoutError, OSError, KafkaError) as exc:
+        click.echo(f"docket divergences: cannot read {settings.divergences_topic} on "
+                   f"{settings.kafka_bootstrap}: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(reports, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+
+    scope = []
+    if since_ms is not None:
+        scope.append(f"written in the last {since_ms / 1000:g} s")
+    if last is not None:
+        scope.append(f"the {last} newest")
+    title = (f"{len(reports)} divergence report(s) on {settings.divergences_topic}"
+             + (f" ({', '.join(scope)})" if scope else ""))
+    if not reports:
+        click.echo(title)
+        return
+    Console().print(reports_table(reports, title))

@@ -1,0 +1,195 @@
+"""`docket divergences` without a broker: the field-level diff of a divergence record's
+copies (app/divergences.py diff_copies, pure), the listing of one record as the Clerk
+writes it, durations, and the table. Spec: integration.allium OperatorListsDivergences.
+Against a real broker and a real fault: tests/integration/test_divergence_report.py."""
+
+from __future__ import annotations
+
+import copy as copy_mod
+
+import orjson
+import pytest
+from rich.console import Console
+
+from agents.clerk_core import DIVERGENCE_BODY_LIMIT, ClerkCore, Report
+from app.canonical import canonical, digest
+from app.divergences import (
+    DiffRow,
+    copy_labels,
+    diff_copies,
+    parse_duration_ms,
+    report_entry,
+    reports_table,
+)
+
+
+def out(offset: int = 0, quantity: int = 10, **extra) -> dict:
+    body = {"input": {"partition": 0, "offset": offset}, "idempotency_key": "k1", "event_name": "stock.adjust",
+            "domain_version": "inventory/1", "duplicate_of": None, "stream_time": 1000,
+            "outcome": {"status": "applied", "reason": None, "detail": "",
+                        "entities": [{"key": "stock:w1:s1", "state": {"quantity": quantity}, "version": 1}]}}
+    body.update(extra)
+    return body
+
+
+def cp(instance: str, body, **kw) -> dict:
+    raw = canonical(body)
+    return {"instance": instance, "digest": digest(raw), "body": body, "body_bytes": len(raw),
+            "body_truncated": False, **kw}
+
+
+def rows(copies: list[dict]) -> list[tuple[str, dict]]:
+    return [(r.path, r.values) for r in diff_copies(copies)]
+
+
+def test_nested_difference_names_the_json_path_and_each_instances_value() -> None:
+    """OperatorListsDivergences: a bit flipped in a quantity is one row, the path of
+    the quantity, with the value each instance produced."""
+    assert rows([cp("a", out(quantity=10)), cp("b", out(quantity=11))]) == [
+        ("outcome.entities[0].state.quantity", {"a": "10", "b": "11"})]
+    (row,) = diff_copies([cp("a", out(quantity=10)), cp("b", out(quantity=11))])
+    assert row.text() == "outcome.entities[0].state.quantity: a=10 b=11"
+
+
+def test_every_differing_path_in_order_and_missing_keys_are_absent() -> None:
+    """OperatorListsDivergences: objects key by key (sorted), a key one copy lacks is
+    <absent>, where the types differ the row holds the whole values."""
+    a = out(quantity=1, detail_extra={"x": 1}, tags=["t"])
+    b = out(quantity=2, tags={"t": True})
+    b["outcome"]["reason"] = "odd"
+    b["weird key"] = 5
+    assert rows([cp("a", a), cp("b", b)]) == [
+        ("detail_extra", {"a": '{"x":1}', "b": "<absent>"}),
+        ("outcome.entities[0].state.quantity", {"a": "1", "b": "2"}),
+        ("outcome.reason", {"a": "null", "b": '"odd"'}),
+        ("tags", {"a": '["t"]', "b": '{"t":true}'}),
+        ('["weird key"]', {"a": "<absent>", "b": "5"}),
+    ]
+
+
+def test_lists_of_different_lengths_are_compared_index_by_index() -> None:
+    """OperatorListsDivergences: a list shorter than another is <absent> beyond its end."""
+    ent = {"key": "stock:w2:s1", "state": {"quantity": 3}, "version": 1}
+    a, b = out(), out()
+    b["outcome"]["entities"].append(ent)
+    b["outcome"]["entities"][0]["version"] = 2
+    assert rows([cp("a", a), cp("b", b)]) == [
+        ("outcome.entities[0].version", {"a": "1", "b": "2"}),
+        ("outcome.entities[1]", {"a": "<absent>", "b": '{"key":"stock:w2:s1","state":{"quantity":3},"version":1}'}),
+    ]
+
+
+def test_values_compare_as_json_not_as_python() -> None:
+    """OperatorListsDivergences: 1 and true are different JSON values (Python says equal)."""
+    assert rows([cp("a", {"v": 1}), cp("b", {"v": True})]) == [("v", {"a": "1", "b": "true"})]
+    assert rows([cp("a", {"v": [1]}), cp("b", {"v": [True]})]) == [("v[0]", {"a": "1", "b": "true"})]
+    big = 2**70  # beyond 64 bits: exact, never a float
+    assert rows([cp("a", {"v": big}), cp("b", {"v": big + 1})]) == [("v", {"a": str(big), "b": str(big + 1)})]
+
+
+def test_three_instances_show_every_copys_value_even_where_two_agree() -> None:
+    """OperatorListsDivergences: with a, b and c, a row lists all three."""
+    c = out(quantity=14)
+    c["outcome"]["detail"] = "x"
+    copies = [cp("a", out(quantity=10)), cp("b", out(quantity=10)), cp("c", c)]
+    assert rows(copies) == [
+        ("outcome.detail", {"a": '""', "b": '""', "c": '"x"'}),
+        ("outcome.entities[0].state.quantity", {"a": "10", "b": "10", "c": "14"}),
+    ]
+
+
+def test_truncated_body_takes_no_part_and_says_so() -> None:
+    """OperatorListsDivergences, CopyBodyWholeOrCut: a cut body's values are unknown:
+    a `$` row says why, and it is <truncated> in every row; the complete ones are still
+    compared with each other."""
+    cut = {"instance": "c", "digest": "f" * 64, "body": None, "body_bytes": 40_000, "body_truncated": True,
+           "body_prefix": '{"domain_version"'}
+    copies = [cp("a", out(quantity=1)), cp("b", out(quantity=2)), cut]
+    size = len(canonical(out(quantity=1)))
+    assert rows(copies) == [
+        ("$", {"a": f"<complete of {size} bytes>", "b": f"<complete of {size} bytes>",
+               "c": "<truncated: only a prefix of 40000 bytes>"}),
+        ("outcome.entities[0].state.quantity", {"a": "1", "b": "2", "c": "<truncated>"}),
+    ]
+    # one complete body and one cut: nothing to compare field by field, the `$` row says why
+    assert [r.path for r in diff_copies([cp("a", out()), cut])] == ["$"]
+
+
+def test_identical_bodies_with_different_digests_is_a_corrupted_digest() -> None:
+    """OperatorListsDivergences: complete, equal bodies whose digests differ give the
+    one row (digest)."""
+    a, b = cp("a", out()), cp("b", out())
+    b["digest"] = "0" * 64
+    assert rows([a, b]) == [("(digest)", {"a": a["digest"][:16], "b": "0" * 16})]
+    assert rows([cp("a", out()), cp("b", out())]) == []  # nothing differs at all: nothing to show
+
+
+def test_records_written_before_bodies_were_reported_are_listed_without_a_field_diff() -> None:
+    """OperatorListsDivergences: an old record (copies of instance and digest only)."""
+    old = [{"instance": "a", "digest": "1" * 64}, {"instance": "b", "digest": "2" * 64}]
+    assert rows(old) == [("$", {"a": "<no body>", "b": "<no body>"})]
+
+
+def test_replayed_copy_has_its_own_label() -> None:
+    """OperatorListsDivergences: the replayed copy of a replay_mismatch is `a(replay)`."""
+    copies = [cp("a", out(quantity=1)), cp("b", out(quantity=1)), cp("a", out(quantity=3), replay=True)]
+    assert copy_labels(copies) == ["a", "b", "a(replay)"]
+    assert copy_labels([{"instance": "a"}, {"instance": "a"}]) == ["a", "a#2"]
+    assert rows(copies) == [("outcome.entities[0].state.quantity", {"a": "1", "b": "1", "a(replay)": "3"})]
+
+
+def _clerk_report(body_a: bytes, body_b: bytes) -> bytes:
+    core = ClerkCore(("a", "b"), 2)
+    core.on_copy(0, 5, "a", digest(body_a), body_a, None)
+    (report,) = core.on_copy(0, 5, "b", digest(body_b), body_b, None)
+    assert isinstance(report, Report)
+    return report.value
+
+
+def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
+    """OperatorListsDivergences, ClerkPublishesDivergence: the record exactly as the
+    Clerk writes it, listed: its fields (without the Clerk's state), where it sits on
+    the topic, and the diff; the table shows the key, event and the diff line."""
+    raw = _clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11)))
+    entry = report_entry(raw, 1_700_000_000_000, 0, 3)
+    assert "clerk" not in entry
+    assert (entry["timestamp"], entry["partition"], entry["offset"]) == (1_700_000_000_000, 0, 3)
+    assert (entry["idempotency_key"], entry["event_name"], entry["cause"]) == ("k1", "stock.adjust", "mismatch")
+    assert entry["diff"] == [{"path": "outcome.entities[0].state.quantity", "values": {"a": "10", "b": "11"}}]
+    console = Console(width=200, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "k1" in text and "stock.adjust" in text and "outcome.entities[0].state.quantity: a=10 b=11" in text
+    markup = report_entry(_clerk_report(canonical(out(5, note="[red]x[/red]")), canonical(out(5))), 0, 0, 5)
+    console = Console(width=200, record=True)
+    console.print(reports_table([markup], "t"))
+    assert 'note: a="[red]x[/red]" b=<absent>' in console.export_text()  # shown, never interpreted
+
+    big = canonical(out(5, padding="x" * DIVERGENCE_BODY_LIMIT))
+    entry = report_entry(_clerk_report(big, canonical(out(5))), 0, 0, 4)
+    assert entry["diff"][0]["path"] == "$" and entry["diff"][0]["values"]["a"].startswith("<truncated")
+
+    assert report_entry(b"not json", 0, 1, 2)["unreadable"].startswith("not JSON")
+    assert report_entry(b"[1]", 0, 1, 2)["unreadable"] == "not a JSON object"
+    original = orjson.loads(raw)
+    mangled = copy_mod.deepcopy(original)
+    mangled["copies"] = "garbage"
+    assert report_entry(orjson.dumps(mangled), 0, 0, 0)["diff"] == []
+
+
+@pytest.mark.parametrize(("text", "ms"), [("500ms", 500), ("90s", 90_000), ("15m", 900_000), ("2h", 7_200_000),
+                                          ("7d", 604_800_000), ("1.5h", 5_400_000)])
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "10", "m", "5 weeks", "-3m"])
+def test_bad_durations_say_how_to_write_one(text: str) -> None:
+    with pytest.raises(ValueError, match="write a number and a unit"):
+        parse_duration_ms(text)
+
+
+def test_long_values_are_cut_in_the_table_only() -> None:
+    row = DiffRow("p", {"a": '"' + "x" * 500 + '"', "b": "1"})
+    assert len(row.text()) < 300 and row.text().endswith("b=1")
+    assert row.as_dict()["values"]["a"] == '"' + "x" * 500 + '"'
