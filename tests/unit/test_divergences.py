@@ -1,7 +1,7 @@
 """`docket divergences` without a broker: the field-level diff of a divergence record's
 copies (app/divergences.py diff_copies, pure), the listing of one record as the Clerk
 writes it, durations, and the table. Spec: integration.allium OperatorListsDivergences.
-Against a real broker and a real fault: tests/integration/test_divergence_report.py."""
+Against a real broker and a real fault: tests/integration/test_api_divergence.py."""
 
 from __future__ import annotations
 
