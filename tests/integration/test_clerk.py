@@ -23,6 +23,7 @@ import pytest
 import app.domains  # noqa: F401  registers the built-in domains
 from app import workload
 from app.broker import free_port
+from app.canonical import canonical, digest
 from app.registry import registry
 from app.replay import end_offsets, read_topic, replay
 from app.settings import Settings
@@ -358,6 +359,10 @@ async def test_three_instances_two_required_faulty_c_is_outvoted_and_reported(cl
       copy of c is reported, divergence records == c's "FAULT INJECTED" lines, at those
       positions, each listing all three copies and naming c's digest as the odd one (a's
       and b's equal the decided digest, the oracle's). ClerkSequenceNumbersUnique.
+    - ClerkPublishesDivergence, DivergenceNamedByOneOfItsCopies: each report names the
+      request as the decided copy of a says it (the oracle's key and event name), and
+      carries the three bodies: a's and b's are the oracle's bytes, c's the bytes its
+      digest covers, the oracle's with one quantity's bit flipped.
       Both paths are forced: c starts only after a and b have decided the first half
       (all its copies of that half arrive after the decision), then the second half runs
       with all three racing (c's copy may come first, second or last).
@@ -421,6 +426,13 @@ async def test_three_instances_two_required_faulty_c_is_outvoted_and_reported(cl
         assert all(d == good for i, d in copies.items() if i != "c"), f"{pos}: a or b is the odd one: {r.value}"
         assert copies.keys() == {"a", "b", "c"}, f"{pos}: the report does not list every copy: {r.value}"
         assert set(published[pos].value["instances"]) == {"a", "b"}, published[pos].value
+        expected_body = orjson.loads(oracle.bodies[pos])
+        assert r.value["named_by"] == "a", r.value
+        assert (r.value["idempotency_key"], r.value["event_name"]) == (expected_body["idempotency_key"],
+                                                                       expected_body["event_name"]), r.value
+        bodies = {cp["instance"]: canonical(cp["body"]) for cp in r.value["copies"]}
+        assert bodies["a"] == bodies["b"] == oracle.bodies[pos], f"{pos}: a's or b's body is not the oracle's"
+        assert digest(bodies["c"]) == copies["c"] and bodies["c"] != oracle.bodies[pos]
     counts = {}
     for pos, r in published.items():
         key = ("first" if pos in first else "second") + " half " + ",".join(r.value["instances"])
