@@ -459,10 +459,11 @@ def divergence_report(key, partition: int, offset: int, *, quantities=(10, 11), 
 
     core = ClerkCore(instances, required)
     last = None
+    stream_time = stream_time or int(time.time() * 1000)  # once: the copies differ only in quantity
     for inst, q in zip(instances, quantities, strict=True):
         body = canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": key,
                           "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
-                          "stream_time": stream_time or int(time.time() * 1000),
+                          "stream_time": stream_time,
                           "outcome": {"status": "applied", "reason": None, "detail": "",
                                       "entities": [{"key": "stock:w1:s1", "state": {"quantity": q},
                                                     "version": 1}]}})
