@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,126 +25,23 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from app.api import create_app
-from app.broker import free_port, set_parent_death_signal
 from app.client import DocketClient
 from app.records import partition_for
-from app.settings import Settings, load
 
-from tests.integration.clerk_kit import DocketProc
-from tests.integration.procs import Worker, wait_for, worker_env
+from tests.integration.procs import wait_for
+from tests.integration.stack_kit import API_TIMEOUT_MS, STACK_PARTITIONS, Stack, get_json, post_json, running_stack
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 4
+PARTITIONS = STACK_PARTITIONS
 TOKEN = "it-" + secrets.token_urlsafe(16)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-API_TIMEOUT_MS = 20_000  # generous: two cores shared with Faust workers and the broker
-
-
-@dataclasses.dataclass
-class ApiProc(Worker):
-    """``docket api`` as a subprocess (procs.Worker's lifecycle and logs)."""
-
-    args: tuple[str, ...] = ()
-
-    def start(self) -> "ApiProc":
-        if self.alive:
-            raise RuntimeError(f"api already running (pid {self.proc.pid})")
-        self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{self.instance}-{self.starts}.log"
-        self.logs.append(log_path)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from app.cli import main; main()", "api", *self.args],
-                env=self.env, cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
-            )
-        return self
-
-
-@dataclasses.dataclass
-class Stack:
-    settings: Settings
-    url: str
-    a: DocketProc
-    b: DocketProc
-    clerk: DocketProc
-    api: ApiProc
-
-    def logs(self) -> str:
-        return "\n".join(p.log_tail(15) for p in (self.a, self.b, self.clerk, self.api))
-
-
-def _get_json(url: str, headers: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read() or b"{}")
-    except OSError:
-        return 0, {}
-
-
-def _post_json(url: str, body: dict, key: str, headers: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=orjson.dumps(body), method="POST",
-                                 headers={**AUTH, "Content-Type": "application/json", "Idempotency-Key": key,
-                                          **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from app.topics import create_topics
-
-    root = tmp_path_factory.mktemp("api-stack")
-    port = free_port()
-    env_over = {"DOCKET_KAFKA_BOOTSTRAP": kafka_bootstrap, "DOCKET_TOPIC_PREFIX": f"api{secrets.token_hex(4)}",
-                "DOCKET_PARTITIONS": str(PARTITIONS), "DOCKET_INSTANCES": "a,b", "DOCKET_DATA_ROOT": str(root / "data")}
-    saved = {k: os.environ.get(k) for k in env_over}
-    os.environ.update(env_over)
-    try:
-        settings = load()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    asyncio.run(create_topics(settings))
-    env = worker_env(settings, DOCKET_API_TOKENS=TOKEN, DOCKET_API_PORT=str(port),
-                     DOCKET_API_TIMEOUT_MS=str(API_TIMEOUT_MS))
-    logs = root / "logs"
-
-    def proc(name: str, command: str) -> DocketProc:
-        role = name if command == "instance" else "clerk"
-        return DocketProc(instance=name, env=env, data_dir=settings.data_root / settings.app_id(role),
-                          log_dir=logs, command=command)
-
-    s = Stack(settings, f"http://127.0.0.1:{port}", proc("a", "instance"), proc("b", "instance"),
-              proc("clerk", "clerk"), ApiProc(instance="api", env=env, data_dir=root, log_dir=logs))
-    procs = [s.a, s.b, s.clerk, s.api]
-    try:
-        for p in procs:
-            p.start()
-        asyncio.run(wait_for(lambda: _get_json(s.url + "/readyz")[0] == 200, 120, "the API to be ready",
-                             detail=s.logs))
-        # the pipeline flows end to end: one event decided through the API
-        status, body = _post_json(s.url + "/v1/events", {"event_name": "stock.adjust", "payload": {
-            "warehouse": "warm", "sku": "warm-up", "delta": 1}}, "warm-up-1")
-        assert status in (200, 202), body
-        asyncio.run(wait_for(lambda: _get_json(s.url + "/v1/events/warm-up-1", AUTH)[1].get("state") == "decided",
-                             180, "the warm-up event to be decided", detail=s.logs))
+    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("api-stack"), TOKEN, API_TIMEOUT_MS) as s:
         yield s
-    finally:
-        for p in procs:
-            p.kill()
 
 
 @pytest.fixture
@@ -499,7 +395,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack
 
     # the document's examples exist, so the examples phase reaches 200 answers of every
     # operation (the POST example is then a replay)
-    status, body = _post_json(stack.url + "/v1/events", openapi.EXAMPLE_EVENT, openapi.EXAMPLE_KEY)
+    status, body = post_json(stack.url + "/v1/events", openapi.EXAMPLE_EVENT, openapi.EXAMPLE_KEY, AUTH)
     assert status == 200, body
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe), "--no-color", "run", f"{stack.url}/openapi.json",

@@ -19,7 +19,7 @@ from app.settings import load
 from app.topics import create_topics
 
 from tests.integration.procs import wait_for, worker_env
-from tests.integration.test_api import ApiProc, _get_json, _post_json
+from tests.integration.stack_kit import ApiProc, get_json, post_json
 
 pytestmark = pytest.mark.integration
 
@@ -37,37 +37,37 @@ def test_api_reports_kafka_unreachable_and_recovers(tmp_path) -> None:
                                    kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix=f"down{secrets.token_hex(3)}",
                                    partitions=2, data_root=tmp_path / "data")
     env = worker_env(settings, DOCKET_API_TOKENS=token, DOCKET_API_PORT=str(api_port), DOCKET_LOG_LEVEL="info")
-    api = ApiProc(instance="api", env=env, data_dir=tmp_path, log_dir=tmp_path / "logs")
+    api = ApiProc(env, tmp_path / "logs")
     url = f"http://127.0.0.1:{api_port}"
     auth = {"Authorization": f"Bearer {token}"}
     event = {"event_name": "stock.adjust", "payload": {"warehouse": "w1", "sku": "s1", "delta": 1}}
     api.start()
     try:
-        asyncio.run(wait_for(lambda: _get_json(url + "/healthz")[0] == 200, 60, "the API to serve",
+        asyncio.run(wait_for(lambda: get_json(url + "/healthz")[0] == 200, 60, "the API to serve",
                              detail=api.log_tail))
-        status, body = _get_json(url + "/readyz")
+        status, body = get_json(url + "/readyz")
         assert status == 503 and body["ready"] is False, body
         assert f"connecting to Kafka at 127.0.0.1:{port}" in body["message"]
-        status, body = _post_json(url + "/v1/events", event, "down-1", {**auth, "Prefer": "respond-async"})
+        status, body = post_json(url + "/v1/events", event, "down-1", {**auth, "Prefer": "respond-async"})
         assert status == 503, body
         assert body["error"] == "kafka_unavailable"
         assert body["message"].startswith("the request was not accepted"), body
 
         launcher.start_broker(settings, 90, die_with_parent=True)
         asyncio.run(create_topics(settings))
-        asyncio.run(wait_for(lambda: _get_json(url + "/readyz")[0] == 200, 60,
+        asyncio.run(wait_for(lambda: get_json(url + "/readyz")[0] == 200, 60,
                              "the API to connect once the broker is up", detail=api.log_tail))
-        status, body = _post_json(url + "/v1/events", event, "down-2", {**auth, "Prefer": "respond-async"})
+        status, body = post_json(url + "/v1/events", event, "down-2", {**auth, "Prefer": "respond-async"})
         assert status == 202, body  # accepted; no instances run here to decide it
         assert body["position"]["partition"] in (0, 1)
 
         launcher.stop_broker(settings.broker_dir, timeout=30)
         status, body = asyncio.run(wait_for(
-            lambda: (r := _get_json(url + "/readyz"))[0] == 503 and r, 60, "/readyz to notice the broker is gone",
+            lambda: (r := get_json(url + "/readyz"))[0] == 503 and r, 60, "/readyz to notice the broker is gone",
             detail=api.log_tail))
         assert body["checks"]["kafka_connected"] is False
         assert "lost the connection to Kafka" in body["message"]
-        status, body = _post_json(url + "/v1/events", event, "down-3", auth)
+        status, body = post_json(url + "/v1/events", event, "down-3", auth)
         assert status == 503, body
         assert body["message"].startswith("the request was not accepted"), body
         api.assert_alive()
