@@ -61,7 +61,7 @@ class Arbiter:
             entities = []
             outcome = records.outcome("rejected", "evaluation_error", f"{type(exc).__name__}: {exc}")
         body = records.body(
-            event.record, idempotency_key=event.idempotency_key, event_name=event.event_name,
+            event.record, stream_time=event.stream_time, idempotency_key=event.idempotency_key, event_name=event.event_name,
             domain_version=domain.version, outcome=outcome, duplicate_of=None)
         return Evaluation(body, entities)
 
@@ -69,7 +69,7 @@ class Arbiter:
         record = event.record
         self.warden.record(
             event.idempotency_key,
-            WardenEntry(record.partition, record.offset, record.timestamp, fingerprint, evaluation.body))
+            WardenEntry(record.partition, record.offset, event.stream_time, fingerprint, evaluation.body))
         for ent in evaluation.entities:
             self.registrar.put(record.partition, ent["key"],
                                EntityRecord(ent["state"], ent["version"], record.offset))

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from agents.clerk_core import ClerkCore, Publish
 from agents.instance import STAGE_BUCKETS, check_topics, faust_settings, run_worker
 from app.canonical import canonical_trusted, digest
+from app.faust_tuning import ISOLATION_LEVEL
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 
@@ -48,7 +49,7 @@ class TailReader:
     async def last_records(self, partition: int) -> list[bytes]:
         if self.consumer is None:
             self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                             enable_auto_commit=False, isolation_level="read_committed")
+                                             enable_auto_commit=False, isolation_level=ISOLATION_LEVEL)
             await self.consumer.start()
         c = self.consumer
         tps = [TopicPartition(t, partition) for t in (self.settings.results_topic, self.settings.divergences_topic)]

@@ -25,7 +25,7 @@ from agents.faults import FaultInjector, FaultSpec
 from agents.usher import Usher
 from app.records import InputRecord
 from app.registry import registry
-from app.faust_tuning import shorten_fetch_wait
+from app.faust_tuning import ISOLATION_LEVEL, tune_worker_consumer
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 from tables.faust_store import FaustStore
@@ -84,7 +84,7 @@ def observe_many(histogram: Histogram, value: float, n: int) -> None:
 
 def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
     """Faust configuration shared by every docket app (instances and the Clerk)."""
-    shorten_fetch_wait(settings.fetch_max_wait_ms)
+    tune_worker_consumer(settings.fetch_max_wait_ms)
     return dict(
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="rocksdb://",
@@ -171,7 +171,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
 
             # a group member in name only: it never joins, it only fetches offsets
             reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                      group_id=settings.app_id(instance_id), enable_auto_commit=False)
+                                      group_id=settings.app_id(instance_id), enable_auto_commit=False,
+                                      isolation_level=ISOLATION_LEVEL)
             await reader.start()
             offsets_reader.append(reader)
         from aiokafka import TopicPartition
@@ -263,22 +264,32 @@ def _next_offsets(batch: list[InputRecord]) -> dict[int, int]:
 
 
 async def check_topics(settings: Settings, topics: list[str]) -> None:
+    """Raise ClickException unless Kafka answers, every one of ``topics`` exists and, if
+    the input topic is among them, it has broker timestamps (LogAppendTime)."""
     from aiokafka.admin import AIOKafkaAdminClient
+
+    from app.topics import TopicError, check_broker_time
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-    except Exception as exc:  # noqa: BLE001  any connection failure gets the same advice
-        raise click.ClickException(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with `docket broker start`"
-        ) from None
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+        except Exception as exc:  # noqa: BLE001  any connection failure gets the same advice
+            raise click.ClickException(
+                f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with `docket broker start`"
+            ) from None
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            # Faust would silently consume nothing from a missing source topic.
+            raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
+        if settings.input_topic in topics:
+            try:
+                await check_broker_time(admin, settings.input_topic)
+            except TopicError as exc:
+                raise click.ClickException(exc.message) from None
     finally:
         await admin.close()
-    missing = [t for t in topics if t not in existing]
-    if missing:
-        # Faust would silently consume nothing from a missing source topic.
-        raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
 
 
 @click.command("instance")

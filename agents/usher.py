@@ -46,9 +46,9 @@ class Usher:
         self.arbiter = Arbiter(domain, registrar, warden)
         self.faults = None  # agents.faults.FaultInjector, only when asked for
 
-    def admit(self, record: InputRecord) -> Event | tuple[Rejection, Event | None]:
+    def admit(self, record: InputRecord, stream_time: int) -> Event | tuple[Rejection, Event | None]:
         """The stateless checks: envelope, event name, payload, affinity, routing."""
-        event = records.decode(record)
+        event = records.decode(record, stream_time)
         if isinstance(event, Rejection):
             return event, None
         domain = self.domain
@@ -74,7 +74,10 @@ class Usher:
         """One output per input record, in batch order. ``committed(partition)`` is the
         committed input offset: where a replay after a crash would start, so the
         Warden may only collect below it."""
-        admitted = [self.admit(record) for record in batch]
+        warden = self.warden
+        # every record moves its partition's stream time, whatever its fate
+        times = [warden.stream_time(r.partition, r.offset, r.timestamp) for r in batch]
+        admitted = [self.admit(record, t) for record, t in zip(batch, times)]
         for item in admitted:  # pre-warm: one pass of reads before any evaluation
             if isinstance(item, Event):
                 self.registrar.prewarm(item.record.partition,
@@ -82,47 +85,49 @@ class Usher:
         outputs = []
         last_index = {record.partition: i for i, record in enumerate(batch)}
         for i, (record, item) in enumerate(zip(batch, admitted)):
-            self.warden.observe(record.partition, record.offset, record.timestamp)
-            body = self._conclude(record, item)
+            body = self._conclude(record, times[i], item)
             if self.faults is not None:
                 self.faults.corrupt_state(self.registrar, record.partition, record.offset, body)
                 body = self.faults.corrupt_body(body)
             outputs.append(Output(record.partition, record.key, records.seal(body, self.instance), body))
             if last_index[record.partition] == i:
-                self.warden.collect(record.partition, committed)
+                warden.checkpoint(record.partition)
+                warden.collect(record.partition, committed)
         return outputs
 
-    def _conclude(self, record: InputRecord, item) -> bytes:
+    def _conclude(self, record: InputRecord, stream_time: int, item) -> bytes:
         if not isinstance(item, Event):
             rejection, event = item
-            return self._rejected(record, event, rejection)
+            return self._rejected(record, stream_time, event, rejection)
         event = item
         try:
             fingerprint = _fingerprint(event)
         except NotCanonical as exc:
-            return self._rejected(record, event, Rejection("invalid_payload", str(exc)))
+            return self._rejected(record, stream_time, event, Rejection("invalid_payload", str(exc)))
         version = self.warden.lookup(record.partition, event.idempotency_key, record.offset)
-        verdict = self.warden.judge(version, record.offset, record.timestamp, fingerprint)
+        verdict = self.warden.judge(version, record.offset, stream_time, fingerprint)
         if verdict is Verdict.REPLAY:
             self.arbiter.redo(event.idempotency_key, version)
             return version.body
         if verdict is Verdict.DUPLICATE:
             original = orjson.loads(version.body)
             return records.body(
-                record, idempotency_key=event.idempotency_key, event_name=event.event_name,
+                record, stream_time=stream_time, idempotency_key=event.idempotency_key, event_name=event.event_name,
                 domain_version=self.domain.version, outcome=original["outcome"],
                 duplicate_of=records.position(version.partition, version.offset))
         if verdict is Verdict.REUSED:
-            return self._rejected(record, event, Rejection(
+            return self._rejected(record, stream_time, event, Rejection(
                 "idempotency_key_reused",
                 f"key first used at partition {version.partition} offset {version.offset} for a different request"))
         evaluation = self.arbiter.evaluate(event)
         self.arbiter.apply(event, evaluation, fingerprint)
         return evaluation.body
 
-    def _rejected(self, record: InputRecord, event: Event | None, rejection: Rejection) -> bytes:
+    def _rejected(self, record: InputRecord, stream_time: int, event: Event | None,
+                  rejection: Rejection) -> bytes:
         return records.body(
             record,
+            stream_time=stream_time,
             idempotency_key=None if event is None else event.idempotency_key,
             event_name=None if event is None else event.event_name,
             domain_version=self.domain.version,

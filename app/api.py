@@ -33,6 +33,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import openapi
+from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
 from app.settings import Settings, load
 
@@ -227,9 +228,14 @@ async def post_event(request: web.Request) -> web.Response:
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
     raw = await request.read()  # client_max_size stops a chunked body over the limit
     try:
-        body = orjson.loads(raw)
+        body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except DuplicateMember as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}",
+                       [{"field": exc.name, "reason": "duplicate_member", "message": str(exc)}]) from None
+    except NotIJson as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}") from None
     errors: list[dict] = []
     key, key_error = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     if key_error:

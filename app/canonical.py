@@ -65,5 +65,85 @@ def canonical_trusted(value: Any) -> bytes:
         return _fallback(value)
 
 
+# Deepest nesting of arrays and objects docket accepts in a JSON document. Deeper ones
+# are refused by rule, not by whichever recursion limit a parser or a walk happens to
+# hit first (that depends on the stack depth at the call, which differs between a
+# worker and the pure replay: two instances could judge one record differently).
+MAX_JSON_DEPTH = 64
+
+
+class NotIJson(ValueError):
+    """A JSON document docket refuses although it parses: see the subclasses."""
+
+
+class DuplicateMember(NotIJson):
+    """A JSON object names a member twice. RFC 8259 leaves the meaning open (most
+    parsers keep the last, some the first); I-JSON (RFC 7493, section 2.3) forbids it,
+    and so does docket: two readers of the same bytes must never see different values."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"member {name!r} appears twice in one JSON object (RFC 7493 forbids duplicate names)")
+
+
+class NestedTooDeep(NotIJson):
+    """Arrays and objects nested deeper than MAX_JSON_DEPTH."""
+
+    name = None
+
+    def __init__(self) -> None:
+        super().__init__(f"arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise DuplicateMember(name)
+        seen[name] = value
+    return seen
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    # iterative: no recursion limit to hit
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """``orjson.loads``, refusing what two readers could read differently.
+
+    Raises orjson.JSONDecodeError (not JSON), NestedTooDeep (arrays and objects nested
+    deeper than MAX_JSON_DEPTH) or DuplicateMember (an object names a member twice).
+    For compact JSON (what docket's clients and most producers send) this costs one
+    extra ``orjson.dumps``: bytes that re-encode to themselves hold no duplicate, since
+    the parsed value has each member once. Anything else is scanned again by the
+    standard library's parser, which reports duplicates."""
+    value = orjson.loads(raw)
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    # fewer brackets than the limit cannot nest deeper than it (brackets inside
+    # strings only overcount)
+    if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH and not _depth_within(value, MAX_JSON_DEPTH):
+        raise NestedTooDeep()
+    try:
+        if orjson.dumps(value) == data:
+            return value
+    except TypeError:
+        pass  # not re-encodable (e.g. NaN); the full scan decides
+    json.loads(data, object_pairs_hook=_refuse_duplicates)
+    return value
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -444,9 +444,9 @@ class Scenario:
 
             inputs = once(await read_topic(s.kafka_bootstrap, s.input_topic, timeout_s=180))
             results = [_compact(orjson.loads(r.value)) for r in
-                       once(await read_topic(s.kafka_bootstrap, s.results_topic, read_committed=True, timeout_s=180))]
+                       once(await read_topic(s.kafka_bootstrap, s.results_topic, timeout_s=180))]
             divergences = [orjson.loads(r.value) for r in
-                           once(await read_topic(s.kafka_bootstrap, s.divergences_topic, read_committed=True))]
+                           once(await read_topic(s.kafka_bootstrap, s.divergences_topic))]
             oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
             dumps: dict[str, dict | str] = {}
             for inst in s.instances:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from app.faust_tuning import ISOLATION_LEVEL
 from app.broker import set_parent_death_signal, start_broker, stop_broker
 from app.kafka_admin import quiet
 from app.settings import Settings
@@ -293,7 +294,7 @@ class Watch:
 
         s = self.settings
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", isolation_level="read_committed",
+                                    auto_offset_reset="earliest", isolation_level=ISOLATION_LEVEL,
                                     max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         tps = [TopicPartition(t, p) for t in (s.results_topic, s.divergences_topic) for p in range(s.partitions)]

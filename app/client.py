@@ -128,7 +128,8 @@ class KafkaUnavailable(ClientError):
 
 
 class TopicsMissing(ClientError):
-    """docket's topics do not exist (or have another partition count)."""
+    """docket's topics do not exist, have another partition count, or the input topic
+    lacks broker timestamps (LogAppendTime); the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def _exact(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def _now_ms() -> int:
+def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -263,6 +264,21 @@ class DocketClient:
         self.results_read = 0
         self.divergences_read = 0
         self.last_error: str | None = None
+        # the newest broker timestamp seen (ms): produce acknowledgements (LogAppendTime
+        # of the input topic) and results' stream_time
+        self._broker_ms = 0
+
+    def _clock_ms(self) -> int:
+        """The index's clock (ms): the newest broker timestamp seen, or this host's
+        clock where that is ahead (an idle client sees no broker time). A host clock
+        running ahead only makes the index forget a key sooner than the Warden does,
+        which hands the decision to the Warden; it never keeps a key alive longer."""
+        wall = _wall_ms()
+        return wall if wall > self._broker_ms else self._broker_ms
+
+    def _saw(self, broker_ms: int) -> None:
+        if broker_ms > self._broker_ms:
+            self._broker_ms = broker_ms
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -301,7 +317,7 @@ class DocketClient:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
-        from app.topics import partition_counts
+        from app.topics import broker_time_problem, partition_counts, timestamp_types
 
         s = self.settings
         try:
@@ -311,8 +327,12 @@ class DocketClient:
         try:
             topics = [s.input_topic, s.results_topic, s.divergences_topic, s.entities_topic]
             counts = await partition_counts(admin, topics)
+            input_time = (await timestamp_types(admin, [s.input_topic])).get(s.input_topic)
         finally:
             await admin.close()
+        problem = s.input_topic in counts and broker_time_problem(s.input_topic, input_time)
+        if problem:
+            raise TopicsMissing(problem)
         missing = [t for t in topics if t not in counts]
         if missing:
             raise TopicsMissing(f"topic(s) {', '.join(missing)} do not exist on {s.kafka_bootstrap}; "
@@ -333,7 +353,10 @@ class DocketClient:
             with quiet():
                 await producer.start()
                 await consumer.start()
-            t0 = _now_ms()
+            # How far back to read results at start is the one reading of this host's
+            # clock that is not capped by broker time: a clock off by X shifts the window
+            # by X, and a key the index misses is still judged by the Warden.
+            t0 = _wall_ms()
             await self._load_entities(consumer, [TopicPartition(s.entities_topic, p)
                                                  for p in range(counts[s.entities_topic])])
             tps = [TopicPartition(s.results_topic, p) for p in range(counts[s.results_topic])]
@@ -457,7 +480,7 @@ class DocketClient:
         accepted, or not acknowledged in time). Returns a Submission whose status is
         decided, pending (timeout; the event was accepted) or diverged."""
         key, home, fp, value = self._prepare(event_name, payload, idempotency_key)
-        now = _now_ms()
+        now = self._clock_ms()
         self._check_reuse(idempotency_key, home, fp, now)
         if not self.connected:
             raise KafkaUnavailable(
@@ -470,8 +493,8 @@ class DocketClient:
         self._unacked[idempotency_key] += 1
         try:
             try:
-                meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key,
-                                                          timestamp_ms=now)
+                # no timestamp: the input topic is LogAppendTime, the broker stamps it
+                meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key)
             except Exception as exc:  # noqa: BLE001  any produce failure means: not acknowledged
                 entry = self._index.get(idempotency_key)
                 if entry is not None and entry.position is None and entry.recorded_at == now:
@@ -481,16 +504,20 @@ class DocketClient:
                     f"({type(exc).__name__}: {exc}); it was most likely not accepted, and a retry with "
                     "the same idempotency key is safe", accepted=None) from None
             pos = (meta.partition, meta.offset)
+            stamped = meta.timestamp  # the broker's LogAppendTime: the request's stream time
+            self._saw(stamped)
             if meta.partition != home:  # checked at start; a topic recreated meanwhile
                 log.error("%s[%d] is not the partition %d docket routes key %r to", self.settings.input_topic,
                           meta.partition, home, key)
             fut = asyncio.get_running_loop().create_future()
             self._waiters[pos] = fut
-            self._mine[pos] = (idempotency_key, now, fp)
-            self._mine_order.append((now, pos))
+            self._mine[pos] = (idempotency_key, stamped, fp)
+            self._mine_order.append((stamped, pos))
             entry = self._index.get(idempotency_key)
             if entry is not None and entry.position is None and entry.fingerprint == fp:
                 entry.position = pos
+                entry.recorded_at = stamped
+                self._index_order.append((stamped, idempotency_key))
             early = self._early.get(idempotency_key, {}).pop(pos, None) or self._early_divergences.pop(pos, None)
             if early is not None:  # read before the acknowledgement: the position is final
                 self._resolve(pos, *early)
@@ -525,7 +552,7 @@ class DocketClient:
     # ------------------------------------------------------------------ reading
 
     def status(self, idempotency_key: str) -> KeyStatus:
-        entry = self._live(idempotency_key, _now_ms())
+        entry = self._live(idempotency_key, self._clock_ms())
         if entry is None:
             return KeyStatus(idempotency_key, "unknown")
         if entry.divergence is not None:
@@ -572,7 +599,7 @@ class DocketClient:
                             del self._catch_up_to[tp]
                     if not self._catch_up_to:
                         self._caught_up.set()
-                self._sweep(_now_ms())
+                self._sweep(self._clock_ms())
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
@@ -589,6 +616,7 @@ class DocketClient:
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
+        self._saw(rec["stream_time"])
         outcome = rec["outcome"]
         # entities and index first: a submitter woken below reads its own writes
         if outcome["status"] == "applied" and rec.get("duplicate_of") is None:
@@ -662,7 +690,7 @@ class DocketClient:
             fut.set_result((kind, rec))
 
     def _index_result(self, ikey: str, pos: Position, rec: dict, compact: bytes) -> None:
-        now = _now_ms()
+        now = self._clock_ms()
         entry = self._live(ikey, now)
         outcome = rec["outcome"]
         if outcome["status"] == "rejected" and outcome["reason"] == "idempotency_key_reused":

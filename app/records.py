@@ -3,7 +3,8 @@ instance emits. Spec: specs/usher.allium (intake), specs/arbiter.allium (output)
 
 Input:  key = affinity key (UTF-8); value = JSON
         {"idempotency_key": str, "event_name": str, "payload": {...}};
-        record timestamp = the event's stream time (ms).
+        record timestamp = the broker's (LogAppendTime); the event's stream time is
+        the greatest such timestamp at or below its offset (tables/warden.py).
 Output: JSON {instance, digest, input: {partition, offset}, idempotency_key,
         event_name, domain_version, outcome, duplicate_of, stream_time}; ``digest``
         is SHA-256 of the canonical serialisation of every field but ``instance``
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from app.canonical import canonical_trusted, digest
+from app.canonical import NotIJson, canonical_trusted, digest, loads_strict
 from app.registry import Rejection
 
 MAX_IDEMPOTENCY_KEY = 128
@@ -29,7 +30,7 @@ MAX_VALUE_BYTES = 64 * 1024
 class InputRecord:
     partition: int
     offset: int
-    timestamp: int  # ms; the event's stream time
+    timestamp: int  # ms; the broker's LogAppendTime (stream time: Warden.stream_time)
     key: bytes | None
     value: bytes | None
 
@@ -39,6 +40,7 @@ class Event:
     """An input record that decoded to the input envelope."""
 
     record: InputRecord
+    stream_time: int  # ms, Warden.stream_time of the record
     key: str
     idempotency_key: str
     event_name: str
@@ -50,7 +52,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def decode(record: InputRecord) -> Event | Rejection:
+def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     """The envelope check. Anything a producer could get wrong becomes a named
     rejection; nothing raises."""
     if record.key is None:
@@ -64,9 +66,11 @@ def decode(record: InputRecord) -> Event | Rejection:
     if len(record.value) > MAX_VALUE_BYTES:
         return Rejection("malformed_record", f"record value exceeds {MAX_VALUE_BYTES} bytes")
     try:
-        value = orjson.loads(record.value)
+        value = loads_strict(record.value)
     except orjson.JSONDecodeError:
         return Rejection("malformed_record", "record value is not JSON")
+    except NotIJson as exc:
+        return Rejection("malformed_record", f"record value is not I-JSON: {exc}")
     if not isinstance(value, dict):
         return Rejection("malformed_record", "record value must be a JSON object")
     extra = sorted(set(value) - {"idempotency_key", "event_name", "payload"})
@@ -82,7 +86,7 @@ def decode(record: InputRecord) -> Event | Rejection:
         return Rejection("malformed_record", "event_name must be a non-empty string")
     if "payload" not in value:
         return Rejection("malformed_record", "payload is missing")
-    return Event(record, key, ikey, name, value["payload"])
+    return Event(record, stream_time, key, ikey, name, value["payload"])
 
 
 def position(partition: int, offset: int) -> dict:
@@ -92,6 +96,7 @@ def position(partition: int, offset: int) -> dict:
 def body(
     record: InputRecord,
     *,
+    stream_time: int,
     idempotency_key: str | None,
     event_name: str | None,
     domain_version: str,
@@ -106,7 +111,7 @@ def body(
         "domain_version": domain_version,
         "outcome": outcome,
         "duplicate_of": duplicate_of,
-        "stream_time": record.timestamp,
+        "stream_time": stream_time,
     })
 
 

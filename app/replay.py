@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from agents.usher import Usher
 from app.canonical import digest
+from app.faust_tuning import ISOLATION_LEVEL
 from app.records import InputRecord
 from app.registry import Domain
 from tables.ledger import Ledger
@@ -107,7 +108,8 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """partition -> end offset (the offset the next record will get)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level=ISOLATION_LEVEL)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
@@ -132,14 +134,17 @@ async def _partitions(consumer, topic: str, timeout_s: float = 15.0) -> set[int]
 
 
 async def read_topic(bootstrap: str, topic: str, partitions: Iterable[int] | None = None, *,
-                     read_committed: bool = False, timeout_s: float = 60.0) -> list[InputRecord]:
-    """Every record of ``topic`` (or of the given partitions) from the beginning up to
-    the end offsets taken at the start, sorted by (partition, offset)."""
+                     timeout_s: float = 60.0) -> list[InputRecord]:
+    """Every committed record of ``topic`` (or of the given partitions) from the
+    beginning up to the end offsets taken at the start, sorted by (partition, offset).
+    Read with isolation level read_committed, as every docket consumer: records of
+    aborted transactions are left out, and the end is the last stable offset (a
+    transaction still open is not read)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-                                isolation_level="read_committed" if read_committed else "read_uncommitted")
+                                isolation_level=ISOLATION_LEVEL)
     await consumer.start()
     try:
         parts = sorted(partitions) if partitions is not None else sorted(await _partitions(consumer, topic))

@@ -22,10 +22,13 @@ _NONE = 0
 _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
 
-# Stream time is derived from record timestamps, so the timestamps producers set must be
-# kept (CreateTime, also the broker default; stated here so a broker-wide LogAppendTime
-# cannot change it).
-_EVENT_TIME = {"message.timestamp.type": "CreateTime"}
+# Stream time is derived from record timestamps, and no producer's clock may decide it:
+# every topic docket creates has the broker stamp its records (LogAppendTime), so a
+# record's timestamp is the broker's clock when it was appended, whatever the producer
+# set. The workers and the API refuse an input topic without it (check_broker_time).
+TIMESTAMP_TYPE = "message.timestamp.type"
+BROKER_TIME = "LogAppendTime"
+_BROKER_TIME = {TIMESTAMP_TYPE: BROKER_TIME}
 
 
 class TopicError(click.ClickException):
@@ -48,13 +51,13 @@ class TopicReport:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     p = settings.partitions
     return [
-        TopicSpec(settings.input_topic, p, dict(_EVENT_TIME)),
-        *(TopicSpec(settings.output_topic(i), p, dict(_EVENT_TIME)) for i in settings.instances),
-        TopicSpec(settings.results_topic, p),
-        TopicSpec(settings.divergences_topic, p),
+        TopicSpec(settings.input_topic, p, dict(_BROKER_TIME)),
+        *(TopicSpec(settings.output_topic(i), p, dict(_BROKER_TIME)) for i in settings.instances),
+        TopicSpec(settings.results_topic, p, dict(_BROKER_TIME)),
+        TopicSpec(settings.divergences_topic, p, dict(_BROKER_TIME)),
         # one record per entity survives compaction: readers load current state
         # without replaying the results history
-        TopicSpec(settings.entities_topic, p, {"cleanup.policy": "compact",
+        TopicSpec(settings.entities_topic, p, {**_BROKER_TIME, "cleanup.policy": "compact",
                                                 # roll and clean often: a reader at start-up
                                                 # should meet about one record per entity
                                                 "segment.ms": "60000",
@@ -83,11 +86,47 @@ async def partition_counts(admin, names: list[str]) -> dict[str, int]:
     return counts
 
 
+async def timestamp_types(admin, names: list[str]) -> dict[str, str]:
+    """``message.timestamp.type`` (CreateTime or LogAppendTime) of each of ``names``
+    that exists, as the broker reports it (the topic's own setting or the default)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    types: dict[str, str] = {}
+    for response in await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, {TIMESTAMP_TYPE: None}) for name in names]):
+        for error_code, _message, _kind, name, entries in response.resources:
+            if error_code != _NONE:
+                continue
+            for entry in entries:
+                if entry[0] == TIMESTAMP_TYPE:
+                    types[name] = entry[1]
+    return types
+
+
+def broker_time_problem(topic: str, timestamp_type: str | None) -> str | None:
+    """Why ``topic`` cannot be docket's input topic, or None: it must be LogAppendTime."""
+    if timestamp_type == BROKER_TIME:
+        return None
+    return (f"topic {topic} has {TIMESTAMP_TYPE}={timestamp_type}, so producers' clocks would decide "
+            f"stream time (idempotency expiry); docket needs {BROKER_TIME}. Fix it with "
+            f"`kafka-configs.sh --bootstrap-server <kafka> --alter --entity-type topics --entity-name {topic} "
+            f"--add-config {TIMESTAMP_TYPE}={BROKER_TIME}` (records already in the topic keep their "
+            f"timestamps), or recreate the topics with `docket topics create`")
+
+
+async def check_broker_time(admin, topic: str) -> None:
+    """Raise TopicError unless ``topic`` (existing) has LogAppendTime."""
+    problem = broker_time_problem(topic, (await timestamp_types(admin, [topic])).get(topic))
+    if problem:
+        raise TopicError(problem)
+
+
 async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicReport:
     """Create docket's topics (Settings.all_topics()) that do not exist yet. Idempotent.
 
     Raises TopicError if a topic exists with a partition count other than
-    DOCKET_PARTITIONS, or if the broker refuses a topic.
+    DOCKET_PARTITIONS, if the input topic exists without LogAppendTime, or if the
+    broker refuses a topic.
     """
     specs = topic_specs(settings)
     admin = await _admin(settings.kafka_bootstrap, timeout_s)
@@ -96,22 +135,7 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicRep
 
         report = TopicReport()
         existing = await partition_counts(admin, [s.name for s in specs])
-        missing = [s for s in specs if s.name not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing],
-                timeout_ms=int(timeout_s * 1000),
-            )
-            failures = []
-            for name, code, *rest in response.topic_errors:
-                if code == _NONE:
-                    report.created.append(name)
-                elif code == _TOPIC_ALREADY_EXISTS:  # created concurrently by someone else
-                    existing.update(await partition_counts(admin, [name]))
-                else:
-                    failures.append(f"{name}: Kafka error {code} {rest[0] if rest else ''}".rstrip())
-            if failures:
-                raise TopicError("the broker refused to create topics:\n  " + "\n  ".join(failures))
+        # every refusal comes before anything is created
         wrong = [
             f"{s.name} has {existing[s.name]} partitions"
             for s in specs
@@ -123,7 +147,28 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicRep
                 + "; ".join(wrong)
                 + ". Delete them, or use another DOCKET_TOPIC_PREFIX (or DOCKET_PARTITIONS)."
             )
-        report.existing = [s.name for s in specs if s.name in existing]
+        if settings.input_topic in existing:
+            await check_broker_time(admin, settings.input_topic)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing],
+                timeout_ms=int(timeout_s * 1000),
+            )
+            failures = []
+            for name, code, *rest in response.topic_errors:
+                if code == _NONE:
+                    report.created.append(name)
+                elif code == _TOPIC_ALREADY_EXISTS:  # created concurrently by someone else
+                    report.existing.append(name)
+                    count = (await partition_counts(admin, [name])).get(name)
+                    if count != settings.partitions:
+                        failures.append(f"{name} was created meanwhile by someone else, with {count} partitions")
+                else:
+                    failures.append(f"{name}: Kafka error {code} {rest[0] if rest else ''}".rstrip())
+            if failures:
+                raise TopicError("the broker refused to create topics:\n  " + "\n  ".join(failures))
+        report.existing = [s.name for s in specs if s.name in existing] + report.existing
         return report
     finally:
         await admin.close()

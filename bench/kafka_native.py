@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.faust_tuning import ISOLATION_LEVEL
 from app.records import partition_for
 from app.settings import Settings
 from app.workload import inventory
@@ -48,7 +49,8 @@ class ResultWatch:
         self._consumer = AIOKafkaConsumer(
             self.settings.results_topic, bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=250, max_partition_fetch_bytes=4 * 2**20)
+            fetch_max_wait_ms=250, max_partition_fetch_bytes=4 * 2**20,
+            isolation_level=ISOLATION_LEVEL)
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())
         return self

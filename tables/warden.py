@@ -9,16 +9,25 @@ The entry doubles as the replay journal: it is written *before* the event's enti
 writes, so whenever an entity carries an event's stamp, that event's output can be
 re-emitted byte for byte without evaluating it again.
 
+Stream time is the Warden's too. The stream time of the record at (partition,
+offset) is the greatest broker timestamp (LogAppendTime) among the partition's
+records at or below that offset: a function of the input stream alone, which never
+goes back, so a record whose timestamp is out of order can neither expire nor revive
+a key. To compute it on a replay that starts at the committed offset, the Warden
+writes a *clock checkpoint* (key space ``t\\0``) at the end of each batch's records
+of a partition: offset -> stream time there. Any checkpoint is correct whenever it
+was written (it is a function of the stream), so a replay resumes from the newest
+one below its first record.
+
 Expiry is a pure function of the looking-up event's stream time. Physical removal
-(:meth:`Warden.collect`) only deletes entries no output can depend on any more:
-below the committed input offset, and older than ttl + grace of stream time. (An
-event whose timestamp lags its partition's newest by more than the grace could be
-judged differently by instances that collected at different moments; the Clerk
-reports that as a divergence. specs/warden.allium, RESOLVED: grace.)
+(:meth:`Warden.collect`) deletes versions below the committed input offset that are
+expired at the stream time of the committed offset: every event a replay can still
+judge has a stream time at least that, so removal never changes a verdict.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import struct
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ import orjson
 from tables.store import Store
 
 WARDEN_PREFIX = b"w\x00"
+CLOCK_PREFIX = b"t\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +89,83 @@ def version_key(idempotency_key: str, offset: int) -> bytes:
     return key_prefix(idempotency_key) + offset.to_bytes(8, "big")
 
 
+def clock_key(offset: int) -> bytes:
+    """Table key of the clock checkpoint at input ``offset`` (big-endian: key order is
+    offset order)."""
+    return CLOCK_PREFIX + offset.to_bytes(8, "big")
+
+
 class Warden:
-    def __init__(self, store: Store, ttl_ms: int, grace_ms: int | None = None) -> None:
+    """Idempotency and stream time of the partitions one worker processes.
+
+    Per partition, in offset order: :meth:`stream_time` for every record, then
+    :meth:`lookup` / :meth:`judge` / :meth:`record` for admitted events, and at the
+    end of each batch's records :meth:`checkpoint` and :meth:`collect`. After a
+    partition is (re)assigned, :meth:`forget` it: its clock resumes from the table.
+    """
+
+    def __init__(self, store: Store, ttl_ms: int) -> None:
         self.store = store
         self.ttl_ms = ttl_ms
-        self.grace_ms = ttl_ms if grace_ms is None else grace_ms
         # per partition, in recording order, for collection: one bytes object per
         # version, recorded_at and offset (8 bytes each) then its table key. Packed
-        # because the queue holds rate x (ttl + grace) versions: a tuple of two ints
-        # and a key costs over twice as much heap.
+        # because the queue holds rate x ttl versions: a tuple of two ints and a key
+        # costs over twice as much heap.
         self._queues: dict[int, collections.deque[bytes]] = {}
-        # per partition: (offset, stream time) of processed events whose stream time is
-        # lower than every later one's: the front is the oldest stream time a replay
-        # from any committed offset could judge with (sliding-window minimum)
-        self._oldest: dict[int, collections.deque[tuple[int, int]]] = {}
-        self._newest: dict[int, int] = {}
+        # per partition: [offset, stream time] of the last record seen (offset -1 and
+        # time None before the first)
+        self._clock: dict[int, list] = {}
+        # per partition: (offset, stream time) of the clock checkpoints in the table,
+        # ascending, and the offset of the newest one written
+        self._checkpoints: dict[int, collections.deque[tuple[int, int]]] = {}
+        self._written: dict[int, int] = {}  # partition -> offset of the last checkpoint this run wrote
+
+    # ---------------------------------------------------------------- stream time
+
+    def stream_time(self, partition: int, offset: int, timestamp: int) -> int:
+        """Advance the partition's clock past the record at ``offset`` with broker
+        timestamp ``timestamp`` (ms) and return its stream time (ms): the greatest
+        timestamp at or below ``offset``. Records must come in offset order; an offset
+        at or below the last one seen (a rewind) resumes the clock from the table."""
+        clock = self._clock.get(partition)
+        if clock is None or offset <= clock[0]:
+            clock = self._resume(partition, offset)
+        if clock[1] is None or timestamp > clock[1]:
+            clock[1] = timestamp
+        clock[0] = offset
+        return clock[1]
+
+    def _resume(self, partition: int, offset: int) -> list:
+        # Every checkpoint holds the stream time at its offset whichever run wrote it,
+        # so the newest one below the first record is where the clock stands.
+        found = collections.deque()
+        for key, raw in self.store.scan(partition, CLOCK_PREFIX):
+            found.append((int.from_bytes(key[len(CLOCK_PREFIX):], "big"), int(raw)))
+        self._checkpoints[partition] = found
+        below = [cp for cp in found if cp[0] < offset]
+        clock = [below[-1][0], below[-1][1]] if below else [-1, None]
+        self._clock[partition] = clock
+        return clock
+
+    def checkpoint(self, partition: int) -> None:
+        """Write the clock checkpoint at the last record seen of ``partition`` (after
+        the batch's other writes of that partition). Written at every batch end, even
+        where the table already holds one (a replay writes the same bytes again): a
+        checkpoint that only the local files kept is lost when the partition is next
+        restored from the changelog, and the commit at this batch's end relies on it."""
+        clock = self._clock.get(partition)
+        if clock is None or clock[1] is None or clock[0] == self._written.get(partition):
+            return
+        self.store.put(partition, clock_key(clock[0]), str(clock[1]).encode("ascii"))
+        self._written[partition] = clock[0]
+        cps = self._checkpoints.setdefault(partition, collections.deque())
+        if not cps or cps[-1][0] < clock[0]:
+            cps.append((clock[0], clock[1]))
+        elif all(offset != clock[0] for offset, _ in cps):
+            # below checkpoints a crashed run left ahead of this one: keep the order
+            cps.insert(bisect.bisect(list(cps), (clock[0], clock[1])), (clock[0], clock[1]))
+
+    # ---------------------------------------------------------------- versions
 
     def lookup(self, partition: int, idempotency_key: str, offset: int) -> WardenEntry | None:
         """The version of the key's entry that was current when the event at ``offset``
@@ -131,35 +203,26 @@ class Warden:
         already in the collection queue."""
         self.store.put(entry.partition, version_key(idempotency_key, entry.offset), entry.encode())
 
-    def observe(self, partition: int, offset: int, stream_time: int) -> None:
-        window = self._oldest.setdefault(partition, collections.deque())
-        while window and window[-1][1] >= stream_time:
-            window.pop()  # never the minimum again while this event is in the window
-        window.append((offset, stream_time))
-        if stream_time > self._newest.get(partition, stream_time - 1):
-            self._newest[partition] = stream_time
-
     def collect(self, partition: int, committed: Callable[[int], int]) -> int:
-        """Delete versions that lie below the committed offset and are expired by ttl +
-        grace for the oldest stream time any replayed event has. Returns how many were
-        removed. Amortised O(1) per version: the queue is in recording order, which is
-        offset order."""
-        queue = self._queues.get(partition)
-        if not queue or partition not in self._newest:
-            return 0
+        """Delete versions below the committed offset that are expired at the stream
+        time of the committed offset (the newest clock checkpoint below it), and the
+        checkpoints older than that one. Returns how many versions were removed.
+        Amortised O(1) per version: the queue is in recording order, which is offset
+        order and, stream time being monotonic, recorded_at order."""
         limit = committed(partition)
-        window = self._oldest[partition]
-        while window and window[0][0] < limit:
-            window.popleft()  # committed: no replay will judge with its stream time
-        # with nothing uncommitted, only new events remain, and they get the grace
-        oldest = window[0][1] if window else self._newest[partition]
-        horizon = oldest - self.ttl_ms - self.grace_ms
+        cps = self._checkpoints.get(partition)
+        if not cps or cps[0][0] >= limit:
+            return 0  # no stream time known below the committed offset
+        while len(cps) > 1 and cps[1][0] < limit:
+            self.store.delete(partition, clock_key(cps.popleft()[0]))
+        queue = self._queues.get(partition)
+        if not queue:
+            return 0
+        horizon = cps[0][1] - self.ttl_ms
         removed = 0
         while queue:
             recorded_at, offset = _QUEUED.unpack_from(queue[0])
             if offset >= limit or recorded_at > horizon:
-                # Stops at the first young version even if later ones are old: the queue
-                # is in offset order, and out-of-order timestamps only delay collection.
                 break
             self.store.delete(partition, queue.popleft()[_QUEUED.size:])
             removed += 1
@@ -173,9 +236,12 @@ class Warden:
         self._queues[partition] = collections.deque(_pack(entry, key) for entry, key in found)
 
     def forget(self, partition: int) -> None:
+        """Drop what is kept in memory of ``partition`` (queue, clock): after a
+        reassignment the table may have been restored under it."""
         self._queues.pop(partition, None)
-        self._oldest.pop(partition, None)
-        self._newest.pop(partition, None)
+        self._clock.pop(partition, None)
+        self._checkpoints.pop(partition, None)
+        self._written.pop(partition, None)
 
     def size(self, partition: int) -> int:
         queue = self._queues.get(partition)

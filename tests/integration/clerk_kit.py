@@ -45,7 +45,8 @@ CLERK_PARTITIONS = 4
 
 @dataclass
 class DocketProc(Worker):
-    """``docket <command> ...``: for ``instance``, ``--id <instance>`` is added; ``args``
+    """``docket <command> ...`` (instance, clerk or api): for ``instance``, ``--id <instance>``
+    is added, for all but ``api`` ``--data-dir``; ``args``
     are appended (e.g. ``("--inject-faults", "bitflip:0.01")``). Logs go to
     ``<log_dir>/<instance>-<n>.log`` (the clerk's ``instance`` is ``"clerk"``)."""
 
@@ -62,7 +63,9 @@ class DocketProc(Worker):
         cmd = [sys.executable, "-c", "from app.cli import main; main()", self.command]
         if self.command == "instance":
             cmd += ["--id", self.instance]
-        cmd += ["--data-dir", str(self.data_dir), *self.args]
+        if self.command != "api":  # the API keeps no data
+            cmd += ["--data-dir", str(self.data_dir)]
+        cmd += list(self.args)
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd,
@@ -171,7 +174,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Rec]:
     one position are two records at different offsets, so this hides no duplicate)."""
     from app.replay import read_topic
 
-    records = {(r.partition, r.offset): r for r in await read_topic(bootstrap, topic, read_committed=True)}
+    records = {(r.partition, r.offset): r for r in await read_topic(bootstrap, topic)}
     return [Rec(r.partition, r.offset, r.timestamp, r.key, orjson.loads(r.value))
             for _, r in sorted(records.items())]
 

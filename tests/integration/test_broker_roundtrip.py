@@ -49,15 +49,16 @@ async def consume_exactly(consumer: AIOKafkaConsumer, count: int, deadline_s: fl
 
 
 async def test_round_trip_preserves_records_and_java_partitioning(docket_settings) -> None:
-    """StreamTimeTopicsKeepCreateTime: a record comes back with the producer's timestamp
-    (CreateTime), the event's stream time; keyed records land where the Java client's
+    """TopicsUseBrokerTime, BrokerSetsStreamTime: a record comes back with its key, value
+    and headers, stamped with the broker's clock (LogAppendTime), not the timestamp its
+    producer set (an hour-old one here); keyed records land where the Java client's
     default partitioner puts them."""
     topic = docket_settings.input_topic
     partitions = docket_settings.partitions
     # Partitions the Java client would choose must not all coincide, or the check is weak.
     assert len({java_partition(k, partitions) for k in JAVA_MURMUR2}) > 1
 
-    base_ts = 1_700_000_000_000  # fixed event time, long in the past: must be kept as is
+    base_ts = int(time.time() * 1000) - 3_600_000  # an hour ago: the broker must not keep it
     sent = {}
     producer = AIOKafkaProducer(bootstrap_servers=docket_settings.kafka_bootstrap, acks="all")
     await producer.start()
@@ -68,7 +69,8 @@ async def test_round_trip_preserves_records_and_java_partitioning(docket_setting
                 topic, value=value, key=key, timestamp_ms=base_ts + i, headers=[("h", str(i).encode())]
             )
             assert meta.partition == java_partition(key, partitions), key
-            sent[key] = (value, base_ts + i, meta.partition, meta.offset)
+            assert meta.timestamp_type == 1 and meta.timestamp >= base_ts + 3_000_000, meta  # LogAppendTime
+            sent[key] = (value, meta.timestamp, meta.partition, meta.offset)
     finally:
         await producer.stop()
 
@@ -90,7 +92,7 @@ async def test_round_trip_preserves_records_and_java_partitioning(docket_setting
         value, ts, partition, offset = sent[record.key]
         assert record.value == value
         assert record.timestamp == ts
-        assert record.timestamp_type == 0  # CreateTime: the producer's timestamp, not the broker's clock
+        assert record.timestamp_type == 1  # LogAppendTime: the broker's clock, not the producer's
         assert (record.partition, record.offset) == (partition, offset)
         assert dict(record.headers)["h"] == value.removeprefix(b"value-")
 

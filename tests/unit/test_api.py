@@ -213,6 +213,18 @@ BAD_REQUESTS = [
      "Content-Type: application/json"),
     ("over the limit", {"event_name": "stock.adjust", "payload": {"pad": "x" * MAX_BODY_BYTES}}, "k1",
      "application/json", 413, "payload_too_large", None, f"at most {MAX_BODY_BYTES}"),
+    # DuplicateMemberIsInvalidJson: I-JSON (RFC 7493) forbids a member named twice
+    ("duplicate payload member",
+     b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":-5,"delta":5}}', "k1",
+     "application/json", 400, "invalid_json", "delta", "member 'delta' appears twice"),
+    ("duplicate event_name",
+     b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":5},"event_name":"x"}', "k1",
+     "application/json", 400, "invalid_json", "event_name", "member 'event_name' appears twice"),
+    ("nested too deep", b'{"event_name":"stock.adjust","payload":{"a":' + b"[" * 900 + b"]" * 900 + b"}}", "k1",
+     "application/json", 400, "invalid_json", None, "nested deeper than 64 levels"),
+    ("duplicate behind an escape", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1",'
+     b'"delta":5,"\\u0064elta":6}}', "k1", "application/json", 400, "invalid_json", "delta",
+     "member 'delta' appears twice"),
 ]
 
 

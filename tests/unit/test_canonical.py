@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.canonical import NotCanonical, _fallback, canonical, digest
-from app.records import InputRecord, body, outcome, seal, unseal
+from app.canonical import (MAX_JSON_DEPTH, DuplicateMember, NestedTooDeep, NotCanonical, _fallback, canonical,
+                           digest, loads_strict)
+from app.records import InputRecord, body, decode, outcome, seal, unseal
+from app.registry import Rejection
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
@@ -62,7 +64,7 @@ def test_equal_values_give_equal_digests(value):
 def test_seal_digests_the_body_and_excludes_instance():
     """OutputDigestIsCanonical: equal digests mean equal outputs; instance is not digested."""
     rec = InputRecord(3, 17, 1_000, b"s1", b"{}")
-    b = body(rec, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
+    b = body(rec, stream_time=1_000, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
              outcome=outcome("applied"), duplicate_of=None)
     a_out, b_out = seal(b, "a"), seal(b, "b")
     inst_a, dig_a, body_a = unseal(a_out)
@@ -71,6 +73,61 @@ def test_seal_digests_the_body_and_excludes_instance():
     assert dig_a == dig_b == digest(b)
     assert body_a == body_b == json.loads(b)
     assert canonical(body_a) == b  # the body is itself canonical
-    other = body(rec, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
+    other = body(rec, stream_time=1_000, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
                  outcome=outcome("rejected", "insufficient_stock"), duplicate_of=None)
     assert digest(other) != dig_a
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1,"a":2}',
+    b'{ "a" : 1 , "a" : 1 }',  # same value, still twice
+    b'{"x":{"b":[{"c":1,"c":2}]}}',  # nested inside an array
+    b'{"\\u0061":1,"a":2}',  # the same name behind an escape
+])
+def test_duplicate_member_names_are_refused(raw):
+    """DuplicateMemberIsMalformed: any object naming a member twice, anywhere, whatever
+    the spacing or escapes, is refused and the member is named."""
+    with pytest.raises(DuplicateMember) as info:
+        loads_strict(raw)
+    assert info.value.name in {"a", "c"}
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-10**15, 10**15) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                    max_leaves=20))
+@settings(max_examples=200, deadline=None)
+def test_strict_loads_equals_orjson_without_duplicates(value):
+    """DuplicateMemberIsMalformed: JSON without duplicates, compact or spaced, parses to
+    what orjson gives."""
+    compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    spaced = json.dumps(value, indent=1).encode()
+    assert loads_strict(compact) == loads_strict(spaced) == value
+
+
+def test_duplicate_envelope_member_is_a_malformed_record_naming_it():
+    """DuplicateMemberIsMalformed: on the input topic the same bytes are a deterministic
+    malformed_record rejection naming the member."""
+    for value, member in [
+        (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":{"delta":-5,"delta":5}}', "delta"),
+        (b'{"idempotency_key":"k","idempotency_key":"j","event_name":"e","payload":{}}', "idempotency_key"),
+        (b'{"idempotency_key":"k","event_name":"e","event_name":"f","payload":{}}', "event_name"),
+    ]:
+        got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+        assert isinstance(got, Rejection) and got.reason == "malformed_record"
+        assert f"member {member!r} appears twice" in got.detail
+
+
+def test_nesting_beyond_the_limit_is_refused_by_rule():
+    """DuplicateMemberIsMalformed: nesting deeper than MAX_JSON_DEPTH is refused by a
+    rule of its own, so no parser's recursion limit (which depends on the caller's
+    stack) decides; on the input topic it is a malformed_record."""
+    assert loads_strict(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is not None
+    assert loads_strict(b'["' + b"[" * 500 + b'"]') == ["[" * 500]  # brackets in a string are text
+    for deep in (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
+                 b'{"p":' + b'{"a":' * 1000 + b"1" + b"}" * 1001):
+        with pytest.raises(NestedTooDeep):
+            loads_strict(deep)
+    value = (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":' + b"[" * 1000 + b"]" * 1000 + b"}")
+    got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+    assert isinstance(got, Rejection) and got.reason == "malformed_record"
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels" in got.detail

@@ -16,7 +16,7 @@ from app.domains.inventory import Inventory
 from app.records import partition_for, unseal
 from tables.ledger import ENTITY_PREFIX, Ledger
 from tables.store import MemoryStore
-from tables.warden import WARDEN_PREFIX, Verdict, Warden, WardenEntry, version_key
+from tables.warden import WARDEN_PREFIX, Verdict, Warden, WardenEntry, clock_key, version_key
 from tests.unit.pipeline_kit import (
     PARTITIONS,
     TTL,
@@ -56,6 +56,7 @@ def test_fresh_event_writes_its_warden_version_then_its_entities() -> None:
     assert [(part, key) for part, key, _ in store.writes] == [
         (p, version_key("k1", first.offset)), (p, ENTITY_PREFIX + b"stock:w1:s1"),
         (p, version_key("k2", move.offset)), (p, ENTITY_PREFIX + b"stock:w0:s1"), (p, ENTITY_PREFIX + b"stock:w1:s1"),
+        (p, clock_key(move.offset)),  # the batch's clock checkpoint comes last (ClockCheckpointAtBatchEnd)
     ]
     # the version holds the complete output body, byte for byte
     assert WardenEntry.decode(store.writes[2][2]).body == out2.body
@@ -79,7 +80,7 @@ def test_domain_rejection_is_a_fresh_evaluation_with_its_reason_and_no_entity_wr
     outcome = body_of(out)["outcome"]
     assert (outcome["status"], outcome["reason"]) == ("rejected", "insufficient_stock")
     assert outcome["detail"] == "stock:w1:s1 holds 0" and outcome["entities"] == []
-    assert [key for _, key, _ in store.writes] == [version_key("k1", short.offset)]
+    assert [key for _, key, _ in store.writes] == [version_key("k1", short.offset), clock_key(short.offset)]
 
 
 def test_evaluate_gets_exactly_the_named_entities() -> None:
@@ -117,7 +118,8 @@ def test_reused_key_rejection_names_the_version_that_holds_the_key() -> None:
     assert outcome["reason"] == "idempotency_key_reused"
     assert outcome["detail"] == (f"key first used at partition {first.partition} offset {first.offset} "
                                  "for a different request")
-    assert len(store.writes) == 2  # the first event's version and entity only
+    # the first event's version and entity, and the batch's clock checkpoint only
+    assert [key[:2] for _, key, _ in store.writes] == [b"w\x00", b"e\x00", b"t\x00"]
 
 
 # --------------------------------------------------------------------------- the Usher
@@ -204,7 +206,7 @@ def test_events_sharing_an_entity_share_a_partition(transfer_whs, sku_a, sku_b, 
     u = usher()
     for name, payload in valid:
         rec = s.add(inventory.affinity_key(name, payload).encode(), envelope("k", name, payload), 1)
-        admitted = u.admit(rec)
+        admitted = u.admit(rec, rec.timestamp)
         assert not isinstance(admitted, tuple), admitted
         assert admitted.key == inventory.affinity_key(name, payload)
         assert rec.partition == partition_for(admitted.key.encode(), PARTITIONS)
@@ -256,22 +258,24 @@ def test_lookup_returns_the_version_a_verdict_needs() -> None:
         assert version.body == out1.body
 
 
-def test_newest_stream_time_never_goes_back() -> None:
-    """WardenObservesStreamTime: an out-of-order (older) record does not pull the
-    partition's newest stream time back, so with everything committed a version
-    expired by ttl + grace of the newest stream time is collected."""
+def test_stream_time_never_goes_back() -> None:
+    """WardenObservesStreamTime, StreamTimeIsTheGreatestBrokerTimestamp: an
+    out-of-order (older) record does not pull the partition's stream time back: its
+    stream time is the newest so far, it is recorded at that time, and with everything
+    committed only the version expired at that stream time is collected."""
     s = Stream()
     old = adjust(s, "k1", 1, 1_000)
-    adjust(s, "k2", 1, 1_000 + 2 * TTL + 1)
-    adjust(s, "k3", 1, 5)  # a producer clock far behind
+    newer = adjust(s, "k2", 1, 1_000 + 2 * TTL + 1)
+    behind = adjust(s, "k3", 1, 5)  # a timestamp far behind its predecessor
     store = MemoryStore()
     u = usher(store)
     p = old.partition
-    u.process(s.records, lambda part: 0)
+    outs = {unseal(o.value)[2]["input"]["offset"]: unseal(o.value)[2] for o in u.process(s.records, lambda part: 0)}
+    assert outs[behind.offset]["stream_time"] == outs[newer.offset]["stream_time"] == newer.timestamp
+    assert u.warden.lookup(p, "k3", behind.offset).recorded_at == newer.timestamp
     u.warden.collect(p, lambda part: len(s.records))  # everything committed
     remaining = sorted(key for (part, key) in store.data if part == p and key.startswith(WARDEN_PREFIX))
-    assert version_key("k1", old.offset) not in remaining
-    assert len(remaining) == 2
+    assert remaining == [version_key("k2", newer.offset), version_key("k3", behind.offset)]
 
 
 # --------------------------------------------------------------------------- invariants after a workload

@@ -370,16 +370,16 @@ def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkey
 
 def test_topic_definitions(settings) -> None:
     """TopicsCreatedExplicitly, PerEventTopicsHavePPartitions, TopicNamesUnique,
-    StreamTimeTopicsKeepCreateTime, EntitiesTopicIsCompacted: `docket topics create`
+    TopicsUseBrokerTime, EntitiesTopicIsCompacted: `docket topics create`
     defines input, output.<id> per configured instance, results, divergences and
-    entities, each with DOCKET_PARTITIONS partitions and a distinct name; input and
-    outputs keep the producer's CreateTime; entities is compacted."""
+    entities, each with DOCKET_PARTITIONS partitions and a distinct name; every one
+    has the broker stamp its records (LogAppendTime); entities is compacted."""
     specs = {t.name: t for t in topic_specs(settings)}
     assert list(specs) == settings.all_topics()
     assert len(specs) == len(topic_specs(settings)) == 1 + len(settings.instances) + 3
     assert {t.partitions for t in specs.values()} == {PARTITIONS}
-    for name in [settings.input_topic, *(settings.output_topic(i) for i in settings.instances)]:
-        assert specs[name].configs["message.timestamp.type"] == "CreateTime"
+    for name in settings.all_topics():
+        assert specs[name].configs["message.timestamp.type"] == "LogAppendTime"
     assert specs[settings.entities_topic].configs["cleanup.policy"] == "compact"
     for name in (settings.results_topic, settings.divergences_topic):
         assert "cleanup.policy" not in specs[name].configs
@@ -398,6 +398,19 @@ class FakeAdmin:
 
     async def list_topics(self):
         return sorted(FakeAdmin.topics)
+
+    async def describe_configs(self, resources):
+        # the shape of aiokafka's DescribeConfigsResponse: resources of (error code,
+        # message, type, name, [(config name, value, ...)])
+        found = [(0, None, 2, r.name, [("message.timestamp.type", "LogAppendTime", False, 5, False)])
+                 for r in resources]
+
+        class Response:
+            pass
+
+        response = Response()
+        response.resources = found
+        return [response]
 
     async def close(self) -> None:
         pass

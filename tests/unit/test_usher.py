@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from app.records import InputRecord, partition_for, unseal
 from tables.store import MemoryStore
-from tables.warden import version_key
+from tables.warden import clock_key, version_key
 from tests.unit.pipeline_kit import PARTITIONS, TTL, Stream, entity_state, envelope, run, usher, workload
 
 
@@ -192,26 +192,40 @@ def test_key_expires_after_ttl_of_stream_time():
 
 
 def test_expired_entries_are_collected_only_below_the_committed_offset():
-    """WardenCollectsExpiredEntries: removal needs ttl + grace of stream time AND an
-    offset below the committed one, so it never changes an output."""
+    """WardenCollectsExpiredEntries: removal needs an offset below the committed one
+    AND expiry at the stream time of the committed offset, so it never changes an
+    output."""
     s = Stream()
     for i in range(10):
         _adjust(s, f"k{i}", 1, 1_000 + i)
-    late = _adjust(s, "late", 1, 1_000 + 2 * TTL + 100)
+    late = _adjust(s, "late", 1, 1_000 + TTL + 9)
     store = MemoryStore()
     u = usher(store)
     u.process(s.records, lambda p: 0)
     assert u.warden.size(late.partition) == 11  # nothing committed: nothing collected
-    committed = {late.partition: late.offset}
-    u.process([], lambda p: committed.get(p, 0))
+    committed = {late.partition: late.offset + 1}
     u.warden.collect(late.partition, lambda p: committed.get(p, 0))
+    # k9 (recorded at 1_009) is exactly one TTL behind: expired for every later event
     assert u.warden.size(late.partition) == 1
     assert [k for (_, k) in store.data if k.startswith(b"w\x00")] == [version_key("late", late.offset)]
 
 
+def test_collection_waits_for_a_clock_checkpoint_below_the_committed_offset():
+    """WardenCollectsExpiredEntries, ClockCheckpointAtBatchEnd: the stream time of the
+    committed offset is known from the newest clock checkpoint below it; with none (the
+    commit falls inside the only batch) nothing is collected."""
+    s = Stream()
+    first = _adjust(s, "k0", 1, 1_000)
+    late = _adjust(s, "late", 1, 1_000 + 2 * TTL)
+    u = usher(MemoryStore())
+    u.process(s.records, lambda p: 0)  # one batch: one checkpoint, at late.offset
+    assert u.warden.collect(first.partition, lambda p: late.offset) == 0
+    assert u.warden.collect(first.partition, lambda p: late.offset + 1) == 1
+
+
 def test_warden_stays_bounded_by_rate_times_ttl():
     """WardenBoundedByRateTimesTtl: with commits keeping up, a long stream keeps only
-    about 2 x ttl worth of entries (ttl + grace)."""
+    about one ttl worth of entries, plus the batch in flight."""
     s = Stream(partitions=PARTITIONS)
     for i in range(4_000):
         _adjust(s, f"k{i}", 1, 1_000 + i * 1_000, sku="s1")  # one event per second of stream time
@@ -224,7 +238,66 @@ def test_warden_stays_bounded_by_rate_times_ttl():
         for r in batch:
             done[r.partition] = r.offset + 1
     live = sum(1 for (_, k) in store.data if k.startswith(b"w\x00"))
-    assert live <= 2 * 60 + 100 + 1  # 2 x ttl of entries, plus one uncommitted batch
+    assert 60 + 100 <= live <= 60 + 100 + 1  # ttl of entries before the batch, plus the batch
+
+
+def test_out_of_order_timestamp_cannot_expire_a_key():
+    """OutOfOrderTimestampCannotExpireAKey, StreamTimeIsTheGreatestBrokerTimestamp: a
+    request whose record carries a timestamp a whole TTL behind its predecessor is
+    recorded at the partition's stream time, so its retry a moment later is a
+    duplicate, not a second application."""
+    s = Stream()
+    _adjust(s, "other", 1, 10_000_000)
+    _adjust(s, "K", 5, 10_000_000 - TTL)  # stamped a TTL in the past
+    _adjust(s, "K", 5, 10_000_001)
+    store = MemoryStore()
+    _, first, retry = bodies(run(usher(store), s.records, 1))
+    assert first["stream_time"] == 10_000_000 and first["outcome"]["status"] == "applied"
+    assert retry["duplicate_of"] == first["input"]
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 6}, 2)
+
+
+@pytest.mark.parametrize("resume_at", [1, 2, 3, 5])
+def test_clock_resumes_from_the_newest_checkpoint_below_the_first_record(resume_at):
+    """ClockResumesFromCheckpoint, ClockCheckpointAtBatchEnd: a worker that takes a
+    partition over at a batch end (a fresh Usher on the same table) gives every later
+    record the stream time a worker reading from the start gives it, even when the
+    highest timestamp lies before its first record."""
+    stamps = [1_000, 9_000, 2_000, 3_000, 9_500, 4_000, 10_000]
+    s = Stream()
+    for i, ts in enumerate(stamps):
+        _adjust(s, f"k{i}", 1, ts)
+    whole = [b["stream_time"] for b in bodies(run(usher(MemoryStore()), s.records, 1))]
+    assert whole == [1_000, 9_000, 9_000, 9_000, 9_500, 9_500, 10_000]
+    store = MemoryStore()
+    run(usher(store), s.records[:resume_at], 1)  # one checkpoint per record (batches of one)
+    taken_over = usher(store)
+    assert [b["stream_time"] for b in bodies(run(taken_over, s.records[resume_at:], 2))] == whole[resume_at:]
+
+
+def test_a_replay_writes_its_own_clock_checkpoints():
+    """ClockCheckpointAtBatchEnd, ClockResumesFromCheckpoint: a replay after a crash
+    writes a checkpoint at each of its batch ends even where the crashed run left a later
+    one, so when the replay's commit is restored from the changelog alone (the crashed
+    run's later checkpoint was only in its local files), the clock still resumes right."""
+    s = Stream()
+    stamps = [1_000 + i for i in range(20)]
+    stamps[12] = 50_000  # then the broker's clock steps back
+    for i, ts in enumerate(stamps):
+        _adjust(s, f"k{i}", 1, ts)
+    whole = [b["stream_time"] for b in bodies(run(usher(MemoryStore()), s.records, 1))]
+    first = MemoryStore()
+    crashed = usher(first)
+    run(crashed, s.records[:10], 10)
+    flushed = list(first.writes)  # the batch before the commit at 10 reached the changelog
+    run(crashed, s.records[10:], 10)  # this one only the local files: checkpoint at 19
+    local = MemoryStore.replayed(first.writes)
+    local.writes.clear()
+    run(usher(local), s.records[10:15], 5)  # the replay, committed at 15
+    assert clock_key(14) in [key for _, key, _ in local.writes]
+    restored = MemoryStore.replayed(flushed + local.writes)  # another worker, from the changelog
+    later = [b["stream_time"] for b in bodies(run(usher(restored), s.records[15:], 5))]
+    assert later == whole[15:] == [50_000] * 5
 
 
 def test_superseded_version_survives_for_replay():

@@ -1,0 +1,313 @@
+"""Hostile producers and clients (issue 12) against the real stack: a real broker,
+instances a and b, the Clerk and ``docket api`` as processes (tests/integration/stack_kit.py).
+
+- transactions: aborted, committed and open-then-aborted ones interleaved with plain
+  records on one partition; only committed records have any effect, and the pure replay
+  of the input agrees with every result;
+- producers' clocks: records stamped an hour ahead, at 0, at -1 or in microseconds, and
+  an API whose host clock runs ahead, cannot expire an idempotency key: a retry is a
+  replay, through this API process or a second one;
+- duplicate JSON member names: refused over HTTP (400) and on Kafka (malformed_record);
+- an input topic without broker timestamps: the workers, `docket topics create` and the
+  API refuse it, saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+from aiokafka import AIOKafkaProducer
+
+import app.client
+from app.client import DocketClient
+from app.domains import registry
+from app.replay import end_offsets, read_topic, replay
+from app.settings import Settings
+from tests.integration.clerk_kit import TopicTail
+from tests.integration.procs import wait_for
+from tests.integration.stack_kit import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "hostile-" + secrets.token_urlsafe(12)
+LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("hostile-stack"), TOKEN) as s:
+        yield s
+
+
+@pytest.fixture
+async def http(stack: Stack):
+    async with ClientSession(base_url=stack.url, headers=stack.auth) as session:
+        yield session
+
+
+@pytest.fixture
+async def results(stack: Stack):
+    tail = await TopicTail(stack.settings.kafka_bootstrap, stack.settings.results_topic).start()
+    yield tail
+    await tail.stop()
+
+
+@pytest.fixture
+async def plain_producer(stack: Stack):
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+def envelope(ikey: str, sku: str, delta: int, warehouse: str = "wh-01") -> bytes:
+    return orjson.dumps({"idempotency_key": ikey, "event_name": "stock.adjust",
+                         "payload": {"warehouse": warehouse, "sku": sku, "delta": delta}})
+
+
+async def quantity(http: ClientSession, warehouse: str, sku: str) -> int | None:
+    resp = await http.get(f"/v1/entities/stock/{warehouse}:{sku}")
+    return (await resp.json())["state"]["quantity"] if resp.status == 200 else None
+
+
+def result_at(tail: TopicTail, position: tuple[int, int]) -> dict | None:
+    tail.check()
+    for r in tail.records:
+        if (r.value["input"]["partition"], r.value["input"]["offset"]) == position:
+            return r.value
+    return None
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+async def test_only_committed_transactions_have_an_effect(stack: Stack, http: ClientSession, results: TopicTail,
+                                                          plain_producer: AIOKafkaProducer) -> None:
+    """ConsumersReadCommitted, AbortedTransactionHasNoEffect, OpenTransactionIsReadOnceCommitted:
+    on one partition, a plain record, an aborted transaction, a committed one, and one held
+    open for 30 s and then aborted, with a plain record behind it. Only the plain records
+    and the committed transaction are applied (11, then 13), nothing is published or
+    copied for the aborted ones, the plain record behind the open transaction waits for
+    it to end, and the pure replay of the committed input agrees with every result."""
+    s = stack.settings
+    sku = f"txn-{secrets.token_hex(3)}"
+    key = sku.encode()
+    txn = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, transactional_id=f"hostile-{secrets.token_hex(4)}")
+    await txn.start()
+    try:
+        p1 = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-p1", sku, 1), key=key)
+        await txn.begin_transaction()
+        aborted = await txn.send_and_wait(s.input_topic, envelope(f"{sku}-aborted", sku, 100), key=key)
+        await txn.abort_transaction()
+        async with txn.transaction():
+            committed = await txn.send_and_wait(s.input_topic, envelope(f"{sku}-committed", sku, 10), key=key)
+        await txn.begin_transaction()
+        held = await txn.send_and_wait(s.input_topic, envelope(f"{sku}-open", sku, 1000), key=key)
+        opened = time.monotonic()
+        p2 = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-p2", sku, 2), key=key)
+        assert len({r.partition for r in (p1, aborted, committed, held, p2)}) == 1
+        pos = {name: (r.partition, r.offset) for name, r in
+               (("p1", p1), ("aborted", aborted), ("committed", committed), ("open", held), ("p2", p2))}
+
+        await wait_for(lambda: result_at(results, pos["committed"]), 60, "the committed transaction's result",
+                       detail=stack.logs)
+        assert await quantity(http, "wh-01", sku) == 11
+        # The scenario: the transaction stays open 30 s. Then the record behind it is still
+        # unread by every docket consumer (the last stable offset is held before it).
+        await asyncio.sleep(max(0.0, 30 - (time.monotonic() - opened)))
+        assert result_at(results, pos["p2"]) is None
+        assert await quantity(http, "wh-01", sku) == 11
+        await txn.abort_transaction()
+    finally:
+        await txn.stop()
+
+    p2_result = await wait_for(lambda: result_at(results, pos["p2"]), 60,
+                               "the record behind the aborted transaction to be decided", detail=stack.logs)
+    assert p2_result["outcome"]["status"] == "applied"
+    assert await quantity(http, "wh-01", sku) == 13
+    assert result_at(results, pos["aborted"]) is None and result_at(results, pos["open"]) is None
+    for instance in s.instances:
+        copies = await read_topic(s.kafka_bootstrap, s.output_topic(instance))
+        answered = {(body["input"]["partition"], body["input"]["offset"])
+                    for body in (orjson.loads(c.value) for c in copies) if "watermark" not in body}
+        assert pos["aborted"] not in answered and pos["open"] not in answered
+        assert {pos["p1"], pos["committed"], pos["p2"]} <= answered
+
+    # the oracle reads the same committed records and agrees with every published result
+    partition = p1.partition
+    inputs = await read_topic(s.kafka_bootstrap, s.input_topic, [partition])
+    assert {r.offset for r in inputs} >= {pos["p1"][1], pos["committed"][1], pos["p2"][1]}
+    assert not {r.offset for r in inputs} & {pos["aborted"][1], pos["open"][1]}
+    oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+    published = [r.value for r in results.records if r.value["input"]["partition"] == partition]
+    assert published
+    for result in published:
+        assert result["digest"] == oracle.digests[(partition, result["input"]["offset"])]
+
+
+# --------------------------------------------------------------------------- producers' clocks
+
+
+async def test_no_producer_clock_can_expire_an_idempotency_key(stack: Stack, http: ClientSession,
+                                                               plain_producer: AIOKafkaProducer) -> None:
+    """ProducerClockCannotExpireAKey, BrokerSetsStreamTime, TopicsUseBrokerTime,
+    ApiTakesStreamTimeFromAcknowledgement: after a request with key K is applied (+4),
+    valid records for the same sku stamped 59 minutes ahead, at 0, at -1 and in
+    microseconds are stamped again by the broker (LogAppendTime) and applied (+10 each);
+    a retry of K is then a replay with the original outcome, through this API and
+    through a second API process, and the stock is 4 + 40, never 48."""
+    s = stack.settings
+    sku = f"clock-{secrets.token_hex(3)}"
+    k = f"{sku}-K"
+    body = {"event_name": "stock.adjust", "payload": {"warehouse": "wh-01", "sku": sku, "delta": 4}}
+    resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+    first = await resp.json()
+    assert resp.status == 200, first
+    before_ms = int(time.time() * 1000)
+    hostile = {"an-hour-ahead": before_ms + 59 * 60_000, "zero": 0, "minus-one": -1,
+               "microseconds": before_ms * 1000}
+    acks = {}
+    for name, ts in hostile.items():
+        acks[name] = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-{name}", sku, 10),
+                                                        key=sku.encode(), timestamp_ms=ts)
+    after_ms = int(time.time() * 1000)
+    for name, meta in acks.items():
+        # the broker's clock, not the producer's (a generous minute of slack for a busy box)
+        assert meta.timestamp_type == LOG_APPEND_TIME, name
+        assert before_ms - 60_000 <= meta.timestamp <= after_ms + 60_000, (name, meta.timestamp)
+    inputs = {r.offset: r for r in await read_topic(s.kafka_bootstrap, s.input_topic, [acks["zero"].partition])}
+    for name, meta in acks.items():
+        assert inputs[meta.offset].timestamp == meta.timestamp, name
+
+    async def applied() -> bool:
+        return await quantity(http, "wh-01", sku) == 44
+    await wait_for(applied, 60, "the four hostile records to be applied", detail=stack.logs)
+
+    resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+    again = await resp.json()
+    assert resp.status == 200, again
+    assert again["replay"] is True and resp.headers["Idempotent-Replayed"] == "true"
+    assert again["duplicate_of"] == first["position"] and again["outcome"] == first["outcome"]
+    # stream time is the broker's: the hour-ahead record did not move it an hour on
+    assert abs(again["stream_time"] - after_ms) < 10 * 60_000, again["stream_time"]
+
+    _, url2 = await stack.start_api("api-second")
+    async with ClientSession(base_url=url2, headers=stack.auth) as second:
+        resp = await second.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+        third = await resp.json()
+    assert resp.status == 200, third
+    assert third["replay"] is True and third["duplicate_of"] == first["position"]
+    assert await quantity(http, "wh-01", sku) == 44
+
+
+async def test_an_api_clock_running_ahead_decides_nothing(stack: Stack, http: ClientSession,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ApiTakesStreamTimeFromAcknowledgement, ProducerClockCannotExpireAKey: a client
+    (API replica) whose host clock runs 20 minutes ahead submits K; the event's stream
+    time is the broker's, and a retry of K through the regular API is a replay."""
+    sku = f"fast-{secrets.token_hex(3)}"
+    k = f"{sku}-K"
+    real = app.client._wall_ms
+    monkeypatch.setattr(app.client, "_wall_ms", lambda: real() + 20 * 60_000)
+    async with DocketClient(stack.settings) as fast:
+        sub = await fast.submit("stock.adjust", {"warehouse": "wh-01", "sku": sku, "delta": 3}, k, timeout=60)
+    assert sub.status == "decided", sub
+    assert abs(sub.result["stream_time"] - real()) < 5 * 60_000, sub.result["stream_time"]
+    resp = await http.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
+        "warehouse": "wh-01", "sku": sku, "delta": 3}}, headers={"Idempotency-Key": k})
+    body = await resp.json()
+    assert resp.status == 200 and body["replay"] is True, body
+    assert body["duplicate_of"] == {"partition": sub.position[0], "offset": sub.position[1]}
+    assert await quantity(http, "wh-01", sku) == 3
+
+
+# --------------------------------------------------------------------------- duplicate members
+
+
+async def test_duplicate_member_names_are_refused_over_http_and_on_kafka(
+        stack: Stack, http: ClientSession, results: TopicTail, plain_producer: AIOKafkaProducer) -> None:
+    """DuplicateMemberIsInvalidJson, DuplicateMemberIsMalformed: a body naming a member
+    twice (in the payload, or event_name twice) is 400 invalid_json naming the member and
+    nothing is produced; the same bytes on the input topic (delta, event_name or
+    idempotency_key twice) are each rejected malformed_record naming the member."""
+    s = stack.settings
+    sku = f"dup-{secrets.token_hex(3)}"
+    bodies = {
+        "delta": b'{"event_name":"stock.adjust","payload":{"warehouse":"wh-01","sku":"%s","delta":-5,"delta":5}}',
+        "event_name": b'{"event_name":"stock.adjust","event_name":"stock.transfer",'
+                      b'"payload":{"warehouse":"wh-01","sku":"%s","delta":5}}',
+    }
+    before = await end_offsets(s.kafka_bootstrap, s.input_topic)
+    for member, raw in bodies.items():
+        resp = await http.post("/v1/events", data=raw % sku.encode(),
+                               headers={"Idempotency-Key": f"{sku}-{member}", "Content-Type": "application/json"})
+        answer = await resp.json()
+        assert resp.status == 400, answer
+        assert answer["error"] == "invalid_json" and repr(member) in answer["message"], answer
+        assert answer["errors"][0]["field"] == member and answer["errors"][0]["reason"] == "duplicate_member"
+    assert await end_offsets(s.kafka_bootstrap, s.input_topic) == before
+
+    values = {
+        "delta": b'{"idempotency_key":"%s-d","event_name":"stock.adjust",'
+                 b'"payload":{"warehouse":"wh-01","sku":"%s","delta":-5,"delta":5}}',
+        "event_name": b'{"idempotency_key":"%s-e","event_name":"stock.transfer","event_name":"stock.adjust",'
+                      b'"payload":{"warehouse":"wh-01","sku":"%s","delta":5}}',
+        "idempotency_key": b'{"idempotency_key":"%s-i","idempotency_key":"%s-j","event_name":"stock.adjust",'
+                           b'"payload":{"warehouse":"wh-01","sku":"%s","delta":5}}',
+    }
+    sent = {}
+    for member, raw in values.items():
+        value = raw % ((sku.encode(),) * raw.count(b"%s"))
+        meta = await plain_producer.send_and_wait(s.input_topic, value, key=sku.encode())
+        sent[member] = (meta.partition, meta.offset)
+    for member, position in sent.items():
+        result = await wait_for(lambda p=position: result_at(results, p), 60, f"the result of duplicate {member}",
+                                detail=stack.logs)
+        outcome = result["outcome"]
+        assert (outcome["status"], outcome["reason"]) == ("rejected", "malformed_record"), result
+        assert f"member {member!r} appears twice" in outcome["detail"], outcome
+    assert await quantity(http, "wh-01", sku) is None
+
+
+# --------------------------------------------------------------------------- the input topic's timestamps
+
+
+async def test_an_input_topic_with_producer_timestamps_is_refused(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """WorkerRefusesInputWithoutBrokerTime, TopicsRefusedOnInputWithoutBrokerTime,
+    TopicsUseBrokerTime: an input topic that exists with CreateTime is refused by `docket
+    topics create` (before it creates anything), by a worker's start-up check and by the
+    API's client, each naming the fix (LogAppendTime, kafka-configs)."""
+    import click
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from agents.instance import check_topics
+    from app.client import TopicsMissing
+    from app.topics import TopicError, create_topics
+    from tests.integration.stack_kit import stack_settings
+
+    settings: Settings = stack_settings(kafka_bootstrap, tmp_path)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.input_topic, settings.partitions, 1,
+                                            topic_configs={"message.timestamp.type": "CreateTime"})])
+    finally:
+        await admin.close()
+    advice = "message.timestamp.type=LogAppendTime"
+    with pytest.raises(TopicError, match=advice):
+        await create_topics(settings)
+    from app.topics import list_topics
+    assert list(await list_topics(settings)) == [settings.input_topic]  # nothing else was created
+    with pytest.raises(click.ClickException, match=f"(?s)CreateTime.*kafka-configs.*{advice}"):
+        await check_topics(settings, [settings.input_topic])
+    with pytest.raises(TopicsMissing, match=advice):
+        await DocketClient(settings).start()
