@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from agents.clerk_core import ClerkCore, Publish
 from agents.instance import STAGE_BUCKETS, check_topics, faust_settings, run_worker
 from app.canonical import canonical_trusted, digest
-from app.faust_tuning import ISOLATION_LEVEL
+from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 

@@ -25,7 +25,8 @@ from agents.faults import FaultInjector, FaultSpec
 from agents.usher import Usher
 from app.records import InputRecord
 from app.registry import registry
-from app.faust_tuning import ISOLATION_LEVEL, tune_worker_consumer
+from app.faust_tuning import tune_worker_consumer
+from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 from tables.faust_store import FaustStore

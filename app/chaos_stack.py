@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from app.faust_tuning import ISOLATION_LEVEL
+from app.kafka_admin import ISOLATION_LEVEL
 from app.broker import set_parent_death_signal, start_broker, stop_broker
 from app.kafka_admin import quiet
 from app.settings import Settings

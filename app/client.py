@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from app.canonical import NotCanonical, canonical, digest
+from app.kafka_admin import ISOLATION_LEVEL
 from app.records import MAX_IDEMPOTENCY_KEY, MAX_VALUE_BYTES, partition_for
 from app.settings import Settings, load
 
@@ -347,7 +348,7 @@ class DocketClient:
         # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would
         # delay results behind an idle partition's long poll
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed", auto_offset_reset="earliest",
+                                    isolation_level=ISOLATION_LEVEL, auto_offset_reset="earliest",
                                     fetch_max_wait_ms=s.fetch_max_wait_ms)
         try:
             with quiet():
@@ -658,7 +659,7 @@ class DocketClient:
 
     def _index_divergence(self, ikey: str, pos: Position, rec: dict, compact: bytes,
                           mine: tuple[str, int, str] | None) -> None:
-        now = _now_ms()
+        now = self._clock_ms()
         entry = self._live(ikey, now)
         if entry is None:
             if mine is not None:

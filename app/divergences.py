@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 
 DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
@@ -184,7 +185,7 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
 
     topic = settings.divergences_topic
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", auto_offset_reset="earliest",
+                                isolation_level=ISOLATION_LEVEL, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
     try:
         with quiet():

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from faust.transport.drivers import aiokafka as _driver
 
-# Every Kafka consumer docket runs reads with this isolation level.
-ISOLATION_LEVEL = "read_committed"
+from app.kafka_admin import ISOLATION_LEVEL
+
 
 _patched: list[int] = []
 

@@ -8,6 +8,12 @@ import logging
 from collections.abc import Iterator
 
 
+# Every Kafka consumer docket runs reads with this isolation level (DESIGN.md invariant
+# 8): a record of an aborted transaction has no effect, and one of a transaction still
+# open is read once it commits. Faust's worker consumers get it in app/faust_tuning.py.
+ISOLATION_LEVEL = "read_committed"
+
+
 class KafkaUnreachable(ConnectionError):
     """No broker answered at the bootstrap address."""
 

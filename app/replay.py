@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from agents.usher import Usher
 from app.canonical import digest
-from app.faust_tuning import ISOLATION_LEVEL
+from app.kafka_admin import ISOLATION_LEVEL
 from app.records import InputRecord
 from app.registry import Domain
 from tables.ledger import Ledger

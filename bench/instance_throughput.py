@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from app.faust_tuning import ISOLATION_LEVEL
+from app.kafka_admin import ISOLATION_LEVEL
 from app import broker as launcher
 from app.settings import load
 from app.topics import create_topics

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.faust_tuning import ISOLATION_LEVEL
+from app.kafka_admin import ISOLATION_LEVEL
 from app.records import partition_for
 from app.settings import Settings
 from app.workload import inventory
