@@ -3,10 +3,12 @@ schedule and every latency is measured from the record's *intended* send time to
 moment the Clerk published its result, so a stall of the generator or of the pipeline
 is never hidden (no coordinated omission).
 
-Each input record carries its intended send time as its Kafka timestamp; the Clerk
-copies the input timestamp into the result (``stream_time``) and its producer stamps the
-result record when it publishes it. latency = result record timestamp - stream_time,
-both wall-clock milliseconds of this machine.
+The generator remembers each input record's intended send time by the input position
+the broker acknowledged (partition, offset); the results topic is LogAppendTime, so a
+result record's timestamp is when the broker appended it. latency = result record
+timestamp - intended send time of its input position, both wall-clock milliseconds of
+this machine (the broker runs on it). The input record's own timestamp cannot carry the
+intended time: the input topic is LogAppendTime too, so the broker replaces it.
 
 The sweep runs rates in increasing order, each for ``duration_s``, then waits for the
 pipeline to answer every record of that rate. A rate whose records are not all answered
@@ -37,11 +39,13 @@ TICK_S = 0.002  # the generator wakes this often and sends every record that is 
 
 @dataclass
 class ResultWatch:
-    """Reads the results topic from the beginning; one latency sample per result."""
+    """Reads the results topic from the beginning; one latency sample per result, from
+    ``intended`` (input position -> intended send time, ms), which the generator fills."""
 
     settings: Settings
-    latencies: list[float] = field(default_factory=list)
+    intended: dict[tuple[int, int], float] = field(default_factory=dict)
     published_ms: list[int] = field(default_factory=list)
+    positions: list[tuple[int, int]] = field(default_factory=list)
     _task: asyncio.Task | None = None
     _consumer: AIOKafkaConsumer | None = None
 
@@ -60,13 +64,19 @@ class ResultWatch:
             batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
             for records in batch.values():
                 for r in records:
-                    stream_time = orjson.loads(r.value)["stream_time"]
-                    self.latencies.append(r.timestamp - stream_time)
+                    at = orjson.loads(r.value)["input"]
+                    self.positions.append((at["partition"], at["offset"]))
                     self.published_ms.append(r.timestamp)
 
     @property
+    def latencies(self) -> list[float]:
+        """ms from intended send to publication, in the order results were read. Every
+        send was acknowledged (its position known) before the count it is read for."""
+        return [pub - self.intended[pos] for pos, pub in zip(self.positions, self.published_ms, strict=True)]
+
+    @property
     def count(self) -> int:
-        return len(self.latencies)
+        return len(self.positions)
 
     async def wait_for(self, want: int, deadline_s: float) -> bool:
         deadline = time.monotonic() + deadline_s
@@ -88,9 +98,10 @@ class ResultWatch:
 
 
 async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, duration_s: float,
-                       seed: int) -> dict:
-    """Send ``rate * duration_s`` inventory events on a fixed schedule; each record's
-    timestamp is its intended send time. Returns what the generator itself managed.
+                       seed: int, intended: dict[tuple[int, int], float]) -> dict:
+    """Send ``rate * duration_s`` inventory events on a fixed schedule, and put each
+    one's intended send time (ms) into ``intended`` by the input position the broker
+    acknowledged. Returns what the generator itself managed.
 
     The records due at a tick go out as one batch per partition (routed as Kafka's
     default partitioner routes them): the generator shares the 2 cores with what it
@@ -103,23 +114,36 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
     futures = []
     worst_lag_ms = 0.0
     i = 0
+
+    async def send(partition: int, batch, times: list[float]) -> None:
+        fut = await producer.send_batch(batch, topic, partition=partition)
+
+        def acknowledged(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                base = f.result().offset  # of the batch's first record; the rest follow
+                for j, t in enumerate(times):
+                    intended[(partition, base + j)] = t
+        fut.add_done_callback(acknowledged)
+        futures.append(fut)
+
     while i < total:
         now_ms = time.time() * 1000
-        batches: dict[int, object] = {}
+        batches: dict[int, tuple[object, list[float]]] = {}
         while i < total and t0_ms + i * interval_ms <= now_ms:
             partition, key, value = records[i]
-            intended = t0_ms + i * interval_ms
-            worst_lag_ms = max(worst_lag_ms, now_ms - intended)
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=round(intended)) is None:  # full
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=round(intended))
+            due = t0_ms + i * interval_ms
+            worst_lag_ms = max(worst_lag_ms, now_ms - due)
+            if partition not in batches:
+                batches[partition] = (producer.create_batch(), [])
+            batch, times = batches[partition]
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                await send(partition, batch, times)
+                batch, times = batches[partition] = (producer.create_batch(), [])
+                batch.append(key=key, value=value, timestamp=None)
+            times.append(due)
             i += 1
-        for partition, batch in sorted(batches.items()):
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        for partition, (batch, times) in sorted(batches.items()):
+            await send(partition, batch, times)
         await asyncio.sleep(TICK_S)
     await asyncio.gather(*futures)
     return {"sent": total, "generator_worst_lag_ms": round(worst_lag_ms, 1),
@@ -153,7 +177,7 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         if warmup_s:
             rate = warmup_rate or rates[0]
             say(f"kafka-native: warming up at {rate:,} events/s for {warmup_s:.0f} s ...")
-            sent = await send_at_rate(producer, settings.input_topic, rate, warmup_s, seed - 1)
+            sent = await send_at_rate(producer, settings.input_topic, rate, warmup_s, seed - 1, watch.intended)
             drained = await watch.wait_for(sent["sent"], max(30.0, warmup_s))
             warmup = {"rate": rate, **sent, "drained": drained, "latency_ms": percentiles(watch.latencies)}
             if not drained:
@@ -161,7 +185,7 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         for n, rate in enumerate(rates):
             before = watch.count
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
-            sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n)
+            sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n, watch.intended)
             began = time.monotonic()
             deadline = drain_s if drain_s is not None else max(15.0, duration_s)
             drained = await watch.wait_for(before + sent["sent"], deadline)

@@ -11,8 +11,8 @@ of tests/integration/procs.py (process handling, ``wait_for``, ``OutputCollector
 - :func:`group_caught_up`: a consumer group has committed every record of some topics.
 - :func:`clerk_metrics`, :func:`histogram_quantile`: the Clerk's Prometheus page.
 - :func:`fault_positions`: the positions an instance logged as ``FAULT INJECTED``.
-- :func:`paced`: stamps records with their scheduled send time, for latency measured
-  from the input record timestamp (the Clerk's definition) at a fixed arrival rate.
+- :class:`Paced`: keeps each record's scheduled send time, for latency measured from
+  it at a fixed arrival rate.
 """
 
 from __future__ import annotations
@@ -315,11 +315,12 @@ def log_line_time_ms(text: str, needle: str) -> int | None:
 
 @dataclass
 class Paced:
-    """Wraps records for ``workload.produce(..., rate=rate)``: record i gets the
-    timestamp t0 + i / rate, where t0 is the wall clock when the producer asks for the
-    first record (just after it starts its schedule). The input timestamp then is the
-    scheduled send time, and "input timestamp -> result published" is the latency a
-    client submitting at that rate would see (no coordinated omission)."""
+    """Wraps records for ``workload.produce(..., rate=rate)``: record i is scheduled at
+    t0 + i / rate, where t0 is the wall clock when the producer asks for the first
+    record (just after it starts its schedule), and ``stamped`` keeps each record with
+    that time as its timestamp. The broker replaces the timestamp (LogAppendTime), so a
+    test keeps the schedule by position: "scheduled send -> result published" is the
+    latency a client submitting at that rate would see (no coordinated omission)."""
 
     records: list[Record]
     rate: float
