@@ -61,7 +61,8 @@ class Arbiter:
             entities = []
             outcome = records.outcome("rejected", "evaluation_error", f"{type(exc).__name__}: {exc}")
         body = records.body(
-            event.record, stream_time=event.stream_time, idempotency_key=event.idempotency_key, event_name=event.event_name,
+            event.record, stream_time=event.stream_time, idempotency_key=event.idempotency_key,
+            client=event.client, event_name=event.event_name,
             domain_version=domain.version, outcome=outcome, duplicate_of=None)
         return Evaluation(body, entities)
 
@@ -69,12 +70,13 @@ class Arbiter:
         record = event.record
         self.warden.record(
             event.idempotency_key,
-            WardenEntry(record.partition, record.offset, event.stream_time, fingerprint, evaluation.body))
+            WardenEntry(record.partition, record.offset, event.stream_time, fingerprint, evaluation.body),
+            event.client)
         for ent in evaluation.entities:
             self.registrar.put(record.partition, ent["key"],
                                EntityRecord(ent["state"], ent["version"], record.offset))
 
-    def redo(self, idempotency_key: str, entry: WardenEntry) -> None:
+    def redo(self, event: Event, entry: WardenEntry) -> None:
         """Finish an event whose Warden entry survived a crash: write every entity
         change it made that the Ledger does not hold yet, and write again what it did
         write. A crash can keep the local RocksDB writes of a batch and lose their
@@ -82,7 +84,7 @@ class Arbiter:
         only the local files hold is lost when the partition is next restored from
         the changelog (a new data dir, another worker). The rewrites are the same
         bytes, so they change nothing locally."""
-        self.warden.restate(idempotency_key, entry)
+        self.warden.restate(event.idempotency_key, entry, event.client)
         outcome = orjson.loads(entry.body)["outcome"]
         for ent in outcome["entities"]:
             rec = self.registrar.get(entry.partition, ent["key"])

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.records import MAX_IDEMPOTENCY_KEY
+from app.settings import client_name_problem
 
 # A divergence record carries each copy's canonical body whole up to this many bytes
 # (16 KiB). A longer body is cut: ``"body": null, "body_truncated": true`` and
@@ -293,6 +294,7 @@ class ClerkCore:
         self.counts["decisions"] += 1
         value = orjson.dumps({
             "idempotency_key": body["idempotency_key"],
+            "client": body.get("client"),
             "input": body["input"],
             "event_name": body["event_name"],
             "outcome": body["outcome"],
@@ -362,7 +364,7 @@ def naming_copy(pos: Position) -> str:
 
 
 def _request_fields(body: bytes | None) -> dict:
-    """idempotency_key, event_name, stream_time of a copy's body; each null when the
+    """idempotency_key, client, event_name, stream_time of a copy's body; each null when the
     body lacks it or it has the wrong type, or (a corrupted copy) is too long: a key
     over MAX_IDEMPOTENCY_KEY characters (the envelope allows no longer one), an event
     name over DIVERGENCE_NAME_LIMIT."""
@@ -373,8 +375,10 @@ def _request_fields(body: bytes | None) -> dict:
     if not isinstance(data, dict):
         data = {}
     key, name, time = data.get("idempotency_key"), data.get("event_name"), data.get("stream_time")
+    client = data.get("client")
     return {
         "idempotency_key": key if isinstance(key, str) and len(key) <= MAX_IDEMPOTENCY_KEY else None,
+        "client": client if client_name_problem(client) is None else None,
         "event_name": name if isinstance(name, str) and len(name) <= DIVERGENCE_NAME_LIMIT else None,
         "stream_time": time if isinstance(time, int) and not isinstance(time, bool) else None,
     }

@@ -104,15 +104,16 @@ class Usher:
             fingerprint = _fingerprint(event)
         except NotCanonical as exc:
             return self._rejected(record, stream_time, event, Rejection("invalid_payload", str(exc)))
-        version = self.warden.lookup(record.partition, event.idempotency_key, record.offset)
+        version = self.warden.lookup(record.partition, event.idempotency_key, record.offset, event.client)
         verdict = self.warden.judge(version, record.offset, stream_time, fingerprint)
         if verdict is Verdict.REPLAY:
-            self.arbiter.redo(event.idempotency_key, version)
+            self.arbiter.redo(event, version)
             return version.body
         if verdict is Verdict.DUPLICATE:
             original = orjson.loads(version.body)
             return records.body(
-                record, stream_time=stream_time, idempotency_key=event.idempotency_key, event_name=event.event_name,
+                record, stream_time=stream_time, idempotency_key=event.idempotency_key, client=event.client,
+                event_name=event.event_name,
                 domain_version=self.domain.version, outcome=original["outcome"],
                 duplicate_of=records.position(version.partition, version.offset))
         if verdict is Verdict.REUSED:
@@ -129,6 +130,7 @@ class Usher:
             record,
             stream_time=stream_time,
             idempotency_key=None if event is None else event.idempotency_key,
+            client=None if event is None else event.client,
             event_name=None if event is None else event.event_name,
             domain_version=self.domain.version,
             outcome=records.outcome("rejected", rejection.reason, rejection.detail),

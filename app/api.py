@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
-from app.settings import Settings, load
+from app.settings import Settings, load, named_token
 
 log = logging.getLogger("docket.api")
 
@@ -55,6 +55,8 @@ LATENCY_BUCKETS = (.0005, .001, .0015, .002, .003, .005, .0075, .01, .015, .02, 
 CLIENT = web.AppKey("client", DocketClient)
 METRICS = web.AppKey("metrics", object)
 CONFIG = web.AppKey("config", dict)
+# the authenticated client's name, on each /v1 request: the scope of its idempotency keys
+CLIENT_NAME = web.RequestKey("client_name", str)
 
 
 # --------------------------------------------------------------------------- errors
@@ -98,7 +100,7 @@ def _position(pos) -> dict | None:
 
 
 # The fields of a divergence record an event's JSON repeats (all but the Clerk's state).
-DIVERGENCE_FIELDS = ("input", "cause", "idempotency_key", "event_name", "stream_time", "named_by", "copies",
+DIVERGENCE_FIELDS = ("input", "cause", "idempotency_key", "client", "event_name", "stream_time", "named_by", "copies",
                      "decided")
 
 
@@ -261,7 +263,8 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
     wait_s, applied = parse_prefer(request.headers.get("Prefer"), config["timeout_s"])
     try:
-        sub = await client.submit(body["event_name"], body["payload"], key, timeout=wait_s)
+        sub = await client.submit(body["event_name"], body["payload"], key, timeout=wait_s,
+                                  client=request.get(CLIENT_NAME))
     except ValidationError as exc:
         status = 413 if exc.reason == "too_large" else 400
         raise ApiError(status, "payload_too_large" if status == 413 else "invalid_request", str(exc),
@@ -296,7 +299,7 @@ async def get_event(request: web.Request) -> web.Response:
     if problem:
         raise ApiError(400, "invalid_request", problem["message"], [{**problem, "field": "idempotency_key"}])
     _require_started(client, "the state of events is")
-    return status_response(client.status(key), client.ttl_ms)
+    return status_response(client.status(key, request.get(CLIENT_NAME)), client.ttl_ms)
 
 
 async def get_entity(request: web.Request) -> web.Response:
@@ -398,7 +401,9 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
 
 
-def _check_auth(request: web.Request, tokens: tuple[bytes, ...]) -> None:
+def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) -> str:
+    """The name of the client whose bearer token the request carries; ApiError 401/403
+    otherwise."""
     header = request.headers.get("Authorization")
     if header is None:
         raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
@@ -407,8 +412,13 @@ def _check_auth(request: web.Request, tokens: tuple[bytes, ...]) -> None:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized(f"the Authorization header must be 'Bearer <token>', not a {scheme or 'blank'} credential")
     given = token.encode("utf-8", "surrogateescape")
-    if not any(hmac.compare_digest(given, t) for t in tokens):  # every token compared: no timing hint
+    found = None
+    for name, secret in clients:  # every token compared: no timing hint
+        if hmac.compare_digest(given, secret):
+            found = name
+    if found is None:
         raise ApiError(403, "forbidden", "the bearer token is not valid for this API (not in DOCKET_API_TOKENS)")
+    return found
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
@@ -429,15 +439,17 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 def create_app(settings: Settings | None = None, client: DocketClient | None = None, *,
                tokens: tuple[str, ...] | None = None, auth: bool = True, timeout_ms: int | None = None,
                connect: bool = True) -> web.Application:
-    """The aiohttp application. ``tokens`` defaults to DOCKET_API_TOKENS; ``auth=False``
-    (``--insecure-no-auth``) accepts requests without credentials. ``connect=False``
-    leaves the client as it is (started by the caller, or not at all)."""
+    """The aiohttp application. ``tokens`` (DOCKET_API_TOKENS entries, ``name:token`` or
+    bare) default to DOCKET_API_TOKENS; a request's token names its client, the scope of
+    its idempotency keys. ``auth=False`` (``--insecure-no-auth``) accepts requests
+    without credentials, all in the unscoped key space. ``connect=False`` leaves the
+    client as it is (started by the caller, or not at all)."""
     settings = settings or load()
     client = client or DocketClient(settings)
-    tokens = settings.api_tokens if tokens is None else tokens
-    if auth and not tokens:
+    named = settings.api_clients if tokens is None else tuple(named_token(t) for t in tokens)
+    if auth and not named:
         raise ValueError("no bearer token configured: set DOCKET_API_TOKENS")
-    secrets = tuple(t.encode("utf-8") for t in tokens)
+    secrets = tuple((name, t.encode("utf-8")) for name, t in named)
     timeout_ms = settings.api_timeout_ms if timeout_ms is None else timeout_ms
     metrics = ApiMetrics()
 
@@ -447,7 +459,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
         route = _route_of(request)
         try:
             if auth and request.path.startswith("/v1/"):
-                _check_auth(request, secrets)
+                request[CLIENT_NAME] = _check_auth(request, secrets)
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()

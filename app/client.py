@@ -58,6 +58,8 @@ from app.settings import Settings, load
 log = logging.getLogger("docket.client")
 
 Position = tuple[int, int]
+# (client, idempotency key): the index's key; client None is the Kafka-native key space
+ScopedKey = tuple[str | None, str]
 
 # How far back the results consumer starts, at least: the entity view is loaded from the
 # entities topic first and the results published since (the Clerk writes a result, then
@@ -252,13 +254,13 @@ class DocketClient:
         # read meanwhile (one of them may answer such a produce); divergence reports
         # read while anything is unacknowledged are kept by position (EARLY_DIVERGENCES)
         self._unacked: collections.Counter = collections.Counter()
-        self._early: dict[str, dict[Position, tuple[str, dict, bytes]]] = {}
+        self._early: dict[ScopedKey, dict[Position, tuple[str, dict, bytes]]] = {}
         self._early_divergences: collections.OrderedDict = collections.OrderedDict()
         # this process's acknowledged submissions not yet decided:
-        # position -> (key, recorded_at, fingerprint)
-        self._mine: dict[Position, tuple[str, int, str]] = {}
+        # position -> ((client, key), recorded_at, fingerprint)
+        self._mine: dict[Position, tuple[ScopedKey, int, str]] = {}
         self._mine_order: collections.deque = collections.deque()  # (recorded_at, position)
-        self._index: dict[str, _Entry] = {}
+        self._index: dict[ScopedKey, _Entry] = {}
         self._index_order: collections.deque = collections.deque()  # (recorded_at, key)
         self._entities: dict[str, dict] = {}
         self.entities_loaded = 0  # records read from the entities topic at start
@@ -448,7 +450,8 @@ class DocketClient:
                 errors.append(FieldError(where, rejection.reason, rejection.detail or rejection.reason))
         return errors
 
-    def _prepare(self, event_name: str, payload: Any, idempotency_key: str) -> tuple[bytes, int, str, bytes]:
+    def _prepare(self, event_name: str, payload: Any, idempotency_key: str,
+                 client: str | None) -> tuple[bytes, int, str, bytes]:
         errors = self.check(event_name, payload, idempotency_key)
         if errors:
             raise ValidationError(errors)
@@ -457,49 +460,55 @@ class DocketClient:
         except NotCanonical as exc:
             raise ValidationError([FieldError("payload", "invalid_payload", str(exc))]) from None
         key = self.domain.affinity_key(event_name, payload).encode("utf-8")
-        value = orjson.dumps({"idempotency_key": idempotency_key, "event_name": event_name, "payload": payload})
+        envelope = {"idempotency_key": idempotency_key, "event_name": event_name, "payload": payload}
+        if client is not None:
+            envelope["client"] = client
+        value = orjson.dumps(envelope)
         if len(value) > MAX_VALUE_BYTES:
             raise ValidationError([FieldError("payload", "too_large",
                                               f"the event is {len(value)} bytes encoded; at most {MAX_VALUE_BYTES}")])
         return key, partition_for(key, self.settings.partitions), fp, value
 
-    def _check_reuse(self, ikey: str, home: int, fp: str, now: int) -> None:
-        entry = self._live(ikey, now)
+    def _check_reuse(self, skey: ScopedKey, home: int, fp: str, now: int) -> None:
+        entry = self._live(skey, now)
         if entry is None:
             return
         if entry.home != home:
-            raise KeyReused(ikey, entry.position, "that routes to another partition (another affinity key)")
+            raise KeyReused(skey[1], entry.position, "that routes to another partition (another affinity key)")
         if entry.fingerprint is not None and entry.fingerprint != fp:
-            raise KeyReused(ikey, entry.position, "(another event name or payload)")
+            raise KeyReused(skey[1], entry.position, "(another event name or payload)")
 
     async def submit(self, event_name: str, payload: Any, idempotency_key: str,
-                     timeout: float | None = None) -> Submission:
+                     timeout: float | None = None, *, client: str | None = None) -> Submission:
         """Validate, produce, and wait up to ``timeout`` seconds (default
-        DOCKET_API_TIMEOUT_MS) for the agreed result.
+        DOCKET_API_TIMEOUT_MS) for the agreed result. ``client`` scopes the key: the
+        same key of two clients names two requests (the API passes its client's
+        name; None is the key space of Kafka-native producers).
 
         Raises ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
         accepted, or not acknowledged in time). Returns a Submission whose status is
         decided, pending (timeout; the event was accepted) or diverged."""
-        key, home, fp, value = self._prepare(event_name, payload, idempotency_key)
+        key, home, fp, value = self._prepare(event_name, payload, idempotency_key, client)
+        skey = (client, idempotency_key)
         now = self._clock_ms()
-        self._check_reuse(idempotency_key, home, fp, now)
+        self._check_reuse(skey, home, fp, now)
         if not self.connected:
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka_bootstrap} is unreachable: the event was not accepted"
                 + (f" ({self.last_error})" if self.last_error else ""), accepted=False)
-        if self._live(idempotency_key, now) is None:
+        if self._live(skey, now) is None:
             # provisional owner, so a concurrent request with the same key and another
             # body is refused before it is produced
-            self._remember(idempotency_key, _Entry(home, fp, now, None))
-        self._unacked[idempotency_key] += 1
+            self._remember(skey, _Entry(home, fp, now, None))
+        self._unacked[skey] += 1
         try:
             try:
                 # no timestamp: the input topic is LogAppendTime, the broker stamps it
                 meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key)
             except Exception as exc:  # noqa: BLE001  any produce failure means: not acknowledged
-                entry = self._index.get(idempotency_key)
+                entry = self._index.get(skey)
                 if entry is not None and entry.position is None and entry.recorded_at == now:
-                    del self._index[idempotency_key]
+                    del self._index[skey]
                 raise KafkaUnavailable(
                     f"Kafka did not acknowledge the event within {self.produce_timeout_ms} ms "
                     f"({type(exc).__name__}: {exc}); it was most likely not accepted, and a retry with "
@@ -512,28 +521,28 @@ class DocketClient:
                           meta.partition, home, key)
             fut = asyncio.get_running_loop().create_future()
             self._waiters[pos] = fut
-            self._mine[pos] = (idempotency_key, stamped, fp)
+            self._mine[pos] = (skey, stamped, fp)
             self._mine_order.append((stamped, pos))
-            entry = self._index.get(idempotency_key)
+            entry = self._index.get(skey)
             if entry is not None and entry.position is None and entry.fingerprint == fp:
                 entry.position = pos
                 entry.recorded_at = stamped
-                self._index_order.append((stamped, idempotency_key))
-            early = self._early.get(idempotency_key, {}).pop(pos, None) or self._early_divergences.pop(pos, None)
+                self._index_order.append((stamped, skey))
+            early = self._early.get(skey, {}).pop(pos, None) or self._early_divergences.pop(pos, None)
             if early is not None:  # read before the acknowledgement: the position is final
                 self._resolve(pos, *early)
                 self._mine.pop(pos, None)
-                entry = self._index.get(idempotency_key)
+                entry = self._index.get(skey)
                 if entry is not None and entry.position == pos:
                     if early[0] == "divergence":
                         entry.divergence = early[2]
                     elif entry.fingerprint is None and _owns(early):
                         entry.fingerprint = fp
         finally:
-            self._unacked[idempotency_key] -= 1
-            if self._unacked[idempotency_key] <= 0:
-                del self._unacked[idempotency_key]
-                self._early.pop(idempotency_key, None)
+            self._unacked[skey] -= 1
+            if self._unacked[skey] <= 0:
+                del self._unacked[skey]
+                self._early.pop(skey, None)
                 if not self._unacked:
                     self._early_divergences.clear()
         acked = time.monotonic()
@@ -552,8 +561,9 @@ class DocketClient:
 
     # ------------------------------------------------------------------ reading
 
-    def status(self, idempotency_key: str) -> KeyStatus:
-        entry = self._live(idempotency_key, self._clock_ms())
+    def status(self, idempotency_key: str, client: str | None = None) -> KeyStatus:
+        """What this client knows of ``idempotency_key`` in ``client``'s key space."""
+        entry = self._live((client, idempotency_key), self._clock_ms())
         if entry is None:
             return KeyStatus(idempotency_key, "unknown")
         if entry.divergence is not None:
@@ -625,7 +635,7 @@ class DocketClient:
                 self._put_entity(ent["key"], ent["state"], ent["version"], rec["input"])
         ikey = rec.get("idempotency_key")
         if ikey is not None:
-            self._index_result(ikey, pos, rec, compact)
+            self._index_result((rec.get("client"), ikey), pos, rec, compact)
         self._mine.pop(pos, None)
         self._deliver(pos, "result", rec, compact)
 
@@ -650,15 +660,15 @@ class DocketClient:
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
         mine = self._mine.pop(pos, None)
-        ikey = rec.get("idempotency_key")
-        if mine is not None and ikey != mine[0]:
-            ikey = mine[0]  # this process knows what it sent; the report's key came from one copy
-        if isinstance(ikey, str):
-            self._index_divergence(ikey, pos, rec, compact, mine)
+        skey = (rec.get("client"), rec.get("idempotency_key"))
+        if mine is not None and skey != mine[0]:
+            skey = mine[0]  # this process knows what it sent; the report's key came from one copy
+        if isinstance(skey[1], str):
+            self._index_divergence(skey, pos, rec, compact, mine)
         self._deliver(pos, "divergence", rec, compact)
 
-    def _index_divergence(self, ikey: str, pos: Position, rec: dict, compact: bytes,
-                          mine: tuple[str, int, str] | None) -> None:
+    def _index_divergence(self, ikey: ScopedKey, pos: Position, rec: dict, compact: bytes,
+                          mine: tuple[ScopedKey, int, str] | None) -> None:
         now = self._clock_ms()
         entry = self._live(ikey, now)
         if entry is None:
@@ -677,9 +687,9 @@ class DocketClient:
         if pos in self._waiters:
             self._resolve(pos, kind, rec, compact)
         elif kind == "result":
-            ikey = rec.get("idempotency_key")
-            if ikey in self._unacked:
-                self._early.setdefault(ikey, {})[pos] = (kind, rec, compact)
+            skey = (rec.get("client"), rec.get("idempotency_key"))
+            if skey in self._unacked:
+                self._early.setdefault(skey, {})[pos] = (kind, rec, compact)
         elif self._unacked:
             self._early_divergences[pos] = (kind, rec, compact)
             if len(self._early_divergences) > EARLY_DIVERGENCES:
@@ -690,7 +700,7 @@ class DocketClient:
         if fut is not None and not fut.done():
             fut.set_result((kind, rec))
 
-    def _index_result(self, ikey: str, pos: Position, rec: dict, compact: bytes) -> None:
+    def _index_result(self, ikey: ScopedKey, pos: Position, rec: dict, compact: bytes) -> None:
         now = self._clock_ms()
         entry = self._live(ikey, now)
         outcome = rec["outcome"]
@@ -717,11 +727,11 @@ class DocketClient:
         mine = self._mine.get(pos)
         self._remember(ikey, _Entry(pos[0], None if mine is None else mine[2], rec["stream_time"], pos, compact))
 
-    def _remember(self, ikey: str, entry: _Entry) -> None:
+    def _remember(self, ikey: ScopedKey, entry: _Entry) -> None:
         self._index[ikey] = entry
         self._index_order.append((entry.recorded_at, ikey))
 
-    def _live(self, ikey: str, now: int) -> _Entry | None:
+    def _live(self, ikey: ScopedKey, now: int) -> _Entry | None:
         entry = self._index.get(ikey)
         if entry is None:
             return None

@@ -2,10 +2,12 @@
 instance emits. Spec: specs/usher.allium (intake), specs/arbiter.allium (output).
 
 Input:  key = affinity key (UTF-8); value = JSON
-        {"idempotency_key": str, "event_name": str, "payload": {...}};
+        {"idempotency_key": str, "event_name": str, "payload": {...}, "client"?: str};
+        ``client`` scopes the idempotency key (the API sets its client's name;
+        Kafka-native producers leave it out, or name themselves);
         record timestamp = the broker's (LogAppendTime); the event's stream time is
         the greatest such timestamp at or below its offset (tables/warden.py).
-Output: JSON {instance, digest, input: {partition, offset}, idempotency_key,
+Output: JSON {instance, digest, input: {partition, offset}, idempotency_key, client,
         event_name, domain_version, outcome, duplicate_of, stream_time}; ``digest``
         is SHA-256 of the canonical serialisation of every field but ``instance``
         and ``digest`` (the *body*).
@@ -21,8 +23,10 @@ from aiokafka.partitioner import murmur2
 
 from app.canonical import NotIJson, canonical_trusted, digest, loads_strict
 from app.registry import Rejection
+from app.settings import client_name_problem
 
 MAX_IDEMPOTENCY_KEY = 128
+ENVELOPE_FIELDS = frozenset({"idempotency_key", "event_name", "payload", "client"})
 MAX_VALUE_BYTES = 64 * 1024
 
 
@@ -45,6 +49,7 @@ class Event:
     idempotency_key: str
     event_name: str
     payload: Any  # not yet validated against the domain
+    client: str | None = None  # the scope of idempotency_key (an API client's name)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -73,7 +78,7 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
         return Rejection("malformed_record", f"record value is not I-JSON: {exc}")
     if not isinstance(value, dict):
         return Rejection("malformed_record", "record value must be a JSON object")
-    extra = sorted(set(value) - {"idempotency_key", "event_name", "payload"})
+    extra = sorted(set(value) - ENVELOPE_FIELDS)
     if extra:
         return Rejection("malformed_record", f"unknown envelope field(s): {', '.join(extra)}")
     ikey = value.get("idempotency_key")
@@ -86,7 +91,12 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
         return Rejection("malformed_record", "event_name must be a non-empty string")
     if "payload" not in value:
         return Rejection("malformed_record", "payload is missing")
-    return Event(record, stream_time, key, ikey, name, value["payload"])
+    client = value.get("client")
+    if client is not None:
+        problem = client_name_problem(client)
+        if problem:
+            return Rejection("malformed_record", f"client {problem}")
+    return Event(record, stream_time, key, ikey, name, value["payload"], client)
 
 
 def position(partition: int, offset: int) -> dict:
@@ -98,6 +108,7 @@ def body(
     *,
     stream_time: int,
     idempotency_key: str | None,
+    client: str | None,
     event_name: str | None,
     domain_version: str,
     outcome: dict,
@@ -107,6 +118,7 @@ def body(
     return canonical_trusted({
         "input": position(record.partition, record.offset),
         "idempotency_key": idempotency_key,
+        "client": client,
         "event_name": event_name,
         "domain_version": domain_version,
         "outcome": outcome,

@@ -6,7 +6,9 @@ table is generated from :data:`SETTINGS` (``docket config``), so the two cannot 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
-    Setting("DOCKET_API_TOKENS", "", "comma-separated bearer tokens the REST API accepts; required (`docket api` refuses to start without one)"),
+    Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token` (a bare token is named `token-<hash>`); the name scopes that client's idempotency keys; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
 )
@@ -73,12 +75,37 @@ def _int(env: str, minimum: int) -> int:
     return value
 
 
-def _tokens(env: str) -> tuple[str, ...]:
-    tokens = tuple(part.strip() for part in _raw(env).split(",") if part.strip())
-    for token in tokens:
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def client_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name an API client (the scope of its idempotency keys), or None."""
+    if not isinstance(name, str) or not _CLIENT_NAME.fullmatch(name):
+        return "must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    return None
+
+
+def named_token(entry: str) -> tuple[str, str]:
+    """(client name, token) of one DOCKET_API_TOKENS entry: ``name:token``, or a bare
+    token (the older form), which is named ``token-`` + the first 12 hex digits of its
+    SHA-256 (stable for the token, and revealing nothing usable of it)."""
+    name, sep, token = entry.partition(":")
+    if sep and token and client_name_problem(name) is None:
+        return name, token
+    return "token-" + hashlib.sha256(entry.encode("utf-8")).hexdigest()[:12], entry
+
+
+def _tokens(env: str) -> tuple[tuple[str, str], ...]:
+    clients = tuple(named_token(part.strip()) for part in _raw(env).split(",") if part.strip())
+    for name, token in clients:
         if not token.isascii() or not token.isprintable() or " " in token:
             raise ConfigError(f"{env}: a token may only use printable ASCII characters without spaces")
-    return tokens
+    names = [name for name, _ in clients]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{env} names client(s) {', '.join(twice)} twice; each name scopes its own "
+                          "idempotency keys, so give each token its own name (name:token,...)")
+    return clients
 
 
 def _port(env: str) -> int:
@@ -124,9 +151,15 @@ class Settings:
     log_level: str
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    api_tokens: tuple[str, ...] = ()
+    # (client name, token) per DOCKET_API_TOKENS entry
+    api_clients: tuple[tuple[str, str], ...] = ()
     api_timeout_ms: int = 5000
     clerk_web_port: int = 6066
+
+    @property
+    def api_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens of DOCKET_API_TOKENS, without their names."""
+        return tuple(token for _, token in self.api_clients)
 
     # Topic names: the one place that spells them.
     @property
@@ -199,7 +232,7 @@ def load() -> Settings:
         log_level=level,
         api_host=_raw("DOCKET_API_HOST"),
         api_port=_port("DOCKET_API_PORT"),
-        api_tokens=_tokens("DOCKET_API_TOKENS"),
+        api_clients=_tokens("DOCKET_API_TOKENS"),
         api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
         clerk_web_port=_port("DOCKET_CLERK_WEB_PORT"),
     )

@@ -368,7 +368,8 @@ def run_cmd(procfile: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `docket` of this virtualenv
-    env["DOCKET_API_TOKENS"] = ",".join(settings.api_tokens) or token
+    # as given (names and all), or the stack's own token
+    env["DOCKET_API_TOKENS"] = ",".join(f"{name}:{tok}" for name, tok in settings.api_clients) or token
     env["PYTHONUNBUFFERED"] = "1"  # honcho relays output line by line
     env["DOCKET_STACK_STARTED"] = f"{time.time():.3f}"
     click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}"))

@@ -79,14 +79,25 @@ def _pack(entry: WardenEntry, key: bytes) -> bytes:
     return _QUEUED.pack(entry.recorded_at, entry.offset) + key
 
 
-def key_prefix(idempotency_key: str) -> bytes:
+_SCOPED = b"\xff"  # no unscoped key starts so: their 2-byte length is at most 512
+
+
+def key_prefix(idempotency_key: str, client: str | None = None) -> bytes:
+    """Table key prefix of a key's versions. Keys are scoped by client (the API
+    client's name, or none for Kafka-native producers): the same key of two clients is
+    two keys. Length-prefixed, so no key's prefix is another key's prefix:
+    ``w\\0`` + len(key) (2 bytes) + key for no client, ``w\\0`` + 0xff + len(client)
+    (1 byte) + client + len(key) (2 bytes) + key for one."""
     raw = idempotency_key.encode("utf-8")
-    # length-prefixed, so no key's prefix is another key's prefix
-    return WARDEN_PREFIX + len(raw).to_bytes(2, "big") + raw
+    scoped = len(raw).to_bytes(2, "big") + raw
+    if client is None:
+        return WARDEN_PREFIX + scoped
+    name = client.encode("ascii")
+    return WARDEN_PREFIX + _SCOPED + len(name).to_bytes(1, "big") + name + scoped
 
 
-def version_key(idempotency_key: str, offset: int) -> bytes:
-    return key_prefix(idempotency_key) + offset.to_bytes(8, "big")
+def version_key(idempotency_key: str, offset: int, client: str | None = None) -> bytes:
+    return key_prefix(idempotency_key, client) + offset.to_bytes(8, "big")
 
 
 def clock_key(offset: int) -> bytes:
@@ -167,11 +178,12 @@ class Warden:
 
     # ---------------------------------------------------------------- versions
 
-    def lookup(self, partition: int, idempotency_key: str, offset: int) -> WardenEntry | None:
+    def lookup(self, partition: int, idempotency_key: str, offset: int,
+               client: str | None = None) -> WardenEntry | None:
         """The version of the key's entry that was current when the event at ``offset``
         was first processed: the newest one recorded at or before it."""
         found = None
-        for _, raw in self.store.scan(partition, key_prefix(idempotency_key)):
+        for _, raw in self.store.scan(partition, key_prefix(idempotency_key, client)):
             entry = WardenEntry.decode(raw)
             if entry.offset > offset:
                 break  # versions are in offset order
@@ -192,16 +204,16 @@ class Warden:
             return Verdict.DUPLICATE
         return Verdict.REUSED
 
-    def record(self, idempotency_key: str, entry: WardenEntry) -> None:
-        key = version_key(idempotency_key, entry.offset)
+    def record(self, idempotency_key: str, entry: WardenEntry, client: str | None = None) -> None:
+        key = version_key(idempotency_key, entry.offset, client)
         self.store.put(entry.partition, key, entry.encode())
         self._queues.setdefault(entry.partition, collections.deque()).append(_pack(entry, key))
 
-    def restate(self, idempotency_key: str, entry: WardenEntry) -> None:
+    def restate(self, idempotency_key: str, entry: WardenEntry, client: str | None = None) -> None:
         """Write a version again, unchanged (same key, same bytes), so that its changelog
         record exists even if the crash lost the first one. Not queued again: it is
         already in the collection queue."""
-        self.store.put(entry.partition, version_key(idempotency_key, entry.offset), entry.encode())
+        self.store.put(entry.partition, version_key(idempotency_key, entry.offset, client), entry.encode())
 
     def collect(self, partition: int, committed: Callable[[int], int]) -> int:
         """Delete versions below the committed offset that are expired at the stream

@@ -110,15 +110,17 @@ def stack_settings(kafka_bootstrap: str, root: Path, partitions: int = STACK_PAR
 
 @contextlib.contextmanager
 def running_stack(kafka_bootstrap: str, root: Path, token: str,
-                  api_timeout_ms: int = API_TIMEOUT_MS) -> Iterator[Stack]:
+                  api_timeout_ms: int = API_TIMEOUT_MS, more_tokens: tuple[str, ...] = ()) -> Iterator[Stack]:
     """Topics, instances a and b, the Clerk and the API on a free port; yields once one
-    event went through end to end. Every process is killed on exit."""
+    event went through end to end. The API accepts ``token`` (Stack.auth) and
+    ``more_tokens`` (DOCKET_API_TOKENS entries, e.g. ``name:token``). Every process is
+    killed on exit."""
     from app.topics import create_topics
 
     settings = stack_settings(kafka_bootstrap, root)
     asyncio.run(create_topics(settings))
     port = free_port()
-    env = worker_env(settings, DOCKET_API_TOKENS=token, DOCKET_API_PORT=str(port),
+    env = worker_env(settings, DOCKET_API_TOKENS=",".join((token, *more_tokens)), DOCKET_API_PORT=str(port),
                      DOCKET_API_TIMEOUT_MS=str(api_timeout_ms))
     logs = root / "logs"
 

@@ -37,13 +37,15 @@ from tests.integration.stack_kit import Stack, running_stack
 pytestmark = pytest.mark.integration
 
 TOKEN = "hostile-" + secrets.token_urlsafe(12)
+ALICE, BOB = "alice-" + secrets.token_urlsafe(12), "bob-" + secrets.token_urlsafe(12)
 LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker
 HOUR_MS = 3_600_000
 
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("hostile-stack"), TOKEN) as s:
+    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("hostile-stack"), TOKEN,
+                       more_tokens=(f"alice:{ALICE}", f"bob:{BOB}")) as s:
         yield s
 
 
@@ -276,6 +278,56 @@ async def test_duplicate_member_names_are_refused_over_http_and_on_kafka(
         assert (outcome["status"], outcome["reason"]) == ("rejected", "malformed_record"), result
         assert f"member {member!r} appears twice" in outcome["detail"], outcome
     assert await quantity(http, "wh-01", sku) is None
+
+
+# --------------------------------------------------------------------------- key scoping
+
+
+async def test_two_clients_keys_are_independent(stack: Stack, http: ClientSession) -> None:
+    """ApiScopesKeysToItsClient, TokensAreNamed, KeysAreScopedByClient: clients alice and
+    bob (named tokens) use the same Idempotency-Key for different requests: each is
+    applied (5 + 7), each client reads back and replays its own outcome only, and the
+    results name the client; a Kafka-native producer's use of the key is a third one."""
+    s = stack.settings
+    sku = f"scope-{secrets.token_hex(3)}"
+    k = f"{sku}-shared"
+    answers = {}
+    for name, token, delta in (("alice", ALICE, 5), ("bob", BOB, 7)):
+        async with ClientSession(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}) as who:
+            resp = await who.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
+                "warehouse": "wh-01", "sku": sku, "delta": delta}}, headers={"Idempotency-Key": k})
+            answers[name] = (resp.status, await resp.json())
+    assert [a[0] for a in answers.values()] == [200, 200], answers
+    assert answers["alice"][1]["replay"] is False and answers["bob"][1]["replay"] is False
+    assert answers["alice"][1]["position"] != answers["bob"][1]["position"]
+    assert await quantity(http, "wh-01", sku) == 12
+    for name, token, delta in (("alice", ALICE, 5), ("bob", BOB, 7)):
+        async with ClientSession(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}) as who:
+            resp = await who.get(f"/v1/events/{k}")
+            status = await resp.json()
+            assert status["position"] == answers[name][1]["position"], (name, status)
+            assert status["outcome"]["entities"][0]["state"]["quantity"] == (5 if name == "alice" else 12)
+            resp = await who.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
+                "warehouse": "wh-01", "sku": sku, "delta": delta}}, headers={"Idempotency-Key": k})
+            again = await resp.json()
+            assert resp.status == 200 and again["replay"] is True, again
+            assert again["duplicate_of"] == answers[name][1]["position"]
+    resp = await http.get(f"/v1/events/{k}")  # the stack's own token: a third client
+    assert resp.status == 404
+    async with DocketClient(s) as native:  # a Kafka-native producer: no client, its own key space
+        sub = await native.submit("stock.adjust", {"warehouse": "wh-01", "sku": sku, "delta": 1}, k, timeout=60)
+    assert sub.status == "decided" and sub.result["outcome"]["status"] == "applied" and not sub.replay
+    assert sub.result["client"] is None
+    results = {r.value["input"]["offset"]: r.value for r in await read_all_results(s)
+               if r.value["idempotency_key"] == k}
+    assert sorted((v["client"] or "-") for v in results.values() if v["duplicate_of"] is None) == ["-", "alice", "bob"]
+    assert await quantity(http, "wh-01", sku) == 13
+
+
+async def read_all_results(s: Settings):
+    from tests.integration.clerk_kit import read_all
+
+    return await read_all(s.kafka_bootstrap, s.results_topic)
 
 
 # --------------------------------------------------------------------------- the input topic's timestamps

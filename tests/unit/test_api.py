@@ -25,10 +25,11 @@ from app.api import MAX_BODY_BYTES, create_app, parse_idempotency_key, parse_pre
 from app.broker import free_port
 from app.client import DocketClient, KeyStatus, Submission
 from app.records import partition_for
-from app.settings import SETTINGS, ConfigError, load
+from app.settings import SETTINGS, ConfigError, load, named_token
 
-TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")
+TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")  # the older form: named token-<hash>
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
+CLIENT = named_token(TOKENS[0])[0]  # the scope of AUTH's idempotency keys
 
 
 @pytest.fixture
@@ -151,6 +152,7 @@ def test_docket_api_refuses_to_start_without_tokens() -> None:
     ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
     ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
     ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: a token may only use printable ASCII"),
+    ("DOCKET_API_TOKENS", "alice:t1,bob:t2,alice:t3", "alice twice; each name scopes its own idempotency keys"),
     ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
 ])
 def test_api_settings_name_the_variable_at_fault(monkeypatch, env, value, message) -> None:
@@ -166,6 +168,47 @@ def test_api_settings_defaults(monkeypatch) -> None:
     assert (s.api_host, s.api_port, s.api_tokens, s.api_timeout_ms) == ("127.0.0.1", 8080, (), 5000)
     monkeypatch.setenv("DOCKET_API_TOKENS", " a1 , ,b2 ")
     assert load().api_tokens == ("a1", "b2")
+
+
+def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
+    """TokensAreNamed: `name:token` entries name their client; a bare token (the older
+    form) is named token-<first 12 hex digits of its SHA-256>, the same every time and
+    whatever the order; a token may itself hold a colon after its name."""
+    import hashlib
+
+    monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x:y")
+    s = load()
+    assert s.api_clients == (("alice", "s3cret"),
+                             ("token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12], "legacy-token"),
+                             ("bob", "x:y"))
+    assert s.api_tokens == ("s3cret", "legacy-token", "x:y")
+    monkeypatch.setenv("DOCKET_API_TOKENS", "bob:x:y,legacy-token")
+    assert dict(load().api_clients)["token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12]] == "legacy-token"
+
+
+async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
+    """ApiScopesKeysToItsClient: a result of client A's key is A's alone: client B's
+    status of the same key is unknown, and B's request with the key and another body is
+    not refused by the index (it goes on to Kafka: 503 here, as Kafka is unreachable),
+    while A's is refused 422 when it routes to another partition."""
+    client = DocketClient(settings)
+    app = create_app(settings, client, tokens=("alice:tok-a-0123456789", "bob:tok-b-0123456789"), connect=False)
+    alice, bob = ({"Authorization": "Bearer tok-a-0123456789"}, {"Authorization": "Bearer tok-b-0123456789"})
+    skus = [f"sku-{i}" for i in range(50)]
+    home = partition_for(skus[0].encode(), 4)
+    other = next(s for s in skus if partition_for(s.encode(), 4) != home)
+    client.on_result(result_record("shared-key", home, 3, applied=True, client="alice"))
+    client._started = True  # noqa: SLF001  the index answers; submissions still find no Kafka
+    async with TestClient(TestServer(app)) as tc:
+        resp = await tc.get("/v1/events/shared-key", headers=alice)
+        assert (resp.status, (await resp.json())["state"]) == (200, "decided")
+        resp = await tc.get("/v1/events/shared-key", headers=bob)
+        assert resp.status == 404
+        status, _, body = await post(tc, adjust(sku=other), key="shared-key", headers=bob)
+        assert status == 503, body
+        status, _, body = await post(tc, adjust(sku=other), key="shared-key", headers=alice)
+        assert (status, body["error"]) == (422, "idempotency_key_reused")
+    assert client.status("shared-key").state == "unknown"  # nor is it the Kafka-native producers'
 
 
 # --------------------------------------------------------------------------- validation
@@ -290,7 +333,7 @@ async def test_key_known_on_another_partition_is_422_before_producing(http, sett
     first = skus[0]
     other = next(s for s in skus if partition_for(s.encode(), 4) != partition_for(first.encode(), 4))
     p = partition_for(first.encode(), 4)
-    client.on_result(result_record("reused-key", p, 7, applied=True))
+    client.on_result(result_record("reused-key", p, 7, applied=True, client=CLIENT))
     status, _, body = await post(tc, adjust(sku=other), key="reused-key")
     assert status == 422
     assert body["error"] == "idempotency_key_reused"
@@ -332,13 +375,13 @@ async def test_unknown_routes_and_methods_answer_json(http) -> None:
 
 def result_record(key: str, partition: int, offset: int, *, applied: bool, reason: str | None = None,
                   duplicate_of: tuple[int, int] | None = None, entities: list | None = None,
-                  stream_time: int | None = None) -> bytes:
+                  stream_time: int | None = None, client: str | None = None) -> bytes:
     import time
 
     outcome = {"status": "applied" if applied else "rejected", "reason": None if applied else reason,
                "detail": "" if applied else f"because {reason}", "entities": entities or []}
     return orjson.dumps({
-        "idempotency_key": key, "input": {"partition": partition, "offset": offset},
+        "idempotency_key": key, "client": client, "input": {"partition": partition, "offset": offset},
         "event_name": "stock.adjust", "outcome": outcome,
         "duplicate_of": None if duplicate_of is None else {"partition": duplicate_of[0], "offset": duplicate_of[1]},
         "domain_version": "inventory/1", "stream_time": stream_time or int(time.time() * 1000),
@@ -553,8 +596,8 @@ def test_own_submission_is_indexed_under_the_key_it_sent(settings) -> None:
     client = DocketClient(settings)
     now = int(time.time() * 1000)
     pos = (3, 11)
-    client._remember("sent", _Entry(3, "fp", now, pos))  # noqa: SLF001  what submit() records
-    client._mine[pos] = ("sent", now, "fp")  # noqa: SLF001  once the produce is acknowledged
+    client._remember((None, "sent"), _Entry(3, "fp", now, pos))  # noqa: SLF001  what submit() records
+    client._mine[pos] = ((None, "sent"), now, "fp")  # noqa: SLF001  once the produce is acknowledged
     client.on_divergence(divergence_report("corrupted", *pos))
     assert client.status("sent").state == "diverged"
     assert client.status("corrupted").state == "unknown"

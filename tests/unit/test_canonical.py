@@ -64,7 +64,7 @@ def test_equal_values_give_equal_digests(value):
 def test_seal_digests_the_body_and_excludes_instance():
     """OutputDigestIsCanonical: equal digests mean equal outputs; instance is not digested."""
     rec = InputRecord(3, 17, 1_000, b"s1", b"{}")
-    b = body(rec, stream_time=1_000, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
+    b = body(rec, stream_time=1_000, idempotency_key="k", client=None, event_name="stock.adjust", domain_version="inventory/1",
              outcome=outcome("applied"), duplicate_of=None)
     a_out, b_out = seal(b, "a"), seal(b, "b")
     inst_a, dig_a, body_a = unseal(a_out)
@@ -73,7 +73,7 @@ def test_seal_digests_the_body_and_excludes_instance():
     assert dig_a == dig_b == digest(b)
     assert body_a == body_b == json.loads(b)
     assert canonical(body_a) == b  # the body is itself canonical
-    other = body(rec, stream_time=1_000, idempotency_key="k", event_name="stock.adjust", domain_version="inventory/1",
+    other = body(rec, stream_time=1_000, idempotency_key="k", client=None, event_name="stock.adjust", domain_version="inventory/1",
                  outcome=outcome("rejected", "insufficient_stock"), duplicate_of=None)
     assert digest(other) != dig_a
 

@@ -300,6 +300,47 @@ def test_a_replay_writes_its_own_clock_checkpoints():
     assert later == whole[15:] == [50_000] * 5
 
 
+def _scoped(s, ikey, delta, ts, client):
+    value = {"idempotency_key": ikey, "event_name": "stock.adjust",
+             "payload": {"warehouse": "w1", "sku": "s1", "delta": delta}}
+    if client is not None:
+        value["client"] = client
+    return s.add(b"s1", orjson.dumps(value), ts)
+
+
+def test_keys_are_scoped_by_client():
+    """KeysAreScopedByClient, WardenAdmitsNewKey, WardenRecognisesDuplicate: one key
+    used by clients alice and bob and by a Kafka-native producer (no client) is three
+    keys: each is applied once; a repeat within one scope is a duplicate of that
+    scope's own request; the versions live under distinct table keys."""
+    s = Stream()
+    a = _scoped(s, "K", 5, 1_000, "alice")
+    b = _scoped(s, "K", 7, 1_001, "bob")
+    n = _scoped(s, "K", 11, 1_002, None)
+    _scoped(s, "K", 5, 1_003, "alice")
+    _scoped(s, "K", 7, 1_004, "bob")
+    store = MemoryStore()
+    outs = bodies(run(usher(store), s.records, 2))
+    assert [o["outcome"]["status"] for o in outs[:3]] == ["applied"] * 3
+    assert [o["client"] for o in outs] == ["alice", "bob", None, "alice", "bob"]
+    assert outs[3]["duplicate_of"] == outs[0]["input"] and outs[4]["duplicate_of"] == outs[1]["input"]
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 23}, 3)
+    keys = {k for (_, k) in store.data if k.startswith(b"w\x00")}
+    assert keys == {version_key("K", a.offset, "alice"), version_key("K", b.offset, "bob"), version_key("K", n.offset)}
+
+
+@pytest.mark.parametrize("client", ["", "a b", "x" * 65, 7, ["alice"]])
+def test_an_ill_formed_client_is_a_malformed_record(client):
+    """UsherRejectsMalformedRecord: the envelope's client, when given, is 1-64
+    characters of A-Z a-z 0-9 . _ -; anything else is rejected malformed_record."""
+    s = Stream()
+    s.add(b"s1", orjson.dumps({"idempotency_key": "k", "event_name": "stock.adjust", "client": client,
+                               "payload": {"warehouse": "w1", "sku": "s1", "delta": 1}}), 1_000)
+    (out,) = bodies(run(usher(MemoryStore()), s.records, 1))
+    assert (out["outcome"]["reason"], out["outcome"]["detail"]) == (
+        "malformed_record", "client must be 1-64 characters of A-Z a-z 0-9 . _ -")
+
+
 def test_superseded_version_survives_for_replay():
     """WardenVersionsAreWriteOnce: a key used again after expiry gets a new version;
     the old one stays until collected, so a replay between them still finds it."""
