@@ -225,9 +225,11 @@ def inventory(
 ) -> Iterator[Record]:
     """``events`` records of the inventory domain, a pure function of the arguments.
 
-    Timestamps are ``base_ms + i * step_ms``. Repeats and reuses pick from the last
-    ``repeat_window`` distinct events, so they are duplicates as long as
-    ``repeat_window * step_ms`` < the Warden's TTL. With ``ttl_ms`` set, a share
+    Timestamps are ``base_ms + i * step_ms``: the plan. docket's input topic is
+    LogAppendTime, so the broker stamps each record when it is appended; the plan holds
+    when the records are produced at ``1000 / step_ms`` events per second. Repeats and
+    reuses pick from the last ``repeat_window`` distinct events, so they are duplicates
+    as long as ``repeat_window * step_ms`` < the Warden's TTL. With ``ttl_ms`` set, a share
     ``expired_repeat_share`` of events repeat one recorded more than ``ttl_ms``
     earlier. ``poison_share`` > 0 mixes in bad records of every kind (round robin);
     ``partitions`` is needed for the ``misrouted`` kind (skipped without it).

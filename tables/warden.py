@@ -151,7 +151,14 @@ class Warden:
         # so the newest one below the first record is where the clock stands.
         found = collections.deque()
         for key, raw in self.store.scan(partition, CLOCK_PREFIX):
-            found.append((int.from_bytes(key[len(CLOCK_PREFIX):], "big"), int(raw)))
+            at = int.from_bytes(key[len(CLOCK_PREFIX):], "big")
+            found.append((at, int(raw)))
+            if at >= offset:
+                # Written by a run that crashed before committing past it: its changelog
+                # record may be lost while the local files keep it, and this run's
+                # batches may end elsewhere and never write it again. Written again
+                # (the same bytes), so the changelog holds whatever the table holds.
+                self.store.put(partition, key, raw)
         self._checkpoints[partition] = found
         below = [cp for cp in found if cp[0] < offset]
         clock = [below[-1][0], below[-1][1]] if below else [-1, None]

@@ -80,7 +80,9 @@ async def test_two_instances_agree_with_each_other_and_the_oracle(pipeline_setti
     out_a = await OutputCollector(s.kafka_bootstrap, s.output_topic("a")).start()
     out_b = await OutputCollector(s.kafka_bootstrap, s.output_topic("b")).start()
     try:
-        positions = await workload.produce(s.kafka_bootstrap, s.input_topic, records)
+        # at the workload's planned pace (1 ms per event): the broker stamps the records
+        # (LogAppendTime), so the TTL expiries the workload plans need the time to pass
+        positions = await workload.produce(s.kafka_bootstrap, s.input_topic, records, rate=1000)
         expected = set(positions)
         assert len(expected) == EVENTS
         await out_a.wait_complete(expected, 240, detail=a.log_tail)

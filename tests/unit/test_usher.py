@@ -276,10 +276,11 @@ def test_clock_resumes_from_the_newest_checkpoint_below_the_first_record(resume_
 
 
 def test_a_replay_writes_its_own_clock_checkpoints():
-    """ClockCheckpointAtBatchEnd, ClockResumesFromCheckpoint: a replay after a crash
-    writes a checkpoint at each of its batch ends even where the crashed run left a later
-    one, so when the replay's commit is restored from the changelog alone (the crashed
-    run's later checkpoint was only in its local files), the clock still resumes right."""
+    """ClockCheckpointAtBatchEnd, ClockResumesFromCheckpoint, ClockCheckpointsRestated: a
+    replay after a crash writes a checkpoint at each of its batch ends even where the
+    crashed run left a later one, and writes the crashed run's later ones again, so when
+    the replay's commit is restored from the changelog alone (the crashed run's later
+    checkpoint was only in its local files), the clock still resumes right."""
     s = Stream()
     stamps = [1_000 + i for i in range(20)]
     stamps[12] = 50_000  # then the broker's clock steps back
@@ -294,7 +295,11 @@ def test_a_replay_writes_its_own_clock_checkpoints():
     local = MemoryStore.replayed(first.writes)
     local.writes.clear()
     run(usher(local), s.records[10:15], 5)  # the replay, committed at 15
-    assert clock_key(14) in [key for _, key, _ in local.writes]
+    replayed = [key for _, key, _ in local.writes]
+    assert clock_key(14) in replayed
+    # the crashed run's checkpoint at 19, which only the local files held, is written
+    # again: the changelog holds every checkpoint the table holds
+    assert clock_key(19) in replayed
     restored = MemoryStore.replayed(flushed + local.writes)  # another worker, from the changelog
     later = [b["stream_time"] for b in bodies(run(usher(restored), s.records[15:], 5))]
     assert later == whole[15:] == [50_000] * 5
