@@ -191,6 +191,80 @@ def parse_idempotency_key(raw: str | None) -> tuple[str | None, dict | None]:
     return key, None
 
 
+_SHOWN_CHARS = 40  # of a hostile header value echoed in an error message
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to _SHOWN_CHARS characters."""
+    return repr(value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "...")
+
+
+def _sf_members(raw: str) -> list[tuple[str, str]]:
+    """Split a header value into its RFC 8941 list members, each as (bare item,
+    parameters): a comma outside a quoted string separates members, a semicolon outside
+    one starts the member's parameters. A quoted sf-string is kept whole, quotes and
+    backslash escapes included, so ``"a,b"`` is one member (an ill-formed key, not a list)."""
+    members: list[tuple[str, str]] = []
+    item: list[str] = []
+    params: list[str] = []
+    part = item
+    quoted = escaped = False
+    for ch in raw:
+        if quoted:
+            part.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+            part.append(ch)
+        elif ch == ",":
+            members.append(("".join(item).strip(), "".join(params).strip()))
+            item, params = [], []
+            part = item
+        elif ch == ";" and part is item:
+            part = params
+            part.append(ch)
+        else:
+            part.append(ch)
+    members.append(("".join(item).strip(), "".join(params).strip()))
+    return members
+
+
+def parse_idempotency_key_header(values: list[str]) -> tuple[str | None, dict | None]:
+    """(key, None) or (None, field error) for the ``Idempotency-Key`` header of POST
+    /v1/events, given every field of that name (``request.headers.getall``).
+
+    The header is ONE RFC 8941 Item: a key (an sf-string, or the unquoted form) and
+    nothing else. Refused, so that the API never picks one key of several the client
+    sent and never drops what it did not understand: two or more header fields
+    (``repeated_header``), a list value such as ``a, b`` or ``"a", "b"``, which a proxy
+    makes of two fields (``list_not_allowed``), and parameters such as ``a;x=1``
+    (``parameters_not_allowed``). Otherwise :func:`parse_idempotency_key` judges the key."""
+    if len(values) > 1:
+        return None, {"field": "Idempotency-Key", "reason": "repeated_header",
+                      "message": f"the Idempotency-Key header is sent {len(values)} times "
+                                 f"({', '.join(_shown(v) for v in values[:3])}{', ...' if len(values) > 3 else ''}); "
+                                 "send it once, with one key"}
+    if not values:
+        return parse_idempotency_key(None)
+    raw = values[0]
+    members = _sf_members(raw)
+    if len(members) > 1:
+        return None, {"field": "Idempotency-Key", "reason": "list_not_allowed",
+                      "message": f"the Idempotency-Key must hold one key, not a list of {len(members)} "
+                                 f"({_shown(raw.strip())}): a comma outside quotes separates list members"}
+    item, params = members[0]
+    if params:
+        return None, {"field": "Idempotency-Key", "reason": "parameters_not_allowed",
+                      "message": f"the Idempotency-Key must be a key without parameters (got {_shown(params)} "
+                                 f"after {_shown(item)})"}
+    return parse_idempotency_key(raw)
+
+
 def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     """RFC 7240 ``Prefer``: ``respond-async`` or ``wait=N`` (seconds) shorten the wait for
     the result; they never lengthen it past the server's timeout. Anything else is ignored."""
@@ -239,7 +313,7 @@ async def post_event(request: web.Request) -> web.Response:
     except NotIJson as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}") from None
     errors: list[dict] = []
-    key, key_error = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    key, key_error = parse_idempotency_key_header(request.headers.getall("Idempotency-Key", []))
     if key_error:
         errors.append(key_error)
     if not isinstance(body, dict):

@@ -149,7 +149,9 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
     auth_errors = _AUTH_ERRORS if auth else {}
     key_param = {"name": "Idempotency-Key", "in": "header", "required": True,
                  "description": f"identifies the request; a repeat within {ttl_ms} ms (stream time) gets the "
-                                "original outcome. An RFC 8941 string (`\"key\"`) is accepted too.",
+                                "original outcome. An RFC 8941 string (`\"key\"`) is accepted too. One header "
+                                "field with one key: a repeated field, a list (`a, b`) or parameters (`a;x=1`) "
+                                "are refused with 400.",
                  "schema": {"type": "string", "pattern": KEY_PATTERN}, "example": EXAMPLE_KEY}
     prefer_param = {"name": "Prefer", "in": "header", "required": False,
                     "description": f"RFC 7240: `wait=N` waits at most N seconds (never more than {timeout_ms} ms) "

@@ -212,6 +212,55 @@ class _Borrowed:
         return None
 
 
+async def _raw_post(url: str, key_lines: list[str], body: dict) -> tuple[int, dict]:
+    """POST /v1/events written byte for byte on a socket, with one ``Idempotency-Key:``
+    header line per item of ``key_lines`` (so two items are two fields on the wire, not
+    a client library's idea of them); returns (status, JSON body)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    data = orjson.dumps(body)
+    head = ["POST /v1/events HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {TOKEN}",
+            "Content-Type: application/json", *(f"Idempotency-Key: {k}" for k in key_lines),
+            f"Content-Length: {len(data)}", "Connection: close"]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 60)  # until the server closes
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), orjson.loads(payload)
+
+
+async def test_two_idempotency_key_lines_are_400_and_nothing_is_produced(http: ClientSession, stack: Stack) -> None:
+    """ApiRefusesAmbiguousIdempotencyKey through `docket api` and the real pipeline: a
+    request with two ``Idempotency-Key`` header lines (the reported case, answered 200
+    under the first key before the fix), the list a proxy merges them into, and a key
+    with parameters are each 400 naming the header with their own reason; none reaches
+    the input topic, and neither key becomes known. The same raw request with one line
+    is answered 200, so the refusals are the header's doing, not the raw request's."""
+    from app.replay import end_offsets
+
+    s = sku("hdr")
+    before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
+    cases = [([f"{s}-a", f"{s}-b"], "repeated_header"), ([f"{s}-a, {s}-b"], "list_not_allowed"),
+             ([f'"{s}-a", "{s}-b"'], "list_not_allowed"), ([f"{s}-a;x=1"], "parameters_not_allowed"),
+             ([f'"{s}-a";x=1'], "parameters_not_allowed")]
+    for lines, reason in cases:
+        status, body = await _raw_post(stack.url, lines, adjust("w1", s, 2))
+        assert status == 400, (lines, body)
+        assert body["error"] == "invalid_request" and "Idempotency-Key" in body["message"], body
+        assert [(e["field"], e["reason"]) for e in body["errors"]] == [("Idempotency-Key", reason)], body
+    assert await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic) == before
+    for key in (f"{s}-a", f"{s}-b"):
+        resp = await http.get(f"/v1/events/{key}")
+        assert resp.status == 404, await resp.json()
+    status, body = await _raw_post(stack.url, [f'"{s}-a"'], adjust("w1", s, 2))  # one line: an sf-string key
+    assert status == 200 and body["idempotency_key"] == f"{s}-a", body
+    assert body["outcome"]["entities"][0]["state"] == {"quantity": 2}
+
+
 # --------------------------------------------------------------------------- idempotency
 
 

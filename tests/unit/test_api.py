@@ -19,6 +19,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from app import api as api_mod
 from app.api import MAX_BODY_BYTES, create_app, parse_idempotency_key, parse_prefer, submission_response
@@ -311,6 +312,68 @@ async def test_quoted_structured_field_key_is_accepted(http) -> None:
     tc, _ = http
     status, _, body = await post(tc, adjust(), key='"abc-1"')
     assert status == 503  # valid: refused only because Kafka is not connected
+
+
+AMBIGUOUS_KEYS = [
+    # (name, Idempotency-Key header fields, reason, text in message)
+    ("two header fields", ["a", "b"], "repeated_header", "header is sent 2 times ('a', 'b')"),
+    ("two quoted header fields", ['"a"', '"a"'], "repeated_header", "header is sent 2 times"),
+    ("list merged by a proxy", ["a, b"], "list_not_allowed", "not a list of 2 ('a, b')"),
+    ("list of sf-strings", ['"a", "b"'], "list_not_allowed", "not a list of 2"),
+    ("trailing comma", ["a,"], "list_not_allowed", "not a list of 2"),
+    ("parameters on an sf-string", ['"a";x=1'], "parameters_not_allowed", "without parameters (got ';x=1'"),
+    ("parameters on the unquoted form", ["a;x=1"], "parameters_not_allowed", "without parameters (got ';x=1'"),
+    ("bare parameter", ["a;x"], "parameters_not_allowed", "without parameters (got ';x'"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "reason", "text"), AMBIGUOUS_KEYS, ids=[c[0] for c in AMBIGUOUS_KEYS])
+async def test_idempotency_key_that_is_not_one_key_is_400(http, name, fields, reason, text) -> None:
+    """ApiRefusesAmbiguousIdempotencyKey: two Idempotency-Key header fields, a list value
+    or parameters are 400 naming the header, each with its own reason, and nothing
+    reaches the client (before the fix, two fields were answered under the first key).
+    The request goes through aiohttp's client and server: the reason ``repeated_header``
+    also shows that two separate fields arrived, not one merged ``a, b``."""
+    tc, client = http
+    headers = CIMultiDict([*AUTH.items(), ("Content-Type", "application/json")])
+    for value in fields:
+        headers.add("Idempotency-Key", value)
+    resp = await tc.post("/v1/events", data=orjson.dumps(adjust()), headers=headers)
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"] == "invalid_request"
+    assert body["message"].startswith("Idempotency-Key: the Idempotency-Key"), body["message"]
+    assert text in body["message"], body["message"]
+    assert body["errors"] == [{"field": "Idempotency-Key", "reason": reason, "message": body["errors"][0]["message"]}]
+    assert client.index_size == 0
+
+
+def test_one_key_per_header_field_is_still_accepted() -> None:
+    """ApiRefusesAmbiguousIdempotencyKey refuses only what is not one key: a single
+    field with a bare key or an RFC 8941 sf-string is the key; a comma or semicolon
+    inside a quoted string belongs to the string (an ill-formed key, not a list); the
+    other problems keep their reasons (ApiRefusesBadRequests)."""
+    parse = api_mod.parse_idempotency_key_header
+    assert parse(["abc-1"]) == ("abc-1", None)
+    assert parse(['"abc-1"']) == ("abc-1", None)
+    assert parse([" abc-1 "]) == ("abc-1", None)
+    assert parse(['"a,b"'])[1]["reason"] == "invalid_idempotency_key"
+    assert parse(['"a;b"'])[1]["reason"] == "invalid_idempotency_key"
+    assert parse([])[1]["reason"] == "missing"
+    assert parse([""])[1]["reason"] == "invalid_idempotency_key"
+    assert parse(["k" * 129])[1]["reason"] == "too_long"
+    # a hostile value is echoed cut short
+    _, problem = parse(["x" * 5000 + ";p=1"])
+    assert problem["reason"] == "parameters_not_allowed" and len(problem["message"]) < 200
+
+
+async def test_get_event_takes_its_key_from_the_path_only(http) -> None:
+    """ApiReportsEventStatus: an Idempotency-Key header on GET /v1/events/{key} plays no
+    part (the key is the path's), so the header rules of POST do not apply to it."""
+    tc, _ = http
+    headers = CIMultiDict([*AUTH.items(), ("Idempotency-Key", "a"), ("Idempotency-Key", "b")])
+    resp = await tc.get("/v1/events/k-1", headers=headers)
+    assert resp.status == 503 and (await resp.json())["error"] == "not_ready"  # not a 400: the path's key is valid
 
 
 async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) -> None:
