@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from agents.clerk_core import ClerkCore, Publish
-from agents.instance import STAGE_BUCKETS, check_topics, faust_settings, run_worker
+from agents.instance import STAGE_BUCKETS, SideConsumer, check_topics, faust_settings, run_worker
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
@@ -40,18 +40,19 @@ log = logging.getLogger("docket.clerk")
 
 
 class TailReader:
-    """Reads the last record of a partition of the results and divergences topics."""
+    """Reads the last record of a partition of the results and divergences topics, with
+    one consumer of its own that the app's shutdown stops (:class:`SideConsumer`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: faust.App) -> None:
         self.settings = settings
-        self.consumer: AIOKafkaConsumer | None = None
+        self.side = SideConsumer(app, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                 isolation_level=ISOLATION_LEVEL)
 
     async def last_records(self, partition: int) -> list[bytes]:
-        if self.consumer is None:
-            self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                             enable_auto_commit=False, isolation_level=ISOLATION_LEVEL)
-            await self.consumer.start()
-        c = self.consumer
+        async with self.side.use() as c:
+            return await self._last_records(c, partition)
+
+    async def _last_records(self, c: AIOKafkaConsumer, partition: int) -> list[bytes]:
         tps = [TopicPartition(t, partition) for t in (self.settings.results_topic, self.settings.divergences_topic)]
         c.assign(tps)
         ends = await c.end_offsets(tps)
@@ -72,8 +73,7 @@ class TailReader:
         return found
 
     async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await self.side.close()
 
 
 class ClerkMetrics:
@@ -106,7 +106,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                         key_type=bytes, value_type=bytes, internal=False)
     core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)
     metrics = ClerkMetrics()
-    tail = TailReader(settings)
+    tail = TailReader(settings, app)
     held: dict[tuple[int, int], list] = defaultdict(list)
     # metrics only: (partition, offset) -> when its first copy was read, until it is final
     first_read: dict[tuple[int, int], float] = {}

@@ -10,8 +10,10 @@ partitions over them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import click
@@ -81,6 +83,61 @@ def observe_many(histogram: Histogram, value: float, n: int) -> None:
         if value <= bound:
             buckets[i].inc(n)
             break
+
+
+class SideConsumer:
+    """A Kafka consumer a worker keeps beside Faust's own (the Clerk's reader of the last
+    result, an instance's reader of its committed offsets): started on first use and
+    stopped when the Faust app shuts down (``on_before_shutdown``), so a clean stop
+    leaves no ``Unclosed AIOKafkaConsumer`` behind.
+
+    ``async with side.use() as consumer:`` lends it; uses never overlap (a lock), and the
+    shutdown waits for the use in progress. A use after the shutdown (an agent still
+    draining its last events) gets a consumer of its own, stopped when the use ends. A
+    consumer that fails to start is stopped at once, never left half open."""
+
+    def __init__(self, app: faust.App, **config) -> None:
+        self._config = config
+        self._consumer = None
+        self._lock = asyncio.Lock()
+        self.closed = False
+        app.on_before_shutdown.connect(self._on_shutdown)
+
+    async def _start(self):
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**self._config)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator:
+        async with self._lock:
+            if self.closed:
+                consumer = await self._start()
+                try:
+                    yield consumer
+                finally:
+                    await consumer.stop()
+                return
+            if self._consumer is None:
+                self._consumer = await self._start()
+            yield self._consumer
+
+    async def close(self) -> None:
+        """Stop the consumer (after the use in progress); idempotent."""
+        async with self._lock:
+            self.closed = True
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()
+
+    async def _on_shutdown(self, _app, **_kwargs) -> None:
+        await self.close()
 
 
 def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
@@ -161,26 +218,21 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         believed = app.consumer._committed_offset.get(TP(settings.input_topic, partition))
         return min(believed or 0, confirmed.get(partition, 0))
 
-    offsets_reader: list = []
+    # a group member in name only: it never joins, it only fetches offsets
+    offsets_reader = SideConsumer(app, bootstrap_servers=settings.kafka_bootstrap,
+                                  group_id=settings.app_id(instance_id), enable_auto_commit=False,
+                                  isolation_level=ISOLATION_LEVEL)
 
     @app.timer(settings.commit_check_interval_ms / 1000)
     async def confirm_committed() -> None:
-        if not processed:
+        if not processed or offsets_reader.closed:
             return
-        if not offsets_reader:
-            from aiokafka import AIOKafkaConsumer
-
-            # a group member in name only: it never joins, it only fetches offsets
-            reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                      group_id=settings.app_id(instance_id), enable_auto_commit=False,
-                                      isolation_level=ISOLATION_LEVEL)
-            await reader.start()
-            offsets_reader.append(reader)
         from aiokafka import TopicPartition
 
-        for partition in sorted(processed):
-            offset = await offsets_reader[0].committed(TopicPartition(settings.input_topic, partition))
-            confirmed[partition] = offset or 0
+        async with offsets_reader.use() as reader:
+            for partition in sorted(processed):
+                offset = await reader.committed(TopicPartition(settings.input_topic, partition))
+                confirmed[partition] = offset or 0
 
     @app.agent(input_topic, concurrency=1, name="usher")
     async def usher_agent(stream):
