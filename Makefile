@@ -33,7 +33,8 @@ test: $(STAMP) spec-check broker-fetch
 install: $(STAMP)
 
 # The whole system in the foreground (Procfile, through honcho): broker, topics,
-# instance-a, instance-b, clerk, api. State lives in var/; Ctrl-C stops everything.
+# instance-a, instance-b, clerk, api. State lives in var/; Ctrl-C (or closing the terminal) stops
+# everything.
 run: $(STAMP) broker-fetch
 	@$(BIN)/docket stack run
 

@@ -24,11 +24,23 @@ first and the broker only once they have exited. Plain honcho signals all of the
 once; the workers then lose the broker in the middle of leaving their consumer groups,
 the broker keeps them as members, and the next start waits a session timeout (about a
 minute) before the groups rebalance.
+
+Closing the terminal stops the stack the same way. The terminal's SIGHUP (from the
+shell, and from the kernel to the foreground process group once the shell has exited)
+reaches ``docket stack run`` and honcho's relay processes, which it forks and which
+stay in its process group; the components themselves run in sessions of their own and
+see nothing. So the manager takes SIGHUP like SIGINT and SIGTERM, the relays ignore it
+(they must live to pass on output and exit statuses), and once writing to the terminal
+fails (EIO of a hung-up terminal, EPIPE of a closed pipe) the manager's output goes on
+in ``$DOCKET_DATA_ROOT/stack.log`` (:class:`StackOutput`), so the ordered stop runs to
+its end and leaves a record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import errno
 import os
 import secrets
 import shlex
@@ -47,6 +59,10 @@ from app.settings import Settings, load
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 TOKEN_FILE = "api-token"  # under DOCKET_DATA_ROOT
+STACK_LOG = "stack.log"  # under DOCKET_DATA_ROOT: `stack run`'s output once the terminal is gone
+# The signals that stop the stack, and the exit code of `stack run` for each (128 + n).
+STOP_SIGNALS = {signal.SIGINT: ("SIGINT", 130), signal.SIGTERM: ("SIGTERM", 143),
+                signal.SIGHUP: ("SIGHUP (the terminal closed)", 129)}
 EXAMPLE_SKU = "sku-0001"
 EXAMPLE_WAREHOUSE = "wh-01"
 
@@ -215,7 +231,8 @@ docket: starting the stack (broker, topics, instance-a, instance-b, clerk, api) 
   token      {token}   ({token_source})
   metrics    {base}/metrics, Clerk: http://127.0.0.1:{settings.clerk_web_port}/metrics
   state      {settings.data_root} (RocksDB of each worker, the token); broker: {settings.broker_dir}
-  stop       Ctrl-C stops the components, then the broker; `make run` again resumes the same state
+  stop       Ctrl-C (or closing the terminal) stops the components, then the broker; `make run` again
+             resumes the same state
 
 Once "topics" logs "docket is ready", submit a stock movement:
 
@@ -229,17 +246,96 @@ Once "topics" logs "docket is ready", submit a stock movement:
 # --------------------------------------------------------------------------- running the Procfile
 
 
+class StackOutput:
+    """Where `docket stack run` writes its output (honcho's printer): file descriptor
+    ``fd`` (stdout) while writing to it works; once a write fails (the terminal hung up:
+    EIO; a closed pipe: EPIPE), the file ``fallback``, opened for appending and put in
+    place of stdout and stderr (``dup2``), so that this and everything after it (a
+    traceback, the interpreter's last flush) is kept there. Unbuffered: a failed write
+    wrote nothing, so no line is lost or doubled at the switch. ``on_switch`` is called
+    once, after the switch (e.g. to stop colouring the output); ``also`` names the other
+    descriptors the file replaces (stderr)."""
+
+    def __init__(self, fd: int, fallback: Path, on_switch: Callable[[], None] | None = None, *,
+                 also: tuple[int, ...] = (2,)) -> None:
+        self.fd = fd
+        self.fallback = fallback
+        self.on_switch = on_switch
+        self.also = also  # further descriptors the fallback replaces (stderr)
+        self.switched = False
+        try:
+            self._tty = os.isatty(fd)
+        except OSError:
+            self._tty = False
+
+    def isatty(self) -> bool:
+        return self._tty and not self.switched
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "replace")
+        while data:
+            try:
+                written = os.write(self.fd, data)
+            except OSError as exc:
+                if self.switched:
+                    raise  # the file fails too: nothing left to write to
+                self._switch(exc)
+                continue
+            data = data[written:]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to flush: every write goes straight to the file descriptor."""
+
+    def _switch(self, exc: OSError) -> None:
+        self.fallback.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.fallback, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for target in (self.fd, *self.also):
+                os.dup2(fd, target)
+        finally:
+            os.close(fd)
+        self.switched = True
+        self._tty = False
+        why = errno.errorcode.get(exc.errno or 0, "") or exc.__class__.__name__
+        now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        os.write(self.fd, f"--- {now}: writing to the terminal failed ({why}: {exc.strerror}); the output of "
+                          f"`docket stack run` (pid {os.getpid()}) goes on here ---\n".encode())
+        if self.on_switch is not None:
+            self.on_switch()
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A caught signal that does nothing (see :func:`_relay`)."""
+
+
+def _relay(process, events) -> None:
+    """The body of one of honcho's relay processes, which the manager forks per Procfile
+    process: it starts the process (its own session) and passes its output and exit
+    status to the manager. A relay stays in the manager's process group, the terminal's
+    foreground group, so it gets the terminal's SIGHUP as it gets Ctrl-C's SIGINT; dying
+    of it would cut the component's output pipe and lose its exit status, and the
+    ordered stop would hang. So it ignores SIGINT, SIGTERM and SIGHUP, with handlers
+    that do nothing rather than SIG_IGN, which the component would inherit. The manager
+    forks it with the three blocked, so no signal finds the manager's own handler here."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _ignore_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+    process.run(events, True)
+
+
 def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, kill_s: float = 30.0,
                     printer=None):
     """A honcho Manager (imported lazily: only `stack run` needs honcho) that stops in two
     steps: SIGTERM to every process whose Procfile name is not in ``last``; once they have
     exited (SIGKILL to any still running after ``grace_s``), SIGTERM to the ``last`` ones
-    (SIGKILL after ``kill_s``). Otherwise it is honcho's: the same output, and when any
-    process exits, the others are stopped."""
-    import datetime
+    (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal
+    closed) start that stop. Otherwise it is honcho's: the same output, and when any
+    process exits, the others are stopped. Its relay processes run :func:`_relay`."""
+    import multiprocessing
     import queue
 
-    from honcho.manager import SIGNALS, Manager
+    from honcho.manager import Manager
 
     class OrderedManager(Manager):
         def __init__(self) -> None:
@@ -274,6 +370,18 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
         def kill(self) -> None:
             self._signal(self._running(lambda n: True), force=True)
 
+        def _start(self) -> None:
+            # The relays are forked with the stop signals blocked (and unblock them once
+            # their own handlers are in place); one that arrives meanwhile is delivered
+            # to this process when they are unblocked here.
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+            try:
+                for name, p in self._processes.items():
+                    p["process"] = multiprocessing.Process(name=name, target=_relay, args=(p["obj"], self.events))
+                    p["process"].start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+
         def _enter(self, phase: str) -> None:
             self._phase, self._phase_began = phase, self._clock.now()
 
@@ -294,14 +402,14 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
 
         def loop(self) -> None:
             def _terminate(signum, frame):
-                self._system_print(f"{SIGNALS[signum]['name']} received: stopping the components, "
-                                   f"then {', '.join(last)}\n")
-                self.returncode = SIGNALS[signum]["rc"]
+                name, code = STOP_SIGNALS[signum]
+                self._system_print(f"{name} received: stopping the components, then {', '.join(last)}\n")
+                self.returncode = code
                 self.requested = True
                 self.terminate()
 
-            signal.signal(signal.SIGTERM, _terminate)
-            signal.signal(signal.SIGINT, _terminate)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, _terminate)
             self._start()
             while True:
                 try:
@@ -329,17 +437,22 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
     return OrderedManager()
 
 
-def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool) -> int:
+def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_log: Path) -> int:
     """Run every process of ``procfile`` like `honcho start`, stopping in order. Returns 0
-    when stopped by SIGINT/SIGTERM and every process exited with 0 on its own, otherwise
-    honcho's code (the first process to exit, or 128 + the signal)."""
+    when stopped by SIGINT/SIGTERM/SIGHUP and every process exited with 0 on its own,
+    otherwise honcho's code (the first process to exit, or 128 + the signal). The output
+    goes to stdout, and to ``fallback_log`` once stdout fails (:class:`StackOutput`)."""
     from honcho.environ import expand_processes, parse_procfile
     from honcho.printer import Printer
 
     processes = parse_procfile(procfile.read_text()).processes
     if not processes:
         raise StackError(f"{procfile} names no process")
-    manager = ordered_manager(printer=Printer(sys.stdout, colour=colour, prefix=True))
+    sys.stdout.flush()  # what was printed before goes first; the printer bypasses sys.stdout
+    output = StackOutput(sys.stdout.fileno(), fallback_log)
+    printer = Printer(output, colour=colour, prefix=True)
+    output.on_switch = lambda: setattr(printer, "colour", False)
+    manager = ordered_manager(printer=printer)
     for p in expand_processes(processes, env=None):
         manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
     manager.loop()
@@ -362,7 +475,9 @@ def stack() -> None:
               show_default=True, help="the Procfile to run")
 def run_cmd(procfile: Path) -> None:
     """Choose the API token, print the address and a curl example, then run the Procfile
-    with honcho's process manager. Ctrl-C stops the components, then the broker."""
+    with honcho's process manager. Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops
+    the components, then the broker; once the terminal is gone, the output goes on in
+    $DOCKET_DATA_ROOT/stack.log."""
     settings = load()
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
@@ -374,7 +489,8 @@ def run_cmd(procfile: Path) -> None:
     env["DOCKET_STACK_STARTED"] = f"{time.time():.3f}"
     click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}"))
     sys.stdout.flush()
-    code = run_procfile(procfile.resolve(), env, colour=sys.stdout.isatty())
+    code = run_procfile(procfile.resolve(), env, colour=sys.stdout.isatty(),
+                        fallback_log=settings.data_root / STACK_LOG)
     sys.exit(code)
 
 

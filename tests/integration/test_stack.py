@@ -5,9 +5,13 @@ broker on a free port and throw-away state, exactly as a developer runs it:
    agreed outcome;
 2. `docket demo` (small workload) against it exits 0 and its balance check passes;
 3. Ctrl-C (SIGINT to make's process group, like a terminal) stops every process
-   cleanly: each exits with code 0, none needs SIGKILL, the broker goes last;
-4. a second `make run` on the same state reuses the token, keeps the entity the curl
-   changed, and is ready without waiting for stale consumer-group members.
+   cleanly: each exits with code 0, none needs SIGKILL, the broker goes last, and no
+   process logs an error while stopping;
+4. a second `make run` on the same state, in a pseudo-terminal (tests/terminal.py),
+   reuses the token, keeps the entity the curl changed, and is ready without waiting
+   for stale consumer-group members;
+5. closing that terminal stops every process just as cleanly, the broker's JVM
+   included, and the rest of the output is in var/stack.log.
 
 One stack for the module: it costs a broker start and four Faust workers on two cores.
 The tests run in file order (each phase builds on the previous one).
@@ -35,6 +39,8 @@ import pytest
 
 from app import broker as launcher
 from app.broker import free_port, set_parent_death_signal
+from app.stack import STACK_LOG
+from tests.terminal import Terminal, members_of_group, plain
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +59,26 @@ def _uses_project_venv() -> bool:
 @dataclass
 class StackRun:
     """One `make run` (or `docket stack run` when the tests do not run from .venv), in its
-    own process group like a shell's foreground job, its output in a log file."""
+    own process group like a shell's foreground job, its output in a log file; or, with
+    ``in_terminal``, in a pseudo-terminal under a shell stand-in, its output copied to
+    the log file until the terminal is closed."""
 
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    terminal: Terminal | None = None
     began: float = 0.0
     offset: int = 0  # where this run's output starts in the log
     pids: dict[str, int] = field(default_factory=dict)
 
-    def start(self) -> StackRun:
+    def start(self, *, in_terminal: bool = False) -> StackRun:
         cmd = ["make", "--no-print-directory", "run"] if _uses_project_venv() else [str(DOCKET), "stack", "run"]
         self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.began = time.monotonic()
+        if in_terminal:
+            self.terminal = Terminal(cmd, self.log_path, cwd=ROOT, env=self.env)
+            self.proc = self.terminal.proc
+            return self
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
@@ -75,7 +88,7 @@ class StackRun:
     def text(self) -> str:
         with open(self.log_path, "rb") as fh:
             fh.seek(self.offset)
-            return fh.read().decode(errors="replace")
+            return plain(fh.read().decode(errors="replace"))
 
     def tail(self, lines: int = 60) -> str:
         return "--- stack output (tail) ---\n" + "\n".join(self.text().splitlines()[-lines:])
@@ -108,7 +121,9 @@ class StackRun:
 
     def cleanup(self, broker_dir: Path) -> None:
         """Whatever the outcome: nothing of this run survives the test."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.terminal is not None:
+            self.terminal.close()  # closing it stops the stack; whatever is left of its group is killed
+        elif self.proc is not None and self.proc.poll() is None:
             with _suppress():
                 os.killpg(self.proc.pid, signal.SIGINT)
             try:
@@ -136,8 +151,8 @@ class Stack:
     log_path: Path
     runs: list[StackRun] = field(default_factory=list)
 
-    def run(self) -> StackRun:
-        r = StackRun(self.env, self.log_path).start()
+    def run(self, *, in_terminal: bool = False) -> StackRun:
+        r = StackRun(self.env, self.log_path).start(in_terminal=in_terminal)
         self.runs.append(r)
         return r
 
@@ -220,21 +235,38 @@ def token_of(stack: Stack) -> str:
     return (stack.root / "var" / "api-token").read_text().strip()
 
 
+def assert_ordered_stop(text: str, how: str, run: StackRun, broker_dir: Path) -> None:
+    """StackStopsOnSignal, StackStopsBrokerLast, WorkersCloseTheirConsumersOnStop: in
+    ``text`` (the output of `docket stack run`), every process stopped with code 0, the
+    broker last, none needed SIGKILL, and nothing logged an error from the stop on; no
+    process of the run is left, the broker's JVM (a session of its own) included."""
+    stopped = dict(re.findall(r"\| (\S+)\.1 stopped \(rc=(-?\d+)\)", text))
+    assert stopped == dict.fromkeys(PROCESSES, "0"), f"exit codes after {how}: {stopped}\n{text[-6000:]}"
+    assert "SIGKILL" not in text, text[-6000:]
+    # the components first, the broker once they had exited
+    order = [m.group(1) for m in re.finditer(r"\| (\S+)\.1 stopped", text)]
+    assert order[-1] == "broker", order
+    # the components logged their stop (Faust workers log nothing at the warning level)
+    assert "| SIGTERM received: stopping the broker (controlled shutdown)" in text, text[-6000:]
+    assert "| broker stopped" in text, text[-6000:]
+    stopping = text[text.index("received: stopping the components"):]
+    errors = [line for line in stopping.splitlines() if "[ERROR]" in line or "Unclosed" in line
+              or "Traceback" in line]
+    assert not errors, f"errors logged while stopping after {how}:\n" + "\n".join(errors[:10])
+    for name, pid in run.pids.items():
+        assert not launcher._pid_exists(pid), f"{name} (pid {pid}) survived {how}"
+        assert not members_of_group(pid), f"processes of {name}'s group survived {how}"
+    assert launcher.running_pid(broker_dir) is None, f"the broker survived {how}"
+
+
 def assert_clean_stop(run: StackRun, code: int, broker_dir: Path) -> None:
     text = run.text()
     # `docket stack run` exits 0 after a clean stop; make itself, interrupted too, dies
     # by SIGINT (and says "Interrupt"), but reports no error of its recipe
     assert code in (0, -signal.SIGINT), f"exit code {code} after Ctrl-C\n{run.tail()}"
     assert not re.search(r"make: \*\*\* .* Error", text), run.tail()
-    stopped = dict(re.findall(r"\| (\S+)\.1 stopped \(rc=(-?\d+)\)", text))
-    assert stopped == dict.fromkeys(PROCESSES, "0"), f"exit codes after Ctrl-C: {stopped}\n{run.tail()}"
-    assert "SIGKILL" not in text, run.tail()
-    # the components first, the broker once they had exited
-    order = [m.group(1) for m in re.finditer(r"\| (\S+)\.1 stopped", text)]
-    assert order[-1] == "broker", order
-    for name, pid in run.pids.items():
-        assert not launcher._pid_exists(pid), f"{name} (pid {pid}) survived Ctrl-C"
-    assert launcher.running_pid(broker_dir) is None, "the broker survived Ctrl-C"
+    assert "SIGINT received: stopping the components, then broker" in text, run.tail()
+    assert_ordered_stop(text, "Ctrl-C", run, broker_dir)
 
 
 # --------------------------------------------------------------------------- the tests
@@ -282,8 +314,9 @@ def test_ctrl_c_stops_every_process_cleanly(stack: Stack) -> None:
 
 
 def test_second_run_is_fast_and_keeps_the_state(stack: Stack) -> None:
+    """The second `make run` runs in a pseudo-terminal, which the next test closes."""
     token = token_of(stack)
-    run = stack.run()
+    run = stack.run(in_terminal=sys.platform == "linux")
     seconds = run.wait_ready(NEXT_READY_S)
     print(f"\nsecond `make run`: ready in {seconds:.1f} s")
     text = run.text()
@@ -295,5 +328,38 @@ def test_second_run_is_fast_and_keeps_the_state(stack: Stack) -> None:
     status, body = run_curl(printed_curl(text))  # a new Idempotency-Key: a new event
     assert status == 200, body
     assert body["outcome"]["entities"] == [{"key": "stock:wh-01:sku-0001", "state": {"quantity": 20}, "version": 2}]
-    code = run.interrupt()
-    assert_clean_stop(run, code, stack.broker_dir)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal control and /proc: Linux")
+def test_closing_the_terminal_stops_every_process_cleanly(stack: Stack) -> None:
+    """StackStopsOnSignal, StackStopsBrokerLast, StackOutlivesItsTerminal: the terminal of
+    the second `make run` is closed, as a window closes. The kernel hangs it up: SIGHUP
+    to the shell (a stand-in that dies of it), then to the foreground group, make,
+    `docket stack run` and honcho's relays. Every process then stops as on Ctrl-C, the
+    components first, the broker's JVM last, each with code 0, within a deadline; the
+    output after the hang-up, the components' stop lines among it, is in var/stack.log.
+    (Before, `docket stack run` died of the SIGHUP and left everything running.)"""
+    run = stack.current
+    assert run.terminal is not None and READY.search(run.text()), "the second run is not up in a terminal"
+    run.started_pids()
+    assert set(run.pids) == set(PROCESSES), run.pids
+    fallback = stack.root / "var" / STACK_LOG
+    assert not fallback.exists(), "output went to the fallback file while the terminal was open"
+    run.terminal.hang_up()
+    deadline = time.monotonic() + 120
+    while True:
+        left = {name: pid for name, pid in run.pids.items() if members_of_group(pid)}
+        manager_left = run.terminal.group_members()  # make, `docket stack run`, honcho's relays
+        broker_left = launcher.running_pid(stack.broker_dir)
+        if not left and not manager_left and broker_left is None:
+            break
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"120 s after the terminal closed, still running: components {left}, "
+                                 f"make/stack run/relays {manager_left}, broker JVM {broker_left}\n"
+                                 f"{fallback.read_text() if fallback.exists() else '(no var/stack.log)'}")
+        time.sleep(0.2)  # poll interval of the condition
+    assert run.proc.wait(timeout=10) == -signal.SIGHUP  # the shell stand-in died of the hang-up
+    after = fallback.read_text()
+    assert "writing to the terminal failed (EIO" in after, after
+    assert "SIGHUP (the terminal closed) received: stopping the components, then broker" in after, after
+    assert_ordered_stop(run.text() + after, "closing the terminal", run, stack.broker_dir)

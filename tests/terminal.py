@@ -1,0 +1,125 @@
+"""A pseudo-terminal to run a command in, and to close, as a developer closes the
+terminal window that runs `make run` (Linux).
+
+:class:`Terminal` starts ``argv`` under a stand-in for the user's shell: a small Python
+process that leads a new session whose controlling terminal is the pseudo-terminal, and
+runs ``argv`` in its own process group, which is therefore the terminal's foreground
+group. Everything written to the terminal is copied to a file. :meth:`Terminal.hang_up`
+closes the terminal's master side, which is what a terminal emulator does when its
+window closes; the kernel then does the rest: SIGHUP to the session leader (the shell
+stand-in, which dies of it, as a shell does), and on its exit SIGHUP to the foreground
+process group, whose later writes to the terminal fail with EIO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+
+# The user's shell, reduced to what matters here: run the command in the foreground,
+# and die of SIGHUP (Python leaves SIGHUP's default action alone).
+SHELL_STAND_IN = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _take_terminal() -> None:
+    """Popen preexec_fn, after setsid: make stdin (the terminal) the controlling terminal
+    of the new session; and die with the test process (Linux)."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def plain(text: str) -> str:
+    """Terminal output as a file would have it: no colour codes, ``\\n`` line ends."""
+    return _ANSI.sub("", text).replace("\r\n", "\n")
+
+
+class Terminal:
+    """``argv`` running in a pseudo-terminal; its output copied to ``log_path`` (appended)."""
+
+    def __init__(self, argv: list[str], log_path: Path, *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        if sys.platform != "linux":
+            raise RuntimeError("tests.terminal needs Linux (TIOCSCTTY, /proc)")
+        self.log_path = log_path
+        self.master, slave = os.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the copy reads like a file
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        try:
+            self.proc = subprocess.Popen(  # noqa: PLW1509  preexec_fn: see _take_terminal
+                [sys.executable, "-c", SHELL_STAND_IN, *argv], cwd=cwd, env=env, stdin=slave, stdout=slave,
+                stderr=slave, start_new_session=True, preexec_fn=_take_terminal)
+        finally:
+            os.close(slave)
+        self.pgid = self.proc.pid  # the session's and the foreground group's id
+        self._closing = threading.Event()
+        self._copier = threading.Thread(target=self._copy, name="terminal-copy", daemon=True)
+        self._copier.start()
+
+    def _copy(self) -> None:
+        with open(self.log_path, "ab", buffering=0) as log:
+            while not self._closing.is_set():
+                ready, _, _ = select.select([self.master], [], [], 0.1)  # wake up to see _closing
+                if not ready:
+                    continue
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:  # EIO: no process holds the terminal any more
+                    return
+                if not data:
+                    return
+                log.write(data)
+
+    def hang_up(self) -> None:
+        """Close the terminal, as its window closing does (once; later calls do nothing)."""
+        if self.master < 0:
+            return
+        self._closing.set()
+        self._copier.join(timeout=10)
+        os.close(self.master)
+        self.master = -1
+
+    def group_members(self) -> list[int]:
+        """pids of the live (not zombie) processes of the foreground group: the shell
+        stand-in, the command and whatever it started without a group of its own."""
+        return members_of_group(self.pgid)
+
+    def close(self) -> None:
+        """Whatever state the test left: the terminal closed, the group gone, the stand-in reaped."""
+        self.hang_up()
+        # The group id cannot have been taken over while the stand-in is unreaped or the
+        # group still has members; otherwise there is nothing to kill.
+        if self.proc.returncode is None or self.group_members():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+def members_of_group(pgid: int) -> list[int]:
+    """pids of the live (not zombie) processes whose process group is ``pgid`` (/proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            found.append(int(entry.name))
+    return found

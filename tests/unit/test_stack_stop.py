@@ -1,0 +1,188 @@
+"""How `docket stack run` stops, with stand-in components instead of Kafka and Faust:
+the real command, honcho and OrderedManager, over a Procfile of two small Python
+processes (``app``, and ``broker``, which the manager stops last). Each stand-in logs
+the signal that stops it and exits 0; one killed by SIGHUP would show rc=-1.
+
+The real stack (broker, instances, Clerk, API) is stopped the same ways in
+tests/integration/test_stack.py; these run in seconds and pin the mechanics: the
+terminal closing (a pseudo-terminal hung up, tests/terminal.py), SIGHUP sent to `stack
+run` alone, and the output's fallback file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.stack import STACK_LOG, StackOutput
+from tests.terminal import Terminal, members_of_group, plain
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE_S = 60  # two cores shared with other test suites
+
+STAND_IN = """\
+import signal, sys
+
+name = sys.argv[1]
+
+
+def stop(signum, frame):
+    print(f"{name}: {signal.Signals(signum).name} received, stopping", flush=True)
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+print(f"{name}: running", flush=True)
+while True:
+    signal.pause()
+"""
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal control and /proc: Linux")
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float, what: str, detail: Callable[[], str]) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {what} within {deadline_s} s\n{detail()}")
+        time.sleep(0.05)  # poll interval of the condition
+
+
+@pytest.fixture
+def stack_dir(tmp_path: Path) -> Path:
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    python, script = shlex.quote(sys.executable), shlex.quote(str(tmp_path / "stand_in.py"))
+    (tmp_path / "Procfile").write_text(f"broker: exec {python} {script} broker\n"
+                                       f"app: exec {python} {script} app\n")
+    return tmp_path
+
+
+def stack_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env.update({"DOCKET_DATA_ROOT": str(root / "var"), "DOCKET_API_TOKENS": "stand-in-token",
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def stack_run_argv(root: Path) -> list[str]:
+    return [sys.executable, "-c", "from app.cli import main; main()", "stack", "run",
+            "--procfile", str(root / "Procfile")]
+
+
+def started_pids(text: str) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"\| (\S+)\.1 started \(pid=(\d+)\)", text)}
+
+
+def kill_stand_ins(pids: dict[str, int], stack_dir: Path) -> None:
+    """Cleanup after a failure: no stand-in the test started survives it. Only a process
+    running this test's stand-in script is killed, never a process that took a pid over."""
+    script = str(stack_dir / "stand_in.py")
+    for pid in pids.values():
+        try:
+            if script in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # gone, or no /proc
+
+
+def assert_ordered_clean_stop(text: str, signal_name: str) -> None:
+    """The stop began with ``signal_name``; ``app`` got SIGTERM and exited 0 before the
+    broker got its SIGTERM; both logged their stop; nothing needed SIGKILL."""
+    assert f"{signal_name} received: stopping the components, then broker" in text, text
+    steps = re.findall(r"\| (sending SIG\w+ to \S+\.1|\S+\.1 stopped \(rc=-?\d+\))", text)
+    assert steps == ["sending SIGTERM to app.1", "app.1 stopped (rc=0)",
+                     "sending SIGTERM to broker.1", "broker.1 stopped (rc=0)"], text
+    assert "app: SIGTERM received, stopping" in text and "broker: SIGTERM received, stopping" in text, text
+
+
+@linux_only
+def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Path) -> None:
+    """StackStopsOnSignal, StackStopsBrokerLast, StackOutlivesItsTerminal: `docket stack run`
+    in a pseudo-terminal under a shell stand-in; the terminal is closed. The kernel
+    sends SIGHUP to the shell, and to the foreground group (`stack run` and honcho's
+    relays) when the shell dies; the relays survive it, the manager stops ``app`` and
+    then ``broker``, each logs its stop, and the output after the hang-up (writes to the
+    terminal fail with EIO) is in $DOCKET_DATA_ROOT/stack.log. Nothing is left running."""
+    shown = stack_dir / "terminal.log"
+    term = Terminal(stack_run_argv(stack_dir), shown, cwd=ROOT, env=stack_env(stack_dir))
+    fallback = stack_dir / "var" / STACK_LOG
+    pids: dict[str, int] = {}
+    try:
+        def on_screen() -> str:
+            return plain(shown.read_text(errors="replace")) if shown.exists() else ""
+
+        wait_until(lambda: "app: running" in on_screen() and "broker: running" in on_screen(), DEADLINE_S,
+                   "stand-in running", on_screen)
+        pids.update(started_pids(on_screen()))
+        assert set(pids) == {"app", "broker"}, on_screen()
+        assert not fallback.exists()  # the terminal works: nothing goes to the file yet
+        term.hang_up()
+        wait_until(lambda: not term.group_members() and not any(members_of_group(p) for p in pids.values()),
+                   DEADLINE_S, "exit of every process of the stack",
+                   lambda: f"left: {term.group_members()}\n{fallback.read_text() if fallback.exists() else ''}")
+        assert term.proc.wait(timeout=10) == -signal.SIGHUP  # the shell died of the hang-up, as a shell does
+        after = fallback.read_text()
+        assert re.search(r"writing to the terminal failed \(EIO: .*\); the output of `docket stack run`", after), after
+        assert_ordered_clean_stop(after, "SIGHUP (the terminal closed)")
+    finally:
+        term.close()
+        kill_stand_ins(pids, stack_dir)
+
+
+def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
+    """StackStopsOnSignal, StackStopsBrokerLast: ``kill -HUP`` of the `stack run` process
+    alone (its output a file that keeps working) starts the same ordered stop as Ctrl-C,
+    and `stack run` exits 0; the output stays where it was (no fallback file)."""
+    out_path = stack_dir / "out.log"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=stack_env(stack_dir),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    pids: dict[str, int] = {}
+    try:
+        def text() -> str:
+            return out_path.read_text(errors="replace")
+
+        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
+                   "stand-ins running", text)
+        pids.update(started_pids(text()))
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=DEADLINE_S) == 0, text()
+        assert_ordered_clean_stop(text(), "SIGHUP (the terminal closed)")
+        assert not any(members_of_group(p) for p in pids.values()) or sys.platform != "linux"
+        assert not (stack_dir / "var" / STACK_LOG).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_stand_ins(pids, stack_dir)
+
+
+def test_stack_output_goes_on_in_the_file_once_the_pipe_is_gone(tmp_path: Path) -> None:
+    """StackOutlivesItsTerminal: a write to a pipe whose reader has gone (EPIPE; a hung-up
+    terminal gives EIO) switches StackOutput to the fallback file, with a line saying
+    why; the failed line and every later one land there, once each."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    fallback = tmp_path / "var" / STACK_LOG
+    switched: list[bool] = []
+    out = StackOutput(write_end, fallback, lambda: switched.append(True), also=())
+    try:
+        out.write("first line\n")
+        out.write("second line\n")
+        out.flush()
+    finally:
+        os.close(write_end)  # now the file's descriptor (dup2)
+    lines = fallback.read_text().splitlines()
+    assert re.match(r"--- .*: writing to the terminal failed \(EPIPE: .*\); the output of `docket stack run` "
+                    rf"\(pid {os.getpid()}\) goes on here ---", lines[0]), lines
+    assert lines[1:] == ["first line", "second line"]
+    assert switched == [True] and out.switched and not out.isatty()
