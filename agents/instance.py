@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec
 from agents.usher import Usher
-from app.records import InputRecord
+from app.records import LOG_APPEND_TIME, InputRecord
 from app.registry import registry
 from app.faust_tuning import tune_worker_consumer
 from app.kafka_admin import ISOLATION_LEVEL
@@ -194,6 +194,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     if faults is not None:
         usher.faults = FaultInjector(faults, instance_id)
     rebuilt: set[int] = set()
+    producer_clocked: set[int] = set()  # partitions whose CreateTime records were reported
     ready = asyncio.Event()
     processed: dict[int, int] = {}  # partition -> next offset, this run only
     advertised: dict[int, int] = {}
@@ -249,7 +250,13 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                     rebuilt.add(msg.partition)
                 intake.observe(max(0.0, taken - msg.timestamp))
                 batch.append(InputRecord(msg.partition, msg.offset, round(msg.timestamp * 1000),
-                                         msg.key, msg.value))
+                                         msg.key, msg.value, msg.timestamp_type))
+                if msg.timestamp_type != LOG_APPEND_TIME and msg.partition not in producer_clocked:
+                    producer_clocked.add(msg.partition)
+                    log.warning("%s[%d]@%d carries a producer's timestamp (CreateTime): it moves no stream "
+                                "time. Set message.timestamp.type=LogAppendTime on the topic again "
+                                "(kafka-configs.sh --alter ... --add-config message.timestamp.type=LogAppendTime)",
+                                settings.input_topic, msg.partition, msg.offset)
             began = time.perf_counter()
             outputs = usher.process(batch, committed)
             evaluated = time.perf_counter()

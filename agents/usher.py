@@ -76,7 +76,7 @@ class Usher:
         Warden may only collect below it."""
         warden = self.warden
         # every record moves its partition's stream time, whatever its fate
-        times = [warden.stream_time(r.partition, r.offset, r.timestamp) for r in batch]
+        times = [warden.stream_time(r.partition, r.offset, r.timestamp, r.timestamp_type) for r in batch]
         admitted = [self.admit(record, t) for record, t in zip(batch, times)]
         for item in admitted:  # pre-warm: one pass of reads before any evaluation
             if isinstance(item, Event):

@@ -28,6 +28,14 @@ from app.settings import client_name_problem
 MAX_IDEMPOTENCY_KEY = 128
 ENVELOPE_FIELDS = frozenset({"idempotency_key", "event_name", "payload", "client"})
 MAX_VALUE_BYTES = 64 * 1024
+# Bounds on what an output carries, so no output record can outgrow what Kafka takes
+# (message.max.bytes, 1 MiB by default) whatever a producer sends: a longer record key
+# or event name makes the record malformed, a longer detail text is cut.
+MAX_KEY_BYTES = 1024
+MAX_EVENT_NAME = 256
+MAX_DETAIL = 1024
+# Kafka's timestamp types: the producer's clock (CreateTime) or the broker's
+CREATE_TIME, LOG_APPEND_TIME = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,9 @@ class InputRecord:
     timestamp: int  # ms; the broker's LogAppendTime (stream time: Warden.stream_time)
     key: bytes | None
     value: bytes | None
+    # LOG_APPEND_TIME, or CREATE_TIME for a record appended while the input topic had
+    # the producer's clock (it then moves no stream time: Warden.stream_time)
+    timestamp_type: int = LOG_APPEND_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,8 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     rejection; nothing raises."""
     if record.key is None:
         return Rejection("malformed_record", "record has no key (the key must be the affinity key)")
+    if len(record.key) > MAX_KEY_BYTES:
+        return Rejection("malformed_record", f"record key exceeds {MAX_KEY_BYTES} bytes")
     try:
         key = record.key.decode("utf-8")
     except UnicodeDecodeError:
@@ -89,6 +102,8 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     name = value.get("event_name")
     if not isinstance(name, str) or not name:
         return Rejection("malformed_record", "event_name must be a non-empty string")
+    if len(name) > MAX_EVENT_NAME:
+        return Rejection("malformed_record", f"event_name exceeds {MAX_EVENT_NAME} characters")
     if "payload" not in value:
         return Rejection("malformed_record", "payload is missing")
     client = value.get("client")
@@ -142,5 +157,9 @@ def unseal(value: bytes) -> tuple[str, str, dict]:
 
 
 def outcome(status: str, reason: str | None = None, detail: str = "", entities: list | None = None) -> dict:
-    """One shape for every outcome, so consumers never guess which keys exist."""
+    """One shape for every outcome, so consumers never guess which keys exist. A detail
+    over MAX_DETAIL characters is cut there and marked (deterministically: the same
+    detail is cut the same way on every instance)."""
+    if len(detail) > MAX_DETAIL:
+        detail = f"{detail[:MAX_DETAIL]}... ({len(detail)} characters)"
     return {"status": status, "reason": reason, "detail": detail, "entities": entities or []}

@@ -168,7 +168,8 @@ async def read_topic(bootstrap: str, topic: str, partitions: Iterable[int] | Non
             for tp, msgs in (await consumer.getmany(*remaining, timeout_ms=500)).items():
                 for m in msgs:
                     if m.offset < ends[tp]:
-                        out.append(InputRecord(m.partition, m.offset, m.timestamp, m.key, m.value))
+                        out.append(InputRecord(m.partition, m.offset, m.timestamp, m.key, m.value,
+                                               m.timestamp_type))
         out.sort(key=lambda r: (r.partition, r.offset))
         return out
     finally:

@@ -36,6 +36,7 @@ from typing import Callable
 
 import orjson
 
+from app.records import LOG_APPEND_TIME
 from tables.store import Store
 
 WARDEN_PREFIX = b"w\x00"
@@ -133,16 +134,24 @@ class Warden:
 
     # ---------------------------------------------------------------- stream time
 
-    def stream_time(self, partition: int, offset: int, timestamp: int) -> int:
+    def stream_time(self, partition: int, offset: int, timestamp: int,
+                    timestamp_type: int = LOG_APPEND_TIME) -> int:
         """Advance the partition's clock past the record at ``offset`` with broker
-        timestamp ``timestamp`` (ms) and return its stream time (ms): the greatest
-        timestamp at or below ``offset``. Records must come in offset order; an offset
-        at or below the last one seen (a rewind) resumes the clock from the table."""
+        timestamp ``timestamp`` (ms) and return its stream time (ms): the greatest broker
+        timestamp at or below ``offset``. A record whose ``timestamp_type`` is not
+        LogAppendTime carries a producer's clock (the input topic was switched to
+        CreateTime while running, or the record predates its switch to LogAppendTime):
+        it moves nothing, and gets the stream time so far (0 before any broker
+        timestamp). Records must come in offset order; an offset at or below the last
+        one seen (a rewind) resumes the clock from the table."""
         clock = self._clock.get(partition)
         if clock is None or offset <= clock[0]:
             clock = self._resume(partition, offset)
-        if clock[1] is None or timestamp > clock[1]:
-            clock[1] = timestamp
+        if timestamp_type == LOG_APPEND_TIME:
+            if clock[1] is None or timestamp > clock[1]:
+                clock[1] = timestamp
+        elif clock[1] is None:
+            clock[1] = 0
         clock[0] = offset
         return clock[1]
 

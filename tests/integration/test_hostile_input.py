@@ -37,7 +37,8 @@ from tests.integration.stack_kit import Stack, running_stack
 pytestmark = pytest.mark.integration
 
 TOKEN = "hostile-" + secrets.token_urlsafe(12)
-ALICE, BOB = "alice-" + secrets.token_urlsafe(12), "bob-" + secrets.token_urlsafe(12)
+OTHER = "other-" + secrets.token_urlsafe(12)  # a second token of the older, unnamed form
+ALICE = "alice-" + secrets.token_urlsafe(12)
 LOG_APPEND_TIME = 1  # Kafka's timestamp type of a record stamped by the broker
 HOUR_MS = 3_600_000
 
@@ -45,7 +46,7 @@ HOUR_MS = 3_600_000
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("hostile-stack"), TOKEN,
-                       more_tokens=(f"alice:{ALICE}", f"bob:{BOB}")) as s:
+                       more_tokens=(OTHER, f"alice:{ALICE}")) as s:
         yield s
 
 
@@ -163,10 +164,11 @@ async def test_no_producer_clock_can_expire_an_idempotency_key(stack: Stack, htt
                                                                plain_producer: AIOKafkaProducer) -> None:
     """ProducerClockCannotExpireAKey, BrokerSetsStreamTime, TopicsUseBrokerTime,
     ApiTakesStreamTimeFromAcknowledgement: after a request with key K is applied (+4),
-    valid records for the same sku stamped 59 minutes ahead, at 0, at -1 and in
-    microseconds are stamped again by the broker (LogAppendTime) and applied (+10 each);
-    a retry of K is then a replay with the original outcome, through this API and
-    through a second API process, and the stock is 4 + 40, never 48."""
+    a valid record for the same sku stamped 59 minutes ahead is applied (+10), and a
+    retry of K is a replay with the original outcome (stock 14, never 18); the same
+    after records stamped at 0, at -1 and in microseconds (+10 each). Each is stamped
+    again by the broker (LogAppendTime), and a second API process answers the retry as
+    a replay too."""
     s = stack.settings
     sku = f"clock-{secrets.token_hex(3)}"
     k = f"{sku}-K"
@@ -174,33 +176,31 @@ async def test_no_producer_clock_can_expire_an_idempotency_key(stack: Stack, htt
     resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
     first = await resp.json()
     assert resp.status == 200, first
-    before_ms = int(time.time() * 1000)
-    hostile = {"an-hour-ahead": before_ms + 59 * 60_000, "zero": 0, "minus-one": -1,
-               "microseconds": before_ms * 1000}
+    hostile = {"an-hour-ahead": lambda now: now + 59 * 60_000, "zero": lambda now: 0,
+               "minus-one": lambda now: -1, "microseconds": lambda now: now * 1000}
     acks = {}
-    for name, ts in hostile.items():
+    for n, (name, stamp) in enumerate(hostile.items(), start=1):
+        sent_ms = int(time.time() * 1000)
         acks[name] = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-{name}", sku, 10),
-                                                        key=sku.encode(), timestamp_ms=ts)
-    after_ms = int(time.time() * 1000)
-    for name, meta in acks.items():
+                                                        key=sku.encode(), timestamp_ms=stamp(sent_ms))
+
+        async def applied(want=4 + 10 * n) -> bool:
+            return await quantity(http, "wh-01", sku) == want
+        await wait_for(applied, 60, f"the {name} record to be applied", detail=stack.logs)
+        resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+        again = await resp.json()
+        assert resp.status == 200, (name, again)
+        assert again["replay"] is True and resp.headers["Idempotent-Replayed"] == "true", (name, again)
+        assert again["duplicate_of"] == first["position"] and again["outcome"] == first["outcome"]
+        assert await quantity(http, "wh-01", sku) == 4 + 10 * n, name
         # the broker's clock, not the producer's (a generous minute of slack for a busy box)
+        meta = acks[name]
         assert meta.timestamp_type == LOG_APPEND_TIME, name
-        assert before_ms - 60_000 <= meta.timestamp <= after_ms + 60_000, (name, meta.timestamp)
+        assert abs(meta.timestamp - sent_ms) < 60_000, (name, meta.timestamp)
+        assert abs(again["stream_time"] - sent_ms) < 10 * 60_000, (name, again["stream_time"])
     inputs = {r.offset: r for r in await read_topic(s.kafka_bootstrap, s.input_topic, [acks["zero"].partition])}
     for name, meta in acks.items():
         assert inputs[meta.offset].timestamp == meta.timestamp, name
-
-    async def applied() -> bool:
-        return await quantity(http, "wh-01", sku) == 44
-    await wait_for(applied, 60, "the four hostile records to be applied", detail=stack.logs)
-
-    resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
-    again = await resp.json()
-    assert resp.status == 200, again
-    assert again["replay"] is True and resp.headers["Idempotent-Replayed"] == "true"
-    assert again["duplicate_of"] == first["position"] and again["outcome"] == first["outcome"]
-    # stream time is the broker's: the hour-ahead record did not move it an hour on
-    assert abs(again["stream_time"] - after_ms) < 10 * 60_000, again["stream_time"]
 
     _, url2 = await stack.start_api("api-second")
     async with ClientSession(base_url=url2, headers=stack.auth) as second:
@@ -209,6 +209,47 @@ async def test_no_producer_clock_can_expire_an_idempotency_key(stack: Stack, htt
     assert resp.status == 200, third
     assert third["replay"] is True and third["duplicate_of"] == first["position"]
     assert await quantity(http, "wh-01", sku) == 44
+
+
+async def test_a_topic_switched_to_producer_time_still_decides_nothing(
+        stack: Stack, http: ClientSession, plain_producer: AIOKafkaProducer) -> None:
+    """ProducerClockCannotExpireAKey, StreamTimeIsTheGreatestBrokerTimestamp: with the
+    input topic switched to CreateTime while the stack runs (an operator's mistake the
+    workers do not see), a record stamped 59 minutes ahead by its producer moves no
+    stream time: a retry of K is still a replay, and the stock 14, never 18."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    s = stack.settings
+    sku = f"switch-{secrets.token_hex(3)}"
+    k = f"{sku}-K"
+    body = {"event_name": "stock.adjust", "payload": {"warehouse": "wh-01", "sku": sku, "delta": 4}}
+    resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+    first = await resp.json()
+    assert resp.status == 200, first
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+
+    async def timestamp_type(kind: str) -> None:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.input_topic,
+                                                  {"message.timestamp.type": kind})])
+    try:
+        await timestamp_type("CreateTime")
+        ahead = int(time.time() * 1000) + 59 * 60_000
+        meta = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-ahead", sku, 10),
+                                                  key=sku.encode(), timestamp_ms=ahead)
+        assert meta.timestamp_type == 0 and meta.timestamp == ahead  # the producer's clock got through
+
+        async def applied() -> bool:
+            return await quantity(http, "wh-01", sku) == 14
+        await wait_for(applied, 60, "the hour-ahead record to be applied", detail=stack.logs)
+        resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
+        again = await resp.json()
+        assert resp.status == 200 and again["replay"] is True, again
+        assert await quantity(http, "wh-01", sku) == 14
+    finally:
+        await timestamp_type("LogAppendTime")
+        await admin.close()
 
 
 async def test_an_api_clock_running_ahead_decides_nothing(stack: Stack, http: ClientSession,
@@ -282,48 +323,81 @@ async def test_duplicate_member_names_are_refused_over_http_and_on_kafka(
     assert await quantity(http, "wh-01", sku) is None
 
 
+# --------------------------------------------------------------------------- oversized input
+
+
+async def test_a_huge_record_key_is_rejected_and_stops_nothing(stack: Stack, http: ClientSession,
+                                                               results: TopicTail,
+                                                               plain_producer: AIOKafkaProducer) -> None:
+    """BadInputNeverStopsTheWorker, UsherRejectsMalformedRecord: a record with a key of
+    250,000 bytes (on the partition the key routes to) is rejected malformed_record,
+    both instances keep running, and a valid record behind it on the same partition is
+    applied (a key that size once made an output too large to produce, and crashed
+    both instances' workers)."""
+    from app.records import MAX_KEY_BYTES, partition_for
+
+    s = stack.settings
+    key = b"\x01" * 250_000
+    p = partition_for(key, s.partitions)
+    bad = await plain_producer.send_and_wait(s.input_topic, envelope("huge-key", "huge", 5), key=key, partition=p)
+    sku = next(f"behind-{i}" for i in range(1000) if partition_for(f"behind-{i}".encode(), s.partitions) == p)
+    good = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-1", sku, 5), key=sku.encode())
+    assert good.partition == p
+    rejected = await wait_for(lambda: result_at(results, (p, bad.offset)), 60, "the huge key's result",
+                              detail=stack.logs)
+    assert (rejected["outcome"]["reason"], rejected["outcome"]["detail"]) == (
+        "malformed_record", f"record key exceeds {MAX_KEY_BYTES} bytes")
+    applied = await wait_for(lambda: result_at(results, (p, good.offset)), 60, "the record behind it",
+                             detail=stack.logs)
+    assert applied["outcome"]["status"] == "applied"
+    stack.a.assert_alive()
+    stack.b.assert_alive()
+
+
 # --------------------------------------------------------------------------- key scoping
 
 
 async def test_two_clients_keys_are_independent(stack: Stack, http: ClientSession) -> None:
-    """ApiScopesKeysToItsClient, TokensAreNamed, KeysAreScopedByClient: clients alice and
-    bob (named tokens) use the same Idempotency-Key for different requests: each is
-    applied (5 + 7), each client reads back and replays its own outcome only, and the
-    results name the client; a Kafka-native producer's use of the key is a third one."""
+    """ApiScopesKeysToItsClient, TokensAreNamed, KeysAreScopedByClient: two clients (two
+    tokens of the older form, each named after its hash) use the same Idempotency-Key
+    for different requests: each is applied (5 + 7), each client reads back and replays
+    its own outcome only. A third client with a named token (alice) and a Kafka-native
+    producer (no client) use the key too: two more requests of their own; the results
+    name each client."""
     s = stack.settings
     sku = f"scope-{secrets.token_hex(3)}"
     k = f"{sku}-shared"
+    clients = (("first", TOKEN, 5), ("other", OTHER, 7), ("alice", ALICE, 11))
     answers = {}
-    for name, token, delta in (("alice", ALICE, 5), ("bob", BOB, 7)):
+    for name, token, delta in clients:
         async with ClientSession(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}) as who:
             resp = await who.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
                 "warehouse": "wh-01", "sku": sku, "delta": delta}}, headers={"Idempotency-Key": k})
             answers[name] = (resp.status, await resp.json())
-    assert [a[0] for a in answers.values()] == [200, 200], answers
-    assert answers["alice"][1]["replay"] is False and answers["bob"][1]["replay"] is False
-    assert answers["alice"][1]["position"] != answers["bob"][1]["position"]
-    assert await quantity(http, "wh-01", sku) == 12
-    for name, token, delta in (("alice", ALICE, 5), ("bob", BOB, 7)):
+        assert answers[name][0] == 200 and answers[name][1]["replay"] is False, answers
+    assert len({a[1]["position"]["offset"] for a in answers.values()}) == 3
+    assert await quantity(http, "wh-01", sku) == 23
+    running = {"first": 5, "other": 12, "alice": 23}
+    for name, token, delta in clients:
         async with ClientSession(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}) as who:
             resp = await who.get(f"/v1/events/{k}")
             status = await resp.json()
             assert status["position"] == answers[name][1]["position"], (name, status)
-            assert status["outcome"]["entities"][0]["state"]["quantity"] == (5 if name == "alice" else 12)
+            assert status["outcome"]["entities"][0]["state"]["quantity"] == running[name]
             resp = await who.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
                 "warehouse": "wh-01", "sku": sku, "delta": delta}}, headers={"Idempotency-Key": k})
             again = await resp.json()
             assert resp.status == 200 and again["replay"] is True, again
             assert again["duplicate_of"] == answers[name][1]["position"]
-    resp = await http.get(f"/v1/events/{k}")  # the stack's own token: a third client
-    assert resp.status == 404
     async with DocketClient(s) as native:  # a Kafka-native producer: no client, its own key space
         sub = await native.submit("stock.adjust", {"warehouse": "wh-01", "sku": sku, "delta": 1}, k, timeout=60)
     assert sub.status == "decided" and sub.result["outcome"]["status"] == "applied" and not sub.replay
     assert sub.result["client"] is None
     results = {r.value["input"]["offset"]: r.value for r in await read_all_results(s)
-               if r.value["idempotency_key"] == k}
-    assert sorted((v["client"] or "-") for v in results.values() if v["duplicate_of"] is None) == ["-", "alice", "bob"]
-    assert await quantity(http, "wh-01", sku) == 13
+               if r.value["idempotency_key"] == k and r.value["duplicate_of"] is None}
+    assert sorted(str(v["client"]) for v in results.values()) == sorted(
+        ["None", "alice", named_token(TOKEN)[0], named_token(OTHER)[0]])
+    assert await quantity(http, "wh-01", sku) == 24
 
 
 async def read_all_results(s: Settings):

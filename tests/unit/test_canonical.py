@@ -131,3 +131,23 @@ def test_nesting_beyond_the_limit_is_refused_by_rule():
     got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
     assert isinstance(got, Rejection) and got.reason == "malformed_record"
     assert f"nested deeper than {MAX_JSON_DEPTH} levels" in got.detail
+
+
+def test_outputs_stay_bounded_whatever_a_producer_sends():
+    """UsherRejectsMalformedRecord, BadInputNeverStopsTheWorker: a record key over
+    MAX_KEY_BYTES or an event name over MAX_EVENT_NAME makes the record malformed, and a
+    detail text over MAX_DETAIL characters is cut and marked, so no output can outgrow
+    what Kafka takes (a 250 KB key once made an output too large to produce, stopping
+    the worker)."""
+    from app.records import MAX_DETAIL, MAX_EVENT_NAME, MAX_KEY_BYTES
+
+    envelope = b'{"idempotency_key":"k","event_name":"stock.adjust","payload":{}}'
+    got = decode(InputRecord(0, 0, 1, b"\x01" * (MAX_KEY_BYTES + 1), envelope), 1)
+    assert isinstance(got, Rejection) and got.detail == f"record key exceeds {MAX_KEY_BYTES} bytes"
+    assert not isinstance(decode(InputRecord(0, 0, 1, b"k" * MAX_KEY_BYTES, envelope), 1), Rejection)
+    long_name = b'{"idempotency_key":"k","event_name":"%s","payload":{}}' % (b"e" * (MAX_EVENT_NAME + 1))
+    got = decode(InputRecord(0, 0, 1, b"k", long_name), 1)
+    assert isinstance(got, Rejection) and got.detail == f"event_name exceeds {MAX_EVENT_NAME} characters"
+    cut = outcome("rejected", "evaluation_error", "x" * 5000)["detail"]
+    assert cut == "x" * MAX_DETAIL + "... (5000 characters)"
+    assert outcome("rejected", "r", "y" * MAX_DETAIL)["detail"] == "y" * MAX_DETAIL

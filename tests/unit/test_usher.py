@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.records import InputRecord, partition_for, unseal
+from app.records import CREATE_TIME, InputRecord, partition_for, unseal
 from tables.store import MemoryStore
 from tables.warden import clock_key, version_key
 from tests.unit.pipeline_kit import PARTITIONS, TTL, Stream, entity_state, envelope, run, usher, workload
@@ -344,6 +344,25 @@ def test_an_ill_formed_client_is_a_malformed_record(client):
     (out,) = bodies(run(usher(MemoryStore()), s.records, 1))
     assert (out["outcome"]["reason"], out["outcome"]["detail"]) == (
         "malformed_record", "client must be 1-64 characters of A-Z a-z 0-9 . _ -")
+
+
+def test_a_producer_clocked_record_moves_no_stream_time():
+    """ProducerClockCannotExpireAKey, StreamTimeIsTheGreatestBrokerTimestamp: a record
+    stamped by its producer (CreateTime: the input topic was switched while running)
+    moves no stream time, an hour ahead or not: a retry of K after it is a replay of K,
+    and the record itself gets the stream time so far."""
+    s = Stream()
+    _adjust(s, "K", 4, 10_000_000)
+    ahead = s.add(b"s1", envelope("X", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 10}),
+                  10_000_000 + 59 * 60_000)
+    s.records[-1] = InputRecord(ahead.partition, ahead.offset, ahead.timestamp, ahead.key, ahead.value,
+                                CREATE_TIME)
+    _adjust(s, "K", 4, 10_000_001)
+    store = MemoryStore()
+    first, hostile, retry = bodies(run(usher(store), s.records, 1))
+    assert hostile["stream_time"] == 10_000_000 and hostile["outcome"]["status"] == "applied"
+    assert retry["duplicate_of"] == first["input"] and retry["stream_time"] == 10_000_001
+    assert entity_state(store)["stock:w1:s1"] == ({"quantity": 14}, 2)
 
 
 def test_superseded_version_survives_for_replay():
