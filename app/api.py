@@ -471,16 +471,25 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
+def _unauthorized(message: str, errors: list[dict] | None = None) -> ApiError:
+    return ApiError(401, "unauthorized", message, errors, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
 
 
 def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) -> str:
     """The name of the client whose bearer token the request carries; ApiError 401/403
-    otherwise."""
-    header = request.headers.get("Authorization")
-    if header is None:
+    otherwise: 401 without the header, with more than one Authorization field, or with a
+    credential that is not ``Bearer <token>``; 403 for a token not in DOCKET_API_TOKENS."""
+    fields = request.headers.getall("Authorization", [])
+    if not fields:
         raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
+    if len(fields) > 1:
+        # Never one of them (the first, the last, any valid one): a request that carries
+        # two credentials has no one client. The values are secrets: not echoed.
+        message = (f"the Authorization header is sent {len(fields)} times; send it once, "
+                   "with one bearer token")
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "repeated_header",
+                                       "message": message}])
+    header = fields[0]
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -107,6 +107,32 @@ async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -
         assert resp.status == 503, token
 
 
+@pytest.mark.parametrize("second", ["Bearer tok-beta-9876543210", "Bearer not-a-token", "Bearer tok-alpha-0123456789",
+                                    "Basic dXNlcjpwYXNz", ""])
+async def test_two_authorization_fields_are_refused_never_answered_as_one(http, second) -> None:
+    """ApiRequiresBearerToken: a request with two ``Authorization`` header fields is 401
+    naming the header (reason ``repeated_header``), whatever the second one holds:
+    another client's token (alice-then-bob must not act as alice), an unknown token
+    after a valid one (was 200 under the first), the same token twice, a Basic
+    credential, an empty field. Neither value is echoed: they are secrets."""
+    tc, _ = http
+    for path in ("/v1/events/k1", "/v1/entities/stock/w1:s1"):
+        headers = CIMultiDict([("Authorization", f"Bearer {TOKENS[0]}"), ("Authorization", second)])
+        resp = await tc.get(path, headers=headers)
+        body = await resp.json()
+        assert resp.status == 401, (path, body)
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="docket"'
+        assert body["error"] == "unauthorized"
+        assert "the Authorization header is sent 2 times" in body["message"], body
+        assert body["errors"] == [{"field": "Authorization", "reason": "repeated_header", "message": body["message"]}]
+        assert TOKENS[0] not in resp.headers.get("WWW-Authenticate", "") + str(body)
+        assert "tok-" not in str(body) and "dXNlcjpwYXNz" not in str(body)
+    headers = CIMultiDict([("Authorization", f"Bearer {TOKENS[0]}"), ("Authorization", second),
+                           ("Content-Type", "application/json"), ("Idempotency-Key", "k-1")])
+    resp = await tc.post("/v1/events", data=orjson.dumps(adjust()), headers=headers)
+    assert resp.status == 401, await resp.json()  # refused before the body is judged
+
+
 async def test_probes_and_documents_need_no_credentials(http) -> None:
     """ApiReadiness, ApiServesWithoutKafka: the API serves before Kafka answers;
     /healthz is 200 and /readyz is 503 (and says why) until connected and caught up;
