@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
-from app.settings import Settings, load, named_token
+from app.settings import Settings, load, named_tokens
 
 log = logging.getLogger("docket.api")
 
@@ -529,7 +529,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     client as it is (started by the caller, or not at all)."""
     settings = settings or load()
     client = client or DocketClient(settings)
-    named = settings.api_clients if tokens is None else tuple(named_token(t) for t in tokens)
+    named = settings.api_clients if tokens is None else named_tokens(tokens, "tokens")
     if auth and not named:
         raise ValueError("no bearer token configured: set DOCKET_API_TOKENS")
     secrets = tuple((name, t.encode("utf-8")) for name, t in named)

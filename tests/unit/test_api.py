@@ -178,7 +178,7 @@ def test_docket_api_refuses_to_start_without_tokens() -> None:
 @pytest.mark.parametrize(("env", "value", "message"), [
     ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
     ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
-    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: a token may only use printable ASCII"),
+    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: a token may only use printable ASCII"),
     ("DOCKET_API_TOKENS", "alice:t1,bob:t2,alice:t3", "alice twice; each name scopes its own idempotency keys"),
     ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
 ])
@@ -186,6 +186,48 @@ def test_api_settings_name_the_variable_at_fault(monkeypatch, env, value, messag
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         load()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("alice:s3cret-1,bob:s3cret-1", "DOCKET_API_TOKENS gives one token to clients alice and bob; "),
+    ("tok-1,alice:tok-1", "DOCKET_API_TOKENS gives one token to clients token-"),
+    ("tok-1,tok-1", "DOCKET_API_TOKENS gives the token of client token-[0-9a-f]{12} twice"),
+    ("a/b:s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' holds a character outside A-Z a-z 0-9 . _ - "
+                     r"\(a name is 1-64 characters .*so a bare token cannot contain ':'\)"),
+    ("good-token," + "n" * 65 + ":s3cret-1", "DOCKET_API_TOKENS: entry 2 of 2: the name before ':' is 65 characters; "
+                                             "at most 64"),
+    (":s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' is empty"),
+    ("alice:", "DOCKET_API_TOKENS: the entry: client 'alice' has an empty token"),
+    ("bob:s3cret-1,alice:", "DOCKET_API_TOKENS: entry 2 of 2: client 'alice' has an empty token"),
+])
+def test_token_misconfigurations_are_config_errors(monkeypatch, value, message) -> None:
+    """TokensAreNamed: a token given to two clients (the last one used to win), an entry
+    whose name part is not a name (it used to become a bare token, colon and all), an
+    empty token: each is a ConfigError naming DOCKET_API_TOKENS and what is wrong, and
+    the secret is never part of the message."""
+    monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load()
+    assert "s3cret" not in str(caught.value)
+
+
+def test_docket_api_refuses_to_start_on_a_token_misconfiguration() -> None:
+    """TokensAreNamed, ApiRefusesToStartWithoutTokens: `docket api` with one token given
+    to two clients exits before serving, naming the variable, without a traceback and
+    without showing the token."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {**os.environ, "DOCKET_API_TOKENS": "alice:s3cret-x,bob:s3cret-x", "DOCKET_API_PORT": str(free_port())}
+    proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "DOCKET_API_TOKENS gives one token to clients alice and bob" in proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr + proc.stdout
+    assert "listening" not in proc.stdout
+
+
+def test_create_app_checks_its_tokens_as_the_setting_is_checked(settings) -> None:
+    """TokensAreNamed: tokens given to create_app follow DOCKET_API_TOKENS's rules."""
+    with pytest.raises(ConfigError, match="tokens gives one token to clients alice and bob"):
+        create_app(settings, DocketClient(settings), tokens=("alice:s3cret-1", "bob:s3cret-1"), connect=False)
 
 
 def test_api_settings_defaults(monkeypatch) -> None:
@@ -199,8 +241,8 @@ def test_api_settings_defaults(monkeypatch) -> None:
 
 def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
     """TokensAreNamed: `name:token` entries name their client; a bare token (the older
-    form) is named token-<first 12 hex digits of its SHA-256>, the same every time and
-    whatever the order; a token may itself hold a colon after its name."""
+    form, without ':') is named token-<first 12 hex digits of its SHA-256>, the same
+    every time and whatever the order; a token may itself hold a colon after its name."""
     import hashlib
 
     monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x:y")
