@@ -30,6 +30,7 @@ from urllib.parse import quote
 import click
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import openapi
@@ -302,7 +303,14 @@ async def post_event(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
-    raw = await request.read()  # client_max_size stops a chunked body over the limit
+    try:
+        raw = await request.read()  # client_max_size stops a chunked body over the limit
+    except web.RequestPayloadError as exc:  # chunked or Content-Encoding framing aiohttp cannot decode
+        message = f"the body could not be read: {_fault_text(exc)}"
+        raise ApiError(400, "invalid_request", message,
+                       [{"field": "body", "reason": "unreadable_body", "message": message}]) from None
+    except ConnectionError:  # the client closed the connection before the whole body arrived
+        raise ApiError(400, "invalid_request", "the connection was closed before the whole body arrived") from None
     try:
         body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
@@ -610,10 +618,62 @@ async def _kafka_connection(app: web.Application):
 # --------------------------------------------------------------------------- the command
 
 
+def _client_fault(exc: BaseException) -> bool:
+    """True for what aiohttp raises on a request it cannot parse or whose body it cannot
+    decode (always answered 400 by aiohttp, or by post_event for the body)."""
+    return isinstance(exc, (HttpProcessingError, web.RequestPayloadError))
+
+
+_FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
+
+
+def _fault_text(exc: BaseException) -> str:
+    """aiohttp's description of a malformed request on one line: its multi-line message
+    (the offending bytes and a caret under them) joined, cut, control characters escaped."""
+    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
+        exc = exc.__cause__
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    lines = [line.strip() for line in str(text).splitlines()]
+    text = " ".join(line for line in lines if line.strip("^ "))
+    if len(text) > _FAULT_CHARS:
+        text = text[:_FAULT_CHARS] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or type(exc).__name__
+
+
+class ServerLog(logging.LoggerAdapter):
+    """What aiohttp's request handler logs through (``AppRunner(logger=...)``), over its
+    own ``aiohttp.server`` logger. A request aiohttp cannot parse (two Content-Type
+    fields, a NUL or an obs-fold in a header, a line over 8190 bytes, a chunked or
+    encoded body it cannot decode) is the client's fault, answered 400: it is logged as
+    one WARNING line (or aiohttp's DEBUG, for what it deems noise) without a traceback,
+    where aiohttp logs ERROR and the traceback. Everything else passes unchanged."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, BaseException) and _client_fault(exc):
+            level = min(level, logging.WARNING)
+            if self.isEnabledFor(level):
+                where = f" from {args[0]}" if len(args) == 1 and "%s" in str(msg) else ""
+                self.logger.log(level, "refused a malformed HTTP request%s (the client's fault): %s",
+                                where, _fault_text(exc))
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
+
+
+def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
+    """The AppRunner `docket api` serves ``app`` with: aiohttp's access log when asked,
+    and SERVER_LOG for the request handler's own reports."""
+    return web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                         logger=SERVER_LOG)
+
+
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,
                 announce=print) -> None:
     """Run ``app`` on host:port until SIGINT or SIGTERM."""
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    runner = app_runner(app, access_log=access_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

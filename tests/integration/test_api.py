@@ -291,6 +291,36 @@ async def test_two_authorization_lines_are_401_and_nothing_is_produced(http: Cli
     assert resp.status == 404, await resp.json()
 
 
+async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: Stack) -> None:
+    """ApiRefusesMalformedHttp through `docket api`: requests aiohttp's parser refuses,
+    sent without credentials (two Content-Type fields, a NUL in a header, an obs-fold
+    line, a header over 8190 bytes) are each answered 400 and leave one WARNING line in
+    the API's log, and no ERROR or traceback (before: `ERROR aiohttp.server: Error
+    handling request` and the traceback, per request)."""
+    host = stack.url.removeprefix("http://").encode()
+    head = b"Host: " + host + b"\r\nConnection: close\r\n"
+    requests = [
+        b"POST /v1/events HTTP/1.1\r\n" + head + b"Content-Type: application/json\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\x00b\r\n\r\n",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\r\n folded\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n" + head + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+    ]
+    marker = "refused a malformed HTTP request from 127.0.0.1 (the client's fault)"
+    before = stack.api.log_text().count(marker)
+    for request in requests:
+        status, _, _ = await _raw_request(stack.url, request)
+        assert status == 400, request[:80]
+    await wait_for(lambda: stack.api.log_text().count(marker) == before + len(requests), 30,
+                   f"{len(requests)} more warnings in the API's log", detail=stack.api.log_tail)
+    log = stack.api.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    for said in ("Duplicate 'Content-Type' header found", "Invalid header value char",
+                 "Unexpected whitespace after header value", "Got more than 8190 bytes"):
+        assert f"WARNING aiohttp.server: {marker}: {said}" in log, log[-3000:]
+    stack.api.assert_alive()
+
+
 # --------------------------------------------------------------------------- idempotency
 
 

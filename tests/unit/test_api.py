@@ -10,6 +10,8 @@ real Submission objects; against a real pipeline in tests/integration/test_api.p
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from app.broker import free_port
 from app.client import DocketClient, KeyStatus, Submission
 from app.records import partition_for
 from app.settings import SETTINGS, ConfigError, load, named_token
+from tests.integration.procs import wait_for
 
 TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")  # the older form: named token-<hash>
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
@@ -278,6 +281,119 @@ async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
         status, _, body = await post(tc, adjust(sku=other), key="shared-key", headers=alice)
         assert (status, body["error"]) == (422, "idempotency_key_reused")
     assert client.status("shared-key").state == "unknown"  # nor is it the Kafka-native producers'
+
+
+# --------------------------------------------------------------------------- malformed HTTP
+
+
+@pytest.fixture
+async def served(settings):
+    """(port, DocketClient) of the API served as `docket api` serves it (app_runner: the
+    same AppRunner and loggers) on a real socket; its client is not connected."""
+    client = DocketClient(settings)
+    runner = api_mod.app_runner(create_app(settings, client, connect=False))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1], client
+    finally:
+        await runner.cleanup()
+
+
+async def _raw(port: int, parts: list[bytes | None]) -> bytes:
+    """Write ``parts`` on a new connection (None: half-close it), then read until the
+    server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            if part is None:
+                writer.write_eof()
+            else:
+                writer.write(part)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+_HOST = b"Host: 127.0.0.1\r\n"
+MALFORMED = [
+    # (name, request bytes, what aiohttp's description says)
+    ("two Content-Type fields", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
+     b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}", "Duplicate 'Content-Type' header found"),
+    ("NUL in a header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST + b"X-Note: a\x00b\r\n\r\n",
+     "Invalid header value char"),
+    ("obs-fold", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST + b"X-Note: a\r\n  folded\r\n\r\n",
+     "Unexpected whitespace after header value"),
+    ("header over 8190 bytes", b"GET /healthz HTTP/1.1\r\n" + _HOST + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+     "Got more than 8190 bytes"),
+    ("request line over 8190 bytes", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + _HOST + b"\r\n",
+     "Got more than 8190 bytes"),
+    ("bad chunk size", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "Invalid character in chunk size"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_bytes", "said"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_malformed_requests_are_one_warning_line_without_a_traceback(served, caplog, name, request_bytes,
+                                                                          said) -> None:
+    """ApiRefusesMalformedHttp: a request aiohttp's parser refuses, from a client
+    without credentials, is answered 400 (aiohttp's own plain-text answer: it offers no
+    hook for the body) and logged as ONE WARNING line naming the fault and the peer,
+    without a traceback; before, aiohttp logged ERROR 'Error handling request' and the
+    traceback, as if the server had failed."""
+    port, _ = served
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    answer = await _raw(port, [request_bytes])
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelno, r.exc_info) for r in records] == [(logging.WARNING, None)], caplog.text
+    line = records[0].getMessage()
+    assert line.startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), line
+    assert said in line and "\n" not in line and len(line) < 400, line
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def _requests_counted(port: int, status: str) -> float:
+    """docket_api_requests_total of POST /v1/events with ``status``, from /metrics."""
+    answer = await _raw(port, [b"GET /metrics HTTP/1.1\r\n" + _HOST + b"Connection: close\r\n\r\n"])
+    for line in answer.decode().splitlines():
+        if line.startswith("docket_api_requests_total{") and 'route="/v1/events"' in line and f'status="{status}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_body_that_cannot_be_read_is_400_not_a_server_error(served, caplog) -> None:
+    """ApiRefusesMalformedHttp: an authenticated POST whose body aiohttp cannot decode (a
+    Content-Encoding: gzip body that is not gzip) is 400 `invalid_request` with field
+    `body`, in docket's JSON error format, and at most one WARNING line without a
+    traceback; before, it was logged ERROR '... failed' with a traceback and answered
+    500. A client that closes the connection before the whole body arrived leaves no
+    ERROR or traceback either."""
+    port, client = served
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-1\r\n")
+    answer = await _raw(port, [head + b"Content-Encoding: gzip\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+                               b"abcd"])
+    status_head, _, payload = answer.partition(b"\r\n\r\n")
+    assert status_head.split()[1] == b"400", answer[:300]
+    body = orjson.loads(payload)
+    assert body["error"] == "invalid_request" and "Can not decode content-encoding: gzip" in body["message"], body
+    assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
+    before = await _requests_counted(port, "400")
+    await _raw(port, [head + b"Content-Length: 100\r\n\r\n{\"event_name\"", None])  # then half-closed
+    await wait_for(lambda: _counted_more(port, before), 30, "the cut request to be handled")
+    assert client.index_size == 0
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def _counted_more(port: int, before: float) -> bool:
+    return await _requests_counted(port, "400") > before
 
 
 # --------------------------------------------------------------------------- validation
