@@ -870,6 +870,76 @@ def test_client_validation_names_fields(settings) -> None:
                                                      ("payload.quantity", "quantity_out_of_range")]
 
 
+class _FetchingConsumer:
+    """What DocketClient._follow asks of its consumer: getmany hands out the given
+    fetches, one per call, then nothing (after its timeout, as aiokafka's does)."""
+
+    def __init__(self, fetches: list[dict]) -> None:
+        self.fetches = list(fetches)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        if self.fetches:
+            return self.fetches.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)  # an idle fetch's long poll, as aiokafka's
+        return {}
+
+    async def position(self, tp) -> int:
+        return 0
+
+
+async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(settings, caplog) -> None:
+    """ApiSkipsUnreadableRecords: in one fetch, garbage between good records of the
+    results topic (bytes that are not JSON, and JSON that is not a result, whose
+    stream_time must not move the index's clock) and of the divergences topic (a JSON
+    array) is skipped record by record with a warning naming topic, partition and
+    offset; the good records after it in the same batch are still handled (before,
+    the first bad record made the client log 'reading <prefix>.results failed' and
+    drop the rest of the batch)."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    caplog.set_level(logging.INFO, logger="docket.client")
+    client = DocketClient(settings)
+    results, divergences = settings.results_topic, settings.divergences_topic
+    far = int(__import__("time").time() * 1000) + 10 * settings.idempotency_ttl_ms
+    not_a_result = orjson.dumps({"input": {"partition": 0, "offset": 12}, "stream_time": far,
+                                 "idempotency_key": "k-bad"})
+    fetch = {
+        TopicPartition(results, 0): [
+            SimpleNamespace(offset=10, value=result_record("k-1", 0, 10, applied=True)),
+            SimpleNamespace(offset=11, value=b"\x00garbage{"),
+            SimpleNamespace(offset=12, value=not_a_result),
+            SimpleNamespace(offset=13, value=result_record("k-2", 0, 13, applied=False, reason="insufficient_stock")),
+        ],
+        TopicPartition(divergences, 1): [
+            SimpleNamespace(offset=20, value=divergence_report("kd-1", 1, 20)),
+            SimpleNamespace(offset=21, value=b"[1, 2]"),
+            SimpleNamespace(offset=22, value=divergence_report("kd-2", 1, 22)),
+        ],
+    }
+    client._consumer = _FetchingConsumer([fetch])  # noqa: SLF001  driven without Kafka
+    task = asyncio.create_task(client._follow())  # noqa: SLF001
+    try:
+        await wait_for(lambda: client.status("k-2").state == "decided" and client.status("kd-2").state == "diverged",
+                       10, "the records after the bad ones", detail=lambda: caplog.text)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [client.status(k).state for k in ("k-1", "k-2", "kd-1", "kd-2", "k-bad")] == [
+        "decided", "decided", "diverged", "diverged", "unknown"]  # k-1 not expired: the clock did not jump
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"skipped an unreadable record of {results} partition 0 at offset 11: not JSON "
+        + warnings[0].split(": not JSON ", 1)[1],
+        f"skipped an unreadable record of {results} partition 0 at offset 12: "
+        "outcome is not {status: applied or rejected, ...}",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
+    ], caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert (client.records_skipped, client.last_error) == (3, None)
+
+
 # --------------------------------------------------------------------------- OpenAPI and metrics
 
 
