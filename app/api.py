@@ -30,12 +30,13 @@ from urllib.parse import quote
 import click
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
-from app.settings import Settings, load, named_token
+from app.settings import Settings, load, named_tokens
 
 log = logging.getLogger("docket.api")
 
@@ -302,7 +303,14 @@ async def post_event(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
-    raw = await request.read()  # client_max_size stops a chunked body over the limit
+    try:
+        raw = await request.read()  # client_max_size stops a chunked body over the limit
+    except web.RequestPayloadError as exc:  # chunked or Content-Encoding framing aiohttp cannot decode
+        message = f"the body could not be read: {_fault_text(exc)}"
+        raise ApiError(400, "invalid_request", message,
+                       [{"field": "body", "reason": "unreadable_body", "message": message}]) from None
+    except ConnectionError:  # the client closed the connection before the whole body arrived
+        raise ApiError(400, "invalid_request", "the connection was closed before the whole body arrived") from None
     try:
         body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
@@ -471,16 +479,25 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
+def _unauthorized(message: str, errors: list[dict] | None = None) -> ApiError:
+    return ApiError(401, "unauthorized", message, errors, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
 
 
 def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) -> str:
     """The name of the client whose bearer token the request carries; ApiError 401/403
-    otherwise."""
-    header = request.headers.get("Authorization")
-    if header is None:
+    otherwise: 401 without the header, with more than one Authorization field, or with a
+    credential that is not ``Bearer <token>``; 403 for a token not in DOCKET_API_TOKENS."""
+    fields = request.headers.getall("Authorization", [])
+    if not fields:
         raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
+    if len(fields) > 1:
+        # Never one of them (the first, the last, any valid one): a request that carries
+        # two credentials has no one client. The values are secrets: not echoed.
+        message = (f"the Authorization header is sent {len(fields)} times; send it once, "
+                   "with one bearer token")
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "repeated_header",
+                                       "message": message}])
+    header = fields[0]
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -520,7 +537,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     client as it is (started by the caller, or not at all)."""
     settings = settings or load()
     client = client or DocketClient(settings)
-    named = settings.api_clients if tokens is None else tuple(named_token(t) for t in tokens)
+    named = settings.api_clients if tokens is None else named_tokens(tokens, "tokens")
     if auth and not named:
         raise ValueError("no bearer token configured: set DOCKET_API_TOKENS")
     secrets = tuple((name, t.encode("utf-8")) for name, t in named)
@@ -601,10 +618,62 @@ async def _kafka_connection(app: web.Application):
 # --------------------------------------------------------------------------- the command
 
 
+def _client_fault(exc: BaseException) -> bool:
+    """True for what aiohttp raises on a request it cannot parse or whose body it cannot
+    decode (always answered 400 by aiohttp, or by post_event for the body)."""
+    return isinstance(exc, (HttpProcessingError, web.RequestPayloadError))
+
+
+_FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
+
+
+def _fault_text(exc: BaseException) -> str:
+    """aiohttp's description of a malformed request on one line: its multi-line message
+    (the offending bytes and a caret under them) joined, cut, control characters escaped."""
+    if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
+        exc = exc.__cause__
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    lines = [line.strip() for line in str(text).splitlines()]
+    text = " ".join(line for line in lines if line.strip("^ "))
+    if len(text) > _FAULT_CHARS:
+        text = text[:_FAULT_CHARS] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or type(exc).__name__
+
+
+class ServerLog(logging.LoggerAdapter):
+    """What aiohttp's request handler logs through (``AppRunner(logger=...)``), over its
+    own ``aiohttp.server`` logger. A request aiohttp cannot parse (two Content-Type
+    fields, a NUL or an obs-fold in a header, a line over 8190 bytes, a chunked or
+    encoded body it cannot decode) is the client's fault, answered 400: it is logged as
+    one WARNING line (or aiohttp's DEBUG, for what it deems noise) without a traceback,
+    where aiohttp logs ERROR and the traceback. Everything else passes unchanged."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, BaseException) and _client_fault(exc):
+            level = min(level, logging.WARNING)
+            if self.isEnabledFor(level):
+                where = f" from {args[0]}" if len(args) == 1 and "%s" in str(msg) else ""
+                self.logger.log(level, "refused a malformed HTTP request%s (the client's fault): %s",
+                                where, _fault_text(exc))
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
+
+
+def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
+    """The AppRunner `docket api` serves ``app`` with: aiohttp's access log when asked,
+    and SERVER_LOG for the request handler's own reports."""
+    return web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                         logger=SERVER_LOG)
+
+
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,
                 announce=print) -> None:
     """Run ``app`` on host:port until SIGINT or SIGTERM."""
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    runner = app_runner(app, access_log=access_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -217,6 +217,76 @@ def _exact(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
+class UnreadableRecord(ValueError):
+    """A record of a topic the client reads is not what docket writes there."""
+
+
+_REASON_CHARS = 200  # of why a record was skipped, in its warning
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, UnreadableRecord) else f"{type(exc).__name__}: {exc}"
+    text = text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _json_object(raw: Any) -> dict:
+    if raw is None:
+        raise UnreadableRecord("no value (a tombstone)")
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UnreadableRecord(f"not JSON ({exc})") from None
+    if not isinstance(rec, dict):
+        raise UnreadableRecord(f"not a JSON object but {type(rec).__name__}")
+    return rec
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_position(value: Any, name: str) -> None:
+    if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
+        raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
+
+
+def _check_scope(rec: dict) -> None:
+    for name in ("idempotency_key", "client"):
+        if rec.get(name) is not None and not isinstance(rec[name], str):
+            raise UnreadableRecord(f"{name} is not a string")
+
+
+def _check_result(rec: dict) -> None:
+    """UnreadableRecord unless ``rec`` has every field of a result that
+    DocketClient.on_result reads, of the type it needs."""
+    _check_position(rec.get("input"), "input")
+    _check_scope(rec)
+    if not _is_int(rec.get("stream_time")):
+        raise UnreadableRecord("stream_time is not an integer")
+    if rec.get("duplicate_of") is not None:
+        _check_position(rec["duplicate_of"], "duplicate_of")
+    outcome = rec.get("outcome")
+    if not isinstance(outcome, dict) or outcome.get("status") not in ("applied", "rejected"):
+        raise UnreadableRecord("outcome is not {status: applied or rejected, ...}")
+    if outcome["status"] == "rejected" and not isinstance(outcome.get("reason"), str):
+        raise UnreadableRecord("a rejected outcome has no reason")
+    entities = outcome.get("entities")
+    if not isinstance(entities, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("key"), str) and _is_int(e.get("version")) and "state" in e
+            for e in entities):
+        raise UnreadableRecord("outcome.entities is not a list of {key, state, version}")
+
+
+def _check_divergence(rec: dict) -> None:
+    """UnreadableRecord unless a finishing divergence report has the fields
+    DocketClient.on_divergence reads, of the type it needs."""
+    _check_position(rec.get("input"), "input")
+    _check_scope(rec)
+    if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
+        raise UnreadableRecord("stream_time is not an integer")
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -266,6 +336,7 @@ class DocketClient:
         self.entities_loaded = 0  # records read from the entities topic at start
         self.results_read = 0
         self.divergences_read = 0
+        self.records_skipped = 0  # unreadable records of the results and divergences topics
         self.last_error: str | None = None
         # the newest broker timestamp seen (ms): produce acknowledgements (LogAppendTime
         # of the input topic) and results' stream_time
@@ -598,12 +669,7 @@ class DocketClient:
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
                 for tp, msgs in batches.items():
-                    if tp.topic == s.results_topic:
-                        for m in msgs:
-                            self.on_result(m.value)
-                    else:
-                        for m in msgs:
-                            self.on_divergence(m.value)
+                    self.on_batch(tp.topic, tp.partition, msgs)
                 if not self._caught_up.is_set():
                     for tp, end in list(self._catch_up_to.items()):
                         if await consumer.position(tp) >= end:
@@ -616,14 +682,32 @@ class DocketClient:
                 raise
             except Exception as exc:  # noqa: BLE001  keep following; readiness shows the trouble
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("reading %s failed: %s", s.results_topic, self.last_error)
+                log.warning("reading %s and %s failed: %s", s.results_topic, s.divergences_topic, self.last_error)
                 await asyncio.sleep(0.5)  # back-off before the next fetch, not a synchronisation
+
+    def on_batch(self, topic: str, partition: int, records) -> None:
+        """The records of one fetched batch of ``topic`` (the results or the divergences
+        topic) and ``partition``, in order (aiokafka ConsumerRecords: ``offset``,
+        ``value``). A record this client cannot read (not JSON, or not the shape the
+        Clerk writes there) is skipped on its own, with a warning naming the topic,
+        partition and offset, and the rest of the batch is still handled; so is a record
+        whose handling fails in any other way."""
+        handle = self.on_result if topic == self.settings.results_topic else self.on_divergence
+        for m in records:
+            try:
+                handle(m.value)
+            except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
+                self.records_skipped += 1
+                log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition,
+                            m.offset, _unreadable_reason(exc))
 
     def on_result(self, raw: bytes) -> None:
         """One record of the results topic (public for tests: it is the whole effect of
-        a result on this client)."""
+        a result on this client). Raises UnreadableRecord, before any effect, for a
+        record that is not a result as the Clerk writes it."""
         self.results_read += 1
-        rec = orjson.loads(raw)
+        rec = _json_object(raw)
+        _check_result(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
@@ -651,11 +735,14 @@ class DocketClient:
         report's position becomes ``diverged``; a key with no live entry gets one, owned
         by that position, so any API process answers it ``diverged`` (reports read at
         start within the lookback included); a key owned by ANOTHER position (the
-        diverged request repeated or reused an owned key) keeps its owner's state."""
+        diverged request repeated or reused an owned key) keeps its owner's state.
+        Raises UnreadableRecord, before any effect, for a finishing report that is not one
+        as the Clerk writes it."""
         self.divergences_read += 1
-        rec = orjson.loads(raw)
+        rec = _json_object(raw)
         if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
             return
+        _check_divergence(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])

@@ -47,7 +47,8 @@ _REPLAYED = {"Idempotent-Replayed": {
     "schema": {"type": "string", "enum": ["true", "false"]}}}
 
 _AUTH_ERRORS = {
-    "401": _error("no credentials: send `Authorization: Bearer <token>`",
+    "401": _error("no credentials, not a Bearer credential, or more than one `Authorization` header field: "
+                  "send `Authorization: Bearer <token>` once",
                   {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
     "403": _error("the bearer token is not one of DOCKET_API_TOKENS"),
 }

@@ -51,7 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
-    Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token` (a bare token is named `token-<hash>`); the name scopes that client's idempotency keys; required (`docket api` refuses to start without one)"),
+    Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is printable ASCII without spaces; an entry without `:` is a bare token, named `token-<hash>` (so a bare token cannot contain `:`); a name or a token given twice is refused; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
 )
@@ -85,27 +85,75 @@ def client_name_problem(name: object) -> str | None:
     return None
 
 
+_NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ -"
+
+
+def _name_fault(name: str) -> str:
+    """What is wrong with the name part of a ``name:token`` entry, without showing it (a
+    bare token with a colon would be a secret cut in two)."""
+    if not name:
+        return "is empty"
+    if len(name) > 64:
+        return f"is {len(name)} characters; at most 64"
+    return "holds a character outside A-Z a-z 0-9 . _ -"
+
+
 def named_token(entry: str) -> tuple[str, str]:
-    """(client name, token) of one DOCKET_API_TOKENS entry: ``name:token``, or a bare
-    token (the older form), which is named ``token-`` + the first 12 hex digits of its
-    SHA-256 (stable for the token, and revealing nothing usable of it)."""
+    """(client name, token) of one DOCKET_API_TOKENS entry.
+
+    An entry with a ``:`` is ``name:token``: the name is what comes before the first
+    ``:`` and must be a client name (1-64 characters of A-Z a-z 0-9 . _ -), the token the
+    rest, not empty (it may hold more colons). An entry without ``:`` is a bare token
+    (the older form), named ``token-`` + the first 12 hex digits of its SHA-256 (stable
+    for the token, and revealing nothing usable of it); so a bare token cannot contain
+    ``:``. A token is printable ASCII without spaces. Raises ConfigError saying what is
+    wrong, never showing the token."""
     name, sep, token = entry.partition(":")
-    if sep and token and client_name_problem(name) is None:
-        return name, token
-    return "token-" + hashlib.sha256(entry.encode("utf-8")).hexdigest()[:12], entry
+    if sep:
+        if client_name_problem(name) is not None:
+            raise ConfigError(f"the name before ':' {_name_fault(name)} (a name is {_NAME_RULE}; an entry "
+                              "with ':' is name:token, so a bare token cannot contain ':')")
+        if not token:
+            raise ConfigError(f"client {name!r} has an empty token (name:token)")
+    else:
+        name, token = "token-" + hashlib.sha256(entry.encode("utf-8")).hexdigest()[:12], entry
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError("a token may only use printable ASCII characters without spaces")
+    return name, token
 
 
-def _tokens(env: str) -> tuple[tuple[str, str], ...]:
-    clients = tuple(named_token(part.strip()) for part in _raw(env).split(",") if part.strip())
+def named_tokens(entries, what: str = "DOCKET_API_TOKENS") -> tuple[tuple[str, str], ...]:
+    """(client name, token) of each entry (:func:`named_token`); ConfigError, starting
+    with ``what``, for an entry that is not one, for two entries with one name (each name
+    is its own idempotency key space) and for one token given twice (under two names a
+    token would be one client or the other, depending on the order)."""
+    clients = []
+    entries = list(entries)
+    for i, entry in enumerate(entries, 1):
+        try:
+            clients.append(named_token(entry))
+        except ConfigError as exc:
+            where = f"entry {i} of {len(entries)}" if len(entries) > 1 else "the entry"
+            raise ConfigError(f"{what}: {where}: {exc}") from None
+    by_token: dict[str, list[str]] = {}
     for name, token in clients:
-        if not token.isascii() or not token.isprintable() or " " in token:
-            raise ConfigError(f"{env}: a token may only use printable ASCII characters without spaces")
+        by_token.setdefault(token, []).append(name)
+    for holders in by_token.values():
+        if len(set(holders)) > 1:
+            raise ConfigError(f"{what} gives one token to clients {' and '.join(holders)}; a token names the one "
+                              "client whose idempotency keys it uses, so give each client a token of its own")
+        if len(holders) > 1:
+            raise ConfigError(f"{what} gives the token of client {holders[0]} twice; give it once")
     names = [name for name, _ in clients]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ConfigError(f"{env} names client(s) {', '.join(twice)} twice; each name scopes its own "
+        raise ConfigError(f"{what} names client(s) {', '.join(twice)} twice; each name scopes its own "
                           "idempotency keys, so give each token its own name (name:token,...)")
-    return clients
+    return tuple(clients)
+
+
+def _tokens(env: str) -> tuple[tuple[str, str], ...]:
+    return named_tokens((part.strip() for part in _raw(env).split(",") if part.strip()), env)
 
 
 def _port(env: str) -> int:

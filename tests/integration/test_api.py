@@ -213,25 +213,34 @@ class _Borrowed:
         return None
 
 
-async def _raw_post(url: str, key_lines: list[str], body: dict) -> tuple[int, dict]:
-    """POST /v1/events written byte for byte on a socket, with one ``Idempotency-Key:``
-    header line per item of ``key_lines`` (so two items are two fields on the wire, not
-    a client library's idea of them); returns (status, JSON body)."""
+async def _raw_request(url: str, request: bytes) -> tuple[int, bytes, bytes]:
+    """``request`` written byte for byte on a socket; (status, head, body) of the
+    answer, read until the server closes."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    data = orjson.dumps(body)
-    head = ["POST /v1/events HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {TOKEN}",
-            "Content-Type: application/json", *(f"Idempotency-Key: {k}" for k in key_lines),
-            f"Content-Length: {len(data)}", "Connection: close"]
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        writer.write(request)
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 60)  # until the server closes
     finally:
         writer.close()
-    status_line, _, rest = answer.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), orjson.loads(payload)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split(b"\r\n", 1)[0].split()[1]), head, payload
+
+
+async def _raw_post(url: str, key_lines: list[str], body: dict,
+                    auth_lines: tuple[str, ...] = (f"Bearer {TOKEN}",)) -> tuple[int, dict]:
+    """POST /v1/events written byte for byte on a socket, with one ``Idempotency-Key:``
+    header line per item of ``key_lines`` and one ``Authorization:`` line per item of
+    ``auth_lines`` (so two items are two fields on the wire, not a client library's idea
+    of them); returns (status, JSON body)."""
+    host = url.removeprefix("http://")
+    data = orjson.dumps(body)
+    head = ["POST /v1/events HTTP/1.1", f"Host: {host}", *(f"Authorization: {a}" for a in auth_lines),
+            "Content-Type: application/json", *(f"Idempotency-Key: {k}" for k in key_lines),
+            f"Content-Length: {len(data)}", "Connection: close"]
+    status, _, payload = await _raw_request(url, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
+    return status, orjson.loads(payload)
 
 
 async def test_two_idempotency_key_lines_are_400_and_nothing_is_produced(http: ClientSession, stack: Stack) -> None:
@@ -260,6 +269,56 @@ async def test_two_idempotency_key_lines_are_400_and_nothing_is_produced(http: C
     status, body = await _raw_post(stack.url, [f'"{s}-a"'], adjust("w1", s, 2))  # one line: an sf-string key
     assert status == 200 and body["idempotency_key"] == f"{s}-a", body
     assert body["outcome"]["entities"][0]["state"] == {"quantity": 2}
+
+
+async def test_two_authorization_lines_are_401_and_nothing_is_produced(http: ClientSession, stack: Stack) -> None:
+    """ApiRequiresBearerToken through `docket api`: two ``Authorization`` header lines,
+    a valid token then an unknown one (the reported case, answered 200 as the first
+    before the fix) or the valid token twice, are 401 naming the header; nothing reaches
+    the input topic and the key stays unknown."""
+    from app.replay import end_offsets
+
+    s = sku("auth2")
+    before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
+    for second in ("Bearer not-a-token", f"Bearer {TOKEN}"):
+        status, body = await _raw_post(stack.url, [f"{s}-k"], adjust("w1", s, 2), (f"Bearer {TOKEN}", second))
+        assert status == 401, (second, body)
+        assert body["error"] == "unauthorized" and "Authorization" in body["message"], body
+        assert [(e["field"], e["reason"]) for e in body["errors"]] == [("Authorization", "repeated_header")], body
+        assert TOKEN not in str(body)
+    assert await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic) == before
+    resp = await http.get(f"/v1/events/{s}-k")
+    assert resp.status == 404, await resp.json()
+
+
+async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: Stack) -> None:
+    """ApiRefusesMalformedHttp through `docket api`: requests aiohttp's parser refuses,
+    sent without credentials (two Content-Type fields, a NUL in a header, an obs-fold
+    line, a header over 8190 bytes) are each answered 400 and leave one WARNING line in
+    the API's log, and no ERROR or traceback (before: `ERROR aiohttp.server: Error
+    handling request` and the traceback, per request)."""
+    host = stack.url.removeprefix("http://").encode()
+    head = b"Host: " + host + b"\r\nConnection: close\r\n"
+    requests = [
+        b"POST /v1/events HTTP/1.1\r\n" + head + b"Content-Type: application/json\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\x00b\r\n\r\n",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\r\n folded\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n" + head + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+    ]
+    marker = "refused a malformed HTTP request from 127.0.0.1 (the client's fault)"
+    before = stack.api.log_text().count(marker)
+    for request in requests:
+        status, _, _ = await _raw_request(stack.url, request)
+        assert status == 400, request[:80]
+    await wait_for(lambda: stack.api.log_text().count(marker) == before + len(requests), 30,
+                   f"{len(requests)} more warnings in the API's log", detail=stack.api.log_tail)
+    log = stack.api.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    for said in ("Duplicate 'Content-Type' header found", "Invalid header value char",
+                 "Unexpected whitespace after header value", "Got more than 8190 bytes"):
+        assert f"WARNING aiohttp.server: {marker}: {said}" in log, log[-3000:]
+    stack.api.assert_alive()
 
 
 # --------------------------------------------------------------------------- idempotency

@@ -10,6 +10,8 @@ real Submission objects; against a real pipeline in tests/integration/test_api.p
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from app.broker import free_port
 from app.client import DocketClient, KeyStatus, Submission
 from app.records import partition_for
 from app.settings import SETTINGS, ConfigError, load, named_token
+from tests.integration.procs import wait_for
 
 TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")  # the older form: named token-<hash>
 AUTH = {"Authorization": f"Bearer {TOKENS[0]}"}
@@ -107,6 +110,32 @@ async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -
         assert resp.status == 503, token
 
 
+@pytest.mark.parametrize("second", ["Bearer tok-beta-9876543210", "Bearer not-a-token", "Bearer tok-alpha-0123456789",
+                                    "Basic dXNlcjpwYXNz", ""])
+async def test_two_authorization_fields_are_refused_never_answered_as_one(http, second) -> None:
+    """ApiRequiresBearerToken: a request with two ``Authorization`` header fields is 401
+    naming the header (reason ``repeated_header``), whatever the second one holds:
+    another client's token (alice-then-bob must not act as alice), an unknown token
+    after a valid one (was 200 under the first), the same token twice, a Basic
+    credential, an empty field. Neither value is echoed: they are secrets."""
+    tc, _ = http
+    for path in ("/v1/events/k1", "/v1/entities/stock/w1:s1"):
+        headers = CIMultiDict([("Authorization", f"Bearer {TOKENS[0]}"), ("Authorization", second)])
+        resp = await tc.get(path, headers=headers)
+        body = await resp.json()
+        assert resp.status == 401, (path, body)
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="docket"'
+        assert body["error"] == "unauthorized"
+        assert "the Authorization header is sent 2 times" in body["message"], body
+        assert body["errors"] == [{"field": "Authorization", "reason": "repeated_header", "message": body["message"]}]
+        assert TOKENS[0] not in resp.headers.get("WWW-Authenticate", "") + str(body)
+        assert "tok-" not in str(body) and "dXNlcjpwYXNz" not in str(body)
+    headers = CIMultiDict([("Authorization", f"Bearer {TOKENS[0]}"), ("Authorization", second),
+                           ("Content-Type", "application/json"), ("Idempotency-Key", "k-1")])
+    resp = await tc.post("/v1/events", data=orjson.dumps(adjust()), headers=headers)
+    assert resp.status == 401, await resp.json()  # refused before the body is judged
+
+
 async def test_probes_and_documents_need_no_credentials(http) -> None:
     """ApiReadiness, ApiServesWithoutKafka: the API serves before Kafka answers;
     /healthz is 200 and /readyz is 503 (and says why) until connected and caught up;
@@ -152,7 +181,7 @@ def test_docket_api_refuses_to_start_without_tokens() -> None:
 @pytest.mark.parametrize(("env", "value", "message"), [
     ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
     ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
-    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: a token may only use printable ASCII"),
+    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: a token may only use printable ASCII"),
     ("DOCKET_API_TOKENS", "alice:t1,bob:t2,alice:t3", "alice twice; each name scopes its own idempotency keys"),
     ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
 ])
@@ -160,6 +189,48 @@ def test_api_settings_name_the_variable_at_fault(monkeypatch, env, value, messag
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         load()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("alice:s3cret-1,bob:s3cret-1", "DOCKET_API_TOKENS gives one token to clients alice and bob; "),
+    ("tok-1,alice:tok-1", "DOCKET_API_TOKENS gives one token to clients token-"),
+    ("tok-1,tok-1", "DOCKET_API_TOKENS gives the token of client token-[0-9a-f]{12} twice"),
+    ("a/b:s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' holds a character outside A-Z a-z 0-9 . _ - "
+                     r"\(a name is 1-64 characters .*so a bare token cannot contain ':'\)"),
+    ("good-token," + "n" * 65 + ":s3cret-1", "DOCKET_API_TOKENS: entry 2 of 2: the name before ':' is 65 characters; "
+                                             "at most 64"),
+    (":s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' is empty"),
+    ("alice:", "DOCKET_API_TOKENS: the entry: client 'alice' has an empty token"),
+    ("bob:s3cret-1,alice:", "DOCKET_API_TOKENS: entry 2 of 2: client 'alice' has an empty token"),
+])
+def test_token_misconfigurations_are_config_errors(monkeypatch, value, message) -> None:
+    """TokensAreNamed: a token given to two clients (the last one used to win), an entry
+    whose name part is not a name (it used to become a bare token, colon and all), an
+    empty token: each is a ConfigError naming DOCKET_API_TOKENS and what is wrong, and
+    the secret is never part of the message."""
+    monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load()
+    assert "s3cret" not in str(caught.value)
+
+
+def test_docket_api_refuses_to_start_on_a_token_misconfiguration() -> None:
+    """TokensAreNamed, ApiRefusesToStartWithoutTokens: `docket api` with one token given
+    to two clients exits before serving, naming the variable, without a traceback and
+    without showing the token."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {**os.environ, "DOCKET_API_TOKENS": "alice:s3cret-x,bob:s3cret-x", "DOCKET_API_PORT": str(free_port())}
+    proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "DOCKET_API_TOKENS gives one token to clients alice and bob" in proc.stderr
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr + proc.stdout
+    assert "listening" not in proc.stdout
+
+
+def test_create_app_checks_its_tokens_as_the_setting_is_checked(settings) -> None:
+    """TokensAreNamed: tokens given to create_app follow DOCKET_API_TOKENS's rules."""
+    with pytest.raises(ConfigError, match="tokens gives one token to clients alice and bob"):
+        create_app(settings, DocketClient(settings), tokens=("alice:s3cret-1", "bob:s3cret-1"), connect=False)
 
 
 def test_api_settings_defaults(monkeypatch) -> None:
@@ -173,8 +244,8 @@ def test_api_settings_defaults(monkeypatch) -> None:
 
 def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
     """TokensAreNamed: `name:token` entries name their client; a bare token (the older
-    form) is named token-<first 12 hex digits of its SHA-256>, the same every time and
-    whatever the order; a token may itself hold a colon after its name."""
+    form, without ':') is named token-<first 12 hex digits of its SHA-256>, the same
+    every time and whatever the order; a token may itself hold a colon after its name."""
     import hashlib
 
     monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x:y")
@@ -210,6 +281,119 @@ async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
         status, _, body = await post(tc, adjust(sku=other), key="shared-key", headers=alice)
         assert (status, body["error"]) == (422, "idempotency_key_reused")
     assert client.status("shared-key").state == "unknown"  # nor is it the Kafka-native producers'
+
+
+# --------------------------------------------------------------------------- malformed HTTP
+
+
+@pytest.fixture
+async def served(settings):
+    """(port, DocketClient) of the API served as `docket api` serves it (app_runner: the
+    same AppRunner and loggers) on a real socket; its client is not connected."""
+    client = DocketClient(settings)
+    runner = api_mod.app_runner(create_app(settings, client, connect=False))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1], client
+    finally:
+        await runner.cleanup()
+
+
+async def _raw(port: int, parts: list[bytes | None]) -> bytes:
+    """Write ``parts`` on a new connection (None: half-close it), then read until the
+    server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            if part is None:
+                writer.write_eof()
+            else:
+                writer.write(part)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+_HOST = b"Host: 127.0.0.1\r\n"
+MALFORMED = [
+    # (name, request bytes, what aiohttp's description says)
+    ("two Content-Type fields", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
+     b"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}", "Duplicate 'Content-Type' header found"),
+    ("NUL in a header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST + b"X-Note: a\x00b\r\n\r\n",
+     "Invalid header value char"),
+    ("obs-fold", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST + b"X-Note: a\r\n  folded\r\n\r\n",
+     "Unexpected whitespace after header value"),
+    ("header over 8190 bytes", b"GET /healthz HTTP/1.1\r\n" + _HOST + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+     "Got more than 8190 bytes"),
+    ("request line over 8190 bytes", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + _HOST + b"\r\n",
+     "Got more than 8190 bytes"),
+    ("bad chunk size", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "Invalid character in chunk size"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_bytes", "said"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_malformed_requests_are_one_warning_line_without_a_traceback(served, caplog, name, request_bytes,
+                                                                          said) -> None:
+    """ApiRefusesMalformedHttp: a request aiohttp's parser refuses, from a client
+    without credentials, is answered 400 (aiohttp's own plain-text answer: it offers no
+    hook for the body) and logged as ONE WARNING line naming the fault and the peer,
+    without a traceback; before, aiohttp logged ERROR 'Error handling request' and the
+    traceback, as if the server had failed."""
+    port, _ = served
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    answer = await _raw(port, [request_bytes])
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [(r.levelno, r.exc_info) for r in records] == [(logging.WARNING, None)], caplog.text
+    line = records[0].getMessage()
+    assert line.startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), line
+    assert said in line and "\n" not in line and len(line) < 400, line
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def _requests_counted(port: int, status: str) -> float:
+    """docket_api_requests_total of POST /v1/events with ``status``, from /metrics."""
+    answer = await _raw(port, [b"GET /metrics HTTP/1.1\r\n" + _HOST + b"Connection: close\r\n\r\n"])
+    for line in answer.decode().splitlines():
+        if line.startswith("docket_api_requests_total{") and 'route="/v1/events"' in line and f'status="{status}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_body_that_cannot_be_read_is_400_not_a_server_error(served, caplog) -> None:
+    """ApiRefusesMalformedHttp: an authenticated POST whose body aiohttp cannot decode (a
+    Content-Encoding: gzip body that is not gzip) is 400 `invalid_request` with field
+    `body`, in docket's JSON error format, and at most one WARNING line without a
+    traceback; before, it was logged ERROR '... failed' with a traceback and answered
+    500. A client that closes the connection before the whole body arrived leaves no
+    ERROR or traceback either."""
+    port, client = served
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-1\r\n")
+    answer = await _raw(port, [head + b"Content-Encoding: gzip\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+                               b"abcd"])
+    status_head, _, payload = answer.partition(b"\r\n\r\n")
+    assert status_head.split()[1] == b"400", answer[:300]
+    body = orjson.loads(payload)
+    assert body["error"] == "invalid_request" and "Can not decode content-encoding: gzip" in body["message"], body
+    assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
+    before = await _requests_counted(port, "400")
+    await _raw(port, [head + b"Content-Length: 100\r\n\r\n{\"event_name\"", None])  # then half-closed
+    await wait_for(lambda: _counted_more(port, before), 30, "the cut request to be handled")
+    assert client.index_size == 0
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def _counted_more(port: int, before: float) -> bool:
+    return await _requests_counted(port, "400") > before
 
 
 # --------------------------------------------------------------------------- validation
@@ -684,6 +868,76 @@ def test_client_validation_names_fields(settings) -> None:
                                               "quantity": 0}, "k" * 200)
     assert [(e.field, e.reason) for e in errors] == [("idempotency_key", "invalid_idempotency_key"),
                                                      ("payload.quantity", "quantity_out_of_range")]
+
+
+class _FetchingConsumer:
+    """What DocketClient._follow asks of its consumer: getmany hands out the given
+    fetches, one per call, then nothing (after its timeout, as aiokafka's does)."""
+
+    def __init__(self, fetches: list[dict]) -> None:
+        self.fetches = list(fetches)
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        if self.fetches:
+            return self.fetches.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)  # an idle fetch's long poll, as aiokafka's
+        return {}
+
+    async def position(self, tp) -> int:
+        return 0
+
+
+async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(settings, caplog) -> None:
+    """ApiSkipsUnreadableRecords: in one fetch, garbage between good records of the
+    results topic (bytes that are not JSON, and JSON that is not a result, whose
+    stream_time must not move the index's clock) and of the divergences topic (a JSON
+    array) is skipped record by record with a warning naming topic, partition and
+    offset; the good records after it in the same batch are still handled (before,
+    the first bad record made the client log 'reading <prefix>.results failed' and
+    drop the rest of the batch)."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    caplog.set_level(logging.INFO, logger="docket.client")
+    client = DocketClient(settings)
+    results, divergences = settings.results_topic, settings.divergences_topic
+    far = int(__import__("time").time() * 1000) + 10 * settings.idempotency_ttl_ms
+    not_a_result = orjson.dumps({"input": {"partition": 0, "offset": 12}, "stream_time": far,
+                                 "idempotency_key": "k-bad"})
+    fetch = {
+        TopicPartition(results, 0): [
+            SimpleNamespace(offset=10, value=result_record("k-1", 0, 10, applied=True)),
+            SimpleNamespace(offset=11, value=b"\x00garbage{"),
+            SimpleNamespace(offset=12, value=not_a_result),
+            SimpleNamespace(offset=13, value=result_record("k-2", 0, 13, applied=False, reason="insufficient_stock")),
+        ],
+        TopicPartition(divergences, 1): [
+            SimpleNamespace(offset=20, value=divergence_report("kd-1", 1, 20)),
+            SimpleNamespace(offset=21, value=b"[1, 2]"),
+            SimpleNamespace(offset=22, value=divergence_report("kd-2", 1, 22)),
+        ],
+    }
+    client._consumer = _FetchingConsumer([fetch])  # noqa: SLF001  driven without Kafka
+    task = asyncio.create_task(client._follow())  # noqa: SLF001
+    try:
+        await wait_for(lambda: client.status("k-2").state == "decided" and client.status("kd-2").state == "diverged",
+                       10, "the records after the bad ones", detail=lambda: caplog.text)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [client.status(k).state for k in ("k-1", "k-2", "kd-1", "kd-2", "k-bad")] == [
+        "decided", "decided", "diverged", "diverged", "unknown"]  # k-1 not expired: the clock did not jump
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"skipped an unreadable record of {results} partition 0 at offset 11: not JSON "
+        + warnings[0].split(": not JSON ", 1)[1],
+        f"skipped an unreadable record of {results} partition 0 at offset 12: "
+        "outcome is not {status: applied or rejected, ...}",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
+    ], caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert (client.records_skipped, client.last_error) == (3, None)
 
 
 # --------------------------------------------------------------------------- OpenAPI and metrics
