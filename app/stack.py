@@ -483,6 +483,11 @@ def run_cmd(procfile: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `docket` of this virtualenv
+    # honcho runs the processes in the Procfile's directory: relative paths would land
+    # under it, not where the banner says; so every path setting goes in absolute
+    env["DOCKET_DATA_ROOT"] = str(settings.data_root)
+    env["DOCKET_BROKER_DIR"] = str(settings.broker_dir)
+    env["DOCKET_BROKER_CACHE"] = str(settings.broker_cache)
     # as given (names and all), or the stack's own token
     env["DOCKET_API_TOKENS"] = ",".join(f"{name}:{tok}" for name, tok in settings.api_clients) or token
     env["PYTHONUNBUFFERED"] = "1"  # honcho relays output line by line

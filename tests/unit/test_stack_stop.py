@@ -6,7 +6,7 @@ the signal that stops it and exits 0; one killed by SIGHUP would show rc=-1.
 The real stack (broker, instances, Clerk, API) is stopped the same ways in
 tests/integration/test_stack.py; these run in seconds and pin the mechanics: the
 terminal closing (a pseudo-terminal hung up, tests/terminal.py), SIGHUP sent to `stack
-run` alone, and the output's fallback file.
+run` alone, the output's fallback file, and the paths the components get.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from tests.terminal import Terminal, members_of_group, plain
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60  # two cores shared with other test suites
 
+# One component: says where it runs and which paths it was given, logs the signal that
+# stops it and exits 0.
 STAND_IN = """\
-import signal, sys
+import os, signal, sys
 
 name = sys.argv[1]
 
@@ -41,7 +43,8 @@ def stop(signum, frame):
 
 
 signal.signal(signal.SIGTERM, stop)
-print(f"{name}: running", flush=True)
+paths = " ".join(f"{k}={os.environ.get(k)}" for k in ("DOCKET_DATA_ROOT", "DOCKET_BROKER_DIR", "DOCKET_BROKER_CACHE"))
+print(f"{name}: running in {os.getcwd()} with {paths}", flush=True)
 while True:
     signal.pause()
 """
@@ -159,6 +162,48 @@ def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
         assert_ordered_clean_stop(text(), "SIGHUP (the terminal closed)")
         assert not any(members_of_group(p) for p in pids.values()) or sys.platform != "linux"
         assert not (stack_dir / "var" / STACK_LOG).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_stand_ins(pids, stack_dir)
+
+
+def test_components_get_the_paths_the_banner_shows(stack_dir: Path) -> None:
+    """StackPassesAbsolutePaths: `stack run` started in a checkout with a relative
+    DOCKET_DATA_ROOT and DOCKET_BROKER_CACHE (DOCKET_BROKER_DIR left to its default,
+    var/broker), on a Procfile elsewhere (--procfile): honcho runs the processes in the
+    Procfile's directory, yet they get the data root and broker directory the banner
+    shows, and the broker cache, as absolute paths under the checkout."""
+    checkout = stack_dir / "checkout"
+    checkout.mkdir()
+    elsewhere = stack_dir / "elsewhere"
+    elsewhere.mkdir()
+    (stack_dir / "Procfile").rename(elsewhere / "Procfile")
+    env = {**stack_env(stack_dir), "DOCKET_DATA_ROOT": "var", "DOCKET_BROKER_CACHE": "cache",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("DOCKET_BROKER_DIR", None)
+    out_path = stack_dir / "out.log"
+    argv = [*stack_run_argv(stack_dir)[:-1], str(elsewhere / "Procfile")]
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=checkout, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+    pids: dict[str, int] = {}
+    try:
+        def text() -> str:
+            return out_path.read_text(errors="replace")
+
+        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
+                   "stand-ins running", text)
+        pids.update(started_pids(text()))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DEADLINE_S) == 0, text()
+        data_root, broker_dir = checkout.resolve() / "var", checkout.resolve() / "var" / "broker"
+        assert f"state      {data_root} (RocksDB of each worker, the token); broker: {broker_dir}" in text(), text()
+        for name in ("app", "broker"):
+            assert (f"{name}: running in {elsewhere.resolve()} with DOCKET_DATA_ROOT={data_root} "
+                    f"DOCKET_BROKER_DIR={broker_dir} DOCKET_BROKER_CACHE={checkout.resolve() / 'cache'}\n"
+                    ) in text(), text()
     finally:
         if proc.poll() is None:
             proc.kill()
