@@ -29,11 +29,13 @@ Closing the terminal stops the stack the same way. The terminal's SIGHUP (from t
 shell, and from the kernel to the foreground process group once the shell has exited)
 reaches ``docket stack run`` and honcho's relay processes, which it forks and which
 stay in its process group; the components themselves run in sessions of their own and
-see nothing. So the manager takes SIGHUP like SIGINT and SIGTERM, the relays ignore it
-(they must live to pass on output and exit statuses), and once writing to the terminal
-fails (EIO of a hung-up terminal, EPIPE of a closed pipe) the manager's output goes on
-in ``$DOCKET_DATA_ROOT/stack.log`` (:class:`StackOutput`), so the ordered stop runs to
-its end and leaves a record.
+see nothing. So the manager takes SIGHUP like SIGINT and SIGTERM: each only records the
+cause, and the manager's loop starts the stop on the first one and ignores the rest
+(nothing is written from a signal handler). The relays ignore them (they must live to
+pass on output and exit statuses), and once writing to the terminal fails (EIO of a
+hung-up terminal, EPIPE of a closed pipe) the manager's output goes on in
+``$DOCKET_DATA_ROOT/stack.log`` (:class:`StackOutput`), so the ordered stop runs to its
+end and leaves a record.
 """
 
 from __future__ import annotations
@@ -60,9 +62,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 TOKEN_FILE = "api-token"  # under DOCKET_DATA_ROOT
 STACK_LOG = "stack.log"  # under DOCKET_DATA_ROOT: `stack run`'s output once the terminal is gone
-# The signals that stop the stack, and the exit code of `stack run` for each (128 + n).
-STOP_SIGNALS = {signal.SIGINT: ("SIGINT", 130), signal.SIGTERM: ("SIGTERM", 143),
-                signal.SIGHUP: ("SIGHUP (the terminal closed)", 129)}
+# The signals that stop the stack; the relays ignore them (see _relay).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How `stack run` logs each (before ": stopping the components, ..."), and its exit code
+# (128 + the signal's number).
+STOP_CAUSES: dict[object, tuple[str, int]] = {
+    signal.SIGINT: ("SIGINT received", 130), signal.SIGTERM: ("SIGTERM received", 143),
+    signal.SIGHUP: ("SIGHUP received", 129)}
 EXAMPLE_SKU = "sku-0001"
 EXAMPLE_WAREHOUSE = "wh-01"
 
@@ -320,7 +326,7 @@ def _relay(process, events) -> None:
     forks it with the three blocked, so no signal finds the manager's own handler here."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _ignore_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     process.run(events, True)
 
 
@@ -330,8 +336,9 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
     steps: SIGTERM to every process whose Procfile name is not in ``last``; once they have
     exited (SIGKILL to any still running after ``grace_s``), SIGTERM to the ``last`` ones
     (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal
-    closed) start that stop. Otherwise it is honcho's: the same output, and when any
-    process exits, the others are stopped. Its relay processes run :func:`_relay`."""
+    closed) start that stop; the first of them is logged and sets the exit code, later
+    ones change nothing. Otherwise it is honcho's: the same output, and when any process
+    exits, the others are stopped. Its relay processes run :func:`_relay`."""
     import multiprocessing
     import queue
 
@@ -342,8 +349,9 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             super().__init__(printer)
             self._phase = None  # None, "first", "last", "kill"
             self._phase_began = None
-            self.requested = False  # stopped by SIGINT / SIGTERM, not because a process exited
+            self.requested = False  # stopped by a signal, not because a process exited
             self.forced = False  # some process needed SIGKILL
+            self.cause = None  # the first stop cause (a key of STOP_CAUSES), set by _note
 
         def _is_last(self, name: str) -> bool:
             return name.rsplit(".", 1)[0] in last
@@ -374,13 +382,13 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             # The relays are forked with the stop signals blocked (and unblock them once
             # their own handlers are in place); one that arrives meanwhile is delivered
             # to this process when they are unblocked here.
-            signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 for name, p in self._processes.items():
                     p["process"] = multiprocessing.Process(name=name, target=_relay, args=(p["obj"], self.events))
                     p["process"].start()
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
         def _enter(self, phase: str) -> None:
             self._phase, self._phase_began = phase, self._clock.now()
@@ -400,16 +408,28 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 self._enter("kill")
                 self.kill()
 
-        def loop(self) -> None:
-            def _terminate(signum, frame):
-                name, code = STOP_SIGNALS[signum]
-                self._system_print(f"{name} received: stopping the components, then {', '.join(last)}\n")
-                self.returncode = code
-                self.requested = True
-                self.terminate()
+        def _note(self, cause) -> None:
+            """Keep the first stop cause. Signal handlers call it, so it writes nothing: a
+            line written from a handler would interrupt whatever the loop was writing,
+            the output's switch to its fallback file included, and come out twice with
+            it when the signal comes twice (an interactive shell passes its SIGHUP on to
+            the job, then the kernel sends the job one more)."""
+            if self.cause is None:
+                self.cause = cause
 
+        def _take_stop_request(self) -> None:
+            """Start the stop for the first cause, once, from the loop."""
+            if self.cause is None or self.requested:
+                return
+            what, code = STOP_CAUSES[self.cause]
+            self._system_print(f"{what}: stopping the components, then {', '.join(last)}\n")
+            self.returncode = code
+            self.requested = True
+            self.terminate()
+
+        def loop(self) -> None:
             for sig in STOP_SIGNALS:
-                signal.signal(sig, _terminate)
+                signal.signal(sig, lambda signum, frame: self._note(signum))
             self._start()
             while True:
                 try:
@@ -429,6 +449,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                         self._system_print(f"{msg.name} stopped (rc={msg.data['returncode']})\n")
                         if self.returncode is None:
                             self.returncode = msg.data["returncode"]
+                self._take_stop_request()
                 if not self._terminating and self._all_started() and self._any_stopped():
                     self.terminate()
                 if self._terminating:

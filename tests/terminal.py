@@ -6,9 +6,11 @@ process that leads a new session whose controlling terminal is the pseudo-termin
 runs ``argv`` in its own process group, which is therefore the terminal's foreground
 group. Everything written to the terminal is copied to a file. :meth:`Terminal.hang_up`
 closes the terminal's master side, which is what a terminal emulator does when its
-window closes; the kernel then does the rest: SIGHUP to the session leader (the shell
-stand-in, which dies of it, as a shell does), and on its exit SIGHUP to the foreground
-process group, whose later writes to the terminal fail with EIO.
+window closes; the kernel then does the rest: SIGHUP to the session leader only, and
+once the leader has exited, SIGHUP to the foreground process group, whose writes to the
+terminal fail with EIO from the hang-up on. The shell stand-in takes SIGHUP as an
+interactive bash does: it passes it on to the job (its own group, so itself too) and
+dies of it; the job therefore gets two SIGHUPs, the shell's and the kernel's.
 """
 
 from __future__ import annotations
@@ -25,9 +27,20 @@ import termios
 import threading
 from pathlib import Path
 
-# The user's shell, reduced to what matters here: run the command in the foreground,
-# and die of SIGHUP (Python leaves SIGHUP's default action alone).
-SHELL_STAND_IN = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+# The user's shell, reduced to what matters here: run the command in the foreground; on
+# SIGHUP pass it on to the job (here: the whole group, the shell included) and die of it.
+SHELL_STAND_IN = """\
+import os, signal, subprocess, sys
+
+
+def hang_up(signum, frame):
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    os.killpg(0, signal.SIGHUP)
+
+
+signal.signal(signal.SIGHUP, hang_up)
+sys.exit(subprocess.call(sys.argv[1:]))
+"""
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

@@ -5,7 +5,7 @@ the signal that stops it and exits 0; one killed by SIGHUP would show rc=-1.
 
 The real stack (broker, instances, Clerk, API) is stopped the same ways in
 tests/integration/test_stack.py; these run in seconds and pin the mechanics: the
-terminal closing (a pseudo-terminal hung up, tests/terminal.py), SIGHUP sent to `stack
+terminal closing (a pseudo-terminal hung up, tests/terminal.py), signals sent to `stack
 run` alone, the output's fallback file, and the paths the components get.
 """
 
@@ -30,15 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60  # two cores shared with other test suites
 
 # One component: says where it runs and which paths it was given, logs the signal that
-# stops it and exits 0.
+# stops it, takes STAND_IN_STOP_S_<NAME> seconds to stop (0 by default) and exits 0.
 STAND_IN = """\
-import os, signal, sys
+import os, signal, sys, time
 
 name = sys.argv[1]
 
 
 def stop(signum, frame):
     print(f"{name}: {signal.Signals(signum).name} received, stopping", flush=True)
+    time.sleep(float(os.environ.get(f"STAND_IN_STOP_S_{name.upper()}", "0")))
     sys.exit(0)
 
 
@@ -48,6 +49,9 @@ print(f"{name}: running in {os.getcwd()} with {paths}", flush=True)
 while True:
     signal.pause()
 """
+
+STOPPING = re.compile(r"\| (.*): stopping the components, then broker")
+SWITCHED = re.compile(r"writing to the terminal failed \((\w+): .*\); the output of `docket stack run`")
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal control and /proc: Linux")
 
@@ -97,24 +101,30 @@ def kill_stand_ins(pids: dict[str, int], stack_dir: Path) -> None:
             pass  # gone, or no /proc
 
 
-def assert_ordered_clean_stop(text: str, signal_name: str) -> None:
-    """The stop began with ``signal_name``; ``app`` got SIGTERM and exited 0 before the
-    broker got its SIGTERM; both logged their stop; nothing needed SIGKILL."""
-    assert f"{signal_name} received: stopping the components, then broker" in text, text
+def assert_ordered_clean_stop(text: str, cause: str | re.Pattern) -> None:
+    """The stop began once, for ``cause`` (the text before ": stopping the components", or
+    a pattern of it); ``app`` got SIGTERM and exited 0 before the broker got its SIGTERM;
+    both logged their stop, once; nothing needed SIGKILL."""
+    causes = STOPPING.findall(text)
+    assert len(causes) == 1, text
+    assert re.fullmatch(cause, causes[0]) if isinstance(cause, re.Pattern) else causes[0] == cause, text
     steps = re.findall(r"\| (sending SIG\w+ to \S+\.1|\S+\.1 stopped \(rc=-?\d+\))", text)
     assert steps == ["sending SIGTERM to app.1", "app.1 stopped (rc=0)",
                      "sending SIGTERM to broker.1", "broker.1 stopped (rc=0)"], text
-    assert "app: SIGTERM received, stopping" in text and "broker: SIGTERM received, stopping" in text, text
+    assert text.count("app: SIGTERM received, stopping") == 1, text
+    assert text.count("broker: SIGTERM received, stopping") == 1, text
 
 
 @linux_only
 def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Path) -> None:
     """StackStopsOnSignal, StackStopsBrokerLast, StackOutlivesItsTerminal: `docket stack run`
     in a pseudo-terminal under a shell stand-in; the terminal is closed. The kernel
-    sends SIGHUP to the shell, and to the foreground group (`stack run` and honcho's
-    relays) when the shell dies; the relays survive it, the manager stops ``app`` and
-    then ``broker``, each logs its stop, and the output after the hang-up (writes to the
-    terminal fail with EIO) is in $DOCKET_DATA_ROOT/stack.log. Nothing is left running."""
+    sends SIGHUP to the shell, which passes it on to its job and dies, and again to the
+    foreground group (`stack run` and honcho's relays) once the shell is gone; the
+    relays survive it, the manager stops ``app`` and then ``broker``, each logs its stop
+    once, the stop is logged once, and the output after the hang-up (writes to the
+    terminal fail with EIO) is in $DOCKET_DATA_ROOT/stack.log after one line saying so.
+    Nothing is left running."""
     shown = stack_dir / "terminal.log"
     term = Terminal(stack_run_argv(stack_dir), shown, cwd=ROOT, env=stack_env(stack_dir))
     fallback = stack_dir / "var" / STACK_LOG
@@ -134,8 +144,8 @@ def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Pa
                    lambda: f"left: {term.group_members()}\n{fallback.read_text() if fallback.exists() else ''}")
         assert term.proc.wait(timeout=10) == -signal.SIGHUP  # the shell died of the hang-up, as a shell does
         after = fallback.read_text()
-        assert re.search(r"writing to the terminal failed \(EIO: .*\); the output of `docket stack run`", after), after
-        assert_ordered_clean_stop(after, "SIGHUP (the terminal closed)")
+        assert [m.group(1) for m in SWITCHED.finditer(after)] == ["EIO"], after
+        assert_ordered_clean_stop(after, "SIGHUP received")
     finally:
         term.close()
         kill_stand_ins(pids, stack_dir)
@@ -159,9 +169,41 @@ def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
         pids.update(started_pids(text()))
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=DEADLINE_S) == 0, text()
-        assert_ordered_clean_stop(text(), "SIGHUP (the terminal closed)")
+        assert_ordered_clean_stop(text(), "SIGHUP received")
         assert not any(members_of_group(p) for p in pids.values()) or sys.platform != "linux"
         assert not (stack_dir / "var" / STACK_LOG).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_stand_ins(pids, stack_dir)
+
+
+def test_later_signals_start_nothing_and_log_nothing(stack_dir: Path) -> None:
+    """StackStopsOnSignal: while the stop that a SIGHUP started runs (``app`` takes a
+    while to stop), SIGHUP, SIGINT and SIGTERM again change nothing: the stop is logged
+    once, for the first SIGHUP, each process gets one SIGTERM, and `stack run` exits 0."""
+    out_path = stack_dir / "out.log"
+    env = {**stack_env(stack_dir), "STAND_IN_STOP_S_APP": "2"}
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    pids: dict[str, int] = {}
+    try:
+        def text() -> str:
+            return out_path.read_text(errors="replace")
+
+        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
+                   "stand-ins running", text)
+        pids.update(started_pids(text()))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "app: SIGTERM received" in text(), DEADLINE_S, "app stopping", text)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            proc.send_signal(sig)
+            time.sleep(0.05)  # one at a time: each is a signal of its own, not merged with the last
+        assert "app.1 stopped" not in text(), "app stopped before the later signals came; make it slower"
+        assert proc.wait(timeout=DEADLINE_S) == 0, text()
+        assert_ordered_clean_stop(text(), "SIGHUP received")
     finally:
         if proc.poll() is None:
             proc.kill()
