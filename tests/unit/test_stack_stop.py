@@ -5,8 +5,9 @@ the signal that stops it and exits 0; one killed by SIGHUP would show rc=-1.
 
 The real stack (broker, instances, Clerk, API) is stopped the same ways in
 tests/integration/test_stack.py; these run in seconds and pin the mechanics: the
-terminal closing (a pseudo-terminal hung up, tests/terminal.py), signals sent to `stack
-run` alone, the output's fallback file, and the paths the components get.
+terminal closing (a pseudo-terminal hung up, tests/terminal.py) under a shell, and with
+make or a parent like it as the terminal's first process; signals sent to `stack run`
+alone; the terminal watch; the output's fallback file; and the paths the components get.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from app.stack import STACK_LOG, StackOutput
+from app.stack import STACK_LOG, StackOutput, TerminalWatch
 from tests.terminal import Terminal, members_of_group, plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +52,22 @@ while True:
     signal.pause()
 """
 
+# A parent as GNU make is to its recipe: it catches SIGHUP, waits for its child, and only
+# then dies of the signal; the child keeps SIGHUP's default action and hears nothing.
+MAKE_LIKE = """\
+import os, signal, subprocess, sys
+
+hung_up = []
+signal.signal(signal.SIGHUP, lambda signum, frame: hung_up.append(signum))
+code = subprocess.call(sys.argv[1:])
+if hung_up:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGHUP)
+sys.exit(code)
+"""
 STOPPING = re.compile(r"\| (.*): stopping the components, then broker")
 SWITCHED = re.compile(r"writing to the terminal failed \((\w+): .*\); the output of `docket stack run`")
+HANGUP_LINE = re.compile(r"the terminal /dev/pts/\d+ closed \(hang-up\)")
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="pseudo-terminal control and /proc: Linux")
 
@@ -115,18 +131,43 @@ def assert_ordered_clean_stop(text: str, cause: str | re.Pattern) -> None:
     assert text.count("broker: SIGTERM received, stopping") == 1, text
 
 
+def makefile_leader(stack_dir: Path) -> list[str]:
+    """`make run` with a Makefile of one recipe, `docket stack run` on the stand-ins."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    (stack_dir / "Makefile").write_text(f"run:\n\t@{shlex.join(stack_run_argv(stack_dir))}\n")
+    return ["make", "--no-print-directory", "-f", str(stack_dir / "Makefile"), "run"]
+
+
+# How the terminal runs `docket stack run`: under a shell, which passes SIGHUP on (so
+# `stack run` gets two); or led by make or a parent like it, which passes nothing on.
+LEADERS = {
+    "shell": None,
+    "make": makefile_leader,
+    "make-like parent": lambda stack_dir: [sys.executable, "-c", MAKE_LIKE, *stack_run_argv(stack_dir)],
+}
+
+
 @linux_only
-def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Path) -> None:
-    """StackStopsOnSignal, StackStopsBrokerLast, StackOutlivesItsTerminal: `docket stack run`
-    in a pseudo-terminal under a shell stand-in; the terminal is closed. The kernel
-    sends SIGHUP to the shell, which passes it on to its job and dies, and again to the
-    foreground group (`stack run` and honcho's relays) once the shell is gone; the
-    relays survive it, the manager stops ``app`` and then ``broker``, each logs its stop
-    once, the stop is logged once, and the output after the hang-up (writes to the
-    terminal fail with EIO) is in $DOCKET_DATA_ROOT/stack.log after one line saying so.
-    Nothing is left running."""
+@pytest.mark.parametrize("leader", list(LEADERS))
+def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Path, leader: str) -> None:
+    """StackStopsWhenItsTerminalCloses, StackStopsOnSignal, StackStopsBrokerLast,
+    StackOutlivesItsTerminal: `docket stack run` in a pseudo-terminal; the terminal is
+    closed. Under a shell (``shell``), the kernel sends SIGHUP to the shell, which passes
+    it on to its job and dies, and again to the foreground group (`stack run` and
+    honcho's relays) once the shell is gone. With make, or a parent that takes SIGHUP as
+    make does, as the terminal's first process, the kernel signals that parent alone,
+    which waits for its child: `stack run` hears no signal and must notice the hang-up
+    by itself. Either way the relays survive, the manager stops ``app`` and then
+    ``broker``, each logs its stop once, the stop is logged once, and the output after
+    the hang-up (writes to the terminal fail with EIO) is in $DOCKET_DATA_ROOT/stack.log
+    after one line saying so. Nothing is left running; the leader dies of SIGHUP."""
     shown = stack_dir / "terminal.log"
-    term = Terminal(stack_run_argv(stack_dir), shown, cwd=ROOT, env=stack_env(stack_dir))
+    make_argv = LEADERS[leader]
+    if make_argv is None:
+        term = Terminal(stack_run_argv(stack_dir), shown, cwd=ROOT, env=stack_env(stack_dir))
+    else:
+        term = Terminal(make_argv(stack_dir), shown, cwd=ROOT, env=stack_env(stack_dir), shell=False)
     fallback = stack_dir / "var" / STACK_LOG
     pids: dict[str, int] = {}
     try:
@@ -142,10 +183,13 @@ def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Pa
         wait_until(lambda: not term.group_members() and not any(members_of_group(p) for p in pids.values()),
                    DEADLINE_S, "exit of every process of the stack",
                    lambda: f"left: {term.group_members()}\n{fallback.read_text() if fallback.exists() else ''}")
-        assert term.proc.wait(timeout=10) == -signal.SIGHUP  # the shell died of the hang-up, as a shell does
+        assert term.proc.wait(timeout=10) == -signal.SIGHUP  # the leader died of the hang-up
         after = fallback.read_text()
         assert [m.group(1) for m in SWITCHED.finditer(after)] == ["EIO"], after
-        assert_ordered_clean_stop(after, "SIGHUP received")
+        # under a shell, whichever `stack run` noticed first (the SIGHUP or the hang-up);
+        # under make, only the hang-up can tell it
+        assert_ordered_clean_stop(after, re.compile(f"SIGHUP received|{HANGUP_LINE.pattern}") if make_argv is None
+                                  else HANGUP_LINE)
     finally:
         term.close()
         kill_stand_ins(pids, stack_dir)
@@ -154,7 +198,9 @@ def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Pa
 def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
     """StackStopsOnSignal, StackStopsBrokerLast: ``kill -HUP`` of the `stack run` process
     alone (its output a file that keeps working) starts the same ordered stop as Ctrl-C,
-    and `stack run` exits 0; the output stays where it was (no fallback file)."""
+    and `stack run` exits 0; the output stays where it was (no fallback file). Without a
+    terminal nothing is watched (StackStopsWhenItsTerminalCloses): the SIGHUP is the
+    cause."""
     out_path = stack_dir / "out.log"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=stack_env(stack_dir),
@@ -209,6 +255,35 @@ def test_later_signals_start_nothing_and_log_nothing(stack_dir: Path) -> None:
             proc.kill()
             proc.wait()
         kill_stand_ins(pids, stack_dir)
+
+
+@linux_only
+def test_terminal_watch_sees_the_hang_up_and_nothing_else(tmp_path: Path) -> None:
+    """StackStopsWhenItsTerminalCloses: TerminalWatch takes the first terminal among the
+    descriptors it is given and reports its hang-up (the master side closed), once; it
+    watches nothing when none is a terminal (a pipe, /dev/null, a file)."""
+    master, slave = os.openpty()
+    read_end, write_end = os.pipe()
+    with open(os.devnull, "rb") as devnull, open(tmp_path / "out", "wb") as file:
+        idle = TerminalWatch((devnull.fileno(), write_end, file.fileno()), interval_s=0)
+        watch = TerminalWatch((devnull.fileno(), write_end, slave), interval_s=0)
+    try:
+        assert not idle.watching and not idle.hung_up()
+        assert watch.watching and watch.name == os.ttyname(slave)
+        os.write(slave, b"output\n")
+        assert not watch.hung_up() and not watch.hung_up()
+        os.close(slave)  # the watch has a descriptor of its own
+        slave = -1
+        assert not watch.hung_up()
+        os.close(master)
+        master = -1
+        assert watch.hung_up()
+        assert not watch.watching and not watch.hung_up()  # reported once
+    finally:
+        watch.close()
+        for fd in (master, slave, read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
 
 
 def test_components_get_the_paths_the_banner_shows(stack_dir: Path) -> None:
