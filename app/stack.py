@@ -25,15 +25,21 @@ once; the workers then lose the broker in the middle of leaving their consumer g
 the broker keeps them as members, and the next start waits a session timeout (about a
 minute) before the groups rebalance.
 
-Closing the terminal stops the stack the same way. The terminal's SIGHUP (from the
-shell, and from the kernel to the foreground process group once the shell has exited)
-reaches ``docket stack run`` and honcho's relay processes, which it forks and which
-stay in its process group; the components themselves run in sessions of their own and
-see nothing. So the manager takes SIGHUP like SIGINT and SIGTERM, the relays ignore it
-(they must live to pass on output and exit statuses), and once writing to the terminal
-fails (EIO of a hung-up terminal, EPIPE of a closed pipe) the manager's output goes on
-in ``$DOCKET_DATA_ROOT/stack.log`` (:class:`StackOutput`), so the ordered stop runs to
-its end and leaves a record.
+Closing the terminal stops the stack the same way, by two routes. The terminal's SIGHUP
+(from the shell, and from the kernel to the foreground process group once the session
+leader has exited) reaches ``docket stack run`` and honcho's relay processes, which it
+forks and which stay in its process group; the components themselves run in sessions of
+their own and see nothing. But when make itself leads the terminal's session (``tmux
+new-session 'make run'``, ``xterm -e make run``, ``ssh -t host make run``), the kernel
+signals make alone, and GNU make catches SIGHUP and waits for its children: no signal
+reaches ``docket stack run``. So it also watches its terminal (:class:`TerminalWatch`,
+the terminal of its stdin, stdout or stderr, if any) and takes the hang-up itself.
+SIGINT, SIGTERM, SIGHUP and the hang-up only record the cause; the manager's loop starts
+the stop on the first one and ignores the rest (nothing is written from a signal
+handler). The relays ignore the signals (they must live to pass on output and exit
+statuses), and once writing to the terminal fails (EIO of a hung-up terminal, EPIPE of
+a closed pipe) the manager's output goes on in ``$DOCKET_DATA_ROOT/stack.log``
+(:class:`StackOutput`), so the ordered stop runs to its end and leaves a record.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import datetime
 import errno
 import os
 import secrets
+import select
 import shlex
 import signal
 import sys
@@ -60,9 +67,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 TOKEN_FILE = "api-token"  # under DOCKET_DATA_ROOT
 STACK_LOG = "stack.log"  # under DOCKET_DATA_ROOT: `stack run`'s output once the terminal is gone
-# The signals that stop the stack, and the exit code of `stack run` for each (128 + n).
-STOP_SIGNALS = {signal.SIGINT: ("SIGINT", 130), signal.SIGTERM: ("SIGTERM", 143),
-                signal.SIGHUP: ("SIGHUP (the terminal closed)", 129)}
+# The signals that stop the stack; the relays ignore them (see _relay).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+HANGUP = "hangup"  # the other cause: TerminalWatch saw the terminal hang up, whatever signals came
+# How `stack run` logs each cause (before ": stopping the components, ..."), and its exit
+# code (128 + the signal's number; a hang-up is what SIGHUP means).
+STOP_CAUSES: dict[object, tuple[str, int]] = {
+    signal.SIGINT: ("SIGINT received", 130), signal.SIGTERM: ("SIGTERM received", 143),
+    signal.SIGHUP: ("SIGHUP received", 129), HANGUP: ("the terminal {terminal} closed (hang-up)", 129)}
 EXAMPLE_SKU = "sku-0001"
 EXAMPLE_WAREHOUSE = "wh-01"
 
@@ -305,6 +317,61 @@ class StackOutput:
             self.on_switch()
 
 
+class TerminalWatch:
+    """The terminal `docket stack run` runs in: the first of ``fds`` (stdin, stdout,
+    stderr) that is a terminal, watched through a descriptor of its own (``dup``: the
+    output's switch to the fallback file replaces stdout and stderr, not this). Without a
+    terminal (CI, stdin from /dev/null and the output to a file or pipe) it watches
+    nothing, and :meth:`hung_up` is always false.
+
+    :meth:`hung_up` asks the kernel without waiting (``poll`` with no events requested
+    and a zero timeout: only POLLHUP, POLLERR and POLLNVAL can come back, and a terminal
+    reports them once it has hung up, e.g. when the master side of a pseudo-terminal is
+    closed). One system call; the manager asks at most every ``interval_s``."""
+
+    def __init__(self, fds: tuple[int, ...] = (0, 1, 2), interval_s: float = 0.1) -> None:
+        self.fd: int | None = None
+        self.name = ""
+        self.interval_s = interval_s
+        self._next = 0.0
+        for fd in fds:
+            try:
+                if os.isatty(fd):
+                    self.name = os.ttyname(fd)
+                    self.fd = os.dup(fd)
+                    break
+            except OSError:
+                continue  # closed, or not a terminal after all
+        self._poll = select.poll()
+        if self.fd is not None:
+            self._poll.register(self.fd, 0)
+
+    @property
+    def watching(self) -> bool:
+        return self.fd is not None
+
+    def hung_up(self) -> bool:
+        """True once the terminal has hung up (then it is no longer watched); false
+        without asking when asked again within ``interval_s``."""
+        if self.fd is None:
+            return False
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        if not any(revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _fd, revents in self._poll.poll(0)):
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            self._poll.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
 def _ignore_signal(signum: int, frame: object) -> None:
     """A caught signal that does nothing (see :func:`_relay`)."""
 
@@ -320,18 +387,20 @@ def _relay(process, events) -> None:
     forks it with the three blocked, so no signal finds the manager's own handler here."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _ignore_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     process.run(events, True)
 
 
 def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, kill_s: float = 30.0,
-                    printer=None):
+                    printer=None, watch: TerminalWatch | None = None):
     """A honcho Manager (imported lazily: only `stack run` needs honcho) that stops in two
     steps: SIGTERM to every process whose Procfile name is not in ``last``; once they have
     exited (SIGKILL to any still running after ``grace_s``), SIGTERM to the ``last`` ones
-    (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal
-    closed) start that stop. Otherwise it is honcho's: the same output, and when any
-    process exits, the others are stopped. Its relay processes run :func:`_relay`."""
+    (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM, SIGHUP and the hang-up of the
+    terminal ``watch`` watches start that stop; the first of them is logged and sets the
+    exit code, later ones change nothing. Otherwise it is honcho's: the same output, and
+    when any process exits, the others are stopped. Its relay processes run
+    :func:`_relay`."""
     import multiprocessing
     import queue
 
@@ -342,8 +411,9 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             super().__init__(printer)
             self._phase = None  # None, "first", "last", "kill"
             self._phase_began = None
-            self.requested = False  # stopped by SIGINT / SIGTERM, not because a process exited
+            self.requested = False  # stopped by a signal or the hang-up, not because a process exited
             self.forced = False  # some process needed SIGKILL
+            self.cause = None  # the first stop cause (a key of STOP_CAUSES), set by _note
 
         def _is_last(self, name: str) -> bool:
             return name.rsplit(".", 1)[0] in last
@@ -374,13 +444,13 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             # The relays are forked with the stop signals blocked (and unblock them once
             # their own handlers are in place); one that arrives meanwhile is delivered
             # to this process when they are unblocked here.
-            signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 for name, p in self._processes.items():
                     p["process"] = multiprocessing.Process(name=name, target=_relay, args=(p["obj"], self.events))
                     p["process"].start()
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
         def _enter(self, phase: str) -> None:
             self._phase, self._phase_began = phase, self._clock.now()
@@ -400,16 +470,31 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 self._enter("kill")
                 self.kill()
 
-        def loop(self) -> None:
-            def _terminate(signum, frame):
-                name, code = STOP_SIGNALS[signum]
-                self._system_print(f"{name} received: stopping the components, then {', '.join(last)}\n")
-                self.returncode = code
-                self.requested = True
-                self.terminate()
+        def _note(self, cause) -> None:
+            """Keep the first stop cause. Signal handlers call it, so it writes nothing: a
+            line written from a handler would interrupt whatever the loop was writing,
+            the output's switch to its fallback file included, and come out twice with
+            it when the signal comes twice (an interactive shell passes its SIGHUP on to
+            the job, then the kernel sends the job one more)."""
+            if self.cause is None:
+                self.cause = cause
 
+        def _take_stop_request(self) -> None:
+            """Start the stop for the first cause, once, from the loop."""
+            if self.cause is None and watch is not None and watch.hung_up():
+                self._note(HANGUP)
+            if self.cause is None or self.requested:
+                return
+            text, code = STOP_CAUSES[self.cause]
+            what = text.format(terminal=watch.name if watch is not None else "")
+            self._system_print(f"{what}: stopping the components, then {', '.join(last)}\n")
+            self.returncode = code
+            self.requested = True
+            self.terminate()
+
+        def loop(self) -> None:
             for sig in STOP_SIGNALS:
-                signal.signal(sig, _terminate)
+                signal.signal(sig, lambda signum, frame: self._note(signum))
             self._start()
             while True:
                 try:
@@ -429,6 +514,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                         self._system_print(f"{msg.name} stopped (rc={msg.data['returncode']})\n")
                         if self.returncode is None:
                             self.returncode = msg.data["returncode"]
+                self._take_stop_request()
                 if not self._terminating and self._all_started() and self._any_stopped():
                     self.terminate()
                 if self._terminating:
@@ -439,9 +525,10 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
 
 def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_log: Path) -> int:
     """Run every process of ``procfile`` like `honcho start`, stopping in order. Returns 0
-    when stopped by SIGINT/SIGTERM/SIGHUP and every process exited with 0 on its own,
-    otherwise honcho's code (the first process to exit, or 128 + the signal). The output
-    goes to stdout, and to ``fallback_log`` once stdout fails (:class:`StackOutput`)."""
+    when stopped by SIGINT/SIGTERM/SIGHUP or the terminal's hang-up (:class:`TerminalWatch`)
+    and every process exited with 0 on its own, otherwise honcho's code (the first process
+    to exit, or 128 + the signal). The output goes to stdout, and to ``fallback_log`` once
+    stdout fails (:class:`StackOutput`)."""
     from honcho.environ import expand_processes, parse_procfile
     from honcho.printer import Printer
 
@@ -452,10 +539,14 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_
     output = StackOutput(sys.stdout.fileno(), fallback_log)
     printer = Printer(output, colour=colour, prefix=True)
     output.on_switch = lambda: setattr(printer, "colour", False)
-    manager = ordered_manager(printer=printer)
+    watch = TerminalWatch()
+    manager = ordered_manager(printer=printer, watch=watch)
     for p in expand_processes(processes, env=None):
         manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
-    manager.loop()
+    try:
+        manager.loop()
+    finally:
+        watch.close()
     codes = [p.get("returncode") for p in manager._processes.values()]
     if manager.requested and not manager.forced and all(c == 0 for c in codes):
         return 0  # Ctrl-C and every process stopped cleanly (make then reports no error)
@@ -475,7 +566,7 @@ def stack() -> None:
               show_default=True, help="the Procfile to run")
 def run_cmd(procfile: Path) -> None:
     """Choose the API token, print the address and a curl example, then run the Procfile
-    with honcho's process manager. Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops
+    with honcho's process manager. Ctrl-C, SIGTERM, SIGHUP or closing the terminal stops
     the components, then the broker; once the terminal is gone, the output goes on in
     $DOCKET_DATA_ROOT/stack.log."""
     settings = load()
@@ -483,6 +574,11 @@ def run_cmd(procfile: Path) -> None:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `docket` of this virtualenv
+    # honcho runs the processes in the Procfile's directory: relative paths would land
+    # under it, not where the banner says; so every path setting goes in absolute
+    env["DOCKET_DATA_ROOT"] = str(settings.data_root)
+    env["DOCKET_BROKER_DIR"] = str(settings.broker_dir)
+    env["DOCKET_BROKER_CACHE"] = str(settings.broker_cache)
     # as given (names and all), or the stack's own token
     env["DOCKET_API_TOKENS"] = ",".join(f"{name}:{tok}" for name, tok in settings.api_clients) or token
     env["PYTHONUNBUFFERED"] = "1"  # honcho relays output line by line
