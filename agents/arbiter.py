@@ -21,7 +21,7 @@ from tables.registrar import Registrar
 from tables.warden import Warden, WardenEntry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class Evaluation:
     body: bytes
     entities: list  # [{"key", "state", "version"}], sorted by key
@@ -37,15 +37,18 @@ class Arbiter:
         """Evaluate against the current entity states; changes nothing."""
         domain = self.domain
         partition = event.record.partition
-        current = {key: self.registrar.get(partition, key)
-                   for key in domain.entity_keys(event.event_name, event.payload)}
+        keys = event.entity_keys
+        if keys is None:
+            keys = domain.entity_keys(event.event_name, event.payload)
+        get = self.registrar.get
+        current = {key: get(partition, key) for key in keys}
         states = {key: (rec.state if rec is not None else domain.initial_state(key))
                   for key, rec in current.items()}
         try:
             result = domain.evaluate(event.event_name, event.payload, states)
             entities = []
             if result.status == "applied":
-                undeclared = sorted(set(result.changes) - set(current))
+                undeclared = sorted(result.changes.keys() - current.keys())
                 if undeclared:
                     raise ValueError(f"changed undeclared entities {undeclared}")
                 for key in sorted(result.changes):
@@ -71,7 +74,7 @@ class Arbiter:
         self.warden.record(
             event.idempotency_key,
             WardenEntry(record.partition, record.offset, event.stream_time, fingerprint, evaluation.body),
-            event.client)
+            event.client, event.warden_prefix)
         for ent in evaluation.entities:
             self.registrar.put(record.partition, ent["key"],
                                EntityRecord(ent["state"], ent["version"], record.offset))

@@ -29,8 +29,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from agents.clerk_core import ClerkCore, Publish
-from agents.instance import STAGE_BUCKETS, SideConsumer, check_topics, faust_settings, run_worker
+from agents.clerk_core import ClerkCore, Publish, entity_record
+from agents.instance import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, faust_settings, run_worker
+from agents.intake import install as install_batch_intake
+from agents.intake import records_of
+from app.batching import send_batched
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
@@ -99,6 +102,65 @@ class ClerkMetrics:
                                    buckets=STAGE_BUCKETS)
 
 
+def copy_body(copy: dict) -> tuple[bytes, int]:
+    """(body bytes, input offset) of one copy of a copy-batch record: the body as the
+    instance sent it (a JSON string of its canonical bytes, app/records.py seal_batch;
+    a JSON object from an older instance is made canonical first). The offset is read
+    from the body. Raises KeyError, TypeError, AttributeError or ValueError for a copy
+    that is not one."""
+    body = copy["body"]
+    if not isinstance(body, str):
+        return canonical_trusted(body), body["input"]["offset"]
+    raw = body.encode("utf-8")
+    # canonical JSON sorts keys: the position reads {"offset":N,"partition":P}
+    at = raw.find(b'"input":{"offset":')
+    if at < 0:
+        return raw, orjson.loads(raw)["input"]["offset"]
+    start = at + 18
+    end = raw.index(b",", start)
+    return raw, int(raw[start:end])
+
+
+class Publisher:
+    """Produces the Clerk's decisions for one copy-batch event, in batches.
+
+    Results go to ``<prefix>.results`` and the agreed entity states to
+    ``<prefix>.entities``, both on the input's partition, each as one aiokafka record
+    batch per event (:meth:`send`): one result record per decided position (the
+    clients' contract), in decision order. A divergence report first sends what is
+    queued and waits for it (the restart seed takes the newer of the last result and
+    the last divergence, so a divergence must not land before a result queued ahead of
+    it; divergences are rare)."""
+
+    def __init__(self, producer, settings: Settings) -> None:
+        self.producer = producer  # Faust's; its aiokafka producer does the sending
+        self.settings = settings
+        self._results: list[Publish] = []
+
+    def result(self, action: Publish) -> None:
+        self._results.append(action)
+
+    async def divergence(self, action) -> None:
+        await self.send(action.partition)
+        await self.producer.flush()
+        await self.producer.send(self.settings.divergences_topic, None, action.value, action.partition, None, None)
+
+    async def send(self, partition: int) -> list[int]:
+        """Queue the results collected so far (and their entity records); returns the
+        stream time of each."""
+        results, self._results = self._results, []
+        if not results:
+            return []
+        aio = self.producer._producer
+        await send_batched(aio, self.settings.results_topic, partition, [(r.key, r.value) for r in results])
+        # the compacted topic keeps one record per entity: of several in one batch only
+        # the last (newest version) is sent
+        latest = {e[0]: e for r in results for e in r.entities}
+        if latest:
+            await send_batched(aio, self.settings.entities_topic, partition, [entity_record(*e) for e in latest.values()])
+        return [r.stream_time for r in results]
+
+
 def build(settings: Settings, data_dir: Path, web_port: int | None):
     app = faust.App(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port),
                                                  "store": "memory://"})
@@ -107,66 +169,93 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)
     metrics = ClerkMetrics()
     tail = TailReader(settings, app)
+    # a copy-batch record's event is acknowledged once every position it carries is
+    # final: position -> the events waiting on it, event -> how many it waits on
     held: dict[tuple[int, int], list] = defaultdict(list)
+    waits: dict[object, int] = {}
     # metrics only: (partition, offset) -> when its first copy was read, until it is final
     first_read: dict[tuple[int, int], float] = {}
     instance_of = {settings.output_topic(i): i for i in settings.instances}
+    install_batch_intake(app, instance_of, settings.batch_size)
+
+    def release(p: int, offset: int) -> None:
+        first_read.pop((p, offset), None)
+        for waiting in held.pop((p, offset), ()):
+            waits[waiting] -= 1
+            if waits[waiting] == 0:
+                del waits[waiting]
+                waiting.ack()
 
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
-        producer = app.producer
+        publisher = Publisher(app.producer, settings)
+        agreement, latency = HistogramBatch(metrics.agreement), HistogramBatch(metrics.latency)
         async for event in stream.noack().events():
             msg = event.message
             p = msg.partition
             if not core.known(p):
                 core.seed(p, await tail.last_records(p))
-            try:
-                data = orjson.loads(msg.value)
-                if "watermark" in data:
-                    core.on_watermark(p, instance_of[msg.topic], data["watermark"])
-                    event.ack()
-                    continue
-                # Who sent it is the topic it came on, not what it says about itself.
-                instance = instance_of[msg.topic]
-                data.pop("instance")
-                claimed = data.pop("digest")
-                offset = data["input"]["offset"]
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, msg.offset)
-                event.ack()
-                continue
+            # Who sent it is the topic it came on, not what it says about itself.
+            instance = instance_of[msg.topic]
             now = time.time()  # metrics only
-            metrics.transit.observe(max(0.0, now - msg.timestamp))
-            first = first_read.setdefault((p, offset), now)
-            body = canonical_trusted(data)
-            actual = digest(body)
-            if actual != claimed:
-                metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
-            metrics.copies.labels(instance).inc()
-            for action in core.on_copy(p, offset, instance, actual, body, msg.key):
-                if isinstance(action, Publish):
-                    await producer.send(settings.results_topic, action.key, action.value, p, None, None)
-                    for key, value in action.entities:
-                        await producer.send(settings.entities_topic, key, value, p, None, None)
-                    metrics.decisions.inc()
-                    published = time.time()
-                    metrics.latency.observe(max(0.0, published - action.stream_time / 1000))
-                    metrics.agreement.observe(max(0.0, published - first))
-                else:
-                    # The restart seed takes the newer of the last result and the last
-                    # divergence: a divergence must not land before a result queued
-                    # ahead of it. Divergences are rare; waiting for the queue is cheap.
-                    await producer.flush()
-                    await producer.send(settings.divergences_topic, None, action.value, p, None, None)
-                    metrics.divergences.inc()
-                    log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
-            if core.is_final(p, offset):
-                first_read.pop((p, offset), None)
-                event.ack()
-                for waiting in held.pop((p, offset), ()):
-                    waiting.ack()
+            unfinished: set[int] = set()
+            copies = 0
+            for rec in records_of(msg):
+                metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
+                try:
+                    data = orjson.loads(rec.value)
+                    batch = data.get("copies", ())
+                    watermark = data.get("watermark")
+                    if not batch and watermark is None:
+                        raise KeyError("copies")
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
+                    continue
+                parsed = []
+                for copy in batch:
+                    try:
+                        body, offset = copy_body(copy)
+                    except (KeyError, TypeError, AttributeError, ValueError):
+                        log.warning("ignoring an unreadable copy on %s[%d]@%d", msg.topic, p, rec.offset)
+                        continue
+                    actual = digest(body)
+                    if actual != copy["digest"]:
+                        metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
+                    parsed.append((offset, actual, body, None))
+                    if (p, offset) not in first_read:
+                        first_read[(p, offset)] = now
+                copies += len(parsed)
+                for action in core.on_copies(p, instance, parsed):
+                    if isinstance(action, Publish):
+                        publisher.result(action)
+                        agreement.add(now - first_read.get((p, action.offset), now))
+                    else:
+                        await publisher.divergence(action)
+                        metrics.divergences.inc()
+                        log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
+                for offset, _, _, _ in parsed:
+                    if core.is_final(p, offset):
+                        release(p, offset)
+                    else:
+                        unfinished.add(offset)
+                if watermark is not None:
+                    core.on_watermark(p, instance, watermark)
+            decided = await publisher.send(p)
+            if decided:
+                metrics.decisions.inc(len(decided))
+                published = time.time()
+                for stream_time in decided:
+                    latency.add(published - stream_time / 1000)
+            agreement.flush()
+            latency.flush()
+            metrics.copies.labels(instance).inc(copies)
+            unfinished = {o for o in unfinished if not core.is_final(p, o)}
+            if unfinished:
+                waits[event] = len(unfinished)
+                for offset in unfinished:
+                    held[(p, offset)].append(event)
             else:
-                held[(p, offset)].append(event)
+                event.ack()
 
     @app.timer(1.0)
     async def refresh_gauges() -> None:
@@ -186,7 +275,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             core.partitions.pop(tp.partition, None)
             core.lagging = {(p, inst) for p, inst in core.lagging if p != tp.partition}
             for key in [k for k in held if k[0] == tp.partition]:
-                del held[key]
+                for waiting in held.pop(key):
+                    waits.pop(waiting, None)
             for key in [k for k in first_read if k[0] == tp.partition]:
                 del first_read[key]
 

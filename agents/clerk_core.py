@@ -51,28 +51,44 @@ DIVERGENCE_PREFIX_BYTES = DIVERGENCE_BODY_LIMIT // 2
 DIVERGENCE_NAME_LIMIT = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Position:
     offset: int
     copies: dict[str, str] = field(default_factory=dict)  # instance -> digest
     bodies: dict[str, bytes] = field(default_factory=dict)  # digest -> body
     decided: str | None = None  # the agreed digest
     diverged: bool = False
+    # digest -> the body as the copy record held it, already decoded (what a result is
+    # made of: decoding the bytes again would cost as much as the rest of a decision)
+    parsed: dict[str, dict] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
         return self.decided is not None or self.diverged
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Publish:
     partition: int
+    offset: int  # the input offset decided
     key: bytes | None
     value: bytes
     stream_time: int
-    # (entity key, record) for the compacted entities topic: the agreed new state of
-    # every entity the event changed
-    entities: tuple[tuple[bytes, bytes], ...] = ()
+    # the agreed new state of every entity the event changed, as (entity key, state,
+    # version, input position): what the compacted entities topic gets
+    # (entity_records); kept unserialised, as several decisions of one batch may change
+    # one entity and only the last is sent
+    entities: tuple[tuple[str, dict, int, dict], ...] = ()
+
+    def entity_records(self) -> list[tuple[bytes, bytes]]:
+        """(key, value) of each entity record: the value {key, state, version, input}."""
+        return [entity_record(*e) for e in self.entities]
+
+
+def entity_record(key: str, state: dict, version: int, position: dict) -> tuple[bytes, bytes]:
+    """The record of the compacted ``<prefix>.entities`` topic for an entity's agreed
+    state: key = the entity key, value = {key, state, version, input}."""
+    return key.encode("utf-8"), orjson.dumps({"key": key, "state": state, "version": version, "input": position})
 
 
 @dataclass(frozen=True)
@@ -155,41 +171,76 @@ class ClerkCore:
                 self.lagging.discard((partition, inst))
 
     def on_copy(self, partition: int, offset: int, instance: str, digest: str, body: bytes,
-                key: bytes | None) -> list[Publish | Report]:
+                key: bytes | None = None, parsed: dict | None = None) -> list[Publish | Report]:
+        """One copy of the output for (partition, offset) from ``instance``: its digest
+        (recomputed from ``body``, the canonical body bytes; ``parsed`` is the same body
+        decoded, when at hand). Returns what to publish, in order."""
+        return self.on_copies(partition, instance, [(offset, digest, body, parsed)])
+
+    def on_copies(self, partition: int, instance: str,
+                  copies: list[tuple[int, str, bytes, dict | None]]) -> list[Publish | Report]:
+        """:meth:`on_copy` for consecutive copies of one partition from one instance
+        (a copy-batch record): (offset, digest, body, parsed) each. The decided
+        watermark advances once, after the last."""
         if instance not in self.instances:
             raise ValueError(f"copy from unconfigured instance {instance!r}")
         st = self._state(partition)
-        self.copies_by_instance[instance] += 1
+        self.copies_by_instance[instance] += len(copies)
+        actions: list[Publish | Report] = []
+        for offset, digest, body, parsed in copies:
+            self._copy(st, partition, offset, instance, digest, body, parsed, actions)
+        self._advance(st)
+        return actions
+
+    def _copy(self, st: PartitionState, partition: int, offset: int, instance: str, digest: str, body: bytes,
+              parsed: dict | None, actions: list) -> None:
         pos = st.positions.get(offset)
         if pos is None and (offset < st.decided_below or offset in st.restored):
             # Finished before (and forgotten, or restored as finished at a restart):
             # never open it again, or it could be published a second time.
-            return self._late(st, partition, offset, instance, digest, body)
+            actions.extend(self._late(st, partition, offset, instance, digest, body))
+            return
         if pos is None:
-            pos = st.positions[offset] = Position(offset)
+            # the first copy of a position: nothing to compare with yet
+            pos = st.positions[offset] = Position(offset, {instance: digest}, {digest: body})
+            if parsed is not None:
+                pos.parsed[digest] = parsed
             st.order.append(offset)
+            if self.required > 1:
+                return  # it can still be decided (required <= the instances, checked at start)
+            pos.decided = digest
+            st.finished[offset] = digest
+            _add_to_ranges(st.ranges, offset)
+            actions.append(self._publish(st, partition, pos, [instance]))
+            return
         previous = pos.copies.get(instance)
         if previous is not None:
             if previous == digest:
                 self.counts["replayed_copies"] += 1
-                return []  # a replay re-emitted the same copy
+                return  # a replay re-emitted the same copy
             self.counts["replay_mismatches"] += 1
-            return [self._report(st, partition, pos, "replay_mismatch", extra=(instance, digest, body))]
+            actions.append(self._report(st, partition, pos, "replay_mismatch", extra=(instance, digest, body)))
+            return
         pos.copies[instance] = digest
-        pos.bodies.setdefault(digest, body)
-        if pos.final:
+        if digest not in pos.bodies:
+            pos.bodies[digest] = body
+            if parsed is not None:
+                pos.parsed[digest] = parsed
+        if pos.decided is not None or pos.diverged:
             if pos.decided is not None and digest == pos.decided:
-                return []
+                return
             # a late copy that disagrees with the decision, or one more copy of a
             # position that has already diverged
-            return [self._report(st, partition, pos, "mismatch")]
-        actions: list[Publish | Report] = []
-        agreeing = sorted(i for i, d in pos.copies.items() if d == digest)
+            actions.append(self._report(st, partition, pos, "mismatch"))
+            return
+        agreeing = [i for i, d in pos.copies.items() if d == digest]
+        if len(agreeing) > 1:
+            agreeing.sort()
         if len(agreeing) >= self.required:
             pos.decided = digest
             st.finished[offset] = digest
             _add_to_ranges(st.ranges, offset)
-            actions.append(self._publish(st, partition, pos, key, agreeing))
+            actions.append(self._publish(st, partition, pos, agreeing))
             if len(agreeing) < len(pos.copies):
                 actions.append(self._report(st, partition, pos, "mismatch"))
         elif not self._can_still_decide(pos):
@@ -197,8 +248,6 @@ class ClerkCore:
             st.finished[offset] = None
             _add_to_ranges(st.ranges, offset)
             actions.append(self._report(st, partition, pos, "mismatch"))
-        self._advance(st)
-        return actions
 
     def pending(self, partition: int) -> int:
         st = self.partitions.get(partition)
@@ -212,7 +261,8 @@ class ClerkCore:
         pos = st.positions.get(offset)
         if pos is not None:
             return pos.final
-        return offset < st.dropped_below or offset in st.restored
+        # every position below the decided watermark is final, held or forgotten
+        return offset < st.decided_below or offset in st.restored
 
     # ---- internals ----------------------------------------------------------------
 
@@ -224,7 +274,10 @@ class ClerkCore:
 
     def _can_still_decide(self, pos: Position) -> bool:
         missing = len(self.instances) - len(pos.copies)
-        best = max(collections.Counter(pos.copies.values()).values())
+        if missing + 1 >= self.required:
+            return True  # any one copy and the missing ones could still agree
+        digests = list(pos.copies.values())
+        best = max(digests.count(d) for d in set(digests))
         return best + missing >= self.required
 
     def _late(self, st, partition, offset, instance, digest, body) -> list:
@@ -287,32 +340,25 @@ class ClerkCore:
         return {"seq": st.seq, "decided_below": st.decided_below,
                 "finished_ranges": [list(r) for r in st.ranges]}
 
-    def _publish(self, st, partition, pos: Position, key, agreeing) -> Publish:
-        body = orjson.loads(pos.bodies[pos.decided])
+    def _publish(self, st, partition, pos: Position, agreeing) -> Publish:
+        raw = pos.bodies[pos.decided]
+        body = pos.parsed.get(pos.decided)
+        if body is None:
+            body = orjson.loads(raw)
         st.seq += 1
-        self._advance(st)
         self.counts["decisions"] += 1
-        value = orjson.dumps({
-            "idempotency_key": body["idempotency_key"],
-            "client": body.get("client"),
-            "input": body["input"],
-            "event_name": body["event_name"],
-            "outcome": body["outcome"],
-            "duplicate_of": body["duplicate_of"],
-            "domain_version": body["domain_version"],
-            "stream_time": body["stream_time"],
-            "digest": pos.decided,
-            "instances": agreeing,
-            "clerk": self._clerk_state(st, partition),
-        })
+        # The result is the agreed body (its fields: idempotency_key, client, input,
+        # event_name, outcome, duplicate_of, domain_version, stream_time) with digest,
+        # instances and the Clerk's state added: spliced onto the canonical bytes, not
+        # built and serialised again.
+        extra = orjson.dumps({"digest": pos.decided, "instances": agreeing, "clerk": self._clerk_state(st, partition)})
+        value = raw[:-1] + b"," + extra[1:]
         ikey = body["idempotency_key"]
-        entities = tuple(
-            (ent["key"].encode("utf-8"),
-             orjson.dumps({"key": ent["key"], "state": ent["state"], "version": ent["version"],
-                           "input": body["input"]}))
-            for ent in body["outcome"]["entities"])
-        return Publish(partition, None if ikey is None else ikey.encode("utf-8"), value, body["stream_time"],
-                       entities)
+        position = body["input"]
+        entities = tuple((ent["key"], ent["state"], ent["version"], position)
+                         for ent in body["outcome"]["entities"])
+        return Publish(partition, pos.offset, None if ikey is None else ikey.encode("utf-8"), value,
+                       body["stream_time"], entities)
 
     def _report(self, st, partition, pos: Position, cause: str, extra=None) -> Report:
         st.seq += 1

@@ -10,6 +10,9 @@ partitions over them.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import gc
+import sys
 import contextlib
 import logging
 import time
@@ -18,14 +21,15 @@ from pathlib import Path
 
 import click
 import faust
-import orjson
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec
+from agents.intake import install as install_batch_intake
+from agents.intake import records_of
 from agents.usher import Usher
-from app.records import LOG_APPEND_TIME, InputRecord
+from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.faust_tuning import tune_worker_consumer
 from app.kafka_admin import ISOLATION_LEVEL
@@ -37,6 +41,15 @@ from tables.registrar import Registrar
 from tables.warden import Warden
 
 log = logging.getLogger("docket.instance")
+
+# Allocations between two generation-0 passes of the garbage collector (Python's
+# default: 700); see run_worker.
+GC_THRESHOLD = 50_000
+# Faust runs its Kafka consumer in a thread of its own (with its own event loop); while
+# the agent's thread holds the GIL evaluating a batch, that thread waits up to the
+# interpreter's switch interval (5 ms by default) at each of its many hand-offs, and a
+# fetch is delayed by tens of milliseconds. A shorter interval lets it in sooner.
+SWITCH_INTERVAL_S = 0.0005
 
 # Seconds. Steps of 1.5x to 2x, so a quantile interpolated inside a bucket is off by
 # well under a bucket's width (a 1-2-5 series puts p99 = 2.4 s anywhere in 2..5 s).
@@ -140,6 +153,42 @@ class SideConsumer:
         await self.close()
 
 
+class HistogramBatch:
+    """Observations for ``histogram`` gathered in plain Python and handed over at once
+    (:meth:`flush`): a prometheus_client observe costs about 1.5 us under its lock, a
+    bisect and an increment here a fraction of that, per event. Negative values count
+    as 0. Falls back to observe() where prometheus_client's internals differ."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.bounds = list(getattr(histogram, "_upper_bounds", ()))
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        value = value if value > 0.0 else 0.0
+        if not self.bounds:
+            self.values.append(value)
+            return
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        h = self.histogram
+        if self.values:
+            for v in self.values:
+                h.observe(v)
+            self.values.clear()
+        if self.total or any(self.counts):
+            for i, n in enumerate(self.counts):
+                if n:
+                    h._buckets[i].inc(n)
+                    self.counts[i] = 0
+            h._sum.inc(self.total)
+            self.total = 0.0
+
+
 def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> dict:
     """Faust configuration shared by every docket app (instances and the Clerk)."""
     tune_worker_consumer(settings.fetch_max_wait_ms)
@@ -151,6 +200,11 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None) -> 
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A batch of input becomes a few hundred KiB of changelog, copies and results
+        # per partition; aiokafka sends one record batch per partition per request, so
+        # with its 16 KiB default each batch would take a dozen round trips in a row.
+        # 512 KiB stays below the broker's largest batch (message.max.bytes, 1 MiB).
+        producer_max_batch_size=512 * 1024,
         # Faust's 60 s default means a SIGKILLed worker's partitions wait a minute
         # before its restart (or another worker) may take them over.
         broker_session_timeout=settings.session_timeout_ms / 1000,
@@ -171,6 +225,16 @@ def run_worker(app: faust.App, settings: Settings) -> None:
     # every logger.debug() in Faust and aiokafka builds a LogRecord: about 8% of a
     # worker's time, for a spinner nobody sees in a service.
     worker.spinner = None
+    # The cyclic garbage collector runs a generation-0 pass every 700 allocations, and
+    # a batch allocates hundreds of objects per event (parsed JSON, records), nearly all
+    # freed by reference counting; its passes, and the full ones they cascade into over
+    # everything a worker keeps (Faust, aiokafka, the caches), cost a good share of a
+    # worker's time. Objects that live from start-up on are moved out of its sight
+    # (freeze), and passes are made rarer; cycles are still collected.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     worker.execute_from_commandline()
 
 
@@ -197,14 +261,12 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     producer_clocked: set[int] = set()  # partitions whose CreateTime records were reported
     ready = asyncio.Event()
     processed: dict[int, int] = {}  # partition -> next offset, this run only
-    advertised: dict[int, int] = {}
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs) -> None:
         # Recovery may rewrite the table under the caches: start them afresh.
         registrar.clear()
-        processed.clear()  # partitions may have moved: advertise only what we process next
-        advertised.clear()
+        processed.clear()  # partitions may have moved: only what we process next counts
         for p in list(rebuilt):
             warden.forget(p)
         rebuilt.clear()
@@ -235,67 +297,65 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                 offset = await reader.committed(TopicPartition(settings.input_topic, partition))
                 confirmed[partition] = offset or 0
 
+    install_batch_intake(app, [settings.input_topic], settings.batch_size)
+
     @app.agent(input_topic, concurrency=1, name="usher")
     async def usher_agent(stream):
-        window = settings.batch_window_ms / 1000
+        # One stream item per batch of one input partition (agents/intake.py), one
+        # acknowledgement per batch: Faust commits past it only once this loop has
+        # moved on, after the batch's changelog and copy record are queued.
         producer = app.producer
         intake = metrics.intake
-        async for events in stream.take_events(settings.batch_size, window):
+        async for event in stream.events():
+            msg = event.message
+            p = msg.partition
             taken = time.time()  # metrics only
-            batch = []
-            for ev in events:
-                msg = ev.message
-                if msg.partition not in rebuilt:
-                    warden.rebuild(msg.partition)
-                    rebuilt.add(msg.partition)
-                intake.observe(max(0.0, taken - msg.timestamp))
-                batch.append(InputRecord(msg.partition, msg.offset, round(msg.timestamp * 1000),
-                                         msg.key, msg.value, msg.timestamp_type))
-                if msg.timestamp_type != LOG_APPEND_TIME and msg.partition not in producer_clocked:
-                    producer_clocked.add(msg.partition)
+            if p not in rebuilt:
+                warden.rebuild(p)
+                rebuilt.add(p)
+            batch = records_of(msg)  # aiokafka's ConsumerRecords: what an InputRecord has
+            if p not in producer_clocked:
+                clocked = next((r for r in batch if r.timestamp_type != LOG_APPEND_TIME), None)
+                if clocked is not None:
+                    producer_clocked.add(p)
                     log.warning("%s[%d]@%d carries a producer's timestamp (CreateTime): it moves no stream "
                                 "time. Set message.timestamp.type=LogAppendTime on the topic again "
                                 "(kafka-configs.sh --alter ... --add-config message.timestamp.type=LogAppendTime)",
-                                settings.input_topic, msg.partition, msg.offset)
+                                settings.input_topic, p, clocked.offset)
             began = time.perf_counter()
             outputs = usher.process(batch, committed)
             evaluated = time.perf_counter()
             await store.flush()
-            sent = []
-            for out in outputs:
-                sent.append(await producer.send(output_name, out.key, out.value, out.partition, None, None))
+            watermark = batch[-1].offset + 1
+            for value in seal_batch(instance_id, p, watermark, outputs):
+                sent = await producer.send(output_name, None, value, p, None, None)
             handed = time.perf_counter()
-            processed.update(_next_offsets(batch))
+            processed[p] = watermark
             n = len(batch)
             metrics.events.inc(n)
             metrics.batch.observe(n)
+            observe_many(intake, max(0.0, taken - batch[0].timestamp / 1000), n)
             observe_many(metrics.evaluation, evaluated - began, n)
             observe_many(metrics.produce, handed - evaluated, n)
-            _time_acks(metrics.ack, sent, handed, n)
+            _time_acks(metrics.ack, [sent], handed, n)
 
     @app.timer(settings.watermark_interval_ms / 1000)
-    async def advertise_watermarks() -> None:
-        # instanceReady gate: nothing is advertised until table recovery has
-        # completed, and a watermark only ever names offsets this run has processed
-        # and whose copies are already queued before it on the same partition:
+    async def announce_ready() -> None:
+        # instanceReady gate: watermarks ride in the copy records, which only batches
+        # processed after table recovery produce, and each names only offsets this run
+        # has processed and whose copies are in it or before it on the same partition:
         # never the progress of a run before a crash.
-        if not app.tables.recovery.completed.is_set():
+        if ready.is_set() or not app.tables.recovery.completed.is_set():
             return
-        if not ready.is_set():
-            ready.set()
-            log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
-        for partition, next_offset in sorted(processed.items()):
-            if advertised.get(partition) != next_offset:
-                await app.producer.send(output_name, None, orjson.dumps(
-                    {"watermark": next_offset, "instance": instance_id, "partition": partition}),
-                    partition, None, None)
-                advertised[partition] = next_offset
+        ready.set()
+        log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
 
     @app.page("/metrics")
     async def metrics_page(web, request):
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
-    app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden, "metrics": metrics}
+    app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden, "metrics": metrics,
+                  "processed": processed}
     return app
 
 
@@ -314,13 +374,6 @@ def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> No
 
     for f in futures:
         f.add_done_callback(done)
-
-
-def _next_offsets(batch: list[InputRecord]) -> dict[int, int]:
-    nxt: dict[int, int] = {}
-    for record in batch:
-        nxt[record.partition] = record.offset + 1
-    return nxt
 
 
 async def check_topics(settings: Settings, topics: list[str]) -> None:

@@ -9,6 +9,7 @@ boundaries never change an output. The Faust agent around it is agents/instance.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,23 +17,35 @@ import orjson
 
 from agents.arbiter import Arbiter
 from app import records
-from app.canonical import NotCanonical, canonical, digest
+from app.canonical import NotCanonical, _check, canonical_trusted, digest
 from app.records import Event, InputRecord
 from app.registry import Domain, Rejection
 from tables.registrar import Registrar
-from tables.warden import Verdict, Warden
+from tables.warden import Verdict, Warden, key_prefix
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class Output:
+    """One record's output: its canonical ``body`` and the ``digest`` over it, from
+    ``instance``. ``value`` is the sealed single-record form (records.seal)."""
+
     partition: int
+    offset: int
     key: bytes | None
-    value: bytes
     body: bytes
+    digest: str
+    instance: str
+
+    @property
+    def value(self) -> bytes:
+        return records.seal_digested(self.body, self.digest, self.instance)
 
 
 def _fingerprint(event: Event) -> str:
-    return digest(canonical([event.event_name, event.payload]))
+    """Hex SHA-256 of the canonical JSON of [event_name, payload]: what makes two events
+    with one idempotency key "the same request". Raises NotCanonical."""
+    _check(event.payload)  # the event name is a string: checked by records.decode
+    return hashlib.sha256(canonical_trusted([event.event_name, event.payload])).hexdigest()
 
 
 class Usher:
@@ -78,10 +91,13 @@ class Usher:
         # every record moves its partition's stream time, whatever its fate
         times = [warden.stream_time(r.partition, r.offset, r.timestamp, r.timestamp_type) for r in batch]
         admitted = [self.admit(record, t) for record, t in zip(batch, times)]
-        for item in admitted:  # pre-warm: one pass of reads before any evaluation
+        wanted: dict[int, list[str]] = {}  # pre-warm: one multi-get before any evaluation
+        for item in admitted:
             if isinstance(item, Event):
-                self.registrar.prewarm(item.record.partition,
-                                       self.domain.entity_keys(item.event_name, item.payload))
+                item.entity_keys = keys = self.domain.entity_keys(item.event_name, item.payload)
+                wanted.setdefault(item.record.partition, []).extend(keys)
+        for partition, keys in wanted.items():
+            self.registrar.prewarm(partition, keys)
         outputs = []
         last_index = {record.partition: i for i, record in enumerate(batch)}
         for i, (record, item) in enumerate(zip(batch, admitted)):
@@ -89,10 +105,11 @@ class Usher:
             if self.faults is not None:
                 self.faults.corrupt_state(self.registrar, record.partition, record.offset, body)
                 body = self.faults.corrupt_body(body)
-            outputs.append(Output(record.partition, record.key, records.seal(body, self.instance), body))
+            outputs.append(Output(record.partition, record.offset, record.key, body, digest(body), self.instance))
             if last_index[record.partition] == i:
                 warden.checkpoint(record.partition)
                 warden.collect(record.partition, committed)
+        warden.settle()
         return outputs
 
     def _conclude(self, record: InputRecord, stream_time: int, item) -> bytes:
@@ -104,7 +121,8 @@ class Usher:
             fingerprint = _fingerprint(event)
         except NotCanonical as exc:
             return self._rejected(record, stream_time, event, Rejection("invalid_payload", str(exc)))
-        version = self.warden.lookup(record.partition, event.idempotency_key, record.offset, event.client)
+        event.warden_prefix = prefix = key_prefix(event.idempotency_key, event.client)
+        version = self.warden.lookup_prefix(record.partition, prefix, record.offset)
         verdict = self.warden.judge(version, record.offset, stream_time, fingerprint)
         if verdict is Verdict.REPLAY:
             self.arbiter.redo(event, version)

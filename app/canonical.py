@@ -23,8 +23,28 @@ class NotCanonical(TypeError):
     """A value has no canonical form (a float, a non-string key, an unknown type)."""
 
 
+_LEAVES = frozenset({str, int, bool, type(None)})
+
+
 def _check(value: Any) -> None:
     # orjson happily encodes floats and some other types; canonical form must not.
+    # Leaves of the exact JSON types are passed over without a call (this runs for
+    # every event's fingerprint); anything else takes the general path below.
+    kind = type(value)
+    if kind in _LEAVES:
+        return
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str and not isinstance(k, str):
+                raise NotCanonical(f"object key {k!r} is not a string")
+            if type(v) not in _LEAVES:
+                _check(v)
+        return
+    if kind is list or kind is tuple:
+        for v in value:
+            if type(v) not in _LEAVES:
+                _check(v)
+        return
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):

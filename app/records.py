@@ -15,6 +15,7 @@ Output: JSON {instance, digest, input: {partition, offset}, idempotency_key, cli
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ MAX_DETAIL = 1024
 CREATE_TIME, LOG_APPEND_TIME = 0, 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class InputRecord:
     partition: int
     offset: int
@@ -50,7 +51,7 @@ class InputRecord:
     timestamp_type: int = LOG_APPEND_TIME
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class Event:
     """An input record that decoded to the input envelope."""
 
@@ -61,11 +62,20 @@ class Event:
     event_name: str
     payload: Any  # not yet validated against the domain
     client: str | None = None  # the scope of idempotency_key (an API client's name)
+    entity_keys: tuple[str, ...] | None = None  # the domain's, once the Usher has asked it
+    warden_prefix: bytes | None = None  # the Warden's table key prefix of (client, idempotency_key)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (Java client and aiokafka): murmur2, positive, modulo."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return (_murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _murmur2(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python (about 4 us for a short key); affinity keys
+    # repeat (every event of a sku), so their hashes are remembered
+    return murmur2(key)
 
 
 def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
@@ -143,11 +153,55 @@ def body(
 
 
 def seal(body_bytes: bytes, instance: str) -> bytes:
-    """The output record value: the body with ``instance`` and ``digest`` added.
-    Spliced rather than re-serialised: the body is already canonical, and the
+    """The single-record form of an output: the body with ``instance`` and ``digest``
+    added. Spliced rather than re-serialised: the body is already canonical, and the
     digest must be over exactly those bytes."""
-    head = orjson.dumps({"instance": instance, "digest": digest(body_bytes)})
+    return seal_digested(body_bytes, digest(body_bytes), instance)
+
+
+def seal_digested(body_bytes: bytes, body_digest: str, instance: str) -> bytes:
+    """:func:`seal` with the digest already taken."""
+    head = orjson.dumps({"instance": instance, "digest": body_digest})
     return head[:-1] + b"," + body_bytes[1:]
+
+
+# Largest copy-batch record the instance writes (bytes of its copies' bodies): well
+# under what Kafka takes in one record (message.max.bytes, 1 MiB by default) and the
+# producer's batch (512 KiB, agents/instance.py). A batch with more is cut in several.
+MAX_COPY_RECORD_BYTES = 256 * 1024
+
+
+def seal_batch(instance: str, partition: int, watermark: int, outputs) -> list[bytes]:
+    """The copy-batch records an instance writes for one batch of one input partition,
+    usually one:
+
+        {"instance": "a", "partition": 3, "watermark": 1236,
+         "copies": [{"digest": "<hex sha-256 of body>", "body": "{\\"client\\":null,...}"}, ...]}
+
+    ``copies`` in input offset order, one per input record of the batch, each ``body``
+    the canonical output body as a JSON string: its exact bytes once UTF-8 encoded, so
+    the Clerk digests them as they are, without decoding and encoding them again
+    (a body decoded is needed only once per decided position); ``watermark`` is the next input
+    offset of the partition covered: every record below it has its copy in this record
+    or an earlier one of this run. Copies whose bodies add up to more than
+    MAX_COPY_RECORD_BYTES go to further records, each with the watermark of its own
+    last copy. ``outputs`` are agents.usher.Output. Spec: specs/arbiter.allium,
+    CopyBatchRecord."""
+    chunks: list[list] = [[]]
+    size = 0
+    for o in outputs:
+        if chunks[-1] and size + len(o.body) > MAX_COPY_RECORD_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(o)
+        size += len(o.body)
+    records = []
+    for n, chunk in enumerate(chunks):
+        mark = watermark if n == len(chunks) - 1 else chunks[n + 1][0].offset
+        records.append(orjson.dumps({
+            "instance": instance, "partition": partition, "watermark": mark,
+            "copies": [{"digest": o.digest, "body": o.body.decode("utf-8")} for o in chunk]}))
+    return records
 
 
 def unseal(value: bytes) -> tuple[str, str, dict]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.batching import send_batched
 from app.kafka_admin import ISOLATION_LEVEL
 from app.records import partition_for
 from app.settings import Settings
@@ -115,35 +116,35 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
     worst_lag_ms = 0.0
     i = 0
 
-    async def send(partition: int, batch, times: list[float]) -> None:
-        fut = await producer.send_batch(batch, topic, partition=partition)
+    async def send(partition: int, due: list[tuple[bytes, bytes]], times: list[float]) -> None:
+        # queued behind the partition's earlier batches without waiting for them to leave
+        # (AIOKafkaProducer.send_batch would wait: the generator must keep its schedule)
+        start = 0
+        for fut, n in await send_batched(producer, topic, partition, due):
+            mine = times[start:start + n]
+            start += n
 
-        def acknowledged(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None:
-                base = f.result().offset  # of the batch's first record; the rest follow
-                for j, t in enumerate(times):
-                    intended[(partition, base + j)] = t
-        fut.add_done_callback(acknowledged)
-        futures.append(fut)
+            def acknowledged(f: asyncio.Future, mine=mine) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    base = f.result().offset  # of the batch's first record; the rest follow
+                    for j, t in enumerate(mine):
+                        intended[(partition, base + j)] = t
+            fut.add_done_callback(acknowledged)
+            futures.append(fut)
 
     while i < total:
         now_ms = time.time() * 1000
-        batches: dict[int, tuple[object, list[float]]] = {}
+        batches: dict[int, tuple[list, list[float]]] = {}
         while i < total and t0_ms + i * interval_ms <= now_ms:
             partition, key, value = records[i]
             due = t0_ms + i * interval_ms
             worst_lag_ms = max(worst_lag_ms, now_ms - due)
-            if partition not in batches:
-                batches[partition] = (producer.create_batch(), [])
-            batch, times = batches[partition]
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                await send(partition, batch, times)
-                batch, times = batches[partition] = (producer.create_batch(), [])
-                batch.append(key=key, value=value, timestamp=None)
+            records_for, times = batches.setdefault(partition, ([], []))
+            records_for.append((key, value))
             times.append(due)
             i += 1
-        for partition, (batch, times) in sorted(batches.items()):
-            await send(partition, batch, times)
+        for partition, (due, times) in sorted(batches.items()):
+            await send(partition, due, times)
         await asyncio.sleep(TICK_S)
     await asyncio.gather(*futures)
     return {"sent": total, "generator_worst_lag_ms": round(worst_lag_ms, 1),

@@ -1,16 +1,27 @@
-"""The Ledger's table inside a Faust worker, seen through the Store seam.
+"""The Ledger's table inside a Faust worker, seen through the Store seam, written per
+batch.
 
 Why not ``table[key] = value``: Faust picks the RocksDB database and changelog
-partition of a table write from the *current event*, and a batch from
-``take_events`` spans partitions; and Faust's buffered ``send_soon`` can return
-from its flush before the buffer is empty, so an offset commit would not be
-guaranteed to cover the batch's changelog records. Here every operation names its
-partition, and :meth:`FaustStore.flush` hands the batch's changelog records to the
-Kafka producer, in write order, before the batch is acknowledged. Offsets are
-committed only after the producer has flushed them (faust Consumer._commit_offsets),
-which is the recovery argument's premise (specs/recovery.allium).
+partition of a table write from the *current event*, writes RocksDB one key at a time
+and sends one changelog record per write (each awaited, each followed by a
+persisted-offset write). Here every operation names its partition, and a batch's
+writes are held in memory (reads see them) until :meth:`FaustStore.flush`, which
 
-Recovery stays Faust's: changelog topic, persisted offsets, restore on assignment.
+1. writes them to the partition's RocksDB in ONE write batch, and
+2. sends the partition's changelog records as ONE aiokafka record batch, coalesced per
+   key (the last write of a key in the batch wins) and ordered for recovery: Warden
+   versions (``w\\0`` puts, in the order written: input offset order), then entity
+   records (``e\\0``), then the clock checkpoint (``t\\0``), then deletions (the
+   tombstones of collected versions and checkpoints). specs/recovery.allium,
+   ChangelogOrderPerBatch, says why any prefix of that order restores to a state a
+   replay finishes correctly;
+3. records the changelog offset the partition's RocksDB holds up to (Faust's persisted
+   offset), once the batch is acknowledged.
+
+Offsets are committed only after the producer has flushed the changelog batches
+(faust Consumer._commit_offsets flushes the producer first), which is the recovery
+argument's premise. Recovery stays Faust's: changelog topic, persisted offsets,
+restore on assignment.
 """
 
 from __future__ import annotations
@@ -20,12 +31,34 @@ from typing import Iterator
 
 from faust.types import TP
 
+from app.batching import send_batched
+
+# changelog emission order of a batch's writes, by key space (tables/ledger.py,
+# tables/warden.py); deletions of any key space go last
+_ORDER = {b"w": 0, b"e": 1, b"t": 2}
+
+
+def changelog_order(writes: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+    """One batch's writes of one partition (key -> value, None for a deletion, in the
+    order first written) as the changelog records to send, in recovery order."""
+    puts: list[list[tuple[bytes, bytes]]] = [[], [], [], []]
+    deletes: list[tuple[bytes, None]] = []
+    for key, value in writes.items():
+        if value is None:
+            deletes.append((key, None))
+        else:
+            puts[_ORDER.get(key[:1], 3)].append((key, value))
+    return [*puts[0], *puts[1], *puts[2], *puts[3], *deletes]
+
 
 class FaustStore:
+    """A Store (tables/store.py) over the Faust table ``table`` of ``app``."""
+
     def __init__(self, app, table) -> None:
         self.app = app
         self.table = table
-        self._pending: list[tuple[int, bytes, bytes | None]] = []
+        self._writes: dict[int, dict[bytes, bytes | None]] = {}  # this batch: partition -> key -> value
+        self._iters: dict = {}  # partition -> a RocksDB iterator of the batch (a snapshot of the table)
 
     @property
     def changelog_topic(self) -> str:
@@ -35,40 +68,93 @@ class FaustStore:
         return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
+        writes = self._writes.get(partition)
+        if writes is not None and key in writes:
+            return writes[key]
         return self._db(partition).get(key)
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        found = self._db(partition).get(keys)
+        writes = self._writes.get(partition)
+        if writes:
+            found = [writes[k] if k in writes else v for k, v in zip(keys, found)]
+        return found
+
     def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self._db(partition).put(key, value)
-        self._pending.append((partition, key, value))
+        self._writes.setdefault(partition, {})[key] = value
 
     def delete(self, partition: int, key: bytes) -> None:
-        self._db(partition).delete(key)
-        self._pending.append((partition, key, None))
+        self._writes.setdefault(partition, {})[key] = None
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db(partition).items(from_key=prefix):
+        """Keys with ``prefix`` in key order, this batch's writes included."""
+        pending = sorted((k, v) for k, v in self._writes.get(partition, {}).items() if k.startswith(prefix))
+        stored = self._db(partition).items(from_key=prefix)
+        i = 0
+        for key, value in stored:
             if not key.startswith(prefix):
                 break
+            while i < len(pending) and pending[i][0] < key:
+                if pending[i][1] is not None:
+                    yield pending[i]
+                i += 1
+            if i < len(pending) and pending[i][0] == key:
+                if pending[i][1] is not None:
+                    yield pending[i]
+                i += 1
+                continue
             yield key, value
+        for key, value in pending[i:]:
+            if value is not None:
+                yield key, value
+
+    def scan_stored(self, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Keys with ``prefix`` in key order, as RocksDB holds them: without this batch's
+        writes (the caller knows them: the Warden's versions of the batch). A list: it is
+        usually empty (a new idempotency key), and one seek of an iterator kept for the
+        batch costs less than a generator."""
+        it = self._iters.get(partition)
+        if it is None:
+            it = self._iters[partition] = self._db(partition).iter()
+        it.seek(prefix)
+        found = []
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            found.append((key, it.value()))
+            it.next()
+        return found
 
     async def flush(self) -> None:
-        """Send this batch's changelog records, in write order."""
-        pending, self._pending = self._pending, []
-        if not pending:
+        """Write this batch to RocksDB and hand its changelog records to the producer
+        (module docstring). Returns once they are queued, not sent."""
+        from rocksdict import WriteBatch
+
+        batches, self._writes = self._writes, {}
+        self._iters.clear()
+        if not batches:
             return
-        producer = self.app.producer
+        producer = self.app.producer._producer  # the aiokafka producer under Faust's
         topic = self.changelog_topic
         data = self.table.data
-        for partition, key, value in pending:
-            fut = await producer.send(topic, key, value, partition, None, None)
-            fut.add_done_callback(_persist(data, TP(topic, partition)))
+        for partition, writes in batches.items():
+            wb = WriteBatch(raw_mode=True)
+            for key, value in writes.items():
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+            self._db(partition).write(wb)
+            for fut, n in await send_batched(producer, topic, partition, changelog_order(writes)):
+                fut.add_done_callback(_persist(data, TP(topic, partition), n))
 
 
-def _persist(data, tp: TP):
-    # At-least-once Faust records, per changelog partition, the offset up to which
-    # the local RocksDB already holds the changelog, so a restart on the same data
-    # directory only re-reads the tail.
+def _persist(data, tp: TP, n: int):
+    # At-least-once Faust records, per changelog partition, the offset up to which the
+    # local RocksDB already holds the changelog, so a restart on the same data
+    # directory only re-reads the tail. A batch's metadata is its first record's offset.
     def done(fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            data.set_persisted_offset(tp, fut.result().offset)
+            data.set_persisted_offset(tp, fut.result().offset + n - 1)
     return done

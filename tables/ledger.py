@@ -22,7 +22,7 @@ from tables.store import Store
 ENTITY_PREFIX = b"e\x00"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class EntityRecord:
     state: dict
     version: int
@@ -49,8 +49,12 @@ class Ledger:
         raw = self.store.get(partition, entity_key(key))
         return None if raw is None else EntityRecord.decode(raw)
 
+    def get_many(self, partition: int, keys: list[str]) -> list[EntityRecord | None]:
+        raws = self.store.get_many(partition, [entity_key(k) for k in keys])
+        return [None if raw is None else EntityRecord.decode(raw) for raw in raws]
+
     def put(self, partition: int, key: str, record: EntityRecord) -> None:
-        self.store.put(partition, entity_key(key), record.encode())
+        self.store.put(partition, ENTITY_PREFIX + key.encode("utf-8"), record.encode())
 
     def entities(self, partition: int) -> Iterator[tuple[str, EntityRecord]]:
         """Every entity of a partition, in key order (for dumps and comparisons)."""

@@ -5,17 +5,24 @@ because each partition is its own RocksDB database and changelog partition."""
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 
 class Store(Protocol):
     def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]: ...
 
     def put(self, partition: int, key: bytes, value: bytes) -> None: ...
 
     def delete(self, partition: int, key: bytes) -> None: ...
 
     def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def scan_stored(self, partition: int, prefix: bytes) -> Iterable[tuple[bytes, bytes]]:
+        """:meth:`scan` without the writes of the batch in progress, in a store that holds
+        them apart until it flushes (the same as scan in one that does not)."""
+        ...
 
 
 class MemoryStore:
@@ -29,6 +36,9 @@ class MemoryStore:
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.data.get((partition, key))
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        return [self.data.get((partition, key)) for key in keys]
+
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         self.data[(partition, key)] = value
         self.writes.append((partition, key, value))
@@ -41,6 +51,9 @@ class MemoryStore:
         for (p, k), v in sorted(self.data.items()):
             if p == partition and k.startswith(prefix):
                 yield k, v
+
+    def scan_stored(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.scan(partition, prefix)  # writes land at once: nothing is held apart
 
     @classmethod
     def replayed(cls, writes: list[tuple[int, bytes, bytes | None]]) -> "MemoryStore":

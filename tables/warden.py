@@ -43,7 +43,7 @@ WARDEN_PREFIX = b"w\x00"
 CLOCK_PREFIX = b"t\x00"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class WardenEntry:
     """One version of a key's entry. Each version is its own table key, written once
     and deleted once: a key written twice inside the uncommitted window could, after
@@ -131,6 +131,8 @@ class Warden:
         # ascending, and the offset of the newest one written
         self._checkpoints: dict[int, collections.deque[tuple[int, int]]] = {}
         self._written: dict[int, int] = {}  # partition -> offset of the last checkpoint this run wrote
+        # (partition, key prefix) -> the newest version recorded in the current batch
+        self._recorded: dict[tuple[int, bytes], WardenEntry] = {}
 
     # ---------------------------------------------------------------- stream time
 
@@ -198,8 +200,15 @@ class Warden:
                client: str | None = None) -> WardenEntry | None:
         """The version of the key's entry that was current when the event at ``offset``
         was first processed: the newest one recorded at or before it."""
+        return self.lookup_prefix(partition, key_prefix(idempotency_key, client), offset)
+
+    def lookup_prefix(self, partition: int, prefix: bytes, offset: int) -> WardenEntry | None:
+        """:meth:`lookup` by the key's table prefix (:func:`key_prefix`)."""
+        recent = self._recorded.get((partition, prefix))
+        if recent is not None:
+            return recent  # recorded earlier in this batch, so newer than any in the table
         found = None
-        for _, raw in self.store.scan(partition, key_prefix(idempotency_key, client)):
+        for _, raw in self.store.scan_stored(partition, prefix):
             entry = WardenEntry.decode(raw)
             if entry.offset > offset:
                 break  # versions are in offset order
@@ -220,9 +229,14 @@ class Warden:
             return Verdict.DUPLICATE
         return Verdict.REUSED
 
-    def record(self, idempotency_key: str, entry: WardenEntry, client: str | None = None) -> None:
-        key = version_key(idempotency_key, entry.offset, client)
+    def record(self, idempotency_key: str, entry: WardenEntry, client: str | None = None,
+               prefix: bytes | None = None) -> None:
+        """Write a new version (``prefix``: the key's table prefix, when known)."""
+        if prefix is None:
+            prefix = key_prefix(idempotency_key, client)
+        key = prefix + entry.offset.to_bytes(8, "big")
         self.store.put(entry.partition, key, entry.encode())
+        self._recorded[(entry.partition, prefix)] = entry
         self._queues.setdefault(entry.partition, collections.deque()).append(_pack(entry, key))
 
     def restate(self, idempotency_key: str, entry: WardenEntry, client: str | None = None) -> None:
@@ -262,6 +276,12 @@ class Warden:
         found = [(WardenEntry.decode(raw), raw_key) for raw_key, raw in self.store.scan(partition, WARDEN_PREFIX)]
         found.sort(key=lambda item: item[0].offset)
         self._queues[partition] = collections.deque(_pack(entry, key) for entry, key in found)
+
+    def settle(self) -> None:
+        """End of a batch: versions recorded in it are read from the store from now on
+        (a store may hold a batch's writes apart until it flushes them, unseen by
+        scans: tables/faust_store.py)."""
+        self._recorded.clear()
 
     def forget(self, partition: int) -> None:
         """Drop what is kept in memory of ``partition`` (queue, clock): after a

@@ -151,3 +151,29 @@ def test_outputs_stay_bounded_whatever_a_producer_sends():
     cut = outcome("rejected", "evaluation_error", "x" * 5000)["detail"]
     assert cut == "x" * MAX_DETAIL + "... (5000 characters)"
     assert outcome("rejected", "r", "y" * MAX_DETAIL)["detail"] == "y" * MAX_DETAIL
+def test_copy_batch_records_stay_bounded_and_name_their_watermarks():
+    """CopyBatchRecord: one record per batch, its copies in offset order with the digest
+    of each canonical body embedded byte for byte, and the watermark after the batch;
+    copies adding up to more than MAX_COPY_RECORD_BYTES go to further records, each
+    with the watermark of the first copy it leaves to the next."""
+    from agents.usher import Output
+    from app.records import MAX_COPY_RECORD_BYTES, seal_batch
+
+    def out(offset: int, size: int) -> Output:
+        body = canonical({"input": {"partition": 2, "offset": offset}, "pad": "x" * size})
+        return Output(2, offset, b"k", body, digest(body), "a")
+
+    small = [out(o, 10) for o in range(5, 9)]
+    (one,) = seal_batch("a", 2, 9, small)
+    record = json.loads(one)
+    assert (record["instance"], record["partition"], record["watermark"]) == ("a", 2, 9)
+    assert [c["digest"] for c in record["copies"]] == [o.digest for o in small]
+    assert [c["body"].encode() for c in record["copies"]] == [o.body for o in small]
+    big = [out(o, MAX_COPY_RECORD_BYTES // 3) for o in range(10, 17)]
+    records = [json.loads(r) for r in seal_batch("a", 2, 17, big)]
+    assert len(records) == 4  # two bodies of a third of the limit (and a little) fit a record
+    assert [json.loads(c["body"])["input"]["offset"] for r in records for c in r["copies"]] == list(range(10, 17))
+    for r, following in zip(records, records[1:] + [None]):
+        expected = 17 if following is None else json.loads(following["copies"][0]["body"])["input"]["offset"]
+        assert r["watermark"] == expected
+        assert sum(len(c["body"].encode()) for c in r["copies"]) <= MAX_COPY_RECORD_BYTES

@@ -95,7 +95,7 @@ def test_clerk_invariants_hold_after_every_step(seed, three, faulty) -> None:
                     assert len(set(rec["instances"])) == len(rec["instances"])
                     assert pos not in results
                     results[pos] = rec
-                    for ent_key, ent_value in action.entities:
+                    for ent_key, ent_value in action.entity_records():
                         ent = orjson.loads(ent_value)
                         assert ent["input"] == rec["input"] and ent["key"].encode() == ent_key
                 else:

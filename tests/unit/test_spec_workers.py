@@ -23,16 +23,18 @@ from typing import ClassVar
 import click
 import orjson
 import pytest
+from faust.types.tuples import Message
 
 from agents import clerk as clerk_mod
 from agents import instance as instance_mod
 from agents.faults import FaultInjector, FaultSpec
-from app.canonical import canonical
+from agents.intake import OneRecord
+from app.canonical import canonical, digest
 from app.records import partition_for, seal
 from app.settings import SETTINGS, load
 from app.topics import topic_specs
 from tables.ledger import ENTITY_PREFIX
-from tables.warden import WARDEN_PREFIX
+from tables.warden import WARDEN_PREFIX, clock_key
 
 PARTITIONS = 4
 
@@ -54,11 +56,53 @@ class _Sent:
         self.offset = offset
 
 
-class RecordingProducer:
-    """Stands in for app.producer: records every send, in order, and every flush."""
+class RecordingBatch:
+    """Stands in for an aiokafka batch builder: keeps what is appended (up to ``room``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: int) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.room = room
+
+    def append(self, *, key, value, timestamp):
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class RecordingProducer:
+    """Stands in for app.producer: records every send, in order, and every flush. Its
+    ``_producer`` (Faust's aiokafka producer) records the records of every batch sent,
+    each as a send."""
+
+    def __init__(self, batch_room: int = 1000) -> None:
         self.log: list[tuple] = []  # ("send", topic, key, value, partition) or ("flush",)
+        self.batches = 0
+        self.batch_room = batch_room
+        self._producer = self  # as Faust's producer holds aiokafka's
+        self._request_timeout_ms = 1000
+        self._message_accumulator = self  # and aiokafka's producer its accumulator
+        self._batches: dict = {}
+        self._closed = False
+        self.client = self
+
+    async def _wait_on_metadata(self, topic: str) -> None:
+        pass
+
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(self.batch_room)
+
+    def _append_batch(self, batch: RecordingBatch, tp):
+        self.batches += 1
+        first = len(self.log)
+        for key, value in batch.records:
+            self.log.append(("send", tp.topic, key, value, tp.partition))
+
+        class Queued:
+            future = asyncio.get_running_loop().create_future()
+
+        Queued.future.set_result(_Sent(first))
+        return Queued
 
     async def send(self, topic, key, value, partition, timestamp, headers):
         self.log.append(("send", topic, key, value, partition))
@@ -124,17 +168,42 @@ async def test_instance_app_is_one_group_with_one_ledger_table(settings, tmp_pat
     assert isinstance(b.docket["usher"].faults, FaultInjector)
 
 
-async def test_usher_agent_batches_and_puts_changelog_records_before_outputs(settings, tmp_path) -> None:
-    """UsherTakesBatch, BatchWithinSize, BatchKeepsPartitionOffsetOrder: the agent hands
-    the Usher batches of 1..DOCKET_BATCH_SIZE records, each partition's in ascending
-    offset order, every record once.
-    ArbiterEmitsOneOutputPerRecord, OutputOnInstanceTopic, OutputOnInputPartition,
-    CopiesShareTheInputPartition: one output per record on <prefix>.output.a, on the
-    input's partition, with the input's key, naming instance a.
-    ArbiterEmitsEvaluatedOutput, OutputFollowsItsEntityWrites, WardenRecordsVersion:
-    a fresh output reaches the producer only after the changelog records of its Warden
-    version and then of each entity it changed (stamped with its offset), all on the
-    input's partition of the changelog."""
+class FakeBatch(Message):
+    """A batch as agents/intake.py delivers one (``records``), acknowledged as a plain
+    message is in Faust's agent test context (no consumer to report to)."""
+
+    __slots__ = ("records",)
+
+
+async def put_batch(ctx, topic: str, partition: int, items: list[tuple[bytes | None, bytes, int]],
+                    first_offset: int):
+    """One stream item carrying ``items`` (key, value, timestamp ms) at consecutive
+    offsets from ``first_offset`` of ``topic``[``partition``], as the batch consumer
+    hands them over; returns its event."""
+    records = [OneRecord(partition, first_offset + i, ts, key, value, 1) for i, (key, value, ts) in enumerate(items)]
+    last = records[-1]
+    message = FakeBatch(topic, partition, last.offset, last.timestamp / 1000, 0, None, None, None, b"", 0, 0,
+                        generation_id=ctx.app.consumer_generation_id)
+    message.records = records
+    channel = ctx.stream().channel
+    event = await channel.decode(message)
+    await channel.put(event)
+    return event
+
+
+async def test_usher_agent_takes_batches_and_writes_changelog_then_one_copy_record(settings, tmp_path) -> None:
+    """UsherTakesBatch, BatchKeepsPartitionOffsetOrder, BatchIsOnePartition: each stream
+    item is one partition's records in offset order, and the Usher gets exactly them.
+    CopyBatchRecord, ArbiterEmitsOneOutputPerRecord, OutputOnInstanceTopic,
+    OutputOnInputPartition, CopiesShareTheInputPartition: one record per batch on
+    <prefix>.output.a, on the input's partition, naming instance a, with one copy per
+    input record in offset order (digest of its body) and the watermark after the
+    batch.
+    ChangelogOrderPerBatch, OutputFollowsItsEntityWrites, WardenRecordsVersion,
+    ClockCheckpointAtBatchEnd: the batch's changelog records reach the producer before
+    its copy record, as record batches, in recovery order: the Warden versions (input
+    offset order), then each changed entity once (its last value in the batch, stamped
+    with the last writer's offset), then the clock checkpoint."""
     app = instance_mod.build(settings, "a", tmp_path / "a")
     app.producer = producer = RecordingProducer()
     usher = app.docket["usher"]
@@ -146,104 +215,95 @@ async def test_usher_agent_batches_and_puts_changelog_records_before_outputs(set
         return process(batch, committed)
 
     usher.process = recording
-    records = [adjust(f"k{i}", sku, 1 + i) for i, sku in enumerate(["s1", "s4", "s1", "s5", "s1", "s4", "c", "s5"])]
-    records.append((b"s1", b"not json"))
+    p1, p4 = partition_for(b"s1", PARTITIONS), partition_for(b"s4", PARTITIONS)
+    assert p1 != p4
+    input_topic = settings.input_topic
+    first = [(*adjust("k0", "s1", 5), 1_000), (*adjust("k1", "s1", -2), 1_001), (b"s1", b"not json", 1_002),
+             (*adjust("k3", "s1", 4, "w2"), 1_003)]
+    second = [(*adjust("k4", "s4", 1), 1_004)]
+    third = [(*adjust("k5", "s1", 1), 1_005)]
+    out_topic = settings.output_topic("a")
     async with app.agents["usher"].test_context() as ctx:
-        sent = []
-        for key, value in records:
-            ev = await ctx.put(value, key=key, partition=partition_for(key, PARTITIONS), timestamp=1_000.0 + len(sent),
-                               wait=False)
-            sent.append((ev.message.partition, ev.message.offset, key))
-        await until(lambda: len(producer.sent(settings.output_topic("a"))) == len(records), "every output")
-    assert all(1 <= len(b) <= 3 for b in batches), batches
-    assert any(len({p for p, _ in b}) > 1 for b in batches), batches  # partitions interleave in a batch
-    flat = [pos for b in batches for pos in b]
-    assert sorted(flat) == sorted((p, o) for p, o, _ in sent) and len(set(flat)) == len(flat)
-    for p in {p for p, _, _ in sent}:
-        offsets = [o for q, o in flat if q == p]
-        assert offsets == sorted(offsets)
-
+        await put_batch(ctx, input_topic, p1, first, 0)
+        await put_batch(ctx, input_topic, p4, second, 0)
+        await put_batch(ctx, input_topic, p1, third, 4)
+        await until(lambda: len(producer.sent(out_topic)) == 3, "three copy records")
+    assert batches == [[(p1, 0), (p1, 1), (p1, 2), (p1, 3)], [(p4, 0)], [(p1, 4)]]
     changelog = settings.app_id("a") + "-ledger-changelog"
-    outputs = producer.sent(settings.output_topic("a"))
-    by_input = {(p, o): k for p, o, k in sent}
-    for index, (_, topic, key, value, partition) in outputs:
-        out = orjson.loads(value)
-        pos = (out["input"]["partition"], out["input"]["offset"])
-        assert out["instance"] == "a" and partition == pos[0] and key == by_input[pos]
-        writes = [(i, e) for i, e in producer.sent(changelog) if e[4] == pos[0]]
-        version_at = [i for i, e in writes if e[2].startswith(WARDEN_PREFIX) and orjson.loads(e[3])["o"] == pos[1]]
-        if out["outcome"]["status"] == "applied":
-            assert len(version_at) == 1 and version_at[0] < index
-            for change in out["outcome"]["entities"]:
-                entity_at = [i for i, e in writes if e[2] == ENTITY_PREFIX + change["key"].encode()
-                             and orjson.loads(e[3])["o"] == pos[1]]
-                assert len(entity_at) == 1 and version_at[0] < entity_at[0] < index, (pos, change)
-        else:
-            assert version_at == []  # the malformed record: no version, no entity
-    assert sum(1 for _, (_, _, _, v, _) in outputs if orjson.loads(v)["outcome"]["status"] == "applied") == 8
+    copies = producer.sent(out_topic)
+    for (index, (_, _, key, value, partition)), batch in zip(copies, batches, strict=True):
+        record = orjson.loads(value)
+        assert key is None and partition == batch[0][0]
+        assert (record["instance"], record["partition"], record["watermark"]) == ("a", partition, batch[-1][1] + 1)
+        bodies = [c["body"].encode() for c in record["copies"]]  # each body's canonical bytes, as a string
+        assert [(b["input"]["partition"], b["input"]["offset"]) for b in map(orjson.loads, bodies)] == batch
+        for c, b in zip(record["copies"], bodies):
+            assert c["digest"] == digest(b) and canonical(orjson.loads(b)) == b
+    # the first batch's changelog, all before its copy record
+    copy_at = copies[0][0]
+    writes = [e for i, e in producer.sent(changelog) if e[4] == p1 and i < copy_at]
+    kinds = [e[2][:1] for e in writes]
+    assert kinds == [b"w", b"w", b"w", b"e", b"e", b"t"], kinds  # k0, k1, k3; w1:s1 once, w2:s1; checkpoint
+    versions = [orjson.loads(e[3])["o"] for e in writes if e[2].startswith(WARDEN_PREFIX)]
+    assert versions == [0, 1, 3]  # the malformed record writes none
+    entities = {e[2]: orjson.loads(e[3]) for e in writes if e[2].startswith(ENTITY_PREFIX)}
+    assert entities[ENTITY_PREFIX + b"stock:w1:s1"] == {"s": {"quantity": 3}, "v": 2, "o": 1}  # coalesced
+    assert entities[ENTITY_PREFIX + b"stock:w2:s1"] == {"s": {"quantity": 4}, "v": 1, "o": 3}
+    assert writes[-1][2] == clock_key(3)
+    assert producer.batches < len(producer.sent(changelog))  # records went in batches
 
 
-async def test_watermarks_wait_for_recovery_and_name_only_this_runs_progress(settings, tmp_path, caplog) -> None:
+async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(settings, tmp_path, caplog) -> None:
     """AdvertiseWatermarkOnlyWhenReady, NoWatermarkBeforeRestore, WatermarksCoverOnlyEmittedOutputs:
-    nothing is advertised while Faust's recovery is not complete, even for processed
-    partitions; then one watermark per processed partition, {"watermark": next offset,
-    "instance", "partition"}, on that partition of the output topic, after the copies
-    it covers; an unchanged watermark is not sent again.
+    an instance's watermark is the copy record's: the next offset after its batch, in
+    the record that carries the batch's copies, so it never names an offset whose copy
+    is not already sent; nothing is sent on its own, and the instance says it is ready
+    only once Faust's recovery is complete.
     RecoveryStartsOnAssignment, RegistrarClearsOnRebalance, ResumedAtOrBeforeNext: an
-    assignment empties the Registrar, forgets the Warden's collection state and what
-    was processed and advertised (the run's cursor starts where it resumed and moves
-    only with processed batches), so nothing is advertised for a partition until a
-    batch of it is processed in the new assignment."""
+    assignment empties the Registrar and forgets the Warden's collection state and
+    what was processed (the run's cursor starts where it resumed and moves only with
+    processed batches)."""
     app = instance_mod.build(settings, "a", tmp_path / "a")
     app.producer = producer = RecordingProducer()
-    advertise = timer(app, "advertise_watermarks")
+    announce = timer(app, "announce_ready")
     out_topic = settings.output_topic("a")
     home = partition_for(b"s1", PARTITIONS)
-
-    def watermarks():
-        return [(i, e[4], orjson.loads(e[3])) for i, e in producer.sent(out_topic) if b"watermark" in e[3]]
-
     async with app.agents["usher"].test_context() as ctx:
-        for i in range(3):
-            key, value = adjust(f"k{i}", "s1", 1)
-            last = await ctx.put(value, key=key, partition=home, timestamp=1_000.0 + i, wait=False)
-        await until(lambda: len(producer.sent(out_topic)) == 3, "the outputs")
-        await advertise()
-        assert watermarks() == []  # processed, but recovery is not complete
-        app.tables.recovery.completed.set()
+        await put_batch(ctx, settings.input_topic, home, [(*adjust(f"k{i}", "s1", 1), 1_000 + i) for i in range(3)], 0)
+        await until(lambda: len(producer.sent(out_topic)) == 1, "the copy record")
         with caplog.at_level(logging.WARNING, logger="docket.instance"):
-            await advertise()
-        assert any("ready: recovery complete" in m for m in caplog.messages)
-        (index, partition, mark), = watermarks()
-        assert (partition, mark) == (home, {"watermark": last.message.offset + 1, "instance": "a", "partition": home})
-        copies = [i for i, e in producer.sent(out_topic) if b"watermark" not in e[3] and e[4] == home]
-        assert max(copies) < index
-        await advertise()
-        assert len(watermarks()) == 1  # unchanged: not sent again
+            await announce()
+            assert not any("ready" in m for m in caplog.messages)  # recovery is not complete
+            app.tables.recovery.completed.set()
+            await announce()
+            await announce()
+        assert sum("ready: recovery complete" in m for m in caplog.messages) == 1
+        ((_, (_, _, _, value, partition)),) = producer.sent(out_topic)
+        record = orjson.loads(value)
+        assert partition == home and record["watermark"] == 3 == len(record["copies"])
 
         registrar, warden = app.docket["registrar"], app.docket["warden"]
         assert len(registrar) > 0 and warden.size(home) > 0
         await app.on_partitions_assigned.send(assigned=set())
-        assert len(registrar) == 0 and warden.size(home) == 0
-        await advertise()
-        assert len(watermarks()) == 1  # nothing processed since the assignment
-        key, value = adjust("k9", "s1", 1)
-        again = await ctx.put(value, key=key, partition=home, timestamp=1_010.0, wait=False)
-        await until(lambda: len([e for _, e in producer.sent(out_topic) if b"watermark" not in e[3]]) == 4, "output")
-        await advertise()
-        assert watermarks()[-1][2]["watermark"] == again.message.offset + 1
+        assert len(registrar) == 0 and warden.size(home) == 0 and app.docket["processed"] == {}
+        await put_batch(ctx, settings.input_topic, home, [(*adjust("k9", "s1", 1), 1_010)], 3)
+        await until(lambda: len(producer.sent(out_topic)) == 2, "the second copy record")
+        assert orjson.loads(producer.sent(out_topic)[-1][1][3])["watermark"] == 4
+        assert app.docket["processed"] == {home: 4}
 
 
 # --------------------------------------------------------------------------- the Clerk app
 
 
 def copy_value(instance: str, offset: int, partition: int, quantity: int = 5, ikey: str | None = None) -> bytes:
+    """A copy-batch record of one copy, as instance ``instance`` writes it."""
     body = canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": ikey or f"k{offset}",
-                      "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
-                      "stream_time": 1_000 + offset,
+                      "client": None, "event_name": "stock.adjust", "domain_version": "inventory/1",
+                      "duplicate_of": None, "stream_time": 1_000 + offset,
                       "outcome": {"status": "applied", "reason": None, "detail": "",
                                   "entities": [{"key": "stock:w1:s1", "state": {"quantity": quantity}, "version": 1}]}})
-    return seal(body, instance)
+    return orjson.dumps({"instance": instance, "partition": partition, "watermark": offset + 1,
+                         "copies": [{"digest": digest(body), "body": body.decode()}]})
 
 
 async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, caplog) -> None:
@@ -282,6 +342,7 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
 
         ev = await put(out_a, orjson.dumps({"watermark": 7, "instance": "zz", "partition": p}))
         assert ev.message.acked and core.partitions[p].watermarks == {"a": 7}
+        core.partitions[p].watermarks.clear()
 
         held = await put(out_a, copy_value("a", 0, p, ikey="order-1"))
         assert not held.message.acked and producer.log == []
@@ -297,7 +358,8 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
         assert producer.log.index(("send", *result[1:])) < producer.log.index(("send", *entity[1:]))
 
         await put(out_a, copy_value("a", 1, p))
-        tampered = copy_value("b", 1, p).replace(b'"quantity":5', b'"quantity":4')  # after sealing
+        tampered = copy_value("b", 1, p).replace(b'\\"quantity\\":5', b'\\"quantity\\":4')  # after sealing
+        assert tampered != copy_value("b", 1, p)
         ev = await put(out_b, tampered)
         assert ev.message.acked
         (index, report), = producer.sent(settings.divergences_topic)
