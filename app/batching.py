@@ -68,3 +68,83 @@ async def send_batched(producer, topic: str, partition: int,
         sent.append((asyncio.shield(batch.future), n))
         i += n
     return sent
+
+
+class Produced(tuple):
+    """(partition, offset, timestamp) of one record an :class:`Outbox` sent; the
+    timestamp is the broker's for a LogAppendTime topic (ms)."""
+
+    __slots__ = ()
+
+    @property
+    def partition(self) -> int:
+        return self[0]
+
+    @property
+    def offset(self) -> int:
+        return self[1]
+
+    @property
+    def timestamp(self) -> int:
+        return self[2]
+
+
+class Outbox:
+    """Records for one topic, handed to the producer as record batches per partition.
+
+    :meth:`send` queues a record and returns a future of its :class:`Produced`; on the
+    next turn of the event loop everything queued meanwhile goes out with
+    :func:`send_batched`, one batch per partition: many concurrent callers (the REST
+    API's requests) cost one batch, not one ``send`` each."""
+
+    def __init__(self, producer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._pending: dict[int, list[tuple[bytes | None, bytes, asyncio.Future]]] = {}
+        self._flushing: asyncio.Task | None = None
+
+    def send(self, partition: int, key: bytes | None, value: bytes) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.setdefault(partition, []).append((key, value, fut))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = loop.create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            pending, self._pending = self._pending, {}
+            for partition, items in sorted(pending.items()):
+                try:
+                    sent = await send_batched(self.producer, self.topic, partition, [(k, v) for k, v, _ in items])
+                except Exception as exc:  # noqa: BLE001  every caller of this batch hears of it
+                    for _, _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                start = 0
+                for batch, n in sent:
+                    batch.add_done_callback(_resolver(partition, items[start:start + n]))
+                    start += n
+
+
+def _resolver(partition: int, items: list):
+    def resolve(batch: asyncio.Future) -> None:
+        if batch.cancelled() or batch.exception() is not None:
+            exc = batch.exception() if not batch.cancelled() else asyncio.CancelledError()
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        try:
+            meta = batch.result()
+            base, stamped = meta.offset, meta.timestamp
+        except Exception as exc:  # noqa: BLE001  no caller may be left waiting
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for j, (_, _, fut) in enumerate(items):
+            if not fut.done():
+                fut.set_result(Produced((partition, base + j, stamped)))
+    return resolve

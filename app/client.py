@@ -50,6 +50,7 @@ from typing import Any
 
 import orjson
 
+from app.batching import Outbox
 from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.records import MAX_IDEMPOTENCY_KEY, MAX_VALUE_BYTES, partition_for
@@ -313,6 +314,7 @@ class DocketClient:
         self.produce_timeout_ms = produce_timeout_ms
         self.start_timeout_s = start_timeout_s
         self._producer = None
+        self._outbox = None
         self._consumer = None
         self._task: asyncio.Task | None = None
         self._started = False
@@ -417,7 +419,8 @@ class DocketClient:
                                 "where the instances do not expect them")
 
         producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                    request_timeout_ms=self.produce_timeout_ms, linger_ms=0)
+                                    request_timeout_ms=self.produce_timeout_ms, linger_ms=0,
+                                    max_batch_size=512 * 1024)
         # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would
         # delay results behind an idle partition's long poll
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
@@ -448,6 +451,7 @@ class DocketClient:
             await producer.stop()
             raise
         self._producer, self._consumer = producer, consumer
+        self._outbox = Outbox(producer, s.input_topic)
         self._started = True
         self._task = asyncio.create_task(self._follow(), name="docket results consumer")
 
@@ -574,8 +578,9 @@ class DocketClient:
         self._unacked[skey] += 1
         try:
             try:
-                # no timestamp: the input topic is LogAppendTime, the broker stamps it
-                meta = await self._producer.send_and_wait(self.settings.input_topic, value, key=key)
+                # no timestamp: the input topic is LogAppendTime, the broker stamps it;
+                # concurrent submissions go out as one record batch per partition
+                meta = await asyncio.wait_for(self._outbox.send(home, key, value), self.produce_timeout_ms / 1000)
             except Exception as exc:  # noqa: BLE001  any produce failure means: not acknowledged
                 entry = self._index.get(skey)
                 if entry is not None and entry.position is None and entry.recorded_at == now:
@@ -587,9 +592,6 @@ class DocketClient:
             pos = (meta.partition, meta.offset)
             stamped = meta.timestamp  # the broker's LogAppendTime: the request's stream time
             self._saw(stamped)
-            if meta.partition != home:  # checked at start; a topic recreated meanwhile
-                log.error("%s[%d] is not the partition %d docket routes key %r to", self.settings.input_topic,
-                          meta.partition, home, key)
             fut = asyncio.get_running_loop().create_future()
             self._waiters[pos] = fut
             self._mine[pos] = (skey, stamped, fp)

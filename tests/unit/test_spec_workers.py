@@ -54,6 +54,7 @@ def settings(monkeypatch: pytest.MonkeyPatch):
 class _Sent:
     def __init__(self, offset: int) -> None:
         self.offset = offset
+        self.timestamp = 1_700_000_000_000 + offset
 
 
 class RecordingBatch:
