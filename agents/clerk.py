@@ -198,16 +198,16 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             # Who sent it is the topic it came on, not what it says about itself.
             instance = instance_of[msg.topic]
             now = time.time()  # metrics only
-            unfinished: set[int] = set()
-            copies = 0
+            seen: list[int] = []  # input offsets this event carried copies of
             for rec in records_of(msg):
                 metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
                 try:
                     data = orjson.loads(rec.value)
-                    batch = data.get("copies", ())
+                    batch = data.get("copies") or []
                     watermark = data.get("watermark")
-                    if not batch and watermark is None:
-                        raise KeyError("copies")
+                    if (not isinstance(batch, list) or (not batch and watermark is None)
+                            or not (watermark is None or type(watermark) is int)):
+                        raise TypeError("not a copy-batch record")
                 except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
                     continue
@@ -215,16 +215,17 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 for copy in batch:
                     try:
                         body, offset = copy_body(copy)
+                        claimed = copy["digest"]
                     except (KeyError, TypeError, AttributeError, ValueError):
                         log.warning("ignoring an unreadable copy on %s[%d]@%d", msg.topic, p, rec.offset)
                         continue
                     actual = digest(body)
-                    if actual != copy["digest"]:
+                    if actual != claimed:
                         metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
                     parsed.append((offset, actual, body, None))
                     if (p, offset) not in first_read:
                         first_read[(p, offset)] = now
-                copies += len(parsed)
+                seen.extend(o for o, _, _, _ in parsed)
                 for action in core.on_copies(p, instance, parsed):
                     if isinstance(action, Publish):
                         publisher.result(action)
@@ -233,11 +234,6 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                         await publisher.divergence(action)
                         metrics.divergences.inc()
                         log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
-                for offset, _, _, _ in parsed:
-                    if core.is_final(p, offset):
-                        release(p, offset)
-                    else:
-                        unfinished.add(offset)
                 if watermark is not None:
                     core.on_watermark(p, instance, watermark)
             decided = await publisher.send(p)
@@ -248,8 +244,16 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     latency.add(published - stream_time / 1000)
             agreement.flush()
             latency.flush()
-            metrics.copies.labels(instance).inc(copies)
-            unfinished = {o for o in unfinished if not core.is_final(p, o)}
+            metrics.copies.labels(instance).inc(len(seen))
+            # Only now that the decisions are queued in the producer (which Faust flushes
+            # before it commits) may the copies they finish be acknowledged: this event's
+            # and the ones held for the same positions.
+            unfinished = set()
+            for offset in seen:
+                if core.is_final(p, offset):
+                    release(p, offset)
+                else:
+                    unfinished.add(offset)
             if unfinished:
                 waits[event] = len(unfinished)
                 for offset in unfinished:

@@ -45,6 +45,9 @@ log = logging.getLogger("docket.instance")
 # Allocations between two generation-0 passes of the garbage collector (Python's
 # default: 700); see run_worker.
 GC_THRESHOLD = 50_000
+# How often an instance looks whether Faust's table recovery is complete, to say once
+# that it is ready (seconds): the chaos suite and the tests wait for that line.
+READY_CHECK_S = 0.2
 # Faust runs its Kafka consumer in a thread of its own (with its own event loop); while
 # the agent's thread holds the GIL evaluating a batch, that thread waits up to the
 # interpreter's switch interval (5 ms by default) at each of its many hand-offs, and a
@@ -339,7 +342,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             observe_many(metrics.produce, handed - evaluated, n)
             _time_acks(metrics.ack, [sent], handed, n)
 
-    @app.timer(settings.watermark_interval_ms / 1000)
+    @app.timer(READY_CHECK_S)
     async def announce_ready() -> None:
         # instanceReady gate: watermarks ride in the copy records, which only batches
         # processed after table recovery produce, and each names only offsets this run

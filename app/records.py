@@ -184,9 +184,9 @@ def seal_batch(instance: str, partition: int, watermark: int, outputs) -> list[b
     (a body decoded is needed only once per decided position); ``watermark`` is the next input
     offset of the partition covered: every record below it has its copy in this record
     or an earlier one of this run. Copies whose bodies add up to more than
-    MAX_COPY_RECORD_BYTES go to further records, each with the watermark of its own
-    last copy. ``outputs`` are agents.usher.Output. Spec: specs/arbiter.allium,
-    CopyBatchRecord."""
+    MAX_COPY_RECORD_BYTES go to further records; a record followed by another of the
+    batch has the offset of that record's first copy as its watermark. ``outputs`` are
+    agents.usher.Output. Spec: specs/arbiter.allium, CopyBatchRecord."""
     chunks: list[list] = [[]]
     size = 0
     for o in outputs:
@@ -202,6 +202,20 @@ def seal_batch(instance: str, partition: int, watermark: int, outputs) -> list[b
             "instance": instance, "partition": partition, "watermark": mark,
             "copies": [{"digest": o.digest, "body": o.body.decode("utf-8")} for o in chunk]}))
     return records
+
+
+def unseal_batch(value: bytes) -> tuple[str | None, int | None, list[tuple[str, bytes]]]:
+    """(instance, watermark, [(digest, body bytes), ...]) of a copy-batch record
+    (:func:`seal_batch`); a record holding only a watermark has no copies. Raises
+    orjson.JSONDecodeError, KeyError, TypeError or AttributeError for anything else."""
+    data = orjson.loads(value)
+    copies = []
+    for copy in data.get("copies") or ():
+        body = copy["body"]
+        copies.append((copy["digest"], body.encode("utf-8") if isinstance(body, str) else canonical_trusted(body)))
+    if not copies and "watermark" not in data:
+        raise KeyError("copies")
+    return data.get("instance"), data.get("watermark"), copies
 
 
 def unseal(value: bytes) -> tuple[str, str, dict]:

@@ -36,13 +36,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics)"),
     Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk reports it"),
-    Setting("DOCKET_WATERMARK_INTERVAL_MS", "200", "how often an instance advertises its per-partition watermarks"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them)"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
-    Setting("DOCKET_BATCH_SIZE", "256", "most events the Usher hands to the Arbiter at once"),
-    Setting("DOCKET_BATCH_WINDOW_MS", "5", "longest the Usher waits to fill a batch"),
+    Setting("DOCKET_BATCH_SIZE", "256", "most records a worker takes as one batch: an instance's input records of one partition, the Clerk's copy records"),
     Setting("DOCKET_CACHE_CAPACITY", "100000", "entities the Registrar keeps in memory per worker"),
     Setting("DOCKET_DATA_ROOT", "var", "directory under which each worker keeps its RocksDB data"),
     Setting("DOCKET_BROKER_PORT", "9092", "port of the local broker started by `docket broker start`"),
@@ -184,13 +182,11 @@ class Settings:
     instances: tuple[str, ...]
     required_copies: int
     max_lag: int
-    watermark_interval_ms: int
     fetch_max_wait_ms: int
     session_timeout_ms: int
     commit_check_interval_ms: int
     idempotency_ttl_ms: int
     batch_size: int
-    batch_window_ms: int
     cache_capacity: int
     data_root: Path
     broker_port: int
@@ -265,13 +261,11 @@ def load() -> Settings:
         instances=instances,
         required_copies=required,
         max_lag=_int("DOCKET_MAX_LAG", 1),
-        watermark_interval_ms=_int("DOCKET_WATERMARK_INTERVAL_MS", 10),
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
         session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
         commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
-        batch_window_ms=_int("DOCKET_BATCH_WINDOW_MS", 0),
         cache_capacity=_int("DOCKET_CACHE_CAPACITY", 1),
         data_root=Path(_raw("DOCKET_DATA_ROOT")).expanduser().resolve(),
         broker_port=_int("DOCKET_BROKER_PORT", 1),

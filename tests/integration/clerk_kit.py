@@ -103,7 +103,6 @@ def clerk_env(instances: str, required_copies: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DOCKET_PARTITIONS", str(CLERK_PARTITIONS))
     monkeypatch.setenv("DOCKET_INSTANCES", instances)
     monkeypatch.setenv("DOCKET_REQUIRED_COPIES", required_copies)
-    monkeypatch.setenv("DOCKET_WATERMARK_INTERVAL_MS", "200")
 
 
 @pytest.fixture

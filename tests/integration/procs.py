@@ -77,7 +77,6 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "DOCKET_INSTANCES": ",".join(settings.instances),
         "DOCKET_IDEMPOTENCY_TTL_MS": str(settings.idempotency_ttl_ms),
         "DOCKET_BATCH_SIZE": str(settings.batch_size),
-        "DOCKET_BATCH_WINDOW_MS": str(settings.batch_window_ms),
         "DOCKET_CACHE_CAPACITY": str(settings.cache_capacity),
         "DOCKET_DATA_ROOT": str(settings.data_root),
         "DOCKET_LOG_LEVEL": settings.log_level,
@@ -247,27 +246,32 @@ class BackgroundReader:
 
 
 class OutputCollector(BackgroundReader):
-    """Groups the output records of ``topic`` by the input position they answer
-    (``body["input"]``). Watermark records (``{"watermark": next offset, ...}``) are
-    kept apart, in ``watermarks``."""
+    """Groups the copies in the copy-batch records of ``topic`` by the input position
+    they answer (``body["input"]``), each in its single-record form; every record's
+    watermark (the next input offset it covers) is kept apart, in ``watermarks``."""
 
     what = "collector"
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(bootstrap, topic)
         self.copies: dict[Position, list[Copy]] = {}
-        self.records = 0  # output records read (re-emissions included, watermarks not)
+        self.records = 0  # copies read (re-emissions included)
         self.watermarks: list[tuple[int, int, dict]] = []  # (partition, offset, record)
 
     def on_record(self, m: Any) -> None:
-        out = orjson.loads(m.value)
-        if "watermark" in out:  # progress marker, not an output
-            self.watermarks.append((m.partition, m.offset, out))
-            return
-        instance, dig = out.pop("instance"), out.pop("digest")
-        pos = (out["input"]["partition"], out["input"]["offset"])
-        self.copies.setdefault(pos, []).append(Copy(m.partition, m.offset, m.value, instance, dig, out))
-        self.records += 1
+        from app.records import seal_digested, unseal_batch
+
+        instance, watermark, copies = unseal_batch(m.value)
+        for dig, body in copies:
+            out = orjson.loads(body)
+            pos = (out["input"]["partition"], out["input"]["offset"])
+            # each copy in its single-record form, so copies compare byte for byte
+            self.copies.setdefault(pos, []).append(
+                Copy(m.partition, m.offset, seal_digested(body, dig, instance), instance, dig, out))
+            self.records += 1
+        if watermark is not None:  # the record's promise: every input below has its copy
+            self.watermarks.append((m.partition, m.offset, {"watermark": watermark, "instance": instance,
+                                                            "partition": m.partition}))
 
     @property
     def positions(self) -> int:
@@ -378,9 +382,9 @@ def assert_inventory_invariants(inputs, oracle, entities: dict[str, dict]) -> di
 
 def assert_watermarks_follow_outputs(collector: OutputCollector, instance: str) -> int:
     """A watermark ``w`` on partition p promises outputs for every input offset below
-    ``w``: each must have a copy earlier on the same output partition (a recovering
-    instance must not advertise progress it has not re-emitted). Returns the number
-    of watermarks checked."""
+    ``w``: each must have a copy in the same record or earlier on the same output
+    partition (a recovering instance must not advertise progress it has not
+    re-emitted). Returns the number of watermarks checked."""
     first_copy: dict[Position, int] = {pos: min(c.offset for c in copies) for pos, copies in collector.copies.items()}
     # per partition: latest[o] = the output offset by which inputs 0..o all have a copy
     latest: dict[int, list[int]] = {}
@@ -397,7 +401,7 @@ def assert_watermarks_follow_outputs(collector: OutputCollector, instance: str) 
         if w == 0:
             continue
         row = latest.get(partition, [])
-        assert len(row) >= w and row[w - 1] < out_offset, (
+        assert len(row) >= w and row[w - 1] <= out_offset, (
             f"{collector.topic}: watermark {w} at partition {partition} offset {out_offset} precedes "
             f"an output of an input offset below {w}")
     return len(collector.watermarks)
