@@ -42,7 +42,7 @@ run: $(STAMP) broker-fetch
 demo: $(STAMP)
 	@$(BIN)/docket demo $(DEMO_ARGS)
 
-# The five benchmarks of bench/run.py on a broker of their own (about 15 minutes on 2
+# The six benchmarks of bench/run.py on a broker of their own (about 15 minutes on 2
 # cores); the report (JSON, Markdown, PNG plots, py-spy stacks) goes to bench/results/
 # and its summary into the README. Options: BENCH_ARGS="--only kafka_native --native-rates 100 200".
 BENCH_ARGS ?=

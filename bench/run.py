@@ -1,4 +1,4 @@
-"""`make bench`: the five measurements, one after the other on one broker of their own,
+"""`make bench`: the six measurements, one after the other on one broker of their own,
 then the report (bench/report.py): JSON, a Markdown table and PNG plots in
 bench/results/, and the README's benchmark section.
 
@@ -8,8 +8,10 @@ bench/results/, and the README's benchmark section.
 1. kafka_ceiling  Kafka's own ProducerPerformance / ConsumerPerformance
 2. aiokafka       the Python client's produce and consume loops
 3. faust_floor    a plain one-agent Faust app updating a RocksDB table per event
-4. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
-5. http           docket over its REST API with vegeta, fixed rates, server-side stages
+4. quix           a plain Quix Streams app (librdkafka) doing docket's inventory arithmetic
+                  per event on RocksDB state, one output record per event
+5. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
+6. http           docket over its REST API with vegeta, fixed rates, server-side stages
 
 Every figure is printed as it is measured. A measurement that fails is recorded with
 its error, the others still run, and the exit status is 1. Nothing here asserts a speed.
@@ -39,6 +41,7 @@ from bench.stack import BenchStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
+MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_native", "http"]
 FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
         "warmup_s": 40.0, "warmup_rate": 200,
         "http_rates": [100, 1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
@@ -50,6 +53,13 @@ async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> di
     module = __import__(f"bench.{name}", fromlist=["measure"])
     say(f"{name} ...")
     return await module.measure(settings, work / name, smoke=smoke)
+
+
+async def quix(settings: Settings, work: Path, smoke: bool, events: int | None) -> dict:
+    from bench import quix as module
+
+    say("quix ...")
+    return await module.measure(settings, work / "quix", smoke=smoke, events=events)
 
 
 async def native(settings: Settings, work: Path, plan: dict) -> dict:
@@ -121,7 +131,8 @@ async def run(args: argparse.Namespace) -> int:
     for key in ("native_duration_s", "http_duration_s", "profile_s"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
-    only = args.only or ["kafka_ceiling", "aiokafka", "faust_floor", "kafka_native", "http"]
+    plan["quix_events"] = args.quix_events or quix_events(args.smoke)
+    only = args.only or MEASUREMENTS
     work = Path(tempfile.mkdtemp(prefix="docket-bench-"))
     began = time.time()
     results: dict = {"smoke": args.smoke, "plan": plan,
@@ -133,6 +144,7 @@ async def run(args: argparse.Namespace) -> int:
                 "kafka_ceiling": lambda: baseline("kafka_ceiling", settings, work, args.smoke),
                 "aiokafka": lambda: baseline("aiokafka_ceiling", settings, work, args.smoke),
                 "faust_floor": lambda: baseline("faust_floor", settings, work, args.smoke),
+                "quix": lambda: quix(settings, work, args.smoke, plan["quix_events"]),
                 "kafka_native": lambda: native(settings, work, plan),
                 "http": lambda: http(settings, work, plan),
             }
@@ -158,12 +170,20 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def quix_events(smoke: bool) -> int:
+    from bench import quix as module
+
+    return module.SMOKE_EVENTS if smoke else module.FULL_EVENTS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds per measurement")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="report directory [bench/results]")
-    ap.add_argument("--only", nargs="+", choices=["kafka_ceiling", "aiokafka", "faust_floor", "kafka_native", "http"])
+    ap.add_argument("--only", nargs="+", choices=MEASUREMENTS)
+    ap.add_argument("--quix-events", type=int,
+                    help=f"events the Quix Streams app processes [{quix_events(False):,}; smoke {quix_events(True):,}]")
     ap.add_argument("--native-rates", type=int, nargs="+", help=f"[{FULL['native_rates']}]")
     ap.add_argument("--native-duration-s", type=float, help=f"seconds per rate [{FULL['native_duration_s']}]")
     ap.add_argument("--http-rates", type=int, nargs="+", help=f"[{FULL['http_rates']}]")

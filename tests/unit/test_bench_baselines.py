@@ -1,15 +1,20 @@
 """The baselines' pure parts: reading the Kafka perf tools' output, naming topics,
-the workload sample. No broker; no speed is asserted.
+the workload sample, the Quix Streams app's per-event work and its figures. No broker; no speed is asserted.
 
 The fixtures are the tools' real output (Kafka 4.1.2 on this project's broker)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from app.workload import inventory
 from bench.aiokafka_ceiling import figures, sample_records
 from bench.faust_floor_app import changelog_topic
 from bench.kafka_ceiling import BenchError, parse_consumer_output, parse_producer_output, topic_name
+from bench.quix import figures as quix_figures
+from bench.quix_app import changelog_topic as quix_changelog_topic
+from bench.quix_app import decide
 
 # ProducerPerformance, 2,000,000 records of 147 B: one progress line (no percentiles),
 # then the summary.
@@ -123,3 +128,83 @@ def test_figures_rate():
 
 def test_changelog_topic_is_fausts_name():
     assert changelog_topic("bench-ff-1-app") == "bench-ff-1-app-counts-changelog"
+
+
+# --------------------------------------------------------------------------- Quix Streams
+
+class DictState:
+    """What bench.quix_app.decide needs of Quix's State: get with a default, and set."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.sets = 0
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def set(self, key, value) -> None:
+        self.data[key] = value
+        self.sets += 1
+
+
+def test_quix_changelog_topic_is_quixs_name():
+    assert quix_changelog_topic("bench-qx-1-app", "bench-qx-1") == "changelog__bench-qx-1-app--bench-qx-1--default"
+
+
+def test_quix_decide_keeps_the_stock_of_the_workload():
+    state = DictState()
+    events = [orjson.loads(r.value) for r in inventory(seed=1, events=2_000)]
+    outs = [decide(e, state) for e in events]
+    assert len(outs) == len(events) and {o["status"] for o in outs} == {"applied", "rejected"}
+    # stock moves only by applied adjustments; transfers conserve it; none goes negative
+    adjusted = sum(e["payload"]["delta"] for e, o in zip(events, outs, strict=True)
+                   if o["status"] == "applied" and e["event_name"] == "stock.adjust")
+    assert sum(s["quantity"] for s in state.data.values()) == adjusted
+    assert all(s["quantity"] >= 0 for s in state.data.values())
+    assert state.sets == sum(len(o["changes"]) for o in outs if o["status"] == "applied")
+
+
+def test_quix_decide_is_inventorys_arithmetic():
+    state = DictState()
+    adjust = {"idempotency_key": "k1", "event_name": "stock.adjust",
+              "payload": {"warehouse": "wh-00", "sku": "s", "delta": 5}}
+    assert decide(adjust, state) == {"idempotency_key": "k1", "event_name": "stock.adjust", "status": "applied",
+                                     "reason": None, "changes": {"stock:wh-00:s": {"quantity": 5}}}
+    move = {"idempotency_key": "k2", "event_name": "stock.transfer",
+            "payload": {"sku": "s", "from_warehouse": "wh-00", "to_warehouse": "wh-01", "quantity": 6}}
+    assert decide(move, state)["reason"] == "insufficient_stock"
+    move["payload"]["quantity"] = 5
+    assert decide(move, state)["changes"] == {"stock:wh-00:s": {"quantity": 0}, "stock:wh-01:s": {"quantity": 5}}
+    assert state.data == {"stock:wh-00:s": {"quantity": 0}, "stock:wh-01:s": {"quantity": 5}}
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ([1, 2], "malformed_record"),
+    ({"idempotency_key": "k", "event_name": "stock.teleport", "payload": {}}, "unknown_event"),
+    ({"idempotency_key": "k", "event_name": "stock.adjust",
+      "payload": {"warehouse": "wh-00", "sku": "s", "delta": 0}}, "zero_delta"),
+])
+def test_quix_decide_rejects_bad_events_without_touching_state(value, reason):
+    state = DictState()
+    out = decide(value, state)
+    assert (out["status"], out["reason"]) == ("rejected", reason)
+    assert state.data == {}
+
+
+def test_quix_figures_rate_over_the_timestamp_span_and_cpu_per_event():
+    got = quix_figures(10_000, 1_000, 3_000, (10.0, 1.0), (10.6, 1.2))
+    assert got == {"events": 10_000, "events_per_s": 5000.0, "seconds": 2.0,
+                   "cpu_user_s": 0.6, "cpu_system_s": 0.2, "cpu_us_per_event": 80.0}
+
+
+def test_quix_figures_without_a_span_or_cpu_are_none():
+    got = quix_figures(1, 5_000, 5_000, None, None)
+    assert got["events_per_s"] is None and got["seconds"] == 0.0 and got["cpu_us_per_event"] is None
+    assert quix_figures(10, None, None, (0.0, 0.0), (0.1, 0.0))["events_per_s"] is None
+
+
+def test_bench_run_has_quix_after_the_faust_floor():
+    from bench import run
+
+    assert run.MEASUREMENTS.index("quix") == run.MEASUREMENTS.index("faust_floor") + 1
+    assert run.quix_events(smoke=True) < run.quix_events(smoke=False)

@@ -82,6 +82,9 @@ RESULTS = {
                       "consumer": {"records_per_s": 900_000.0}},
     "aiokafka": {"produce": {"records_per_s": 50_000.0}, "consume": {"records_per_s": 80_000.0}},
     "faust_floor": {"events_per_s": 4_000.0},
+    "quix": {"events": 100_000, "events_per_s": 2_000.0, "seconds": 50.0, "cpu_us_per_event": 75.5,
+             "cpu_user_s": 7.0, "cpu_system_s": 0.55, "output_records": 100_000, "changelog_records": 1_280,
+             "partitions": 8, "quixstreams": "3.28.1"},
     "kafka_native": {
         "max_rate_p99_under_100ms": 100, "max_sustained_rate": 200, "not_run": [800],
         "rates": [
@@ -104,6 +107,9 @@ def test_ratios_compare_the_best_delivered_rate_with_floor_and_ceiling() -> None
     r = report.ratios(RESULTS)
     assert r["docket_per_s"] == 320.0  # the saturated step delivered the most
     assert r["docket_over_faust_floor"] == 0.08
+    # Quix Streams is compared with docket's headline, the highest rate with p99 < 100 ms
+    assert r["docket_p99_under_100ms_per_s"] == 100
+    assert r["docket_over_quix"] == 0.05
     assert r["docket_over_kafka_ceiling"] == 0.0008
 
 
@@ -120,6 +126,51 @@ def test_markdown_has_the_summary_sweep_http_and_stage_tables() -> None:
 def test_a_failed_measurement_is_reported_as_failed() -> None:
     rows = dict(report.summary_rows({"faust_floor": {"error": "TimeoutError: no"}}))
     assert rows["Faust floor"] == "failed: TimeoutError: no"
+
+
+def test_quix_row_and_ratio_sit_next_to_the_faust_floor() -> None:
+    rows = report.summary_rows(RESULTS)
+    names = [name for name, _ in rows]
+    assert names.index(report.QUIX_ROW) == names.index("Faust floor: one agent, a RocksDB table update per event") + 1
+    assert dict(rows)[report.QUIX_ROW] == "2,000 events/s, 76 µs of CPU per event"
+    ratio = "docket / Quix Streams (docket's rate with p99 < 100 ms)"
+    assert names.index(ratio) == names.index("docket / Faust floor") + 1
+    assert dict(rows)[ratio] == "0.050"
+
+
+def test_quix_ratio_needs_both_figures() -> None:
+    no_headline = {**RESULTS, "kafka_native": {**RESULTS["kafka_native"], "max_rate_p99_under_100ms": None}}
+    assert report.ratios(no_headline)["docket_over_quix"] is None
+    assert report.ratios({**RESULTS, "quix": {"error": "BenchError: no"}})["docket_over_quix"] is None
+    rows = dict(report.summary_rows({}))
+    assert report.QUIX_ROW not in rows  # not measured: no row
+    assert rows["docket / Quix Streams (docket's rate with p99 < 100 ms)"] == "n/a"
+
+
+def test_a_failed_quix_run_is_reported_as_failed() -> None:
+    rows = dict(report.summary_rows({"quix": {"error": "BenchError: the Quix app exited"}}))
+    assert rows[report.QUIX_ROW] == "failed: BenchError: the Quix app exited"
+    failed = {"quix": {"error": "BenchError: the Quix app exited"}}
+    assert "Failed: BenchError: the Quix app exited" in report.markdown(failed, "2026-11-22", [])
+
+
+def test_markdown_has_the_quix_table() -> None:
+    text = report.markdown(RESULTS, "2026-11-22", [])
+    assert "## Quix Streams stateful app" in text
+    assert "| 100,000 | 2,000 | 50.000 | 75.5 | 7.00 | 0.55 | 100,000 | 1,280 | 8 | 3.28.1 |" in text
+
+
+def test_readme_block_has_the_quix_row_and_ratio(tmp_path: Path, monkeypatch) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.BEGIN}\nold\n{report.END}\n")
+    monkeypatch.setattr(report, "README", readme)
+    write_section = report.replace_readme_section
+    monkeypatch.setattr(report, "replace_readme_section", lambda block: write_section(block, readme))
+    written = report.write({**RESULTS}, tmp_path / "out", tmp_path, update_readme=True)
+    assert readme in written
+    text = readme.read_text()
+    assert f"| {report.QUIX_ROW} | 2,000 events/s, 76 µs of CPU per event |" in text
+    assert "| docket / Quix Streams (docket's rate with p99 < 100 ms) | 0.050 |" in text
 
 
 def test_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
