@@ -71,6 +71,35 @@ def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> floa
     return prev_bound
 
 
+def proc_memory_kib(pid: int | str = "self") -> dict[str, int] | None:
+    """VmRSS, RssAnon, RssFile and VmHWM (KiB) of a process from /proc/<pid>/status;
+    None if it is gone (or not Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            found[name] = int(rest.split()[0])
+    return found or None
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
+    """(slope, intercept) of the least-squares line through the points; None with
+    fewer than two distinct x."""
+    n = len(xs)
+    if n < 2 or n != len(ys):
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return slope, my - slope * mx
+
+
 @contextlib.contextmanager
 def own_broker(work: Path) -> Iterator[Settings]:
     """A Kafka broker of the benchmark's own (data in ``work/broker``, a free port on

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -99,10 +100,13 @@ class ResultWatch:
 
 
 async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, duration_s: float,
-                       seed: int, intended: dict[tuple[int, int], float]) -> dict:
+                       seed: int, intended: dict[tuple[int, int], float],
+                       on_start: Callable[[float], None] | None = None) -> dict:
     """Send ``rate * duration_s`` inventory events on a fixed schedule, and put each
     one's intended send time (ms) into ``intended`` by the input position the broker
-    acknowledged. Returns what the generator itself managed.
+    acknowledged. Returns what the generator itself managed. Once the records are made,
+    ``on_start`` is called with the schedule's start (wall clock, ms): record i is due
+    ``i * 1000 / rate`` ms after it.
 
     The records due at a tick go out as one batch per partition (routed as Kafka's
     default partitioner routes them): the generator shares the 2 cores with what it
@@ -111,8 +115,18 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
     partitions = len(await producer.partitions_for(topic))
     records = [(partition_for(r.key, partitions), r.key, r.value) for r in inventory(seed=seed, events=total)]
     t0_ms = time.time() * 1000 + 50  # a moment to get going
+    if on_start is not None:
+        on_start(t0_ms)
     interval_ms = 1000 / rate
-    futures = []
+    # sends not acknowledged yet: a long run (bench/soak.py) must not keep every one
+    pending: set[asyncio.Future] = set()
+    failed: list[BaseException] = []
+
+    def settled(f: asyncio.Future) -> None:
+        pending.discard(f)
+        if not f.cancelled() and f.exception() is not None:
+            failed.append(f.exception())
+
     worst_lag_ms = 0.0
     i = 0
 
@@ -130,7 +144,8 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
                     for j, t in enumerate(mine):
                         intended[(partition, base + j)] = t
             fut.add_done_callback(acknowledged)
-            futures.append(fut)
+            fut.add_done_callback(settled)
+            pending.add(fut)
 
     while i < total:
         now_ms = time.time() * 1000
@@ -146,7 +161,9 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
         for partition, (due, times) in sorted(batches.items()):
             await send(partition, due, times)
         await asyncio.sleep(TICK_S)
-    await asyncio.gather(*futures)
+    await asyncio.gather(*pending)
+    if failed:
+        raise failed[0]
     return {"sent": total, "generator_worst_lag_ms": round(worst_lag_ms, 1),
             "send_seconds": round(time.time() - t0_ms / 1000, 2)}
 

@@ -1,0 +1,285 @@
+"""The pure parts of `make soak` (bench/soak.py) and of the Warden memory measurement
+(bench/warden_memory.py): the flatness verdict on synthetic series, the latency window
+aggregation, the metrics page parsing, the headline rate and the report writer. No
+broker."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from bench import soak, warden_memory
+from bench.common import linear_fit, percentiles
+
+DURATION = 600.0
+TS = [float(t) for t in range(0, 601, 5)]  # a sample every 5 s over the measured 10 minutes
+
+
+# --------------------------------------------------------------------------- flatness
+
+def test_linear_fit_recovers_a_line() -> None:
+    slope, intercept = linear_fit([0, 1, 2, 3], [1, 3, 5, 7])
+    assert slope == pytest.approx(2.0)
+    assert intercept == pytest.approx(1.0)
+    assert linear_fit([1, 1, 1], [1, 2, 3]) is None
+    assert linear_fit([1], [1]) is None
+
+
+def test_a_constant_rss_is_flat() -> None:
+    got = soak.judge_relative(TS, [200.0] * len(TS), DURATION)
+    assert got["flat"] is True
+    assert got["projected_growth"] == pytest.approx(0.0)
+    assert got["first_half_mean"] == pytest.approx(200.0)
+
+
+def test_a_growing_rss_is_not_flat() -> None:
+    # 200 MiB growing 0.05 MiB/s: 30 MiB per 10 minutes, 15% of the first half's mean
+    ys = [200 + 0.05 * t for t in TS]
+    got = soak.judge_relative(TS, ys, DURATION)
+    assert got["flat"] is False
+    assert got["projected_growth"] == pytest.approx(30.0)
+    assert got["projected_share"] == pytest.approx(30.0 / (200 + 0.05 * 147.5), rel=1e-3)
+
+
+def test_a_slowly_growing_rss_under_the_limit_is_flat() -> None:
+    ys = [200 + 0.02 * t for t in TS]  # 12 MiB per 10 minutes: 5.8%
+    assert soak.judge_relative(TS, ys, DURATION)["flat"] is True
+
+
+def test_noise_around_a_level_is_flat() -> None:
+    rng = random.Random(7)
+    ys = [200 + rng.uniform(-8, 8) for _ in TS]  # +-4% of jitter
+    got = soak.judge_relative(TS, ys, DURATION)
+    assert got["flat"] is True
+    assert abs(got["projected_share"]) < soak.RSS_GROWTH
+
+
+def test_growth_hidden_in_noise_is_still_found() -> None:
+    rng = random.Random(7)
+    ys = [200 + 0.1 * t + rng.uniform(-8, 8) for t in TS]  # 60 MiB per 10 minutes under the jitter
+    assert soak.judge_relative(TS, ys, DURATION)["flat"] is False
+
+
+def test_growth_during_the_warm_up_and_first_half_only_is_flat() -> None:
+    # memory that grows while caches fill, then levels off: only the second half is judged
+    ys = [100 + min(t, 200) * 0.5 for t in TS]
+    ts = [-40.0, -20.0, *TS]
+    assert soak.judge_relative(ts, [50.0, 80.0, *ys], DURATION)["flat"] is True
+
+
+def test_a_shrinking_series_is_flat() -> None:
+    assert soak.judge_relative(TS, [300 - 0.1 * t for t in TS], DURATION)["flat"] is True
+
+
+def test_missing_samples_are_skipped_and_too_few_are_not_judged() -> None:
+    ys = [None if i % 2 else 100.0 for i in range(len(TS))]
+    assert soak.judge_relative(TS, ys, DURATION)["flat"] is True
+    got = soak.judge_relative([0, 400], [1.0, 1.0], DURATION)
+    assert got["flat"] is None
+    assert "fewer than 3" in got["why"]
+
+
+def test_bounded_series() -> None:
+    level = [40 + (5 if i % 3 == 0 else 0) for i in range(len(TS))]
+    assert soak.judge_bounded(TS, level, DURATION, bound=100)["flat"] is True
+    growing = [t * 0.5 for t in TS]  # reaches 300, projects +300 per 10 minutes
+    got = soak.judge_bounded(TS, growing, DURATION, bound=100)
+    assert got["flat"] is False
+    assert got["second_half_max"] == 300
+    spike = list(level)
+    spike[-3] = 500  # a level series with one value past the bound
+    assert soak.judge_bounded(TS, spike, DURATION, bound=100)["flat"] is False
+
+
+def test_bounds_follow_the_rate() -> None:
+    assert soak.bounds(1000, 8) == {"pending": 2000, "lag": 250}
+    assert soak.bounds(10, 8) == {"pending": soak.MIN_BOUND, "lag": soak.MIN_BOUND}
+
+
+def _samples(rss_b: float = 0.0, pending_growth: float = 0.0) -> list[dict]:
+    return [{"t": t, "rss_mib": {"a": 200.0, "b": 200 + rss_b * t}, "pending": 60 + pending_growth * t,
+             "lag": {"a": 3.0, "b": 5.0}} for t in TS]
+
+
+def test_verdict_all_flat_and_fast() -> None:
+    got = soak.verdict(_samples(), {"p99": 40, "drained": True}, duration_s=DURATION, rate=300, partitions=8)
+    assert got["ok"] and got["flat"] and got["latency_ok"]
+    assert got["failures"] == []
+    assert set(got["series"]) == {"rss a", "rss b", "clerk pending positions", "lag a", "lag b"}
+
+
+def test_verdict_names_what_failed() -> None:
+    got = soak.verdict(_samples(rss_b=0.1, pending_growth=2.0), {"p99": 180, "drained": True},
+                       duration_s=DURATION, rate=300, partitions=8)
+    assert not got["ok"]
+    text = "\n".join(got["failures"])
+    assert "latency: p99 180 ms" in text
+    assert "rss b: not flat" in text
+    assert "clerk pending positions: not flat" in text
+    assert "rss a" not in text and "lag" not in text
+
+
+def test_verdict_fails_on_unanswered_events_and_an_unbounded_warden() -> None:
+    got = soak.verdict(_samples(), {"p99": 40, "drained": False, "unanswered": 12}, duration_s=DURATION,
+                       rate=300, partitions=8, warden={"verdict": {"bounded": False}})
+    assert not got["ok"]
+    assert any("12 events never answered" in f for f in got["failures"])
+    assert any(f.startswith("warden: not bounded") for f in got["failures"])
+
+
+# --------------------------------------------------------------------------- latency windows
+
+def test_counter_percentiles_match_the_sample_percentiles() -> None:
+    rng = random.Random(3)
+    values = [rng.randint(1, 400) for _ in range(5000)]
+    got = soak.counter_percentiles(Counter(values))
+    assert got == percentiles(values)
+    assert soak.counter_percentiles(Counter()) == {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}
+
+
+def test_latencies_are_whole_ms_rounded_up() -> None:
+    assert [soak.ceil_ms(x) for x in (0.0, 0.2, 1.0, 1.01, -0.4)] == [0, 1, 1, 2, 0]
+
+
+def test_windows_group_by_publication_time_and_split_the_warm_up() -> None:
+    origin = 1_000_000.0
+    w = soak.LatencyWindows(origin_ms=origin, window_s=5)
+    w.add(origin - 3000, origin - 3010)  # warm-up: intended and published before the origin
+    w.add(origin + 20, origin - 10)  # intended in the warm-up, published after: the warm-up's
+    for i in range(100):  # window 0: latencies 1..100 ms
+        w.add(origin + 100 + i, origin + 100 + i - (i + 1))
+    w.add(origin + 5000, origin + 4990)  # the first ms of window 1
+    series = w.series()
+    assert [s["t"] for s in series] == [-5, 0, 5]
+    assert series[0] == {"t": -5, "results": 1, "p50_ms": 10, "p99_ms": 10, "max_ms": 10, "late": 0}
+    assert series[1]["results"] == 101 and series[1]["p99_ms"] == 99 and series[1]["max_ms"] == 100
+    assert series[2]["results"] == 1 and series[2]["p50_ms"] == 10
+    assert sum(w.warmup.values()) == 2
+    assert soak.counter_percentiles(w.measured)["count"] == 101
+    assert w.recent(origin + 5000, 5)["count"] == 101  # window 0 ended at +5 s
+    assert w.recent(origin + 10_000, 5)["count"] == 1
+
+
+def test_sealed_windows_keep_their_summary_and_count_late_results() -> None:
+    origin = 1_000_000.0
+    w = soak.LatencyWindows(origin_ms=origin, window_s=5)
+    for i in range(100):
+        w.add(origin + 100 + i, origin + 100 + i - (i + 1))  # window 0: 1..100 ms
+    w.add(origin + 6000, origin + 5990)  # window 1
+    before = w.series()
+    w.seal(origin + 5000)  # window 0 ended at +5 s: not before it
+    assert set(w.windows) == {0, 1} and not w.sealed
+    w.seal(origin + 5001)
+    assert set(w.windows) == {1} and set(w.sealed) == {0}
+    assert w.series() == before
+    w.add(origin + 4000, origin + 3500)  # read late: 500 ms, into the sealed window 0
+    after = w.series()
+    assert after[0] == {**before[0], "late": 1}
+    assert soak.counter_percentiles(w.measured)["count"] == 102
+    assert soak.counter_percentiles(w.measured)["max"] == 500
+
+
+# --------------------------------------------------------------------------- pages and files
+
+PAGE = """# HELP docket_clerk_pending_positions positions held in memory
+# TYPE docket_clerk_pending_positions gauge
+docket_clerk_pending_positions 42.0
+# HELP docket_clerk_instance_lag offsets an instance is behind the most advanced one
+# TYPE docket_clerk_instance_lag gauge
+docket_clerk_instance_lag{instance="a"} 0.0
+docket_clerk_instance_lag{instance="b"} 7.0
+# HELP docket_clerk_decisions results published
+# TYPE docket_clerk_decisions counter
+docket_clerk_decisions_total 1234.0
+docket_clerk_decisions_created 1.7e9
+# HELP docket_clerk_decision_latency_seconds input -> result
+# TYPE docket_clerk_decision_latency_seconds histogram
+docket_clerk_decision_latency_seconds_bucket{le="0.1"} 3.0
+docket_clerk_decision_latency_seconds_bucket{le="+Inf"} 4.0
+docket_clerk_decision_latency_seconds_count 4.0
+docket_clerk_decision_latency_seconds_sum 0.5
+"""
+
+
+def test_metrics_page_parsing_and_the_clerk_figures() -> None:
+    got = soak.parse_metrics(PAGE)
+    assert got["docket_clerk_pending_positions"] == 42
+    assert got['docket_clerk_instance_lag{instance="b"}'] == 7
+    assert got["docket_clerk_decisions_total"] == 1234
+    assert got["docket_clerk_decision_latency_seconds_count"] == 4
+    assert not any(k.endswith(("_created",)) or "_bucket" in k for k in got)
+    assert soak.clerk_figures(got, ["a", "b"]) == (42, {"a": 0, "b": 7})
+    assert soak.clerk_figures(None, ["a", "b"]) == (None, {})
+
+
+def test_headline_rate_is_the_latest_complete_reports(tmp_path) -> None:
+    assert soak.headline_rate(tmp_path) == (soak.DEFAULT_RATE, "default")
+    (tmp_path / "bench-2026-11-21-0900.json").write_text(json.dumps({"kafka_native": {"max_rate_p99_under_100ms": 150}}))
+    (tmp_path / "bench-2026-11-22-0412.json").write_text(json.dumps({"kafka_native": {"max_rate_p99_under_100ms": 200}}))
+    (tmp_path / "bench-2026-11-23-0100-smoke.json").write_text(json.dumps({"kafka_native": {"max_rate_p99_under_100ms": 50}}))
+    (tmp_path / "bench-2026-11-23-0200.json").write_text(json.dumps({"kafka_native": {"error": "boom"}}))
+    assert soak.headline_rate(tmp_path) == (200, "bench-2026-11-22-0412.json")
+
+
+def _report(with_warden: bool) -> dict:
+    samples = [{**s, "t": s["t"]} for s in _samples()]
+    samples.insert(0, {"t": -10.0, "rss_mib": {"a": 150.0, "b": 150.0}, "pending": 10, "lag": {}})
+    windows = [{"t": t, "results": 1500, "p50_ms": 15, "p99_ms": 60 + (t % 20), "max_ms": 90} for t in TS[:-1]]
+    latency = {"count": 180_000, "p50": 15, "p99": 70, "p999": 90, "max": 120, "drained": True}
+    report = {"settings": {"rate": 300, "duration_s": DURATION, "warmup_s": 40, "sample_s": 5},
+              "samples": samples, "windows": windows, "latency_ms": latency, "partitions": 8}
+    if with_warden:
+        ws = [{"stream_s": s, "rss_bytes": (100 + min(s, 300)) * 2**20, "queue_bytes": min(s, 300) * 2**20 // 4,
+               "rocks_memtables_bytes": 64 * 2**20, "live_versions": min(s, 300) * 10_000} for s in range(0, 601, 30)]
+        report["warden"] = {"rate": 10_000, "ttl_s": 300, "samples": ws, "peak_rss_bytes": 400 * 2**20,
+                            "end": {**ws[-1], "queue_bytes_per_version": 26.2},
+                            "verdict": warden_memory.bounded(ws, rate=10_000, ttl_s=300, commit_lag_s=0)}
+    report["verdict"] = soak.verdict(samples, latency, duration_s=DURATION, rate=300, partitions=8,
+                                     warden=report.get("warden"))
+    return report
+
+
+@pytest.mark.parametrize("with_warden", [False, True])
+def test_the_report_writer_writes_json_and_a_png(tmp_path, with_warden) -> None:
+    report = _report(with_warden)
+    paths = soak.write_report(report, tmp_path / "out", now=datetime.datetime(2026, 12, 1, 9, 5))
+    assert [p.name for p in paths] == ["soak-2026-12-01-0905.json", "soak-2026-12-01-0905.png"]
+    back = json.loads(paths[0].read_text())
+    assert back["verdict"]["ok"] is True
+    assert back["latency_ms"]["p99"] == 70
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = soak.verdict_lines(report)
+    assert lines[-1] == "verdict: OK: p99 < 100 ms and everything flat"
+    assert any(line.startswith("rss b") and "flat" in line for line in lines)
+    assert with_warden == any(line.startswith("warden at 10,000/s") for line in lines)
+
+
+# --------------------------------------------------------------------------- the Warden's verdict
+
+def test_warden_bounded_once_the_ttl_has_passed() -> None:
+    ttl, rate = 300, 100.0
+    level = [{"stream_s": s, "live_versions": rate * min(s, ttl), "queue_bytes": 85 * rate * min(s, ttl),
+              "rss_bytes": 50e6 + 120 * rate * min(s, ttl)} for s in range(0, 601, 30)]
+    assert warden_memory.bounded(level, rate=rate, ttl_s=ttl, commit_lag_s=0)["bounded"] is True
+    leaking = [{**s, "rss_bytes": s["rss_bytes"] + 40_000 * s["stream_s"]} for s in level]
+    got = warden_memory.bounded(leaking, rate=rate, ttl_s=ttl, commit_lag_s=0)
+    assert got["bounded"] is False and got["rss_bytes_growth_per_ttl"] > warden_memory.GROWTH_PER_TTL
+    never_collected = [{**s, "live_versions": rate * s["stream_s"]} for s in level]
+    assert warden_memory.bounded(never_collected, rate=rate, ttl_s=ttl, commit_lag_s=0)["bounded"] is False
+    assert warden_memory.bounded(level[:12], rate=rate, ttl_s=ttl, commit_lag_s=0)["bounded"] is None
+
+
+def test_warden_measurement_at_a_small_scale(tmp_path) -> None:
+    """The real Warden on real RocksDB, 2 TTLs of a 2-second TTL at 2,000/s: the live
+    versions level off at rate x (ttl + lag)."""
+    got = warden_memory.measure(2000, 2.0, ttls=3.0, commit_lag_s=0.5, root=tmp_path)
+    assert got["records"] == 12_000
+    live = [s["live_versions"] for s in got["samples"] if s["stream_s"] > 3]
+    assert live and all(abs(v - 5000) <= 0.02 * 5000 + 256 for v in live)
+    assert got["end"]["queue_bytes_per_version"] < 200
+    assert math.isfinite(got["end"]["rss_bytes"])
