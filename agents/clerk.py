@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from agents.clerk_core import ClerkCore, Publish, entity_record
 from agents.instance import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, faust_settings, run_worker
+from agents.intake import OrderedAcks, records_of
 from agents.intake import install as install_batch_intake
-from agents.intake import records_of
 from app.batching import send_batched
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
@@ -173,6 +173,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     # final: position -> the events waiting on it, event -> how many it waits on
     held: dict[tuple[int, int], list] = defaultdict(list)
     waits: dict[object, int] = {}
+    acks = OrderedAcks()  # and acknowledged in the order read (OrderedAcks says why)
     # metrics only: (partition, offset) -> when its first copy was read, until it is final
     first_read: dict[tuple[int, int], float] = {}
     instance_of = {settings.output_topic(i): i for i in settings.instances}
@@ -184,7 +185,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             waits[waiting] -= 1
             if waits[waiting] == 0:
                 del waits[waiting]
-                waiting.ack()
+                acks.finish(waiting)
 
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
@@ -193,6 +194,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
         async for event in stream.noack().events():
             msg = event.message
             p = msg.partition
+            acks.read(event)
             if not core.known(p):
                 core.seed(p, await tail.last_records(p))
             # Who sent it is the topic it came on, not what it says about itself.
@@ -203,10 +205,10 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
                 try:
                     data = orjson.loads(rec.value)
-                    batch = data.get("copies") or []
+                    batch = data.get("copies", [])  # an older instance's watermark record has none
                     watermark = data.get("watermark")
                     if (not isinstance(batch, list) or (not batch and watermark is None)
-                            or not (watermark is None or type(watermark) is int)):
+                            or not (watermark is None or (type(watermark) is int and watermark >= 0))):
                         raise TypeError("not a copy-batch record")
                 except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
@@ -259,7 +261,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 for offset in unfinished:
                     held[(p, offset)].append(event)
             else:
-                event.ack()
+                acks.finish(event)
 
     @app.timer(1.0)
     async def refresh_gauges() -> None:
@@ -283,12 +285,13 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     waits.pop(waiting, None)
             for key in [k for k in first_read if k[0] == tp.partition]:
                 del first_read[key]
+        acks.forget(revoked)
 
     @app.page("/metrics")
     async def metrics_page(web, request):
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
-    app.docket = {"core": core, "metrics": metrics, "first_read": first_read}
+    app.docket = {"core": core, "metrics": metrics, "first_read": first_read, "acks": acks}
     return app
 
 

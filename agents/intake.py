@@ -23,6 +23,7 @@ of faust-streaming 0.15 and aiokafka 0.14, pinned in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -156,12 +157,15 @@ class BatchConsumer(_driver.Consumer):
                         if not recs:
                             continue
                     if tp.topic in batch_topics:
-                        ack_from = recs[0].offset if r_offset is None else r_offset + 1
+                        # For a batch topic the read offset is always the next offset
+                        # to read, as Faust's seek leaves it (Faust's per-record path
+                        # keeps the last offset delivered instead); everything from it
+                        # up to a batch's last record is that batch's to acknowledge.
+                        ack_from = recs[0].offset if r_offset is None else r_offset
                         for piece in chunks(recs, batch_size):
                             message = BatchMessage(tp, piece, ack_from, generation)
                             await self.wait_first(callback(message), suspend())
-                            read_offset[tp] = message.offset
-                            ack_from = message.offset + 1
+                            ack_from = read_offset[tp] = message.offset + 1
                         continue
                     acks_enabled = acks_enabled_for(tp.topic)
                     for record in recs:
@@ -187,6 +191,55 @@ class BatchConsumer(_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class OrderedAcks:
+    """Acknowledges stream items per partition in the order they were read, whatever
+    order they are finished in.
+
+    Why: Faust commits the first run of consecutive acknowledged offsets, and checks
+    that the run starts at the committed offset only when a committed offset is known
+    and is not 0, and then only to within one (faust-streaming 0.15.3,
+    faust/transport/consumer.py ``Consumer._new_offset``: ``if committed_offset: if
+    min(acked) - committed_offset > 1``). An item finished before an earlier one would
+    let the commit pass the earlier one, which is then not read again after a crash.
+    The Clerk finishes items out of order (an item waits for copies that may come after
+    later items); held here until every earlier item of its partition is finished, the
+    acknowledged offsets always continue the committed ones.
+
+    ``read(item)`` when an item is taken, ``finish(item)`` when it may be acknowledged
+    (acknowledges it and every finished item after it, up to the first unfinished one),
+    ``forget(tps)`` for revoked partitions. Items are Faust events (``.message.tp``,
+    ``.ack()``)."""
+
+    def __init__(self) -> None:
+        self._queues: dict = {}  # TP -> deque of [item, finished]
+        self._entries: dict = {}  # item -> its [item, finished] entry
+
+    def read(self, item) -> None:
+        entry = [item, False]
+        self._entries[item] = entry
+        self._queues.setdefault(item.message.tp, deque()).append(entry)
+
+    def finish(self, item) -> None:
+        entry = self._entries.get(item)
+        if entry is None:  # its partition was revoked since
+            return
+        entry[1] = True
+        queue = self._queues[item.message.tp]
+        while queue and queue[0][1]:
+            done, _ = queue.popleft()
+            del self._entries[done]
+            done.ack()
+
+    def waiting(self) -> int:
+        """Items read and not yet acknowledged."""
+        return len(self._entries)
+
+    def forget(self, tps: Iterable) -> None:
+        for tp in tps:
+            for item, _ in self._queues.pop(tp, ()):
+                del self._entries[item]
 
 
 def install(app, topics: Iterable[str], batch_size: int) -> None:

@@ -204,7 +204,11 @@ async def test_usher_agent_takes_batches_and_writes_changelog_then_one_copy_reco
     ClockCheckpointAtBatchEnd: the batch's changelog records reach the producer before
     its copy record, as record batches, in recovery order: the Warden versions (input
     offset order), then each changed entity once (its last value in the batch, stamped
-    with the last writer's offset), then the clock checkpoint."""
+    with the last writer's offset), then the clock checkpoint.
+    ArbiterEmitsEvaluatedOutput: the copies go out only after their writes.
+    LedgerHoldsBatchWrites: a read in a batch sees the batch's earlier writes before
+    the flush (k1 finds the quantity k0 left, 5 - 2 = 3, at version 2), and each key
+    is written once per batch."""
     app = instance_mod.build(settings, "a", tmp_path / "a")
     app.producer = producer = RecordingProducer()
     usher = app.docket["usher"]
@@ -296,15 +300,22 @@ async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(
 # --------------------------------------------------------------------------- the Clerk app
 
 
-def copy_value(instance: str, offset: int, partition: int, quantity: int = 5, ikey: str | None = None) -> bytes:
-    """A copy-batch record of one copy, as instance ``instance`` writes it."""
+def copy_entry(offset: int, partition: int, quantity: int = 5, ikey: str | None = None,
+               entity: str = "stock:w1:s1") -> dict:
+    """One copy of a copy-batch record: the body (an applied stock.adjust that set
+    ``entity`` to ``quantity``) and its digest."""
     body = canonical({"input": {"partition": partition, "offset": offset}, "idempotency_key": ikey or f"k{offset}",
                       "client": None, "event_name": "stock.adjust", "domain_version": "inventory/1",
                       "duplicate_of": None, "stream_time": 1_000 + offset,
                       "outcome": {"status": "applied", "reason": None, "detail": "",
-                                  "entities": [{"key": "stock:w1:s1", "state": {"quantity": quantity}, "version": 1}]}})
+                                  "entities": [{"key": entity, "state": {"quantity": quantity}, "version": 1}]}})
+    return {"digest": digest(body), "body": body.decode()}
+
+
+def copy_value(instance: str, offset: int, partition: int, quantity: int = 5, ikey: str | None = None) -> bytes:
+    """A copy-batch record of one copy, as instance ``instance`` writes it."""
     return orjson.dumps({"instance": instance, "partition": partition, "watermark": offset + 1,
-                         "copies": [{"digest": digest(body), "body": body.decode()}]})
+                         "copies": [copy_entry(offset, partition, quantity, ikey)]})
 
 
 async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, caplog) -> None:
@@ -368,6 +379,62 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
         assert producer.log[index - 1] == ("flush",)
         assert len(producer.sent(settings.results_topic)) == 1  # the position is never published
         assert metrics.corrupt.labels("b")._value.get() == 1
+
+
+async def test_clerk_handles_a_copy_batch_and_publishes_its_decisions_in_batches(settings, tmp_path, caplog) -> None:
+    """ClerkHandlesCopyBatch: every readable copy of a copy-batch record is handled in
+    the record's order; a copy without a digest is skipped and logged, the others are
+    not; a "copies" that is not a list, or a negative watermark, makes the record
+    unreadable, never a stopped agent.
+    ResultsProducedInBatches: the decisions one item brought go out as one record
+    batch, one result per decided position, in decision order.
+    EntityRecordsCoalescedPerBatch: then one entity record per changed entity, its
+    last change, in the order the entities were first changed.
+    ClerkAcksOnlyFinalPositions: an item is acknowledged once every position it carries
+    is final and every item read before it on its partition is acknowledged."""
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    capp.producer = producer = RecordingProducer()
+    core = capp.docket["core"]
+    p = 1
+    core.seed(p, [])
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+
+    def batch(instance: str, copies: list, watermark: int) -> bytes:
+        return orjson.dumps({"instance": instance, "partition": p, "watermark": watermark, "copies": copies})
+
+    copies = [copy_entry(0, p, 5), copy_entry(1, p, 6), copy_entry(2, p, 7, entity="stock:w2:s1"), copy_entry(3, p, 8)]
+    no_digest = {"body": copies[3]["body"]}
+    async with capp.agents["clerk"].test_context() as ctx:
+        async def put(topic: str, value: bytes):
+            ctx._get_strtopic = lambda channel: topic  # the topic the record arrives on
+            return await ctx.put(value, partition=p)
+
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            from_a = await put(out_a, batch("a", [*copies[:3], no_digest], 4))
+            assert sum("ignoring an unreadable copy" in m for m in caplog.messages) == 1
+            assert not from_a.message.acked and core.pending(p) == 3 and producer.log == []
+            batches_before = producer.batches
+            from_b = await put(out_b, batch("b", copies, 4))
+        results = producer.sent(settings.results_topic)
+        assert [orjson.loads(e[3])["input"]["offset"] for _, e in results] == [0, 1, 2]
+        entities = [(e[2], orjson.loads(e[3])) for _, e in producer.sent(settings.entities_topic)]
+        assert [(k, v["state"], v["input"]["offset"]) for k, v in entities] == [
+            (b"stock:w1:s1", {"quantity": 6}, 1), (b"stock:w2:s1", {"quantity": 7}, 2)]
+        assert producer.batches - batches_before == 2  # the results, then the entity records
+        assert results[-1][0] < producer.sent(settings.entities_topic)[0][0]
+        assert from_a.message.acked and not from_b.message.acked  # offset 3 lacks a's copy
+
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            bad = [await put(out_b, orjson.dumps({"copies": 5, "watermark": 4})),
+                   await put(out_b, orjson.dumps({"copies": [], "watermark": -1}))]
+            elsewhere = await put(out_a, orjson.dumps({"copies": {}, "watermark": 4}))
+        assert sum("ignoring an unreadable record" in m for m in caplog.messages) == 3
+        # finished, but read after from_b on the same partition of the same topic
+        assert not any(ev.message.acked for ev in bad) and elsewhere.message.acked
+        last = await put(out_a, batch("a", [copies[3]], 5))
+        assert len(producer.sent(settings.results_topic)) == 4
+        assert all(ev.message.acked for ev in (from_b, *bad, last))
+        assert capp.docket["acks"].waiting() == 0
 
 
 async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp_path) -> None:

@@ -1,0 +1,177 @@
+"""Batch intake (agents/intake.py) on Faust's real consumer class, without a broker:
+a fetch is fed to the consumer's drain loop in place of aiokafka's, and acknowledgements
+go through Faust's own commit bookkeeping (specs/usher.allium, specs/integration.allium
+FetchBatchIntake)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import inspect
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.transport import consumer as faust_consumer
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from agents import instance as instance_mod
+from agents.intake import FAUST_INTERNALS, BatchMessage, OrderedAcks
+from app.batching import AIOKAFKA_INTERNALS
+from app.settings import SETTINGS, load
+
+BATCH_SIZE = 4
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch):
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
+    monkeypatch.setenv("DOCKET_BATCH_SIZE", str(BATCH_SIZE))
+    return load()
+
+
+@pytest.fixture
+def app(settings, tmp_path):
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+    # the input topic's acknowledgements count once the agent has subscribed to it
+    app.topics.add(app.agents["usher"].channel)
+    asyncio.run(app.topics._update_indices())
+    return app
+
+
+def record(tp: TP, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_000 + offset, 1, b"k", b"v", None, 1, 1, [])
+
+
+async def drain(consumer, fetches: list[dict]) -> list:
+    """Feed ``fetches`` (each {tp: records}, as aiokafka's getmany returns them) to the
+    consumer's drain loop; returns the stream items it handed on, in order."""
+    delivered = []
+
+    async def callback(message) -> None:
+        delivered.append(message)
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    fetcher = Fetcher()
+    pending = list(fetches)
+
+    async def next_records(timeout: float):
+        if not pending:
+            fetcher._stopped.set()
+            return None, None
+        return pending.pop(0), None
+
+    consumer.callback = callback
+    consumer._wait_next_records = next_records
+    consumer.highwater = lambda tp: 10_000
+    await consumer._drain_messages(fetcher)
+    return delivered
+
+
+async def test_a_fetch_becomes_batches_of_one_partition_within_batch_size(app, settings) -> None:
+    """BatchWithinSize, BatchIsOnePartition, BatchKeepsPartitionOffsetOrder,
+    OneItemPerPartitionFetch: what one fetch returned for a partition of the input
+    topic travels as batches of at most DOCKET_BATCH_SIZE records of that partition, in
+    offset order; a record already read is not handed on again; any other topic (a
+    changelog, during recovery) is delivered record by record, as Faust does."""
+    consumer = app.consumer
+    p1, p3 = TP(settings.input_topic, 1), TP(settings.input_topic, 3)
+    changelog = TP(settings.app_id("a") + "-ledger-changelog", 1)
+    fetches = [
+        {p1: [record(p1, o) for o in range(0, 10)], p3: [record(p3, 7)], changelog: [record(changelog, 0)]},
+        {p1: [record(p1, o) for o in (8, 9, 10, 12)]},  # 8 and 9 were read already; 11 holds no record
+    ]
+    items = await drain(consumer, fetches)
+    batches = [(m.tp, [r.offset for r in m.records], m.ack_from, m.offset)
+               for m in items if isinstance(m, BatchMessage)]
+    assert batches == [
+        (p1, [0, 1, 2, 3], 0, 3), (p1, [4, 5, 6, 7], 4, 7), (p1, [8, 9], 8, 9),
+        (p3, [7], 7, 7),
+        (p1, [10, 12], 10, 12),
+    ]
+    plain = [m for m in items if not isinstance(m, BatchMessage)]
+    assert [(type(m), m.tp, m.offset) for m in plain] == [(ConsumerMessage, changelog, 0)]
+    assert all(len(m.records) <= BATCH_SIZE for m in items if isinstance(m, BatchMessage))
+
+
+def test_one_acknowledgement_marks_every_offset_the_batch_covers(app, settings) -> None:
+    """BatchAcknowledgedOnce, OneAcknowledgementPerItem: acknowledging a batch marks
+    its records and the offsets between ack_from and them that hold no record, so
+    Faust's commit machinery (the contiguous acknowledged prefix, _new_offset) passes
+    the whole batch; a second acknowledgement does nothing; offsets below the committed
+    one are not marked again."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 2)
+    consumer._committed_offset[tp] = 10
+    first = BatchMessage(tp, [record(tp, 11), record(tp, 13), record(tp, 14)], 10, None)
+    assert consumer.ack(first) is True
+    assert consumer.ack(first) is False  # once
+    assert consumer._new_offset(tp) == 15  # 10 .. 14: 12 holds no record for this consumer
+    consumer._committed_offset[tp] = 15
+    # a batch whose ack_from lies below the committed offset (read again after a seek)
+    again = BatchMessage(tp, [record(tp, 16), record(tp, 17)], 12, None)
+    assert consumer.ack(again) is True
+    assert sorted(consumer._acked[tp]) == [15, 16, 17]
+    assert consumer._new_offset(tp) == 18
+
+
+def test_items_finished_out_of_order_are_acknowledged_in_read_order(app, settings) -> None:
+    """ClerkAcksOnlyFinalPositions, CommitOnlyAcknowledgedOffsets: an item finished
+    before an earlier one of its partition waits for it, so Faust's commit (which
+    checks only loosely that the acknowledged run starts at the committed offset)
+    never passes the earlier one; items of other partitions do not wait."""
+    consumer = app.consumer
+    tp, other = TP(settings.input_topic, 0), TP(settings.input_topic, 1)
+    consumer._committed_offset[tp] = 5
+
+    class Item:  # what OrderedAcks takes: a Faust event's message and ack()
+        def __init__(self, tp: TP, offsets: list[int], ack_from: int) -> None:
+            self.message = BatchMessage(tp, [record(tp, o) for o in offsets], ack_from, None)
+
+        def ack(self) -> None:
+            consumer.ack(self.message)
+
+    acks = OrderedAcks()
+    held, later, elsewhere = Item(tp, [5], 5), Item(tp, [6, 7], 6), Item(other, [0], 0)
+    for item in (held, later, elsewhere):
+        acks.read(item)
+    acks.finish(later)
+    acks.finish(elsewhere)
+    assert not later.message.acked and elsewhere.message.acked
+    assert consumer._new_offset(tp) is None and consumer._new_offset(other) == 1
+    assert acks.waiting() == 2
+    acks.finish(held)
+    assert held.message.acked and later.message.acked and acks.waiting() == 0
+    assert consumer._new_offset(tp) == 8
+    # a revoked partition's items are forgotten; finishing one later does nothing
+    gone = Item(tp, [8], 8)
+    acks.read(gone)
+    acks.forget({tp})
+    acks.finish(gone)
+    assert not gone.message.acked and acks.waiting() == 0
+
+
+# The source of Faust's drain loop that agents/intake.py BatchConsumer._drain_messages
+# copies (faust-streaming 0.15.3). When Faust changes it, read the change, carry it
+# into BatchConsumer._drain_messages, and put the new digest here.
+FAUST_DRAIN_LOOP_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app) -> None:
+    """FetchBatchIntake: every Faust and aiokafka attribute agents/intake.py and
+    app/batching.py read, call or override exists, and Faust's drain loop, of which
+    BatchConsumer keeps a copy, is the one that copy was made from."""
+    consumer = app.consumer  # some are set on the instance (callback)
+    for owner, name in FAUST_INTERNALS:
+        assert hasattr(consumer if isinstance(consumer, owner) else owner, name), (owner, name)
+    for module, cls, name in AIOKAFKA_INTERNALS:
+        owner = getattr(importlib.import_module(module), cls)
+        assert hasattr(owner, name) or name in inspect.getsource(owner.__init__), (module, cls, name)
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_DRAIN_LOOP_SHA256, (
+        "Faust's Consumer._drain_messages changed: port the change to agents/intake.py")
