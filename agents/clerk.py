@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from agents.clerk_core import ClerkCore, Publish, entity_record
 from agents.instance import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, faust_settings, run_worker
-from agents.intake import OrderedAcks, records_of
+from agents.intake import OrderedAcks, guard_delivery, records_of
 from agents.intake import install as install_batch_intake
 from app.batching import send_batched
 from app.canonical import canonical_trusted, digest
@@ -132,8 +132,9 @@ class Publisher:
     the last divergence, so a divergence must not land before a result queued ahead of
     it; divergences are rare)."""
 
-    def __init__(self, producer, settings: Settings) -> None:
-        self.producer = producer  # Faust's; its aiokafka producer does the sending
+    def __init__(self, app, settings: Settings) -> None:
+        self.app = app
+        self.producer = app.producer  # Faust's; its aiokafka producer does the sending
         self.settings = settings
         self._results: list[Publish] = []
 
@@ -143,7 +144,9 @@ class Publisher:
     async def divergence(self, action) -> None:
         await self.send(action.partition)
         await self.producer.flush()
-        await self.producer.send(self.settings.divergences_topic, None, action.value, action.partition, None, None)
+        sent = await self.producer.send(self.settings.divergences_topic, None, action.value, action.partition,
+                                        None, None)
+        guard_delivery(self.app, sent, f"a divergence record of {self.settings.divergences_topic}")
 
     async def send(self, partition: int) -> list[int]:
         """Queue the results collected so far (and their entity records); returns the
@@ -152,12 +155,16 @@ class Publisher:
         if not results:
             return []
         aio = self.producer._producer
-        await send_batched(aio, self.settings.results_topic, partition, [(r.key, r.value) for r in results])
+        topic = self.settings.results_topic
+        for fut, _ in await send_batched(aio, topic, partition, [(r.key, r.value) for r in results]):
+            guard_delivery(self.app, fut, f"results of {topic}[{partition}]")
         # the compacted topic keeps one record per entity: of several in one batch only
         # the last (newest version) is sent
         latest = {e[0]: e for r in results for e in r.entities}
         if latest:
-            await send_batched(aio, self.settings.entities_topic, partition, [entity_record(*e) for e in latest.values()])
+            topic = self.settings.entities_topic
+            for fut, _ in await send_batched(aio, topic, partition, [entity_record(*e) for e in latest.values()]):
+                guard_delivery(self.app, fut, f"agreed entity records of {topic}[{partition}]")
         return [r.stream_time for r in results]
 
 
@@ -189,7 +196,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
 
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
-        publisher = Publisher(app.producer, settings)
+        publisher = Publisher(app, settings)
         agreement, latency = HistogramBatch(metrics.agreement), HistogramBatch(metrics.latency)
         async for event in stream.noack().events():
             msg = event.message

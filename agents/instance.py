@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec
+from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import records_of
 from agents.usher import Usher
@@ -332,6 +333,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             watermark = batch[-1].offset + 1
             for value in seal_batch(instance_id, p, watermark, outputs):
                 sent = await producer.send(output_name, None, value, p, None, None)
+                guard_delivery(app, sent, f"copies of {output_name}[{p}]")
             handed = time.perf_counter()
             processed[p] = watermark
             n = len(batch)

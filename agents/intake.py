@@ -23,6 +23,7 @@ of faust-streaming 0.15 and aiokafka 0.14, pinned in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -30,6 +31,8 @@ from typing import NamedTuple
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as _driver
 from faust.types.tuples import ConsumerMessage
+
+log = logging.getLogger("docket.intake")
 
 # (object, attribute) pairs of Faust the batch consumer reads, calls or overrides.
 FAUST_INTERNALS = (
@@ -42,6 +45,7 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "highwater"),
     (_driver.Consumer, "wait_first"),
     (_driver.Consumer, "callback"),
+    (_driver.Consumer, "_commit_offsets"),
     (_driver.Transport, "Consumer"),
     (ConsumerMessage, "on_final_ack"),
 )
@@ -100,6 +104,17 @@ class BatchConsumer(_driver.Consumer):
 
     batch_topics: frozenset[str] = frozenset()
     batch_size: int = 256
+    # the first record the producer failed to deliver (guard_delivery): from then on
+    # nothing is committed
+    undelivered: BaseException | None = None
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+        # Faust flushes the producer and then commits, but a flush returns as well when
+        # a batch FAILED (aiokafka resolves its future with the error): a commit now
+        # could pass a batch whose changelog records or copies never reached Kafka.
+        if self.undelivered is not None:
+            return False
+        return await super()._commit_offsets(offsets, start_new_transaction)
 
     def ack(self, message) -> bool:
         if not isinstance(message, BatchMessage):
@@ -191,6 +206,28 @@ class BatchConsumer(_driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def guard_delivery(app, future: asyncio.Future, what: str) -> None:
+    """Watch ``future`` (an aiokafka send's or record batch's) on behalf of ``app``'s
+    consumer: if the producer fails to deliver it (an error, or cancelled at shutdown),
+    the consumer commits nothing more and the worker crashes, so a restart replays from
+    the last commit and writes the lost records again (the Warden restates what a
+    replay finds recorded). ``what`` names the records in the ERROR line."""
+
+    def delivered(fut: asyncio.Future) -> None:
+        exc = asyncio.CancelledError("cancelled") if fut.cancelled() else fut.exception()
+        if exc is None:
+            return
+        consumer = app.consumer
+        if consumer.undelivered is not None:
+            return
+        consumer.undelivered = exc
+        log.error("%s could not be delivered to Kafka (%r): this worker commits nothing more and stops; "
+                  "start it again once Kafka is reachable and it replays from its last commit", what, exc)
+        asyncio.ensure_future(app.crash(exc))
+
+    future.add_done_callback(delivered)
 
 
 class OrderedAcks:

@@ -31,6 +31,7 @@ from typing import Iterator
 
 from faust.types import TP
 
+from agents.intake import guard_delivery
 from app.batching import send_batched
 
 # changelog emission order of a batch's writes, by key space (tables/ledger.py,
@@ -148,6 +149,7 @@ class FaustStore:
             self._db(partition).write(wb)
             for fut, n in await send_batched(producer, topic, partition, changelog_order(writes)):
                 fut.add_done_callback(_persist(data, TP(topic, partition), n))
+                guard_delivery(self.app, fut, f"changelog records of {topic}[{partition}]")
 
 
 def _persist(data, tp: TP, n: int):

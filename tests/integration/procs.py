@@ -407,6 +407,36 @@ def assert_watermarks_follow_outputs(collector: OutputCollector, instance: str) 
     return len(collector.watermarks)
 
 
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the consumer group's committed offset, as the broker has it."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        return {(tp.topic, tp.partition): om.offset
+                for tp, om in (await admin.list_consumer_group_offsets(group)).items()}
+    finally:
+        await admin.close()
+
+
+async def wait_committed_to_end(bootstrap: str, group: str, topic: str, deadline_s: float,
+                                detail: Callable[[], str] | None = None) -> None:
+    """Wait until ``group`` has committed every partition of ``topic`` up to its end
+    offset: the worker has processed everything, and a stop now leaves nothing to
+    replay. (Outputs alone do not say so: a restarted worker replays from its committed
+    offsets, re-emitting outputs that are already there.)"""
+    from app.replay import end_offsets
+
+    ends = {(topic, p): off for p, off in (await end_offsets(bootstrap, topic)).items()}
+
+    async def caught_up() -> bool:
+        committed = await committed_offsets(bootstrap, group)
+        return all(committed.get(tp, -1) >= end for tp, end in ends.items())
+
+    await wait_for(caught_up, deadline_s, f"{group} to commit {topic} up to {ends}", interval_s=0.2, detail=detail)
+
+
 async def changelog_fold(bootstrap: str, topic: str) -> dict[int, dict[bytes, bytes]]:
     """What restoring from the changelog ``topic`` alone yields: partition -> {key: value},
     the last record per key, tombstones removing it."""

@@ -53,6 +53,7 @@ from tests.integration.clerk_kit import (
 from tests.integration.procs import (
     OutputCollector,
     assert_watermarks_follow_outputs,
+    committed_offsets,
     wait_for,
 )
 
@@ -499,7 +500,7 @@ async def test_clerk_sigkilled_three_times_still_one_result_per_event(clerk_sett
                            interval_s=0.05, detail=lambda: f"{len(results.records)} results\n{clerk.log_tail()}")
             clerk.kill()
             published = by_position(await read_all(s.kafka_bootstrap, s.results_topic))
-            committed = await _committed(s)
+            committed = await committed_offsets(s.kafka_bootstrap, s.app_id("clerk"))
             # Positions already published whose copies lie at or after the committed offsets:
             # the next run reads those copies again.
             reread = sum(1 for i in ("a", "b") for pos, copies in out[i].copies.items()
@@ -531,18 +532,6 @@ async def test_clerk_sigkilled_three_times_still_one_result_per_event(clerk_sett
         f"no restart re-read a copy of an already published position: the kills tested nothing {kills}")
     print(f"\nclerk, 3 SIGKILLs: {kills}; {len(final)} results for {EVENTS} events; pending positions "
           f"after the run {metrics.get('docket_clerk_pending_positions')}; test {time.monotonic() - began:.1f} s")
-
-
-async def _committed(s: Settings) -> dict[tuple[str, int], int]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
-        return {(tp.topic, tp.partition): om.offset
-                for tp, om in (await admin.list_consumer_group_offsets(s.app_id("clerk"))).items()}
-    finally:
-        await admin.close()
 
 
 # --------------------------------------------------------------------------- 5

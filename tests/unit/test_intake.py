@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import importlib
 import inspect
+import logging
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -17,7 +18,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from agents import instance as instance_mod
-from agents.intake import FAUST_INTERNALS, BatchMessage, OrderedAcks
+from agents.intake import FAUST_INTERNALS, BatchMessage, OrderedAcks, guard_delivery
 from app.batching import AIOKAFKA_INTERNALS
 from app.settings import SETTINGS, load
 
@@ -154,6 +155,33 @@ def test_items_finished_out_of_order_are_acknowledged_in_read_order(app, setting
     acks.forget({tp})
     acks.finish(gone)
     assert not gone.message.acked and acks.waiting() == 0
+
+
+async def test_an_undelivered_batch_stops_every_later_commit_and_crashes_the_worker(app, settings, caplog) -> None:
+    """UndeliveredRecordStopsCommits, ProducerFlushAcknowledgesWrites: Faust's flush
+    returns as well when a record batch failed; once the producer reports one it could
+    not deliver, the consumer commits nothing more (a commit could pass records that are
+    not in Kafka) and the worker crashes, to replay from its last commit when
+    restarted."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    consumer._committed_offset[tp] = 3
+    delivered, failed = asyncio.get_running_loop().create_future(), asyncio.get_running_loop().create_future()
+    guard_delivery(app, delivered, "copies of out[0]")
+    guard_delivery(app, failed, "changelog records of ledger-changelog[0]")
+    delivered.set_result(None)
+    with caplog.at_level(logging.ERROR, logger="docket.intake"):
+        failed.set_exception(KafkaTimeoutError())
+        await asyncio.sleep(0)  # the done callbacks run on the next turn of the loop
+    assert isinstance(consumer.undelivered, KafkaTimeoutError)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "docket.intake"]
+    assert "changelog records of ledger-changelog[0]" in line and "commits nothing more" in line
+    assert await consumer._commit_offsets({tp: 9}) is False
+    assert consumer._committed_offset[tp] == 3
+    await asyncio.sleep(0)
+    assert app.crashed
 
 
 # The source of Faust's drain loop that agents/intake.py BatchConsumer._drain_messages
