@@ -35,7 +35,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
-from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
+from app.client import (DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
+                        ValidationError)
 from app.settings import Settings, load, named_tokens
 
 log = logging.getLogger("docket.api")
@@ -583,6 +584,14 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     return app
 
 
+def _kafka_trouble(exc: BaseException) -> bool:
+    """True for what an unreachable or unready Kafka, or missing topics, raise while the
+    client starts; anything else is a fault of docket's and is logged as one."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, (KafkaUnavailable, TopicsMissing, KafkaError, OSError, TimeoutError))
+
+
 async def _kafka_connection(app: web.Application):
     """Connect the client in the background, retrying until Kafka answers; stop it at
     shutdown."""
@@ -598,8 +607,12 @@ async def _kafka_connection(app: web.Application):
             except Exception as exc:  # noqa: BLE001  unreachable, topics missing: report, retry
                 client.last_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
                 if client.last_error != said:
-                    log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
-                                client.last_error)
+                    if _kafka_trouble(exc):
+                        log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
+                                    client.last_error)
+                    else:  # not Kafka's doing: a fault of docket's, shown as one
+                        log.error("the Kafka client failed to start (retrying every %.0f s): %s: %s",
+                                  CONNECT_RETRY_S, type(exc).__name__, exc, exc_info=exc)
                     said = client.last_error
                 await asyncio.sleep(CONNECT_RETRY_S)  # retry back-off, not a synchronisation
         client.last_error = None

@@ -891,7 +891,8 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
     """ApiSkipsUnreadableRecords: in one fetch, garbage between good records of the
     results topic (bytes that are not JSON, and JSON that is not a result, whose
     stream_time must not move the index's clock) and of the divergences topic (a JSON
-    array) is skipped record by record with a warning naming topic, partition and
+    array, an object that is no report: no cause, or a decision that is no digest) is
+    skipped record by record with a warning naming topic, partition and
     offset; the good records after it in the same batch are still handled (before,
     the first bad record made the client log 'reading <prefix>.results failed' and
     drop the rest of the batch)."""
@@ -916,6 +917,8 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
             SimpleNamespace(offset=20, value=divergence_report("kd-1", 1, 20)),
             SimpleNamespace(offset=21, value=b"[1, 2]"),
             SimpleNamespace(offset=22, value=divergence_report("kd-2", 1, 22)),
+            SimpleNamespace(offset=23, value=b'{"foo": 1}'),
+            SimpleNamespace(offset=24, value=b'{"cause": "mismatch", "decided": 7}'),
         ],
     }
     client._consumer = _FetchingConsumer([fetch])  # noqa: SLF001  driven without Kafka
@@ -935,9 +938,145 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
         f"skipped an unreadable record of {results} partition 0 at offset 12: "
         "outcome is not {status: applied or rejected, ...}",
         f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 23: "
+        "cause is not mismatch or replay_mismatch",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 24: decided is neither null nor a digest",
     ], caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
-    assert (client.records_skipped, client.last_error) == (3, None)
+    assert (client.records_skipped, client.last_error) == (5, None)
+
+
+async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(settings, caplog, monkeypatch) -> None:
+    """ApiServesWithoutKafka: the API retries its client's start until it succeeds; a
+    Kafka that does not answer is one WARNING 'not connected to Kafka', but a failure
+    that is not Kafka's (here a KeyError, as an unreadable entity record once raised)
+    is logged as what it is, an ERROR of docket's with its traceback, not blamed on
+    Kafka; once started, the API says it is connected."""
+    from app.client import KafkaUnavailable
+
+    monkeypatch.setattr(api_mod, "CONNECT_RETRY_S", 0.01)
+    caplog.set_level(logging.INFO, logger="docket.api")
+    failures = [KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1"), KeyError("key")]
+
+    class Starting(DocketClient):
+        async def start(self) -> None:
+            if failures:
+                raise failures.pop(0)
+            self._started = True
+
+        async def stop(self) -> None:
+            self._started = False
+
+    client = Starting(settings)
+    async with TestClient(TestServer(create_app(settings, client))):
+        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+    said = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "docket.api"]
+    assert said[:2] == [
+        ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
+        ("ERROR", "the Kafka client failed to start (retrying every 0 s): KeyError: 'key'", True)], said
+    assert said[2][:2] == ("INFO", f"connected to Kafka at {settings.kafka_bootstrap}"), said
+
+
+class _EntitiesConsumer:
+    """What DocketClient._load_entities asks of its consumer, over fixed records per
+    partition (aiokafka ConsumerRecords: ``key``, ``value``, ``offset``): each getmany
+    hands out every record of the asked partitions not handed out yet."""
+
+    def __init__(self, records: dict) -> None:
+        self.records = records
+        self.next: dict = {}
+
+    def assign(self, tps) -> None:
+        self.assigned = list(tps)
+
+    async def end_offsets(self, tps) -> dict:
+        return {tp: (self.records[tp][-1].offset + 1 if self.records.get(tp) else 0) for tp in tps}
+
+    async def seek_to_beginning(self, *tps) -> None:
+        assert tps, "no partition: aiokafka would seek every assigned one"
+        for tp in tps:
+            self.next[tp] = 0
+
+    async def getmany(self, *tps, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        out = {}
+        for tp in tps:
+            recs = [m for m in self.records.get(tp, []) if m.offset >= self.next.get(tp, 0)]
+            if recs:
+                out[tp] = recs
+                self.next[tp] = recs[-1].offset + 1
+        return out
+
+    async def position(self, tp) -> int:
+        return self.next.get(tp, 0)
+
+
+async def test_an_unreadable_entity_record_is_skipped_and_the_view_loads(settings, caplog) -> None:
+    """ApiSkipsUnreadableRecords, ApiEntityViewFromCompactedTopic: at start the client
+    loads its entity view from the compacted entities topic; records the Clerk never
+    writes there (bytes that are not JSON, a JSON list, an object without "key", a key
+    that is not the record's, a version that is not an integer, no state, an input that
+    is not a position, nesting deeper than the parser takes, a tombstone without a key,
+    a record key that is not UTF-8) are each skipped with ONE warning naming topic,
+    partition, offset and what is wrong, and every good record around them is loaded (a
+    tombstone with a key still removes its entity). Before, the first of them made
+    start() raise ('key', 'list indices must be integers'), and the API retried it
+    forever, blaming Kafka."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from agents.clerk_core import entity_record
+
+    caplog.set_level(logging.INFO, logger="docket.client")
+    topic = settings.entities_topic
+
+    def good(name: str, quantity: int, version: int = 1) -> tuple[bytes, bytes]:
+        return entity_record(name, {"quantity": quantity}, version, {"partition": 0, "offset": version})
+
+    garbage = {
+        (0, 1): ((b"stock:w1:junk", b"\xff\xfegarbage{"), "not JSON"),
+        (0, 2): ((b"stock:w1:junk", b"[1, 2, 3]"), "not a JSON object but list"),
+        (0, 3): ((b"stock:w1:junk", b'{"foo": 1}'), "key is not a string"),
+        (0, 4): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:other", "state": {}, "version": 1})),
+                 "key is not the record's key"),
+        (1, 1): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "state": {}, "version": "2"})),
+                 "version is not an integer"),
+        (1, 2): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "version": 2})), "it has no state"),
+        (1, 3): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "state": {}, "version": 2,
+                                                   "input": {"partition": "x", "offset": -1}})),
+                 "input is not an input position"),
+        (1, 4): ((b"stock:w1:junk", b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+        (2, 0): ((None, None), "no record key (a tombstone without a key)"),
+        (2, 1): ((b"\xff\xfe", b"{}"), "the record key is not UTF-8"),
+        (2, 2): ((None, good("stock:w1:s9", 1)[1]), "no record key"),
+    }
+    records = {
+        (0, 0): good("stock:w1:s1", 5), (0, 5): good("stock:w1:s1", 7, version=2),
+        (1, 0): good("stock:w1:s2", 3), (1, 5): good("stock:w1:s3", 4),
+        (2, 3): good("stock:w1:gone", 1), (2, 4): (b"stock:w1:gone", None), (2, 5): good("stock:w1:s4", 9),
+        **{pos: rec for pos, (rec, _) in garbage.items()},
+    }
+    by_tp: dict = {}
+    for (p, o), (key, value) in sorted(records.items()):
+        by_tp.setdefault(TopicPartition(topic, p), []).append(SimpleNamespace(offset=o, key=key, value=value))
+    client = DocketClient(settings)
+    await client._load_entities(_EntitiesConsumer(by_tp), [TopicPartition(topic, p) for p in range(4)])  # noqa: SLF001
+
+    assert {k: (client.entity(k)["state"]["quantity"], client.entity(k)["version"])
+            for k in ("stock:w1:s1", "stock:w1:s2", "stock:w1:s3", "stock:w1:s4")} == {
+        "stock:w1:s1": (7, 2), "stock:w1:s2": (3, 1), "stock:w1:s3": (4, 1), "stock:w1:s4": (9, 1)}
+    assert client.entity("stock:w1:gone") is None and client.entity("stock:w1:junk") is None
+    assert client.entity("stock:w1:other") is None and client.entity("stock:w1:s9") is None
+    assert client.entity_count == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(garbage), caplog.text
+    for (p, o), (_, why) in garbage.items():
+        said = [w for w in warnings if w.startswith(f"skipped an unreadable record of {topic} partition {p} "
+                                                    f"at offset {o}: ")]
+        assert len(said) == 1 and why in said[0], (p, o, warnings)
+    assert all("\n" not in w and len(w) < 400 for w in warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert (client.records_skipped, client.entities_loaded) == (len(garbage), len(records))
 
 
 # --------------------------------------------------------------------------- OpenAPI and metrics
