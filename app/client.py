@@ -461,6 +461,7 @@ class DocketClient:
             with quiet():
                 await producer.start()
                 await consumer.start()
+            await self._await_leaders(consumer, [TopicPartition(t, p) for t in topics for p in range(counts[t])])
             # How far back to read results at start is the one reading of this host's
             # clock that is not capped by broker time: a clock off by X shifts the window
             # by X, and a key the index misses is still judged by the Warden.
@@ -505,6 +506,24 @@ class DocketClient:
             await self._producer.stop()
             self._producer = None
         self._started = False
+
+    async def _await_leaders(self, consumer, tps) -> None:
+        """Wait, up to start_timeout_s, until the leader of every partition in ``tps``
+        answers: one ListOffsets request per partition, which aiokafka retries quietly
+        (at DEBUG) while a partition has no leader yet or its leader is still taking
+        over (topics just created). Called before the consumer is assigned anything and
+        before anything is produced: an assigned consumer resets its positions in the
+        background, and aiokafka logs each NotLeaderForPartitionError of that at ERROR,
+        as the producer logs a refused produce at WARNING. Raises KafkaUnavailable when
+        the deadline passes."""
+        from aiokafka.errors import KafkaTimeoutError
+
+        try:
+            await asyncio.wait_for(consumer.end_offsets(tps), self.start_timeout_s)
+        except (TimeoutError, KafkaTimeoutError):
+            names = ", ".join(sorted({tp.topic for tp in tps}))
+            raise KafkaUnavailable(f"the partitions of {names} had no leader answering within "
+                                   f"{self.start_timeout_s:.0f} s") from None
 
     async def _load_entities(self, consumer, tps) -> None:
         consumer.assign(tps)

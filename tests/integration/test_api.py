@@ -530,3 +530,36 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack
     assert generated == passed and passed >= 100, out[-3000:]
     assert "Tested: 6" in out, out[-3000:]  # every operation of the document
     print(f"schemathesis: {time.monotonic() - began:.1f} s\n{out[-1500:]}")
+
+
+# --------------------------------------------------------------------------- a fresh stack's start
+
+
+async def test_a_client_on_topics_just_created_logs_no_kafka_error(kafka_bootstrap: str, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """ApiServesWithoutKafka, ApiReadiness: on a fresh stack the API's client starts
+    right after `docket topics create`, while the new partitions' leaders are still
+    taking over. It waits until every partition of its topics has a leader that answers
+    before its consumer takes any partition and before it produces, so aiokafka logs
+    nothing at WARNING or above (before, each start logged 'ERROR
+    aiokafka.consumer.fetcher: Failed fetch offsets from 1: [Error 6]
+    NotLeaderForPartitionError' for a partition of <prefix>.entities), and it becomes
+    ready and takes an event. Three fresh sets of topics, each created just before."""
+    import logging
+
+    from app.topics import create_topics
+    from tests.integration.stack_kit import stack_settings
+
+    caplog.set_level(logging.WARNING)
+    for attempt in range(3):
+        settings = dataclasses.replace(stack_settings(kafka_bootstrap, tmp_path / str(attempt)), partitions=8)
+        await create_topics(settings)
+        async with DocketClient(settings) as client:
+            await client.wait_caught_up(60)
+            assert client.ready
+            sub = await client.submit("stock.adjust", {"warehouse": "w1", "sku": "fresh", "delta": 1},
+                                      f"fresh-{attempt}", timeout=0)
+            assert sub.status == "pending" and sub.position[1] == 0, sub  # accepted; no instances run here
+    noise = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
+             if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
+    assert not noise, "\n".join(noise)
