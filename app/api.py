@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import click
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -638,16 +638,38 @@ def _client_fault(exc: BaseException) -> bool:
 
 
 _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
+# What aiohttp quotes of the request in its descriptions: a bytes or str literal
+# (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it.
+_QUOTED = re.compile(r"""\s*:?\s*b?['"].*$""")
+# A quoted header line: its field name, nothing of its value.
+_HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
+_DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")
 
 
 def _fault_text(exc: BaseException) -> str:
-    """aiohttp's description of a malformed request on one line: its multi-line message
-    (the offending bytes and a caret under them) joined, cut, control characters escaped."""
+    """aiohttp's description of a malformed request (or of a client gone) on one line,
+    WITHOUT anything the request held: aiohttp quotes the offending bytes (a whole header
+    line, value included: a bearer token, say), or the request target, in its message;
+    only its own description is kept, with the name of the header field at fault when a
+    quoted header line shows it. Cut to _FAULT_CHARS, control characters escaped."""
+    from aiohttp.http_exceptions import InvalidURLError
+
     if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
         exc = exc.__cause__
+    if isinstance(exc, InvalidURLError):  # its message is the request target itself
+        return "Invalid request target (not shown)"
     text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    lines = [line.strip() for line in str(text).splitlines()]
-    text = " ".join(line for line in lines if line.strip("^ "))
+    lines = [line.strip() for line in str(text).splitlines() if line.strip("^ ")]
+    said, field = [], None
+    for line in lines:
+        match = _HEADER_LINE.match(line)
+        if match:
+            field = field or match.group(1)
+        elif not line.startswith(("b'", 'b"', "'", '"')):
+            said.append(line if _DUPLICATE_FIELD.fullmatch(line) else _QUOTED.sub("", line).rstrip(" :."))
+    text = ": ".join(part for part in said if part)
+    if field:
+        text += f" (header field {field!r}; its value is not shown)"
     if len(text) > _FAULT_CHARS:
         text = text[:_FAULT_CHARS] + "..."
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or type(exc).__name__
@@ -675,12 +697,59 @@ class ServerLog(logging.LoggerAdapter):
 
 SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: never sent (nobody is there), logged and counted
+
+
+class RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's per-connection request handler, with its answers to what happens before
+    docket's middleware sees a request:
+
+    - a request its parser refuses is answered 400 with a description that holds
+      nothing of the request (aiohttp's own quotes the offending header line, a bearer
+      token included): :func:`_fault_text`, the same text SERVER_LOG logs;
+    - a client that closed (or half-closed) its connection before its request was
+      answered, e.g. right after headers with ``Expect: 100-continue`` (aiohttp's
+      interim ``100 Continue`` then finds the connection closing), is logged as ONE
+      INFO line without a traceback, where aiohttp logs ERROR 'Error handling request'
+      and the traceback and counts a 500: it is the client's doing, not a fault."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            self.logger.info("the client at %s closed the connection before its request was answered "
+                             "(not an error): %s", request.remote, _fault_text(exc))
+            response = web.Response(status=CLIENT_CLOSED_REQUEST, text="client closed request")
+            response.force_close()
+            return response
+        if exc is not None and _client_fault(exc):
+            message = _fault_text(exc)
+        return super().handle_error(request, status, exc, message)
+
+
+class _Server(web.Server):
+    """aiohttp's Server, making a docket :class:`RequestHandler` per connection."""
+
+    def __call__(self) -> RequestHandler:
+        return RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """aiohttp's AppRunner, whose server makes docket's :class:`RequestHandler`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # a plain web.Server, with the app's startup done
+        server.__class__ = _Server  # only which request handler it makes changes
+        return server
+
 
 def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
-    """The AppRunner `docket api` serves ``app`` with: aiohttp's access log when asked,
-    and SERVER_LOG for the request handler's own reports."""
-    return web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
-                         logger=SERVER_LOG)
+    """The AppRunner `docket api` serves ``app`` with: docket's request handler
+    (:class:`RequestHandler`), aiohttp's access log when asked, and SERVER_LOG for the
+    request handler's own reports."""
+    return AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                     logger=SERVER_LOG)
 
 
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,

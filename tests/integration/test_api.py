@@ -294,9 +294,15 @@ async def test_two_authorization_lines_are_401_and_nothing_is_produced(http: Cli
 async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: Stack) -> None:
     """ApiRefusesMalformedHttp through `docket api`: requests aiohttp's parser refuses,
     sent without credentials (two Content-Type fields, a NUL in a header, an obs-fold
-    line, a header over 8190 bytes) are each answered 400 and leave one WARNING line in
-    the API's log, and no ERROR or traceback (before: `ERROR aiohttp.server: Error
-    handling request` and the traceback, per request)."""
+    line, a header over 8190 bytes) or with the API's valid token followed by a NUL, are
+    each answered 400 and leave one WARNING line in the API's log, and no ERROR or
+    traceback (before: `ERROR aiohttp.server: Error handling request` and the traceback,
+    per request); the token is in neither the answer nor the log (before, both quoted
+    the whole header line). ApiClientDisconnectIsNoError: then 20 POSTs with `Expect:
+    100-continue` whose client closes the connection after the headers leave no ERROR
+    and no traceback either, and the API still serves."""
+    import socket
+
     host = stack.url.removeprefix("http://").encode()
     head = b"Host: " + host + b"\r\nConnection: close\r\n"
     requests = [
@@ -305,20 +311,46 @@ async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: 
         b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\x00b\r\n\r\n",
         b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\r\n folded\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\n" + head + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + f"Authorization: Bearer {TOKEN}\x00\r\n\r\n".encode(),
     ]
     marker = "refused a malformed HTTP request from 127.0.0.1 (the client's fault)"
     before = stack.api.log_text().count(marker)
     for request in requests:
-        status, _, _ = await _raw_request(stack.url, request)
+        status, _, body = await _raw_request(stack.url, request)
         assert status == 400, request[:80]
+        assert TOKEN.encode() not in body, body
     await wait_for(lambda: stack.api.log_text().count(marker) == before + len(requests), 30,
                    f"{len(requests)} more warnings in the API's log", detail=stack.api.log_tail)
     log = stack.api.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     for said in ("Duplicate 'Content-Type' header found", "Invalid header value char",
-                 "Unexpected whitespace after header value", "Got more than 8190 bytes"):
+                 "Unexpected whitespace after header value", "Got more than 8190 bytes",
+                 "Invalid header value char (header field 'Authorization'; its value is not shown)"):
         assert f"WARNING aiohttp.server: {marker}: {said}" in log, log[-3000:]
+    assert TOKEN not in log
+
     stack.api.assert_alive()
+
+    # a second API process at log level info: its access log line per request says when
+    # each of them has been handled
+    api, url = await stack.start_api("api-info", DOCKET_LOG_LEVEL="info")
+    port = int(url.rsplit(":", 1)[1])
+    expect = (b"POST /v1/events HTTP/1.1\r\n" + head + f"Authorization: Bearer {TOKEN}\r\n".encode()
+              + b"Content-Type: application/json\r\nIdempotency-Key: gone-1\r\nExpect: 100-continue\r\n"
+              b"Content-Length: 90\r\n\r\n")
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(expect)
+
+    def handled() -> list[str]:
+        return [line for line in api.log_text().splitlines() if '"POST /v1/events HTTP/1.1"' in line]
+    await wait_for(lambda: len(handled()) >= 20, 60, "20 POSTs in the access log", detail=api.log_tail)
+    log = api.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    gone = [line for line in log.splitlines() if "closed the connection before its request was answered" in line]
+    assert len(gone) <= 20 and all(" INFO aiohttp.server: " in line for line in gone), gone
+    assert {line.split('"POST /v1/events HTTP/1.1" ', 1)[1].split()[0] for line in handled()} <= {"499", "400"}
+    api.assert_alive()
 
 
 # --------------------------------------------------------------------------- idempotency

@@ -286,18 +286,31 @@ async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
 # --------------------------------------------------------------------------- malformed HTTP
 
 
+_SERVERS: dict[int, web.Server] = {}  # port -> the aiohttp server of a `served` API
+
+
+def served_server(port: int) -> web.Server:
+    """The aiohttp server of the API ``served`` on ``port`` (its connections and count
+    of requests)."""
+    return _SERVERS[port]
+
+
 @pytest.fixture
 async def served(settings):
     """(port, DocketClient) of the API served as `docket api` serves it (app_runner: the
-    same AppRunner and loggers) on a real socket; its client is not connected."""
+    same AppRunner, request handler and loggers) on a real socket; its client is not
+    connected."""
     client = DocketClient(settings)
     runner = api_mod.app_runner(create_app(settings, client, connect=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    port = runner.addresses[0][1]
+    _SERVERS[port] = runner.server
     try:
-        yield runner.addresses[0][1], client
+        yield port, client
     finally:
+        _SERVERS.pop(port, None)
         await runner.cleanup()
 
 
@@ -332,6 +345,16 @@ MALFORMED = [
      "Got more than 8190 bytes"),
     ("bad chunk size", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
      b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "Invalid character in chunk size"),
+    # a valid token in the offending line: aiohttp quoted the whole line, token included
+    ("NUL in the Authorization header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}\x00\r\n\r\n".encode(),
+     "Invalid header value char (header field 'Authorization'; its value is not shown)"),
+    ("control character in the Authorization header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}\x01\r\n\r\n".encode(), "header field 'Authorization'"),
+    ("Authorization over 8190 bytes", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}{'a' * 9000}\r\n\r\n".encode(), "Got more than 8190 bytes when reading"),
+    ("a token in a bad request target", f"GET http://[{TOKENS[0]}/ HTTP/1.1\r\n".encode() + _HOST + b"\r\n",
+     "Invalid request target (not shown)"),
 ]
 
 
@@ -339,21 +362,99 @@ MALFORMED = [
 async def test_malformed_requests_are_one_warning_line_without_a_traceback(served, caplog, name, request_bytes,
                                                                           said) -> None:
     """ApiRefusesMalformedHttp: a request aiohttp's parser refuses, from a client
-    without credentials, is answered 400 (aiohttp's own plain-text answer: it offers no
-    hook for the body) and logged as ONE WARNING line naming the fault and the peer,
-    without a traceback; before, aiohttp logged ERROR 'Error handling request' and the
-    traceback, as if the server had failed."""
+    without credentials, is answered 400 in plain text and logged as ONE WARNING line
+    naming the fault and the peer, without a traceback; before, aiohttp logged ERROR
+    'Error handling request' and the traceback, as if the server had failed. Neither
+    the answer nor the log holds anything of the request: before, both quoted the
+    offending header line, so a NUL after a valid bearer token put the token in the log
+    and in the 400 body; now they name the header field at most."""
     port, _ = served
     caplog.set_level(logging.DEBUG, logger="aiohttp.server")
     answer = await _raw(port, [request_bytes])
-    assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert [(r.levelno, r.exc_info) for r in records] == [(logging.WARNING, None)], caplog.text
     line = records[0].getMessage()
     assert line.startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), line
     assert said in line and "\n" not in line and len(line) < 400, line
+    assert body.decode() == line.split("(the client's fault): ", 1)[1], body  # the same words, no more
+    for shown in (TOKENS[0], "a\\x00b", "aaaa", "folded", "zz"):  # what the requests hold
+        assert shown not in caplog.text and shown.encode() not in answer, (shown, caplog.text, answer)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_fault_description_holds_nothing_of_the_request() -> None:
+    """ApiRefusesMalformedHttp: what the API says of a malformed request (its log line
+    and its 400 body) keeps aiohttp's description and drops what aiohttp quoted of the
+    request, in the forms both of aiohttp's parsers (C and pure Python) use: a header
+    line (only its field name is kept), a header value, a line over the limit, a request
+    target, a status line."""
+    from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, InvalidURLError, LineTooLong
+
+    secret = "F7Yu2aUEcLmpL6oSuRbrLjZLZ46s7tbK"
+    cases = [
+        (BadHttpMessage(f"Invalid header value char:\n\n  {f'Authorization: Bearer {secret}'.encode() + bytes([0])!r}"
+                        "\n                                   ^"),
+         "Invalid header value char (header field 'Authorization'; its value is not shown)"),
+        (InvalidHeader(f"Bearer {secret}".encode() + bytes([0])), "Invalid HTTP header"),
+        (LineTooLong(f"Authorization: Bearer {secret}".encode(), 8190), "Got more than 8190 bytes when reading"),
+        (InvalidURLError(f"/v1/events?token={secret}"), "Invalid request target (not shown)"),
+        (BadStatusLine(error=f"Bad status line:\n  Invalid method encountered:\n\n  {secret.encode()!r}\n  ^"),
+         "Bad status line: Invalid method encountered"),
+        (BadHttpMessage("Duplicate 'Content-Type' header found."), "Duplicate 'Content-Type' header found."),
+    ]
+    for exc, said in cases:
+        assert api_mod._fault_text(exc) == said, exc  # noqa: SLF001
+        assert secret not in api_mod._fault_text(exc)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("body", [True, False], ids=["with the body", "headers only"])
+@pytest.mark.parametrize("how", ["close", "half-close"])
+async def test_a_client_gone_before_its_answer_is_one_info_line_not_an_error(served, caplog, how, body) -> None:
+    """ApiClientDisconnectIsNoError: 20 POST /v1/events with `Expect: 100-continue`
+    whose client closes (or half-closes, then closes) the connection right after
+    sending them: aiohttp's interim '100 Continue' finds the connection closing. Each
+    is at most ONE INFO line without a traceback, never an ERROR: before, aiohttp
+    logged 'ERROR aiohttp.server: Error handling request' and a traceback ending in
+    ClientConnectionResetError for almost every one. A client that stays gets the
+    interim answer and then its answer (503 here: Kafka is not connected)."""
+    import socket
+
+    port, _ = served
+    caplog.set_level(logging.DEBUG)
+    payload = orjson.dumps(adjust())
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-gone\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode())
+    attempts = 20
+    for _ in range(attempts):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head + payload if body else head)
+            if how == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+    server = served_server(port)
+    await wait_for(lambda: server.requests_count >= attempts and not server.connections, 30,
+                   "every connection to be handled", detail=lambda: caplog.text)
+    gone = [r for r in caplog.records if "closed the connection before its request was answered" in r.getMessage()]
+    assert 1 <= len(gone) <= attempts, caplog.text
+    assert {(r.name, r.levelno, r.exc_info) for r in gone} == {("aiohttp.server", logging.INFO, None)}
+    assert gone[0].getMessage() == ("the client at 127.0.0.1 closed the connection before its request was answered "
+                                    "(not an error): Cannot write to closing transport")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a client that stays
+    try:
+        writer.write(head)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(payload)
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"503", answer[:300]
 
 
 async def _requests_counted(port: int, status: str) -> float:
