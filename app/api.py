@@ -484,10 +484,19 @@ def _unauthorized(message: str, errors: list[dict] | None = None) -> ApiError:
     return ApiError(401, "unauthorized", message, errors, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
 
 
+# IANA's HTTP Authentication Scheme Registry: the schemes a 401 may name (lower case ->
+# as registered). Any other word before a space is not shown: it may be a secret.
+_AUTH_SCHEMES = {name.lower(): name for name in (
+    "Basic", "Bearer", "Concealed", "Digest", "DPoP", "GNAP", "HOBA", "Mutual", "Negotiate", "OAuth",
+    "PrivateToken", "SCRAM-SHA-1", "SCRAM-SHA-256", "vapid")}
+
+
 def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) -> str:
     """The name of the client whose bearer token the request carries; ApiError 401/403
     otherwise: 401 without the header, with more than one Authorization field, or with a
-    credential that is not ``Bearer <token>``; 403 for a token not in DOCKET_API_TOKENS."""
+    credential that is not ``Bearer <token>`` (a single word, no scheme; ``Bearer``
+    without a token; another scheme); 403 for a token not in DOCKET_API_TOKENS. No answer
+    shows the header's value (only a registered scheme's name)."""
     fields = request.headers.getall("Authorization", [])
     if not fields:
         raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
@@ -498,11 +507,27 @@ def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) ->
                    "with one bearer token")
         raise _unauthorized(message, [{"field": "Authorization", "reason": "repeated_header",
                                        "message": message}])
-    header = fields[0]
-    scheme, _, token = header.strip().partition(" ")
+    # No message below shows any part of the header but a registered scheme's name: a
+    # value without a scheme may be the token itself.
+    scheme, space, token = fields[0].strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized(f"the Authorization header must be 'Bearer <token>', not a {scheme or 'blank'} credential")
+    if not scheme:
+        message = "the Authorization header is empty; send Authorization: Bearer <token>"
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_credentials",
+                                       "message": message}])
+    if scheme.lower() == "bearer":
+        if not token:
+            message = "the bearer token is missing: send Authorization: Bearer <token>"
+            raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_token", "message": message}])
+    elif not space:
+        message = ("the Authorization header must be 'Bearer <token>': it holds a single word, no scheme "
+                   "(the value is not shown)")
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_scheme", "message": message}])
+    else:
+        known = _AUTH_SCHEMES.get(scheme.lower())
+        message = ("the Authorization header must be 'Bearer <token>', not "
+                   + (f"a {known} credential" if known else "a credential of another scheme (not shown)"))
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "not_bearer", "message": message}])
     given = token.encode("utf-8", "surrogateescape")
     found = None
     for name, secret in clients:  # every token compared: no timing hint

@@ -100,6 +100,34 @@ async def test_basic_credentials_are_not_a_bearer_token(http) -> None:
     assert "must be 'Bearer <token>'" in (await resp.json())["message"]
 
 
+@pytest.mark.parametrize(("value", "reason", "said"), [
+    (TOKENS[0], "missing_scheme", "it holds a single word, no scheme (the value is not shown)"),
+    ("not-a-token", "missing_scheme", "it holds a single word, no scheme"),
+    ("Bearer", "missing_token", "the bearer token is missing"),
+    ("bearer   ", "missing_token", "the bearer token is missing"),
+    ("Basic dXNlcjpwYXNz", "not_bearer", "not a Basic credential"),
+    ("negotiate YIIB", "not_bearer", "not a Negotiate credential"),
+    (f"{TOKENS[0]} {TOKENS[1]}", "not_bearer", "not a credential of another scheme (not shown)"),
+    ("", "missing_credentials", "the Authorization header is empty"),
+], ids=["a valid token without scheme", "a word", "Bearer alone", "bearer and spaces", "Basic", "Negotiate",
+        "two tokens", "empty"])
+async def test_a_refused_credential_is_never_echoed(http, value, reason, said) -> None:
+    """ApiRequiresBearerToken: an Authorization value that is not `Bearer <token>` is 401
+    with a reason saying what is wrong, and no part of the value in the answer but a
+    registered scheme's name: a token sent without its scheme (even a valid one) was
+    echoed ('not a <token> credential'); a bare 'Bearer' was told it was 'not a Bearer
+    credential', and is now told the token is missing."""
+    tc, _ = http
+    resp = await tc.get("/v1/events/k1", headers={"Authorization": value})
+    body = await resp.json()
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="docket"', body
+    assert said in body["message"], body
+    assert body["errors"] == [{"field": "Authorization", "reason": reason, "message": body["message"]}]
+    answer = str(body) + str(dict(resp.headers))
+    for shown in (*TOKENS, "not-a-token", "dXNlcjpwYXNz", "YIIB"):
+        assert shown not in answer, (shown, answer)
+
+
 async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -> None:
     tc, _ = http
     resp = await tc.get("/v1/events/k1", headers={"Authorization": "Bearer not-a-token"})
