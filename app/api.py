@@ -37,7 +37,7 @@ from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import (DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
-from app.settings import Settings, load, named_tokens
+from app.settings import Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
 
@@ -806,7 +806,7 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     settings = load()
     if not settings.api_tokens and not insecure_no_auth:
         raise click.ClickException(
-            "DOCKET_API_TOKENS is not set: the API accepts only requests with a bearer token from it. "
+            f"DOCKET_API_TOKENS {api_tokens_absence()}: the API accepts only requests with a bearer token from it. "
             "Set it to one or more comma-separated tokens, e.g. "
             "DOCKET_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "
             "or pass --insecure-no-auth for a local test.")

@@ -209,7 +209,8 @@ def test_docket_api_refuses_to_start_without_tokens() -> None:
 @pytest.mark.parametrize(("env", "value", "message"), [
     ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
     ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
-    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: a token may only use printable ASCII"),
+    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: the token holds a space at "
+                                                  "character 4 of 9"),
     ("DOCKET_API_TOKENS", "alice:t1,bob:t2,alice:t3", "alice twice; each name scopes its own idempotency keys"),
     ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
 ])
@@ -273,17 +274,91 @@ def test_api_settings_defaults(monkeypatch) -> None:
 def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
     """TokensAreNamed: `name:token` entries name their client; a bare token (the older
     form, without ':') is named token-<first 12 hex digits of its SHA-256>, the same
-    every time and whatever the order; a token may itself hold a colon after its name."""
+    every time and whatever the order."""
     import hashlib
 
-    monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x:y")
+    monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x.y")
     s = load()
     assert s.api_clients == (("alice", "s3cret"),
                              ("token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12], "legacy-token"),
-                             ("bob", "x:y"))
-    assert s.api_tokens == ("s3cret", "legacy-token", "x:y")
-    monkeypatch.setenv("DOCKET_API_TOKENS", "bob:x:y,legacy-token")
+                             ("bob", "x.y"))
+    assert s.api_tokens == ("s3cret", "legacy-token", "x.y")
+    monkeypatch.setenv("DOCKET_API_TOKENS", "bob:x.y,legacy-token")
     assert dict(load().api_clients)["token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12]] == "legacy-token"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("alice:s3cret13;bob:s3cret14", "DOCKET_API_TOKENS: the entry: the token of client 'alice' holds ';' at character 9 "
+                                    "of 21 (entries are separated by ','"),
+    ("bob:s3cret:y", "the token of client 'bob' holds ':' at character 7 of 8"),
+    ("s3cret=x", "the entry: the token holds '=' at character 7 of 8 ('=' may only end a token, as padding)"),
+    ("alice:s3cret\u00e9", "holds U+00E9 at character 7 of 7"),
+    ("alice:s3cret\x7f", "holds U+007F at character 7 of 7"),
+    ("alice:s3cret\ty", "holds U+0009 at character 7 of 8"),
+    ("good-token,s3cret\"x", "entry 2 of 2: the token holds '\"' at character 7 of 8"),
+    ("alice:==", "the token of client 'alice' is only '=' padding"),
+])
+def test_a_token_is_an_rfc_6750_b64token(monkeypatch, value, message) -> None:
+    """TokensAreNamed: a token is RFC 6750's b64token (A-Z a-z 0-9 - . _ ~ + /, then
+    only '=' padding); any other character is a ConfigError naming the character (a
+    printable one as itself, any other as U+XXXX) and where it is in the token, never
+    the token. `alice:s3cret13;bob:s3cret14` used to be ONE client alice, whose token
+    was 's3cret13;bob:s3cret14'."""
+    monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    with pytest.raises(ConfigError) as caught:
+        load()
+    assert message in str(caught.value), str(caught.value)
+    assert "a token is RFC 6750's b64token" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_tokens_of_the_b64token_alphabet_are_accepted(monkeypatch) -> None:
+    """TokensAreNamed: what secrets.token_urlsafe and base64 (with padding) produce, and
+    every character of the alphabet, are tokens; a NUL (given to create_app) is not."""
+    import base64
+    import secrets
+
+    tokens = (secrets.token_urlsafe(24), base64.b64encode(b"\x00\xff docket").decode(), "a-b.c_d~e+f/g==",
+              "ABCxyz0189")
+    monkeypatch.setenv("DOCKET_API_TOKENS", ",".join(f"c{i}:{t}" for i, t in enumerate(tokens)))
+    assert load().api_tokens == tokens
+    from app.settings import token_problem  # (a NUL cannot be in the environment; create_app's tokens)
+
+    assert token_problem("s3cret\x00") == "holds U+0000 at character 7 of 7"
+    with pytest.raises(ConfigError, match="tokens: the entry: the token holds U[+]0000 at character 7 of 7"):
+        create_app(load(), DocketClient(load()), tokens=("s3cret\x00",), connect=False)
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    (None, "DOCKET_API_TOKENS is not set"),
+    ("", "DOCKET_API_TOKENS is set but empty"),
+    (",", "DOCKET_API_TOKENS holds no token (its value, ',', has no entry between its commas)"),
+    (" ", "DOCKET_API_TOKENS holds no token (its value, ' ', has no entry between its commas)"),
+    (" , ,", "DOCKET_API_TOKENS holds no token"),
+])
+def test_no_token_says_whether_the_variable_is_unset_empty_or_holds_none(monkeypatch, value, said) -> None:
+    """ApiRefusesToStartWithoutTokens: `docket api` without a token says which: the
+    variable is not set, set but empty, or holds no entry (a `,` or a space used to be
+    reported as 'not set')."""
+    from app.settings import api_tokens_absence
+
+    if value is None:
+        monkeypatch.delenv("DOCKET_API_TOKENS", raising=False)
+    else:
+        monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    assert load().api_tokens == ()
+    assert f"DOCKET_API_TOKENS {api_tokens_absence()}".startswith(said)
+
+
+def test_docket_api_says_a_comma_holds_no_token() -> None:
+    """ApiRefusesToStartWithoutTokens: `docket api` with DOCKET_API_TOKENS=',' exits 1
+    before serving: the variable holds no token (it is set), and how to set one."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {**os.environ, "DOCKET_API_TOKENS": ",", "DOCKET_API_PORT": str(free_port())}
+    proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "DOCKET_API_TOKENS holds no token" in proc.stderr and "is not set" not in proc.stderr, proc.stderr
+    assert "listening" not in proc.stdout and "Traceback" not in proc.stderr
 
 
 async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
