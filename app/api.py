@@ -29,14 +29,15 @@ from urllib.parse import quote
 
 import click
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
-from app.client import DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, ValidationError
-from app.settings import Settings, load, named_tokens
+from app.client import (DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
+                        ValidationError)
+from app.settings import Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
 
@@ -483,10 +484,19 @@ def _unauthorized(message: str, errors: list[dict] | None = None) -> ApiError:
     return ApiError(401, "unauthorized", message, errors, headers={"WWW-Authenticate": 'Bearer realm="docket"'})
 
 
+# IANA's HTTP Authentication Scheme Registry: the schemes a 401 may name (lower case ->
+# as registered). Any other word before a space is not shown: it may be a secret.
+_AUTH_SCHEMES = {name.lower(): name for name in (
+    "Basic", "Bearer", "Concealed", "Digest", "DPoP", "GNAP", "HOBA", "Mutual", "Negotiate", "OAuth",
+    "PrivateToken", "SCRAM-SHA-1", "SCRAM-SHA-256", "vapid")}
+
+
 def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) -> str:
     """The name of the client whose bearer token the request carries; ApiError 401/403
     otherwise: 401 without the header, with more than one Authorization field, or with a
-    credential that is not ``Bearer <token>``; 403 for a token not in DOCKET_API_TOKENS."""
+    credential that is not ``Bearer <token>`` (a single word, no scheme; ``Bearer``
+    without a token; another scheme); 403 for a token not in DOCKET_API_TOKENS. No answer
+    shows the header's value (only a registered scheme's name)."""
     fields = request.headers.getall("Authorization", [])
     if not fields:
         raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
@@ -497,11 +507,27 @@ def _check_auth(request: web.Request, clients: tuple[tuple[str, bytes], ...]) ->
                    "with one bearer token")
         raise _unauthorized(message, [{"field": "Authorization", "reason": "repeated_header",
                                        "message": message}])
-    header = fields[0]
-    scheme, _, token = header.strip().partition(" ")
+    # No message below shows any part of the header but a registered scheme's name: a
+    # value without a scheme may be the token itself.
+    scheme, space, token = fields[0].strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized(f"the Authorization header must be 'Bearer <token>', not a {scheme or 'blank'} credential")
+    if not scheme:
+        message = "the Authorization header is empty; send Authorization: Bearer <token>"
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_credentials",
+                                       "message": message}])
+    if scheme.lower() == "bearer":
+        if not token:
+            message = "the bearer token is missing: send Authorization: Bearer <token>"
+            raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_token", "message": message}])
+    elif not space:
+        message = ("the Authorization header must be 'Bearer <token>': it holds a single word, no scheme "
+                   "(the value is not shown)")
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "missing_scheme", "message": message}])
+    else:
+        known = _AUTH_SCHEMES.get(scheme.lower())
+        message = ("the Authorization header must be 'Bearer <token>', not "
+                   + (f"a {known} credential" if known else "a credential of another scheme (not shown)"))
+        raise _unauthorized(message, [{"field": "Authorization", "reason": "not_bearer", "message": message}])
     given = token.encode("utf-8", "surrogateescape")
     found = None
     for name, secret in clients:  # every token compared: no timing hint
@@ -583,6 +609,14 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     return app
 
 
+def _kafka_trouble(exc: BaseException) -> bool:
+    """True for what an unreachable or unready Kafka, or missing topics, raise while the
+    client starts; anything else is a fault of docket's and is logged as one."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, (KafkaUnavailable, TopicsMissing, KafkaError, OSError, TimeoutError))
+
+
 async def _kafka_connection(app: web.Application):
     """Connect the client in the background, retrying until Kafka answers; stop it at
     shutdown."""
@@ -598,8 +632,12 @@ async def _kafka_connection(app: web.Application):
             except Exception as exc:  # noqa: BLE001  unreachable, topics missing: report, retry
                 client.last_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
                 if client.last_error != said:
-                    log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
-                                client.last_error)
+                    if _kafka_trouble(exc):
+                        log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
+                                    client.last_error)
+                    else:  # not Kafka's doing: a fault of docket's, shown as one
+                        log.error("the Kafka client failed to start (retrying every %.0f s): %s: %s",
+                                  CONNECT_RETRY_S, type(exc).__name__, exc, exc_info=exc)
                     said = client.last_error
                 await asyncio.sleep(CONNECT_RETRY_S)  # retry back-off, not a synchronisation
         client.last_error = None
@@ -625,16 +663,38 @@ def _client_fault(exc: BaseException) -> bool:
 
 
 _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
+# What aiohttp quotes of the request in its descriptions: a bytes or str literal
+# (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it.
+_QUOTED = re.compile(r"""\s*:?\s*b?['"].*$""")
+# A quoted header line: its field name, nothing of its value.
+_HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
+_DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")
 
 
 def _fault_text(exc: BaseException) -> str:
-    """aiohttp's description of a malformed request on one line: its multi-line message
-    (the offending bytes and a caret under them) joined, cut, control characters escaped."""
+    """aiohttp's description of a malformed request (or of a client gone) on one line,
+    WITHOUT anything the request held: aiohttp quotes the offending bytes (a whole header
+    line, value included: a bearer token, say), or the request target, in its message;
+    only its own description is kept, with the name of the header field at fault when a
+    quoted header line shows it. Cut to _FAULT_CHARS, control characters escaped."""
+    from aiohttp.http_exceptions import InvalidURLError
+
     if isinstance(exc, web.RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
         exc = exc.__cause__
+    if isinstance(exc, InvalidURLError):  # its message is the request target itself
+        return "Invalid request target (not shown)"
     text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    lines = [line.strip() for line in str(text).splitlines()]
-    text = " ".join(line for line in lines if line.strip("^ "))
+    lines = [line.strip() for line in str(text).splitlines() if line.strip("^ ")]
+    said, field = [], None
+    for line in lines:
+        match = _HEADER_LINE.match(line)
+        if match:
+            field = field or match.group(1)
+        elif not line.startswith(("b'", 'b"', "'", '"')):
+            said.append(line if _DUPLICATE_FIELD.fullmatch(line) else _QUOTED.sub("", line).rstrip(" :."))
+    text = ": ".join(part for part in said if part)
+    if field:
+        text += f" (header field {field!r}; its value is not shown)"
     if len(text) > _FAULT_CHARS:
         text = text[:_FAULT_CHARS] + "..."
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or type(exc).__name__
@@ -662,12 +722,59 @@ class ServerLog(logging.LoggerAdapter):
 
 SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: never sent (nobody is there), logged and counted
+
+
+class RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's per-connection request handler, with its answers to what happens before
+    docket's middleware sees a request:
+
+    - a request its parser refuses is answered 400 with a description that holds
+      nothing of the request (aiohttp's own quotes the offending header line, a bearer
+      token included): :func:`_fault_text`, the same text SERVER_LOG logs;
+    - a client that closed (or half-closed) its connection before its request was
+      answered, e.g. right after headers with ``Expect: 100-continue`` (aiohttp's
+      interim ``100 Continue`` then finds the connection closing), is logged as ONE
+      INFO line without a traceback, where aiohttp logs ERROR 'Error handling request'
+      and the traceback and counts a 500: it is the client's doing, not a fault."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            self.logger.info("the client at %s closed the connection before its request was answered "
+                             "(not an error): %s", request.remote, _fault_text(exc))
+            response = web.Response(status=CLIENT_CLOSED_REQUEST, text="client closed request")
+            response.force_close()
+            return response
+        if exc is not None and _client_fault(exc):
+            message = _fault_text(exc)
+        return super().handle_error(request, status, exc, message)
+
+
+class _Server(web.Server):
+    """aiohttp's Server, making a docket :class:`RequestHandler` per connection."""
+
+    def __call__(self) -> RequestHandler:
+        return RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """aiohttp's AppRunner, whose server makes docket's :class:`RequestHandler`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # a plain web.Server, with the app's startup done
+        server.__class__ = _Server  # only which request handler it makes changes
+        return server
+
 
 def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
-    """The AppRunner `docket api` serves ``app`` with: aiohttp's access log when asked,
-    and SERVER_LOG for the request handler's own reports."""
-    return web.AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
-                         logger=SERVER_LOG)
+    """The AppRunner `docket api` serves ``app`` with: docket's request handler
+    (:class:`RequestHandler`), aiohttp's access log when asked, and SERVER_LOG for the
+    request handler's own reports."""
+    return AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
+                     logger=SERVER_LOG)
 
 
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,
@@ -699,7 +806,7 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     settings = load()
     if not settings.api_tokens and not insecure_no_auth:
         raise click.ClickException(
-            "DOCKET_API_TOKENS is not set: the API accepts only requests with a bearer token from it. "
+            f"DOCKET_API_TOKENS {api_tokens_absence()}: the API accepts only requests with a bearer token from it. "
             "Set it to one or more comma-separated tokens, e.g. "
             "DOCKET_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "
             "or pass --insecure-no-auth for a local test.")

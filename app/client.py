@@ -32,6 +32,10 @@ One process holds one producer and ONE consumer of the results and divergences t
   the start costs the number of entities, not the length of the results history) and
   kept current from the results it reads.
 
+A record of those topics that is not what the Clerk writes there is skipped on its own,
+with one warning naming topic, partition and offset: it never stops the start, nor the
+records behind it.
+
 The pipeline stays the authority: a repeated key is always produced again, and the
 instances' Warden answers it with the original outcome (``duplicate_of`` set, reported as
 ``replay``) or rejects it as ``idempotency_key_reused``. The index only adds what the
@@ -288,6 +292,33 @@ def _check_divergence(rec: dict) -> None:
         raise UnreadableRecord("stream_time is not an integer")
 
 
+def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | None]:
+    """(entity key, value) of a record of the compacted entities topic: the value is the
+    agreed state {key, state, version, input} as the Clerk writes it (agents/clerk_core.py
+    entity_record), or None for a tombstone (the entity leaves the view). Raises
+    UnreadableRecord for a record that is neither."""
+    if key is None:
+        raise UnreadableRecord("no record key" + (" (a tombstone without a key)" if raw is None else ""))
+    try:
+        name = bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableRecord("the record key is not UTF-8") from None
+    if raw is None:
+        return name, None
+    rec = _json_object(raw)
+    if not isinstance(rec.get("key"), str):
+        raise UnreadableRecord("key is not a string")
+    if rec["key"] != name:
+        raise UnreadableRecord("key is not the record's key (the Clerk writes the entity key as both)")
+    if not _is_int(rec.get("version")):
+        raise UnreadableRecord("version is not an integer")
+    if "state" not in rec:
+        raise UnreadableRecord("it has no state")
+    if rec.get("input") is not None:
+        _check_position(rec["input"], "input")
+    return name, rec
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -338,7 +369,7 @@ class DocketClient:
         self.entities_loaded = 0  # records read from the entities topic at start
         self.results_read = 0
         self.divergences_read = 0
-        self.records_skipped = 0  # unreadable records of the results and divergences topics
+        self.records_skipped = 0  # unreadable records of the entities, results and divergences topics
         self.last_error: str | None = None
         # the newest broker timestamp seen (ms): produce acknowledgements (LogAppendTime
         # of the input topic) and results' stream_time
@@ -430,6 +461,7 @@ class DocketClient:
             with quiet():
                 await producer.start()
                 await consumer.start()
+            await self._await_leaders(consumer, [TopicPartition(t, p) for t in topics for p in range(counts[t])])
             # How far back to read results at start is the one reading of this host's
             # clock that is not capped by broker time: a clock off by X shifts the window
             # by X, and a key the index misses is still judged by the Warden.
@@ -475,11 +507,30 @@ class DocketClient:
             self._producer = None
         self._started = False
 
+    async def _await_leaders(self, consumer, tps) -> None:
+        """Wait, up to start_timeout_s, until the leader of every partition in ``tps``
+        answers: one ListOffsets request per partition, which aiokafka retries quietly
+        (at DEBUG) while a partition has no leader yet or its leader is still taking
+        over (topics just created). Called before the consumer is assigned anything and
+        before anything is produced: an assigned consumer resets its positions in the
+        background, and aiokafka logs each NotLeaderForPartitionError of that at ERROR,
+        as the producer logs a refused produce at WARNING. Raises KafkaUnavailable when
+        the deadline passes."""
+        from aiokafka.errors import KafkaTimeoutError
+
+        try:
+            await asyncio.wait_for(consumer.end_offsets(tps), self.start_timeout_s)
+        except (TimeoutError, KafkaTimeoutError):
+            names = ", ".join(sorted({tp.topic for tp in tps}))
+            raise KafkaUnavailable(f"the partitions of {names} had no leader answering within "
+                                   f"{self.start_timeout_s:.0f} s") from None
+
     async def _load_entities(self, consumer, tps) -> None:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         todo = {tp for tp in tps if ends[tp] > 0}
-        await consumer.seek_to_beginning(*todo)
+        if todo:  # (without partitions, aiokafka would seek every assigned one)
+            await consumer.seek_to_beginning(*todo)
         deadline = time.monotonic() + self.start_timeout_s
         while todo:
             if time.monotonic() > deadline:
@@ -488,12 +539,10 @@ class DocketClient:
             batches = await consumer.getmany(*todo, timeout_ms=200, max_records=10_000)
             for tp, msgs in batches.items():
                 for m in msgs:
-                    self.entities_loaded += 1
-                    if m.value is None:
-                        self._entities.pop(m.key.decode("utf-8"), None)
-                        continue
-                    rec = orjson.loads(m.value)
-                    self._put_entity(rec["key"], rec["state"], rec["version"], rec.get("input"))
+                    try:
+                        self.on_entity_record(m.key, m.value)
+                    except Exception as exc:  # noqa: BLE001  one bad record must not stop the start
+                        self._skipped(tp.topic, tp.partition, m.offset, exc)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
@@ -699,9 +748,24 @@ class DocketClient:
             try:
                 handle(m.value)
             except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
-                self.records_skipped += 1
-                log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition,
-                            m.offset, _unreadable_reason(exc))
+                self._skipped(topic, partition, m.offset, exc)
+
+    def _skipped(self, topic: str, partition: int, offset: int, exc: Exception) -> None:
+        self.records_skipped += 1
+        log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition, offset,
+                    _unreadable_reason(exc))
+
+    def on_entity_record(self, key: bytes | None, raw: bytes | None) -> None:
+        """One record of the compacted entities topic, read at start (public for tests:
+        it is the whole effect of such a record on this client). Raises UnreadableRecord,
+        before any effect, for a record that is not an entity state as the Clerk writes
+        it, nor a tombstone with a key (:func:`entity_record`)."""
+        self.entities_loaded += 1
+        name, rec = entity_record(key, raw)
+        if rec is None:
+            self._entities.pop(name, None)
+        else:
+            self._put_entity(name, rec["state"], rec["version"], rec.get("input"))
 
     def on_result(self, raw: bytes) -> None:
         """One record of the results topic (public for tests: it is the whole effect of
@@ -738,11 +802,16 @@ class DocketClient:
         by that position, so any API process answers it ``diverged`` (reports read at
         start within the lookback included); a key owned by ANOTHER position (the
         diverged request repeated or reused an owned key) keeps its owner's state.
-        Raises UnreadableRecord, before any effect, for a finishing report that is not one
-        as the Clerk writes it."""
+        Raises UnreadableRecord, before any effect, for a record that is not a report
+        (its cause is not mismatch or replay_mismatch, its decision neither null nor a
+        digest) or a finishing report that is not one as the Clerk writes it."""
         self.divergences_read += 1
         rec = _json_object(raw)
-        if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
+        if rec.get("cause") not in ("mismatch", "replay_mismatch"):
+            raise UnreadableRecord("cause is not mismatch or replay_mismatch")
+        if rec.get("decided") is not None and not isinstance(rec["decided"], str):
+            raise UnreadableRecord("decided is neither null nor a digest")
+        if rec["cause"] != "mismatch" or rec.get("decided") is not None:
             return
         _check_divergence(rec)
         rec.pop("clerk", None)

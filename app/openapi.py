@@ -47,8 +47,9 @@ _REPLAYED = {"Idempotent-Replayed": {
     "schema": {"type": "string", "enum": ["true", "false"]}}}
 
 _AUTH_ERRORS = {
-    "401": _error("no credentials, not a Bearer credential, or more than one `Authorization` header field: "
-                  "send `Authorization: Bearer <token>` once",
+    "401": _error("no credentials, not a Bearer credential (no scheme, another scheme, or `Bearer` without a "
+                  "token), or more than one `Authorization` header field: send `Authorization: Bearer <token>` "
+                  "once. The answer never shows what the header held",
                   {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
     "403": _error("the bearer token is not one of DOCKET_API_TOKENS"),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
-    Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is printable ASCII without spaces; an entry without `:` is a bare token, named `token-<hash>` (so a bare token cannot contain `:`); a name or a token given twice is refused; required (`docket api` refuses to start without one)"),
+    Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is RFC 6750's b64token (1 or more of `A-Z a-z 0-9 - . _ ~ + /`, then only `=` padding); an entry without `:` is a bare token, named `token-<hash>`; a name or a token given twice, or any other character, is refused; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
 )
@@ -96,6 +97,36 @@ def _name_fault(name: str) -> str:
     return "holds a character outside A-Z a-z 0-9 . _ -"
 
 
+# RFC 6750, section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_TOKEN_ALPHABET = frozenset(string.ascii_letters + string.digits + "-._~+/")
+TOKEN_RULE = "RFC 6750's b64token: 1 or more of A-Z a-z 0-9 - . _ ~ + /, then only '=' (padding)"
+
+
+def _shown_char(c: str) -> str:
+    if c == " ":
+        return "a space"
+    if c.isascii() and c.isprintable():
+        return repr(c)
+    return f"U+{ord(c):04X}"
+
+
+def token_problem(token: str) -> str | None:
+    """What keeps ``token`` from being a bearer token (RFC 6750's b64token), naming the
+    first character at fault and where it is, never the token; None when it is one."""
+    body = token.rstrip("=")
+    if not body:
+        return "is empty" if not token else "is only '=' padding"
+    for i, c in enumerate(body, 1):
+        if c not in _TOKEN_ALPHABET:
+            hint = ""
+            if c == "=":
+                hint = " ('=' may only end a token, as padding)"
+            elif c in ";: \t":
+                hint = " (entries are separated by ',', a name from its token by the first ':')"
+            return f"holds {_shown_char(c)} at character {i} of {len(token)}{hint}"
+    return None
+
+
 def named_token(entry: str) -> tuple[str, str]:
     """(client name, token) of one DOCKET_API_TOKENS entry.
 
@@ -103,9 +134,10 @@ def named_token(entry: str) -> tuple[str, str]:
     ``:`` and must be a client name (1-64 characters of A-Z a-z 0-9 . _ -), the token the
     rest, not empty (it may hold more colons). An entry without ``:`` is a bare token
     (the older form), named ``token-`` + the first 12 hex digits of its SHA-256 (stable
-    for the token, and revealing nothing usable of it); so a bare token cannot contain
-    ``:``. A token is printable ASCII without spaces. Raises ConfigError saying what is
-    wrong, never showing the token."""
+    for the token, and revealing nothing usable of it). A token is RFC 6750's b64token
+    (:data:`TOKEN_RULE`; so it holds no ``:``, ``;``, ``,`` or space). Raises ConfigError
+    saying what is wrong, and for a character at fault which one and where, never
+    showing the token."""
     name, sep, token = entry.partition(":")
     if sep:
         if client_name_problem(name) is not None:
@@ -115,8 +147,10 @@ def named_token(entry: str) -> tuple[str, str]:
             raise ConfigError(f"client {name!r} has an empty token (name:token)")
     else:
         name, token = "token-" + hashlib.sha256(entry.encode("utf-8")).hexdigest()[:12], entry
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise ConfigError("a token may only use printable ASCII characters without spaces")
+    problem = token_problem(token)
+    if problem:
+        whose = f"the token of client {name!r}" if sep else "the token"
+        raise ConfigError(f"{whose} {problem}; a token is {TOKEN_RULE}")
     return name, token
 
 
@@ -152,6 +186,18 @@ def named_tokens(entries, what: str = "DOCKET_API_TOKENS") -> tuple[tuple[str, s
 
 def _tokens(env: str) -> tuple[tuple[str, str], ...]:
     return named_tokens((part.strip() for part in _raw(env).split(",") if part.strip()), env)
+
+
+def api_tokens_absence() -> str:
+    """Why DOCKET_API_TOKENS gives no token, as the end of a sentence starting with the
+    variable's name: it is not set, it is set but empty, or what it holds (only commas
+    and white space, so it can be shown) parses to no entry."""
+    raw = os.environ.get("DOCKET_API_TOKENS")
+    if raw is None:
+        return "is not set"
+    if raw == "":
+        return "is set but empty"
+    return f"holds no token (its value, {raw!r}, has no entry between its commas)"
 
 
 def _port(env: str) -> int:

@@ -294,9 +294,15 @@ async def test_two_authorization_lines_are_401_and_nothing_is_produced(http: Cli
 async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: Stack) -> None:
     """ApiRefusesMalformedHttp through `docket api`: requests aiohttp's parser refuses,
     sent without credentials (two Content-Type fields, a NUL in a header, an obs-fold
-    line, a header over 8190 bytes) are each answered 400 and leave one WARNING line in
-    the API's log, and no ERROR or traceback (before: `ERROR aiohttp.server: Error
-    handling request` and the traceback, per request)."""
+    line, a header over 8190 bytes) or with the API's valid token followed by a NUL, are
+    each answered 400 and leave one WARNING line in the API's log, and no ERROR or
+    traceback (before: `ERROR aiohttp.server: Error handling request` and the traceback,
+    per request); the token is in neither the answer nor the log (before, both quoted
+    the whole header line). ApiClientDisconnectIsNoError: then 20 POSTs with `Expect:
+    100-continue` whose client closes the connection after the headers leave no ERROR
+    and no traceback either, and the API still serves."""
+    import socket
+
     host = stack.url.removeprefix("http://").encode()
     head = b"Host: " + host + b"\r\nConnection: close\r\n"
     requests = [
@@ -305,20 +311,46 @@ async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: 
         b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\x00b\r\n\r\n",
         b"GET /v1/events/k HTTP/1.1\r\n" + head + b"X-Note: a\r\n folded\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\n" + head + b"X-Note: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /v1/events/k HTTP/1.1\r\n" + head + f"Authorization: Bearer {TOKEN}\x00\r\n\r\n".encode(),
     ]
     marker = "refused a malformed HTTP request from 127.0.0.1 (the client's fault)"
     before = stack.api.log_text().count(marker)
     for request in requests:
-        status, _, _ = await _raw_request(stack.url, request)
+        status, _, body = await _raw_request(stack.url, request)
         assert status == 400, request[:80]
+        assert TOKEN.encode() not in body, body
     await wait_for(lambda: stack.api.log_text().count(marker) == before + len(requests), 30,
                    f"{len(requests)} more warnings in the API's log", detail=stack.api.log_tail)
     log = stack.api.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     for said in ("Duplicate 'Content-Type' header found", "Invalid header value char",
-                 "Unexpected whitespace after header value", "Got more than 8190 bytes"):
+                 "Unexpected whitespace after header value", "Got more than 8190 bytes",
+                 "Invalid header value char (header field 'Authorization'; its value is not shown)"):
         assert f"WARNING aiohttp.server: {marker}: {said}" in log, log[-3000:]
+    assert TOKEN not in log
+
     stack.api.assert_alive()
+
+    # a second API process at log level info: its access log line per request says when
+    # each of them has been handled
+    api, url = await stack.start_api("api-info", DOCKET_LOG_LEVEL="info")
+    port = int(url.rsplit(":", 1)[1])
+    expect = (b"POST /v1/events HTTP/1.1\r\n" + head + f"Authorization: Bearer {TOKEN}\r\n".encode()
+              + b"Content-Type: application/json\r\nIdempotency-Key: gone-1\r\nExpect: 100-continue\r\n"
+              b"Content-Length: 90\r\n\r\n")
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(expect)
+
+    def handled() -> list[str]:
+        return [line for line in api.log_text().splitlines() if '"POST /v1/events HTTP/1.1"' in line]
+    await wait_for(lambda: len(handled()) >= 20, 60, "20 POSTs in the access log", detail=api.log_tail)
+    log = api.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    gone = [line for line in log.splitlines() if "closed the connection before its request was answered" in line]
+    assert len(gone) <= 20 and all(" INFO aiohttp.server: " in line for line in gone), gone
+    assert {line.split('"POST /v1/events HTTP/1.1" ', 1)[1].split()[0] for line in handled()} <= {"499", "400"}
+    api.assert_alive()
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -530,3 +562,36 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack
     assert generated == passed and passed >= 100, out[-3000:]
     assert "Tested: 6" in out, out[-3000:]  # every operation of the document
     print(f"schemathesis: {time.monotonic() - began:.1f} s\n{out[-1500:]}")
+
+
+# --------------------------------------------------------------------------- a fresh stack's start
+
+
+async def test_a_client_on_topics_just_created_logs_no_kafka_error(kafka_bootstrap: str, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """ApiServesWithoutKafka, ApiReadiness: on a fresh stack the API's client starts
+    right after `docket topics create`, while the new partitions' leaders are still
+    taking over. It waits until every partition of its topics has a leader that answers
+    before its consumer takes any partition and before it produces, so aiokafka logs
+    nothing at WARNING or above (before, each start logged 'ERROR
+    aiokafka.consumer.fetcher: Failed fetch offsets from 1: [Error 6]
+    NotLeaderForPartitionError' for a partition of <prefix>.entities), and it becomes
+    ready and takes an event. Three fresh sets of topics, each created just before."""
+    import logging
+
+    from app.topics import create_topics
+    from tests.integration.stack_kit import stack_settings
+
+    caplog.set_level(logging.WARNING)
+    for attempt in range(3):
+        settings = dataclasses.replace(stack_settings(kafka_bootstrap, tmp_path / str(attempt)), partitions=8)
+        await create_topics(settings)
+        async with DocketClient(settings) as client:
+            await client.wait_caught_up(60)
+            assert client.ready
+            sub = await client.submit("stock.adjust", {"warehouse": "w1", "sku": "fresh", "delta": 1},
+                                      f"fresh-{attempt}", timeout=0)
+            assert sub.status == "pending" and sub.position[1] == 0, sub  # accepted; no instances run here
+    noise = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records
+             if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
+    assert not noise, "\n".join(noise)

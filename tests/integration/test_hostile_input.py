@@ -447,3 +447,105 @@ async def test_an_input_topic_with_producer_timestamps_is_refused(kafka_bootstra
         await check_topics(settings, [settings.input_topic])
     with pytest.raises(TopicsMissing, match=advice):
         await DocketClient(settings).start()
+
+
+# --------------------------------------------------------------------------- garbage on the topics the API reads
+
+
+def _result(key: str, client: str, partition: int, offset: int, entity: str, quantity: int) -> bytes:
+    """A result record as the Clerk writes it (the fields DocketClient reads)."""
+    return orjson.dumps({
+        "idempotency_key": key, "client": client, "input": {"partition": partition, "offset": offset},
+        "event_name": "stock.adjust", "duplicate_of": None, "domain_version": "inventory/1",
+        "stream_time": int(time.time() * 1000), "digest": "d" * 64, "instances": ["a", "b"],
+        "outcome": {"status": "applied", "reason": None, "detail": "",
+                    "entities": [{"key": entity, "state": {"quantity": quantity}, "version": 2}]}})
+
+
+GARBAGE = {  # a record docket never writes: (key, value)
+    "not JSON": (b"junk", b"\xff\xfegarbage{"),
+    "a JSON list": (b"junk", b"[1,2,3]"),
+    "an object without key": (b"junk", b'{"foo": 1}'),
+    "wrong types": (b"junk", orjson.dumps({"key": 5, "input": {"partition": "x", "offset": -1},
+                                           "idempotency_key": 5, "outcome": "no", "version": "1"})),
+    "a tombstone whose key is not UTF-8": (b"\xff\xfe", None),  # (aiokafka sends no record without both)
+    "900 KB": (b"junk", b'{"x":"' + b"a" * 900_000 + b'"}'),
+    "nested 100,000 deep": (b"junk", b"[" * 100_000 + b"]" * 100_000),
+    "a member twice": (b"junk", b'{"input":{"partition":0,"offset":0},"input":{"partition":1,"offset":1}}'),
+}
+
+
+async def test_garbage_on_the_topics_the_api_reads_never_keeps_it_from_starting(kafka_bootstrap: str,
+                                                                                tmp_path: Path) -> None:
+    """ApiSkipsUnreadableRecords, ApiEntityViewFromCompactedTopic, ApiReadiness: records
+    docket never writes (not JSON, a JSON list, an object without "key", wrong types, a
+    tombstone whose key is not UTF-8, 900 KB, nesting 100,000 deep, a member twice) on every
+    partition of <prefix>.entities, <prefix>.results and <prefix>.divergences, between
+    good records, before `docket api` starts. It becomes ready; its log names each bad
+    record (topic, partition, offset) in exactly one WARNING line, and has no ERROR,
+    no traceback and no 'not connected to Kafka'; the good entity records before and
+    after the garbage are in its view, a good result behind the garbage is indexed and
+    moves the view, and a submission is accepted (202, no instances run here), not 503.
+    Before, such a record on the entities topic kept every API that started afterwards
+    from ever becoming ready, each submission 503, and the log blamed Kafka."""
+    from agents.clerk_core import entity_record
+    from app.broker import free_port
+    from app.topics import create_topics
+    from tests.integration.procs import worker_env
+    from tests.integration.stack_kit import ApiProc, get_json, stack_settings
+
+    s = stack_settings(kafka_bootstrap, tmp_path)
+    await create_topics(s)
+    client = named_token(TOKEN)[0]
+    sent: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> what the garbage is
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", max_request_size=2_000_000)
+    await producer.start()
+    try:
+        for p in range(s.partitions):
+            before = entity_record(f"stock:wh-01:before-{p}", {"quantity": 10 + p}, 1, {"partition": p, "offset": 0})
+            await producer.send_and_wait(s.entities_topic, before[1], key=before[0], partition=p)
+            for topic in (s.entities_topic, s.results_topic, s.divergences_topic):
+                for what, (key, value) in GARBAGE.items():
+                    meta = await producer.send_and_wait(topic, value, key=key, partition=p)
+                    sent[(topic, p, meta.offset)] = what
+            after = entity_record(f"stock:wh-01:after-{p}", {"quantity": 20 + p}, 1, {"partition": p, "offset": 1})
+            await producer.send_and_wait(s.entities_topic, after[1], key=after[0], partition=p)
+            await producer.send_and_wait(s.results_topic, _result(f"behind-{p}", client, p, 7, f"stock:wh-01:after-{p}",
+                                                                  30 + p), key=f"behind-{p}".encode(), partition=p)
+    finally:
+        await producer.stop()
+
+    port = free_port()
+    api = ApiProc(worker_env(s, DOCKET_API_TOKENS=TOKEN, DOCKET_API_PORT=str(port)), tmp_path / "logs",
+                  "api-garbage")
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    api.start()
+    try:
+        await wait_for(lambda: get_json(url + "/readyz")[0] == 200, DEADLINE_S, "the API to be ready",
+                       detail=lambda: api.log_text()[-3000:])
+        for p in range(s.partitions):
+            status, body = get_json(f"{url}/v1/entities/stock/wh-01:before-{p}", auth)
+            assert (status, body.get("state")) == (200, {"quantity": 10 + p}), (p, body)
+            status, body = get_json(f"{url}/v1/entities/stock/wh-01:after-{p}", auth)
+            assert (status, body.get("state"), body.get("version")) == (200, {"quantity": 30 + p}, 2), (p, body)
+            status, body = get_json(f"{url}/v1/events/behind-{p}", auth)
+            assert (status, body.get("state"), body.get("position")) == (
+                200, "decided", {"partition": p, "offset": 7}), (p, body)
+        async with ClientSession(base_url=url, headers=auth) as http:
+            resp = await http.post("/v1/events", json={"event_name": "stock.adjust", "payload": {
+                "warehouse": "wh-01", "sku": "after-garbage", "delta": 1}},
+                headers={"Idempotency-Key": "after-garbage-1", "Prefer": "respond-async"})
+            answer = await resp.json()
+        assert resp.status == 202 and answer["state"] == "pending", answer
+    finally:
+        api.kill()
+    log = api.log_text()
+    lines = log.splitlines()
+    for (topic, p, offset), what in sent.items():
+        said = [line for line in lines
+                if f"skipped an unreadable record of {topic} partition {p} at offset {offset}: " in line]
+        assert len(said) == 1, (topic, p, offset, what, said)
+        assert " WARNING docket.client: " in said[0] and len(said[0]) < 500, said[0]
+    assert len([line for line in lines if "skipped an unreadable record" in line]) == len(sent)
+    assert " ERROR " not in log and "Traceback" not in log and "not connected to Kafka" not in log, log[-3000:]

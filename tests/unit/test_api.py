@@ -100,6 +100,34 @@ async def test_basic_credentials_are_not_a_bearer_token(http) -> None:
     assert "must be 'Bearer <token>'" in (await resp.json())["message"]
 
 
+@pytest.mark.parametrize(("value", "reason", "said"), [
+    (TOKENS[0], "missing_scheme", "it holds a single word, no scheme (the value is not shown)"),
+    ("not-a-token", "missing_scheme", "it holds a single word, no scheme"),
+    ("Bearer", "missing_token", "the bearer token is missing"),
+    ("bearer   ", "missing_token", "the bearer token is missing"),
+    ("Basic dXNlcjpwYXNz", "not_bearer", "not a Basic credential"),
+    ("negotiate YIIB", "not_bearer", "not a Negotiate credential"),
+    (f"{TOKENS[0]} {TOKENS[1]}", "not_bearer", "not a credential of another scheme (not shown)"),
+    ("", "missing_credentials", "the Authorization header is empty"),
+], ids=["a valid token without scheme", "a word", "Bearer alone", "bearer and spaces", "Basic", "Negotiate",
+        "two tokens", "empty"])
+async def test_a_refused_credential_is_never_echoed(http, value, reason, said) -> None:
+    """ApiRequiresBearerToken: an Authorization value that is not `Bearer <token>` is 401
+    with a reason saying what is wrong, and no part of the value in the answer but a
+    registered scheme's name: a token sent without its scheme (even a valid one) was
+    echoed ('not a <token> credential'); a bare 'Bearer' was told it was 'not a Bearer
+    credential', and is now told the token is missing."""
+    tc, _ = http
+    resp = await tc.get("/v1/events/k1", headers={"Authorization": value})
+    body = await resp.json()
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="docket"', body
+    assert said in body["message"], body
+    assert body["errors"] == [{"field": "Authorization", "reason": reason, "message": body["message"]}]
+    answer = str(body) + str(dict(resp.headers))
+    for shown in (*TOKENS, "not-a-token", "dXNlcjpwYXNz", "YIIB"):
+        assert shown not in answer, (shown, answer)
+
+
 async def test_wrong_token_is_forbidden_and_every_configured_token_works(http) -> None:
     tc, _ = http
     resp = await tc.get("/v1/events/k1", headers={"Authorization": "Bearer not-a-token"})
@@ -181,7 +209,8 @@ def test_docket_api_refuses_to_start_without_tokens() -> None:
 @pytest.mark.parametrize(("env", "value", "message"), [
     ("DOCKET_API_PORT", "70000", "DOCKET_API_PORT=70000 is not a TCP port"),
     ("DOCKET_API_PORT", "http", "DOCKET_API_PORT='http' is not a whole number"),
-    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: a token may only use printable ASCII"),
+    ("DOCKET_API_TOKENS", "good-token,bad token", "DOCKET_API_TOKENS: entry 2 of 2: the token holds a space at "
+                                                  "character 4 of 9"),
     ("DOCKET_API_TOKENS", "alice:t1,bob:t2,alice:t3", "alice twice; each name scopes its own idempotency keys"),
     ("DOCKET_API_TIMEOUT_MS", "0", "DOCKET_API_TIMEOUT_MS=0 must be at least 1"),
 ])
@@ -245,17 +274,91 @@ def test_api_settings_defaults(monkeypatch) -> None:
 def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
     """TokensAreNamed: `name:token` entries name their client; a bare token (the older
     form, without ':') is named token-<first 12 hex digits of its SHA-256>, the same
-    every time and whatever the order; a token may itself hold a colon after its name."""
+    every time and whatever the order."""
     import hashlib
 
-    monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x:y")
+    monkeypatch.setenv("DOCKET_API_TOKENS", "alice:s3cret,legacy-token,bob:x.y")
     s = load()
     assert s.api_clients == (("alice", "s3cret"),
                              ("token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12], "legacy-token"),
-                             ("bob", "x:y"))
-    assert s.api_tokens == ("s3cret", "legacy-token", "x:y")
-    monkeypatch.setenv("DOCKET_API_TOKENS", "bob:x:y,legacy-token")
+                             ("bob", "x.y"))
+    assert s.api_tokens == ("s3cret", "legacy-token", "x.y")
+    monkeypatch.setenv("DOCKET_API_TOKENS", "bob:x.y,legacy-token")
     assert dict(load().api_clients)["token-" + hashlib.sha256(b"legacy-token").hexdigest()[:12]] == "legacy-token"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("alice:s3cret13;bob:s3cret14", "DOCKET_API_TOKENS: the entry: the token of client 'alice' holds ';' at character 9 "
+                                    "of 21 (entries are separated by ','"),
+    ("bob:s3cret:y", "the token of client 'bob' holds ':' at character 7 of 8"),
+    ("s3cret=x", "the entry: the token holds '=' at character 7 of 8 ('=' may only end a token, as padding)"),
+    ("alice:s3cret\u00e9", "holds U+00E9 at character 7 of 7"),
+    ("alice:s3cret\x7f", "holds U+007F at character 7 of 7"),
+    ("alice:s3cret\ty", "holds U+0009 at character 7 of 8"),
+    ("good-token,s3cret\"x", "entry 2 of 2: the token holds '\"' at character 7 of 8"),
+    ("alice:==", "the token of client 'alice' is only '=' padding"),
+])
+def test_a_token_is_an_rfc_6750_b64token(monkeypatch, value, message) -> None:
+    """TokensAreNamed: a token is RFC 6750's b64token (A-Z a-z 0-9 - . _ ~ + /, then
+    only '=' padding); any other character is a ConfigError naming the character (a
+    printable one as itself, any other as U+XXXX) and where it is in the token, never
+    the token. `alice:s3cret13;bob:s3cret14` used to be ONE client alice, whose token
+    was 's3cret13;bob:s3cret14'."""
+    monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    with pytest.raises(ConfigError) as caught:
+        load()
+    assert message in str(caught.value), str(caught.value)
+    assert "a token is RFC 6750's b64token" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_tokens_of_the_b64token_alphabet_are_accepted(monkeypatch) -> None:
+    """TokensAreNamed: what secrets.token_urlsafe and base64 (with padding) produce, and
+    every character of the alphabet, are tokens; a NUL (given to create_app) is not."""
+    import base64
+    import secrets
+
+    tokens = (secrets.token_urlsafe(24), base64.b64encode(b"\x00\xff docket").decode(), "a-b.c_d~e+f/g==",
+              "ABCxyz0189")
+    monkeypatch.setenv("DOCKET_API_TOKENS", ",".join(f"c{i}:{t}" for i, t in enumerate(tokens)))
+    assert load().api_tokens == tokens
+    from app.settings import token_problem  # (a NUL cannot be in the environment; create_app's tokens)
+
+    assert token_problem("s3cret\x00") == "holds U+0000 at character 7 of 7"
+    with pytest.raises(ConfigError, match="tokens: the entry: the token holds U[+]0000 at character 7 of 7"):
+        create_app(load(), DocketClient(load()), tokens=("s3cret\x00",), connect=False)
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    (None, "DOCKET_API_TOKENS is not set"),
+    ("", "DOCKET_API_TOKENS is set but empty"),
+    (",", "DOCKET_API_TOKENS holds no token (its value, ',', has no entry between its commas)"),
+    (" ", "DOCKET_API_TOKENS holds no token (its value, ' ', has no entry between its commas)"),
+    (" , ,", "DOCKET_API_TOKENS holds no token"),
+])
+def test_no_token_says_whether_the_variable_is_unset_empty_or_holds_none(monkeypatch, value, said) -> None:
+    """ApiRefusesToStartWithoutTokens: `docket api` without a token says which: the
+    variable is not set, set but empty, or holds no entry (a `,` or a space used to be
+    reported as 'not set')."""
+    from app.settings import api_tokens_absence
+
+    if value is None:
+        monkeypatch.delenv("DOCKET_API_TOKENS", raising=False)
+    else:
+        monkeypatch.setenv("DOCKET_API_TOKENS", value)
+    assert load().api_tokens == ()
+    assert f"DOCKET_API_TOKENS {api_tokens_absence()}".startswith(said)
+
+
+def test_docket_api_says_a_comma_holds_no_token() -> None:
+    """ApiRefusesToStartWithoutTokens: `docket api` with DOCKET_API_TOKENS=',' exits 1
+    before serving: the variable holds no token (it is set), and how to set one."""
+    docket = Path(sys.executable).with_name("docket")
+    env = {**os.environ, "DOCKET_API_TOKENS": ",", "DOCKET_API_PORT": str(free_port())}
+    proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "DOCKET_API_TOKENS holds no token" in proc.stderr and "is not set" not in proc.stderr, proc.stderr
+    assert "listening" not in proc.stdout and "Traceback" not in proc.stderr
 
 
 async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
@@ -286,18 +389,31 @@ async def test_idempotency_keys_are_scoped_to_the_client(settings) -> None:
 # --------------------------------------------------------------------------- malformed HTTP
 
 
+_SERVERS: dict[int, web.Server] = {}  # port -> the aiohttp server of a `served` API
+
+
+def served_server(port: int) -> web.Server:
+    """The aiohttp server of the API ``served`` on ``port`` (its connections and count
+    of requests)."""
+    return _SERVERS[port]
+
+
 @pytest.fixture
 async def served(settings):
     """(port, DocketClient) of the API served as `docket api` serves it (app_runner: the
-    same AppRunner and loggers) on a real socket; its client is not connected."""
+    same AppRunner, request handler and loggers) on a real socket; its client is not
+    connected."""
     client = DocketClient(settings)
     runner = api_mod.app_runner(create_app(settings, client, connect=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    port = runner.addresses[0][1]
+    _SERVERS[port] = runner.server
     try:
-        yield runner.addresses[0][1], client
+        yield port, client
     finally:
+        _SERVERS.pop(port, None)
         await runner.cleanup()
 
 
@@ -332,6 +448,16 @@ MALFORMED = [
      "Got more than 8190 bytes"),
     ("bad chunk size", b"POST /v1/events HTTP/1.1\r\n" + _HOST + b"Content-Type: application/json\r\n"
      b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "Invalid character in chunk size"),
+    # a valid token in the offending line: aiohttp quoted the whole line, token included
+    ("NUL in the Authorization header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}\x00\r\n\r\n".encode(),
+     "Invalid header value char (header field 'Authorization'; its value is not shown)"),
+    ("control character in the Authorization header", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}\x01\r\n\r\n".encode(), "header field 'Authorization'"),
+    ("Authorization over 8190 bytes", b"GET /v1/events/k HTTP/1.1\r\n" + _HOST
+     + f"Authorization: Bearer {TOKENS[0]}{'a' * 9000}\r\n\r\n".encode(), "Got more than 8190 bytes when reading"),
+    ("a token in a bad request target", f"GET http://[{TOKENS[0]}/ HTTP/1.1\r\n".encode() + _HOST + b"\r\n",
+     "Invalid request target (not shown)"),
 ]
 
 
@@ -339,21 +465,99 @@ MALFORMED = [
 async def test_malformed_requests_are_one_warning_line_without_a_traceback(served, caplog, name, request_bytes,
                                                                           said) -> None:
     """ApiRefusesMalformedHttp: a request aiohttp's parser refuses, from a client
-    without credentials, is answered 400 (aiohttp's own plain-text answer: it offers no
-    hook for the body) and logged as ONE WARNING line naming the fault and the peer,
-    without a traceback; before, aiohttp logged ERROR 'Error handling request' and the
-    traceback, as if the server had failed."""
+    without credentials, is answered 400 in plain text and logged as ONE WARNING line
+    naming the fault and the peer, without a traceback; before, aiohttp logged ERROR
+    'Error handling request' and the traceback, as if the server had failed. Neither
+    the answer nor the log holds anything of the request: before, both quoted the
+    offending header line, so a NUL after a valid bearer token put the token in the log
+    and in the 400 body; now they name the header field at most."""
     port, _ = served
     caplog.set_level(logging.DEBUG, logger="aiohttp.server")
     answer = await _raw(port, [request_bytes])
-    assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert [(r.levelno, r.exc_info) for r in records] == [(logging.WARNING, None)], caplog.text
     line = records[0].getMessage()
     assert line.startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), line
     assert said in line and "\n" not in line and len(line) < 400, line
+    assert body.decode() == line.split("(the client's fault): ", 1)[1], body  # the same words, no more
+    for shown in (TOKENS[0], "a\\x00b", "aaaa", "folded", "zz"):  # what the requests hold
+        assert shown not in caplog.text and shown.encode() not in answer, (shown, caplog.text, answer)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_fault_description_holds_nothing_of_the_request() -> None:
+    """ApiRefusesMalformedHttp: what the API says of a malformed request (its log line
+    and its 400 body) keeps aiohttp's description and drops what aiohttp quoted of the
+    request, in the forms both of aiohttp's parsers (C and pure Python) use: a header
+    line (only its field name is kept), a header value, a line over the limit, a request
+    target, a status line."""
+    from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, InvalidURLError, LineTooLong
+
+    secret = "F7Yu2aUEcLmpL6oSuRbrLjZLZ46s7tbK"
+    cases = [
+        (BadHttpMessage(f"Invalid header value char:\n\n  {f'Authorization: Bearer {secret}'.encode() + bytes([0])!r}"
+                        "\n                                   ^"),
+         "Invalid header value char (header field 'Authorization'; its value is not shown)"),
+        (InvalidHeader(f"Bearer {secret}".encode() + bytes([0])), "Invalid HTTP header"),
+        (LineTooLong(f"Authorization: Bearer {secret}".encode(), 8190), "Got more than 8190 bytes when reading"),
+        (InvalidURLError(f"/v1/events?token={secret}"), "Invalid request target (not shown)"),
+        (BadStatusLine(error=f"Bad status line:\n  Invalid method encountered:\n\n  {secret.encode()!r}\n  ^"),
+         "Bad status line: Invalid method encountered"),
+        (BadHttpMessage("Duplicate 'Content-Type' header found."), "Duplicate 'Content-Type' header found."),
+    ]
+    for exc, said in cases:
+        assert api_mod._fault_text(exc) == said, exc  # noqa: SLF001
+        assert secret not in api_mod._fault_text(exc)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("body", [True, False], ids=["with the body", "headers only"])
+@pytest.mark.parametrize("how", ["close", "half-close"])
+async def test_a_client_gone_before_its_answer_is_one_info_line_not_an_error(served, caplog, how, body) -> None:
+    """ApiClientDisconnectIsNoError: 20 POST /v1/events with `Expect: 100-continue`
+    whose client closes (or half-closes, then closes) the connection right after
+    sending them: aiohttp's interim '100 Continue' finds the connection closing. Each
+    is at most ONE INFO line without a traceback, never an ERROR: before, aiohttp
+    logged 'ERROR aiohttp.server: Error handling request' and a traceback ending in
+    ClientConnectionResetError for almost every one. A client that stays gets the
+    interim answer and then its answer (503 here: Kafka is not connected)."""
+    import socket
+
+    port, _ = served
+    caplog.set_level(logging.DEBUG)
+    payload = orjson.dumps(adjust())
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-gone\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode())
+    attempts = 20
+    for _ in range(attempts):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head + payload if body else head)
+            if how == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+    server = served_server(port)
+    await wait_for(lambda: server.requests_count >= attempts and not server.connections, 30,
+                   "every connection to be handled", detail=lambda: caplog.text)
+    gone = [r for r in caplog.records if "closed the connection before its request was answered" in r.getMessage()]
+    assert 1 <= len(gone) <= attempts, caplog.text
+    assert {(r.name, r.levelno, r.exc_info) for r in gone} == {("aiohttp.server", logging.INFO, None)}
+    assert gone[0].getMessage() == ("the client at 127.0.0.1 closed the connection before its request was answered "
+                                    "(not an error): Cannot write to closing transport")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], caplog.text
+    assert "Traceback" not in caplog.text
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a client that stays
+    try:
+        writer.write(head)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(payload)
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"503", answer[:300]
 
 
 async def _requests_counted(port: int, status: str) -> float:
@@ -891,7 +1095,8 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
     """ApiSkipsUnreadableRecords: in one fetch, garbage between good records of the
     results topic (bytes that are not JSON, and JSON that is not a result, whose
     stream_time must not move the index's clock) and of the divergences topic (a JSON
-    array) is skipped record by record with a warning naming topic, partition and
+    array, an object that is no report: no cause, or a decision that is no digest) is
+    skipped record by record with a warning naming topic, partition and
     offset; the good records after it in the same batch are still handled (before,
     the first bad record made the client log 'reading <prefix>.results failed' and
     drop the rest of the batch)."""
@@ -916,6 +1121,8 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
             SimpleNamespace(offset=20, value=divergence_report("kd-1", 1, 20)),
             SimpleNamespace(offset=21, value=b"[1, 2]"),
             SimpleNamespace(offset=22, value=divergence_report("kd-2", 1, 22)),
+            SimpleNamespace(offset=23, value=b'{"foo": 1}'),
+            SimpleNamespace(offset=24, value=b'{"cause": "mismatch", "decided": 7}'),
         ],
     }
     client._consumer = _FetchingConsumer([fetch])  # noqa: SLF001  driven without Kafka
@@ -935,9 +1142,145 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
         f"skipped an unreadable record of {results} partition 0 at offset 12: "
         "outcome is not {status: applied or rejected, ...}",
         f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 23: "
+        "cause is not mismatch or replay_mismatch",
+        f"skipped an unreadable record of {divergences} partition 1 at offset 24: decided is neither null nor a digest",
     ], caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
-    assert (client.records_skipped, client.last_error) == (3, None)
+    assert (client.records_skipped, client.last_error) == (5, None)
+
+
+async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(settings, caplog, monkeypatch) -> None:
+    """ApiServesWithoutKafka: the API retries its client's start until it succeeds; a
+    Kafka that does not answer is one WARNING 'not connected to Kafka', but a failure
+    that is not Kafka's (here a KeyError, as an unreadable entity record once raised)
+    is logged as what it is, an ERROR of docket's with its traceback, not blamed on
+    Kafka; once started, the API says it is connected."""
+    from app.client import KafkaUnavailable
+
+    monkeypatch.setattr(api_mod, "CONNECT_RETRY_S", 0.01)
+    caplog.set_level(logging.INFO, logger="docket.api")
+    failures = [KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1"), KeyError("key")]
+
+    class Starting(DocketClient):
+        async def start(self) -> None:
+            if failures:
+                raise failures.pop(0)
+            self._started = True
+
+        async def stop(self) -> None:
+            self._started = False
+
+    client = Starting(settings)
+    async with TestClient(TestServer(create_app(settings, client))):
+        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+    said = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "docket.api"]
+    assert said[:2] == [
+        ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
+        ("ERROR", "the Kafka client failed to start (retrying every 0 s): KeyError: 'key'", True)], said
+    assert said[2][:2] == ("INFO", f"connected to Kafka at {settings.kafka_bootstrap}"), said
+
+
+class _EntitiesConsumer:
+    """What DocketClient._load_entities asks of its consumer, over fixed records per
+    partition (aiokafka ConsumerRecords: ``key``, ``value``, ``offset``): each getmany
+    hands out every record of the asked partitions not handed out yet."""
+
+    def __init__(self, records: dict) -> None:
+        self.records = records
+        self.next: dict = {}
+
+    def assign(self, tps) -> None:
+        self.assigned = list(tps)
+
+    async def end_offsets(self, tps) -> dict:
+        return {tp: (self.records[tp][-1].offset + 1 if self.records.get(tp) else 0) for tp in tps}
+
+    async def seek_to_beginning(self, *tps) -> None:
+        assert tps, "no partition: aiokafka would seek every assigned one"
+        for tp in tps:
+            self.next[tp] = 0
+
+    async def getmany(self, *tps, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        out = {}
+        for tp in tps:
+            recs = [m for m in self.records.get(tp, []) if m.offset >= self.next.get(tp, 0)]
+            if recs:
+                out[tp] = recs
+                self.next[tp] = recs[-1].offset + 1
+        return out
+
+    async def position(self, tp) -> int:
+        return self.next.get(tp, 0)
+
+
+async def test_an_unreadable_entity_record_is_skipped_and_the_view_loads(settings, caplog) -> None:
+    """ApiSkipsUnreadableRecords, ApiEntityViewFromCompactedTopic: at start the client
+    loads its entity view from the compacted entities topic; records the Clerk never
+    writes there (bytes that are not JSON, a JSON list, an object without "key", a key
+    that is not the record's, a version that is not an integer, no state, an input that
+    is not a position, nesting deeper than the parser takes, a tombstone without a key,
+    a record key that is not UTF-8) are each skipped with ONE warning naming topic,
+    partition, offset and what is wrong, and every good record around them is loaded (a
+    tombstone with a key still removes its entity). Before, the first of them made
+    start() raise ('key', 'list indices must be integers'), and the API retried it
+    forever, blaming Kafka."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from agents.clerk_core import entity_record
+
+    caplog.set_level(logging.INFO, logger="docket.client")
+    topic = settings.entities_topic
+
+    def good(name: str, quantity: int, version: int = 1) -> tuple[bytes, bytes]:
+        return entity_record(name, {"quantity": quantity}, version, {"partition": 0, "offset": version})
+
+    garbage = {
+        (0, 1): ((b"stock:w1:junk", b"\xff\xfegarbage{"), "not JSON"),
+        (0, 2): ((b"stock:w1:junk", b"[1, 2, 3]"), "not a JSON object but list"),
+        (0, 3): ((b"stock:w1:junk", b'{"foo": 1}'), "key is not a string"),
+        (0, 4): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:other", "state": {}, "version": 1})),
+                 "key is not the record's key"),
+        (1, 1): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "state": {}, "version": "2"})),
+                 "version is not an integer"),
+        (1, 2): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "version": 2})), "it has no state"),
+        (1, 3): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:junk", "state": {}, "version": 2,
+                                                   "input": {"partition": "x", "offset": -1}})),
+                 "input is not an input position"),
+        (1, 4): ((b"stock:w1:junk", b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+        (2, 0): ((None, None), "no record key (a tombstone without a key)"),
+        (2, 1): ((b"\xff\xfe", b"{}"), "the record key is not UTF-8"),
+        (2, 2): ((None, good("stock:w1:s9", 1)[1]), "no record key"),
+    }
+    records = {
+        (0, 0): good("stock:w1:s1", 5), (0, 5): good("stock:w1:s1", 7, version=2),
+        (1, 0): good("stock:w1:s2", 3), (1, 5): good("stock:w1:s3", 4),
+        (2, 3): good("stock:w1:gone", 1), (2, 4): (b"stock:w1:gone", None), (2, 5): good("stock:w1:s4", 9),
+        **{pos: rec for pos, (rec, _) in garbage.items()},
+    }
+    by_tp: dict = {}
+    for (p, o), (key, value) in sorted(records.items()):
+        by_tp.setdefault(TopicPartition(topic, p), []).append(SimpleNamespace(offset=o, key=key, value=value))
+    client = DocketClient(settings)
+    await client._load_entities(_EntitiesConsumer(by_tp), [TopicPartition(topic, p) for p in range(4)])  # noqa: SLF001
+
+    assert {k: (client.entity(k)["state"]["quantity"], client.entity(k)["version"])
+            for k in ("stock:w1:s1", "stock:w1:s2", "stock:w1:s3", "stock:w1:s4")} == {
+        "stock:w1:s1": (7, 2), "stock:w1:s2": (3, 1), "stock:w1:s3": (4, 1), "stock:w1:s4": (9, 1)}
+    assert client.entity("stock:w1:gone") is None and client.entity("stock:w1:junk") is None
+    assert client.entity("stock:w1:other") is None and client.entity("stock:w1:s9") is None
+    assert client.entity_count == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(garbage), caplog.text
+    for (p, o), (_, why) in garbage.items():
+        said = [w for w in warnings if w.startswith(f"skipped an unreadable record of {topic} partition {p} "
+                                                    f"at offset {o}: ")]
+        assert len(said) == 1 and why in said[0], (p, o, warnings)
+    assert all("\n" not in w and len(w) < 400 for w in warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert (client.records_skipped, client.entities_loaded) == (len(garbage), len(records))
 
 
 # --------------------------------------------------------------------------- OpenAPI and metrics
