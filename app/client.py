@@ -53,7 +53,16 @@ import orjson
 from app.batching import Outbox
 from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
-from app.records import MAX_IDEMPOTENCY_KEY, MAX_VALUE_BYTES, partition_for
+from app.records import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_VALUE_BYTES,
+    UnreadableRecord,
+    check_divergence,
+    check_result,
+    json_object,
+    partition_for,
+    unreadable_reason,
+)
 from app.settings import Settings, load
 
 log = logging.getLogger("docket.client")
@@ -216,76 +225,6 @@ def _exact(data: bytes) -> bytes:
     """A copy of exactly ``len(data)`` bytes: orjson's output keeps its whole write buffer
     (4 KiB and more) allocated, and the index keeps results for a TTL."""
     return bytes(memoryview(data))
-
-
-class UnreadableRecord(ValueError):
-    """A record of a topic the client reads is not what docket writes there."""
-
-
-_REASON_CHARS = 200  # of why a record was skipped, in its warning
-
-
-def _unreadable_reason(exc: Exception) -> str:
-    text = str(exc) if isinstance(exc, UnreadableRecord) else f"{type(exc).__name__}: {exc}"
-    text = text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS] + "..."
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _json_object(raw: Any) -> dict:
-    if raw is None:
-        raise UnreadableRecord("no value (a tombstone)")
-    try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UnreadableRecord(f"not JSON ({exc})") from None
-    if not isinstance(rec, dict):
-        raise UnreadableRecord(f"not a JSON object but {type(rec).__name__}")
-    return rec
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_position(value: Any, name: str) -> None:
-    if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
-        raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
-
-
-def _check_scope(rec: dict) -> None:
-    for name in ("idempotency_key", "client"):
-        if rec.get(name) is not None and not isinstance(rec[name], str):
-            raise UnreadableRecord(f"{name} is not a string")
-
-
-def _check_result(rec: dict) -> None:
-    """UnreadableRecord unless ``rec`` has every field of a result that
-    DocketClient.on_result reads, of the type it needs."""
-    _check_position(rec.get("input"), "input")
-    _check_scope(rec)
-    if not _is_int(rec.get("stream_time")):
-        raise UnreadableRecord("stream_time is not an integer")
-    if rec.get("duplicate_of") is not None:
-        _check_position(rec["duplicate_of"], "duplicate_of")
-    outcome = rec.get("outcome")
-    if not isinstance(outcome, dict) or outcome.get("status") not in ("applied", "rejected"):
-        raise UnreadableRecord("outcome is not {status: applied or rejected, ...}")
-    if outcome["status"] == "rejected" and not isinstance(outcome.get("reason"), str):
-        raise UnreadableRecord("a rejected outcome has no reason")
-    entities = outcome.get("entities")
-    if not isinstance(entities, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("key"), str) and _is_int(e.get("version")) and "state" in e
-            for e in entities):
-        raise UnreadableRecord("outcome.entities is not a list of {key, state, version}")
-
-
-def _check_divergence(rec: dict) -> None:
-    """UnreadableRecord unless a finishing divergence report has the fields
-    DocketClient.on_divergence reads, of the type it needs."""
-    _check_position(rec.get("input"), "input")
-    _check_scope(rec)
-    if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
-        raise UnreadableRecord("stream_time is not an integer")
 
 
 def _wall_ms() -> int:
@@ -701,15 +640,15 @@ class DocketClient:
             except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
                 self.records_skipped += 1
                 log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition,
-                            m.offset, _unreadable_reason(exc))
+                            m.offset, unreadable_reason(exc))
 
     def on_result(self, raw: bytes) -> None:
         """One record of the results topic (public for tests: it is the whole effect of
         a result on this client). Raises UnreadableRecord, before any effect, for a
         record that is not a result as the Clerk writes it."""
         self.results_read += 1
-        rec = _json_object(raw)
-        _check_result(rec)
+        rec = json_object(raw)
+        check_result(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
@@ -741,10 +680,10 @@ class DocketClient:
         Raises UnreadableRecord, before any effect, for a finishing report that is not one
         as the Clerk writes it."""
         self.divergences_read += 1
-        rec = _json_object(raw)
+        rec = json_object(raw)
         if rec.get("cause") != "mismatch" or rec.get("decided") is not None:
             return
-        _check_divergence(rec)
+        check_divergence(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
