@@ -9,7 +9,8 @@ Exactly one result per input event, across Clerk crashes, without transactions:
   copies are committed is already on the results topic;
 - copies after the committed offsets are read again after a crash, and positions
   that were already decided are recognised from the ``clerk`` state embedded in the
-  last result and divergence records (read back when a partition is first seen).
+  newest readable result and divergence records (read back when a partition is first
+  seen; a record someone else wrote there is skipped with a warning, TailReader).
 Results are produced by one producer per Clerk worker (aiokafka keeps one request
 in flight per partition, so records land in order), and partitions move between
 Clerk workers only through a rebalance, which drains the old owner first.
@@ -29,54 +30,120 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from agents.clerk_core import ClerkCore, Publish, entity_record
+from agents.clerk_core import (
+    TAIL_LOOKBACK_BYTES,
+    TAIL_LOOKBACK_OFFSETS,
+    ClerkCore,
+    Publish,
+    TailScan,
+    entity_record,
+    newest_state,
+    scan_tail,
+)
 from agents.instance import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, faust_settings, run_worker
 from agents.intake import OrderedAcks, guard_delivery, records_of
 from agents.intake import install as install_batch_intake
 from app.batching import send_batched
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
+from app.records import UnreadableRecord, unreadable_reason
 from app.settings import Settings, load
 from app.stack import wait_for_topics_cli
 
 log = logging.getLogger("docket.clerk")
 
 
+# Unreadable records named one by one per look-back, at most; the rest in one line.
+SKIPPED_LOGGED = 10
+READ_DEADLINE_S = 30  # for the broker to hand over a range of the look-back
+
+
 class TailReader:
-    """Reads the last record of a partition of the results and divergences topics, with
-    one consumer of its own that the app's shutdown stops (:class:`SideConsumer`)."""
+    """Reads back the end of a partition of the results and divergences topics for the
+    restart seed (specs/clerk.allium, ClerkSeedsFromNewestReadableRecords), with one
+    consumer of its own that the app's shutdown stops (:class:`SideConsumer`)."""
 
     def __init__(self, settings: Settings, app: faust.App) -> None:
         self.settings = settings
         self.side = SideConsumer(app, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                  isolation_level=ISOLATION_LEVEL)
 
-    async def last_records(self, partition: int) -> list[bytes]:
+    async def seed(self, core: ClerkCore, partition: int) -> None:
+        """Seed ``partition`` in ``core``: the newest readable Clerk state of the two
+        topics' ends, and the positions readable results after it name (TailScan)."""
+        s = self.settings
         async with self.side.use() as c:
-            return await self._last_records(c, partition)
+            input_end = await self._input_end(c, partition)
+            scans = [await self._scan(c, TailScan(s.results_topic, partition, results=True), input_end),
+                     await self._scan(c, TailScan(s.divergences_topic, partition, results=False), input_end)]
+        for scan in scans:
+            report(scan)
+        core.restore(partition, newest_state(scans), [o for scan in scans for o in scan.published])
 
-    async def _last_records(self, c: AIOKafkaConsumer, partition: int) -> list[bytes]:
-        tps = [TopicPartition(t, partition) for t in (self.settings.results_topic, self.settings.divergences_topic)]
-        c.assign(tps)
-        ends = await c.end_offsets(tps)
-        found = []
-        for tp in tps:
-            if ends[tp] == 0:
-                continue
-            c.seek(tp, ends[tp] - 1)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                batch = await c.getmany(tp, timeout_ms=500)
-                records = batch.get(tp, [])
-                if records:
-                    found.append(records[-1].value)
-                    break
-            else:
-                raise RuntimeError(f"could not read the last record of {tp.topic}[{partition}]")
-        return found
+    async def _input_end(self, c: AIOKafkaConsumer, partition: int) -> int | None:
+        """The input partition's end offset (its last stable offset, read_committed): no
+        position at or beyond it can be final, so no state may claim one. None when the
+        input topic is missing (the Clerk needs only the output topics to run)."""
+        if self.settings.input_topic not in await c.topics():
+            log.warning("topic %s does not exist: the Clerk's restored state of partition %d is not checked against "
+                        "the input's end; run `docket topics create`", self.settings.input_topic, partition)
+            return None
+        source = TopicPartition(self.settings.input_topic, partition)
+        return (await c.end_offsets([source]))[source]
+
+    async def _scan(self, c: AIOKafkaConsumer, scan: TailScan, input_end: int | None) -> TailScan:
+        tp = TopicPartition(scan.topic, scan.partition)
+        c.assign([tp])
+        begin = (await c.beginning_offsets([tp]))[tp]
+        end = (await c.end_offsets([tp]))[tp]
+
+        async def read(lo: int, hi: int):
+            c.seek(tp, lo)
+            deadline = time.monotonic() + READ_DEADLINE_S
+            while await c.position(tp) < hi:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"could not read {tp.topic} partition {tp.partition} from offset {lo} to {hi} within "
+                        f"{READ_DEADLINE_S} s to restore the Clerk's state; is the broker overloaded?")
+                for rec in (await c.getmany(tp, timeout_ms=500)).get(tp, []):
+                    if rec.offset >= hi:
+                        return
+                    yield rec
+
+        return await scan_tail(scan, begin, end, read, input_end)
 
     async def close(self) -> None:
         await self.side.close()
+
+
+def report(scan: TailScan) -> None:
+    """One WARNING per record the look-back skipped (the first SKIPPED_LOGGED, then one
+    line for the rest), naming topic, partition, offset and why, and what the seed is
+    now; an ERROR when the bound left the Clerk's newest state possibly unread."""
+    topic, p = scan.topic, scan.partition
+    if scan.state is not None:
+        seed = f"the newest readable record there is at offset {scan.state_offset}"
+    else:
+        seed = "no older record there is readable"
+    advice = f"only the Clerk may write to {topic}: find and stop whatever else does"
+    for offset, why in scan.skipped[:SKIPPED_LOGGED]:
+        log.warning("skipped an unreadable record of %s partition %d at offset %d while restoring the Clerk's state "
+                    "(%s); %s. %s", topic, p, offset, unreadable_reason(UnreadableRecord(why)), seed, advice)
+    rest = scan.skipped[SKIPPED_LOGGED:]
+    if rest:
+        log.warning("skipped %d more unreadable records of %s partition %d at offsets %d to %d while restoring the "
+                    "Clerk's state; %s. %s", len(rest), topic, p, rest[-1][0], rest[0][0], seed, advice)
+    if scan.published:
+        log.warning("%d record(s) of %s partition %d newer than its newest readable Clerk state are readable results "
+                    "of input offsets %s: those positions count as published and are not published again",
+                    len(scan.published), topic, p, ", ".join(map(str, sorted(scan.published)[:20])))
+    if scan.exhausted:
+        log.error("looked back as far as the Clerk does (%d offsets, %d MiB) at the end of %s partition %d and %s; "
+                  "the Clerk's newest state may be in a record it did not read, so results decided since its last "
+                  "committed offsets may be published a second time. %s", TAIL_LOOKBACK_OFFSETS,
+                  TAIL_LOOKBACK_BYTES >> 20, topic, p,
+                  "found no readable Clerk state" if scan.state is None else
+                  f"read only part of what follows the readable record at offset {scan.state_offset}", advice)
 
 
 class ClerkMetrics:
@@ -203,7 +270,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             p = msg.partition
             acks.read(event)
             if not core.known(p):
-                core.seed(p, await tail.last_records(p))
+                await tail.seed(core, p)
             # Who sent it is the topic it came on, not what it says about itself.
             instance = instance_of[msg.topic]
             now = time.time()  # metrics only

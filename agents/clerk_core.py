@@ -17,7 +17,10 @@ that they are dropped, and memory is bounded by the events in flight.
 Restart: every published result and divergence record carries ``clerk``: the
 partition's decision sequence number, decided watermark and the finished
 positions above it. A restarted Clerk seeds each partition from the newer of the
-two last records, so a decision made before a crash is never published twice.
+newest READABLE record of each topic (:class:`TailScan`: a record someone else
+wrote there is skipped, never a stopped Clerk), and counts every position a
+readable result after it names as published, so a decision made before a crash is
+never published twice.
 
 A divergence record says what diverged (:func:`divergence_record`): the request's
 idempotency key, event name and stream time, and every copy's body, each cut to
@@ -28,11 +31,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
 
-from app.records import MAX_IDEMPOTENCY_KEY
+from app.records import MAX_IDEMPOTENCY_KEY, UnreadableRecord, check_result, json_object
 from app.settings import client_name_problem
 
 # A divergence record carries each copy's canonical body whole up to this many bytes
@@ -49,6 +54,20 @@ DIVERGENCE_PREFIX_BYTES = DIVERGENCE_BODY_LIMIT // 2
 # The event name a divergence record names, at most (characters); a longer one (only a
 # corrupted copy or a malformed input has one) is named null, and is still in the body.
 DIVERGENCE_NAME_LIMIT = 256
+
+
+# How far back from the end of a partition of the results or divergences topic the
+# Clerk looks for a record it can seed from (TailScan), at most: this many offsets and
+# this many bytes of record keys and values, whichever comes first. The Clerk writes
+# every record of those topics itself, each with its whole state, so the newest
+# readable one is normally the last; only records someone else wrote can come after
+# it. 1,000 covers any stray producer short of one that floods the topic, and 64 MiB
+# keeps the look-back under a couple of seconds even at Kafka's record limit (the
+# Clerk's agent, all partitions, waits while a partition is seeded).
+TAIL_LOOKBACK_OFFSETS = 1_000
+TAIL_LOOKBACK_BYTES = 64 * 1024 * 1024
+# Kafka offsets are signed 64-bit integers
+OFFSET_LIMIT = 2**63
 
 
 @dataclass(slots=True)
@@ -131,21 +150,33 @@ class ClerkCore:
 
     # ---- restart -----------------------------------------------------------------
 
-    def seed(self, partition: int, records: list[bytes]) -> None:
-        """Initialise a partition from the last result and last divergence record
-        published for it (either may be missing)."""
-        best = None
+    def seed(self, partition: int, records: list[bytes], input_end: int | None = None) -> None:
+        """Initialise a partition from records of the results and divergences topics
+        (the newest readable one of each, as :class:`TailScan` finds them): the state
+        of the one with the highest seq. A record :func:`tail_state` cannot read is
+        ignored; with none left the partition starts from nothing."""
+        states = []
         for raw in records:
-            state = orjson.loads(raw).get("clerk")
-            if state and (best is None or state["seq"] > best["seq"]):
-                best = state
+            try:
+                states.append(tail_state(raw, partition, input_end))
+            except UnreadableRecord:
+                continue
+        self.restore(partition, max(states, key=lambda s: s["seq"], default=None))
+
+    def restore(self, partition: int, state: dict | None, published: Iterable[int] = ()) -> None:
+        """Initialise a partition from a checked Clerk state (:func:`tail_state`; None:
+        from nothing), and count the input offsets in ``published`` as finished too:
+        positions that readable results newer than the state name (TailScan)."""
         st = PartitionState()
-        if best is not None:
-            st.seq = best["seq"]
-            st.decided_below = best["decided_below"]
-            st.dropped_below = best["decided_below"]
-            st.ranges = [[a, b] for a, b in best["finished_ranges"] if b > st.decided_below]
-            st.restored = {o: None for start, end in st.ranges for o in range(start, end)}
+        if state is not None:
+            st.seq = state["seq"]
+            st.decided_below = state["decided_below"]
+            st.dropped_below = state["decided_below"]
+            st.ranges = [[a, b] for a, b in state["finished_ranges"] if b > st.decided_below]
+        for offset in published:
+            if offset >= st.decided_below:
+                _add_to_ranges(st.ranges, offset)
+        st.restored = {o: None for start, end in st.ranges for o in range(start, end)}
         self.partitions[partition] = st
 
     def known(self, partition: int) -> bool:
@@ -365,6 +396,182 @@ class ClerkCore:
         self._advance(st)
         self.counts["divergences"] += 1
         return Report(partition, divergence_record(partition, pos, cause, self._clerk_state(st, partition), extra))
+
+
+# ---- restart: reading back the results and divergences topics ----------------------
+
+
+def _bounded(value, name: str, low: int, high: int | None) -> int:
+    """``value`` if it is an integer from ``low`` to ``high`` (the input partition's end
+    offset; None: any offset), else UnreadableRecord."""
+    top = OFFSET_LIMIT - 1 if high is None else high
+    if type(value) is not int or not low <= value <= top:
+        bound = "2^63 - 1" if high is None else f"{high} (the input partition's end offset)"
+        raise UnreadableRecord(f"{name} is {_show(value)}, not an integer from {low} to {bound}")
+    return value
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def tail_state(raw: bytes | None, partition: int, input_end: int | None = None) -> dict:
+    """The ``clerk`` state (ClerkState: seq, decided_below, finished_ranges) of a
+    record of the results or divergences topic, checked: ``seq`` a non-negative
+    integer, ``decided_below`` and every range bound integers from 0 to
+    ``input_end`` (the input partition's end offset: no position at or beyond it can
+    be final; 2^63 when not given), ranges [start, end) with decided_below <= start <
+    end, sorted and disjoint. Raises UnreadableRecord (saying what is wrong) for
+    anything else: a tombstone, not JSON, not an object, no or an ill-typed
+    ``clerk``, a number out of range. ``partition`` is only named in messages."""
+    rec = json_object(raw)
+    state = rec.get("clerk")
+    if not isinstance(state, dict):
+        raise UnreadableRecord("no clerk state" if state is None else f"clerk is {type(state).__name__}, not an object")
+    seq = _bounded(state.get("seq"), "clerk.seq", 0, None)
+    below = _bounded(state.get("decided_below"), "clerk.decided_below", 0, input_end)
+    ranges = state.get("finished_ranges")
+    if not isinstance(ranges, list):
+        raise UnreadableRecord("clerk.finished_ranges is not a list")
+    checked = []
+    floor = below
+    for r in ranges:
+        if not (isinstance(r, list) and len(r) == 2):
+            raise UnreadableRecord(f"clerk.finished_ranges holds {_show(r)}, not a [start, end] pair")
+        start = _bounded(r[0], "a clerk.finished_ranges start", floor, input_end)
+        end = _bounded(r[1], "a clerk.finished_ranges end", start + 1, input_end)
+        checked.append([start, end])
+        floor = end
+    return {"seq": seq, "decided_below": below, "finished_ranges": checked}
+
+
+def published_position(raw: bytes | None, partition: int, input_end: int | None = None) -> int:
+    """The input offset a record of partition ``partition`` of the results topic is the
+    result of: a record every reader of the topic takes for a result (records.py
+    check_result, as DocketClient reads it) whose input is a position of this
+    partition below ``input_end``. Raises UnreadableRecord otherwise."""
+    rec = json_object(raw)
+    check_result(rec)
+    where = rec["input"]
+    if where["partition"] != partition:
+        raise UnreadableRecord(f"input.partition is {where['partition']}, not {partition}")
+    offset = _bounded(where["offset"], "input.offset", 0, input_end)
+    if offset == input_end:
+        raise UnreadableRecord(f"input.offset is {offset}, the input partition's end offset: no record is there yet")
+    return offset
+
+
+@dataclass(slots=True)
+class TailRecord:
+    """What one record at the end of a results or divergences partition says, read once
+    (:func:`examine`): its checked Clerk state, or why it has none; for a results
+    record, the input offset it is the result of (when it is a readable result)."""
+
+    offset: int
+    state: dict | None
+    problem: str | None
+    published: int | None = None
+
+
+def examine(offset: int, raw: bytes | None, partition: int, results: bool, input_end: int | None) -> TailRecord:
+    try:
+        return TailRecord(offset, tail_state(raw, partition, input_end), None)
+    except UnreadableRecord as exc:
+        problem = str(exc)
+    published = None
+    if results:
+        try:
+            published = published_position(raw, partition, input_end)
+        except UnreadableRecord:
+            pass
+    return TailRecord(offset, None, problem, published)
+
+
+@dataclass
+class TailScan:
+    """Reading back one partition of the results (``results``) or divergences topic
+    for the restart seed, newest record first (ClerkSeedsFromNewestReadableRecords).
+
+    :meth:`offer` each examined record, newest first, until it returns True: the record
+    carries a readable Clerk state (``state``, at ``state_offset``), and nothing older
+    is needed. Every record offered before it is ``skipped`` (offset, why), and the
+    positions that those of them which are readable results name are ``published``:
+    whatever wrote them, every reader takes them for results, so the Clerk must not
+    publish those positions again. Reading stops earlier at the look-back bound
+    (TAIL_LOOKBACK_OFFSETS, TAIL_LOOKBACK_BYTES): ``exhausted`` when older records
+    were left unread."""
+
+    topic: str
+    partition: int
+    results: bool
+    state: dict | None = None
+    state_offset: int | None = None
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    published: list[int] = field(default_factory=list)
+    exhausted: bool = False
+
+    def offer(self, rec: TailRecord) -> bool:
+        if rec.state is not None:
+            self.state, self.state_offset = rec.state, rec.offset
+            return True
+        self.skipped.append((rec.offset, rec.problem or "unreadable"))
+        if rec.published is not None:
+            self.published.append(rec.published)
+        return False
+
+
+async def scan_tail(scan: TailScan, begin: int, end: int, read: Callable[[int, int], AsyncIterator],
+                    input_end: int | None, *,
+                    max_offsets: int = TAIL_LOOKBACK_OFFSETS, max_bytes: int = TAIL_LOOKBACK_BYTES) -> TailScan:
+    """Offer ``scan`` the records of its partition from ``end`` back (``begin`` is the
+    partition's first offset), newest first, until one carries a readable Clerk state
+    or ``max_offsets`` offsets or ``max_bytes`` bytes of keys and values were read.
+    ``read(lo, hi)`` yields the records of offsets lo <= offset < hi in offset order
+    (transaction markers and aborted records hold offsets but yield nothing). Ranges
+    grow from the end: 1 offset (the Clerk's own last record, normally), then 8, 64,
+    512, ... (fewer when the records are large). Each record is examined as it is
+    read, so a range costs its records' examinations, never their bytes held at once.
+    Should the byte bound be reached inside a range, the newest readable state among
+    the records read is still taken (an older state is never worse than none).
+    ``scan.exhausted`` is set when the bound left records between the end and the
+    state found (or the partition's start) unread."""
+    floor = max(begin, end - max_offsets)
+    hi, size, spent = end, 1, 0
+    while hi > floor:
+        lo = max(floor, hi - size)
+        examined: list[TailRecord] = []
+        over = False
+        taken = 0  # bytes of this range
+        async with contextlib.aclosing(read(lo, hi)) as records:
+            async for rec in records:
+                examined.append(examine(rec.offset, rec.value, scan.partition, scan.results, input_end))
+                taken += len(rec.value or b"") + len(rec.key or b"")
+                if spent + taken >= max_bytes:
+                    over = True
+                    break
+        spent += taken
+        unread_above = over and (examined[-1].offset + 1 < hi)
+        for rec in reversed(examined):
+            if scan.offer(rec):
+                scan.exhausted = unread_above
+                return scan
+        if over:
+            scan.exhausted = True
+            return scan
+        # The next range is 8 times longer, but no longer than the bytes left allow at
+        # this range's average record size: the bound is then met between ranges, not
+        # in the middle of one (whose newest records would be left unread).
+        average = max(1, taken // max(1, len(examined)))
+        hi, size = lo, max(1, min(size * 8, (max_bytes - spent) // average))
+    scan.exhausted = hi > begin
+    return scan
+
+
+def newest_state(scans: Iterable[TailScan]) -> dict | None:
+    """The Clerk state to seed from: of the scans' states, the one with the highest seq
+    (the newer of the results and divergences topics' newest readable records)."""
+    return max((s.state for s in scans if s.state is not None), key=lambda st: st["seq"], default=None)
 
 
 def divergence_record(partition: int, pos: Position, cause: str, clerk: dict,

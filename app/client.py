@@ -57,7 +57,17 @@ import orjson
 from app.batching import Outbox
 from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
-from app.records import MAX_IDEMPOTENCY_KEY, MAX_VALUE_BYTES, partition_for
+from app.records import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_VALUE_BYTES,
+    UnreadableRecord,
+    check_divergence,
+    check_result,
+    entity_record,
+    json_object,
+    partition_for,
+    unreadable_reason,
+)
 from app.settings import Settings, load
 
 log = logging.getLogger("docket.client")
@@ -220,103 +230,6 @@ def _exact(data: bytes) -> bytes:
     """A copy of exactly ``len(data)`` bytes: orjson's output keeps its whole write buffer
     (4 KiB and more) allocated, and the index keeps results for a TTL."""
     return bytes(memoryview(data))
-
-
-class UnreadableRecord(ValueError):
-    """A record of a topic the client reads is not what docket writes there."""
-
-
-_REASON_CHARS = 200  # of why a record was skipped, in its warning
-
-
-def _unreadable_reason(exc: Exception) -> str:
-    text = str(exc) if isinstance(exc, UnreadableRecord) else f"{type(exc).__name__}: {exc}"
-    text = text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS] + "..."
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _json_object(raw: Any) -> dict:
-    if raw is None:
-        raise UnreadableRecord("no value (a tombstone)")
-    try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise UnreadableRecord(f"not JSON ({exc})") from None
-    if not isinstance(rec, dict):
-        raise UnreadableRecord(f"not a JSON object but {type(rec).__name__}")
-    return rec
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_position(value: Any, name: str) -> None:
-    if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
-        raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
-
-
-def _check_scope(rec: dict) -> None:
-    for name in ("idempotency_key", "client"):
-        if rec.get(name) is not None and not isinstance(rec[name], str):
-            raise UnreadableRecord(f"{name} is not a string")
-
-
-def _check_result(rec: dict) -> None:
-    """UnreadableRecord unless ``rec`` has every field of a result that
-    DocketClient.on_result reads, of the type it needs."""
-    _check_position(rec.get("input"), "input")
-    _check_scope(rec)
-    if not _is_int(rec.get("stream_time")):
-        raise UnreadableRecord("stream_time is not an integer")
-    if rec.get("duplicate_of") is not None:
-        _check_position(rec["duplicate_of"], "duplicate_of")
-    outcome = rec.get("outcome")
-    if not isinstance(outcome, dict) or outcome.get("status") not in ("applied", "rejected"):
-        raise UnreadableRecord("outcome is not {status: applied or rejected, ...}")
-    if outcome["status"] == "rejected" and not isinstance(outcome.get("reason"), str):
-        raise UnreadableRecord("a rejected outcome has no reason")
-    entities = outcome.get("entities")
-    if not isinstance(entities, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("key"), str) and _is_int(e.get("version")) and "state" in e
-            for e in entities):
-        raise UnreadableRecord("outcome.entities is not a list of {key, state, version}")
-
-
-def _check_divergence(rec: dict) -> None:
-    """UnreadableRecord unless a finishing divergence report has the fields
-    DocketClient.on_divergence reads, of the type it needs."""
-    _check_position(rec.get("input"), "input")
-    _check_scope(rec)
-    if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
-        raise UnreadableRecord("stream_time is not an integer")
-
-
-def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | None]:
-    """(entity key, value) of a record of the compacted entities topic: the value is the
-    agreed state {key, state, version, input} as the Clerk writes it (agents/clerk_core.py
-    entity_record), or None for a tombstone (the entity leaves the view). Raises
-    UnreadableRecord for a record that is neither."""
-    if key is None:
-        raise UnreadableRecord("no record key" + (" (a tombstone without a key)" if raw is None else ""))
-    try:
-        name = bytes(key).decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnreadableRecord("the record key is not UTF-8") from None
-    if raw is None:
-        return name, None
-    rec = _json_object(raw)
-    if not isinstance(rec.get("key"), str):
-        raise UnreadableRecord("key is not a string")
-    if rec["key"] != name:
-        raise UnreadableRecord("key is not the record's key (the Clerk writes the entity key as both)")
-    if not _is_int(rec.get("version")):
-        raise UnreadableRecord("version is not an integer")
-    if "state" not in rec:
-        raise UnreadableRecord("it has no state")
-    if rec.get("input") is not None:
-        _check_position(rec["input"], "input")
-    return name, rec
 
 
 def _wall_ms() -> int:
@@ -753,7 +666,7 @@ class DocketClient:
     def _skipped(self, topic: str, partition: int, offset: int, exc: Exception) -> None:
         self.records_skipped += 1
         log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition, offset,
-                    _unreadable_reason(exc))
+                    unreadable_reason(exc))
 
     def on_entity_record(self, key: bytes | None, raw: bytes | None) -> None:
         """One record of the compacted entities topic, read at start (public for tests:
@@ -772,8 +685,8 @@ class DocketClient:
         a result on this client). Raises UnreadableRecord, before any effect, for a
         record that is not a result as the Clerk writes it."""
         self.results_read += 1
-        rec = _json_object(raw)
-        _check_result(rec)
+        rec = json_object(raw)
+        check_result(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
@@ -806,14 +719,14 @@ class DocketClient:
         (its cause is not mismatch or replay_mismatch, its decision neither null nor a
         digest) or a finishing report that is not one as the Clerk writes it."""
         self.divergences_read += 1
-        rec = _json_object(raw)
+        rec = json_object(raw)
         if rec.get("cause") not in ("mismatch", "replay_mismatch"):
             raise UnreadableRecord("cause is not mismatch or replay_mismatch")
         if rec.get("decided") is not None and not isinstance(rec["decided"], str):
             raise UnreadableRecord("decided is neither null nor a digest")
         if rec["cause"] != "mismatch" or rec.get("decided") is not None:
             return
-        _check_divergence(rec)
+        check_divergence(rec)
         rec.pop("clerk", None)
         compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])

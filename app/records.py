@@ -231,3 +231,104 @@ def outcome(status: str, reason: str | None = None, detail: str = "", entities: 
     if len(detail) > MAX_DETAIL:
         detail = f"{detail[:MAX_DETAIL]}... ({len(detail)} characters)"
     return {"status": status, "reason": reason, "detail": detail, "entities": entities or []}
+
+
+# --- reading what the Clerk writes (the results and divergences topics) -------------
+
+
+class UnreadableRecord(ValueError):
+    """A record of the results or divergences topic is not what the Clerk writes there
+    (DocketClient skips it; the Clerk does not seed from it)."""
+
+
+REASON_CHARS = 200  # of why a record was skipped, in its warning
+
+
+def unreadable_reason(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, UnreadableRecord) else f"{type(exc).__name__}: {exc}"
+    text = text if len(text) <= REASON_CHARS else text[:REASON_CHARS] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def json_object(raw: Any) -> dict:
+    if raw is None:
+        raise UnreadableRecord("no value (a tombstone)")
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UnreadableRecord(f"not JSON ({exc})") from None
+    if not isinstance(rec, dict):
+        raise UnreadableRecord(f"not a JSON object but {type(rec).__name__}")
+    return rec
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_position(value: Any, name: str) -> None:
+    if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
+        raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
+
+
+def _check_scope(rec: dict) -> None:
+    for name in ("idempotency_key", "client"):
+        if rec.get(name) is not None and not isinstance(rec[name], str):
+            raise UnreadableRecord(f"{name} is not a string")
+
+
+def check_result(rec: dict) -> None:
+    """UnreadableRecord unless ``rec`` has every field of a result that
+    DocketClient.on_result reads, of the type it needs."""
+    _check_position(rec.get("input"), "input")
+    _check_scope(rec)
+    if not _is_int(rec.get("stream_time")):
+        raise UnreadableRecord("stream_time is not an integer")
+    if rec.get("duplicate_of") is not None:
+        _check_position(rec["duplicate_of"], "duplicate_of")
+    outcome = rec.get("outcome")
+    if not isinstance(outcome, dict) or outcome.get("status") not in ("applied", "rejected"):
+        raise UnreadableRecord("outcome is not {status: applied or rejected, ...}")
+    if outcome["status"] == "rejected" and not isinstance(outcome.get("reason"), str):
+        raise UnreadableRecord("a rejected outcome has no reason")
+    entities = outcome.get("entities")
+    if not isinstance(entities, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("key"), str) and _is_int(e.get("version")) and "state" in e
+            for e in entities):
+        raise UnreadableRecord("outcome.entities is not a list of {key, state, version}")
+
+
+def check_divergence(rec: dict) -> None:
+    """UnreadableRecord unless a finishing divergence report has the fields
+    DocketClient.on_divergence reads, of the type it needs."""
+    _check_position(rec.get("input"), "input")
+    _check_scope(rec)
+    if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
+        raise UnreadableRecord("stream_time is not an integer")
+
+
+def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | None]:
+    """(entity key, value) of a record of the compacted entities topic: the value is the
+    agreed state {key, state, version, input} as the Clerk writes it (agents/clerk_core.py
+    entity_record), or None for a tombstone (the entity leaves the view). Raises
+    UnreadableRecord for a record that is neither."""
+    if key is None:
+        raise UnreadableRecord("no record key" + (" (a tombstone without a key)" if raw is None else ""))
+    try:
+        name = bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableRecord("the record key is not UTF-8") from None
+    if raw is None:
+        return name, None
+    rec = json_object(raw)
+    if not isinstance(rec.get("key"), str):
+        raise UnreadableRecord("key is not a string")
+    if rec["key"] != name:
+        raise UnreadableRecord("key is not the record's key (the Clerk writes the entity key as both)")
+    if not _is_int(rec.get("version")):
+        raise UnreadableRecord("version is not an integer")
+    if "state" not in rec:
+        raise UnreadableRecord("it has no state")
+    if rec.get("input") is not None:
+        _check_position(rec["input"], "input")
+    return name, rec

@@ -471,7 +471,7 @@ async def test_clerk_sigkilled_three_times_still_one_result_per_event(clerk_sett
       seeded random points of a 10,000-event run and restarted each time; a
       read_committed reader still sees exactly one result per position, none missing,
       each the oracle's (ClerkNeverDropsANeededCopy); ClerkSequenceNumbersUnique.
-    - ClerkSeedsFromLastRecords, ClerkChecksCopyOfForgottenPosition,
+    - ClerkSeedsFromNewestReadableRecords, ClerkChecksCopyOfForgottenPosition,
       ClerkAcksOnlyFinalPositions / CommitOnlyAcknowledgedOffsets: each restart re-reads
       copies after the group's committed offsets, and for at least one kill some of
       those belong to positions already published (so the restart had to recognise them
@@ -657,3 +657,154 @@ async def _watermark_timestamps(s: Settings, instance: str, boundary: dict[int, 
         if rec.offset >= boundary[rec.partition] and unseal_batch(rec.value)[1] is not None:
             out[(rec.partition, rec.offset)] = rec.timestamp
     return out
+
+
+# --------------------------------------------------------------------------- foreign records
+
+
+# What another producer may write to the results and divergences topics (one WARNING
+# line each when the Clerk seeds; tests/unit/test_clerk_seed.py has every kind).
+FOREIGN_KINDS = ("not-json", "json-array", "obj-missing", "tombstone", "wrong-types", "big", "deep",
+                 "dup-members", "decided-huge", "range-whole-log")
+
+
+class ReadableTail(TopicTail):
+    """A TopicTail that keeps only what a reader takes for a result (or a divergence
+    report: a JSON object with an input position) and the positions of the rest."""
+
+    def __init__(self, bootstrap: str, topic: str, results: bool) -> None:
+        super().__init__(bootstrap, topic)
+        self.results = results
+        self.foreign: set[Position] = set()
+
+    def on_record(self, m) -> None:
+        from app.records import UnreadableRecord, check_divergence, check_result, json_object
+
+        try:
+            value = json_object(m.value)
+            (check_result if self.results else check_divergence)(value)
+            if not self.results and value.get("cause") not in ("mismatch", "replay_mismatch"):
+                raise UnreadableRecord("no cause")
+        except UnreadableRecord:
+            self.foreign.add((m.partition, m.offset))
+            return
+        self.records.append(Rec(m.partition, m.offset, m.timestamp, m.key, value))
+
+
+async def _reset_group_offsets(s: Settings) -> None:
+    """Commit offset 0 on every output partition for the Clerk's (empty) group, so its
+    next run reads every copy again."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.app_id("clerk"),
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.output_topic(i), p) for i in s.instances for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.commit({tp: 0 for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+async def test_foreign_records_on_results_and_divergences_are_skipped_and_nothing_is_published_twice(
+        clerk_settings, spawn) -> None:
+    """Spec rules checked (specs/clerk.allium, specs/failure-modes.allium):
+
+    - ForeignRecordOnClerkTopics, ClerkSeedsFromNewestReadableRecords: after the Clerk
+      has answered a first run of events (none on partition 3), ten kinds of foreign
+      record (not JSON, an array, a tombstone, no `clerk`, 200 KB of nesting, 900 KB,
+      states with numbers out of range, ...) are appended to every partition of both
+      topics; the Clerk is SIGKILLed and restarted with its group's offsets reset to 0,
+      so it reads every copy again. It does not stop: it seeds each partition from the
+      newest record it wrote itself (partition 3: from nothing) and publishes none of
+      the re-read positions again (ClerkPublishesOnce: exactly one result per position
+      over both runs, each the oracle's), and answers a second run on every partition.
+    - ClerkReportsUnreadableTailRecord: its log names every foreign record in exactly one
+      WARNING line (topic, partition, offset), saying which record the seed comes from;
+      no ERROR (ClerkReportsExhaustedLookBack: the look-back never ran out) and no
+      traceback.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from app.records import partition_for
+    from tests.unit.test_clerk_seed import GARBAGE
+
+    s = clerk_settings
+    empty = 3  # no event reaches this partition before the restart
+    insts = start_instances(spawn, "a,b")
+    clerk, port = start_clerk(spawn)
+    results = await ReadableTail(s.kafka_bootstrap, s.results_topic, results=True).start()
+    divergences = await ReadableTail(s.kafka_bootstrap, s.divergences_topic, results=False).start()
+    procs = [*insts.values(), clerk]
+    foreign: dict[tuple[str, int], list[int]] = {}
+    try:
+        await wait_ready(s, insts, clerk)
+        first = [r for r in workload.inventory(5150, 600) if partition_for(r.key, s.partitions) != empty]
+        before = set(await workload.produce(s.kafka_bootstrap, s.input_topic, first))
+        await wait_answered(s, before, results, divergences, procs, 120)
+        clerk_ends: dict[int, int] = {}  # results partition -> end offset before the foreign records
+        for r in results.records:
+            clerk_ends[r.partition] = max(clerk_ends.get(r.partition, 0), r.offset + 1)
+
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", max_request_size=2_000_000)
+        await producer.start()
+        try:
+            for p in range(s.partitions):
+                for topic in (s.results_topic, s.divergences_topic):
+                    for kind in FOREIGN_KINDS:
+                        meta = await producer.send_and_wait(topic, GARBAGE[kind], key=b"junk", partition=p)
+                        foreign.setdefault((topic, p), []).append(meta.offset)
+        finally:
+            await producer.stop()
+
+        clerk.kill()
+        await wait_for(lambda: _group_is(s, "Empty"), RESTART_DEADLINE_S,
+                       "the killed Clerk to leave its group (session timeout)", interval_s=0.5)
+        await _reset_group_offsets(s)
+        assert set((await _committed(s)).values()) == {0}
+        clerk.start()
+        await wait_clerk_assigned(s, clerk, RESTART_DEADLINE_S)
+        second = list(workload.inventory(5151, 300))
+        after = set(await workload.produce(s.kafka_bootstrap, s.input_topic, second))
+        assert {p for p, _ in after} == set(range(s.partitions))
+        expected = before | after
+        await wait_answered(s, expected, results, divergences, procs, 120)
+        metrics = clerk_metrics(port)
+    finally:
+        await results.stop()
+        await divergences.stop()
+    await stop_all(procs)
+
+    # the restart really read every copy again: each decided position was a candidate
+    for i in ("a", "b"):
+        assert metrics[f"docket_clerk_copies_total{{instance={i}}}"] >= len(expected), metrics
+    _inputs, oracle = await oracle_for(s, expected)
+    final = ReadableTail(s.kafka_bootstrap, s.results_topic, results=True)
+    for r in await read_topic(s.kafka_bootstrap, s.results_topic):
+        final.on_record(r)
+    written = {(p, o) for (topic, p), offsets in foreign.items() if topic == s.results_topic for o in offsets}
+    assert final.foreign == written
+    assert_one_result_each(final.records, expected, oracle)
+    reports = ReadableTail(s.kafka_bootstrap, s.divergences_topic, results=False)
+    for r in await read_topic(s.kafka_bootstrap, s.divergences_topic):
+        reports.on_record(r)
+    assert reports.records == [], "clean instances, yet divergence reports"
+
+    log = clerk.log_text(2)
+    assert "Traceback" not in log and "[ERROR]" not in log, clerk.log_tail(40)
+    for (topic, p), offsets in foreign.items():
+        for offset in offsets:
+            lines = [line for line in log.splitlines()
+                     if f"skipped an unreadable record of {topic} partition {p} at offset {offset} " in line]
+            assert len(lines) == 1, (topic, p, offset, lines)
+            assert "[WARNING]" in lines[0], lines[0]
+            if topic == s.results_topic and p != empty:
+                assert f"the newest readable record there is at offset {clerk_ends[p] - 1}." in lines[0], lines[0]
+            else:
+                assert "no older record there is readable" in lines[0], lines[0]
+    assert clerk.starts == 2
+
+
+async def _group_is(s: Settings, state: str) -> bool:
+    return (await group_state(s.kafka_bootstrap, s.app_id("clerk")))[0] == state

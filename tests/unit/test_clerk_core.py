@@ -167,7 +167,7 @@ def test_lagging_instance_is_reported():
 
 
 def test_seed_restores_decisions_from_the_newest_record():
-    """ClerkSeedsFromLastRecords: a restarted Clerk does not publish a decided position again."""
+    """ClerkSeedsFromNewestReadableRecords: a restarted Clerk does not publish a decided position again."""
     core = ClerkCore(("a", "b"), 2)
     last = None
     for o in range(5):
@@ -257,7 +257,7 @@ def _run_with_crashes(n: int, seed: int, crashes: int, instances=("a", "b"), req
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 100_000), crashes=st.integers(0, 4))
 def test_exactly_one_result_per_position_across_clerk_crashes(seed, crashes):
-    """ClerkPublishesOnce, ClerkAcksOnlyFinalPositions, ClerkSeedsFromLastRecords,
+    """ClerkPublishesOnce, ClerkAcksOnlyFinalPositions, ClerkSeedsFromNewestReadableRecords,
     ClerkKilled: crash the Clerk anywhere, restart from the committed offsets, and every
     position still has exactly one result."""
     n = 120
@@ -310,7 +310,7 @@ def test_copies_and_watermarks_of_unconfigured_instances_are_refused():
 
 
 def test_state_embedded_in_records_stays_small_while_a_position_is_stuck():
-    """FinishedAboveTheDecidedWatermark, ClerkSeedsFromLastRecords (RESOLVED: Ranges, not
+    """FinishedAboveTheDecidedWatermark, ClerkSeedsFromNewestReadableRecords (RESOLVED: Ranges, not
     digests): with a and b disagreeing at offset 0 and c absent, 0 stays undecided
     while 20,000 later positions are decided; each record stays small, and a Clerk
     restarted from the last one publishes none of them again."""
