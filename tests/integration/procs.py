@@ -257,11 +257,13 @@ class OutputCollector(BackgroundReader):
         self.copies: dict[Position, list[Copy]] = {}
         self.records = 0  # copies read (re-emissions included)
         self.watermarks: list[tuple[int, int, dict]] = []  # (partition, offset, record)
+        self.timestamps: dict[tuple[int, int], int] = {}  # (partition, offset) -> record timestamp, ms
 
     def on_record(self, m: Any) -> None:
         from app.records import seal_digested, unseal_batch
 
         instance, watermark, copies = unseal_batch(m.value)
+        self.timestamps[(m.partition, m.offset)] = m.timestamp
         for dig, body in copies:
             out = orjson.loads(body)
             pos = (out["input"]["partition"], out["input"]["offset"])

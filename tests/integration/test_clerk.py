@@ -548,7 +548,7 @@ async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keep
       the log line's).
     - WatermarksCoverOnlyEmittedOutputs, no pre-crash progress claimed: every watermark W
       the new run advertises on partition p is at most 1 + the highest input offset
-      among the copies the new run emitted on p before it; and (across runs) every input
+      among the copies the new run emitted on p in or before its record; and (across runs) every input
       offset below W has a copy earlier on the partition.
     - ReplayReemitsOriginalOutput, ClerkIgnoresIdenticalReplay, ClerkNeverDropsANeededCopy,
       ClerkPublishesOnce, CrashAfterOutputBeforeCommit: the restart re-emitted copies,
@@ -572,18 +572,20 @@ async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keep
         await wait_for(lambda: b.assert_alive() or out_b.positions >= events * 2 // 5, 60,
                        "b to answer 40% of the events", detail=b.log_tail)
         b.kill()
+        # A run is told by its records' timestamps (the producer's clock, CreateTime on
+        # the output topic): the old run's were all taken before it died, the new run's
+        # after. Not by the end offsets read now: the dead run's last produce request
+        # may still be on its way to the broker.
+        killed_ms = int(time.time() * 1000)
         before_kill = out_b.positions
         assert before_kill < events, "b was done before the kill"
-        boundary = await end_offsets(s.kafka_bootstrap, s.output_topic("b"))  # the new run starts here
-        old_marks = {}
-        for p, off, mark in out_b.watermarks:
-            if off < boundary[p]:
-                old_marks[p] = max(old_marks.get(p, 0), mark["watermark"])
-        assert old_marks, "b advertised no watermark before the kill: nothing to claim"
         b.start()
 
+        def new_run(p: int, off: int) -> bool:
+            return out_b.timestamps[(p, off)] > killed_ms
+
         def new_marks() -> list:
-            return [(p, off, m) for p, off, m in out_b.watermarks if off >= boundary[p]]
+            return [(p, off, m) for p, off, m in out_b.watermarks if new_run(p, off)]
 
         def gate_holds() -> bool:
             # Order matters: a watermark seen on the wire was sent after its ready line
@@ -617,18 +619,24 @@ async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keep
     ready_ms = log_line_time_ms(b.log_text(2), READY)
     assert ready_ms is not None, f"no timestamped ready line in b's second log\n{b.log_tail()}"
     marks = new_marks()
-    # OutputCollector keeps no record timestamps; read the watermark records' own.
-    wm_ts = await _watermark_timestamps(s, "b", boundary)
-    early = [(p, off, ts) for (p, off), ts in wm_ts.items() if ts < ready_ms]
+    early = [(p, off, out_b.timestamps[(p, off)]) for p, off, _m in marks if out_b.timestamps[(p, off)] < ready_ms]
     assert not early, f"b's new run sent watermarks before its ready line ({ready_ms}): {early[:5]}"
 
+    old_marks: dict[int, int] = {}
+    for p, off, m in out_b.watermarks:
+        if not new_run(p, off):
+            old_marks[p] = max(old_marks.get(p, 0), m["watermark"])
+    assert old_marks, "b advertised no watermark before the kill: nothing to claim"
+    boundary = {p: min(off for (q, off) in out_b.timestamps if q == p and new_run(q, off))
+                for p in {p for p, _off, _m in marks}}  # the new run's first record per partition
     # Every new-run watermark W on p <= 1 + the highest input offset among the new run's
-    # copies on p that precede it on the output partition.
+    # copies on p in its record or before it on the output partition (a copy-batch
+    # record carries its watermark with its copies).
     checked = 0
     first_new = {}
     for p, off, m in marks:
         emitted = [c.body["input"]["offset"] for copies in out_b.copies.values() for c in copies
-                   if c.partition == p and boundary[p] <= c.offset < off]
+                   if c.partition == p and boundary[p] <= c.offset <= off]
         top = max(emitted, default=-1)
         assert m["watermark"] <= top + 1, (
             f"b's new run advertised watermark {m['watermark']} on partition {p} (output offset {off}) having "
@@ -647,16 +655,6 @@ async def test_restarted_instance_claims_no_progress_before_ready_and_clerk_keep
     print(f"\nclerk, b SIGKILLed at {before_kill} positions: pre-crash watermarks {old_marks}, first new-run "
           f"watermarks {first_new}, {checked} new-run watermarks checked, {reemitted} positions re-emitted; "
           f"{len(final)} results for {events} events; test {time.monotonic() - began:.1f} s")
-
-
-async def _watermark_timestamps(s: Settings, instance: str, boundary: dict[int, int]) -> dict[tuple[int, int], int]:
-    """(partition, output offset) -> Kafka timestamp of every watermark record at or
-    after ``boundary``."""
-    out = {}
-    for rec in await read_topic(s.kafka_bootstrap, s.output_topic(instance)):
-        if rec.offset >= boundary[rec.partition] and unseal_batch(rec.value)[1] is not None:
-            out[(rec.partition, rec.offset)] = rec.timestamp
-    return out
 
 
 # --------------------------------------------------------------------------- foreign records
