@@ -67,8 +67,10 @@ async def results(stack: Stack):
 
 @pytest.fixture
 async def plain_producer(stack: Stack):
+    # max_request_size a little above the broker's message.max.bytes (1 MiB + 12), so a
+    # record the broker takes is never refused by this producer first
     producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True)
+                                enable_idempotence=True, max_request_size=1_100_000)
     await producer.start()
     yield producer
     await producer.stop()
@@ -338,14 +340,15 @@ async def test_a_huge_record_key_is_rejected_and_stops_nothing(stack: Stack, htt
                                                                results: TopicTail,
                                                                plain_producer: AIOKafkaProducer) -> None:
     """BadInputNeverStopsTheWorker, UsherRejectsMalformedRecord: a record with a key of
-    250,000 bytes (on the partition the key routes to) is rejected malformed_record,
-    both instances keep running, and a valid record behind it on the same partition is
-    applied (a key that size once made an output too large to produce, and crashed
-    both instances' workers)."""
+    1,000,000 bytes (as large as the broker takes, on the partition the key routes to)
+    is rejected malformed_record, both instances keep running, and a valid record
+    behind it on the same partition is applied (a key that size once made an output
+    too large to produce, and crashed both instances' workers: no record docket writes
+    carries an input record's key)."""
     from app.records import MAX_KEY_BYTES, partition_for
 
     s = stack.settings
-    key = b"\x01" * 250_000
+    key = b"\x01" * 1_000_000
     p = partition_for(key, s.partitions)
     bad = await plain_producer.send_and_wait(s.input_topic, envelope("huge-key", "huge", 5), key=key, partition=p)
     sku = next(f"behind-{i}" for i in range(1000) if partition_for(f"behind-{i}".encode(), s.partitions) == p)
