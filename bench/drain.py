@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -124,13 +125,19 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="docket-drain-"))
-    if args.bootstrap:
-        settings = dataclasses.replace(load(), kafka_bootstrap=args.bootstrap,
-                                       broker_dir=Path(os.environ.get("DOCKET_BROKER_DIR", "var/broker")))
-        asyncio.run(measure(settings, work, args.events, args.profile))
-    else:
-        with own_broker(work) as settings:
+    try:
+        if args.bootstrap:
+            settings = dataclasses.replace(load(), kafka_bootstrap=args.bootstrap,
+                                           broker_dir=Path(os.environ.get("DOCKET_BROKER_DIR", "var/broker")))
             asyncio.run(measure(settings, work, args.events, args.profile))
+        else:
+            with own_broker(work) as settings:
+                asyncio.run(measure(settings, work, args.events, args.profile))
+    finally:
+        if args.profile:
+            print(f"profiles and logs kept in {work}")
+        else:  # the stack's RocksDB directories and logs: about 20 MB a run
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
