@@ -94,7 +94,7 @@ RESILIENCE_ARGS ?=
 .PHONY: resilience
 resilience: $(STAMP) broker-fetch
 	@mkdir -p bench/results; day=$$(date +%F); began=$$(date +%s); rc=0; \
-	$(BIN)/docket chaos --scenario all --events $(RESILIENCE_EVENTS) --rate 400 --kills 4 \
+	$(BIN)/docket chaos --scenario all --events $(RESILIENCE_EVENTS) --rate 1000 --kills 4 \
 	  --report bench/results/resilience-$$day.json --markdown bench/results/resilience-$$day.md \
 	  $(RESILIENCE_ARGS) || rc=$$?; \
 	wall=$$(( $$(date +%s) - began )); \

@@ -335,6 +335,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             if p not in rebuilt:
                 warden.rebuild(p)
                 rebuilt.add(p)
+            if not ready.is_set() and app.tables.recovery.completed.is_set():
+                announce()  # before this run's first copy record, so the log tells the truth
             batch = records_of(msg)  # aiokafka's ConsumerRecords: what an InputRecord has
             if p not in producer_clocked:
                 clocked = next((r for r in batch if r.timestamp_type != LOG_APPEND_TIME), None)
@@ -362,16 +364,22 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             observe_many(metrics.produce, handed - evaluated, n)
             _time_acks(metrics.ack, [sent], handed, n)
 
+    def announce() -> None:
+        ready.set()
+        log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
+
     @app.timer(READY_CHECK_S)
     async def announce_ready() -> None:
         # instanceReady gate: watermarks ride in the copy records, which only batches
-        # processed after table recovery produce, and each names only offsets this run
+        # processed after table recovery produce (Faust hands the agent no record of a
+        # partition before its recovery completes), and each names only offsets this run
         # has processed and whose copies are in it or before it on the same partition:
-        # never the progress of a run before a crash.
+        # never the progress of a run before a crash. The ready line is logged here when
+        # recovery completes with nothing to process, else by the agent before its first
+        # batch's copy record.
         if ready.is_set() or not app.tables.recovery.completed.is_set():
             return
-        ready.set()
-        log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
+        announce()
 
     @app.page("/metrics")
     async def metrics_page(web, request):

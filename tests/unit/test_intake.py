@@ -100,24 +100,53 @@ async def test_a_fetch_becomes_batches_of_one_partition_within_batch_size(app, s
     assert all(len(m.records) <= BATCH_SIZE for m in items if isinstance(m, BatchMessage))
 
 
-def test_one_acknowledgement_marks_every_offset_the_batch_covers(app, settings) -> None:
-    """BatchAcknowledgedOnce, OneAcknowledgementPerItem: acknowledging a batch marks
-    its records and the offsets between ack_from and them that hold no record, so
-    Faust's commit machinery (the contiguous acknowledged prefix, _new_offset) passes
-    the whole batch; a second acknowledgement does nothing; offsets below the committed
-    one are not marked again."""
+def compiled_ack(consumer, message) -> None:
+    """Acknowledge ``message`` as Faust's compiled stream iterator does
+    (faust/_cython/streams.pyx, StreamIterator.after): it inlines Message.ack and
+    Consumer.ack, marking the message's own offset and calling no Consumer method."""
+    message.acked = True
+    tp, offset = message.tp, message.offset
+    committed = consumer._committed_offset[tp]
+    if (committed is None or offset >= committed) and offset not in consumer._acked_index[tp]:
+        consumer._acked_index[tp].add(offset)
+        consumer._acked[tp].append(offset)
+
+
+@pytest.mark.parametrize("acknowledge", [compiled_ack, lambda consumer, message: consumer.ack(message)],
+                         ids=["compiled-stream-iterator", "consumer-ack"])
+async def test_one_acknowledgement_passes_every_offset_the_batch_covers(app, settings, acknowledge) -> None:
+    """BatchAcknowledgedOnce, OneAcknowledgementPerItem, CommitOnlyAcknowledgedOffsets:
+    acknowledging a batch's one message, by either of Faust's paths (its compiled
+    stream iterator marks the offset itself; the pure-Python one calls Consumer.ack),
+    lets Faust's commit (the contiguous acknowledged prefix, _new_offset) pass the whole
+    batch, the offsets between ack_from and its records that hold none included; a
+    batch not yet acknowledged is never passed, though it was delivered."""
     consumer = app.consumer
     tp = TP(settings.input_topic, 2)
     consumer._committed_offset[tp] = 10
-    first = BatchMessage(tp, [record(tp, 11), record(tp, 13), record(tp, 14)], 10, None)
-    assert consumer.ack(first) is True
-    assert consumer.ack(first) is False  # once
-    assert consumer._new_offset(tp) == 15  # 10 .. 14: 12 holds no record for this consumer
+    [first, second] = await drain(consumer, [{tp: [record(tp, 11), record(tp, 13), record(tp, 14)]},
+                                             {tp: [record(tp, 15), record(tp, 18)]}])
+    assert (first.ack_from, first.offset, second.ack_from, second.offset) == (11, 14, 15, 18)
+    assert consumer._new_offset(tp) is None  # delivered, nothing acknowledged
+    acknowledge(consumer, first)
+    assert consumer._new_offset(tp) == 15  # 11 .. 14: 12 holds no record for this consumer
     consumer._committed_offset[tp] = 15
-    # a batch whose ack_from lies below the committed offset (read again after a seek)
-    again = BatchMessage(tp, [record(tp, 16), record(tp, 17)], 12, None)
-    assert consumer.ack(again) is True
-    assert sorted(consumer._acked[tp]) == [15, 16, 17]
+    assert consumer._new_offset(tp) is None  # the second batch is not acknowledged yet
+    acknowledge(consumer, second)
+    assert consumer._new_offset(tp) == 19
+
+
+async def test_a_batch_read_again_below_the_committed_offset_covers_only_what_is_above_it(app, settings) -> None:
+    """ResumeAtCommittedOffset, CommitOnlyAcknowledgedOffsets: a batch whose ack_from
+    lies below the committed offset (read again after a seek) covers from the committed
+    offset on, and its acknowledgement passes it."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 1)
+    consumer._committed_offset[tp] = 15
+    consumer._read_offset[tp] = 12
+    [again] = await drain(consumer, [{tp: [record(tp, 12), record(tp, 16), record(tp, 17)]}])
+    assert (again.ack_from, again.offset) == (12, 17)
+    compiled_ack(consumer, again)
     assert consumer._new_offset(tp) == 18
 
 
@@ -133,6 +162,7 @@ def test_items_finished_out_of_order_are_acknowledged_in_read_order(app, setting
     class Item:  # what OrderedAcks takes: a Faust event's message and ack()
         def __init__(self, tp: TP, offsets: list[int], ack_from: int) -> None:
             self.message = BatchMessage(tp, [record(tp, o) for o in offsets], ack_from, None)
+            consumer.cover(self.message)  # as the drain loop does on delivery
 
         def ack(self) -> None:
             consumer.ack(self.message)
@@ -188,6 +218,9 @@ async def test_an_undelivered_batch_stops_every_later_commit_and_crashes_the_wor
 # copies (faust-streaming 0.15.3). When Faust changes it, read the change, carry it
 # into BatchConsumer._drain_messages, and put the new digest here.
 FAUST_DRAIN_LOOP_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+# Faust's Consumer._new_offset: BatchConsumer.cover relies on how it takes a gap below
+# the highest acknowledged offset as acknowledged
+FAUST_NEW_OFFSET_SHA256 = "1d2c7ea89a7ad4f1a216c1d51936e569162cd66bd56f889e13fd29c910b58eb0"
 
 
 def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app) -> None:
@@ -203,3 +236,6 @@ def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app
     source = inspect.getsource(faust_consumer.Consumer._drain_messages)
     assert hashlib.sha256(source.encode()).hexdigest() == FAUST_DRAIN_LOOP_SHA256, (
         "Faust's Consumer._drain_messages changed: port the change to agents/intake.py")
+    source = inspect.getsource(faust_consumer.Consumer._new_offset)
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_NEW_OFFSET_SHA256, (
+        "Faust's Consumer._new_offset changed: check that BatchConsumer.cover's gaps still count as acknowledged")
