@@ -121,7 +121,9 @@ class TailReader:
         try:
             return await scan_tail(scan, begin, end, read, input_end)
         finally:
-            c.unsubscribe()  # no fetch left polling between seeds
+            # no fetch left polling between seeds (unsubscribe would stop aiokafka's
+            # fetch routine for good: it reads the subscription, then None)
+            c.pause(tp)
 
     async def close(self) -> None:
         await self.side.close()
