@@ -6,6 +6,7 @@ instances equal it too)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import time
@@ -36,17 +37,18 @@ WORKLOAD_SEED = 77
 KILL_SEED = 4242
 PROGRESS_KILLS = 5
 EARLY_KILLS = 2
+PRODUCE_RATE = 125  # events/s: 80 s of input
 RESTART_DEADLINE_S = 90  # a restart: Faust start-up, the dead member's session timeout, recovery
 
 
 @pytest.fixture
 def pipeline_ttl_ms() -> int:
-    """Longer than the stream (10 s of stream time): no Warden version is collected, so
+    """Longer than the stream (80 s of stream time at PRODUCE_RATE): no Warden version is collected, so
     a version a crash kept only in the local RocksDB stays visible to the changelog
     check at the end, and a duplicate late in the stream still depends on versions
     recorded before the data dir was lost. (TTL expiry is covered by
     test_pipeline_two_instances.)"""
-    return 60_000
+    return 120_000
 
 
 @pytest.mark.parametrize("lose_data_dir", [False, True], ids=["same-data-dir", "data-dir-lost-once"])
@@ -80,7 +82,7 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
       redo it, and the final Ledger would differ from the oracle's.
     - CrashBeforeWardenWrite, CrashBetweenWardenAndEntityWrites,
       CrashAfterEntityWritesBeforeOutput, CrashAfterOutputBeforeCommit,
-      RecordDeliveredAgain: SIGKILLs at seeded random moments of a 10,000-event backlog
+      RecordDeliveredAgain: SIGKILLs at seeded random moments of a 10,000-event stream
       cut the events in flight at whatever step they have reached, and the restarted
       worker reads them again; whatever was cut, the outcome is the oracle's.
     - WatermarksCoverOnlyEmittedOutputs, NoWatermarkBeforeRestore: every watermark on
@@ -89,9 +91,10 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
     s = pipeline_settings
     rng = random.Random(KILL_SEED)
     records = list(workload.inventory(WORKLOAD_SEED, EVENTS, ttl_ms=s.idempotency_ttl_ms))
-    positions = await workload.produce(s.kafka_bootstrap, s.input_topic, records)
-    expected = set(positions)
-    assert len(expected) == EVENTS
+    # Paced: a backlog produced up front is worked off in about two seconds in batches
+    # of hundreds, so kills meant for its middle found it done. At PRODUCE_RATE the
+    # input outlasts the seven restarts (each waits out the dead member's session).
+    producing = asyncio.create_task(workload.produce(s.kafka_bootstrap, s.input_topic, records, rate=PRODUCE_RATE))
 
     worker = workers("a")
     out = await OutputCollector(s.kafka_bootstrap, s.output_topic("a")).start()
@@ -128,11 +131,14 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
             worker.kill()
             await out.wait_caught_up()  # so the next run's count starts with its own outputs
             kills.append((kind, out.records - run_start, out.positions))
-            assert out.positions < EVENTS, f"the backlog was done before the kill: kills {kills}"
+            assert out.positions < EVENTS, f"the input was done before the kill: kills {kills}"
             if worker.starts + 1 == wiped_before_start:
                 shutil.rmtree(worker.data_dir)
                 assert not worker.data_dir.exists()
             worker.start()
+        positions = await producing
+        expected = set(positions)
+        assert len(expected) == EVENTS
         await out.wait_complete(expected, 180, detail=worker.log_tail)
         # Every position has a copy, but the last run may still be replaying what the
         # runs before it did not commit (a run is over in about a second, Faust commits
@@ -140,6 +146,8 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
         await wait_committed_to_end(s.kafka_bootstrap, s.app_id("a"), s.input_topic, 120, detail=worker.log_tail)
         worker.assert_alive()
     finally:
+        if not producing.done():
+            producing.cancel()
         await out.stop()
     assert await worker.stop() == 0, worker.log_tail()
     elapsed = time.monotonic() - began
