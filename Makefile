@@ -87,7 +87,7 @@ $(HOME)/.cargo/bin/allium:
 	cargo install --locked --quiet allium-cli --version $(ALLIUM_VERSION)
 
 # The full resilience run (docket chaos, app/chaos.py): every scenario with 100,000 events
-# on its own broker; the JSON report and a Markdown table go to bench/results/. Tens of
+# on its own broker; the JSON report and a Markdown table go to bench/results/. About 13
 # minutes on 2 cores. Extra options: RESILIENCE_ARGS="--seed 7".
 RESILIENCE_EVENTS ?= 100000
 RESILIENCE_ARGS ?=
