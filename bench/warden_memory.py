@@ -92,18 +92,7 @@ class LocalStore(FaustStore):
 
     def write(self) -> None:
         """FaustStore.flush's RocksDB half: one write batch per partition."""
-        from rocksdict import WriteBatch
-
-        batches, self._writes = self._writes, {}
-        self._iters.clear()
-        for partition, writes in batches.items():
-            wb = WriteBatch(raw_mode=True)
-            for key, value in writes.items():
-                if value is None:
-                    wb.delete(key)
-                else:
-                    wb.put(key, value)
-            self._db(partition).write(wb)
+        self.write_local()
 
     def rocks(self) -> dict[str, int]:
         """RocksDB's own account, summed over the partitions' databases (bytes)."""

@@ -127,18 +127,14 @@ class FaustStore:
             it.next()
         return found
 
-    async def flush(self) -> None:
-        """Write this batch to RocksDB and hand its changelog records to the producer
-        (module docstring). Returns once they are queued, not sent."""
+    def write_local(self) -> dict[int, dict[bytes, bytes | None]]:
+        """The RocksDB half of :meth:`flush`: the writes of this batch, one RocksDB write
+        batch per partition; returns them (partition -> key -> value, None for a
+        deletion) for the changelog."""
         from rocksdict import WriteBatch
 
         batches, self._writes = self._writes, {}
         self._iters.clear()
-        if not batches:
-            return
-        producer = self.app.producer._producer  # the aiokafka producer under Faust's
-        topic = self.changelog_topic
-        data = self.table.data
         for partition, writes in batches.items():
             wb = WriteBatch(raw_mode=True)
             for key, value in writes.items():
@@ -147,6 +143,18 @@ class FaustStore:
                 else:
                     wb.put(key, value)
             self._db(partition).write(wb)
+        return batches
+
+    async def flush(self) -> None:
+        """Write this batch to RocksDB and hand its changelog records to the producer
+        (module docstring). Returns once they are queued, not sent."""
+        batches = self.write_local()
+        if not batches:
+            return
+        producer = self.app.producer._producer  # the aiokafka producer under Faust's
+        topic = self.changelog_topic
+        data = self.table.data
+        for partition, writes in batches.items():
             for fut, n in await send_batched(producer, topic, partition, changelog_order(writes)):
                 fut.add_done_callback(_persist(data, TP(topic, partition), n))
                 guard_delivery(self.app, fut, f"changelog records of {topic}[{partition}]")
