@@ -34,8 +34,9 @@ install: $(STAMP)
 
 # The whole system in the foreground (Procfile, through honcho): broker, topics,
 # instance-a, instance-b, clerk, api. State lives in var/; Ctrl-C (or closing the terminal) stops
-# everything.
-run: $(STAMP) broker-fetch
+# everything. With DOCKET_KAFKA_BOOTSTRAP naming your own Kafka, no broker is started (and
+# its jars are not fetched): README, "Use your own Kafka".
+run: $(STAMP)
 	@$(BIN)/docket stack run
 
 # A realistic workload through the REST API of the running stack, then a balance check.
@@ -86,7 +87,7 @@ $(HOME)/.cargo/bin/allium:
 	@command -v cargo >/dev/null || { echo "make: the spec check needs Rust's cargo (https://rustup.rs) to install allium-cli" >&2; exit 2; }
 	cargo install --locked --quiet allium-cli --version $(ALLIUM_VERSION)
 
-# The full resilience run (docket chaos, app/chaos.py): every scenario with 100,000 events
+# The full resilience run (docket chaos, chaos/cli.py): every scenario with 100,000 events
 # on its own broker; the JSON report and a Markdown table go to bench/results/. About 13
 # minutes on 2 cores. Extra options: RESILIENCE_ARGS="--seed 7".
 RESILIENCE_EVENTS ?= 100000

@@ -1,19 +1,22 @@
 """The Clerk as a Faust app: reads every instance's output topic, publishes agreed
-results and reports divergences. Decisions: agents/clerk_core.py. Spec:
-specs/clerk.allium.
+results and reports divergences. Decisions: agents/clerk_core.py. Publishing:
+agents/clerk_publish.py. Spec: specs/clerk.allium.
 
-Exactly one result per input event, across Clerk crashes, without transactions:
-- a copy is acknowledged only once its position is final (decided or diverged), so
-  committed offsets never pass a copy the Clerk still needs;
-- Faust flushes the producer before it commits offsets, so every decision whose
-  copies are committed is already on the results topic;
-- copies after the committed offsets are read again after a crash, and positions
-  that were already decided are recognised from the ``clerk`` state embedded in the
-  newest readable result and divergence records (read back when a partition is first
-  seen; a record someone else wrote there is skipped with a warning, TailReader).
-Results are produced by one producer per Clerk worker (aiokafka keeps one request
-in flight per partition, so records land in order), and partitions move between
-Clerk workers only through a rebalance, which drains the old owner first.
+Exactly one result per input event, across Clerk crashes and rebalances:
+- a copy is acknowledged only once its position is final (decided or diverged) and
+  the transaction that publishes its decisions has committed, so committed offsets
+  never pass a copy the Clerk still needs;
+- copies after the committed offsets are read again after a crash or a rebalance,
+  and positions that were already decided are recognised from the ``clerk`` state
+  embedded in the newest readable result and divergence records (read back when a
+  partition is first seen; a record someone else wrote there is skipped with a
+  warning, TailReader);
+- before it reads that state, a worker claims the partition's transactional id,
+  which fences the previous owner: a worker paused past its session timeout
+  publishes nothing once it wakes (clerk_publish.py says how).
+A rebalance waits for the item in progress but not for copies held until their
+position is final (intake.BatchConsumer.wait_empty): the held copies stay
+unacknowledged, and the next owner reads them again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import click
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agents.clerk_core import (
     TAIL_LOOKBACK_BYTES,
@@ -36,19 +39,20 @@ from agents.clerk_core import (
     ClerkCore,
     Publish,
     TailScan,
-    entity_record,
     newest_state,
     scan_tail,
 )
-from agents.instance import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, faust_settings, run_worker
-from agents.intake import OrderedAcks, guard_delivery, records_of
+from agents.plumbing import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, claim_data_dir, faust_settings, run_worker
+from agents.worker import new_app, serve_metrics
+from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
+from agents.intake import OrderedAcks, records_of, stop_committing
 from agents.intake import install as install_batch_intake
-from app.batching import send_batched
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.records import UnreadableRecord, unreadable_reason
 from app.settings import Settings, load
-from app.stack import wait_for_topics_cli
+from launcher.stack import wait_for_topics_cli
 
 log = logging.getLogger("docket.clerk")
 
@@ -72,8 +76,10 @@ class TailReader:
         # (aiokafka: 500) when there is nothing new, and an offsets request queues
         # behind it: with the default, seeding took about 2 s per partition, one
         # partition after another, after every Clerk start.
-        self.side = SideConsumer(app, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                 isolation_level=ISOLATION_LEVEL, fetch_max_wait_ms=SEED_FETCH_WAIT_MS)
+        self.side = SideConsumer(app, **client_kwargs(settings, "clerk", "consumer",
+                                                      bootstrap_servers=settings.kafka_bootstrap,
+                                                      enable_auto_commit=False, isolation_level=ISOLATION_LEVEL,
+                                                      fetch_max_wait_ms=SEED_FETCH_WAIT_MS))
 
     async def seed(self, core: ClerkCore, partition: int) -> None:
         """Seed ``partition`` in ``core``: the newest readable Clerk state of the two
@@ -171,6 +177,8 @@ class ClerkMetrics:
         self.lag = Gauge("docket_clerk_instance_lag", "offsets an instance is behind the most advanced one",
                          ["instance"], registry=r)
         self.pending = Gauge("docket_clerk_pending_positions", "positions held in memory", registry=r)
+        self.fenced = Counter("docket_clerk_fenced", "items not published because another Clerk worker had "
+                              "claimed their partition", registry=r)
         self.latency = Histogram("docket_clerk_decision_latency_seconds",
                                  "input record timestamp -> result published", registry=r,
                                  buckets=STAGE_BUCKETS)
@@ -201,61 +209,32 @@ def copy_body(copy: dict) -> tuple[bytes, int]:
     return raw, int(raw[start:end])
 
 
-class Publisher:
-    """Produces the Clerk's decisions for one copy-batch event, in batches.
-
-    Results go to ``<prefix>.results`` and the agreed entity states to
-    ``<prefix>.entities``, both on the input's partition, each as one aiokafka record
-    batch per event (:meth:`send`): one result record per decided position (the
-    clients' contract), in decision order. A divergence report first sends what is
-    queued and waits for it (the restart seed takes the newer of the last result and
-    the last divergence, so a divergence must not land before a result queued ahead of
-    it; divergences are rare)."""
-
-    def __init__(self, app, settings: Settings) -> None:
-        self.app = app
-        self.producer = app.producer  # Faust's; its aiokafka producer does the sending
-        self.settings = settings
-        self._results: list[Publish] = []
-
-    def result(self, action: Publish) -> None:
-        self._results.append(action)
-
-    async def divergence(self, action) -> None:
-        await self.send(action.partition)
-        await self.producer.flush()
-        sent = await self.producer.send(self.settings.divergences_topic, None, action.value, action.partition,
-                                        None, None)
-        guard_delivery(self.app, sent, f"a divergence record of {self.settings.divergences_topic}")
-
-    async def send(self, partition: int) -> list[int]:
-        """Queue the results collected so far (and their entity records); returns the
-        stream time of each."""
-        results, self._results = self._results, []
-        if not results:
-            return []
-        aio = self.producer._producer
-        topic = self.settings.results_topic
-        for fut, _ in await send_batched(aio, topic, partition, [(r.key, r.value) for r in results]):
-            guard_delivery(self.app, fut, f"results of {topic}[{partition}]")
-        # the compacted topic keeps one record per entity: of several in one batch only
-        # the last (newest version) is sent
-        latest = {e[0]: e for r in results for e in r.entities}
-        if latest:
-            topic = self.settings.entities_topic
-            for fut, _ in await send_batched(aio, topic, partition, [entity_record(*e) for e in latest.values()]):
-                guard_delivery(self.app, fut, f"agreed entity records of {topic}[{partition}]")
-        return [r.stream_time for r in results]
+def stale(msg, generation: int) -> bool:
+    """True for an item fetched before the latest rebalance (``msg.generation_id``, when
+    it has one, is not the consumer group's current ``generation``): the partition was
+    read again from the committed offsets since, and acknowledging the item could let
+    a commit pass copies held for positions that are not final (Faust commits an
+    acknowledged offset one past the committed one without a gap check).
+    specs/clerk.allium ClerkDropsItemsOfOlderGeneration."""
+    item_generation = getattr(msg, "generation_id", None)
+    return item_generation is not None and item_generation != generation
 
 
 def build(settings: Settings, data_dir: Path, web_port: int | None):
-    app = faust.App(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port),
-                                                 "store": "memory://"})
+    app = new_app(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port, "clerk"),
+                                               "store": "memory://"})
+    app.docket_log_level = settings.log_level.upper()
+    app.docket_log_format = settings.log_format
     sources = app.topic(*[settings.output_topic(i) for i in settings.instances],
                         key_type=bytes, value_type=bytes, internal=False)
     core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)
     metrics = ClerkMetrics()
     tail = TailReader(settings, app)
+    producers = PartitionProducers(settings)
+    # partitions another worker fenced this one out of, until they are revoked: their
+    # copies are skipped (their owner reads them), and never claimed back, which would
+    # fence the owner in turn
+    fenced: set[int] = set()
     # a copy-batch record's event is acknowledged once every position it carries is
     # final: position -> the events waiting on it, event -> how many it waits on
     held: dict[tuple[int, int], list] = defaultdict(list)
@@ -264,7 +243,22 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     # metrics only: (partition, offset) -> when its first copy was read, until it is final
     first_read: dict[tuple[int, int], float] = {}
     instance_of = {settings.output_topic(i): i for i in settings.instances}
-    install_batch_intake(app, instance_of, settings.batch_size)
+    in_progress: list = [None]  # the item the agent is working on
+    # a rebalance waits for the item in progress, not for the copies held (module doc)
+    install_batch_intake(app, instance_of, settings.batch_size,
+                         in_progress=lambda: None if in_progress[0] is None else in_progress[0].message)
+
+    def forget(partition: int) -> None:
+        """Drop everything held for ``partition`` (revoked, or lost to another worker)."""
+        publisher.drop(partition)
+        core.partitions.pop(partition, None)
+        core.lagging = {(q, inst) for q, inst in core.lagging if q != partition}
+        for key in [k for k in held if k[0] == partition]:
+            for waiting in held.pop(key):
+                waits.pop(waiting, None)
+        for key in [k for k in first_read if k[0] == partition]:
+            del first_read[key]
+        acks.forget([TopicPartition(topic, partition) for topic in instance_of])
 
     def release(p: int, offset: int) -> None:
         first_read.pop((p, offset), None)
@@ -274,84 +268,134 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 del waits[waiting]
                 acks.finish(waiting)
 
+    latency = HistogramBatch(metrics.latency)
+
+    def published(p: int, results: list[Publish]) -> None:
+        metrics.decisions.inc(len(results))
+        now = time.time()  # metrics only
+        for action in results:
+            latency.add(now - action.stream_time / 1000)
+        latency.flush()
+
+    def lost(p: int, was_fenced: bool) -> None:
+        # nothing of the failed transaction is visible: whoever owns p now reads its copies
+        forget(p)
+        if was_fenced:
+            fenced.add(p)
+            metrics.fenced.inc()
+            log.warning("fenced on partition %d: another Clerk worker claimed it (this one was paused or cut off "
+                        "past its session timeout); publishing nothing more for it until the group rebalances", p)
+
+    def failed(p: int, exc: BaseException) -> None:
+        stop_committing(app, exc, f"results of {settings.results_topic}[{p}]")
+
+    publisher = Publisher(settings, producers, on_published=published, on_lost=lost, on_error=failed)
+
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
-        publisher = Publisher(app, settings)
-        agreement, latency = HistogramBatch(metrics.agreement), HistogramBatch(metrics.latency)
+        agreement = HistogramBatch(metrics.agreement)
         async for event in stream.noack().events():
-            msg = event.message
-            p = msg.partition
-            acks.read(event)
-            if not core.known(p):
-                await tail.seed(core, p)
-            # Who sent it is the topic it came on, not what it says about itself.
-            instance = instance_of[msg.topic]
-            now = time.time()  # metrics only
-            seen: list[int] = []  # input offsets this event carried copies of
-            for rec in records_of(msg):
-                metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
-                try:
-                    data = orjson.loads(rec.value)
-                    batch = data.get("copies", [])  # an older instance's watermark record has none
-                    watermark = data.get("watermark")
-                    if (not isinstance(batch, list) or (not batch and watermark is None)
-                            or not (watermark is None or (type(watermark) is int and watermark >= 0))):
-                        raise TypeError("not a copy-batch record")
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
+            if publisher.failure is not None:
+                raise publisher.failure
+            in_progress[0] = event
+            try:
+                msg = event.message
+                p = msg.partition
+                if p in fenced or stale(msg, app.consumer_generation_id) or app.rebalancing:
+                    # (during a rebalance the item is read again after it, from the committed
+                    # offsets; a claim now could fence the partition's next owner)
                     continue
-                parsed = []
-                for copy in batch:
+                acks.read(event)
+                if not core.known(p):
                     try:
-                        body, offset = copy_body(copy)
-                        claimed = copy["digest"]
-                    except (KeyError, TypeError, AttributeError, ValueError):
-                        log.warning("ignoring an unreadable copy on %s[%d]@%d", msg.topic, p, rec.offset)
+                        began = time.monotonic()
+                        await producers.claim(p)  # fences the previous owner: before the seed
+                        claimed_s = time.monotonic() - began
+                        await tail.seed(core, p)
+                        log.info("claimed partition %d at %s[%d]@%d in %.0f ms (seed read in %.0f ms)", p, msg.topic,
+                                 p, msg.offset, claimed_s * 1000, (time.monotonic() - began - claimed_s) * 1000)
+                    except PartitionLost:
+                        pass
+                    if not producers.owns(p):  # revoked meanwhile
+                        forget(p)
                         continue
-                    actual = digest(body)
-                    if actual != claimed:
-                        metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
-                    parsed.append((offset, actual, body, None))
-                    if (p, offset) not in first_read:
-                        first_read[(p, offset)] = now
-                seen.extend(o for o, _, _, _ in parsed)
-                for action in core.on_copies(p, instance, parsed):
-                    if isinstance(action, Publish):
-                        publisher.result(action)
-                        agreement.add(now - first_read.get((p, action.offset), now))
-                    else:
-                        await publisher.divergence(action)
-                        metrics.divergences.inc()
-                        log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
-                if watermark is not None:
-                    core.on_watermark(p, instance, watermark)
-            decided = await publisher.send(p)
-            if decided:
-                metrics.decisions.inc(len(decided))
-                published = time.time()
-                for stream_time in decided:
-                    latency.add(published - stream_time / 1000)
-            agreement.flush()
-            latency.flush()
-            metrics.copies.labels(instance).inc(len(seen))
-            # Only now that the decisions are queued in the producer (which Faust flushes
-            # before it commits) may the copies they finish be acknowledged: this event's
-            # and the ones held for the same positions.
-            unfinished = set()
-            for offset in seen:
-                if core.is_final(p, offset):
-                    release(p, offset)
-                else:
-                    unfinished.add(offset)
-            if unfinished:
-                waits[event] = len(unfinished)
-                for offset in unfinished:
-                    held[(p, offset)].append(event)
-            else:
+                # Who sent it is the topic it came on, not what it says about itself.
+                instance = instance_of[msg.topic]
+                now = time.time()  # metrics only
+                seen: list[int] = []  # input offsets this event carried copies of
+                for rec in records_of(msg):
+                    metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
+                    try:
+                        data = orjson.loads(rec.value)
+                        batch = data.get("copies", [])  # an older instance's watermark record has none
+                        watermark = data.get("watermark")
+                        if (not isinstance(batch, list) or (not batch and watermark is None)
+                                or not (watermark is None or (type(watermark) is int and watermark >= 0))):
+                            raise TypeError("not a copy-batch record")
+                    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                        log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
+                        continue
+                    parsed = []
+                    for copy in batch:
+                        try:
+                            body, offset = copy_body(copy)
+                            claimed = copy["digest"]
+                        except (KeyError, TypeError, AttributeError, ValueError):
+                            log.warning("ignoring an unreadable copy on %s[%d]@%d", msg.topic, p, rec.offset)
+                            continue
+                        actual = digest(body)
+                        if actual != claimed:
+                            metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
+                        parsed.append((offset, actual, body, None))
+                        if (p, offset) not in first_read:
+                            first_read[(p, offset)] = now
+                    seen.extend(o for o, _, _, _ in parsed)
+                    for action in core.on_copies(p, instance, parsed):
+                        if isinstance(action, Publish):
+                            publisher.result(p, action)
+                            agreement.add(now - first_read.get((p, action.offset), now))
+                        else:
+                            publisher.divergence(p, action.value)
+                            metrics.divergences.inc()
+                            log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
+                    if watermark is not None:
+                        core.on_watermark(p, instance, watermark)
+                agreement.flush()
+                metrics.copies.labels(instance).inc(len(seen))
+                # This event's copies, and the ones held for the same positions, may be
+                # acknowledged only once the transaction publishing the decisions that
+                # finished them has committed (Publisher.then); copies of positions not
+                # final yet are held until a later item finishes them.
+                finals = [offset for offset in seen if core.is_final(p, offset)]
+                unfinished = set(seen).difference(finals)
+                if unfinished:
+                    waits[event] = len(unfinished)
+                    for offset in unfinished:
+                        held[(p, offset)].append(event)
+                publisher.then(p, _finisher(p, finals, None if unfinished else event))
+            finally:
+                in_progress[0] = None  # finished, held or skipped
+
+    def _finisher(p: int, finals: list[int], event):
+        def finish() -> None:
+            for offset in finals:
+                release(p, offset)
+            if event is not None:
                 acks.finish(event)
+        return finish
+
+    last_tick = [time.monotonic()]
 
     @app.timer(1.0)
     async def refresh_gauges() -> None:
+        # A worker frozen past its session timeout (SIGSTOP, a GC pause, a stalled VM)
+        # has lost its partitions without being told yet: say so, once it runs again.
+        tick = time.monotonic()
+        gap, last_tick[0] = tick - last_tick[0], tick
+        if gap > settings.session_timeout_ms / 1000:
+            log.warning("this Clerk worker did not run for %.1f s, longer than its session timeout (%d ms): its "
+                        "partitions may have moved to another Clerk worker, which fenced it; it publishes nothing "
+                        "for them and rejoins the group", gap, settings.session_timeout_ms)
         metrics.pending.set(sum(core.pending(p) for p in list(core.partitions)))
         for inst in settings.instances:
             behind = [max(st.watermarks.values()) - st.watermarks.get(inst, 0)
@@ -363,22 +407,28 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     @app.on_partitions_revoked.connect
     async def _revoked(sender, revoked, **kwargs) -> None:
         # A partition may come back after another worker has published for it:
-        # forget it, so it is seeded from the results topic again.
-        for tp in revoked:
-            core.partitions.pop(tp.partition, None)
-            core.lagging = {(p, inst) for p, inst in core.lagging if p != tp.partition}
-            for key in [k for k in held if k[0] == tp.partition]:
-                for waiting in held.pop(key):
-                    waits.pop(waiting, None)
-            for key in [k for k in first_read if k[0] == tp.partition]:
-                del first_read[key]
+        # forget it, so it is claimed and seeded from the results topic again.
+        partitions = {tp.partition for tp in revoked}
+        # what is queued for them is published first (the agent takes no item while the
+        # group rebalances), so their copies need not be read again by the next owner
+        await publisher.settle(partitions)
+        log.info("partitions %s revoked: %d items unacknowledged", sorted(partitions), acks.waiting())
+        for p in partitions:
+            forget(p)
+        fenced.difference_update(partitions)
+        await producers.release(partitions)
         acks.forget(revoked)
 
-    @app.page("/metrics")
-    async def metrics_page(web, request):
-        return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+    @app.on_before_shutdown.connect
+    async def _stop_producers(sender, **kwargs) -> None:
+        await publisher.settle()
+        await producers.close()
 
-    app.docket = {"core": core, "metrics": metrics, "first_read": first_read, "acks": acks}
+    serve_metrics(app, metrics.registry, settings.faust_metrics)
+
+    app.docket = {"core": core, "metrics": metrics, "first_read": first_read, "acks": acks, "producers": producers,
+                  "publisher": publisher,
+                  "fenced": fenced, "revoked": _revoked}
     return app
 
 
@@ -391,12 +441,27 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
 def clerk(data_dir: Path | None, web_port: int | None, wait_s: float) -> None:
     """Run a Clerk worker: publish results the instances agree on."""
     settings = load()
+    data_dir = data_dir or default_data_dir(settings)
+    preflight(settings, data_dir, wait_s)
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
+    app = build(settings, data_dir, web_port)
+    run_worker(app, settings)
+
+
+def default_data_dir(settings: Settings) -> Path:
+    """Faust's directory of a Clerk worker unless told: ``$DOCKET_DATA_ROOT/<prefix>-clerk``."""
+    return settings.data_root / settings.app_id("clerk")
+
+
+def preflight(settings: Settings, data_dir: Path, wait_s: float = 0.0) -> None:
+    """What a Clerk worker checks and prepares before it starts, however it is started
+    (``docket clerk``, or ``faust -A docket_apps.clerk worker`` through
+    :class:`agents.worker.DocketWorker`): Kafka answers and every configured output
+    topic, the results, divergences and entities topics exist (waiting up to
+    ``wait_s`` seconds for them first), else click.ClickException saying what to do;
+    ``data_dir`` exists."""
     topics = ([settings.output_topic(i) for i in settings.instances]
               + [settings.results_topic, settings.divergences_topic, settings.entities_topic])
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
-    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
-    data_dir = data_dir or settings.data_root / settings.app_id("clerk")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app = build(settings, data_dir, web_port)
-    run_worker(app, settings)
+    claim_data_dir(data_dir)

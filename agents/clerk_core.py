@@ -392,6 +392,8 @@ class ClerkCore:
                        body["stream_time"], entities)
 
     def _report(self, st, partition, pos: Position, cause: str, extra=None) -> Report:
+        if cause == "mismatch" and len(copy_versions(pos)) > 1:
+            cause = "version_mismatch"
         st.seq += 1
         self._advance(st)
         self.counts["divergences"] += 1
@@ -599,6 +601,23 @@ def divergence_record(partition: int, pos: Position, cause: str, clerk: dict,
         "decided": pos.decided,
         "clerk": clerk,
     })
+
+
+def copy_versions(pos: Position) -> set[str]:
+    """The ``domain_version`` values the held copies of ``pos`` name (a copy that is
+    not a JSON object naming one counts as none): more than one means the instances
+    judged the input with different domain logic (specs/versioning.allium,
+    ClerkNamesVersionMismatch)."""
+    found = set()
+    for digest in set(pos.copies.values()):
+        try:
+            body = orjson.loads(pos.bodies[digest])
+        except (orjson.JSONDecodeError, KeyError):
+            continue
+        version = body.get("domain_version") if isinstance(body, dict) else None
+        if isinstance(version, str):
+            found.add(version)
+    return found
 
 
 def naming_copy(pos: Position) -> str:

@@ -1,9 +1,14 @@
 """Fault injection for tests and demos: ``docket instance --inject-faults KIND:RATE``.
 
-``bitflip``  flips one bit of a quantity in that fraction of the instance's outputs
+``bitflip``  flips one bit of a number in that fraction of the instance's outputs
              (the output only: its state stays right, like a corrupted NIC or bus).
 ``state``    adds one to a stored entity after that fraction of applied events, so
              the corruption persists and shows in later outputs (like a bad DIMM).
+
+The number corrupted is an entity state's *integer field*: the first, in key order, whose
+value is an int (not a bool): inventory's ``quantity``, accounts' ``balance``; any domain
+whose states hold an integer gets faults without knowing about them. A state without
+one is left alone (the draw is taken all the same).
 
 Off by default; when on, the worker says so loudly at start and logs every fault it
 injects, so a test can count them. Faults use their own seeded random stream and
@@ -45,6 +50,12 @@ class FaultSpec:
         return FaultSpec(kind, value)
 
 
+def int_field(state: dict) -> str | None:
+    """The field of ``state`` that faults corrupt: the first key, in sorted order, whose
+    value is an int (bool excluded); None when there is none."""
+    return next((k for k in sorted(state) if type(state[k]) is int), None)
+
+
 class FaultInjector:
     def __init__(self, spec: FaultSpec, instance: str, seed: int = 0) -> None:
         self.spec = spec
@@ -55,7 +66,7 @@ class FaultInjector:
                     instance, spec.kind, spec.rate)
 
     def corrupt_body(self, body: bytes) -> bytes:
-        """Maybe flip a bit of a quantity in an output body (bitflip)."""
+        """Maybe flip a bit (0..15) of an entity's integer field in an output body (bitflip)."""
         if self.spec.kind != "bitflip" or self.rng.random() >= self.spec.rate:
             return body
         out = orjson.loads(body)
@@ -63,12 +74,16 @@ class FaultInjector:
         if not entities:
             return body  # nothing numeric to corrupt in a rejection
         ent = entities[self.rng.randrange(len(entities))]
-        ent["state"]["quantity"] ^= 1 << self.rng.randrange(16)
+        bit = 1 << self.rng.randrange(16)
+        field = int_field(ent["state"])
+        if field is None:
+            return body
+        ent["state"][field] ^= bit
         self._note("bitflip", out["input"], ent["key"])
         return canonical_trusted(out)
 
     def corrupt_state(self, registrar: Registrar, partition: int, offset: int, body: bytes) -> None:
-        """Maybe perturb an entity this event just wrote (state)."""
+        """Maybe add one to the integer field of an entity this event just wrote (state)."""
         if self.spec.kind != "state" or self.rng.random() >= self.spec.rate:
             return
         out = orjson.loads(body)
@@ -77,9 +92,10 @@ class FaultInjector:
             return
         ent = entities[self.rng.randrange(len(entities))]
         rec = registrar.get(partition, ent["key"])
-        if rec is None:
+        field = None if rec is None else int_field(rec.state)
+        if field is None:
             return
-        registrar.put(partition, ent["key"], EntityRecord({**rec.state, "quantity": rec.state["quantity"] + 1},
+        registrar.put(partition, ent["key"], EntityRecord({**rec.state, field: rec.state[field] + 1},
                                                           rec.version, rec.stamp))
         self._note("state", out["input"], ent["key"])
 

@@ -48,6 +48,10 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "_commit_offsets"),
     (_driver.Consumer, "_gap"),
     (_driver.Consumer, "_new_offset"),
+    (_driver.Consumer, "wait_empty"),
+    (_driver.Consumer, "_clean_unacked_messages"),
+    (_driver.Consumer, "_wait_for_ack"),
+    (_driver.Consumer, "commit_and_end_transactions"),
     (_driver.Transport, "Consumer"),
     (ConsumerMessage, "on_final_ack"),
 )
@@ -118,6 +122,42 @@ class BatchConsumer(_driver.Consumer):
             return False
         return await super()._commit_offsets(offsets, start_new_transaction)
 
+    # for an app that holds messages unacknowledged on purpose (the Clerk: copies of
+    # positions not yet final): returns the message its agent is working on, or None
+    in_progress = None
+
+    # for an app that holds some messages unacknowledged for good (an instance: the
+    # batches of a partition blocked at an activation it cannot follow): returns them
+    held = None
+
+    async def wait_empty(self) -> None:
+        """Faust's rebalance drain (Consumer.wait_empty), which waits until every message
+        handed to a stream is acknowledged, except that messages the app holds on
+        purpose are not waited for: the Clerk holds a copy until its position is final,
+        which may need copies that only come after the rebalance. Only the message in
+        progress is waited for, so nothing of the old assignment is processed after
+        the drain; every other unacknowledged one stays so (the next owner reads it
+        again). An instance waits for every message but those it holds (``held``)."""
+        if self.in_progress is None and self.held is not None:
+            while not self.should_stop:
+                self._unacked_messages.difference_update(self.held())
+                self._clean_unacked_messages()
+                if not self._unacked_messages:
+                    break
+                await self._wait_for_ack(timeout=1)
+            await self.commit_and_end_transactions()
+            return
+        if self.in_progress is None:
+            return await super().wait_empty()
+        while not self.should_stop:
+            current = self.in_progress()
+            self._unacked_messages.intersection_update({current} if current is not None else set())
+            self._clean_unacked_messages()
+            if not self._unacked_messages:
+                break
+            await self._wait_for_ack(timeout=1)
+        await self.commit_and_end_transactions()
+
     def cover(self, message: BatchMessage) -> None:
         """Mark the offsets a batch covers below its last record (from ``ack_from``,
         not below the committed offset) as a gap in Faust's commit bookkeeping, before
@@ -163,6 +203,7 @@ class BatchConsumer(_driver.Consumer):
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
+                # records come after the wait, so after any rebalance's seek
                 generation = self.app.consumer_generation_id
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -182,9 +223,16 @@ class BatchConsumer(_driver.Consumer):
                         # up to a batch's last record is that batch's to acknowledge.
                         ack_from = recs[0].offset if r_offset is None else r_offset
                         for piece in chunks(recs, batch_size):
+                            if not self.flow_active or self.app.consumer_generation_id != generation:
+                                break
                             message = BatchMessage(tp, piece, ack_from, generation)
                             self.cover(message)
                             await self.wait_first(callback(message), suspend())
+                            if self.app.consumer_generation_id != generation:
+                                # a rebalance came while it was handed over: the seek to
+                                # the committed offsets set the read offset; keep it (an
+                                # item of the old generation is never acknowledged)
+                                break
                             ack_from = read_offset[tp] = message.offset + 1
                         continue
                     acks_enabled = acks_enabled_for(tp.topic)
@@ -222,17 +270,23 @@ def guard_delivery(app, future: asyncio.Future, what: str) -> None:
 
     def delivered(fut: asyncio.Future) -> None:
         exc = asyncio.CancelledError("cancelled") if fut.cancelled() else fut.exception()
-        if exc is None:
-            return
-        consumer = app.consumer
-        if consumer.undelivered is not None:
-            return
-        consumer.undelivered = exc
-        log.error("%s could not be delivered to Kafka (%r): this worker commits nothing more and stops; "
-                  "start it again once Kafka is reachable and it replays from its last commit", what, exc)
-        asyncio.ensure_future(app.crash(exc))
+        if exc is not None:
+            stop_committing(app, exc, what)
 
     future.add_done_callback(delivered)
+
+
+def stop_committing(app, exc: BaseException, what: str) -> None:
+    """``what`` (records named in the ERROR line) could not be delivered: ``app``'s
+    consumer commits nothing more and the worker crashes, so a restart replays from
+    the last commit (see :func:`guard_delivery`). Only the first failure is logged."""
+    consumer = app.consumer
+    if consumer.undelivered is not None:
+        return
+    consumer.undelivered = exc
+    log.error("%s could not be delivered to Kafka (%r): this worker commits nothing more and stops; "
+              "start it again once Kafka is reachable and it replays from its last commit", what, exc)
+    asyncio.ensure_future(app.crash(exc))
 
 
 class OrderedAcks:
@@ -284,9 +338,15 @@ class OrderedAcks:
                 del self._entries[item]
 
 
-def install(app, topics: Iterable[str], batch_size: int) -> None:
+def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=None) -> None:
     """Make ``app``'s consumer deliver ``topics`` in batches of at most ``batch_size``
-    records. Call before the app's consumer is created (before the worker starts)."""
+    records. Call before the app's consumer is created (before the worker starts).
+    ``in_progress``: for an app that holds messages unacknowledged on purpose, a
+    callable returning the message its agent is working on, or None (see
+    :meth:`BatchConsumer.wait_empty`); ``held``: for one that holds some messages
+    unacknowledged for good, a callable returning them (not waited for either)."""
     consumer_class = type("DocketBatchConsumer", (BatchConsumer,),
-                          {"batch_topics": frozenset(topics), "batch_size": batch_size})
+                          {"batch_topics": frozenset(topics), "batch_size": batch_size,
+                           "in_progress": staticmethod(in_progress) if in_progress is not None else None,
+                           "held": staticmethod(held) if held is not None else None})
     app.transport.Consumer = consumer_class

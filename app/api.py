@@ -4,7 +4,7 @@ and one results consumer per process, whatever the number of requests in flight)
     POST /v1/events                      submit; 200 applied, 409 rejected, 202 pending, ...
     GET  /v1/events/{idempotency_key}    pending / decided / diverged (404: unknown)
     GET  /v1/entities/{type}/{id}        agreed state of entity "{type}:{id}"
-                                         (inventory: /v1/entities/stock/{warehouse}:{sku})
+                                         (the domain kit's entity_pattern, e.g. stock:{warehouse}:{sku})
     GET  /healthz /readyz /metrics /openapi.json      (no credentials needed)
 
 Every /v1 request needs ``Authorization: Bearer <token>`` with a token from
@@ -13,7 +13,9 @@ DOCKET_API_TOKENS. Errors are JSON ``{"error": code, "message": ..., "errors": [
 
 The server starts even when Kafka is unreachable: it connects in the background and
 retries, /readyz says why it is not ready, and a submission is refused with 503 ("not
-accepted") until the connection is up.
+accepted") until the connection is up. A Kafka that answers but refuses the login or
+the TLS handshake (app/kafka_config.py KafkaAuthError) is not retried: `docket api`
+stops and exits 2 with the message naming the setting, as the workers do.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from aiohttp import web, web_protocol
 from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app import openapi
+from app import logs, openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import (DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
-from app.settings import Settings, api_tokens_absence, load, named_tokens
+from app.settings import ConfigError, Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
 
@@ -50,13 +52,30 @@ _ENTITY_ID = re.compile(openapi.ENTITY_ID_PATTERN)
 _KEY_RULE = f"1-{openapi.MAX_IDEMPOTENCY_KEY} characters of A-Z a-z 0-9 . _ ~ : @ + = -"
 _REQUEST_FIELDS = ("event_name", "payload")
 # Seconds; the instances' and the Clerk's stage histograms use the same bounds
-# (agents/instance.py STAGE_BUCKETS), so the stages of one event line up.
+# (agents/plumbing.py STAGE_BUCKETS), so the stages of one event line up.
 LATENCY_BUCKETS = (.0005, .001, .0015, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .15, .2, .3,
                    .5, .75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60)
 
 CLIENT = web.AppKey("client", DocketClient)
 METRICS = web.AppKey("metrics", object)
 CONFIG = web.AppKey("config", dict)
+
+
+class StartRefused:
+    """Set once the client's start failed in a way that retrying cannot fix (a
+    ConfigError: Kafka refused the login or the TLS handshake, KafkaAuthError, or a
+    setting it could not use); :func:`serve` then stops and raises ``error``."""
+
+    def __init__(self) -> None:
+        self.error: ConfigError | None = None
+        self.event = asyncio.Event()
+
+    def set(self, error: ConfigError) -> None:
+        self.error = error
+        self.event.set()
+
+
+REFUSED = web.AppKey("refused", StartRefused)
 # the authenticated client's name, on each /v1 request: the scope of its idempotency keys
 CLIENT_NAME = web.RequestKey("client_name", str)
 
@@ -415,6 +434,16 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {"kafka_connected": client.connected, "results_caught_up": client.caught_up}
     ready = all(checks.values())
     body: dict[str, Any] = {"ready": ready, "checks": checks}
+    blocked = client.blocked_partitions
+    if blocked:
+        # shown, not a reason to take the API out of service: submissions are still
+        # accepted, and decided once enough instances judge the partition again
+        body["blocked_partitions"] = blocked
+        body["blocked_message"] = (
+            "instance(s) stopped at an activation of a domain version their code does not know: "
+            + "; ".join(f"{b['instance']} on partition {b['partition']} at offset {b['offset']} ({b['version']})"
+                        for b in blocked)
+            + ". Upgrade those instances to code that registers the version and restart them.")
     if not ready:
         if not client.started:
             body["message"] = (f"connecting to Kafka at {client.settings.kafka_bootstrap}"
@@ -594,6 +623,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     app = web.Application(middlewares=[observe], client_max_size=MAX_BODY_BYTES)
     app[CLIENT] = client
     app[METRICS] = metrics
+    app[REFUSED] = StartRefused()
     app[CONFIG] = {"timeout_s": timeout_ms / 1000,
                    "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
                                                ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
@@ -609,6 +639,14 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     return app
 
 
+def _retry_start(exc: BaseException) -> bool:
+    """Whether the client's start is tried again after ``exc``: not after a
+    ConfigError (KafkaAuthError: Kafka answered and refused the credentials or the TLS
+    handshake; or a setting it cannot use), which no retry can fix; after anything
+    else (Kafka unreachable, topics missing, a fault of docket's)."""
+    return not isinstance(exc, ConfigError)
+
+
 def _kafka_trouble(exc: BaseException) -> bool:
     """True for what an unreachable or unready Kafka, or missing topics, raise while the
     client starts; anything else is a fault of docket's and is logged as one."""
@@ -619,7 +657,8 @@ def _kafka_trouble(exc: BaseException) -> bool:
 
 async def _kafka_connection(app: web.Application):
     """Connect the client in the background, retrying until Kafka answers; stop it at
-    shutdown."""
+    shutdown. A start that retrying cannot fix (:func:`_retry_start`) ends the
+    attempts and sets ``app[REFUSED]``, which stops :func:`serve`."""
     client: DocketClient = app[CLIENT]
 
     async def connect() -> None:
@@ -631,6 +670,10 @@ async def _kafka_connection(app: web.Application):
                 raise
             except Exception as exc:  # noqa: BLE001  unreachable, topics missing: report, retry
                 client.last_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+                if not _retry_start(exc):
+                    log.error("not connecting to Kafka, stopping (a retry cannot fix this): %s", exc)
+                    app[REFUSED].set(exc)
+                    return
                 if client.last_error != said:
                     if _kafka_trouble(exc):
                         log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
@@ -779,7 +822,8 @@ def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunn
 
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,
                 announce=print) -> None:
-    """Run ``app`` on host:port until SIGINT or SIGTERM."""
+    """Run ``app`` on host:port until SIGINT or SIGTERM, or until its client's start is
+    refused for good (``app[REFUSED]``: then, once stopped, raise that ConfigError)."""
     runner = app_runner(app, access_log=access_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -790,10 +834,20 @@ async def serve(app: web.Application, host: str, port: int, *, access_log: bool 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    refused = app.get(REFUSED)
+    waits = [asyncio.ensure_future(stop.wait())]
+    if refused is not None:
+        waits.append(asyncio.ensure_future(refused.event.wait()))
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for w in waits:
+            w.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()
+    if refused is not None and refused.error is not None:
+        raise refused.error
 
 
 @click.command("api")
@@ -810,7 +864,7 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
             "Set it to one or more comma-separated tokens, e.g. "
             "DOCKET_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "
             "or pass --insecure-no-auth for a local test.")
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     if insecure_no_auth:
         log.warning("--insecure-no-auth: /v1 endpoints accept requests WITHOUT credentials")
     app = create_app(settings, auth=not insecure_no_auth)

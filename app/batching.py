@@ -29,6 +29,7 @@ AIOKAFKA_INTERNALS = (
     ("aiokafka.producer.message_accumulator", "MessageAccumulator", "_append_batch"),
     ("aiokafka.producer.message_accumulator", "MessageBatch", "wait_drain"),
     ("aiokafka.producer.message_accumulator", "MessageBatch", "future"),
+    ("aiokafka.producer.message_accumulator", "MessageBatch", "_drain_waiter"),
     ("aiokafka.client", "AIOKafkaClient", "_wait_on_metadata"),
 )
 
@@ -65,9 +66,22 @@ async def send_batched(producer, topic: str, partition: int,
         if accumulator._closed:
             raise ProducerClosed()
         batch = accumulator._append_batch(builder, tp)
+        # A failed producer (fenced, stopped) fails the batch's drain waiter too, which
+        # only wait_drain reads: retrieve it, or asyncio logs "Future exception was never
+        # retrieved" when the producer is collected (the caller hears of the failure
+        # through the batch's future and the transaction's outcome)
+        batch._drain_waiter.add_done_callback(retrieved)
         sent.append((asyncio.shield(batch.future), n))
         i += n
     return sent
+
+
+def retrieved(future: asyncio.Future) -> None:
+    """A done-callback that marks ``future``'s exception as retrieved (so asyncio
+    does not log it when the future is collected); for futures whose failure the
+    caller learns of otherwise."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Produced(tuple):

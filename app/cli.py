@@ -12,15 +12,16 @@ from app.settings import SETTINGS, ConfigError
 
 # name -> "module:attribute" of a click command or group
 _COMMANDS = {
-    "broker": "app.broker:broker",
+    "broker": "launcher.broker:broker",
     "topics": "app.topics:topics",
     "instance": "agents.instance:instance",
     "clerk": "agents.clerk:clerk",
     "api": "app.api:api",
     "demo": "app.demo:demo",
-    "stack": "app.stack:stack",
-    "chaos": "app.chaos:chaos",
+    "stack": "launcher.stack:stack",
+    "chaos": "chaos.cli:chaos",
     "divergences": "app.divergences:divergences",
+    "domain": "app.domain_cli:domain",
 }
 
 
@@ -35,9 +36,20 @@ class _LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+# subcommands that log nothing and must work whatever the settings hold
+_UNLOGGED = {"config"}
+
+
 @click.group(cls=_LazyGroup)
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """docket: redundant event processing on Kafka and Faust."""
+    if ctx.invoked_subcommand not in _UNLOGGED:
+        # every command logs alike (DOCKET_LOG_LEVEL, DOCKET_LOG_FORMAT); the workers
+        # and the API apply the same configuration again once they have loaded theirs
+        from app import logs
+
+        logs.configure_from_settings()
 
 
 @cli.command("config")

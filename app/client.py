@@ -57,6 +57,7 @@ import orjson
 from app.batching import Outbox
 from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.records import (
     MAX_IDEMPOTENCY_KEY,
     MAX_VALUE_BYTES,
@@ -253,7 +254,7 @@ class DocketClient:
         from app.domains import registry
 
         self.settings = settings or load()
-        self.domain = domain or registry.get(self.settings.domain)
+        self.domain = domain or registry.newest(self.settings.domain)
         self.ttl_ms = self.settings.idempotency_ttl_ms
         self.produce_timeout_ms = produce_timeout_ms
         self.start_timeout_s = start_timeout_s
@@ -279,6 +280,8 @@ class DocketClient:
         self._index: dict[ScopedKey, _Entry] = {}
         self._index_order: collections.deque = collections.deque()  # (recorded_at, key)
         self._entities: dict[str, dict] = {}
+        # "<instance>:<partition>" -> the latest status record of the status topic
+        self._statuses: dict[str, dict] = {}
         self.entities_loaded = 0  # records read from the entities topic at start
         self.results_read = 0
         self.divergences_read = 0
@@ -341,11 +344,11 @@ class DocketClient:
 
         s = self.settings
         try:
-            admin = await connect_admin(s.kafka_bootstrap, min(self.start_timeout_s, 10.0))
+            admin = await connect_admin(s.kafka_bootstrap, min(self.start_timeout_s, 10.0), s, "api")
         except KafkaUnreachable as exc:
             raise KafkaUnavailable(f"{exc}: is the broker running (`docket broker start`)?") from None
         try:
-            topics = [s.input_topic, s.results_topic, s.divergences_topic, s.entities_topic]
+            topics = [s.input_topic, s.results_topic, s.divergences_topic, s.entities_topic, s.status_topic]
             counts = await partition_counts(admin, topics)
             input_time = (await timestamp_types(admin, [s.input_topic])).get(s.input_topic)
         finally:
@@ -362,14 +365,14 @@ class DocketClient:
                                 f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
                                 "where the instances do not expect them")
 
-        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
+        producer = AIOKafkaProducer(**client_kwargs(s, "api", "producer", bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
                                     request_timeout_ms=self.produce_timeout_ms, linger_ms=0,
-                                    max_batch_size=512 * 1024)
+                                    max_batch_size=512 * 1024))
         # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would
         # delay results behind an idle partition's long poll
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**client_kwargs(s, "api", "consumer", bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
                                     isolation_level=ISOLATION_LEVEL, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=s.fetch_max_wait_ms)
+                                    fetch_max_wait_ms=s.fetch_max_wait_ms))
         try:
             with quiet():
                 await producer.start()
@@ -383,13 +386,15 @@ class DocketClient:
                                                  for p in range(counts[s.entities_topic])])
             tps = [TopicPartition(s.results_topic, p) for p in range(counts[s.results_topic])]
             tps += [TopicPartition(s.divergences_topic, p) for p in range(counts[s.divergences_topic])]
-            consumer.assign(tps)
+            statuses = [TopicPartition(s.status_topic, p) for p in range(counts[s.status_topic])]
+            consumer.assign(tps + statuses)
             since = t0 - max(self.ttl_ms, MIN_LOOKBACK_MS)
             found = await consumer.offsets_for_times({tp: since for tp in tps})
-            ends = await consumer.end_offsets(tps)
+            ends = await consumer.end_offsets(tps + statuses)
             for tp in tps:
                 at = found.get(tp)
                 consumer.seek(tp, at.offset if at is not None else ends[tp])
+            await consumer.seek_to_beginning(*statuses)  # compacted: the latest per key is all there is
             self._catch_up_to = ends
         except BaseException:
             await consumer.stop()
@@ -656,6 +661,13 @@ class DocketClient:
         Clerk writes there) is skipped on its own, with a warning naming the topic,
         partition and offset, and the rest of the batch is still handled; so is a record
         whose handling fails in any other way."""
+        if topic == self.settings.status_topic:
+            for m in records:
+                try:
+                    self.on_status(m.key, m.value)
+                except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
+                    self._skipped(topic, partition, m.offset, exc)
+            return
         handle = self.on_result if topic == self.settings.results_topic else self.on_divergence
         for m in records:
             try:
@@ -667,6 +679,33 @@ class DocketClient:
         self.records_skipped += 1
         log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition, offset,
                     unreadable_reason(exc))
+
+    def on_status(self, key: bytes | None, raw: bytes | None) -> None:
+        """One record of the status topic (an instance's state for one input
+        partition, app/versions.py status_record): the latest per key is kept; a
+        tombstone drops the key. Raises UnreadableRecord, before any effect, for a
+        record that is not a status record as an instance writes it."""
+        if key is None:
+            raise UnreadableRecord("a status record needs a key")
+        name = key.decode("utf-8", errors="replace")
+        if raw is None:
+            self._statuses.pop(name, None)
+            return
+        rec = json_object(raw)
+        if (rec.get("state") not in ("blocked", "judging") or not isinstance(rec.get("instance"), str)
+                or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
+                or not isinstance(rec.get("version"), str)):
+            raise UnreadableRecord("not {instance, partition, state: blocked or judging, offset, version}")
+        self._statuses[name] = rec
+
+    @property
+    def blocked_partitions(self) -> list[dict]:
+        """The (instance, partition) pairs whose latest status is "blocked": each
+        {instance, partition, offset, version, judges_with}, sorted by partition then
+        instance."""
+        out = [{k: v for k, v in rec.items() if k != "state"} for rec in self._statuses.values()
+               if rec["state"] == "blocked"]
+        return sorted(out, key=lambda r: (r["partition"], r["instance"]))
 
     def on_entity_record(self, key: bytes | None, raw: bytes | None) -> None:
         """One record of the compacted entities topic, read at start (public for tests:
@@ -716,15 +755,15 @@ class DocketClient:
         start within the lookback included); a key owned by ANOTHER position (the
         diverged request repeated or reused an owned key) keeps its owner's state.
         Raises UnreadableRecord, before any effect, for a record that is not a report
-        (its cause is not mismatch or replay_mismatch, its decision neither null nor a
+        (its cause is not mismatch, version_mismatch or replay_mismatch, its decision neither null nor a
         digest) or a finishing report that is not one as the Clerk writes it."""
         self.divergences_read += 1
         rec = json_object(raw)
-        if rec.get("cause") not in ("mismatch", "replay_mismatch"):
-            raise UnreadableRecord("cause is not mismatch or replay_mismatch")
+        if rec.get("cause") not in ("mismatch", "version_mismatch", "replay_mismatch"):
+            raise UnreadableRecord("cause is not mismatch, version_mismatch or replay_mismatch")
         if rec.get("decided") is not None and not isinstance(rec["decided"], str):
             raise UnreadableRecord("decided is neither null nor a digest")
-        if rec["cause"] != "mismatch" or rec.get("decided") is not None:
+        if rec["cause"] not in ("mismatch", "version_mismatch") or rec.get("decided") is not None:
             return
         check_divergence(rec)
         rec.pop("clerk", None)

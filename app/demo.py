@@ -1,25 +1,30 @@
-"""`docket demo`: a realistic inventory workload through the REST API, then a balance check.
+"""`docket demo`: a realistic workload of the configured domain through the REST API, then
+a check of the domain's invariants.
 
-The workload is :func:`app.workload.inventory` (deterministic for a seed): receipts for
-every warehouse x sku first, then transfers and adjustments, some bound to be rejected
-(more than the stock), some repeated with the same Idempotency-Key (answered with the
-original outcome: replays), some reusing a key for another request (422). Each run
-names its skus and keys after a fresh run id, so runs against a stack that keeps its
-state (``make run``) never see each other's stock.
+The workload is :func:`chaos.workload.records` with the domain's kit (app/domains/kit.py;
+deterministic for a seed): the kit's set-up events first (inventory: receipts for every
+warehouse x sku; accounts: every account opened, then funded), then its mix, some events
+bound to be rejected (more than the stock or the balance), some repeated with the same
+Idempotency-Key (answered with the original outcome: replays), some reusing a key for
+another request (422). Each run names its affinity groups (skus, books) and keys after a
+fresh run id, so runs against a stack that keeps its state (``make run``) never see each
+other's entities.
 
-Requests for one sku are sent in workload order, one at a time (the order the
-workload was designed in: a transfer that drains a warehouse, then one that would
-need the drained stock); different skus go in parallel, at most ``--concurrency``
+Requests with one affinity key are sent in workload order, one at a time (the order the
+workload was designed in: a transfer that drains an entity, then one that would need
+the drained amount); different affinity keys go in parallel, at most ``--concurrency``
 requests in flight. A request that fails in transit, or that the API refuses with 503
 ("not accepted"), is sent again with the same key: that is what idempotency keys are
 for. An answer 202 (undecided at the API's timeout) is polled until decided.
 
-The balance check uses only what the API says: it reads every entity of the run from
-``GET /v1/entities/stock/{warehouse}:{sku}`` (once each entity has reached the highest
-version an answer reported) and checks that no stock is negative and that, per sku, the
-total across warehouses equals the sum of the adjustments the API answered as applied
-(each idempotency key counted once). Exit code 0 when it passes and every event was
-decided, 1 otherwise.
+The check uses only what the API says: it reads every entity the run's events name from
+``GET /v1/entities/{type}/{id}`` (once each entity has reached the highest version an
+answer reported) and runs the kit's checks over the requests the API answered as applied
+(each idempotency key counted once), the entities read, and every state an answer
+carried (inventory: no stock negative, per sku the total across warehouses equals the
+applied adjustments; accounts: no balance negative, money conserved per book and
+currency, closed accounts empty). Exit code 0 when every check passes and every event
+was decided, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import secrets
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -40,28 +46,27 @@ import orjson
 
 from app.settings import load
 
-ADJUST = "stock.adjust"
-TRANSFER = "stock.transfer"
-
 
 @dataclass(frozen=True)
 class Request:
-    lane: str  # the sku: requests of one lane are sent in order
+    lane: str  # the affinity key: requests of one lane are sent in order
     key: str  # Idempotency-Key
     event_name: str
     payload: dict
 
 
-def requests_for(seed: int, events: int, warehouses: int, skus: int, run_id: str) -> list[Request]:
-    """The workload as REST requests, skus and keys renamed after ``run_id``."""
-    from app.workload import inventory
+def requests_for(kit, seed: int, events: int, run_id: str, shape: Mapping[str, int] | None = None) -> list[Request]:
+    """The workload of ``kit`` (a DomainKit) as REST requests: affinity groups named
+    ``<run_id>.<name>``, keys ``demo-<run_id>-<workload key>``. ``shape`` sizes the
+    workload [default: the kit's ``demo_shape``]; ValueError for one the kit cannot use."""
+    from chaos.workload import records
 
     out = []
-    for rec in inventory(seed, events, warehouses=warehouses, skus=skus):
+    for rec in records(kit, seed, events, scope=f"{run_id}.", **dict(shape or kit.demo_shape)):
         env = orjson.loads(rec.value)
-        payload = dict(env["payload"])
-        payload["sku"] = f"{run_id}.{payload['sku']}"
-        out.append(Request(payload["sku"], f"demo-{run_id}-{env['idempotency_key']}", env["event_name"], payload))
+        name, payload = env["event_name"], env["payload"]
+        out.append(Request(kit.domain.affinity_key(name, payload), f"demo-{run_id}-{env['idempotency_key']}",
+                           name, payload))
     return out
 
 
@@ -81,7 +86,7 @@ class Tally:
     # idempotency key -> the request first sent with it, when the API answered it applied
     applied_keys: dict[str, Request] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # entity key -> highest version seen
-    negative_in_answers: list[str] = field(default_factory=list)
+    seen: list[tuple[str, dict]] = field(default_factory=list)  # (entity key, state) of every answer
     done: int = 0
 
 
@@ -194,8 +199,8 @@ class Demo:
             key, version = ent.get("key"), ent.get("version", 0)
             if key and version > t.versions.get(key, -1):
                 t.versions[key] = version
-            if (ent.get("state") or {}).get("quantity", 0) < 0:
-                t.negative_in_answers.append(key)
+            if key and isinstance(ent.get("state"), dict):
+                t.seen.append((key, ent["state"]))
         if status == 200:
             if replay:
                 t.replays += 1
@@ -260,28 +265,19 @@ class Demo:
         return found
 
 
-def balance_check(tally: Tally, entities: dict[str, dict | None], skus: list[str]) -> dict[str, Any]:
-    """Per sku: total across warehouses == sum of applied adjustments; nothing negative."""
-    expected: Counter = Counter()
-    for req in tally.applied_keys.values():
-        if req.event_name == ADJUST:
-            expected[req.payload["sku"]] += req.payload["delta"]
-    totals: Counter = Counter()
-    negative = sorted(k for k, e in entities.items() if e and e["state"]["quantity"] < 0)
-    negative += sorted(set(tally.negative_in_answers))
+def balance_check(kit, tally: Tally, entities: dict[str, dict | None]) -> dict[str, Any]:
+    """The kit's checks over what the API said: the requests answered as applied (each
+    key once), the entities read (entity key -> the API's answer, None when not found)
+    and every state an answer carried. ``passed`` when every check passes."""
+    final = {key: ent["state"] for key, ent in entities.items() if ent is not None}
     missing = sorted(k for k, e in entities.items() if e is None)
-    for key, ent in entities.items():
-        if ent is not None:
-            totals[key.split(":")[2]] += ent["state"]["quantity"]
-    wrong = {s: (totals[s], expected[s]) for s in skus if totals[s] != expected[s]}
+    applied = [(req.event_name, req.payload) for req in tally.applied_keys.values()]
+    checks = kit.check(applied, final, tally.seen)
     return {
-        "entities_read": len(entities) - len(missing),
+        "entities_read": len(final),
         "entities_missing": missing,
-        "negative": negative,
-        "skus": len(skus),
-        "skus_conserved": len(skus) - len(wrong),
-        "mismatches": wrong,  # sku -> (total read, sum of applied adjustments)
-        "passed": not wrong and not negative and bool(expected),
+        "checks": {name: c.as_dict() for name, c in checks.items()},
+        "passed": all(c.passed for c in checks.values()),
     }
 
 
@@ -318,15 +314,16 @@ def summary_table(summary: dict):
     t.add_row("latency p50 / p99 / max", f"{fmt(lat['p50'])} / {fmt(lat['p99'])} / {fmt(lat['max'])}")
     b = summary["balance"]
     t.add_row("entities read from the API", f"{b['entities_read']} of {b['entities_read'] + len(b['entities_missing'])}")
-    t.add_row("negative stock levels", str(len(b["negative"])) if not b["negative"] else f"[red]{len(b['negative'])}[/red]")
-    t.add_row("skus conserved (total == applied adjustments)", f"{b['skus_conserved']} of {b['skus']}")
+    for name, c in b["checks"].items():
+        t.add_row(name, c["detail"] if c["passed"] else f"[red]FAILED: {c['detail']}[/red]")
     t.add_row("balance check", "[green]passed[/green]" if b["passed"] else "[red]FAILED[/red]")
     return t
 
 
-async def run_demo(url: str, token: str, *, events: int, seed: int, concurrency: int, warehouses: int,
-                   skus: int, run_id: str, timeout_s: float, show_progress: bool, console) -> dict:
-    requests = requests_for(seed, events, warehouses, skus, run_id)
+async def run_demo(url: str, token: str, kit, *, events: int, seed: int, concurrency: int,
+                   shape: Mapping[str, int] | None, run_id: str, timeout_s: float, show_progress: bool,
+                   console) -> dict:
+    requests = requests_for(kit, seed, events, run_id, shape)
     async with Demo(url, token, concurrency, timeout_s) as demo:
         problem = await demo.preflight()
         if problem:
@@ -355,16 +352,13 @@ async def run_demo(url: str, token: str, *, events: int, seed: int, concurrency:
         else:
             seconds = await demo.run(requests)
         t = demo.tally
-        sku_names = sorted({r.payload["sku"] for r in requests})
-        wh_names = sorted({w for r in requests for w in
-                           ([r.payload["warehouse"]] if r.event_name == ADJUST
-                            else [r.payload["from_warehouse"], r.payload["to_warehouse"]])})
-        keys = [f"stock:{w}:{s}" for s in sku_names for w in wh_names]
+        keys = sorted({k for r in requests for k in kit.domain.entity_keys(r.event_name, r.payload)})
         entities = await demo.read_entities(keys)
-    balance = balance_check(t, entities, sku_names)
+    balance = balance_check(kit, t, entities)
     ms = [x * 1000 for x in t.latencies]
     return {
         "run_id": run_id,
+        "domain": kit.domain.name,
         "url": url,
         "events": len(requests),
         "concurrency": concurrency,
@@ -390,8 +384,18 @@ def _check_run_id(value: str | None) -> str | None:
     return value
 
 
+def _parse_shape(values: tuple[str, ...]) -> dict[str, int]:
+    shape = {}
+    for v in values:
+        name, eq, n = v.partition("=")
+        if not eq or not name.isidentifier() or not n.isdigit():
+            raise click.BadParameter(f"{v!r} is not NAME=N (e.g. skus=50)", param_hint="--shape")
+        shape[name] = int(n)
+    return shape
+
+
 def default_token() -> str | None:
-    from app.stack import TOKEN_FILE
+    from launcher.stack import TOKEN_FILE
 
     settings = load()
     if settings.api_tokens:
@@ -411,20 +415,35 @@ def default_token() -> str | None:
 @click.option("--seed", default=1, show_default=True, help="workload seed (same seed, same workload)")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
               help="most requests in flight")
-@click.option("--warehouses", default=5, show_default=True, type=click.IntRange(2), help="warehouses of the workload")
-@click.option("--skus", default=50, show_default=True, type=click.IntRange(1), help="skus of the workload")
+@click.option("--domain", default=None, metavar="NAME",
+              help="the stack's domain (one with a kit) [default: DOCKET_DOMAIN, else inventory]")
+@click.option("--shape", multiple=True, metavar="NAME=N", callback=lambda _c, _p, v: _parse_shape(v),
+              help="sizes the workload, repeatable (inventory: warehouses=5 skus=50; accounts: books=20 "
+                   "accounts=6) [default: the domain's]")
 @click.option("--run-id", default=None, callback=lambda _c, _p, v: _check_run_id(v),
-              help="names this run's skus and keys (1-16 of A-Z a-z 0-9 _ -) [default: random]")
+              help="names this run's affinity groups and keys (1-16 of A-Z a-z 0-9 _ -) [default: random]")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True,
               help="seconds to wait for one event's outcome")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
-def demo(url: str | None, token: str | None, events: int, seed: int, concurrency: int, warehouses: int,
-         skus: int, run_id: str | None, timeout_s: float, as_json: bool) -> None:
-    """Submit a realistic inventory workload through the REST API and check the balances."""
+def demo(url: str | None, token: str | None, events: int, seed: int, concurrency: int, domain: str | None,
+         shape: dict[str, int], run_id: str | None, timeout_s: float, as_json: bool) -> None:
+    """Submit a realistic workload through the REST API and check the domain's invariants."""
     from rich.console import Console
 
-    from app.stack import api_base_url
+    import app.domains  # noqa: F401  registers the built-in domains
+    from app.registry import NoKit, UnknownDomain, registry
+    from launcher.stack import api_base_url
 
+    domain = domain or load().domain
+    try:
+        kit = registry.kit(domain)
+    except (UnknownDomain, NoKit) as exc:
+        raise click.BadParameter(str(exc), param_hint="--domain") from None
+    shape = {**kit.demo_shape, **shape}
+    try:
+        requests_for(kit, seed, 1, "check", shape)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(f"{domain}: {exc}", param_hint="--shape") from None
     url = url or api_base_url(load())
     token = token or default_token()
     if not token:
@@ -432,19 +451,16 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
     run_id = run_id or secrets.token_hex(3)
     console = Console(stderr=True)
     if not as_json:
-        console.print(f"docket demo: {events} events ({warehouses} warehouses x {skus} skus, seed {seed}) "
-                      f"to {url}, run id {run_id}")
-    summary = asyncio.run(run_demo(url, token, events=events, seed=seed, concurrency=concurrency,
-                                   warehouses=warehouses, skus=skus, run_id=run_id, timeout_s=timeout_s,
+        console.print(f"docket demo: {events} {domain} events "
+                      f"({', '.join(f'{k}={v}' for k, v in shape.items())}, seed {seed}) to {url}, run id {run_id}")
+    summary = asyncio.run(run_demo(url, token, kit, events=events, seed=seed, concurrency=concurrency,
+                                   shape=shape, run_id=run_id, timeout_s=timeout_s,
                                    show_progress=console.is_terminal and not as_json, console=console))
     if as_json:
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(summary_table(summary))
-        b = summary["balance"]
-        if b["mismatches"]:
-            first = list(b["mismatches"].items())[:5]
-            click.echo(f"per-sku totals differ from the applied adjustments (total, expected): {first}", err=True)
-        if b["negative"]:
-            click.echo(f"negative stock: {b['negative'][:5]}", err=True)
+        for name, c in summary["balance"]["checks"].items():
+            if not c["passed"]:
+                click.echo(f"{name} failed: {c['detail']}", err=True)
     sys.exit(0 if summary["passed"] else 1)

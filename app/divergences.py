@@ -30,6 +30,7 @@ from typing import Any
 import click
 
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.settings import Settings, load
 
 DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
@@ -177,16 +178,20 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
     itself) and ``diff`` (:func:`diff_copies`, as dicts). A record that is not a JSON
     object is listed as ``{"unreadable": why}`` with its position. Raises TimeoutError
     when the topic cannot be read to its end offsets within ``timeout_s`` seconds,
-    LookupError when the topic does not exist."""
+    LookupError when the topic does not exist, KafkaAuthError (naming the setting) when
+    Kafka refuses the login or the TLS handshake."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from app.kafka_admin import quiet
-    from app.replay import _partitions
+    from app.kafka_config import check_connection
+    from chaos.replay import _partitions
 
     topic = settings.divergences_topic
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    with quiet():  # a refused login is KafkaAuthError; unreachable is the consumer's to report
+        await check_connection(settings, timeout_s=min(timeout_s, 10.0), component="divergences")
+    consumer = AIOKafkaConsumer(**client_kwargs(settings, "divergences", "consumer", bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level=ISOLATION_LEVEL, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024))
     try:
         with quiet():
             await consumer.start()
@@ -295,7 +300,7 @@ def reports_table(reports: list[dict], title: str):
         cause = str(r.get("cause"))
         if r.get("decided") is not None:
             cause += f"\n(decided {str(r['decided'])[:12]}; the result stands)"
-        elif cause == "mismatch":
+        elif cause in ("mismatch", "version_mismatch"):
             cause += "\n(nothing published)"
         named = "\n".join("(none)" if v is None else str(v) for v in (r.get("idempotency_key"), r.get("event_name")))
         diff = "\n".join(DiffRow(d["path"], d["values"]).text() for d in r["diff"]) or "(no difference found)"

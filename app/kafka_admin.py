@@ -32,12 +32,25 @@ def quiet(logger_name: str = "aiokafka") -> Iterator[None]:
         logger.setLevel(previous)
 
 
-async def connect_admin(bootstrap: str, timeout_s: float = 30.0):
-    """A started AIOKafkaAdminClient, or KafkaUnreachable naming the address."""
+async def connect_admin(bootstrap: str, timeout_s: float = 30.0, settings=None, component: str = "admin"):
+    """A started AIOKafkaAdminClient with docket's connection settings (``settings``:
+    Settings or a KafkaConnection; None: the DOCKET_KAFKA_* environment), or
+    KafkaUnreachable naming the address. Raises KafkaAuthError (app/kafka_config.py),
+    naming the setting to fix, when Kafka answers but refuses the credentials or the
+    TLS handshake: waiting cannot help, so callers that poll must not retry it."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaConnectionError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    from app.kafka_config import check_connection, client_kwargs
+
+    kwargs = client_kwargs(settings, component, "admin", bootstrap_servers=bootstrap)
+    # a default: DOCKET_KAFKA_EXTRA's request_timeout_ms, if any, wins
+    kwargs.setdefault("request_timeout_ms", int(timeout_s * 1000))
+    with quiet():
+        reached = await check_connection(settings, bootstrap, min(timeout_s, 10.0), component)
+    if not reached:
+        raise KafkaUnreachable(f"cannot reach Kafka at {bootstrap}")
+    admin = AIOKafkaAdminClient(**kwargs)
     try:
         with quiet():
             await asyncio.wait_for(admin.start(), timeout_s)

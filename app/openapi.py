@@ -19,10 +19,33 @@ KEY_PATTERN = f"^[{KEY_CHARS}]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 ENTITY_TYPE_PATTERN = "^[A-Za-z0-9._-]{1,64}$"
 ENTITY_ID_PATTERN = "^[A-Za-z0-9._:-]{1,200}$"
 
-# The document's examples (inventory): an adjustment, its key, and the entity it changes.
-EXAMPLE_KEY = "receipt-0001"
-EXAMPLE_EVENT = {"event_name": "stock.adjust", "payload": {"warehouse": "w1", "sku": "sku-1", "delta": 10}}
-EXAMPLE_ENTITY = ("stock", "w1:sku-1")
+# The document's examples: an idempotency key, and from the domain's kit
+# (app/domains/kit.py) an event that applies on a fresh stack and the entity it changes.
+EXAMPLE_KEY = "example-0001"
+
+
+def _kit(domain):
+    """The domain's kit, or None (a domain without one gets a document without examples)."""
+    import app.domains  # noqa: F401  registers the built-in domains
+    from app.registry import registry
+
+    try:
+        return registry.kit(domain.name)
+    except LookupError:
+        return getattr(domain, "kit", None)
+
+
+def example_event(domain) -> dict | None:
+    """The request body of the document's POST /v1/events example, or None."""
+    kit = _kit(domain)
+    if kit is None:
+        return None
+    name, payload = kit.example_event
+    return {"event_name": name, "payload": payload}
+
+
+def _example(value) -> dict:
+    return {} if value is None else {"example": value}
 
 
 def _ref(name: str) -> dict:
@@ -104,7 +127,7 @@ def _schemas(domain) -> dict:
             "instances": {"type": "array", "items": {"type": "string"}},
             "divergence": {
                 "type": "object",
-                "description": "the Clerk's divergence report: `input`, `cause` (mismatch), "
+                "description": "the Clerk's divergence report: `input`, `cause` (mismatch, or version_mismatch when the copies name different domain versions), "
                                "`idempotency_key`, `event_name` and `stream_time` as the copy of "
                                "instance `named_by` says them, `decided` (null: nothing was published), "
                                "and `copies`: per copy its `instance`, `digest`, `body` (the output "
@@ -141,12 +164,29 @@ def _schemas(domain) -> dict:
                       "properties": {"ready": {"type": "boolean"},
                                      "checks": {"type": "object",
                                                 "additionalProperties": {"type": "boolean"}},
-                                     "message": {"type": "string"}}},
+                                     "message": {"type": "string"},
+                                     "blocked_partitions": {
+                                         "type": "array",
+                                         "description": "instances stopped at an activation of a domain "
+                                                        "version their code does not know (docket domain "
+                                                        "activate); present only when there are any",
+                                         "items": {"type": "object",
+                                                   "required": ["instance", "partition", "offset", "version"],
+                                                   "properties": {
+                                                       "instance": {"type": "string"},
+                                                       "partition": {"type": "integer"},
+                                                       "offset": {"type": "integer"},
+                                                       "version": {"type": "string"},
+                                                       "judges_with": {"type": "array",
+                                                                       "items": {"type": "string"}}}}},
+                                     "blocked_message": {"type": "string"}}},
     }
 
 
 def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict:
-    """The OpenAPI document for ``domain``."""
+    """The OpenAPI document for ``domain``; with examples when it has a kit."""
+    kit = _kit(domain)
+    entity = kit.example_entity.split(":", 1) if kit is not None else (None, None)
     secured = [{"bearer": []}] if auth else []
     auth_errors = _AUTH_ERRORS if auth else {}
     key_param = {"name": "Idempotency-Key", "in": "header", "required": True,
@@ -167,7 +207,7 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
             "parameters": [key_param, prefer_param],
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _ref("EventRequest"),
-                                                             "example": EXAMPLE_EVENT}}},
+                                                             **_example(example_event(domain))}}},
             "responses": {
                 "200": _json(_ref("Event"), "applied: the agreed outcome", _REPLAYED),
                 "202": _json(_ref("Event"), f"not decided within {timeout_ms} ms: poll `Location`",
@@ -176,7 +216,9 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                 "400": _error("invalid request: field-level `errors`"),
                 **auth_errors,
                 "409": _json({"allOf": [_ref("Event"), _ref("Error")]},
-                             "rejected by the domain (e.g. insufficient stock): `error` is the reason",
+                             "rejected by the domain's rules"
+                             + (f" (e.g. `{kit.example_rejection}`)" if kit is not None else "")
+                             + ": `error` is the reason",
                              _REPLAYED),
                 "413": _error("body over the size limit"),
                 "415": _error("body is not application/json"),
@@ -202,14 +244,15 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
         }},
         "/v1/entities/{type}/{id}": {"get": {
             "operationId": "getEntity",
-            "summary": "The latest agreed state of entity `{type}:{id}` (inventory: "
-                       "/v1/entities/stock/{warehouse}:{sku}) and its version",
+            "summary": "The latest agreed state of entity `{type}:{id}`"
+                       + (f" ({domain.name}: `{kit.entity_pattern}`)" if kit is not None else "")
+                       + " and its version",
             "security": secured,
             "parameters": [
                 {"name": "type", "in": "path", "required": True,
-                 "schema": {"type": "string", "pattern": ENTITY_TYPE_PATTERN}, "example": EXAMPLE_ENTITY[0]},
+                 "schema": {"type": "string", "pattern": ENTITY_TYPE_PATTERN}, **_example(entity[0])},
                 {"name": "id", "in": "path", "required": True,
-                 "schema": {"type": "string", "pattern": ENTITY_ID_PATTERN}, "example": EXAMPLE_ENTITY[1]},
+                 "schema": {"type": "string", "pattern": ENTITY_ID_PATTERN}, **_example(entity[1])},
             ],
             "responses": {
                 "200": _json(_ref("EntityState"), "the agreed state"),

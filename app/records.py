@@ -71,6 +71,18 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (_murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def misrouted_detail(home: int, partition: int, partitions: int) -> str:
+    """The detail of a ``misrouted`` rejection: where the record is, where its key
+    belongs (``home``, :func:`partition_for`) and how a producer gets it there. A
+    function of the three numbers alone (every instance writes the same bytes; no key
+    is echoed), at most 400 characters (Kafka partition numbers are int32)."""
+    return (f"the record is on partition {partition}, its key belongs on partition {home} of {partitions}: "
+            f"docket routes by Kafka's default partitioner, murmur2(key) mod {partitions}, as the Java client "
+            "and aiokafka do. Produce with it (librdkafka clients such as confluent-kafka and kcat: "
+            "partitioner=murmur2_random; their default, consistent_random, puts keys elsewhere) and leave "
+            "the partition to the partitioner")
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _murmur2(key: bytes) -> int:
     # aiokafka's murmur2 is pure Python (about 4 us for a short key); affinity keys
@@ -167,7 +179,7 @@ def seal_digested(body_bytes: bytes, body_digest: str, instance: str) -> bytes:
 
 # Largest copy-batch record the instance writes (bytes of its copies' bodies): well
 # under what Kafka takes in one record (message.max.bytes, 1 MiB by default) and the
-# producer's batch (512 KiB, agents/instance.py). A batch with more is cut in several.
+# producer's batch (512 KiB, agents/plumbing.py). A batch with more is cut in several.
 MAX_COPY_RECORD_BYTES = 256 * 1024
 
 

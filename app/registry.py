@@ -3,8 +3,11 @@
 A domain is a plain object with these attributes (see ``app/domains/inventory.py``):
 
 ``name``, ``version``
-    identity; ``version`` goes into every output so instances running different
-    domain code disagree loudly instead of silently.
+    identity; ``version`` is ``<name>/<n>`` (n >= 1) and goes into every output, so
+    instances judging with different domain code disagree loudly instead of silently.
+    A domain may register several versions; which one judges an input record is a
+    function of the input stream (activation records, app/versions.py,
+    specs/versioning.allium).
 ``event_names``
     the event names it accepts.
 ``validate(event_name, payload) -> Rejection | None``
@@ -23,6 +26,11 @@ A domain is a plain object with these attributes (see ``app/domains/inventory.py
 
 Only ``validate`` runs on unvalidated input; the framework calls the rest with a
 payload that passed it.
+
+A domain may come with a *kit* (``app/domains/kit.py``): what the tooling (chaos suite,
+demo, OpenAPI examples, the stack's banner) needs to know about it. ``register(domain,
+kit)`` records it; ``kit(name)`` returns it (a domain loaded from ``module:attribute``
+brings its own as a ``kit`` attribute) or raises :class:`NoKit`.
 """
 
 from __future__ import annotations
@@ -80,37 +88,97 @@ class UnknownDomain(LookupError):
     pass
 
 
+class NoKit(LookupError):
+    """The domain is registered but has no kit: the tooling cannot drive it."""
+
+
 class DomainRegistry:
-    """Name -> domain. Built-in domains register themselves on import of
-    ``app.domains``; others are loaded from ``module:attribute``."""
+    """Name -> the registered versions of that domain. Built-in domains register
+    themselves on import of ``app.domains``; others are loaded from
+    ``module:attribute`` (the module may register more versions on import)."""
 
     def __init__(self) -> None:
-        self._domains: dict[str, Domain] = {}
+        self._domains: dict[str, dict[int, Domain]] = {}
+        self._kits: dict[str, Any] = {}
 
-    def register(self, domain: Domain) -> Domain:
+    def register(self, domain: Domain, kit: Any = None) -> Domain:
+        """Add one version of a domain (and the domain's kit, if given: one per domain
+        name, whatever the version). Raises TypeError for an object lacking the
+        contract's attributes or a kit of another domain, ValueError for a version that
+        is not ``<name>/<n>``, a different object under a registered version, or a
+        different kit under the name."""
         missing = [a for a in ("name", "version", "event_names", "validate", "affinity_key",
                                "entity_keys", "initial_state", "evaluate") if not hasattr(domain, a)]
         if missing:
             raise TypeError(f"domain {domain!r} lacks {', '.join(missing)}")
-        if domain.name in self._domains and self._domains[domain.name] is not domain:
-            raise ValueError(f"a different domain named {domain.name!r} is already registered")
-        self._domains[domain.name] = domain
+        number = version_number(domain.name, domain.version)
+        if number is None:
+            raise ValueError(f"domain {domain.name!r} has version {domain.version!r}: "
+                             f"expected {domain.name}/<n>, n >= 1")
+        versions = self._domains.get(domain.name, {})
+        if number in versions and versions[number] is not domain:
+            raise ValueError(f"a different domain named {domain.name!r} is already registered "
+                             f"as {domain.version!r}")
+        if kit is not None:
+            if kit.domain is not domain:
+                raise TypeError(f"the kit given for {domain.name!r} is another domain's")
+            if self._kits.get(domain.name, kit) is not kit:
+                raise ValueError(f"a different kit for {domain.name!r} is already registered")
+            self._kits[domain.name] = kit
+        self._domains.setdefault(domain.name, {})[number] = domain
         return domain
 
+    def kit(self, name: str) -> Any:
+        """The DomainKit of the domain ``name`` (loading ``module:attribute`` as
+        :meth:`get` does). UnknownDomain for an unknown name, NoKit when it has none."""
+        domain = self.get(name)
+        kit = self._kits.get(domain.name) or getattr(domain, "kit", None)
+        if kit is None:
+            raise NoKit(f"domain {domain.name!r} has no kit (app/domains/kit.py): the chaos suite, the demo and "
+                        "the OpenAPI examples need one")
+        return kit
+
     def get(self, name: str) -> Domain:
+        """The base (lowest) registered version of domain ``name``: what judges a
+        partition before any activation. Raises UnknownDomain."""
+        versions = self.versions(name)
+        return versions[min(versions)]
+
+    def newest(self, name: str) -> Domain:
+        """The newest registered version of domain ``name`` (what the REST API
+        validates submissions with). Raises UnknownDomain."""
+        versions = self.versions(name)
+        return versions[max(versions)]
+
+    def versions(self, name: str) -> dict[int, Domain]:
+        """Version number -> domain, every registered version of ``name`` (a
+        ``module:attribute`` name is imported and registered first). Raises
+        UnknownDomain."""
         if name in self._domains:
-            return self._domains[name]
+            return dict(self._domains[name])
         if ":" in name:
             module, attr = name.split(":", 1)
             try:
-                return self.register(getattr(importlib.import_module(module), attr))
+                domain = self.register(getattr(importlib.import_module(module), attr))
             except (ImportError, AttributeError) as exc:
                 raise UnknownDomain(f"cannot load domain {name!r}: {exc}") from exc
+            return dict(self._domains[domain.name])
         known = ", ".join(sorted(self._domains)) or "none"
         raise UnknownDomain(f"no domain named {name!r} (registered: {known}; or give module:attribute)")
 
     def names(self) -> list[str]:
         return sorted(self._domains)
+
+
+def version_number(name: str, version: object) -> int | None:
+    """n of a version string ``<name>/<n>`` (n a decimal integer >= 1, no sign or
+    leading zero), else None."""
+    if not isinstance(version, str) or not version.startswith(name + "/"):
+        return None
+    digits = version[len(name) + 1:]
+    if not digits.isascii() or not digits.isdigit() or digits[0] == "0" or len(digits) > 9:
+        return None
+    return int(digits)
 
 
 registry = DomainRegistry()

@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -31,9 +31,28 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component connects to"),
+    Setting("DOCKET_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "how every Kafka client docket opens connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    Setting("DOCKET_KAFKA_SASL_MECHANISM", "", "SASL mechanism under SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with them, refused without)"),
+    Setting("DOCKET_KAFKA_USERNAME", "", "SASL user name"),
+    Setting("DOCKET_KAFKA_PASSWORD", "", "SASL password (never logged); or DOCKET_KAFKA_PASSWORD_FILE, a file holding it (one trailing newline ignored)"),
+    Setting("DOCKET_KAFKA_PASSWORD_FILE", "", "file holding the SASL password, instead of DOCKET_KAFKA_PASSWORD"),
+    Setting("DOCKET_KAFKA_SSL_CA_FILE", "", "PEM file of the CA(s) that sign the brokers' certificates, under SSL and SASL_SSL (default: the system's CAs); host names are verified"),
+    Setting("DOCKET_KAFKA_SSL_CERT_FILE", "", "PEM client certificate, for brokers that require one (ssl.client.auth=required)"),
+    Setting("DOCKET_KAFKA_SSL_KEY_FILE", "", "PEM private key of the client certificate"),
+    Setting("DOCKET_KAFKA_SSL_KEY_PASSWORD", "", "password of an encrypted client key (or DOCKET_KAFKA_SSL_KEY_PASSWORD_FILE)"),
+    Setting("DOCKET_KAFKA_CLIENT_ID_PREFIX", "docket", "client.id of every Kafka client is `<prefix>-<component>` (e.g. docket-instance-a, docket-clerk, docket-api, docket-admin), for quotas and broker logs"),
+    Setting("DOCKET_KAFKA_REPLICATION_FACTOR", "1", "replication factor of the topics docket creates (`docket topics create`, and the instances' Faust changelog topics); managed clusters usually want 3"),
+    Setting("DOCKET_KAFKA_MIN_INSYNC_REPLICAS", "", "min.insync.replicas of the topics docket creates (empty: the broker's default); at most the replication factor"),
+    Setting("DOCKET_KAFKA_EXTRA", "", "further aiokafka keyword arguments as a JSON object, e.g. `{\"request_timeout_ms\": 60000}`, applied to the clients docket opens itself (each takes those it accepts; where a component sets one itself, its value wins, with a warning); settings docket owns are refused"),
     Setting("DOCKET_TOPIC_PREFIX", "docket", "prefix of every topic and consumer group docket creates"),
     Setting("DOCKET_PARTITIONS", "8", "partition count of the input, output, results and divergences topics"),
-    Setting("DOCKET_DOMAIN", "inventory", "domain the instances evaluate: a registered name or module:attribute"),
+    Setting("DOCKET_DOMAIN", "inventory", "domain the instances evaluate: a registered name (`inventory`, `accounts`) or module:attribute; "
+            "the pipeline and the REST API take any domain; `docket demo`, `docket chaos`, the OpenAPI examples and "
+            "the `make run` banner take the domain's kit (app/domains/kit.py), which both built-in domains have, and "
+            "fault injection corrupts an entity's integer field in any domain"),
+    Setting("DOCKET_DOMAIN_VERSION_LIMIT", "0", "newest version of the domain this worker judges with (0: every version its code registers); "
+            "an activation of a later one blocks its partition here as if the code did not know it: a staged "
+            "rollout, and how the tests run an instance of older code (specs/versioning.allium)"),
     Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics)"),
     Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk reports it"),
@@ -48,11 +67,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_BROKER_DIR", "var/broker", "storage, config and log of the local broker"),
     Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
+    Setting("DOCKET_LOG_FORMAT", "text", "how docket's processes write their log to stderr, Faust's and aiokafka's lines included: `text` (one line per record) or `json` (one JSON object per line: time (ISO-8601 UTC), level, logger, message, pid, and the record's structured extras)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
     Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is RFC 6750's b64token (1 or more of `A-Z a-z 0-9 - . _ ~ + /`, then only `=` padding); an entry without `:` is a bare token, named `token-<hash>`; a name or a token given twice, or any other character, is refused; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
+    Setting("DOCKET_METRICS_HOST", "127.0.0.1", "address the instances' and the Clerk's web server (/metrics) listens on; `0.0.0.0` for every interface, e.g. in a container scraped from outside"),
+    Setting("DOCKET_FAUST_METRICS", "on", "`on`: the instances' and the Clerk's /metrics also show Faust's own sensors (`faust_*`: consumer offsets and end offsets per partition, rebalances, commit and send latency); `off`: docket's metrics only"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
+    Setting("DOCKET_INSTANCE_A_WEB_PORT", "6067", "port of instance a's /metrics page in the `make run` stack (the Procfile's `instance --id a --web-port`)"),
+    Setting("DOCKET_INSTANCE_B_WEB_PORT", "6068", "port of instance b's /metrics page in the `make run` stack (the Procfile's `instance --id b --web-port`)"),
+    Setting("DOCKET_INSTANCE_ID", "", "instance a worker started with `faust -A docket_apps.instance worker` runs, e.g. `a` (`docket instance` takes `--id`)"),
 )
 
 _DEFAULTS = {s.env: s.default for s in SETTINGS}
@@ -219,6 +244,13 @@ def _instances(env: str) -> tuple[str, ...]:
     return ids
 
 
+def _instance_id(env: str) -> str:
+    ident = _raw(env)
+    if ident and (not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum()):
+        raise ConfigError(f"{env}={ident!r}: an instance id may only use letters, digits, '-' and '_'")
+    return ident
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str
@@ -239,12 +271,24 @@ class Settings:
     broker_dir: Path
     broker_cache: Path
     log_level: str
+    log_format: str = "text"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # (client name, token) per DOCKET_API_TOKENS entry
     api_clients: tuple[tuple[str, str], ...] = ()
     api_timeout_ms: int = 5000
     clerk_web_port: int = 6066
+    # the `make run` stack's instances a and b (DOCKET_INSTANCE_A_WEB_PORT, _B_)
+    instance_web_ports: tuple[tuple[str, int], ...] = (("a", 6067), ("b", 6068))
+    metrics_host: str = "127.0.0.1"
+    faust_metrics: bool = True
+    # DOCKET_KAFKA_* connection settings (app/kafka_config.py KafkaConnection); None:
+    # app.kafka_config reads them from the environment when asked
+    kafka: object = field(default=None, compare=False, repr=False)
+    # DOCKET_INSTANCE_ID: "" when unset (only docket_apps.instance needs it)
+    instance_id: str = ""
+    # DOCKET_DOMAIN_VERSION_LIMIT: 0 for none
+    domain_version_limit: int = 0
 
     @property
     def api_tokens(self) -> tuple[str, ...]:
@@ -272,6 +316,13 @@ class Settings:
         """Compacted: the latest agreed state of each entity, kept by the Clerk."""
         return f"{self.topic_prefix}.entities"
 
+    @property
+    def status_topic(self) -> str:
+        """Compacted: each instance's state per input partition p, as far as others
+        must know it (blocked at an activation, or judging with a version;
+        app/versions.py), on partition p, keyed ``<instance>:<p>``."""
+        return f"{self.topic_prefix}.status"
+
     def all_topics(self) -> list[str]:
         return [
             self.input_topic,
@@ -279,6 +330,7 @@ class Settings:
             self.results_topic,
             self.divergences_topic,
             self.entities_topic,
+            self.status_topic,
         ]
 
     def app_id(self, role: str) -> str:
@@ -286,13 +338,33 @@ class Settings:
         return f"{self.topic_prefix}-{role}"
 
 
+def log_settings() -> tuple[str, str]:
+    """(DOCKET_LOG_LEVEL, DOCKET_LOG_FORMAT), lower case, checked: ConfigError naming the
+    variable for a level other than debug, info, warning, error, or a format other than
+    text, json. Read alone (app/logs.py) by commands that need no other setting."""
+    level = _raw("DOCKET_LOG_LEVEL").lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, warning, error")
+    fmt = _raw("DOCKET_LOG_FORMAT").lower()
+    if fmt not in {"text", "json"}:
+        raise ConfigError(f"DOCKET_LOG_FORMAT={fmt!r} must be text or json")
+    return level, fmt
+
+
+def _switch(env: str) -> bool:
+    raw = _raw(env).lower()
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise ConfigError(f"{env}={raw!r} must be on or off")
+
+
 def load() -> Settings:
     prefix = _raw("DOCKET_TOPIC_PREFIX")
     if not all(c.isalnum() or c in "._-" for c in prefix):
         raise ConfigError(f"DOCKET_TOPIC_PREFIX={prefix!r} may only use letters, digits, '.', '_' and '-'")
-    level = _raw("DOCKET_LOG_LEVEL").lower()
-    if level not in {"debug", "info", "warning", "error"}:
-        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, warning, error")
+    level, log_format = log_settings()
     instances = _instances("DOCKET_INSTANCES")
     required = _int("DOCKET_REQUIRED_COPIES", 1)
     if required > len(instances):
@@ -318,10 +390,24 @@ def load() -> Settings:
         broker_dir=Path(_raw("DOCKET_BROKER_DIR")).expanduser().resolve(),
         broker_cache=Path(_raw("DOCKET_BROKER_CACHE")).expanduser().resolve(),
         log_level=level,
+        log_format=log_format,
         api_host=_raw("DOCKET_API_HOST"),
         api_port=_port("DOCKET_API_PORT"),
         api_clients=_tokens("DOCKET_API_TOKENS"),
         api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
         clerk_web_port=_port("DOCKET_CLERK_WEB_PORT"),
+        instance_web_ports=(("a", _port("DOCKET_INSTANCE_A_WEB_PORT")), ("b", _port("DOCKET_INSTANCE_B_WEB_PORT"))),
+        metrics_host=_raw("DOCKET_METRICS_HOST"),
+        faust_metrics=_switch("DOCKET_FAUST_METRICS"),
+        kafka=load_kafka(),
+        instance_id=_instance_id("DOCKET_INSTANCE_ID"),
+        domain_version_limit=_int("DOCKET_DOMAIN_VERSION_LIMIT", 0),
     )
+
+
+def load_kafka():
+    """The validated DOCKET_KAFKA_* connection settings (app/kafka_config.py)."""
+    from app.kafka_config import load_connection
+
+    return load_connection()
 

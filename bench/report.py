@@ -14,7 +14,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from app.broker import kafka_version
+from launcher.broker import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -33,11 +33,11 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.broker import running_pid
 from app.settings import Settings, load
 from bench import kafka_native, profile
 from bench.common import say
 from bench.stack import BenchStack
+from launcher.broker import running_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -61,6 +61,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from app.kafka_config import client_kwargs
 from app.settings import Settings, load
 from bench.common import linear_fit, proc_memory_kib, say
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
@@ -510,8 +511,8 @@ async def soak(settings: Settings, work: Path, args: argparse.Namespace, broker_
         if broker_pid:
             pids["broker"] = broker_pid
         pids["soak (this process)"] = os.getpid()
-        producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all", linger_ms=1,
-                                    max_batch_size=256 * 1024)
+        producer = AIOKafkaProducer(**client_kwargs(stack.settings, "bench", "producer", bootstrap_servers=stack.settings.kafka_bootstrap, acks="all", linger_ms=1,
+                                    max_batch_size=256 * 1024))
         await producer.start()
         state: dict = {"rate": rate, "total": max(1, round(rate * total_s))}
         windows = LatencyWindows(origin_ms=math.inf, window_s=args.sample_s)
@@ -568,7 +569,7 @@ def existing_broker(bootstrap: str):
 
 
 async def run(args: argparse.Namespace) -> int:
-    from app.broker import running_pid
+    from launcher.broker import running_pid
     from bench.common import own_broker
     from bench.report import machine
 

@@ -23,11 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app.broker import free_port, set_parent_death_signal
-from app.chaos_stack import ROOT, Proc, component_env
 from app.settings import Settings
 from app.topics import create_topics
 from bench.common import say
+from chaos.stack import ROOT, Proc, component_env
+from launcher.broker import free_port, set_parent_death_signal
 
 
 def _get(url: str, timeout: float = 2.0) -> int | None:

@@ -7,7 +7,7 @@ they are below ``data_dir``). Each is opened read-only in raw mode, so a dump ne
 changes what it inspects; the worker must not be running (RocksDB allows a
 read-only open beside a writer, but the view would be a moving target).
 
-Used to compare instances with each other and with the oracle (app/replay.py):
+Used to compare instances with each other and with the oracle (chaos/replay.py):
 
     dump_entities(data_dir_a) == dump_entities(data_dir_b) == {
         key: {"state": s, "version": v} for key, (s, v) in oracle.states.items()}
@@ -77,12 +77,18 @@ def dump_ledger(data_dir: Path | str, table: str = "ledger") -> dict[int, dict[s
 
 def dump_entities(data_dir: Path | str, table: str = "ledger") -> dict[str, dict]:
     """{entity key: {"state": ..., "version": ...}} over all partitions of a stopped
-    worker. An entity found in two partitions is an error (the affinity key puts
-    each entity in exactly one)."""
+    worker: the domain's entities (docket's own Ledger keys, the activation histories
+    of app/versions.py, are left out, as the replay reference leaves them out). An
+    entity found in two partitions is an error (the affinity key puts each entity in
+    exactly one)."""
+    from app.versions import RESERVED_PREFIX
+
     out: dict[str, dict] = {}
     where: dict[str, int] = {}
     for partition, entities in dump_ledger(data_dir, table).items():
         for key, rec in entities.items():
+            if key.startswith(RESERVED_PREFIX):
+                continue
             if key in out:
                 raise ValueError(f"entity {key!r} is in partitions {where[key]} and {partition}")
             out[key] = {"state": rec.state, "version": rec.version}

@@ -4,7 +4,7 @@ Integration tests run against a real Kafka broker, chosen once per session:
 
 1. ``DOCKET_KAFKA_BOOTSTRAP`` from the environment, if set (a broker you run yourself);
 2. else a container (testcontainers) if a Docker engine answers;
-3. else the project's own launcher (app.broker) on a free port with a throw-away directory.
+3. else the project's own launcher (launcher.broker) on a free port with a throw-away directory.
 
 The broker starts only when a test asks for it, and is always stopped: fixture teardown,
 an atexit hook (Ctrl-C), a SIGTERM handler, and on Linux a parent-death signal that ends
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from app import broker as launcher
 from app.settings import Settings, load
+from launcher import broker as launcher
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,7 +3,8 @@ of tests/integration/procs.py (process handling, ``wait_for``, ``OutputCollector
 
 - :class:`DocketProc`: a ``docket instance`` or ``docket clerk`` subprocess with extra
   command-line arguments (``--inject-faults``, ``--web-port``); a :class:`procs.Worker`
-  otherwise (start, SIGKILL, SIGTERM, log per start).
+  otherwise (start, SIGKILL, SIGTERM, log per start). :class:`FaustCliProc`: the same
+  for ``faust -A docket_apps.<role> worker``.
 - fixtures ``instances`` / ``required_copies`` (override with
   ``@pytest.mark.parametrize``), ``clerk_settings`` and ``spawn``.
 - :class:`TopicTail`: reads a topic with ``read_committed`` in the background
@@ -31,9 +32,10 @@ from typing import Any
 import orjson
 import pytest
 
-from app.broker import set_parent_death_signal
+from app.kafka_config import client_kwargs
 from app.settings import Settings
-from app.workload import Record
+from chaos.workload import Record
+from launcher.broker import set_parent_death_signal
 from tests.integration.procs import BackgroundReader, Worker, worker_env
 
 Position = tuple[int, int]
@@ -80,6 +82,44 @@ class DocketProc(Worker):
 
     def log_text(self, run: int | None = None) -> str:
         """The log of start number ``run`` (1-based; default the latest)."""
+        path = self.logs[-1 if run is None else run - 1]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+@dataclass
+class FaustCliProc(Worker):
+    """``faust -A <module> worker <args>``: a docket worker started through Faust's own
+    command line (docket_apps/), from another directory than the checkout (the modules
+    are installed); the DOCKET_* settings (DOCKET_INSTANCE_ID for an instance) come from
+    ``env``. A :class:`procs.Worker` otherwise (start, SIGKILL, SIGTERM, log per start)."""
+
+    module: str = "docket_apps.instance"
+    args: tuple[str, ...] = ()
+
+    def start(self) -> FaustCliProc:
+        if self.alive:
+            raise RuntimeError(f"{self.instance} is already running (pid {self.proc.pid})")
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{self.instance}-faust-{self.starts}.log"
+        self.logs.append(log_path)
+        faust_cli = Path(sys.executable).with_name("faust")
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(faust_cli), "-A", self.module, "worker", *self.args],
+                env=self.env,
+                cwd=self.log_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        return self
+
+    def log_text(self, run: int | None = None) -> str:
         path = self.logs[-1 if run is None else run - 1]
         return path.read_text(errors="replace") if path.exists() else ""
 
@@ -169,9 +209,9 @@ class TopicTail(BackgroundReader):
 
 async def read_all(bootstrap: str, topic: str) -> list[Rec]:
     """Every record of ``topic`` up to its current end, ``read_committed``, each once
-    (app.replay.read_topic keeps a record the consumer delivers twice; two results for
+    (chaos.replay.read_topic keeps a record the consumer delivers twice; two results for
     one position are two records at different offsets, so this hides no duplicate)."""
-    from app.replay import read_topic
+    from chaos.replay import read_topic
 
     records = {(r.partition, r.offset): r for r in await read_topic(bootstrap, topic)}
     return [Rec(r.partition, r.offset, r.timestamp, r.key, orjson.loads(r.value))
@@ -188,7 +228,7 @@ def by_position(records: Iterable[Rec]) -> dict[Position, list[Rec]]:
 async def _admin(bootstrap: str):
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**client_kwargs(None, "test", "admin", bootstrap_servers=bootstrap, request_timeout_ms=10000))
     await admin.start()
     return admin
 
@@ -212,7 +252,7 @@ async def group_state(bootstrap: str, group: str) -> tuple[str, int]:
 
 async def group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
     """True when ``group`` has committed, on every partition of ``topics``, the end offset."""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     admin = await _admin(bootstrap)
     try:
@@ -300,13 +340,16 @@ def fault_positions(text: str) -> list[Position]:
 _LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
 
 
-def log_line_time_ms(text: str, needle: str) -> int | None:
+def log_line_time_ms(text: str, needle: str | None) -> int | None:
     """Wall-clock time (ms since the epoch, local time zone) of the first log line
-    containing ``needle``, from Faust's ``[YYYY-mm-dd HH:MM:SS,mmm]`` prefix."""
+    containing ``needle`` (``None``: the first timestamped line), from Faust's
+    ``[YYYY-mm-dd HH:MM:SS,mmm]`` prefix."""
     for line in text.splitlines():
-        if needle in line:
+        if needle is None or needle in line:
             m = _LOG_TIME.search(line)
             if m is None:
+                if needle is None:
+                    continue
                 return None
             return int(time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S"))) * 1000 + int(m[2])
     return None

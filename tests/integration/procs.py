@@ -27,18 +27,19 @@ from typing import Any
 
 import orjson
 
-from app.broker import set_parent_death_signal
+from app.kafka_config import client_kwargs
 from app.settings import Settings
+from launcher.broker import set_parent_death_signal
 
 Position = tuple[int, int]
 
-# Faust reads these from the environment (they override the App's arguments). After a
-# SIGKILL the group coordinator keeps the dead member until its session times out, and
-# a restarted worker's rebalance waits for that: 60 s by default, 8 s here (the broker's
-# minimum is 6 s). Test tuning only, not a docket setting.
-FAUST_TEST_ENV = {
-    "BROKER_SESSION_TIMEOUT": "6",
-    "BROKER_HEARTBEAT_INTERVAL": "1",
+# After a SIGKILL the group coordinator keeps the dead member until its session times
+# out, and a restarted worker's rebalance waits for that: DOCKET_SESSION_TIMEOUT_MS, 10 s
+# by default, 6 s here (the broker's minimum; heartbeats every 1.2 s). Faust's own
+# variables (BROKER_SESSION_TIMEOUT, ...) would be ignored: docket's apps read only
+# DOCKET_* settings (agents/worker.py new_app).
+WORKER_TEST_ENV = {
+    "DOCKET_SESSION_TIMEOUT_MS": "6000",
 }
 
 
@@ -81,7 +82,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "DOCKET_DATA_ROOT": str(settings.data_root),
         "DOCKET_LOG_LEVEL": settings.log_level,
         "PYTHONUNBUFFERED": "1",
-        **FAUST_TEST_ENV,
+        **WORKER_TEST_ENV,
     })
     env.update(extra)
     return env
@@ -201,10 +202,10 @@ class BackgroundReader:
     async def start(self):
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from app.replay import _partitions
+        from chaos.replay import _partitions
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", isolation_level=self.isolation_level)
+        consumer = AIOKafkaConsumer(**client_kwargs(None, "test", "consumer", bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", isolation_level=self.isolation_level))
         await consumer.start()
         tps = [TopicPartition(self.topic, p) for p in sorted(await _partitions(consumer, self.topic))]
         consumer.assign(tps)
@@ -298,7 +299,7 @@ class OutputCollector(BackgroundReader):
     async def wait_caught_up(self, deadline_s: float = 30.0) -> None:
         """Wait until everything the topic holds now has been read (e.g. after the only
         writer was killed, so that later counts belong to its successor)."""
-        from app.replay import end_offsets
+        from chaos.replay import end_offsets
 
         ends = await end_offsets(self.bootstrap, self.topic)
 
@@ -413,7 +414,7 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int],
     """(topic, partition) -> the consumer group's committed offset, as the broker has it."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**client_kwargs(None, "test", "admin", bootstrap_servers=bootstrap, request_timeout_ms=10000))
     await admin.start()
     try:
         return {(tp.topic, tp.partition): om.offset
@@ -428,7 +429,7 @@ async def wait_committed_to_end(bootstrap: str, group: str, topic: str, deadline
     offset: the worker has processed everything, and a stop now leaves nothing to
     replay. (Outputs alone do not say so: a restarted worker replays from its committed
     offsets, re-emitting outputs that are already there.)"""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     ends = {(topic, p): off for p, off in (await end_offsets(bootstrap, topic)).items()}
 
@@ -442,7 +443,7 @@ async def wait_committed_to_end(bootstrap: str, group: str, topic: str, deadline
 async def changelog_fold(bootstrap: str, topic: str) -> dict[int, dict[bytes, bytes]]:
     """What restoring from the changelog ``topic`` alone yields: partition -> {key: value},
     the last record per key, tombstones removing it."""
-    from app.replay import read_topic
+    from chaos.replay import read_topic
 
     state: dict[int, dict[bytes, bytes]] = {}
     for rec in await read_topic(bootstrap, topic):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from app.broker import free_port
 from app.settings import Settings, load
+from launcher.broker import free_port
 from tests.integration.clerk_kit import DocketProc
 from tests.integration.procs import wait_for, worker_env
 
@@ -91,11 +91,12 @@ def post_json(url: str, body: dict, key: str, headers: dict | None = None) -> tu
         return exc.code, orjson.loads(exc.read() or b"{}")
 
 
-def stack_settings(kafka_bootstrap: str, root: Path, partitions: int = STACK_PARTITIONS) -> Settings:
+def stack_settings(kafka_bootstrap: str, root: Path, partitions: int = STACK_PARTITIONS,
+                   domain: str = "inventory") -> Settings:
     """Settings of a stack of its own: a fresh topic prefix, data under ``root``."""
     env_over = {"DOCKET_KAFKA_BOOTSTRAP": kafka_bootstrap, "DOCKET_TOPIC_PREFIX": f"st{secrets.token_hex(4)}",
                 "DOCKET_PARTITIONS": str(partitions), "DOCKET_INSTANCES": "a,b",
-                "DOCKET_DATA_ROOT": str(root / "data")}
+                "DOCKET_DATA_ROOT": str(root / "data"), "DOCKET_DOMAIN": domain}
     saved = {k: os.environ.get(k) for k in env_over}
     os.environ.update(env_over)
     try:
@@ -110,14 +111,16 @@ def stack_settings(kafka_bootstrap: str, root: Path, partitions: int = STACK_PAR
 
 @contextlib.contextmanager
 def running_stack(kafka_bootstrap: str, root: Path, token: str,
-                  api_timeout_ms: int = API_TIMEOUT_MS, more_tokens: tuple[str, ...] = ()) -> Iterator[Stack]:
-    """Topics, instances a and b, the Clerk and the API on a free port; yields once one
-    event went through end to end. The API accepts ``token`` (Stack.auth) and
+                  api_timeout_ms: int = API_TIMEOUT_MS, more_tokens: tuple[str, ...] = (),
+                  domain: str = "inventory", warm_up: dict | None = None) -> Iterator[Stack]:
+    """Topics, instances a and b, the Clerk and the API on a free port, evaluating
+    ``domain``; yields once one event (``warm_up``, a request body; default an inventory
+    receipt) went through end to end. The API accepts ``token`` (Stack.auth) and
     ``more_tokens`` (DOCKET_API_TOKENS entries, e.g. ``name:token``). Every process is
     killed on exit."""
     from app.topics import create_topics
 
-    settings = stack_settings(kafka_bootstrap, root)
+    settings = stack_settings(kafka_bootstrap, root, domain=domain)
     asyncio.run(create_topics(settings))
     port = free_port()
     env = worker_env(settings, DOCKET_API_TOKENS=",".join((token, *more_tokens)), DOCKET_API_PORT=str(port),
@@ -137,7 +140,7 @@ def running_stack(kafka_bootstrap: str, root: Path, token: str,
         asyncio.run(wait_for(lambda: get_json(s.url + "/readyz")[0] == 200, 120, "the API to be ready",
                              detail=s.logs))
         # the pipeline flows end to end: one event decided through the API
-        status, body = post_json(s.url + "/v1/events", {"event_name": "stock.adjust", "payload": {
+        status, body = post_json(s.url + "/v1/events", warm_up or {"event_name": "stock.adjust", "payload": {
             "warehouse": "warm", "sku": "warm-up", "delta": 1}}, "warm-up-1", s.auth)
         assert status in (200, 202), body
         asyncio.run(wait_for(lambda: get_json(s.url + "/v1/events/warm-up-1", s.auth)[1].get("state") == "decided",

@@ -175,7 +175,7 @@ async def test_bad_requests_get_the_documented_status_and_error(http: ClientSess
     """ApiRequiresBearerToken, ApiRefusesBadRequests: each refused with its status and a
     message that says what is wrong; none of them reaches Kafka (the input topic gains
     no record)."""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     s = sku("bad")
     before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
@@ -250,7 +250,7 @@ async def test_two_idempotency_key_lines_are_400_and_nothing_is_produced(http: C
     with parameters are each 400 naming the header with their own reason; none reaches
     the input topic, and neither key becomes known. The same raw request with one line
     is answered 200, so the refusals are the header's doing, not the raw request's."""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     s = sku("hdr")
     before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
@@ -276,7 +276,7 @@ async def test_two_authorization_lines_are_401_and_nothing_is_produced(http: Cli
     a valid token then an unknown one (the reported case, answered 200 as the first
     before the fix) or the valid token twice, are 401 naming the header; nothing reaches
     the input topic and the key stays unknown."""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     s = sku("auth2")
     before = await end_offsets(stack.settings.kafka_bootstrap, stack.settings.input_topic)
@@ -326,7 +326,7 @@ async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: 
     for said in ("Duplicate 'Content-Type' header found", "Invalid header value char",
                  "Unexpected whitespace after header value", "Got more than 8190 bytes",
                  "Invalid header value char (header field 'Authorization'; its value is not shown)"):
-        assert f"WARNING aiohttp.server: {marker}: {said}" in log, log[-3000:]
+        assert f"[WARNING] aiohttp.server: {marker}: {said}" in log, log[-3000:]
     assert TOKEN not in log
 
     stack.api.assert_alive()
@@ -348,7 +348,7 @@ async def test_malformed_http_is_400_and_one_warning_line_in_the_api_log(stack: 
     log = api.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     gone = [line for line in log.splitlines() if "closed the connection before its request was answered" in line]
-    assert len(gone) <= 20 and all(" INFO aiohttp.server: " in line for line in gone), gone
+    assert len(gone) <= 20 and all(" [INFO] aiohttp.server: " in line for line in gone), gone
     assert {line.split('"POST /v1/events HTTP/1.1" ', 1)[1].split()[0] for line in handled()} <= {"499", "400"}
     api.assert_alive()
 
@@ -384,7 +384,7 @@ async def test_reused_key_with_a_different_request_is_422(http: ClientSession, s
     """ApiRefusesKeyReusedAcrossPartitions (422 before Kafka, for another body or another
     partition), ApiAnswersWithAgreedOutcome (the Warden's idempotency_key_reused mapped
     to 422 when the key is known only from the results topic), WardenRejectsReusedKey."""
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
     s = sku("reuse")
     status, _, first = await submit(http, adjust("w1", s, 3), f"{s}-k")
@@ -483,7 +483,7 @@ async def test_python_client_without_http(stack: Stack) -> None:
 
     async def later_client_sees_it() -> bool:
         # the Clerk writes entity records just after the result: wait until they are there
-        from app.replay import read_topic
+        from chaos.replay import read_topic
 
         recs = await read_topic(stack.settings.kafka_bootstrap, stack.settings.entities_topic)
         return sum(1 for r in recs if r.key in (f"stock:w1:{s}".encode(), f"stock:w2:{s}".encode())) >= 3
@@ -535,10 +535,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack
     number per operation: no 5xx, and every response's status, content type, headers and
     body conform to the document."""
     from app import openapi
+    from app.domains.inventory import inventory
 
-    # the document's examples exist, so the examples phase reaches 200 answers of every
-    # operation (the POST example is then a replay)
-    status, body = post_json(stack.url + "/v1/events", openapi.EXAMPLE_EVENT, openapi.EXAMPLE_KEY, AUTH)
+    # the document's examples exist (the domain's kit), so the examples phase reaches 200
+    # answers of every operation (the POST example is then a replay)
+    status, body = post_json(stack.url + "/v1/events", openapi.example_event(inventory), openapi.EXAMPLE_KEY, AUTH)
     assert status == 200, body
     exe = Path(sys.executable).with_name("schemathesis")
     cmd = [str(exe), "--no-color", "run", f"{stack.url}/openapi.json",

@@ -1,4 +1,4 @@
-"""`docket api` while Kafka is away: a broker of this test's own (the launcher, app/broker.py),
+"""`docket api` while Kafka is away: a broker of this test's own (the launcher, launcher/broker.py),
 so stopping it disturbs no other test.
 
 The API process starts before the broker: it serves, /readyz says what it waits for, and
@@ -14,9 +14,9 @@ import secrets
 
 import pytest
 
-from app import broker as launcher
 from app.settings import load
 from app.topics import create_topics
+from launcher import broker as launcher
 
 from tests.integration.procs import wait_for, worker_env
 from tests.integration.stack_kit import ApiProc, get_json, post_json

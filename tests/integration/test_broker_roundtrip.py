@@ -9,9 +9,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from app import broker as launcher
+from app.kafka_config import client_kwargs
 from app.kafka_admin import connect_admin
 from app.topics import create_topics, partition_counts
+from launcher import broker as launcher
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ async def test_round_trip_preserves_records_and_java_partitioning(docket_setting
 
     base_ts = int(time.time() * 1000) - 3_600_000  # an hour ago: the broker must not keep it
     sent = {}
-    producer = AIOKafkaProducer(bootstrap_servers=docket_settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(None, "test", "producer", bootstrap_servers=docket_settings.kafka_bootstrap, acks="all"))
     await producer.start()
     try:
         for i, key in enumerate(JAVA_MURMUR2):
@@ -75,11 +76,11 @@ async def test_round_trip_preserves_records_and_java_partitioning(docket_setting
         await producer.stop()
 
     consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=docket_settings.kafka_bootstrap,
-        group_id=f"{docket_settings.topic_prefix}-roundtrip",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        topic, **client_kwargs(None, "test", "consumer",
+                               bootstrap_servers=docket_settings.kafka_bootstrap,
+                               group_id=f"{docket_settings.topic_prefix}-roundtrip",
+                               auto_offset_reset="earliest",
+                               enable_auto_commit=False),
     )
     await consumer.start()
     try:
@@ -130,7 +131,7 @@ async def test_broker_restart_keeps_data(kafka_broker, docket_settings) -> None:
     settings = kafka_broker.settings
     topic = docket_settings.results_topic
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(None, "test", "producer", bootstrap_servers=kafka_broker.bootstrap, acks="all"))
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, b"survives", key=b"k")
@@ -153,7 +154,7 @@ async def test_broker_restart_keeps_data(kafka_broker, docket_settings) -> None:
     assert handle.bootstrap == kafka_broker.bootstrap and not handle.already_running
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        **client_kwargs(None, "test", "consumer", bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
     )
     await consumer.start()
     try:

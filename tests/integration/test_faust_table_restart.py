@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.broker import set_parent_death_signal
 from app.kafka_admin import connect_admin
+from app.kafka_config import client_kwargs
+from launcher.broker import set_parent_death_signal
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +137,7 @@ class Worker:
 
 async def produce_round(bootstrap: str, topic: str, end_offsets: dict[str, int]) -> None:
     """PER_KEY records for every key, interleaved; updates the expected end offsets."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(None, "test", "producer", bootstrap_servers=bootstrap, acks="all"))
     await producer.start()
     try:
         futures = [await producer.send(topic, key=key.encode(), value=b"1") for _ in range(PER_KEY) for key in KEYS]

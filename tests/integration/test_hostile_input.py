@@ -28,9 +28,10 @@ from aiokafka import AIOKafkaProducer
 import app.client
 from app.client import DocketClient
 from app.domains import registry
+from app.kafka_config import client_kwargs
 from app.records import unseal_batch
-from app.replay import end_offsets, read_topic, replay
 from app.settings import Settings, named_token
+from chaos.replay import end_offsets, read_topic, replay
 from tests.integration.clerk_kit import TopicTail
 from tests.integration.procs import wait_for
 from tests.integration.stack_kit import Stack, running_stack
@@ -69,8 +70,8 @@ async def results(stack: Stack):
 async def plain_producer(stack: Stack):
     # max_request_size a little above the broker's message.max.bytes (1 MiB + 12), so a
     # record the broker takes is never refused by this producer first
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True, max_request_size=1_100_000)
+    producer = AIOKafkaProducer(**client_kwargs(stack.settings, "test", "producer", bootstrap_servers=stack.settings.kafka_bootstrap, acks="all",
+                                enable_idempotence=True, max_request_size=1_100_000))
     await producer.start()
     yield producer
     await producer.stop()
@@ -112,7 +113,7 @@ async def test_only_committed_transactions_have_an_effect(stack: Stack, http: Cl
     s = stack.settings
     sku = f"txn-{secrets.token_hex(3)}"
     key = sku.encode()
-    txn = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, transactional_id=f"hostile-{secrets.token_hex(4)}")
+    txn = AIOKafkaProducer(**client_kwargs(s, "test", "producer", bootstrap_servers=s.kafka_bootstrap, transactional_id=f"hostile-{secrets.token_hex(4)}"))
     await txn.start()
     try:
         p1 = await plain_producer.send_and_wait(s.input_topic, envelope(f"{sku}-p1", sku, 1), key=key)
@@ -159,7 +160,7 @@ async def test_only_committed_transactions_have_an_effect(stack: Stack, http: Cl
     inputs = await read_topic(s.kafka_bootstrap, s.input_topic, [partition])
     assert {r.offset for r in inputs} >= {pos["p1"][1], pos["committed"][1], pos["p2"][1]}
     assert not {r.offset for r in inputs} & {pos["aborted"][1], pos["open"][1]}
-    oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+    oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
     published = [r.value for r in results.records if r.value["input"]["partition"] == partition]
     assert published
     for result in published:
@@ -236,7 +237,7 @@ async def test_a_topic_switched_to_producer_time_still_decides_nothing(
     resp = await http.post("/v1/events", json=body, headers={"Idempotency-Key": k})
     first = await resp.json()
     assert resp.status == 200, first
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(s, "test", "admin", bootstrap_servers=s.kafka_bootstrap))
     await admin.start()
 
     async def timestamp_type(kind: str) -> None:
@@ -428,13 +429,13 @@ async def test_an_input_topic_with_producer_timestamps_is_refused(kafka_bootstra
     import click
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from agents.instance import check_topics
+    from agents.plumbing import check_topics
     from app.client import TopicsMissing
     from app.topics import TopicError, create_topics
     from tests.integration.stack_kit import stack_settings
 
     settings: Settings = stack_settings(kafka_bootstrap, tmp_path)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(None, "test", "admin", bootstrap_servers=kafka_bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(settings.input_topic, settings.partitions, 1,
@@ -492,7 +493,7 @@ async def test_garbage_on_the_topics_the_api_reads_never_keeps_it_from_starting(
     Before, such a record on the entities topic kept every API that started afterwards
     from ever becoming ready, each submission 503, and the log blamed Kafka."""
     from agents.clerk_core import entity_record
-    from app.broker import free_port
+    from launcher.broker import free_port
     from app.topics import create_topics
     from tests.integration.procs import worker_env
     from tests.integration.stack_kit import ApiProc, get_json, stack_settings
@@ -501,7 +502,7 @@ async def test_garbage_on_the_topics_the_api_reads_never_keeps_it_from_starting(
     await create_topics(s)
     client = named_token(TOKEN)[0]
     sent: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> what the garbage is
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", max_request_size=2_000_000)
+    producer = AIOKafkaProducer(**client_kwargs(s, "test", "producer", bootstrap_servers=s.kafka_bootstrap, acks="all", max_request_size=2_000_000))
     await producer.start()
     try:
         for p in range(s.partitions):
@@ -549,6 +550,6 @@ async def test_garbage_on_the_topics_the_api_reads_never_keeps_it_from_starting(
         said = [line for line in lines
                 if f"skipped an unreadable record of {topic} partition {p} at offset {offset}: " in line]
         assert len(said) == 1, (topic, p, offset, what, said)
-        assert " WARNING docket.client: " in said[0] and len(said[0]) < 500, said[0]
+        assert " [WARNING] docket.client: " in said[0] and len(said[0]) < 500, said[0]
     assert len([line for line in lines if "skipped an unreadable record" in line]) == len(sent)
-    assert " ERROR " not in log and "Traceback" not in log and "not connected to Kafka" not in log, log[-3000:]
+    assert "[ERROR]" not in log and "Traceback" not in log and "not connected to Kafka" not in log, log[-3000:]

@@ -14,9 +14,9 @@ import time
 import pytest
 
 import app.domains  # noqa: F401  registers the built-in domains
-from app import workload
 from app.registry import registry
-from app.replay import read_topic, replay
+from chaos import workload
+from chaos.replay import read_topic, replay
 from tables.dump import dump_entities, dump_raw
 from tests.integration.procs import (
     OutputCollector,
@@ -154,7 +154,7 @@ async def test_sigkilled_instance_reemits_identical_outputs_and_recovers_state(
 
     inputs = await read_topic(s.kafka_bootstrap, s.input_topic)
     assert [(r.partition, r.offset) for r in inputs] == sorted(expected)
-    oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+    oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
 
     reemitted = assert_copies_match_oracle(out, "a", oracle, expected)
     # Kills land inside the window of processed-but-uncommitted events, so restarts

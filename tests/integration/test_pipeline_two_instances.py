@@ -1,6 +1,6 @@
 """Two redundant instances, a and b, side by side on one real broker, consume the same
 10,000-event inventory stream and must agree with each other and with the oracle
-(the pure replay of the recorded input, app/replay.py)."""
+(the pure replay of the recorded input, chaos/replay.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import pytest
 
 import app.domains  # noqa: F401  registers the built-in domains
-from app import workload
 from app.registry import registry
-from app.replay import read_topic, replay
+from chaos import workload
+from chaos.replay import read_topic, replay
 from tables.dump import dump_entities
 from tests.integration.procs import (
     OutputCollector,
@@ -98,7 +98,7 @@ async def test_two_instances_agree_with_each_other_and_the_oracle(pipeline_setti
 
     inputs = await read_topic(s.kafka_bootstrap, s.input_topic)
     assert [(r.partition, r.offset) for r in inputs] == sorted(expected), "the input topic is not what was produced"
-    oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+    oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
 
     reemitted_a = assert_copies_match_oracle(out_a, "a", oracle, expected)
     reemitted_b = assert_copies_match_oracle(out_b, "b", oracle, expected)

@@ -46,9 +46,11 @@ class Stream:
 
 
 def usher(store: MemoryStore | None = None, capacity: int = 1000, ttl: int = TTL,
-          instance: str = "a") -> Usher:
+          instance: str = "a", domain=inventory) -> Usher:
+    """An Usher over a MemoryStore; ``domain``: a Domain, or a version number -> Domain
+    mapping (app/versions.py DomainVersions)."""
     store = store or MemoryStore()
-    return Usher(instance, inventory, Registrar(Ledger(store), capacity), Warden(store, ttl), PARTITIONS)
+    return Usher(instance, domain, Registrar(Ledger(store), capacity), Warden(store, ttl), PARTITIONS)
 
 
 def run(u: Usher, records, batch_size: int, committed=lambda p: 0):

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -25,10 +26,10 @@ from multidict import CIMultiDict
 
 from app import api as api_mod
 from app.api import MAX_BODY_BYTES, create_app, parse_idempotency_key, parse_prefer, submission_response
-from app.broker import free_port
 from app.client import DocketClient, KeyStatus, Submission
 from app.records import partition_for
 from app.settings import SETTINGS, ConfigError, load, named_token
+from launcher.broker import free_port
 from tests.integration.procs import wait_for
 
 TOKENS = ("tok-alpha-0123456789", "tok-beta-9876543210")  # the older form: named token-<hash>
@@ -1143,7 +1144,7 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
         "outcome is not {status: applied or rejected, ...}",
         f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
         f"skipped an unreadable record of {divergences} partition 1 at offset 23: "
-        "cause is not mismatch or replay_mismatch",
+        "cause is not mismatch, version_mismatch or replay_mismatch",
         f"skipped an unreadable record of {divergences} partition 1 at offset 24: decided is neither null nor a digest",
     ], caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
@@ -1179,6 +1180,92 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
         ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
         ("ERROR", "the Kafka client failed to start (retrying every 0 s): KeyError: 'key'", True)], said
     assert said[2][:2] == ("INFO", f"connected to Kafka at {settings.kafka_bootstrap}"), said
+
+
+def test_a_refused_login_is_not_retried_anything_else_is() -> None:
+    """KafkaLoginRefusedFailsFast: the API's decision after a failed start of its
+    client. A ConfigError (KafkaAuthError: Kafka answered and refused the credentials or
+    the TLS handshake; a setting the client cannot use) is final; Kafka unreachable,
+    topics missing, or a fault of docket's are retried."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from app.client import KafkaUnavailable, TopicsMissing
+    from app.kafka_config import KafkaAuthError
+
+    for final in (KafkaAuthError("refused"), ConfigError("DOCKET_KAFKA_BOOTSTRAP: 'x' is not host:port")):
+        assert api_mod._retry_start(final) is False, final
+    for passing in (KafkaUnavailable("down"), TopicsMissing("no topics"), KafkaConnectionError("x"),
+                    OSError("refused"), TimeoutError(), KeyError("key")):
+        assert api_mod._retry_start(passing) is True, passing
+
+
+REFUSAL = ("Kafka at 127.0.0.1:1 refused the SASL SCRAM-SHA-512 login of DOCKET_KAFKA_USERNAME='docket': "
+           "check the password in DOCKET_KAFKA_PASSWORD and that the user exists for SCRAM-SHA-512 on the cluster")
+
+
+async def test_a_refused_login_stops_the_server(settings, caplog, monkeypatch) -> None:
+    """KafkaLoginRefusedFailsFast: the API serving while its client connects in the
+    background (here first Kafka unreachable, retried) stops as soon as Kafka refuses
+    the login: the start is not tried again, /readyz said why meanwhile, one ERROR line
+    without a traceback, and serve() raises the KafkaAuthError after stopping."""
+    from app.client import KafkaUnavailable
+    from app.kafka_config import KafkaAuthError
+
+    monkeypatch.setattr(api_mod, "CONNECT_RETRY_S", 0.01)
+    caplog.set_level(logging.INFO, logger="docket.api")
+    failures = [KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1"), KafkaAuthError(REFUSAL)]
+    starts = []
+
+    class Refused(DocketClient):
+        async def start(self) -> None:
+            starts.append(time.monotonic())
+            if failures:
+                raise failures.pop(0)
+            raise AssertionError("started again after a refused login")
+
+    client = Refused(settings)
+    app = create_app(settings, client)
+    began = time.monotonic()
+    with pytest.raises(KafkaAuthError) as refused:
+        await asyncio.wait_for(api_mod.serve(app, "127.0.0.1", 0, announce=lambda _line: None), 10)
+    assert str(refused.value) == REFUSAL
+    assert len(starts) == 2 and time.monotonic() - began < 5
+    assert client.last_error == REFUSAL and not client.started
+    errors = [r for r in caplog.records if r.name == "docket.api" and r.levelno >= logging.ERROR]
+    assert [(r.getMessage(), r.exc_info) for r in errors] == [
+        (f"not connecting to Kafka, stopping (a retry cannot fix this): {REFUSAL}", None)]
+
+
+def test_docket_api_exits_2_on_a_refused_login(tmp_path) -> None:
+    """KafkaLoginRefusedFailsFast: `docket api` whose Kafka refuses the login (the
+    client's start raising KafkaAuthError, as app/kafka_config.py check_connection
+    does) exits 2 within seconds with `docket: configuration error:` and the message
+    naming the setting, no traceback, instead of retrying every second forever.
+    (tests/integration/test_kafka_security.py does it against a real SASL_SSL broker.)"""
+    script = tmp_path / "refused_api.py"
+    script.write_text(f"""
+import sys
+from app.client import DocketClient
+from app.kafka_config import KafkaAuthError
+
+async def start(self):
+    raise KafkaAuthError({REFUSAL!r})
+
+DocketClient.start = start
+from app.cli import main
+sys.argv = ["docket", "api", "--port", "0"]
+main()
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env |= {"DOCKET_API_TOKENS": "tok-alpha-0123456789", "DOCKET_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60, check=False)
+    took = time.monotonic() - began
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"docket: configuration error: {REFUSAL}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert took < 20, took
 
 
 class _EntitiesConsumer:
@@ -1379,3 +1466,33 @@ def test_client_index_costs_about_a_kilobyte_per_key(settings) -> None:
         tracemalloc.stop()
     assert client.index_size == len(records)
     assert per_key < 1500, f"{per_key:.0f} bytes per remembered key ({len(records[0])}-byte results)"
+
+
+async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> None:
+    """ApiShowsBlockedPartitions (specs/versioning.allium): status records of the status
+    topic (app/versions.py status_record) feed /readyz: a partition whose latest record
+    is "blocked" is listed with what to do; a later "judging" record for the same
+    (instance, partition) takes it off; a tombstone drops the key; a record that is not
+    a status record is refused before any effect. Readiness itself does not change."""
+    from app.records import UnreadableRecord
+    from app.versions import status_record
+
+    tc, client = http
+    client.on_status(*status_record("a", 2, "blocked", 40, "inventory/2", ["inventory/1"]))
+    client.on_status(*status_record("b", 1, "judging", 12, "inventory/2", ["inventory/1", "inventory/2"]))
+    client.on_status(*status_record("a", 1, "blocked", 9, "inventory/2", ["inventory/1"]))
+    resp = await tc.get("/readyz")
+    body = await resp.json()
+    assert [(b["instance"], b["partition"], b["offset"]) for b in body["blocked_partitions"]] == [
+        ("a", 1, 9), ("a", 2, 40)]
+    assert "a on partition 1 at offset 9 (inventory/2)" in body["blocked_message"]
+    assert "Upgrade those instances" in body["blocked_message"]
+    assert resp.status == 503 and body["checks"]["kafka_connected"] is False  # unready for its own reasons only
+    client.on_status(*status_record("a", 2, "judging", 40, "inventory/2", ["inventory/1", "inventory/2"]))
+    client.on_status(b"a:1", None)
+    assert client.blocked_partitions == []
+    assert "blocked_partitions" not in await (await tc.get("/readyz")).json()
+    for key, raw in ((None, b"{}"), (b"a:3", b'{"state": "asleep"}'), (b"a:3", b"[1]")):
+        with pytest.raises(UnreadableRecord):
+            client.on_status(key, raw)
+    assert client.blocked_partitions == []

@@ -8,13 +8,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.workload import inventory
 from bench.aiokafka_ceiling import figures, sample_records
 from bench.faust_floor_app import changelog_topic
 from bench.kafka_ceiling import BenchError, parse_consumer_output, parse_producer_output, topic_name
 from bench.quix import figures as quix_figures
 from bench.quix_app import changelog_topic as quix_changelog_topic
 from bench.quix_app import decide
+from chaos.workload import inventory
 
 # ProducerPerformance, 2,000,000 records of 147 B: one progress line (no percentiles),
 # then the summary.

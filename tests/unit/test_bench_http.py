@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from app.api import _REQUEST_FIELDS, create_app, parse_idempotency_key
-from app.broker import free_port
 from app.client import DocketClient
 from app.settings import SETTINGS, load
 from bench import http_load
 from bench.common import histogram_quantile
+from launcher.broker import free_port
 
 TOKEN = "bench-token-0123456789"
 

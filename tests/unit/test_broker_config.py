@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app import broker as launcher
+from launcher import broker as launcher
 
 DOCKET = Path(sys.executable).with_name("docket")
 

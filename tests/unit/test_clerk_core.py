@@ -498,3 +498,24 @@ def test_replay_mismatch_reports_the_replayed_body_and_is_not_named_by_it():
     assert [(c["instance"], c.get("replay", False)) for c in rec["copies"]] == [("a", False), ("b", False),
                                                                                  ("a", True)]
     assert canonical(rec["copies"][2]["body"]) == replayed and rec["copies"][2]["digest"] == digest(replayed)
+
+
+def test_copies_judged_by_different_versions_are_a_version_mismatch():
+    """ClerkNamesVersionMismatch, NoResultFromCopiesOfDifferentVersions
+    (specs/versioning.allium): copies that differ and name different domain versions
+    are reported with cause version_mismatch; copies that differ under one version stay
+    a plain mismatch. Nothing is published either way."""
+    core = ClerkCore(("a", "b"), 2)
+    v2 = orjson.loads(body(0))
+    v2["domain_version"] = "inventory/2"
+    v2 = canonical(v2)
+    assert core.on_copy(0, 0, "a", digest(body(0)), body(0), b"k0") == []
+    actions = core.on_copy(0, 0, "b", digest(v2), v2, b"k0")
+    (rep,) = reports(actions)
+    assert published(actions) == []
+    assert rep["cause"] == "version_mismatch" and rep["decided"] is None
+    assert sorted(orjson.loads(orjson.dumps(c["body"]))["domain_version"] for c in rep["copies"]) == [
+        "inventory/1", "inventory/2"]
+    copy(core, "a", 1)
+    (same_version,) = reports(copy(core, "b", 1, variant=1))
+    assert same_version["cause"] == "mismatch"

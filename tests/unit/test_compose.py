@@ -13,8 +13,8 @@ import pytest
 import yaml
 from honcho.environ import parse_procfile
 
-from app import broker as launcher
 from app.settings import SETTINGS
+from launcher import broker as launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {s.env: s.default for s in SETTINGS}
@@ -23,7 +23,10 @@ DEFAULTS = {s.env: s.default for s in SETTINGS}
 BROKER = ("broker", "kafka")
 # Settings a container must set differently from the host: where Kafka is, where the
 # data volume is mounted, where the API listens / is found.
-CONTAINER_SPECIFIC = {"DOCKET_KAFKA_BOOTSTRAP", "DOCKET_DATA_ROOT", "DOCKET_API_HOST", "DOCKET_API_PORT"}
+# The workers' /metrics listens on the container's interfaces (DOCKET_METRICS_HOST), so
+# that a scraper on the compose network, or the host through a published port, reads it.
+CONTAINER_SPECIFIC = {"DOCKET_KAFKA_BOOTSTRAP", "DOCKET_DATA_ROOT", "DOCKET_API_HOST", "DOCKET_API_PORT",
+                      "DOCKET_METRICS_HOST"}
 # Launcher properties that name addresses or paths, which differ in a container.
 ADDRESS_KEYS = {"listeners", "advertised.listeners", "controller.quorum.voters",
                 "listener.security.protocol.map", "log.dirs"}
@@ -85,6 +88,61 @@ def test_components_wait_for_their_topics(procfile: dict[str, str]) -> None:
         args = shlex.split(procfile_command(procfile[name]))
         assert "--wait" in args, name
         assert float(args[args.index("--wait") + 1]) >= 60, name
+
+
+# Procfile process -> the setting naming the port of its /metrics page
+WEB_PORTS = {"instance-a": "DOCKET_INSTANCE_A_WEB_PORT", "instance-b": "DOCKET_INSTANCE_B_WEB_PORT",
+             "clerk": "DOCKET_CLERK_WEB_PORT"}
+
+
+def web_port_arg(line: str) -> str | None:
+    args = shlex.split(procfile_command(line))
+    return args[args.index("--web-port") + 1] if "--web-port" in args else None
+
+
+def test_every_worker_serves_metrics_on_a_port_of_its_own(procfile: dict[str, str]) -> None:
+    """MetricsListenOnConfiguredAddress (observability): instance a, instance b and the
+    Clerk each serve /metrics (Faust's web server, `--web-port`) on the port its own
+    setting names, with that setting's default; no two workers, the API or the broker
+    share a port."""
+    workers = {name for name, line in procfile.items()
+               if shlex.split(procfile_command(line))[1] in ("instance", "clerk")}
+    assert workers == set(WEB_PORTS)
+    defaults = {}
+    for name, var in WEB_PORTS.items():
+        arg = web_port_arg(procfile[name])
+        assert arg == f"${{{var}:-{DEFAULTS[var]}}}", f"Procfile {name}: --web-port {arg}"
+        defaults[name] = DEFAULTS[var]
+    taken = [*defaults.values(), DEFAULTS["DOCKET_API_PORT"], DEFAULTS["DOCKET_BROKER_PORT"]]
+    assert len(set(taken)) == len(taken), taken
+    assert web_port_arg(procfile["api"]) is None and web_port_arg(procfile["topics"]) is None
+
+
+def test_the_stacks_banner_names_the_procfiles_metrics_ports(procfile: dict[str, str], monkeypatch) -> None:
+    """The instances' ports `docket stack run` prints (Settings.instance_web_ports) are
+    the Procfile's, and follow their settings."""
+    from app.settings import load
+
+    for var in WEB_PORTS.values():
+        monkeypatch.delenv(var, raising=False)
+    ports = dict(load().instance_web_ports)
+    assert {f"instance-{i}" for i in ports} == {n for n in WEB_PORTS if n.startswith("instance-")}
+    for ident, port in ports.items():
+        assert str(port) == DEFAULTS[WEB_PORTS[f"instance-{ident}"]]
+    monkeypatch.setenv("DOCKET_INSTANCE_B_WEB_PORT", "7001")
+    assert dict(load().instance_web_ports)["b"] == 7001
+
+
+def test_compose_workers_serve_metrics_to_the_network_and_the_host(services: dict[str, dict]) -> None:
+    """In compose each worker's /metrics listens on the container's interfaces
+    (DOCKET_METRICS_HOST=0.0.0.0: reachable from the compose network) and is published
+    on the host's loopback at the same port as under `make run`."""
+    for name, var in WEB_PORTS.items():
+        svc = services[name]
+        assert svc["environment"]["DOCKET_METRICS_HOST"] == "0.0.0.0", name
+        port = f"${{{var}:-{DEFAULTS[var]}}}"
+        assert svc["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        assert var in svc["environment"], name
 
 
 def test_docket_env_uses_real_settings_with_their_defaults(procfile: dict[str, str],

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import app.domains  # noqa: F401  registers the built-in domains
 from app.demo import (
-    ADJUST,
-    TRANSFER,
     Demo,
     Request,
     Tally,
@@ -16,12 +15,19 @@ from app.demo import (
     requests_for,
     summary_table,
 )
+from app.domains.accounts import DEPOSIT, OPEN
+from app.domains.inventory import ADJUST, TRANSFER
+from app.registry import registry
+
+INVENTORY = registry.kit("inventory")
+ACCOUNTS = registry.kit("accounts")
+SHAPE = {"warehouses": 5, "skus": 50}
 
 
 def test_requests_are_renamed_per_run_and_deterministic() -> None:
-    a = requests_for(seed=3, events=400, warehouses=5, skus=50, run_id="r1")
-    b = requests_for(seed=3, events=400, warehouses=5, skus=50, run_id="r1")
-    c = requests_for(seed=3, events=400, warehouses=5, skus=50, run_id="r2")
+    a = requests_for(INVENTORY, seed=3, events=400, run_id="r1", shape=SHAPE)
+    b = requests_for(INVENTORY, seed=3, events=400, run_id="r1", shape=SHAPE)
+    c = requests_for(INVENTORY, seed=3, events=400, run_id="r2", shape=SHAPE)
     assert a == b
     assert len(a) == 400
     assert all(r.payload["sku"].startswith("r1.") and r.key.startswith("demo-r1-") for r in a)
@@ -35,6 +41,19 @@ def test_requests_are_renamed_per_run_and_deterministic() -> None:
     assert all(r.lane == r.payload["sku"] for r in a)
     keys = Counter(r.key for r in a)
     assert any(n > 1 for n in keys.values())  # repeats and reuses of a key are part of the mix
+    assert requests_for(INVENTORY, seed=3, events=400, run_id="r1") == a  # the kit's demo shape
+
+
+def test_accounts_requests_open_fund_then_mix_per_book() -> None:
+    """The demo drives the accounts domain through its kit alone: every account of a
+    book opened, then funded, then the mix; a lane is a book (the affinity key)."""
+    a = requests_for(ACCOUNTS, seed=3, events=600, run_id="r1", shape={"books": 4, "accounts": 5})
+    assert a == requests_for(ACCOUNTS, seed=3, events=600, run_id="r1", shape={"books": 4, "accounts": 5})
+    assert [r.event_name for r in a[:40]] == [OPEN] * 20 + [DEPOSIT] * 20
+    assert {(r.payload["book"], r.payload["account"]) for r in a[:20]} == {
+        (f"r1.book-{b:02d}", f"acct-{i:04d}") for b in range(4) for i in range(5)}
+    assert all(r.lane == r.payload["book"] and r.lane.startswith("r1.book-") for r in a)
+    assert len({r.event_name for r in a[40:]}) == 5
 
 
 def answer(status: str, entities=(), replay=False, reason=None) -> dict:
@@ -67,16 +86,18 @@ def test_answers_are_counted_once_per_key() -> None:
     assert t.versions == {"stock:w1:s1": 2, "stock:w2:s1": 1}
 
     entities = {"stock:w1:s1": ent("stock:w1:s1", 4, 2), "stock:w2:s1": ent("stock:w2:s1", 3, 1)}
-    ok = balance_check(t, entities, ["s1"])
-    assert ok["passed"] and ok["skus_conserved"] == 1 and ok["entities_read"] == 2
+    ok = balance_check(INVENTORY, t, entities)
+    assert ok["passed"] and ok["entities_read"] == 2
+    assert ok["checks"]["stock_conserved"] == {"passed": True,
+                                               "detail": "1 skus conserved (total across warehouses == applied deltas)"}
 
     lost = {"stock:w1:s1": ent("stock:w1:s1", 4, 2), "stock:w2:s1": ent("stock:w2:s1", 2, 1)}
-    bad = balance_check(t, lost, ["s1"])
-    assert not bad["passed"] and bad["mismatches"] == {"s1": (6, 7)}
+    bad = balance_check(INVENTORY, t, lost)
+    assert not bad["passed"] and "('s1', (6, 7))" in bad["checks"]["stock_conserved"]["detail"]
 
     negative = {"stock:w1:s1": ent("stock:w1:s1", 8, 2), "stock:w2:s1": ent("stock:w2:s1", -1, 1)}
-    assert balance_check(t, negative, ["s1"])["negative"] == ["stock:w2:s1"]
-    assert not balance_check(t, negative, ["s1"])["passed"]
+    check = balance_check(INVENTORY, t, negative)
+    assert not check["passed"] and "('stock:w2:s1', -1)" in check["checks"]["no_negative_stock"]["detail"]
 
 
 def test_a_lost_answer_answered_as_replay_still_counts_the_delta() -> None:
@@ -87,11 +108,12 @@ def test_a_lost_answer_answered_as_replay_still_counts_the_delta() -> None:
     demo.first_sent[receipt.key] = receipt
     demo.record(receipt, 200, answer("applied", [ent("stock:w1:s1", 5, 1)], replay=True), 0.01)
     assert demo.tally.applied_keys == {"k1": receipt}
-    assert balance_check(demo.tally, {"stock:w1:s1": ent("stock:w1:s1", 5, 1)}, ["s1"])["passed"]
+    assert balance_check(INVENTORY, demo.tally, {"stock:w1:s1": ent("stock:w1:s1", 5, 1)})["passed"]
 
 
 def test_nothing_applied_is_not_a_pass() -> None:
-    assert not balance_check(Tally(), {}, ["s1"])["passed"]
+    assert not balance_check(INVENTORY, Tally(), {})["passed"]
+    assert not balance_check(ACCOUNTS, Tally(), {})["passed"]
 
 
 def test_quantiles_and_table() -> None:
@@ -101,11 +123,12 @@ def test_quantiles_and_table() -> None:
     summary = {"run_id": "r", "events": 3, "seconds": 1.0, "events_per_s": 3.0, "concurrency": 2, "applied": 2,
                "rejected": {"insufficient_stock": 1}, "replays": 0, "divergences": 0, "undecided": 0, "errors": {},
                "resent": 0, "polled": 0, "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 2.0},
-               "balance": {"entities_read": 2, "entities_missing": [], "negative": [], "skus": 1,
-                           "skus_conserved": 1, "mismatches": {}, "passed": True}}
+               "balance": {"entities_read": 2, "entities_missing": [], "passed": True,
+                           "checks": {"stock_conserved": {"passed": True, "detail": "1 skus conserved"}}}}
     from rich.console import Console
 
     console = Console(width=120, record=True)
     console.print(summary_table(summary))
     text = console.export_text()
     assert "balance check" in text and "passed" in text and "rejected: insufficient_stock" in text
+    assert "stock_conserved" in text and "1 skus conserved" in text

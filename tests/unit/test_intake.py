@@ -239,3 +239,17 @@ def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app
     source = inspect.getsource(faust_consumer.Consumer._new_offset)
     assert hashlib.sha256(source.encode()).hexdigest() == FAUST_NEW_OFFSET_SHA256, (
         "Faust's Consumer._new_offset changed: check that BatchConsumer.cover's gaps still count as acknowledged")
+
+
+def test_the_clerk_shortens_aiokafkas_concurrent_transactions_retry() -> None:
+    """ClerkPublishesWithoutWaiting: agents/clerk_publish.py sets aiokafka's retry
+    delay for an AddPartitionsToTxn refused with CONCURRENT_TRANSACTIONS; the module
+    global it sets is still the one aiokafka's sender returns for that error."""
+    import aiokafka.producer.sender as sender
+
+    from agents import clerk_publish
+
+    assert sender.BACKOFF_OVERRIDE == clerk_publish.CONCURRENT_TXN_RETRY_S == 0.002
+    source = inspect.getsource(sender.AddPartitionsToTxnHandler.handle_response)
+    assert "error_type is ConcurrentTransactions" in source and "return BACKOFF_OVERRIDE" in source, (
+        "aiokafka's AddPartitionsToTxn retry changed: check agents/clerk_publish.py CONCURRENT_TXN_RETRY_S")

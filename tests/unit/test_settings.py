@@ -44,6 +44,7 @@ def test_topic_names_follow_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         "t1.x.results",
         "t1.x.divergences",
         "t1.x.entities",
+        "t1.x.status",
     ]
     assert s.app_id("clerk") == "t1.x-clerk"
 

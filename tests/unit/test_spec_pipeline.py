@@ -94,8 +94,7 @@ def test_evaluate_gets_exactly_the_named_entities() -> None:
             calls.append((self.entity_keys(event_name, payload), {k: dict(v) for k, v in states.items()}))
             return super().evaluate(event_name, payload, states)
 
-    u = usher()
-    u.arbiter.domain = Recording()
+    u = usher(domain=Recording())
     s = Stream()
     adjust(s, "k1", 7, 1_000)
     s.event("k2", "stock.transfer", {"sku": "s1", "from_warehouse": "w1", "to_warehouse": "w9", "quantity": 3}, 1_001)
@@ -152,14 +151,18 @@ def test_batch_is_screened_then_warmed_then_evaluated() -> None:
             log.append(("multi-get", ",".join(k[len(ENTITY_PREFIX):].decode() for k in keys)))
             return [super(WatchedStore, self).get(partition, k) for k in keys]
 
-    u = usher(WatchedStore())
-    u.domain = u.arbiter.domain = Watched()
+    u = usher(WatchedStore(), domain=Watched())
     s = Stream()
     adjust(s, "k1", 5, 1_000, sku="s1")
     adjust(s, "k2", 0, 1_001, sku="s2")  # rejected zero_delta: its entity is never read
     s.event("k3", "stock.transfer", {"sku": "s3", "from_warehouse": "w1", "to_warehouse": "w2", "quantity": 1}, 1_002)
     adjust(s, "k4", -1, 1_003, sku="s1")
     outs = u.process(s.records, lambda p: 0)
+    # the partition's activation history (which domain version judges the batch,
+    # specs/versioning.allium) is read once, before the screening: docket's own key
+    history = [name for k, name in log if k == "read" and name.startswith("docket:")]
+    assert history == [f"docket:versions:{p}" for p in sorted({r.partition for r in s.records})]
+    log[:] = [e for e in log if not e[1].startswith("docket:")]
     kinds = [k for k, _ in log]
     assert kinds[:4] == ["screen"] * 4
     assert [name for k, name in log if k == "read"] == []  # no single reads: one multi-get
@@ -180,8 +183,7 @@ def test_payload_without_canonical_form_is_rejected_before_the_warden() -> None:
             rest = {k: v for k, v in payload.items() if k != "note"} if isinstance(payload, dict) else payload
             return super().validate(event_name, rest)
 
-    u = usher()
-    u.domain = u.arbiter.domain = Lenient()
+    u = usher(domain=Lenient())
     store = u.registrar.ledger.store
     s = Stream()
     adjust_payload = {"warehouse": "w1", "sku": "s1", "delta": 5}

@@ -27,6 +27,7 @@ from faust.types.tuples import Message
 
 from agents import clerk as clerk_mod
 from agents import instance as instance_mod
+from agents import plumbing
 from agents.faults import FaultInjector, FaultSpec
 from agents.intake import OneRecord
 from app.canonical import canonical, digest
@@ -71,6 +72,29 @@ class RecordingBatch:
         return object()
 
 
+def claimed(capp, producer, *partitions: int):
+    """Seed ``partitions`` in the Clerk app ``capp`` as if their last records had been
+    read, and give each ``producer`` as its transactional producer, as if claimed (no
+    Kafka here). Returns ``producer``."""
+    for p in partitions:
+        capp.docket["core"].seed(p, [])
+        capp.docket["producers"]._producers[p] = producer
+    return producer
+
+
+def putter(capp, ctx, p: int, *, settle: bool = True):
+    """``put(topic, value)`` for the Clerk agent's test context: the record arrives on
+    ``topic``, partition ``p``; with ``settle``, returns once the transaction publishing
+    what the item decided (if any) has committed."""
+    async def put(topic: str, value: bytes):
+        ctx._get_strtopic = lambda channel: topic  # the topic the record arrives on
+        event = await ctx.put(value, partition=p)
+        if settle:
+            await capp.docket["publisher"].settle()
+        return event
+    return put
+
+
 class RecordingProducer:
     """Stands in for app.producer: records every send, in order, and every flush. Its
     ``_producer`` (Faust's aiokafka producer) records the records of every batch sent,
@@ -99,10 +123,12 @@ class RecordingProducer:
         for key, value in batch.records:
             self.log.append(("send", tp.topic, key, value, tp.partition))
 
-        class Queued:
+        class Queued:  # aiokafka's MessageBatch: its future, and the drain waiter send_batched retrieves
             future = asyncio.get_running_loop().create_future()
+            _drain_waiter = asyncio.get_running_loop().create_future()
 
         Queued.future.set_result(_Sent(first))
+        Queued._drain_waiter.set_result(None)
         return Queued
 
     async def send(self, topic, key, value, partition, timestamp, headers):
@@ -113,6 +139,16 @@ class RecordingProducer:
 
     async def flush(self) -> None:
         self.log.append(("flush",))
+
+    # the Clerk's transactional producer per partition (agents/clerk_publish.py)
+    async def begin_transaction(self) -> None:
+        self.log.append(("begin",))
+
+    async def commit_transaction(self) -> None:
+        self.log.append(("commit",))
+
+    async def stop(self) -> None:
+        self.log.append(("stop",))
 
     def sent(self, topic: str) -> list[tuple]:
         return [(i, e) for i, e in enumerate(self.log) if e[0] == "send" and e[1] == topic]
@@ -333,17 +369,15 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
     changed entity to partition p of the entities topic, keyed by the entity key.
     ClerkPublishesDivergence, DivergenceOnInputPartition, CorruptedCopyNeverPublished:
     a copy altered after sealing is compared by its recomputed digest, counted as
-    corrupt and reported; the producer is flushed before the report goes out."""
+    corrupt and reported.
+    ClerkPublishesItemAtomically: each item's records go out in one transaction."""
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
-    capp.producer = producer = RecordingProducer()
     core, metrics = capp.docket["core"], capp.docket["metrics"]
     p = 2
-    core.seed(p, [])  # as if its last records had been read (no Kafka here)
+    producer = claimed(capp, RecordingProducer(), p)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
     async with capp.agents["clerk"].test_context() as ctx:
-        async def put(topic: str, value: bytes):
-            ctx._get_strtopic = lambda channel: topic  # the topic the record arrives on
-            return await ctx.put(value, partition=p)
+        put = putter(capp, ctx, p)
 
         with caplog.at_level(logging.WARNING, logger="docket.clerk"):
             for garbage in (b"{nope", b"[1, 2]", b'{"x": 1}', b"null", b'{"instance": "a", "digest": "d"}'):
@@ -376,7 +410,7 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
         assert ev.message.acked
         (index, report), = producer.sent(settings.divergences_topic)
         assert report[4] == p and orjson.loads(report[3])["input"] == {"partition": p, "offset": 1}
-        assert producer.log[index - 1] == ("flush",)
+        assert producer.log[index - 1] == ("begin",) and producer.log[index + 1] == ("commit",)
         assert len(producer.sent(settings.results_topic)) == 1  # the position is never published
         assert metrics.corrupt.labels("b")._value.get() == 1
 
@@ -393,10 +427,9 @@ async def test_clerk_handles_a_copy_batch_and_publishes_its_decisions_in_batches
     ClerkAcksOnlyFinalPositions: an item is acknowledged once every position it carries
     is final and every item read before it on its partition is acknowledged."""
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
-    capp.producer = producer = RecordingProducer()
     core = capp.docket["core"]
     p = 1
-    core.seed(p, [])
+    producer = claimed(capp, RecordingProducer(), p)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
 
     def batch(instance: str, copies: list, watermark: int) -> bytes:
@@ -405,9 +438,7 @@ async def test_clerk_handles_a_copy_batch_and_publishes_its_decisions_in_batches
     copies = [copy_entry(0, p, 5), copy_entry(1, p, 6), copy_entry(2, p, 7, entity="stock:w2:s1"), copy_entry(3, p, 8)]
     no_digest = {"body": copies[3]["body"]}
     async with capp.agents["clerk"].test_context() as ctx:
-        async def put(topic: str, value: bytes):
-            ctx._get_strtopic = lambda channel: topic  # the topic the record arrives on
-            return await ctx.put(value, partition=p)
+        put = putter(capp, ctx, p)
 
         with caplog.at_level(logging.WARNING, logger="docket.clerk"):
             from_a = await put(out_a, batch("a", [*copies[:3], no_digest], 4))
@@ -437,6 +468,43 @@ async def test_clerk_handles_a_copy_batch_and_publishes_its_decisions_in_batches
         assert capp.docket["acks"].waiting() == 0
 
 
+async def test_clerk_goes_on_while_a_transaction_commits_and_acknowledges_after_it(settings, tmp_path) -> None:
+    """ClerkPublishesWithoutWaiting: while an item's transaction commits, the agent goes
+    on with the next items; their decisions wait for the next transaction of the
+    partition, which carries all of them (one transaction per partition in flight).
+    ClerkAcksOnlyFinalPositions: no copy is acknowledged before the transaction that
+    publishes the decision finishing it has committed."""
+    gate = asyncio.Event()
+
+    class SlowCommit(RecordingProducer):
+        async def commit_transaction(self) -> None:
+            await gate.wait()
+            await super().commit_transaction()
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core, publisher = capp.docket["core"], capp.docket["publisher"]
+    p = 4
+    producer = claimed(capp, SlowCommit(), p)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, p, settle=False)
+
+        events = [await put(out_a, copy_value("a", 0, p)), await put(out_b, copy_value("b", 0, p))]
+        await until(lambda: producer.log.count(("begin",)) == 1, "the first transaction to begin")
+        events += [await put(out_a, copy_value("a", o, p)) for o in (1, 2)]
+        events += [await put(out_b, copy_value("b", o, p)) for o in (1, 2)]
+        assert core.is_final(p, 1) and core.is_final(p, 2)  # decided while the first commits
+        assert producer.log.count(("begin",)) == 1 and ("commit",) not in producer.log
+        assert not any(ev.message.acked for ev in events)
+        gate.set()
+        await publisher.settle()
+    assert all(ev.message.acked for ev in events)
+    begins = [i for i, e in enumerate(producer.log) if e == ("begin",)]
+    assert len(begins) == 2  # offset 0 alone, then 1 and 2 together
+    second = [orjson.loads(e[3])["input"]["offset"] for i, e in producer.sent(settings.results_topic) if i > begins[1]]
+    assert second == [1, 2]
+
+
 async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp_path) -> None:
     """ClerkForgetsRevokedPartition: on revocation the partition's state goes, held
     copies included (they stay unacknowledged, so the next owner reads them again);
@@ -444,10 +512,8 @@ async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp
     from faust.types import TP
 
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
-    capp.producer = RecordingProducer()
     core = capp.docket["core"]
-    core.seed(1, [])
-    core.seed(2, [])
+    claimed(capp, RecordingProducer(), 1, 2)
     core.lagging = {(1, "b"), (2, "b")}
     async with capp.agents["clerk"].test_context() as ctx:
         ctx._get_strtopic = lambda channel: settings.output_topic("a")  # records arrive on output.a
@@ -458,6 +524,146 @@ async def test_revoked_partition_is_forgotten_with_its_held_copies(settings, tmp
     assert not core.known(2) and core.known(1)
     assert not held.message.acked
     assert core.lagging == {(1, "b")}  # a partition owned elsewhere is not ours to report
+
+
+async def test_fenced_clerk_publishes_nothing_and_leaves_the_partition(settings, tmp_path, caplog) -> None:
+    """FencedClerkPublishesNothing: when another Clerk worker has claimed the
+    partition's transactional id, the item's transaction fails (ProducerFenced):
+    nothing of it is acknowledged, the partition's state goes, the worker says so once
+    and skips the partition's later copies without claiming it back (which would fence
+    the owner in turn) until it is revoked; then it may claim it again."""
+    from aiokafka.errors import ProducerFenced
+    from faust.types import TP
+
+    class Fenced(RecordingProducer):
+        async def commit_transaction(self) -> None:
+            raise ProducerFenced()
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core, metrics, fenced = capp.docket["core"], capp.docket["metrics"], capp.docket["fenced"]
+    p = 3
+    producer = claimed(capp, Fenced(), p)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, p)
+
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            held = await put(out_a, copy_value("a", 0, p))
+            deciding = await put(out_b, copy_value("b", 0, p))
+            assert not held.message.acked and not deciding.message.acked
+            assert fenced == {p} and not core.known(p) and metrics.fenced._value.get() == 1
+            assert not capp.docket["producers"].owns(p)
+            assert ("stop",) in producer.log  # the fenced producer is closed
+            later = await put(out_a, copy_value("a", 1, p))
+            assert not later.message.acked and not core.known(p)  # skipped, not claimed again
+        assert sum(f"fenced on partition {p}" in m for m in caplog.messages) == 1
+        await capp.on_partitions_revoked.send(revoked={TP(out_a, p), TP(out_b, p)})
+        assert fenced == set()
+
+
+def test_clerk_drops_items_of_an_older_generation() -> None:
+    """ClerkDropsItemsOfOlderGeneration: an item fetched in an older consumer-group
+    generation than the current one is stale (the agent skips it without reading or
+    acknowledging it); one of the current generation, or a message that carries none
+    (Faust's per-record path in tests), is not."""
+    from types import SimpleNamespace
+
+    assert clerk_mod.stale(SimpleNamespace(generation_id=6), 7)
+    assert not clerk_mod.stale(SimpleNamespace(generation_id=7), 7)
+    assert not clerk_mod.stale(SimpleNamespace(generation_id=None), 7)
+    assert not clerk_mod.stale(SimpleNamespace(), 7)
+
+
+async def test_clerk_takes_no_item_while_its_group_rebalances(settings, tmp_path) -> None:
+    """ClerkDropsItemsOfOlderGeneration: while the group rebalances, an item is neither
+    processed nor acknowledged (nor may it claim a partition, which could fence the
+    partition's next owner); the next owner reads it again from the committed offsets."""
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core = capp.docket["core"]
+    p = 1
+    producer = claimed(capp, RecordingProducer(), p)
+    async with capp.agents["clerk"].test_context() as ctx:
+        ctx._get_strtopic = lambda channel: settings.output_topic("a")
+        capp.rebalancing = True
+        skipped = await ctx.put(copy_value("a", 0, p), partition=p)
+        assert not skipped.message.acked and core.pending(p) == 0 and producer.log == []
+        capp.rebalancing = False
+        await ctx.put(copy_value("a", 0, p), partition=p)
+        assert core.pending(p) == 1
+
+
+async def test_clerk_rebalance_does_not_wait_for_held_copies(settings, tmp_path) -> None:
+    """ClerkRebalanceDoesNotWaitForHeldCopies: Faust's rebalance drain (wait_empty)
+    would wait until every copy the Clerk holds is acknowledged, which happens only once
+    positions become final, which needs the rebalance to finish. The Clerk's consumer
+    waits only for the item in progress; held ones stay unacknowledged."""
+    from types import SimpleNamespace
+
+    from agents.intake import BatchConsumer
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    consumer_class = capp.transport.Consumer
+    assert issubclass(consumer_class, BatchConsumer) and consumer_class.in_progress is not None
+
+    class Msg(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    held, current = Msg(acked=False), Msg(acked=False)
+    state = {"current": current}
+    commits = []
+
+    class Drain:
+        should_stop = False
+        in_progress = staticmethod(lambda: state["current"])
+        _unacked_messages = {held, current}
+
+        def _clean_unacked_messages(self):
+            self._unacked_messages -= {m for m in self._unacked_messages if m.acked}
+
+        async def _wait_for_ack(self, timeout):
+            current.acked = True  # the agent finishes the item in progress
+            state["current"] = None
+
+        async def commit_and_end_transactions(self):
+            commits.append(set(self._unacked_messages))
+
+    drain = Drain()
+    await BatchConsumer.wait_empty(drain)
+    assert commits == [set()] and not held.acked  # done without the held copy, still unacknowledged
+
+
+async def test_a_claim_overtaken_by_a_revocation_is_given_up(settings, monkeypatch) -> None:
+    """ClerkClaimsPartitionBeforeSeed: a partition revoked while its producer starts is
+    not claimed (its producer is stopped again), so the worker neither seeds nor
+    publishes for a partition it no longer owns."""
+    from agents import clerk_publish
+
+    started = asyncio.Event()
+    proceed = asyncio.Event()
+    stopped = []
+
+    class SlowProducer:
+        def __init__(self, **config) -> None:
+            self.config = config
+
+        async def start(self) -> None:
+            started.set()
+            await proceed.wait()
+
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", SlowProducer)
+    producers = clerk_publish.PartitionProducers(settings)
+    claim = asyncio.ensure_future(producers.claim(5))
+    await started.wait()
+    await producers.release({5})
+    proceed.set()
+    with pytest.raises(clerk_publish.PartitionLost):
+        await claim
+    assert not producers.owns(5) and len(stopped) == 1
+    await producers.claim(5)  # claimed afresh once assigned again
+    assert producers.owns(5) and producers.get(5).config["transactional_id"] == f"{settings.app_id('clerk')}-p5"
 
 
 def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
@@ -500,17 +706,19 @@ def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkey
 
 def test_topic_definitions(settings) -> None:
     """TopicsCreatedExplicitly, PerEventTopicsHavePPartitions, TopicNamesUnique,
-    TopicsUseBrokerTime, EntitiesTopicIsCompacted: `docket topics create`
-    defines input, output.<id> per configured instance, results, divergences and
-    entities, each with DOCKET_PARTITIONS partitions and a distinct name; every one
-    has the broker stamp its records (LogAppendTime); entities is compacted."""
+    TopicsUseBrokerTime, EntitiesTopicIsCompacted, StatusTopicIsCompacted: `docket
+    topics create` defines input, output.<id> per configured instance, results,
+    divergences, entities and status, each with DOCKET_PARTITIONS partitions and a
+    distinct name; every one has the broker stamp its records (LogAppendTime);
+    entities and status are compacted."""
     specs = {t.name: t for t in topic_specs(settings)}
     assert list(specs) == settings.all_topics()
-    assert len(specs) == len(topic_specs(settings)) == 1 + len(settings.instances) + 3
+    assert len(specs) == len(topic_specs(settings)) == 1 + len(settings.instances) + 4
     assert {t.partitions for t in specs.values()} == {PARTITIONS}
     for name in settings.all_topics():
         assert specs[name].configs["message.timestamp.type"] == "LogAppendTime"
     assert specs[settings.entities_topic].configs["cleanup.policy"] == "compact"
+    assert specs[settings.status_topic].configs["cleanup.policy"] == "compact"
     for name in (settings.results_topic, settings.divergences_topic):
         assert "cleanup.policy" not in specs[name].configs
 
@@ -553,16 +761,22 @@ def test_workers_start_only_when_their_topics_exist(settings, monkeypatch) -> No
     unreachable broker and `docket broker start`."""
     import aiokafka.admin
 
+    from app import kafka_config
+
+    async def check_connection(*_args, **_kwargs) -> bool:  # the fake broker answers unless it fails
+        return not FakeAdmin.fail
+
     monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", FakeAdmin)
+    monkeypatch.setattr(kafka_config, "check_connection", check_connection)
     needed = [settings.input_topic, settings.output_topic("a")]
     FakeAdmin.topics, FakeAdmin.fail = set(needed) | {"other"}, False
-    asyncio.run(instance_mod.check_topics(settings, needed))
+    asyncio.run(plumbing.check_topics(settings, needed))
     FakeAdmin.topics = {settings.input_topic}
     with pytest.raises(click.ClickException, match=r"topic\(s\) spec.output.a do not exist; run `docket topics create`"):
-        asyncio.run(instance_mod.check_topics(settings, needed))
+        asyncio.run(plumbing.check_topics(settings, needed))
     FakeAdmin.fail = True
     with pytest.raises(click.ClickException, match="cannot reach Kafka at 127.0.0.1:1 .*`docket broker start`"):
-        asyncio.run(instance_mod.check_topics(settings, needed))
+        asyncio.run(plumbing.check_topics(settings, needed))
 
 
 def test_unconfigured_instance_is_warned_and_unreachable_kafka_stops_it() -> None:

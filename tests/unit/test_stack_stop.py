@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from app.stack import STACK_LOG, StackOutput, TerminalWatch
+
+from launcher.broker import free_port
+from launcher.stack import STACK_LOG, StackOutput, TerminalWatch
 from tests.terminal import Terminal, members_of_group, plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +94,9 @@ def stack_dir(tmp_path: Path) -> Path:
 def stack_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
     env.update({"DOCKET_DATA_ROOT": str(root / "var"), "DOCKET_API_TOKENS": "stand-in-token",
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1",
+                # a port nobody holds: `stack run` refuses to start a broker on a taken one
+                "DOCKET_BROKER_PORT": str(free_port())})
     return env
 
 

@@ -10,12 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents import clerk as clerk_mod
 from agents import instance as instance_mod
+from agents import plumbing
 from app.records import partition_for
 from tests.unit.test_spec_workers import (  # noqa: F401  settings is a fixture
     PARTITIONS,
     RecordingProducer,
+    claimed,
     adjust,
     copy_value,
+    putter,
     settings,
     until,
 )
@@ -30,7 +33,7 @@ def samples(registry: CollectorRegistry) -> dict[str, float]:
 def test_instance_clerk_and_api_histograms_share_their_bounds() -> None:
     from app.api import LATENCY_BUCKETS
 
-    assert instance_mod.STAGE_BUCKETS == LATENCY_BUCKETS
+    assert plumbing.STAGE_BUCKETS == LATENCY_BUCKETS
 
 
 def test_observe_many_equals_repeated_observe() -> None:
@@ -39,7 +42,7 @@ def test_observe_many_equals_repeated_observe() -> None:
     for value, n in ((0.0005, 3), (0.05, 7), (0.5, 1), (5.0, 2), (0.2, 0)):
         for _ in range(n):
             one.observe(value)
-        instance_mod.observe_many(many, value, n)
+        plumbing.observe_many(many, value, n)
     assert one.collect()[0].samples[:-1] == many.collect()[0].samples[:-1]  # all but _created
 
 
@@ -66,15 +69,12 @@ async def test_instance_observes_every_event_once_per_stage(settings, tmp_path) 
 
 async def test_clerk_times_transit_and_agreement_and_forgets_final_positions(settings, tmp_path) -> None:  # noqa: F811
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
-    capp.producer = RecordingProducer()
     core, metrics, first_read = capp.docket["core"], capp.docket["metrics"], capp.docket["first_read"]
     p = 1
-    core.seed(p, [])
+    claimed(capp, RecordingProducer(), p)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
     async with capp.agents["clerk"].test_context() as ctx:
-        async def put(topic: str, value: bytes):
-            ctx._get_strtopic = lambda channel: topic
-            return await ctx.put(value, partition=p)
+        put = putter(capp, ctx, p)
 
         await put(out_a, copy_value("a", 0, p))
         assert list(first_read) == [(p, 0)]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from app.records import CREATE_TIME, InputRecord, partition_for, unseal
 from tables.store import MemoryStore
 from tables.warden import clock_key, version_key
+from app.domains.inventory import Inventory
 from tests.unit.pipeline_kit import PARTITIONS, TTL, Stream, entity_state, envelope, run, usher, workload
 
 
@@ -101,7 +102,8 @@ def test_bad_records_become_named_rejections_and_good_ones_still_apply():
     UsherRejectsAffinityKeyMismatch, UsherRejectsMisroutedRecord,
     ArbiterEmitsPreEvaluationRejection, RejectedRecordsCreateNoEvent: each bad record is
     a deterministic rejected output with a named reason, touches no state and writes no
-    Warden version; UsherAdmitsEvent, AdmittedEventIsCorrectlyRouted: the correctly
+    Warden version; a misrouted one's detail names both partitions, the partitioner
+    and librdkafka's partitioner=murmur2_random; UsherAdmitsEvent, AdmittedEventIsCorrectlyRouted: the correctly
     keyed and routed records around them are admitted and apply."""
     s, cases, goods = _poison_stream()
     store = MemoryStore()
@@ -112,6 +114,14 @@ def test_bad_records_become_named_rejections_and_good_ones_still_apply():
         assert out["outcome"]["status"] == "rejected", reason
         assert out["outcome"]["reason"] == reason, (rec, out["outcome"])
         assert out["outcome"]["detail"]
+        if reason == "misrouted":
+            home = partition_for(b"s1", PARTITIONS)
+            assert out["outcome"]["detail"] == (
+                f"the record is on partition {rec.partition}, its key belongs on partition {home} of {PARTITIONS}: "
+                f"docket routes by Kafka's default partitioner, murmur2(key) mod {PARTITIONS}, as the Java client "
+                "and aiokafka do. Produce with it (librdkafka clients such as confluent-kafka and kcat: "
+                "partitioner=murmur2_random; their default, consistent_random, puts keys elsewhere) and leave "
+                "the partition to the partitioner")
     assert [by_pos[(g.partition, g.offset)]["outcome"]["status"] for g in goods] == ["applied", "applied"]
     assert entity_state(store) == {"stock:w1:s1": ({"quantity": 0}, 2)}
     # rejected-before-evaluation records left no Warden entries behind
@@ -121,13 +131,11 @@ def test_bad_records_become_named_rejections_and_good_ones_still_apply():
 
 def test_domain_bug_becomes_an_evaluation_error_not_a_crash():
     """ArbiterContainsDomainFailure: an exception in evaluate is a rejected outcome."""
-    u = usher()
+    class Broken(Inventory):
+        def evaluate(self, event_name, payload, states):
+            raise ZeroDivisionError("boom")
 
-    def broken(*args):
-        raise ZeroDivisionError("boom")
-
-    u.arbiter.domain = type("Broken", (), {"evaluate": staticmethod(broken),
-                                          "__getattr__": lambda self, n: getattr(u.domain, n)})()
+    u = usher(domain=Broken())
     s = Stream()
     s.event("k1", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 1}, 5)
     (out,) = u.process(s.records, lambda p: 0)
@@ -496,3 +504,17 @@ def test_input_record_value_is_not_mutated_by_processing():
     before = rec.value
     usher().process([rec], lambda p: 0)
     assert rec.value == before
+
+
+def test_misrouted_detail_is_a_bounded_function_of_the_partitions() -> None:
+    """UsherRejectsMisroutedRecord: the detail depends on (home, partition, partition
+    count) alone, names the fix (partitioner=murmur2_random for librdkafka) and stays
+    at most 400 characters whatever the numbers, far below the outcome's 1,024-character
+    detail limit."""
+    from app.records import misrouted_detail
+
+    assert misrouted_detail(3, 5, 8) == misrouted_detail(3, 5, 8) != misrouted_detail(5, 3, 8)
+    detail = misrouted_detail(3, 5, 8)
+    assert "partition 5" in detail and "partition 3 of 8" in detail and "murmur2(key) mod 8" in detail
+    assert "partitioner=murmur2_random" in detail
+    assert len(misrouted_detail(2**31 - 2, 2**31 - 1, 2**31 - 1)) <= 400  # partition numbers are int32

@@ -1,4 +1,4 @@
-"""The invariants `docket chaos` checks after a scenario has drained (app/chaos.py).
+"""The invariants `docket chaos` checks after a scenario has drained (chaos/cli.py).
 
 Each check is a pure function of what the topics and the stopped workers hold:
 
@@ -7,10 +7,11 @@ Each check is a pure function of what the topics and the stopped workers hold:
   position that is not an input;
 - ``no_divergence``: ``<prefix>.divergences`` is empty (no fault was injected);
 - ``results_match_oracle``: each result's outcome, digest, duplicate_of and
-  idempotency key are the pure replay's (app/replay.py), event by event;
-- ``no_negative_stock``: no entity state in any published result is negative;
-- ``stock_conserved``: per sku, the total of the latest published states equals the
-  sum of the deltas of the applied (non-duplicate) adjustments that were published;
+  idempotency key are the pure replay's (chaos/replay.py), event by event;
+- the domain's own (its kit's ``check``, app/domains/kit.py), over the events applied
+  once, each entity's latest published state and every published state (inventory:
+  ``no_negative_stock``, ``stock_conserved`` per sku; accounts: ``no_negative_balance``,
+  ``money_conserved`` per book and currency, ``closed_accounts_empty``);
 - ``tables_equal``: the final Ledger of instance a (RocksDB dump) equals b's and the
   replay's.
 """
@@ -18,31 +19,25 @@ Each check is a pure function of what the topics and the stopped workers hold:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import orjson
 
+from app.versions import ACTIVATE_EVENT
+from app.domains.kit import Check, DomainKit, first
 from app.records import InputRecord
 
 Position = tuple[int, int]
-INVARIANTS = ("one_result_per_event", "no_divergence", "results_match_oracle", "no_negative_stock",
-              "stock_conserved", "tables_equal")
+# The invariants of every domain, with short labels (the chaos summary's columns); the
+# domain's own come between results_match_oracle and tables_equal (:func:`invariants`).
+GENERIC = {"one_result_per_event": "1 result/event", "no_divergence": "no divergence",
+           "results_match_oracle": "= replay", "tables_equal": "a = b = replay"}
+_first = first
 
 
-@dataclass(frozen=True)
-class Check:
-    passed: bool
-    detail: str
-
-    def as_dict(self) -> dict:
-        return {"passed": self.passed, "detail": self.detail}
-
-
-def _first(items: Iterable, n: int = 3) -> str:
-    items = list(items)
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(map(str, items[:n])) + more
+def invariants(kit: DomainKit) -> dict[str, str]:
+    """Name -> short label of every invariant checked for ``kit``'s domain, in report order."""
+    g = list(GENERIC.items())
+    return dict([*g[:3], *kit.invariants.items(), *g[3:]])
 
 
 def one_result_per_event(inputs: list[InputRecord], results: list[dict]) -> Check:
@@ -97,46 +92,28 @@ def _entities(result: dict) -> list[dict]:
     return result["outcome"]["entities"] or []
 
 
-def no_negative_stock(results: list[dict]) -> Check:
-    bad = [((r["input"]["partition"], r["input"]["offset"]), e["key"], e["state"]["quantity"])
-           for r in results for e in _entities(r) if e["state"]["quantity"] < 0]
-    states = sum(len(_entities(r)) for r in results)
-    if not bad:
-        return Check(True, f"{states} published entity states, none negative")
-    return Check(False, f"{len(bad)} negative stock levels published: {_first(bad)}")
-
-
-def stock_conserved(inputs: list[InputRecord], results: list[dict]) -> Check:
-    """Per sku: the latest published state of each of its stock entities (an entity
-    lives on one partition, so the latest is the highest input offset) summed across
-    warehouses equals the sum of the published applied adjustments' deltas."""
+def domain_checks(kit: DomainKit, inputs: list[InputRecord], results: list[dict]) -> dict[str, Check]:
+    """The domain's own invariants (its kit's ``check``) over the published results:
+    the events applied once (applied, not a duplicate, at an input position), each
+    entity's latest published state (an entity lives on one partition, so the latest
+    is the highest input offset), and every published state. Activation records are
+    docket's, not the domain's: left out."""
     by_pos = {(r.partition, r.offset): r for r in inputs}
-    latest: dict[str, tuple[int, int]] = {}  # entity key -> (offset, quantity)
-    applied: Counter = Counter()
-    transfers_drained = 0
+    latest: dict[str, dict] = {}
+    applied: list[tuple[str, dict]] = []
+    seen: list[tuple[str, dict]] = []
     for r in sorted(results, key=lambda r: (r["input"]["partition"], r["input"]["offset"])):
         pos = (r["input"]["partition"], r["input"]["offset"])
-        out = r["outcome"]
-        if out["status"] != "applied" or r["duplicate_of"] is not None or pos not in by_pos:
+        entities = _entities(r)
+        seen += [(e["key"], e["state"]) for e in entities]
+        if r["outcome"]["status"] != "applied" or r["duplicate_of"] is not None or pos not in by_pos:
             continue  # a duplicate repeats the original's outcome: states as they were then
-        for e in _entities(r):
-            latest[e["key"]] = (pos[1], e["state"]["quantity"])
-        payload = orjson.loads(by_pos[pos].value)["payload"]
-        if r["event_name"] == "stock.adjust":
-            applied[payload["sku"]] += payload["delta"]
-        elif any(e["key"] == f"stock:{payload['from_warehouse']}:{payload['sku']}" and e["state"]["quantity"] == 0
-                 for e in _entities(r)):
-            transfers_drained += 1
-    totals: Counter = Counter()
-    for key, (_, quantity) in latest.items():
-        _, _warehouse, sku = key.split(":")
-        totals[sku] += quantity
-    wrong = {s: (totals[s], applied[s]) for s in sorted(set(totals) | set(applied)) if totals[s] != applied[s]}
-    if not applied:
-        return Check(False, "no adjustment was applied: conservation proves nothing")
-    if wrong:
-        return Check(False, f"{len(wrong)} skus not conserved (total, sum of applied deltas): {_first(wrong.items())}")
-    return Check(True, f"{len(applied)} skus conserved; {transfers_drained} transfers drained a stock to 0")
+        if r["event_name"] == ACTIVATE_EVENT:
+            continue  # docket's own record (app/versions.py): no domain event, no entity
+        for e in entities:
+            latest[e["key"]] = e["state"]
+        applied.append((r["event_name"], orjson.loads(by_pos[pos].value)["payload"]))
+    return kit.check(applied, latest, seen)
 
 
 def tables_equal(dumps: dict[str, dict | str], oracle) -> Check:
@@ -157,13 +134,13 @@ def tables_equal(dumps: dict[str, dict | str], oracle) -> Check:
     return Check(True, f"{' = '.join(sorted(dumps))} = replay ({len(want)} entities)")
 
 
-def verify(inputs: list[InputRecord], results: list[dict], divergences: list[dict], oracle,
+def verify(kit: DomainKit, inputs: list[InputRecord], results: list[dict], divergences: list[dict], oracle,
            dumps: dict[str, dict | str]) -> dict[str, Check]:
+    """Every invariant of :func:`invariants` (``kit``), in that order."""
     return {
         "one_result_per_event": one_result_per_event(inputs, results),
         "no_divergence": no_divergence(divergences),
         "results_match_oracle": results_match_oracle(results, oracle),
-        "no_negative_stock": no_negative_stock(results),
-        "stock_conserved": stock_conserved(inputs, results),
+        **domain_checks(kit, inputs, results),
         "tables_equal": tables_equal(dumps, oracle),
     }

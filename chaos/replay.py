@@ -13,7 +13,7 @@ crashed or restarted.
 partitions, offsets and timestamps, to feed the oracle.
 
     inputs = await read_topic(settings.kafka_bootstrap, settings.input_topic)
-    oracle = replay(inputs, registry.get(settings.domain), settings.partitions,
+    oracle = replay(inputs, registry.versions(settings.domain), settings.partitions,
                     settings.idempotency_ttl_ms)
     oracle.digests[(p, o)], oracle.states["stock:wh-00:sku-0001"]
 """
@@ -24,14 +24,16 @@ import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from agents.usher import Usher
 from app.canonical import digest
 from app.kafka_admin import ISOLATION_LEVEL
+from app.kafka_config import client_kwargs
 from app.records import InputRecord
 from app.registry import Domain
+from app.versions import RESERVED_PREFIX
 from tables.ledger import Ledger
 from tables.registrar import Registrar
 from tables.store import MemoryStore
@@ -76,11 +78,13 @@ class Replay:
     states: dict[str, tuple[dict, int]]  # entity key -> (state, version)
 
 
-def replay(records: Iterable[InputRecord], domain: Domain, partitions: int, ttl_ms: int,
+def replay(records: Iterable[InputRecord], domain: Domain | Mapping[int, Domain], partitions: int, ttl_ms: int,
            *, batch_size: int = 512, instance: str = "oracle") -> Replay:
     """Run ``records`` through a fresh Usher over a MemoryStore and return every
-    output body and the final entity states. ``batch_size`` only groups work: the
-    result must not depend on it."""
+    output body and the final entity states (docket's own Ledger keys left out).
+    ``domain``: one version, or every version (``registry.versions(name)``), which an
+    input with activation records needs. ``batch_size`` only groups work: the result
+    must not depend on it."""
     store = IndexedMemoryStore()
     ledger = Ledger(store)
     usher = Usher(instance, domain, Registrar(ledger, capacity=1 << 30), Warden(store, ttl_ms), partitions)
@@ -100,7 +104,8 @@ def replay(records: Iterable[InputRecord], domain: Domain, partitions: int, ttl_
     states = {}
     for partition in range(partitions):
         for key, rec in ledger.entities(partition):
-            states[key] = (rec.state, rec.version)
+            if not key.startswith(RESERVED_PREFIX):
+                states[key] = (rec.state, rec.version)
     return Replay(bodies, {pos: digest(b) for pos, b in bodies.items()}, states)
 
 
@@ -108,8 +113,8 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """partition -> end offset (the offset the next record will get)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level=ISOLATION_LEVEL)
+    consumer = AIOKafkaConsumer(**client_kwargs(None, "replay", "consumer", bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level=ISOLATION_LEVEL))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
@@ -142,9 +147,9 @@ async def read_topic(bootstrap: str, topic: str, partitions: Iterable[int] | Non
     transaction still open is not read)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**client_kwargs(None, "replay", "consumer", bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-                                isolation_level=ISOLATION_LEVEL)
+                                isolation_level=ISOLATION_LEVEL))
     await consumer.start()
     try:
         parts = sorted(partitions) if partitions is not None else sorted(await _partitions(consumer, topic))

@@ -1,6 +1,6 @@
-"""One scenario of `docket chaos` (app/chaos.py): start the stack on fresh topics, feed
+"""One scenario of `docket chaos` (chaos/cli.py): start the stack on fresh topics, feed
 the workload at a steady rate, run the scenario's kill plan while it flows, wait until
-everything has drained, stop the workers and check the invariants (app/chaos_verify.py).
+everything has drained, stop the workers and check the invariants (chaos/verify.py).
 
 Scenarios (each a kill plan; every random choice is drawn up front from
 ``random.Random("<seed>:<scenario>")``, so a seed names the same plan every time):
@@ -14,7 +14,7 @@ Scenarios (each a kill plan; every random choice is drawn up front from
   middle of the table restore; in odd rounds the kills land during start-up and the
   group join;
 - ``kill-clerk``: SIGKILL the Clerk repeatedly, restart it;
-- ``broker-restart``: stop the broker (app.broker.stop_broker: controlled shutdown) and
+- ``broker-restart``: stop the broker (launcher.broker.stop_broker: controlled shutdown) and
   start it again on the same directory and port, while everything runs.
 
 A worker that exits without being killed is restarted at once and reported.
@@ -34,9 +34,9 @@ from pathlib import Path
 import orjson
 from rich.markup import escape
 
-from app import workload
-from app.broker import free_port
-from app.chaos_stack import (
+from app.settings import Settings
+from chaos import workload
+from chaos.stack import (
     BrokerKeeper,
     Proc,
     Watch,
@@ -44,8 +44,8 @@ from app.chaos_stack import (
     component_env,
     group_committed_all,
 )
-from app.chaos_verify import INVARIANTS, Check, verify
-from app.settings import Settings
+from chaos.verify import Check, invariants, verify
+from launcher.broker import free_port
 
 SCENARIOS = ("kill-a", "kill-b", "kill-both", "kill-during-recovery", "kill-clerk", "broker-restart")
 START_DEADLINE_S = 180  # Faust start-up, the first rebalance, a busy 2-core machine
@@ -68,11 +68,15 @@ class Options:
     ttl_ms: int
     session_timeout_ms: int
     drain_timeout_s: float
+    domain: str = "inventory"  # a registered domain with a kit (DOCKET_DOMAIN's values)
+    # a version of the domain to activate live once half the events are acknowledged
+    # (`docket domain activate`, specs/versioning.allium); None: no activation
+    activate: str | None = None
 
 
 @dataclass
 class Events:
-    """What the harness tells the user while a scenario runs (app/chaos.py renders it)."""
+    """What the harness tells the user while a scenario runs (chaos/cli.py renders it)."""
 
     say: Callable[[str], None] = print
     status: dict = field(default_factory=dict)
@@ -105,7 +109,7 @@ class Scenario:
         self.rng = random.Random(f"{opts.seed}:{name}")
         self.settings = dataclasses.replace(
             base, kafka_bootstrap=keeper.bootstrap, topic_prefix=f"chaos-{name}", partitions=opts.partitions,
-            instances=("a", "b"), required_copies=2, idempotency_ttl_ms=opts.ttl_ms,
+            instances=("a", "b"), required_copies=2, idempotency_ttl_ms=opts.ttl_ms, domain=opts.domain,
             session_timeout_ms=opts.session_timeout_ms, data_root=self.dir / "data")
         env = component_env(self.settings)
         logs = self.dir / "logs"
@@ -147,6 +151,26 @@ class Scenario:
         deadline = self.opts.events / self.opts.rate * 3 + 600
         await wait_until(lambda: self.acked >= target or self.produced_done, deadline,
                          f"{target} input events acknowledged", interval_s=0.02)
+
+    async def activate_midway(self, entry: dict) -> None:
+        """Once half the events are acknowledged, activate ``opts.activate`` on every
+        partition, as `docket domain activate` does (while the scenario's kills go on;
+        after a broker restart it tries again until the broker takes it). Records
+        entry["activations"]: {partition: offset}."""
+        from app.domain_cli import produce_activations
+
+        await self.wait_acked(self.opts.events // 2)
+        for attempt in range(60):
+            try:
+                placed = await asyncio.wait_for(produce_activations(self.settings, self.opts.activate), 30)
+                break
+            except Exception as exc:  # noqa: BLE001  the broker may be down right now (TimeoutError too)
+                self.say(f"activating {self.opts.activate} failed ({exc.__class__.__name__}); trying again")
+                await asyncio.sleep(1.0)  # back-off while the broker comes back
+        else:
+            raise ChaosTimeout(f"could not activate {self.opts.activate} in 60 attempts")
+        entry["activations"] = {str(p): o for p, o in placed}  # JSON: keys are text
+        self.say(f"activated {self.opts.activate} at {self.acked} events: offsets {dict(placed)}")
 
     async def wait_ready(self, procs: list[Proc], deadline_s: float = RESTART_DEADLINE_S) -> None:
         for p in procs:
@@ -364,17 +388,21 @@ class Scenario:
             # bytes(memoryview(...)): a copy at its size; orjson's output keeps a 4 KiB
             # buffer, 400 MB for 100,000 records held until the last one is produced
             records = [r._replace(value=None if r.value is None else bytes(memoryview(r.value)))
-                       for r in workload.inventory(self.opts.seed, self.opts.events, ttl_ms=self.opts.ttl_ms,
-                                                   partitions=self.opts.partitions)]
+                       for r in workload.records(self.kit(), self.opts.seed, self.opts.events,
+                                                 ttl_ms=self.opts.ttl_ms, partitions=self.opts.partitions)]
             started = time.monotonic()
             feeder = asyncio.create_task(self.feed(records))
+            activator = asyncio.create_task(self.activate_midway(entry)) if self.opts.activate else None
             plan_deadline = self.opts.events / self.opts.rate * 3 + (self.opts.kills + 1) * 4 * RESTART_DEADLINE_S
             try:
                 await asyncio.wait_for(self.plan(), plan_deadline)
                 await asyncio.wait_for(asyncio.shield(feeder), self.opts.events / self.opts.rate * 3 + 600)
+                if activator is not None:
+                    await asyncio.wait_for(activator, 600)
             finally:
-                if not feeder.done():
-                    feeder.cancel()
+                for task in (feeder, activator):
+                    if task is not None and not task.done():
+                        task.cancel()
             entry["produce_s"] = round(time.monotonic() - started, 1)
             self.state = "draining"
             ends = await wait_until(self.watch.input_ends, 120, "the input topic's end offsets")
@@ -430,11 +458,18 @@ class Scenario:
         })
         return entry
 
+    def kit(self):
+        """The DomainKit of the scenario's domain (NoKit when it has none)."""
+        import app.domains  # noqa: F401  registers the built-in domains
+        from app.registry import registry
+
+        return registry.kit(self.settings.domain)
+
     async def check(self, error: str | None) -> dict[str, Check]:
         """Read what the topics and the stopped workers hold, and verify it."""
         import app.domains  # noqa: F401  registers the built-in domains
         from app.registry import registry
-        from app.replay import read_topic, replay
+        from chaos.replay import read_topic, replay
         from tables.dump import dump_entities
 
         s = self.settings
@@ -447,17 +482,17 @@ class Scenario:
                        once(await read_topic(s.kafka_bootstrap, s.results_topic, timeout_s=180))]
             divergences = [orjson.loads(r.value) for r in
                            once(await read_topic(s.kafka_bootstrap, s.divergences_topic))]
-            oracle = replay(inputs, registry.get(s.domain), s.partitions, s.idempotency_ttl_ms)
+            oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
             dumps: dict[str, dict | str] = {}
             for inst in s.instances:
                 try:
                     dumps[inst] = dump_entities(self.procs[inst].data_dir)
                 except Exception as exc:  # noqa: BLE001  reported as the check's detail
                     dumps[inst] = f"cannot dump {self.procs[inst].data_dir}: {exc}"
-            return verify(inputs, results, divergences, oracle, dumps)
+            return verify(self.kit(), inputs, results, divergences, oracle, dumps)
         except Exception as exc:  # noqa: BLE001
             why = f"not checked: {exc.__class__.__name__}: {exc}"
-            return {name: Check(False, why) for name in INVARIANTS}
+            return {name: Check(False, why) for name in invariants(self.kit())}
 
 
 def _compact(result: dict) -> dict:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import errno
+import json
 import os
 import secrets
 import select
@@ -56,7 +57,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -75,8 +77,6 @@ HANGUP = "hangup"  # the other cause: TerminalWatch saw the terminal hang up, wh
 STOP_CAUSES: dict[object, tuple[str, int]] = {
     signal.SIGINT: ("SIGINT received", 130), signal.SIGTERM: ("SIGTERM received", 143),
     signal.SIGHUP: ("SIGHUP received", 129), HANGUP: ("the terminal {terminal} closed (hang-up)", 129)}
-EXAMPLE_SKU = "sku-0001"
-EXAMPLE_WAREHOUSE = "wh-01"
 
 
 class StackError(click.ClickException):
@@ -105,7 +105,7 @@ async def wait_for_topics(
     while True:
         remaining = deadline - time.monotonic()
         try:
-            admin = await connect_admin(settings.kafka_bootstrap, max(1.0, min(5.0, remaining)))
+            admin = await connect_admin(settings.kafka_bootstrap, max(1.0, min(5.0, remaining)), settings)
         except KafkaUnreachable:
             missing_what = f"Kafka at {settings.kafka_bootstrap}"
         else:
@@ -169,7 +169,7 @@ async def group_states(settings: Settings, groups: list[str]) -> dict[str, tuple
         def build(self, request_struct_class):
             return DescribeGroupsRequest_v2(self._groups)
 
-    admin = await connect_admin(settings.kafka_bootstrap, 5.0)
+    admin = await connect_admin(settings.kafka_bootstrap, 5.0, settings)
     try:
         found: dict[str, tuple[str, int]] = {}
         for group in groups:
@@ -221,10 +221,23 @@ def stack_token(settings: Settings) -> tuple[str, str]:
     return token, f"kept in {path}"
 
 
-def curl_example(base_url: str, token: str, idempotency_key: str, *, one_line: bool = False) -> str:
-    """A curl command that submits one stock.adjust (receipt of 10) and prints the answer."""
-    body = ('{"event_name": "stock.adjust", "payload": '
-            f'{{"warehouse": "{EXAMPLE_WAREHOUSE}", "sku": "{EXAMPLE_SKU}", "delta": 10}}}}')
+def example_kit(settings: Settings):
+    """The kit (app/domains/kit.py) of the configured domain, or None when it has none."""
+    import app.domains  # noqa: F401  registers the built-in domains
+    from app.registry import registry
+
+    try:
+        return registry.kit(settings.domain)
+    except LookupError:
+        return None
+
+
+def curl_example(base_url: str, token: str, idempotency_key: str, event: tuple[str, dict], *,
+                 one_line: bool = False) -> str:
+    """A curl command that submits ``event`` ((event_name, payload): the domain kit's
+    example, which applies on a fresh stack) and prints the answer."""
+    name, payload = event
+    body = json.dumps({"event_name": name, "payload": payload})
     parts = [
         "curl -sS -i -X POST " + shlex.quote(f"{base_url}/v1/events"),
         "-H " + shlex.quote(f"Authorization: Bearer {token}"),
@@ -235,24 +248,84 @@ def curl_example(base_url: str, token: str, idempotency_key: str, *, one_line: b
     return " ".join(parts) if one_line else " \\\n     ".join(parts)
 
 
-def banner(settings: Settings, token: str, token_source: str, idempotency_key: str) -> str:
+def banner(settings: Settings, token: str, token_source: str, idempotency_key: str,
+           kafka: StackKafka | None = None) -> str:
     base = api_base_url(settings)
+    kafka = kafka or StackKafka(True, settings.kafka_bootstrap, f"a local broker, data in {settings.broker_dir}")
+    names = ("broker, " if kafka.local else "") + "topics, instance-a, instance-b, clerk, api"
     return f"""\
-docket: starting the stack (broker, topics, instance-a, instance-b, clerk, api) with honcho
+docket: starting the stack ({names}) with honcho
+  Kafka      {kafka.why}
   API        {base}   (OpenAPI: {base}/openapi.json)
   token      {token}   ({token_source})
   metrics    {base}/metrics, Clerk: http://127.0.0.1:{settings.clerk_web_port}/metrics
-  state      {settings.data_root} (RocksDB of each worker, the token); broker: {settings.broker_dir}
-  stop       Ctrl-C (or closing the terminal) stops the components, then the broker; `make run` again
+             {", ".join(f"instance {i}: http://127.0.0.1:{p}/metrics" for i, p in settings.instance_web_ports)}
+  state      {settings.data_root} (RocksDB of each worker, the token){"; broker: " + str(settings.broker_dir) if kafka.local else ""}
+  stop       Ctrl-C (or closing the terminal) stops the components{", then the broker" if kafka.local else ""}; `make run` again
              resumes the same state
 
-Once "topics" logs "docket is ready", submit a stock movement:
+{_example_text(settings, base, token, idempotency_key)}"""
 
-  {curl_example(base, token, idempotency_key)}
+
+def _example_text(settings: Settings, base: str, token: str, idempotency_key: str) -> str:
+    kit = example_kit(settings)
+    if kit is None:
+        return (f'Once "topics" logs "docket is ready", submit {settings.domain} events with POST {base}/v1/events\n'
+                f"(their schemas: {base}/openapi.json).\n")
+    return f"""\
+Once "topics" logs "docket is ready", {kit.example_summary}:
+
+  {curl_example(base, token, idempotency_key, kit.example_event)}
 
 200 with the agreed outcome; the same Idempotency-Key again answers the original outcome
-(a replay). `make demo` submits a few thousand events and checks the balances.
+(a replay). `make demo` submits a few thousand events and checks the domain's invariants.
 """
+
+
+# --------------------------------------------------------------------------- which Kafka
+
+
+@dataclass(frozen=True)
+class StackKafka:
+    """Which Kafka `docket stack run` uses. ``local``: it starts its own broker (the
+    Procfile's ``broker``) on 127.0.0.1:DOCKET_BROKER_PORT; otherwise the one at
+    ``bootstrap`` (DOCKET_KAFKA_BOOTSTRAP), and the Procfile's ``broker`` is left out.
+    ``why`` says so in the banner's words."""
+
+    local: bool
+    bootstrap: str
+    why: str
+
+
+def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callable[[int], bool] | None = None,
+                own_broker_runs: Callable[[], bool] | None = None) -> StackKafka:
+    """The stack's Kafka: its own broker when DOCKET_KAFKA_BOOTSTRAP is unset (in ``env``)
+    or names that broker's address (127.0.0.1 or localhost, DOCKET_BROKER_PORT) while
+    the port is free or held by the broker of DOCKET_BROKER_DIR; the Kafka at
+    DOCKET_KAFKA_BOOTSTRAP otherwise. StackError, saying what to do, when the variable
+    is unset and another process holds the port. ``port_free(port)`` and
+    ``own_broker_runs()`` default to the launcher's checks (tests pass their own)."""
+    from launcher import broker as launcher
+
+    port_free = port_free or launcher._port_free
+    own_broker_runs = own_broker_runs or (lambda: launcher.running_pid(settings.broker_dir) is not None)
+    port = settings.broker_port
+    given = (env.get("DOCKET_KAFKA_BOOTSTRAP") or "").strip()
+    local_names = {f"{launcher.HOST}:{port}", f"localhost:{port}"}
+    if given and given not in local_names:
+        return StackKafka(False, given, f"your Kafka at {given} (DOCKET_KAFKA_BOOTSTRAP); no local broker is started")
+    if port_free(port) or own_broker_runs():
+        return StackKafka(True, f"{launcher.HOST}:{port}", f"a local broker on {launcher.HOST}:{port}, data in "
+                          f"{settings.broker_dir}")
+    if given:
+        return StackKafka(False, given, f"the Kafka already listening at {given} (DOCKET_KAFKA_BOOTSTRAP; the port "
+                          "is taken, so no local broker is started)")
+    raise StackError(
+        f"port {port} on {launcher.HOST} is already in use by another process, so docket cannot start its broker "
+        "there. If that is a Kafka docket should use, run again with "
+        f"DOCKET_KAFKA_BOOTSTRAP={launcher.HOST}:{port} (and the DOCKET_KAFKA_* security settings it needs; "
+        "see \"Use your own Kafka\" in the README): the stack then starts no broker. Otherwise free the port, or "
+        "give docket's broker another one: DOCKET_BROKER_PORT=<port> DOCKET_KAFKA_BOOTSTRAP=127.0.0.1:<port>.")
 
 
 # --------------------------------------------------------------------------- running the Procfile
@@ -523,16 +596,18 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
     return OrderedManager()
 
 
-def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_log: Path) -> int:
+def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_log: Path,
+                 skip: tuple[str, ...] = ()) -> int:
     """Run every process of ``procfile`` like `honcho start`, stopping in order. Returns 0
     when stopped by SIGINT/SIGTERM/SIGHUP or the terminal's hang-up (:class:`TerminalWatch`)
     and every process exited with 0 on its own, otherwise honcho's code (the first process
     to exit, or 128 + the signal). The output goes to stdout, and to ``fallback_log`` once
-    stdout fails (:class:`StackOutput`)."""
+    stdout fails (:class:`StackOutput`). The processes named in ``skip`` are not run
+    (``broker`` when the stack uses a Kafka of its user's)."""
     from honcho.environ import expand_processes, parse_procfile
     from honcho.printer import Printer
 
-    processes = parse_procfile(procfile.read_text()).processes
+    processes = {name: p for name, p in parse_procfile(procfile.read_text()).processes.items() if name not in skip}
     if not processes:
         raise StackError(f"{procfile} names no process")
     sys.stdout.flush()  # what was printed before goes first; the printer bypasses sys.stdout
@@ -570,6 +645,9 @@ def run_cmd(procfile: Path) -> None:
     the components, then the broker; once the terminal is gone, the output goes on in
     $DOCKET_DATA_ROOT/stack.log."""
     settings = load()
+    # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
+    # the user's own Kafka needs neither Java nor Maven
+    kafka = stack_kafka(settings, os.environ)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
@@ -583,10 +661,11 @@ def run_cmd(procfile: Path) -> None:
     env["DOCKET_API_TOKENS"] = ",".join(f"{name}:{tok}" for name, tok in settings.api_clients) or token
     env["PYTHONUNBUFFERED"] = "1"  # honcho relays output line by line
     env["DOCKET_STACK_STARTED"] = f"{time.time():.3f}"
-    click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}"))
+    env["DOCKET_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}", kafka))
     sys.stdout.flush()
     code = run_procfile(procfile.resolve(), env, colour=sys.stdout.isatty(),
-                        fallback_log=settings.data_root / STACK_LOG)
+                        fallback_log=settings.data_root / STACK_LOG, skip=() if kafka.local else ("broker",))
     sys.exit(code)
 
 
@@ -617,7 +696,7 @@ def topics_cmd(wait_s: float) -> None:
         # offsets topic, so the components (which wait for the topics created next) do
         # not start while it is still being created.
         try:
-            admin = await connect_admin(settings.kafka_bootstrap, 3.0)
+            admin = await connect_admin(settings.kafka_bootstrap, 3.0, settings)
         except KafkaUnreachable:
             return False
         try:
@@ -647,7 +726,7 @@ def topics_cmd(wait_s: float) -> None:
             report = asyncio.run(create_topics(settings))
             break
         except TopicError as exc:
-            if stopping or time.monotonic() >= deadline or "disagree" in str(exc):
+            if stopping or time.monotonic() >= deadline or "disagree" in str(exc) or exc.permanent:
                 raise
             time.sleep(1.0)  # retry interval while the broker finishes starting
     made = f"created {len(report.created)}" if report.created else "all exist"
@@ -698,7 +777,7 @@ async def _healthy(settings: Settings, component: str, ident: str | None) -> boo
             group = settings.app_id(ident if component == "instance" else "clerk")
             state, members = (await group_states(settings, [group])).get(group, ("", 0))
             return state == "Stable" and members > 0
-        admin = await connect_admin(settings.kafka_bootstrap, 5.0)
+        admin = await connect_admin(settings.kafka_bootstrap, 5.0, settings)
     except (KafkaUnreachable, Exception):  # noqa: BLE001  any failure means "not healthy"
         return False
     try:

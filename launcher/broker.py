@@ -170,8 +170,54 @@ def _java_major(version_output: str) -> int | None:
 # --------------------------------------------------------------------------- config
 
 
-def broker_properties(port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
-    """server.properties for a single KRaft node that is both broker and controller."""
+@dataclass(frozen=True)
+class SecureListener:
+    """An extra SASL_SSL listener on 127.0.0.1:``port`` beside the PLAINTEXT one (which
+    the broker's own readiness probe and inter-broker traffic keep using): TLS with the
+    server key and certificate chain in ``keystore`` (PKCS12, ``keystore_password``),
+    SASL ``mechanism`` (SCRAM-SHA-512) for the ``users`` ((name, password) pairs), whose
+    SCRAM credentials are written into the storage when it is formatted. For tests of
+    docket's security settings (tests/integration/test_kafka_security.py); a broker
+    directory formatted without the users does not learn them later."""
+
+    port: int
+    keystore: Path
+    keystore_password: str
+    users: tuple[tuple[str, str], ...] = ()
+    mechanism: str = "SCRAM-SHA-512"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def properties(self) -> dict[str, str]:
+        """The listener's lines of server.properties (listeners are added by the caller)."""
+        mech = self.mechanism.lower()
+        return {
+            "sasl.enabled.mechanisms": self.mechanism,
+            f"listener.name.sasl_ssl.{mech}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type": "PKCS12",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(self.keystore),
+            "listener.name.sasl_ssl.ssl.keystore.password": self.keystore_password,
+            "listener.name.sasl_ssl.ssl.key.password": self.keystore_password,
+        }
+
+
+def broker_properties(port: int, controller_port: int, data_dir: Path,
+                      secure: SecureListener | None = None) -> dict[str, str]:
+    """server.properties for a single KRaft node that is both broker and controller
+    (with ``secure``, an extra SASL_SSL listener)."""
+    props = _broker_properties(port, controller_port, data_dir)
+    if secure is not None:
+        props["listeners"] += f",SASL_SSL://{HOST}:{secure.port}"
+        props["advertised.listeners"] += f",SASL_SSL://{HOST}:{secure.port}"
+        props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+        props.update(secure.properties())
+    return props
+
+
+def _broker_properties(port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
     return {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -336,7 +382,7 @@ def configured_bootstrap(broker_dir: Path) -> str | None:
         props = parse_properties((broker_dir / CONFIG_FILE).read_text())
     except OSError:
         return None
-    listener = props.get("advertised.listeners", "")
+    listener = props.get("advertised.listeners", "").split(",")[0]
     return listener.removeprefix("PLAINTEXT://") or None
 
 
@@ -396,9 +442,12 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _format_storage(java: str, jars: Path, broker_dir: Path, step: Step) -> None:
+def _format_storage(java: str, jars: Path, broker_dir: Path, step: Step,
+                    secure: SecureListener | None = None) -> None:
     cmd = java_command(java, jars, broker_dir, main="kafka.tools.StorageTool")
     cmd += ["format", "-t", new_cluster_id(), "-c", str(broker_dir / CONFIG_FILE)]
+    for name, password in secure.users if secure is not None else ():
+        cmd += ["--add-scram", f"{secure.mechanism}=[name={name},password={password}]"]
     with step("Formatting the broker's storage"):
         proc = subprocess.run(
             cmd, cwd=broker_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
@@ -411,7 +460,8 @@ def _format_storage(java: str, jars: Path, broker_dir: Path, step: Step) -> None
         )
 
 
-def _prepare(settings: Settings, broker_dir: Path, step: Step) -> tuple[list[str], str]:
+def _prepare(settings: Settings, broker_dir: Path, step: Step,
+             secure: SecureListener | None = None) -> tuple[list[str], str]:
     """Everything before the broker's JVM starts, shared by `broker start` and `broker run`:
     find Java, fetch the jars, check the port, write the config, format the storage on the
     first start, rotate the log. Returns the broker's command line and bootstrap address."""
@@ -423,11 +473,13 @@ def _prepare(settings: Settings, broker_dir: Path, step: Step) -> tuple[list[str
             f"port {port} on {HOST} is already in use by another process; stop it, or pick "
             "another port with DOCKET_BROKER_PORT (and point DOCKET_KAFKA_BOOTSTRAP at it)."
         )
-    props = broker_properties(port, _controller_port(broker_dir, port), broker_dir / "data")
+    if secure is not None and not _port_free(secure.port):
+        raise BrokerError(f"port {secure.port} on {HOST} (the SASL_SSL listener) is already in use")
+    props = broker_properties(port, _controller_port(broker_dir, port), broker_dir / "data", secure)
     (broker_dir / CONFIG_FILE).write_text(render_properties(props))
     (broker_dir / LOG4J_FILE).write_text(LOG4J2_PROPERTIES)
     if not (broker_dir / "data" / "meta.properties").exists():
-        _format_storage(java, jars, broker_dir, step)
+        _format_storage(java, jars, broker_dir, step, secure)
     log_path = broker_dir / LOG_FILE
     if log_path.exists():  # keep the previous run's log for post-mortems, one generation
         log_path.replace(broker_dir / (LOG_FILE + ".1"))
@@ -440,6 +492,7 @@ def start_broker(
     *,
     step: Step = _no_step,
     die_with_parent: bool = False,
+    secure: SecureListener | None = None,
 ) -> BrokerHandle:
     """Start a broker from settings.broker_dir on settings.broker_port and wait until it
     answers a metadata request. If one already runs from that directory, return it.
@@ -447,6 +500,8 @@ def start_broker(
     On failure the child is killed and BrokerError carries the tail of broker.log.
     ``die_with_parent`` (Linux) ties the broker's life to the calling *thread* (that is
     how PR_SET_PDEATHSIG works): call it from the main thread, not a thread pool.
+    ``secure`` adds a SASL_SSL listener (:class:`SecureListener`); readiness is still
+    probed on the PLAINTEXT one, whose address the handle carries.
     """
     broker_dir = settings.broker_dir.resolve()
     broker_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +511,7 @@ def start_broker(
         bootstrap = configured_bootstrap(broker_dir) or f"{HOST}:{settings.broker_port}"
         return BrokerHandle(pid, bootstrap, broker_dir, log_path, already_running=True)
 
-    cmd, bootstrap = _prepare(settings, broker_dir, step)
+    cmd, bootstrap = _prepare(settings, broker_dir, step, secure)
     began = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

@@ -1,11 +1,13 @@
 """`docket chaos`: the resilience suite. Runs the real stack as OS processes (its own
 broker on a free port in a temporary directory, instance a, instance b, the Clerk),
-feeds the inventory workload (app/workload.py) Kafka-natively at a steady rate, and
-kills things while it flows (app/chaos_scenarios.py). After each scenario has drained
-it checks the invariants (app/chaos_verify.py) against the pure replay of the input
-(app/replay.py) and the stopped workers' RocksDB (tables/dump.py).
+feeds the domain's workload (chaos/workload.py, with the domain's kit: ``--domain`` or
+DOCKET_DOMAIN) Kafka-natively at a steady rate, and
+kills things while it flows (chaos/scenarios.py). After each scenario has drained
+it checks the invariants (chaos/verify.py) against the pure replay of the input
+(chaos/replay.py) and the stopped workers' RocksDB (tables/dump.py).
 
     docket chaos --scenario all --events 2000 --kills 2 --seed 7 --report chaos.json
+    docket chaos --domain accounts --scenario kill-a --events 2000 --seed 7
 
 Output: a live display while it runs, a table per scenario, a summary table, and with
 ``--report`` a JSON report: top-level ``passed``, and one entry per scenario with its
@@ -34,12 +36,15 @@ import click
 import orjson
 from rich.markup import escape
 
-from app.chaos_scenarios import SCENARIOS, Events, Options, Scenario
-from app.chaos_verify import INVARIANTS
+from chaos.scenarios import SCENARIOS, Events, Options, Scenario
+from chaos.verify import invariants
 
-SHORT = {"one_result_per_event": "1 result/event", "no_divergence": "no divergence",
-         "results_match_oracle": "= replay", "no_negative_stock": "stock >= 0",
-         "stock_conserved": "conserved", "tables_equal": "a = b = replay"}
+
+def _kit(domain: str):
+    import app.domains  # noqa: F401  registers the built-in domains
+    from app.registry import registry
+
+    return registry.kit(domain)
 
 
 def _fmt_s(values: list) -> str:
@@ -153,11 +158,11 @@ def scenario_table(entry: dict):
 
 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["scenario", "events", "kills", "recover s (each)", "max Clerk lag", *(SHORT[i] for i in INVARIANTS),
-            "result"]
+    names = invariants(_kit(report["options"].get("domain", "inventory")))
+    head = ["scenario", "events", "kills", "recover s (each)", "max Clerk lag", *names.values(), "result"]
     rows = []
     for e in report["scenarios"]:
-        inv = [("pass" if e["invariants"][i]["passed"] else "FAIL") for i in INVARIANTS]
+        inv = [("pass" if e["invariants"][i]["passed"] else "FAIL") for i in names]
         rows.append([e["name"], f"{e.get('input_records', e['events']):,}", str(e["kill_count"]),
                      _fmt_s(e["recover_s"]), f"{e['max_clerk_lag']:,}", *inv,
                      "pass" if e["passed"] else "FAIL"])
@@ -180,7 +185,8 @@ def summary_table(report: dict):
 def markdown(report: dict) -> str:
     head, rows = summary_rows(report)
     lines = [f"# docket resilience run {report['started_at']}", "",
-             (f"`docket chaos --scenario {','.join(e['name'] for e in report['scenarios'])} "
+             (f"`docket chaos --domain {report['options'].get('domain', 'inventory')} "
+              f"--scenario {','.join(e['name'] for e in report['scenarios'])} "
              f"--events {report['options']['events']} --seed {report['seed']} --kills {report['options']['kills']}` "
              f"on {report['host']['cpus']} cores: **{'passed' if report['passed'] else 'FAILED'}**, "
              f"wall time {report['wall_s'] / 60:.1f} min ({report['wall_s']:.0f} s); "
@@ -208,8 +214,8 @@ def markdown(report: dict) -> str:
 
 
 async def run_all(names: list[str], opts: Options, workdir: Path, display: Display) -> dict:
-    from app.broker import free_port
-    from app.chaos_stack import BrokerKeeper
+    from launcher.broker import free_port
+    from chaos.stack import BrokerKeeper
     from app.settings import load
 
     began = time.monotonic()
@@ -286,29 +292,53 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
               help="the workers' consumer-group session timeout (how soon a killed worker's partitions move)")
 @click.option("--drain-timeout", "drain_timeout_s", type=float, default=None,
               help="seconds to wait for every event's result after producing [default: 300 + events/100]")
+@click.option("--domain", default=None, metavar="NAME",
+              help="the domain the instances evaluate and the workload is made for (one with a kit) "
+                   "[default: DOCKET_DOMAIN, else inventory]")
+@click.option("--activate", default=None, metavar="VERSION",
+              help="activate this version of the domain (e.g. inventory/2) live once half the events are "
+                   "produced, as `docket domain activate` does [default: none]")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the broker, RocksDB and logs go [default: a new temporary directory]")
 @click.option("--keep", is_flag=True, help="keep the work directory even if everything passed")
 def chaos(scenario, events, seed, report_path, markdown_path, rate, kills, recovery_kills, broker_restarts,
-          partitions, ttl_ms, session_timeout_ms, drain_timeout_s, workdir, keep) -> None:
+          partitions, ttl_ms, session_timeout_ms, drain_timeout_s, domain, activate, workdir, keep) -> None:
     """Kill instances, the Clerk and the broker while a workload flows; check nothing is
     lost, duplicated or wrong."""
     from rich.console import Console
 
+    from app.registry import NoKit, UnknownDomain
+    from app.settings import load
+
     names = _scenarios(scenario)
+    domain = domain or load().domain
+    try:
+        _kit(domain)
+    except (UnknownDomain, NoKit) as exc:
+        raise click.BadParameter(str(exc), param_hint="--domain") from None
+    if activate is not None:
+        from app.registry import registry, version_number
+
+        number = version_number(domain, activate)
+        if number is None or number not in registry.versions(domain):
+            known = ", ".join(d.version for d in registry.versions(domain).values())
+            raise click.BadParameter(f"{activate!r} is not a registered version of {domain} ({known})",
+                                     param_hint="--activate")
     seed = random.SystemRandom().randrange(1, 2**31) if seed is None else seed
     opts = Options(events=events, seed=seed, rate=rate, kills=kills, recovery_kills=recovery_kills,
                    broker_restarts=broker_restarts, partitions=partitions, ttl_ms=ttl_ms,
                    session_timeout_ms=session_timeout_ms,
-                   drain_timeout_s=drain_timeout_s or 300 + events / 100)
+                   drain_timeout_s=drain_timeout_s or 300 + events / 100, domain=domain, activate=activate)
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="docket-chaos-")) if own_dir else workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))  # a log: wide enough for the tables
-    console.print(f"docket chaos: scenarios {', '.join(names)}; {events:,} events each at {rate:.0f}/s; "
-                  f"seed {seed} (rerun with --seed {seed}); work directory {workdir}", highlight=False)
+    console.print(f"docket chaos: domain {domain}; scenarios {', '.join(names)}; {events:,} events each at {rate:.0f}/s; "
+                  f"seed {seed} (rerun with --seed {seed}); "
+                  + (f"activating {activate} at half the events; " if activate else "")
+                  + f"work directory {workdir}", highlight=False)
 
     async def main() -> dict:
         # aiokafka logs every retry of the harness's own clients (a topic just created, the

@@ -1,9 +1,9 @@
-"""The moving parts of `docket chaos` (app/chaos.py): the stack's OS processes, the
+"""The moving parts of `docket chaos` (chaos/cli.py): the stack's OS processes, the
 broker on a thread of its own, and a read_committed watch of the results.
 
 - :class:`Proc`: one ``docket instance`` / ``docket clerk`` subprocess: start, SIGKILL,
   SIGTERM, one log file per start, and the recovery phase its log shows.
-- :class:`BrokerKeeper`: starts and stops the scenario broker (app.broker) on one
+- :class:`BrokerKeeper`: starts and stops the scenario broker (launcher.broker) on one
   dedicated thread, so the event loop keeps running while the JVM boots and the
   broker still dies with this process (PR_SET_PDEATHSIG follows the starting thread).
 - :class:`Watch`: consumes ``<prefix>.results`` (read_committed) and
@@ -29,13 +29,16 @@ from pathlib import Path
 import orjson
 
 from app.kafka_admin import ISOLATION_LEVEL
-from app.broker import set_parent_death_signal, start_broker, stop_broker
 from app.kafka_admin import quiet
+from app.kafka_config import client_kwargs
 from app.settings import Settings
+from launcher.broker import set_parent_death_signal, start_broker, stop_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_INSTANCE = "ready: recovery complete"  # agents/instance.py, the instanceReady gate
-READY_FAUST = "[^Worker]: Ready"  # Faust's own line (info level): the Clerk's ready line
+# Faust's own line (info level), the Clerk's ready line: "[^<worker class>]: Ready", and
+# the worker class is agents/worker.py DocketWorker ("[^DocketWorker]: Ready")
+READY_FAUST = "Worker]: Ready"
 
 # Faust's info lines, in the order a (re)starting worker logs them.
 PHASES = (
@@ -68,6 +71,7 @@ def component_env(settings: Settings, log_level: str = "info") -> dict[str, str]
         "DOCKET_DATA_ROOT": str(settings.data_root),
         "DOCKET_BROKER_CACHE": str(settings.broker_cache),
         "DOCKET_LOG_LEVEL": log_level,
+        "DOCKET_FAUST_METRICS": "on" if settings.faust_metrics else "off",
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -233,7 +237,7 @@ class BrokerKeeper:
         return time.monotonic() - began
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """app.broker.stop_broker: SIGTERM (controlled shutdown), SIGKILL after timeout_s."""
+        """launcher.broker.stop_broker: SIGTERM (controlled shutdown), SIGKILL after timeout_s."""
         self.up = False
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, lambda: stop_broker(self.settings.broker_dir, timeout=timeout_s))
@@ -291,9 +295,9 @@ class Watch:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**client_kwargs(s, "chaos", "consumer", bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
                                     auto_offset_reset="earliest", isolation_level=ISOLATION_LEVEL,
-                                    max_partition_fetch_bytes=4 * 1024 * 1024)
+                                    max_partition_fetch_bytes=4 * 1024 * 1024))
         await consumer.start()
         tps = [TopicPartition(t, p) for t in (s.results_topic, s.divergences_topic) for p in range(s.partitions)]
         consumer.assign(tps)
@@ -375,9 +379,9 @@ class Watch:
 async def group_committed_all(settings: Settings, group: str, topics: list[str]) -> bool:
     """``group`` has committed the end offset of every non-empty partition of ``topics``."""
     from app.kafka_admin import connect_admin
-    from app.replay import end_offsets
+    from chaos.replay import end_offsets
 
-    admin = await connect_admin(settings.kafka_bootstrap, 10)
+    admin = await connect_admin(settings.kafka_bootstrap, 10, settings)
     try:
         committed = {(tp.topic, tp.partition): om.offset
                      for tp, om in (await admin.list_consumer_group_offsets(group)).items()}

@@ -1,0 +1,245 @@
+"""The worker plumbing the instance (agents/instance.py) and the Clerk (agents/clerk.py)
+share: the Faust configuration of every docket app (:func:`faust_settings`), running its
+worker (:func:`run_worker`), the start-up check of Kafka and the topics
+(:func:`check_topics`), the Kafka consumer a worker keeps beside Faust's
+(:class:`SideConsumer`), and the stage histograms' buckets and batched observations
+(:data:`STAGE_BUCKETS`, :func:`observe_many`, :class:`HistogramBatch`). The Faust app and
+worker classes themselves are agents/worker.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import click
+import faust
+from prometheus_client import Histogram
+
+from agents.worker import DocketWorker, web_host
+from app.faust_tuning import tune_worker_consumer
+from app.settings import Settings
+
+# Seconds. Steps of 1.5x to 2x, so a quantile interpolated inside a bucket is off by
+# well under a bucket's width (a 1-2-5 series puts p99 = 2.4 s anywhere in 2..5 s).
+STAGE_BUCKETS = (.0005, .001, .0015, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .15, .2, .3,
+                 .5, .75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60)
+
+
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``n`` observations of one value (every event of a batch waits as long as its
+    batch), in O(1) when prometheus_client's internals are as expected."""
+    if n <= 0:
+        return
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:
+        for _ in range(n):
+            histogram.observe(value)
+        return
+    total.inc(value * n)
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(n)
+            break
+
+
+class SideConsumer:
+    """A Kafka consumer a worker keeps beside Faust's own (the Clerk's reader of the last
+    result, an instance's reader of its committed offsets): started on first use and
+    stopped when the Faust app shuts down (``on_before_shutdown``), so a clean stop
+    leaves no ``Unclosed AIOKafkaConsumer`` behind.
+
+    ``async with side.use() as consumer:`` lends it; uses never overlap (a lock), and the
+    shutdown waits for the use in progress. A use after the shutdown (an agent still
+    draining its last events) gets a consumer of its own, stopped when the use ends. A
+    consumer that fails to start is stopped at once, never left half open."""
+
+    def __init__(self, app: faust.App, **config) -> None:
+        self._config = config
+        self._consumer = None
+        self._lock = asyncio.Lock()
+        self.closed = False
+        app.on_before_shutdown.connect(self._on_shutdown)
+
+    async def _start(self):
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**self._config)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator:
+        async with self._lock:
+            if self.closed:
+                consumer = await self._start()
+                try:
+                    yield consumer
+                finally:
+                    await consumer.stop()
+                return
+            if self._consumer is None:
+                self._consumer = await self._start()
+            yield self._consumer
+
+    async def close(self) -> None:
+        """Stop the consumer (after the use in progress); idempotent."""
+        async with self._lock:
+            self.closed = True
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()
+
+    async def _on_shutdown(self, _app, **_kwargs) -> None:
+        await self.close()
+
+
+class HistogramBatch:
+    """Observations for ``histogram`` gathered in plain Python and handed over at once
+    (:meth:`flush`): a prometheus_client observe costs about 1.5 us under its lock, a
+    bisect and an increment here a fraction of that, per event. Negative values count
+    as 0. Falls back to observe() where prometheus_client's internals differ."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.bounds = list(getattr(histogram, "_upper_bounds", ()))
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        value = value if value > 0.0 else 0.0
+        if not self.bounds:
+            self.values.append(value)
+            return
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        h = self.histogram
+        if self.values:
+            for v in self.values:
+                h.observe(v)
+            self.values.clear()
+        if self.total or any(self.counts):
+            for i, n in enumerate(self.counts):
+                if n:
+                    h._buckets[i].inc(n)
+                    self.counts[i] = 0
+            h._sum.inc(self.total)
+            self.total = 0.0
+
+
+def faust_settings(settings: Settings, data_dir: Path, web_port: int | None, component: str = "worker") -> dict:
+    """Faust configuration shared by every docket app (instances and the Clerk).
+    ``component`` names the app's Kafka clients (client.id ``<prefix>-<component>``);
+    the DOCKET_KAFKA_* security settings become Faust's ``broker_credentials``, and the
+    internal topics Faust creates (table changelogs) get DOCKET_KAFKA_REPLICATION_FACTOR."""
+    from app.kafka_config import _connection, faust_kwargs
+
+    tune_worker_consumer(settings.fetch_max_wait_ms)
+    return dict(
+        **faust_kwargs(settings, component),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="rocksdb://",
+        datadir=str(data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=_connection(settings).replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # A batch of input becomes a few hundred KiB of changelog, copies and results
+        # per partition; aiokafka sends one record batch per partition per request, so
+        # with its 16 KiB default each batch would take a dozen round trips in a row.
+        # 512 KiB stays below the broker's largest batch (message.max.bytes, 1 MiB).
+        producer_max_batch_size=512 * 1024,
+        # Faust's 60 s default means a SIGKILLed worker's partitions wait a minute
+        # before its restart (or another worker) may take them over.
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 1000 / 5),
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        # DOCKET_METRICS_HOST: where /metrics listens (127.0.0.1 unless told)
+        web_bind=settings.metrics_host,
+        web_host=web_host(settings.metrics_host),
+        # Faust's own debug banners and tables are noise in a long-running service.
+        loghandlers=[],
+    )
+
+
+def run_worker(app: faust.App, settings: Settings) -> None:
+    """Run a Faust worker of ``app`` in the foreground, as every docket process does:
+    a :class:`agents.worker.DocketWorker` (no spinner, the process tuned, the app's
+    start-up checks first), whatever worker class ``app`` names (the bench's plain
+    Faust app is launched the same way)."""
+    DocketWorker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+
+
+_HELD_DATA_DIRS: dict[Path, int] = {}  # data dir -> its open lock file, held for the life of the process
+
+DATA_DIR_LOCK = ".docket-worker.lock"
+
+
+def claim_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` and hold an exclusive lock on it (flock on
+    ``<data_dir>/.docket-worker.lock``, released when the process exits, however it
+    exits). Raises click.ClickException naming the holder's pid when another worker
+    holds it: two workers sharing one data directory otherwise fail only when the
+    second is given a partition the first holds, with a RocksDB LOCK error (a user
+    check of the README's scale-out found it 33 s after start)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir.resolve() in _HELD_DATA_DIRS:  # this process holds it already
+        return
+    path = data_dir / DATA_DIR_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise click.ClickException(
+            f"data directory {data_dir} is in use by another worker (pid {holder}): give each worker its own "
+            "--data-dir (README, 'Scale-out')") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_DATA_DIRS[data_dir.resolve()] = fd
+
+
+async def check_topics(settings: Settings, topics: list[str]) -> None:
+    """Raise ClickException unless Kafka answers, every one of ``topics`` exists and, if
+    the input topic is among them, it has broker timestamps (LogAppendTime)."""
+    from app.kafka_admin import KafkaUnreachable, connect_admin
+    from app.topics import TopicError, check_broker_time
+
+    try:
+        admin = await connect_admin(settings.kafka_bootstrap, 10.0, settings)
+    except KafkaUnreachable as exc:
+        raise click.ClickException(f"{exc} (nothing answered there); start it with `docket broker start`, or set DOCKET_KAFKA_BOOTSTRAP "
+                                   "(and the DOCKET_KAFKA_* security settings) for your own Kafka") from None
+    try:
+        try:
+            existing = set(await admin.list_topics())
+        except Exception as exc:  # noqa: BLE001  any connection failure gets the same advice
+            raise click.ClickException(
+                f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with `docket broker start`"
+            ) from None
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            # Faust would silently consume nothing from a missing source topic.
+            raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
+        if settings.input_topic in topics:
+            try:
+                await check_broker_time(admin, settings.input_topic)
+            except TopicError as exc:
+                raise click.ClickException(exc.message) from None
+    finally:
+        await admin.close()

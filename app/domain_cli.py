@@ -1,0 +1,98 @@
+"""``docket domain``: the domain versions this code knows, and live activation of one.
+Spec: specs/versioning.allium (OperatorActivatesVersion).
+
+``docket domain activate inventory/2`` writes one activation record to every
+partition of the input topic (app/versions.py). Each partition switches at its
+record's offset, for every instance alike; an instance whose code does not know the
+version stops that partition there (see the README's "Live versioning").
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+from aiokafka.errors import KafkaError
+
+import app.domains  # noqa: F401  registers the built-in domains
+from app.kafka_admin import quiet
+from app.kafka_config import client_kwargs
+from app.registry import UnknownDomain, registry, version_number
+from app.settings import ConfigError, Settings, load
+from app.versions import activation_record
+
+
+@click.group("domain")
+def domain() -> None:
+    """The domain's versions: list them, or activate one live."""
+
+
+@domain.command("versions")
+def versions_cmd() -> None:
+    """Print the versions of DOCKET_DOMAIN this code registers (base first)."""
+    settings = load()
+    try:
+        known = registry.versions(settings.domain)
+    except UnknownDomain as exc:
+        raise click.ClickException(str(exc)) from None
+    for number in sorted(known):
+        limit = settings.domain_version_limit
+        note = " (beyond DOCKET_DOMAIN_VERSION_LIMIT)" if limit and number > limit else ""
+        click.echo(f"{known[number].version}{' (base)' if number == min(known) else ''}{note}")
+
+
+@domain.command("activate")
+@click.argument("version")
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
+              help="seconds to wait for Kafka to acknowledge every record")
+def activate(version: str, timeout_s: float) -> None:
+    """Switch every partition to domain VERSION (e.g. inventory/2) at its next offset.
+
+    Deploy code that knows VERSION to every instance first: an instance that does not
+    know it stops the partition at the activation until it is upgraded. Prints the
+    (partition, offset) of each activation record."""
+    settings = load()
+    number = version_number(settings.domain, version)
+    if number is None:
+        raise click.BadParameter(f"{version!r} is not a version of {settings.domain}: expected "
+                                 f"{settings.domain}/<n>, n >= 1", param_hint="VERSION")
+    known = registry.versions(settings.domain)
+    if number not in known:
+        click.echo(f"warning: this code does not register {version} (it has "
+                   f"{', '.join(d.version for d in known.values())}): instances like it will block", err=True)
+    try:
+        placed = asyncio.run(asyncio.wait_for(produce_activations(settings, version), timeout_s))
+    except asyncio.TimeoutError:
+        raise click.ClickException(f"Kafka at {settings.kafka_bootstrap} did not acknowledge the activation "
+                                   f"records within {timeout_s:g} s: check the broker and run it again "
+                                   "(an activation repeated later only switches again to the same version)") from None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(f"could not write the activation records to {settings.input_topic} at "
+                                   f"{settings.kafka_bootstrap}: {exc}; is the broker up and the topic created "
+                                   "(`docket topics create`)?") from None
+    for partition, offset in placed:
+        click.echo(f"{settings.input_topic}[{partition}]@{offset}: {version}")
+
+
+async def produce_activations(settings: Settings, version: str) -> list[tuple[int, int]]:
+    """Send the activation record of ``version`` to every input partition; the
+    (partition, offset) of each, in partition order (what `docket domain activate`
+    and `docket chaos --activate` write). Raises KafkaError."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**client_kwargs(settings, "domain", "producer",
+                                                bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                                enable_idempotence=True))
+    try:
+        with quiet():
+            await producer.start()
+        partitions = sorted(await producer.partitions_for(settings.input_topic))
+        sent = []
+        for partition in partitions:
+            key, value = activation_record(version, partition)
+            sent.append(await producer.send(settings.input_topic, value, key=key, partition=partition))
+        return [(m.partition, m.offset) for m in await asyncio.gather(*sent)]
+    finally:
+        await producer.stop()

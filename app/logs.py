@@ -1,0 +1,110 @@
+"""How every docket process logs: one function, :func:`configure`, and the dictConfig
+it applies, :func:`logging_config`.
+
+Every process docket runs logs through this: the instances' and the Clerk's Faust
+workers (``docket instance``, ``docket clerk`` and ``faust -A docket_apps.<role>
+worker`` alike: :class:`agents.worker.DocketWorker` hands :func:`logging_config` to
+Faust, whose own lines then go through the same handler), the REST API, and the
+``docket`` commands that log (``stack``, ``chaos``, ...).
+
+Two formats, chosen by ``DOCKET_LOG_FORMAT``:
+
+- ``text`` (the default): one line per record,
+  ``[2026-01-02 03:04:05,678] [4242] [WARNING] docket.instance: message``
+  (the host's local time; the level in brackets, as Faust's own format has it);
+- ``json``: one JSON object per line (python-json-logger's formatter), with
+  ``time`` (ISO-8601, UTC, milliseconds, e.g. ``2026-01-02T03:04:05.678Z``),
+  ``level`` (``WARNING``), ``logger`` (``docket.instance``), ``message`` (the
+  formatted message), ``pid``, then every structured extra the record carries
+  (``log.info("...", extra={"partition": 3})``; aiohttp's access log gives the
+  request's fields this way), and ``exc_info`` (the traceback, as text) when there is
+  one. A value JSON cannot hold is written as its ``str``.
+
+Both write to standard error; the level is ``DOCKET_LOG_LEVEL`` unless a command line
+names another.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from datetime import datetime, timezone
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+FORMATS = ("text", "json")
+
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+# the record attributes a JSON line names, and what it calls them
+_JSON_FIELDS = ("levelname", "name", "message", "process")
+_JSON_NAMES = {"levelname": "level", "name": "logger", "process": "pid"}
+
+
+class DocketJsonFormatter(JsonFormatter):
+    """python-json-logger's formatter with docket's fields: ``time`` first (ISO-8601
+    UTC, milliseconds, ``Z``), then ``level``, ``logger``, ``message``, ``pid`` and
+    the record's extras (module doc)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(list(_JSON_FIELDS), rename_fields=dict(_JSON_NAMES), **kwargs)
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["time"] = utc_time(record.created)
+        super().add_fields(log_data, record, message_dict)
+
+
+def utc_time(created: float) -> str:
+    """``created`` (seconds since the epoch, as LogRecord.created) as ISO-8601 UTC with
+    milliseconds: ``2026-01-02T03:04:05.678Z``."""
+    return datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def level_name(level: str | int) -> str:
+    """``level`` (``warning``, ``WARN``, ``30``, 30) as the logging module's name for it
+    (``WARNING``); ValueError for a level logging does not know."""
+    if isinstance(level, int) or (isinstance(level, str) and level.isdigit()):
+        return logging.getLevelName(int(level))
+    name = level.upper()
+    name = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(name, name)
+    if not isinstance(logging.getLevelName(name), int):
+        raise ValueError(f"unknown log level {level!r}")
+    return name
+
+
+def logging_config(level: str | int, fmt: str, filename: str | None = None) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` dict of a docket process: the root logger at
+    ``level`` with one handler writing ``fmt`` (``text`` or ``json``, :data:`FORMATS`)
+    records to standard error, or appending them to ``filename`` when given (``faust
+    worker --logfile``); loggers that exist already keep working
+    (``disable_existing_loggers`` is off). ValueError for another format or an unknown
+    level. Faust's worker applies it as given (``Worker(logging_config=...)``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; one of {', '.join(FORMATS)}")
+    formatter = ({"()": "app.logs.DocketJsonFormatter"} if fmt == "json"
+                 else {"format": TEXT_FORMAT})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"docket": formatter},
+        "handlers": {"docket": ({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"} if filename is None
+                                else {"class": "logging.FileHandler", "filename": filename})
+                     | {"formatter": "docket"}},
+        "root": {"level": level_name(level), "handlers": ["docket"]},
+    }
+
+
+def configure(level: str | int, fmt: str) -> None:
+    """Make this process log as :func:`logging_config` says, replacing any handler the
+    root logger had (a second call replaces the first's)."""
+    logging.config.dictConfig(logging_config(level, fmt))
+
+
+def configure_from_settings() -> None:
+    """:func:`configure` with ``DOCKET_LOG_LEVEL`` and ``DOCKET_LOG_FORMAT``
+    (app.settings.ConfigError for a value that is neither)."""
+    from app.settings import log_settings
+
+    level, fmt = log_settings()
+    configure(level, fmt)

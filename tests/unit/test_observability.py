@@ -1,0 +1,239 @@
+"""How docket's processes log and what their /metrics shows (app/logs.py,
+agents/worker.py; specs/integration.allium ProcessLogsInOneFormat,
+MetricsListenOnConfiguredAddress, FaustSensorsOnMetricsPage). No broker: the worker
+and the API run against a port nobody listens on, where a worker stops by itself
+after its first attempt to reach Kafka and the API keeps retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import logging.config
+import os
+import re
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from agents import clerk as clerk_mod
+from agents import instance as instance_mod
+from app import logs
+from app.settings import SETTINGS, ConfigError, load
+
+ROOT = Path(__file__).resolve().parents[2]
+JSON_KEYS = ("time", "level", "logger", "message", "pid")
+TEXT_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] \[(\d+)\] \[([A-Z]+)\] ([\w.]+): ")
+
+# A worker of instance a against a port nobody listens on: Faust starts its services,
+# fails to bootstrap, logs the error and stops (exit status 1), all within a second.
+WORKER = """
+import asyncio, sys
+from pathlib import Path
+from app.settings import load
+from agents import instance
+from agents.plumbing import run_worker
+settings = load()
+asyncio.set_event_loop(asyncio.new_event_loop())
+app = instance.build(settings, "a", Path(sys.argv[1]), web_port=0)
+run_worker(app, settings)
+"""
+
+
+def clean_env(**docket: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    return env | {"DOCKET_KAFKA_BOOTSTRAP": "127.0.0.1:1", "PYTHONUNBUFFERED": "1"} | docket
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(tmp_path / "data"))
+    return load()
+
+
+def formatted(fmt: str, record: logging.LogRecord) -> str:
+    """``record`` as the handler of :func:`app.logs.logging_config` writes it."""
+    stream = io.StringIO()
+    config = logs.logging_config("info", fmt)
+    configurator = logging.config.DictConfigurator(config)
+    formatter = configurator.configure_formatter(config["formatters"]["docket"])
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.handle(record)
+    return stream.getvalue()
+
+
+def test_process_logs_in_one_format_json_fields_extras_and_traceback() -> None:
+    """ProcessLogsInOneFormat: a json line is one object: time (ISO-8601 UTC with
+    milliseconds and Z), level, logger, message (formatted), pid, the record's extras,
+    and exc_info holding the traceback."""
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("docket.instance", logging.ERROR, __file__, 1, "batch of %d failed", (12,), exc_info)
+    record.partition = 3  # as extra={"partition": 3} sets it
+    record.created = 1767323045.678  # 2026-01-02T03:04:05.678Z
+    line = formatted("json", record)
+    assert line.endswith("\n") and line.count("\n") == 1, line
+    data = json.loads(line)
+    assert list(data)[:5] == list(JSON_KEYS), data
+    assert data["time"] == "2026-01-02T03:04:05.678Z"
+    assert data["level"] == "ERROR" and data["logger"] == "docket.instance"
+    assert data["message"] == "batch of 12 failed" and data["pid"] == os.getpid()
+    assert data["partition"] == 3
+    assert "ZeroDivisionError: division by zero" in data["exc_info"] and data["exc_info"].startswith("Traceback")
+
+
+def test_process_logs_in_one_format_text_line() -> None:
+    """ProcessLogsInOneFormat: a text line is `[time] [pid] [LEVEL] logger: message`
+    (the level in brackets, as Faust's own format has it)."""
+    record = logging.LogRecord("aiohttp.server", logging.WARNING, __file__, 1, "refused %s", ("x",), None)
+    line = formatted("text", record)
+    match = TEXT_LINE.match(line)
+    assert match and match.groups() == (str(os.getpid()), "WARNING", "aiohttp.server"), line
+    assert line.rstrip("\n").endswith("aiohttp.server: refused x")
+
+
+def test_process_logs_in_one_format_refuses_another_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProcessLogsInOneFormat: DOCKET_LOG_FORMAT is text or json, else a configuration
+    error naming the variable; `docket` exits 2 before doing anything (`docket config`
+    still prints the table)."""
+    monkeypatch.setenv("DOCKET_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="DOCKET_LOG_FORMAT='xml' must be text or json"):
+        load()
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        logs.logging_config("info", "xml")
+    docket = Path(sys.executable).with_name("docket")
+    env = clean_env(DOCKET_LOG_FORMAT="xml")
+    refused = subprocess.run([str(docket), "topics", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "DOCKET_LOG_FORMAT='xml' must be text or json" in refused.stderr
+    table = subprocess.run([str(docket), "config"], env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "`DOCKET_LOG_FORMAT`" in table.stdout
+
+
+def test_process_logs_in_one_format_worker_json_has_faust_lines_and_nothing_else(tmp_path: Path) -> None:
+    """ProcessLogsInOneFormat: a worker under DOCKET_LOG_FORMAT=json writes nothing but
+    JSON objects to stderr, one a line, Faust's and aiokafka's records among them (the
+    failed bootstrap, with its traceback), and no banner to stdout."""
+    env = clean_env(DOCKET_LOG_FORMAT="json", DOCKET_LOG_LEVEL="info", DOCKET_DATA_ROOT=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stdout == "", done.stdout[-2000:]
+    lines = done.stderr.splitlines()
+    records = []
+    for line in lines:
+        record = json.loads(line)  # every line is one object
+        assert all(k in record for k in JSON_KEYS), record
+        assert datetime.fromisoformat(record["time"].replace("Z", "+00:00")).tzinfo == timezone.utc
+        records.append(record)
+    loggers = {r["logger"] for r in records}
+    assert {"faust.worker", "faust.app.base", "aiokafka"} <= loggers, loggers
+    failed = [r for r in records if r["logger"] == "faust.worker" and r["level"] == "ERROR"]
+    assert failed and "KafkaConnectionError" in failed[0]["exc_info"], failed
+    assert {r["pid"] for r in records} == {records[0]["pid"]}
+
+
+def test_process_logs_in_one_format_worker_text(tmp_path: Path) -> None:
+    """ProcessLogsInOneFormat: the same worker under the default text format: every
+    line of its log record is `[time] [pid] [LEVEL] logger: message`, Faust's too."""
+    env = clean_env(DOCKET_LOG_LEVEL="info", DOCKET_DATA_ROOT=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    heads = [TEXT_LINE.match(line) for line in done.stderr.splitlines()]
+    loggers = {m.group(3) for m in heads if m}
+    assert {"faust.worker", "aiokafka"} <= loggers, done.stderr[-3000:]
+    # a line that is not a record's first is a traceback's
+    assert all(m or line.startswith((" ", "Traceback", "aiokafka.errors.", "kafka"))
+               for m, line in zip(heads, done.stderr.splitlines(), strict=True)), done.stderr[-3000:]
+
+
+def test_process_logs_in_one_format_api_json(tmp_path: Path) -> None:
+    """ProcessLogsInOneFormat: the REST API under DOCKET_LOG_FORMAT=json logs its
+    'not connected to Kafka' warning as one JSON object on stderr."""
+    docket = Path(sys.executable).with_name("docket")
+    env = clean_env(DOCKET_LOG_FORMAT="json", DOCKET_API_TOKENS="obs:secret-token", DOCKET_API_PORT="0",
+                    DOCKET_DATA_ROOT=str(tmp_path / "data"))
+    proc = subprocess.Popen([str(docket), "api"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # blocks until the API's first log line
+        record = json.loads(line)
+        assert all(k in record for k in JSON_KEYS), record
+        assert record["logger"] == "docket.api" and record["level"] == "WARNING", record
+        assert "not connected to Kafka" in record["message"], record
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+def test_metrics_listen_on_configured_address(settings, tmp_path, monkeypatch) -> None:
+    """MetricsListenOnConfiguredAddress: the instances' and the Clerk's Faust web server
+    binds DOCKET_METRICS_HOST (127.0.0.1 by default); a wildcard address makes Faust's
+    URL name the host."""
+    assert settings.metrics_host == "127.0.0.1"
+    for app in (instance_mod.build(settings, "a", tmp_path / "a", web_port=6070),
+                clerk_mod.build(settings, tmp_path / "c", 6071)):
+        assert app.conf.web_bind == "127.0.0.1" and app.conf.web_host == "127.0.0.1"
+    monkeypatch.setenv("DOCKET_METRICS_HOST", "0.0.0.0")
+    settings = load()
+    for app in (instance_mod.build(settings, "a", tmp_path / "a2", web_port=6070),
+                clerk_mod.build(settings, tmp_path / "c2", 6071)):
+        assert app.conf.web_bind == "0.0.0.0" and app.conf.web_host == socket.gethostname()
+
+
+def metrics_text(app) -> str:
+    return generate_latest(app.docket["metrics"].registry).decode()
+
+
+def test_faust_sensors_on_metrics_page(settings, tmp_path, monkeypatch) -> None:
+    """FaustSensorsOnMetricsPage: with DOCKET_FAUST_METRICS on (the default), the
+    registry docket's /metrics page serves holds Faust's sensors (faust_*: end and
+    committed offsets per partition, rebalances, commit latency) beside docket's, and
+    Faust's monitor feeds them; off, docket's metrics only."""
+    from faust.sensors.prometheus import PrometheusMonitor
+    from faust.types import TP
+
+    assert settings.faust_metrics is True
+    for app in (instance_mod.build(settings, "a", tmp_path / "a"), clerk_mod.build(settings, tmp_path / "c", None)):
+        assert isinstance(app.monitor, PrometheusMonitor)
+        app.monitor.track_tp_end_offset(TP("docket.input", 3), 120)
+        app.monitor.on_tp_commit({TP("docket.input", 3): 100})
+        text = metrics_text(app)
+        assert 'faust_topic_partition_end_offset{partition="3",topic="docket.input"} 120.0' in text, text
+        assert 'faust_topic_partition_offset_commited{partition="3",topic="docket.input"} 100.0' in text
+        for name in ("faust_total_rebalances", "faust_consumer_commit_latency_bucket", "faust_messages_received_total"):
+            assert name in text, name
+        assert "docket_" in text
+    monkeypatch.setenv("DOCKET_FAUST_METRICS", "off")
+    settings = load()
+    for app in (instance_mod.build(settings, "a", tmp_path / "a2"), clerk_mod.build(settings, tmp_path / "c2", None)):
+        assert not isinstance(app.monitor, PrometheusMonitor)
+        assert "faust_" not in metrics_text(app)
+    monkeypatch.setenv("DOCKET_FAUST_METRICS", "maybe")
+    with pytest.raises(ConfigError, match="DOCKET_FAUST_METRICS='maybe' must be on or off"):
+        load()
+
+
+def test_faust_sensors_on_metrics_page_served(settings, tmp_path) -> None:
+    """FaustSensorsOnMetricsPage: the app's one /metrics view (Faust's sensors add no
+    page of their own) answers with docket's and Faust's metrics together, in
+    Prometheus' text format."""
+    for app in (instance_mod.build(settings, "a", tmp_path / "a"), clerk_mod.build(settings, tmp_path / "c", None)):
+        assert [path for path in app.web.views if "metrics" in path] == ["/metrics"]
+        response = asyncio.run(app.web.views["/metrics"].get(None))
+        assert response.status == 200 and response.content_type == "text/plain"
+        body = response.body.decode()
+        assert "faust_total_rebalances" in body and "docket_" in body, body[:2000]

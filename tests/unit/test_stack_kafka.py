@@ -1,0 +1,121 @@
+"""`make run` with your own Kafka (launcher/stack.py stack_kafka): which Kafka the stack uses,
+whether it starts a broker, and what it says when the broker's port is taken. The
+stack itself runs on stand-ins (no Kafka needed): a Procfile whose ``broker`` line
+would announce itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import SETTINGS, load
+from launcher.broker import HOST
+from launcher.stack import StackError, stack_kafka
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    return dataclasses.replace(load(), broker_port=19092, broker_dir=tmp_path / "broker")
+
+
+def decide(settings, env: dict, *, free: bool, own: bool = False):
+    return stack_kafka(settings, env, port_free=lambda _port: free, own_broker_runs=lambda: own)
+
+
+def test_unset_bootstrap_starts_the_local_broker(settings) -> None:
+    """StackUsesYourKafka: DOCKET_KAFKA_BOOTSTRAP unset and the port free (or held by the
+    broker of DOCKET_BROKER_DIR): the stack starts its own broker, on DOCKET_BROKER_PORT."""
+    k = decide(settings, {}, free=True)
+    assert k.local and k.bootstrap == f"{HOST}:19092"
+    assert decide(settings, {}, free=False, own=True).local
+
+
+def test_bootstrap_elsewhere_starts_no_broker(settings) -> None:
+    """StackUsesYourKafka: DOCKET_KAFKA_BOOTSTRAP names another address: no broker, and the
+    banner says whose Kafka it uses."""
+    k = decide(settings, {"DOCKET_KAFKA_BOOTSTRAP": "kafka-1.example:9093,kafka-2.example:9093"}, free=True)
+    assert not k.local and k.bootstrap == "kafka-1.example:9093,kafka-2.example:9093"
+    assert "your Kafka at kafka-1.example:9093" in k.why and "no local broker" in k.why
+
+
+def test_bootstrap_on_the_taken_local_port_uses_that_kafka(settings) -> None:
+    """StackUsesYourKafka: DOCKET_KAFKA_BOOTSTRAP=127.0.0.1:<DOCKET_BROKER_PORT> while
+    another process holds that port (a Kafka the user runs there): it is used, no broker
+    is started; with the port free, docket's own broker starts there."""
+    env = {"DOCKET_KAFKA_BOOTSTRAP": f"{HOST}:19092"}
+    k = decide(settings, env, free=False)
+    assert not k.local and "already listening" in k.why
+    assert decide(settings, env, free=True).local
+    assert not decide(settings, {"DOCKET_KAFKA_BOOTSTRAP": "localhost:19092"}, free=False).local
+
+
+def test_taken_port_without_bootstrap_says_what_to_do(settings) -> None:
+    """BrokerPortTakenSaysWhatToDo: DOCKET_KAFKA_BOOTSTRAP unset and another process on
+    the broker's port: refused, naming the port and both ways out (use that Kafka via
+    DOCKET_KAFKA_BOOTSTRAP, or free the port / choose DOCKET_BROKER_PORT)."""
+    with pytest.raises(StackError) as info:
+        decide(settings, {}, free=False)
+    text = info.value.message
+    assert f"port 19092 on {HOST} is already in use" in text
+    assert f"DOCKET_KAFKA_BOOTSTRAP={HOST}:19092" in text and "Use your own Kafka" in text
+    assert "free the port" in text and "DOCKET_BROKER_PORT" in text
+
+
+def _stand_in_procfile(tmp_path: Path) -> Path:
+    py = shlex.quote(sys.executable)
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(
+        f"broker: exec {py} -c 'print(\"BROKER STARTED\", flush=True)'\n"
+        f"app: exec {py} -c 'import os; print(\"KAFKA=\" + os.environ[\"DOCKET_KAFKA_BOOTSTRAP\"], flush=True)'\n")
+    return procfile
+
+
+def _stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env.update({"DOCKET_DATA_ROOT": str(tmp_path / "var"), "DOCKET_API_TOKENS": "stand-in-token",
+                "DOCKET_BROKER_DIR": str(tmp_path / "broker"), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def test_stack_run_with_your_kafka_runs_no_broker(tmp_path: Path) -> None:
+    """StackUsesYourKafka: `docket stack run` with DOCKET_KAFKA_BOOTSTRAP set elsewhere runs
+    every Procfile process but ``broker``, hands them that address, and its banner names
+    that Kafka. (The stand-in ``app`` exits at once, which stops the stack.)"""
+    procfile = _stand_in_procfile(tmp_path)
+    env = _stack_env(tmp_path, DOCKET_KAFKA_BOOTSTRAP="kafka.example:9093")
+    proc = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "stack", "run",
+                           "--procfile", str(procfile)], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    out = proc.stdout + proc.stderr
+    assert "KAFKA=kafka.example:9093" in out, out
+    assert "BROKER STARTED" not in out and "broker.1" not in out, out
+    assert "starting the stack (topics, instance-a, instance-b, clerk, api)" in out, out
+    assert "your Kafka at kafka.example:9093 (DOCKET_KAFKA_BOOTSTRAP); no local broker is started" in out, out
+
+
+def test_stack_run_refuses_a_taken_broker_port(tmp_path: Path) -> None:
+    """BrokerPortTakenSaysWhatToDo: `docket stack run` whose broker port another process
+    listens on, DOCKET_KAFKA_BOOTSTRAP unset: exits 1 before starting anything, saying
+    what to do."""
+    procfile = _stand_in_procfile(tmp_path)
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = _stack_env(tmp_path, DOCKET_BROKER_PORT=str(port))
+        proc = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "stack", "run",
+                               "--procfile", str(procfile)], env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"port {port} on {HOST} is already in use" in proc.stderr
+    assert f"DOCKET_KAFKA_BOOTSTRAP={HOST}:{port}" in proc.stderr
+    assert "BROKER STARTED" not in proc.stdout and "KAFKA=" not in proc.stdout
