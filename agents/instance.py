@@ -23,7 +23,8 @@ from agents.faults import FaultInjector, FaultSpec
 from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import records_of
-from agents.plumbing import STAGE_BUCKETS, SideConsumer, check_topics, claim_data_dir, faust_settings, observe_many, run_worker
+from agents.plumbing import (STAGE_BUCKETS, SideConsumer, check_topics, claim_data_dir, claim_domain, faust_settings,
+                             observe_many, run_worker)
 from agents.usher import Usher
 from app.kafka_config import client_kwargs
 from agents.worker import new_app, serve_metrics
@@ -176,11 +177,14 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         if p not in held:
             held[p] = []
             await announce_status(p, "blocked", blocked.offset, blocked.version)
-            log.warning("instance %s: partition %d blocked at offset %d: it activates %s, which this worker "
-                        "does not know (it judges with %s). Nothing from offset %d on is judged here; upgrade "
-                        "this worker to code that registers %s and restart it: it resumes from offset %d",
-                        instance_id, p, blocked.offset, blocked.version,
-                        ", ".join(judges_with), blocked.offset, blocked.version,
+            why = ("it activates" if blocked.cause == "activation"
+                   else "this instance's Ledger says an earlier run with newer code or a higher version limit "
+                        "activated")
+            log.warning("instance %s: partition %d blocked at offset %d: %s %s, which this worker "
+                        "does not know (it judges with %s). Nothing from offset %d on is judged here; %s: "
+                        "it resumes from offset %d",
+                        instance_id, p, blocked.offset, why, blocked.version,
+                        ", ".join(judges_with), blocked.offset, versions.remedy(blocked.version),
                         blocked.offset)
             metrics.blocked.labels(partition=str(p)).set(1)
             app.consumer.pause_partitions([TP(settings.input_topic, p)])
@@ -236,9 +240,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             observe_many(metrics.produce, handed - evaluated, n)
             if sent is not None:
                 _time_acks(metrics.ack, [sent], handed, n)
-            for q, offset, version in usher.switched:
+            for q, offset, version in usher.statuses(p, watermark):
                 await announce_status(q, "judging", offset, version)
-            usher.switched.clear()
             if blocked is None:
                 event.ack()
             else:
@@ -322,7 +325,8 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     DOCKET_INSTANCES; Kafka answers, the input topic, the instance's output topic and
     the status topic exist (waiting up to ``wait_s`` seconds for them first) and the input topic has
     broker timestamps, else click.ClickException saying what to do; ``data_dir``
-    exists. Runs its checks in event loops of its own (asyncio.run)."""
+    exists, is this worker's alone and holds no other domain's state. Runs its checks in
+    event loops of its own (asyncio.run)."""
     if instance_id not in settings.instances:
         click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
                    f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
@@ -330,3 +334,4 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
     claim_data_dir(data_dir)
+    claim_domain(data_dir, settings.domain)

@@ -214,6 +214,30 @@ def claim_data_dir(data_dir: Path) -> None:
     _HELD_DATA_DIRS[data_dir.resolve()] = fd
 
 
+DOMAIN_MARK = "docket-domain"
+
+
+def claim_domain(data_dir: Path, domain: str) -> None:
+    """Mark ``data_dir`` (already created) as holding the state of ``domain``
+    (DOCKET_DOMAIN), in ``<data_dir>/docket-domain``, or raise click.ClickException
+    when an earlier run marked it for another domain: an instance of one domain on
+    another's tables and topics misreads them (for example, inventory's activation
+    history read as accounts versions, which blocks every partition)."""
+    path = data_dir / DOMAIN_MARK
+    try:
+        held = path.read_text().strip()
+    except FileNotFoundError:
+        path.write_text(domain + "\n")
+        return
+    if held != domain:
+        raise click.ClickException(
+            f"data directory {data_dir} holds the state of domain {held!r}, not {domain!r} (DOCKET_DOMAIN); "
+            f"its topics (DOCKET_TOPIC_PREFIX) hold {held}'s events too. One topic prefix and data root serve "
+            f"one domain: run `make clean` (it deletes var/: the local broker's topics and every worker's "
+            f"state) to start afresh with {domain}, or give {domain} its own DOCKET_TOPIC_PREFIX and "
+            f"DOCKET_DATA_ROOT; or set DOCKET_DOMAIN={held} again")
+
+
 async def check_topics(settings: Settings, topics: list[str]) -> None:
     """Raise ClickException unless Kafka answers, every one of ``topics`` exists and, if
     the input topic is among them, it has broker timestamps (LogAppendTime)."""

@@ -73,6 +73,7 @@ class Usher:
         # (partition, offset, version) of each activation applied, first time or replay,
         # for the instance to announce on the status topic; it empties the list
         self.switched: list[tuple[int, int, str]] = []
+        self.announced: set[int] = set()  # partitions with a "judging" status this run
         self.faults = None  # agents.faults.FaultInjector, only when asked for
 
     @property
@@ -84,6 +85,26 @@ class Usher:
         """The version judging ``partition``'s record at ``offset``; None when its
         history names a version this worker does not know (see _run)."""
         return self.versions.at(self._history(partition), offset)
+
+    def statuses(self, partition: int, watermark: int) -> list[tuple[int, int, str]]:
+        """The "judging" status records to write after a batch of ``partition`` processed
+        up to ``watermark``, as (partition, activation offset, version): one per
+        activation applied (``switched``, emptied here), and one for ``partition`` the
+        first time this Usher processes it unblocked, so that a "blocked" status an
+        earlier run left (a downgrade, a version limit) is replaced once the partition
+        moves again (InstanceAnnouncesJudging)."""
+        out, self.switched = self.switched, []
+        self.announced.update(q for q, _o, _v in out)
+        if partition not in self.blocked and partition not in self.announced:
+            self.announced.add(partition)
+            out.append((partition, *self.judging(partition, watermark)))
+        return out
+
+    def judging(self, partition: int, offset: int) -> tuple[int, str]:
+        """(activation offset, version) of the version judging ``partition``'s record at
+        ``offset``; the offset is -1 when the base judges (no activation before it)."""
+        at, number = self.versions.activation_at(self._history(partition), offset)
+        return at, self.versions.version(number)
 
     def _history(self, partition: int) -> list | None:
         rec = self.registrar.get(partition, history_key(partition))
@@ -159,7 +180,7 @@ class Usher:
                     # code recorded the activation; this worker was downgraded): block,
                     # as at an activation of an unknown version, rather than guess.
                     number = self.versions.number_at(self._history(p), record.offset)
-                    self.blocked[p] = Blocked(p, record.offset, self.versions.version(number))
+                    self.blocked[p] = Blocked(p, record.offset, self.versions.version(number), "history")
                 domains[p] = domain
         if any(d is None for d in domains.values()):
             batch = [r for r in batch if r.partition not in self.blocked]
@@ -204,7 +225,7 @@ class Usher:
         current = self.domain_at(p, record.offset)
         if current is None:  # judged by a version this code lacks (see _run)
             number = self.versions.number_at(self._history(p), record.offset)
-            self.blocked[p] = Blocked(p, record.offset, self.versions.version(number))
+            self.blocked[p] = Blocked(p, record.offset, self.versions.version(number), "history")
             return None
         stream_time = self.warden.stream_time(p, record.offset, record.timestamp, record.timestamp_type)
         if isinstance(event, Rejection):

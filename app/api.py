@@ -433,17 +433,18 @@ async def readyz(request: web.Request) -> web.Response:
     client: DocketClient = request.app[CLIENT]
     checks = {"kafka_connected": client.connected, "results_caught_up": client.caught_up}
     ready = all(checks.values())
-    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    body: dict[str, Any] = {"ready": ready, "checks": checks, "domain": client.domain.name}
     blocked = client.blocked_partitions
     if blocked:
         # shown, not a reason to take the API out of service: submissions are still
         # accepted, and decided once enough instances judge the partition again
         body["blocked_partitions"] = blocked
         body["blocked_message"] = (
-            "instance(s) stopped at an activation of a domain version their code does not know: "
+            "instance(s) stopped at a domain version they may not judge with: "
             + "; ".join(f"{b['instance']} on partition {b['partition']} at offset {b['offset']} ({b['version']})"
                         for b in blocked)
-            + ". Upgrade those instances to code that registers the version and restart them.")
+            + ". Upgrade those instances to code that registers the version, or raise their "
+              "DOCKET_DOMAIN_VERSION_LIMIT, and restart them; each instance's WARNING says which.")
     if not ready:
         if not client.started:
             body["message"] = (f"connecting to Kafka at {client.settings.kafka_bootstrap}"

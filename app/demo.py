@@ -119,14 +119,20 @@ class Demo:
 
     # ------------------------------------------------------------------ preflight
 
-    async def preflight(self) -> str | None:
-        """None if the API is ready and accepts the token, else what is wrong."""
+    async def preflight(self, domain: str) -> str | None:
+        """None if the API is ready, serves ``domain`` and accepts the token, else what
+        is wrong."""
         import aiohttp
 
         try:
             async with self.session.get(f"{self.url}/readyz") as r:
+                body = await r.json(content_type=None)
+                served = body.get("domain") if isinstance(body, dict) else None
+                if served is not None and served != domain:
+                    return (f"the API at {self.url} serves the {served} domain, and this demo submits {domain} "
+                            f"events: run `make demo DEMO_ARGS='--domain {served}'` (or `DOCKET_DOMAIN={served} "
+                            f"make demo`)")
                 if r.status != 200:
-                    body = await r.json(content_type=None)
                     return f"the API at {self.url} is not ready: {body.get('message', r.status)}"
             async with self.session.get(f"{self.url}/v1/events/demo-preflight", headers=self.headers) as r:
                 if r.status in (401, 403):
@@ -325,7 +331,7 @@ async def run_demo(url: str, token: str, kit, *, events: int, seed: int, concurr
                    console) -> dict:
     requests = requests_for(kit, seed, events, run_id, shape)
     async with Demo(url, token, concurrency, timeout_s) as demo:
-        problem = await demo.preflight()
+        problem = await demo.preflight(kit.domain.name)
         if problem:
             raise click.ClickException(problem)
         if show_progress:

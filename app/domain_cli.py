@@ -45,21 +45,36 @@ def versions_cmd() -> None:
 @click.argument("version")
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
               help="seconds to wait for Kafka to acknowledge every record")
-def activate(version: str, timeout_s: float) -> None:
+@click.option("--force", is_flag=True,
+              help="write the activation even though this code does not register VERSION "
+                   "(the instances run newer code than this command)")
+def activate(version: str, timeout_s: float, force: bool) -> None:
     """Switch every partition to domain VERSION (e.g. inventory/2) at its next offset.
 
     Deploy code that knows VERSION to every instance first: an instance that does not
-    know it stops the partition at the activation until it is upgraded. Prints the
+    know it stops the partition at the activation until it is upgraded. A version this
+    code does not register is refused unless --force is given: an activation cannot be
+    taken back, and one that no instance knows stops every partition. Prints the
     (partition, offset) of each activation record."""
     settings = load()
     number = version_number(settings.domain, version)
     if number is None:
-        raise click.BadParameter(f"{version!r} is not a version of {settings.domain}: expected "
-                                 f"{settings.domain}/<n>, n >= 1", param_hint="VERSION")
-    known = registry.versions(settings.domain)
+        raise click.BadParameter(f"{version!r} is not a version of {settings.domain}, the pipeline's domain "
+                                 f"(DOCKET_DOMAIN={settings.domain}): expected {settings.domain}/<n>, n >= 1",
+                                 param_hint="VERSION")
+    try:
+        known = registry.versions(settings.domain)
+    except UnknownDomain as exc:
+        raise click.ClickException(str(exc)) from None
+    if number not in known and not force:
+        raise click.ClickException(
+            f"this code does not register {version} (it has {', '.join(d.version for d in known.values())}). "
+            "An activation cannot be taken back: every instance without the version would stop each partition "
+            "at it, and a later activation would wait behind it. Deploy code that registers "
+            f"{version} and run this from it, or pass --force if the instances already run such code")
     if number not in known:
-        click.echo(f"warning: this code does not register {version} (it has "
-                   f"{', '.join(d.version for d in known.values())}): instances like it will block", err=True)
+        click.echo(f"warning: --force: this code does not register {version}; instances like it will block",
+                   err=True)
     try:
         placed = asyncio.run(asyncio.wait_for(produce_activations(settings, version), timeout_s))
     except asyncio.TimeoutError:

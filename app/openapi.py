@@ -165,11 +165,14 @@ def _schemas(domain) -> dict:
                                      "checks": {"type": "object",
                                                 "additionalProperties": {"type": "boolean"}},
                                      "message": {"type": "string"},
+                                     "domain": {"type": "string",
+                                                "description": "the domain this API serves (DOCKET_DOMAIN)"},
                                      "blocked_partitions": {
                                          "type": "array",
-                                         "description": "instances stopped at an activation of a domain "
-                                                        "version their code does not know (docket domain "
-                                                        "activate); present only when there are any",
+                                         "description": "instances stopped at a domain version they may "
+                                                        "not judge with (an activation their code does not "
+                                                        "know, or a version limit); present only when there "
+                                                        "are any",
                                          "items": {"type": "object",
                                                    "required": ["instance", "partition", "offset", "version"],
                                                    "properties": {

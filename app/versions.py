@@ -54,11 +54,15 @@ def activation_record(version: str, partition: int) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class Blocked:
-    """An activation this instance cannot follow: ``partition`` stops at ``offset``."""
+    """A version this instance cannot judge with: ``partition`` stops at ``offset``.
+    ``cause`` is "activation" (the record at ``offset`` activates ``version``) or
+    "history" (the instance's Ledger says ``version`` judges ``offset``: newer code,
+    or a higher DOCKET_DOMAIN_VERSION_LIMIT, applied its activation earlier)."""
 
     partition: int
     offset: int
     version: str
+    cause: str = "activation"
 
 
 class DomainVersions:
@@ -84,6 +88,8 @@ class DomainVersions:
         self.base = min(versions)
         if limit is not None and limit < self.base:
             raise ValueError(f"version limit {limit} is below {self.name}'s base version {self.base}")
+        self.limit = limit
+        self.registered = frozenset(versions)
         self.known = {n: d for n, d in sorted(versions.items()) if limit is None or n <= limit}
         self.newest = self.known[max(self.known)]
 
@@ -91,12 +97,28 @@ class DomainVersions:
         """The version number judging ``offset`` given a partition's activation history
         (``[[offset, n], ...]`` in offset order, or None): the n of the last activation
         below ``offset``, else the base."""
-        number = self.base
+        return self.activation_at(history, offset)[1]
+
+    def activation_at(self, history: list[list[int]] | None, offset: int) -> tuple[int, int]:
+        """(activation offset, version number) of the activation that decides which
+        version judges ``offset`` (see :meth:`number_at`); the offset is -1 when no
+        activation precedes it and the base judges."""
+        at_number = (-1, self.base)
         for at, n in history or ():
             if at >= offset:
                 break
-            number = n
-        return number
+            at_number = (at, n)
+        return at_number
+
+    def remedy(self, version: str) -> str:
+        """What an operator does so this worker can judge with ``version`` (one
+        sentence, for the blocked-partition WARNING): raise DOCKET_DOMAIN_VERSION_LIMIT
+        when the code registers it beyond the limit, else deploy code that registers it."""
+        number = version_number(self.name, version)
+        if number is not None and number in self.registered:
+            return (f"this code registers {version} but DOCKET_DOMAIN_VERSION_LIMIT={self.limit} holds the worker "
+                    f"below it: raise or unset the limit and restart the worker")
+        return f"upgrade this worker to code that registers {version} and restart it"
 
     def at(self, history: list[list[int]] | None, offset: int) -> Domain | None:
         """The domain judging ``offset`` (see :meth:`number_at`); None when this worker
@@ -127,8 +149,10 @@ def status_record(instance: str, partition: int, state: str, offset: int, versio
     """(key, value) of an instance's status record for input ``partition`` on the
     status topic (Settings.status_topic, same partition; compacted, so the latest per
     key is what a reader finds): ``state`` "blocked" (stopped at the activation of
-    ``version`` at ``offset``, which it does not know) or "judging" (applied the
-    activation of ``version`` at ``offset``); ``judges_with``: the versions it knows."""
+    ``version`` at ``offset``, which it does not know) or "judging" (judges with
+    ``version``, activated at ``offset``; -1 when the base judges from the start: an
+    instance writes it when it applies an activation and when it first processes a
+    partition in a run); ``judges_with``: the versions it knows."""
     key = f"{instance}:{partition}".encode()
     return key, orjson.dumps({"instance": instance, "partition": partition, "state": state, "offset": offset,
                               "version": version, "judges_with": judges_with})

@@ -166,7 +166,8 @@ async def test_an_instance_without_the_version_blocks_until_upgraded_and_nothing
         clerk_settings, spawn) -> None:
     """InstanceBlocksOnUnknownVersion, BlockedInstanceClaimsNothingPastActivation,
     BlockedInstanceResumesAfterUpgrade, ApiShowsBlockedPartitions,
-    InstanceAnnouncesAppliedActivation: a is older code
+    InstanceAnnouncesAppliedActivation, DowngradedInstanceBlocks, InstanceAnnouncesJudging:
+    a is older code
     (inventory/1 only), b is upgraded; the activation arrives. a blocks every partition
     at its activation offset (a WARNING naming it, no copy and no watermark of a at or
     past it on a's output topic, docket_instance_partition_blocked 1, and the REST
@@ -175,7 +176,9 @@ async def test_an_instance_without_the_version_blocks_until_upgraded_and_nothing
     every position before the activations and none after (it holds b's copies of them);
     once a is restarted knowing inventory/2 it resumes from the activation, /readyz
     lists nothing blocked, and every position gets exactly the oracle's result, with no
-    divergence."""
+    divergence. Then a is downgraded (held to inventory/1 again): it blocks at the first
+    later record, its WARNING naming the limit, and /readyz lists it; upgraded once more,
+    it resumes at that ordinary record and /readyz lists nothing blocked again."""
     s = clerk_settings
     web, api_port = free_port(), free_port()
     a = spawn("a", "--web-port", str(web))
@@ -191,10 +194,10 @@ async def test_an_instance_without_the_version_blocks_until_upgraded_and_nothing
     out_a = await OutputCollector(s.kafka_bootstrap, s.output_topic("a")).start()
     try:
         await wait_ready(s, insts, clerk)
-        records = list(workload.inventory(77, 3_000))
+        records = list(workload.inventory(77, 3_600))
         first = await workload.produce(s.kafka_bootstrap, s.input_topic, records[:1_500], rate=500)
         placed = activate(s)
-        second = await workload.produce(s.kafka_bootstrap, s.input_topic, records[1_500:], rate=500)
+        second = await workload.produce(s.kafka_bootstrap, s.input_topic, records[1_500:3_000], rate=500)
         expected = set(first) | set(second) | set(placed.items())
         before = {pos for pos in expected if pos[1] < placed[pos[0]]}
         held = expected - before
@@ -231,12 +234,28 @@ async def test_an_instance_without_the_version_blocks_until_upgraded_and_nothing
         await wait_answered(s, expected, results, divergences, procs, 120)
         await wait_for(lambda: "blocked_partitions" not in (readyz(api_port) or {"blocked_partitions": 1}), 60,
                        "/readyz to list no blocked partition after a's upgrade", detail=lambda: str(readyz(api_port)))
+
+        await restart(a, limit="1")  # a downgrade: a's Ledger says inventory/2 judges what comes next
+        third = await workload.produce(s.kafka_bootstrap, s.input_topic, records[3_000:], rate=500)
+        expected |= set(third)
+        downgraded = lambda: re.findall(r"partition (\d+) blocked at offset (\d+): this instance's Ledger says "  # noqa: E731
+                                        r".*inventory/2.*DOCKET_DOMAIN_VERSION_LIMIT=1", a.log_text())
+        await wait_for(lambda: a.assert_alive() or downgraded(), 60, "the downgraded a to log a blocked partition",
+                       detail=a.log_tail)
+        await wait_for(lambda: any(b["instance"] == "a" for b in
+                                   (api.assert_alive() or readyz(api_port) or {}).get("blocked_partitions", [])),
+                       60, "/readyz to list the downgraded a's blocked partitions", detail=api.log_tail)
+        await restart(a, limit=None)
+        await wait_answered(s, expected, results, divergences, procs, 120)
+        await wait_for(lambda: "blocked_partitions" not in (readyz(api_port) or {"blocked_partitions": 1}), 60,
+                       "/readyz to list no blocked partition once a resumes at an ordinary record",
+                       detail=lambda: str(readyz(api_port)))
     finally:
         await results.stop()
         await divergences.stop()
         await out_a.stop()
     await stop_all(procs)
-    assert "blocked" not in a.log_text(2)
+    assert "blocked" not in a.log_text(2) and "blocked" not in a.log_text(4)
 
     _inputs, oracle = await oracle_for(s, expected)
     final = await read_all(s.kafka_bootstrap, s.results_topic)

@@ -1496,3 +1496,24 @@ async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> No
         with pytest.raises(UnreadableRecord):
             client.on_status(key, raw)
     assert client.blocked_partitions == []
+
+
+async def test_readyz_names_the_domain_and_the_demo_refuses_another(settings, monkeypatch) -> None:
+    """ApiReadiness: /readyz names the domain the API serves; `docket demo` of another domain stops
+    before submitting anything, saying which --domain to use (a user's demo against an
+    accounts stack once failed on every request with 400 unknown_event)."""
+    from app.demo import Demo
+
+    monkeypatch.setenv("DOCKET_DOMAIN", "accounts")
+    accounts = load()
+    client = DocketClient(accounts)
+    async with TestServer(create_app(accounts, client, connect=False)) as server:
+        url = str(server.make_url("")).rstrip("/")
+        async with Demo(url, TOKENS[0], 2, 5.0) as demo:
+            problem = await demo.preflight("inventory")
+            assert problem is not None and "serves the accounts domain" in problem
+            assert "--domain accounts" in problem
+            unready = await demo.preflight("accounts")  # the right domain: on to readiness
+            assert unready is not None and "is not ready" in unready
+        async with TestClient(server) as tc:
+            assert (await (await tc.get("/readyz")).json())["domain"] == "accounts"

@@ -277,3 +277,22 @@ def test_a_data_directory_is_held_by_one_worker(tmp_path: Path) -> None:
     claim_data_dir(data)  # the holder exited: its lock went with it
     claim_data_dir(data)  # and a worker may check its own again
     assert (data / ".docket-worker.lock").read_text() == str(os.getpid())
+
+
+def test_a_data_directory_serves_one_domain(tmp_path) -> None:
+    """InstanceStartedOnAnotherDomainsData: a data directory is marked with the domain
+    of its first worker; a worker of another domain is refused with what to do (`make clean`, or another topic prefix
+    and data root), never left to misread the tables (inventory's activation history
+    read as accounts versions blocked every partition in a user's check)."""
+    import click
+
+    from agents.plumbing import DOMAIN_MARK, claim_domain
+
+    data = tmp_path / "a-data"
+    data.mkdir()
+    claim_domain(data, "inventory")
+    claim_domain(data, "inventory")  # the same domain again: fine
+    assert (data / DOMAIN_MARK).read_text() == "inventory\n"
+    with pytest.raises(click.ClickException, match=r"holds the state of domain 'inventory', not 'accounts'.*make clean"):
+        claim_domain(data, "accounts")
+    assert (data / DOMAIN_MARK).read_text() == "inventory\n"

@@ -89,6 +89,50 @@ def test_the_version_at_an_offset_is_the_last_activation_below_it() -> None:
 
 # --- the Usher --------------------------------------------------------------------
 
+def test_the_activation_deciding_an_offset_is_named_with_its_offset() -> None:
+    """VersionAtOffset, InstanceAnnouncesJudging: activation_at gives the offset of the
+    activation that decides an offset's version (-1 before any), which a "judging"
+    status record carries."""
+    v = DomainVersions(VERSIONS)
+    history = [[5, 2], [9, 1]]
+    assert [v.activation_at(history, x) for x in (0, 5, 6, 9, 10)] == [
+        (-1, 1), (-1, 1), (5, 2), (5, 2), (9, 1)]
+    assert v.activation_at(None, 3) == (-1, 1)
+
+
+def test_the_blocked_warning_names_the_limit_only_when_the_code_has_the_version() -> None:
+    """InstanceBlocksOnUnknownVersion, VersionLimit: the remedy for a version the code
+    registers but DOCKET_DOMAIN_VERSION_LIMIT holds back is to raise the limit; for one
+    the code lacks, to deploy code that registers it."""
+    held = DomainVersions(VERSIONS, limit=1)
+    assert "DOCKET_DOMAIN_VERSION_LIMIT=1" in held.remedy("inventory/2")
+    assert held.remedy("inventory/3").startswith("upgrade this worker to code that registers inventory/3")
+    assert "LIMIT" not in DomainVersions(VERSIONS).remedy("inventory/3")
+
+
+def test_a_worker_announces_judging_once_per_partition_and_at_each_activation() -> None:
+    """InstanceAnnouncesJudging, InstanceAnnouncesAppliedActivation: after its first
+    unblocked batch of a partition a worker names the version judging it (so a "blocked"
+    status of an earlier run is replaced), after an activation the activation, and
+    nothing for a blocked partition; later batches announce nothing new."""
+    s, p, at = stream_with_activation()
+    store = MemoryStore()
+    u = usher(store, domain=VERSIONS)
+    before = [r for r in s.records if r.offset < 3]
+    u.process(before, lambda _p: 0)
+    assert u.statuses(p, 3) == [(p, -1, "inventory/1")]
+    u.process([r for r in s.records if 3 <= r.offset < 5], lambda _p: 0)
+    assert u.statuses(p, 5) == []
+    u.process([r for r in s.records if 5 <= r.offset <= at + 1], lambda _p: 0)
+    assert u.statuses(p, at + 2) == [(p, at, "inventory/2")]
+    restarted = usher(store, domain=VERSIONS)  # a new run on the same tables
+    restarted.process([r for r in s.records if r.offset > at + 1], lambda _p: 0)
+    assert restarted.statuses(p, s.records[-1].offset + 1) == [(p, at, "inventory/2")]
+    downgraded = usher(store, domain=DomainVersions(VERSIONS, limit=1))
+    downgraded.process([r for r in s.records if r.offset > at], lambda _p: 0)
+    assert downgraded.blocked and downgraded.statuses(p, at + 1) == []
+
+
 def test_an_activation_switches_its_partition_from_the_next_record() -> None:
     """ActivationSwitchesPartition, OutputNamesVersion: the activation record's output is
     applied and names the new version; records before it are judged by inventory/1 (no
@@ -237,7 +281,7 @@ def test_a_downgraded_worker_blocks_where_its_tables_name_a_version_it_lacks() -
     run(usher(store, domain=VERSIONS), s.records, 100)
     downgraded = usher(store, domain=DomainVersions(VERSIONS, limit=1))
     outs = run(downgraded, [r for r in s.records if r.partition == p and r.offset > at], 3)
-    assert outs == [] and downgraded.blocked == {p: Blocked(p, at + 1, "inventory/2")}
+    assert outs == [] and downgraded.blocked == {p: Blocked(p, at + 1, "inventory/2", "history")}
     again = usher(store, domain=DomainVersions(VERSIONS, limit=1))
     before = run(again, [r for r in s.records if r.partition == p and r.offset < at], 3)
     assert [o.offset for o in before] == list(range(at)) and again.blocked == {}
@@ -325,3 +369,24 @@ def test_a_repeat_after_an_activation_in_the_same_batch_is_a_duplicate() -> None
     assert repeat["duplicate_of"] == {"partition": first.partition, "offset": first.offset}, repeat
     apart = run(usher(domain=VERSIONS), s.records, 1)
     assert [o.body for o in together] == [o.body for o in apart]
+
+
+# --- docket domain activate --------------------------------------------------------
+
+def test_activate_refuses_a_version_this_code_does_not_register_unless_forced(monkeypatch) -> None:
+    """OperatorActivatesVersion: `docket domain activate` refuses, before touching
+    Kafka, a version its code does not register (an activation cannot be taken back)
+    and a version of another domain (naming DOCKET_DOMAIN); with --force it goes on to
+    Kafka (here none answers, which it reports)."""
+    from click.testing import CliRunner
+
+    from app.domain_cli import domain
+
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    out = CliRunner().invoke(domain, ["activate", "inventory/3"])
+    assert out.exit_code == 1 and "does not register inventory/3" in out.output and "--force" in out.output
+    out = CliRunner().invoke(domain, ["activate", "accounts/2"])
+    assert out.exit_code == 2 and "DOCKET_DOMAIN=inventory" in out.output
+    out = CliRunner().invoke(domain, ["activate", "inventory/3", "--force", "--timeout", "2"])
+    assert out.exit_code == 1 and "warning: --force" in out.output and "127.0.0.1:1" in out.output, out.output
