@@ -24,13 +24,34 @@ DEMO_ARGS ?=
 
 .PHONY: test install run demo bench bench-smoke soak broker-fetch broker-start broker-stop spec-check clean
 
-test: $(STAMP) spec-check broker-fetch
+test: $(STAMP) spec-check broker-fetch browser
 	@rc=0; DOCKET_TEST_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	DOCKET_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/docket broker stop >/dev/null 2>&1 || true; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
 	exit $$rc
 
 install: $(STAMP)
+
+# The fault console's browser test (tests/integration/test_console_browser.py) drives the
+# system's headless Chromium through chromedriver: Debian's chromium and chromium-driver,
+# installed once with apt-get (with sudo when not root; `apt-get update` only when the
+# install fails, e.g. for want of package lists). Quick when both are there.
+BROWSER_PACKAGES := chromium chromium-driver
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	how="apt-get install -y --no-install-recommends $(BROWSER_PACKAGES)"; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "make: the console's browser test needs chromium and chromedriver, and there is no apt-get here: install them with your package manager (Debian: $$how)" >&2; exit 2; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else \
+	  echo "make: the console's browser test needs chromium and chromedriver: run as root: $$how" >&2; exit 2; fi; \
+	echo "make: installing $(BROWSER_PACKAGES) for the console's browser test ($${sudo:+sudo }$$how)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) \
+	  || { $$sudo apt-get update -q && $$sudo apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES); } \
+	  || { echo "make: could not install $(BROWSER_PACKAGES); install them by hand ($${sudo:+sudo }$$how) and run make test again" >&2; exit 2; }; \
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  || { echo "make: $(BROWSER_PACKAGES) installed, yet chromium or chromedriver is not on PATH" >&2; exit 2; }
 
 # The whole system in the foreground (Procfile, through honcho): broker, topics,
 # instance-a, instance-b, clerk, api. State lives in var/; Ctrl-C (or closing the terminal) stops
