@@ -103,3 +103,67 @@ class FaultInjector:
         self.injected += 1
         log.warning("FAULT INJECTED kind=%s instance=%s partition=%d offset=%d entity=%s total=%d",
                     kind, self.instance, position["partition"], position["offset"], key, self.injected)
+
+
+class LiveFaults:
+    """The live fault switch: ``docket instance --faults-file PATH`` (for the fault
+    console, console/stack.py). The worker starts with faults off unless PATH holds
+    ``KIND:RATE``; before each batch it looks at PATH (one stat call: inode, mtime and
+    size) and, when it changed, reads it again: ``KIND:RATE`` turns that fault on (a
+    fresh :class:`FaultInjector`, which logs FAULT INJECTION ON), an empty file, ``off``
+    or no file turns faults off (one WARNING line). Anything else is logged once at
+    WARNING and leaves the switch as it was. A writer should replace the file
+    atomically (write a temporary file, rename it over PATH), so no half-written
+    text is ever read."""
+
+    def __init__(self, path, instance: str) -> None:
+        from pathlib import Path
+
+        self.path = Path(path)
+        self.instance = instance
+        self.spec: FaultSpec | None = None
+        self.injector: FaultInjector | None = None
+        self.switches = 0  # times turned on: the seed of the next injector's random stream
+        self._seen: tuple | None = ()  # stat signature last read; () = never read
+        log.warning("live fault switch: instance %s reads %s before each batch (KIND:RATE turns faults on, "
+                    "empty or off turns them off). Never use this in production.", instance, self.path)
+
+    def poll(self) -> FaultInjector | None:
+        """The injector to use for the next batch (None: faults off)."""
+        import os
+
+        try:
+            st = os.stat(self.path)
+            sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            sig = None
+        if sig == self._seen:
+            return self.injector
+        self._seen = sig
+        try:
+            text = self.path.read_text(encoding="utf-8").strip() if sig is not None else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("live fault switch of instance %s: cannot read %s (%s); faults stay %s", self.instance,
+                        self.path, exc.__class__.__name__, self._describe())
+            return self.injector
+        try:
+            spec = None if text in ("", "off") else FaultSpec.parse(text)
+        except ValueError as exc:
+            log.warning("live fault switch of instance %s: %s holds %r, ignored (%s); faults stay %s",
+                        self.instance, self.path, text[:40], exc, self._describe())
+            return self.injector
+        if spec == self.spec:
+            return self.injector
+        self.spec = spec
+        if spec is None:
+            log.warning("FAULT INJECTION OFF: instance %s produces the Arbiter's outputs again "
+                        "(%d faults injected while on)", self.instance,
+                        0 if self.injector is None else self.injector.injected)
+            self.injector = None
+        else:
+            self.switches += 1
+            self.injector = FaultInjector(spec, self.instance, seed=self.switches)
+        return self.injector
+
+    def _describe(self) -> str:
+        return "off" if self.spec is None else f"on ({self.spec.kind}:{self.spec.rate})"

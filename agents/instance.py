@@ -19,7 +19,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import app.domains  # noqa: F401  registers the built-in domains
-from agents.faults import FaultInjector, FaultSpec
+from agents.faults import FaultInjector, FaultSpec, LiveFaults
 from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import records_of
@@ -90,8 +90,10 @@ LEDGER_ROCKSDB_OPTIONS = {
 
 
 def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | None = None,
-          faults: FaultSpec | None = None):
-    """The Faust app of one instance, and the Usher it drives."""
+          faults: FaultSpec | None = None, faults_file: Path | None = None):
+    """The Faust app of one instance, and the Usher it drives. ``faults``: inject these
+    faults for the worker's life; ``faults_file``: the live switch (agents/faults.py
+    LiveFaults), read before each batch."""
     versions = DomainVersions(registry.versions(settings.domain), settings.domain_version_limit or None)
     app = new_app(settings.app_id(instance_id),
                   **faust_settings(settings, data_dir, web_port, f"instance-{instance_id}"))
@@ -112,6 +114,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     metrics = InstanceMetrics()
     if faults is not None:
         usher.faults = FaultInjector(faults, instance_id)
+    live = LiveFaults(faults_file, instance_id) if faults_file is not None else None
     rebuilt: set[int] = set()
     producer_clocked: set[int] = set()  # partitions whose CreateTime records were reported
     ready = asyncio.Event()
@@ -218,6 +221,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                                 "time. Set message.timestamp.type=LogAppendTime on the topic again "
                                 "(kafka-configs.sh --alter ... --add-config message.timestamp.type=LogAppendTime)",
                                 settings.input_topic, p, clocked.offset)
+            if live is not None:
+                usher.faults = live.poll()  # on or off from this batch on, without a restart
             began = time.perf_counter()
             outputs = usher.process(batch, committed)
             evaluated = time.perf_counter()
@@ -295,12 +300,18 @@ def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> No
 @click.option("--web-port", type=int, default=None, help="serve Faust's web endpoints on this port")
 @click.option("--inject-faults", "faults", default=None, metavar="KIND:RATE",
               help="FOR TESTS AND DEMOS: corrupt outputs (bitflip) or state (state) at this rate")
+@click.option("--faults-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
+              help="FOR TESTS AND DEMOS: the live fault switch; before each batch, KIND:RATE in PATH turns "
+                   "faults on, an empty file or off turns them off (the fault console uses it)")
 @click.option("--wait", "wait_s", type=float, default=0.0, metavar="SECONDS",
               help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
 def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None,
-             wait_s: float) -> None:
+             faults_file: Path | None, wait_s: float) -> None:
     """Run a worker of one redundant instance."""
     settings = load()
+    if faults and faults_file is not None:
+        raise click.BadParameter("give --inject-faults (faults for the worker's life) or --faults-file "
+                                 "(switched live), not both", param_hint="--faults-file")
     try:
         fault_spec = FaultSpec.parse(faults) if faults else None
     except ValueError as exc:
@@ -308,7 +319,7 @@ def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faul
     data_dir = data_dir or default_data_dir(settings, instance_id)
     preflight(settings, instance_id, data_dir, wait_s)
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one
-    app = build(settings, instance_id, data_dir, web_port, fault_spec)
+    app = build(settings, instance_id, data_dir, web_port, fault_spec, faults_file)
     run_worker(app, settings)
 
 
