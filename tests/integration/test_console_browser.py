@@ -81,8 +81,9 @@ class Console:
         env["DOCKET_API_TOKENS"] = self.token
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "console", "--port", str(self.port)],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-c", "from app.cli import main; main()", "console", "--port", str(self.port),
+             "--data-dir", str(workdir / "console-data")],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: teardown can end all it started
             # and it dies with the test run, even when pytest is killed
             preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,
@@ -152,7 +153,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                "--window-size=1400,1250", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path, log_output=str(tmp_path / "chromedriver.log")),
                               options=options)
