@@ -22,7 +22,7 @@ ALLIUM := $(or $(shell command -v allium 2>/dev/null),$(HOME)/.cargo/bin/allium)
 # `make demo` passes these to `docket demo`, e.g. DEMO_ARGS="--events 10000 --concurrency 64".
 DEMO_ARGS ?=
 
-.PHONY: test install run demo bench bench-smoke soak broker-fetch broker-start broker-stop spec-check clean
+.PHONY: test install run demo console bench bench-smoke soak broker-fetch broker-start broker-stop spec-check clean
 
 test: $(STAMP) spec-check broker-fetch browser
 	@rc=0; DOCKET_TEST_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -63,6 +63,13 @@ run: $(STAMP)
 # A realistic workload through the REST API of the running stack, then a balance check.
 demo: $(STAMP)
 	@$(BIN)/docket demo $(DEMO_ARGS)
+
+# The fault console (console/, issue 16): its own broker, instances a, b, c, the Clerk and
+# a workload in var/console/ (wiped at start); prints the page's URL with its token.
+# Ctrl-C stops everything. Options: CONSOLE_ARGS="--rate 100 --open-browser".
+CONSOLE_ARGS ?=
+console: $(STAMP) broker-fetch
+	@$(BIN)/docket console $(CONSOLE_ARGS)
 
 # The six benchmarks of bench/run.py on a broker of their own (about 15 minutes on 2
 # cores); the report (JSON, Markdown, PNG plots, py-spy stacks) goes to bench/results/

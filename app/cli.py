@@ -20,6 +20,7 @@ _COMMANDS = {
     "demo": "app.demo:demo",
     "stack": "launcher.stack:stack",
     "chaos": "chaos.cli:chaos",
+    "console": "console.cli:console",
     "divergences": "app.divergences:divergences",
     "domain": "app.domain_cli:domain",
 }

@@ -1,0 +1,173 @@
+"""`docket console`: the fault console (issue 16; specs/console.allium).
+
+Starts a stack of its own, in ``--data-dir`` (wiped at start): a broker on a free port,
+the topics, instances a, b and c (two required copies) and the Clerk as subprocesses,
+an inventory workload at ``--rate`` events/s; serves the page on 127.0.0.1:``--port``
+and prints its URL with the token. Ctrl-C, SIGTERM, SIGHUP or the page's stop button
+stop everything it started (the workers with SIGTERM, then the broker); exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("docket.console")
+
+START_DEADLINE_S = 180.0  # broker boot + Faust start-up + the first rebalance on a busy 2-core machine
+DEFAULT_RATE = 50  # events/s; see the README's console section for the p99 measured at each rate
+
+
+def console_token(api_clients) -> str:
+    """The run's bearer token: the first of DOCKET_API_TOKENS when set, else a fresh one."""
+    return api_clients[0][1] if api_clients else secrets.token_urlsafe(24)
+
+
+async def run_console(port: int, rate: float, partitions: int, seed: int, data_dir: Path, fault_rate: float,
+                      open_browser: bool, say=click.echo) -> int:
+    from app.settings import load
+    from app.registry import registry
+    from app.topics import create_topics
+    from chaos.stack import BrokerKeeper
+    from console.monitor import Monitor
+    from console.safety import SafetyCheck
+    from console.stack import Controller, Feeder, build_procs, console_settings
+    from console.web import make_app, serve
+
+    # aiokafka logs every retry of the console's own clients (the broker stopped on
+    # purpose, a topic just created) at ERROR; the page shows what matters.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stopping.set)
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    base = load()
+    token = console_token(base.api_clients)
+    settings = console_settings(base, data_dir, partitions)
+    keeper = BrokerKeeper(settings)
+    procs, ports, fault_files = build_procs(settings, data_dir)
+    controller = Controller(procs, keeper, fault_files, fault_rate)
+    feeder = Feeder(settings, rate, seed, broker_ready=lambda: controller.broker_state() == "ready",
+                    note=controller.note)
+    safety = SafetyCheck(registry.versions(settings.domain), partitions, settings.idempotency_ttl_ms)
+    monitor = Monitor(settings, controller, ports, feeder, safety)
+    runner = None
+    started_feeder = started_monitor = False
+    url = f"http://127.0.0.1:{port}/#token={token}"
+    try:
+        # the page first: a port in use fails before anything starts, and the page can
+        # show the stack coming up
+        runner = await serve(make_app(controller, monitor.state, feeder.set_rate, token, stopping.set), port)
+        say(f"docket console: data in {data_dir}; seed {seed}")
+        say(f"starting a broker on {settings.kafka_bootstrap} ...")
+        took = await _until_stopped(keeper.start(), stopping)
+        controller.broker_starts = 1
+        say(f"broker up in {took:.1f} s")
+        report = await _until_stopped(create_topics(settings), stopping)
+        say(f"topics: {len(report.created)} created ({settings.topic_prefix}.*, {partitions} partitions)")
+        for p in procs.values():
+            p.start()
+        say(f"starting instances a, b, c and the Clerk (logs in {data_dir / 'logs'}) ...")
+        await _until_stopped(monitor.start(), stopping)
+        started_monitor = True
+        began = time.monotonic()
+        waiting = dict(procs)
+        while waiting and not stopping.is_set():
+            for role, p in list(waiting.items()):
+                if p.ready:
+                    say(f"  {role} ready ({time.monotonic() - began:.1f} s)")
+                    del waiting[role]
+                elif not p.alive:
+                    raise click.ClickException(f"{role} exited while starting (status {p.returncode})\n"
+                                               f"{p.log_tail(20)}")
+            if time.monotonic() - began > START_DEADLINE_S:
+                raise click.ClickException(f"{', '.join(waiting)} not ready after {START_DEADLINE_S:.0f} s\n"
+                                           + "\n".join(p.log_tail(20) for p in waiting.values()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.2)  # poll interval of the readiness check
+        if not stopping.is_set():
+            feeder.start()
+            started_feeder = True
+            controller.note(f"stack ready; producing {rate:g} events/s")
+            say(f"producing an inventory workload at {rate:g} events/s")
+            say(f"the console: {url}")
+            say("Ctrl-C (or the page's stop button) stops everything it started")
+            if open_browser:
+                import webbrowser
+
+                webbrowser.open(url)
+        await stopping.wait()
+        say("stopping: workload, workers (SIGTERM), broker ...")
+    finally:
+        if started_feeder:
+            await feeder.stop()
+        if started_monitor:
+            await monitor.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await controller.shutdown()
+    say("stopped: every process the console started has exited")
+    return 0
+
+
+async def _until_stopped(aw, stopping: asyncio.Event):
+    """Await ``aw`` unless a stop is asked for first (then raise _Stopped)."""
+    task = asyncio.ensure_future(aw)
+    waiter = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise _Stopped()
+    return task.result()
+
+
+class _Stopped(Exception):
+    """A stop was asked for while the console was still starting."""
+
+
+@click.command("console")
+@click.option("--port", type=click.IntRange(1, 65535), default=8090, show_default=True, envvar="DOCKET_CONSOLE_PORT",
+              help="serve the page on 127.0.0.1:PORT [env DOCKET_CONSOLE_PORT]")
+@click.option("--rate", type=click.IntRange(1, 2000), default=DEFAULT_RATE, show_default=True,
+              envvar="DOCKET_CONSOLE_RATE", help="input events per second, changeable on the page "
+                                                 "[env DOCKET_CONSOLE_RATE]")
+@click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
+              envvar="DOCKET_CONSOLE_PARTITIONS", help="partitions of every topic [env DOCKET_CONSOLE_PARTITIONS]")
+@click.option("--seed", type=int, default=None, help="seed of the workload [default: random, printed]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var/console"),
+              show_default=True, envvar="DOCKET_CONSOLE_DATA_DIR",
+              help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR]")
+@click.option("--fault-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,
+              envvar="DOCKET_CONSOLE_FAULT_RATE",
+              help="share of records a corrupt switch corrupts [env DOCKET_CONSOLE_FAULT_RATE]")
+@click.option("--open-browser/--no-open-browser", default=False, show_default=True,
+              help="open the page in the default browser once the stack is ready")
+def console(port: int, rate: int, partitions: int, seed: int | None, data_dir: Path, fault_rate: float,
+            open_browser: bool) -> None:
+    """The fault console: kill, slow and corrupt a live stack from a web page and watch
+    the Clerk hold."""
+    seed = random.SystemRandom().randrange(1, 2**31) if seed is None else seed
+    try:
+        code = asyncio.run(run_console(port, rate, partitions, seed, data_dir.resolve(), fault_rate, open_browser))
+    except _Stopped:
+        click.echo("stopped while starting: every process the console started has exited")
+        code = 0
+    sys.exit(code)
