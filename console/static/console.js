@@ -641,6 +641,7 @@
       target: "#nodes",
       title: "Kill two instances",
       text: "Turn a's faults off, then kill two instances. With one copy left no result can be published: decisions stop and the liveness plot climbs. Restart them: the Clerk resumes with nothing lost and nothing applied twice.",
+      done: (s) => ["a", "b", "c"].filter((n) => node(s, n).state === "dead").length >= 2,
     },
     {
       target: "#safety",

@@ -236,7 +236,8 @@ def test_console_page_kill_restart_corrupt_and_stop(console: Console, browser: A
              lambda: all(_node_states(driver).get(n) == "ready" for n in ("a", "b", "c", "clerk"))
              and safety().startswith("SAFETY HOLDS")
              and driver.find_elements(By.CSS_SELECTOR, '#strip .pos[data-fate="agreed"]'))
-        assert driver.find_element(By.CSS_SELECTOR, "#conn").get_attribute("data-conn") == "open"
+        wait("the page's stream live", 10,
+             lambda: driver.find_element(By.ID, "conn").get_attribute("data-conn") == "open")
 
         # kill b: it goes dead; a second kill is refused and the page shows why
         _click(driver, "b", "kill")
