@@ -15,6 +15,12 @@ installs them (the Makefile's `browser` prerequisite); without them the test fai
 saying how to install them. Selenium is pointed at the system chromedriver, so Selenium
 Manager never runs (and never reaches for the network).
 
+A second test renders canned States through the console's own web layer (make_app with
+a stand-in controller, no broker, a few seconds): what the live stack cannot show on
+demand (the safety panel broken, diverged and pending positions, refusals, a missing or
+wrong token), the tour walked to its end and remembered, the bodies each control sends,
+the rate control and the stop confirmation.
+
 The page's hooks (ids, data attributes) are listed at the top of console/static/console.js.
 """
 
@@ -288,3 +294,194 @@ def test_console_page_kill_restart_corrupt_and_stop(console: Console, browser: A
     assert code == 0, f"docket console exited with {code} after the page's stop\n{console.log_tail()}"
     assert safety_seen, "the safety panel never read SAFETY HOLDS"
     print(f"console browser test: {time.monotonic() - began:.1f} s; screenshot {ARTIFACTS / 'console.png'}")
+
+
+# ------------------------------------------------------------- the page on canned States
+#
+# What the live stack cannot show on demand (a broken safety panel, diverged positions,
+# refusals, a wrong token), rendered from a canned State served by the console's own web
+# layer (console/web.py make_app) with a stand-in controller: no broker, a few seconds.
+
+BROKEN_STATE: dict[str, Any] = {
+    "t": 75.0, "rate": 50, "produced": 3700,
+    "nodes": [
+        {"name": "a", "kind": "instance", "state": "faulty", "pid": 11, "starts": 1, "slowed": False,
+         "corrupt": "state", "lag": 3, "events_per_s": 49.8},
+        {"name": "b", "kind": "instance", "state": "dead", "pid": None, "starts": 1, "slowed": False,
+         "corrupt": None, "lag": 120, "events_per_s": 0.0},
+        {"name": "c", "kind": "instance", "state": "slowed", "pid": 13, "starts": 2, "slowed": True,
+         "corrupt": None, "lag": 40, "events_per_s": 21.5},
+        {"name": "clerk", "kind": "clerk", "state": "ready", "pid": 14, "starts": 1, "slowed": False,
+         "corrupt": None, "pending": 7, "decisions_per_s": 20.1, "divergences_per_s": 1.5},
+        {"name": "broker", "kind": "broker", "state": "ready", "pid": 15, "starts": 1, "slowed": False,
+         "corrupt": None},
+    ],
+    "strip": {"partitions": 2, "positions": [
+        {"p": 0, "o": 151, "fate": "agreed", "instances": ["a", "c"]},
+        {"p": 0, "o": 152, "fate": "withheld", "instances": ["b", "c"], "outvoted": ["a"]},
+        {"p": 1, "o": 98, "fate": "diverged", "instances": []},
+        {"p": 1, "o": 99, "fate": "pending", "instances": []},
+    ]},
+    "safety": {"checked": 612, "wrong": 1, "first_wrong": {"p": 0, "o": 17, "why": "digest 3fa.. != replay's 9bc.."},
+               "balance_ok": False, "balance_detail": "sku-3: 5 != 7",
+               "text": "SAFETY BROKEN: 1 wrong result of 612 (first: 0@17)"},
+    "liveness": {"series": [[float(t), 30.0 + t % 7, 80.0 + 40 * (t % 5)] for t in range(10, 60)]
+                 + [[float(t), 900.0, 4200.0] for t in range(66, 75)],
+                 "stalled": [{"p": 1, "o": 99, "age_ms": 4200}]},
+    "score": {"delay_s": 41.3, "safety_unbroken": False},
+    "log": [{"t": 9.1, "text": "killed b (SIGKILL)"}, {"t": 30.5, "text": "corrupt a: state"}],
+}
+
+
+class StandInController:
+    """console/stack.py Controller's interface as make_app uses it: records each call;
+    a kill of b is refused as the real one refuses it (b is dead)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.notes: list[str] = []
+
+    async def act(self, name: str, action: str, body: Any) -> dict:
+        from console.stack import ControlError
+        self.calls.append((name, action, body))
+        if name == "b" and action == "kill":
+            raise ControlError(409, "already_dead", "b is not running (dead)")
+        return next(n for n in BROKEN_STATE["nodes"] if n["name"] == name)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+@pytest.fixture
+def canned_console() -> Iterator[tuple[str, str, StandInController, list]]:
+    """(base URL, token, controller, [rates set, stops asked]) of make_app serving BROKEN_STATE."""
+    import asyncio
+    import threading
+
+    from console.web import make_app, serve
+
+    token = secrets.token_urlsafe(12)
+    controller = StandInController()
+    asked: list = []
+    app = make_app(controller, lambda: BROKEN_STATE, lambda r: asked.append(("rate", r)), token,
+                   lambda: asked.append(("stop",)))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="canned-console", daemon=True)
+    thread.start()
+    port = _free_port()
+    runner = asyncio.run_coroutine_threadsafe(serve(app, port), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}/", token, controller, asked
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_console_page_renders_a_broken_safety_refusals_and_the_tour(canned_console, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, token, controller, asked = canned_console
+    driver = browser
+
+    def wait(what: str, condition: Callable[[], Any], timeout_s: float = 10) -> Any:
+        return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(lambda _: condition(), what)
+
+    def css(sel: str) -> Any:
+        return driver.find_element(By.CSS_SELECTOR, sel)
+
+    # no token in the URL: the page says where to get one; a wrong one: refused
+    driver.get(base)
+    wait("no-token", lambda: css("#conn").get_attribute("data-conn") == "no-token")
+    assert "#token=" in css("#notice").text
+    driver.get(f"{base}#token=not-the-token")
+    driver.refresh()
+    wait("bad-token", lambda: css("#conn").get_attribute("data-conn") == "bad-token", 20)
+
+    driver.get(f"{base}#token={token}")
+    driver.refresh()
+    wait("the canned state", lambda: css("#conn").get_attribute("data-conn") == "open"
+         and css('.node[data-node="clerk"]').get_attribute("data-state") == "ready")
+
+    # the tour, first open: walk it to the end; dismissal is remembered across a reload
+    wait("the tour", lambda: css("#tour").is_displayed())
+    steps = []
+    while css("#tour").is_displayed():
+        steps.append(css("#tour-title").text)
+        css("#tour-next").click()
+    assert len(steps) >= 5 and any("Kill b" in s for s in steps) and any("Corrupt a" in s for s in steps), steps
+    assert driver.execute_script("return localStorage.getItem('docket.console.tour')") == "done"
+    driver.refresh()
+    wait("the canned state after a reload", lambda: driver.find_elements(By.CSS_SELECTOR, '.node[data-node="a"]'))
+    assert not css("#tour").is_displayed()
+
+    # the safety panel and the score when safety broke
+    assert css("#safety").get_attribute("data-ok") == "false"
+    assert css("#safety-text").text == BROKEN_STATE["safety"]["text"]
+    assert "partition 0, offset 17" in css("#safety-first").text
+    assert css("#balance").get_attribute("data-ok") == "false"
+    assert css("#score").get_attribute("data-unbroken") == "false"
+    assert css("#score-value").text == "41.3"
+
+    # nodes: state, figures, the setting in force
+    states = _node_states(driver)
+    assert states == {"a": "faulty", "b": "dead", "c": "slowed", "clerk": "ready", "broker": "ready"}, states
+    assert css('.node[data-node="clerk"] [data-field="pending"]').text == "7"
+    assert css('button[data-node="a"][data-action="corrupt"][data-arg="state"]').get_attribute("aria-pressed") == "true"
+    assert css('button[data-node="c"][data-action="slow"][data-arg="on"]').get_attribute("aria-pressed") == "true"
+    assert not driver.find_elements(By.CSS_SELECTOR, 'button[data-node="clerk"][data-action="corrupt"]')
+
+    # the strip: every fate, who agreed, whose copy was withheld
+    cells = {(int(e.get_attribute("data-p")), int(e.get_attribute("data-o"))):
+             (e.get_attribute("data-fate"), e.get_attribute("data-agree"), e.get_attribute("data-outvoted"))
+             for e in driver.find_elements(By.CSS_SELECTOR, "#strip .pos")}
+    assert cells == {(0, 151): ("agreed", "a-c", ""), (0, 152): ("withheld", "b-c", "a"),
+                     (1, 98): ("diverged", "", ""), (1, 99): ("pending", "", "")}, cells
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#strip .strip-row")) == 2
+
+    # liveness: both lines drawn, broken at the silent seconds; the stalled position
+    for line in ("p50", "p99"):
+        d = css(f"#latency-plot path.{line}").get_attribute("d")
+        assert d.count("M") == 2 and d.count("L") > 40, (line, d)
+    assert css("#latency-plot .gap")
+    ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#latency-plot .ytick")]
+    assert "100 ms" in ticks and "1 s" in ticks, ticks
+    assert css('#stalled li[data-p="1"][data-o="99"]').text == "p1@99 waiting 4.2 s"
+    assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#log .log-text")] == \
+        ["corrupt a: state", "killed b (SIGKILL)"]
+
+    # controls: the bodies the API expects; a refusal shows the server's words
+    _click(driver, "c", "slow", "off")
+    _click(driver, "a", "corrupt", "off")
+    _click(driver, "c", "corrupt", "bitflip")
+    _click(driver, "broker", "stop")
+    _click(driver, "b", "kill")
+    msg = wait("the refusal", lambda: driver.find_elements(
+        By.CSS_SELECTOR, '.node[data-node="b"] .node-msg[data-error="already_dead"]'))[0]
+    assert "409" in msg.text and "b is not running (dead)" in msg.text, msg.text
+    assert controller.calls == [("c", "slow", {"on": False}), ("a", "corrupt", {"kind": None}),
+                                ("c", "corrupt", {"kind": "bitflip"}), ("broker", "stop", {}),
+                                ("b", "kill", {})], controller.calls
+
+    # the rate: accepted, and refused out of range with the server's message
+    rate = css("#rate-input")
+    rate.clear()
+    rate.send_keys("120")
+    css("#rate-set").click()
+    wait("the rate set", lambda: ("rate", 120) in asked)
+    rate.clear()
+    rate.send_keys("5000")
+    css("#rate-set").click()
+    wait("the rate refused", lambda: css("#notice").get_attribute("data-kind") == "error"
+         and "bad_rate" in css("#notice").text)
+
+    # stop: nothing without the confirmation, then stopped
+    css("#stop").click()
+    WebDriverWait(driver, 5).until(lambda d: d.switch_to.alert).dismiss()
+    assert ("stop",) not in asked and css("body").get_attribute("data-stopped") is None
+    css("#stop").click()
+    WebDriverWait(driver, 5).until(lambda d: d.switch_to.alert).accept()
+    wait("stopped", lambda: ("stop",) in asked and css("body").get_attribute("data-stopped") == "true")
+    assert css("#conn").get_attribute("data-conn") == "stopped"
