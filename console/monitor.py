@@ -315,7 +315,8 @@ class Monitor:
         s = self.settings
         consumer = AIOKafkaConsumer(**client_kwargs(
             s, "console", "consumer", bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level=ISOLATION_LEVEL, max_partition_fetch_bytes=4 * 1024 * 1024))
+            auto_offset_reset="earliest", isolation_level=ISOLATION_LEVEL, max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=100))  # the page shows a result within ~0.1 s of its publication
         await consumer.start()
         topics = [s.input_topic, *(s.output_topic(i) for i in s.instances), s.results_topic, s.divergences_topic]
         tps = [TopicPartition(t, p) for t in topics for p in range(s.partitions)]
@@ -427,6 +428,13 @@ class Monitor:
             out.append(node)
         return out
 
+    def window(self, now: float, last_s: int = 60) -> dict:
+        """p50/p99 decision latency (ms) over the results of the last ``last_s`` seconds
+        (an addition to CONTRACT.md's State: the figure to quote for a rate)."""
+        got = self.latency.window(last_s, now)
+        return {"s": last_s, "p50_ms": None if got is None else round(got[0], 1),
+                "p99_ms": None if got is None else round(got[1], 1)}
+
     def state(self) -> dict:
         """The State JSON of CONTRACT.md."""
         now = self.controller.now()
@@ -439,7 +447,8 @@ class Monitor:
             "strip": {"partitions": self.settings.partitions, "positions": self.strip.positions()},
             "safety": safety,
             "liveness": {"series": self.latency.series(now),
-                         "stalled": self.pending.stalled(self.wall() * 1000)},
+                         "stalled": self.pending.stalled(self.wall() * 1000),
+                         "window": self.window(now)},
             "score": {"delay_s": round(self.latency.delay_s, 1), "safety_unbroken": safety["wrong"] == 0},
             "log": list(self.controller.log),
         }

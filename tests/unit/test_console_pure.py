@@ -223,6 +223,8 @@ def test_latency_series_and_score() -> None:
     assert lat.series() == [[0.0, 50.0, 99.0], [1.0, 350.0, 350.0]]
     assert lat.delay_s == pytest.approx(0.25)
     assert lat.add(t0 + 1600, t0 + 1700) == 0.0  # clocks never make a latency negative
+    assert lat.window(60, now_s=2.0) == (50.0, 100.0)  # every result of seconds 0 and 1
+    assert lat.window(60, now_s=1.0) == (50.0, 99.0)
     assert lat.series(now_s=200.0) == []  # older than the 180 s window
     assert percentile([5.0], 99) == 5.0
 
