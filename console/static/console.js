@@ -35,7 +35,8 @@
  *   #legend                               the strip's colour key
  *   #safety[data-ok="true"|"false"], #safety-text, #safety-first, #balance[data-ok]
  *   #score[data-unbroken], #score-value   the score: seconds of decision delay caused
- *   #latency-plot (svg) .p50 / .p99 paths, #latency-now, #stalled li[data-p][data-o]
+ *   #latency-plot (svg) .p50 / .p99 paths, .gap rects (seconds without a decision), .ytick labels,
+ *   #latency-now (p50/p99 of liveness.window, else the newest second), #stalled li[data-p][data-o]
  *   #log li                               the console's action log, newest first
  *   #tour, #tour-next, #tour-back, #tour-skip, #tour-open
  *                                         the guided tour; dismissal is kept in localStorage
@@ -418,7 +419,7 @@
     return `${ms / 1000} s`;
   }
 
-  function renderPlot(series, now) {
+  function renderPlot(series, now, window_) {
     const plot = $("#latency-plot");
     const { w, h, left, right, top, bottom } = PLOT;
     const pts = (series || []).filter((r) => Array.isArray(r) && r.length >= 3);
@@ -497,8 +498,16 @@
     parts.push(svg("text", { class: "key", x: left + 154, y: top + 14 }, "100 ms"));
     plot.replaceChildren(...parts);
 
+    // the figure to quote: p50/p99 over every result of the last window_.s seconds
+    // (CONTRACT, Changes: liveness.window); else the newest second's
     const last = pts.length ? pts[pts.length - 1] : null;
-    $("#latency-now").textContent = last ? `now: p50 ${fmtMs(last[1])}, p99 ${fmtMs(last[2])}` : "";
+    let now_ = "";
+    if (window_ && window_.p50_ms !== null && window_.p50_ms !== undefined) {
+      now_ = `last ${window_.s} s: p50 ${fmtMs(window_.p50_ms)}, p99 ${fmtMs(window_.p99_ms)}`;
+    } else if (last) {
+      now_ = `now: p50 ${fmtMs(last[1])}, p99 ${fmtMs(last[2])}`;
+    }
+    $("#latency-now").textContent = now_;
   }
 
   // ------------------------------------------------------------------ the whole state
@@ -514,7 +523,7 @@
     for (const node of state.nodes || []) updateCard(node);
     renderStrip(state.strip);
     renderSafety(state.safety, state.score);
-    renderPlot(state.liveness && state.liveness.series, state.t);
+    renderPlot(state.liveness && state.liveness.series, state.t, state.liveness && state.liveness.window);
     renderStalled(state.liveness && state.liveness.stalled);
     renderLog(state.log);
     tourUpdate(state);

@@ -327,7 +327,8 @@ BROKEN_STATE: dict[str, Any] = {
                "text": "SAFETY BROKEN: 1 wrong result of 612 (first: 0@17)"},
     "liveness": {"series": [[float(t), 30.0 + t % 7, 80.0 + 40 * (t % 5)] for t in range(10, 60)]
                  + [[float(t), 900.0, 4200.0] for t in range(66, 75)],
-                 "stalled": [{"p": 1, "o": 99, "age_ms": 4200}]},
+                 "stalled": [{"p": 1, "o": 99, "age_ms": 4200}],
+                 "window": {"s": 60, "p50_ms": 41.5, "p99_ms": 3900.0}},
     "score": {"delay_s": 41.3, "safety_unbroken": False},
     "log": [{"t": 9.1, "text": "killed b (SIGKILL)"}, {"t": 30.5, "text": "corrupt a: state"}],
 }
@@ -448,6 +449,7 @@ def test_console_page_renders_a_broken_safety_refusals_and_the_tour(canned_conso
     assert css("#latency-plot .gap")
     ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#latency-plot .ytick")]
     assert "100 ms" in ticks and "1 s" in ticks, ticks
+    assert css("#latency-now").text == "last 60 s: p50 42 ms, p99 3.9 s"
     assert css('#stalled li[data-p="1"][data-o="99"]').text == "p1@99 waiting 4.2 s"
     assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#log .log-text")] == \
         ["corrupt a: state", "killed b (SIGKILL)"]
