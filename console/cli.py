@@ -39,6 +39,7 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
     from app.registry import registry
     from app.topics import create_topics
     from chaos.stack import BrokerKeeper
+    from launcher.broker import BrokerError
     from console.monitor import Monitor
     from console.safety import SafetyCheck
     from console.stack import Controller, Feeder, build_procs, console_settings
@@ -70,10 +71,17 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
     try:
         # the page first: a port in use fails before anything starts, and the page can
         # show the stack coming up
-        runner = await serve(make_app(controller, monitor.state, feeder.set_rate, token, stopping.set), port)
+        try:
+            runner = await serve(make_app(controller, monitor.state, feeder.set_rate, token, stopping.set), port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve on 127.0.0.1:{port} ({exc.strerror}): choose another "
+                                       "--port (or DOCKET_CONSOLE_PORT)") from None
         say(f"docket console: data in {data_dir}; seed {seed}")
         say(f"starting a broker on {settings.kafka_bootstrap} ...")
-        took = await _until_stopped(keeper.start(), stopping)
+        try:
+            took = await _until_stopped(keeper.start(), stopping)
+        except BrokerError as exc:
+            raise click.ClickException(f"the console's broker did not start: {exc}") from None
         controller.broker_starts = 1
         say(f"broker up in {took:.1f} s")
         report = await _until_stopped(create_topics(settings), stopping)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,34 @@ async def test_console_backend_kill_restart_corrupt_broker_stop(tmp_path) -> Non
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def test_console_stops_on_ctrl_c(tmp_path) -> None:
+    """ConsoleStopsEverything: Ctrl-C (SIGINT) once the console is up stops the workload,
+    the workers and the broker; exit status 0, no process left, no ERROR."""
+    port = free_port()
+    data_dir = tmp_path / "console"
+    log_path = tmp_path / "console.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env.update(PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-c", "from app.cli import main; main()", "console", "--port", str(port),
+           "--data-dir", str(data_dir)]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
+    try:
+        await wait_for(lambda: "the console: http://127.0.0.1:" in log_path.read_text(), START_S,
+                       "the console's URL", interval_s=0.5, detail=lambda: log_path.read_text()[-2000:])
+        assert _processes_naming(str(data_dir)), "no process of the console's stack runs"
+        proc.send_signal(signal.SIGINT)
+        await wait_for(lambda: proc.poll() is not None, STOP_S, "the console to exit", interval_s=0.2,
+                       detail=lambda: log_path.read_text()[-2000:])
+        output = log_path.read_text(errors="replace")
+        assert proc.returncode == 0, output[-2000:]
+        assert _processes_naming(str(data_dir)) == []
+        assert " ERROR " not in output and "Traceback" not in output, output[-3000:]
+        assert "stopped: every process the console started has exited" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
