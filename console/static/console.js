@@ -12,6 +12,7 @@
  *   body[data-stopped="true"]             the console was stopped from this page
  *   #conn[data-conn]                      "connecting" | "open" | "stale" | "reconnecting" | "no-token" | "bad-token" | "stopped"
  *   #clock, #produced                     t and input records produced
+ *   #stack-phase                          shown while some node was never started yet (starts 0)
  *   #rate-input, #rate-set                the offered rate (events/s) and its submit button
  *   #stop                                 stop the console (asks window.confirm first)
  *   #notice[data-kind]                    the last notice: "error" | "info"
@@ -251,7 +252,8 @@
       const f = $(`[data-field="${field}"]`, card);
       if (f) f.textContent = text;
     };
-    set("state", state);
+    // before the console's first start of a node (starts 0) it is not dead, just not started yet
+    set("state", !node.starts && (state === "dead" || state === "stopped") ? "not started" : state);
     set("pid", node.pid === null || node.pid === undefined ? "–" : String(node.pid));
     set("starts", fmtNum(node.starts));
     set("lag", fmtNum(node.lag));
@@ -521,6 +523,7 @@
     const rateInput = $("#rate-input");
     if (document.activeElement !== rateInput && !rateInput.dataset.dirty) rateInput.value = state.rate;
     for (const node of state.nodes || []) updateCard(node);
+    $("#stack-phase").hidden = !(state.nodes || []).some((n) => !n.starts);
     renderStrip(state.strip);
     renderSafety(state.safety, state.score);
     renderPlot(state.liveness && state.liveness.series, state.t, state.liveness && state.liveness.window);

@@ -429,6 +429,8 @@ def test_console_page_renders_a_broken_safety_refusals_and_the_tour(canned_conso
     # nodes: state, figures, the setting in force
     states = _node_states(driver)
     assert states == {"a": "faulty", "b": "dead", "c": "slowed", "clerk": "ready", "broker": "ready"}, states
+    assert css('.node[data-node="b"] [data-field="state"]').text == "dead"
+    assert not css("#stack-phase").is_displayed()
     assert css('.node[data-node="clerk"] [data-field="pending"]').text == "7"
     assert css('button[data-node="a"][data-action="corrupt"][data-arg="state"]').get_attribute("aria-pressed") == "true"
     assert css('button[data-node="c"][data-action="slow"][data-arg="on"]').get_attribute("aria-pressed") == "true"
