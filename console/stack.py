@@ -60,12 +60,14 @@ class ControlError(Exception):
 def console_settings(base: Settings, data_dir: Path, partitions: int, broker_port: int | None = None) -> Settings:
     """``base`` (the DOCKET_* settings) made into a console run's: broker in
     ``data_dir/broker`` on a free port, RocksDB under ``data_dir/data``, topic prefix
-    ``console``, ``partitions`` partitions, instances a, b, c, two required copies, a 6 s
+    ``console``, the inventory domain (the workload's and the balance's, whatever
+    DOCKET_DOMAIN says), ``partitions`` partitions, instances a, b, c, two required copies, a 6 s
     session timeout (the broker's minimum: a killed worker's partitions move soonest)."""
     port = broker_port or free_port()
     return dataclasses.replace(
         base, broker_dir=data_dir / "broker", broker_port=port, kafka_bootstrap=f"{HOST}:{port}",
-        topic_prefix="console", partitions=partitions, instances=INSTANCES, required_copies=2,
+        topic_prefix="console", domain="inventory", domain_version_limit=0, partitions=partitions,
+        instances=INSTANCES, required_copies=2,
         session_timeout_ms=6000, data_root=data_dir / "data")
 
 

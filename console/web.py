@@ -93,7 +93,7 @@ def make_app(controller, state: Callable[[], dict], set_rate: Callable[[float], 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+        with contextlib.suppress(ConnectionError):  # the page went away
             while True:
                 await resp.write(b"event: state\ndata: " + orjson.dumps(state()) + b"\n\n")
                 await asyncio.sleep(STREAM_EVERY_S)  # the stream's period

@@ -257,3 +257,24 @@ def test_counter_rates_and_metrics_parsing() -> None:
     assert values["docket_clerk_decisions_total"] == 42.0
     assert values["docket_clerk_pending_positions"] == 3.0
     assert values['docket_clerk_copies_total{instance="a"}'] == 7.0
+
+
+def test_console_settings_are_its_own(tmp_path) -> None:
+    """The console's stack: its own broker directory and port, topic prefix console,
+    instances a, b, c with two required copies, and the inventory domain (its workload
+    and balance are inventory's) whatever the DOCKET_* settings say."""
+    import dataclasses
+
+    from app.settings import load
+    from console.stack import build_procs, console_settings
+
+    base = dataclasses.replace(load(), domain="accounts", topic_prefix="mine", required_copies=3)
+    s = console_settings(base, tmp_path, 4, broker_port=45678)
+    assert (s.domain, s.topic_prefix, s.instances, s.required_copies, s.partitions) == (
+        "inventory", "console", ("a", "b", "c"), 2, 4)
+    assert s.kafka_bootstrap == "127.0.0.1:45678" and s.broker_dir == tmp_path / "broker"
+    procs, ports, files = build_procs(s, tmp_path)
+    assert set(procs) == {"a", "b", "c", "clerk"} and len(set(ports.values())) == 4
+    assert procs["a"].args == ("--web-port", str(ports["a"]), "--faults-file", str(files["a"]))
+    assert procs["clerk"].args == ("--web-port", str(ports["clerk"]))
+    assert procs["b"].env["DOCKET_INSTANCES"] == "a,b,c" and procs["b"].env["DOCKET_REQUIRED_COPIES"] == "2"
