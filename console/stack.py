@@ -394,7 +394,9 @@ class Feeder:
                 await asyncio.sleep(0.2)  # poll interval of the broker's state
             producer = AIOKafkaProducer(**client_kwargs(
                 self.settings, "console-workload", "producer", bootstrap_servers=self.settings.kafka_bootstrap,
-                acks="all", enable_idempotence=True, linger_ms=2))
+                # linger: a few records per request rather than one (a record's broker timestamp,
+                # where its decision latency starts, is taken when the batch is appended)
+                acks="all", enable_idempotence=True, linger_ms=10))
             try:
                 with quiet("aiokafka"):
                     await producer.start()
