@@ -79,10 +79,9 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
         say(f"docket console: data in {data_dir}; seed {seed}")
         say(f"starting a broker on {settings.kafka_bootstrap} ...")
         try:
-            took = await _until_stopped(keeper.start(), stopping)
+            took = await _until_stopped(controller.boot_broker(), stopping)
         except BrokerError as exc:
             raise click.ClickException(f"the console's broker did not start: {exc}") from None
-        controller.broker_starts = 1
         say(f"broker up in {took:.1f} s")
         report = await _until_stopped(create_topics(settings), stopping)
         say(f"topics: {len(report.created)} created ({settings.topic_prefix}.*, {partitions} partitions)")

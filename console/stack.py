@@ -310,6 +310,14 @@ class Controller:
         self._broker_task = asyncio.get_running_loop().create_task(self._start_broker(), name="broker start")
         self.note("starting the broker")
 
+    async def boot_broker(self) -> float:
+        """The console's first start of its broker (the node reads starting meanwhile);
+        returns seconds taken; launcher.broker.BrokerError if it does not start."""
+        self._broker_task = asyncio.ensure_future(self.keeper.start())
+        took = await self._broker_task
+        self.broker_starts += 1
+        return took
+
     async def _start_broker(self) -> None:
         try:
             took = await self.keeper.start()
