@@ -53,8 +53,7 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stopping.set)
 
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
+    wipe(data_dir)
     base = load()
     token = console_token(base.api_clients)
     settings = console_settings(base, data_dir, partitions)
@@ -128,6 +127,23 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
         await controller.shutdown()
     say("stopped: every process the console started has exited")
     return 0
+
+
+MARKER = ".docket-console"  # in every data directory a console made: it may wipe it
+
+
+def wipe(data_dir: Path) -> None:
+    """Empty ``data_dir`` for a fresh run: only a directory a console made before (it
+    holds MARKER) or an empty or missing one, so a mistyped --data-dir never deletes
+    anything else (click.ClickException)."""
+    # (a run from before the marker existed left at least faults/ and broker/)
+    ours = (data_dir / MARKER).exists() or all((data_dir / d).is_dir() for d in ("faults", "broker"))
+    if data_dir.exists() and any(data_dir.iterdir()) and not ours:
+        raise click.ClickException(f"{data_dir} is not empty and not a console's data directory: the console "
+                                   "wipes its --data-dir at start, so give it a new or empty directory")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    (data_dir / MARKER).write_text("docket console data directory: wiped at every start\n")
 
 
 async def _until_stopped(aw, stopping: asyncio.Event):

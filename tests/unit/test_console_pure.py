@@ -278,3 +278,24 @@ def test_console_settings_are_its_own(tmp_path) -> None:
     assert procs["a"].args == ("--web-port", str(ports["a"]), "--faults-file", str(files["a"]))
     assert procs["clerk"].args == ("--web-port", str(ports["clerk"]))
     assert procs["b"].env["DOCKET_INSTANCES"] == "a,b,c" and procs["b"].env["DOCKET_REQUIRED_COPIES"] == "2"
+
+
+def test_data_dir_is_wiped_only_when_it_is_a_consoles(tmp_path) -> None:
+    """--data-dir is wiped at start, but only a directory a console made (its marker
+    file) or an empty or missing one: anything else is refused, untouched."""
+    import click
+
+    from console.cli import MARKER, wipe
+
+    fresh = tmp_path / "fresh"
+    wipe(fresh)
+    assert (fresh / MARKER).exists()
+    (fresh / "old-run.log").write_text("x")
+    wipe(fresh)
+    assert sorted(p.name for p in fresh.iterdir()) == [MARKER]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(click.ClickException, match="not a console's data directory"):
+        wipe(precious)
+    assert (precious / "thesis.tex").read_text() == "years of work"
