@@ -25,7 +25,11 @@ import click
 log = logging.getLogger("docket.console")
 
 START_DEADLINE_S = 180.0  # broker boot + Faust start-up + the first rebalance on a busy 2-core machine
-DEFAULT_RATE = 50  # events/s; see the README's console section for the p99 measured at each rate
+# events/s: the highest rate tried whose decision latency p99 stayed under 100 ms on the
+# 2-core box (2026-12-01, the console's liveness.window over 60 s, the machine otherwise
+# quiet: 50/s 13 ms, 100/s 23 ms, 200/s 28 and 46 ms; with other work loading it, every
+# rate went over: 50/s 76-396 ms, 200/s 312-1248 ms)
+DEFAULT_RATE = 200
 
 
 def console_token(api_clients) -> str:
