@@ -122,16 +122,23 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
         await stopping.wait()
         say("stopping: workload, workers (SIGTERM), broker ...")
     finally:
-        if started_feeder:
-            await feeder.stop()
-        if started_monitor:
-            await monitor.stop()
-        if runner is not None:
-            await runner.cleanup()
+        # Each step on its own and bounded: with the broker stopped, the monitor's Kafka
+        # reader may end in CancelledError or hang in a retry, and the workers must be
+        # stopped whatever happened before (they would outlive the console).
+        steps = [(started_feeder, "workload", feeder.stop), (started_monitor, "monitor", monitor.stop),
+                 (runner is not None, "web server", lambda: runner.cleanup())]
+        for wanted, what, stop in steps:
+            if wanted:
+                try:
+                    await asyncio.wait_for(stop(), CLEANUP_STEP_S)
+                except (asyncio.CancelledError, asyncio.TimeoutError, Exception) as exc:  # noqa: PERF203
+                    log.warning("stopping the %s: %s; going on", what, type(exc).__name__)
         await controller.shutdown()
     say("stopped: every process the console started has exited")
     return 0
 
+
+CLEANUP_STEP_S = 15.0  # longest wait for one part of the console to stop
 
 MARKER = ".docket-console"  # in every data directory a console made: it may wipe it
 
