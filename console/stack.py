@@ -62,10 +62,16 @@ def console_settings(base: Settings, data_dir: Path, partitions: int, broker_por
     ``data_dir/broker`` on a free port, RocksDB under ``data_dir/data``, topic prefix
     ``console``, the inventory domain (the workload's and the balance's, whatever
     DOCKET_DOMAIN says), ``partitions`` partitions, instances a, b, c, two required copies, a 6 s
-    session timeout (the broker's minimum: a killed worker's partitions move soonest)."""
+    session timeout (the broker's minimum: a killed worker's partitions move soonest), a
+    PLAINTEXT connection whatever DOCKET_KAFKA_* say."""
+    from app.kafka_config import load_connection
+
     port = broker_port or free_port()
     return dataclasses.replace(
-        base, broker_dir=data_dir / "broker", broker_port=port, kafka_bootstrap=f"{HOST}:{port}",
+        # the console's own broker speaks PLAINTEXT: a user's DOCKET_KAFKA_* security
+        # settings (meant for their Kafka) must not reach the console's clients
+        base, kafka=load_connection({}),
+        broker_dir=data_dir / "broker", broker_port=port, kafka_bootstrap=f"{HOST}:{port}",
         topic_prefix="console", domain="inventory", domain_version_limit=0, partitions=partitions,
         instances=INSTANCES, required_copies=2,
         session_timeout_ms=6000, data_root=data_dir / "data")

@@ -262,7 +262,8 @@ def test_counter_rates_and_metrics_parsing() -> None:
 def test_console_settings_are_its_own(tmp_path) -> None:
     """The console's stack: its own broker directory and port, topic prefix console,
     instances a, b, c with two required copies, and the inventory domain (its workload
-    and balance are inventory's) whatever the DOCKET_* settings say."""
+    and balance are inventory's) and a PLAINTEXT connection whatever the DOCKET_* settings
+    say."""
     import dataclasses
 
     from app.settings import load
@@ -278,6 +279,14 @@ def test_console_settings_are_its_own(tmp_path) -> None:
     assert procs["a"].args == ("--web-port", str(ports["a"]), "--faults-file", str(files["a"]))
     assert procs["clerk"].args == ("--web-port", str(ports["clerk"]))
     assert procs["b"].env["DOCKET_INSTANCES"] == "a,b,c" and procs["b"].env["DOCKET_REQUIRED_COPIES"] == "2"
+    # a user's security settings are for their Kafka, not the console's PLAINTEXT broker
+    from app.kafka_config import client_kwargs, load_connection
+
+    secure = dataclasses.replace(base, kafka=load_connection({
+        "DOCKET_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DOCKET_KAFKA_SASL_MECHANISM": "PLAIN",
+        "DOCKET_KAFKA_USERNAME": "u", "DOCKET_KAFKA_PASSWORD": "p"}))
+    own = client_kwargs(console_settings(secure, tmp_path, 4, broker_port=45678), "console", "consumer")
+    assert own["security_protocol"] == "PLAINTEXT" and "sasl_mechanism" not in own
 
 
 def test_data_dir_is_wiped_only_when_it_is_a_consoles(tmp_path) -> None:
