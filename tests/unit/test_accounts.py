@@ -364,14 +364,18 @@ _fuzzy = st.one_of(_ident_text, st.sampled_from(["EUR", "eur", "EURO"]), st.inte
     st.sampled_from(["book", "account", "currency", "amount", "from_account", "to_account", "x"]), _fuzzy))
 def test_payload_schema_accepts_what_validate_accepts(event_name, payload) -> None:
     """The JSON Schema that payload_schema gives the OpenAPI document accepts exactly what
-    validate accepts, except that a transfer's two accounts must differ (JSON Schema
-    cannot say so)."""
+    validate accepts, except that a transfer's two accounts must differ, and that a
+    number with a zero fraction (1.0) is an integer to JSON Schema (2020-12, section
+    6.1.1) while validate refuses it: JSON Schema cannot say either."""
     jsonschema = pytest.importorskip("jsonschema")
     schema = accounts.payload_schema(event_name)
     schema_ok = jsonschema.Draft202012Validator(schema).is_valid(payload)
     rejection = accounts.validate(event_name, payload)
+    whole_float = any(type(v) is float and v.is_integer() for v in payload.values())
     if rejection is not None and rejection.reason == "same_account":
         assert schema_ok
+    elif rejection is not None and whole_float:
+        pass  # the schema may accept 1.0 for an integer: validate is the stricter of the two
     else:
         assert schema_ok == (rejection is None), (payload, rejection)
 
