@@ -170,16 +170,16 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
 
     judges_with = [d.version for d in versions.known.values()]
 
-    async def announce_status(p: int, state: str, offset: int, version: str) -> None:
+    async def announce_status(p: int, state: str, offset: int, version: str, remedy: str | None = None) -> None:
         # the API shows it (/readyz); a later record for the same key replaces it
-        key, value = status_record(instance_id, p, state, offset, version, judges_with)
+        key, value = status_record(instance_id, p, state, offset, version, judges_with, remedy)
         sent = await app.producer.send(settings.status_topic, key, value, p, None, None)
         guard_delivery(app, sent, f"status of {instance_id} for partition {p}")
 
     async def hold(p: int, event, blocked: Blocked) -> None:
         if p not in held:
             held[p] = []
-            await announce_status(p, "blocked", blocked.offset, blocked.version)
+            await announce_status(p, "blocked", blocked.offset, blocked.version, versions.remedy(blocked.version))
             why = ("it activates" if blocked.cause == "activation"
                    else "this instance's Ledger says an earlier run with newer code or a higher version limit "
                         "activated")
@@ -336,8 +336,8 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     DOCKET_INSTANCES; Kafka answers, the input topic, the instance's output topic and
     the status topic exist (waiting up to ``wait_s`` seconds for them first) and the input topic has
     broker timestamps, else click.ClickException saying what to do; ``data_dir``
-    exists, is this worker's alone and holds no other domain's state. Runs its checks in
-    event loops of its own (asyncio.run)."""
+    exists, is this worker's alone and holds no other domain's state, and the topics
+    serve DOCKET_DOMAIN. Runs its checks in event loops of its own (asyncio.run)."""
     if instance_id not in settings.instances:
         click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
                    f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
@@ -346,3 +346,25 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     asyncio.run(check_topics(settings, topics))
     claim_data_dir(data_dir)
     claim_domain(data_dir, settings.domain)
+    check_topics_domain(settings)
+
+
+def check_topics_domain(settings: Settings) -> None:
+    """Refuse (click.ClickException) when the instances' status records say the topics
+    under this prefix serve another domain than DOCKET_DOMAIN (TopicsServeOneDomain): a
+    fresh data directory restores another domain's tables from the changelogs, and a
+    worker of another domain joining a group diverges on every event. A status topic
+    that cannot be read is reported and the check skipped: the start is not held up."""
+    from aiokafka.errors import KafkaError
+
+    from app.status import domain_conflict, read_statuses
+
+    try:
+        statuses = asyncio.run(read_statuses(settings, 15.0))
+    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+        click.echo(f"warning: could not read {settings.status_topic} to check which domain its topics serve "
+                   f"({exc or type(exc).__name__}); starting without that check", err=True)
+        return
+    conflict = domain_conflict(settings, statuses)
+    if conflict is not None:
+        raise click.ClickException(conflict)

@@ -232,7 +232,7 @@ def claim_domain(data_dir: Path, domain: str) -> None:
     if held != domain:
         raise click.ClickException(
             f"data directory {data_dir} holds the state of domain {held!r}, not {domain!r} (DOCKET_DOMAIN); "
-            f"its topics (DOCKET_TOPIC_PREFIX) hold {held}'s events too. One topic prefix and data root serve "
+            f"its topics (DOCKET_TOPIC_PREFIX) hold the events of {held} too. One topic prefix and data root serve "
             f"one domain: run `make clean` (it deletes var/: the local broker's topics and every worker's "
             f"state) to start afresh with {domain}, or give {domain} its own DOCKET_TOPIC_PREFIX and "
             f"DOCKET_DATA_ROOT; or set DOCKET_DOMAIN={held} again")

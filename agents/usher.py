@@ -277,7 +277,9 @@ class Usher:
             return records.body(
                 record, stream_time=stream_time, idempotency_key=event.idempotency_key, client=event.client,
                 event_name=event.event_name,
-                domain_version=domain.version, outcome=original["outcome"],
+                # the original's outcome, so the version that judged it (not the one
+                # judging now, after an activation)
+                domain_version=original["domain_version"], outcome=original["outcome"],
                 duplicate_of=records.position(version.partition, version.offset))
         if verdict is Verdict.REUSED:
             return self._rejected(record, stream_time, event, Rejection(

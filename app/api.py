@@ -443,8 +443,10 @@ async def readyz(request: web.Request) -> web.Response:
             "instance(s) stopped at a domain version they may not judge with: "
             + "; ".join(f"{b['instance']} on partition {b['partition']} at offset {b['offset']} ({b['version']})"
                         for b in blocked)
-            + ". Upgrade those instances to code that registers the version, or raise their "
-              "DOCKET_DOMAIN_VERSION_LIMIT, and restart them; each instance's WARNING says which.")
+            + ". What to do: "
+            + " ".join(sorted({f"{b['instance']}: " + (b.get("remedy") or f"upgrade this worker to code that registers "
+                                                                          f"{b['version']} and restart it") + "."
+                               for b in blocked})))
     if not ready:
         if not client.started:
             body["message"] = (f"connecting to Kafka at {client.settings.kafka_bootstrap}"

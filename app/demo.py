@@ -445,11 +445,18 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
         kit = registry.kit(domain)
     except (UnknownDomain, NoKit) as exc:
         raise click.BadParameter(str(exc), param_hint="--domain") from None
+    unknown = sorted(set(shape) - set(kit.demo_shape))
+    if unknown:
+        raise click.BadParameter(f"{domain} has no shape {', '.join(unknown)} (its shapes: "
+                                 f"{', '.join(f'{k}={v}' for k, v in kit.demo_shape.items())})", param_hint="--shape")
     shape = {**kit.demo_shape, **shape}
     try:
         requests_for(kit, seed, 1, "check", shape)
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(f"{domain}: {exc}", param_hint="--shape") from None
+    if events < kit.min_events:
+        raise click.BadParameter(f"the {domain} demo needs at least {kit.min_events} events for its checks to "
+                                 "prove anything", param_hint="--events")
     url = url or api_base_url(load())
     token = token or default_token()
     if not token:

@@ -19,6 +19,7 @@ from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.registry import UnknownDomain, registry, version_number
 from app.settings import ConfigError, Settings, load
+from app.status import domain_conflict, read_statuses
 from app.versions import activation_record
 
 
@@ -49,7 +50,7 @@ def versions_cmd() -> None:
               help="write the activation even though this code does not register VERSION "
                    "(the instances run newer code than this command)")
 def activate(version: str, timeout_s: float, force: bool) -> None:
-    """Switch every partition to domain VERSION (e.g. inventory/2) at its next offset.
+    """Switch every partition to domain VERSION, for example inventory/2, at its next offset.
 
     Deploy code that knows VERSION to every instance first: an instance that does not
     know it stops the partition at the activation until it is upgraded. A version this
@@ -59,9 +60,8 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
     settings = load()
     number = version_number(settings.domain, version)
     if number is None:
-        raise click.BadParameter(f"{version!r} is not a version of {settings.domain}, the pipeline's domain "
-                                 f"(DOCKET_DOMAIN={settings.domain}): expected {settings.domain}/<n>, n >= 1",
-                                 param_hint="VERSION")
+        raise click.BadParameter(f"{version!r} is not a version of {settings.domain} (DOCKET_DOMAIN={settings.domain}):"
+                                 f" expected {settings.domain}/<n>, n >= 1", param_hint="VERSION")
     try:
         known = registry.versions(settings.domain)
     except UnknownDomain as exc:
@@ -75,6 +75,9 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
     if number not in known:
         click.echo(f"warning: --force: this code does not register {version}; instances like it will block",
                    err=True)
+    conflict = domain_conflict(settings, _statuses(settings, timeout_s))
+    if conflict is not None:
+        raise click.ClickException(f"{conflict}. Nothing was activated")
     try:
         placed = asyncio.run(asyncio.wait_for(produce_activations(settings, version), timeout_s))
     except asyncio.TimeoutError:
@@ -89,6 +92,47 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
                                    "(`docket topics create`)?") from None
     for partition, offset in placed:
         click.echo(f"{settings.input_topic}[{partition}]@{offset}: {version}")
+
+
+def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
+    """The instances' status records (app/status.py), or click.ClickException saying
+    why they cannot be read."""
+    try:
+        return asyncio.run(read_statuses(settings, timeout_s))
+    except asyncio.TimeoutError:
+        raise click.ClickException(f"could not read {settings.status_topic} at {settings.kafka_bootstrap} within "
+                                   f"{timeout_s:g} s: is the broker up and the topic created "
+                                   "(`docket topics create`)?") from None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
+                                   "is the broker up?") from None
+
+
+@domain.command("status")
+@click.option("--timeout", "timeout_s", type=float, default=15.0, show_default=True,
+              help="seconds to wait for Kafka")
+def status_cmd(timeout_s: float) -> None:
+    """Print which version each instance judges each input partition with.
+
+    From the instances' status records (<prefix>.status): per partition and instance,
+    "judging" with the version and the offset of the activation that chose it (-1:
+    the base, no activation), or "blocked" at an offset, with what the instance's
+    WARNING says to do. Exits 1 when the records name another domain than
+    DOCKET_DOMAIN."""
+    settings = load()
+    statuses = _statuses(settings, timeout_s)
+    if not statuses:
+        click.echo(f"no status record on {settings.status_topic} yet: no instance has processed an event")
+        return
+    click.echo(f"{'partition':>9}  {'instance':<10} {'state':<8} {'version':<16} {'offset':>10}")
+    for rec in statuses:
+        click.echo(f"{rec['partition']:>9}  {rec['instance']:<10} {rec['state']:<8} {rec['version']:<16} "
+                   f"{rec['offset']:>10}" + (f"  {rec['remedy']}" if rec.get("remedy") else ""))
+    conflict = domain_conflict(settings, statuses)
+    if conflict is not None:
+        raise click.ClickException(conflict)
 
 
 async def produce_activations(settings: Settings, version: str) -> list[tuple[int, int]]:

@@ -30,7 +30,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component connects to"),
+    Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component and command "
+            "connects to; unset: the local broker, 127.0.0.1:$DOCKET_BROKER_PORT"),
     Setting("DOCKET_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "how every Kafka client docket opens connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     Setting("DOCKET_KAFKA_SASL_MECHANISM", "", "SASL mechanism under SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with them, refused without)"),
     Setting("DOCKET_KAFKA_USERNAME", "", "SASL user name"),
@@ -371,8 +372,12 @@ def load() -> Settings:
         raise ConfigError(
             f"DOCKET_REQUIRED_COPIES={required} exceeds the {len(instances)} instances in DOCKET_INSTANCES"
         )
+    broker_port = _int("DOCKET_BROKER_PORT", 1)
+    # unset: the local broker, on its configured port (so that every command, not only
+    # the stack's components, finds the broker `make run` started on another port)
+    bootstrap = (os.environ.get("DOCKET_KAFKA_BOOTSTRAP") or "").strip() or f"127.0.0.1:{broker_port}"
     return Settings(
-        kafka_bootstrap=_raw("DOCKET_KAFKA_BOOTSTRAP"),
+        kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
         domain=_raw("DOCKET_DOMAIN"),
         partitions=_int("DOCKET_PARTITIONS", 1),
@@ -386,7 +391,7 @@ def load() -> Settings:
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
         cache_capacity=_int("DOCKET_CACHE_CAPACITY", 1),
         data_root=Path(_raw("DOCKET_DATA_ROOT")).expanduser().resolve(),
-        broker_port=_int("DOCKET_BROKER_PORT", 1),
+        broker_port=broker_port,
         broker_dir=Path(_raw("DOCKET_BROKER_DIR")).expanduser().resolve(),
         broker_cache=Path(_raw("DOCKET_BROKER_CACHE")).expanduser().resolve(),
         log_level=level,

@@ -87,7 +87,7 @@ class DomainVersions:
         self.name = names.pop()
         self.base = min(versions)
         if limit is not None and limit < self.base:
-            raise ValueError(f"version limit {limit} is below {self.name}'s base version {self.base}")
+            raise ValueError(f"version limit {limit} is below the base version {self.base} of {self.name}")
         self.limit = limit
         self.registered = frozenset(versions)
         self.known = {n: d for n, d in sorted(versions.items()) if limit is None or n <= limit}
@@ -145,14 +145,18 @@ class DomainVersions:
 
 
 def status_record(instance: str, partition: int, state: str, offset: int, version: str,
-                  judges_with: list[str]) -> tuple[bytes, bytes]:
+                  judges_with: list[str], remedy: str | None = None) -> tuple[bytes, bytes]:
     """(key, value) of an instance's status record for input ``partition`` on the
     status topic (Settings.status_topic, same partition; compacted, so the latest per
     key is what a reader finds): ``state`` "blocked" (stopped at the activation of
     ``version`` at ``offset``, which it does not know) or "judging" (judges with
     ``version``, activated at ``offset``; -1 when the base judges from the start: an
     instance writes it when it applies an activation and when it first processes a
-    partition in a run); ``judges_with``: the versions it knows."""
+    partition in a run); ``judges_with``: the versions it knows; ``remedy`` (blocked
+    only): what to do, as the instance's WARNING says it (DomainVersions.remedy)."""
     key = f"{instance}:{partition}".encode()
-    return key, orjson.dumps({"instance": instance, "partition": partition, "state": state, "offset": offset,
-                              "version": version, "judges_with": judges_with})
+    value = {"instance": instance, "partition": partition, "state": state, "offset": offset,
+             "version": version, "judges_with": judges_with}
+    if remedy is not None:
+        value["remedy"] = remedy
+    return key, orjson.dumps(value)

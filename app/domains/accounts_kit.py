@@ -121,14 +121,16 @@ class AccountsModel:
             for b in self.books}
 
     def setup(self, i: int) -> Event | None:
-        """Every account opened, then every account given a deposit of 1-MAX_DEPOSIT."""
+        """Each account opened and at once given a deposit of 1-MAX_DEPOSIT, account by
+        account, so that even a workload of two events applies a deposit (the money
+        check proves nothing without one)."""
         n = len(self.books) * self.per_book
         if i >= 2 * n:
             return None
-        j = i % n
+        j = i // 2
         book = self.books[j // self.per_book]
         acct = self.accts[book][j % self.per_book]
-        if i < n:
+        if i % 2 == 0:
             return open_(book, acct.name, acct.currency)
         amount = self.rng.randint(1, MAX_DEPOSIT)
         acct.balance += amount
@@ -231,6 +233,7 @@ class AccountsKit:
     }
     int_field = "amount"
     demo_shape = {"books": 20, "accounts": 6}
+    min_events = 2
     example_event: Event = open_("book-01", "acct-0001", "EUR")
     example_entity = account_key("book-01", "acct-0001")
     example_summary = "open an account (EUR, balance 0)"

@@ -149,6 +149,7 @@ class InventoryKit:
     }
     int_field = "delta"
     demo_shape = {"warehouses": 5, "skus": 50}
+    min_events = 1
     example_event: Event = adjust("wh-01", "sku-0001", 10)
     example_entity = stock_key("wh-01", "sku-0001")
     example_summary = "submit a stock movement (a receipt of 10)"

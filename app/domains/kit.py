@@ -100,6 +100,9 @@ class DomainKit(Protocol):
     int_field: str
     # the demo's workload shape (keyword arguments of :meth:`model`)
     demo_shape: Mapping[str, int]
+    # the fewest events whose workload the checks can judge (accounts: an account
+    # opened and funded, or "money_conserved" has nothing to prove)
+    min_events: int
     # One valid event that is applied on a fresh stack (the OpenAPI example, the banner's
     # curl), the entity key it changes, and what submitting it does, in a few words.
     example_event: Event

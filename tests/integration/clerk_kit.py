@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -35,7 +34,6 @@ import pytest
 from app.kafka_config import client_kwargs
 from app.settings import Settings
 from chaos.workload import Record
-from launcher.broker import set_parent_death_signal
 from tests.integration.procs import BackgroundReader, Worker, worker_env
 
 Position = tuple[int, int]
@@ -56,37 +54,12 @@ class DocketProc(Worker):
     args: tuple[str, ...] = ()
 
     def start(self) -> DocketProc:
-        if self.alive:
-            raise RuntimeError(f"{self.instance} is already running (pid {self.proc.pid})")
-        self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{self.instance}-{self.starts}.log"
-        self.logs.append(log_path)
         cmd = [sys.executable, "-c", "from app.cli import main; main()", self.command]
         if self.command == "instance":
             cmd += ["--id", self.instance]
         if self.command != "api":  # the API keeps no data
             cmd += ["--data-dir", str(self.data_dir)]
-        cmd += list(self.args)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=self.env,
-                cwd=Path(__file__).resolve().parents[2],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
-            )
-        return self
-
-    def log_text(self, run: int | None = None) -> str:
-        """The log of start number ``run`` (1-based; default the latest)."""
-        path = self.logs[-1 if run is None else run - 1]
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def all_logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+        return self._launch(cmd + list(self.args))
 
 
 @dataclass
@@ -100,31 +73,9 @@ class FaustCliProc(Worker):
     args: tuple[str, ...] = ()
 
     def start(self) -> FaustCliProc:
-        if self.alive:
-            raise RuntimeError(f"{self.instance} is already running (pid {self.proc.pid})")
-        self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{self.instance}-faust-{self.starts}.log"
-        self.logs.append(log_path)
         faust_cli = Path(sys.executable).with_name("faust")
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(faust_cli), "-A", self.module, "worker", *self.args],
-                env=self.env,
-                cwd=self.log_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
-            )
-        return self
-
-    def log_text(self, run: int | None = None) -> str:
-        path = self.logs[-1 if run is None else run - 1]
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def all_logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+        return self._launch([str(faust_cli), "-A", self.module, "worker", *self.args],
+                            log_name=f"{self.instance}-faust", cwd=self.log_dir)
 
 
 @pytest.fixture

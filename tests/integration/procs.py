@@ -103,18 +103,23 @@ class Worker:
     logs: list[Path] = field(default_factory=list)
 
     def start(self) -> Worker:
+        return self._launch([sys.executable, "-c", "from app.cli import main; main()",
+                             "instance", "--id", self.instance, "--data-dir", str(self.data_dir)])
+
+    def _launch(self, cmd: list[str], log_name: str | None = None, cwd: Path | None = None) -> Worker:
+        """Start ``cmd`` (in the checkout, or ``cwd``) with its output in a new log file,
+        ``<log_dir>/<log_name or instance>-<n>.log``."""
         if self.alive:
             raise RuntimeError(f"worker {self.instance} is already running (pid {self.proc.pid})")
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{self.instance}-{self.starts}.log"
+        log_path = self.log_dir / f"{log_name or self.instance}-{self.starts}.log"
         self.logs.append(log_path)
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from app.cli import main; main()",
-                 "instance", "--id", self.instance, "--data-dir", str(self.data_dir)],
+                cmd,
                 env=self.env,
-                cwd=Path(__file__).resolve().parents[2],
+                cwd=cwd or Path(__file__).resolve().parents[2],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -122,6 +127,14 @@ class Worker:
                 preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
             )
         return self
+
+    def log_text(self, run: int | None = None) -> str:
+        """The log of start number ``run`` (1-based; default the latest)."""
+        path = self.logs[-1 if run is None else run - 1]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     @property
     def pid(self) -> int | None:

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.integration
 USER = "docket"
 EVENTS = 600
 PARTITIONS = 4
-FAIL_FAST_S = 20.0  # a refused login or an untrusted CA must stop a component within this
+FAIL_FAST_S = 30.0  # a refused login or an untrusted CA must stop a component within this
 API_TOKEN = "sectest-" + secrets.token_hex(8)
 
 

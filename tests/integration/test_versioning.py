@@ -21,6 +21,7 @@ import pytest
 import app.domains  # noqa: F401  registers the built-in domains
 from app.settings import Settings
 from chaos import workload
+from chaos.replay import end_offsets
 from launcher.broker import free_port
 from tests.integration.clerk_kit import (
     DocketProc,
@@ -99,13 +100,20 @@ def versions_by_position(final: list[Rec]) -> dict[Position, str]:
 
 
 def assert_switched_at(final: list[Rec], placed: dict[int, int]) -> int:
-    """OutputNamesVersion, ActivationSwitchesPartition: every result before its
-    partition's activation names inventory/1; the activation's and every later one
-    inventory/2. Returns how many results after the activations were rejected
-    over_capacity (inventory/2's rule)."""
+    """OutputNamesVersion, ActivationSwitchesPartition, ArbiterAnswersDuplicate: every
+    result before its partition's activation names inventory/1; the activation's and
+    every later one inventory/2, except a duplicate's answer, which names the version
+    that judged its original. Returns how many results after the activations were
+    rejected over_capacity (inventory/2's rule)."""
     versions = versions_by_position(final)
+    originals = {pos: rs[0].value["duplicate_of"] for pos, rs in by_position(final).items()}
+
+    def judged_at(pos: Position) -> Position:
+        original = originals[pos]
+        return pos if original is None else (original["partition"], original["offset"])
+
     wrong = [(pos, v) for pos, v in versions.items()
-             if v != ("inventory/2" if pos[1] >= placed[pos[0]] else "inventory/1")]
+             if v != ("inventory/2" if judged_at(pos)[1] >= placed[pos[0]] else "inventory/1")]
     assert not wrong, f"{len(wrong)} results judged by the wrong version, e.g. {sorted(wrong)[:5]} (activations {placed})"
     assert any(pos[1] > placed[pos[0]] for pos in versions), "no result after the activations: the switch was not seen"
     return sum(1 for rs in by_position(final).values() for r in rs
@@ -264,3 +272,52 @@ async def test_an_instance_without_the_version_blocks_until_upgraded_and_nothing
     assert_switched_at(final, placed)
     print(f"\nblocked then upgraded: activations at {placed}; {len(held)} positions held until a's upgrade; "
           f"{len(final)} results, 0 divergences")
+
+
+def docket_cli(s: Settings, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``docket <args>`` as a user runs it, with the test's settings (and ``env`` over them)."""
+    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
+                          env=worker_env(s, **env), cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+async def test_the_topics_of_one_domain_refuse_another_and_domain_status_shows_each_partition(
+        clerk_settings, spawn) -> None:
+    """TopicsServeOneDomain, InstanceAnnouncesJudging, InstanceStartedOnAnotherDomainsData:
+    an inventory instance judging events writes a "judging" status per partition, which
+    `docket domain status` prints (base inventory/1, activation offset -1); then, with
+    DOCKET_DOMAIN=accounts on the same topics, a worker with a FRESH data directory
+    refuses to start naming inventory, `docket domain activate accounts/1` writes
+    nothing, and `docket domain status` exits 1 saying so (a user's accounts worker on
+    inventory's topics once diverged on every event)."""
+    s = clerk_settings
+    a = spawn("a").start()
+    try:
+        await wait_for(lambda: a.assert_alive() or READY in a.log_text(), START_DEADLINE_S, "a to be ready",
+                       detail=a.log_tail)
+        await workload.produce(s.kafka_bootstrap, s.input_topic, list(workload.inventory(5, 200)), rate=400)
+
+        def shown() -> str:
+            done = docket_cli(s, "domain", "status")
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        table = await wait_for(lambda: (lambda out: out if out.count(" judging ") == s.partitions else None)(shown()),
+                               60, "a 'judging' status of a for every partition", detail=shown)
+        assert all(re.search(rf"^\s+{p}\s+a\s+judging\s+inventory/1\s+-1$", table, re.M) for p in range(s.partitions)), table
+    finally:
+        assert await a.stop() == 0, a.log_tail()
+
+    ends = await end_offsets(s.kafka_bootstrap, s.input_topic)
+    other = spawn("b")
+    other.env["DOCKET_DOMAIN"] = "accounts"
+    other.start()
+    await wait_for(lambda: not other.alive, 60, "an accounts worker on inventory's topics to refuse", detail=other.log_tail)
+    assert other.proc.returncode == 1 and "belong to the inventory domain" in other.log_text(), other.log_tail()
+    assert "DOCKET_DOMAIN=inventory" in other.log_text()
+
+    refused = docket_cli(s, "domain", "activate", "accounts/1", DOCKET_DOMAIN="accounts")
+    assert refused.returncode == 1 and "Nothing was activated" in refused.stderr, refused.stderr
+    status = docket_cli(s, "domain", "status", DOCKET_DOMAIN="accounts")
+    assert status.returncode == 1 and "belong to the inventory domain" in status.stderr, status.stderr
+    assert await end_offsets(s.kafka_bootstrap, s.input_topic) == ends  # no activation record was written

@@ -1486,7 +1486,11 @@ async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> No
     assert [(b["instance"], b["partition"], b["offset"]) for b in body["blocked_partitions"]] == [
         ("a", 1, 9), ("a", 2, 40)]
     assert "a on partition 1 at offset 9 (inventory/2)" in body["blocked_message"]
-    assert "Upgrade those instances" in body["blocked_message"]
+    assert "What to do: a: upgrade this worker to code that registers inventory/2" in body["blocked_message"]
+    client.on_status(*status_record("c", 3, "blocked", 7, "inventory/2", ["inventory/1"],
+                                    "raise DOCKET_DOMAIN_VERSION_LIMIT"))
+    assert "c: raise DOCKET_DOMAIN_VERSION_LIMIT." in (await (await tc.get("/readyz")).json())["blocked_message"]
+    client.on_status(b"c:3", None)
     assert resp.status == 503 and body["checks"]["kafka_connected"] is False  # unready for its own reasons only
     client.on_status(*status_record("a", 2, "judging", 40, "inventory/2", ["inventory/1", "inventory/2"]))
     client.on_status(b"a:1", None)

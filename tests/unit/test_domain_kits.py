@@ -92,13 +92,13 @@ def test_accounts_workload_is_a_function_of_seed_and_count() -> None:
 
 def test_accounts_workload_opens_funds_then_mixes_with_integers_only() -> None:
     """AccountsAffinityKeyIsBook: every record's key is its payload's book. Set-up opens
-    every account (two currencies per book), then funds each; the mix then holds every
-    event name; amounts are ints (never floats or bools)."""
+    every account (two currencies per book) and funds it at once, account by account;
+    the mix then holds every event name; amounts are ints (never floats or bools)."""
     records = list(workload.records(ACCOUNTS, 3, 2000, books=3, accounts=4))
     events = [orjson.loads(r.value) for r in records]
-    assert [e["event_name"] for e in events[:12]] == [OPEN] * 12
-    assert [e["event_name"] for e in events[12:24]] == [DEPOSIT] * 12
-    assert {e["payload"]["currency"] for e in events[:12]} == set(accounts_kit.CURRENCIES)
+    assert [e["event_name"] for e in events[:24]] == [OPEN, DEPOSIT] * 12
+    assert all(events[i]["payload"]["account"] == events[i + 1]["payload"]["account"] for i in range(0, 24, 2))
+    assert {e["payload"]["currency"] for e in events[:24:2]} == set(accounts_kit.CURRENCIES)
     assert {e["event_name"] for e in events[24:]} == {OPEN, CLOSE, DEPOSIT, WITHDRAW, TRANSFER}
     for r, e in zip(records, events):
         assert r.key == e["payload"]["book"].encode()
@@ -344,7 +344,7 @@ def test_faults_corrupt_the_accounts_balance(caplog) -> None:
 
 
 def test_chaos_and_demo_refuse_a_domain_without_a_kit() -> None:
-    """ToolRefusesDomainWithoutKit: `docket chaos --domain` and `docket demo --domain`
+    """ToolRefusesDomainWithoutKit, DemoRefusesAWorkloadItCannotJudge: `docket chaos --domain` and `docket demo --domain`
     stop with a usage error before starting anything."""
     from app.demo import demo
     from chaos.cli import chaos
@@ -355,6 +355,21 @@ def test_chaos_and_demo_refuse_a_domain_without_a_kit() -> None:
     assert out.exit_code == 2 and "no domain named 'nosuch'" in out.output
     out = CliRunner().invoke(demo, ["--domain", "accounts", "--shape", "accounts=1", "--token", "t"])
     assert out.exit_code == 2 and "2 accounts per book" in out.output
+    out = CliRunner().invoke(demo, ["--domain", "accounts", "--shape", "skus=2", "--token", "t"])
+    assert out.exit_code == 2 and "accounts has no shape skus (its shapes: books=20, accounts=6)" in out.output
+    out = CliRunner().invoke(demo, ["--domain", "accounts", "--events", "1", "--token", "t"])
+    assert out.exit_code == 2 and "needs at least 2 events" in out.output
+
+
+def test_the_smallest_accounts_workload_funds_an_account_so_its_checks_prove_something() -> None:
+    """MoneyConservedPerBook: the accounts workload opens and funds account by account,
+    so its first two events already apply a deposit (a user's 120-event demo opened 120
+    accounts, applied no deposit and failed money_conserved)."""
+    from chaos.workload import records
+
+    first = [orjson.loads(r.value)["event_name"] for r in records(ACCOUNTS, 1, ACCOUNTS.min_events,
+                                                                  **ACCOUNTS.demo_shape)]
+    assert first == ["account.open", "account.deposit"]
 
 
 def test_chaos_summary_has_the_domains_columns() -> None:

@@ -30,6 +30,16 @@ def test_defaults() -> None:
     assert s.data_root.is_absolute() and s.broker_dir.is_absolute() and s.broker_cache.is_absolute()
 
 
+def test_the_default_bootstrap_follows_the_local_broker_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandsFindTheLocalBroker: without DOCKET_KAFKA_BOOTSTRAP every command
+    connects to the local broker on DOCKET_BROKER_PORT (a user's `docket domain activate` once went to 9092 while
+    `make run` ran its broker on another port); a given bootstrap wins."""
+    monkeypatch.setenv("DOCKET_BROKER_PORT", "19392")
+    assert load().kafka_bootstrap == "127.0.0.1:19392"
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "kafka-1:9093")
+    assert load().kafka_bootstrap == "kafka-1:9093"
+
+
 def test_topic_names_follow_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKET_TOPIC_PREFIX", "t1.x")
     monkeypatch.setenv("DOCKET_INSTANCES", "a, b ,c")

@@ -73,7 +73,7 @@ def test_a_version_limit_holds_a_worker_to_older_logic_but_keeps_the_base() -> N
     held = DomainVersions(VERSIONS, limit=1)
     assert (held.base, sorted(held.known)) == (1, [1])
     assert sorted(DomainVersions(VERSIONS).known) == [1, 2]
-    with pytest.raises(ValueError, match="below inventory's base version 1"):
+    with pytest.raises(ValueError, match="below the base version 1 of inventory"):
         DomainVersions(VERSIONS, limit=0)
 
 
@@ -371,6 +371,24 @@ def test_a_repeat_after_an_activation_in_the_same_batch_is_a_duplicate() -> None
     assert [o.body for o in together] == [o.body for o in apart]
 
 
+def test_a_duplicate_across_activations_names_the_version_that_judged_the_original() -> None:
+    """ArbiterAnswersDuplicate, OutputNamesVersion: a receipt rejected over_capacity by
+    inventory/2, then inventory/1 activated, then the same request again: the repeat
+    answers the original outcome and names inventory/2, which judged it (a user saw
+    "rejected by inventory/1: over_capacity", a rule inventory/1 does not have)."""
+    s = Stream()
+    p = s.event("fill", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": CAPACITY}, 1_000).partition
+    activate(s, "inventory/2", p, 1_001)
+    over = s.event("over", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 1}, 1_002)
+    activate(s, "inventory/1", p, 1_003)
+    s.event("over", "stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 1}, 1_004)
+    outs = {o.offset: body(o) for o in run(usher(domain=VERSIONS), s.records, 2)}
+    original, repeat = outs[over.offset], outs[over.offset + 2]
+    assert original["outcome"]["reason"] == "over_capacity" and original["domain_version"] == "inventory/2"
+    assert repeat["duplicate_of"] == {"partition": p, "offset": over.offset}
+    assert (repeat["outcome"], repeat["domain_version"]) == (original["outcome"], "inventory/2")
+
+
 # --- docket domain activate --------------------------------------------------------
 
 def test_activate_refuses_a_version_this_code_does_not_register_unless_forced(monkeypatch) -> None:
@@ -390,3 +408,25 @@ def test_activate_refuses_a_version_this_code_does_not_register_unless_forced(mo
     assert out.exit_code == 2 and "DOCKET_DOMAIN=inventory" in out.output
     out = CliRunner().invoke(domain, ["activate", "inventory/3", "--force", "--timeout", "2"])
     assert out.exit_code == 1 and "warning: --force" in out.output and "127.0.0.1:1" in out.output, out.output
+
+
+def test_status_records_name_the_domain_their_topics_serve(monkeypatch) -> None:
+    """TopicsServeOneDomain, PartitionStatus: status records are read as instances write
+    them (anything else is left out); their versions name the topics' domain, and a
+    DOCKET_DOMAIN other than that is a conflict whose message names both and the ways out."""
+    from app.settings import load
+    from app.status import domain_conflict, domains_of, parse_status
+    from app.versions import status_record
+
+    judging = parse_status(*status_record("a", 0, "judging", -1, "inventory/1", ["inventory/1", "inventory/2"]))
+    blocked = parse_status(*status_record("b", 1, "blocked", 9, "inventory/2", ["inventory/1"], "raise it"))
+    assert judging["state"] == "judging" and blocked["remedy"] == "raise it"
+    assert [parse_status(k, v) for k, v in ((None, b"{}"), (b"a:0", None), (b"a:0", b"not json"),
+                                            (b"a:0", b'{"state": "asleep"}'))] == [None] * 4
+    assert domains_of([judging, blocked]) == {"inventory"}
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    assert domain_conflict(load(), [judging, blocked]) is None
+    assert domain_conflict(load(), []) is None
+    monkeypatch.setenv("DOCKET_DOMAIN", "accounts")
+    problem = domain_conflict(load(), [judging])
+    assert "belong to the inventory domain" in problem and "set DOCKET_DOMAIN=inventory" in problem

@@ -1,0 +1,99 @@
+"""What the instances' status records say (``<prefix>.status``, app/versions.py
+status_record): which version each instance judges each input partition with, which
+partitions are blocked, and which domain the topics under this prefix belong to.
+Spec: specs/versioning.allium (PartitionStatus, TopicsServeOneDomain).
+
+The status topic is compacted and small (one record per instance and input
+partition), so it is read whole, from the beginning to the end offsets taken at the
+start, with no consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from app.kafka_admin import ISOLATION_LEVEL, quiet
+from app.kafka_config import client_kwargs
+from app.settings import Settings
+
+STATES = ("blocked", "judging")
+
+
+def parse_status(key: bytes | None, raw: bytes | None) -> dict | None:
+    """A status record as an instance writes it ({instance, partition, state, offset,
+    version, judges_with, ...}), or None for a tombstone or anything else."""
+    if key is None or raw is None:
+        return None
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if (not isinstance(rec, dict) or rec.get("state") not in STATES or not isinstance(rec.get("instance"), str)
+            or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
+            or not isinstance(rec.get("version"), str)):
+        return None
+    return rec
+
+
+def domains_of(statuses: list[dict]) -> set[str]:
+    """The domain names the status records' versions (``<name>/<n>``) belong to."""
+    names = set()
+    for rec in statuses:
+        versions = [rec["version"], *(v for v in rec.get("judges_with") or () if isinstance(v, str))]
+        names.update(v.split("/", 1)[0] for v in versions if "/" in v)
+    return names
+
+
+def domain_conflict(settings: Settings, statuses: list[dict]) -> str | None:
+    """None when the status records name no domain other than DOCKET_DOMAIN; else
+    what is wrong and what to do (one topic prefix serves one domain: an instance of
+    another domain would misread the topics' events and activation history)."""
+    others = sorted(domains_of(statuses) - {settings.domain})
+    if not others:
+        return None
+    return (f"the topics under DOCKET_TOPIC_PREFIX={settings.topic_prefix} at {settings.kafka_bootstrap} belong to "
+            f"the {', '.join(others)} domain (its instances' records on {settings.status_topic} say so), not to "
+            f"{settings.domain} (DOCKET_DOMAIN). One topic prefix serves one domain: set DOCKET_DOMAIN={others[0]} "
+            f"to work with that pipeline, or give {settings.domain} its own DOCKET_TOPIC_PREFIX (and "
+            f"DOCKET_DATA_ROOT); `make clean` starts the local stack afresh")
+
+
+async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dict]:
+    """The latest status record per key, sorted by (partition, instance). Raises
+    TimeoutError (asyncio's) when the topic cannot be read to its end within
+    ``timeout_s`` seconds, KafkaError when Kafka fails."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.status_topic
+    consumer = AIOKafkaConsumer(**client_kwargs(settings, "status", "consumer",
+                                                bootstrap_servers=settings.kafka_bootstrap,
+                                                enable_auto_commit=False, isolation_level=ISOLATION_LEVEL,
+                                                auto_offset_reset="earliest"))
+    deadline = time.monotonic() + timeout_s
+    try:
+        with quiet():
+            await asyncio.wait_for(consumer.start(), timeout_s)
+        # one partition per input partition (integration/StatusTopicIsCompacted); the
+        # callers have checked that the topic exists
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        ends = await asyncio.wait_for(consumer.end_offsets(tps), max(0.1, deadline - time.monotonic()))
+        await consumer.seek_to_beginning(*tps)
+        latest: dict[bytes, dict | None] = {}
+        todo = {tp for tp in tps if ends[tp] > 0}
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s:g} s")
+            for tp, msgs in (await consumer.getmany(*todo, timeout_ms=200)).items():
+                for m in msgs:
+                    if m.offset < ends[tp]:
+                        latest[m.key] = parse_status(m.key, m.value)
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted((r for r in latest.values() if r is not None), key=lambda r: (r["partition"], r["instance"]))
