@@ -55,6 +55,35 @@ class DocketJsonFormatter(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
 
 
+class RepeatFilter(logging.Filter):
+    """Thins out a Kafka client's repeated complaints: of the records of one logger
+    under ``prefixes`` with one message template and level, the first in each
+    ``window_s`` (seconds, by the records' own times) passes and the rest are counted;
+    the first after the window says how many were left out. With its broker gone,
+    aiokafka retries in a tight loop and logged "Unable connect to node with id 1"
+    3,000-8,000 times a second per worker (9-31 MB of log in half a minute, found
+    with the fault console's broker stop)."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka"), window_s: float = 10.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # key -> (window start, left out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        began, left_out = self._seen.get(key, (None, 0))
+        if began is not None and record.created - began < self.window_s:
+            self._seen[key] = (began, left_out + 1)
+            return False
+        if left_out:
+            record.msg = f"{record.msg} [{left_out} more like this in the {self.window_s:g} s before, left out]"
+        self._seen[key] = (record.created, 0)
+        return True
+
+
 def utc_time(created: float) -> str:
     """``created`` (seconds since the epoch, as LogRecord.created) as ISO-8601 UTC with
     milliseconds: ``2026-01-02T03:04:05.678Z``."""
@@ -88,9 +117,10 @@ def logging_config(level: str | int, fmt: str, filename: str | None = None) -> d
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"docket": formatter},
+        "filters": {"repeats": {"()": "app.logs.RepeatFilter"}},
         "handlers": {"docket": ({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"} if filename is None
                                 else {"class": "logging.FileHandler", "filename": filename})
-                     | {"formatter": "docket"}},
+                     | {"formatter": "docket", "filters": ["repeats"]}},
         "root": {"level": level_name(level), "handlers": ["docket"]},
     }
 

@@ -237,3 +237,28 @@ def test_faust_sensors_on_metrics_page_served(settings, tmp_path) -> None:
         assert response.status == 200 and response.content_type == "text/plain"
         body = response.body.decode()
         assert "faust_total_rebalances" in body and "docket_" in body, body[:2000]
+
+
+def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
+    """ProcessLogsInOneFormat: the handler of every docket process lets through, per
+    Kafka-client logger, message template and level, the first record of each 10 s and
+    counts the rest, which the next one that passes names; docket's own records all
+    pass (aiokafka logged thousands of lines a second per worker with its broker gone)."""
+    config = logs.logging_config("info", "text")
+    configurator = logging.config.DictConfigurator(config)
+    repeats = configurator.configure_filter(config["filters"]["repeats"])
+    assert config["handlers"]["docket"]["filters"] == ["repeats"]
+
+    def record(name: str, at: float, node: int = 1) -> logging.LogRecord:
+        rec = logging.LogRecord(name, logging.ERROR, __file__, 1, "Unable connect to node with id %s: %s",
+                                (node, "refused"), None)
+        rec.created = at
+        return rec
+
+    passed = [rec for rec in (record("aiokafka", 100.0 + i / 1000) for i in range(5000)) if repeats.filter(rec)]
+    assert len(passed) == 1
+    later = record("aiokafka", 110.5, node=2)
+    assert repeats.filter(later)
+    assert later.getMessage() == ("Unable connect to node with id 2: refused "
+                                  "[4999 more like this in the 10 s before, left out]")
+    assert all(repeats.filter(record("docket.instance", 110.6)) for _ in range(3))
