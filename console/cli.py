@@ -54,8 +54,16 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    controller = None
+
+    def on_signal() -> None:
+        if stopping.is_set() and controller is not None:
+            say("a second stop signal: SIGKILL to every worker")
+            controller.hurry()
+        stopping.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_signal)
 
     wipe(data_dir)
     base = load()
@@ -120,7 +128,8 @@ async def run_console(port: int, rate: float, partitions: int, seed: int, data_d
 
                 webbrowser.open(url)
         await stopping.wait()
-        say("stopping: workload, workers (SIGTERM), broker ...")
+        say(f"stopping: workload, workers (SIGTERM, SIGKILL after {controller.stop_timeout_s():g} s; Ctrl-C again "
+            "to kill them now), broker ...")
     finally:
         # Each step on its own and bounded: with the broker stopped, the monitor's Kafka
         # reader may end in CancelledError or hang in a retry, and the workers must be

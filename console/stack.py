@@ -44,6 +44,7 @@ FAULT_KINDS = ("bitflip", "state")
 SLOW_PERIOD_S = 1.0
 SLOW_STOPPED_S = 0.6
 STOP_TIMEOUT_S = 30.0  # SIGTERM -> SIGKILL for a worker at console exit
+HURRIED_STOP_S = 3.0  # the same while the broker is stopped (Controller.stop_timeout_s)
 
 
 class ControlError(Exception):
@@ -335,15 +336,30 @@ class Controller:
 
     # ------------------------------------------------------------------ the end
 
+    def stop_timeout_s(self) -> float:
+        """How long a worker gets between SIGTERM and SIGKILL at the console's exit:
+        STOP_TIMEOUT_S, or HURRIED_STOP_S when the broker is stopped (a worker cannot
+        leave its group or commit without it, and would only wait out its timeouts)."""
+        return STOP_TIMEOUT_S if self.broker_state() != "stopped" else HURRIED_STOP_S
+
+    def hurry(self) -> None:
+        """SIGKILL every worker still running (a second Ctrl-C: the person will not wait)."""
+        for name in list(self.slowed):
+            self._stop_slow(name)
+        for p in self.procs.values():
+            if p.alive:
+                p.kill()
+
     async def shutdown(self) -> None:
         """Stop everything the console started: every duty cycle (SIGCONT), every
-        worker (SIGTERM, SIGKILL after STOP_TIMEOUT_S), then the broker."""
+        worker (SIGTERM, SIGKILL after :meth:`stop_timeout_s`), then the broker."""
         for name in list(self.slowed):
             self._stop_slow(name)
         if self._broker_task is not None and not self._broker_task.done():
             with contextlib.suppress(Exception):
                 await self._broker_task  # a broker half started must still be stopped
-        await asyncio.gather(*(p.stop(STOP_TIMEOUT_S) for p in self.procs.values()), return_exceptions=True)
+        timeout_s = self.stop_timeout_s()
+        await asyncio.gather(*(p.stop(timeout_s) for p in self.procs.values()), return_exceptions=True)
         if self.keeper is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.keeper.close)
 

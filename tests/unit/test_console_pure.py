@@ -214,14 +214,21 @@ def test_strip_keeps_the_newest_positions_per_partition() -> None:
 def test_latency_series_and_score() -> None:
     """LatencyIsBrokerTime, ScoreCountsDelayAboveTarget: latency is the result's broker
     timestamp minus the input's; p50/p99 per second of console time (nearest rank);
-    the score adds max(0, latency - 100 ms) per result, in seconds."""
+    the score adds max(0, latency - 1 s) per result, in seconds, and while positions
+    wait, max(0, age - 1 s) for each of them."""
     t0 = 1_700_000_000_000
     lat = Latency(t0)
     for i in range(100):  # second 0: latencies 1..100 ms
         lat.add(t0 + 500, t0 + 500 - (i + 1))
-    lat.add(t0 + 1500, t0 + 1500 - 350)  # second 1: one result 350 ms late
-    assert lat.series() == [[0.0, 50.0, 99.0], [1.0, 350.0, 350.0]]
-    assert lat.delay_s == pytest.approx(0.25)
+    lat.add(t0 + 1500, t0 + 1500 - 1350)  # second 1: one result 1,350 ms late
+    assert lat.series() == [[0.0, 50.0, 99.0], [1.0, 1350.0, 1350.0]]
+    assert lat.delay_s == pytest.approx(0.35)  # only the late one, by 350 ms
+    waiting = Pending()
+    waiting.add_input((0, 1), t0)
+    waiting.add_input((0, 2), t0 + 2500)
+    assert waiting.overdue_s(t0 + 3000) == pytest.approx(2.0)  # (0, 1) 3 s old; (0, 2) within its second
+    waiting.settle((0, 1))
+    assert waiting.overdue_s(t0 + 3000) == 0.0
     assert lat.add(t0 + 1600, t0 + 1700) == 0.0  # clocks never make a latency negative
     assert lat.window(60, now_s=2.0) == (50.0, 100.0)  # every result of seconds 0 and 1
     assert lat.window(60, now_s=1.0) == (50.0, 99.0)
