@@ -510,7 +510,8 @@ async def test_readiness_and_metrics_after_traffic(http: ClientSession, stack: S
 
     resp = await http.get("/readyz")
     assert resp.status == 200
-    assert await resp.json() == {"ready": True, "checks": {"kafka_connected": True, "results_caught_up": True}}
+    assert await resp.json() == {"ready": True, "checks": {"kafka_connected": True, "results_caught_up": True},
+                                 "domain": "inventory"}
     s = sku("metrics")
     status, _, _ = await submit(http, adjust("w1", s, 1), f"{s}-k")
     assert status == 200
