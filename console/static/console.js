@@ -391,7 +391,7 @@
       sbox.dataset.unbroken = String(!!score.safety_unbroken);
       $("#score-value").textContent = fmtNum(score.delay_s, 1);
       $("#score-note").textContent = score.safety_unbroken
-        ? "with safety unbroken: each second a decision waited past 100 ms counts"
+        ? "with safety unbroken: each second a decision waits past its first counts"
         : "safety broke: the score does not count (that would be a bug in docket: please report it)";
     }
   }
@@ -663,7 +663,7 @@
     {
       target: "#score",
       title: "Your score",
-      text: "The seconds of decision delay you caused (each result that took longer than 100 ms adds its excess), with safety unbroken. Slow, kill and stop the broker to raise it.",
+      text: "The seconds of decision delay you caused (every second a decision waits beyond its first adds to it, also while it still waits), with safety unbroken. Slow, kill and stop the broker to raise it.",
     },
   ];
   let tourStep = -1;
