@@ -345,8 +345,9 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
     claim_data_dir(data_dir)
-    claim_domain(data_dir, settings.domain)
+    # the topics first: a worker refused for them must not have marked the directory
     check_topics_domain(settings)
+    claim_domain(data_dir, settings.domain)
 
 
 def check_topics_domain(settings: Settings) -> None:

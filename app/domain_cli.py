@@ -28,7 +28,7 @@ def domain() -> None:
     """The domain's versions: list them, or activate one live."""
 
 
-@domain.command("versions")
+@domain.command("versions", short_help="List the versions this code registers.")
 def versions_cmd() -> None:
     """Print the versions of DOCKET_DOMAIN this code registers (base first)."""
     settings = load()
@@ -42,7 +42,7 @@ def versions_cmd() -> None:
         click.echo(f"{known[number].version}{' (base)' if number == min(known) else ''}{note}")
 
 
-@domain.command("activate")
+@domain.command("activate", short_help="Switch every partition to VERSION.")
 @click.argument("version")
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
               help="seconds to wait for Kafka to acknowledge every record")
@@ -110,7 +110,7 @@ def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
                                    "is the broker up?") from None
 
 
-@domain.command("status")
+@domain.command("status", short_help="Show the version per partition.")
 @click.option("--timeout", "timeout_s", type=float, default=15.0, show_default=True,
               help="seconds to wait for Kafka")
 def status_cmd(timeout_s: float) -> None:

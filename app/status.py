@@ -65,7 +65,7 @@ async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dic
     """The latest status record per key, sorted by (partition, instance). Raises
     TimeoutError (asyncio's) when the topic cannot be read to its end within
     ``timeout_s`` seconds, KafkaError when Kafka fails."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     topic = settings.status_topic
     consumer = AIOKafkaConsumer(**client_kwargs(settings, "status", "consumer",
@@ -73,9 +73,16 @@ async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dic
                                                 enable_auto_commit=False, isolation_level=ISOLATION_LEVEL,
                                                 auto_offset_reset="earliest"))
     deadline = time.monotonic() + timeout_s
+    # aiokafka logs at ERROR what it retries (a leader not elected yet on a fresh topic)
+    with quiet():
+        return await _read(consumer, topic, settings, timeout_s, deadline)
+
+
+async def _read(consumer, topic: str, settings: Settings, timeout_s: float, deadline: float) -> list[dict]:
+    from aiokafka import TopicPartition
+
     try:
-        with quiet():
-            await asyncio.wait_for(consumer.start(), timeout_s)
+        await asyncio.wait_for(consumer.start(), timeout_s)
         # one partition per input partition (integration/StatusTopicIsCompacted); the
         # callers have checked that the topic exists
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]

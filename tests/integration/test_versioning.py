@@ -315,6 +315,11 @@ async def test_the_topics_of_one_domain_refuse_another_and_domain_status_shows_e
     await wait_for(lambda: not other.alive, 60, "an accounts worker on inventory's topics to refuse", detail=other.log_tail)
     assert other.proc.returncode == 1 and "belong to the inventory domain" in other.log_text(), other.log_tail()
     assert "DOCKET_DOMAIN=inventory" in other.log_text()
+    # refused for the topics before it marks its (fresh) data directory: following the
+    # advice, DOCKET_DOMAIN=inventory on that directory must work (a user's did not)
+    from agents.plumbing import DOMAIN_MARK
+
+    assert not (other.data_dir / DOMAIN_MARK).exists()
 
     refused = docket_cli(s, "domain", "activate", "accounts/1", DOCKET_DOMAIN="accounts")
     assert refused.returncode == 1 and "Nothing was activated" in refused.stderr, refused.stderr

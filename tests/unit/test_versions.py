@@ -406,6 +406,9 @@ def test_activate_refuses_a_version_this_code_does_not_register_unless_forced(mo
     assert out.exit_code == 1 and "does not register inventory/3" in out.output and "--force" in out.output
     out = CliRunner().invoke(domain, ["activate", "accounts/2"])
     assert out.exit_code == 2 and "DOCKET_DOMAIN=inventory" in out.output
+    listed = CliRunner().invoke(domain, ["--help"]).output
+    assert all(line in listed for line in ("Switch every partition to VERSION.", "Show the version per partition.",
+                                           "List the versions this code registers.")), listed
     out = CliRunner().invoke(domain, ["activate", "inventory/3", "--force", "--timeout", "2"])
     assert out.exit_code == 1 and "warning: --force" in out.output and "127.0.0.1:1" in out.output, out.output
 
