@@ -10,6 +10,8 @@ version stops that partition there (see the README's "Live versioning").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 
 import click
 from aiokafka.errors import KafkaError
@@ -78,18 +80,14 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
     conflict = domain_conflict(settings, _statuses(settings, timeout_s))
     if conflict is not None:
         raise click.ClickException(f"{conflict}. Nothing was activated")
-    try:
+    with _kafka_failures(
+            f"Kafka at {settings.kafka_bootstrap} did not acknowledge the activation records within {timeout_s:g} "
+            "s: check the broker and run it again (an activation repeated later only switches again to the same "
+            "version)",
+            lambda exc: f"could not write the activation records to {settings.input_topic} at "
+                        f"{settings.kafka_bootstrap}: {exc}; is the broker up and the topic created "
+                        "(`docket topics create`)?"):
         placed = asyncio.run(asyncio.wait_for(produce_activations(settings, version), timeout_s))
-    except asyncio.TimeoutError:
-        raise click.ClickException(f"Kafka at {settings.kafka_bootstrap} did not acknowledge the activation "
-                                   f"records within {timeout_s:g} s: check the broker and run it again "
-                                   "(an activation repeated later only switches again to the same version)") from None
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise click.ClickException(f"could not write the activation records to {settings.input_topic} at "
-                                   f"{settings.kafka_bootstrap}: {exc}; is the broker up and the topic created "
-                                   "(`docket topics create`)?") from None
     for partition, offset in placed:
         click.echo(f"{settings.input_topic}[{partition}]@{offset}: {version}")
 
@@ -97,17 +95,27 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
 def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
     """The instances' status records (app/status.py), or click.ClickException saying
     why they cannot be read."""
-    try:
+    with _kafka_failures(
+            f"could not read {settings.status_topic} at {settings.kafka_bootstrap} within {timeout_s:g} s: is the "
+            "broker up and the topic created (`docket topics create`)?",
+            lambda exc: f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
+                        "is the broker up?"):
         return asyncio.run(read_statuses(settings, timeout_s))
+
+
+@contextlib.contextmanager
+def _kafka_failures(timed_out: str, failed: Callable[[Exception], str]) -> Iterator[None]:
+    """Turn what a Kafka call in the block raises into click.ClickException:
+    ``timed_out`` for asyncio's timeout, ``failed(error)`` for a KafkaError or
+    OSError, a ConfigError's own message for a setting at fault."""
+    try:
+        yield
     except asyncio.TimeoutError:
-        raise click.ClickException(f"could not read {settings.status_topic} at {settings.kafka_bootstrap} within "
-                                   f"{timeout_s:g} s: is the broker up and the topic created "
-                                   "(`docket topics create`)?") from None
+        raise click.ClickException(timed_out) from None
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:
-        raise click.ClickException(f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
-                                   "is the broker up?") from None
+        raise click.ClickException(failed(exc)) from None
 
 
 @domain.command("status", short_help="Show the version per partition.")
