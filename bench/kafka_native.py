@@ -34,6 +34,9 @@ from app.kafka_config import client_kwargs
 from app.records import partition_for
 from app.settings import Settings
 from bench.common import percentiles, say
+from bench.http_load import scrape_all, server_stages
+from bench.stages import stages
+from bench.stages import summary as stages_summary
 from chaos.workload import inventory
 
 TARGET_P99_MS = 100.0
@@ -178,7 +181,8 @@ def timeline(published_ms: list[int], latencies: list[float], origin_ms: float) 
 
 
 async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed: int = 11,
-                drain_s: float | None = None, warmup_s: float = 0.0, warmup_rate: int | None = None) -> dict:
+                drain_s: float | None = None, warmup_s: float = 0.0, warmup_rate: int | None = None,
+                metrics_urls: dict[str, str] | None = None) -> dict:
     """The open-model sweep against a running stack of ``settings``' prefix. With
     ``warmup_s``, ``warmup_rate`` (default: the lowest rate) runs that long first and
     its figures are reported apart (``warmup``): the first tens of seconds of a fresh
@@ -204,6 +208,8 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         for n, rate in enumerate(rates):
             before = watch.count
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
+            step_ms = int(time.time() * 1000)
+            scraped = await _scrape(metrics_urls)
             sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n, watch.intended)
             began = time.monotonic()
             deadline = drain_s if drain_s is not None else max(15.0, duration_s)
@@ -223,6 +229,13 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
             say(f"kafka-native: {rate:,}/s -> {len(got):,}/{sent['sent']:,} results, "
                 f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, p99.9 {lat['p999']} ms"
                 + ("" if drained else f" (not all answered within {deadline:.0f} s: saturated)"))
+            if drained:
+                # where the latency went, from the broker's timestamps (bench/stages.py)
+                step["stages_ms"] = await stages(settings, step_ms, watch.intended)
+                say(f"kafka-native: {rate:,}/s stages p50/p99 ms: {stages_summary(step['stages_ms'])}")
+                if scraped is not None:
+                    step["server_ms"] = server_stages(scraped, await _scrape(metrics_urls))
+                    say(f"kafka-native: {rate:,}/s server stages p50/p99 ms: {stages_summary(step['server_ms'])}")
             if not drained:
                 break
     finally:
@@ -239,6 +252,19 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         "not_run": [r for r in rates if r not in {s["rate"] for s in steps}],
         "timeline": timeline(watch.published_ms, watch.latencies, origin_ms),
     }
+
+
+async def _scrape(metrics_urls: dict[str, str] | None) -> dict | None:
+    if not metrics_urls:
+        return None
+    import aiohttp
+
+    problems: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        got = await scrape_all(session, metrics_urls, problems)
+    for problem in problems:
+        say(f"kafka-native: {problem}")
+    return got
 
 
 async def hold_rate(settings: Settings, rate: int, duration_s: float, *, seed: int = 99,

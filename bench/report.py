@@ -111,11 +111,18 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
     if "error" in kn:
         rows.append(("docket over Kafka", f"failed: {kn['error']}"))
     elif kn:
-        rows.append(("**docket over Kafka: highest rate with p99 < 100 ms** (open model, intended send -> result published)",
-                     f"**{_n(kn.get('max_rate_p99_under_100ms'), ' events/s') if kn.get('max_rate_p99_under_100ms') else 'none of the rates tried'}**"))
+        parts = f", {kn['partitions']} partitions" if kn.get("partitions") else ""
+        rows.append((f"**docket over Kafka{parts}: highest rate with p99 < 100 ms** (open model, intended send -> result published)",
+                     f"**{_headline(kn)}**"))
         rows.append(("docket over Kafka: highest rate sustained (all answered, >= 90% delivered)",
                      _n(kn.get("max_sustained_rate"), " events/s")))
         rows.append(("docket over Kafka: most results/s delivered at any rate", _n(r["docket_per_s"], " results/s")))
+        for other in kn.get("by_partitions") or []:
+            if "error" in other:
+                rows.append((f"docket over Kafka, {other['partitions']} partitions", f"failed: {other['error']}"))
+                continue
+            rows.append((f"**docket over Kafka, {other['partitions']} partitions: highest rate with p99 < 100 ms**",
+                         f"**{_headline(other)}** (sustained: {_n(other.get('max_sustained_rate'), ' events/s')})"))
     h = results.get("http") or {}
     if "error" in h:
         rows.append(("docket over HTTP", f"failed: {h['error']}"))
@@ -130,20 +137,58 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _headline(sweep: dict) -> str:
+    rate = sweep.get("max_rate_p99_under_100ms")
+    return _n(rate, " events/s") if rate else "none of the rates tried"
+
+
 def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def native_table(results: dict) -> str:
+def native_tables(results: dict) -> str:
+    """The sweep's table and where its latency went, per partition count."""
+    kn = results.get("kafka_native") or {}
+    sweeps = [kn] + [o for o in kn.get("by_partitions") or [] if "error" not in o]
+    parts = []
+    for sweep in sweeps:
+        head = f"### {sweep['partitions']} partitions\n\n" if sweep.get("partitions") else ""
+        parts.append(head + native_table(sweep) + "\n\n" + stage_table(sweep))
+    return "\n\n".join(parts) if parts else "Not measured."
+
+
+# stage of bench/stages.py -> its column
+STAGE_COLUMNS = [("generator", "generator"), ("instance a", "instance a"), ("instance b", "instance b"),
+                 ("agreement", "second copy"), ("clerk", "Clerk"), ("whole", "input -> result")]
+
+
+def stage_table(sweep: dict) -> str:
     rows = []
-    for s in _get(results, "kafka_native", "rates", default=[]) or []:
+    for s in sweep.get("rates") or []:
+        st = s.get("stages_ms") or {}
+        if not st:
+            continue
+        rows.append([_n(s["rate"])] + [f"{_n(_get(st, k, 'p50'))} / {_n(_get(st, k, 'p99'))}" if k in st else "n/a"
+                                       for k, _ in STAGE_COLUMNS])
+    if not rows:
+        return ""
+    return ("Where the latency went (bench/stages.py), p50 / p99 ms between the broker's timestamps of each "
+            "decided position's records: generator = intended send -> input appended; instance x = input -> "
+            "x's copy appended; second copy = input -> the copy that completed the match; Clerk = that copy -> "
+            "result appended; input -> result:\n\n"
+            + table(["offered /s"] + [c for _, c in STAGE_COLUMNS], rows))
+
+
+def native_table(sweep: dict) -> str:
+    rows = []
+    for s in sweep.get("rates", []) or []:
         lat = s["latency_ms"]
         rows.append([_n(s["rate"]), _n(s.get("throughput_per_s")), f"{s['results']:,}/{s['sent']:,}",
                      _n(lat.get("p50")), _n(lat.get("p99")), _n(lat.get("p999")), _n(lat.get("max")),
                      _n(s.get("generator_worst_lag_ms")), "yes" if s["drained"] else "**no: saturated**"])
-    not_run = _get(results, "kafka_native", "not_run", default=[]) or []
+    not_run = sweep.get("not_run") or []
     text = table(["offered /s", "results /s", "answered", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
                   "generator lag ms", "all answered"], rows)
     if not_run:
@@ -234,7 +279,7 @@ def markdown(results: dict, day: str, images: list[str]) -> str:
              f"Target: 10,000 events/s with p99 < 100 ms.\n\n")
     body = [summary_block(results, images),
             "## Quix Streams stateful app\n\n" + quix_table(results),
-            "## docket over Kafka (open-model sweep)\n\n" + native_table(results),
+            "## docket over Kafka (open-model sweep)\n\n" + native_tables(results),
             "## docket over HTTP (vegeta)\n\n" + http_tables(results),
             "## Profile\n\n" + profile_tables(results)]
     return head + "\n\n".join(body) + "\n"
@@ -270,11 +315,19 @@ def plots(results: dict, out: Path, stem: str) -> list[Path]:
     native = _get(results, "kafka_native", "rates", default=[]) or []
     http = _get(results, "http", "rates", default=[]) or []
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for ax, steps, title in ((axes[0], native, "docket over Kafka"), (axes[1], http, "docket over HTTP")):
+    parts = _get(results, "kafka_native", "partitions")
+    native_title = f"docket over Kafka ({parts} partitions)" if parts else "docket over Kafka"
+    for ax, steps, title in ((axes[0], native, native_title), (axes[1], http, "docket over HTTP")):
         for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^-")):
             pts = [(s["rate"], s["latency_ms"].get(key)) for s in steps if s.get("latency_ms", {}).get(key)]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=key.replace("p999", "p99.9"))
+        if steps is native:
+            for other in _get(results, "kafka_native", "by_partitions", default=[]) or []:
+                pts = [(x["rate"], x["latency_ms"].get("p99")) for x in other.get("rates") or []
+                       if x.get("latency_ms", {}).get("p99")]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), "d--", label=f"p99, {other['partitions']} partitions")
         ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="100 ms")
         ax.set(xscale="log", yscale="log", xlabel="offered rate (/s)", ylabel="latency (ms)", title=title)
         readable(ax)

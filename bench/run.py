@@ -42,10 +42,17 @@ from launcher.broker import running_pid
 ROOT = Path(__file__).resolve().parent.parent
 
 MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_native", "http"]
+# Partition counts of the Kafka-native sweeps: the default's first (the headline, the
+# profile), then 2, the fewest that still lets a role scale out to two workers. Each
+# input partition is an instance batch and a Clerk transaction lane of its own per
+# cycle, so on 2 cores the count moves the low-latency rate by an order of magnitude.
+NATIVE_PARTITIONS = [8, 2]
 FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
+        "native_partitions": NATIVE_PARTITIONS,
         "warmup_s": 40.0, "warmup_rate": 200,
         "http_rates": [100, 1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50,
+         "native_partitions": NATIVE_PARTITIONS[:1],
          "http_rates": [50], "http_duration_s": 3.0, "profile_s": 0.0}
 
 
@@ -63,13 +70,32 @@ async def quix(settings: Settings, work: Path, smoke: bool, events: int | None) 
 
 
 async def native(settings: Settings, work: Path, plan: dict) -> dict:
-    async with BenchStack(settings, work, name="native", api=False) as stack:
-        result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
-                                          warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"])
+    """The open-model sweep once per partition count of ``plan["native_partitions"]``
+    (a fresh stack and topics each): the first is the result itself (headline,
+    profile), the others go in ``by_partitions``."""
+    first, *others = plan["native_partitions"]
+    result = await native_sweep(dataclasses.replace(settings, partitions=first), work, plan)
+    result["by_partitions"] = []
+    for n in others:
+        try:
+            result["by_partitions"].append(await native_sweep(dataclasses.replace(settings, partitions=n), work, plan))
+        except Exception as exc:  # noqa: BLE001  recorded; the default's sweep still counts
+            traceback.print_exc()
+            result["by_partitions"].append({"partitions": n, "error": f"{type(exc).__name__}: {exc}"})
+    settings = dataclasses.replace(settings, partitions=first)
     rate = result["max_sustained_rate"]
     if plan["profile_s"] and rate:
         result["profile"] = await profile_at(settings, work, rate, plan["profile_s"], plan["warmup_s"])
     return result
+
+
+async def native_sweep(settings: Settings, work: Path, plan: dict) -> dict:
+    say(f"kafka-native: {settings.partitions} partitions")
+    async with BenchStack(settings, work, name="native", api=False) as stack:
+        result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
+                                          warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"],
+                                          metrics_urls=stack.metrics_urls)
+    return {"partitions": settings.partitions, **result}
 
 
 async def profile_at(settings: Settings, work: Path, rate: int, seconds: float, warmup_s: float) -> dict:
@@ -125,7 +151,7 @@ async def run(args: argparse.Namespace) -> int:
     from bench.common import own_broker
 
     plan = dict(SMOKE if args.smoke else FULL)
-    for key in ("native_rates", "http_rates"):
+    for key in ("native_rates", "native_partitions", "http_rates"):
         if getattr(args, key):
             plan[key] = getattr(args, key)
     for key in ("native_duration_s", "http_duration_s", "profile_s"):
@@ -185,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quix-events", type=int,
                     help=f"events the Quix Streams app processes [{quix_events(False):,}; smoke {quix_events(True):,}]")
     ap.add_argument("--native-rates", type=int, nargs="+", help=f"[{FULL['native_rates']}]")
+    ap.add_argument("--native-partitions", type=int, nargs="+",
+                    help=f"partition counts, one sweep each; the first is the headline's [{FULL['native_partitions']}]")
     ap.add_argument("--native-duration-s", type=float, help=f"seconds per rate [{FULL['native_duration_s']}]")
     ap.add_argument("--http-rates", type=int, nargs="+", help=f"[{FULL['http_rates']}]")
     ap.add_argument("--http-duration-s", type=float, help=f"seconds per rate [{FULL['http_duration_s']}]")

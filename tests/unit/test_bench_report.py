@@ -205,3 +205,33 @@ def test_profile_section_lists_every_process_cpu_and_the_top_functions() -> None
     assert lines[broker + 1] == "| instance | 0.20 | 1,000 | 3.0 | 1.0 |"  # busiest first
     assert "| **all** | 0.50 | **2,500** |  |  |" in text
     assert "| `send (producer.py)` | 60.0% | 600.0 |" in text
+
+
+def with_partitions() -> dict:
+    native = dict(RESULTS["kafka_native"], partitions=8)
+    native["rates"] = [dict(native["rates"][0], stages_ms={"instance a": {"p50": 7, "p99": 30},
+                                                           "clerk": {"p50": 11, "p99": 40}})] + native["rates"][1:]
+    other = {"partitions": 2, "max_rate_p99_under_100ms": 2000, "max_sustained_rate": 5000, "not_run": [],
+             "rates": [{"rate": 2000, "throughput_per_s": 2000.0, "results": 40000, "sent": 40000, "drained": True,
+                        "generator_worst_lag_ms": 3.0, "latency_ms": {"p50": 40, "p99": 90, "p999": 95, "max": 99}}]}
+    return {**RESULTS, "kafka_native": dict(native, by_partitions=[other, {"partitions": 1, "error": "OSError: x"}])}
+
+
+def test_each_partition_count_has_its_headline_row_and_its_own_tables() -> None:
+    results = with_partitions()
+    rows = dict(report.summary_rows(results))
+    assert rows["**docket over Kafka, 8 partitions: highest rate with p99 < 100 ms** (open model, intended send -> "
+                "result published)"] == "**100 events/s**"
+    assert rows["**docket over Kafka, 2 partitions: highest rate with p99 < 100 ms**"] == \
+        "**2,000 events/s** (sustained: 5,000 events/s)"
+    assert rows["docket over Kafka, 1 partitions"] == "failed: OSError: x"
+    text = report.markdown(results, "2026-12-01", [])
+    assert "### 8 partitions" in text and "### 2 partitions" in text
+    assert "| 2,000 | 2,000 | 40,000/40,000 |" in text
+    # the stage table of the 8-partition sweep, with a column per stage measured
+    assert "| 100 | n/a | 7 / 30 | n/a | n/a | 11 / 40 | n/a |" in text
+
+
+def test_the_latency_plot_draws_every_partition_count(tmp_path: Path) -> None:
+    written = report.write({**with_partitions(), "smoke": True}, tmp_path, tmp_path, update_readme=False)
+    assert any(p.name.endswith("-latency.png") for p in written)
