@@ -35,6 +35,7 @@ from app.records import partition_for
 from app.settings import Settings
 from bench.common import percentiles, say
 from bench.http_load import scrape_all, server_stages
+from bench.profile import cpu_times
 from bench.stages import stages
 from bench.stages import summary as stages_summary
 from chaos.workload import inventory
@@ -182,7 +183,7 @@ def timeline(published_ms: list[int], latencies: list[float], origin_ms: float) 
 
 async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed: int = 11,
                 drain_s: float | None = None, warmup_s: float = 0.0, warmup_rate: int | None = None,
-                metrics_urls: dict[str, str] | None = None) -> dict:
+                metrics_urls: dict[str, str] | None = None, pids: dict[str, int] | None = None) -> dict:
     """The open-model sweep against a running stack of ``settings``' prefix. With
     ``warmup_s``, ``warmup_rate`` (default: the lowest rate) runs that long first and
     its figures are reported apart (``warmup``): the first tens of seconds of a fresh
@@ -210,10 +211,13 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
             step_ms = int(time.time() * 1000)
             scraped = await _scrape(metrics_urls)
+            cpu_before = _cpu(pids)
+            step_began = time.monotonic()
             sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n, watch.intended)
             began = time.monotonic()
             deadline = drain_s if drain_s is not None else max(15.0, duration_s)
             drained = await watch.wait_for(before + sent["sent"], deadline)
+            cpu_used = _cpu_delta(cpu_before, _cpu(pids), time.monotonic() - step_began)
             got = watch.latencies[before:]
             published = watch.published_ms[before:]
             span_s = (max(published) - min(published)) / 1000 if len(published) > 1 else 0.0
@@ -224,11 +228,15 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
                 "throughput_per_s": round(len(got) / span_s, 1) if span_s else None,
                 "latency_ms": percentiles(got) if drained else {**percentiles(got), "p99": None, "p999": None},
             }
+            if cpu_used:
+                step["cpu"] = cpu_used
+                step["cpu_us_per_event"] = round(sum(c["seconds"] for c in cpu_used.values()) / sent["sent"] * 1e6, 1)
             steps.append(step)
             lat = step["latency_ms"]
             say(f"kafka-native: {rate:,}/s -> {len(got):,}/{sent['sent']:,} results, "
                 f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, p99.9 {lat['p999']} ms"
-                + ("" if drained else f" (not all answered within {deadline:.0f} s: saturated)"))
+                + ("" if drained else f" (not all answered within {deadline:.0f} s: saturated)")
+                + (f", {step['cpu_us_per_event']:,.0f} µs of CPU per event over every process" if cpu_used else ""))
             if drained:
                 # where the latency went, from the broker's timestamps (bench/stages.py)
                 step["stages_ms"] = await stages(settings, step_ms, watch.intended)
@@ -252,6 +260,24 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         "not_run": [r for r in rates if r not in {s["rate"] for s in steps}],
         "timeline": timeline(watch.published_ms, watch.latencies, origin_ms),
     }
+
+
+def _cpu(pids: dict[str, int] | None) -> dict[str, float]:
+    """role -> CPU seconds (user + system) used so far; a process gone is left out."""
+    out = {}
+    for role, pid in (pids or {}).items():
+        try:
+            user, system = cpu_times(pid)
+        except OSError:
+            continue
+        out[role] = user + system
+    return out
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, dict]:
+    return {role: {"seconds": round(after[role] - before[role], 3),
+                   "cores": round((after[role] - before[role]) / seconds, 3) if seconds > 0 else None}
+            for role in sorted(after) if role in before}
 
 
 async def _scrape(metrics_urls: dict[str, str] | None) -> dict | None:

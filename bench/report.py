@@ -138,8 +138,13 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
 
 
 def _headline(sweep: dict) -> str:
+    """The highest rate with p99 < 100 ms, and the CPU every process used per event at it."""
     rate = sweep.get("max_rate_p99_under_100ms")
-    return _n(rate, " events/s") if rate else "none of the rates tried"
+    if not rate:
+        return "none of the rates tried"
+    at = next((x for x in sweep.get("rates") or [] if x.get("rate") == rate), {})
+    cpu = at.get("cpu_us_per_event")
+    return _n(rate, " events/s") + (f", {_n(cpu)} µs of CPU per event" if cpu else "")
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -185,12 +190,14 @@ def native_table(sweep: dict) -> str:
     rows = []
     for s in sweep.get("rates", []) or []:
         lat = s["latency_ms"]
+        cores = sum(c.get("cores") or 0 for c in (s.get("cpu") or {}).values())
         rows.append([_n(s["rate"]), _n(s.get("throughput_per_s")), f"{s['results']:,}/{s['sent']:,}",
                      _n(lat.get("p50")), _n(lat.get("p99")), _n(lat.get("p999")), _n(lat.get("max")),
-                     _n(s.get("generator_worst_lag_ms")), "yes" if s["drained"] else "**no: saturated**"])
+                     _n(s.get("generator_worst_lag_ms")), _n(cores, "", 2) if s.get("cpu") else "n/a",
+                     _n(s.get("cpu_us_per_event")), "yes" if s["drained"] else "**no: saturated**"])
     not_run = sweep.get("not_run") or []
     text = table(["offered /s", "results /s", "answered", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
-                  "generator lag ms", "all answered"], rows)
+                  "generator lag ms", "cores used", "CPU µs per event", "all answered"], rows)
     if not_run:
         text += f"\n\nNot run (a lower rate was already past saturation): {', '.join(map(str, not_run))} events/s."
     return text

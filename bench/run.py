@@ -92,9 +92,13 @@ async def native(settings: Settings, work: Path, plan: dict) -> dict:
 async def native_sweep(settings: Settings, work: Path, plan: dict) -> dict:
     say(f"kafka-native: {settings.partitions} partitions")
     async with BenchStack(settings, work, name="native", api=False) as stack:
+        pids = {**stack.pids, "load generator (this process)": os.getpid()}
+        broker = running_pid(settings.broker_dir)
+        if broker is not None:
+            pids["broker"] = broker
         result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
                                           warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"],
-                                          metrics_urls=stack.metrics_urls)
+                                          metrics_urls=stack.metrics_urls, pids=pids)
     return {"partitions": settings.partitions, **result}
 
 

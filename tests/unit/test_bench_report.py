@@ -213,7 +213,9 @@ def with_partitions() -> dict:
                                                            "clerk": {"p50": 11, "p99": 40}})] + native["rates"][1:]
     other = {"partitions": 2, "max_rate_p99_under_100ms": 2000, "max_sustained_rate": 5000, "not_run": [],
              "rates": [{"rate": 2000, "throughput_per_s": 2000.0, "results": 40000, "sent": 40000, "drained": True,
-                        "generator_worst_lag_ms": 3.0, "latency_ms": {"p50": 40, "p99": 90, "p999": 95, "max": 99}}]}
+                        "generator_worst_lag_ms": 3.0, "latency_ms": {"p50": 40, "p99": 90, "p999": 95, "max": 99},
+                        "cpu": {"broker": {"seconds": 6.0, "cores": 0.3}, "clerk": {"seconds": 4.0, "cores": 0.2}},
+                        "cpu_us_per_event": 250.0}]}
     return {**RESULTS, "kafka_native": dict(native, by_partitions=[other, {"partitions": 1, "error": "OSError: x"}])}
 
 
@@ -223,11 +225,11 @@ def test_each_partition_count_has_its_headline_row_and_its_own_tables() -> None:
     assert rows["**docket over Kafka, 8 partitions: highest rate with p99 < 100 ms** (open model, intended send -> "
                 "result published)"] == "**100 events/s**"
     assert rows["**docket over Kafka, 2 partitions: highest rate with p99 < 100 ms**"] == \
-        "**2,000 events/s** (sustained: 5,000 events/s)"
+        "**2,000 events/s, 250 µs of CPU per event** (sustained: 5,000 events/s)"
     assert rows["docket over Kafka, 1 partitions"] == "failed: OSError: x"
     text = report.markdown(results, "2026-12-01", [])
     assert "### 8 partitions" in text and "### 2 partitions" in text
-    assert "| 2,000 | 2,000 | 40,000/40,000 |" in text
+    assert "| 2,000 | 2,000 | 40,000/40,000 | 40 | 90 | 95 | 99 | 3 | 0.50 | 250 | yes |" in text
     # the stage table of the 8-partition sweep, with a column per stage measured
     assert "| 100 | n/a | 7 / 30 | n/a | n/a | 11 / 40 | n/a |" in text
 
