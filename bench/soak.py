@@ -447,14 +447,22 @@ def write_report(report: dict, out: Path, now: datetime.datetime | None = None) 
 
 # --------------------------------------------------------------------------- the run
 
-def headline_rate(results: Path = RESULTS) -> tuple[int, str]:
+DEFAULT_PARTITIONS = 8  # DOCKET_PARTITIONS's default (app/settings.py)
+
+
+def headline_rate(results: Path = RESULTS, partitions: int | None = None) -> tuple[int, str]:
     """(rate, where it came from): the highest rate with p99 < 100 ms of the newest
-    complete benchmark report that has one, else DEFAULT_RATE."""
+    complete benchmark report that has one for ``partitions`` (the sweep of that many
+    partitions; a report of before the sweeps named their count counts as the default
+    8), else DEFAULT_RATE."""
     for path in sorted(results.glob("bench-*.json"), reverse=True):  # names sort by date and time
         if "smoke" in path.name:
             continue
         try:
-            rate = json.loads(path.read_text()).get("kafka_native", {}).get("max_rate_p99_under_100ms")
+            native = json.loads(path.read_text()).get("kafka_native", {})
+            sweeps = [native, *(native.get("by_partitions") or [])]
+            rate = next((s.get("max_rate_p99_under_100ms") for s in sweeps
+                         if partitions is None or s.get("partitions", DEFAULT_PARTITIONS) == partitions), None)
         except (OSError, ValueError, AttributeError):
             continue
         if rate:
@@ -575,7 +583,7 @@ async def run(args: argparse.Namespace) -> int:
 
     source = "--rate"
     if args.rate is None:
-        args.rate, source = headline_rate()
+        args.rate, source = headline_rate(partitions=load().partitions)
     work = Path(tempfile.mkdtemp(prefix="docket-soak-"))
     began = time.time()
     report: dict = {
@@ -614,8 +622,8 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, help="events/s [the headline of the latest bench/results/bench-*.json, "
-                                             f"else {DEFAULT_RATE}]")
+    ap.add_argument("--rate", type=int, help="events/s [the headline of the latest bench/results/bench-*.json "
+                                             f"for DOCKET_PARTITIONS partitions, else {DEFAULT_RATE}]")
     ap.add_argument("--duration-s", type=float, default=600.0, help="measured seconds after the warm-up [600]")
     ap.add_argument("--warmup-s", type=float, default=40.0, help="seconds at the same rate before [40]")
     ap.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples, and per latency window [5]")

@@ -226,6 +226,19 @@ def test_headline_rate_is_the_latest_complete_reports(tmp_path) -> None:
     assert soak.headline_rate(tmp_path) == (200, "bench-2026-11-22-0412.json")
 
 
+def test_headline_rate_is_the_one_of_the_partition_count_soaked(tmp_path) -> None:
+    (tmp_path / "bench-2026-11-22-0412.json").write_text(json.dumps({"kafka_native": {"max_rate_p99_under_100ms": 200}}))
+    (tmp_path / "bench-2026-12-01-1400.json").write_text(json.dumps({"kafka_native": {
+        "partitions": 8, "max_rate_p99_under_100ms": 150,
+        "by_partitions": [{"partitions": 2, "max_rate_p99_under_100ms": 1000}, {"partitions": 1, "error": "x"}]}}))
+    assert soak.headline_rate(tmp_path, 2) == (1000, "bench-2026-12-01-1400.json")
+    assert soak.headline_rate(tmp_path, 8) == (150, "bench-2026-12-01-1400.json")
+    # a report of before the per-count sweeps is the default count's
+    (tmp_path / "bench-2026-12-01-1400.json").unlink()
+    assert soak.headline_rate(tmp_path, 8) == (200, "bench-2026-11-22-0412.json")
+    assert soak.headline_rate(tmp_path, 4) == (soak.DEFAULT_RATE, "default")
+
+
 def _report(with_warden: bool) -> dict:
     samples = [{**s, "t": s["t"]} for s in _samples()]
     samples.insert(0, {"t": -10.0, "rss_mib": {"a": 150.0, "b": 150.0}, "pending": 10, "lag": {}})
