@@ -133,6 +133,11 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
                      f"p99 {_n(lat.get('p99'))} ms, success {_n(100 * (step.get('success_ratio') or 0), '%', 1)}"))
     rows.append(("docket / Faust floor", _n(r["docket_over_faust_floor"], "", 3)))
     rows.append(("docket / Quix Streams (docket's rate with p99 < 100 ms)", _n(r["docket_over_quix"], "", 3)))
+    quix = _get(results, "quix", "events_per_s")
+    for other in _get(results, "kafka_native", "by_partitions", default=[]) or []:
+        rate = other.get("max_rate_p99_under_100ms")
+        if quix and rate:
+            rows.append((f"docket / Quix Streams, {other['partitions']} partitions", _n(rate / quix, "", 3)))
     rows.append(("docket / Kafka ceiling", _n(r["docket_over_kafka_ceiling"], "", 5)))
     return rows
 

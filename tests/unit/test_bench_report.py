@@ -227,6 +227,7 @@ def test_each_partition_count_has_its_headline_row_and_its_own_tables() -> None:
     assert rows["**docket over Kafka, 2 partitions: highest rate with p99 < 100 ms**"] == \
         "**2,000 events/s, 250 µs of CPU per event** (sustained: 5,000 events/s)"
     assert rows["docket over Kafka, 1 partitions"] == "failed: OSError: x"
+    assert rows["docket / Quix Streams, 2 partitions"] == "1.000"  # 2,000 against Quix's 2,000
     text = report.markdown(results, "2026-12-01", [])
     assert "### 8 partitions" in text and "### 2 partitions" in text
     assert "| 2,000 | 2,000 | 40,000/40,000 | 40 | 90 | 95 | 99 | 3 | 0.50 | 250 | yes |" in text
