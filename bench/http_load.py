@@ -369,9 +369,16 @@ async def _run(cmd: list[str], *, timeout_s: float, stdout=None) -> bytes:
 
 
 async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: Path, *, rate: int,
-                  duration_s: float, seed: int, api_timeout_ms: int | None = None) -> dict:
+                  duration_s: float, seed: int, api_timeout_ms: int | None = None,
+                  warmup_s: float = 0.0, warmup_rate: int | None = None) -> dict:
     """One open-model run of POST /v1/events at ``rate`` per second for ``duration_s``
-    (see the module docstring). Returns {rate, duration_s, sent_per_s (achieved), requests, decided,
+    (see the module docstring). With ``warmup_s``, first that long at ``warmup_rate``
+    (default: ``rate``) with requests of their own, answered and settled before the
+    measured run's first scrape, and reported apart (``warmup``: {rate, duration_s,
+    requests, decided_per_s, latency_ms, settled}): a fresh stack's first seconds (the
+    API's first produce, the workers' first fetches and transactions) took 0.8-2.8 s
+    per request in the runs of 2026-12-01, which a 60 s run's p99 would otherwise be.
+    Returns {rate, duration_s, sent_per_s (achieved), requests, decided,
     decided_per_s, throughput_per_s (= decided_per_s), ok_2xx_per_s, success_ratio
     (decided / requests), pending_202, status_codes, latency_ms (every answer),
     decided_latency_ms (200 and 409 only), errors, timeline [{t, sent_per_s, ok_per_s,
@@ -389,27 +396,35 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
     run_id = f"r{seed}x{secrets.token_hex(3)}"
     targets = work / f"targets-{rate}-s{seed}.jsonl"
     results = work / f"results-{rate}-s{seed}.bin"
-    csv_path = work / f"results-{rate}-s{seed}.csv"
     began = time.monotonic()
     write_targets(targets, api_url, token, count=count, seed=seed, run_id=run_id)
     say(f"http: {count} targets written in {time.monotonic() - began:.1f} s; attacking {api_url} "
         f"at {rate}/s for {duration_s:g} s ...")
     problems: list[str] = []
+    warmup = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        if warmup_s > 0:
+            w_rate = warmup_rate or rate
+            w_targets = work / f"targets-{rate}-s{seed}-warmup.jsonl"
+            write_targets(w_targets, api_url, token, count=max(1, round(w_rate * warmup_s)), seed=seed + 10_000,
+                          run_id=f"{run_id}w")
+            say(f"http: warming up at {w_rate}/s for {warmup_s:g} s ...")
+            w_before = await scrape_all(session, metrics_urls, problems)
+            w_rows = await _attack(vegeta, w_targets, work / f"results-{rate}-s{seed}-warmup", rate=w_rate,
+                                   duration_s=warmup_s, timeout_s=timeout_s)
+            w_out = summarise(w_rows, rate=w_rate, duration_s=warmup_s)
+            w_answered = sum(v for c, v in w_out["status_codes"].items() if int(c) in ACCEPTED)
+            w_settled, _ = await _settle(session, metrics_urls, w_before, w_answered, [])
+            warmup = {k: w_out[k] for k in ("rate", "duration_s", "requests", "decided_per_s", "latency_ms")}
+            warmup["settled"] = w_settled
         before = await scrape_all(session, metrics_urls, problems)
-        await _run([str(vegeta), "attack", "-lazy", "-format=json", f"-rate={rate}/1s",
-                    f"-duration={duration_s:g}s", f"-timeout={timeout_s:g}s", f"-max-workers={MAX_WORKERS}",
-                    f"-targets={targets}", f"-output={results}", f"-name=docket-{rate}"],
-                   timeout_s=duration_s + timeout_s + 60)
+        rows = await _attack(vegeta, targets, results.with_suffix(""), rate=rate, duration_s=duration_s,
+                             timeout_s=timeout_s)
         report = parse_report(await _run([str(vegeta), "report", "-type=json", str(results)], timeout_s=300))
-        with csv_path.open("wb") as f:
-            await _run([str(vegeta), "encode", "--to", "csv", str(results)], timeout_s=300, stdout=f)
-        with csv_path.open(newline="") as f:
-            rows = parse_results_csv(f)
         out = summarise(rows, rate=rate, duration_s=duration_s)
         answered = sum(v for c, v in out["status_codes"].items() if int(c) in ACCEPTED)
         settled, after = await _settle(session, metrics_urls, before, answered, problems)
-    csv_path.unlink(missing_ok=True)  # response bodies included: large; vegeta's .bin stays
+    out["warmup"] = warmup
     out["server_ms"] = server_stages(before, after, "a")
     if "b" in after:
         out["server_ms_b"] = {k: v for k, v in server_stages(before, after, "b").items()
@@ -423,6 +438,25 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
         f"codes {out['status_codes']}, "
         f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, p99.9 {lat['p999']} ms")
     return out
+
+
+async def _attack(vegeta: Path, targets: Path, stem: Path, *, rate: int, duration_s: float,
+                  timeout_s: float) -> list[tuple[int, int, int, str]]:
+    """``vegeta attack`` of ``targets`` at ``rate``/s for ``duration_s`` (open model), its
+    results kept in ``<stem>.bin``; the per-request rows of :func:`parse_results_csv`.
+    Raises RuntimeError (from :func:`_run`) when vegeta fails or outlives its bound."""
+    results = stem.with_suffix(".bin")
+    csv_path = stem.with_suffix(".csv")
+    await _run([str(vegeta), "attack", "-lazy", "-format=json", f"-rate={rate}/1s",
+                f"-duration={duration_s:g}s", f"-timeout={timeout_s:g}s", f"-max-workers={MAX_WORKERS}",
+                f"-targets={targets}", f"-output={results}", f"-name=docket-{rate}"],
+               timeout_s=duration_s + timeout_s + 60)
+    with csv_path.open("wb") as f:
+        await _run([str(vegeta), "encode", "--to", "csv", str(results)], timeout_s=300, stdout=f)
+    with csv_path.open(newline="") as f:
+        rows = parse_results_csv(f)
+    csv_path.unlink(missing_ok=True)  # response bodies included: large; vegeta's .bin stays
+    return rows
 
 
 def _settled(before: dict, after: dict, answered: int) -> tuple[bool, str]:

@@ -126,11 +126,20 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
     h = results.get("http") or {}
     if "error" in h:
         rows.append(("docket over HTTP", f"failed: {h['error']}"))
-    for step in h.get("rates", []):
-        lat = step.get("latency_ms", {})
-        rows.append((f"docket over HTTP (vegeta, {_n(step.get('rate'))} requests/s offered)",
-                     f"{_n(step.get('decided_per_s'))} decided/s, p50 {_n(lat.get('p50'))} ms, "
-                     f"p99 {_n(lat.get('p99'))} ms, success {_n(100 * (step.get('success_ratio') or 0), '%', 1)}"))
+    for runs in http_runs(results):
+        parts = f", {runs['partitions']} partitions" if runs.get("partitions") else ""
+        if "error" in runs:
+            rows.append((f"docket over HTTP{parts}", f"failed: {runs['error']}"))
+            continue
+        best = http_headline(runs)
+        rows.append((f"**docket over HTTP{parts}: most decided/s with p99 < 100 ms** (vegeta, after a warm-up)",
+                     f"**{_n(best['decided_per_s'], ' decided/s')} at {_n(best['rate'])}/s offered**" if best
+                     else "none of the rates tried"))
+        for step in runs.get("rates", []):
+            lat = step.get("latency_ms", {})
+            rows.append((f"docket over HTTP{parts} (vegeta, {_n(step.get('rate'))} requests/s offered)",
+                         f"{_n(step.get('decided_per_s'))} decided/s, p50 {_n(lat.get('p50'))} ms, "
+                         f"p99 {_n(lat.get('p99'))} ms, success {_n(100 * (step.get('success_ratio') or 0), '%', 1)}"))
     rows.append(("docket / Faust floor", _n(r["docket_over_faust_floor"], "", 3)))
     rows.append(("docket / Quix Streams (docket's rate with p99 < 100 ms)", _n(r["docket_over_quix"], "", 3)))
     quix = _get(results, "quix", "events_per_s")
@@ -212,8 +221,40 @@ STAGES = ["usher_intake", "evaluation", "output_produce", "output_ack", "clerk_c
           "clerk_agreement_wait", "clerk_decision", "api_result_wait", "api_request"]
 
 
+def http_runs(results: dict) -> list[dict]:
+    """The HTTP runs per partition count: [{partitions, rates}] (or {partitions, error}),
+    the first count's first; a report of before 2026-12-01 has one count and no
+    ``partitions``."""
+    h = results.get("http") or {}
+    if "error" in h or not h:
+        return []
+    return [h, *(h.get("by_partitions") or [])]
+
+
+def http_headline(runs: dict) -> dict | None:
+    """The step of ``runs`` with the most decided requests/s among those whose p99 (every
+    answer) stayed under 100 ms; None when none did."""
+    ok = [s for s in runs.get("rates") or [] if (s.get("latency_ms") or {}).get("p99") is not None
+          and s["latency_ms"]["p99"] < 100]
+    return max(ok, key=lambda s: s.get("decided_per_s") or 0, default=None)
+
+
 def http_tables(results: dict) -> str:
-    steps = _get(results, "http", "rates", default=[]) or []
+    """The HTTP runs' table and server-side stages, per partition count."""
+    parts = []
+    for runs in http_runs(results):
+        if "error" in runs:
+            continue
+        head = f"### {runs['partitions']} partitions\n\n" if runs.get("partitions") else ""
+        warm = next((s["warmup"] for s in runs.get("rates") or [] if s.get("warmup")), None)
+        if warm:
+            head += (f"Each rate on a fresh stack, after a warm-up of {warm['duration_s']:g} s at up to "
+                     f"{_n(warm['rate'])} requests/s whose answers are not counted.\n\n")
+        parts.append(head + http_table(runs.get("rates") or []))
+    return "\n\n".join(parts) if parts else "Not measured."
+
+
+def http_table(steps: list[dict]) -> str:
     rows, stage_rows = [], []
     for s in steps:
         lat = s.get("latency_ms", {})
@@ -326,20 +367,22 @@ def plots(results: dict, out: Path, stem: str) -> list[Path]:
     made = []
     native = _get(results, "kafka_native", "rates", default=[]) or []
     http = _get(results, "http", "rates", default=[]) or []
+    http_parts = _get(results, "http", "partitions")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     parts = _get(results, "kafka_native", "partitions")
     native_title = f"docket over Kafka ({parts} partitions)" if parts else "docket over Kafka"
-    for ax, steps, title in ((axes[0], native, native_title), (axes[1], http, "docket over HTTP")):
+    http_title = f"docket over HTTP ({http_parts} partitions)" if http_parts else "docket over HTTP"
+    for ax, steps, title, measurement in ((axes[0], native, native_title, "kafka_native"),
+                                          (axes[1], http, http_title, "http")):
         for key, style in (("p50", "o-"), ("p99", "s-"), ("p999", "^-")):
             pts = [(s["rate"], s["latency_ms"].get(key)) for s in steps if s.get("latency_ms", {}).get(key)]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=key.replace("p999", "p99.9"))
-        if steps is native:
-            for other in _get(results, "kafka_native", "by_partitions", default=[]) or []:
-                pts = [(x["rate"], x["latency_ms"].get("p99")) for x in other.get("rates") or []
-                       if x.get("latency_ms", {}).get("p99")]
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), "d--", label=f"p99, {other['partitions']} partitions")
+        for other in _get(results, measurement, "by_partitions", default=[]) or []:
+            pts = [(x["rate"], x["latency_ms"].get("p99")) for x in other.get("rates") or []
+                   if x.get("latency_ms", {}).get("p99")]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "d--", label=f"p99, {other['partitions']} partitions")
         ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="100 ms")
         ax.set(xscale="log", yscale="log", xlabel="offered rate (/s)", ylabel="latency (ms)", title=title)
         readable(ax)
@@ -372,8 +415,9 @@ def plots(results: dict, out: Path, stem: str) -> list[Path]:
     timeline = _get(results, "kafka_native", "timeline", default=[]) or []
     fig, axes = plt.subplots(1 + len(http), 1, figsize=(12, 3.2 * (1 + len(http))), squeeze=False)
     panels = [(axes[0][0], timeline, "results_per_s", "docket over Kafka: the whole sweep")]
-    panels += [(axes[i + 1][0], s.get("timeline") or [], "ok_per_s", f"docket over HTTP at {s['rate']:,}/s offered")
-               for i, s in enumerate(http)]
+    http_where = f" on {http_parts} partitions" if http_parts else ""
+    panels += [(axes[i + 1][0], s.get("timeline") or [], "ok_per_s",
+                f"docket over HTTP{http_where} at {s['rate']:,}/s offered") for i, s in enumerate(http)]
     for ax, points, key, title in panels:
         if points:
             ts = [p["t"] for p in points]

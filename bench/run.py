@@ -50,10 +50,12 @@ NATIVE_PARTITIONS = [8, 2]
 FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
         "native_partitions": NATIVE_PARTITIONS,
         "warmup_s": 40.0, "warmup_rate": 200,
-        "http_rates": [100, 1000, 2000, 5000, 10000], "http_duration_s": 60.0, "profile_s": 20.0}
+        "http_rates": [100, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
+        "http_warmup_s": 10.0, "http_warmup_rate": 200, "profile_s": 20.0}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50,
          "native_partitions": NATIVE_PARTITIONS[:1],
-         "http_rates": [50], "http_duration_s": 3.0, "profile_s": 0.0}
+         "http_rates": [50], "http_duration_s": 3.0, "http_partitions": NATIVE_PARTITIONS[:1],
+         "http_warmup_s": 1.0, "http_warmup_rate": 50, "profile_s": 0.0}
 
 
 async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> dict:
@@ -129,20 +131,39 @@ async def profile_at(settings: Settings, work: Path, rate: int, seconds: float, 
 
 
 async def http(settings: Settings, work: Path, plan: dict) -> dict:
+    """The vegeta runs once per partition count of ``plan["http_partitions"]``, like the
+    Kafka-native sweep: the first count's runs are ``rates``, the others go in
+    ``by_partitions`` ([{partitions, rates}], or {partitions, error})."""
+    first, *others = plan["http_partitions"]
+    result = await http_runs(dataclasses.replace(settings, partitions=first), work, plan)
+    result["by_partitions"] = []
+    for n in others:
+        try:
+            result["by_partitions"].append(await http_runs(dataclasses.replace(settings, partitions=n), work, plan))
+        except Exception as exc:  # noqa: BLE001  recorded; the first count's runs stand
+            traceback.print_exc()
+            result["by_partitions"].append({"partitions": n, "error": f"{type(exc).__name__}: {exc}"})
+    return result
+
+
+async def http_runs(settings: Settings, work: Path, plan: dict) -> dict:
     from bench import http_load
 
     http_load.ensure_vegeta()
     steps = []
+    say(f"http: {settings.partitions} partitions")
     for n, rate in enumerate(plan["http_rates"]):
         # A fresh stack per rate: a rate past saturation leaves a backlog that would
         # otherwise be charged to the next one.
-        async with BenchStack(settings, work, name=f"http{rate}") as stack:
+        async with BenchStack(settings, work, name=f"http{rate}p{settings.partitions}") as stack:
             say(f"http: {rate:,} requests/s for {plan['http_duration_s']:.0f} s ...")
             step = await http_load.measure(stack.api_url, stack.token, stack.metrics_urls, work / f"http{rate}",
                                            rate=rate, duration_s=plan["http_duration_s"], seed=100 + n,
-                                           api_timeout_ms=stack.settings.api_timeout_ms)
+                                           api_timeout_ms=stack.settings.api_timeout_ms,
+                                           warmup_s=plan["http_warmup_s"],
+                                           warmup_rate=min(rate, plan["http_warmup_rate"]))
         steps.append(step)
-    return {"rates": steps}
+    return {"partitions": settings.partitions, "rates": steps}
 
 
 @contextlib.contextmanager
@@ -155,7 +176,7 @@ async def run(args: argparse.Namespace) -> int:
     from bench.common import own_broker
 
     plan = dict(SMOKE if args.smoke else FULL)
-    for key in ("native_rates", "native_partitions", "http_rates"):
+    for key in ("native_rates", "native_partitions", "http_rates", "http_partitions"):
         if getattr(args, key):
             plan[key] = getattr(args, key)
     for key in ("native_duration_s", "http_duration_s", "profile_s"):
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--native-duration-s", type=float, help=f"seconds per rate [{FULL['native_duration_s']}]")
     ap.add_argument("--http-rates", type=int, nargs="+", help=f"[{FULL['http_rates']}]")
     ap.add_argument("--http-duration-s", type=float, help=f"seconds per rate [{FULL['http_duration_s']}]")
+    ap.add_argument("--http-partitions", type=int, nargs="+",
+                    help=f"partition counts, the HTTP runs once each [{FULL['http_partitions']}]")
     ap.add_argument("--profile-s", type=float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")
     ap.add_argument("--bootstrap", help="use this running broker instead of starting one (the test suite's)")
     ap.add_argument("--no-readme", action="store_true", help="do not update the README's benchmark section")

@@ -238,3 +238,45 @@ def test_each_partition_count_has_its_headline_row_and_its_own_tables() -> None:
 def test_the_latency_plot_draws_every_partition_count(tmp_path: Path) -> None:
     written = report.write({**with_partitions(), "smoke": True}, tmp_path, tmp_path, update_readme=False)
     assert any(p.name.endswith("-latency.png") for p in written)
+
+
+def _http_step(rate: int, decided: float, p99: float) -> dict:
+    return {"rate": rate, "requests": rate * 60, "decided_per_s": decided, "success_ratio": 1.0,
+            "status_codes": {"200": rate * 60}, "latency_ms": {"p50": p99 / 4, "p99": p99, "p999": p99 * 2},
+            "warmup": {"rate": min(rate, 200), "duration_s": 10.0, "requests": 2000, "decided_per_s": 200.0,
+                       "latency_ms": {"p50": 300, "p99": 2000}, "settled": True},
+            "timeline": [{"t": 0, "ok_per_s": decided, "p99_ms": p99}]}
+
+
+HTTP_BY_PARTITIONS = {"http": {
+    "partitions": 8, "rates": [_http_step(100, 100.0, 30.0), _http_step(1000, 990.0, 250.0)],
+    "by_partitions": [{"partitions": 2, "rates": [_http_step(1000, 1000.0, 60.0), _http_step(3000, 2990.0, 90.0),
+                                                  _http_step(5000, 3100.0, 900.0)]},
+                      {"partitions": 1, "error": "TimeoutError: api not ready"}]}}
+
+
+def test_http_headline_is_the_most_decided_with_p99_under_100_ms() -> None:
+    """The HTTP target's figure: decided/s of the best rate whose p99 (every answer) < 100 ms."""
+    runs = report.http_runs(HTTP_BY_PARTITIONS)
+    assert [r["partitions"] for r in runs] == [8, 2, 1]
+    assert report.http_headline(runs[0])["rate"] == 100  # 1,000/s had p99 250 ms
+    assert report.http_headline(runs[1])["rate"] == 3000  # 5,000/s decided more, but p99 900 ms
+    assert report.http_headline({"rates": [_http_step(100, 100.0, 100.0)]}) is None  # not under
+
+
+def test_http_rows_and_tables_per_partition_count() -> None:
+    rows = dict(report.summary_rows(HTTP_BY_PARTITIONS))
+    head = "**docket over HTTP, {}: most decided/s with p99 < 100 ms** (vegeta, after a warm-up)"
+    assert rows[head.format("8 partitions")] == "**100 decided/s at 100/s offered**"
+    assert rows[head.format("2 partitions")] == "**2,990 decided/s at 3,000/s offered**"
+    assert rows["docket over HTTP, 1 partitions"] == "failed: TimeoutError: api not ready"
+    text = report.http_tables(HTTP_BY_PARTITIONS)
+    assert text.index("### 8 partitions") < text.index("### 2 partitions")
+    assert "after a warm-up of 10 s at up to 100 requests/s" in text  # the first step's warm-up
+    assert "| 3,000 | 180,000 | 2,990 |" in text
+
+
+def test_http_report_of_before_partitions_still_renders() -> None:
+    """A report written before the HTTP runs had partition counts (one run, no header)."""
+    text = report.http_tables(RESULTS)
+    assert "###" not in text and "| 1,000 | 60,000 | 150 |" in text
