@@ -71,20 +71,29 @@ async def quix(settings: Settings, work: Path, smoke: bool, events: int | None) 
     return await module.measure(settings, work / "quix", smoke=smoke, events=events)
 
 
+async def per_partition_count(measure, settings: Settings, work: Path, plan: dict, counts: list[int]) -> dict:
+    """``measure(settings, work, plan)`` once per partition count of ``counts``: the
+    first count's result is returned with the others in its ``by_partitions`` (a count
+    whose run raised is recorded there as {partitions, error}; the first count's
+    result stands). The first count's failure raises."""
+    first, *others = counts
+    result = await measure(dataclasses.replace(settings, partitions=first), work, plan)
+    result["by_partitions"] = []
+    for n in others:
+        try:
+            result["by_partitions"].append(await measure(dataclasses.replace(settings, partitions=n), work, plan))
+        except Exception as exc:  # noqa: BLE001  recorded; the first count's result stands
+            traceback.print_exc()
+            result["by_partitions"].append({"partitions": n, "error": f"{type(exc).__name__}: {exc}"})
+    return result
+
+
 async def native(settings: Settings, work: Path, plan: dict) -> dict:
     """The open-model sweep once per partition count of ``plan["native_partitions"]``
     (a fresh stack and topics each): the first is the result itself (headline,
     profile), the others go in ``by_partitions``."""
-    first, *others = plan["native_partitions"]
-    result = await native_sweep(dataclasses.replace(settings, partitions=first), work, plan)
-    result["by_partitions"] = []
-    for n in others:
-        try:
-            result["by_partitions"].append(await native_sweep(dataclasses.replace(settings, partitions=n), work, plan))
-        except Exception as exc:  # noqa: BLE001  recorded; the default's sweep still counts
-            traceback.print_exc()
-            result["by_partitions"].append({"partitions": n, "error": f"{type(exc).__name__}: {exc}"})
-    settings = dataclasses.replace(settings, partitions=first)
+    result = await per_partition_count(native_sweep, settings, work, plan, plan["native_partitions"])
+    settings = dataclasses.replace(settings, partitions=plan["native_partitions"][0])
     rate = result["max_sustained_rate"]
     if plan["profile_s"] and rate:
         result["profile"] = await profile_at(settings, work, rate, plan["profile_s"], plan["warmup_s"])
@@ -134,16 +143,7 @@ async def http(settings: Settings, work: Path, plan: dict) -> dict:
     """The vegeta runs once per partition count of ``plan["http_partitions"]``, like the
     Kafka-native sweep: the first count's runs are ``rates``, the others go in
     ``by_partitions`` ([{partitions, rates}], or {partitions, error})."""
-    first, *others = plan["http_partitions"]
-    result = await http_runs(dataclasses.replace(settings, partitions=first), work, plan)
-    result["by_partitions"] = []
-    for n in others:
-        try:
-            result["by_partitions"].append(await http_runs(dataclasses.replace(settings, partitions=n), work, plan))
-        except Exception as exc:  # noqa: BLE001  recorded; the first count's runs stand
-            traceback.print_exc()
-            result["by_partitions"].append({"partitions": n, "error": f"{type(exc).__name__}: {exc}"})
-    return result
+    return await per_partition_count(http_runs, settings, work, plan, plan["http_partitions"])
 
 
 async def http_runs(settings: Settings, work: Path, plan: dict) -> dict:
