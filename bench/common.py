@@ -111,3 +111,45 @@ def own_broker(work: Path) -> Iterator[Settings]:
         yield dataclasses.replace(settings, kafka_bootstrap=handle.bootstrap)
     finally:
         launcher.stop_broker(settings.broker_dir)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (rates in events/s, partition counts, event counts).
+    Raises argparse.ArgumentTypeError, which argparse reports as a usage error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (durations in seconds)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def writable_dir(path: str) -> str | None:
+    """Creates the report directory ``path`` at start-up; the reason it cannot be
+    written, or None. A benchmark checks this before it measures, so a bad ``--out``
+    never costs a run's results."""
+    import tempfile
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"cannot write reports to {path}: {exc.strerror or exc}"
+    return None

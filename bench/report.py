@@ -162,9 +162,15 @@ def _headline(sweep: dict) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; a cell's line breaks become spaces and its ``|`` is escaped (a
+    failure's message may hold both), so every row stays one row."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def native_tables(results: dict) -> str:
@@ -231,11 +237,17 @@ def http_runs(results: dict) -> list[dict]:
     return [h, *(h.get("by_partitions") or [])]
 
 
+# An HTTP step counts for the headline only when at least this share of its requests
+# was decided (200 or 409): failed requests answer fast and would flatter its p99.
+MIN_SUCCESS = 0.99
+
+
 def http_headline(runs: dict) -> dict | None:
     """The step of ``runs`` with the most decided requests/s among those whose p99 (every
-    answer) stayed under 100 ms; None when none did."""
+    answer) stayed under 100 ms and which decided at least :data:`MIN_SUCCESS` of their
+    requests; None when none did."""
     ok = [s for s in runs.get("rates") or [] if (s.get("latency_ms") or {}).get("p99") is not None
-          and s["latency_ms"]["p99"] < 100]
+          and s["latency_ms"]["p99"] < 100 and (s.get("success_ratio") or 0) >= MIN_SUCCESS]
     return max(ok, key=lambda s: s.get("decided_per_s") or 0, default=None)
 
 

@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.kafka_config import client_kwargs
 from app.settings import Settings, load
-from bench.common import linear_fit, proc_memory_kib, say
+from bench.common import linear_fit, positive_int, proc_memory_kib, say, writable_dir
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,7 +299,7 @@ def verdict(samples: list[dict], latency: dict, *, duration_s: float, rate: floa
         if j["flat"] is False:
             growth = (f"{j['projected_share']:+.1%} per 10 min" if "projected_share" in j
                       else f"{j['projected_growth']:+,.0f} per 10 min, max {j['second_half_max']:,.0f}")
-            failures.append(f"{name}: not flat ({growth}; {j['rule']})")
+            failures.append(f"{name}: not flat ({growth}; the rule: {j['rule']})")
         elif j["flat"] is None:
             failures.append(f"{name}: not judged ({j.get('why')})")
     if warden is not None:
@@ -622,7 +622,7 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, help="events/s [the headline of the latest bench/results/bench-*.json "
+    ap.add_argument("--rate", type=positive_int, help="events/s [the headline of the latest bench/results/bench-*.json "
                                              f"for DOCKET_PARTITIONS partitions, else {DEFAULT_RATE}]")
     ap.add_argument("--duration-s", type=float, default=600.0, help="measured seconds after the warm-up [600]")
     ap.add_argument("--warmup-s", type=float, default=40.0, help="seconds at the same rate before [40]")
@@ -641,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.duration_s <= 0 or args.sample_s <= 0 or args.warmup_s < 0:
         ap.error("--duration-s and --sample-s must be positive, --warmup-s not negative")
+    if problem := writable_dir(args.out):
+        ap.error(problem)
     return asyncio.run(run(args))
 
 

@@ -280,3 +280,16 @@ def test_http_report_of_before_partitions_still_renders() -> None:
     """A report written before the HTTP runs had partition counts (one run, no header)."""
     text = report.http_tables(RESULTS)
     assert "###" not in text and "| 1,000 | 60,000 | 150 |" in text
+
+
+def test_a_table_cell_stays_one_row_whatever_the_message() -> None:
+    """A failure's message with line breaks and pipes (Kafka's per-topic errors) stays in its cell."""
+    text = report.table(["measurement", "figure"], [["docket over HTTP", "failed: TopicError:\n a | b\n  c"]])
+    assert text.splitlines()[2] == "| docket over HTTP | failed: TopicError: a \\| b c |"
+
+
+def test_http_headline_needs_the_requests_decided() -> None:
+    """Requests that failed answer fast: a step that decided under 99% is no headline."""
+    failing = {**_http_step(5000, 40.0, 20.0), "success_ratio": 0.09}
+    assert report.http_headline({"rates": [failing]}) is None
+    assert report.http_headline({"rates": [failing, _http_step(100, 100.0, 30.0)]})["rate"] == 100

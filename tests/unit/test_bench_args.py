@@ -1,0 +1,64 @@
+"""The benchmarks' command lines refuse what cannot be measured before they start a
+broker or measure anything (bench/run.py, bench/soak.py; bench/common.py's argparse
+types): a bad value costs a usage error at once, never a run's results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from bench import run, soak
+from bench.common import positive_float, positive_int, writable_dir
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "1.5"])
+def test_positive_int_refuses_what_is_not_a_count(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int(text)
+
+
+def test_positive_types_take_what_is() -> None:
+    assert positive_int("8") == 8
+    assert positive_float("0.5") == 0.5
+    for text in ("0", "-2", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(text)
+
+
+def test_writable_dir_creates_the_directory_or_says_why_not(tmp_path: Path) -> None:
+    assert writable_dir(str(tmp_path / "a" / "b")) is None
+    assert (tmp_path / "a" / "b").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    problem = writable_dir(str(blocker / "x"))
+    assert problem is not None and str(blocker / "x") in problem
+
+
+@pytest.mark.parametrize("argv", [
+    ["--http-partitions", "8", "0"], ["--native-partitions", "-1"], ["--native-rates", "50", "0"],
+    ["--http-rates", "0"], ["--http-duration-s", "0"], ["--quix-events", "0"],
+])
+def test_bench_run_refuses_non_positive_values_at_start(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    assert exit_.value.code == 2
+    assert "must be greater than 0" in capsys.readouterr().err
+
+
+def test_bench_run_and_soak_refuse_an_unwritable_out_at_start(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for main in (run.main, soak.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(blocker / "reports")])
+        assert exit_.value.code == 2
+        assert "cannot write reports to" in capsys.readouterr().err
+
+
+def test_soak_refuses_a_zero_rate_at_start(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        soak.main(["--rate", "0"])
+    assert exit_.value.code == 2
+    assert "must be greater than 0" in capsys.readouterr().err
