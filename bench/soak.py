@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.kafka_config import client_kwargs
 from app.settings import Settings, load
-from bench.common import linear_fit, positive_int, proc_memory_kib, say, writable_dir
+from bench.common import linear_fit, positive_float, positive_int, proc_memory_kib, say, writable_dir
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -624,9 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=positive_int, help="events/s [the headline of the latest bench/results/bench-*.json "
                                              f"for DOCKET_PARTITIONS partitions, else {DEFAULT_RATE}]")
-    ap.add_argument("--duration-s", type=float, default=600.0, help="measured seconds after the warm-up [600]")
+    ap.add_argument("--duration-s", type=positive_float, default=600.0, help="measured seconds after the warm-up [600]")
     ap.add_argument("--warmup-s", type=float, default=40.0, help="seconds at the same rate before [40]")
-    ap.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples, and per latency window [5]")
+    ap.add_argument("--sample-s", type=positive_float, default=5.0, help="seconds between samples, and per latency window [5]")
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--out", default=str(RESULTS), help="report directory [bench/results]")
     ap.add_argument("--bootstrap", help="use this running broker instead of starting one")
@@ -639,8 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warden-ttl-s", type=float, default=300, help="its TTL, seconds [300]")
     ap.add_argument("--warden-ttls", type=float, default=2.0, help="TTLs of stream time it records [2]")
     args = ap.parse_args(argv)
-    if args.duration_s <= 0 or args.sample_s <= 0 or args.warmup_s < 0:
-        ap.error("--duration-s and --sample-s must be positive, --warmup-s not negative")
+    if args.warmup_s < 0:
+        ap.error("--warmup-s must not be negative")
     if problem := writable_dir(args.out):
         ap.error(problem)
     return asyncio.run(run(args))

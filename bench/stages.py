@@ -47,7 +47,6 @@ async def read_topic(settings: Settings, topic: str, since_ms: int | None) -> li
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        starts = {}
         if since_ms is not None:
             found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
             starts = {tp: (o.offset if o is not None else ends[tp]) for tp, o in found.items()}

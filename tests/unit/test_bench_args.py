@@ -57,8 +57,9 @@ def test_bench_run_and_soak_refuse_an_unwritable_out_at_start(tmp_path: Path, ca
         assert "cannot write reports to" in capsys.readouterr().err
 
 
-def test_soak_refuses_a_zero_rate_at_start(capsys) -> None:
+@pytest.mark.parametrize("argv", [["--rate", "0"], ["--duration-s", "0"], ["--sample-s", "-5"]])
+def test_soak_refuses_non_positive_values_at_start(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
-        soak.main(["--rate", "0"])
+        soak.main(argv)
     assert exit_.value.code == 2
     assert "must be greater than 0" in capsys.readouterr().err
