@@ -35,7 +35,7 @@ from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 from launcher.stack import wait_for_topics_cli
 from tables.faust_store import FaustStore
-from tables.ledger import Ledger
+from tables.ledger import LEDGER_TABLE, Ledger
 from tables.registrar import Registrar
 from tables.warden import Warden
 
@@ -101,7 +101,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     app.docket_log_format = settings.log_format
     # Raw bytes: FaustStore writes RocksDB and the changelog itself, and recovery
     # copies changelog bytes straight into RocksDB.
-    table = app.Table("ledger", partitions=settings.partitions, key_type=bytes, value_type=bytes,
+    table = app.Table(LEDGER_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes,
                       options=dict(LEDGER_ROCKSDB_OPTIONS))
     input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw", internal=False)
@@ -120,8 +120,22 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     ready = asyncio.Event()
     processed: dict[int, int] = {}  # partition -> next offset, this run only
 
+    changelog = table.changelog_topic.get_topic_name()
+
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs) -> None:
+        tableless = partitions_without_table(assigned, settings.input_topic, changelog)
+        if tableless:
+            # judged on an empty Ledger they would diverge from the other instances
+            # on every event: stop rather than judge them (create_changelog says how
+            # this came about)
+            problem = (f"this worker was assigned {settings.input_topic} partition(s) "
+                       f"{', '.join(map(str, tableless))} without {changelog}'s, so it has no Ledger to restore "
+                       f"for them; the group's leader does not see that topic (check it exists with "
+                       f"`docket topics list`, then restart every worker of instance {instance_id})")
+            log.error("%s", problem)
+            await app.crash(RuntimeError(problem))
+            return
         # Recovery may rewrite the table under the caches: start them afresh.
         registrar.clear()
         processed.clear()  # partitions may have moved: only what we process next counts
@@ -276,6 +290,17 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     return app
 
 
+def partitions_without_table(assigned, input_topic: str, changelog_topic: str) -> list[int]:
+    """The partitions of ``input_topic`` in ``assigned`` (TPs: a worker's whole
+    assignment) whose ``changelog_topic`` partition is not in it, in order. Faust's
+    assignor gives a worker the changelog partition of each input partition it owns
+    (the two topics are copartitioned), which the worker restores the Ledger from;
+    without it the worker would judge that partition's events on an empty Ledger
+    (ChangelogBeforeWorker)."""
+    tables = {tp.partition for tp in assigned if tp.topic == changelog_topic}
+    return sorted(tp.partition for tp in assigned if tp.topic == input_topic and tp.partition not in tables)
+
+
 def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> None:
     """Observe, ``n`` times, ``handed`` -> the last of ``futures`` done (one clock
     reading per batch; nothing waits on it)."""
@@ -335,7 +360,8 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     :class:`agents.worker.DocketWorker`): a warning when ``instance_id`` is not in
     DOCKET_INSTANCES; Kafka answers, the input topic, the instance's output topic and
     the status topic exist (waiting up to ``wait_s`` seconds for them first) and the input topic has
-    broker timestamps, else click.ClickException saying what to do; ``data_dir``
+    broker timestamps, else click.ClickException saying what to do; the Ledger's
+    changelog topic exists (:func:`create_changelog` creates it); ``data_dir``
     exists, is this worker's alone and holds no other domain's state, and the topics
     serve DOCKET_DOMAIN. Runs its checks in event loops of its own (asyncio.run)."""
     if instance_id not in settings.instances:
@@ -344,10 +370,32 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
     topics = [settings.input_topic, settings.output_topic(instance_id), settings.status_topic]
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
+    create_changelog(settings, instance_id)
     claim_data_dir(data_dir)
     # the topics first: a worker refused for them must not have marked the directory
     check_topics_domain(settings)
     claim_domain(data_dir, settings.domain)
+
+
+def create_changelog(settings: Settings, instance_id: str) -> None:
+    """Create the instance's Ledger changelog topic (app/topics.py changelog_spec) if
+    it does not exist, before the worker's consumer starts; raise click.ClickException
+    if it exists with another partition count or the broker refuses it.
+
+    Why not leave it to Faust, which declares it at start-up: its consumer may fetch
+    the topic metadata first, and aiokafka does not look for a topic it found missing
+    again until its metadata expires (metadata.max.age.ms, 5 min). A worker that leads
+    the group meanwhile assigns every rebalance without the changelog partitions
+    (Faust's assignor: "Ignoring missing topic"), so a worker that joins takes input
+    partitions with no table to restore and judges them on an empty Ledger: in
+    tests/integration/test_scale_out.py every copy of instance a after the first
+    join diverged (ChangelogBeforeWorker)."""
+    from app.topics import TopicError, changelog_spec, create_topics
+
+    try:
+        asyncio.run(create_topics(settings, specs=[changelog_spec(settings, instance_id)]))
+    except TopicError as exc:
+        raise click.ClickException(exc.message) from None
 
 
 def check_topics_domain(settings: Settings) -> None:

@@ -46,6 +46,9 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "wait_first"),
     (_driver.Consumer, "callback"),
     (_driver.Consumer, "_commit_offsets"),
+    (_driver.Consumer, "on_partitions_assigned"),
+    (_driver.Consumer, "flow_active"),
+    (_driver.Consumer, "_read_offset"),
     (_driver.Consumer, "_gap"),
     (_driver.Consumer, "_new_offset"),
     (_driver.Consumer, "wait_empty"),
@@ -158,6 +161,39 @@ class BatchConsumer(_driver.Consumer):
             await self._wait_for_ack(timeout=1)
         await self.commit_and_end_transactions()
 
+    def handing_over(self, generation: int) -> bool:
+        """True while the pieces of a fetch read in consumer-group generation
+        ``generation`` may still be handed over and move the read offset: the flow is on
+        and the generation is the same.
+
+        Both, because a rebalance shows in that order: Faust's revocation forgets the
+        partitions' read offsets and stops the flow at once, but the generation changes
+        only at the assignment, after the group's join. A read offset set after the
+        revocation (say 923, for a piece the agent never took) outlived the rebalance,
+        and the next generation's fetch from the committed offset (887) was cut to the
+        records at or above it: offsets 887..922 were never processed by that worker,
+        and their gap was acknowledged with the record at 923, so a commit could pass
+        them for good. Seen in tests/integration/test_scale_out.py under load: instance
+        b judged offset 923 on a state without 895..922, and every later event of the
+        entity it touched diverged (NoReadOffsetAcrossARebalance)."""
+        return self.flow_active and self.app.consumer_generation_id == generation
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        self.forget_read_offsets(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def forget_read_offsets(self, tps) -> None:
+        """Forget the read offsets of the batch topics' partitions among ``tps`` (at an
+        assignment): the only read offset a new assignment has is the one its seek to
+        the committed offsets sets. Faust resumes the partitions before that seek
+        (faust/tables/recovery.py, Recovery.on_recovery_completed), so a fetch may be
+        handed over first: without a read offset, from aiokafka's position, which a new
+        assignment starts at the committed offset; the seek then reads it again, and the
+        Warden answers the replay (NoReadOffsetAcrossARebalance)."""
+        for tp in tps:
+            if tp.topic in self.batch_topics:
+                self._read_offset.pop(tp, None)
+
     def cover(self, message: BatchMessage) -> None:
         """Mark the offsets a batch covers below its last record (from ``ack_from``,
         not below the committed offset) as a gap in Faust's commit bookkeeping, before
@@ -223,15 +259,14 @@ class BatchConsumer(_driver.Consumer):
                         # up to a batch's last record is that batch's to acknowledge.
                         ack_from = recs[0].offset if r_offset is None else r_offset
                         for piece in chunks(recs, batch_size):
-                            if not self.flow_active or self.app.consumer_generation_id != generation:
+                            if not self.handing_over(generation):
                                 break
                             message = BatchMessage(tp, piece, ack_from, generation)
                             self.cover(message)
                             await self.wait_first(callback(message), suspend())
-                            if self.app.consumer_generation_id != generation:
-                                # a rebalance came while it was handed over: the seek to
-                                # the committed offsets set the read offset; keep it (an
-                                # item of the old generation is never acknowledged)
+                            if not self.handing_over(generation):
+                                # a rebalance began while it was handed over: leave the
+                                # read offset to the rebalance (handing_over says why)
                                 break
                             ack_from = read_offset[tp] = message.offset + 1
                         continue

@@ -16,6 +16,7 @@ import click
 
 from app.kafka_admin import KafkaUnreachable, connect_admin
 from app.settings import Settings, load
+from tables.ledger import LEDGER_TABLE
 
 # Kafka protocol error codes (org.apache.kafka.common.protocol.Errors)
 _NONE = 0
@@ -148,14 +149,24 @@ async def check_broker_time(admin, topic: str) -> None:
         raise TopicError(problem)
 
 
-async def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicReport:
-    """Create docket's topics (Settings.all_topics()) that do not exist yet. Idempotent.
+def changelog_spec(settings: Settings, instance_id: str) -> TopicSpec:
+    """The changelog topic of instance ``instance_id``'s Ledger table,
+    ``<prefix>-<id>-ledger-changelog``, as Faust would declare it (compacted,
+    DOCKET_PARTITIONS partitions; agents/instance.py names the table)."""
+    return TopicSpec(f"{settings.app_id(instance_id)}-{LEDGER_TABLE}-changelog", settings.partitions,
+                     {"cleanup.policy": "compact"})
+
+
+async def create_topics(settings: Settings, timeout_s: float = 30.0,
+                        specs: list[TopicSpec] | None = None) -> TopicReport:
+    """Create docket's topics (``specs``; by default :func:`topic_specs`, the
+    Settings.all_topics()) that do not exist yet. Idempotent.
 
     Raises TopicError if a topic exists with a partition count other than
     DOCKET_PARTITIONS, if the input topic exists without LogAppendTime, or if the
     broker refuses a topic.
     """
-    specs = topic_specs(settings)
+    specs = topic_specs(settings) if specs is None else specs
     admin = await _admin(settings.kafka_bootstrap, timeout_s, settings)
     try:
         from aiokafka.admin import NewTopic

@@ -21,6 +21,11 @@ from tables.store import Store
 
 ENTITY_PREFIX = b"e\x00"
 
+# The name of that Faust table; its changelog is <prefix>-<id>-ledger-changelog
+# (app/topics.py changelog_spec, created before the worker starts:
+# agents/instance.py create_changelog).
+LEDGER_TABLE = "ledger"
+
 
 @dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
 class EntityRecord:

@@ -123,6 +123,43 @@ async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(do
         await create_topics(wrong)
 
 
+def test_an_instance_creates_its_ledger_changelog_before_it_starts(docket_settings) -> None:
+    """ChangelogBeforeWorker: an instance worker's start-up creates its Ledger changelog
+    topic (compacted, DOCKET_PARTITIONS partitions) before its Faust consumer exists,
+    and doing it again changes nothing; one with another partition count stops the
+    start with a message that says what to do."""
+    import asyncio
+    import dataclasses
+
+    import click
+
+    from agents.instance import create_changelog
+    from app.topics import changelog_spec
+
+    name = changelog_spec(docket_settings, "a").name
+    create_changelog(docket_settings, "a")
+    create_changelog(docket_settings, "a")
+
+    async def shape():
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        admin = await connect_admin(docket_settings.kafka_bootstrap)
+        try:
+            counts = await partition_counts(admin, [name])
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None})])
+            policy = {e[0]: e[1] for r in response.resources for e in r[4]}["cleanup.policy"]
+            return counts, policy
+        finally:
+            await admin.close()
+
+    counts, policy = asyncio.run(shape())
+    assert counts == {name: docket_settings.partitions} and policy == "compact"
+    wrong = dataclasses.replace(docket_settings, partitions=docket_settings.partitions + 1)
+    with pytest.raises(click.ClickException, match="disagree with DOCKET_PARTITIONS"):
+        create_changelog(wrong, "a")
+
+
 async def test_broker_restart_keeps_data(kafka_broker, docket_settings) -> None:
     """stop_broker then start_broker on the same directory: the chaos harness relies on it.
     BrokerRestarted (the broker's share: what it acknowledged survives the restart)."""

@@ -47,13 +47,16 @@ def record(tp: TP, offset: int) -> ConsumerRecord:
     return ConsumerRecord(tp.topic, tp.partition, offset, 1_000 + offset, 1, b"k", b"v", None, 1, 1, [])
 
 
-async def drain(consumer, fetches: list[dict]) -> list:
+async def drain(consumer, fetches: list[dict], on_item=None) -> list:
     """Feed ``fetches`` (each {tp: records}, as aiokafka's getmany returns them) to the
-    consumer's drain loop; returns the stream items it handed on, in order."""
+    consumer's drain loop; returns the stream items it handed on, in order.
+    ``on_item(message)``: called as each item is handed over (e.g. a rebalance then)."""
     delivered = []
 
     async def callback(message) -> None:
         delivered.append(message)
+        if on_item is not None:
+            on_item(message)
 
     class Fetcher:
         _stopped = asyncio.Event()
@@ -221,6 +224,61 @@ FAUST_DRAIN_LOOP_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735
 # Faust's Consumer._new_offset: BatchConsumer.cover relies on how it takes a gap below
 # the highest acknowledged offset as acknowledged
 FAUST_NEW_OFFSET_SHA256 = "1d2c7ea89a7ad4f1a216c1d51936e569162cd66bd56f889e13fd29c910b58eb0"
+
+
+def revoke(consumer, tps) -> None:
+    """What Faust's revocation does to the consumer's bookkeeping before anything else
+    (faust/transport/consumer.py, Consumer.on_partitions_revoked, then
+    App._on_partitions_revoked: consumer.stop_flow())."""
+    for tp in tps:
+        for book in (consumer._gap, consumer._acked, consumer._acked_index, consumer._read_offset,
+                     consumer._committed_offset):
+            book.pop(tp, None)
+    consumer.stop_flow()
+
+
+async def test_a_revocation_while_an_item_is_handed_over_leaves_no_read_offset_behind(app, settings) -> None:
+    """NoReadOffsetAcrossARebalance: a rebalance that revokes the partition while a
+    piece of its fetch is being handed over (the agent's queue full, the producer
+    busy) stops the hand-over, and the read offset Faust's revocation forgot is not set
+    again by the piece: it would outlive the rebalance (the generation changes only at
+    the assignment) and cut the next generation's fetch from the committed offset."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 3)
+    consumer._read_offset[tp] = 895
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(895, 923)]}],
+                        on_item=lambda message: revoke(consumer, [tp]))
+    assert [(m.records[0].offset, m.offset) for m in items] == [(895, 898)]  # no piece after the revocation
+    assert consumer._read_offset.get(tp) is None
+
+
+async def test_a_new_assignment_reads_a_batch_topic_from_the_committed_offset_not_a_stale_read_offset(
+        app, settings, monkeypatch) -> None:
+    """NoReadOffsetAcrossARebalance, ResumeAtCommittedOffset: at an assignment the
+    batch topics' read offsets are forgotten (a changelog's is Faust's, kept), so a
+    fetch handed over before the seek to the committed offsets (Faust resumes the
+    partitions first) is handed over whole, from aiokafka's position, the committed
+    offset; its acknowledgement commits exactly what was read. With the stale read
+    offset 923 the fetch 887..923 was cut to the record at 923, and the commit passed
+    887..922 unread."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 3)
+    changelog = TP(settings.app_id("a") + "-ledger-changelog", 3)
+    consumer._read_offset[tp] = 923  # set by an item of the previous generation
+    consumer._read_offset[changelog] = 40
+
+    async def app_assigned(assigned, generation_id) -> None:  # the app's part: tables, recovery
+        return None
+
+    monkeypatch.setattr(consumer, "_on_partitions_assigned", app_assigned)
+    await consumer.on_partitions_assigned({tp, changelog}, 2)
+    assert consumer._read_offset.get(tp) is None
+    assert consumer._read_offset[changelog] == 40
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(887, 924)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(887, 924))
+    for m in items:
+        compiled_ack(consumer, m)
+    assert consumer._new_offset(tp) == 924
 
 
 def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app) -> None:

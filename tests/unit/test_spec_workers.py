@@ -701,6 +701,54 @@ def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkey
     assert len(set(owner.values())) == 3
 
 
+async def test_an_instance_assigned_input_without_its_ledger_changelog_stops(settings, tmp_path, monkeypatch,
+                                                                             caplog) -> None:
+    """AssignmentWithoutLedgerStopsWorker, ChangelogBeforeWorker: Faust's assignor gives
+    an instance worker the Ledger changelog partition of every input partition it owns
+    (copartitioned), and then the worker goes on; when the group's leader does not see
+    the changelog topic (it fetched metadata before the topic existed), it assigns the
+    input partitions alone, and the worker stops with an ERROR naming them and what to
+    do instead of judging them on an empty Ledger."""
+    from faust.types import TP
+
+    class Cluster:
+        def __init__(self, topics):
+            self.partitions = {t: set(range(settings.partitions)) for t in topics}
+
+        def partitions_for_topic(self, topic):
+            return self.partitions.get(topic)
+
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+    changelog = app.tables["ledger"].changelog_topic.get_topic_name()
+    topics = {settings.input_topic, changelog}
+    members = {f"a-{i}": app.assignor.metadata(topics) for i in range(2)}
+
+    def worker_assignment(cluster) -> set:
+        assignment = app.assignor.assign(cluster, members)
+        return {TP(t, p) for t, ps in assignment["a-1"].assignment for p in ps}
+
+    whole = worker_assignment(Cluster(topics))
+    owned = sorted(tp.partition for tp in whole if tp.topic == settings.input_topic)
+    assert owned and instance_mod.partitions_without_table(whole, settings.input_topic, changelog) == []
+    blind = worker_assignment(Cluster({settings.input_topic}))  # the leader's metadata lacks the changelog
+    assert instance_mod.partitions_without_table(blind, settings.input_topic, changelog) == owned
+
+    crashed = []
+
+    async def crash(exc) -> None:
+        crashed.append(exc)
+
+    monkeypatch.setattr(app, "crash", crash)
+    await app.on_partitions_assigned.send(assigned=whole)
+    assert crashed == []
+    with caplog.at_level(logging.ERROR, logger="docket.instance"):
+        await app.on_partitions_assigned.send(assigned=blind)
+    assert len(crashed) == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"partition(s) {', '.join(map(str, owned))} without {changelog}'s" in line
+    assert "restart every worker of instance a" in line
+
+
 # --------------------------------------------------------------------------- topics and start-up
 
 
@@ -721,6 +769,20 @@ def test_topic_definitions(settings) -> None:
     assert specs[settings.status_topic].configs["cleanup.policy"] == "compact"
     for name in (settings.results_topic, settings.divergences_topic):
         assert "cleanup.policy" not in specs[name].configs
+
+
+def test_the_changelog_an_instance_creates_is_the_one_its_table_writes(settings, tmp_path) -> None:
+    """ChangelogBeforeWorker: the topic an instance worker creates before it starts
+    (app/topics.py changelog_spec) is its Ledger table's changelog as Faust names it,
+    with the table's partition count, compacted like the changelog Faust declares."""
+    from app.topics import changelog_spec
+
+    for instance in ("a", "b"):
+        table = instance_mod.build(settings, instance, tmp_path / instance).tables["ledger"]
+        spec = changelog_spec(settings, instance)
+        assert spec.name == table.changelog_topic.get_topic_name() == f"spec-{instance}-ledger-changelog"
+        assert spec.partitions == table.partitions == PARTITIONS
+        assert table.changelog_topic.compacting and spec.configs == {"cleanup.policy": "compact"}
 
 
 class FakeAdmin:
