@@ -49,6 +49,8 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "on_partitions_assigned"),
     (_driver.Consumer, "flow_active"),
     (_driver.Consumer, "_read_offset"),
+    (_driver.Consumer, "on_partitions_revoked"),
+    (_driver.Consumer, "seek"),
     (_driver.Consumer, "_gap"),
     (_driver.Consumer, "_new_offset"),
     (_driver.Consumer, "wait_empty"),
@@ -58,6 +60,13 @@ FAUST_INTERNALS = (
     (_driver.Transport, "Consumer"),
     (ConsumerMessage, "on_final_ack"),
 )
+
+
+# BatchConsumer._starts: a partition between a revocation or an assignment and the seek
+# to the committed offsets that follows it; and (never stored) one whose hand-overs since
+# that seek started where it put the partition
+UNSOUGHT = object()
+HANDED_OVER = object()
 
 
 class BatchMessage(ConsumerMessage):
@@ -178,21 +187,99 @@ class BatchConsumer(_driver.Consumer):
         entity it touched diverged (NoReadOffsetAcrossARebalance)."""
         return self.flow_active and self.app.consumer_generation_id == generation
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # batch-topic partition -> where its next hand-over must start: the offset the
+        # latest seek to the committed offsets put it at (None: there was none, nothing
+        # to check), UNSOUGHT from a revocation or an assignment until that seek; absent
+        # once a hand-over started where it should (StartWhereSought)
+        self._starts: dict = {}
+        # partitions this consumer sought back to their start, whose next fetch is read
+        # from there: a first record after the start is then a gap with no record for
+        # this consumer (transaction markers, aborted records)
+        self._resought: set = set()
+        self._assigned = False  # between an assignment and the next revocation
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._assigned = False
+        self.unsought(revoked)
+        await super().on_partitions_revoked(revoked)
+
     async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
         self.forget_read_offsets(assigned)
+        self._assigned = True
         await super().on_partitions_assigned(assigned, generation_id)
 
     def forget_read_offsets(self, tps) -> None:
         """Forget the read offsets of the batch topics' partitions among ``tps`` (at an
         assignment): the only read offset a new assignment has is the one its seek to
-        the committed offsets sets. Faust resumes the partitions before that seek
-        (faust/tables/recovery.py, Recovery.on_recovery_completed), so a fetch may be
-        handed over first: without a read offset, from aiokafka's position, which a new
-        assignment starts at the committed offset; the seek then reads it again, and the
-        Warden answers the replay (NoReadOffsetAcrossARebalance)."""
+        the committed offsets sets, and until that seek nothing of them is handed over
+        (:meth:`unsought`; NoReadOffsetAcrossARebalance)."""
         for tp in tps:
             if tp.topic in self.batch_topics:
                 self._read_offset.pop(tp, None)
+        self.unsought(tps)
+
+    def unsought(self, tps) -> None:
+        """Hand over nothing of the batch topics' partitions among ``tps`` until the
+        next seek to the committed offsets (a revocation or an assignment: what is
+        fetched meanwhile comes from a position the seek will move; Faust resumes the
+        partitions before it, faust/tables/recovery.py Recovery.on_recovery_completed)."""
+        for tp in tps:
+            if tp.topic in self.batch_topics:
+                self._starts[tp] = UNSOUGHT
+                self._resought.discard(tp)
+
+    async def perform_seek(self) -> None:
+        assigned, generation = self._assigned, self.app.consumer_generation_id
+        await super().perform_seek()
+        if assigned and self._assigned and generation == self.app.consumer_generation_id:
+            # not a seek of a revoked assignment (Faust's drain loop seeks whatever is
+            # assigned whenever the flow is off, a rebalance's revocation included)
+            self.sought([tp for tp in list(self._read_offset) if tp.topic in self.batch_topics])
+
+    def sought(self, tps) -> None:
+        """The seek to the committed offsets has put ``tps`` at their read offsets: the
+        next hand-over of each must start there (:meth:`starts_where_sought`)."""
+        for tp in tps:
+            self._starts[tp] = self._read_offset.get(tp)
+            self._resought.discard(tp)
+
+    async def starts_where_sought(self, tp, first: int) -> bool:
+        """May a fetch of batch-topic partition ``tp`` whose first record (at or after
+        the read offset) is at ``first`` be handed over? Yes once a hand-over since the
+        latest seek started where the seek put the partition; no before that seek
+        (:meth:`unsought`); for the first fetch after it, yes if it starts there (or
+        the seek found no committed offset, or this consumer sought back to it and this
+        is what was read from there). Otherwise the records came from another position:
+        the partition is sought back to its start and they are dropped, to be read
+        again from there.
+
+        Why: under load on a real broker (tests/integration/test_scale_out.py) the
+        first fetch after a rebalance's seek to the committed offset 939 began at 1069,
+        the end of the partition then. Handed over, offsets 939..1068 would have counted
+        as holding no record for this consumer: worker a1 judged 1069 on a state without
+        1041..1068, and the commit passed them (StartWhereSought)."""
+        start = self._starts.get(tp, HANDED_OVER)
+        if start is HANDED_OVER:
+            return True
+        if start is UNSOUGHT:
+            return False
+        if start is None or first == start or tp in self._resought:
+            del self._starts[tp]
+            self._resought.discard(tp)
+            return True
+        log.info("%s[%d]: the first fetch after the seek to offset %d starts at %d; seeking back to %d",
+                 tp.topic, tp.partition, start, first, start)
+        try:
+            await self.seek(tp, start)
+        except Exception as exc:  # noqa: BLE001  revoked meanwhile: the next assignment seeks again
+            log.info("%s[%d]: could not seek back to %d (%r); waiting for the next seek", tp.topic, tp.partition,
+                     start, exc)
+            self._starts[tp] = UNSOUGHT
+            return False
+        self._resought.add(tp)
+        return False
 
     def cover(self, message: BatchMessage) -> None:
         """Mark the offsets a batch covers below its last record (from ``ack_from``,
@@ -253,6 +340,8 @@ class BatchConsumer(_driver.Consumer):
                         if not recs:
                             continue
                     if tp.topic in batch_topics:
+                        if not await self.starts_where_sought(tp, recs[0].offset):
+                            continue
                         # For a batch topic the read offset is always the next offset
                         # to read, as Faust's seek leaves it (Faust's per-record path
                         # keeps the last offset delivered instead); everything from it

@@ -252,33 +252,113 @@ async def test_a_revocation_while_an_item_is_handed_over_leaves_no_read_offset_b
     assert consumer._read_offset.get(tp) is None
 
 
-async def test_a_new_assignment_reads_a_batch_topic_from_the_committed_offset_not_a_stale_read_offset(
+def seeks(consumer, monkeypatch) -> list:
+    """Record the consumer's seeks (partition, offset) and do what Faust's seek does to
+    its bookkeeping (the read offset), without a broker."""
+    done = []
+
+    async def seek(tp, offset) -> None:
+        done.append((tp, offset))
+        consumer._read_offset[tp] = offset if offset else None
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    return done
+
+
+async def assign(consumer, monkeypatch, tps, generation: int) -> None:
+    """The consumer's part of an assignment (the app's part: tables, recovery, left out)."""
+    async def app_assigned(assigned, generation_id) -> None:
+        return None
+
+    monkeypatch.setattr(consumer, "_on_partitions_assigned", app_assigned)
+    await consumer.on_partitions_assigned(set(tps), generation)
+
+
+async def test_after_an_assignment_a_batch_topic_is_read_from_where_its_seek_put_it(
         app, settings, monkeypatch) -> None:
-    """NoReadOffsetAcrossARebalance, ResumeAtCommittedOffset: at an assignment the
-    batch topics' read offsets are forgotten (a changelog's is Faust's, kept), so a
-    fetch handed over before the seek to the committed offsets (Faust resumes the
-    partitions first) is handed over whole, from aiokafka's position, the committed
-    offset; its acknowledgement commits exactly what was read. With the stale read
-    offset 923 the fetch 887..923 was cut to the record at 923, and the commit passed
-    887..922 unread."""
+    """NoReadOffsetAcrossARebalance, StartWhereSought, ResumeAtCommittedOffset: at an
+    assignment the batch topics' read offsets are forgotten (a changelog's is Faust's,
+    kept) and nothing of them is handed over until the seek to the committed offsets; the
+    first fetch after the seek is handed over only if it starts where the seek put the
+    partition, else the partition is sought back there and the fetch dropped. With a
+    stale read offset (923) or a fetch from another position (1069), offsets 887..922
+    would have been acknowledged unread."""
     consumer = app.consumer
     tp = TP(settings.input_topic, 3)
     changelog = TP(settings.app_id("a") + "-ledger-changelog", 3)
     consumer._read_offset[tp] = 923  # set by an item of the previous generation
     consumer._read_offset[changelog] = 40
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp, changelog}, 2)
+    assert consumer._read_offset.get(tp) is None and consumer._read_offset[changelog] == 40
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(887, 924)]}]) == []  # before the seek
 
-    async def app_assigned(assigned, generation_id) -> None:  # the app's part: tables, recovery
-        return None
-
-    monkeypatch.setattr(consumer, "_on_partitions_assigned", app_assigned)
-    await consumer.on_partitions_assigned({tp, changelog}, 2)
-    assert consumer._read_offset.get(tp) is None
-    assert consumer._read_offset[changelog] == 40
-    items = await drain(consumer, [{tp: [record(tp, o) for o in range(887, 924)]}])
-    assert [r.offset for m in items for r in m.records] == list(range(887, 924))
+    consumer._read_offset[tp] = 887  # what Faust's perform_seek sets: the committed offset
+    consumer.sought([tp])
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(923, 930)]}]) == []
+    assert done == [(tp, 887)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(887, 924)]},
+                                   {tp: [record(tp, o) for o in range(924, 926)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(887, 926))
     for m in items:
         compiled_ack(consumer, m)
-    assert consumer._new_offset(tp) == 924
+    assert consumer._new_offset(tp) == 926
+    assert done == [(tp, 887)]  # once a hand-over started there, fetches are not checked
+
+
+async def test_a_gap_read_from_the_sought_start_holds_no_record_and_is_acknowledged(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought, OneAcknowledgementPerItem: when the fetch read from the start
+    the partition was sought back to begins later (the offsets between hold transaction
+    markers or aborted records), it is handed over and its acknowledgement passes the
+    gap; after a seek that found no committed offset, the first fetch is taken as it
+    is."""
+    consumer = app.consumer
+    tp, fresh = TP(settings.input_topic, 1), TP(settings.input_topic, 2)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp, fresh}, 5)
+    consumer._read_offset[tp] = 10
+    consumer.sought([tp, fresh])  # fresh: no committed offset, read offset None
+    assert await drain(consumer, [{tp: [record(tp, 12), record(tp, 13)]}]) == []
+    assert done == [(tp, 10)]
+    [item] = await drain(consumer, [{tp: [record(tp, 12), record(tp, 13)]}])  # read from 10: 10, 11 hold none
+    assert (item.ack_from, item.offset) == (10, 13)
+    compiled_ack(consumer, item)
+    assert consumer._new_offset(tp) == 14
+    [first] = await drain(consumer, [{fresh: [record(fresh, 5)]}])
+    assert first.records[0].offset == 5 and done == [(tp, 10)]
+
+
+async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, monkeypatch) -> None:
+    """NoReadOffsetAcrossARebalance, StartWhereSought: from a revocation on, nothing of
+    a revoked batch-topic partition is handed over, even with the flow on (Faust's
+    recovery of an earlier assignment may resume it), until the seek that follows the
+    next assignment."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 1)
+    consumer._read_offset[tp] = 100
+    consumer.sought([tp])
+    assert len(await drain(consumer, [{tp: [record(tp, 100)]}])) == 1
+
+    async def app_revoked(revoked) -> None:
+        return None
+
+    monkeypatch.setattr(consumer, "_on_partitions_revoked", app_revoked)
+    await consumer.on_partitions_revoked({tp})
+    assert consumer.flow_active  # nothing stopped the flow here
+    assert await drain(consumer, [{tp: [record(tp, 101)]}]) == []
+
+    async def seek_to_committed():  # Faust's perform_seek asks aiokafka for this
+        return {tp: 101}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    await consumer.perform_seek()  # Faust's drain loop seeks whatever is assigned while the flow is off
+    assert await drain(consumer, [{tp: [record(tp, 101)]}]) == []  # a seek of the revoked assignment
+    await assign(consumer, monkeypatch, {tp}, 2)
+    await consumer.perform_seek()
+    assert [m.offset for m in await drain(consumer, [{tp: [record(tp, 101)]}])] == [101]
 
 
 def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app) -> None:
