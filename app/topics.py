@@ -157,6 +157,23 @@ def changelog_spec(settings: Settings, instance_id: str) -> TopicSpec:
                      {"cleanup.policy": "compact"})
 
 
+# How long a topic another client has just created may take to show in the metadata the
+# broker answers with (seconds); two workers of one instance starting together both
+# create its changelog, and the loser's describe came back without it.
+SETTLE_S = 10.0
+
+
+async def _settled_partition_count(admin, name: str) -> int | None:
+    """The partition count of ``name``, which the broker says exists, once its metadata
+    shows it (polled every 0.1 s for up to SETTLE_S seconds); None if it never does."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_S
+    while True:
+        count = (await partition_counts(admin, [name])).get(name)
+        if count is not None or asyncio.get_running_loop().time() >= deadline:
+            return count
+        await asyncio.sleep(0.1)
+
+
 async def create_topics(settings: Settings, timeout_s: float = 30.0,
                         specs: list[TopicSpec] | None = None) -> TopicReport:
     """Create docket's topics (``specs``; by default :func:`topic_specs`, the
@@ -207,7 +224,7 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0,
                     report.created.append(name)
                 elif code == _TOPIC_ALREADY_EXISTS:  # created concurrently by someone else
                     report.existing.append(name)
-                    count = (await partition_counts(admin, [name])).get(name)
+                    count = await _settled_partition_count(admin, name)
                     if count != settings.partitions:
                         failures.append(f"{name} was created meanwhile by someone else, with {count} partitions")
                 else:
