@@ -198,6 +198,10 @@ class BatchConsumer(_driver.Consumer):
         # from there: a first record after the start is then a gap with no record for
         # this consumer (transaction markers, aborted records)
         self._resought: set = set()
+        # partition -> the lowest offset of what was fetched and dropped while it was
+        # unsought: where to read from when the seek finds no committed offset (the
+        # seek leaves the position alone then, past what was dropped)
+        self._dropped_from: dict = {}
         self._assigned = False  # between an assignment and the next revocation
 
     async def on_partitions_revoked(self, revoked) -> None:
@@ -229,6 +233,7 @@ class BatchConsumer(_driver.Consumer):
             if tp.topic in self.batch_topics:
                 self._starts[tp] = UNSOUGHT
                 self._resought.discard(tp)
+                self._dropped_from.pop(tp, None)
 
     async def perform_seek(self) -> None:
         assigned, generation = self._assigned, self.app.consumer_generation_id
@@ -240,9 +245,14 @@ class BatchConsumer(_driver.Consumer):
 
     def sought(self, tps) -> None:
         """The seek to the committed offsets has put ``tps`` at their read offsets: the
-        next hand-over of each must start there (:meth:`starts_where_sought`)."""
+        next hand-over of each must start there (:meth:`starts_where_sought`). A
+        partition without a committed offset is not moved by the seek: it must start
+        at the first offset fetched and dropped before it, if any was (else at
+        whatever is fetched first)."""
         for tp in tps:
-            self._starts[tp] = self._read_offset.get(tp)
+            dropped_from = self._dropped_from.pop(tp, None)
+            start = self._read_offset.get(tp)
+            self._starts[tp] = dropped_from if start is None else start
             self._resought.discard(tp)
 
     async def starts_where_sought(self, tp, first: int) -> bool:
@@ -264,6 +274,7 @@ class BatchConsumer(_driver.Consumer):
         if start is HANDED_OVER:
             return True
         if start is UNSOUGHT:
+            self._dropped_from[tp] = min(first, self._dropped_from.get(tp, first))
             return False
         if start is None or first == start or tp in self._resought:
             del self._starts[tp]

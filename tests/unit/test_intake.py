@@ -329,6 +329,25 @@ async def test_a_gap_read_from_the_sought_start_holds_no_record_and_is_acknowled
     assert first.records[0].offset == 5 and done == [(tp, 10)]
 
 
+async def test_without_a_committed_offset_what_was_dropped_before_the_seek_is_read_again(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: a partition whose group has no committed offset yet (a worker
+    killed before its first commit) is not moved by the seek to the committed offsets,
+    so the records fetched and dropped before that seek are read again: the partition is
+    sought back to the first of them. Taking the next fetch as it came skipped 545..1226
+    of a restarted instance on a real broker (fresh-clone CI of 1a98312)."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 3)
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(0, 4)]}]) == []  # before the seek
+    consumer.sought([tp])  # the seek found no committed offset: read offset None
+    assert await drain(consumer, [{tp: [record(tp, 4), record(tp, 5)]}]) == []
+    assert done == [(tp, 0)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(0, 6)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(0, 6))
+
+
 async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, monkeypatch) -> None:
     """NoReadOffsetAcrossARebalance, StartWhereSought: from a revocation on, nothing of
     a revoked batch-topic partition is handed over, even with the flow on (Faust's
