@@ -309,11 +309,13 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 if not core.known(p):
                     try:
                         began = time.monotonic()
-                        await producers.claim(p)  # fences the previous owner: before the seed
+                        # fences the previous owner: before the seed
+                        await producers.claim(p, lane_plan())
                         claimed_s = time.monotonic() - began
                         await tail.seed(core, p)
-                        log.info("claimed partition %d at %s[%d]@%d in %.0f ms (seed read in %.0f ms)", p, msg.topic,
-                                 p, msg.offset, claimed_s * 1000, (time.monotonic() - began - claimed_s) * 1000)
+                        log.info("claimed partition %d (transactional id %s) at %s[%d]@%d in %.0f ms (seed read in "
+                                 "%.0f ms)", p, producers.transactional_id(producers.lane(p)), msg.topic, p,
+                                 msg.offset, claimed_s * 1000, (time.monotonic() - began - claimed_s) * 1000)
                     except PartitionLost:
                         pass
                     if not producers.owns(p):  # revoked meanwhile
@@ -376,6 +378,29 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             finally:
                 in_progress[0] = None  # finished, held or skipped
 
+    plan: list[frozenset[int] | None] = [None]  # lane_plan() of the current assignment
+
+    def lane_plan() -> frozenset[int]:
+        """whole_assignment() as it was at the assignment's first claim: every claim of
+        one assignment takes the same kind of lane, or a whole claim would fence a
+        partition's own lane claimed before it."""
+        if plan[0] is None:
+            plan[0] = whole_assignment()
+        return plan[0]
+
+    def whole_assignment() -> frozenset[int]:
+        """Every partition of the Clerk's topics when this worker's assignment holds all
+        of them (its claims then publish on one lane: PartitionProducers), else empty.
+        The partition counts are those the group's assignment was made from."""
+        assigned = app.consumer.assignment()
+        every: set[int] = set()
+        for topic in instance_of:
+            count = app.consumer.topic_partitions(topic)
+            if not count or {tp.partition for tp in assigned if tp.topic == topic} != set(range(count)):
+                return frozenset()
+            every.update(range(count))
+        return frozenset(every)
+
     def _finisher(p: int, finals: list[int], event):
         def finish() -> None:
             for offset in finals:
@@ -409,6 +434,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
         # A partition may come back after another worker has published for it:
         # forget it, so it is claimed and seeded from the results topic again.
         partitions = {tp.partition for tp in revoked}
+        plan[0] = None  # the next assignment's first claim plans its lanes
         # what is queued for them is published first (the agent takes no item while the
         # group rebalances), so their copies need not be read again by the next owner
         await publisher.settle(partitions)
@@ -428,7 +454,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
 
     app.docket = {"core": core, "metrics": metrics, "first_read": first_read, "acks": acks, "producers": producers,
                   "publisher": publisher,
-                  "fenced": fenced, "revoked": _revoked}
+                  "fenced": fenced, "revoked": _revoked, "lane_plan": lane_plan}
     return app
 
 

@@ -82,6 +82,17 @@ def claimed(capp, producer, *partitions: int):
     return producer
 
 
+def claimed_whole(capp, producer, *partitions: int):
+    """As :func:`claimed`, for a worker whose assignment holds every partition: all of
+    ``partitions`` publish on one lane, ``producer`` (clerk_publish.WHOLE)."""
+    from agents.clerk_publish import WHOLE
+
+    claimed(capp, producer, *partitions)
+    for p in partitions:
+        capp.docket["producers"]._lanes[p] = WHOLE
+    return producer
+
+
 def putter(capp, ctx, p: int, *, settle: bool = True):
     """``put(topic, value)`` for the Clerk agent's test context: the record arrives on
     ``topic``, partition ``p``; with ``settle``, returns once the transaction publishing
@@ -661,9 +672,169 @@ async def test_a_claim_overtaken_by_a_revocation_is_given_up(settings, monkeypat
     proceed.set()
     with pytest.raises(clerk_publish.PartitionLost):
         await claim
-    assert not producers.owns(5) and len(stopped) == 1
+    app_id = settings.app_id("clerk")
+    # the partition's producer, and the one that fenced the whole lane's id (stopped anyway)
+    assert not producers.owns(5)
+    assert sorted(p.config["transactional_id"] for p in stopped) == [f"{app_id}-p5", f"{app_id}-whole"]
     await producers.claim(5)  # claimed afresh once assigned again
-    assert producers.owns(5) and producers.get(5).config["transactional_id"] == f"{settings.app_id('clerk')}-p5"
+    assert producers.owns(5) and producers.get(5).config["transactional_id"] == f"{app_id}-p5"
+
+
+class StartedProducer:
+    """Stands in for aiokafka's producer in PartitionProducers: records each start and
+    stop by transactional id in ``log``."""
+
+    log: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, **config) -> None:
+        self.config = config
+
+    async def start(self) -> None:
+        self.log.append(("start", self.config["transactional_id"]))
+
+    async def stop(self) -> None:
+        self.log.append(("stop", self.config["transactional_id"]))
+
+
+async def test_a_whole_claim_publishes_every_partition_on_one_id_and_fences_each_partitions_id(
+        settings, monkeypatch) -> None:
+    """ClerkPublishesOneTransactionPerCycle, ClerkClaimsPartitionBeforeSeed: a worker
+    whose assignment holds every partition claims them on one transactional id,
+    <app id>-whole; its first claim starts that producer and fences (starts and stops)
+    the id of every partition, which a previous owner of any of them may have
+    published on; later claims of the assignment share the producer and start nothing.
+    It is stopped once, when the last of its partitions is released."""
+    from agents import clerk_publish
+
+    monkeypatch.setattr(StartedProducer, "log", [])
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", StartedProducer)
+    producers = clerk_publish.PartitionProducers(settings)
+    app_id = settings.app_id("clerk")
+    every = frozenset(range(3))
+    await producers.claim(1, every)
+    assert sorted(StartedProducer.log) == sorted(
+        [("start", f"{app_id}-whole")] + [(e, f"{app_id}-p{p}") for p in range(3) for e in ("start", "stop")])
+    StartedProducer.log.clear()
+    await producers.claim(0, every)
+    await producers.claim(2, every)
+    assert StartedProducer.log == []
+    assert producers.get(0) is producers.get(1) is producers.get(2)
+    assert {producers.lane(p) for p in range(3)} == {clerk_publish.WHOLE}
+    assert producers.partitions_of(clerk_publish.WHOLE) == [0, 1, 2]
+    await producers.release({0, 1})
+    assert StartedProducer.log == [] and producers.owns(2)
+    await producers.release({2})
+    assert StartedProducer.log == [("stop", f"{app_id}-whole")]
+
+
+async def test_a_partial_claim_publishes_on_the_partitions_id_and_fences_the_whole_id_once(
+        settings, monkeypatch) -> None:
+    """ClerkClaimsPartitionBeforeSeed: a worker that holds some of the partitions
+    claims each on its own id, <app id>-p<partition>; the first claim of an assignment
+    also fences the whole id, which a previous owner of every partition may have
+    published on, and the next assignment's first claim fences it again."""
+    from agents import clerk_publish
+
+    monkeypatch.setattr(StartedProducer, "log", [])
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", StartedProducer)
+    producers = clerk_publish.PartitionProducers(settings)
+    app_id = settings.app_id("clerk")
+    await producers.claim(1)
+    await producers.claim(2)
+    assert StartedProducer.log == [("start", f"{app_id}-p1"), ("start", f"{app_id}-whole"),
+                                   ("stop", f"{app_id}-whole"), ("start", f"{app_id}-p2")]
+    assert producers.get(1) is not producers.get(2) and producers.lane(2) == 2
+    await producers.release({1, 2})
+    StartedProducer.log.clear()
+    await producers.claim(1)
+    assert ("start", f"{app_id}-whole") in StartedProducer.log
+
+
+async def test_the_lanes_are_planned_once_per_assignment_from_its_partitions(settings, tmp_path, monkeypatch) -> None:
+    """ClerkClaimsPartitionBeforeSeed: a worker takes the whole lane when its assignment
+    holds every partition of every output topic (by the partition counts the
+    assignment was made from), else a lane per partition; the plan made at an
+    assignment's first claim holds for every claim of it (a whole claim after a
+    partition's own would fence that partition's producer), and is made afresh after
+    a revocation."""
+    from faust.types import TP
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    plan = capp.docket["lane_plan"]
+    outputs = [settings.output_topic(i) for i in settings.instances]
+    assigned = {TP(t, p) for t in outputs for p in range(PARTITIONS)}
+    counts = {t: PARTITIONS for t in outputs}
+    monkeypatch.setattr(type(capp.consumer), "assignment", lambda self: set(assigned))
+    monkeypatch.setattr(type(capp.consumer), "topic_partitions", lambda self, topic: counts.get(topic))
+    assert plan() == frozenset(range(PARTITIONS))
+    assigned.discard(TP(outputs[1], 2))
+    assert plan() == frozenset(range(PARTITIONS))  # the assignment's plan holds
+    await capp.on_partitions_revoked.send(revoked=set())
+    assert plan() == frozenset()  # partition 2 of one output topic is elsewhere
+    await capp.on_partitions_revoked.send(revoked=set())
+    assigned.add(TP(outputs[1], 2))
+    counts[outputs[0]] = None  # its partition count not known: no whole lane
+    assert plan() == frozenset()
+
+
+async def test_a_whole_lane_publishes_its_partitions_in_one_transaction(settings, tmp_path) -> None:
+    """ClerkPublishesOneTransactionPerCycle, ClerkPublishesItemAtomically: on a worker
+    holding every partition, the decisions of several partitions queued while a
+    transaction commits go out in ONE next transaction, each partition's results to
+    its own partition of the results topic, and each partition's copies are
+    acknowledged once it has committed."""
+    gate = asyncio.Event()
+
+    class SlowCommit(RecordingProducer):
+        async def commit_transaction(self) -> None:
+            await gate.wait()
+            await super().commit_transaction()
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    publisher = capp.docket["publisher"]
+    producer = claimed_whole(capp, SlowCommit(), 1, 2)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        events = []
+        for p, offsets in ((1, [0]), (1, [1]), (2, [0])):
+            for o in offsets:
+                events += [await putter(capp, ctx, p, settle=False)(out_a, copy_value("a", o, p)),
+                           await putter(capp, ctx, p, settle=False)(out_b, copy_value("b", o, p))]
+        await until(lambda: producer.log.count(("begin",)) == 1, "the first transaction to begin")
+        assert not any(ev.message.acked for ev in events)
+        gate.set()
+        await publisher.settle()
+    assert all(ev.message.acked for ev in events)
+    begins = [i for i, e in enumerate(producer.log) if e == ("begin",)]
+    assert len(begins) == 2 and producer.log.count(("commit",)) == 2
+    second = [(e[4], orjson.loads(e[3])["input"]["offset"])
+              for i, e in producer.sent(settings.results_topic) if i > begins[1]]
+    assert second == [(1, 1), (2, 0)]  # both partitions in one transaction, each to its own
+
+
+async def test_a_fenced_whole_lane_loses_every_partition_it_held(settings, tmp_path, caplog) -> None:
+    """FencedClerkPublishesNothing: when the whole lane's id is claimed by another
+    worker, every partition claimed on it is lost, also one with nothing in the failed
+    transaction: none is claimed back (which would fence the new owner) until revoked."""
+    from aiokafka.errors import ProducerFenced
+
+    class Fenced(RecordingProducer):
+        async def commit_transaction(self) -> None:
+            raise ProducerFenced()
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core, fenced = capp.docket["core"], capp.docket["fenced"]
+    claimed_whole(capp, Fenced(), 1, 2)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            first = await put(out_a, copy_value("a", 0, 1))
+            second = await put(out_b, copy_value("b", 0, 1))
+        assert not first.message.acked and not second.message.acked
+        assert fenced == {1, 2} and not core.known(1) and not core.known(2)
+        assert not capp.docket["producers"].owns(2)
+        assert sum("fenced on partition" in m for m in caplog.messages) == 2
 
 
 def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
