@@ -165,6 +165,18 @@ class RecordingProducer:
         return [(i, e) for i, e in enumerate(self.log) if e[0] == "send" and e[1] == topic]
 
 
+class GatedCommit(RecordingProducer):
+    """A recording producer whose transactions commit only once ``gate`` is set."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def commit_transaction(self) -> None:
+        await self.gate.wait()
+        await super().commit_transaction()
+
+
 async def until(condition, what: str, deadline_s: float = 20.0):
     deadline = time.monotonic() + deadline_s
     while not (value := condition()):
@@ -486,16 +498,10 @@ async def test_clerk_goes_on_while_a_transaction_commits_and_acknowledges_after_
     ClerkAcksOnlyFinalPositions: no copy is acknowledged before the transaction that
     publishes the decision finishing it has committed."""
     gate = asyncio.Event()
-
-    class SlowCommit(RecordingProducer):
-        async def commit_transaction(self) -> None:
-            await gate.wait()
-            await super().commit_transaction()
-
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     core, publisher = capp.docket["core"], capp.docket["publisher"]
     p = 4
-    producer = claimed(capp, SlowCommit(), p)
+    producer = claimed(capp, GatedCommit(gate), p)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
     async with capp.agents["clerk"].test_context() as ctx:
         put = putter(capp, ctx, p, settle=False)
@@ -784,15 +790,9 @@ async def test_a_whole_lane_publishes_its_partitions_in_one_transaction(settings
     its own partition of the results topic, and each partition's copies are
     acknowledged once it has committed."""
     gate = asyncio.Event()
-
-    class SlowCommit(RecordingProducer):
-        async def commit_transaction(self) -> None:
-            await gate.wait()
-            await super().commit_transaction()
-
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     publisher = capp.docket["publisher"]
-    producer = claimed_whole(capp, SlowCommit(), 1, 2)
+    producer = claimed_whole(capp, GatedCommit(gate), 1, 2)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
     async with capp.agents["clerk"].test_context() as ctx:
         events = []
