@@ -1,17 +1,21 @@
-"""How the Clerk publishes: one Kafka transaction per copy-batch item, with one
-transactional producer per input partition the Clerk worker owns. Spec:
-specs/clerk.allium (ClerkClaimsPartitionBeforeSeed, ClerkPublishesItemAtomically,
+"""How the Clerk publishes: in Kafka transactions, each carrying one or more
+copy-batch items, on one transactional producer per lane: all the partitions of a
+worker that holds every partition, or one input partition of a worker that holds
+some. Spec: specs/clerk.allium (ClerkClaimsPartitionBeforeSeed,
+ClerkPublishesOneTransactionPerCycle, ClerkPublishesItemAtomically,
 FencedClerkPublishesNothing).
 
 Why transactions: partitions move between Clerk workers by rebalance, and a worker
 that was paused past its session timeout (a GC pause, a frozen VM, SIGSTOP) wakes up
 still believing it owns them. Without fencing it could publish a decision the new
-owner, seeded from the records it could read, publishes too. The transactional id of
-a partition is the same on every Clerk worker (``<app id>-p<partition>``), so the
-new owner's producer start (InitProducerId) bumps its epoch: the broker aborts the old
-owner's open transaction and refuses its later ones (ProducerFenced). The new owner
-reads the results topic for its restart seed only after that, read_committed, so it
-sees every decision the old owner committed and none it may still try to.
+owner, seeded from the records it could read, publishes too. The transactional ids
+are the same on every Clerk worker (``<app id>-whole``, ``<app id>-p<partition>``),
+and the new owner's claim starts a producer (InitProducerId) of every id the old
+owner may have published the partition on, which bumps its epoch: the broker aborts
+the old owner's open transaction and refuses its later ones (ProducerFenced). The
+new owner reads the results topic for its restart seed only after that,
+read_committed, so it sees every decision the old owner committed and none it may
+still try to.
 
 Readers of ``<prefix>.results``, ``.entities`` and ``.divergences`` must read with
 isolation.level=read_committed (every docket reader does), or they may see a fenced
