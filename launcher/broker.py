@@ -40,8 +40,12 @@ from app.settings import Settings, load
 POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
 HOST = "127.0.0.1"
 MIN_JAVA = 17
-HEAP_MIN = "256m"
-HEAP_MAX = "1g"  # the issue caps the broker at 1 GiB; it shares 2 cores with everything else
+# The issue caps the broker at 1 GiB; it shares 2 cores with everything else. The heap is
+# fixed at that size (-Xms = -Xmx, as Kafka's operations guide sets it) and touched at
+# start (-XX:+AlwaysPreTouch), so the broker's RSS does not creep up for minutes while G1
+# grows the heap: `make soak` read that fill as growth (+17% per 10 min at 2,000/s).
+HEAP_MIN = "1g"
+HEAP_MAX = "1g"
 
 CONFIG_FILE = "server.properties"
 LOG4J_FILE = "log4j2.properties"
@@ -290,6 +294,7 @@ def java_command(java: str, jars: Path, broker_dir: Path, main: str = "kafka.Kaf
         java,
         f"-Xms{HEAP_MIN}",
         f"-Xmx{HEAP_MAX}",
+        "-XX:+AlwaysPreTouch",
         # Kafka's own start script uses G1 with short pauses; keep its latency profile.
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",

@@ -234,7 +234,7 @@ def test_kafka_image_and_settings_match_the_launcher(services: dict[str, dict]) 
             assert props.get(key) == value, f"{key}: compose {props.get(key)!r}, launcher {value!r}"
     extra = set(props) - set(expected)
     assert not extra, f"compose sets broker properties the launcher does not: {sorted(extra)}"
-    assert env["KAFKA_HEAP_OPTS"] == f"-Xms{launcher.HEAP_MIN} -Xmx{launcher.HEAP_MAX}"
+    assert env["KAFKA_HEAP_OPTS"] == f"-Xms{launcher.HEAP_MIN} -Xmx{launcher.HEAP_MAX} -XX:+AlwaysPreTouch"
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in env["KAFKA_LISTENERS"]
     assert all(p.startswith("127.0.0.1:") for p in kafka["ports"])  # loopback only, like the launcher
 
