@@ -76,13 +76,16 @@ class InstanceMetrics:
 # Faust's defaults are sized for a server with one big table: 64 MiB memtables, 3 of
 # them, and a 2 GiB block cache, per database, and docket opens one database per
 # partition per instance. The working set here is small (an entity's state and a
-# Warden entry per live key), so with those defaults a worker's RSS kept growing for
-# the whole of a 10-minute soak (memtables fill to 64 MiB before a flush). CPU per
-# event did not move (bench/drain.py --events 60000, three alternating runs each:
-# 177-213 us with these, 163-215 us with Faust's); with 4 MiB memtables, 2 of them,
-# the drain took longer (writes wait for a memtable flush).
+# Warden entry per live key). A worker's RSS grows until each partition's memtable is
+# full and flushed once, so the memtable size sets how long memory keeps climbing: at
+# `make soak`'s 150 events/s on 8 partitions, 16 MiB memtables grew each instance by
+# 77% per 10 minutes for the whole soak (bench/results/soak-2026-12-02-0003). 4 MiB
+# fill in about 4 minutes there. CPU per event did not move (bench/drain.py --events
+# 60000, alternating, instance a: 44.0 and 43.2 us with 4 MiB, 46.0 and 38.7 with 16);
+# with 4 MiB memtables and only 2 of them the drain took longer (writes wait for a
+# memtable flush), so there are 3.
 LEDGER_ROCKSDB_OPTIONS = {
-    "write_buffer_size": 16 * 1024 * 1024,  # bytes per memtable
+    "write_buffer_size": 4 * 1024 * 1024,  # bytes per memtable
     "max_write_buffer_number": 3,
     "block_cache_size": 32 * 1024 * 1024,  # bytes
     "target_file_size_base": 16 * 1024 * 1024,  # bytes

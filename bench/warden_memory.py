@@ -15,8 +15,8 @@ a lookup of its key's versions, a new version recorded, then per partition the c
 checkpoint and the collection below the committed offset, ``settle()``, and the batch's
 writes in one RocksDB write batch per partition through the instance's own store code
 (tables/faust_store.py FaustStore, without the changelog) into RocksDB databases opened
-with Faust's options (faust.stores.rocksdb.RocksDBOptions: what an instance's table
-gets). Output bodies are the size an inventory transfer produces.
+with the options an instance's Ledger table gets (agents/instance.py
+LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions). Output bodies are the size an inventory transfer produces.
 
 Stream time, not wall time: record i carries broker timestamp ``i * 1000 / rate`` ms, so
 ``--ttls`` TTLs of stream time pass (default 2: the queue fills during the first TTL,
@@ -68,8 +68,10 @@ class _Data:
     def __init__(self, root: Path) -> None:
         from faust.stores.rocksdb import RocksDBOptions
 
+        from agents.instance import LEDGER_ROCKSDB_OPTIONS
+
         self.root = root
-        self.options = RocksDBOptions()
+        self.options = RocksDBOptions(**LEDGER_ROCKSDB_OPTIONS)
         self.dbs: dict[int, object] = {}
 
     def _db_for_partition(self, partition: int):
@@ -249,7 +251,7 @@ def summary(r: dict) -> list[str]:
         f"live versions at the end:        {e['live_versions']:,} (expected {v['expected_live_versions']:,})",
         f"collection queue (Python heap):  {m(e['queue_bytes'])} ({e['queue_bytes_per_version']:.0f} bytes per version)",
         f"RocksDB memtables:               {m(e['rocks_memtables_bytes'])} "
-        f"(Faust's options: {r['rocksdb_options']['write_buffer_size'] // MIB} MiB write buffer x "
+        f"(the Ledger's options: {r['rocksdb_options']['write_buffer_size'] // MIB} MiB write buffer x "
         f"{r['rocksdb_options']['max_write_buffer_number']} per partition)",
         f"RocksDB block cache / readers:   {m(e['rocks_block_cache_bytes'])} / {m(e['rocks_table_readers_bytes'])}",
         f"RocksDB files:                   {m(e['disk_bytes'])} on disk ({m(e['rocks_sst_files_bytes'])} SST)",
