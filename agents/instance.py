@@ -79,7 +79,7 @@ class InstanceMetrics:
 # Warden entry per live key). A worker's RSS grows until each partition's memtable is
 # full and flushed once, so the memtable size sets how long memory keeps climbing: at
 # `make soak`'s 150 events/s on 8 partitions, 16 MiB memtables grew each instance by
-# 77% per 10 minutes for the whole soak (bench/results/soak-2026-12-02-0003). 4 MiB
+# 76-77% per 10 minutes for the whole soak (bench/results/soak-2026-12-02-0003). 4 MiB
 # fill in about 4 minutes there. CPU per event did not move (bench/drain.py --events
 # 60000, alternating, instance a: 44.0 and 43.2 us with 4 MiB, 46.0 and 38.7 with 16);
 # with 4 MiB memtables and only 2 of them the drain took longer (writes wait for a

@@ -16,7 +16,8 @@ checkpoint and the collection below the committed offset, ``settle()``, and the 
 writes in one RocksDB write batch per partition through the instance's own store code
 (tables/faust_store.py FaustStore, without the changelog) into RocksDB databases opened
 with the options an instance's Ledger table gets (agents/instance.py
-LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions). Output bodies are the size an inventory transfer produces.
+LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions). Output bodies are
+the size an inventory transfer produces.
 
 Stream time, not wall time: record i carries broker timestamp ``i * 1000 / rate`` ms, so
 ``--ttls`` TTLs of stream time pass (default 2: the queue fills during the first TTL,
