@@ -34,6 +34,7 @@ from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 from launcher.stack import wait_for_topics_cli
+from tables.allocator import fixed_mmap_threshold
 from tables.faust_store import FaustStore
 from tables.ledger import LEDGER_TABLE, Ledger
 from tables.registrar import Registrar
@@ -78,14 +79,18 @@ class InstanceMetrics:
 # partition per instance. The working set here is small (an entity's state and a
 # Warden entry per live key). A worker's RSS grows until each partition's memtable is
 # full and flushed once, so the memtable size sets how long memory keeps climbing: at
-# `make soak`'s 150 events/s on 8 partitions, 16 MiB memtables grew each instance by
-# 76-77% per 10 minutes for the whole soak (bench/results/soak-2026-12-02-0003). 4 MiB
-# fill in about 4 minutes there. CPU per event did not move (bench/drain.py --events
-# 60000, alternating, instance a: 44.0 and 43.2 us with 4 MiB, 46.0 and 38.7 with 16);
-# with 4 MiB memtables and only 2 of them the drain took longer (writes wait for a
-# memtable flush), so there are 3.
+# `make soak`'s 150 events/s on 8 partitions (about 19 KB/s per partition), 16 MiB
+# memtables grew each instance by 76-77% per 10 minutes for the whole soak
+# (bench/results/soak-2026-12-02-0003), 4 MiB ones by 17% (-0017), 2 MiB ones fill in
+# under 2 minutes. What kept RSS rising after that was glibc keeping freed memtable
+# blocks in its heap: see tables/allocator.py, which build() applies. CPU per event did
+# not move with the size (bench/drain.py --events 60000, alternating: instance a 44.0
+# and 43.2 us with 4 MiB, 46.0 and 38.7 with 16; 2 MiB against 4, instance a per Clerk
+# CPU, four pairs: 1.28 against 1.25, within the runs' spread); with 4 MiB memtables
+# and only 2 of them the drain took longer (writes wait for a memtable flush), so
+# there are 3.
 LEDGER_ROCKSDB_OPTIONS = {
-    "write_buffer_size": 4 * 1024 * 1024,  # bytes per memtable
+    "write_buffer_size": 2 * 1024 * 1024,  # bytes per memtable
     "max_write_buffer_number": 3,
     "block_cache_size": 32 * 1024 * 1024,  # bytes
     "target_file_size_base": 16 * 1024 * 1024,  # bytes
@@ -97,6 +102,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     """The Faust app of one instance, and the Usher it drives. ``faults``: inject these
     faults for the worker's life; ``faults_file``: the live switch (agents/faults.py
     LiveFaults), read before each batch."""
+    fixed_mmap_threshold()  # before any RocksDB database opens: tables/allocator.py
     versions = DomainVersions(registry.versions(settings.domain), settings.domain_version_limit or None)
     app = new_app(settings.app_id(instance_id),
                   **faust_settings(settings, data_dir, web_port, f"instance-{instance_id}"))
@@ -413,7 +419,7 @@ def check_topics_domain(settings: Settings) -> None:
 
     try:
         statuses = asyncio.run(read_statuses(settings, 15.0))
-    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         click.echo(f"warning: could not read {settings.status_topic} to check which domain its topics serve "
                    f"({exc or type(exc).__name__}); starting without that check", err=True)
         return

@@ -16,8 +16,9 @@ checkpoint and the collection below the committed offset, ``settle()``, and the 
 writes in one RocksDB write batch per partition through the instance's own store code
 (tables/faust_store.py FaustStore, without the changelog) into RocksDB databases opened
 with the options an instance's Ledger table gets (agents/instance.py
-LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions). Output bodies are
-the size an inventory transfer produces.
+LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions), and glibc's mmap
+threshold fixed as an instance fixes it (tables/allocator.py). Output bodies are the size
+an inventory transfer produces.
 
 Stream time, not wall time: record i carries broker timestamp ``i * 1000 / rate`` ms, so
 ``--ttls`` TTLs of stream time pass (default 2: the queue fills during the first TTL,
@@ -70,7 +71,9 @@ class _Data:
         from faust.stores.rocksdb import RocksDBOptions
 
         from agents.instance import LEDGER_ROCKSDB_OPTIONS
+        from tables.allocator import fixed_mmap_threshold
 
+        fixed_mmap_threshold()  # as an instance's build() does
         self.root = root
         self.options = RocksDBOptions(**LEDGER_ROCKSDB_OPTIONS)
         self.dbs: dict[int, object] = {}
