@@ -34,7 +34,7 @@ from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings, load
 from launcher.stack import wait_for_topics_cli
-from tables.allocator import fixed_mmap_threshold
+from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import FaustStore
 from tables.ledger import LEDGER_TABLE, Ledger
 from tables.registrar import Registrar
@@ -81,16 +81,16 @@ class InstanceMetrics:
 # full and flushed once, so the memtable size sets how long memory keeps climbing: at
 # `make soak`'s 150 events/s on 8 partitions (about 19 KB/s per partition), 16 MiB
 # memtables grew each instance by 76-77% per 10 minutes for the whole soak
-# (bench/results/soak-2026-12-02-0003), 4 MiB ones by 17% (-0017), 2 MiB ones fill in
-# under 2 minutes. What kept RSS rising after that was glibc keeping freed memtable
-# blocks in its heap: see tables/allocator.py, which build() applies. CPU per event did
-# not move with the size (bench/drain.py --events 60000, alternating: instance a 44.0
-# and 43.2 us with 4 MiB, 46.0 and 38.7 with 16; 2 MiB against 4, instance a per Clerk
-# CPU, four pairs: 1.28 against 1.25, within the runs' spread); with 4 MiB memtables
-# and only 2 of them the drain took longer (writes wait for a memtable flush), so
-# there are 3.
+# (bench/results/soak-2026-12-02-0003), 4 MiB ones by 17% (-0017), 2 MiB ones still
+# by 14-16% (-0255): what kept RSS rising was glibc keeping freed memtable blocks in
+# its heap, which tables/allocator.py's trim_heap, run on a timer by build(), gives
+# back. CPU per event did not move from 16 to 4 MiB (bench/drain.py --events 60000,
+# alternating: instance a 44.0 and 43.2 us with 4 MiB, 46.0 and 38.7 with 16); with 2
+# MiB instance a's CPU per Clerk CPU was 1.31 and 1.32 against 1.18 and 1.20 (two
+# pairs), so 4 MiB stays. With 4 MiB memtables and only 2 of them the drain took
+# longer (writes wait for a memtable flush), so there are 3.
 LEDGER_ROCKSDB_OPTIONS = {
-    "write_buffer_size": 2 * 1024 * 1024,  # bytes per memtable
+    "write_buffer_size": 4 * 1024 * 1024,  # bytes per memtable
     "max_write_buffer_number": 3,
     "block_cache_size": 32 * 1024 * 1024,  # bytes
     "target_file_size_base": 16 * 1024 * 1024,  # bytes
@@ -102,7 +102,6 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     """The Faust app of one instance, and the Usher it drives. ``faults``: inject these
     faults for the worker's life; ``faults_file``: the live switch (agents/faults.py
     LiveFaults), read before each batch."""
-    fixed_mmap_threshold()  # before any RocksDB database opens: tables/allocator.py
     versions = DomainVersions(registry.versions(settings.domain), settings.domain_version_limit or None)
     app = new_app(settings.app_id(instance_id),
                   **faust_settings(settings, data_dir, web_port, f"instance-{instance_id}"))
@@ -291,6 +290,11 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         if ready.is_set() or not app.tables.recovery.completed.is_set():
             return
         announce()
+
+    @app.timer(TRIM_INTERVAL_S)
+    async def trim() -> None:
+        # the pages of flushed memtables back to the OS (tables/allocator.py)
+        trim_heap()
 
     serve_metrics(app, metrics.registry, settings.faust_metrics)
 

@@ -16,9 +16,9 @@ checkpoint and the collection below the committed offset, ``settle()``, and the 
 writes in one RocksDB write batch per partition through the instance's own store code
 (tables/faust_store.py FaustStore, without the changelog) into RocksDB databases opened
 with the options an instance's Ledger table gets (agents/instance.py
-LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions), and glibc's mmap
-threshold fixed as an instance fixes it (tables/allocator.py). Output bodies are the size
-an inventory transfer produces.
+LEDGER_ROCKSDB_OPTIONS, through faust.stores.rocksdb.RocksDBOptions), its heap trimmed
+every TRIM_INTERVAL_S of wall time as an instance's is (tables/allocator.py). Output
+bodies are the size an inventory transfer produces.
 
 Stream time, not wall time: record i carries broker timestamp ``i * 1000 / rate`` ms, so
 ``--ttls`` TTLs of stream time pass (default 2: the queue fills during the first TTL,
@@ -49,6 +49,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.common import linear_fit, proc_memory_kib
+from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import FaustStore
 from tables.warden import Warden, WardenEntry, key_prefix
 
@@ -71,9 +72,6 @@ class _Data:
         from faust.stores.rocksdb import RocksDBOptions
 
         from agents.instance import LEDGER_ROCKSDB_OPTIONS
-        from tables.allocator import fixed_mmap_threshold
-
-        fixed_mmap_threshold()  # as an instance's build() does
         self.root = root
         self.options = RocksDBOptions(**LEDGER_ROCKSDB_OPTIONS)
         self.dbs: dict[int, object] = {}
@@ -177,7 +175,7 @@ def measure(rate: float, ttl_s: float, *, ttls: float = 2.0, partitions: int = 8
     samples: list[dict] = []
     gc.collect()
     start_mem = proc_memory_kib() or {}
-    began = time.perf_counter()
+    began = trimmed = time.perf_counter()
 
     def sample(i: int) -> None:
         mem = proc_memory_kib() or {}
@@ -216,6 +214,9 @@ def measure(rate: float, ttl_s: float, *, ttls: float = 2.0, partitions: int = 8
             warden.settle()
             store.write()
             i = end
+            if time.perf_counter() - trimmed >= TRIM_INTERVAL_S:
+                trim_heap()  # as an instance's timer does
+                trimmed = time.perf_counter()
             if i % sample_every == 0 or i == total:
                 sample(i)
         wall = time.perf_counter() - began

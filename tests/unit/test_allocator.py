@@ -1,8 +1,8 @@
-"""tables/allocator.py: an instance fixes glibc's mmap threshold, so RocksDB's memtable
-blocks (256 KiB with the Ledger's 2 MiB write buffers) are mmapped and go back to the
-OS when freed, instead of staying in the heap after glibc's dynamic threshold rose.
+"""tables/allocator.py: an instance trims glibc's heap on a timer, so the pages of
+RocksDB's flushed memtable blocks (512 KiB each with the Ledger's 4 MiB write buffers)
+go back to the OS even when glibc's dynamic mmap threshold has put them in the heap.
 
-Each case runs in a process of its own: the threshold is process-wide state."""
+Each case runs in a process of its own: the heap and the threshold are process-wide."""
 
 from __future__ import annotations
 
@@ -13,60 +13,68 @@ import textwrap
 import pytest
 
 from agents.instance import LEDGER_ROCKSDB_OPTIONS
-from tables.allocator import MMAP_THRESHOLD_BYTES, fixed_mmap_threshold
+from tables.allocator import trim_heap
 
 # What a memtable does: RocksDB's arena takes blocks of arena_block_size, by default
-# write_buffer_size / 8 (RocksDB's ColumnFamilyOptions); an earlier, larger block
-# freed first raises glibc's dynamic threshold above it.
+# write_buffer_size / 8 (RocksDB's ColumnFamilyOptions), and frees them at the flush.
 BLOCK = LEDGER_ROCKSDB_OPTIONS["write_buffer_size"] // 8
+BLOCKS = 64  # 16 MiB of them
 PROBE = textwrap.dedent(f"""
-    import ctypes, sys
-    from tables.allocator import fixed_mmap_threshold
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    import ctypes, sys, time
+    from tables.allocator import trim_heap
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallinfo2.restype = MallInfo2
-    if sys.argv[1] == "fixed":
-        assert fixed_mmap_threshold()
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+    def rss_kib():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+
     libc.free(libc.malloc(4 * 1024 * 1024))  # an mmapped chunk freed: the threshold rises
-    before = libc.mallinfo2().hblkhd
-    block = libc.malloc({BLOCK})
-    print(libc.mallinfo2().hblkhd - before)
-    libc.free(block)
+    blocks, guards = [], []
+    for _ in range({BLOCKS}):
+        block = libc.malloc({BLOCK})
+        libc.memset(block, 1, {BLOCK})  # resident, as a filled memtable is
+        blocks.append(block)
+        # a live chunk after each, too large for glibc's free lists, so it comes from the
+        # top of the heap: the freed blocks cannot merge, nor the heap shrink past them
+        guards.append(libc.malloc(32 * 1024))
+    for block in blocks:
+        libc.free(block)
+    before = rss_kib()
+    began = time.perf_counter()
+    released = trim_heap() if sys.argv[1] == "trim" else None
+    took_ms = (time.perf_counter() - began) * 1000
+    print(before - rss_kib(), released, took_ms)
 """)
 
 
-def mmapped_bytes_of_a_block(mode: str) -> int:
+def run_probe(mode: str) -> tuple[int, str, float]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
-    return int(out.stdout)
+    freed_kib, released, took_ms = out.stdout.split()
+    return int(freed_kib), released, float(took_ms)
 
 
 def glibc() -> bool:
-    return subprocess.run(
-        [sys.executable, "-c", "import ctypes; ctypes.CDLL('libc.so.6').gnu_get_libc_version"],
-        capture_output=True, check=False).returncode == 0
+    return sys.platform.startswith("linux") and trim_heap() is not None
 
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not glibc(),
-                                reason="glibc's allocator only")
+pytestmark = pytest.mark.skipif(not glibc(), reason="glibc's allocator only")
 
 
-def test_memtable_block_is_above_the_threshold() -> None:
-    assert BLOCK > MMAP_THRESHOLD_BYTES
+def test_freed_memtable_blocks_stay_resident_without_a_trim() -> None:
+    # the premise of tables/allocator.py: glibc keeps them in the heap
+    freed_kib, _, _ = run_probe("keep")
+    assert freed_kib < BLOCK // 1024
 
 
-def test_fixed_threshold_mmaps_a_memtable_block_after_a_larger_free() -> None:
-    assert mmapped_bytes_of_a_block("fixed") >= BLOCK
+def test_trim_hands_freed_memtable_blocks_back() -> None:
+    freed_kib, released, _ = run_probe("trim")
+    assert released == "True"
+    assert freed_kib >= BLOCKS * BLOCK // 1024 * 9 // 10
 
 
-def test_glibcs_dynamic_threshold_would_put_it_in_the_heap() -> None:
-    # the premise of tables/allocator.py: without the fix the same block is not mmapped
-    assert mmapped_bytes_of_a_block("default") == 0
-
-
-def test_returns_true_where_it_applies() -> None:
-    assert fixed_mmap_threshold() is True
+def test_trim_with_nothing_to_release_is_harmless() -> None:
+    trim_heap()
+    assert trim_heap() in (True, False)
