@@ -72,6 +72,7 @@ class _Data:
         from faust.stores.rocksdb import RocksDBOptions
 
         from agents.instance import LEDGER_ROCKSDB_OPTIONS
+
         self.root = root
         self.options = RocksDBOptions(**LEDGER_ROCKSDB_OPTIONS)
         self.dbs: dict[int, object] = {}

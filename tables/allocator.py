@@ -12,8 +12,9 @@ returned by shrinking the heap, and a worker's RSS climbs to a new high-water ma
 
 Measured in `make soak`'s setting (150 events/s, 8 partitions, 2 MiB memtables,
 2026-12-02): instance a's heap held 18.6 MiB free of 46.4 MiB ten minutes in, and its
-RSS rose by about 1 MiB a minute, while RocksDB's memtables held 4 to 12 MiB in all (glibc's ``mallinfo2`` and
-RocksDB's ``rocksdb.cur-size-all-mem-tables``, read in the worker every 30 s).
+RSS rose by about 1 MiB a minute, while RocksDB's memtables held 4 to 12 MiB in all
+(glibc's ``mallinfo2`` and RocksDB's ``rocksdb.cur-size-all-mem-tables``, read in the
+worker every 30 s).
 
 Two remedies were measured. Fixing the threshold at 128 KiB (``mallopt``, as the
 ``MALLOC_MMAP_THRESHOLD_`` variable does) kept the RSS flat, but every allocation of
@@ -30,9 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
-
-log = logging.getLogger("docket.allocator")
 
 # How often an instance trims its heap (seconds): a memtable of the Ledger's fills in
 # seconds to minutes (4 MiB at about 19 KB/s per partition at 150 events/s on 8
