@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -41,6 +42,9 @@ from bench.stages import summary as stages_summary
 from chaos.workload import inventory
 
 TARGET_P99_MS = 100.0
+# How long the stack idles before the rates, with CPU measured (seconds): the base each
+# rate's CPU is taken above (marginal_cpu).
+IDLE_S = 10.0
 TICK_S = 0.002  # the generator wakes this often and sends every record that is due
 
 
@@ -183,13 +187,19 @@ def timeline(published_ms: list[int], latencies: list[float], origin_ms: float) 
 
 async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed: int = 11,
                 drain_s: float | None = None, warmup_s: float = 0.0, warmup_rate: int | None = None,
-                metrics_urls: dict[str, str] | None = None, pids: dict[str, int] | None = None) -> dict:
+                metrics_urls: dict[str, str] | None = None, pids: dict[str, int] | None = None,
+                idle_s: float = IDLE_S) -> dict:
     """The open-model sweep against a running stack of ``settings``' prefix. With
     ``warmup_s``, ``warmup_rate`` (default: the lowest rate) runs that long first and
     its figures are reported apart (``warmup``): the first tens of seconds of a fresh
     stack are not the steady state the rates are about. The broker's JIT compiler alone
     takes about half a core for the first ~30 s of docket's request mix (measured per
-    broker thread on this machine), and the workers fill their caches."""
+    broker thread on this machine), and the workers fill their caches.
+
+    With ``pids``, the stack then idles for ``idle_s`` seconds (nothing sent) and the
+    CPU every process uses meanwhile is reported (``idle``): what each rate costs above
+    it is :func:`marginal_cpu`'s."""
+    idle = None
     producer = AIOKafkaProducer(**client_kwargs(settings, "bench", "producer", bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=1,
                                 max_batch_size=256 * 1024))
     await producer.start()
@@ -206,6 +216,12 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
             warmup = {"rate": rate, **sent, "drained": drained, "latency_ms": percentiles(watch.latencies)}
             if not drained:
                 raise RuntimeError(f"the warm-up at {rate}/s was not answered within {max(30.0, warmup_s):.0f} s")
+        if pids and idle_s > 0:
+            say(f"kafka-native: idle for {idle_s:.0f} s (nothing sent) ...")
+            cpu_before, began = _cpu(pids), time.monotonic()
+            await asyncio.sleep(idle_s)  # the measurement itself: CPU while nothing is sent
+            idle = {"seconds": idle_s, "cpu": _cpu_delta(cpu_before, _cpu(pids), time.monotonic() - began)}
+            say("kafka-native: idle cores " + ", ".join(f"{r} {c['cores']:.3f}" for r, c in idle["cpu"].items()))
         for n, rate in enumerate(rates):
             before = watch.count
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
@@ -260,10 +276,39 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
         "max_rate_p99_under_100ms": max(under, default=None),
         "max_sustained_rate": max(sustained, default=None),
         "warmup": warmup,
+        "idle": idle,
         "rates": steps,
         "not_run": [r for r in rates if r not in {s["rate"] for s in steps}],
         "timeline": timeline(watch.published_ms, watch.latencies, origin_ms),
     }
+
+
+def marginal_cpu(sweep: dict, cores: int | None = None) -> list[dict]:
+    """What each rate of ``sweep`` cost above the idle stack, per event: for each rate
+    with CPU figures, ``{"rate", "us_per_event": {role: µs}, "total_us", "bound_per_s"}``
+    where a role's µs = (its cores at the rate - its cores idle) / rate x 10^6, and
+    ``bound_per_s`` = ``cores`` (default: this machine's) / the total: the rate at which
+    events costing that much each would take every core of the box. At low rates each
+    event travels alone (a fetch, a batch, a copy record, a transaction of its own), so
+    there the figure is the cost of one isolated event, and the bound is where the box
+    saturates unless events start sharing those (bench/results, 2026-12-02: about 12 ms
+    per isolated event over every process, bound ~150/s on 8 partitions). [] without an
+    idle measurement."""
+    idle = (sweep.get("idle") or {}).get("cpu") or {}
+    if not idle:
+        return []
+    cores = cores or os.cpu_count() or 1
+    out = []
+    for step in sweep.get("rates") or []:
+        cpu = step.get("cpu") or {}
+        roles = [r for r in cpu if r in idle and cpu[r].get("cores") is not None and idle[r].get("cores") is not None]
+        if not roles or not step.get("rate"):
+            continue
+        per = {r: round((cpu[r]["cores"] - idle[r]["cores"]) / step["rate"] * 1e6, 1) for r in roles}
+        total = round(sum(per.values()), 1)
+        out.append({"rate": step["rate"], "us_per_event": per, "total_us": total,
+                    "bound_per_s": round(cores / total * 1e6) if total > 0 else None})
+    return out
 
 
 def _cpu(pids: dict[str, int] | None) -> dict[str, float]:

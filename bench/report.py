@@ -14,6 +14,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from bench.kafka_native import marginal_cpu
 from launcher.broker import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,10 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
         rows.append(("docket over Kafka: highest rate sustained (all answered, >= 90% delivered)",
                      _n(kn.get("max_sustained_rate"), " events/s")))
         rows.append(("docket over Kafka: most results/s delivered at any rate", _n(r["docket_per_s"], " results/s")))
+        first = next(iter(marginal_cpu(kn)), None)
+        if first is not None:
+            what = f"docket over Kafka: CPU per event above the idle stack at {_n(first['rate'])} events/s (every process)"
+            rows.append((what, f"{_n(first['total_us'])} µs: every core of the box at {_n(first['bound_per_s'], ' events/s')}"))
         for other in kn.get("by_partitions") or []:
             if "error" in other:
                 rows.append((f"docket over Kafka, {other['partitions']} partitions", f"failed: {other['error']}"))
@@ -180,8 +185,25 @@ def native_tables(results: dict) -> str:
     parts = []
     for sweep in sweeps:
         head = f"### {sweep['partitions']} partitions\n\n" if sweep.get("partitions") else ""
-        parts.append(head + native_table(sweep) + "\n\n" + stage_table(sweep))
+        parts.append("\n\n".join(x for x in (head + native_table(sweep), marginal_table(sweep), stage_table(sweep)) if x))
     return "\n\n".join(parts) if parts else "Not measured."
+
+
+def marginal_table(sweep: dict) -> str:
+    """Each rate's CPU per event above the idle stack, per process (bench/kafka_native.py
+    marginal_cpu), and the rate at which that cost would take every core."""
+    costs = marginal_cpu(sweep)
+    if not costs:
+        return ""
+    roles = sorted({r for c in costs for r in c["us_per_event"]})
+    idle = sweep["idle"]["cpu"]
+    rows = [[_n(c["rate"])] + [_n(c["us_per_event"].get(r)) for r in roles]
+            + [_n(c["total_us"]), _n(c["bound_per_s"])] for c in costs]
+    return (f"CPU per event above the idle stack (idle for {_n(sweep['idle']['seconds'])} s after the warm-up, "
+            "cores: " + ", ".join(f"{r} {idle[r]['cores']:.3f}" for r in roles if r in idle)
+            + "), µs per event by process, and the rate at which events costing that much would take every core "
+            f"of this {os.cpu_count()}-core box. At the low rates each event travels alone:\n\n"
+            + table(["offered /s"] + [f"{r} µs" for r in roles] + ["total µs", "every core at /s"], rows))
 
 
 # stage of bench/stages.py -> its column

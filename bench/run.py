@@ -53,10 +53,10 @@ MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_nativ
 NATIVE_PARTITIONS = [8, 2]
 FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
         "native_partitions": NATIVE_PARTITIONS,
-        "warmup_s": 40.0, "warmup_rate": 200,
+        "warmup_s": 40.0, "warmup_rate": 200, "idle_s": 10.0,
         "http_rates": [100, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
         "http_warmup_s": 10.0, "http_warmup_rate": 200, "profile_s": 20.0}
-SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50,
+SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50, "idle_s": 1.0,
          "native_partitions": NATIVE_PARTITIONS[:1],
          "http_rates": [50], "http_duration_s": 3.0, "http_partitions": NATIVE_PARTITIONS[:1],
          "http_warmup_s": 1.0, "http_warmup_rate": 50, "profile_s": 0.0}
@@ -113,7 +113,7 @@ async def native_sweep(settings: Settings, work: Path, plan: dict) -> dict:
             pids["broker"] = broker
         result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
                                           warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"],
-                                          metrics_urls=stack.metrics_urls, pids=pids)
+                                          metrics_urls=stack.metrics_urls, pids=pids, idle_s=plan["idle_s"])
     return {"partitions": settings.partitions, **result}
 
 

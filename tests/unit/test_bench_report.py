@@ -11,7 +11,7 @@ import pytest
 
 from bench import profile, report
 from bench.common import histogram_quantile, percentiles
-from bench.kafka_native import timeline
+from bench.kafka_native import marginal_cpu, timeline
 
 
 def test_percentiles_use_nearest_rank() -> None:
@@ -293,3 +293,47 @@ def test_http_headline_needs_the_requests_decided() -> None:
     failing = {**_http_step(5000, 40.0, 20.0), "success_ratio": 0.09}
     assert report.http_headline({"rates": [failing]}) is None
     assert report.http_headline({"rates": [failing, _http_step(100, 100.0, 30.0)]})["rate"] == 100
+
+
+def _sweep_with_idle() -> dict:
+    return {
+        "partitions": 8,
+        "idle": {"seconds": 10.0, "cpu": {"a": {"seconds": 0.5, "cores": 0.05}, "broker": {"seconds": 1.0, "cores": 0.1}}},
+        "rates": [
+            {"rate": 50, "cpu": {"a": {"seconds": 3.0, "cores": 0.15}, "broker": {"seconds": 6.0, "cores": 0.3},
+                                 "clerk": {"seconds": 4.0, "cores": 0.2}}},
+            {"rate": 1000, "cpu": {"a": {"seconds": 9.0, "cores": 0.45}, "broker": {"seconds": 12.0, "cores": 0.6}}},
+            {"rate": 2000},  # no CPU figures (a stack without pids): left out
+        ],
+    }
+
+
+def test_marginal_cpu_is_each_rates_cpu_above_idle_per_event_and_the_rate_that_fills_the_box() -> None:
+    costs = marginal_cpu(_sweep_with_idle(), cores=2)
+    assert [c["rate"] for c in costs] == [50, 1000]
+    # (0.15 - 0.05) / 50 and (0.3 - 0.1) / 50 cores per event/s; the Clerk has no idle figure
+    assert costs[0]["us_per_event"] == {"a": 2000.0, "broker": 4000.0}
+    assert costs[0]["total_us"] == 6000.0
+    assert costs[0]["bound_per_s"] == 333  # 2 cores / 6 ms
+    assert costs[1]["us_per_event"] == {"a": 400.0, "broker": 500.0}
+    assert costs[1]["bound_per_s"] == 2222
+
+
+def test_marginal_cpu_needs_an_idle_measurement() -> None:
+    assert marginal_cpu({"rates": _sweep_with_idle()["rates"]}) == []
+    assert marginal_cpu({"idle": None, "rates": []}) == []
+
+
+def test_the_report_shows_the_cost_above_idle_per_rate_and_in_the_summary() -> None:
+    results = {"kafka_native": {**_sweep_with_idle(), "max_rate_p99_under_100ms": 50, "max_sustained_rate": 1000,
+                                "timeline": []}}
+    for step in results["kafka_native"]["rates"]:
+        step.update(throughput_per_s=step["rate"], results=10, sent=10, drained=True,
+                    latency_ms={"p50": 1, "p99": 2, "p999": 3, "max": 4})
+    text = report.native_tables(results)
+    assert "CPU per event above the idle stack (idle for 10 s after the warm-up, cores: a 0.050, broker 0.100)" in text
+    assert "| offered /s | a µs | broker µs | total µs | every core at /s |" in text
+    assert "| 50 | 2,000 | 4,000 | 6,000 |" in text
+    rows = dict(report.summary_rows(results))
+    assert rows["docket over Kafka: CPU per event above the idle stack at 50 events/s (every process)"].startswith(
+        "6,000 µs: every core of the box at ")
