@@ -291,9 +291,10 @@ def marginal_cpu(sweep: dict, cores: int | None = None) -> list[dict]:
     events costing that much each would take every core of the box. At low rates each
     event travels alone (a fetch, a batch, a copy record, a transaction of its own), so
     there the figure is the cost of one isolated event, and the bound is where the box
-    saturates unless events start sharing those (bench/results, 2026-12-02: about 12 ms
-    per isolated event over every process, bound ~150/s on 8 partitions). [] without an
-    idle measurement."""
+    saturates unless events start sharing those (bench/results/bench-2026-12-02-0842.md:
+    14.6 ms per isolated event over every process at 50/s, every core at 137/s on 8
+    partitions). Above that the box is full and the bound only restates the rate.
+    [] without an idle measurement."""
     idle = (sweep.get("idle") or {}).get("cpu") or {}
     if not idle:
         return []
