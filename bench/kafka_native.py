@@ -19,7 +19,6 @@ would only queue more).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections import defaultdict
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from app.batching import send_batched
 from app.kafka_admin import ISOLATION_LEVEL
@@ -37,6 +36,7 @@ from app.settings import Settings
 from bench.common import percentiles, say
 from bench.http_load import scrape_all, server_stages
 from bench.profile import cpu_times
+from bench.rdkafka import partition_count, rdkafka_config
 from bench.stages import stages
 from bench.stages import summary as stages_summary
 from chaos.workload import inventory
@@ -45,39 +45,62 @@ TARGET_P99_MS = 100.0
 # How long the stack idles before the rates, with CPU measured (seconds): the base each
 # rate's CPU is taken above (marginal_cpu).
 IDLE_S = 10.0
-TICK_S = 0.002  # the generator wakes this often and sends every record that is due
+# The result reader's fetches wait for 1 MiB of results or this long (ms): a latency is
+# read from the result's broker timestamp, so reading late costs nothing but the drain
+# check's precision, and fewer fetches cost the broker less
+RESULT_FETCH_WAIT_MS = 100
+TICK_S = 0.002  # the generator wakes at most this often and sends every record that is due
+
+
+def result_reader_config(settings: Settings, group_id: str) -> dict:
+    """The result reader's librdkafka configuration: committed results only, read as
+    they come in batches of up to 1 MiB or RESULT_FETCH_WAIT_MS; ``group_id`` is
+    librdkafka's requirement only (the reader is assigned its partitions and commits
+    nothing)."""
+    return rdkafka_config(settings, group_id=group_id, enable_auto_commit=False, isolation_level=ISOLATION_LEVEL,
+                          fetch_wait_max_ms=RESULT_FETCH_WAIT_MS, fetch_min_bytes=1 << 20,
+                          enable_partition_eof=False)
 
 
 @dataclass
 class ResultWatch:
-    """Reads the results topic from the beginning; one latency sample per result, from
-    ``intended`` (input position -> intended send time, ms), which the generator fills."""
+    """Reads the results topic from the beginning (librdkafka, bench/rdkafka.py); one
+    latency sample per result, from ``intended`` (input position -> intended send
+    time, ms), which the generator fills."""
 
     settings: Settings
     intended: dict[tuple[int, int], float] = field(default_factory=dict)
     published_ms: list[int] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)
     _task: asyncio.Task | None = None
-    _consumer: AIOKafkaConsumer | None = None
+    _consumer: object | None = None  # confluent_kafka.Consumer
+    _stopping: bool = False
 
     async def start(self) -> ResultWatch:
-        self._consumer = AIOKafkaConsumer(
-            self.settings.results_topic, **client_kwargs(None, "bench", "consumer", bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=250, max_partition_fetch_bytes=4 * 2**20,
-            isolation_level=ISOLATION_LEVEL))
-        await self._consumer.start()
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        topic = self.settings.results_topic
+        # assigned, not subscribed: no group join, nothing committed (the group id is
+        # librdkafka's requirement only)
+        self._consumer = Consumer(result_reader_config(self.settings, f"{self.settings.topic_prefix}-bench-watch"))
+        partitions = await partition_count(self._consumer, topic)
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self._task = asyncio.create_task(self._run())
         return self
 
     async def _run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
-            for records in batch.values():
-                for r in records:
-                    at = orjson.loads(r.value)["input"]
-                    self.positions.append((at["partition"], at["offset"]))
-                    self.published_ms.append(r.timestamp)
+        while not self._stopping:
+            # in a thread: librdkafka waits up to 0.2 s for results without the GIL
+            self._take(await asyncio.to_thread(self._consumer.consume, 20_000, 0.2))
+
+    def _take(self, messages: list) -> None:
+        """Record each result message (confluent_kafka.Message) read."""
+        for m in messages:
+            if m.error() is not None:
+                raise RuntimeError(f"reading {self.settings.results_topic}: {m.error()}")
+            at = orjson.loads(m.value())["input"]
+            self.positions.append((at["partition"], at["offset"]))
+            self.published_ms.append(m.timestamp()[1])
 
     @property
     def latencies(self) -> list[float]:
@@ -100,12 +123,12 @@ class ResultWatch:
         return True
 
     async def stop(self) -> None:
+        # the reader's consume call ends within 0.2 s; the consumer is closed after it
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])  # its error, if any, was raised by wait_for
         if self._consumer is not None:
-            await self._consumer.stop()
+            await asyncio.to_thread(self._consumer.close)
 
 
 async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, duration_s: float,
@@ -169,7 +192,9 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
             i += 1
         for partition, (due, times) in sorted(batches.items()):
             await send(partition, due, times)
-        await asyncio.sleep(TICK_S)
+        if i < total:
+            # the next record's due time, not every tick: 50 wake-ups a second at 50/s
+            await asyncio.sleep(max(TICK_S, (t0_ms + i * interval_ms - time.time() * 1000) / 1000))
     await asyncio.gather(*pending)
     if failed:
         raise failed[0]

@@ -174,17 +174,16 @@ class SoakWatch(ResultWatch):
     read: int = 0
     unmatched: list[tuple[tuple[int, int], int]] = field(default_factory=list)
 
-    async def _run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
-            waiting, self.unmatched = self.unmatched, []
-            for pos, published in waiting:
-                self._match(pos, published)
-            for records in batch.values():
-                for r in records:
-                    at = orjson.loads(r.value)["input"]
-                    self.read += 1
-                    self._match((at["partition"], at["offset"]), r.timestamp)
+    def _take(self, messages: list) -> None:
+        waiting, self.unmatched = self.unmatched, []
+        for pos, published in waiting:
+            self._match(pos, published)
+        for m in messages:
+            if m.error() is not None:
+                raise RuntimeError(f"reading {self.settings.results_topic}: {m.error()}")
+            at = orjson.loads(m.value())["input"]
+            self.read += 1
+            self._match((at["partition"], at["offset"]), m.timestamp()[1])
 
     def _match(self, pos: tuple[int, int], published: int) -> None:
         intended = self.intended.pop(pos, None)
