@@ -96,11 +96,17 @@ class ResultWatch:
     def _take(self, messages: list) -> None:
         """Record each result message (confluent_kafka.Message) read."""
         for m in messages:
-            if m.error() is not None:
-                raise RuntimeError(f"reading {self.settings.results_topic}: {m.error()}")
-            at = orjson.loads(m.value())["input"]
-            self.positions.append((at["partition"], at["offset"]))
-            self.published_ms.append(m.timestamp()[1])
+            position, published = self._result(m)
+            self.positions.append(position)
+            self.published_ms.append(published)
+
+    def _result(self, message) -> tuple[tuple[int, int], int]:
+        """(input position, publication time in ms) of a result message. Raises
+        RuntimeError for a message that carries a read error instead."""
+        if message.error() is not None:
+            raise RuntimeError(f"reading {self.settings.results_topic}: {message.error()}")
+        at = orjson.loads(message.value())["input"]
+        return (at["partition"], at["offset"]), message.timestamp()[1]
 
     @property
     def latencies(self) -> list[float]:

@@ -58,7 +58,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from app.kafka_config import client_kwargs
@@ -179,11 +178,8 @@ class SoakWatch(ResultWatch):
         for pos, published in waiting:
             self._match(pos, published)
         for m in messages:
-            if m.error() is not None:
-                raise RuntimeError(f"reading {self.settings.results_topic}: {m.error()}")
-            at = orjson.loads(m.value())["input"]
             self.read += 1
-            self._match((at["partition"], at["offset"]), m.timestamp()[1])
+            self._match(*self._result(m))
 
     def _match(self, pos: tuple[int, int], published: int) -> None:
         intended = self.intended.pop(pos, None)
