@@ -837,6 +837,105 @@ async def test_a_fenced_whole_lane_loses_every_partition_it_held(settings, tmp_p
         assert sum("fenced on partition" in m for m in caplog.messages) == 2
 
 
+class RefusingResults(RecordingProducer):
+    """A recording producer whose record batches for the results topic the broker
+    refuses (OutOfOrderSequenceNumber, as after a broker restart); every other batch
+    is delivered. ``renewed``: the producers PartitionProducers started since, each a
+    RefusingResults while ``refuse_renewed`` (class attributes, reset per test)."""
+
+    results_topic = ""
+    renewed: ClassVar[list] = []
+    refuse_renewed = False
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        self.config = config
+        self.refuses = True
+
+    async def start(self) -> None:
+        self.log.append(("start",))
+
+    def _append_batch(self, batch, tp):
+        from aiokafka.errors import OutOfOrderSequenceNumber
+
+        queued = super()._append_batch(batch, tp)
+        if self.refuses and tp.topic == self.results_topic:
+            queued.future = asyncio.get_running_loop().create_future()
+            queued.future.set_exception(OutOfOrderSequenceNumber())
+        return queued
+
+    @classmethod
+    def renew(cls, **config):
+        producer = cls(**config)
+        producer.refuses = cls.refuse_renewed
+        cls.renewed.append(producer)
+        return producer
+
+
+async def test_a_refused_batch_is_never_committed_and_goes_out_again_on_a_renewed_producer(
+        settings, tmp_path, monkeypatch, caplog) -> None:
+    """ClerkRenewsProducerOnRefusedBatch, ClerkPublishesItemAtomically: when the broker
+    refuses a record batch of the transaction (aiokafka would still commit it, with the
+    batch's results missing), the transaction is not committed; the lane's producer is
+    stopped and a new one started on the same transactional id (which aborts the open
+    transaction), and the same decisions go out once, in a transaction on it, before
+    any copy is acknowledged. One WARNING says so."""
+    from agents import clerk_publish
+
+    monkeypatch.setattr(RefusingResults, "results_topic", settings.results_topic)
+    monkeypatch.setattr(RefusingResults, "renewed", [])
+    monkeypatch.setattr(RefusingResults, "refuse_renewed", False)
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", RefusingResults.renew)
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    old = claimed_whole(capp, RefusingResults(), 1, 2)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            first = await put(out_a, copy_value("a", 0, 1))
+            deciding = await put(out_b, copy_value("b", 0, 1))
+        assert first.message.acked and deciding.message.acked
+    assert ("commit",) not in old.log and ("stop",) in old.log
+    assert old.sent(settings.results_topic)  # the refused one
+    [new] = RefusingResults.renewed
+    assert new.config["transactional_id"] == f"{settings.app_id('clerk')}-whole"
+    assert capp.docket["producers"].get(1) is new and capp.docket["producers"].get(2) is new
+    sent = new.sent(settings.results_topic)
+    assert [orjson.loads(e[3])["input"]["offset"] for _, e in sent] == [0]
+    assert new.log.index(("start",)) < sent[0][0] < new.log.index(("commit",))
+    assert capp.docket["publisher"].failure is None
+    assert sum("was refused" in m for m in caplog.messages) == 1
+
+
+async def test_a_lane_refused_again_and_again_stops_the_worker(settings, tmp_path, monkeypatch) -> None:
+    """ClerkRenewsProducerOnRefusedBatch, UndeliveredRecordStopsCommits: a lane whose
+    transactions the broker refuses REFUSALS_BEFORE_STOP times in a row, renewed after
+    each but the last, commits nothing and acknowledges nothing: the worker stops
+    committing (stop_committing) and the agent raises the refusal at its next item."""
+    from agents import clerk_publish
+
+    monkeypatch.setattr(RefusingResults, "results_topic", settings.results_topic)
+    monkeypatch.setattr(RefusingResults, "renewed", [])
+    monkeypatch.setattr(RefusingResults, "refuse_renewed", True)
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", RefusingResults.renew)
+    stopped: list = []
+    monkeypatch.setattr(clerk_mod, "stop_committing", lambda app, exc, what: stopped.append((exc, what)))
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    old = claimed_whole(capp, RefusingResults(), 1)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        first = await put(out_a, copy_value("a", 0, 1))
+        deciding = await put(out_b, copy_value("b", 0, 1))
+        assert not first.message.acked and not deciding.message.acked
+    producers = [old, *RefusingResults.renewed]
+    assert len(producers) == clerk_publish.REFUSALS_BEFORE_STOP
+    assert all(("commit",) not in p.log for p in producers)
+    [(exc, what)] = stopped
+    assert isinstance(exc, clerk_publish.BatchRefused) and capp.docket["publisher"].failure is exc
+    assert what == f"results of {settings.results_topic}[1]"
+
+
 def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
     """ClerkAssignedCoPartitioned, OneClerkWorkerPerPartition: with three Clerk workers
     in the group, Faust's assignor gives partition p of every output topic to one
