@@ -872,6 +872,17 @@ class RefusingResults(RecordingProducer):
         return producer
 
 
+def refusing(settings, monkeypatch, *, refuse_renewed: bool) -> None:
+    """Producers the Clerk starts from now on are RefusingResults (refusing while
+    ``refuse_renewed``), recorded in RefusingResults.renewed."""
+    from agents import clerk_publish
+
+    monkeypatch.setattr(RefusingResults, "results_topic", settings.results_topic)
+    monkeypatch.setattr(RefusingResults, "renewed", [])
+    monkeypatch.setattr(RefusingResults, "refuse_renewed", refuse_renewed)
+    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", RefusingResults.renew)
+
+
 async def test_a_refused_batch_is_never_committed_and_goes_out_again_on_a_renewed_producer(
         settings, tmp_path, monkeypatch, caplog) -> None:
     """ClerkRenewsProducerOnRefusedBatch, ClerkPublishesItemAtomically: when the broker
@@ -880,12 +891,7 @@ async def test_a_refused_batch_is_never_committed_and_goes_out_again_on_a_renewe
     stopped and a new one started on the same transactional id (which aborts the open
     transaction), and the same decisions go out once, in a transaction on it, before
     any copy is acknowledged. One WARNING says so."""
-    from agents import clerk_publish
-
-    monkeypatch.setattr(RefusingResults, "results_topic", settings.results_topic)
-    monkeypatch.setattr(RefusingResults, "renewed", [])
-    monkeypatch.setattr(RefusingResults, "refuse_renewed", False)
-    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", RefusingResults.renew)
+    refusing(settings, monkeypatch, refuse_renewed=False)
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     old = claimed_whole(capp, RefusingResults(), 1, 2)
     out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
@@ -914,10 +920,7 @@ async def test_a_lane_refused_again_and_again_stops_the_worker(settings, tmp_pat
     committing (stop_committing) and the agent raises the refusal at its next item."""
     from agents import clerk_publish
 
-    monkeypatch.setattr(RefusingResults, "results_topic", settings.results_topic)
-    monkeypatch.setattr(RefusingResults, "renewed", [])
-    monkeypatch.setattr(RefusingResults, "refuse_renewed", True)
-    monkeypatch.setattr(clerk_publish, "AIOKafkaProducer", RefusingResults.renew)
+    refusing(settings, monkeypatch, refuse_renewed=True)
     stopped: list = []
     monkeypatch.setattr(clerk_mod, "stop_committing", lambda app, exc, what: stopped.append((exc, what)))
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
