@@ -289,7 +289,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     def failed(p: int, exc: BaseException) -> None:
         stop_committing(app, exc, f"results of {settings.results_topic}[{p}]")
 
-    publisher = Publisher(settings, producers, on_published=published, on_lost=lost, on_error=failed)
+    publisher = Publisher(settings, producers, on_published=published, on_lost=lost, on_error=failed,
+                          term=lambda: None if app.rebalancing else app.consumer_generation_id)
 
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):

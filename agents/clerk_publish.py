@@ -285,6 +285,10 @@ class Publisher:
     ``<prefix>.divergences``, each to the partition of the input partition they
     decide.
 
+    ``term()`` names the worker's hold on its partitions: the consumer group's
+    generation, None while the group rebalances. A lane's producer is renewed only while
+    it names the same hold as when the transaction began (ClerkRenewsProducerOnRefusedBatch).
+
     ``on_published(partition, results)`` runs after each committed transaction, per
     partition it carried results of; ``on_lost(partition, fenced)`` for each partition
     of a lane that is lost (PartitionLost: nothing of the failed transaction is visible
@@ -295,9 +299,11 @@ class Publisher:
     def __init__(self, settings: Settings, producers: PartitionProducers, *,
                  on_published: Callable[[int, list[Publish]], None],
                  on_lost: Callable[[int, bool], None],
-                 on_error: Callable[[int, BaseException], None]) -> None:
+                 on_error: Callable[[int, BaseException], None],
+                 term: Callable[[], object] = lambda: 0) -> None:
         self.settings = settings
         self.producers = producers
+        self.term = term
         self.on_published = on_published
         self.on_lost = on_lost
         self.on_error = on_error
@@ -394,6 +400,7 @@ class Publisher:
         batch of it, up to REFUSALS_BEFORE_STOP times; then BatchRefused propagates
         (the worker stops). The same records go out each time: nothing of a refused
         transaction is visible (ClerkRenewsProducerOnRefusedBatch)."""
+        term = self.term()
         for attempt in range(1, REFUSALS_BEFORE_STOP + 1):
             try:
                 await self._publish(key, results, divergences)
@@ -401,6 +408,14 @@ class Publisher:
             except BatchRefused as refused:
                 if attempt == REFUSALS_BEFORE_STOP:
                     raise
+                if term is None or self.term() != term:
+                    # the partitions may be another worker's by now: a new epoch on
+                    # the id would fence it. Nothing of the transaction is visible;
+                    # whoever owns them reads their copies again (this worker claims
+                    # them afresh if they are still its own).
+                    lost = self.producers.partitions_of(key) or sorted({*results, *divergences})
+                    await self.producers.release(lost)
+                    raise PartitionLost(lost, fenced=False) from refused
                 log.warning("%s; renewing the producer, which aborts that transaction, and publishing the same "
                             "decisions again (refusal %d of at most %d before this worker stops)", refused,
                             attempt, REFUSALS_BEFORE_STOP)
@@ -438,11 +453,13 @@ class Publisher:
             # missing. Seen after a broker restart in tests/integration/test_chaos.py:
             # OutOfOrderSequence on results[0..2] for every later transaction, each
             # committed with only its markers, 467 results lost.
-            for outcome in await asyncio.gather(*batches, return_exceptions=True):
-                if isinstance(outcome, (ProducerFenced, ProducerClosed)):
-                    raise outcome
-                if isinstance(outcome, BaseException):
-                    raise BatchRefused(self.producers.transactional_id(key), outcome)
+            failed = [o for o in await asyncio.gather(*batches, return_exceptions=True) if isinstance(o, BaseException)]
+            # a fence anywhere in it wins: renewing then would fence the new owner
+            fence = next((o for o in failed if isinstance(o, ProducerFenced)), None)
+            if fence is not None:
+                raise fence
+            if failed:
+                raise BatchRefused(self.producers.transactional_id(key), failed[0])
             await producer.commit_transaction()
         except ProducerFenced:
             lost = self.producers.partitions_of(key) or partitions

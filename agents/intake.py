@@ -370,7 +370,12 @@ class BatchConsumer(_driver.Consumer):
                     continue
                 if not self.flow_active:
                     try:
-                        await self.perform_seek()
+                        # Faust's seek alone: the partitions stay unsought until the
+                        # recovery's seek. Marked sought here (a rebalance that ended
+                        # within this wait), a fetch from the committed offset could
+                        # be handed over before the recovery's seek put the read offset
+                        # back there, and then be handed over again.
+                        await super().perform_seek()
                     except Exception as exc:  # noqa: BLE001  as Faust: logged, the loop goes on
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     self.diag.unset_flag(CONSUMER_FETCHING)

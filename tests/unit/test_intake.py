@@ -388,6 +388,47 @@ async def test_a_fetch_dropped_while_the_seek_runs_is_read_again_from_the_commit
     assert [r.offset for m in items if m.partition == 1 for r in m.records] == [125]
 
 
+async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, settings, monkeypatch) -> None:
+    """StartWhereSought, NoReadOffsetAcrossARebalance: the seek Faust's drain loop makes
+    when it finds the flow off (here after a rebalance that ended within its fetch
+    wait) does not count as the assignment's seek: nothing is handed over until the
+    recovery's seek, which would put the read offset back to the committed offset under
+    a fetch already handed over, and so hand it over twice."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 2)
+    committed_offsets(consumer, monkeypatch, {tp: 40})
+    consumer.stop_flow()
+    fetched_meanwhile = {tp: [record(tp, 40)]}
+    resumed = []
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    fetcher = Fetcher()
+
+    async def next_records(timeout: float):  # one fetch that finds the flow off, then the flow is on
+        if not resumed:
+            resumed.append(True)
+            return fetched_meanwhile, None
+        consumer.resume_flow()
+        fetcher._stopped.set()  # and the loop ends
+        return None, None
+
+    async def callback(message) -> None:
+        raise AssertionError("handed over before the recovery's seek")
+
+    consumer.callback = callback
+    consumer._wait_next_records = next_records
+    consumer.highwater = lambda tp_: 10_000
+    await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+    assert consumer._read_offset[tp] == 40  # Faust's seek ran
+    assert await drain(consumer, [{tp: [record(tp, 40)]}]) == []  # still unsought
+    await consumer.perform_seek()  # the recovery's
+    assert [m.offset for m in await drain(consumer, [{tp: [record(tp, 40)]}])] == [40]
+
+
 async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, monkeypatch) -> None:
     """NoReadOffsetAcrossARebalance, StartWhereSought: from a revocation on, nothing of
     a revoked batch-topic partition is handed over, even with the flow on (Faust's

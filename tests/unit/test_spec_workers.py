@@ -939,6 +939,64 @@ async def test_a_lane_refused_again_and_again_stops_the_worker(settings, tmp_pat
     assert what == f"results of {settings.results_topic}[1]"
 
 
+async def test_a_refusal_while_the_group_rebalances_gives_the_partitions_up_without_renewing(
+        settings, tmp_path, monkeypatch) -> None:
+    """RefusedTransactionGivenUpAcrossARebalance, ClerkRenewsProducerOnRefusedBatch: a transaction
+    refused after a rebalance began (or in another consumer-group generation than it
+    began in) is not retried on a renewed producer, which would bump the id's epoch and
+    fence a worker that owns the partitions by now: nothing is committed or
+    acknowledged, the producer is stopped and the partitions forgotten, to be claimed
+    afresh if they are still this worker's."""
+    refusing(settings, monkeypatch, refuse_renewed=False)
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+
+    class RebalancingMeanwhile(RefusingResults):
+        def _append_batch(self, batch, tp):
+            capp.rebalancing = True
+            return super()._append_batch(batch, tp)
+
+    old = claimed_whole(capp, RebalancingMeanwhile(), 1, 2)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        first = await put(out_a, copy_value("a", 0, 1))
+        deciding = await put(out_b, copy_value("b", 0, 1))
+        assert not first.message.acked and not deciding.message.acked
+    assert RefusingResults.renewed == [] and ("commit",) not in old.log and ("stop",) in old.log
+    producers, core = capp.docket["producers"], capp.docket["core"]
+    assert not producers.owns(1) and not producers.owns(2) and not core.known(1)
+    assert capp.docket["publisher"].failure is None and capp.docket["fenced"] == set()
+
+
+async def test_a_fence_among_refused_batches_is_a_fence(settings, tmp_path, monkeypatch) -> None:
+    """FencedClerkPublishesNothing, ClerkRenewsProducerOnRefusedBatch: when one batch of
+    the transaction was refused (OutOfOrderSequenceNumber) and a later one fenced
+    (another worker claimed the id meanwhile), the worker is fenced: it does not renew
+    the producer, which would fence the new owner in turn."""
+    from aiokafka.errors import ProducerFenced
+
+    refusing(settings, monkeypatch, refuse_renewed=False)
+
+    class FencedLater(RefusingResults):
+        def _append_batch(self, batch, tp):
+            queued = super()._append_batch(batch, tp)
+            if tp.topic == settings.entities_topic:
+                queued.future = asyncio.get_running_loop().create_future()
+                queued.future.set_exception(ProducerFenced())
+            return queued
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    old = claimed(capp, FencedLater(), 1)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        first = await put(out_a, copy_value("a", 0, 1))
+        deciding = await put(out_b, copy_value("b", 0, 1))
+        assert not first.message.acked and not deciding.message.acked
+    assert RefusingResults.renewed == [] and ("commit",) not in old.log
+    assert capp.docket["fenced"] == {1}
+
+
 def test_clerk_partitions_are_assigned_co_partitioned(settings, tmp_path, monkeypatch) -> None:
     """ClerkAssignedCoPartitioned, OneClerkWorkerPerPartition: with three Clerk workers
     in the group, Faust's assignor gives partition p of every output topic to one
