@@ -454,6 +454,11 @@ class Publisher:
             # OutOfOrderSequence on results[0..2] for every later transaction, each
             # committed with only its markers, 467 results lost.
             failed = [o for o in await asyncio.gather(*batches, return_exceptions=True) if isinstance(o, BaseException)]
+            if failed:
+                # a failed sender fails aiokafka's transaction waiter too, which only
+                # commit_transaction reads: retrieve it, or asyncio logs "Future exception
+                # was never retrieved" once the producer is collected
+                producer._txn_manager.wait_for_transaction_end().add_done_callback(retrieved)
             # a fence anywhere in it wins: renewing then would fence the new owner
             fence = next((o for o in failed if isinstance(o, ProducerFenced)), None)
             if fence is not None:

@@ -240,8 +240,8 @@ class BatchConsumer(_driver.Consumer):
         assigned, generation = self._assigned, self.app.consumer_generation_id
         await super().perform_seek()
         if assigned and self._assigned and generation == self.app.consumer_generation_id:
-            # not a seek of a revoked assignment (Faust's drain loop seeks whatever is
-            # assigned whenever the flow is off, a rebalance's revocation included)
+            # the assignment was neither revoked nor replaced while the seek ran (it
+            # awaits a round trip per partition)
             again = self.sought([tp for tp in list(self._read_offset) if tp.topic in self.batch_topics])
             await self.seek_again(again, generation)
 

@@ -31,6 +31,10 @@ AIOKAFKA_INTERNALS = (
     ("aiokafka.producer.message_accumulator", "MessageBatch", "future"),
     ("aiokafka.producer.message_accumulator", "MessageBatch", "_drain_waiter"),
     ("aiokafka.client", "AIOKafkaClient", "_wait_on_metadata"),
+    # agents/clerk_publish.py Publisher._publish: the transaction waiter of a producer
+    # whose batch failed
+    ("aiokafka.producer.producer", "AIOKafkaProducer", "_txn_manager"),
+    ("aiokafka.producer.transaction_manager", "TransactionManager", "wait_for_transaction_end"),
 )
 
 

@@ -158,6 +158,14 @@ class RecordingProducer:
     async def commit_transaction(self) -> None:
         self.log.append(("commit",))
 
+    @property
+    def _txn_manager(self):  # aiokafka's TransactionManager, for its transaction waiter
+        return self
+
+    def wait_for_transaction_end(self) -> asyncio.Future:
+        self.log.append(("transaction waiter",))
+        return asyncio.get_running_loop().create_future()
+
     async def stop(self) -> None:
         self.log.append(("stop",))
 
@@ -902,6 +910,7 @@ async def test_a_refused_batch_is_never_committed_and_goes_out_again_on_a_renewe
             deciding = await put(out_b, copy_value("b", 0, 1))
         assert first.message.acked and deciding.message.acked
     assert ("commit",) not in old.log and ("stop",) in old.log
+    assert ("transaction waiter",) in old.log  # its failure retrieved
     assert old.sent(settings.results_topic)  # the refused one
     [new] = RefusingResults.renewed
     assert new.config["transactional_id"] == f"{settings.app_id('clerk')}-whole"
