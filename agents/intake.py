@@ -51,6 +51,9 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "_read_offset"),
     (_driver.Consumer, "on_partitions_revoked"),
     (_driver.Consumer, "seek"),
+    (_driver.Consumer, "_thread"),
+    (_driver.AIOKafkaConsumerThread, "call_thread"),
+    (_driver.AIOKafkaConsumerThread, "_ensure_consumer"),
     (_driver.Consumer, "_gap"),
     (_driver.Consumer, "_new_offset"),
     (_driver.Consumer, "wait_empty"),
@@ -235,6 +238,17 @@ class BatchConsumer(_driver.Consumer):
                 self._starts[tp] = UNSOUGHT
                 self._resought.discard(tp)
                 self._dropped_from.pop(tp, None)
+
+    async def seek(self, partition, offset: int) -> None:
+        """Faust's Consumer.seek (aiokafka's seek of ``partition`` to ``offset``, and the
+        read offset set there), made in the consumer's thread. Faust calls aiokafka's
+        seek from the worker's event loop while the consumer's thread may be inside
+        aiokafka's fetched_records, which then finds the partition's buffered records
+        deleted under it: KeyError, and Faust's Fetcher crashed (fresh-clone CI of
+        56a1631, tests/integration/test_pipeline_crash.py, at a seek_again)."""
+        thread = self._thread
+        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
+        self._read_offset[partition] = offset if offset else None
 
     async def perform_seek(self) -> None:
         assigned, generation = self._assigned, self.app.consumer_generation_id

@@ -429,6 +429,35 @@ async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, sett
     assert [m.offset for m in await drain(consumer, [{tp: [record(tp, 40)]}])] == [40]
 
 
+async def test_a_seek_is_made_in_the_consumers_thread(app, settings, monkeypatch) -> None:
+    """StartWhereSought: the batch consumer's seeks (seek_again, seeking back) go to
+    aiokafka through the consumer's thread, as its fetches do, not from the worker's
+    event loop (Faust's own seek), where one deleted a partition's buffered records
+    while the thread iterated them and crashed the Fetcher; the read offset is set as
+    Faust's seek sets it."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 1)
+    calls = []
+
+    class Aiokafka:
+        def seek(self, partition, offset) -> None:
+            calls.append(("seek", partition, offset))
+
+    class Thread:
+        def _ensure_consumer(self):
+            return Aiokafka()
+
+        async def call_thread(self, fun, *args):
+            calls.append("in the thread")
+            return fun(*args)
+
+    monkeypatch.setattr(consumer, "_thread", Thread())
+    await consumer.seek(tp, 175)
+    assert calls == ["in the thread", ("seek", tp, 175)] and consumer._read_offset[tp] == 175
+    await consumer.seek(tp, 0)
+    assert consumer._read_offset[tp] is None
+
+
 async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, monkeypatch) -> None:
     """NoReadOffsetAcrossARebalance, StartWhereSought: from a revocation on, nothing of
     a revoked batch-topic partition is handed over, even with the flow on (Faust's
