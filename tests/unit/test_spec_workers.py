@@ -880,6 +880,16 @@ class RefusingResults(RecordingProducer):
         return producer
 
 
+async def both_copies(capp, settings):
+    """Instance a's and then b's copy of position (1, 0) reach the Clerk app ``capp``;
+    returns their two stream events once what they decided has been published (or has
+    failed)."""
+    async with capp.agents["clerk"].test_context() as ctx:
+        put = putter(capp, ctx, 1)
+        return (await put(settings.output_topic("a"), copy_value("a", 0, 1)),
+                await put(settings.output_topic("b"), copy_value("b", 0, 1)))
+
+
 def refusing(settings, monkeypatch, *, refuse_renewed: bool) -> None:
     """Producers the Clerk starts from now on are RefusingResults (refusing while
     ``refuse_renewed``), recorded in RefusingResults.renewed."""
@@ -902,13 +912,9 @@ async def test_a_refused_batch_is_never_committed_and_goes_out_again_on_a_renewe
     refusing(settings, monkeypatch, refuse_renewed=False)
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     old = claimed_whole(capp, RefusingResults(), 1, 2)
-    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
-    async with capp.agents["clerk"].test_context() as ctx:
-        put = putter(capp, ctx, 1)
-        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
-            first = await put(out_a, copy_value("a", 0, 1))
-            deciding = await put(out_b, copy_value("b", 0, 1))
-        assert first.message.acked and deciding.message.acked
+    with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+        first, deciding = await both_copies(capp, settings)
+    assert first.message.acked and deciding.message.acked
     assert ("commit",) not in old.log and ("stop",) in old.log
     assert ("transaction waiter",) in old.log  # its failure retrieved
     assert old.sent(settings.results_topic)  # the refused one
@@ -934,12 +940,8 @@ async def test_a_lane_refused_again_and_again_stops_the_worker(settings, tmp_pat
     monkeypatch.setattr(clerk_mod, "stop_committing", lambda app, exc, what: stopped.append((exc, what)))
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     old = claimed_whole(capp, RefusingResults(), 1)
-    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
-    async with capp.agents["clerk"].test_context() as ctx:
-        put = putter(capp, ctx, 1)
-        first = await put(out_a, copy_value("a", 0, 1))
-        deciding = await put(out_b, copy_value("b", 0, 1))
-        assert not first.message.acked and not deciding.message.acked
+    first, deciding = await both_copies(capp, settings)
+    assert not first.message.acked and not deciding.message.acked
     producers = [old, *RefusingResults.renewed]
     assert len(producers) == clerk_publish.REFUSALS_BEFORE_STOP
     assert all(("commit",) not in p.log for p in producers)
@@ -965,12 +967,8 @@ async def test_a_refusal_while_the_group_rebalances_gives_the_partitions_up_with
             return super()._append_batch(batch, tp)
 
     old = claimed_whole(capp, RebalancingMeanwhile(), 1, 2)
-    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
-    async with capp.agents["clerk"].test_context() as ctx:
-        put = putter(capp, ctx, 1)
-        first = await put(out_a, copy_value("a", 0, 1))
-        deciding = await put(out_b, copy_value("b", 0, 1))
-        assert not first.message.acked and not deciding.message.acked
+    first, deciding = await both_copies(capp, settings)
+    assert not first.message.acked and not deciding.message.acked
     assert RefusingResults.renewed == [] and ("commit",) not in old.log and ("stop",) in old.log
     producers, core = capp.docket["producers"], capp.docket["core"]
     assert not producers.owns(1) and not producers.owns(2) and not core.known(1)
@@ -996,12 +994,8 @@ async def test_a_fence_among_refused_batches_is_a_fence(settings, tmp_path, monk
 
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     old = claimed(capp, FencedLater(), 1)
-    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
-    async with capp.agents["clerk"].test_context() as ctx:
-        put = putter(capp, ctx, 1)
-        first = await put(out_a, copy_value("a", 0, 1))
-        deciding = await put(out_b, copy_value("b", 0, 1))
-        assert not first.message.acked and not deciding.message.acked
+    first, deciding = await both_copies(capp, settings)
+    assert not first.message.acked and not deciding.message.acked
     assert RefusingResults.renewed == [] and ("commit",) not in old.log
     assert capp.docket["fenced"] == {1}
 
