@@ -31,6 +31,7 @@ from typing import NamedTuple
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as _driver
 from faust.types.tuples import ConsumerMessage
+from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger("docket.intake")
 
@@ -62,6 +63,7 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "commit_and_end_transactions"),
     (_driver.Transport, "Consumer"),
     (ConsumerMessage, "on_final_ack"),
+    (FlowControlEvent, "resume"),
 )
 
 
@@ -207,6 +209,46 @@ class BatchConsumer(_driver.Consumer):
         # seek leaves the position alone then, past what was dropped)
         self._dropped_from: dict = {}
         self._assigned = False  # between an assignment and the next revocation
+        # set while the stream queues keep what is handed over (:meth:`queues_kept`):
+        # from the app's first flow resume after the seek to the committed offsets
+        # (_sought_in: that seek's generation) until the next revocation, assignment
+        # or seek; set before the first assignment, as nothing is fetched then
+        self._kept = asyncio.Event()
+        self._kept.set()
+        self._sought_in: int | None = None
+        self._watch_flow_control()
+
+    def _watch_flow_control(self) -> None:
+        flow_control = self.app.flow_control
+        resume = flow_control.resume
+
+        def resumed() -> None:
+            resume()  # clears every stream queue
+            if self._assigned and self._sought_in == self.app.consumer_generation_id:
+                self._kept.set()
+
+        flow_control.resume = resumed
+
+    async def queues_kept(self, generation: int) -> bool:
+        """Wait until a hand-over stays in the stream's queue until the agent takes it;
+        False if a rebalance began meanwhile (:meth:`handing_over`): then hand nothing
+        over. Why: Faust's recovery resumes the app's flow once the seek to the
+        committed offsets is over (faust/tables/recovery.py, on_recovery_completed),
+        and mode's FlowControlEvent.resume clears every stream queue. The seek and
+        :meth:`seek_again` go partition by partition while the fetch loop runs on, so
+        a partition sought early could be handed over before that resume, and what
+        still sat in the queue then was lost while the read offset had moved past it:
+        in the chaos suite a restarted instance b skipped input partition 1's
+        16574..16829 (a 256-record piece) and every later copy of it diverged from
+        a's (HandOverAfterTheResume)."""
+        while not self._kept.is_set():
+            if self.should_stop or not self.handing_over(generation):
+                return False
+            try:
+                await asyncio.wait_for(self._kept.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+        return self.handing_over(generation)
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._assigned = False
@@ -233,6 +275,8 @@ class BatchConsumer(_driver.Consumer):
         next seek to the committed offsets (a revocation or an assignment: what is
         fetched meanwhile comes from a position the seek will move; Faust resumes the
         partitions before it, faust/tables/recovery.py Recovery.on_recovery_completed)."""
+        self._kept.clear()
+        self._sought_in = None
         for tp in tps:
             if tp.topic in self.batch_topics:
                 self._starts[tp] = UNSOUGHT
@@ -252,12 +296,16 @@ class BatchConsumer(_driver.Consumer):
 
     async def perform_seek(self) -> None:
         assigned, generation = self._assigned, self.app.consumer_generation_id
+        self._kept.clear()  # until the flow resumes after this seek (queues_kept)
+        self._sought_in = None
         await super().perform_seek()
         if assigned and self._assigned and generation == self.app.consumer_generation_id:
             # the assignment was neither revoked nor replaced while the seek ran (it
             # awaits a round trip per partition)
             again = self.sought([tp for tp in list(self._read_offset) if tp.topic in self.batch_topics])
             await self.seek_again(again, generation)
+            if self._assigned and generation == self.app.consumer_generation_id:
+                self._sought_in = generation
 
     def sought(self, tps) -> dict:
         """The seek to the committed offsets has put ``tps`` at their read offsets: the
@@ -408,6 +456,8 @@ class BatchConsumer(_driver.Consumer):
                         if not recs:
                             continue
                     if tp.topic in batch_topics:
+                        if self._starts.get(tp) is not UNSOUGHT and not await self.queues_kept(generation):
+                            break
                         if not await self.starts_where_sought(tp, recs[0].offset):
                             continue
                         # For a batch topic the read offset is always the next offset

@@ -224,6 +224,15 @@ FAUST_DRAIN_LOOP_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735
 # Faust's Consumer._new_offset: BatchConsumer.cover relies on how it takes a gap below
 # the highest acknowledged offset as acknowledged
 FAUST_NEW_OFFSET_SHA256 = "1d2c7ea89a7ad4f1a216c1d51936e569162cd66bd56f889e13fd29c910b58eb0"
+# What BatchConsumer.queues_kept relies on (HandOverAfterTheResume): Faust's recovery
+# resumes the app's flow right after the seek to the committed offsets (both paths:
+# with tables, and without, as the Clerk), looking the resume up when it calls it, and
+# mode's resume clears every stream queue
+RESUME_AFTER_SEEK_SHA256 = {
+    "Recovery.on_recovery_completed": "6ef567acf072e46da3fccbccc6d662371f634f622c3d510972d5df81f70ae3ac",
+    "Recovery._resume_streams": "d986a6710c1aca98f08c4c723fb3eadc5bf24576ad4eb9da3dd3eecedda2f24e",
+    "FlowControlEvent.resume": "4dcdc1253fd0dcb40de18a3702503c01d21e9da7e5e55b122fb92615f27648d9",
+}
 
 
 def revoke(consumer, tps) -> None:
@@ -294,7 +303,7 @@ async def test_after_an_assignment_a_batch_topic_is_read_from_where_its_seek_put
     assert await drain(consumer, [{tp: [record(tp, o) for o in range(887, 924)]}]) == []  # before the seek
 
     committed_offsets(consumer, monkeypatch, {tp: 887, changelog: 40})
-    await consumer.perform_seek()
+    await recovery_seek(consumer)
     assert done == [(tp, 887)]  # sought again: a fetch was dropped before the seek
     assert await drain(consumer, [{tp: [record(tp, o) for o in range(923, 930)]}]) == []
     assert done == [(tp, 887), (tp, 887)]
@@ -318,8 +327,8 @@ async def test_a_gap_read_from_the_sought_start_holds_no_record_and_is_acknowled
     tp, fresh = TP(settings.input_topic, 1), TP(settings.input_topic, 2)
     done = seeks(consumer, monkeypatch)
     await assign(consumer, monkeypatch, {tp, fresh}, 5)
-    consumer._read_offset[tp] = 10
-    consumer.sought([tp, fresh])  # fresh: no committed offset, read offset None
+    committed_offsets(consumer, monkeypatch, {tp: 10, fresh: None})  # fresh: no committed offset
+    await recovery_seek(consumer)
     assert await drain(consumer, [{tp: [record(tp, 12), record(tp, 13)]}]) == []
     assert done == [(tp, 10)]
     [item] = await drain(consumer, [{tp: [record(tp, 12), record(tp, 13)]}])  # read from 10: 10, 11 hold none
@@ -343,10 +352,18 @@ async def test_without_a_committed_offset_what_was_dropped_before_the_seek_is_re
     await assign(consumer, monkeypatch, {tp}, 3)
     assert await drain(consumer, [{tp: [record(tp, o) for o in range(0, 4)]}]) == []  # before the seek
     committed_offsets(consumer, monkeypatch, {tp: None})  # the seek finds no committed offset
-    await consumer.perform_seek()
+    await recovery_seek(consumer)
     assert done == [(tp, 0)]
     items = await drain(consumer, [{tp: [record(tp, o) for o in range(0, 6)]}])
     assert [r.offset for m in items for r in m.records] == list(range(0, 6))
+
+
+async def recovery_seek(consumer) -> None:
+    """What Faust's recovery does at the end of an assignment's recovery: the seek to
+    the committed offsets, then the app's flow resumed, which clears every stream
+    queue (faust/tables/recovery.py on_recovery_completed; HandOverAfterTheResume)."""
+    await consumer.perform_seek()
+    consumer.app.flow_control.resume()
 
 
 def committed_offsets(consumer, monkeypatch, offsets: dict) -> None:
@@ -381,11 +398,89 @@ async def test_a_fetch_dropped_while_the_seek_runs_is_read_again_from_the_commit
         await real_seek(tp_, offset)
 
     monkeypatch.setattr(consumer, "seek", seek)
-    await consumer.perform_seek()
+    await recovery_seek(consumer)
     assert done == [(tp, 175)] and still_unsought == [[]]
     items = await drain(consumer, [{tp: [record(tp, o) for o in range(175, 460)], quiet: [record(quiet, 125)]}])
     assert [r.offset for m in items if m.partition == 2 for r in m.records] == list(range(175, 460))
     assert [r.offset for m in items if m.partition == 1 for r in m.records] == [125]
+
+
+async def test_nothing_is_handed_over_before_the_flow_resumes_after_the_seek(app, settings, monkeypatch) -> None:
+    """HandOverAfterTheResume: a partition sought again early in the seek to the
+    committed offsets is fetched while the seek of another goes on, but nothing of it
+    is handed over until Faust's recovery has resumed the flow after the seek, since
+    that resume clears every stream queue. Handed over before it, a piece still in the
+    queue was lost with the read offset past it (chaos suite: a restarted instance b
+    skipped 16574..16829 of input partition 1, and all its later copies diverged)."""
+    consumer = app.consumer
+    early, late = TP(settings.input_topic, 1), TP(settings.input_topic, 2)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {early, late}, 6)
+    consumer.app.flow_control.resume()  # the recovery's before the seek ("Resuming flow...")
+    # a fetch of each dropped while unsought: both are sought again, one after the other
+    assert await drain(consumer, [{early: [record(early, o) for o in range(100, 108)],
+                                   late: [record(late, o) for o in range(200, 204)]}]) == []
+    committed_offsets(consumer, monkeypatch, {early: 100, late: 200})
+    fetch_loop = []
+    real_seek = consumer.seek
+
+    async def seek(tp_, offset) -> None:
+        await real_seek(tp_, offset)
+        if tp_ == late:  # the fetch loop meanwhile reads `early`, sought again already
+            fetch_loop.append(asyncio.ensure_future(
+                drain(consumer, [{early: [record(early, o) for o in range(100, 108)]}])))
+            for _ in range(50):  # loop turns enough for a hand-over to reach the queue
+                await asyncio.sleep(0)
+
+    real_sought = consumer.sought
+
+    def sought(tps) -> dict:  # `early` first, so that it is sought again before `late`
+        again = real_sought(tps)
+        return {tp: again[tp] for tp in sorted(again, key=lambda tp: tp != early)}
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "sought", sought)
+    await consumer.perform_seek()
+    assert done == [(early, 100), (late, 200)]
+    assert not fetch_loop[0].done()  # holding the fetch, nothing handed over
+    consumer.app.flow_control.resume()  # the recovery's, after the seek: clears the queues
+    items = await asyncio.wait_for(fetch_loop[0], 5)
+    assert [r.offset for m in items for r in m.records] == list(range(100, 108))
+
+
+@pytest.mark.parametrize("rebalance", ["revocation", "new generation"])
+async def test_a_rebalance_while_waiting_for_the_resume_hands_nothing_over(
+        app, settings, monkeypatch, rebalance) -> None:
+    """HandOverAfterTheResume, NoReadOffsetAcrossARebalance: a fetch held until the
+    flow resumes after the seek is dropped if a rebalance begins first, whether the
+    revocation stops the flow or the group's generation moves on (the next
+    assignment's seek reads it again)."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 3)
+    seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 7)
+    committed_offsets(consumer, monkeypatch, {tp: 50})
+    await consumer.perform_seek()  # no resume after it yet
+    waiting = asyncio.Event()
+    real_queues_kept = consumer.queues_kept
+
+    async def queues_kept(generation: int) -> bool:
+        waiting.set()
+        return await real_queues_kept(generation)
+
+    monkeypatch.setattr(consumer, "queues_kept", queues_kept)
+    fetch_loop = asyncio.ensure_future(drain(consumer, [{tp: [record(tp, 50)]}]))
+    await asyncio.wait_for(waiting.wait(), 5)
+    assert not fetch_loop.done()
+    if rebalance == "revocation":
+        async def app_revoked(revoked) -> None:  # the app's part: Faust stops the flow
+            consumer.stop_flow()
+
+        monkeypatch.setattr(consumer, "_on_partitions_revoked", app_revoked)
+        await consumer.on_partitions_revoked({tp})
+    else:
+        app.consumer_generation_id = 8
+    assert await asyncio.wait_for(fetch_loop, 5) == []
 
 
 async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, settings, monkeypatch) -> None:
@@ -425,7 +520,7 @@ async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, sett
     await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
     assert consumer._read_offset[tp] == 40  # Faust's seek ran
     assert await drain(consumer, [{tp: [record(tp, 40)]}]) == []  # still unsought
-    await consumer.perform_seek()  # the recovery's
+    await recovery_seek(consumer)  # the recovery's
     assert [m.offset for m in await drain(consumer, [{tp: [record(tp, 40)]}])] == [40]
 
 
@@ -467,8 +562,8 @@ async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, 
     tp = TP(settings.input_topic, 0)
     seeks(consumer, monkeypatch)
     await assign(consumer, monkeypatch, {tp}, 1)
-    consumer._read_offset[tp] = 100
-    consumer.sought([tp])
+    committed_offsets(consumer, monkeypatch, {tp: 100})
+    await recovery_seek(consumer)
     assert len(await drain(consumer, [{tp: [record(tp, 100)]}])) == 1
 
     async def app_revoked(revoked) -> None:
@@ -486,7 +581,7 @@ async def test_a_revocation_stops_hand_overs_until_the_next_seek(app, settings, 
     await consumer.perform_seek()  # Faust's drain loop seeks whatever is assigned while the flow is off
     assert await drain(consumer, [{tp: [record(tp, 101)]}]) == []  # a seek of the revoked assignment
     await assign(consumer, monkeypatch, {tp}, 2)
-    await consumer.perform_seek()
+    await recovery_seek(consumer)
     assert [m.offset for m in await drain(consumer, [{tp: [record(tp, 101)]}])] == [101]
 
 
@@ -506,6 +601,14 @@ def test_the_faust_and_aiokafka_internals_batch_intake_uses_keep_their_shape(app
     source = inspect.getsource(faust_consumer.Consumer._new_offset)
     assert hashlib.sha256(source.encode()).hexdigest() == FAUST_NEW_OFFSET_SHA256, (
         "Faust's Consumer._new_offset changed: check that BatchConsumer.cover's gaps still count as acknowledged")
+    from faust.tables.recovery import Recovery
+    from mode.utils.queues import FlowControlEvent
+
+    for function in (Recovery.on_recovery_completed, Recovery._resume_streams, FlowControlEvent.resume):
+        digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
+        assert digest == RESUME_AFTER_SEEK_SHA256[function.__qualname__], (
+            f"{function.__qualname__} changed: check that the flow still resumes (clearing the stream queues) "
+            "right after the seek to the committed offsets, as BatchConsumer.queues_kept expects")
 
 
 def test_the_clerk_shortens_aiokafkas_concurrent_transactions_retry() -> None:
