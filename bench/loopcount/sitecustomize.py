@@ -30,14 +30,13 @@ from __future__ import annotations
 import os
 
 
-def _step_name(handle) -> str:
+def _step_name(handle, task_type: type) -> str:
     """A name for what ``handle`` (an asyncio Handle) runs: the callback's qualified
-    name, or for a task's step ``task <coroutine> @ <innermost awaited coroutine>:<line>``."""
-    import asyncio
-
+    name, or for a step of a ``task_type`` (asyncio.Task) ``task <coroutine> @
+    <innermost awaited coroutine>:<line>``."""
     callback = getattr(handle, "_callback", None)
     owner = getattr(callback, "__self__", None)
-    if isinstance(owner, asyncio.Task):
+    if isinstance(owner, task_type):
         coro = owner.get_coro()
         inner = coro
         while hasattr(getattr(inner, "cr_await", None), "cr_frame"):
@@ -50,6 +49,7 @@ def _step_name(handle) -> str:
 
 
 def _install(directory: str, interval_s: float) -> None:
+    import asyncio
     import asyncio.base_events as base_events
     import collections
     import json
@@ -66,7 +66,7 @@ def _install(directory: str, interval_s: float) -> None:
         ready = loop._ready
         iterations[(thread, "ready" if ready else "waiting")] += 1
         for handle in tuple(ready):
-            callbacks[(thread, _step_name(handle))] += 1
+            callbacks[(thread, _step_name(handle, asyncio.Task))] += 1
         original(loop)
 
     def dump() -> None:
@@ -89,5 +89,18 @@ def _install(directory: str, interval_s: float) -> None:
     threading.Thread(target=dump, name="docket-loopcount", daemon=True).start()
 
 
+def _interval_s(raw: str) -> float:
+    """DOCKET_LOOPCOUNT_INTERVAL_S as seconds (> 0). Raises ValueError naming the
+    variable: Python prints it at start ("Error in sitecustomize") and runs on without
+    the counter, where a bare float() error would not say which setting is wrong."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"DOCKET_LOOPCOUNT_INTERVAL_S={raw!r}: give the dump period in seconds, a number > 0")
+    return value
+
+
 if os.environ.get("DOCKET_LOOPCOUNT_DIR"):
-    _install(os.environ["DOCKET_LOOPCOUNT_DIR"], float(os.environ.get("DOCKET_LOOPCOUNT_INTERVAL_S", "10")))
+    _install(os.environ["DOCKET_LOOPCOUNT_DIR"], _interval_s(os.environ.get("DOCKET_LOOPCOUNT_INTERVAL_S", "10")))

@@ -111,3 +111,14 @@ def test_the_workers_environment_keeps_the_counters_variables(monkeypatch) -> No
     env = component_env(settings)
     assert env["DOCKET_LOOPCOUNT_DIR"] == "/tmp/loops"
     assert env["DOCKET_FETCH_MAX_WAIT_MS"] == "37"
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1", "nan"])
+def test_a_bad_dump_period_is_refused_naming_the_variable(tmp_path, raw) -> None:
+    env = dict(os.environ, PYTHONPATH=str(LOOPCOUNT), DOCKET_LOOPCOUNT_DIR=str(tmp_path),
+               DOCKET_LOOPCOUNT_INTERVAL_S=raw)
+    probe = "import asyncio.base_events as b; print(b.BaseEventLoop._run_once.__module__)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert "DOCKET_LOOPCOUNT_INTERVAL_S" in out.stderr and "a number > 0" in out.stderr
+    # the process runs on, without the counter
+    assert out.returncode == 0 and out.stdout.split() == ["asyncio.base_events"]
