@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 
+from app.event_loop import install
 from app.settings import ConfigError, Settings, load
 
 
@@ -24,7 +25,9 @@ def settings_or_exit() -> Settings:
     """The DOCKET_* settings; on a ConfigError the process exits 2 with docket's message
     (the same as ``docket``'s), not a traceback from inside Faust's app lookup."""
     try:
-        return load()
+        settings = load()
+        install()  # DOCKET_EVENT_LOOP, before Faust's worker creates its loop
+        return settings
     except ConfigError as exc:
         print(f"docket: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,7 +20,8 @@ the process started are written to ``<DOCKET_LOOPCOUNT_DIR>/<pid>.json`` (replac
 atomically): ``{"pid", "argv", "iterations": {thread: {"ready", "waiting"}},
 "callbacks": [[thread, name, count], ...]}``; two copies taken some seconds apart give
 what happened between them (bench/loopdiff.py). Without ``DOCKET_LOOPCOUNT_DIR`` this
-module does nothing. It slows every iteration (a few µs): read its counts, not the
+module does nothing; with it, the process runs on asyncio's own loop (it sets
+``DOCKET_EVENT_LOOP=asyncio`` unless set: uvloop's loop, in C, cannot be counted). It slows every iteration (a few µs): read its counts, not the
 latency or CPU of a run it instruments. Why it exists: README, Performance, "Where an
 isolated event's CPU goes".
 """
@@ -103,4 +104,7 @@ def _interval_s(raw: str) -> float:
 
 
 if os.environ.get("DOCKET_LOOPCOUNT_DIR"):
+    # it counts asyncio's own loop (BaseEventLoop), not uvloop's (C): docket's processes
+    # run on asyncio's while counted, unless DOCKET_EVENT_LOOP says otherwise
+    os.environ.setdefault("DOCKET_EVENT_LOOP", "asyncio")
     _install(os.environ["DOCKET_LOOPCOUNT_DIR"], _interval_s(os.environ.get("DOCKET_LOOPCOUNT_INTERVAL_S", "10")))
