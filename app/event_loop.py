@@ -4,8 +4,9 @@
 a drop-in for asyncio's, and the loop mode-streaming and Faust offer themselves
 (``mode.loop.use("uvloop")``, ``faust -L uvloop``). An isolated event's CPU is mostly
 Python stepping asyncio's machinery (README, Performance, "Where an isolated event's
-CPU goes"); with the loop itself in C, an instance spends 10-12% less CPU per event
-and the Clerk 13-15% less at 50 and 150 events/s (README, Performance, "uvloop").
+CPU goes"); with the loop itself in C, an instance spent 10-16% less CPU per event
+and the Clerk 13-25% less at 50 and 150 events/s, in two alternating pairs (README,
+Performance, "uvloop: the event loop in C").
 ``asyncio`` is the standard library's loop, for a platform uvloop does not support
 or to compare against it (bench/loopcount counts asyncio's loop only).
 
