@@ -42,7 +42,8 @@ from agents.clerk_core import (
     newest_state,
     scan_tail,
 )
-from agents.plumbing import STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, claim_data_dir, faust_settings, run_worker
+from agents.plumbing import (STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, claim_data_dir, faust_settings,
+                             run_worker, worker_settings)
 from agents.worker import new_app, serve_metrics
 from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
 from agents.intake import OrderedAcks, records_of, stop_committing
@@ -51,7 +52,7 @@ from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import UnreadableRecord, unreadable_reason
-from app.settings import Settings, load
+from app.settings import Settings
 from launcher.stack import wait_for_topics_cli
 
 log = logging.getLogger("docket.clerk")
@@ -467,7 +468,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
               help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
 def clerk(data_dir: Path | None, web_port: int | None, wait_s: float) -> None:
     """Run a Clerk worker: publish results the instances agree on."""
-    settings = load()
+    settings = worker_settings()
     data_dir = data_dir or default_data_dir(settings)
     preflight(settings, data_dir, wait_s)
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust wants one

@@ -24,7 +24,7 @@ from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import records_of
 from agents.plumbing import (STAGE_BUCKETS, SideConsumer, check_topics, claim_data_dir, claim_domain, faust_settings,
-                             observe_many, run_worker)
+                             observe_many, run_worker, worker_settings)
 from agents.usher import Usher
 from app.kafka_config import client_kwargs
 from agents.worker import new_app, serve_metrics
@@ -32,7 +32,7 @@ from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
-from app.settings import Settings, load
+from app.settings import Settings
 from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import FaustStore
@@ -346,7 +346,7 @@ def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> No
 def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None,
              faults_file: Path | None, wait_s: float) -> None:
     """Run a worker of one redundant instance."""
-    settings = load()
+    settings = worker_settings()
     if faults and faults_file is not None:
         raise click.BadParameter("give --inject-faults (faults for the worker's life) or --faults-file "
                                  "(switched live), not both", param_hint="--faults-file")

@@ -23,7 +23,8 @@ from prometheus_client import Histogram
 
 from agents.worker import DocketWorker, web_host
 from app.faust_tuning import tune_worker_consumer
-from app.settings import Settings
+from app.event_loop import install as install_event_loop
+from app.settings import Settings, load
 
 # Seconds. Steps of 1.5x to 2x, so a quantile interpolated inside a bucket is off by
 # well under a bucket's width (a 1-2-5 series puts p99 = 2.4 s anywhere in 2..5 s).
@@ -174,6 +175,14 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None, com
         # Faust's own debug banners and tables are noise in a long-running service.
         loghandlers=[],
     )
+
+
+def worker_settings() -> Settings:
+    """The DOCKET_* settings of an instance or Clerk worker, with DOCKET_EVENT_LOOP's loop
+    installed (app/event_loop.py) before anything creates one. Raises ConfigError."""
+    settings = load()
+    install_event_loop()
+    return settings
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

@@ -63,10 +63,6 @@ def config_cmd() -> None:
 
 def main() -> None:
     try:
-        # before any command creates a loop (a worker's, its consumer thread's, the API's)
-        from app.event_loop import install
-
-        install()
         cli.main(prog_name="docket", standalone_mode=True)
     except ConfigError as exc:
         click.echo(f"docket: configuration error: {exc}", err=True)

@@ -1,17 +1,21 @@
-"""The event loop docket's processes run on: DOCKET_EVENT_LOOP.
+"""The event loop the instance and Clerk workers run on: DOCKET_EVENT_LOOP.
 
 ``uvloop`` (the default) is libuv's loop written in C (https://github.com/MagicStack/uvloop),
 a drop-in for asyncio's, and the loop mode-streaming and Faust offer themselves
-(``mode.loop.use("uvloop")``, ``faust -L uvloop``). An isolated event's CPU is mostly
-Python stepping asyncio's machinery (README, Performance, "Where an isolated event's
-CPU goes"); with the loop itself in C, an instance spent 10-16% less CPU per event
-and the Clerk 13-25% less at 50 and 150 events/s, in two alternating pairs (README,
-Performance, "uvloop: the event loop in C").
-``asyncio`` is the standard library's loop, for a platform uvloop does not support
-or to compare against it (bench/loopcount counts asyncio's loop only).
+(``mode.loop.use("uvloop")``). An isolated event's CPU is mostly Python stepping
+asyncio's machinery (README, Performance, "Where an isolated event's CPU goes"); with
+the loop itself in C, each instance spent 10-12% less CPU per event at 150 events/s and
+the Clerk 8-14% less, in four alternating pairs (README, Performance, "uvloop: the event
+loop in C"). ``asyncio`` is the standard library's loop, for a platform uvloop does not
+support or to compare against it (bench/loopcount counts asyncio's loop only).
 
 What an instance computes does not depend on the loop: records are judged in offset
 order by the agent's own code, whichever loop schedules it.
+
+The REST API (`docket api`) and the other commands stay on asyncio's loop: with the API
+on uvloop, `make bench` at 2,000 to 5,000 requests/s offered (more than the stack can
+decide) left 4-11% of the requests unanswered after vegeta's 10 s (timeouts, and some
+connections reset), where on asyncio's every request got its answer (p99 3-4 s).
 """
 
 from __future__ import annotations
@@ -20,23 +24,17 @@ import asyncio
 
 from app.settings import event_loop_setting
 
-EVENT_LOOPS = ("uvloop", "asyncio")
 
-
-def install(name: str | None = None) -> str:
-    """Make ``name`` (default: DOCKET_EVENT_LOOP, checked) the loop every later
-    ``asyncio.new_event_loop()`` of this process creates, the worker's and the threads'
-    (Faust's consumer thread) alike; call before any loop exists. Returns the name.
-    Raises app.settings.ConfigError for a value not in EVENT_LOOPS."""
-    name = event_loop_setting() if name is None else name
+def install() -> str:
+    """Make DOCKET_EVENT_LOOP's loop the one every later ``asyncio.new_event_loop()`` of
+    this process creates, the worker's and its threads' (Faust's consumer thread) alike;
+    call before any loop exists. Returns the setting's value, ``uvloop`` or ``asyncio``.
+    Raises app.settings.ConfigError, naming the variable, for any other value."""
+    name = event_loop_setting()
     if name == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    elif name == "asyncio":
-        asyncio.set_event_loop_policy(None)  # the standard library's default policy
     else:
-        from app.settings import ConfigError
-
-        raise ConfigError(f"DOCKET_EVENT_LOOP={name!r} must be one of {', '.join(EVENT_LOOPS)}")
+        asyncio.set_event_loop_policy(None)  # the standard library's default policy
     return name

@@ -54,7 +54,7 @@ def component_env(settings: Settings, log_level: str = "info") -> dict[str, str]
     """Environment of a docket subprocess: the scenario's settings as DOCKET_* variables.
     Info level, so the harness can see which recovery phase a worker is in. The loop
     counter's DOCKET_LOOPCOUNT_* (bench/loopcount, a diagnostic) and DOCKET_EVENT_LOOP
-    (which loop every process runs on, app/event_loop.py) pass through."""
+    (which loop the workers run on, app/event_loop.py) pass through."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DOCKET_") or k.startswith("DOCKET_LOOPCOUNT_") or k == "DOCKET_EVENT_LOOP"}
     env.update({

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import sys
 
-from app.event_loop import install
-from app.settings import ConfigError, Settings, load
+from agents.plumbing import worker_settings
+from app.settings import ConfigError, Settings
 
 
 def settings_or_exit() -> Settings:
-    """The DOCKET_* settings; on a ConfigError the process exits 2 with docket's message
+    """The DOCKET_* settings (:func:`agents.plumbing.worker_settings`); on a ConfigError the process exits 2 with docket's message
     (the same as ``docket``'s), not a traceback from inside Faust's app lookup."""
     try:
-        settings = load()
-        install()  # DOCKET_EVENT_LOOP, before Faust's worker creates its loop
-        return settings
+        return worker_settings()  # DOCKET_EVENT_LOOP installed before Faust's worker creates its loop
     except ConfigError as exc:
         print(f"docket: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

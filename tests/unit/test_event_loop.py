@@ -46,28 +46,43 @@ def test_install_makes_every_new_loop_of_that_kind(monkeypatch, restored_policy,
         loop.close()
 
 
-def _loop_of_a_docket_process(env: dict) -> str:
-    # What `docket` does before any command: main() installs the loop. The command
-    # here is `config`, which needs no broker; the loop it would run is printed.
-    code = ("import asyncio, sys\n"
+@pytest.mark.parametrize("command", ["instance", "clerk"])
+@pytest.mark.parametrize("name, module", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_workers_run_on_the_configured_loop(monkeypatch, restored_policy, command, name, module) -> None:
+    from click.testing import CliRunner
+
+    import agents.clerk
+    import agents.instance
+
+    mod = agents.instance if command == "instance" else agents.clerk
+    seen = []
+    monkeypatch.setenv("DOCKET_EVENT_LOOP", name)
+    monkeypatch.setattr(mod, "preflight", lambda *a, **k: None)
+    monkeypatch.setattr(mod, "build", lambda *a, **k: None)
+    monkeypatch.setattr(mod, "run_worker", lambda app, settings: seen.append(type(asyncio.get_event_loop())))
+    args = ["--id", "a"] if command == "instance" else []
+    result = CliRunner().invoke(getattr(mod, command), args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [t.__module__.split(".")[0] for t in seen] == [module]
+
+
+def test_the_api_and_other_commands_stay_on_asyncio() -> None:
+    # what `docket` does before any command; the command is replaced by a print of the
+    # loop it would run on
+    code = ("import asyncio\n"
             "from app import cli\n"
             "cli.cli.main = lambda **kw: print(type(asyncio.new_event_loop()).__module__)\n"
             "cli.main()\n")
+    env = {**os.environ, "DOCKET_EVENT_LOOP": "uvloop"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    assert out.stdout.strip().startswith("asyncio")
 
 
-def test_docket_commands_run_on_the_configured_loop() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DOCKET_EVENT_LOOP"}
-    assert _loop_of_a_docket_process(env).startswith("uvloop")
-    assert _loop_of_a_docket_process({**env, "DOCKET_EVENT_LOOP": "asyncio"}).startswith("asyncio")
-
-
-def test_a_bad_value_stops_docket_with_its_configuration_error() -> None:
+def test_a_bad_value_stops_a_worker_with_its_configuration_error() -> None:
     env = {**os.environ, "DOCKET_EVENT_LOOP": "trio"}
-    out = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "config"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "clerk"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "docket: configuration error: DOCKET_EVENT_LOOP='trio' must be uvloop or asyncio" in out.stderr
