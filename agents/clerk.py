@@ -44,7 +44,7 @@ from agents.clerk_core import (
 )
 from agents.plumbing import (STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, claim_data_dir, faust_settings,
                              run_worker, worker_settings)
-from agents.worker import new_app, serve_metrics
+from agents.worker import adopt_settings, new_app, serve_metrics
 from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
 from agents.intake import OrderedAcks, records_of, stop_committing
 from agents.intake import install as install_batch_intake
@@ -224,8 +224,7 @@ def stale(msg, generation: int) -> bool:
 def build(settings: Settings, data_dir: Path, web_port: int | None):
     app = new_app(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port, "clerk"),
                                                "store": "memory://"})
-    app.docket_log_level = settings.log_level.upper()
-    app.docket_log_format = settings.log_format
+    adopt_settings(app, settings)
     sources = app.topic(*[settings.output_topic(i) for i in settings.instances],
                         key_type=bytes, value_type=bytes, internal=False)
     core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)

@@ -27,7 +27,7 @@ from agents.plumbing import (STAGE_BUCKETS, SideConsumer, check_topics, claim_da
                              observe_many, run_worker, worker_settings)
 from agents.usher import Usher
 from app.kafka_config import client_kwargs
-from agents.worker import new_app, serve_metrics
+from agents.worker import adopt_settings, new_app, serve_metrics
 from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.versions import Blocked, DomainVersions, status_record
@@ -105,8 +105,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     versions = DomainVersions(registry.versions(settings.domain), settings.domain_version_limit or None)
     app = new_app(settings.app_id(instance_id),
                   **faust_settings(settings, data_dir, web_port, f"instance-{instance_id}"))
-    app.docket_log_level = settings.log_level.upper()
-    app.docket_log_format = settings.log_format
+    adopt_settings(app, settings)
     # Raw bytes: FaustStore writes RocksDB and the changelog itself, and recovery
     # copies changelog bytes straight into RocksDB.
     table = app.Table(LEDGER_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes,

@@ -31,6 +31,7 @@ import click
 import faust
 from faust.types.settings.settings import Settings as FaustSettings
 
+from agents.stopping import StopDeadline
 from app import logs
 
 log = logging.getLogger("docket.worker")
@@ -123,6 +124,14 @@ def new_app(app_id: str, **conf) -> faust.App:
     return faust.App(app_id, env={}, Worker=DocketWorker, **conf)
 
 
+def adopt_settings(app: faust.App, settings) -> None:
+    """Hand ``app`` the DOCKET_* settings its :class:`DocketWorker` reads from it: the log
+    level and format, and the graceful stop's deadline (``settings``: app.settings.Settings)."""
+    app.docket_log_level = settings.log_level.upper()
+    app.docket_log_format = settings.log_format
+    app.docket_stop_timeout_ms = settings.stop_timeout_ms
+
+
 def tune_process() -> None:
     """Make the garbage collector and thread switches fit a worker; call once the app
     is built, before the worker runs.
@@ -157,7 +166,11 @@ class DocketWorker(faust.Worker):
     - :meth:`execute_from_commandline` first runs ``app.docket_preflight`` (if the app
       has one: a callable raising click.ClickException to refuse the start, whose
       message is printed as ``Error: ...`` and the process exits 1), then
-      :func:`tune_process`."""
+      :func:`tune_process`.
+    - A deadline on the graceful stop (agents/stopping.py StopDeadline), when the app
+      has ``docket_stop_timeout_ms`` (DOCKET_STOP_TIMEOUT_MS): the worker exits 75
+      that long after the first SIGTERM or SIGINT, or at once on a second one, if the
+      stop has not finished (Kafka unreachable)."""
 
     def __init__(self, app, *services, loglevel=None, logfile=None, logging_config=None, quiet=False,
                  **kwargs) -> None:
@@ -170,6 +183,15 @@ class DocketWorker(faust.Worker):
         super().__init__(app, *services, loglevel=loglevel, logfile=logfile, logging_config=logging_config,
                          quiet=quiet or fmt == "json", **kwargs)
         self.spinner = None
+        timeout_ms = getattr(app, "docket_stop_timeout_ms", None)
+        self.stop_deadline = StopDeadline(timeout_ms) if timeout_ms else None
+
+    def _schedule_shutdown(self, signal) -> None:
+        # mode's handler of SIGTERM and SIGINT (and Faust's, which calls it); it ignores
+        # every signal after the first, which the deadline does not
+        if self.stop_deadline is not None:
+            self.stop_deadline.requested(signal)
+        super()._schedule_shutdown(signal)
 
     def execute_from_commandline(self):
         preflight: Callable[[], None] | None = getattr(self.app, "docket_preflight", None)

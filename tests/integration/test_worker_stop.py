@@ -1,0 +1,73 @@
+"""A worker told to stop after its broker went away (specs/integration.allium
+WorkerStopHasADeadline), on a broker of this test's own (the launcher, launcher/broker.py),
+so stopping it disturbs no other test.
+
+Without the deadline, Faust's graceful stop retries its last offset commit for as long as
+the broker is away: an instance SIGTERMed together with its broker was still stopping 4
+minutes later (a `make bench` stack killed with its harness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import signal
+
+import pytest
+
+from agents.stopping import EXIT_STOP_CUT_SHORT
+from app.settings import load
+from app.topics import create_topics
+from launcher import broker as launcher
+
+from tests.integration.procs import Worker, wait_for, worker_env
+
+pytestmark = pytest.mark.integration
+
+READY = "ready: recovery complete"  # agents/instance.py, once the instance serves
+
+
+def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
+    """WorkerStopHasADeadline: with the broker gone, instance a (DOCKET_STOP_TIMEOUT_MS
+    3,000) exits 75 once the deadline passes, and instance b (a deadline of 10 minutes)
+    exits 75 on a second SIGTERM; each log says why and what the next start does."""
+    port = launcher.free_port()
+    settings = dataclasses.replace(load(), broker_dir=tmp_path / "broker", broker_port=port,
+                                   kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix=f"stop{secrets.token_hex(3)}",
+                                   partitions=2, data_root=tmp_path / "data", log_level="info")
+    launcher.start_broker(settings, 90, die_with_parent=True)
+    workers: list[Worker] = []
+    try:
+        asyncio.run(create_topics(settings))
+        for ident, timeout_ms in (("a", "3000"), ("b", "600000")):
+            env = worker_env(settings, DOCKET_STOP_TIMEOUT_MS=timeout_ms)
+            workers.append(Worker(ident, env, tmp_path / "data" / ident, tmp_path / "logs").start())
+        a, b = workers
+        for w in workers:
+            asyncio.run(wait_for(lambda w=w: READY in w.log_text(), 120, f"instance {w.instance} to be ready",
+                                 detail=w.log_tail))
+
+        launcher.stop_broker(settings.broker_dir, timeout=30)
+
+        a.proc.send_signal(signal.SIGTERM)
+        asyncio.run(wait_for(lambda: not a.alive, 60, "instance a to exit after its stop deadline",
+                             detail=a.log_tail))
+        assert a.proc.returncode == EXIT_STOP_CUT_SHORT, a.log_tail()
+        assert "the graceful stop did not finish within 3,000 ms (DOCKET_STOP_TIMEOUT_MS)" in a.log_text(), \
+            a.log_tail()
+
+        b.proc.send_signal(signal.SIGTERM)
+        asyncio.run(wait_for(lambda: "Signal received: 15" in b.log_text(), 30, "instance b to begin its stop",
+                             detail=b.log_tail))
+        assert b.alive, b.log_tail()
+        b.proc.send_signal(signal.SIGTERM)
+        asyncio.run(wait_for(lambda: not b.alive, 60, "instance b to exit on the second SIGTERM",
+                             detail=b.log_tail))
+        assert b.proc.returncode == EXIT_STOP_CUT_SHORT, b.log_tail()
+        assert "SIGTERM received again while stopping: exiting at once" in b.log_text(), b.log_tail()
+        assert "did not finish within" not in b.log_text()
+    finally:
+        for w in workers:
+            w.kill()
+        launcher.stop_broker(settings.broker_dir, timeout=15)

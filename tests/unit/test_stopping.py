@@ -1,0 +1,103 @@
+"""The deadline on a worker's graceful stop (agents/stopping.py; specs/integration.allium
+WorkerStopHasADeadline), without a broker: the exit is replaced by a recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+import pytest
+
+from agents import clerk as clerk_mod
+from agents import instance as instance_mod
+from agents import worker as worker_mod
+from agents.stopping import EXIT_STOP_CUT_SHORT, StopDeadline
+from app.settings import ConfigError, load
+
+
+class Exits:
+    """Records the reasons a deadline gave for exiting; ``seen`` is set on the first."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.seen = threading.Event()
+
+    def __call__(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.seen.set()
+
+
+def test_the_stop_is_cut_short_when_the_deadline_passes() -> None:
+    """WorkerStopHasADeadline: timeout_ms after the first stop signal, the worker exits
+    saying which setting bounds the stop and what the next start does."""
+    exits = Exits()
+    deadline = StopDeadline(50, exit=exits)
+    assert not deadline.armed
+    deadline.requested(signal.SIGTERM)
+    assert deadline.armed
+    assert exits.seen.wait(30), "the deadline never fired"
+    (reason,) = exits.reasons
+    assert "did not finish within 50 ms (DOCKET_STOP_TIMEOUT_MS)" in reason
+    assert f"status {EXIT_STOP_CUT_SHORT}" in reason and "last committed offsets" in reason
+
+
+def test_a_second_signal_cuts_the_stop_short_at_once() -> None:
+    """WorkerStopHasADeadline: the first SIGTERM only arms the deadline; a SIGINT (or
+    SIGTERM) while stopping exits at once, naming the signal."""
+    exits = Exits()
+    deadline = StopDeadline(600_000, exit=exits)
+    try:
+        deadline.requested(signal.SIGTERM)
+        assert exits.reasons == []
+        deadline.requested(signal.SIGINT)
+        assert len(exits.reasons) == 1
+        assert exits.reasons[0].startswith("SIGINT received again while stopping: exiting at once")
+    finally:
+        deadline.cancel()
+
+
+def test_a_deadline_below_one_ms_is_refused() -> None:
+    with pytest.raises(ValueError, match="timeout_ms=0 must be at least 1"):
+        StopDeadline(0)
+
+
+def test_docket_stop_timeout_ms_is_read_and_checked(monkeypatch) -> None:
+    """DOCKET_STOP_TIMEOUT_MS: 30,000 ms by default; a whole number of at least 1."""
+    monkeypatch.delenv("DOCKET_STOP_TIMEOUT_MS", raising=False)
+    assert load().stop_timeout_ms == 30_000
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "2500")
+    assert load().stop_timeout_ms == 2500
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "0")
+    with pytest.raises(ConfigError, match="DOCKET_STOP_TIMEOUT_MS=0 must be at least 1"):
+        load()
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "30s")
+    with pytest.raises(ConfigError, match="DOCKET_STOP_TIMEOUT_MS='30s' is not a whole number"):
+        load()
+
+
+def test_the_docket_worker_arms_its_deadline_on_each_stop_signal(tmp_path, monkeypatch) -> None:
+    """WorkerStopHasADeadline: an instance's worker (what `docket instance` and `faust -A
+    docket_apps.instance worker` run) carries DOCKET_STOP_TIMEOUT_MS, and mode's handler of
+    SIGTERM and SIGINT passes every signal to the deadline, the repeated one included."""
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "1234")
+    app = instance_mod.build(load(), "a", tmp_path / "a")
+    loop = asyncio.new_event_loop()
+    try:
+        worker = app.Worker(loglevel="WARN", loop=loop)
+        assert isinstance(worker, worker_mod.DocketWorker)
+        assert worker.stop_deadline is not None and worker.stop_deadline.timeout_ms == 1234
+        assert clerk_mod.build(load(), tmp_path / "clerk", None).docket_stop_timeout_ms == 1234
+        exits = Exits()
+        worker.stop_deadline = StopDeadline(600_000, exit=exits)
+        stops: list[object] = []
+        monkeypatch.setattr(worker, "stop", lambda: stops.append(True) or asyncio.sleep(0))
+        worker._on_sigterm()
+        assert worker.stop_deadline.armed and exits.reasons == []
+        worker._on_sigint()
+        assert len(exits.reasons) == 1 and exits.reasons[0].startswith("SIGINT received again")
+        loop.run_until_complete(worker._signal_stop_future)
+        assert stops == [True], "mode stops the worker once, on the first signal"
+    finally:
+        worker.stop_deadline.cancel()
+        loop.close()
