@@ -70,7 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_BROKER_DIR", "var/broker", "storage, config and log of the local broker"),
     Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
     Setting("DOCKET_EVENT_LOOP", "uvloop", "event loop of the instance and Clerk workers: `uvloop` (libuv's, in C: 8-14% less CPU per event at 150 events/s) or `asyncio` (the standard library's); the REST API always runs on asyncio's"),
-    Setting("DOCKET_STOP_TIMEOUT_MS", "30000", "longest an instance or Clerk worker's graceful stop (after SIGTERM or SIGINT) may take: past it, or on a second signal, the worker exits 75 without finishing it (a stop that cannot reach Kafka otherwise never ends); the next start resumes from the last committed offsets, as after a crash"),
+    Setting("DOCKET_STOP_TIMEOUT_MS", "30000", "longest an instance or Clerk worker's graceful stop (after SIGTERM or SIGINT) may take, 1 to 3600000: past it, or on a second signal, the worker exits 75 without finishing it (a stop that cannot reach Kafka otherwise never ends); the next start resumes from the last committed offsets, as after a crash. `make run` sends SIGKILL to a component still running 5 s later"),
     Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
     Setting("DOCKET_LOG_FORMAT", "text", "how docket's processes write their log to stderr, Faust's and aiokafka's lines included: `text` (one line per record) or `json` (one JSON object per line: time (ISO-8601 UTC), level, logger, message, pid, and the record's structured extras)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
@@ -228,6 +228,12 @@ def api_tokens_absence() -> str:
     if raw == "":
         return "is set but empty"
     return f"holds no token (its value, {raw!r}, has no entry between its commas)"
+
+
+def _at_most(env: str, value: int, maximum: int) -> int:
+    if value > maximum:
+        raise ConfigError(f"{env}={value} must be at most {maximum}")
+    return value
 
 
 def _port(env: str) -> int:
@@ -423,7 +429,7 @@ def load() -> Settings:
         kafka=load_kafka(),
         instance_id=_instance_id("DOCKET_INSTANCE_ID"),
         domain_version_limit=_int("DOCKET_DOMAIN_VERSION_LIMIT", 0),
-        stop_timeout_ms=_int("DOCKET_STOP_TIMEOUT_MS", 1),
+        stop_timeout_ms=_at_most("DOCKET_STOP_TIMEOUT_MS", _int("DOCKET_STOP_TIMEOUT_MS", 1), 3_600_000),
     )
 
 

@@ -468,8 +468,8 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                     printer=None, watch: TerminalWatch | None = None):
     """A honcho Manager (imported lazily: only `stack run` needs honcho) that stops in two
     steps: SIGTERM to every process whose Procfile name is not in ``last``; once they have
-    exited (SIGKILL to any still running after ``grace_s``), SIGTERM to the ``last`` ones
-    (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM, SIGHUP and the hang-up of the
+    exited (SIGKILL, once, to any still running after ``grace_s``), SIGTERM to the
+    ``last`` ones (SIGKILL after ``kill_s``). SIGINT (Ctrl-C), SIGTERM, SIGHUP and the hang-up of the
     terminal ``watch`` watches start that stop; the first of them is logged and sets the
     exit code, later ones change nothing. Otherwise it is honcho's: the same output, and
     when any process exits, the others are stopped. Its relay processes run
@@ -487,6 +487,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             self.requested = False  # stopped by a signal or the hang-up, not because a process exited
             self.forced = False  # some process needed SIGKILL
             self.cause = None  # the first stop cause (a key of STOP_CAUSES), set by _note
+            self._killed: set[str] = set()  # components sent SIGKILL after grace_s
 
         def _is_last(self, name: str) -> bool:
             return name.rsplit(".", 1)[0] in last
@@ -494,12 +495,12 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
         def _running(self, which) -> list[str]:
             return [n for n, p in self._processes.items() if "returncode" not in p and which(n)]
 
-        def _signal(self, names: list[str], force: bool) -> None:
+        def _signal(self, names: list[str], force: bool, why: str = "") -> None:
             for n in names:
                 pid = self._processes[n].get("pid")
                 if pid is None:
                     continue
-                self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {n} (pid {pid})\n")
+                self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {n} (pid {pid}){why}\n")
                 self.forced = self.forced or force
                 (self._procmgr.kill if force else self._procmgr.terminate)(pid)
 
@@ -535,7 +536,10 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             if self._phase == "first":
                 firsts = self._running(lambda n: not self._is_last(n))
                 if firsts and self._elapsed() > datetime.timedelta(seconds=grace_s):
-                    self._signal(firsts, force=True)
+                    # once each: the loop comes by every 0.1 s until the kernel reaps it
+                    unkilled = [n for n in firsts if n not in self._killed]
+                    self._killed.update(unkilled)
+                    self._signal(unkilled, force=True, why=f": still running {grace_s:g} s after SIGTERM")
                 elif not firsts:
                     self._enter("last")
                     self._signal(self._running(self._is_last), force=False)
@@ -596,14 +600,27 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
     return OrderedManager()
 
 
+# What a component gets beyond its own stop deadline before SIGKILL: a worker that hits
+# DOCKET_STOP_TIMEOUT_MS logs why and exits 75 itself (agents/stopping.py), and the
+# stack should let it rather than kill it at the same moment without a word.
+STOP_MARGIN_S = 5.0
+
+
+def stop_grace_s(settings) -> float:
+    """Seconds the stack waits for its components after SIGTERM before SIGKILL:
+    DOCKET_STOP_TIMEOUT_MS plus :data:`STOP_MARGIN_S` (35 s by default)."""
+    return settings.stop_timeout_ms / 1000 + STOP_MARGIN_S
+
+
 def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_log: Path,
-                 skip: tuple[str, ...] = ()) -> int:
+                 skip: tuple[str, ...] = (), grace_s: float = 30.0) -> int:
     """Run every process of ``procfile`` like `honcho start`, stopping in order. Returns 0
     when stopped by SIGINT/SIGTERM/SIGHUP or the terminal's hang-up (:class:`TerminalWatch`)
     and every process exited with 0 on its own, otherwise honcho's code (the first process
     to exit, or 128 + the signal). The output goes to stdout, and to ``fallback_log`` once
     stdout fails (:class:`StackOutput`). The processes named in ``skip`` are not run
-    (``broker`` when the stack uses a Kafka of its user's)."""
+    (``broker`` when the stack uses a Kafka of its user's). ``grace_s``: how long the
+    components may take to stop before they get SIGKILL (:func:`stop_grace_s`)."""
     from honcho.environ import expand_processes, parse_procfile
     from honcho.printer import Printer
 
@@ -615,7 +632,7 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_
     printer = Printer(output, colour=colour, prefix=True)
     output.on_switch = lambda: setattr(printer, "colour", False)
     watch = TerminalWatch()
-    manager = ordered_manager(printer=printer, watch=watch)
+    manager = ordered_manager(printer=printer, watch=watch, grace_s=grace_s)
     for p in expand_processes(processes, env=None):
         manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
     try:
@@ -665,7 +682,8 @@ def run_cmd(procfile: Path) -> None:
     click.echo(banner(settings, token, source, f"example-{secrets.token_hex(4)}", kafka))
     sys.stdout.flush()
     code = run_procfile(procfile.resolve(), env, colour=sys.stdout.isatty(),
-                        fallback_log=settings.data_root / STACK_LOG, skip=() if kafka.local else ("broker",))
+                        fallback_log=settings.data_root / STACK_LOG, skip=() if kafka.local else ("broker",),
+                        grace_s=stop_grace_s(settings))
     sys.exit(code)
 
 

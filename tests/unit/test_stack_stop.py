@@ -261,6 +261,38 @@ def test_later_signals_start_nothing_and_log_nothing(stack_dir: Path) -> None:
         kill_stand_ins(pids, stack_dir)
 
 
+def test_a_component_that_outlives_its_stop_deadline_gets_one_sigkill(stack_dir: Path) -> None:
+    """StackStopsOnSignal, WorkerStopHasADeadline: the stack waits DOCKET_STOP_TIMEOUT_MS
+    plus 5 s (here 1 + 5 s) for a component after SIGTERM, then sends it SIGKILL once,
+    saying how long it waited, and stops the broker as usual; `stack run` does not
+    exit 0, since a process had to be killed."""
+    out_path = stack_dir / "out.log"
+    env = {**stack_env(stack_dir), "DOCKET_STOP_TIMEOUT_MS": "1000", "STAND_IN_STOP_S_APP": "600"}
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    pids: dict[str, int] = {}
+    try:
+        def text() -> str:
+            return out_path.read_text(errors="replace")
+
+        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
+                   "stand-ins running", text)
+        pids.update(started_pids(text()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE_S) != 0, text()
+        steps = re.findall(r"\| (sending SIG\w+ to \S+\.1 \(pid \d+\)[^\n]*|\S+\.1 stopped \(rc=-?\d+\))", text())
+        assert steps == [f"sending SIGTERM to app.1 (pid {pids['app']})",
+                         f"sending SIGKILL to app.1 (pid {pids['app']}): still running 6 s after SIGTERM",
+                         "app.1 stopped (rc=-9)",
+                         f"sending SIGTERM to broker.1 (pid {pids['broker']})", "broker.1 stopped (rc=0)"], text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_stand_ins(pids, stack_dir)
+
+
 @linux_only
 def test_terminal_watch_sees_the_hang_up_and_nothing_else(tmp_path: Path) -> None:
     """StackStopsWhenItsTerminalCloses: TerminalWatch takes the first terminal among the

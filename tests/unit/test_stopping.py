@@ -63,11 +63,18 @@ def test_a_deadline_below_one_ms_is_refused() -> None:
 
 
 def test_docket_stop_timeout_ms_is_read_and_checked(monkeypatch) -> None:
-    """DOCKET_STOP_TIMEOUT_MS: 30,000 ms by default; a whole number of at least 1."""
+    """DOCKET_STOP_TIMEOUT_MS: 30,000 ms by default; a whole number from 1 to 3,600,000."""
     monkeypatch.delenv("DOCKET_STOP_TIMEOUT_MS", raising=False)
     assert load().stop_timeout_ms == 30_000
     monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "2500")
     assert load().stop_timeout_ms == 2500
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "3600000")
+    assert load().stop_timeout_ms == 3_600_000
+    # 10**13 ms overflows threading.Timer (OverflowError), which would switch the
+    # deadline off; an hour is more than any stop needs
+    monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "3600001")
+    with pytest.raises(ConfigError, match="DOCKET_STOP_TIMEOUT_MS=3600001 must be at most 3600000"):
+        load()
     monkeypatch.setenv("DOCKET_STOP_TIMEOUT_MS", "0")
     with pytest.raises(ConfigError, match="DOCKET_STOP_TIMEOUT_MS=0 must be at least 1"):
         load()
