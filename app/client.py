@@ -246,6 +246,26 @@ def _kafka_connected(kafka_client) -> bool:
     return any(conn.connected() for conn in conns.values())
 
 
+async def stop_consumer(consumer) -> None:
+    """``await consumer.stop()`` of an AIOKafkaConsumer, without the CancelledError that
+    aiokafka (0.14.0) lets out of it when the broker is away: Fetcher.close cancels each
+    pending fetch task and awaits it unguarded (``x.cancel(); await x``), and a fetch
+    waiting out its retry back-off then raises CancelledError into the caller, which was
+    not cancelled (aio-libs/aiokafka#647, open). That error made `docket api` exit 1 with
+    a traceback when stopped while Kafka was gone. What that error skips of the close
+    (the fetch tasks after it, the client's connections) dies with the process, as the
+    client is only stopped on its way out; the consumer is marked closed first either
+    way. A CancelledError of the calling task itself (it is being cancelled) is raised
+    as usual."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.info("the Kafka consumer stopped without finishing its pending fetches (is Kafka reachable?)")
+
+
 class DocketClient:
     """See the module docstring. Not thread-safe: use it from one event loop."""
 
@@ -418,7 +438,7 @@ class DocketClient:
                 fut.cancel()
         self._waiters.clear()
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
             self._consumer = None
         if self._producer is not None:
             await self._producer.stop()

@@ -28,7 +28,8 @@ def test_api_reports_kafka_unreachable_and_recovers(tmp_path) -> None:
     """ApiServesWithoutKafka (started before the broker, it serves and connects by
     itself once the broker is up), ApiReportsKafkaUnavailable (503, not accepted),
     ApiReadiness (503 until connected and caught up, 503 again when the broker goes
-    away)."""
+    away); then SIGTERM stops it cleanly (exit 0, no traceback) with the broker still
+    gone."""
     import asyncio
 
     token = "down-" + secrets.token_urlsafe(12)
@@ -71,6 +72,10 @@ def test_api_reports_kafka_unreachable_and_recovers(tmp_path) -> None:
         assert status == 503, body
         assert body["message"].startswith("the request was not accepted"), body
         api.assert_alive()
+        # stopped while Kafka is gone: a clean exit, not aiokafka's leaked CancelledError
+        # (app/client.py stop_consumer; it made the API exit 1 with a traceback)
+        assert asyncio.run(api.stop()) == 0, api.log_tail()
+        assert "Traceback" not in api.log_text(), api.log_tail()
     finally:
         api.kill()
         launcher.stop_broker(settings.broker_dir, timeout=15)
