@@ -51,7 +51,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def _take_terminal() -> None:
     """Popen preexec_fn, after setsid: make stdin (the terminal) the controlling terminal
-    of the new session; and die with the test process (Linux)."""
+    of the new session, with SIGHUP's default action as in a real terminal session (a
+    test suite run under `nohup` passes SIG_IGN down, and make would then outlive the
+    hang-up it is meant to die of); and die with the test process (Linux)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     import ctypes
 
