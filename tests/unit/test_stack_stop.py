@@ -12,6 +12,7 @@ alone; the terminal watch; the output's fallback file; and the paths the compone
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -20,7 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -199,66 +201,67 @@ def test_closing_the_terminal_stops_the_components_then_the_broker(stack_dir: Pa
         kill_stand_ins(pids, stack_dir)
 
 
+@dataclass
+class FileStack:
+    """`docket stack run` with its output in a file (no terminal): ``proc``, ``text()``
+    of the output so far, and the stand-ins' ``pids`` once both run."""
+
+    proc: subprocess.Popen
+    out_path: Path
+    pids: dict[str, int]
+
+    def text(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def stack_run_to_file(stack_dir: Path, env: dict[str, str]) -> Iterator[FileStack]:
+    """Start `stack run` on the stand-ins with ``env``, wait until both run, and yield;
+    on the way out anything still running is killed."""
+    out_path = stack_dir / "out.log"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    run = FileStack(proc, out_path, {})
+    try:
+        wait_until(lambda: "app: running" in run.text() and "broker: running" in run.text(), DEADLINE_S,
+                   "stand-ins running", run.text)
+        run.pids.update(started_pids(run.text()))
+        yield run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_stand_ins(run.pids, stack_dir)
+
+
 def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
     """StackStopsOnSignal, StackStopsBrokerLast: ``kill -HUP`` of the `stack run` process
     alone (its output a file that keeps working) starts the same ordered stop as Ctrl-C,
     and `stack run` exits 0; the output stays where it was (no fallback file). Without a
     terminal nothing is watched (StackStopsWhenItsTerminalCloses): the SIGHUP is the
     cause."""
-    out_path = stack_dir / "out.log"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=stack_env(stack_dir),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    pids: dict[str, int] = {}
-    try:
-        def text() -> str:
-            return out_path.read_text(errors="replace")
-
-        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
-                   "stand-ins running", text)
-        pids.update(started_pids(text()))
-        proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=DEADLINE_S) == 0, text()
-        assert_ordered_clean_stop(text(), "SIGHUP received")
-        assert not any(members_of_group(p) for p in pids.values()) or sys.platform != "linux"
+    with stack_run_to_file(stack_dir, stack_env(stack_dir)) as run:
+        run.proc.send_signal(signal.SIGHUP)
+        assert run.proc.wait(timeout=DEADLINE_S) == 0, run.text()
+        assert_ordered_clean_stop(run.text(), "SIGHUP received")
+        assert not any(members_of_group(p) for p in run.pids.values()) or sys.platform != "linux"
         assert not (stack_dir / "var" / STACK_LOG).exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        kill_stand_ins(pids, stack_dir)
 
 
 def test_later_signals_start_nothing_and_log_nothing(stack_dir: Path) -> None:
     """StackStopsOnSignal: while the stop that a SIGHUP started runs (``app`` takes a
     while to stop), SIGHUP, SIGINT and SIGTERM again change nothing: the stop is logged
     once, for the first SIGHUP, each process gets one SIGTERM, and `stack run` exits 0."""
-    out_path = stack_dir / "out.log"
-    env = {**stack_env(stack_dir), "STAND_IN_STOP_S_APP": "2"}
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    pids: dict[str, int] = {}
-    try:
-        def text() -> str:
-            return out_path.read_text(errors="replace")
-
-        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
-                   "stand-ins running", text)
-        pids.update(started_pids(text()))
-        proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "app: SIGTERM received" in text(), DEADLINE_S, "app stopping", text)
+    with stack_run_to_file(stack_dir, {**stack_env(stack_dir), "STAND_IN_STOP_S_APP": "2"}) as run:
+        run.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "app: SIGTERM received" in run.text(), DEADLINE_S, "app stopping", run.text)
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            proc.send_signal(sig)
+            run.proc.send_signal(sig)
             time.sleep(0.05)  # one at a time: each is a signal of its own, not merged with the last
-        assert "app.1 stopped" not in text(), "app stopped before the later signals came; make it slower"
-        assert proc.wait(timeout=DEADLINE_S) == 0, text()
-        assert_ordered_clean_stop(text(), "SIGHUP received")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        kill_stand_ins(pids, stack_dir)
+        assert "app.1 stopped" not in run.text(), "app stopped before the later signals came; make it slower"
+        assert run.proc.wait(timeout=DEADLINE_S) == 0, run.text()
+        assert_ordered_clean_stop(run.text(), "SIGHUP received")
 
 
 def test_a_component_that_outlives_its_stop_deadline_gets_one_sigkill(stack_dir: Path) -> None:
@@ -266,31 +269,16 @@ def test_a_component_that_outlives_its_stop_deadline_gets_one_sigkill(stack_dir:
     plus 5 s (here 1 + 5 s) for a component after SIGTERM, then sends it SIGKILL once,
     saying how long it waited, and stops the broker as usual; `stack run` does not
     exit 0, since a process had to be killed."""
-    out_path = stack_dir / "out.log"
     env = {**stack_env(stack_dir), "DOCKET_STOP_TIMEOUT_MS": "1000", "STAND_IN_STOP_S_APP": "600"}
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    pids: dict[str, int] = {}
-    try:
-        def text() -> str:
-            return out_path.read_text(errors="replace")
-
-        wait_until(lambda: "app: running" in text() and "broker: running" in text(), DEADLINE_S,
-                   "stand-ins running", text)
-        pids.update(started_pids(text()))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=DEADLINE_S) != 0, text()
-        steps = re.findall(r"\| (sending SIG\w+ to \S+\.1 \(pid \d+\)[^\n]*|\S+\.1 stopped \(rc=-?\d+\))", text())
+    with stack_run_to_file(stack_dir, env) as run:
+        pids = run.pids
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(timeout=DEADLINE_S) != 0, run.text()
+        steps = re.findall(r"\| (sending SIG\w+ to \S+\.1 \(pid \d+\)[^\n]*|\S+\.1 stopped \(rc=-?\d+\))", run.text())
         assert steps == [f"sending SIGTERM to app.1 (pid {pids['app']})",
                          f"sending SIGKILL to app.1 (pid {pids['app']}): still running 6 s after SIGTERM",
                          "app.1 stopped (rc=-9)",
-                         f"sending SIGTERM to broker.1 (pid {pids['broker']})", "broker.1 stopped (rc=0)"], text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        kill_stand_ins(pids, stack_dir)
+                         f"sending SIGTERM to broker.1 (pid {pids['broker']})", "broker.1 stopped (rc=0)"], run.text()
 
 
 @linux_only
