@@ -36,6 +36,7 @@ import base64
 import contextlib
 import csv
 import os
+import resource
 import secrets
 import shutil
 import subprocess
@@ -49,6 +50,7 @@ from pathlib import Path
 import orjson
 
 from bench.common import histogram_quantile, percentiles, say
+from bench.profile import cpu_delta, cpu_seconds
 
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.12.0"
@@ -344,6 +346,20 @@ def summarise(rows: list[tuple[int, int, int, str]], *, rate: int, duration_s: f
     }
 
 
+def cpu_per_request(cpu: dict[str, dict], requests: int) -> dict:
+    """The CPU a run cost per request: ``cpu`` is role -> {seconds, cores} over the run
+    (bench.profile.cpu_delta, the kernel's account; vegeta's own from its rusage), and
+    ``requests`` what vegeta sent. Returns {by_role: role -> {seconds, cores,
+    us_per_request}, us_per_request: every role together, cores: the same}; µs per
+    request are None when nothing was sent."""
+    by_role = {role: {**c, "us_per_request": round(c["seconds"] / requests * 1e6, 1) if requests else None}
+               for role, c in cpu.items()}
+    total_s = sum(c["seconds"] for c in cpu.values())
+    return {"by_role": by_role,
+            "us_per_request": round(total_s / requests * 1e6, 1) if requests else None,
+            "cores": round(sum(c["cores"] or 0 for c in cpu.values()), 3)}
+
+
 # --------------------------------------------------------------------------- a run
 
 
@@ -370,7 +386,8 @@ async def _run(cmd: list[str], *, timeout_s: float, stdout=None) -> bytes:
 
 async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: Path, *, rate: int,
                   duration_s: float, seed: int, api_timeout_ms: int | None = None,
-                  warmup_s: float = 0.0, warmup_rate: int | None = None) -> dict:
+                  warmup_s: float = 0.0, warmup_rate: int | None = None,
+                  pids: dict[str, int] | None = None) -> dict:
     """One open-model run of POST /v1/events at ``rate`` per second for ``duration_s``
     (see the module docstring). With ``warmup_s``, first that long at ``warmup_rate``
     (default: ``rate``) with requests of their own, answered and settled before the
@@ -383,7 +400,9 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
     (decided / requests), pending_202, status_codes, latency_ms (every answer),
     decided_latency_ms (200 and 409 only), errors, timeline [{t, sent_per_s, ok_per_s,
     p99_ms}], server_ms {stage: {count, mean, p50, p99, p999}} (instance a),
-    server_ms_b (instance b's stages), settled, vegeta (its own report), problems}."""
+    server_ms_b (instance b's stages), settled, vegeta (its own report), problems,
+    cpu (:func:`cpu_per_request`: every process of ``pids``, role -> pid, and vegeta,
+    from the attack's start until the Clerk has decided what the API accepted)}."""
     import aiohttp
 
     from app.settings import load
@@ -418,12 +437,19 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
             warmup = {k: w_out[k] for k in ("rate", "duration_s", "requests", "decided_per_s", "latency_ms")}
             warmup["settled"] = w_settled
         before = await scrape_all(session, metrics_urls, problems)
+        cpu_before, began = cpu_seconds(pids), time.monotonic()
+        vegeta_before, vegeta_cpu = resource.getrusage(resource.RUSAGE_CHILDREN), {}
         rows = await _attack(vegeta, targets, results.with_suffix(""), rate=rate, duration_s=duration_s,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, cpu_of_attack=vegeta_cpu)
         report = parse_report(await _run([str(vegeta), "report", "-type=json", str(results)], timeout_s=300))
         out = summarise(rows, rate=rate, duration_s=duration_s)
         answered = sum(v for c, v in out["status_codes"].items() if int(c) in ACCEPTED)
         settled, after = await _settle(session, metrics_urls, before, answered, problems)
+        window_s = time.monotonic() - began
+        cpu = cpu_delta(cpu_before, cpu_seconds(pids), window_s)
+    vegeta_s = vegeta_cpu["seconds"] - (vegeta_before.ru_utime + vegeta_before.ru_stime)
+    cpu["vegeta"] = {"seconds": round(vegeta_s, 3), "cores": round(vegeta_s / window_s, 3)}
+    out["cpu"] = cpu_per_request(cpu, out["requests"])
     out["warmup"] = warmup
     out["server_ms"] = server_stages(before, after, "a")
     if "b" in after:
@@ -441,9 +467,11 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
 
 
 async def _attack(vegeta: Path, targets: Path, stem: Path, *, rate: int, duration_s: float,
-                  timeout_s: float) -> list[tuple[int, int, int, str]]:
+                  timeout_s: float, cpu_of_attack: dict | None = None) -> list[tuple[int, int, int, str]]:
     """``vegeta attack`` of ``targets`` at ``rate``/s for ``duration_s`` (open model), its
     results kept in ``<stem>.bin``; the per-request rows of :func:`parse_results_csv`.
+    ``cpu_of_attack``, when given, gets ``seconds``: this process's reaped children's
+    CPU (RUSAGE_CHILDREN, user + system) as the attack ended, before the encoding.
     Raises RuntimeError (from :func:`_run`) when vegeta fails or outlives its bound."""
     results = stem.with_suffix(".bin")
     csv_path = stem.with_suffix(".csv")
@@ -451,6 +479,9 @@ async def _attack(vegeta: Path, targets: Path, stem: Path, *, rate: int, duratio
                 f"-duration={duration_s:g}s", f"-timeout={timeout_s:g}s", f"-max-workers={MAX_WORKERS}",
                 f"-targets={targets}", f"-output={results}", f"-name=docket-{rate}"],
                timeout_s=duration_s + timeout_s + 60)
+    if cpu_of_attack is not None:
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_of_attack["seconds"] = used.ru_utime + used.ru_stime
     with csv_path.open("wb") as f:
         await _run([str(vegeta), "encode", "--to", "csv", str(results)], timeout_s=300, stdout=f)
     with csv_path.open(newline="") as f:

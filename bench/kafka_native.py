@@ -35,7 +35,7 @@ from app.records import partition_for
 from app.settings import Settings
 from bench.common import percentiles, say
 from bench.http_load import scrape_all, server_stages
-from bench.profile import cpu_times
+from bench.profile import cpu_delta, cpu_seconds
 from bench.rdkafka import partition_count, rdkafka_config
 from bench.stages import stages
 from bench.stages import summary as stages_summary
@@ -249,22 +249,22 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
                 raise RuntimeError(f"the warm-up at {rate}/s was not answered within {max(30.0, warmup_s):.0f} s")
         if pids and idle_s > 0:
             say(f"kafka-native: idle for {idle_s:.0f} s (nothing sent) ...")
-            cpu_before, began = _cpu(pids), time.monotonic()
+            cpu_before, began = cpu_seconds(pids), time.monotonic()
             await asyncio.sleep(idle_s)  # the measurement itself: CPU while nothing is sent
-            idle = {"seconds": idle_s, "cpu": _cpu_delta(cpu_before, _cpu(pids), time.monotonic() - began)}
+            idle = {"seconds": idle_s, "cpu": cpu_delta(cpu_before, cpu_seconds(pids), time.monotonic() - began)}
             say("kafka-native: idle cores " + ", ".join(f"{r} {c['cores']:.3f}" for r, c in idle["cpu"].items()))
         for n, rate in enumerate(rates):
             before = watch.count
             say(f"kafka-native: {rate:,} events/s for {duration_s:.0f} s ...")
             step_ms = int(time.time() * 1000)
             scraped = await _scrape(metrics_urls)
-            cpu_before = _cpu(pids)
+            cpu_before = cpu_seconds(pids)
             step_began = time.monotonic()
             sent = await send_at_rate(producer, settings.input_topic, rate, duration_s, seed + n, watch.intended)
             began = time.monotonic()
             deadline = drain_s if drain_s is not None else max(15.0, duration_s)
             drained = await watch.wait_for(before + sent["sent"], deadline)
-            cpu_used = _cpu_delta(cpu_before, _cpu(pids), time.monotonic() - step_began)
+            cpu_used = cpu_delta(cpu_before, cpu_seconds(pids), time.monotonic() - step_began)
             got = watch.latencies[before:]
             published = watch.published_ms[before:]
             span_s = (max(published) - min(published)) / 1000 if len(published) > 1 else 0.0
@@ -341,24 +341,6 @@ def marginal_cpu(sweep: dict, cores: int | None = None) -> list[dict]:
         out.append({"rate": step["rate"], "us_per_event": per, "total_us": total,
                     "bound_per_s": round(cores / total * 1e6) if total > 0 else None})
     return out
-
-
-def _cpu(pids: dict[str, int] | None) -> dict[str, float]:
-    """role -> CPU seconds (user + system) used so far; a process gone is left out."""
-    out = {}
-    for role, pid in (pids or {}).items():
-        try:
-            user, system = cpu_times(pid)
-        except OSError:
-            continue
-        out[role] = user + system
-    return out
-
-
-def _cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, dict]:
-    return {role: {"seconds": round(after[role] - before[role], 3),
-                   "cores": round((after[role] - before[role]) / seconds, 3) if seconds > 0 else None}
-            for role in sorted(after) if role in before}
 
 
 async def _scrape(metrics_urls: dict[str, str] | None) -> dict | None:

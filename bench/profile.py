@@ -44,6 +44,28 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def cpu_seconds(pids: dict[str, int] | None) -> dict[str, float]:
+    """role -> CPU seconds (user + system) the process of ``pids`` has used so far; a
+    process gone is left out."""
+    out = {}
+    for role, pid in (pids or {}).items():
+        try:
+            user, system = cpu_times(pid)
+        except OSError:
+            continue
+        out[role] = user + system
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, dict]:
+    """role -> {seconds: CPU seconds used between two :func:`cpu_seconds` readings,
+    cores: those seconds over the ``seconds`` of wall time between them}, for the roles
+    in both."""
+    return {role: {"seconds": round(after[role] - before[role], 3),
+                   "cores": round((after[role] - before[role]) / seconds, 3) if seconds > 0 else None}
+            for role in sorted(after) if role in before}
+
+
 async def record(pids: dict[str, int], seconds: float, out_dir: Path,
                  also: dict[str, int] | None = None) -> tuple[dict[str, Path], dict[str, dict]]:
     """Sample every process of ``pids`` for ``seconds`` at once. Returns role ->

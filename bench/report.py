@@ -308,7 +308,27 @@ def http_table(steps: list[dict]) -> str:
                    "status codes"], rows)
             + "\n\nServer-side stages during the same runs (Prometheus histograms, delta over the run; "
               "bucket-interpolated):\n\n"
-            + table(["offered /s", "stage", "observations", "p50 ms", "p99 ms", "p99.9 ms"], stage_rows))
+            + table(["offered /s", "stage", "observations", "p50 ms", "p99 ms", "p99.9 ms"], stage_rows)
+            + http_cpu_table(steps))
+
+
+HTTP_CPU_ROLES = ("api", "a", "b", "clerk", "broker", "vegeta")
+
+
+def http_cpu_table(steps: list[dict]) -> str:
+    """Per rate, each process's CPU per request sent (µs; the kernel's account from the
+    attack's start until the Clerk had decided what the API accepted), every process
+    together, and the cores they used; empty when no run accounted its CPU."""
+    measured = [s for s in steps if (s.get("cpu") or {}).get("by_role")]
+    if not measured:
+        return ""
+    roles = [r for r in HTTP_CPU_ROLES if any(r in s["cpu"]["by_role"] for s in measured)]
+    roles += sorted({r for s in measured for r in s["cpu"]["by_role"]} - set(roles))
+    rows = [[_n(s.get("rate"))] + [_n((s["cpu"]["by_role"].get(r) or {}).get("us_per_request")) for r in roles]
+            + [f"**{_n(s['cpu'].get('us_per_request'))}**", _n(s["cpu"].get("cores"), "", 2)] for s in measured]
+    return ("\n\nCPU per request sent, µs (the kernel's account of each process from the attack's start until "
+            "the Clerk had decided what the API accepted; vegeta's own from its rusage):\n\n"
+            + table(["offered /s", *roles, "all", "cores"], rows))
 
 
 def profile_tables(results: dict) -> str:

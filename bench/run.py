@@ -104,13 +104,17 @@ async def native(settings: Settings, work: Path, plan: dict) -> dict:
     return result
 
 
+def with_broker(settings: Settings, pids: dict[str, int]) -> dict[str, int]:
+    """``pids`` (role -> pid) and the local broker's, as ``broker``, when it runs here
+    (a run against --bootstrap's broker has none to account)."""
+    broker = running_pid(settings.broker_dir)
+    return pids if broker is None else {**pids, "broker": broker}
+
+
 async def native_sweep(settings: Settings, work: Path, plan: dict) -> dict:
     say(f"kafka-native: {settings.partitions} partitions")
     async with BenchStack(settings, work, name="native", api=False) as stack:
-        pids = {**stack.pids, "load generator (this process)": os.getpid()}
-        broker = running_pid(settings.broker_dir)
-        if broker is not None:
-            pids["broker"] = broker
+        pids = with_broker(settings, {**stack.pids, "load generator (this process)": os.getpid()})
         result = await kafka_native.sweep(stack.settings, plan["native_rates"], plan["native_duration_s"],
                                           warmup_s=plan["warmup_s"], warmup_rate=plan["warmup_rate"],
                                           metrics_urls=stack.metrics_urls, pids=pids, idle_s=plan["idle_s"])
@@ -122,10 +126,7 @@ async def profile_at(settings: Settings, work: Path, rate: int, seconds: float, 
     CPU every process of the run used meanwhile (the kernel's account)."""
     async with BenchStack(settings, work, name="profile", api=False) as stack:
         pids = {"instance": stack.pids["a"], "clerk": stack.pids["clerk"]}
-        also = {"instance b": stack.pids["b"], "load generator (this process)": os.getpid()}
-        broker = running_pid(settings.broker_dir)
-        if broker is not None:
-            also["broker"] = broker
+        also = with_broker(settings, {"instance b": stack.pids["b"], "load generator (this process)": os.getpid()})
         load = asyncio.create_task(kafka_native.hold_rate(stack.settings, rate, seconds + 10, warmup_s=warmup_s))
         # sampling starts once the warm-up is over and the rate has settled
         await asyncio.sleep(warmup_s + 5)
@@ -160,12 +161,13 @@ async def http_runs(settings: Settings, work: Path, plan: dict) -> dict:
         # A fresh stack per rate: a rate past saturation leaves a backlog that would
         # otherwise be charged to the next one.
         async with BenchStack(settings, work, name=f"http{rate}p{settings.partitions}") as stack:
+            pids = with_broker(settings, stack.pids)
             say(f"http: {rate:,} requests/s for {plan['http_duration_s']:.0f} s ...")
             step = await http_load.measure(stack.api_url, stack.token, stack.metrics_urls, work / f"http{rate}",
                                            rate=rate, duration_s=plan["http_duration_s"], seed=100 + n,
                                            api_timeout_ms=stack.settings.api_timeout_ms,
                                            warmup_s=plan["http_warmup_s"],
-                                           warmup_rate=min(rate, plan["http_warmup_rate"]))
+                                           warmup_rate=min(rate, plan["http_warmup_rate"]), pids=pids)
         steps.append(step)
     return {"partitions": settings.partitions, "rates": steps}
 

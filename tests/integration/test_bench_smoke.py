@@ -60,6 +60,11 @@ def test_bench_smoke_measures_all_six_and_writes_the_report(kafka_bootstrap: str
     decided = sum(n for code, n in http["status_codes"].items() if code in ("200", "409"))
     assert decided > 0 and http["decided"] == decided, http["status_codes"]
     assert "api_result_wait" in http["server_ms"] and "clerk_decision" in http["server_ms"], http["server_ms"]
+    # the CPU of every process of the HTTP stack and of vegeta was accounted, per request
+    cpu = http["cpu"]["by_role"]
+    assert {"api", "a", "b", "clerk", "vegeta"} <= set(cpu), cpu  # (the broker: only one bench.run started)
+    assert cpu["api"]["seconds"] > 0 and cpu["vegeta"]["seconds"] > 0, cpu
+    assert http["cpu"]["us_per_request"] > 0
 
     markdown = reports[0].with_suffix(".md").read_text()
     assert "| measurement | figure |" in markdown and "docket over HTTP" in markdown

@@ -191,3 +191,26 @@ def test_settled_when_the_clerk_has_decided_what_the_api_accepted() -> None:
     assert http_load._settled(scrape(100), scrape(105), answered=6)[0] is False
     assert http_load._settled(scrape(100), scrape(106), answered=6)[0] is True
     assert http_load._settled({}, {}, answered=6)[0] is True  # no Clerk page: nothing to wait for
+
+
+def test_cpu_per_request_divides_each_process_and_their_sum_by_the_requests_sent() -> None:
+    cpu = {"api": {"seconds": 26.0, "cores": 0.52}, "clerk": {"seconds": 9.5, "cores": 0.19},
+           "vegeta": {"seconds": 9.0, "cores": 0.18}}
+    got = http_load.cpu_per_request(cpu, 50_000)
+    assert got["by_role"]["api"] == {"seconds": 26.0, "cores": 0.52, "us_per_request": 520.0}
+    assert got["by_role"]["clerk"]["us_per_request"] == 190.0
+    assert got["us_per_request"] == 890.0
+    assert got["cores"] == 0.89
+    assert http_load.cpu_per_request(cpu, 0)["us_per_request"] is None  # nothing sent: no cost per request
+
+
+def test_cpu_delta_is_the_seconds_used_between_two_readings_and_leaves_out_a_process_gone() -> None:
+    from bench.profile import cpu_delta, cpu_seconds
+
+    before = {"api": 10.0, "clerk": 4.0, "gone": 1.0}
+    after = {"api": 15.0, "clerk": 5.0}
+    assert cpu_delta(before, after, 10.0) == {"api": {"seconds": 5.0, "cores": 0.5},
+                                              "clerk": {"seconds": 1.0, "cores": 0.1}}
+    import os
+    mine = cpu_seconds({"me": os.getpid(), "nobody": 2 ** 22 + 1})  # above pid_max's default: no such process
+    assert set(mine) == {"me"} and mine["me"] > 0

@@ -276,6 +276,19 @@ def test_http_rows_and_tables_per_partition_count() -> None:
     assert "| 3,000 | 180,000 | 2,990 |" in text
 
 
+def test_http_tables_show_each_processs_cpu_per_request_when_measured() -> None:
+    """The API's own per-request cost (issue 13, item 6) next to every other process's."""
+    step = {**_http_step(1000, 990.0, 250.0),
+            "cpu": {"by_role": {"vegeta": {"seconds": 9.0, "cores": 0.18, "us_per_request": 150.0},
+                                "api": {"seconds": 31.2, "cores": 0.52, "us_per_request": 520.0},
+                                "clerk": {"seconds": 11.4, "cores": 0.19, "us_per_request": 190.0}},
+                    "us_per_request": 860.0, "cores": 0.89}}
+    text = report.http_table([step, _http_step(100, 100.0, 30.0)])
+    assert "| offered /s | api | clerk | vegeta | all | cores |" in text  # the API first, the rest in a fixed order
+    assert "| 1,000 | 520 | 190 | 150 | **860** | 0.89 |" in text
+    assert "CPU per request" not in report.http_table([_http_step(100, 100.0, 30.0)])  # an older report: none
+
+
 def test_http_report_of_before_partitions_still_renders() -> None:
     """A report written before the HTTP runs had partition counts (one run, no header)."""
     text = report.http_tables(RESULTS)
