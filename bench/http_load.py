@@ -384,6 +384,29 @@ async def _run(cmd: list[str], *, timeout_s: float, stdout=None) -> bytes:
     return out or b""
 
 
+class CpuAccount:
+    """The CPU the processes of ``pids`` (role -> pid) and the next vegeta attack use
+    from now until :meth:`close`: the kernel's account of each process, and vegeta's
+    from this process's reaped children (pass :attr:`attack` to :func:`_attack` as
+    ``cpu_of_attack``)."""
+
+    def __init__(self, pids: dict[str, int] | None) -> None:
+        self.pids = pids
+        self.before, self.began = cpu_seconds(pids), time.monotonic()
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children_before = used.ru_utime + used.ru_stime
+        self.attack: dict = {}
+
+    def close(self, requests: int) -> dict:
+        """:func:`cpu_per_request` of everything used since the start, per request of
+        ``requests``. Raises KeyError when no attack reported its CPU."""
+        window_s = time.monotonic() - self.began
+        cpu = cpu_delta(self.before, cpu_seconds(self.pids), window_s)
+        vegeta_s = self.attack["seconds"] - self.children_before
+        cpu["vegeta"] = {"seconds": round(vegeta_s, 3), "cores": round(vegeta_s / window_s, 3)}
+        return cpu_per_request(cpu, requests)
+
+
 async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: Path, *, rate: int,
                   duration_s: float, seed: int, api_timeout_ms: int | None = None,
                   warmup_s: float = 0.0, warmup_rate: int | None = None,
@@ -437,19 +460,14 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
             warmup = {k: w_out[k] for k in ("rate", "duration_s", "requests", "decided_per_s", "latency_ms")}
             warmup["settled"] = w_settled
         before = await scrape_all(session, metrics_urls, problems)
-        cpu_before, began = cpu_seconds(pids), time.monotonic()
-        vegeta_before, vegeta_cpu = resource.getrusage(resource.RUSAGE_CHILDREN), {}
+        account = CpuAccount(pids)
         rows = await _attack(vegeta, targets, results.with_suffix(""), rate=rate, duration_s=duration_s,
-                             timeout_s=timeout_s, cpu_of_attack=vegeta_cpu)
+                             timeout_s=timeout_s, cpu_of_attack=account.attack)
         report = parse_report(await _run([str(vegeta), "report", "-type=json", str(results)], timeout_s=300))
         out = summarise(rows, rate=rate, duration_s=duration_s)
         answered = sum(v for c, v in out["status_codes"].items() if int(c) in ACCEPTED)
         settled, after = await _settle(session, metrics_urls, before, answered, problems)
-        window_s = time.monotonic() - began
-        cpu = cpu_delta(cpu_before, cpu_seconds(pids), window_s)
-    vegeta_s = vegeta_cpu["seconds"] - (vegeta_before.ru_utime + vegeta_before.ru_stime)
-    cpu["vegeta"] = {"seconds": round(vegeta_s, 3), "cores": round(vegeta_s / window_s, 3)}
-    out["cpu"] = cpu_per_request(cpu, out["requests"])
+        out["cpu"] = account.close(out["requests"])
     out["warmup"] = warmup
     out["server_ms"] = server_stages(before, after, "a")
     if "b" in after:
@@ -464,6 +482,81 @@ async def measure(api_url: str, token: str, metrics_urls: dict[str, str], work: 
         f"codes {out['status_codes']}, "
         f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, p99.9 {lat['p999']} ms")
     return out
+
+
+FLOOR_READY_S = 30.0  # the floor's server answers /healthz within this, on a loaded machine
+
+
+async def floor(work: Path, *, rates: list[int], duration_s: float, seed: int = 500) -> dict:
+    """The HTTP floor: vegeta at each of ``rates`` for ``duration_s`` against a plain
+    aiohttp app (bench/http_floor_app.py: route, read, parse the JSON, answer) on
+    docket's targets, one fresh server for them all. Per rate {rate, duration_s,
+    requests, sent_per_s, success_ratio, status_codes, latency_ms, cpu
+    (:func:`cpu_per_request`: the server and vegeta)}; what docket's API costs per
+    request above ``cpu.by_role.server`` is its own. Raises RuntimeError when the
+    server does not start or vegeta fails."""
+    from launcher.broker import free_port, set_parent_death_signal
+
+    vegeta = ensure_vegeta()
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (work / "http-floor-server.log").open("wb")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.http_floor_app", "--port", str(port), stdout=log, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=set_parent_death_signal if sys.platform == "linux" else None)
+    steps = []
+    try:
+        await _wait_answering(f"{url}/healthz", server, work / "http-floor-server.log")
+        for n, rate in enumerate(rates):
+            targets = work / f"floor-targets-{rate}.jsonl"
+            write_targets(targets, url, "unused-by-the-floor", count=max(1, round(rate * duration_s)),
+                          seed=seed + n, run_id=f"floor{seed + n}")
+            say(f"http floor: {rate:,} requests/s for {duration_s:g} s against a plain aiohttp app ...")
+            account = CpuAccount({"server": server.pid})
+            rows = await _attack(vegeta, targets, work / f"floor-results-{rate}", rate=rate, duration_s=duration_s,
+                                 timeout_s=10.0, cpu_of_attack=account.attack)
+            out = summarise(rows, rate=rate, duration_s=duration_s)
+            step = {k: out[k] for k in ("rate", "duration_s", "requests", "success_ratio", "status_codes",
+                                         "latency_ms")}
+            step["sent_per_s"] = round(out["requests"] / out["span_s"], 1) if out["span_s"] else 0.0
+            step["cpu"] = account.close(out["requests"])
+            say(f"http floor {rate}/s: {out['requests']} requests, p50 {out['latency_ms']['p50']} ms, "
+                f"p99 {out['latency_ms']['p99']} ms, server {step['cpu']['by_role']['server']['us_per_request']} "
+                f"µs of CPU per request")
+            steps.append(step)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            server.terminate()
+        try:
+            await asyncio.wait_for(server.wait(), 10)
+        except TimeoutError:
+            server.kill()
+            await server.wait()
+        log.close()
+    return {"rates": steps}
+
+
+async def _wait_answering(url: str, server, log: Path) -> None:
+    """Until ``url`` answers 200 (at most FLOOR_READY_S). Raises RuntimeError, with the
+    server's log, when it exits or the time is up."""
+    import aiohttp
+
+    deadline = time.monotonic() + FLOOR_READY_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if server.returncode is not None:
+                raise RuntimeError(f"the HTTP floor's server exited {server.returncode}: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP floor's server did not answer within {FLOOR_READY_S:g} s: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            await asyncio.sleep(0.2)  # poll interval of the condition above
 
 
 async def _attack(vegeta: Path, targets: Path, stem: Path, *, rate: int, duration_s: float,

@@ -145,6 +145,7 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
             rows.append((f"docket over HTTP{parts} (vegeta, {_n(step.get('rate'))} requests/s offered)",
                          f"{_n(step.get('decided_per_s'))} decided/s, p50 {_n(lat.get('p50'))} ms, "
                          f"p99 {_n(lat.get('p99'))} ms, success {_n(100 * (step.get('success_ratio') or 0), '%', 1)}"))
+    rows += http_cpu_rows(results)
     rows.append(("docket / Faust floor", _n(r["docket_over_faust_floor"], "", 3)))
     rows.append(("docket / Quix Streams (docket's rate with p99 < 100 ms)", _n(r["docket_over_quix"], "", 3)))
     quix = _get(results, "quix", "events_per_s")
@@ -273,6 +274,54 @@ def http_headline(runs: dict) -> dict | None:
     return max(ok, key=lambda s: s.get("decided_per_s") or 0, default=None)
 
 
+def _per_rate(steps: list[dict], role: str) -> str:
+    """"275 µs at 1,000/s, 176 at 2,000/s": ``role``'s CPU per request at each rate."""
+    cells = [(s["rate"], ((s.get("cpu") or {}).get("by_role") or {}).get(role, {}).get("us_per_request"))
+             for s in steps]
+    cells = [(rate, us) for rate, us in cells if us is not None]
+    return ", ".join(f"{_n(us)}{' µs' if i == 0 else ''} at {_n(rate)}/s" for i, (rate, us) in enumerate(cells))
+
+
+def http_cpu_rows(results: dict) -> list[tuple[str, str]]:
+    """Summary rows: the REST API's CPU per request at each rate (the first partition
+    count) next to the HTTP floor's, a plain aiohttp app's, at the same rates."""
+    rows = []
+    runs = next((r for r in http_runs(results) if "error" not in r), None)
+    api = _per_rate(runs.get("rates") or [], "api") if runs else ""
+    if api:
+        parts = f", {runs['partitions']} partitions" if runs.get("partitions") else ""
+        rows.append((f"docket's REST API: CPU per request{parts} (the API process only)", api))
+    fl = _get(results, "http", "floor") or {}
+    if "error" in fl:
+        rows.append((HTTP_FLOOR_ROW, f"failed: {fl['error']}"))
+    elif fl.get("rates"):
+        rows.append((HTTP_FLOOR_ROW, _per_rate(fl["rates"], "server")))
+    return rows
+
+
+HTTP_FLOOR_ROW = "HTTP floor: a plain aiohttp app (route, read, parse the JSON, answer), CPU per request"
+
+
+def http_floor_table(results: dict) -> str:
+    """The HTTP floor's runs: latency and the CPU per request of its server and of vegeta."""
+    fl = _get(results, "http", "floor") or {}
+    if "error" in fl:
+        return f"Failed: {fl['error']}"
+    rows = []
+    for s in fl.get("rates") or []:
+        lat, by = s.get("latency_ms") or {}, (s.get("cpu") or {}).get("by_role") or {}
+        rows.append([_n(s.get("rate")), _n(s.get("requests")), _n(100 * (s.get("success_ratio") or 0), "%", 1),
+                     _n(lat.get("p50"), "", 1), _n(lat.get("p99"), "", 1),
+                     _n((by.get("server") or {}).get("us_per_request")),
+                     _n((by.get("vegeta") or {}).get("us_per_request"))])
+    if not rows:
+        return "Not measured."
+    return ("bench/http_floor_app.py, one server for every rate, vegeta as for docket (the kernel's account of "
+            "the server; vegeta's from its rusage):\n\n"
+            + table(["offered /s", "requests", "success", "p50 ms", "p99 ms", "server µs per request",
+                     "vegeta µs per request"], rows))
+
+
 def http_tables(results: dict) -> str:
     """The HTTP runs' table and server-side stages, per partition count."""
     parts = []
@@ -388,6 +437,7 @@ def markdown(results: dict, day: str, images: list[str]) -> str:
             "## Quix Streams stateful app\n\n" + quix_table(results),
             "## docket over Kafka (open-model sweep)\n\n" + native_tables(results),
             "## docket over HTTP (vegeta)\n\n" + http_tables(results),
+            "## The HTTP floor: a plain aiohttp app\n\n" + http_floor_table(results),
             "## Profile\n\n" + profile_tables(results)]
     return head + "\n\n".join(body) + "\n"
 

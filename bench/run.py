@@ -2,7 +2,7 @@
 then the report (bench/report.py): JSON, a Markdown table and PNG plots in
 bench/results/, and the README's benchmark section.
 
-    python -m bench.run                 # the full run (about 27 minutes on 2 cores)
+    python -m bench.run                 # the full run (about 29 minutes on 2 cores)
     python -m bench.run --smoke         # seconds per measurement: does the harness work?
 
 1. kafka_ceiling  Kafka's own ProducerPerformance / ConsumerPerformance
@@ -11,7 +11,9 @@ bench/results/, and the README's benchmark section.
 4. quix           a plain Quix Streams app (librdkafka) doing docket's inventory arithmetic
                   per event on RocksDB state, one output record per event
 5. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
-6. http           docket over its REST API with vegeta, fixed rates, server-side stages
+6. http           docket over its REST API with vegeta, fixed rates, server-side stages,
+                  each process's CPU per request; then the same rates against a plain
+                  aiohttp app (the HTTP floor)
 
 Warm-ups, fixed: the Kafka-native sweep 40 s at 200 events/s on each partition count's
 stack; each HTTP rate 10 s at up to 200 requests/s; neither is counted.
@@ -55,11 +57,11 @@ FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000
         "native_partitions": NATIVE_PARTITIONS,
         "warmup_s": 40.0, "warmup_rate": 200, "idle_s": 10.0,
         "http_rates": [100, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
-        "http_warmup_s": 10.0, "http_warmup_rate": 200, "profile_s": 20.0}
+        "http_warmup_s": 10.0, "http_warmup_rate": 200, "http_floor_s": 20.0, "profile_s": 20.0}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50, "idle_s": 1.0,
          "native_partitions": NATIVE_PARTITIONS[:1],
          "http_rates": [50], "http_duration_s": 3.0, "http_partitions": NATIVE_PARTITIONS[:1],
-         "http_warmup_s": 1.0, "http_warmup_rate": 50, "profile_s": 0.0}
+         "http_warmup_s": 1.0, "http_warmup_rate": 50, "http_floor_s": 3.0, "profile_s": 0.0}
 
 
 async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> dict:
@@ -147,8 +149,18 @@ async def profile_at(settings: Settings, work: Path, rate: int, seconds: float, 
 async def http(settings: Settings, work: Path, plan: dict) -> dict:
     """The vegeta runs once per partition count of ``plan["http_partitions"]``, like the
     Kafka-native sweep: the first count's runs are ``rates``, the others go in
-    ``by_partitions`` ([{partitions, rates}], or {partitions, error})."""
-    return await per_partition_count(http_runs, settings, work, plan, plan["http_partitions"])
+    ``by_partitions`` ([{partitions, rates}], or {partitions, error}). Then the HTTP
+    floor at the same rates (``floor``: bench/http_load.py floor, or {error})."""
+    from bench import http_load
+
+    result = await per_partition_count(http_runs, settings, work, plan, plan["http_partitions"])
+    try:
+        result["floor"] = await http_load.floor(work / "http-floor", rates=plan["http_rates"],
+                                                duration_s=plan["http_floor_s"])
+    except Exception as exc:  # noqa: BLE001  the docket figures above stand; the report says the floor failed
+        traceback.print_exc()
+        result["floor"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return result
 
 
 async def http_runs(settings: Settings, work: Path, plan: dict) -> dict:

@@ -65,6 +65,10 @@ def test_bench_smoke_measures_all_six_and_writes_the_report(kafka_bootstrap: str
     assert {"api", "a", "b", "clerk", "vegeta"} <= set(cpu), cpu  # (the broker: only one bench.run started)
     assert cpu["api"]["seconds"] > 0 and cpu["vegeta"]["seconds"] > 0, cpu
     assert http["cpu"]["us_per_request"] > 0
+    # the HTTP floor: a plain aiohttp app at the same rate, its server's CPU per request
+    (floor,) = results["http"]["floor"]["rates"]
+    assert floor["rate"] == http["rate"] and floor["requests"] > 0 and floor["success_ratio"] == 1.0, floor
+    assert floor["cpu"]["by_role"]["server"]["seconds"] > 0, floor["cpu"]
 
     markdown = reports[0].with_suffix(".md").read_text()
     assert "| measurement | figure |" in markdown and "docket over HTTP" in markdown

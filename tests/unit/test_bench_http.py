@@ -214,3 +214,17 @@ def test_cpu_delta_is_the_seconds_used_between_two_readings_and_leaves_out_a_pro
     import os
     mine = cpu_seconds({"me": os.getpid(), "nobody": 2 ** 22 + 1})  # above pid_max's default: no such process
     assert set(mine) == {"me"} and mine["me"] > 0
+
+
+async def test_the_http_floor_app_answers_json_and_refuses_what_is_not() -> None:
+    """bench/http_floor_app.py does the floor's work: route, read, parse, answer."""
+    from bench import http_floor_app
+
+    async with TestClient(TestServer(http_floor_app.create_app())) as client:
+        line = targets(1)[0]
+        resp = await client.post("/v1/events", data=base64.b64decode(line["body"]),
+                                 headers={"Content-Type": "application/json"})
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        resp = await client.post("/v1/events", data=b"{not json", headers={"Content-Type": "application/json"})
+        assert resp.status == 400 and "not JSON" in (await resp.json())["error"]
+        assert (await client.get("/healthz")).status == 200

@@ -289,6 +289,41 @@ def test_http_tables_show_each_processs_cpu_per_request_when_measured() -> None:
     assert "CPU per request" not in report.http_table([_http_step(100, 100.0, 30.0)])  # an older report: none
 
 
+def _floor_step(rate: int, server_us: float) -> dict:
+    return {"rate": rate, "requests": rate * 20, "success_ratio": 1.0, "latency_ms": {"p50": 0.4, "p99": 1.1},
+            "cpu": {"by_role": {"server": {"seconds": 1.0, "cores": 0.2, "us_per_request": server_us},
+                                "vegeta": {"seconds": 1.0, "cores": 0.2, "us_per_request": 120.0}},
+                    "us_per_request": server_us + 120.0, "cores": 0.4}}
+
+
+def _with_cpu(step: dict, api_us: float) -> dict:
+    return {**step, "cpu": {"by_role": {"api": {"seconds": 1.0, "cores": 0.5, "us_per_request": api_us}},
+                            "us_per_request": api_us, "cores": 0.5}}
+
+
+def test_the_summary_puts_the_apis_cpu_per_request_next_to_the_http_floors() -> None:
+    results = {"http": {"partitions": 8, "rates": [_with_cpu(_http_step(1000, 990.0, 250.0), 573.0),
+                                                   _with_cpu(_http_step(2000, 1500.0, 900.0), 547.0)],
+                        "floor": {"rates": [_floor_step(1000, 275.0), _floor_step(2000, 176.0)]}}}
+    rows = dict(report.summary_rows(results))
+    assert rows["docket's REST API: CPU per request, 8 partitions (the API process only)"] == \
+        "573 µs at 1,000/s, 547 at 2,000/s"
+    assert rows[report.HTTP_FLOOR_ROW] == "275 µs at 1,000/s, 176 at 2,000/s"
+    text = report.markdown(results, "2026-12-03", [])
+    assert "## The HTTP floor: a plain aiohttp app" in text
+    assert "| 1,000 | 20,000 | 100.0% | 0.4 | 1.1 | 275 | 120 |" in text
+
+
+def test_a_failed_http_floor_is_reported_as_failed_and_an_old_report_has_no_floor() -> None:
+    results = {"http": {"partitions": 8, "rates": [_http_step(100, 100.0, 30.0)],
+                        "floor": {"error": "RuntimeError: the HTTP floor's server exited 1"}}}
+    assert dict(report.summary_rows(results))[report.HTTP_FLOOR_ROW] == \
+        "failed: RuntimeError: the HTTP floor's server exited 1"
+    old = dict(report.summary_rows(HTTP_BY_PARTITIONS))
+    assert report.HTTP_FLOOR_ROW not in old and not any("CPU per request" in k for k in old)
+    assert report.http_floor_table(HTTP_BY_PARTITIONS) == "Not measured."
+
+
 def test_http_report_of_before_partitions_still_renders() -> None:
     """A report written before the HTTP runs had partition counts (one run, no header)."""
     text = report.http_tables(RESULTS)
