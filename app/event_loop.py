@@ -15,7 +15,9 @@ order by the agent's own code, whichever loop schedules it.
 The REST API (`docket api`) and the other commands stay on asyncio's loop: with the API
 on uvloop, `make bench` at 2,000 to 5,000 requests/s offered (more than the stack can
 decide) left 4-11% of the requests unanswered after vegeta's 10 s (timeouts, and some
-connections reset), where on asyncio's every request got its answer (p99 3-4 s).
+connections reset), where on asyncio's every request got its answer (p99 3-4 s); with
+a listen backlog of 1,024 it dropped 10% at 1,000/s too (README, Performance, "The REST
+API's own cost per request").
 """
 
 from __future__ import annotations
