@@ -21,7 +21,12 @@ What a run does:
 4. waits (at most :data:`SETTLE_S`) until the Clerk has decided every event the API
    accepted, then scrapes again: the stage figures are quantiles of the histogram
    deltas, so they cover this run only;
-5. ``vegeta report -type=json`` and ``vegeta encode --to csv`` give the client side.
+5. ``vegeta report -type=json`` and ``vegeta encode --to csv`` give the client side;
+6. the CPU every process of the stack and vegeta used from the attack's start to the
+   settling, per request sent (:class:`CpuAccount`).
+
+:func:`floor` runs vegeta the same way against a plain aiohttp app
+(bench/http_floor_app.py): what any Python API on aiohttp pays per request here.
 
 An answer 200 (applied) or 409 (rejected by the domain) is a decided outcome; 202 means
 the result did not come within DOCKET_API_TIMEOUT_MS (the event was accepted and is
@@ -501,40 +506,39 @@ async def floor(work: Path, *, rates: list[int], duration_s: float, seed: int = 
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (work / "http-floor-server.log").open("wb")
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.http_floor_app", "--port", str(port), stdout=log, stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parent.parent,
-        preexec_fn=set_parent_death_signal if sys.platform == "linux" else None)
-    steps = []
-    try:
-        await _wait_answering(f"{url}/healthz", server, work / "http-floor-server.log")
-        for n, rate in enumerate(rates):
-            targets = work / f"floor-targets-{rate}.jsonl"
-            write_targets(targets, url, "unused-by-the-floor", count=max(1, round(rate * duration_s)),
-                          seed=seed + n, run_id=f"floor{seed + n}")
-            say(f"http floor: {rate:,} requests/s for {duration_s:g} s against a plain aiohttp app ...")
-            account = CpuAccount({"server": server.pid})
-            rows = await _attack(vegeta, targets, work / f"floor-results-{rate}", rate=rate, duration_s=duration_s,
-                                 timeout_s=10.0, cpu_of_attack=account.attack)
-            out = summarise(rows, rate=rate, duration_s=duration_s)
-            step = {k: out[k] for k in ("rate", "duration_s", "requests", "success_ratio", "status_codes",
-                                         "latency_ms")}
-            step["sent_per_s"] = round(out["requests"] / out["span_s"], 1) if out["span_s"] else 0.0
-            step["cpu"] = account.close(out["requests"])
-            say(f"http floor {rate}/s: {out['requests']} requests, p50 {out['latency_ms']['p50']} ms, "
-                f"p99 {out['latency_ms']['p99']} ms, server {step['cpu']['by_role']['server']['us_per_request']} "
-                f"µs of CPU per request")
-            steps.append(step)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            server.terminate()
+    with (work / "http-floor-server.log").open("wb") as log:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.http_floor_app", "--port", str(port), stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            preexec_fn=set_parent_death_signal if sys.platform == "linux" else None)
+        steps = []
         try:
-            await asyncio.wait_for(server.wait(), 10)
-        except TimeoutError:
-            server.kill()
-            await server.wait()
-        log.close()
+            await _wait_answering(f"{url}/healthz", server, work / "http-floor-server.log")
+            for n, rate in enumerate(rates):
+                targets = work / f"floor-targets-{rate}.jsonl"
+                write_targets(targets, url, "unused-by-the-floor", count=max(1, round(rate * duration_s)),
+                              seed=seed + n, run_id=f"floor{seed + n}")
+                say(f"http floor: {rate:,} requests/s for {duration_s:g} s against a plain aiohttp app ...")
+                account = CpuAccount({"server": server.pid})
+                rows = await _attack(vegeta, targets, work / f"floor-results-{rate}", rate=rate, duration_s=duration_s,
+                                     timeout_s=10.0, cpu_of_attack=account.attack)
+                out = summarise(rows, rate=rate, duration_s=duration_s)
+                step = {k: out[k] for k in ("rate", "duration_s", "requests", "success_ratio", "status_codes",
+                                             "latency_ms")}
+                step["sent_per_s"] = round(out["requests"] / out["span_s"], 1) if out["span_s"] else 0.0
+                step["cpu"] = account.close(out["requests"])
+                say(f"http floor {rate}/s: {out['requests']} requests, p50 {out['latency_ms']['p50']} ms, "
+                    f"p99 {out['latency_ms']['p99']} ms, server {step['cpu']['by_role']['server']['us_per_request']} "
+                    f"µs of CPU per request")
+                steps.append(step)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                server.terminate()
+            try:
+                await asyncio.wait_for(server.wait(), 10)
+            except TimeoutError:
+                server.kill()
+                await server.wait()
     return {"rates": steps}
 
 
