@@ -128,8 +128,9 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0 (durations in seconds)."""
+    """argparse type: a finite number > 0 (durations in seconds)."""
     import argparse
+    import math
 
     try:
         value = float(text)
@@ -137,6 +138,8 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number")
     return value
 
 

@@ -42,12 +42,28 @@ def create_app() -> web.Application:
     return app
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1 to 65535)")
+    return port
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1", help="listen address [127.0.0.1]")
+    ap.add_argument("--port", type=port_number, required=True, help="listen port, 1 to 65535")
     args = ap.parse_args()
-    web.run_app(create_app(), host=args.host, port=args.port, access_log=None, print=None)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        web.run_app(create_app(), host=args.host, port=args.port, access_log=None,
+                    print=lambda _banner: print(f"http floor app listening on {url} (Ctrl-C stops it)", flush=True))
+    except OSError as exc:  # address in use, no such host or address: say so, no traceback
+        ap.exit(1, f"http_floor_app: cannot listen on {url}: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -393,7 +393,8 @@ class CpuAccount:
     """The CPU the processes of ``pids`` (role -> pid) and the next vegeta attack use
     from now until :meth:`close`: the kernel's account of each process, and vegeta's
     from this process's reaped children (pass :attr:`attack` to :func:`_attack` as
-    ``cpu_of_attack``)."""
+    ``cpu_of_attack``): a child of this process that exited and was reaped during the
+    attack (none does in a run that goes well) would be counted as vegeta's."""
 
     def __init__(self, pids: dict[str, int] | None) -> None:
         self.pids = pids
@@ -552,14 +553,14 @@ async def _wait_answering(url: str, server, log: Path) -> None:
         while True:
             if server.returncode is not None:
                 raise RuntimeError(f"the HTTP floor's server exited {server.returncode}: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
+                                   f"{log.read_text(errors='replace')[-2000:].strip()}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(url) as resp:
                     if resp.status == 200:
                         return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the HTTP floor's server did not answer within {FLOOR_READY_S:g} s: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
+                                   f"{log.read_text(errors='replace')[-2000:].strip()}")
             await asyncio.sleep(0.2)  # poll interval of the condition above
 
 

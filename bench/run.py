@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace) -> int:
     for key in ("native_rates", "native_partitions", "http_rates", "http_partitions"):
         if getattr(args, key):
             plan[key] = getattr(args, key)
-    for key in ("native_duration_s", "http_duration_s", "profile_s"):
+    for key in ("native_duration_s", "http_duration_s", "http_floor_s", "profile_s"):
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
     plan["quix_events"] = args.quix_events or quix_events(args.smoke)
@@ -226,8 +226,7 @@ async def run(args: argparse.Namespace) -> int:
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                     failed.append(name)
                     continue
-                failed += [f"{name} with {o['partitions']} partitions"
-                           for o in results[name].get("by_partitions") or [] if "error" in o]
+                failed += partial_failures(name, results[name])
         results["wall_s"] = round(time.time() - began)
         # The README shows the latest complete run only.
         complete = not (args.smoke or args.no_readme or args.only)
@@ -240,6 +239,16 @@ async def run(args: argparse.Namespace) -> int:
         say(f"failed: {', '.join(failed)}")
         return 1
     return 0
+
+
+def partial_failures(name: str, result: dict) -> list[str]:
+    """What failed inside measurement ``name`` whose ``result`` came back: a partition
+    count's run (``by_partitions`` entries with an error) or the HTTP floor; each fails
+    the run as a failed measurement does."""
+    failed = [f"{name} with {o['partitions']} partitions" for o in result.get("by_partitions") or [] if "error" in o]
+    if "error" in (result.get("floor") or {}):
+        failed.append(f"{name} floor")
+    return failed
 
 
 def quix_events(smoke: bool) -> int:
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--native-duration-s", type=positive_float, help=f"seconds per rate [{FULL['native_duration_s']}]")
     ap.add_argument("--http-rates", type=positive_int, nargs="+", help=f"[{FULL['http_rates']}]")
     ap.add_argument("--http-duration-s", type=positive_float, help=f"seconds per rate [{FULL['http_duration_s']}]")
+    ap.add_argument("--http-floor-s", type=positive_float,
+                    help=f"seconds per rate of the HTTP floor (a plain aiohttp app) [{FULL['http_floor_s']}]")
     ap.add_argument("--http-partitions", type=positive_int, nargs="+",
                     help=f"partition counts, the HTTP runs once each [{FULL['http_partitions']}]")
     ap.add_argument("--profile-s", type=float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")

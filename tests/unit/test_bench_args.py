@@ -22,7 +22,7 @@ def test_positive_int_refuses_what_is_not_a_count(text: str) -> None:
 def test_positive_types_take_what_is() -> None:
     assert positive_int("8") == 8
     assert positive_float("0.5") == 0.5
-    for text in ("0", "-2", "nan", "x"):
+    for text in ("0", "-2", "nan", "x", "inf", "1e400"):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_float(text)
 
@@ -38,7 +38,7 @@ def test_writable_dir_creates_the_directory_or_says_why_not(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("argv", [
     ["--http-partitions", "8", "0"], ["--native-partitions", "-1"], ["--native-rates", "50", "0"],
-    ["--http-rates", "0"], ["--http-duration-s", "0"], ["--quix-events", "0"],
+    ["--http-rates", "0"], ["--http-duration-s", "0"], ["--http-floor-s", "0"], ["--quix-events", "0"],
 ])
 def test_bench_run_refuses_non_positive_values_at_start(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -63,3 +63,20 @@ def test_soak_refuses_non_positive_values_at_start(argv: list[str], capsys) -> N
         soak.main(argv)
     assert exit_.value.code == 2
     assert "must be greater than 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--http-duration-s", "inf"], ["--native-duration-s", "1e400"]])
+def test_bench_run_refuses_an_endless_duration_at_start(argv: list[str], capsys) -> None:
+    """inf got past the check and failed minutes later, after the broker and the stack had started."""
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    assert exit_.value.code == 2
+    assert "must be a finite number" in capsys.readouterr().err
+
+
+def test_a_failed_partition_count_or_http_floor_fails_the_run() -> None:
+    assert run.partial_failures("http", {"rates": [], "by_partitions": [{"partitions": 2, "error": "E"}],
+                                         "floor": {"error": "RuntimeError: the HTTP floor's server exited 1"}}) == \
+        ["http with 2 partitions", "http floor"]
+    assert run.partial_failures("http", {"rates": [], "floor": {"rates": []}}) == []
+    assert run.partial_failures("kafka_native", {"rates": []}) == []

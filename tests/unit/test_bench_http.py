@@ -228,3 +228,26 @@ async def test_the_http_floor_app_answers_json_and_refuses_what_is_not() -> None
         resp = await client.post("/v1/events", data=b"{not json", headers={"Content-Type": "application/json"})
         assert resp.status == 400 and "not JSON" in (await resp.json())["error"]
         assert (await client.get("/healthz")).status == 200
+
+
+def test_the_http_floor_app_says_in_one_line_why_it_cannot_listen(monkeypatch, capsys) -> None:
+    import socket
+    import sys
+
+    from bench import http_floor_app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(sys, "argv", ["http_floor_app", "--port", str(port)])
+        with pytest.raises(SystemExit) as exit_:
+            http_floor_app.main()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"http_floor_app: cannot listen on http://127.0.0.1:{port}:") and "Traceback" not in err
+    for bad in ("0", "70000", "x"):
+        monkeypatch.setattr(sys, "argv", ["http_floor_app", "--port", bad])
+        with pytest.raises(SystemExit) as exit_:
+            http_floor_app.main()
+        assert exit_.value.code == 2 and "is not a port number" in capsys.readouterr().err
