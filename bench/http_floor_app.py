@@ -3,9 +3,10 @@ event pipeline does per request - route it, read the body, parse the JSON, answe
 with a small JSON body - on docket's API settings (the same aiohttp, body limit and
 event loop; no access log). Whatever docket's REST API adds (authentication, the
 envelope's and the domain's checks, the idempotency index, the produce, the wait for
-the agreed result, metrics) costs on top of this. Measured by bench/http_floor.py.
+the agreed result, metrics) costs on top of this. Measured by ``floor`` in
+bench/http_load.py (`make bench`'s HTTP measurement).
 
-    python -m bench.http_floor_app --port 8099
+    .venv/bin/python -m bench.http_floor_app --port 8099
 
 Answers ``POST /v1/events`` with 200 ``{"status": "ok"}`` (400 for a body that is not
 JSON) and ``GET /healthz`` with 200.
