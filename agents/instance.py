@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec, LiveFaults
@@ -37,6 +38,7 @@ from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import FaustStore
 from tables.ledger import LEDGER_TABLE, Ledger
+from tables.rocks_memory import memory_bound_bytes, memory_bytes
 from tables.registrar import Registrar
 from tables.warden import Warden
 
@@ -71,6 +73,43 @@ class InstanceMetrics:
         self.blocked = Gauge("docket_instance_partition_blocked",
                              "1 while this worker holds the partition stopped at an activation of a domain "
                              "version it does not know (specs/versioning.allium)", ["partition"], registry=r)
+
+    def watch_rocksdb(self, dbs, options: dict) -> None:
+        """Serve the Ledger's RocksDB memory, read at each scrape:
+        ``docket_instance_rocksdb_bytes{kind="memtables"|"block_cache"}`` summed over the
+        databases ``dbs()`` returns (the partitions this worker has open), and
+        ``docket_instance_rocksdb_bound_bytes``, the most those databases may hold
+        under ``options`` (tables/rocks_memory.py). `make soak` reads both."""
+        self.registry.register(_RocksMemory(dbs, options))
+
+
+class _RocksMemory:
+    """A Prometheus collector (prometheus_client's custom-collector protocol) of
+    RocksDB's own memory account, read when /metrics is served, never on the event path."""
+
+    def __init__(self, dbs, options: dict) -> None:
+        self.dbs = dbs
+        self.options = options
+
+    def describe(self):
+        # named without reading RocksDB: register() would otherwise collect at once
+        yield GaugeMetricFamily("docket_instance_rocksdb_bytes", "", labels=["kind"])
+        yield GaugeMetricFamily("docket_instance_rocksdb_bound_bytes", "")
+
+    def collect(self):
+        dbs = list(self.dbs())
+        used = GaugeMetricFamily("docket_instance_rocksdb_bytes",
+                                 "bytes the Ledger's RocksDB databases hold in memory, by RocksDB's account "
+                                 "(memtables: rocksdb.cur-size-all-mem-tables; block_cache: "
+                                 "rocksdb.block-cache-usage), summed over the partitions open here",
+                                 labels=["kind"])
+        for kind, n in sorted(memory_bytes(dbs).items()):
+            used.add_metric([kind], n)
+        yield used
+        yield GaugeMetricFamily("docket_instance_rocksdb_bound_bytes",
+                                "the most memtables and block cache those databases may hold under the "
+                                "Ledger's RocksDB options (bytes)",
+                                value=memory_bound_bytes(self.options, len(dbs)))
 
 
 # RocksDB options of each ledger partition's database (faust.stores.rocksdb.RocksDBOptions).
@@ -119,6 +158,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     warden = Warden(store, settings.idempotency_ttl_ms)
     usher = Usher(instance_id, versions, registrar, warden, settings.partitions)
     metrics = InstanceMetrics()
+    metrics.watch_rocksdb(store.open_databases, LEDGER_ROCKSDB_OPTIONS)
     if faults is not None:
         usher.faults = FaultInjector(faults, instance_id)
     live = LiveFaults(faults_file, instance_id) if faults_file is not None else None

@@ -67,6 +67,7 @@ PRIVATE_API: tuple[tuple[str, str, str, str], ...] = (
     ("faust-streaming", "faust.transport.drivers.aiokafka:Producer", "_producer",
      "agents/clerk.py Publisher, tables/faust_store.py (the aiokafka producer under Faust's)"),
     ("faust-streaming", "faust.stores.rocksdb:Store", "_db_for_partition", "tables/faust_store.py"),
+    ("faust-streaming", "faust.stores.rocksdb:Store", "_dbs", "tables/faust_store.py open_databases"),
     ("faust-streaming", "faust.sensors.prometheus:FaustMetrics", "create",
      "agents/worker.py add_faust_sensors (not in the module's __all__)"),
     ("faust-streaming", "faust.sensors.prometheus:PrometheusMonitor", "track_tp_end_offset",

@@ -51,14 +51,14 @@ from types import SimpleNamespace
 from bench.common import linear_fit, proc_memory_kib
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import FaustStore
+from tables.rocks_memory import ROCKS_MEMORY, memory_bytes
 from tables.warden import Warden, WardenEntry, key_prefix
 
 MIB = 2**20
 GROWTH_PER_TTL = 0.10  # at most this share of the mean, projected over one TTL
 LIVE_TOLERANCE = 0.02  # live versions within this share of rate x (ttl + commit lag)
 ROCKS_PROPERTIES = {
-    "memtables": "rocksdb.cur-size-all-mem-tables",
-    "block_cache": "rocksdb.block-cache-usage",
+    **ROCKS_MEMORY,
     "table_readers": "rocksdb.estimate-table-readers-mem",
     "sst_files": "rocksdb.total-sst-files-size",
 }
@@ -101,11 +101,7 @@ class LocalStore(FaustStore):
 
     def rocks(self) -> dict[str, int]:
         """RocksDB's own account, summed over the partitions' databases (bytes)."""
-        out = dict.fromkeys(ROCKS_PROPERTIES, 0)
-        for db in self.dbs.values():
-            for name, prop in ROCKS_PROPERTIES.items():
-                out[name] += db.property_int_value(prop) or 0
-        return out
+        return memory_bytes(self.dbs.values(), ROCKS_PROPERTIES)
 
     def close(self) -> None:
         for db in self.dbs.values():

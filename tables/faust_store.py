@@ -68,6 +68,11 @@ class FaustStore:
     def _db(self, partition: int):
         return self.table.data._db_for_partition(partition)
 
+    def open_databases(self) -> list:
+        """The RocksDB databases (rocksdict ``Rdict``) of the partitions this worker has
+        open now, actives and standbys: what its memory account sums over."""
+        return list(self.table.data._dbs.values())
+
     def get(self, partition: int, key: bytes) -> bytes | None:
         writes = self._writes.get(partition)
         if writes is not None and key in writes:

@@ -316,6 +316,15 @@ def test_every_worker_serves_metrics_on_the_port_the_banner_names(stack: Stack) 
         counted = [line for line in metrics.splitlines() if line.startswith(counter + " ")]
         assert counted and float(counted[0].split()[1]) >= 1, f"{who}: {counted or metrics[:500]}"
         assert "faust_total_rebalances" in metrics, f"{who}: no Faust sensors"
+        if who.startswith("instance"):
+            # LedgerMemoryOnMetricsPage: the curl's event was
+            # written, so its partition's memtable holds something, within the bound
+            gauges = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                      if line.startswith("docket_instance_rocksdb")}
+            memtables = gauges.get('docket_instance_rocksdb_bytes{kind="memtables"}')
+            bound = gauges.get("docket_instance_rocksdb_bound_bytes")
+            assert memtables and bound and 0 < memtables <= bound, f"{who}: {gauges}"
+            assert 'docket_instance_rocksdb_bytes{kind="block_cache"}' in gauges, f"{who}: {gauges}"
 
 
 def test_demo_against_the_stack_passes_its_balance_check(stack: Stack) -> None:

@@ -132,6 +132,59 @@ def test_verdict_fails_on_unanswered_events_and_an_unbounded_warden() -> None:
     assert any(f.startswith("warden: not bounded") for f in got["failures"])
 
 
+def _filling(rss_growth: float, rocks_growth: float, bound_mib: float = 352.0) -> list[dict]:
+    """Samples whose instance a's RSS grows by ``rss_growth`` MiB/s while its /metrics
+    page reports RocksDB memory growing by ``rocks_growth`` MiB/s, under ``bound_mib``."""
+    out = _samples()
+    for s in out:
+        t = s["t"]
+        s["rss_mib"]["a"] = 72.0 + rss_growth * t
+        rocks = (4.0 + rocks_growth * t) * soak.MIB
+        s["metrics"] = {"a": {f'{soak.ROCKS_USED}{{kind="memtables"}}': rocks * 0.9,
+                              f'{soak.ROCKS_USED}{{kind="block_cache"}}': rocks * 0.1,
+                              soak.ROCKS_BOUND: bound_mib * soak.MIB}}
+    return out
+
+
+def test_rss_that_grows_only_by_rocksdb_filling_to_its_bound_passes() -> None:
+    """A first memtable fill (the 50/s soak of 2026-12-03 11:29: +23 MiB in 10 min) is
+    RocksDB's bounded memory, not a leak: the verdict passes and says so."""
+    got = soak.verdict(_filling(0.04, 0.04), {"p99": 40, "drained": True}, duration_s=DURATION, rate=50,
+                       partitions=8)
+    assert got["series"]["rss a"]["flat"] is False and got["series"]["rss a"]["rocksdb_fill"] is True
+    assert got["series"]["rss a less rocksdb"]["flat"] is True
+    assert got["series"]["rocksdb a"]["flat"] is True
+    assert got["ok"] and got["flat"] and got["failures"] == []
+    lines = soak.verdict_lines({"verdict": got, "latency_ms": {"count": 1, "p50": 1, "p99": 40, "p999": 50,
+                                                               "max": 60}})
+    assert any(line.startswith("rss a ") and "RocksDB filling to its bound" in line for line in lines)
+    assert lines[-1].startswith("verdict: OK") and "rss a" in lines[-1]
+
+
+def test_rss_that_grows_beyond_rocksdb_growth_fails() -> None:
+    got = soak.verdict(_filling(0.04, 0.0), {"p99": 40, "drained": True}, duration_s=DURATION, rate=50,
+                       partitions=8)
+    assert not got["ok"]
+    assert "rocksdb_fill" not in got["series"]["rss a"]
+    assert any(f.startswith("rss a: not flat") for f in got["failures"])
+    assert any(f.startswith("rss a less rocksdb: not flat") for f in got["failures"])
+
+
+def test_rocksdb_memory_past_its_bound_fails() -> None:
+    got = soak.verdict(_filling(0.04, 0.04, bound_mib=20.0), {"p99": 40, "drained": True}, duration_s=DURATION,
+                       rate=50, partitions=8)
+    assert not got["ok"]
+    assert any(f.startswith("rocksdb a: not flat") for f in got["failures"])
+    assert any(f.startswith("rss a: not flat") for f in got["failures"])
+
+
+def test_rocksdb_mib_reads_the_instance_page_only() -> None:
+    s = _filling(0.0, 0.0)[0]
+    assert soak.rocksdb_mib(s, "a") == pytest.approx((4.0, 352.0))
+    assert soak.rocksdb_mib(s, "b") is None
+    assert soak.rocksdb_mib({"t": 0}, "a") is None
+
+
 # --------------------------------------------------------------------------- latency windows
 
 def test_counter_percentiles_match_the_sample_percentiles() -> None:
