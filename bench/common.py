@@ -156,3 +156,17 @@ def writable_dir(path: str) -> str | None:
     except OSError as exc:
         return f"cannot write reports to {path}: {exc.strerror or exc}"
     return None
+
+
+def report_stem(out: Path, kind: str, now, suffix: str = "") -> str:
+    """The file stem of a report of ``kind`` ("bench", "soak") written at ``now`` (a
+    datetime) into ``out``: ``<kind>-<YYYY-MM-DD>-<HHMM><suffix>``, or with seconds
+    (``HHMMSS``, then a counter) when a report of that stem is already there, so that
+    two runs in one minute never overwrite each other. Names sort by time either way
+    (``1103`` < ``110345`` < ``1104``), which is how the newest report is found."""
+    stem = f"{kind}-{now:%Y-%m-%d-%H%M}{suffix}"
+    n = 0
+    while any(out.glob(f"{stem}.*")):
+        n += 1
+        stem = f"{kind}-{now:%Y-%m-%d-%H%M%S}{n - 1 if n > 1 else ''}{suffix}"
+    return stem

@@ -14,6 +14,7 @@ import platform
 import shutil
 from pathlib import Path
 
+from bench.common import report_stem
 from bench.kafka_native import marginal_cpu
 from launcher.broker import kafka_version
 
@@ -562,13 +563,15 @@ def replace_readme_section(block: str, readme: Path = README) -> bool:
     return True
 
 
-def write(results: dict, out: Path, work: Path, *, update_readme: bool = True) -> list[Path]:
-    """Write the report into ``out``; returns the files written."""
+def write(results: dict, out: Path, work: Path, *, update_readme: bool = True,
+          now: datetime.datetime | None = None) -> list[Path]:
+    """Write the report into ``out``, named for ``now`` (default: the clock;
+    bench/common.py report_stem); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now()
+    now = now or datetime.datetime.now()
     day = now.date().isoformat()
     # one report per run: a second run on the same day must not overwrite the first
-    stem = f"bench-{now:%Y-%m-%d-%H%M}{'-smoke' if results.get('smoke') else ''}"
+    stem = report_stem(out, "bench", now, "-smoke" if results.get("smoke") else "")
     results = dict(results)
     results["ratios"] = ratios(results)
     written = []

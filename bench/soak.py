@@ -68,7 +68,8 @@ from aiokafka import AIOKafkaProducer
 
 from app.kafka_config import client_kwargs
 from app.settings import Settings, load
-from bench.common import linear_fit, positive_float, positive_int, proc_memory_kib, say, writable_dir
+from bench.common import (linear_fit, positive_float, positive_int, proc_memory_kib, report_stem, say,
+                          writable_dir)
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -489,7 +490,7 @@ def write_report(report: dict, out: Path, now: datetime.datetime | None = None) 
     """``soak-<date>-<HHMM>.json`` and ``.png`` in ``out``; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     now = now or datetime.datetime.now()
-    stem = f"soak-{now:%Y-%m-%d-%H%M}"
+    stem = report_stem(out, "soak", now)
     png = plot(report, out / f"{stem}.png")
     path = out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -3,6 +3,8 @@ timeline, py-spy stack summaries, and the report's ratios, tables and README sec
 
 from __future__ import annotations
 
+import datetime
+
 import math
 import re
 from pathlib import Path
@@ -191,6 +193,16 @@ def test_report_writes_json_markdown_and_two_pngs(tmp_path: Path) -> None:
     assert all(re.fullmatch(r"bench-\d{4}-\d\d-\d\d-\d{4}-smoke.*", n) for n in names), names
     for png in tmp_path.glob("*.png"):
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_report_in_the_same_minute_overwrites_nothing(tmp_path: Path) -> None:
+    at = datetime.datetime(2026, 12, 3, 11, 3, 45)
+    first = report.write({**RESULTS, "smoke": True}, tmp_path, tmp_path, update_readme=False, now=at)
+    second = report.write({**RESULTS, "smoke": True}, tmp_path, tmp_path, update_readme=False, now=at)
+    assert not {p.name for p in first} & {p.name for p in second}
+    assert sorted(p.name for p in second if p.suffix == ".md") == ["bench-2026-12-03-110345-smoke.md"]
+    assert sorted(p.name for p in first if p.suffix == ".md") == ["bench-2026-12-03-1103-smoke.md"]
+    assert len(list(tmp_path.glob("*.md"))) == 2
 
 
 def test_profile_section_lists_every_process_cpu_and_the_top_functions() -> None:

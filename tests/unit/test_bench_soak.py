@@ -325,6 +325,22 @@ def test_the_report_writer_writes_json_and_a_png(tmp_path, with_warden) -> None:
     assert with_warden == any(line.startswith("warden at 10,000/s") for line in lines)
 
 
+def test_two_soaks_in_one_minute_keep_both_reports(tmp_path) -> None:
+    """A second report of the same minute takes the seconds into its name rather than
+    overwrite the first, and sorts after it (how the newest report is found)."""
+    at = datetime.datetime(2026, 12, 1, 9, 5, 42)
+    first = soak.write_report(_report(False), tmp_path, now=at)
+    second = soak.write_report(_report(False), tmp_path, now=at)
+    third = soak.write_report(_report(False), tmp_path, now=at)
+    assert [p.name for p in second] == ["soak-2026-12-01-090542.json", "soak-2026-12-01-090542.png"]
+    assert [p.name for p in third] == ["soak-2026-12-01-0905421.json", "soak-2026-12-01-0905421.png"]
+    names = [p.name for p in (*first, *second, *third)]
+    assert len(set(names)) == 6 and all((tmp_path / n).exists() for n in names)
+    later = soak.write_report(_report(False), tmp_path, now=at.replace(minute=6, second=0))
+    jsons = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert jsons == [first[0].name, second[0].name, third[0].name, later[0].name]
+
+
 # --------------------------------------------------------------------------- the Warden's verdict
 
 def test_warden_bounded_once_the_ttl_has_passed() -> None:
