@@ -170,3 +170,14 @@ def report_stem(out: Path, kind: str, now, suffix: str = "") -> str:
         n += 1
         stem = f"{kind}-{now:%Y-%m-%d-%H%M%S}{n - 1 if n > 1 else ''}{suffix}"
     return stem
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a CI job's timeout) stop a benchmark as Ctrl-C does:
+    KeyboardInterrupt in the main thread, so asyncio.run cancels the run's tasks and
+    every stack, broker and temporary directory is stopped and removed on the way out.
+    Python's default for SIGTERM ends the process at once, leaving the children to
+    their parent-death signal and the work directory on disk."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

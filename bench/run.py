@@ -41,7 +41,7 @@ from pathlib import Path
 
 from app.settings import Settings, load
 from bench import kafka_native, profile
-from bench.common import positive_float, positive_int, say, writable_dir
+from bench.common import positive_float, positive_int, say, stop_on_sigterm, writable_dir
 from bench.stack import BenchStack
 from launcher.broker import running_pid
 
@@ -193,14 +193,7 @@ async def run(args: argparse.Namespace) -> int:
     from bench import report
     from bench.common import own_broker
 
-    plan = dict(SMOKE if args.smoke else FULL)
-    for key in ("native_rates", "native_partitions", "http_rates", "http_partitions"):
-        if getattr(args, key):
-            plan[key] = getattr(args, key)
-    for key in ("native_duration_s", "http_duration_s", "http_floor_s", "profile_s"):
-        if getattr(args, key) is not None:
-            plan[key] = getattr(args, key)
-    plan["quix_events"] = args.quix_events or quix_events(args.smoke)
+    plan = plan_of(args)
     only = args.only or MEASUREMENTS
     work = Path(tempfile.mkdtemp(prefix="docket-bench-"))
     began = time.time()
@@ -241,6 +234,32 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_of(args: argparse.Namespace) -> dict:
+    """The run's plan: SMOKE or FULL with the command line's choices over it."""
+    plan = dict(SMOKE if args.smoke else FULL)
+    for key in ("native_rates", "native_partitions", "http_rates", "http_partitions"):
+        if getattr(args, key):
+            plan[key] = getattr(args, key)
+    for key in ("native_duration_s", "http_duration_s", "http_floor_s", "profile_s"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    plan["quix_events"] = args.quix_events or quix_events(args.smoke)
+    return plan
+
+
+def too_short(plan: dict) -> str | None:
+    """Why a duration of ``plan`` would send less than one event or request at its
+    lowest rate (a figure of nothing), or None."""
+    for rates, key, option in (("native_rates", "native_duration_s", "--native-duration-s"),
+                               ("http_rates", "http_duration_s", "--http-duration-s"),
+                               ("http_rates", "http_floor_s", "--http-floor-s")):
+        rate, seconds = min(plan[rates]), plan[key]
+        if rate * seconds < 1:
+            return (f"{option} {seconds:g} s at {rate:,}/s sends less than one request: "
+                    f"give at least {1 / rate:g} s")
+    return None
+
+
 def partial_failures(name: str, result: dict) -> list[str]:
     """What failed inside measurement ``name`` whose ``result`` came back: a partition
     count's run (``by_partitions`` entries with an error) or the HTTP floor; each fails
@@ -257,7 +276,8 @@ def quix_events(smoke: bool) -> int:
     return module.SMOKE_EVENTS if smoke else module.FULL_EVENTS
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m bench.run``."""
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds per measurement")
@@ -278,9 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-s", type=float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")
     ap.add_argument("--bootstrap", help="use this running broker instead of starting one (the test suite's)")
     ap.add_argument("--no-readme", action="store_true", help="do not update the README's benchmark section")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
-    if problem := writable_dir(args.out):
+    if problem := writable_dir(args.out) or too_short(plan_of(args)):
         ap.error(problem)
+    stop_on_sigterm()
     return asyncio.run(run(args))
 
 

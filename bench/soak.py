@@ -69,7 +69,7 @@ from aiokafka import AIOKafkaProducer
 from app.kafka_config import client_kwargs
 from app.settings import Settings, load
 from bench.common import (linear_fit, positive_float, positive_int, proc_memory_kib, report_stem, say,
-                          writable_dir)
+                          stop_on_sigterm, writable_dir)
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -695,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--warmup-s must not be negative")
     if problem := writable_dir(args.out):
         ap.error(problem)
+    stop_on_sigterm()
     return asyncio.run(run(args))
 
 

@@ -74,6 +74,63 @@ def test_bench_run_refuses_an_endless_duration_at_start(argv: list[str], capsys)
     assert "must be a finite number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--http-rates", "100", "1000", "--http-duration-s", "0.005"], "--http-duration-s 0.005 s at 100/s"),
+    (["--http-rates", "100", "--http-floor-s", "0.001"], "--http-floor-s 0.001 s at 100/s"),
+    (["--smoke", "--native-rates", "50", "--native-duration-s", "0.01"], "--native-duration-s 0.01 s at 50/s"),
+])
+def test_bench_run_refuses_a_duration_shorter_than_one_request_at_start(argv: list[str], option: str,
+                                                                       capsys) -> None:
+    """A duration shorter than one interval of the lowest rate sends nothing and gave a
+    figure of nothing; the smoke's own durations and one request exactly pass."""
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "sends less than one request" in err
+    for ok in (["--smoke"], ["--http-rates", "100", "--http-duration-s", "0.01"]):
+        assert run.too_short(run.plan_of(run.parser().parse_args(ok))) is None, ok
+
+
+SIGTERMED = """
+import asyncio, sys
+from pathlib import Path
+from bench.common import stop_on_sigterm
+
+async def measure():
+    try:
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+    finally:
+        await asyncio.sleep(0)  # an async cleanup, as BenchStack's stop is
+        Path(sys.argv[1]).write_text("stopped in order")
+
+stop_on_sigterm()
+asyncio.run(measure())
+"""
+
+
+def test_sigterm_stops_a_benchmark_as_ctrl_c_does(tmp_path: Path) -> None:
+    """bench/common.py stop_on_sigterm (bench.run and make soak): a SIGTERM'd run
+    still runs its cleanup (stack, broker, work directory), where Python's default
+    ended the process at once."""
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "cleanup"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERMED, str(marker)], cwd=Path(run.__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert marker.read_text() == "stopped in order"
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+
+
 def test_a_failed_partition_count_or_http_floor_fails_the_run() -> None:
     assert run.partial_failures("http", {"rates": [], "by_partitions": [{"partitions": 2, "error": "E"}],
                                          "floor": {"error": "RuntimeError: the HTTP floor's server exited 1"}}) == \
