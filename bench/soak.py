@@ -27,7 +27,8 @@ The verdict, over the second half of the measured period (after the warm-up):
   stays within ``docket_instance_rocksdb_bound_bytes`` (what the Ledger's RocksDB
   options allow) and its RSS less that memory is flat by the same 10% rule. Memtables
   fill at the pace of the writes, so below about 60 events/s on 8 partitions their
-  first fill outlasts a 10-minute soak (bench/results/soak-2026-12-03-1223);
+  first fill takes most of a 10-minute soak (the first flush came 9 to 12 minutes in:
+  bench/results/soak-2026-12-03-1223, -1340);
 * Clerk pending positions and each instance's lag: the slope projected over 10 minutes
   grows less than, and the second half's highest value stays within, a bound: the
   input of 2 s at the rate for pending positions (rate x 2 s), a partition's input of
