@@ -22,7 +22,7 @@ The verdict, over the second half of the measured period (after the warm-up):
 * latency: p99 of every result of the measured period < 100 ms;
 * RSS of each process: the least-squares slope of the second half, projected over
   10 minutes, grows less than 10% of the first half's mean. An instance's RSS that
-  grows more passes only when all of its growth is RocksDB's: the instance's
+  grows more passes only when RocksDB's memory accounts for the excess: the instance's
   ``docket_instance_rocksdb_bytes`` (memtables and block cache, RocksDB's own account)
   stays within ``docket_instance_rocksdb_bound_bytes`` (what the Ledger's RocksDB
   options allow) and its RSS less that memory is flat by the same 10% rule. Memtables
