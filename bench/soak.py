@@ -555,6 +555,9 @@ async def sampler(stack, watch: SoakWatch, pids: dict[str, int], state: dict, sa
                     r = watch.windows.recent(now_ms, 10)
                     phase = "warm-up" if s["t"] < 0 else "soak"
                     rss = ", ".join(f"{k} {v:,.0f}" for k, v in s["rss_mib"].items())
+                    rocks = {r: m for r in instances if (m := rocksdb_mib(s, r)) is not None}
+                    if rocks:
+                        rss += " (RocksDB " + ", ".join(f"{r} {m[0]:,.1f}" for r, m in rocks.items()) + ")"
                     lat = (f"p50 {r['p50']} ms p99 {r['p99']} ms" if r["count"] else "no window complete yet")
                     say(f"{phase} t={s['t']:+.0f}s: {s['due']:,} sent, {s['results']:,} answered; last 10 s {lat}; "
                         f"RSS MiB {rss}; pending {pending if pending is None else f'{pending:,.0f}'}; "
@@ -647,7 +650,8 @@ async def run(args: argparse.Namespace) -> int:
                      "bootstrap": args.bootstrap},
         "rules": {"latency": f"p99 of the measured period < {TARGET_P99_MS:.0f} ms",
                   "rss": f"second-half least-squares slope x {PROJECTION_S:.0f} s < {RSS_GROWTH:.0%} "
-                         f"of the first-half mean",
+                         f"of the first-half mean; an instance's RSS past that passes when its RocksDB memory "
+                         f"stays within its bound and its RSS less that memory passes the same rule",
                   "pending": f"second-half slope x {PROJECTION_S:.0f} s < bound and second-half max <= bound; "
                              f"bound = max({MIN_BOUND:.0f}, rate x {PENDING_BOUND_S} s)",
                   "lag": f"same, bound = max({MIN_BOUND:.0f}, rate / partitions x {LAG_BOUND_S} s)"},
