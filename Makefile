@@ -71,7 +71,7 @@ CONSOLE_ARGS ?=
 console: $(STAMP) broker-fetch
 	@$(BIN)/docket console $(CONSOLE_ARGS)
 
-# The six benchmarks of bench/run.py on a broker of their own (about 15 minutes on 2
+# The six benchmarks of bench/run.py on a broker of their own (about 29 minutes on 2
 # cores); the report (JSON, Markdown, PNG plots, py-spy stacks) goes to bench/results/
 # and its summary into the README. Options: BENCH_ARGS="--only kafka_native --native-rates 100 200".
 BENCH_ARGS ?=
@@ -85,8 +85,9 @@ bench-smoke: $(STAMP) broker-fetch
 # One rate held for 10 minutes after a 40 s warm-up (bench/soak.py, on a broker of its own;
 # about 13 minutes with the Warden's memory measurement at 10,000 events/s and a 5-minute
 # TTL): p99 < 100 ms, and RSS of every process, the Clerk's pending positions and the
-# instances' lag flat. Report and plot: bench/results/soak-<date>-<HHMM>.{json,png}; exit
-# status 1 if anything is not. Options: SOAK_ARGS="--rate 200 --duration-s 120 --no-warden".
+# instances' lag flat (an instance's RSS may grow by its RocksDB memory filling up to
+# its bound: README, Soak). Report and plot: bench/results/soak-<date>-<HHMM>.{json,png}
+# (<HHMMSS> when that minute's report exists); exit status 1 if anything is not. Options: SOAK_ARGS="--rate 200 --duration-s 120 --no-warden".
 SOAK_ARGS ?=
 soak: $(STAMP) broker-fetch
 	@$(BIN)/python -m bench.soak $(SOAK_ARGS)

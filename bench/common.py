@@ -172,12 +172,52 @@ def report_stem(out: Path, kind: str, now, suffix: str = "") -> str:
     return stem
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, a CI job's timeout) stop a benchmark as Ctrl-C does:
-    KeyboardInterrupt in the main thread, so asyncio.run cancels the run's tasks and
-    every stack, broker and temporary directory is stopped and removed on the way out.
-    Python's default for SIGTERM ends the process at once, leaving the children to
-    their parent-death signal and the work directory on disk."""
+def run_stoppable(main) -> int:
+    """``asyncio.run(main)`` (a coroutine whose value is the exit status) that SIGTERM
+    (``kill``, a CI job's timeout) stops as Ctrl-C does: the main task is cancelled, so
+    every stack, broker and temporary directory the run started is stopped and removed
+    on the way out; then one line says so and the status is 128 + the signal's number
+    (143, or 130 for Ctrl-C). Python's default for SIGTERM ends the process at once,
+    leaving the children to their parent-death signal and the work directory on disk.
+    The signal is handled by the event loop, so a step that blocks it (the soak's
+    Warden measurement, a subprocess of its own) finishes first."""
+    import asyncio
     import signal
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stopped: list[signal.Signals] = []
+
+    async def guarded():
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            stopped.append(signal.SIGTERM)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        sig = stopped[0] if stopped else signal.SIGINT
+        say(f"stopped by {sig.name}: what the run had started is stopped and its work directory removed")
+        return 128 + sig
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (0 turns a measurement off)."""
+    import argparse
+
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("greater than 0", "0 or more")) from None

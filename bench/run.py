@@ -30,18 +30,19 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from app.settings import Settings, load
 from bench import kafka_native, profile
-from bench.common import positive_float, positive_int, say, stop_on_sigterm, writable_dir
+from bench.common import non_negative_float, positive_float, positive_int, run_stoppable, say, writable_dir
 from bench.stack import BenchStack
 from launcher.broker import running_pid
 
@@ -247,16 +248,21 @@ def plan_of(args: argparse.Namespace) -> dict:
     return plan
 
 
-def too_short(plan: dict) -> str | None:
-    """Why a duration of ``plan`` would send less than one event or request at its
-    lowest rate (a figure of nothing), or None."""
-    for rates, key, option in (("native_rates", "native_duration_s", "--native-duration-s"),
-                               ("http_rates", "http_duration_s", "--http-duration-s"),
-                               ("http_rates", "http_floor_s", "--http-floor-s")):
+def too_short(plan: dict, only: Sequence[str] = MEASUREMENTS) -> str | None:
+    """Why a duration of ``plan`` would send nothing at its lowest rate (less than one
+    event or request: a figure of nothing), or None; only the measurements in
+    ``only`` count."""
+    for measurement, rates, key, option in (
+            ("kafka_native", "native_rates", "native_duration_s", "--native-duration-s"),
+            ("http", "http_rates", "http_duration_s", "--http-duration-s"),
+            ("http", "http_rates", "http_floor_s", "--http-floor-s")):
+        if measurement not in only:
+            continue
         rate, seconds = min(plan[rates]), plan[key]
         if rate * seconds < 1:
-            return (f"{option} {seconds:g} s at {rate:,}/s sends less than one request: "
-                    f"give at least {1 / rate:g} s")
+            least = math.ceil(1e6 / rate) / 1e6  # rounded up: the figure given must pass
+            return (f"{option} {seconds:g} s at {rate:,}/s sends nothing (less than one event or request): "
+                    f"give at least {least:g} s")
     return None
 
 
@@ -295,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
                     help=f"seconds per rate of the HTTP floor (a plain aiohttp app) [{FULL['http_floor_s']}]")
     ap.add_argument("--http-partitions", type=positive_int, nargs="+",
                     help=f"partition counts, the HTTP runs once each [{FULL['http_partitions']}]")
-    ap.add_argument("--profile-s", type=float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")
+    ap.add_argument("--profile-s", type=non_negative_float, help=f"py-spy seconds, 0 for none [{FULL['profile_s']}]")
     ap.add_argument("--bootstrap", help="use this running broker instead of starting one (the test suite's)")
     ap.add_argument("--no-readme", action="store_true", help="do not update the README's benchmark section")
     return ap
@@ -304,10 +310,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
-    if problem := writable_dir(args.out) or too_short(plan_of(args)):
+    if problem := writable_dir(args.out) or too_short(plan_of(args), args.only or MEASUREMENTS):
         ap.error(problem)
-    stop_on_sigterm()
-    return asyncio.run(run(args))
+    return run_stoppable(run(args))
 
 
 if __name__ == "__main__":

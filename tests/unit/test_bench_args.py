@@ -87,15 +87,40 @@ def test_bench_run_refuses_a_duration_shorter_than_one_request_at_start(argv: li
         run.main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert option in err and "sends less than one request" in err
+    assert option in err and "sends nothing" in err
     for ok in (["--smoke"], ["--http-rates", "100", "--http-duration-s", "0.01"]):
         assert run.too_short(run.plan_of(run.parser().parse_args(ok))) is None, ok
+
+
+def test_the_least_duration_named_is_accepted_and_only_measurements_run_are_checked() -> None:
+    args = run.parser().parse_args(["--native-rates", "3", "7", "--native-duration-s", "0.3"])
+    problem = run.too_short(run.plan_of(args))
+    least = problem.rsplit("at least ", 1)[1].removesuffix(" s")
+    args = run.parser().parse_args(["--native-rates", "3", "7", "--native-duration-s", least])
+    assert run.too_short(run.plan_of(args)) is None, least  # rounded up, not down
+    args = run.parser().parse_args(["--only", "faust_floor", "--http-duration-s", "0.001"])
+    assert run.too_short(run.plan_of(args), args.only) is None
+    assert run.too_short(run.plan_of(args), ["http"]) is not None
+
+
+def test_profile_seconds_may_be_zero_but_not_negative(capsys) -> None:
+    assert run.parser().parse_args(["--profile-s", "0"]).profile_s == 0
+    with pytest.raises(SystemExit):
+        run.parser().parse_args(["--profile-s", "-5"])
+    assert "must be 0 or more" in capsys.readouterr().err
+
+
+def test_soak_refuses_a_duration_too_short_to_judge(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        soak.main(["--duration-s", "6"])
+    assert exit_.value.code == 2
+    assert "--duration-s 6 is too short to judge" in capsys.readouterr().err
 
 
 SIGTERMED = """
 import asyncio, sys
 from pathlib import Path
-from bench.common import stop_on_sigterm
+from bench.common import run_stoppable
 
 async def measure():
     try:
@@ -104,16 +129,16 @@ async def measure():
     finally:
         await asyncio.sleep(0)  # an async cleanup, as BenchStack's stop is
         Path(sys.argv[1]).write_text("stopped in order")
+    return 0
 
-stop_on_sigterm()
-asyncio.run(measure())
+sys.exit(run_stoppable(measure()))
 """
 
 
 def test_sigterm_stops_a_benchmark_as_ctrl_c_does(tmp_path: Path) -> None:
-    """bench/common.py stop_on_sigterm (bench.run and make soak): a SIGTERM'd run
-    still runs its cleanup (stack, broker, work directory), where Python's default
-    ended the process at once."""
+    """bench/common.py run_stoppable (bench.run and make soak): a SIGTERM'd run still
+    runs its cleanup (stack, broker, work directory), where Python's default ended the
+    process at once; it says so in one line, no traceback, and exits 143."""
     import signal
     import subprocess
     import sys
@@ -128,7 +153,8 @@ def test_sigterm_stops_a_benchmark_as_ctrl_c_does(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert marker.read_text() == "stopped in order"
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err
 
 
 def test_a_failed_partition_count_or_http_floor_fails_the_run() -> None:
