@@ -156,6 +156,12 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None, com
         datadir=str(data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=_connection(settings).replication_factor,
+        # No timer or task of docket's runs on the group's leader only (Faust's leader flag), so
+        # Faust's leader-election topic, <app id>-__assignor-__leader, serves nothing:
+        # without it the worker has one topic less to create at start (its consumer's
+        # first metadata request could miss it, and aiokafka logged an ERROR "Topic
+        # ... not found in cluster metadata" under `make run`) and to fetch from.
+        topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # A batch of input becomes a few hundred KiB of changelog, copies and results

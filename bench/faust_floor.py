@@ -119,7 +119,7 @@ async def measure(settings: Settings, work: Path, *, smoke: bool = False) -> dic
     finally:
         if worker is not None:
             await stop_process(worker)
-        await delete_topics(bootstrap, [topic, changelog, f"{app_id}-__assignor-__leader"])
+        await delete_topics(bootstrap, [topic, changelog])  # no leader topic: topic_disable_leader
         shutil.rmtree(data_dir, ignore_errors=True)
     seconds = (counted["last_ts"] - counted["first_ts"]) / 1000
     result = {

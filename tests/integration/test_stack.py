@@ -327,6 +327,30 @@ def test_every_worker_serves_metrics_on_the_port_the_banner_names(stack: Stack) 
             assert 'docket_instance_rocksdb_bytes{kind="block_cache"}' in gauges, f"{who}: {gauges}"
 
 
+def test_the_workers_create_no_faust_leader_topic(stack: Stack) -> None:
+    """WorkerDeclaresNoLeaderTopic (agents/plumbing.py faust_settings,
+    topic_disable_leader): once `make run` is
+    ready, the broker holds no Faust leader-election topic of any worker
+    (``<app id>-__assignor-__leader``), and the start's output never names one (the
+    ERROR "Topic ... not found in cluster metadata" it used to log)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def topics() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.env["DOCKET_KAFKA_BOOTSTRAP"])
+        await admin.start()
+        try:
+            return await admin.list_topics()
+        finally:
+            await admin.close()
+
+    names = asyncio.run(topics())
+    assert "docket.input" in names, names  # the listing is the stack's broker's
+    assert not [n for n in names if "__assignor" in n], names
+    assert "__assignor-__leader" not in stack.current.text()
+
+
 def test_demo_against_the_stack_passes_its_balance_check(stack: Stack) -> None:
     """`make demo`'s command with a small workload: every event decided, rejections and
     replays among them, and the balance check (from the API's entity reads) passes."""

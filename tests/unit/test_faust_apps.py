@@ -248,6 +248,19 @@ def test_readme_lists_every_setting_docket_passes_to_faust(monkeypatch, tmp_path
     assert instance_conf["producer_acks"] == -1 and instance_conf["producer_max_batch_size"] == 512 * 1024
     assert "512 KiB" in documented["producer_max_batch_size"] and "`earliest`" in documented["consumer_auto_offset_reset"]
     assert instance_conf["broker"] == "kafka://127.0.0.1:1" and instance_conf["broker_client_id"] == "docket-instance-a"
+    assert instance_conf["topic_disable_leader"] is True and clerk_conf["topic_disable_leader"] is True
+
+
+def test_no_worker_code_waits_on_faust_leader_election() -> None:
+    """WorkerDeclaresNoLeaderTopic: the apps run without Faust's leader-election topic
+    (topic_disable_leader, the
+    table above), with which a timer or task marked ``on_leader=True`` would never run
+    and ``app.is_leader()`` stay false: no worker code asks for either."""
+    sources = [p for d in ("agents", "app", "docket_apps", "tables") for p in sorted((ROOT / d).rglob("*.py"))]
+    assert len(sources) > 20, sources
+    users = [str(p.relative_to(ROOT)) for p in sources
+             if "on_leader" in p.read_text() or "is_leader(" in p.read_text()]
+    assert users == [], f"{users} rely on Faust's leader election: drop topic_disable_leader in agents/plumbing.py"
 
 
 def test_a_data_directory_is_held_by_one_worker(tmp_path: Path) -> None:
