@@ -329,10 +329,10 @@ def test_every_worker_serves_metrics_on_the_port_the_banner_names(stack: Stack) 
 
 def test_the_workers_create_no_faust_leader_topic(stack: Stack) -> None:
     """WorkerDeclaresNoLeaderTopic (agents/plumbing.py faust_settings,
-    topic_disable_leader): once `make run` is
-    ready, the broker holds no Faust leader-election topic of any worker
-    (``<app id>-__assignor-__leader``), and the start's output never names one (the
-    ERROR "Topic ... not found in cluster metadata" it used to log)."""
+    topic_disable_leader): once `make run` is ready, the broker holds no Faust
+    leader-election topic of any worker (``<app id>-__assignor-__leader``), and the
+    start's output never names one (the ERROR "Topic ... not found in cluster
+    metadata" it used to log)."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient

@@ -252,10 +252,10 @@ def test_readme_lists_every_setting_docket_passes_to_faust(monkeypatch, tmp_path
 
 
 def test_no_worker_code_waits_on_faust_leader_election() -> None:
-    """WorkerDeclaresNoLeaderTopic: the apps run without Faust's leader-election topic
-    (topic_disable_leader, the
-    table above), with which a timer or task marked ``on_leader=True`` would never run
-    and ``app.is_leader()`` stay false: no worker code asks for either."""
+    """WorkerDeclaresNoLeaderTopic: the apps run without Faust's leader election
+    (topic_disable_leader, in the table above), so a timer or task marked
+    ``on_leader=True`` would never run and ``app.is_leader()`` would stay false: no
+    worker code asks for either."""
     sources = [p for d in ("agents", "app", "docket_apps", "tables") for p in sorted((ROOT / d).rglob("*.py"))]
     assert len(sources) > 20, sources
     users = [str(p.relative_to(ROOT)) for p in sources
