@@ -10,6 +10,7 @@ minutes later (a `make bench` stack killed with its harness).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import signal
@@ -21,17 +22,62 @@ from app.settings import load
 from app.topics import create_topics
 from launcher import broker as launcher
 
-from tests.integration.procs import Worker, wait_for, worker_env
+from chaos import workload
+from tests.integration.procs import OutputCollector, Worker, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
 READY = "ready: recovery complete"  # agents/instance.py, once the instance serves
 
 
+LOAD_RATE = 200  # events/s, produced until the broker stops
+PROCESSED = 200  # positions each instance has answered before the broker stops
+
+
+async def _stop_broker_under_load(settings, workers: list[Worker]) -> None:
+    """Stop the broker while input flows and each of ``workers`` has answered
+    PROCESSED positions: every worker then holds processed input whose offsets are not
+    committed yet (Faust commits every 2.8 s), so its graceful stop has a commit to
+    make and cannot finish without Kafka. (An idle worker, with nothing to commit,
+    sometimes stopped cleanly in a second: the deadline was then never needed.)"""
+    from aiokafka import AIOKafkaProducer
+
+    records = list(workload.inventory(11, 60 * LOAD_RATE, ttl_ms=settings.idempotency_ttl_ms))
+    # a short request timeout: once the broker is gone, the unsent input fails in
+    # seconds and the producer stops
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+                                request_timeout_ms=2000)
+    await producer.start()
+
+    async def feed() -> None:
+        for r in records:
+            await producer.send(settings.input_topic, r.value, key=r.key)
+            await asyncio.sleep(1 / LOAD_RATE)
+
+    feeding = asyncio.create_task(feed())
+    collectors = [await OutputCollector(settings.kafka_bootstrap, settings.output_topic(w.instance)).start()
+                  for w in workers]
+    try:
+        await wait_for(lambda: all(c.check() or c.positions >= PROCESSED for c in collectors), 60,
+                       f"each instance to answer {PROCESSED} positions",
+                       detail=lambda: ", ".join(f"{w.instance}: {c.positions}" for w, c in zip(workers, collectors)))
+        assert not feeding.done() or feeding.result(), "the input ran out before the broker stopped"
+    finally:
+        for c in collectors:
+            await c.stop()
+        await asyncio.to_thread(launcher.stop_broker, settings.broker_dir, timeout=30)
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # its broker is gone: not this test's concern
+            await feeding
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+
 def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
-    """WorkerStopHasADeadline: with the broker gone, instance a (DOCKET_STOP_TIMEOUT_MS
-    3,000) exits 75 once the deadline passes, and instance b (a deadline of 10 minutes)
-    exits 75 on a second SIGTERM; each log says why and what the next start does."""
+    """WorkerStopHasADeadline: with the broker gone while input flowed (so each
+    instance has offsets to commit), instance a (DOCKET_STOP_TIMEOUT_MS 3,000) exits
+    75 once the deadline passes, and instance b (a deadline of 10 minutes) exits 75 on
+    a second SIGTERM; each log says why and what the next start does."""
     port = launcher.free_port()
     settings = dataclasses.replace(load(), broker_dir=tmp_path / "broker", broker_port=port,
                                    kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix=f"stop{secrets.token_hex(3)}",
@@ -48,7 +94,7 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
             asyncio.run(wait_for(lambda w=w: READY in w.log_text(), 120, f"instance {w.instance} to be ready",
                                  detail=w.log_tail))
 
-        launcher.stop_broker(settings.broker_dir, timeout=30)
+        asyncio.run(_stop_broker_under_load(settings, workers))
 
         a.proc.send_signal(signal.SIGTERM)
         asyncio.run(wait_for(lambda: not a.alive, 60, "instance a to exit after its stop deadline",
