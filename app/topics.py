@@ -265,7 +265,9 @@ def create() -> None:
 
 @topics.command("list")
 def list_cmd() -> None:
-    """List the topics under DOCKET_TOPIC_PREFIX with their partition counts."""
+    """List the topics named <DOCKET_TOPIC_PREFIX>.* (those `topics create` makes) with
+    their partition counts; the workers' Faust topics (<prefix>-<role>-..., changelogs)
+    are not listed: the broker's own kafka-topics.sh --list shows every topic."""
     settings = load()
     found = asyncio.run(list_topics(settings))
     if not found:
