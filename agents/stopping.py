@@ -15,11 +15,13 @@ the Warden makes the replay idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 log = logging.getLogger("docket.worker")
@@ -51,7 +53,11 @@ class StopDeadline:
     a daemon thread of its own, so a wedged event loop cannot hold it back.
 
     :meth:`requested` is called on every stop signal: the first starts the timer, a later
-    one cuts the stop short at once (the convention of pressing Ctrl-C twice)."""
+    one cuts the stop short at once (the convention of pressing Ctrl-C twice). When the
+    first signal arrives on a running event loop (mode's signal handler), the reason
+    given on the deadline also names what the stop was still waiting on
+    (:func:`waiting_on`), so that a stop that hangs with Kafka up can be told apart from
+    one that waits for an unreachable broker."""
 
     def __init__(self, timeout_ms: int, exit: Callable[[str], None] = exit_now) -> None:
         if timeout_ms < 1:
@@ -59,6 +65,7 @@ class StopDeadline:
         self.timeout_ms = timeout_ms
         self._exit = exit
         self._timer: threading.Timer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def armed(self) -> bool:
@@ -73,6 +80,10 @@ class StopDeadline:
                        f"stop (status {EXIT_STOP_CUT_SHORT}); the next start resumes from the last committed "
                        "offsets, as after a crash")
             return
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (tests): the reason names no tasks
+            self._loop = None
         self._timer = threading.Timer(self.timeout_ms / 1000, self._overdue)
         self._timer.daemon = True
         self._timer.start()
@@ -86,4 +97,53 @@ class StopDeadline:
         self._exit(f"the graceful stop did not finish within {self.timeout_ms:,} ms (DOCKET_STOP_TIMEOUT_MS): "
                    "is Kafka reachable? Exiting without it (status "
                    f"{EXIT_STOP_CUT_SHORT}); the next start resumes from the last committed offsets, as after a "
-                   "crash")
+                   "crash" + waiting_on(self._loop))
+
+
+# Enough lines to find the stuck await; a worker has some 100 tasks, most of them idle
+# service loops that every stop shows alike.
+MAX_WAITING_LINES = 40
+
+
+def _awaiting(coro: object) -> str:
+    """``<outer coroutine> -> <innermost coroutine> (<file>:<line>)``: where a task's chain
+    of awaits ends, read from its frames (``cr_await`` / ``gi_yieldfrom``)."""
+    outer = inner = None
+    for _ in range(64):  # a chain of awaits, bounded should it ever loop
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            where = f"{frame.f_code.co_qualname} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
+            outer = outer or frame.f_code.co_qualname
+            inner = where
+        nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if nxt is None:
+            break
+        coro = nxt
+    if inner is None:
+        return repr(coro)[:120]
+    return inner if inner.startswith(outer + " (") else f"{outer} -> {inner}"
+
+
+def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
+    """What a stop still waits on, as text to append to the deadline's reason: the
+    pending tasks of ``loop`` counted by where they wait (:func:`_awaiting`), then each
+    other thread's innermost frame, sorted, at most :data:`MAX_WAITING_LINES` lines; "" when ``loop`` is
+    None. Read from the timer's thread while the loop runs: a best effort that never
+    raises (a task set that keeps changing reads as "tasks: unreadable")."""
+    if loop is None:
+        return ""
+    lines: list[str] = []
+    try:
+        waits = Counter(_awaiting(t.get_coro()) for t in asyncio.all_tasks(loop) if not t.done())
+        lines += [f"{n} tasks in {where}" if n > 1 else f"a task in {where}" for where, n in sorted(waits.items())]
+    except Exception as exc:  # noqa: BLE001  a diagnostic must not keep the worker alive
+        lines.append(f"tasks: unreadable ({exc!r})")
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    for ident, frame in sorted(sys._current_frames().items(), key=lambda kv: names.get(kv[0], "")):
+        if ident != me:
+            lines.append(f"thread {names.get(ident, ident)}: {frame.f_code.co_qualname} "
+                         f"({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})")
+    more = len(lines) - MAX_WAITING_LINES
+    shown = lines[:MAX_WAITING_LINES] + ([f"... and {more} more"] if more > 0 else [])
+    return ". Still waiting on:\n  " + "\n  ".join(shown)

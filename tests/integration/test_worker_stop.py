@@ -77,7 +77,8 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
     """WorkerStopHasADeadline: with the broker gone while input flowed (so each
     instance has offsets to commit), instance a (DOCKET_STOP_TIMEOUT_MS 3,000) exits
     75 once the deadline passes, and instance b (a deadline of 10 minutes) exits 75 on
-    a second SIGTERM; each log says why and what the next start does."""
+    a second SIGTERM; each log says why and what the next start does, and a's says where
+    its stop was still waiting."""
     port = launcher.free_port()
     settings = dataclasses.replace(load(), broker_dir=tmp_path / "broker", broker_port=port,
                                    kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix=f"stop{secrets.token_hex(3)}",
@@ -102,6 +103,10 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
         assert a.proc.returncode == EXIT_STOP_CUT_SHORT, a.log_tail()
         assert "the graceful stop did not finish within 3,000 ms (DOCKET_STOP_TIMEOUT_MS)" in a.log_text(), \
             a.log_tail()
+        # where the stop waited: the worker loop's tasks (Faust's services among them) and its threads
+        waiting = a.log_text().partition("Still waiting on:")[2]
+        assert "\n  thread MainThread: " in waiting and " task" in waiting, a.log_tail()
+        print(f"\ninstance a's stop, still waiting on:{waiting[:3000]}")
 
         b.proc.send_signal(signal.SIGTERM)
         asyncio.run(wait_for(lambda: "Signal received: 15" in b.log_text(), 30, "instance b to begin its stop",

@@ -23,8 +23,9 @@ from app.private_api import PRIVATE_API, missing
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("app", "agents", "tables", "chaos", "launcher", "docket_apps")
 
-# Underscore names that are public API (namedtuple's methods).
-PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make"}
+# Underscore names that are public API: namedtuple's methods, and sys._current_frames
+# (documented in the sys module's reference; agents/stopping.py waiting_on).
+PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_current_frames"}
 
 # Sources docket keeps a modified copy of, or replaces: a change there must be read and
 # carried into docket's copy (the digest is of the installed version's source).

@@ -108,3 +108,44 @@ def test_the_docket_worker_arms_its_deadline_on_each_stop_signal(tmp_path, monke
     finally:
         worker.stop_deadline.cancel()
         loop.close()
+
+
+async def _parked_in_the_stop(release: asyncio.Event) -> None:
+    await release.wait()
+
+
+def test_the_reason_names_what_the_stop_still_waits_on() -> None:
+    """WorkerStopHasADeadline: a deadline armed on a running loop (as mode's signal
+    handler arms it) says, when it fires, where the loop's pending tasks wait (counted
+    by place) and where the other threads are, so a stop that hangs with Kafka up can
+    be read from the log."""
+    exits = Exits()
+    deadline = StopDeadline(50, exit=exits)
+
+    async def main() -> None:
+        release = asyncio.Event()
+        parked = [asyncio.create_task(_parked_in_the_stop(release)) for _ in range(3)]
+        deadline.requested(signal.SIGTERM)
+        assert await asyncio.to_thread(exits.seen.wait, 30), "the deadline never fired"
+        release.set()
+        await asyncio.gather(*parked)
+
+    asyncio.run(main())
+    (reason,) = exits.reasons
+    head, _, waiting = reason.partition(". Still waiting on:\n  ")
+    assert "did not finish within 50 ms (DOCKET_STOP_TIMEOUT_MS)" in head
+    lines = waiting.split("\n  ")
+    assert any(line.startswith("3 tasks in _parked_in_the_stop -> Event.wait (locks.py:") for line in lines), lines
+    assert any(line.startswith("a task in test_the_reason_names_what_the_stop_still_waits_on.<locals>.main -> "
+                               "to_thread (threads.py:") for line in lines), lines
+    assert any(line.startswith("thread MainThread: ") for line in lines), lines
+
+
+def test_a_deadline_armed_off_the_loop_names_no_tasks() -> None:
+    """WorkerStopHasADeadline: armed outside a running loop, the reason is the plain one."""
+    exits = Exits()
+    deadline = StopDeadline(50, exit=exits)
+    deadline.requested(signal.SIGTERM)
+    assert exits.seen.wait(30), "the deadline never fired"
+    assert "Still waiting on" not in exits.reasons[0]
+    assert exits.reasons[0].endswith("as after a crash")
