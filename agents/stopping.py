@@ -94,10 +94,14 @@ class StopDeadline:
             self._timer.cancel()
 
     def _overdue(self) -> None:
+        try:
+            waiting = waiting_on(self._loop)
+        except Exception as exc:  # noqa: BLE001  the exit must happen whatever the diagnostic does
+            waiting = f". Where it waited could not be read ({exc!r})"
         self._exit(f"the graceful stop did not finish within {self.timeout_ms:,} ms (DOCKET_STOP_TIMEOUT_MS): "
                    "is Kafka reachable? Exiting without it (status "
                    f"{EXIT_STOP_CUT_SHORT}); the next start resumes from the last committed offsets, as after a "
-                   "crash" + waiting_on(self._loop))
+                   "crash" + waiting)
 
 
 # Enough lines to find the stuck await; a worker has some 100 tasks, most of them idle
@@ -128,8 +132,8 @@ def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
     """What a stop still waits on, as text to append to the deadline's reason: the
     pending tasks of ``loop`` counted by where they wait (:func:`_awaiting`), then each
     other thread's innermost frame, sorted, at most :data:`MAX_WAITING_LINES` lines; "" when ``loop`` is
-    None. Read from the timer's thread while the loop runs: a best effort that never
-    raises (a task set that keeps changing reads as "tasks: unreadable")."""
+    None. Read from the timer's thread while the loop runs, a best effort: a task set
+    that cannot be read reads as "tasks: unreadable (...)"."""
     if loop is None:
         return ""
     lines: list[str] = []

@@ -149,3 +149,18 @@ def test_a_deadline_armed_off_the_loop_names_no_tasks() -> None:
     assert exits.seen.wait(30), "the deadline never fired"
     assert "Still waiting on" not in exits.reasons[0]
     assert exits.reasons[0].endswith("as after a crash")
+
+
+def test_the_exit_happens_even_when_the_diagnostic_fails(monkeypatch) -> None:
+    """WorkerStopHasADeadline: reading where the stop waits may fail; the exit may not."""
+    import agents.stopping as stopping
+
+    def broken(_loop):
+        raise RuntimeError("frames unreadable")
+
+    monkeypatch.setattr(stopping, "waiting_on", broken)
+    exits = Exits()
+    deadline = StopDeadline(50, exit=exits)
+    deadline.requested(signal.SIGTERM)
+    assert exits.seen.wait(30), "the deadline never fired"
+    assert exits.reasons[0].endswith("Where it waited could not be read (RuntimeError('frames unreadable'))")
