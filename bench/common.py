@@ -179,8 +179,9 @@ def run_stoppable(main) -> int:
     on the way out; then one line says so and the status is 128 + the signal's number
     (143, or 130 for Ctrl-C). Python's default for SIGTERM ends the process at once,
     leaving the children to their parent-death signal and the work directory on disk.
-    The signal is handled by the event loop, so a step that blocks it (the soak's
-    Warden measurement, a subprocess of its own) finishes first."""
+    The signal is handled by the event loop, so a step that blocks the loop would
+    finish first: the measurements' subprocesses are awaited on it (the soak's Warden
+    measurement: bench/soak.py warden_run)."""
     import asyncio
     import signal
 

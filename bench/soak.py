@@ -86,6 +86,7 @@ MIN_BOUND = 50.0
 SEAL_AFTER_S = 30.0  # a latency window is summarised this long after it ended
 MIB = 2**20
 MIN_SAMPLES_PER_HALF = 3  # a least-squares line through fewer says nothing
+WARDEN_STOP_S = 10.0  # a stopped soak waits this long for the Warden measurement to exit, then kills it
 
 
 # --------------------------------------------------------------------------- latency
@@ -625,15 +626,28 @@ async def soak(settings: Settings, work: Path, args: argparse.Namespace, broker_
             "partitions": stack.settings.partitions, "topic_prefix": stack.settings.topic_prefix}
 
 
-def warden_run(args: argparse.Namespace, work: Path) -> dict:
-    """bench/warden_memory.py in a process of its own (its RSS is the figure)."""
+async def warden_run(args: argparse.Namespace, work: Path) -> dict:
+    """bench/warden_memory.py in a process of its own (its RSS is the figure), awaited on
+    the event loop so that a SIGTERM (bench/common.py run_stoppable) stops the soak during
+    this step too: the child is terminated and the cancellation goes on."""
     out = work / "warden.json"
     cmd = [sys.executable, "-m", "bench.warden_memory", "--rate", str(args.warden_rate), "--ttl-s",
            str(args.warden_ttl_s), "--ttls", str(args.warden_ttls), "--json", str(out)]
     say(f"warden: {' '.join(cmd[1:])} ...")
     began = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
-    print(proc.stdout, end="", flush=True)
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        stdout, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), WARDEN_STOP_S)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        raise
+    print(stdout.decode(errors="replace"), end="", flush=True)
     if not out.exists():
         return {"error": f"bench.warden_memory exited {proc.returncode} without figures"}
     result = json.loads(out.read_text())
@@ -678,7 +692,7 @@ async def run(args: argparse.Namespace) -> int:
             broker_pid = args.broker_pid or (None if args.bootstrap else running_pid(settings.broker_dir))
             report.update(await soak(settings, work, args, broker_pid))
         if args.warden:
-            report["warden"] = warden_run(args, work)
+            report["warden"] = await warden_run(args, work)
         report["wall_s"] = round(time.time() - began)
         report["verdict"] = verdict(report["samples"], report["latency_ms"], duration_s=args.duration_s,
                                     rate=args.rate, partitions=report["partitions"], warden=report.get("warden"))

@@ -163,3 +163,41 @@ def test_a_failed_partition_count_or_http_floor_fails_the_run() -> None:
         ["http with 2 partitions", "http floor"]
     assert run.partial_failures("http", {"rates": [], "floor": {"rates": []}}) == []
     assert run.partial_failures("kafka_native", {"rates": []}) == []
+
+
+WARDEN_SIGTERMED = """
+import argparse, sys
+from pathlib import Path
+from bench.common import run_stoppable
+from bench.soak import warden_run
+
+args = argparse.Namespace(warden_rate=10_000, warden_ttl_s=300, warden_ttls=2.0)
+sys.exit(run_stoppable(warden_run(args, Path(sys.argv[1]))))
+"""
+
+
+def test_sigterm_stops_the_soak_during_its_warden_measurement(tmp_path: Path) -> None:
+    """bench/soak.py warden_run: the Warden measurement (1.5 to 3 minutes, a process of
+    its own) is awaited on the event loop, so a SIGTERM stops `make soak` during it too:
+    the measurement's process is terminated and the soak exits 143 at once, where it
+    used to finish the measurement first."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", WARDEN_SIGTERMED, str(tmp_path)], cwd=Path(run.__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = ["pgrep", "-f", f"bench.warden_memory .*--json {tmp_path}/warden.json"]
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(child, capture_output=True).returncode != 0:  # the measurement is running
+            assert proc.poll() is None and time.monotonic() < deadline, "the Warden measurement never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert subprocess.run(child, capture_output=True).returncode == 1, "the Warden measurement outlived the soak"
