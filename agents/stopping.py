@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -104,33 +105,48 @@ class StopDeadline:
                    "crash" + waiting)
 
 
+# A coroutine of a stop: mode's Service.stop, _stop_children, the worker's _stop_on_signal,
+# stop_and_shutdown.
+STOP_NAME = re.compile(r"(^|_)stop(_|$)")
+
 # Enough lines to find the stuck await; a worker has some 100 tasks, most of them idle
 # service loops that every stop shows alike.
 MAX_WAITING_LINES = 40
 
 
-def _awaiting(coro: object) -> str:
-    """``<outer coroutine> -> <innermost coroutine> (<file>:<line>)``: where a task's chain
-    of awaits ends, read from its frames (``cr_await`` / ``gi_yieldfrom``)."""
+def _place(code, line: int) -> str:
+    """``<qualname> (<package dir>/<file>:<line>)``: the directory tells asyncio's
+    locks.py from mode's."""
+    path = code.co_filename
+    return f"{code.co_qualname} ({os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}:{line})"
+
+
+def _awaiting(coro: object) -> tuple[bool, str]:
+    """Where a task's chain of awaits ends, read from its frames (``cr_await`` /
+    ``gi_yieldfrom``): (whether the chain passes through a stop, as mode's
+    ``Service.stop`` or the worker's ``_stop_on_signal``; ``<outer coroutine> ->
+    <innermost coroutine> (<dir>/<file>:<line>)``)."""
     outer = inner = None
+    stopping = False
     for _ in range(64):  # a chain of awaits, bounded should it ever loop
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
-            where = f"{frame.f_code.co_qualname} ({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})"
             outer = outer or frame.f_code.co_qualname
-            inner = where
+            inner = _place(frame.f_code, frame.f_lineno)
+            stopping = stopping or STOP_NAME.search(frame.f_code.co_name) is not None
         nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         if nxt is None:
             break
         coro = nxt
     if inner is None:
-        return repr(coro)[:120]
-    return inner if inner.startswith(outer + " (") else f"{outer} -> {inner}"
+        return False, repr(coro)[:120]
+    return stopping, inner if inner.startswith(outer + " (") else f"{outer} -> {inner}"
 
 
 def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
     """What a stop still waits on, as text to append to the deadline's reason: the
-    pending tasks of ``loop`` counted by where they wait (:func:`_awaiting`), then each
+    pending tasks of ``loop`` counted by where they wait (:func:`_awaiting`), those
+    whose awaits pass through a stop first ("the stop waits in ..."), then each
     other thread's innermost frame, sorted, at most :data:`MAX_WAITING_LINES` lines; "" when ``loop`` is
     None. Read from the timer's thread while the loop runs, a best effort: a task set
     that cannot be read reads as "tasks: unreadable (...)"."""
@@ -139,15 +155,18 @@ def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
     lines: list[str] = []
     try:
         waits = Counter(_awaiting(t.get_coro()) for t in asyncio.all_tasks(loop) if not t.done())
-        lines += [f"{n} tasks in {where}" if n > 1 else f"a task in {where}" for where, n in sorted(waits.items())]
+        # the stop's own awaits first: the rest are service loops every stop shows alike
+        lines += [f"the stop waits in {where}" + (f" ({n} tasks)" if n > 1 else "")
+                  for (stopping, where), n in sorted(waits.items()) if stopping]
+        lines += [f"{n} tasks in {where}" if n > 1 else f"a task in {where}"
+                  for (stopping, where), n in sorted(waits.items()) if not stopping]
     except Exception as exc:  # noqa: BLE001  a diagnostic must not keep the worker alive
         lines.append(f"tasks: unreadable ({exc!r})")
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident()
     for ident, frame in sorted(sys._current_frames().items(), key=lambda kv: names.get(kv[0], "")):
         if ident != me:
-            lines.append(f"thread {names.get(ident, ident)}: {frame.f_code.co_qualname} "
-                         f"({os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno})")
+            lines.append(f"thread {names.get(ident, ident)}: {_place(frame.f_code, frame.f_lineno)}")
     more = len(lines) - MAX_WAITING_LINES
     shown = lines[:MAX_WAITING_LINES] + ([f"... and {more} more"] if more > 0 else [])
     return ". Still waiting on:\n  " + "\n  ".join(shown)

@@ -254,7 +254,8 @@ def topics() -> None:
 
 @topics.command()
 def create() -> None:
-    """Create the input, output, results and divergences topics (idempotent)."""
+    """Create docket's topics (idempotent): <prefix>.input, .output.<instance>, .results,
+    .divergences, .entities and .status."""
     settings = load()
     report = asyncio.run(create_topics(settings))
     for name in report.created:
@@ -267,7 +268,7 @@ def create() -> None:
 def list_cmd() -> None:
     """List the topics named <DOCKET_TOPIC_PREFIX>.* (those `topics create` makes) with
     their partition counts; the workers' Faust topics (<prefix>-<role>-..., changelogs)
-    are not listed: the broker's own kafka-topics.sh --list shows every topic."""
+    are not listed: Kafka's kafka-topics.sh --list (TopicCommand) shows every topic."""
     settings = load()
     found = asyncio.run(list_topics(settings))
     if not found:

@@ -103,8 +103,9 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
         assert a.proc.returncode == EXIT_STOP_CUT_SHORT, a.log_tail()
         assert "the graceful stop did not finish within 3,000 ms (DOCKET_STOP_TIMEOUT_MS)" in a.log_text(), \
             a.log_tail()
-        # where the stop waited: the worker loop's tasks (Faust's services among them) and its threads
+        # where the stop waited: its own awaits (mode's Service.stop) first, then the other tasks and the threads
         waiting = a.log_text().partition("Still waiting on:")[2]
+        assert waiting.startswith("\n  the stop waits in "), a.log_tail()
         assert "\n  thread MainThread: " in waiting and " task" in waiting, a.log_tail()
         print(f"\ninstance a's stop, still waiting on:{waiting[:3000]}")
 

@@ -114,17 +114,23 @@ async def _parked_in_the_stop(release: asyncio.Event) -> None:
     await release.wait()
 
 
+async def _idle_loop(release: asyncio.Event) -> None:
+    await release.wait()
+
+
 def test_the_reason_names_what_the_stop_still_waits_on() -> None:
     """WorkerStopHasADeadline: a deadline armed on a running loop (as mode's signal
-    handler arms it) says, when it fires, where the loop's pending tasks wait (counted
-    by place) and where the other threads are, so a stop that hangs with Kafka up can
-    be read from the log."""
+    handler arms it) says, when it fires, where the loop's pending tasks wait, counted
+    by place, the awaits of a stop (a coroutine named stop, _stop..., ..._stop) first,
+    and where the other threads are, so a stop that hangs with Kafka up can be read
+    from the log."""
     exits = Exits()
     deadline = StopDeadline(50, exit=exits)
 
     async def main() -> None:
         release = asyncio.Event()
         parked = [asyncio.create_task(_parked_in_the_stop(release)) for _ in range(3)]
+        parked.append(asyncio.create_task(_idle_loop(release)))
         deadline.requested(signal.SIGTERM)
         assert await asyncio.to_thread(exits.seen.wait, 30), "the deadline never fired"
         release.set()
@@ -135,9 +141,12 @@ def test_the_reason_names_what_the_stop_still_waits_on() -> None:
     head, _, waiting = reason.partition(". Still waiting on:\n  ")
     assert "did not finish within 50 ms (DOCKET_STOP_TIMEOUT_MS)" in head
     lines = waiting.split("\n  ")
-    assert any(line.startswith("3 tasks in _parked_in_the_stop -> Event.wait (locks.py:") for line in lines), lines
+    assert lines[0].startswith("the stop waits in _parked_in_the_stop -> Event.wait (asyncio/locks.py:"), lines
+    assert lines[0].endswith(") (3 tasks)"), lines
+    assert not any(line.startswith("the stop waits in") for line in lines[1:]), lines
+    assert any(line.startswith("a task in _idle_loop -> Event.wait (asyncio/locks.py:") for line in lines), lines
     assert any(line.startswith("a task in test_the_reason_names_what_the_stop_still_waits_on.<locals>.main -> "
-                               "to_thread (threads.py:") for line in lines), lines
+                               "to_thread (asyncio/threads.py:") for line in lines), lines
     assert any(line.startswith("thread MainThread: ") for line in lines), lines
 
 
