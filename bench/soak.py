@@ -43,7 +43,9 @@ Then (unless ``--no-warden``) the Warden's memory at 10,000 events/s with a 5-mi
 Report: bench/results/soak-<date>-<HHMM>.json (settings, every sample, every window,
 the verdict and its figures) and .png (latency, RSS, pending positions and lag over
 time; the Warden's run). Exit status 0 when p99 < 100 ms and everything is flat, 1
-otherwise, saying which.
+otherwise, saying which. Ctrl-C or SIGTERM stops a soak in order at any step, the
+Warden's included (its stack, broker, measurement and work directory go with it; one
+line says so; exit status 130 or 143).
 """
 
 from __future__ import annotations
