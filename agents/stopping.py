@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 import threading
+import types
 from collections import Counter
 from collections.abc import Callable
 
@@ -114,7 +115,7 @@ STOP_NAME = re.compile(r"(^|_)stop(_|$)")
 MAX_WAITING_LINES = 40
 
 
-def _place(code, line: int) -> str:
+def _place(code: types.CodeType, line: int) -> str:
     """``<qualname> (<package dir>/<file>:<line>)``: the directory tells asyncio's
     locks.py from mode's."""
     path = code.co_filename
