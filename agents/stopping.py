@@ -16,6 +16,7 @@ the Warden makes the replay idempotent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -112,7 +113,7 @@ STOP_NAME = re.compile(r"(^|_)stop(_|$)")
 
 # Enough lines to find the stuck await; a worker has some 100 tasks, most of them idle
 # service loops that every stop shows alike.
-MAX_WAITING_LINES = 40
+MAX_WAITING_LINES = 60
 
 
 def _place(code: types.CodeType, line: int) -> str:
@@ -144,25 +145,36 @@ def _awaiting(coro: object) -> tuple[bool, str]:
     return stopping, inner if inner.startswith(outer + " (") else f"{outer} -> {inner}"
 
 
-def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
-    """What a stop still waits on, as text to append to the deadline's reason: the
-    pending tasks of ``loop`` counted by where they wait (:func:`_awaiting`), those
-    whose awaits pass through a stop first ("the stop waits in ..."), then each
-    other thread's innermost frame, sorted, at most :data:`MAX_WAITING_LINES` lines; "" when ``loop`` is
-    None. Read from the timer's thread while the loop runs, a best effort: a task set
-    that cannot be read reads as "tasks: unreadable (...)"."""
-    if loop is None:
-        return ""
-    lines: list[str] = []
+def _task_lines(loop: asyncio.AbstractEventLoop, where_from: str) -> list[str]:
+    """``loop``'s pending tasks counted by where they wait (:func:`_awaiting`), those
+    whose awaits pass through a stop first; each line begins with ``where_from`` ("" for
+    the worker's loop). A task set that cannot be read is one line saying so."""
     try:
         waits = Counter(_awaiting(t.get_coro()) for t in asyncio.all_tasks(loop) if not t.done())
-        # the stop's own awaits first: the rest are service loops every stop shows alike
-        lines += [f"the stop waits in {where}" + (f" ({n} tasks)" if n > 1 else "")
-                  for (stopping, where), n in sorted(waits.items()) if stopping]
-        lines += [f"{n} tasks in {where}" if n > 1 else f"a task in {where}"
-                  for (stopping, where), n in sorted(waits.items()) if not stopping]
     except Exception as exc:  # noqa: BLE001  a diagnostic must not keep the worker alive
-        lines.append(f"tasks: unreadable ({exc!r})")
+        return [f"{where_from}tasks: unreadable ({exc!r})"]
+    # the stop's own awaits first: the rest are service loops every stop shows alike
+    return ([f"{where_from}the stop waits in {where}" + (f" ({n} tasks)" if n > 1 else "")
+             for (stopping, where), n in sorted(waits.items()) if stopping]
+            + [f"{where_from}{n} tasks in {where}" if n > 1 else f"{where_from}a task in {where}"
+               for (stopping, where), n in sorted(waits.items()) if not stopping])
+
+
+def waiting_on(loop: asyncio.AbstractEventLoop | None) -> str:
+    """What a stop still waits on, as text to append to the deadline's reason: the
+    pending tasks of ``loop`` (:func:`_task_lines`), then those of every other event loop
+    running in the process ("in another loop: ..."; Faust runs its consumer in a thread
+    with a loop of its own, and the stop waits on calls into it), then each other
+    thread's innermost frame; at most :data:`MAX_WAITING_LINES` lines; "" when ``loop``
+    is None. Read from the timer's thread while the loops run, a best effort."""
+    if loop is None:
+        return ""
+    lines = _task_lines(loop, "")
+    # the other loops are found among the live objects: nothing registers them
+    others = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o is not loop
+              and o.is_running()]
+    for other in others:
+        lines += _task_lines(other, "in another loop: ")
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident()
     for ident, frame in sorted(sys._current_frames().items(), key=lambda kv: names.get(kv[0], "")):

@@ -118,12 +118,17 @@ async def _idle_loop(release: asyncio.Event) -> None:
     await release.wait()
 
 
+async def _consumer_thread_fetch(release: asyncio.Event) -> None:
+    await release.wait()
+
+
 def test_the_reason_names_what_the_stop_still_waits_on() -> None:
     """WorkerStopHasADeadline: a deadline armed on a running loop (as mode's signal
     handler arms it) says, when it fires, where the loop's pending tasks wait, counted
     by place, the awaits of a stop (a coroutine named stop, _stop..., ..._stop) first,
-    and where the other threads are, so a stop that hangs with Kafka up can be read
-    from the log."""
+    then the tasks of any other running loop (Faust's consumer thread has one), and
+    where the other threads are, so a stop that hangs with Kafka up can be read from
+    the log."""
     exits = Exits()
     deadline = StopDeadline(50, exit=exits)
 
@@ -136,7 +141,14 @@ def test_the_reason_names_what_the_stop_still_waits_on() -> None:
         release.set()
         await asyncio.gather(*parked)
 
-    asyncio.run(main())
+    # a loop of its own in another thread, as Faust's consumer thread has
+    other = asyncio.new_event_loop()
+    released = asyncio.Event()
+    threading.Thread(target=other.run_until_complete, args=(_consumer_thread_fetch(released),), daemon=True).start()
+    try:
+        asyncio.run(main())
+    finally:
+        other.call_soon_threadsafe(released.set)
     (reason,) = exits.reasons
     head, _, waiting = reason.partition(". Still waiting on:\n  ")
     assert "did not finish within 50 ms (DOCKET_STOP_TIMEOUT_MS)" in head
@@ -148,6 +160,8 @@ def test_the_reason_names_what_the_stop_still_waits_on() -> None:
     assert any(line.startswith("a task in test_the_reason_names_what_the_stop_still_waits_on.<locals>.main -> "
                                "to_thread (asyncio/threads.py:") for line in lines), lines
     assert any(line.startswith("thread MainThread: ") for line in lines), lines
+    assert any(line.startswith("in another loop: a task in _consumer_thread_fetch -> Event.wait (asyncio/locks.py:")
+               for line in lines), lines
 
 
 def test_a_deadline_armed_off_the_loop_names_no_tasks() -> None:
