@@ -57,6 +57,22 @@ def cpu_seconds(pids: dict[str, int] | None) -> dict[str, float]:
     return out
 
 
+def box_cpu_seconds(stat: str | None = None) -> dict[str, float]:
+    """The whole machine's CPU seconds so far, summed over its CPUs (the first line of
+    Linux's /proc/stat, or ``stat``: its text): ``busy`` (user, nice, system, irq,
+    softirq; guest time is inside user), ``idle`` (idle, iowait) and ``steal`` (time the
+    hypervisor ran something else while this VM had work: proc(5)). Raises OSError when
+    /proc/stat cannot be read, ValueError when its first line is not the ``cpu`` line."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    fields = text.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        raise ValueError(f"not /proc/stat's cpu line: {fields[:1]}")
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": (idle + iowait) / tick,
+            "steal": steal / tick}
+
+
 def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, dict]:
     """role -> {seconds: CPU seconds used between two :func:`cpu_seconds` readings,
     cores: those seconds over the ``seconds`` of wall time between them}, for the roles

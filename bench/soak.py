@@ -12,7 +12,8 @@ p99 < 100 ms; 1,000 without one), for ``--warmup-s`` (40) and then ``--duration-
 published its result (no coordinated omission).
 
 Every ``--sample-s`` (5) seconds it samples the RSS of every process (instances, Clerk,
-broker, this one: /proc/<pid>/status VmRSS), the Clerk's
+broker, this one: /proc/<pid>/status VmRSS) and the CPU each used and the whole box's
+(busy and steal: /proc/<pid>/stat, /proc/stat), the Clerk's
 ``docket_clerk_pending_positions`` and ``docket_clerk_instance_lag{instance}`` and the
 instances' counters from their /metrics pages; latency p50/p99 per window of
 publication time comes from the result reader. A progress line every 10 s.
@@ -41,8 +42,11 @@ Then (unless ``--no-warden``) the Warden's memory at 10,000 events/s with a 5-mi
 2.5 minutes of one core) joins the report, and its verdict the exit status.
 
 Report: bench/results/soak-<date>-<HHMM>.json (settings, every sample, every window,
-the verdict and its figures) and .png (latency, RSS, pending positions and lag over
-time; the Warden's run). Exit status 0 when p99 < 100 ms and everything is flat, 1
+the verdict and its figures) and .png (latency, CPU per process and the box's, RSS,
+pending positions and lag over time; the Warden's run). A line for information, never
+part of the verdict, says how busy the box was on average, and during the windows
+whose p99 reached 100 ms against the others: whether a latency failure came with a
+full box. Exit status 0 when p99 < 100 ms and everything is flat, 1
 otherwise, saying which. Ctrl-C or SIGTERM stops a soak in order at any step, the
 Warden's included (its stack, broker, measurement and work directory go with it; one
 line says so; exit status 130 or 143).
@@ -75,6 +79,7 @@ from app.settings import Settings, load
 from bench.common import (linear_fit, positive_float, positive_int, proc_memory_kib, report_stem,
                           run_stoppable, say, writable_dir)
 from bench.kafka_native import TARGET_P99_MS, ResultWatch, send_at_rate
+from bench.profile import box_cpu_seconds, cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -366,6 +371,69 @@ def verdict(samples: list[dict], latency: dict, *, duration_s: float, rate: floa
             "bounds": b, "series": series, "failures": failures}
 
 
+def cpu_intervals(samples: list[dict]) -> list[dict]:
+    """CPU between consecutive samples that both read it: ``{t, span_s, cores: {role:
+    cores}, box: {busy, steal: cores}}``, ``t`` the later sample's (s since the warm-up
+    ended), cores = CPU seconds (the kernel's account: /proc/<pid>/stat, /proc/stat)
+    over the wall seconds between the two samples. Roles missing from either sample
+    (a process gone) are left out; so is a pair without a wall clock span."""
+    out = []
+    for a, b in zip(samples, samples[1:]):
+        span = (b.get("wall_ms", 0) - a.get("wall_ms", 0)) / 1000
+        if span <= 0 or b.get("t") is None:
+            continue
+        ca, cb = a.get("cpu_s") or {}, b.get("cpu_s") or {}
+        cores = {r: round((cb[r] - ca[r]) / span, 3) for r in sorted(cb) if r in ca}
+        ba, bb = a.get("box_cpu_s"), b.get("box_cpu_s")
+        box = ({k: round((bb[k] - ba[k]) / span, 3) for k in ("busy", "steal")} if ba and bb else None)
+        out.append({"t": b["t"], "span_s": round(span, 3), "cores": cores, "box": box})
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 3) if xs else None
+
+
+def cpu_summary(samples: list[dict], windows: list[dict], window_s: float, cpu_count: int | None = None) -> dict:
+    """Where the CPU went over the measured period (t >= 0), for the report and a verdict
+    line, never for the verdict itself: each role's mean cores, the box's mean busy and
+    steal cores out of ``cpu_count`` (default: this machine's), and the box's mean busy
+    cores during the latency windows whose p99 reached the 100 ms target (``slow``)
+    and during the others (``fast``). An interval belongs to the window holding its
+    midpoint. Does the latency fail when the box is full? These figures say."""
+    spans = [i for i in cpu_intervals(samples) if i["t"] - i["span_s"] >= 0]
+    roles = sorted({r for i in spans for r in i["cores"]})
+    busy = {"slow": [], "fast": []}
+    slow_windows = 0
+    for w in windows:
+        if w.get("t") is None or w["t"] < 0 or w.get("p99_ms") is None:
+            continue
+        slow = w["p99_ms"] >= TARGET_P99_MS
+        slow_windows += slow
+        for i in spans:
+            mid = i["t"] - i["span_s"] / 2
+            if i["box"] is not None and w["t"] <= mid < w["t"] + window_s:
+                busy["slow" if slow else "fast"].append(i["box"]["busy"])
+    return {"cpu_count": cpu_count or os.cpu_count(), "intervals": len(spans),
+            "roles": {r: _mean([i["cores"][r] for i in spans if r in i["cores"]]) for r in roles},
+            "box_busy": _mean([i["box"]["busy"] for i in spans if i["box"]]),
+            "box_steal": _mean([i["box"]["steal"] for i in spans if i["box"]]),
+            "slow_windows": slow_windows, "box_busy_slow": _mean(busy["slow"]), "box_busy_fast": _mean(busy["fast"])}
+
+
+def cpu_line(cpu: dict) -> str:
+    """The verdict's line for :func:`cpu_summary` (for information, never a failure)."""
+    if not cpu.get("intervals") or cpu.get("box_busy") is None:
+        return "cpu (for information)     no CPU readings in the measured period"
+    def cores(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+    roles = ", ".join(f"{r} {cores(c)}" for r, c in cpu["roles"].items())
+    return (f"cpu (for information)     the box busy {cores(cpu['box_busy'])} of {cpu['cpu_count']} cores on "
+            f"average (steal {cores(cpu['box_steal'])}); {cores(cpu['box_busy_slow'])} during the "
+            f"{cpu['slow_windows']} windows with p99 >= {TARGET_P99_MS:.0f} ms, {cores(cpu['box_busy_fast'])} "
+            f"during the others; cores per process: {roles}")
+
+
 # --------------------------------------------------------------------------- report
 
 def verdict_lines(report: dict) -> list[str]:
@@ -391,6 +459,8 @@ def verdict_lines(report: dict) -> list[str]:
         else:
             fig = j.get("why", "")
         lines.append(f"{name:<26} {state:<10} {fig}{note}")
+    if "cpu" in report:
+        lines.append(cpu_line(report["cpu"]))
     w = report.get("warden")
     if w and "end" in w:
         e = w["end"]
@@ -420,7 +490,7 @@ def plot(report: dict, path: Path) -> Path:
     samples, windows = report["samples"], report["windows"]
     duration = report["settings"]["duration_s"]
     warden = report.get("warden") if report.get("warden") and "samples" in report["warden"] else None
-    fig, axes = plt.subplots(4 if warden else 3, 1, figsize=(12, 13 if warden else 10), squeeze=False)
+    fig, axes = plt.subplots(5 if warden else 4, 1, figsize=(12, 16 if warden else 13), squeeze=False)
     axes = [a[0] for a in axes]
 
     def frame(ax) -> None:
@@ -443,9 +513,31 @@ def plot(report: dict, path: Path) -> Path:
     frame(ax)
     ax.legend(fontsize=8, loc="upper left")
 
+    # Stacked, so that the top of the stack is what docket's processes took of the box,
+    # and the box's own line above it what everything else on the machine took.
+    ax = axes[1]
+    spans = cpu_intervals(samples)
+    roles = sorted({r for i in spans for r in i["cores"]})
+    if spans and roles:
+        ax.stackplot([i["t"] for i in spans], *[[i["cores"].get(r, 0.0) for i in spans] for r in roles],
+                     labels=roles, alpha=0.7)
+        boxed = [i for i in spans if i["box"]]
+        if boxed:
+            ax.plot([i["t"] for i in boxed], [i["box"]["busy"] for i in boxed], color="black", linewidth=1,
+                    label="the box, busy")
+            ax.plot([i["t"] for i in boxed], [i["box"]["steal"] for i in boxed], color="tab:red", linewidth=1,
+                    linestyle=":", label="the box, steal")
+    cpus = (report.get("cpu") or {}).get("cpu_count") or os.cpu_count()
+    ax.axhline(cpus, color="grey", linestyle="--", linewidth=1, label=f"{cpus} cores")
+    ax.set_ylim(0, cpus * 1.6)  # room for the legend above the stack
+    ax.set(ylabel="cores", title=f"CPU per {report['settings']['sample_s']:.0f} s, stacked by process (the kernel's "
+                                 f"account), and the whole box's")
+    frame(ax)
+    ax.legend(fontsize=8, loc="upper center", ncol=5)
+
     # Each process's RSS as the change from its first sample of the measured period (its
     # level in the legend): the broker's hundreds of MiB would flatten the others' lines.
-    ax = axes[1]
+    ax = axes[2]
     for role in sorted({r for s in samples for r in s.get("rss_mib", {})}):
         pts = [(s["t"], s["rss_mib"][role]) for s in samples if s.get("rss_mib", {}).get(role) is not None]
         if not pts:
@@ -463,7 +555,7 @@ def plot(report: dict, path: Path) -> Path:
     frame(ax)
     ax.legend(fontsize=8, loc="upper left")
 
-    ax = axes[2]
+    ax = axes[3]
     pts = [(s["t"], s["pending"]) for s in samples if s.get("pending") is not None]
     if pts:
         ax.plot(*zip(*pts, strict=True), color="tab:purple", label="Clerk pending positions")
@@ -479,7 +571,7 @@ def plot(report: dict, path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
 
     if warden:
-        ax = axes[3]
+        ax = axes[4]
         ws = warden["samples"]
         x = [s["stream_s"] for s in ws]
         ax.plot(x, [s["rss_bytes"] / MIB for s in ws], label="process RSS (MiB)")
@@ -555,11 +647,17 @@ async def sampler(stack, watch: SoakWatch, pids: dict[str, int], state: dict, sa
             pages = dict(zip(stack.metrics_urls, await asyncio.gather(
                 *(fetch_metrics(session, url) for url in stack.metrics_urls.values())), strict=True))
             mem = {role: proc_memory_kib(pid) for role, pid in pids.items()}
+            try:
+                box = box_cpu_seconds()
+            except (OSError, ValueError):
+                box = None
             pending, lag = clerk_figures(pages.get("clerk"), instances)
             t0 = state.get("t0_ms")
             s = {"t": round((now_ms - origin) / 1000, 2) if origin else None, "wall_ms": round(now_ms),
                  "rss_mib": {r: round(m["VmRSS"] / 1024, 2) for r, m in mem.items() if m},
                  "rss_anon_mib": {r: round(m.get("RssAnon", 0) / 1024, 2) for r, m in mem.items() if m},
+                 "cpu_s": {r: round(c, 3) for r, c in cpu_seconds(pids).items()},
+                 "box_cpu_s": box and {k: round(v, 3) for k, v in box.items()},
                  "pending": pending, "lag": lag,
                  "due": min(state["total"], max(0, math.floor((now_ms - t0) * state["rate"] / 1000))) if t0 else 0,
                  "results": watch.count, "awaiting": len(watch.intended),
@@ -696,6 +794,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.warden:
             report["warden"] = await warden_run(args, work)
         report["wall_s"] = round(time.time() - began)
+        report["cpu"] = cpu_summary(report["samples"], report["windows"], args.sample_s)
         report["verdict"] = verdict(report["samples"], report["latency_ms"], duration_s=args.duration_s,
                                     rate=args.rate, partitions=report["partitions"], warden=report.get("warden"))
         paths = write_report(report, Path(args.out))

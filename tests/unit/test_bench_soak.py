@@ -8,12 +8,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import random
 from collections import Counter
 
 import pytest
 
-from bench import soak, warden_memory
+from bench import profile, soak, warden_memory
 from bench.common import linear_fit, percentiles
 
 DURATION = 600.0
@@ -314,7 +315,7 @@ def test_headline_rate_is_the_one_of_the_partition_count_soaked(tmp_path) -> Non
     assert soak.headline_rate(tmp_path, 4) == (soak.DEFAULT_RATE, "default")
 
 
-def _report(with_warden: bool) -> dict:
+def _report(with_warden: bool, with_cpu: bool = False) -> dict:
     samples = [{**s, "t": s["t"]} for s in _samples()]
     samples.insert(0, {"t": -10.0, "rss_mib": {"a": 150.0, "b": 150.0}, "pending": 10, "lag": {}})
     windows = [{"t": t, "results": 1500, "p50_ms": 15, "p99_ms": 60 + (t % 20), "max_ms": 90} for t in TS[:-1]]
@@ -329,12 +330,18 @@ def _report(with_warden: bool) -> dict:
                             "verdict": warden_memory.bounded(ws, rate=10_000, ttl_s=300, commit_lag_s=0)}
     report["verdict"] = soak.verdict(samples, latency, duration_s=DURATION, rate=300, partitions=8,
                                      warden=report.get("warden"))
+    if with_cpu:
+        for s in samples:
+            s["wall_ms"] = 1_000_000 + s["t"] * 1000
+            s["cpu_s"] = {"a": 0.5 * s["t"] + 100, "clerk": 0.25 * s["t"] + 100}
+            s["box_cpu_s"] = {"busy": 1.5 * s["t"] + 1000, "idle": 0.5 * s["t"], "steal": 0.0}
+        report["cpu"] = soak.cpu_summary(samples, windows, 5, cpu_count=2)
     return report
 
 
 @pytest.mark.parametrize("with_warden", [False, True])
 def test_the_report_writer_writes_json_and_a_png(tmp_path, with_warden) -> None:
-    report = _report(with_warden)
+    report = _report(with_warden, with_cpu=with_warden)
     paths = soak.write_report(report, tmp_path / "out", now=datetime.datetime(2026, 12, 1, 9, 5))
     assert [p.name for p in paths] == ["soak-2026-12-01-0905.json", "soak-2026-12-01-0905.png"]
     back = json.loads(paths[0].read_text())
@@ -345,6 +352,60 @@ def test_the_report_writer_writes_json_and_a_png(tmp_path, with_warden) -> None:
     assert lines[-1] == "verdict: OK: p99 < 100 ms and everything flat"
     assert any(line.startswith("rss b") and "flat" in line for line in lines)
     assert with_warden == any(line.startswith("warden at 10,000/s") for line in lines)
+    # the CPU line is there when the samples read the CPU, and never decides the verdict
+    cpu = [line for line in lines if line.startswith("cpu (for information)")]
+    assert len(cpu) == with_warden
+    if with_warden:
+        assert "the box busy 1.50 of 2 cores" in cpu[0] and "cores per process: a 0.50, clerk 0.25" in cpu[0]
+
+
+# --------------------------------------------------------------------------- CPU (for information)
+
+def test_box_cpu_seconds_reads_the_cpu_line_of_proc_stat() -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = "cpu  100 20 30 400 50 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    got = profile.box_cpu_seconds(stat)
+    assert got == {"busy": (100 + 20 + 30 + 6 + 7) / tick, "idle": (400 + 50) / tick, "steal": 8 / tick}
+    with pytest.raises(ValueError):
+        profile.box_cpu_seconds("intr 1 2 3\n")
+    live = profile.box_cpu_seconds()  # this machine's own /proc/stat
+    assert live["busy"] > 0 and live["idle"] >= 0 and live["steal"] >= 0
+
+
+def _cpu_sample(t: float, a: float | None, busy: float, steal: float = 0.0) -> dict:
+    return {"t": t, "wall_ms": 5_000_000 + t * 1000, "cpu_s": {"clerk": t * 0.3, **({"a": a} if a is not None else {})},
+            "box_cpu_s": {"busy": busy, "idle": 0.0, "steal": steal}}
+
+
+def test_cpu_intervals_are_cores_between_consecutive_samples() -> None:
+    samples = [_cpu_sample(0, 10.0, 100.0), _cpu_sample(5, 12.5, 109.0, 0.5), _cpu_sample(10, None, 118.0, 0.5),
+               {**_cpu_sample(10, 20.0, 120.0), "wall_ms": 5_000_000 + 10_000}]  # no wall time between: skipped
+    got = soak.cpu_intervals(samples)
+    assert len(got) == 2
+    assert got[0] == {"t": 5, "span_s": 5.0, "cores": {"a": 0.5, "clerk": 0.3}, "box": {"busy": 1.8, "steal": 0.1}}
+    # instance a gone from the later sample: left out, not read as zero
+    assert got[1]["cores"] == {"clerk": 0.3} and got[1]["box"] == {"busy": 1.8, "steal": 0.0}
+    # samples of an older report (no CPU readings) give no cores and no box figures
+    assert soak.cpu_intervals([{"t": 0, "wall_ms": 0}, {"t": 5, "wall_ms": 5000}]) == [
+        {"t": 5, "span_s": 5.0, "cores": {}, "box": None}]
+
+
+def test_cpu_summary_splits_the_box_by_the_latency_of_its_window() -> None:
+    # the box busy 1.0 core during the warm-up (excluded), then 1.9 during the one slow window, 1.2 in the rest
+    busy, samples = 0.0, []
+    for t in range(-10, 31, 5):
+        samples.append(_cpu_sample(t, t * 0.5, busy))
+        busy += 5 * (1.0 if t < 0 else 1.9 if 10 <= t < 15 else 1.2)
+    windows = [{"t": float(t), "p99_ms": 180 if t == 10 else 40} for t in range(-10, 30, 5)]
+    got = soak.cpu_summary(samples, windows, 5, cpu_count=2)
+    assert got["intervals"] == 6  # 0..30 s: the warm-up's two intervals are left out
+    assert got["slow_windows"] == 1
+    assert got["box_busy_slow"] == 1.9 and got["box_busy_fast"] == 1.2
+    assert got["box_busy"] == round((1.9 + 5 * 1.2) / 6, 3)
+    assert got["roles"] == {"a": 0.5, "clerk": 0.3}
+    line = soak.cpu_line(got)
+    assert "1.90 during the 1 windows with p99 >= 100 ms, 1.20 during the others" in line
+    assert soak.cpu_line(soak.cpu_summary([], windows, 5, cpu_count=2)).endswith("no CPU readings in the measured period")
 
 
 def test_two_soaks_in_one_minute_keep_both_reports(tmp_path) -> None:
