@@ -37,11 +37,20 @@ def py_spy() -> str:
     return found
 
 
+def stat_times(stat: str) -> tuple[str, float, float]:
+    """(name, user, system CPU seconds) from the text of a /proc/<pid>/stat or
+    /proc/<pid>/task/<tid>/stat file (proc(5): the name in parentheses may itself hold
+    spaces and parentheses, so the fields are counted from the last ``)``)."""
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return name, int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    _, user, system = stat_times(Path(f"/proc/{pid}/stat").read_text())
+    return user, system
 
 
 def cpu_seconds(pids: dict[str, int] | None) -> dict[str, float]:

@@ -15,7 +15,6 @@ watches nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -23,22 +22,20 @@ from collections import Counter
 from pathlib import Path
 
 from bench.common import positive_float, positive_int
+from bench.profile import stat_times
 
 
 def read_threads(pid: int, proc: Path = Path("/proc")) -> dict[str, tuple[str, float]]:
     """tid -> (thread name, CPU seconds so far: user + system) of every thread of
     ``pid``. Raises FileNotFoundError when the process is gone; a thread that ends
     while being read is skipped."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for task in (proc / str(pid) / "task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            name, user, system = stat_times((task / "stat").read_text())
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[task.name] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        out[task.name] = (name, user + system)
     return out
 
 
