@@ -401,19 +401,21 @@ def cpu_summary(samples: list[dict], windows: list[dict], window_s: float, cpu_c
     cores during the latency windows whose p99 reached the 100 ms target (``slow``)
     and during the others (``fast``). An interval belongs to the window holding its
     midpoint. Does the latency fail when the box is full? These figures say."""
-    spans = [i for i in cpu_intervals(samples) if i["t"] - i["span_s"] >= 0]
+    spans = [i for i in cpu_intervals(samples) if i["t"] - i["span_s"] / 2 >= 0]
     roles = sorted({r for i in spans for r in i["cores"]})
     busy = {"slow": [], "fast": []}
     slow_windows = 0
     for w in windows:
         if w.get("t") is None or w["t"] < 0 or w.get("p99_ms") is None:
             continue
+        # a window no interval falls in (the drain's tail after the last sample) says nothing
+        during = [i["box"]["busy"] for i in spans
+                  if i["box"] is not None and w["t"] <= i["t"] - i["span_s"] / 2 < w["t"] + window_s]
+        if not during:
+            continue
         slow = w["p99_ms"] >= TARGET_P99_MS
         slow_windows += slow
-        for i in spans:
-            mid = i["t"] - i["span_s"] / 2
-            if i["box"] is not None and w["t"] <= mid < w["t"] + window_s:
-                busy["slow" if slow else "fast"].append(i["box"]["busy"])
+        busy["slow" if slow else "fast"].extend(during)
     return {"cpu_count": cpu_count or os.cpu_count(), "intervals": len(spans),
             "roles": {r: _mean([i["cores"][r] for i in spans if r in i["cores"]]) for r in roles},
             "box_busy": _mean([i["box"]["busy"] for i in spans if i["box"]]),
@@ -424,11 +426,11 @@ def cpu_summary(samples: list[dict], windows: list[dict], window_s: float, cpu_c
 def cpu_line(cpu: dict) -> str:
     """The verdict's line for :func:`cpu_summary` (for information, never a failure)."""
     if not cpu.get("intervals") or cpu.get("box_busy") is None:
-        return "cpu (for information)     no CPU readings in the measured period"
+        return f"{'cpu (for information)':<26} no CPU readings in the measured period"
     def cores(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
     roles = ", ".join(f"{r} {cores(c)}" for r, c in cpu["roles"].items())
-    return (f"cpu (for information)     the box busy {cores(cpu['box_busy'])} of {cpu['cpu_count']} cores on "
+    return (f"{'cpu (for information)':<26} the box busy {cores(cpu['box_busy'])} of {cpu['cpu_count']} cores on "
             f"average (steal {cores(cpu['box_steal'])}); {cores(cpu['box_busy_slow'])} during the "
             f"{cpu['slow_windows']} windows with p99 >= {TARGET_P99_MS:.0f} ms, {cores(cpu['box_busy_fast'])} "
             f"during the others; cores per process: {roles}")
@@ -519,14 +521,15 @@ def plot(report: dict, path: Path) -> Path:
     spans = cpu_intervals(samples)
     roles = sorted({r for i in spans for r in i["cores"]})
     if spans and roles:
-        ax.stackplot([i["t"] for i in spans], *[[i["cores"].get(r, 0.0) for i in spans] for r in roles],
+        # each interval drawn at its start, as the latency windows are
+        ax.stackplot([i["t"] - i["span_s"] for i in spans], *[[i["cores"].get(r, 0.0) for i in spans] for r in roles],
                      labels=roles, alpha=0.7)
         boxed = [i for i in spans if i["box"]]
         if boxed:
-            ax.plot([i["t"] for i in boxed], [i["box"]["busy"] for i in boxed], color="black", linewidth=1,
-                    label="the box, busy")
-            ax.plot([i["t"] for i in boxed], [i["box"]["steal"] for i in boxed], color="tab:red", linewidth=1,
-                    linestyle=":", label="the box, steal")
+            ax.plot([i["t"] - i["span_s"] for i in boxed], [i["box"]["busy"] for i in boxed], color="black",
+                    linewidth=1, label="the box, busy")
+            ax.plot([i["t"] - i["span_s"] for i in boxed], [i["box"]["steal"] for i in boxed], color="tab:red",
+                    linewidth=1, linestyle=":", label="the box, steal")
     cpus = (report.get("cpu") or {}).get("cpu_count") or os.cpu_count()
     ax.axhline(cpus, color="grey", linestyle="--", linewidth=1, label=f"{cpus} cores")
     ax.set_ylim(0, cpus * 1.6)  # room for the legend above the stack

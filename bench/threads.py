@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{time.strftime('%H:%M:%S')} {args.seconds:g} s: {sum(used.values()):.3f} cores: "
                   + ", ".join(f"{g} {c:.3f}" for g, c in used.most_common(args.top)), flush=True)
     except FileNotFoundError:
-        print(f"process {args.pid} is gone", file=sys.stderr)
+        print(f"no process {args.pid} (it never ran, or it has ended)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C ends a run of many spans: no traceback
+        return 130
     return 0
 
 

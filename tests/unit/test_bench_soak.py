@@ -392,11 +392,15 @@ def test_cpu_intervals_are_cores_between_consecutive_samples() -> None:
 
 def test_cpu_summary_splits_the_box_by_the_latency_of_its_window() -> None:
     # the box busy 1.0 core during the warm-up (excluded), then 1.9 during the one slow window, 1.2 in the rest
+    # samples a little before each window starts, as a real soak's fall; the interval
+    # from -0.2 to 4.8 s is the measured period's first (its midpoint is past 0)
     busy, samples = 0.0, []
     for t in range(-10, 31, 5):
-        samples.append(_cpu_sample(t, t * 0.5, busy))
+        samples.append(_cpu_sample(t - 0.2, (t - 0.2) * 0.5, busy))
         busy += 5 * (1.0 if t < 0 else 1.9 if 10 <= t < 15 else 1.2)
-    windows = [{"t": float(t), "p99_ms": 180 if t == 10 else 40} for t in range(-10, 30, 5)]
+    # the window at 30 s is the drain's tail, after the last sample: slow, but no CPU
+    # interval falls in it, so it is not counted
+    windows = [{"t": float(t), "p99_ms": 180 if t in (10, 30) else 40} for t in range(-10, 35, 5)]
     got = soak.cpu_summary(samples, windows, 5, cpu_count=2)
     assert got["intervals"] == 6  # 0..30 s: the warm-up's two intervals are left out
     assert got["slow_windows"] == 1

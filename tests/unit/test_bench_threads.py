@@ -61,3 +61,12 @@ def test_a_busy_thread_of_this_process_shows(capsys) -> None:
     total = float(out.split(" s: ", 1)[1].split(" cores:", 1)[0])
     assert total > 0.05, out
     assert main(["999999999", "--seconds", "0.1"]) == 1  # no such process: a message, status 1
+
+
+def test_ctrl_c_ends_a_run_without_a_traceback(monkeypatch, capsys) -> None:
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.threads.time.sleep", interrupted)
+    assert main([str(os.getpid()), "--seconds", "50", "--times", "12"]) == 130
+    assert capsys.readouterr().err == ""
