@@ -24,8 +24,8 @@ from agents.faults import FaultInjector, FaultSpec, LiveFaults
 from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import records_of
-from agents.plumbing import (STAGE_BUCKETS, SideConsumer, check_topics, claim_data_dir, claim_domain, faust_settings,
-                             observe_many, run_worker, worker_settings)
+from agents.plumbing import (STAGE_BUCKETS, ConfirmedOffsets, SideConsumer, check_topics, claim_data_dir, claim_domain,
+                             faust_settings, observe_many, run_worker, worker_settings)
 from agents.usher import Usher
 from app.kafka_config import client_kwargs
 from agents.worker import adopt_settings, new_app, serve_metrics
@@ -195,32 +195,26 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         if again:
             app.consumer.pause_partitions(again)
 
-    confirmed: dict[int, int] = {}  # partition -> committed offset as Kafka reports it
-
     def committed(partition: int) -> int:
         # Where a replay after a crash would start: the lower of what Faust believes
         # it committed and what Kafka confirms. Faust advances its own figure even
         # when a commit fails (during a rebalance), and the Warden must never collect
         # a version that a replay will still look for.
         believed = app.consumer._committed_offset.get(TP(settings.input_topic, partition))
-        return min(believed or 0, confirmed.get(partition, 0))
+        return min(believed or 0, confirmed.get(partition))
 
     # a group member in name only: it never joins, it only fetches offsets
-    offsets_reader = SideConsumer(app, **client_kwargs(settings, f"instance-{instance_id}", "consumer",
-                                  bootstrap_servers=settings.kafka_bootstrap,
-                                  group_id=settings.app_id(instance_id), enable_auto_commit=False,
-                                  isolation_level=ISOLATION_LEVEL))
+    confirmed = ConfirmedOffsets(SideConsumer(app, **client_kwargs(settings, f"instance-{instance_id}", "consumer",
+                                                                   bootstrap_servers=settings.kafka_bootstrap,
+                                                                   group_id=settings.app_id(instance_id),
+                                                                   enable_auto_commit=False,
+                                                                   isolation_level=ISOLATION_LEVEL)),
+                                 settings.input_topic)
 
     @app.timer(settings.commit_check_interval_ms / 1000)
     async def confirm_committed() -> None:
-        if not processed or offsets_reader.closed:
-            return
-        from aiokafka import TopicPartition
-
-        async with offsets_reader.use() as reader:
-            for partition in sorted(processed):
-                offset = await reader.committed(TopicPartition(settings.input_topic, partition))
-                confirmed[partition] = offset or 0
+        if processed and not confirmed.side.closed:
+            await confirmed.refresh(processed)
 
     # partition -> stream items of a partition blocked at an activation this worker
     # cannot follow (app/versions.py): never acknowledged, so nothing past the

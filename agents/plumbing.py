@@ -2,7 +2,8 @@
 share: the Faust configuration of every docket app (:func:`faust_settings`), running its
 worker (:func:`run_worker`), the start-up check of Kafka and the topics
 (:func:`check_topics`), the Kafka consumer a worker keeps beside Faust's
-(:class:`SideConsumer`), and the stage histograms' buckets and batched observations
+(:class:`SideConsumer`) and an instance's reading of its committed offsets with it
+(:class:`ConfirmedOffsets`), and the stage histograms' buckets and batched observations
 (:data:`STAGE_BUCKETS`, :func:`observe_many`, :class:`HistogramBatch`). The Faust app and
 worker classes themselves are agents/worker.py.
 """
@@ -13,7 +14,9 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,6 +106,63 @@ class SideConsumer:
 
     async def _on_shutdown(self, _app, **_kwargs) -> None:
         await self.close()
+
+
+log = logging.getLogger("docket.plumbing")
+
+
+class ConfirmedOffsets:
+    """The offsets of ``topic``'s partitions that Kafka confirms as committed for the
+    side consumer's group, read with ``side`` (a :class:`SideConsumer`): the bound of the
+    Warden's collection (specs/failure-modes.allium CommitFailedDuringRebalance).
+
+    Kafka out of reach (specs/failure-modes.allium CommittedOffsetsUnreadable): a
+    :meth:`refresh` that cannot read them leaves every figure as it was (never higher
+    than what Kafka last confirmed, so the Warden keeps what a replay may need), logs
+    one WARNING per outage and one when they are read again, and is not tried again
+    for ``retry_ms`` (ms) of the monotonic clock: it never raises, so the worker's
+    timer never crashes it. (It crashed it until 2026-12-04: the side consumer's
+    first start, in aiokafka's bootstrap, raised KafkaConnectionError out of the
+    timer, and Faust crashed the whole worker on it.)"""
+
+    def __init__(self, side: SideConsumer, topic: str, retry_ms: int = 1000) -> None:
+        self.side = side
+        self.topic = topic
+        self.retry_ms = retry_ms
+        self.offsets: dict[int, int] = {}  # partition -> offset Kafka confirms committed
+        self.unreachable: BaseException | None = None  # the first error of the outage in progress
+        self._next_try = 0.0  # time.monotonic() s
+
+    def get(self, partition: int) -> int:
+        """The confirmed committed offset of ``partition``; 0 when none was read yet."""
+        return self.offsets.get(partition, 0)
+
+    async def refresh(self, partitions) -> bool:
+        """Read the committed offsets of ``partitions`` (ints) from Kafka; True when every
+        one was read, False when Kafka could not be reached (or this is within
+        ``retry_ms`` of such a failure)."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError
+
+        if self.unreachable is not None and time.monotonic() < self._next_try:
+            return False
+        try:
+            async with self.side.use() as reader:
+                for partition in sorted(partitions):
+                    offset = await reader.committed(TopicPartition(self.topic, partition))
+                    self.offsets[partition] = offset or 0
+        except KafkaError as exc:
+            if self.unreachable is None:
+                log.warning("could not read the committed offsets of %s from Kafka (%r): the Warden keeps every "
+                            "version above the offsets last confirmed, and this worker tries again every %d ms; "
+                            "check that Kafka is reachable", self.topic, exc, self.retry_ms)
+                self.unreachable = exc
+            self._next_try = time.monotonic() + self.retry_ms / 1000
+            return False
+        if self.unreachable is not None:
+            log.warning("the committed offsets of %s are read from Kafka again", self.topic)
+            self.unreachable = None
+        return True
 
 
 class HistogramBatch:

@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk reports it"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
-    Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them)"),
+    Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
     Setting("DOCKET_BATCH_SIZE", "256", "most records a worker takes as one batch: an instance's input records of one partition, the Clerk's copy records"),
     Setting("DOCKET_CACHE_CAPACITY", "100000", "entities the Registrar keeps in memory per worker"),
