@@ -117,18 +117,22 @@ class ConfirmedOffsets:
     Warden's collection (specs/failure-modes.allium CommitFailedDuringRebalance).
 
     Kafka out of reach (specs/failure-modes.allium CommittedOffsetsUnreadable): a
-    :meth:`refresh` that cannot read them leaves every figure as it was (never higher
-    than what Kafka last confirmed, so the Warden keeps what a replay may need), logs
-    one WARNING per outage and one when they are read again, and is not tried again
-    for ``retry_ms`` (ms) of the monotonic clock: it never raises, so the worker's
-    timer never crashes it. (It crashed it until 2026-12-04: the side consumer's
+    :meth:`refresh` that cannot read them, because the consumer cannot connect or
+    because the read has not finished within ``timeout_ms`` (aiokafka waits for a lost
+    group coordinator for as long as it is away), leaves every figure as it was (never
+    higher than what Kafka last confirmed, so the Warden keeps what a replay may need),
+    logs one WARNING per outage and one when they are read again, and is not tried again
+    for ``retry_ms`` (ms) of the monotonic clock: it never raises, so the worker's timer
+    never crashes it. ``timeout_ms`` is generous (10 s): a read normally takes a few ms,
+    and reads that time out on a merely busy worker would stop the Warden collecting. (It crashed it until 2026-12-04: the side consumer's
     first start, in aiokafka's bootstrap, raised KafkaConnectionError out of the
     timer, and Faust crashed the whole worker on it.)"""
 
-    def __init__(self, side: SideConsumer, topic: str, retry_ms: int = 1000) -> None:
+    def __init__(self, side: SideConsumer, topic: str, retry_ms: int = 1000, timeout_ms: int = 10_000) -> None:
         self.side = side
         self.topic = topic
         self.retry_ms = retry_ms
+        self.timeout_ms = timeout_ms
         self.offsets: dict[int, int] = {}  # partition -> offset Kafka confirms committed
         self.unreachable: BaseException | None = None  # the first error of the outage in progress
         self._next_try = 0.0  # time.monotonic() s
@@ -146,12 +150,18 @@ class ConfirmedOffsets:
 
         if self.unreachable is not None and time.monotonic() < self._next_try:
             return False
-        try:
+
+        async def read() -> None:
             async with self.side.use() as reader:
                 for partition in sorted(partitions):
                     offset = await reader.committed(TopicPartition(self.topic, partition))
                     self.offsets[partition] = offset or 0
-        except KafkaError as exc:
+
+        try:
+            await asyncio.wait_for(read(), self.timeout_ms / 1000)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError):
+                exc = asyncio.TimeoutError(f"no answer within {self.timeout_ms:,} ms")
             if self.unreachable is None:
                 log.warning("could not read the committed offsets of %s from Kafka (%r): the Warden keeps every "
                             "version above the offsets last confirmed, and this worker tries again every %d ms; "

@@ -106,3 +106,33 @@ def test_reading_again_after_an_outage_updates_every_partition_and_says_so(caplo
     assert confirmed.offsets == {0: 51, 1: 0}
     assert confirmed.unreachable is None
     assert [r.getMessage() for r in caplog.records] == [f"the committed offsets of {TOPIC} are read from Kafka again"]
+
+
+class _CoordinatorAway:
+    """A consumer whose group coordinator is gone: aiokafka's committed() waits for it for
+    as long as it is away (seen with the broker stopped under `make run`: 41 s)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.answered = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def use(self):
+        yield self
+
+    async def committed(self, tp) -> int:
+        await self.answered.wait()
+        return 99
+
+
+def test_a_read_that_does_not_answer_within_timeout_ms_counts_as_kafka_out_of_reach(caplog) -> None:
+    """CommittedOffsetsUnreadable: a read-back that blocks (the coordinator lost) ends after
+    timeout_ms with the offsets as they were and the outage's one WARNING, so the timer
+    does not hang for the whole outage and the log says why the Warden holds more."""
+    confirmed = ConfirmedOffsets(_CoordinatorAway(), TOPIC, retry_ms=0, timeout_ms=50)
+    confirmed.offsets = {3: 12}
+    with caplog.at_level(logging.WARNING, logger="docket.plumbing"):
+        assert asyncio.run(confirmed.refresh([3])) is False
+    assert confirmed.offsets == {3: 12}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "no answer within 50 ms" in warnings[0], warnings
