@@ -379,7 +379,7 @@ async def post_event(request: web.Request) -> web.Response:
         if exc.accepted is False:
             message = f"the request was not accepted: {exc}"
         else:
-            message = f"the request was probably not accepted: {exc}"
+            message = f"the outcome of the request is unknown: {exc}"
         raise ApiError(503, "kafka_unavailable", message, headers={"Retry-After": "5"}) from None
     request.app[METRICS].observe_submission(sub)
     response = submission_response(sub, int(wait_s * 1000))

@@ -13,9 +13,9 @@ other's entities.
 Requests with one affinity key are sent in workload order, one at a time (the order the
 workload was designed in: a transfer that drains an entity, then one that would need
 the drained amount); different affinity keys go in parallel, at most ``--concurrency``
-requests in flight. A request that fails in transit, or that the API refuses with 503
-("not accepted"), is sent again with the same key: that is what idempotency keys are
-for. An answer 202 (undecided at the API's timeout) is polled until decided.
+requests in flight. A request that fails in transit, or that the API answers 503
+("not accepted", or its outcome unknown), is sent again with the same key at once, well
+within the idempotency TTL: that is what idempotency keys are for. An answer 202 (undecided at the API's timeout) is polled until decided.
 
 The check uses only what the API says: it reads every entity the run's events name from
 ``GET /v1/entities/{type}/{id}`` (once each entity has reached the highest version an
@@ -166,7 +166,7 @@ class Demo:
                         continue
                     t.errors[type(exc).__name__] += 1
                     return
-                if status == 503 and attempts < 5:  # not accepted: safe to send again
+                if status == 503 and attempts < 5:  # not accepted or unknown: the same key is safe
                     t.resent += 1
                     await asyncio.sleep(0.5 * attempts)  # back-off before sending again
                     continue

@@ -228,7 +228,9 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                 "422": _error("the Idempotency-Key was used for a different request"),
                 "502": _error("the instances disagreed on this event: a fault was detected and no outcome "
                               "was published"),
-                "503": _error("Kafka is unreachable: the event was not accepted", _RETRY_AFTER),
+                "503": _error("Kafka is unreachable: the event was not accepted; or Kafka did not acknowledge it in "
+                               "time and its outcome is unknown (`message` says which): retry with the same "
+                               "Idempotency-Key within the idempotency TTL", _RETRY_AFTER),
             },
         }},
         "/v1/events/{idempotency_key}": {"get": {

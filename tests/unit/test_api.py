@@ -776,6 +776,37 @@ async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) 
     assert headers["Retry-After"] == "5"
 
 
+async def test_event_kafka_does_not_acknowledge_in_time_is_503_with_its_outcome_unknown(settings) -> None:
+    """ApiReportsKafkaUnavailable: a produce that Kafka does not acknowledge within the
+    produce timeout (a broker that hangs rather than refuses) is 503 whose message says
+    the outcome is unknown, not that the event was not accepted (a fresh-clone user check
+    saw 81 of 81 such events applied), and how to retry safely: the same key within the
+    idempotency TTL."""
+
+    class Hanging:
+        sent = 0
+
+        async def send(self, *_args):
+            self.sent += 1
+            await asyncio.Event().wait()  # the broker never answers
+
+    class Connected(DocketClient):
+        @property
+        def connected(self) -> bool:
+            return True
+
+    client = Connected(settings, produce_timeout_ms=50)
+    client._outbox = outbox = Hanging()
+    async with TestClient(TestServer(create_app(settings, client, connect=False))) as tc:
+        status, headers, body = await post(tc, adjust())
+    assert outbox.sent == 1
+    assert status == 503 and body["error"] == "kafka_unavailable" and headers["Retry-After"] == "5"
+    message = body["message"]
+    assert message.startswith("the outcome of the request is unknown: Kafka did not acknowledge the event within 50 ms")
+    assert "may have been accepted and applied" in message and "not accepted" not in message
+    assert f"same idempotency key within {settings.idempotency_ttl_ms:,} ms (DOCKET_IDEMPOTENCY_TTL_MS)" in message
+
+
 async def test_key_known_on_another_partition_is_422_before_producing(http, settings) -> None:
     """ApiRefusesKeyReusedAcrossPartitions: a key's requests all route to one
     partition, whose Warden alone remembers it: a key reused for an event that routes
