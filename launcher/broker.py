@@ -51,6 +51,10 @@ CONFIG_FILE = "server.properties"
 LOG4J_FILE = "log4j2.properties"
 LOG_FILE = "broker.log"
 PID_FILE = "broker.pid"
+# The pid of a broker started in the background (`docket broker start`), as against one
+# in the foreground under `docket broker run` (a stack's): `make run` uses the first as
+# it is and starts no broker of its own (launcher/stack.py stack_kafka).
+BACKGROUND_FILE = "broker.background"
 
 NEED_JAVA = (
     "docket needs Java {min}+ to run the local Kafka broker "
@@ -382,6 +386,18 @@ def running_pid(broker_dir: Path) -> int | None:
     return None
 
 
+def background_pid(broker_dir: Path) -> int | None:
+    """pid of the broker of broker_dir if it runs and was started in the background
+    (:func:`start_broker`: `docket broker start`, `make broker-start`), not in the
+    foreground by `docket broker run`; None otherwise."""
+    pid = running_pid(broker_dir)
+    try:
+        marked = int((broker_dir / BACKGROUND_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid is not None and pid == marked else None
+
+
 def configured_bootstrap(broker_dir: Path) -> str | None:
     try:
         props = parse_properties((broker_dir / CONFIG_FILE).read_text())
@@ -531,11 +547,13 @@ def start_broker(
         )
     try:
         _write_atomically(broker_dir / PID_FILE, f"{proc.pid}\n")
+        _write_atomically(broker_dir / BACKGROUND_FILE, f"{proc.pid}\n")
         with step(f"Starting Kafka {kafka_version()} on {bootstrap}"):
             _wait_until_ready(proc, bootstrap, began + timeout, log_path, timeout)
     except BaseException:
         _kill(proc)
         (broker_dir / PID_FILE).unlink(missing_ok=True)
+        (broker_dir / BACKGROUND_FILE).unlink(missing_ok=True)
         raise
     # The broker outlives this Popen object on purpose (`docket broker start` returns).
     proc.returncode = 0  # silence "subprocess still running" ResourceWarning at exit
@@ -716,6 +734,7 @@ def stop_broker(broker_dir: Path, timeout: float = 30.0) -> int | None:
         if not _wait_gone(pid, time.monotonic() + 10):
             raise BrokerError(f"broker pid {pid} survived SIGKILL; check it with `ps -p {pid}`")
     (broker_dir / PID_FILE).unlink(missing_ok=True)
+    (broker_dir / BACKGROUND_FILE).unlink(missing_ok=True)
     return pid
 
 

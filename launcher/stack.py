@@ -298,22 +298,32 @@ class StackKafka:
 
 
 def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callable[[int], bool] | None = None,
-                own_broker_runs: Callable[[], bool] | None = None) -> StackKafka:
+                own_broker_runs: Callable[[], bool] | None = None,
+                own_broker_background: Callable[[], bool] | None = None) -> StackKafka:
     """The stack's Kafka: its own broker when DOCKET_KAFKA_BOOTSTRAP is unset (in ``env``)
     or names that broker's address (127.0.0.1 or localhost, DOCKET_BROKER_PORT) while
-    the port is free or held by the broker of DOCKET_BROKER_DIR; the Kafka at
-    DOCKET_KAFKA_BOOTSTRAP otherwise. StackError, saying what to do, when the variable
-    is unset and another process holds the port. ``port_free(port)`` and
-    ``own_broker_runs()`` default to the launcher's checks (tests pass their own)."""
+    the port is free or held by the broker of DOCKET_BROKER_DIR in the foreground (an
+    earlier stack's, still stopping); the broker of DOCKET_BROKER_DIR as it is when it
+    runs in the background (`docket broker start`: the stack neither starts a second
+    one on its directory nor stops it); the Kafka at DOCKET_KAFKA_BOOTSTRAP otherwise.
+    StackError, saying what to do, when the variable is unset and another process holds
+    the port. ``port_free(port)``, ``own_broker_runs()`` and ``own_broker_background()``
+    default to the launcher's checks (tests pass their own)."""
     from launcher import broker as launcher
 
     port_free = port_free or launcher._port_free
     own_broker_runs = own_broker_runs or (lambda: launcher.running_pid(settings.broker_dir) is not None)
+    own_broker_background = own_broker_background or (lambda: launcher.background_pid(settings.broker_dir) is not None)
     port = settings.broker_port
     given = (env.get("DOCKET_KAFKA_BOOTSTRAP") or "").strip()
     local_names = {f"{launcher.HOST}:{port}", f"localhost:{port}"}
     if given and given not in local_names:
         return StackKafka(False, given, f"your Kafka at {given} (DOCKET_KAFKA_BOOTSTRAP); no local broker is started")
+    if own_broker_background():
+        bootstrap = given or f"{launcher.HOST}:{port}"
+        return StackKafka(False, bootstrap, f"the local broker already running on {bootstrap} from "
+                          f"{settings.broker_dir} (`docket broker start`); this stack neither starts nor stops it "
+                          "(`docket broker stop` does)")
     if port_free(port) or own_broker_runs():
         return StackKafka(True, f"{launcher.HOST}:{port}", f"a local broker on {launcher.HOST}:{port}, data in "
                           f"{settings.broker_dir}")

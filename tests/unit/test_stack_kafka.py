@@ -27,8 +27,9 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return dataclasses.replace(load(), broker_port=19092, broker_dir=tmp_path / "broker")
 
 
-def decide(settings, env: dict, *, free: bool, own: bool = False):
-    return stack_kafka(settings, env, port_free=lambda _port: free, own_broker_runs=lambda: own)
+def decide(settings, env: dict, *, free: bool, own: bool = False, background: bool = False):
+    return stack_kafka(settings, env, port_free=lambda _port: free, own_broker_runs=lambda: own or background,
+                       own_broker_background=lambda: background)
 
 
 def test_unset_bootstrap_starts_the_local_broker(settings) -> None:
@@ -56,6 +57,23 @@ def test_bootstrap_on_the_taken_local_port_uses_that_kafka(settings) -> None:
     assert not k.local and "already listening" in k.why
     assert decide(settings, env, free=True).local
     assert not decide(settings, {"DOCKET_KAFKA_BOOTSTRAP": "localhost:19092"}, free=False).local
+
+
+def test_a_background_broker_of_the_broker_dir_is_used_as_it_is(settings) -> None:
+    """StackUsesTheBackgroundBroker: the broker of DOCKET_BROKER_DIR started in the
+    background (`docket broker start`) is used, whether DOCKET_KAFKA_BOOTSTRAP is unset or
+    names it: no second broker on its directory, and the banner says the stack leaves it
+    running; one in the foreground (an earlier stack's `broker run`, still stopping) is
+    not: the stack's own broker waits for it to go."""
+    for env in ({}, {"DOCKET_KAFKA_BOOTSTRAP": f"{HOST}:19092"}, {"DOCKET_KAFKA_BOOTSTRAP": "localhost:19092"}):
+        k = decide(settings, env, free=False, background=True)
+        assert not k.local, env
+        assert k.bootstrap == (env.get("DOCKET_KAFKA_BOOTSTRAP") or f"{HOST}:19092")
+        assert "already running" in k.why and "`docket broker start`" in k.why and "neither starts nor stops" in k.why
+    assert decide(settings, {}, free=False, own=True).local
+    # a bootstrap elsewhere wins over the local broker, whatever runs
+    assert decide(settings, {"DOCKET_KAFKA_BOOTSTRAP": "kafka.example:9093"}, free=False,
+                  background=True).bootstrap == "kafka.example:9093"
 
 
 def test_taken_port_without_bootstrap_says_what_to_do(settings) -> None:
