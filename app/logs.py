@@ -59,7 +59,9 @@ class RepeatFilter(logging.Filter):
     """Thins out a Kafka client's repeated complaints: of the records of one logger
     under ``prefixes`` with one message template and level, the first in each
     ``window_s`` (seconds, by the records' own times) passes and the rest are counted;
-    the first after the window says how many were left out. With its broker gone,
+    the first after the window says how many were left out and over how long, from the
+    first left out to the last (not "in the window before": they may be minutes old by
+    the time the next one passes, as after an outage that ended). With its broker gone,
     aiokafka retries in a tight loop and logged "Unable connect to node with id 1"
     3,000-8,000 times a second per worker (9-31 MB of log in half a minute, found
     with the fault console's broker stop)."""
@@ -68,19 +70,21 @@ class RepeatFilter(logging.Filter):
         super().__init__()
         self.prefixes = prefixes
         self.window_s = window_s
-        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # key -> (window start, left out)
+        # key -> (window start, left out, first and last left out: LogRecord.created s)
+        self._seen: dict[tuple[str, int, str], tuple[float, int, float, float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self.prefixes):
             return True
         key = (record.name, record.levelno, str(record.msg))
-        began, left_out = self._seen.get(key, (None, 0))
+        began, left_out, first, last = self._seen.get(key, (None, 0, 0.0, 0.0))
         if began is not None and record.created - began < self.window_s:
-            self._seen[key] = (began, left_out + 1)
+            self._seen[key] = (began, left_out + 1, first if left_out else record.created, record.created)
             return False
         if left_out:
-            record.msg = f"{record.msg} [{left_out} more like this in the {self.window_s:g} s before, left out]"
-        self._seen[key] = (record.created, 0)
+            record.msg = (f"{record.msg} [{left_out} more like this left out, over {last - first:.1f} s ending "
+                          f"{record.created - last:.1f} s before this one]")
+        self._seen[key] = (record.created, 0, 0.0, 0.0)
         return True
 
 

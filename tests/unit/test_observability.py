@@ -242,8 +242,10 @@ def test_faust_sensors_on_metrics_page_served(settings, tmp_path) -> None:
 def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     """ProcessLogsInOneFormat: the handler of every docket process lets through, per
     Kafka-client logger, message template and level, the first record of each 10 s and
-    counts the rest, which the next one that passes names; docket's own records all
-    pass (aiokafka logged thousands of lines a second per worker with its broker gone)."""
+    counts the rest, which the next one that passes names with the span they covered and
+    how long ago it ended (not "in the 10 s before": a fresh-clone user check saw a count
+    from an outage that had ended a minute earlier); docket's own records all pass
+    (aiokafka logged thousands of lines a second per worker with its broker gone)."""
     config = logs.logging_config("info", "text")
     configurator = logging.config.DictConfigurator(config)
     repeats = configurator.configure_filter(config["filters"]["repeats"])
@@ -257,8 +259,8 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
 
     passed = [rec for rec in (record("aiokafka", 100.0 + i / 1000) for i in range(5000)) if repeats.filter(rec)]
     assert len(passed) == 1
-    later = record("aiokafka", 110.5, node=2)
+    later = record("aiokafka", 170.0, node=2)  # the outage ended at 105 s
     assert repeats.filter(later)
     assert later.getMessage() == ("Unable connect to node with id 2: refused "
-                                  "[4999 more like this in the 10 s before, left out]")
+                                  "[4999 more like this left out, over 5.0 s ending 65.0 s before this one]")
     assert all(repeats.filter(record("docket.instance", 110.6)) for _ in range(3))
