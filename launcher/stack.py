@@ -574,7 +574,8 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 return
             text, code = STOP_CAUSES[self.cause]
             what = text.format(terminal=watch.name if watch is not None else "")
-            self._system_print(f"{what}: stopping the components, then {', '.join(last)}\n")
+            then = f", then {', '.join(last)}" if last else ""
+            self._system_print(f"{what}: stopping the components{then}\n")
             self.returncode = code
             self.requested = True
             self.terminate()
@@ -642,7 +643,9 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_
     printer = Printer(output, colour=colour, prefix=True)
     output.on_switch = lambda: setattr(printer, "colour", False)
     watch = TerminalWatch()
-    manager = ordered_manager(printer=printer, watch=watch, grace_s=grace_s)
+    # with your own Kafka the Procfile's broker is skipped, and the stop names none
+    manager = ordered_manager(last=tuple(n for n in ("broker",) if n in processes), printer=printer, watch=watch,
+                              grace_s=grace_s)
     for p in expand_processes(processes, env=None):
         manager.add_process(p.name, p.cmd, quiet=p.quiet, env={**env, **p.env}, cwd=str(procfile.parent))
     try:

@@ -215,16 +215,17 @@ class FileStack:
 
 
 @contextlib.contextmanager
-def stack_run_to_file(stack_dir: Path, env: dict[str, str]) -> Iterator[FileStack]:
-    """Start `stack run` on the stand-ins with ``env``, wait until both run, and yield;
-    on the way out anything still running is killed."""
+def stack_run_to_file(stack_dir: Path, env: dict[str, str],
+                      expect: tuple[str, ...] = ("app", "broker")) -> Iterator[FileStack]:
+    """Start `stack run` on the stand-ins with ``env``, wait until those in ``expect`` run,
+    and yield; on the way out anything still running is killed."""
     out_path = stack_dir / "out.log"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(stack_run_argv(stack_dir), cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     run = FileStack(proc, out_path, {})
     try:
-        wait_until(lambda: "app: running" in run.text() and "broker: running" in run.text(), DEADLINE_S,
+        wait_until(lambda: all(f"{name}: running" in run.text() for name in expect), DEADLINE_S,
                    "stand-ins running", run.text)
         run.pids.update(started_pids(run.text()))
         yield run
@@ -247,6 +248,21 @@ def test_sighup_to_stack_run_alone_stops_like_ctrl_c(stack_dir: Path) -> None:
         assert_ordered_clean_stop(run.text(), "SIGHUP received")
         assert not any(members_of_group(p) for p in run.pids.values()) or sys.platform != "linux"
         assert not (stack_dir / "var" / STACK_LOG).exists()
+
+
+def test_with_your_kafka_the_stop_names_no_broker(stack_dir: Path) -> None:
+    """StackStopsOnSignal, StackUsesYourKafka: with DOCKET_KAFKA_BOOTSTRAP elsewhere the
+    Procfile's broker is not run, so the stop line says "stopping the components" and no
+    more (it said ", then broker": a fresh-clone user check), and `stack run` exits 0."""
+    env = {**stack_env(stack_dir), "DOCKET_KAFKA_BOOTSTRAP": "kafka.example:9093"}
+    with stack_run_to_file(stack_dir, env, expect=("app",)) as run:
+        run.proc.send_signal(signal.SIGHUP)
+        assert run.proc.wait(timeout=DEADLINE_S) == 0, run.text()
+        text = run.text()
+    assert "SIGHUP received: stopping the components\n" in text, text
+    assert "then broker" not in text and "broker.1" not in text, text
+    assert re.findall(r"\| (sending SIG\w+ to \S+\.1|\S+\.1 stopped \(rc=-?\d+\))", text) == [
+        "sending SIGTERM to app.1", "app.1 stopped (rc=0)"], text
 
 
 def test_later_signals_start_nothing_and_log_nothing(stack_dir: Path) -> None:
