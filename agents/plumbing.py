@@ -25,6 +25,7 @@ import faust
 from prometheus_client import Histogram
 
 from agents.worker import DocketWorker, web_host
+from app import metadata_backoff
 from app.faust_tuning import tune_worker_consumer
 from app.event_loop import install as install_event_loop
 from app.settings import Settings, load
@@ -219,6 +220,7 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None, com
     from app.kafka_config import _connection, faust_kwargs
 
     tune_worker_consumer(settings.fetch_max_wait_ms)
+    metadata_backoff.install()
     return dict(
         **faust_kwargs(settings, component),
         broker=f"kafka://{settings.kafka_bootstrap}",

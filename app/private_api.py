@@ -49,6 +49,8 @@ PRIVATE_API: tuple[tuple[str, str, str, str], ...] = (
     ("aiokafka", "aiokafka.admin.client:AIOKafkaAdminClient", "_client", "launcher/stack.py group_states (._client.send)"),
     ("aiokafka", "aiokafka.client:AIOKafkaClient", "fetch_all_metadata", "chaos/replay.py _partitions"),
     ("aiokafka", "aiokafka.client:AIOKafkaClient", "_conns", "app/client.py _kafka_connected"),
+    ("aiokafka", "aiokafka.client:AIOKafkaClient", "_metadata_update", "app/metadata_backoff.py (wrapped)"),
+    ("aiokafka", "aiokafka.client:AIOKafkaClient", "_retry_backoff", "app/metadata_backoff.py"),
     ("aiokafka", "aiokafka.producer.producer:AIOKafkaProducer", "_message_accumulator", "app/batching.py send_batched"),
     ("aiokafka", "aiokafka.producer.producer:AIOKafkaProducer", "_request_timeout_ms", "app/batching.py send_batched"),
     ("aiokafka", "aiokafka.producer.message_accumulator:MessageAccumulator", "_batches",
