@@ -124,10 +124,11 @@ class ConfirmedOffsets:
     higher than what Kafka last confirmed, so the Warden keeps what a replay may need),
     logs one WARNING per outage and one when they are read again, and is not tried again
     for ``retry_ms`` (ms) of the monotonic clock: it never raises, so the worker's timer
-    never crashes it. ``timeout_ms`` is generous (10 s): a read normally takes a few ms,
-    and reads that time out on a merely busy worker would stop the Warden collecting. (It crashed it until 2026-12-04: the side consumer's
-    first start, in aiokafka's bootstrap, raised KafkaConnectionError out of the
-    timer, and Faust crashed the whole worker on it.)"""
+    never crashes it (until 2026-12-04 it did: the side consumer's first start, in
+    aiokafka's bootstrap, raised KafkaConnectionError out of the timer, and Faust crashed
+    the whole worker on it). ``timeout_ms`` is generous (10 s): a read normally takes a
+    few ms, and reads that time out on a merely busy worker would stop the Warden
+    collecting."""
 
     def __init__(self, side: SideConsumer, topic: str, retry_ms: int = 1000, timeout_ms: int = 10_000) -> None:
         self.side = side
@@ -165,8 +166,8 @@ class ConfirmedOffsets:
                 exc = asyncio.TimeoutError(f"no answer within {self.timeout_ms:,} ms")
             if self.unreachable is None:
                 log.warning("could not read the committed offsets of %s from Kafka (%r): the Warden keeps every "
-                            "version above the offsets last confirmed, and this worker tries again every %d ms; "
-                            "check that Kafka is reachable", self.topic, exc, self.retry_ms)
+                            "version above the offsets last confirmed, and this worker tries again at its next "
+                            "check; check that Kafka is reachable", self.topic, exc)
                 self.unreachable = exc
             self._next_try = time.monotonic() + self.retry_ms / 1000
             return False

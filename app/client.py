@@ -363,11 +363,10 @@ class DocketClient:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         from app import metadata_backoff
-
-        metadata_backoff.install()
-
         from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
         from app.topics import broker_time_problem, partition_counts, timestamp_types
+
+        metadata_backoff.install()
 
         s = self.settings
         try:

@@ -15,7 +15,8 @@ workload was designed in: a transfer that drains an entity, then one that would 
 the drained amount); different affinity keys go in parallel, at most ``--concurrency``
 requests in flight. A request that fails in transit, or that the API answers 503
 ("not accepted", or its outcome unknown), is sent again with the same key at once, well
-within the idempotency TTL: that is what idempotency keys are for. An answer 202 (undecided at the API's timeout) is polled until decided.
+within the idempotency TTL: that is what idempotency keys are for. An answer 202
+(undecided at the API's timeout) is polled until decided.
 
 The check uses only what the API says: it reads every entity the run's events name from
 ``GET /v1/entities/{type}/{id}`` (once each entity has reached the highest version an
