@@ -386,8 +386,11 @@ class ClerkCore:
         value = raw[:-1] + b"," + extra[1:]
         ikey = body["idempotency_key"]
         position = body["input"]
-        entities = tuple((ent["key"], ent["state"], ent["version"], position)
-                         for ent in body["outcome"]["entities"])
+        # a duplicate's outcome is the original's: its entity states may be stale by
+        # now, and on the compacted entities topic they would outlive the newer ones
+        # (specs/clerk.allium ClerkPublishesAgreedEntityStates)
+        entities = () if body["duplicate_of"] is not None else tuple(
+            (ent["key"], ent["state"], ent["version"], position) for ent in body["outcome"]["entities"])
         return Publish(partition, pos.offset, None if ikey is None else ikey.encode("utf-8"), value,
                        body["stream_time"], entities)
 

@@ -47,6 +47,26 @@ def test_two_matching_copies_publish_once():
     assert core.decided_below(0) == 1
 
 
+def test_a_duplicates_result_is_published_without_entity_states():
+    """ClerkPublishesAgreedEntityStates: a decided duplicate (duplicate_of set: the Warden
+    recognised the key and the outcome is the original's) publishes its result but
+    queues no entity state, while the original's decision queued its states. Queued, the
+    original's old state would become the entity's last record on the compacted
+    entities topic, and an API started later would serve it."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    (original,) = [a for a in copy(core, "b", 0) if isinstance(a, Publish)]
+    assert [e[0] for e in original.entities] == ["stock:w:s"]
+    replay = orjson.loads(body(7))
+    replay["duplicate_of"] = {"partition": 0, "offset": 0}
+    replay["outcome"] = orjson.loads(body(0))["outcome"]  # the original outcome, unchanged
+    raw = canonical(replay)
+    core.on_copy(0, 7, "a", digest(raw), raw, b"k0")
+    (dup,) = [a for a in core.on_copy(0, 7, "b", digest(raw), raw, b"k0") if isinstance(a, Publish)]
+    assert orjson.loads(dup.value)["duplicate_of"] == {"partition": 0, "offset": 0}
+    assert dup.entities == () and dup.entity_records() == []
+
+
 def test_identical_replayed_copy_is_ignored():
     """ClerkIgnoresIdenticalReplay."""
     core = ClerkCore(("a", "b"), 2)
