@@ -562,7 +562,7 @@ class DocketClient:
         self._check_reuse(skey, home, fp, now)
         if not self.connected:
             raise KafkaUnavailable(
-                f"Kafka at {self.settings.kafka_bootstrap} is unreachable: the event was not accepted"
+                f"Kafka at {self.settings.kafka_bootstrap} is unreachable: nothing was sent"
                 + (f" ({self.last_error})" if self.last_error else ""), accepted=False)
         if self._live(skey, now) is None:
             # provisional owner, so a concurrent request with the same key and another
