@@ -320,7 +320,8 @@ def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callab
     if given and given not in local_names:
         return StackKafka(False, given, f"your Kafka at {given} (DOCKET_KAFKA_BOOTSTRAP); no local broker is started")
     if own_broker_background():
-        bootstrap = given or f"{launcher.HOST}:{port}"
+        # the address it was started with (its config), which DOCKET_BROKER_PORT may no longer name
+        bootstrap = given or launcher.configured_bootstrap(settings.broker_dir) or f"{launcher.HOST}:{port}"
         return StackKafka(False, bootstrap, f"the local broker already running on {bootstrap} from "
                           f"{settings.broker_dir} (`docket broker start`); this stack neither starts nor stops it "
                           "(`docket broker stop` does)")

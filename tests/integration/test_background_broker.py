@@ -19,7 +19,8 @@ from launcher import broker as launcher
 def test_stack_run_uses_the_background_broker_and_leaves_it_running(tmp_path: Path, monkeypatch) -> None:
     """StackUsesTheBackgroundBroker: with a broker of DOCKET_BROKER_DIR started in the
     background, `docket stack run` runs no Procfile ``broker``, hands the components that
-    broker's address, says so in its banner, and leaves it running when it stops."""
+    broker's address (the one it was started on, even with DOCKET_BROKER_PORT changed
+    since), says so in its banner, and leaves it running when it stops."""
     for s in SETTINGS:
         monkeypatch.delenv(s.env, raising=False)
     port = launcher.free_port()
@@ -35,7 +36,7 @@ def test_stack_run_uses_the_background_broker_and_leaves_it_running(tmp_path: Pa
             f"app: exec {py} -c 'import os; print(\"KAFKA=\" + os.environ[\"DOCKET_KAFKA_BOOTSTRAP\"], flush=True)'\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
         env.update({"DOCKET_DATA_ROOT": str(tmp_path / "var"), "DOCKET_API_TOKENS": "stand-in-token",
-                    "DOCKET_BROKER_DIR": str(settings.broker_dir), "DOCKET_BROKER_PORT": str(port),
+                    "DOCKET_BROKER_DIR": str(settings.broker_dir), "DOCKET_BROKER_PORT": str(launcher.free_port()),
                     "PYTHONUNBUFFERED": "1"})
         proc = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "stack", "run",
                                "--procfile", str(procfile)], env=env, capture_output=True, text=True, timeout=60,
