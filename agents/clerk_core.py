@@ -391,8 +391,34 @@ class ClerkCore:
         # (specs/clerk.allium ClerkPublishesAgreedEntityStates)
         entities = () if body["duplicate_of"] is not None else tuple(
             (ent["key"], ent["state"], ent["version"], position) for ent in body["outcome"]["entities"])
+        if entities and st.ranges and st.ranges[-1][1] > pos.offset + 1:
+            # decided after a later position of the partition (more instances than
+            # required): a state that position superseded would outlive it on the
+            # compacted topic
+            entities = self._not_superseded(st, pos.offset, entities)
         return Publish(partition, pos.offset, None if ikey is None else ikey.encode("utf-8"), value,
                        body["stream_time"], entities)
+
+    def _not_superseded(self, st: PartitionState, offset: int, entities: tuple) -> tuple:
+        """``entities`` (key, state, version, input) of the decision at ``offset`` less
+        any a decided position above it changed to a higher version
+        (specs/clerk.allium ClerkPublishesAgreedEntityStates). Runs only for a
+        decision made out of offset order; scans the positions held above it. A
+        position restored as finished at a restart has no body to look at: its
+        entities are not known, and nothing is dropped for it."""
+        newer: dict[str, int] = {}
+        for q, later in st.positions.items():
+            if q <= offset or later.decided is None:
+                continue
+            decided = later.parsed.get(later.decided)
+            if decided is None:
+                decided = orjson.loads(later.bodies[later.decided])
+            if decided["duplicate_of"] is not None:
+                continue
+            for ent in decided["outcome"]["entities"]:
+                if ent["version"] > newer.get(ent["key"], -1):
+                    newer[ent["key"]] = ent["version"]
+        return tuple(e for e in entities if newer.get(e[0], -1) < e[2])
 
     def _report(self, st, partition, pos: Position, cause: str, extra=None) -> Report:
         if cause == "mismatch" and len(copy_versions(pos)) > 1:

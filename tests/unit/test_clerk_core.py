@@ -115,6 +115,49 @@ def test_three_instances_first_two_matching_decide_and_the_odd_one_is_reported()
     copy(core, "b", 1)
 
 
+def _versioned(offset: int, quantity: int, version: int) -> bytes:
+    return canonical({"input": {"partition": 0, "offset": offset}, "idempotency_key": f"k{offset}",
+                      "event_name": "stock.adjust", "domain_version": "inventory/1", "duplicate_of": None,
+                      "stream_time": 1000 + offset,
+                      "outcome": {"status": "applied", "reason": None, "detail": "",
+                                  "entities": [{"key": "stock:w:s", "state": {"quantity": quantity},
+                                                "version": version},
+                                               {"key": f"stock:w:only{offset}", "state": {"quantity": 1},
+                                                "version": 1}]}})
+
+
+def test_a_decision_out_of_offset_order_queues_no_state_a_later_decision_superseded():
+    """ClerkPublishesAgreedEntityStates: with a, b, c and 2 required, offset 0 waits
+    (a and b disagree, c is behind) while offset 1, which changed the same entity to
+    version 2, is decided. When c's copy decides offset 0, its version-1 state of that
+    entity is not queued, or it would be the last record of the key on the compacted
+    entities topic; the state of an entity only offset 0 changed still is."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    good0, bad0, one = _versioned(0, 5, 1), _versioned(0, 6, 1), _versioned(1, 8, 2)
+    send(core, "a", 0, good0)
+    send(core, "b", 0, bad0)
+    send(core, "a", 1, one)
+    (first,) = [a for a in send(core, "b", 1, one) if isinstance(a, Publish)]
+    assert first.offset == 1 and {e[0]: e[2] for e in first.entities} == {"stock:w:s": 2, "stock:w:only1": 1}
+    (late,) = [a for a in send(core, "c", 0, good0) if isinstance(a, Publish)]
+    assert late.offset == 0 and orjson.loads(late.value)["outcome"]["entities"][0]["version"] == 1
+    assert [e[0] for e in late.entities] == ["stock:w:only0"]
+
+
+def test_a_decision_in_offset_order_queues_every_state():
+    """ClerkPublishesAgreedEntityStates: decided in offset order (c's copy of offset 0
+    comes before offset 1 is decided), both decisions queue every entity state."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    good0, bad0, one = _versioned(0, 5, 1), _versioned(0, 6, 1), _versioned(1, 8, 2)
+    send(core, "a", 0, good0)
+    send(core, "b", 0, bad0)
+    (zero,) = [a for a in send(core, "c", 0, good0) if isinstance(a, Publish)]
+    send(core, "a", 1, one)
+    (first,) = [a for a in send(core, "b", 1, one) if isinstance(a, Publish)]
+    assert [e[0] for e in zero.entities] == ["stock:w:s", "stock:w:only0"]
+    assert [e[0] for e in first.entities] == ["stock:w:s", "stock:w:only1"]
+
+
 def test_late_copy_that_disagrees_after_the_decision_is_reported():
     """ClerkComparesLateCopies: a fault is found even after the result was safe."""
     core = ClerkCore(("a", "b", "c"), 2)
