@@ -380,6 +380,7 @@ async def post_event(request: web.Request) -> web.Response:
             message = f"the request was not accepted: {exc}"
         else:
             message = f"the outcome of the request is unknown: {exc}"
+        request.app[METRICS].observe_unavailable(exc.accepted is False, message)
         raise ApiError(503, "kafka_unavailable", message, headers={"Retry-After": "5"}) from None
     request.app[METRICS].observe_submission(sub)
     response = submission_response(sub, int(wait_s * 1000))
@@ -488,14 +489,37 @@ class ApiMetrics:
                            registry=r)
         self.entities = Gauge("docket_api_entities", "entities in the agreed-state view", registry=r)
         self.ready = Gauge("docket_api_ready", "1 when connected to Kafka and caught up", registry=r)
+        # (monotonic s of the first, how many) of the 503 kafka_unavailable answers since
+        # the last acknowledged submission; None when the last one was acknowledged
+        self._unavailable: tuple[float, int] | None = None
 
     def observe_submission(self, sub: Submission) -> None:
+        if self._unavailable:
+            began, count = self._unavailable
+            self._unavailable = None
+            log.warning("Kafka acknowledges submissions again, after %d answered 503 kafka_unavailable over %.1f s",
+                        count, time.monotonic() - began)
         self.wait.observe(sub.waited_s)
         if sub.status == "decided":
             kind = "replay" if sub.replay else sub.result["outcome"]["status"]
         else:
             kind = sub.status
         self.submissions.labels(kind).inc()
+
+    def observe_unavailable(self, not_accepted: bool, message: str) -> None:
+        """A submission answered 503 kafka_unavailable: counted as ``not_accepted`` (Kafka
+        out of reach, nothing sent) or ``outcome_unknown`` (sent, not acknowledged in
+        time). The first of a run of them logs one WARNING with its message; the next
+        acknowledged submission logs how many there were and over how long (seconds), so
+        an outage is two lines however many requests it refuses."""
+        self.submissions.labels("not_accepted" if not_accepted else "outcome_unknown").inc()
+        if self._unavailable is None:
+            self._unavailable = (time.monotonic(), 1)
+            log.warning("answering submissions 503 kafka_unavailable, first: %s. Check that the broker at "
+                        "DOCKET_KAFKA_BOOTSTRAP runs and answers; one line follows when Kafka acknowledges "
+                        "a submission again", message)
+        else:
+            self._unavailable = (self._unavailable[0], self._unavailable[1] + 1)
 
     def refresh(self, client: DocketClient) -> None:
         self.in_flight.set(client.in_flight)

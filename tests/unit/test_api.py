@@ -807,6 +807,53 @@ async def test_event_kafka_does_not_acknowledge_in_time_is_503_with_its_outcome_
     assert f"same idempotency key within {settings.idempotency_ttl_ms:,} ms (DOCKET_IDEMPOTENCY_TTL_MS)" in message
 
 
+async def test_refused_submissions_are_counted_and_an_outage_is_two_log_lines(settings, caplog) -> None:
+    """ApiReportsKafkaUnavailable: every 503 kafka_unavailable counts in
+    docket_api_submissions_total, as not_accepted (nothing sent) or outcome_unknown (not
+    acknowledged in time); a run of them logs one WARNING with the first's message, and
+    the next acknowledged submission one line with how many there were."""
+
+    class Meta:
+        partition, offset, timestamp = 0, 41, 1_000
+
+    class Flaky:
+        hang = True
+
+        async def send(self, *_args):
+            if self.hang:
+                await asyncio.Event().wait()  # the broker never answers
+            return Meta()
+
+    class Connected(DocketClient):
+        up = True
+
+        @property
+        def connected(self) -> bool:
+            return self.up
+
+    client = Connected(settings, produce_timeout_ms=50)
+    client._outbox = outbox = Flaky()
+    caplog.set_level(logging.INFO, logger="docket.api")
+    async with TestClient(TestServer(create_app(settings, client, connect=False))) as tc:
+        for i in range(3):
+            assert (await post(tc, adjust(), key=f"u-{i}"))[0] == 503
+        client.up = False
+        assert (await post(tc, adjust(), key="n-1"))[0] == 503
+        client.up, outbox.hang = True, False
+        status, _, body = await post(tc, adjust(), key="ok-1", headers={"Prefer": "respond-async"})
+        assert status == 202, body
+        page = await (await tc.get("/metrics")).text()
+    counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in page.splitlines()
+              if line.startswith("docket_api_submissions_total{")}
+    assert counts['docket_api_submissions_total{result="outcome_unknown"}'] == 3
+    assert counts['docket_api_submissions_total{result="not_accepted"}'] == 1
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "docket.api"]
+    assert len(lines) == 2, lines
+    assert lines[0][0] == logging.WARNING
+    assert "503 kafka_unavailable, first: the outcome of the request is unknown" in lines[0][1]
+    assert "after 4 answered 503 kafka_unavailable over" in lines[1][1]
+
+
 async def test_key_known_on_another_partition_is_422_before_producing(http, settings) -> None:
     """ApiRefusesKeyReusedAcrossPartitions: a key's requests all route to one
     partition, whose Warden alone remembers it: a key reused for an event that routes
