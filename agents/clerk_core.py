@@ -326,17 +326,30 @@ class ClerkCore:
             return None  # an instance that never advertised holds everything back
         return min(st.watermarks[i] for i in self.instances)
 
+    def _settled(self, st: PartitionState) -> int | None:
+        """The ``required``-th highest watermark: ``required`` instances have emitted
+        every copy below it, so an offset below it that holds no copy of theirs can
+        never be decided (None while fewer than ``required`` have advertised). With
+        every instance required (two of two) it is the lowest watermark."""
+        if len(st.watermarks) < self.required:
+            return None
+        if self.required == len(self.instances):
+            return min(st.watermarks.values())
+        return sorted(st.watermarks.values(), reverse=True)[self.required - 1]
+
     def _advance(self, st: PartitionState) -> None:
-        lowest = self._lowest(st)
+        settled = self._settled(st)
         while True:
             x = st.decided_below
             pos = st.positions.get(x)
             if pos is not None:
                 if not pos.final:
                     break
-            elif x not in st.restored and (lowest is None or x >= lowest):
-                # No copy yet. Below every instance's watermark it never will come:
-                # that offset holds no event (e.g. a transaction marker).
+            elif x not in st.restored and (settled is None or x >= settled):
+                # No copy yet. Below the watermarks of as many instances as a decision
+                # needs, none that could decide it will come: that offset holds no
+                # event (e.g. a transaction marker). Waiting for every instance would
+                # stop the watermark at the first marker while one of three is down.
                 break
             st.restored.pop(x, None)
             st.finished.pop(x, None)
@@ -346,15 +359,18 @@ class ClerkCore:
                     st.ranges.pop(0)
                 else:
                     st.ranges[0][0] = x + 1
-        self._collect(st)
+        self._collect(st, settled)
 
-    def _collect(self, st: PartitionState) -> None:
+    def _collect(self, st: PartitionState, settled: int | None) -> None:
         # Forget finished positions every instance has passed: memory is bounded by
-        # the positions still in flight, not by history.
-        lowest = self._lowest(st)
-        if lowest is None:
+        # the positions still in flight, not by history. An instance more than max_lag
+        # behind (down, or catching up) holds back no more than max_lag of them: its
+        # copies of older ones are then late, counted and not compared.
+        if settled is None:
             return
-        limit = min(lowest, st.decided_below)
+        lowest = self._lowest(st)
+        bound = settled - self.max_lag
+        limit = min(lowest if lowest is not None and lowest > bound else bound, st.decided_below)
         order, positions = st.order, st.positions
         while order and order[0] < limit:
             positions.pop(order.popleft(), None)

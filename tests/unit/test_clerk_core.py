@@ -192,6 +192,78 @@ def test_decided_watermark_advances_in_order_and_skips_offsets_without_events():
     assert core.decided_below(0) == 4
 
 
+def _feed_two_of_three(core, offsets, *, watermark_every=1):
+    """a and b copy and agree on every offset in ``offsets`` and advertise watermarks
+    past it; c (down) sends nothing. Returns the last result record's value."""
+    last = None
+    for i, o in enumerate(offsets):
+        copy(core, "a", o)
+        last = copy(core, "b", o)[0].value
+        if i % watermark_every == watermark_every - 1:
+            core.on_watermark(0, "a", o + 1)
+            core.on_watermark(0, "b", o + 1)
+    return last
+
+
+@pytest.mark.parametrize("c_advertised", [True, False])
+def test_one_of_three_down_holds_at_most_max_lag_finished_positions(c_advertised):
+    """ClerkDropsBelowLowestWatermark: with a, b, c and 2 required, c down for good
+    (it advertised once, or never since this Clerk started) holds back no more than
+    max_lag finished positions; before, every decided position stayed in memory with
+    its bodies (5,000 of 5,000 held, about 5 KB each)."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    if c_advertised:
+        core.on_watermark(0, "c", 0)
+    _feed_two_of_three(core, range(5000), watermark_every=10)
+    assert core.decided_below(0) == 5000
+    assert 100 <= core.pending(0) <= 110, core.pending(0)
+    # c comes back: its copy of a forgotten position is late, counted and not compared
+    assert copy(core, "c", 10, variant=9) == [] and core.counts["late_copies"] == 1
+
+
+def test_an_instance_within_max_lag_still_has_its_late_copies_compared():
+    """ClerkComparesLateCopies: a third instance behind by less than max_lag finds its
+    positions held, so a wrong copy of one already decided is reported."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    core.on_watermark(0, "c", 0)
+    _feed_two_of_three(core, range(90))
+    (rep,) = reports(copy(core, "c", 0, variant=9))
+    assert rep["cause"] == "mismatch" and rep["decided"] == digest(body(0))
+
+
+def test_offsets_without_events_are_passed_once_the_required_instances_passed_them():
+    """ClerkAdvancesDecidedWatermark: input from a transactional producer has a marker
+    at every other offset here. With c down, a and b (as many as a decision needs)
+    passing a marker is enough; before, the decided watermark stopped at the first
+    marker after c's last watermark, every later one split the finished ranges, and each
+    result carried them all (269 KB per record after 20,000 events)."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    core.on_watermark(0, "c", 0)
+    last = None
+    for o in range(0, 4000, 2):
+        copy(core, "a", o)
+        last = copy(core, "b", o)[0].value
+        core.on_watermark(0, "a", o + 2)
+        core.on_watermark(0, "b", o + 2)
+    state = orjson.loads(last)["clerk"]
+    # the record's state is taken as its own decision is made: that one position
+    assert core.decided_below(0) == 4000 and state["finished_ranges"] == [[3998, 3999]]
+    assert len(last) < 1000
+
+
+def test_with_every_instance_required_an_offset_without_copies_waits_for_all():
+    """ClerkAdvancesDecidedWatermark: with three of three required, one instance past
+    an offset without a copy is not enough (as with two of two)."""
+    core = ClerkCore(("a", "b", "c"), 3)
+    for inst in ("a", "b"):
+        copy(core, inst, 0)
+        core.on_watermark(0, inst, 2)
+    copy(core, "c", 0)
+    assert core.decided_below(0) == 1  # c has not passed offset 1
+    core.on_watermark(0, "c", 2)
+    assert core.decided_below(0) == 2
+
+
 def test_finished_positions_are_dropped_below_the_lowest_watermark():
     """ClerkDropsBelowLowestWatermark: memory is bounded by events in flight."""
     core = ClerkCore(("a", "b"), 2)
