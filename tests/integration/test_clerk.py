@@ -30,6 +30,7 @@ from chaos import workload
 from chaos.replay import end_offsets, read_topic, replay
 from launcher.broker import free_port
 from tests.integration.clerk_kit import (
+    CLERK_PARTITIONS,
     DocketProc,
     Paced,
     Position,
@@ -460,6 +461,67 @@ async def test_three_instances_two_required_faulty_c_is_outvoted_and_reported(cl
     print(f"\nclerk, a,b,c with c bitflip 2%, 2 required: {len(injected)} faults ({len(late)} after the decision), "
           f"{len(reports)} reported; "
           f"deciding pairs {counts}; test {time.monotonic() - began:.1f} s")
+
+
+@pytest.mark.parametrize("instances", ["a,b,c"])
+@pytest.mark.parametrize("required_copies", ["2"])
+async def test_three_instances_two_required_c_down_for_good_keeps_the_clerk_bounded(
+        clerk_settings, spawn, monkeypatch) -> None:
+    """Spec rules checked (specs/clerk.allium): ClerkAdvancesDecidedWatermark and
+    ClerkDropsBelowLowestWatermark with a, b, c, 2 required and c never started. The
+    input comes from a transactional producer, so a commit marker follows every
+    partition's records of each transaction. a and b decide every event; the decided
+    watermark passes each marker once a and b have (before: it stopped at the first,
+    and every later marker became a finished range carried by every result record),
+    and the Clerk holds at most DOCKET_MAX_LAG (here 100) decided positions per
+    partition for c (before: every one)."""
+    from aiokafka import AIOKafkaProducer
+
+    s = clerk_settings
+    max_lag, transactions = 100, 300
+    monkeypatch.setenv("DOCKET_MAX_LAG", str(max_lag))
+    insts = start_instances(spawn, "a,b")
+    clerk, port = start_clerk(spawn)
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    procs = [*insts.values(), clerk]
+    records = list(workload.inventory(7, transactions * CLERK_PARTITIONS))
+    txn = AIOKafkaProducer(**client_kwargs(s, "test", "producer", bootstrap_servers=s.kafka_bootstrap,
+                                           transactional_id=f"{s.topic_prefix}-c-down"))
+    expected: set[Position] = set()
+    try:
+        await wait_ready(s, insts, clerk)
+        await txn.start()
+        for t in range(transactions):
+            async with txn.transaction():
+                sent = [await txn.send(s.input_topic, r.value, key=r.key, partition=p)
+                        for p, r in enumerate(records[t * CLERK_PARTITIONS:(t + 1) * CLERK_PARTITIONS])]
+            metas = [await f for f in sent]
+            expected |= {(m.partition, m.offset) for m in metas}
+        await wait_answered(s, expected, results, divergences, procs, 120)
+        bound = CLERK_PARTITIONS * (max_lag + 20)  # + the positions of a copy batch in flight
+        await wait_for(lambda: clerk_metrics(port).get("docket_clerk_pending_positions", 1e9) <= bound, 30,
+                       f"the Clerk to hold at most {bound} positions",
+                       detail=lambda: f"held: {clerk_metrics(port).get('docket_clerk_pending_positions')}")
+    finally:
+        await txn.stop()
+        await results.stop()
+        await divergences.stop()
+    await stop_all(procs)
+    assert not divergences.records, divergences.records[:3]
+    last = {}
+    for r in results.records:
+        if r.partition not in last or r.value["clerk"]["seq"] > last[r.partition].value["clerk"]["seq"]:
+            last[r.partition] = r
+    assert len(last) == CLERK_PARTITIONS
+    for p, r in sorted(last.items()):
+        state = r.value["clerk"]
+        # a marker at every other offset: the decided watermark passes the markers of
+        # a copy batch once its watermark is handled, so the last record's state holds
+        # the batch's own decisions, not one range per transaction since the first
+        # marker (300 here before the fix)
+        assert len(state["finished_ranges"]) <= 20, (p, state)
+        assert state["decided_below"] >= r.value["input"]["offset"] - 40, (p, state)
 
 
 # --------------------------------------------------------------------------- 4
