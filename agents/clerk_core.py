@@ -333,8 +333,6 @@ class ClerkCore:
         every instance required (two of two) it is the lowest watermark."""
         if len(st.watermarks) < self.required:
             return None
-        if self.required == len(self.instances):
-            return min(st.watermarks.values())
         return sorted(st.watermarks.values(), reverse=True)[self.required - 1]
 
     def _advance(self, st: PartitionState) -> None:
