@@ -187,13 +187,32 @@ def stack_groups(settings: Settings) -> list[str]:
     return [settings.app_id(i) for i in settings.instances] + [settings.app_id("clerk")]
 
 
-async def pipeline_ready(settings: Settings) -> bool:
-    """Every instance and the Clerk has a stable consumer group with a member."""
+async def pipeline_members(settings: Settings) -> tuple[list[str], bool]:
+    """(the instances whose consumer group is stable with a member, whether the
+    Clerk's is); ([], False) while Kafka cannot say."""
     try:
         states = await group_states(settings, stack_groups(settings))
     except Exception:  # noqa: BLE001  not reachable, coordinator loading: not ready
-        return False
-    return all(states.get(g, ("", 0))[0] == "Stable" and states[g][1] > 0 for g in stack_groups(settings))
+        return [], False
+
+    def up(group: str) -> bool:
+        return states.get(group, ("", 0))[0] == "Stable" and states[group][1] > 0
+
+    return [i for i in settings.instances if up(settings.app_id(i))], up(settings.app_id("clerk"))
+
+
+def pipeline_is_ready(settings: Settings, members: tuple[list[str], bool]) -> bool:
+    """The pipeline can decide: the Clerk and DOCKET_REQUIRED_COPIES instances are in
+    their consumer groups. An instance of DOCKET_INSTANCES that is not running (more
+    instances than required copies, one stopped or run by hand later) does not hold
+    readiness back: the stack said it was never ready while a and b decided."""
+    running, clerk = members
+    return clerk and len(running) >= settings.required_copies
+
+
+async def pipeline_ready(settings: Settings) -> bool:
+    """:func:`pipeline_is_ready` with the groups' states read from Kafka now."""
+    return pipeline_is_ready(settings, await pipeline_members(settings))
 
 
 # --------------------------------------------------------------------------- token and banner
@@ -768,8 +787,13 @@ def topics_cmd(wait_s: float) -> None:
     base = api_base_url(settings)
     if until(lambda: api_ready(base) and asyncio.run(pipeline_ready(settings)), time.monotonic() + wait_s):
         since = _since_stack_start() or (time.monotonic() - began)
-        click.echo(f"docket is ready in {since:.1f} s: the API answers at {base}, instances and Clerk "
-                   "are in their consumer groups (Ctrl-C stops everything)")
+        running, _clerk = asyncio.run(pipeline_members(settings))
+        missing = [i for i in settings.instances if i not in running]
+        which = ("instances and Clerk are" if not missing else
+                 f"instances {', '.join(running)} and the Clerk are (not {', '.join(missing)}: "
+                 f"{settings.required_copies} matching copies decide)")
+        click.echo(f"docket is ready in {since:.1f} s: the API answers at {base}, {which} in their consumer "
+                   "groups (Ctrl-C stops everything)")
     elif not stopping:
         click.echo(f"warning: the stack was not ready within {wait_s:g} s after the topics (the API at {base} "
                    f"answers /readyz: {api_ready(base)}; instances and Clerk in their consumer groups: "

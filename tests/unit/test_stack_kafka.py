@@ -137,3 +137,23 @@ def test_stack_run_refuses_a_taken_broker_port(tmp_path: Path) -> None:
     assert f"port {port} on {HOST} is already in use" in proc.stderr
     assert f"DOCKET_KAFKA_BOOTSTRAP={HOST}:{port}" in proc.stderr
     assert "BROKER STARTED" not in proc.stdout and "KAFKA=" not in proc.stdout
+
+
+@pytest.mark.parametrize("instances, required, running, clerk, ready", [
+    (("a", "b"), 2, ["a", "b"], True, True),
+    (("a", "b"), 2, ["a"], True, False),
+    (("a", "b"), 2, ["a", "b"], False, False),
+    (("a", "b", "c"), 2, ["a", "b"], True, True),  # c stopped, or run by hand later
+    (("a", "b", "c"), 2, ["c"], True, False),
+    (("a", "b", "c"), 3, ["a", "b"], True, False),
+])
+def test_the_stack_is_ready_once_the_clerk_and_the_required_instances_are(settings, instances, required, running,
+                                                                           clerk, ready) -> None:
+    """StackReportsReady: `docket is ready` once the Clerk and DOCKET_REQUIRED_COPIES
+    instances are in their consumer groups; with a, b, c and 2 required, c not running
+    no longer holds it back (a fresh-clone user check saw the stack never ready while a
+    and b decided)."""
+    from launcher.stack import pipeline_is_ready
+
+    s = dataclasses.replace(settings, instances=instances, required_copies=required)
+    assert pipeline_is_ready(s, (running, clerk)) is ready
