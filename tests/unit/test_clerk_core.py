@@ -654,3 +654,24 @@ def test_copies_judged_by_different_versions_are_a_version_mismatch():
     copy(core, "a", 1)
     (same_version,) = reports(copy(core, "b", 1, variant=1))
     assert same_version["cause"] == "mismatch"
+
+
+def test_a_lagging_instance_is_logged_when_it_starts_then_once_a_minute_then_when_back():
+    """ClerkReportsLaggingInstance: one line when an instance starts lagging (naming its
+    partitions), none at every second's check after it, one again after remind_s, one
+    when it is back; before, one line per lagging partition every second."""
+    from agents.clerk import LagLog
+
+    lag = LagLog(max_lag=100, remind_s=60.0)
+    down = {(p, "c") for p in range(8)}
+    (first,) = lag.lines(down, 0.0)
+    assert first.startswith("instance c is more than 100 offsets behind") and "[0, 1, 2, 3, 4, 5, 6, 7]" in first
+    assert all(lag.lines(down, float(t)) == [] for t in range(1, 60))
+    (again,) = lag.lines(down, 60.0)
+    assert again.startswith("instance c is still more than 100 offsets behind")
+    assert lag.lines(down | {(3, "b")}, 61.0) == [
+        "instance b is more than 100 offsets behind the most advanced instance on partitions [3]: is it running? "
+        "(said again every 60 s while it lags)"]
+    assert lag.lines({(3, "b")}, 62.0) == ["instance c is back within 100 offsets on every partition"]
+    assert lag.lines(set(), 63.0) == ["instance b is back within 100 offsets on every partition"]
+    assert lag.lines(set(), 64.0) == []
