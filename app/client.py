@@ -563,7 +563,8 @@ class DocketClient:
         if not self.connected:
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka_bootstrap} is unreachable: nothing was sent"
-                + (f" ({self.last_error})" if self.last_error else ""), accepted=False)
+                + (f" ({self.last_error})" if self.last_error else "")
+                + ". Send it again once Kafka is back: it cannot be applied twice", accepted=False)
         if self._live(skey, now) is None:
             # provisional owner, so a concurrent request with the same key and another
             # body is refused before it is produced
@@ -580,7 +581,8 @@ class DocketClient:
                     del self._index[skey]
                 raise KafkaUnavailable(
                     f"Kafka did not acknowledge the event within {self.produce_timeout_ms:,} ms "
-                    f"({type(exc).__name__}: {exc}), so it may have been accepted and applied. Retry with the "
+                    f"({type(exc).__name__}{f': {exc}' if str(exc) else ''}), so it may have been accepted and "
+                    "applied. Retry with the "
                     f"same idempotency key within {self.ttl_ms:,} ms (DOCKET_IDEMPOTENCY_TTL_MS) of this "
                     "request: a retry is never applied twice and answers with the outcome; a new key, or a "
                     "retry after that, may apply the event twice", accepted=None) from None
