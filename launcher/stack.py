@@ -785,9 +785,17 @@ def topics_cmd(wait_s: float) -> None:
                f"{settings.topic_prefix!r}, {settings.partitions} partitions ({made})")
 
     base = api_base_url(settings)
-    if until(lambda: api_ready(base) and asyncio.run(pipeline_ready(settings)), time.monotonic() + wait_s):
+    seen: list[tuple[list[str], bool]] = [([], False)]  # the groups as the last check read them
+
+    def ready() -> bool:
+        if not api_ready(base):
+            return False
+        seen[0] = asyncio.run(pipeline_members(settings))
+        return pipeline_is_ready(settings, seen[0])
+
+    if until(ready, time.monotonic() + wait_s):
         since = _since_stack_start() or (time.monotonic() - began)
-        running, _clerk = asyncio.run(pipeline_members(settings))
+        running = seen[0][0]
         missing = [i for i in settings.instances if i not in running]
         which = ("instances and Clerk are" if not missing else
                  f"instances {', '.join(running)} and the Clerk are (not {', '.join(missing)}: "
