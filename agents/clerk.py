@@ -61,15 +61,21 @@ log = logging.getLogger("docket.clerk")
 class LagLog:
     """What the Clerk logs of lagging instances (ClerkCore.lagging: (partition,
     instance) more than max_lag offsets behind the most advanced instance): one WARNING
-    when an instance starts lagging, naming its partitions; one again every
-    ``remind_s`` (60 s) while it still lags; one when it is back within max_lag on every
-    partition. Before, the Clerk logged one line per lagging partition every second: 8
-    lines a second with 8 partitions for as long as one of three instances was down
-    (1,749 lines in four minutes, a fresh-clone user check)."""
+    once an instance has lagged for ``grace_s`` (10 s) without a break, naming its
+    partitions; one again every ``remind_s`` (60 s) while it still lags; one when it is
+    back within max_lag on every partition. Lag shorter than the grace is not named: a
+    restarted Clerk reads one instance's copy records before the other's, and an
+    instance that has not advertised yet counts as 0, so it showed a lag of the whole
+    topic for a moment, then "back" (a fresh-clone user check). Before LagLog, the Clerk
+    logged one line per lagging partition every second: 8 lines a second with 8
+    partitions for as long as one of three instances was down (1,749 lines in four
+    minutes). Times are monotonic seconds."""
 
-    def __init__(self, max_lag: int, remind_s: float = 60.0) -> None:
+    def __init__(self, max_lag: int, remind_s: float = 60.0, grace_s: float = 10.0) -> None:
         self.max_lag = max_lag
         self.remind_s = remind_s
+        self.grace_s = grace_s
+        self._since: dict[str, float] = {}  # instance -> when its present lag began
         self._said: dict[str, float] = {}  # instance -> when (monotonic s) it was last named
 
     def lines(self, lagging: set[tuple[int, str]], now: float) -> list[str]:
@@ -79,16 +85,20 @@ class LagLog:
             partitions[inst].append(p)
         out = []
         for inst in sorted(partitions):
+            since = self._since.setdefault(inst, now)
             said = self._said.get(inst)
+            if now - since < self.grace_s:
+                continue
             if said is None or now - said >= self.remind_s:
                 self._said[inst] = now
                 out.append(f"instance {inst} is {'still ' if said is not None else ''}more than {self.max_lag:,} "
                            f"offsets behind the most advanced instance on partitions "
                            f"{sorted(partitions[inst])}: is it running? (said again every {self.remind_s:.0f} s "
                            "while it lags)")
-        for inst in sorted(set(self._said) - set(partitions)):
-            del self._said[inst]
-            out.append(f"instance {inst} is back within {self.max_lag:,} offsets on every partition")
+        for inst in sorted(set(self._since) - set(partitions)):
+            del self._since[inst]
+            if self._said.pop(inst, None) is not None:
+                out.append(f"instance {inst} is back within {self.max_lag:,} offsets on every partition")
         return out
 
 

@@ -656,22 +656,39 @@ def test_copies_judged_by_different_versions_are_a_version_mismatch():
     assert same_version["cause"] == "mismatch"
 
 
-def test_a_lagging_instance_is_logged_when_it_starts_then_once_a_minute_then_when_back():
-    """ClerkReportsLaggingInstance: one line when an instance starts lagging (naming its
-    partitions), none at every second's check after it, one again after remind_s, one
-    when it is back; before, one line per lagging partition every second."""
+def test_a_lagging_instance_is_logged_after_the_grace_then_once_a_minute_then_when_back():
+    """ClerkReportsLaggingInstance: one line once an instance has lagged for grace_s
+    (naming its partitions), none at every second's check after it, one again after
+    remind_s, one when it is back; before, one line per lagging partition every second."""
     from agents.clerk import LagLog
 
-    lag = LagLog(max_lag=100, remind_s=60.0)
+    lag = LagLog(max_lag=100, remind_s=60.0, grace_s=10.0)
     down = {(p, "c") for p in range(8)}
-    (first,) = lag.lines(down, 0.0)
+    assert all(lag.lines(down, float(t)) == [] for t in range(0, 10))
+    (first,) = lag.lines(down, 10.0)
     assert first.startswith("instance c is more than 100 offsets behind") and "[0, 1, 2, 3, 4, 5, 6, 7]" in first
-    assert all(lag.lines(down, float(t)) == [] for t in range(1, 60))
-    (again,) = lag.lines(down, 60.0)
+    assert all(lag.lines(down, float(t)) == [] for t in range(11, 70))
+    (again,) = lag.lines(down, 70.0)
     assert again.startswith("instance c is still more than 100 offsets behind")
-    assert lag.lines(down | {(3, "b")}, 61.0) == [
+    assert lag.lines(down | {(3, "b")}, 71.0) == []
+    assert lag.lines(down | {(3, "b")}, 81.0) == [
         "instance b is more than 100 offsets behind the most advanced instance on partitions [3]: is it running? "
         "(said again every 60 s while it lags)"]
-    assert lag.lines({(3, "b")}, 62.0) == ["instance c is back within 100 offsets on every partition"]
-    assert lag.lines(set(), 63.0) == ["instance b is back within 100 offsets on every partition"]
-    assert lag.lines(set(), 64.0) == []
+    assert lag.lines({(3, "b")}, 82.0) == ["instance c is back within 100 offsets on every partition"]
+    assert lag.lines(set(), 83.0) == ["instance b is back within 100 offsets on every partition"]
+    assert lag.lines(set(), 84.0) == []
+
+
+def test_a_lag_shorter_than_the_grace_is_never_named():
+    """ClerkReportsLaggingInstance: a restarted Clerk that reads a's copy records before
+    b has advertised sees b behind by the whole topic for a moment; neither a warning
+    nor a "back" line, and a later lag starts its grace anew."""
+    from agents.clerk import LagLog
+
+    lag = LagLog(max_lag=100, remind_s=60.0, grace_s=10.0)
+    assert lag.lines({(0, "b"), (1, "b")}, 0.0) == []
+    assert lag.lines({(0, "b")}, 5.0) == []
+    assert lag.lines(set(), 6.0) == []
+    assert lag.lines({(0, "b")}, 20.0) == []
+    assert lag.lines({(0, "b")}, 29.0) == []
+    assert lag.lines({(0, "b")}, 30.0)[0].startswith("instance b is more than 100 offsets behind")
