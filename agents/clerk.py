@@ -38,6 +38,7 @@ from agents.clerk_core import (
     TAIL_LOOKBACK_OFFSETS,
     ClerkCore,
     Publish,
+    Report,
     TailScan,
     newest_state,
     scan_tail,
@@ -336,6 +337,21 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     publisher = Publisher(settings, producers, on_published=published, on_lost=lost, on_error=failed,
                           term=lambda: None if app.rebalancing else app.consumer_generation_id)
 
+    def emit(p: int, actions: list[Publish | Report], agreement: HistogramBatch, reported: set[int],
+             now: float) -> None:
+        """Queue what the core decided for partition ``p``, in order; the offsets of
+        its divergence reports go into ``reported``."""
+        for action in actions:
+            if isinstance(action, Publish):
+                publisher.result(p, action)
+                agreement.add(now - first_read.get((p, action.offset), now))
+            else:
+                publisher.divergence(p, action.value)
+                metrics.divergences.inc()
+                if action.offset is not None:
+                    reported.add(action.offset)
+                log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
+
     @app.agent(sources, concurrency=1, name="clerk")
     async def clerk_agent(stream):
         agreement = HistogramBatch(metrics.agreement)
@@ -370,6 +386,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 instance = instance_of[msg.topic]
                 now = time.time()  # metrics only
                 seen: list[int] = []  # input offsets this event carried copies of
+                reported: set[int] = set()  # input offsets of the divergences it led to
                 for rec in records_of(msg):
                     metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
                     try:
@@ -397,23 +414,18 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                         if (p, offset) not in first_read:
                             first_read[(p, offset)] = now
                     seen.extend(o for o, _, _, _ in parsed)
-                    for action in core.on_copies(p, instance, parsed):
-                        if isinstance(action, Publish):
-                            publisher.result(p, action)
-                            agreement.add(now - first_read.get((p, action.offset), now))
-                        else:
-                            publisher.divergence(p, action.value)
-                            metrics.divergences.inc()
-                            log.warning("divergence at %s[%d]: %s", settings.input_topic, p, action.value[:300])
+                    emit(p, core.on_copies(p, instance, parsed), agreement, reported, now)
                     if watermark is not None:
-                        core.on_watermark(p, instance, watermark)
+                        emit(p, core.on_watermark(p, instance, watermark), agreement, reported, now)
                 agreement.flush()
                 metrics.copies.labels(instance).inc(len(seen))
                 # This event's copies, and the ones held for the same positions, may be
                 # acknowledged only once the transaction publishing the decisions that
                 # finished them has committed (Publisher.then); copies of positions not
-                # final yet are held until a later item finishes them.
+                # final yet are held until a later item finishes them, or until a
+                # watermark gives them up (ClerkGivesUpUndecidedPosition).
                 finals = [offset for offset in seen if core.is_final(p, offset)]
+                finals += [offset for offset in reported.difference(seen) if core.is_final(p, offset)]
                 unfinished = set(seen).difference(finals)
                 if unfinished:
                     waits[event] = len(unfinished)

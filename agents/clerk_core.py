@@ -114,6 +114,7 @@ def entity_record(key: str, state: dict, version: int, position: dict) -> tuple[
 class Report:
     partition: int
     value: bytes
+    offset: int | None = None  # the input offset reported
 
 
 @dataclass
@@ -184,15 +185,18 @@ class ClerkCore:
 
     # ---- copies ------------------------------------------------------------------
 
-    def on_watermark(self, partition: int, instance: str, next_offset: int) -> None:
+    def on_watermark(self, partition: int, instance: str, next_offset: int) -> list[Report]:
         """An instance has emitted every copy below ``next_offset`` in its current run.
         A restarted instance advertises again from where it resumed: watermarks may
-        go down, and positions already dropped stay dropped."""
+        go down, and positions already dropped stay dropped. Returns the divergences
+        it gave up (:meth:`_give_up`), to publish in order."""
         if instance not in self.instances:
-            return  # not one of ours: it must not hold back collection
+            return []  # not one of ours: it must not hold back collection
         st = self._state(partition)
         st.watermarks[instance] = next_offset
         self._advance(st)
+        actions: list[Report] = []
+        self._give_up(st, partition, actions)
         top = max(st.watermarks.values())
         for inst in self.instances:
             behind = top - st.watermarks.get(inst, 0)
@@ -200,6 +204,7 @@ class ClerkCore:
                 self.lagging.add((partition, inst))
             else:
                 self.lagging.discard((partition, inst))
+        return actions
 
     def on_copy(self, partition: int, offset: int, instance: str, digest: str, body: bytes,
                 key: bytes | None = None, parsed: dict | None = None) -> list[Publish | Report]:
@@ -221,6 +226,7 @@ class ClerkCore:
         for offset, digest, body, parsed in copies:
             self._copy(st, partition, offset, instance, digest, body, parsed, actions)
         self._advance(st)
+        self._give_up(st, partition, actions)
         return actions
 
     def _copy(self, st: PartitionState, partition: int, offset: int, instance: str, digest: str, body: bytes,
@@ -359,6 +365,28 @@ class ClerkCore:
                     st.ranges[0][0] = x + 1
         self._collect(st, settled)
 
+    def _give_up(self, st: PartitionState, partition: int, actions: list) -> None:
+        """Diverge the open position at the decided watermark while it is more than
+        max_lag below the settled watermark (ClerkGivesUpUndecidedPosition). Its copies
+        disagree: as many instances as a decision needs have emitted theirs and moved
+        max_lag offsets on, and each instance without a copy is more than max_lag behind
+        (lagging, or down for good). Waiting for one of those held the decided watermark
+        there for good: every later decided position stayed in memory with its bodies,
+        each result carried every finished range above it, and the copies' items were
+        never acknowledged."""
+        settled = self._settled(st)
+        if settled is None:
+            return
+        while st.decided_below < settled - self.max_lag:
+            pos = st.positions.get(st.decided_below)
+            if pos is None or pos.final:
+                return
+            pos.diverged = True
+            st.finished[pos.offset] = None
+            _add_to_ranges(st.ranges, pos.offset)
+            self.counts["given_up"] += 1
+            actions.append(self._report(st, partition, pos, "mismatch"))  # advances past it
+
     def _collect(self, st: PartitionState, settled: int | None) -> None:
         # Forget finished positions every instance has passed: memory is bounded by
         # the positions still in flight, not by history. An instance more than max_lag
@@ -440,7 +468,8 @@ class ClerkCore:
         st.seq += 1
         self._advance(st)
         self.counts["divergences"] += 1
-        return Report(partition, divergence_record(partition, pos, cause, self._clerk_state(st, partition), extra))
+        return Report(partition, divergence_record(partition, pos, cause, self._clerk_state(st, partition), extra),
+                      pos.offset)
 
 
 # ---- restart: reading back the results and divergences topics ----------------------

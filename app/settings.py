@@ -61,7 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk "
             "reports it; with more instances than DOCKET_REQUIRED_COPIES, also the most decided positions per "
             "partition the Clerk holds for a lagging or stopped instance (its copies of older ones are counted, "
-            "not compared)"),
+            "not compared), and how far past a position whose copies disagree the others go before it is "
+            "reported diverged instead of waiting for such an instance's copy"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),

@@ -524,6 +524,65 @@ async def test_three_instances_two_required_c_down_for_good_keeps_the_clerk_boun
         assert state["decided_below"] >= r.value["input"]["offset"] - 40, (p, state)
 
 
+@pytest.mark.parametrize("instances", ["a,b,c"])
+@pytest.mark.parametrize("required_copies", ["2"])
+async def test_a_disagreeing_pair_with_c_down_for_good_is_reported_and_releases_the_clerk(
+        clerk_settings, spawn, monkeypatch) -> None:
+    """Spec rules checked (specs/clerk.allium): ClerkGivesUpUndecidedPosition with a, b,
+    c, 2 required and c never started; b flips a bit in ~1% of its outputs, so a and b
+    disagree there. Each such position is reported (mismatch, decided null, a's copy
+    and b's) once a and b are DOCKET_MAX_LAG (here 50) offsets past it, and never
+    published; every other position has its result; the Clerk holds a bounded number of
+    positions and commits every output record (ClerkAcksOnlyFinalPositions: the items
+    holding those copies are released). Before, each such position waited for c for
+    good: the decided watermark stopped there, and the Clerk's commits with it. b is
+    restarted without faults for a tail of events, so no disagreement is left within
+    max_lag of a partition's end."""
+    s = clerk_settings
+    max_lag = 50
+    monkeypatch.setenv("DOCKET_MAX_LAG", str(max_lag))
+    insts = start_instances(spawn, "a,b", faults={"b": "bitflip:0.01"})
+    clerk, port = start_clerk(spawn)
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    divergences = await TopicTail(s.kafka_bootstrap, s.divergences_topic).start()
+    b = insts["b"]
+    procs = [*insts.values(), clerk]
+    try:
+        await wait_ready(s, insts, clerk)
+        positions = await workload.produce(s.kafka_bootstrap, s.input_topic, workload.inventory(424242, 2_000))
+        await wait_for(lambda: b.all_logs().count("FAULT INJECTED") >= 1 and len(results.positions()) > 1_500, 120,
+                       "b to inject a fault and most positions to be decided", interval_s=0.2,
+                       detail=lambda: f"{len(results.positions())} results\n" + b.log_tail(15))
+        await b.stop()
+        injected = set(fault_positions(b.all_logs()))
+        b.args = ()  # the tail without faults
+        b.start()
+        tail = await workload.produce(s.kafka_bootstrap, s.input_topic,
+                                      workload.inventory(4242, CLERK_PARTITIONS * (max_lag + 30) * 2))
+        per_partition = {p: sum(1 for q, _ in tail if q == p) for p in range(CLERK_PARTITIONS)}
+        assert min(per_partition.values()) > max_lag, per_partition
+        expected = set(positions) | set(tail)
+        await wait_answered(s, expected, results, divergences, procs, 120, diverged=lambda: injected)
+        held = clerk_metrics(port).get("docket_clerk_pending_positions", 1e9)
+    finally:
+        await results.stop()
+        await divergences.stop()
+    await stop_all(procs)
+    assert injected, "b injected no fault: the test proves nothing"
+    # (b's restart may replay a position it corrupted: a replay_mismatch report besides)
+    reports = by_position(r for r in divergences.records if r.value["cause"] != "replay_mismatch")
+    assert set(reports) == injected, (sorted(set(reports) - injected)[:5], sorted(injected - set(reports))[:5])
+    for pos, recs in reports.items():
+        (rec,) = recs
+        assert rec.value["cause"] == "mismatch" and rec.value["decided"] is None, rec.value
+        assert sorted(c["instance"] for c in rec.value["copies"]) == ["a", "b"], rec.value
+    published = by_position(results.records)
+    assert not injected & set(published), sorted(injected & set(published))[:5]
+    assert set(published) == expected - injected
+    assert all(len(recs) == 1 for recs in published.values())
+    assert held <= CLERK_PARTITIONS * (max_lag + 40), held
+
+
 # --------------------------------------------------------------------------- 4
 
 

@@ -221,6 +221,69 @@ def test_one_of_three_down_holds_at_most_max_lag_finished_positions(c_advertised
     assert copy(core, "c", 10, variant=9) == [] and core.counts["late_copies"] == 1
 
 
+def _contested_then_two_of_three(core, offsets):
+    """a and b disagree at offset 0, then agree on every offset in ``offsets`` (a
+    watermark after each; a marker at every other offset, as with a transactional
+    producer); c sends nothing. Returns every action and the last result's value."""
+    actions = copy(core, "a", 0) + copy(core, "b", 0, variant=1)
+    last = None
+    for o in offsets:
+        actions += copy(core, "a", o)
+        out = copy(core, "b", o)
+        actions += out
+        last = published(out)[-1] if published(out) else last
+        actions += core.on_watermark(0, "a", o + 2)
+        actions += core.on_watermark(0, "b", o + 2)
+    return actions, last
+
+
+def test_a_disagreeing_pair_with_the_third_instance_down_is_given_up_past_max_lag():
+    """ClerkGivesUpUndecidedPosition: with a, b, c and 2 required, a and b disagree at
+    offset 0 and c is down for good. Once the settled watermark is more than max_lag
+    past it, the position diverges (mismatch, decided null, both copies), and the
+    Clerk stays bounded; before, it waited for c for good: the decided watermark stayed
+    at 0, the Clerk held all 2,001 later positions, and each result carried 2,000
+    finished ranges (23 KB a record after 4,000 offsets, growing with every event)."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    actions, last = _contested_then_two_of_three(core, range(1, 4000, 2))
+    (gave_up,) = reports(actions)
+    assert gave_up["input"] == {"partition": 0, "offset": 0}
+    assert gave_up["cause"] == "mismatch" and gave_up["decided"] is None
+    assert sorted(c["instance"] for c in gave_up["copies"]) == ["a", "b"]
+    assert core.counts["given_up"] == 1 and core.is_final(0, 0)
+    assert core.decided_below(0) == 4001
+    assert core.pending(0) <= 110, core.pending(0)
+    assert last["clerk"]["finished_ranges"] == [[3999, 4000]]
+    assert len(orjson.dumps(last)) < 1000
+
+
+def test_the_pair_is_given_up_only_once_the_settled_watermark_is_max_lag_past_it():
+    """ClerkGivesUpUndecidedPosition: within max_lag the position waits, and c's copy
+    arriving then still decides it (c is behind, not gone)."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    actions, _ = _contested_then_two_of_three(core, range(1, 99, 2))
+    assert reports(actions) == [] and not core.is_final(0, 0)  # settled 99
+    assert core.on_watermark(0, "a", 100) == [] and core.on_watermark(0, "b", 100) == []  # max_lag past 0, not more
+    (result,) = published(copy(core, "c", 0, variant=1))
+    assert result["input"]["offset"] == 0 and result["instances"] == ["b", "c"]
+
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=100)
+    _contested_then_two_of_three(core, range(1, 99, 2))
+    assert core.on_watermark(0, "a", 101) == []  # b's watermark is the settled one: 99
+    (gave_up,) = reports(core.on_watermark(0, "b", 101) + core.on_watermark(0, "b", 102))
+    assert gave_up["input"]["offset"] == 0 and core.decided_below(0) > 0
+    # c comes back later: its copy is late (more than max_lag behind), counted, never published
+    assert copy(core, "c", 0, variant=1) == [] and core.counts["late_copies"] == 1
+
+
+def test_with_every_instance_required_a_disagreement_diverges_at_once_as_before():
+    """ClerkReportsDivergence: two of two never waits for a third copy, so nothing is
+    given up (the give-up needs more instances than required)."""
+    core = ClerkCore(("a", "b"), 2, max_lag=10)
+    (rep,) = reports(copy(core, "a", 0) + copy(core, "b", 0, variant=1))
+    assert rep["decided"] is None and core.counts["given_up"] == 0
+
+
 def test_an_instance_within_max_lag_still_has_its_late_copies_compared():
     """ClerkComparesLateCopies: a third instance behind by less than max_lag finds its
     positions held, so a wrong copy of one already decided is reported."""
