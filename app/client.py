@@ -73,6 +73,10 @@ from app.settings import Settings, load
 
 log = logging.getLogger("docket.client")
 
+# Fewest seconds between two renewals of the input producer (DocketClient._renew_producer):
+# while a broker restarts, every request could otherwise start one.
+RENEW_INTERVAL_S = 1.0
+
 Position = tuple[int, int]
 # (client, idempotency key): the index's key; client None is the Kafka-native key space
 ScopedKey = tuple[str | None, str]
@@ -283,6 +287,8 @@ class DocketClient:
         self.start_timeout_s = start_timeout_s
         self._producer = None
         self._outbox = None
+        self._renewing = asyncio.Lock()
+        self._renewed_at = float("-inf")  # monotonic s of the last producer renewal
         self._consumer = None
         self._task: asyncio.Task | None = None
         self._started = False
@@ -360,7 +366,7 @@ class DocketClient:
         Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP) or TopicsMissing."""
         if self._started:
             return
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from app import metadata_backoff
         from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
@@ -391,9 +397,7 @@ class DocketClient:
                                 f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
                                 "where the instances do not expect them")
 
-        producer = AIOKafkaProducer(**client_kwargs(s, "api", "producer", bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                    request_timeout_ms=self.produce_timeout_ms, linger_ms=0,
-                                    max_batch_size=512 * 1024))
+        producer = self._new_producer()
         # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would
         # delay results behind an idle partition's long poll
         consumer = AIOKafkaConsumer(**client_kwargs(s, "api", "consumer", bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
@@ -430,6 +434,51 @@ class DocketClient:
         self._outbox = Outbox(producer, s.input_topic)
         self._started = True
         self._task = asyncio.create_task(self._follow(), name="docket results consumer")
+
+    def _new_producer(self):
+        """The idempotent producer of input records (not started)."""
+        from aiokafka import AIOKafkaProducer
+
+        s = self.settings
+        return AIOKafkaProducer(**client_kwargs(s, "api", "producer", bootstrap_servers=s.kafka_bootstrap, acks="all",
+                                                enable_idempotence=True, request_timeout_ms=self.produce_timeout_ms,
+                                                linger_ms=0, max_batch_size=512 * 1024))
+
+    async def _renew_producer(self, failed: Outbox, exc: BaseException) -> None:
+        """Replace the producer behind ``failed`` after the broker refused a record
+        batch of it (``exc``). An idempotent producer whose sequence numbers the broker
+        no longer follows (OutOfOrderSequenceNumber after a broker restart) has every
+        later batch of those partitions refused: a fresh-clone user check saw the API
+        answer 503 to every request for 4 of 8 partitions for minutes after a broker
+        restart, until the API was restarted. Once per failed producer, however many
+        requests saw its refusals, and at most once every RENEW_INTERVAL_S."""
+        async with self._renewing:
+            if self._outbox is not failed or not self._started:
+                return  # renewed already, or stopping
+            wait = self._renewed_at + RENEW_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            from app.kafka_admin import quiet
+
+            producer = self._new_producer()
+            try:
+                with quiet():
+                    await producer.start()
+            except Exception as start_exc:  # noqa: BLE001  the next refusal tries again
+                await producer.stop()
+                log.warning("Kafka refused a record batch (%s: %s) and a new producer could not start (%s: %s); "
+                            "trying again at the next refusal", type(exc).__name__, exc,
+                            type(start_exc).__name__, start_exc)
+                return
+            old, self._producer = self._producer, producer
+            self._outbox = Outbox(producer, self.settings.input_topic)
+            self._renewed_at = time.monotonic()
+            log.warning("Kafka refused a record batch (%s: %s): submitting through a new producer from now on",
+                        type(exc).__name__, exc)
+        try:
+            await asyncio.wait_for(old.stop(), self.produce_timeout_ms / 1000)
+        except Exception:  # noqa: BLE001  the old producer's state is what failed
+            pass
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -570,19 +619,26 @@ class DocketClient:
             # body is refused before it is produced
             self._remember(skey, _Entry(home, fp, now, None))
         self._unacked[skey] += 1
+        outbox = self._outbox
         try:
             try:
                 # no timestamp: the input topic is LogAppendTime, the broker stamps it;
                 # concurrent submissions go out as one record batch per partition
-                meta = await asyncio.wait_for(self._outbox.send(home, key, value), self.produce_timeout_ms / 1000)
+                meta = await asyncio.wait_for(outbox.send(home, key, value), self.produce_timeout_ms / 1000)
             except Exception as exc:  # noqa: BLE001  any produce failure means: not acknowledged
+                from aiokafka.errors import KafkaTimeoutError
+
                 entry = self._index.get(skey)
                 if entry is not None and entry.position is None and entry.recorded_at == now:
                     del self._index[skey]
+                detail = f"{type(exc).__name__}{f': {exc}' if str(exc) else ''}"
+                if isinstance(exc, (TimeoutError, KafkaTimeoutError)):
+                    what = f"Kafka did not acknowledge the event within {self.produce_timeout_ms:,} ms ({detail})"
+                else:
+                    await self._renew_producer(outbox, exc)
+                    what = f"Kafka refused the event ({detail})"
                 raise KafkaUnavailable(
-                    f"Kafka did not acknowledge the event within {self.produce_timeout_ms:,} ms "
-                    f"({type(exc).__name__}{f': {exc}' if str(exc) else ''}), so it may have been accepted and "
-                    "applied. Retry with the "
+                    f"{what}, so it may have been accepted and applied. Retry with the "
                     f"same idempotency key within {self.ttl_ms:,} ms (DOCKET_IDEMPOTENCY_TTL_MS) of this "
                     "request: a retry is never applied twice and answers with the outcome; a new key, or a "
                     "retry after that, may apply the event twice", accepted=None) from None
