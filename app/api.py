@@ -160,9 +160,11 @@ def submission_response(sub: Submission, timeout_ms: int) -> web.Response:
         return json_response(202, body, {"Location": _location(sub.idempotency_key), "Retry-After": "1"})
     if sub.status == "diverged":
         body = event_body(sub.idempotency_key, "diverged", sub.position, divergence=sub.divergence)
+        body["replay"] = sub.replay
         return error_response(502, "diverged",
                               "the instances disagreed on this event: a fault was detected, and no outcome "
-                              "was published (see divergence)", **body)
+                              "was published (see divergence)", None,
+                              {"Idempotent-Replayed": "true" if sub.replay else "false"}, **body)
     result = sub.result
     body = event_body(sub.idempotency_key, "decided", sub.position, result)
     headers = {"Idempotent-Replayed": "true" if sub.replay else "false"}

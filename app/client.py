@@ -167,7 +167,9 @@ class Submission:
     (the instances disagreed; ``divergence`` is the Clerk's report; nothing is published).
     ``position`` is the input position of this submission's record; ``replay`` is True
     when the pipeline answered it as a repeat of an earlier request with the same key
-    (``result["duplicate_of"]`` is that request's position)."""
+    (``result["duplicate_of"]`` is that request's position), or when it repeats a
+    request that diverged (``repeated``: answered from the index with that request's
+    divergence and position, nothing produced)."""
 
     idempotency_key: str
     status: str
@@ -175,10 +177,11 @@ class Submission:
     result: dict | None = None
     divergence: dict | None = None
     waited_s: float = 0.0  # acknowledged -> decided (or gave up)
+    repeated: bool = False
 
     @property
     def replay(self) -> bool:
-        return self.result is not None and self.result.get("duplicate_of") is not None
+        return self.repeated or (self.result is not None and self.result.get("duplicate_of") is not None)
 
     @property
     def outcome(self) -> dict | None:
@@ -604,11 +607,20 @@ class DocketClient:
 
         Raises ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
         accepted, or not acknowledged in time). Returns a Submission whose status is
-        decided, pending (timeout; the event was accepted) or diverged."""
+        decided, pending (timeout; the event was accepted) or diverged. A repeat of a
+        request that diverged is answered with its divergence, and nothing is produced
+        (ClientAnswersRepeatOfDivergedRequest)."""
         key, home, fp, value = self._prepare(event_name, payload, idempotency_key, client)
         skey = (client, idempotency_key)
         now = self._clock_ms()
         self._check_reuse(skey, home, fp, now)
+        known = self._live(skey, now)
+        if known is not None and known.divergence is not None and known.fingerprint == fp:
+            # Produced again, the Wardens would answer it as a duplicate with the outcome
+            # each stored, and publish it when those agree (a fault in one output, not
+            # in the state): 200 "applied" for a request whose status stays diverged.
+            return Submission(idempotency_key, "diverged", known.position,
+                              divergence=orjson.loads(known.divergence), repeated=True)
         if not self.connected:
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka_bootstrap} is unreachable: nothing was sent"

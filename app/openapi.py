@@ -227,7 +227,8 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                 "415": _error("body is not application/json"),
                 "422": _error("the Idempotency-Key was used for a different request"),
                 "502": _error("the instances disagreed on this event: a fault was detected and no outcome "
-                              "was published"),
+                              "was published (a repeat of that request gets the same answer, `replay: true`)",
+                              _REPLAYED),
                 "503": _error("Kafka is unreachable: the event was not accepted; or Kafka did not acknowledge it in "
                                "time and its outcome is unknown (`message` says which): retry with the same "
                                "Idempotency-Key within the idempotency TTL", _RETRY_AFTER),

@@ -1104,6 +1104,38 @@ def test_divergence_reports_that_finish_nothing_do_not_touch_the_index(settings)
     assert (st.state, st.position) == ("decided", (1, 5))
 
 
+async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(settings) -> None:
+    """ClientAnswersRepeatOfDivergedRequest, ApiAnswersDiverged: the same key and body
+    again is answered with the original's divergence and position, replay: true, and
+    nothing is produced (this client is not even connected). Before, it was produced
+    again; the Wardens answered it as a duplicate with the outcome each had stored, and
+    with a fault in one output only those agreed: 200 "applied" for a key whose status
+    stayed "diverged" (a fresh-clone user check). Another body with the key is still
+    422, and a key known from a report alone (no fingerprint) is produced as before."""
+    import time
+
+    from app.client import KafkaUnavailable, KeyReused, _Entry
+
+    client = DocketClient(settings)
+    payload = {"warehouse": "w1", "sku": "s1", "delta": 5}
+    _key, home, fp, _value = client._prepare("stock.adjust", payload, "kd", None)  # noqa: SLF001
+    now = int(time.time() * 1000)
+    client._remember((None, "kd"), _Entry(home, fp, now, (home, 20)))  # noqa: SLF001  what submit() records
+    client._mine[(home, 20)] = ((None, "kd"), now, fp)  # noqa: SLF001  once the produce is acknowledged
+    client.on_divergence(divergence_report("kd", home, 20))
+    sub = await client.submit("stock.adjust", payload, "kd")
+    assert (sub.status, sub.position, sub.replay) == ("diverged", (home, 20), True)
+    resp = submission_response(sub, 5000)
+    body = await body_of(resp)
+    assert resp.status == 502 and resp.headers["Idempotent-Replayed"] == "true"
+    assert body["replay"] is True and body["divergence"]["decided"] is None
+    with pytest.raises(KeyReused):
+        await client.submit("stock.adjust", {**payload, "delta": 6}, "kd")
+    client.on_divergence(divergence_report("seen", home, 21))  # from a report alone
+    with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):
+        await client.submit("stock.adjust", payload, "seen")
+
+
 def test_a_diverged_key_expires_with_its_request(settings) -> None:
     """ApiIndexesDivergenceByKey: the entry is recorded at the report's stream time, so
     a report read at start about a request older than the TTL indexes nothing live."""
