@@ -202,29 +202,52 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
         found = {}
         if since_ms is not None:
             found = await consumer.offsets_for_times({tp: int(time.time() * 1000) - since_ms for tp in tps})
-        todo = set()
+        starts = {}
         for tp in tps:
             start = begins[tp]
             if since_ms is not None:
                 at = found.get(tp)
                 start = max(start, at.offset if at is not None else ends[tp])
-            if last is not None:
-                # the `last` newest reports overall are among the `last` newest of each partition
-                start = max(start, ends[tp] - last)
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                todo.add(tp)
-        raw = []
+            starts[tp] = start
         deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end offsets within {timeout_s:.0f} s "
-                                   f"(partitions {sorted(tp.partition for tp in todo)} unfinished)")
-            for tp, msgs in (await consumer.getmany(*todo, timeout_ms=500)).items():
-                raw.extend(m for m in msgs if m.offset < ends[tp])
-            for tp in list(todo):
-                if await consumer.position(tp) >= ends[tp]:
-                    todo.discard(tp)
+
+        async def read(froms: dict) -> dict:
+            """Every record of each partition from its offset in ``froms`` to its end."""
+            out = {tp: [] for tp in froms}
+            todo = set()
+            for tp, start in froms.items():
+                if start < ends[tp]:
+                    consumer.seek(tp, start)
+                    todo.add(tp)
+            while todo:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic} to its end offsets within {timeout_s:.0f} s "
+                                       f"(partitions {sorted(tp.partition for tp in todo)} unfinished)")
+                for tp, msgs in (await consumer.getmany(*todo, timeout_ms=500)).items():
+                    out[tp].extend(m for m in msgs if m.offset < ends[tp])
+                for tp in list(todo):
+                    if await consumer.position(tp) >= ends[tp]:
+                        todo.discard(tp)
+            return out
+
+        if last is None:
+            got = await read(starts)
+        else:
+            # The `last` newest reports overall are among the `last` newest of each
+            # partition. The Clerk writes them in transactions, and each commit marker
+            # takes an offset too: the last `last` offsets held about half as many
+            # reports (a fresh-clone user check). Look further back until a partition
+            # yields `last` of them or its start is reached.
+            got, window = {}, {tp: max(last, 1) for tp in tps}
+            todo = [tp for tp in tps if starts[tp] < ends[tp]] if last > 0 else []
+            while todo:
+                froms = {tp: max(starts[tp], ends[tp] - window[tp]) for tp in todo}
+                batch = await read(froms)
+                got.update(batch)
+                todo = [tp for tp in todo if len(batch[tp]) < last and froms[tp] > starts[tp]]
+                for tp in todo:
+                    window[tp] *= 2
+        raw = [m for msgs in got.values() for m in msgs]
     finally:
         await consumer.stop()
     if since_ms is not None:
