@@ -4,6 +4,7 @@ imported lazily, so `docket broker status` does not pay for importing Faust."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -51,6 +52,23 @@ def cli(ctx: click.Context) -> None:
         from app import logs
 
         logs.configure_from_settings()
+        check_domain_setting()
+
+
+def check_domain_setting() -> None:
+    """A DOCKET_DOMAIN that names no domain is a configuration error for every command
+    (ConfigError): the API and the instances ended in a traceback, and the Clerk, which
+    judges no event, started on another domain's topics."""
+    name = os.environ.get("DOCKET_DOMAIN", "").strip()
+    if not name:
+        return
+    import app.domains  # noqa: F401  registers the built-in domains
+    from app.registry import UnknownDomain, registry
+
+    try:
+        registry.versions(name)
+    except UnknownDomain as exc:
+        raise ConfigError(f"DOCKET_DOMAIN={name!r}: {exc}") from None
 
 
 @cli.command("config")

@@ -121,6 +121,22 @@ def test_process_logs_in_one_format_refuses_another_format(monkeypatch: pytest.M
     assert table.returncode == 0 and "`DOCKET_LOG_FORMAT`" in table.stdout
 
 
+@pytest.mark.parametrize("command", [("clerk",), ("instance", "--id", "a"), ("api",)])
+def test_unknown_domain_refused_at_start(command) -> None:
+    """UnknownDomainRefusedAtStart: DOCKET_DOMAIN naming no domain is a configuration
+    error (exit 2, naming the variable and the registered domains) for the Clerk, an
+    instance and the API; before, the API and the instances ended in a traceback and
+    the Clerk started on another domain's topics. `docket config` still prints."""
+    docket = Path(sys.executable).with_name("docket")
+    env = clean_env(DOCKET_DOMAIN="nope", DOCKET_API_TOKENS="t:abc", DOCKET_KAFKA_BOOTSTRAP="127.0.0.1:9")
+    refused = subprocess.run([str(docket), *command], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "configuration error: DOCKET_DOMAIN='nope': no domain named 'nope'" in refused.stderr
+    assert "inventory" in refused.stderr and "Traceback" not in refused.stderr
+    table = subprocess.run([str(docket), "config"], env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "`DOCKET_DOMAIN`" in table.stdout
+
+
 def test_process_logs_in_one_format_worker_json_has_faust_lines_and_nothing_else(tmp_path: Path) -> None:
     """ProcessLogsInOneFormat: a worker under DOCKET_LOG_FORMAT=json writes nothing but
     JSON objects to stderr, one a line, Faust's and aiokafka's records among them (the
