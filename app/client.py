@@ -69,7 +69,7 @@ from app.records import (
     partition_for,
     unreadable_reason,
 )
-from app.settings import Settings, load
+from app.settings import Settings, client_name_problem, load
 
 log = logging.getLogger("docket.client")
 
@@ -573,6 +573,10 @@ class DocketClient:
     def _prepare(self, event_name: str, payload: Any, idempotency_key: str,
                  client: str | None) -> tuple[bytes, int, str, bytes]:
         errors = self.check(event_name, payload, idempotency_key)
+        problem = None if client is None else client_name_problem(client)
+        if problem:
+            # the Usher would reject the record (malformed_record): refuse it unsent
+            errors.insert(0, FieldError("client", "invalid_client", f"client {problem}"))
         if errors:
             raise ValidationError(errors)
         try:

@@ -1136,6 +1136,21 @@ async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(set
         await client.submit("stock.adjust", payload, "seen")
 
 
+async def test_a_client_name_the_usher_would_refuse_is_refused_unsent(settings) -> None:
+    """ApiScopesKeysToItsClient: submit(client=...) with a name the envelope rule
+    refuses (1-64 of A-Z a-z 0-9 . _ -) raises ValidationError naming the field
+    `client`, before anything is produced (this client is not connected); before, the
+    record was produced and came back rejected as malformed_record."""
+    from app.client import ValidationError
+
+    client = DocketClient(settings)
+    payload = {"warehouse": "w1", "sku": "s1", "delta": 1}
+    for bad in ("bad client", "", "x" * 65, "é"):
+        with pytest.raises(ValidationError) as caught:
+            await client.submit("stock.adjust", payload, "k-client", client=bad)
+        assert [(e.field, e.reason) for e in caught.value.errors] == [("client", "invalid_client")], bad
+
+
 def test_a_diverged_key_expires_with_its_request(settings) -> None:
     """ApiIndexesDivergenceByKey: the entry is recorded at the report's stream time, so
     a report read at start about a request older than the TTL indexes nothing live."""
