@@ -48,6 +48,7 @@ import asyncio
 import datetime
 import errno
 import json
+import logging
 import os
 import secrets
 import select
@@ -132,9 +133,12 @@ async def wait_for_topics(
 
 
 def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) -> None:
-    """``--wait`` of the component commands: wait (if ``wait_s`` > 0), in a private loop."""
+    """``--wait`` of the component commands: wait (if ``wait_s`` > 0), in a private loop.
+    What it waits for is one WARNING of ``docket.stack``, so DOCKET_LOG_FORMAT=json
+    holds JSON only (it was a plain line: a fresh-clone user check)."""
     if wait_s > 0:
-        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: click.echo(line, err=True)))
+        log = logging.getLogger("docket.stack")
+        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.warning("%s", line)))
 
 
 def api_base_url(settings: Settings) -> str:
@@ -289,10 +293,10 @@ docket: starting the stack ({names}) with honcho
 def _example_text(settings: Settings, base: str, token: str, idempotency_key: str) -> str:
     kit = example_kit(settings)
     if kit is None:
-        return (f'Once "topics" logs "docket is ready", submit {settings.domain} events with POST {base}/v1/events\n'
+        return (f'Once the "topics" line reports the stack ready, submit {settings.domain} events with POST {base}/v1/events\n'
                 f"(their schemas: {base}/openapi.json).\n")
     return f"""\
-Once "topics" logs "docket is ready", {kit.example_summary}:
+Once the "topics" line reports the stack ready, {kit.example_summary}:
 
   {curl_example(base, token, idempotency_key, kit.example_event)}
 
