@@ -290,7 +290,8 @@ def parse_idempotency_key_header(values: list[str]) -> tuple[str | None, dict | 
 
 def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     """RFC 7240 ``Prefer``: ``respond-async`` or ``wait=N`` (seconds) shorten the wait for
-    the result; they never lengthen it past the server's timeout. Anything else is ignored."""
+    the result; they never lengthen it past the server's timeout. Anything else is ignored.
+    Returns (seconds to wait, the Preference-Applied value or None)."""
     if not raw:
         return timeout_s, None
     for pref in raw.split(","):
@@ -303,7 +304,8 @@ def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
             except ValueError:
                 continue
             if wait >= 0:
-                return min(float(wait), timeout_s), f"wait={wait}"
+                # Preference-Applied names the wait honoured: a longer one is cut to the timeout
+                return min(float(wait), timeout_s), f"wait={wait}" if wait <= timeout_s else f"wait={timeout_s:g}"
     return timeout_s, None
 
 

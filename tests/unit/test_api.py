@@ -995,10 +995,13 @@ async def test_unknown_key_status_is_404() -> None:
 
 def test_prefer_header_shortens_the_wait_only() -> None:
     """ApiProducesWithAffinityKey, ApiAnswersPendingAfterTimeout: Prefer: wait=N or
-    respond-async shortens the wait for the result, never lengthens it."""
+    respond-async shortens the wait for the result, never lengthens it; the
+    Preference-Applied value names the wait honoured (it echoed wait=99999999999999999999
+    while waiting 5 s: a fresh-clone user check)."""
     assert parse_prefer(None, 5.0) == (5.0, None)
     assert parse_prefer("wait=1", 5.0) == (1.0, "wait=1")
-    assert parse_prefer("wait=60", 5.0) == (5.0, "wait=60")
+    assert parse_prefer("wait=60", 5.0) == (5.0, "wait=5")
+    assert parse_prefer("wait=99999999999999999999", 2.5) == (2.5, "wait=2.5")
     assert parse_prefer("respond-async, wait=3", 5.0) == (0.0, "respond-async")
     assert parse_prefer("handling=lenient, wait=x", 5.0) == (5.0, None)
 
