@@ -194,9 +194,8 @@ class ClerkCore:
             return []  # not one of ours: it must not hold back collection
         st = self._state(partition)
         st.watermarks[instance] = next_offset
-        self._advance(st)
         actions: list[Report] = []
-        self._give_up(st, partition, actions)
+        self._give_up(st, partition, self._advance(st), actions)
         top = max(st.watermarks.values())
         for inst in self.instances:
             behind = top - st.watermarks.get(inst, 0)
@@ -225,8 +224,7 @@ class ClerkCore:
         actions: list[Publish | Report] = []
         for offset, digest, body, parsed in copies:
             self._copy(st, partition, offset, instance, digest, body, parsed, actions)
-        self._advance(st)
-        self._give_up(st, partition, actions)
+        self._give_up(st, partition, self._advance(st), actions)
         return actions
 
     def _copy(self, st: PartitionState, partition: int, offset: int, instance: str, digest: str, body: bytes,
@@ -341,7 +339,8 @@ class ClerkCore:
             return None
         return sorted(st.watermarks.values(), reverse=True)[self.required - 1]
 
-    def _advance(self, st: PartitionState) -> None:
+    def _advance(self, st: PartitionState) -> int | None:
+        """Advance the decided watermark and collect; returns the settled watermark."""
         settled = self._settled(st)
         while True:
             x = st.decided_below
@@ -364,8 +363,9 @@ class ClerkCore:
                 else:
                     st.ranges[0][0] = x + 1
         self._collect(st, settled)
+        return settled
 
-    def _give_up(self, st: PartitionState, partition: int, actions: list) -> None:
+    def _give_up(self, st: PartitionState, partition: int, settled: int | None, actions: list) -> None:
         """Diverge the open position at the decided watermark while it is more than
         max_lag below the settled watermark (ClerkGivesUpUndecidedPosition). Its copies
         disagree: as many instances as a decision needs have emitted theirs and moved
@@ -373,8 +373,8 @@ class ClerkCore:
         (lagging, or down for good). Waiting for one of those held the decided watermark
         there for good: every later decided position stayed in memory with its bodies,
         each result carried every finished range above it, and the copies' items were
-        never acknowledged."""
-        settled = self._settled(st)
+        never acknowledged. ``settled``: :meth:`_settled`, as :meth:`_advance` returned
+        it (reports advance the decided watermark, never a watermark)."""
         if settled is None:
             return
         while st.decided_below < settled - self.max_lag:
