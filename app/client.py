@@ -454,7 +454,7 @@ class DocketClient:
         later batch of those partitions refused: a fresh-clone user check saw the API
         answer 503 to every request for 4 of 8 partitions for minutes after a broker
         restart, until the API was restarted. Once per failed producer, however many
-        requests saw its refusals, and at most once every RENEW_INTERVAL_S."""
+        requests saw its refusals, and at most one attempt every RENEW_INTERVAL_S."""
         async with self._renewing:
             if self._outbox is not failed or not self._started:
                 return  # renewed already, or stopping
@@ -463,6 +463,7 @@ class DocketClient:
                 await asyncio.sleep(wait)
             from app.kafka_admin import quiet
 
+            self._renewed_at = time.monotonic()  # attempts too: a producer that cannot start
             producer = self._new_producer()
             try:
                 with quiet():
@@ -473,9 +474,11 @@ class DocketClient:
                             "trying again at the next refusal", type(exc).__name__, exc,
                             type(start_exc).__name__, start_exc)
                 return
+            if self._outbox is not failed or not self._started:  # stopped meanwhile
+                await producer.stop()
+                return
             old, self._producer = self._producer, producer
             self._outbox = Outbox(producer, self.settings.input_topic)
-            self._renewed_at = time.monotonic()
             log.warning("Kafka refused a record batch (%s: %s): submitting through a new producer from now on",
                         type(exc).__name__, exc)
         try:
