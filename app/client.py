@@ -622,10 +622,13 @@ class DocketClient:
         now = self._clock_ms()
         self._check_reuse(skey, home, fp, now)
         known = self._live(skey, now)
-        if known is not None and known.divergence is not None and known.fingerprint == fp:
+        if known is not None and known.divergence is not None and known.fingerprint in (fp, None):
             # Produced again, the Wardens would answer it as a duplicate with the outcome
             # each stored, and publish it when those agree (a fault in one output, not
             # in the state): 200 "applied" for a request whose status stays diverged.
+            # A key known from the report alone (another process submitted it, or this
+            # one restarted) has no fingerprint to compare: its request diverged all the
+            # same, and a different one under its key would be refused (422) anyway.
             return Submission(idempotency_key, "diverged", known.position,
                               divergence=orjson.loads(known.divergence), repeated=True)
         if not self.connected:

@@ -1114,7 +1114,9 @@ async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(set
     again; the Wardens answered it as a duplicate with the outcome each had stored, and
     with a fault in one output only those agreed: 200 "applied" for a key whose status
     stayed "diverged" (a fresh-clone user check). Another body with the key is still
-    422, and a key known from a report alone (no fingerprint) is produced as before."""
+    422. A key known from a report alone (another API process submitted it, or this one
+    restarted: no fingerprint) is answered the same way; it was produced again (a second
+    fresh-clone user check: 200 "applied" from a second API process)."""
     import time
 
     from app.client import KafkaUnavailable, KeyReused, _Entry
@@ -1135,8 +1137,10 @@ async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(set
     with pytest.raises(KeyReused):
         await client.submit("stock.adjust", {**payload, "delta": 6}, "kd")
     client.on_divergence(divergence_report("seen", home, 21))  # from a report alone
-    with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):
-        await client.submit("stock.adjust", payload, "seen")
+    sub = await client.submit("stock.adjust", payload, "seen")
+    assert (sub.status, sub.position, sub.replay) == ("diverged", (home, 21), True)
+    with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):  # a key it knows nothing of
+        await client.submit("stock.adjust", payload, "fresh")
 
 
 async def test_a_client_name_the_usher_would_refuse_is_refused_unsent(settings) -> None:
