@@ -136,9 +136,12 @@ clean:
 	@if [ -x $(BIN)/docket ]; then $(BIN)/docket broker stop || true; \
 	  DOCKET_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/docket broker stop >/dev/null 2>&1 || true; fi
 	rm -rf var/
-	@# DOCKET_DATA_ROOT and DOCKET_BROKER_DIR, when set elsewhere, hold the same state
+	@# DOCKET_DATA_ROOT and DOCKET_BROKER_DIR, when set elsewhere, hold the same state;
+	@# never one that is, or holds, your home directory or this checkout
 	@for d in "$${DOCKET_DATA_ROOT:-}" "$${DOCKET_BROKER_DIR:-}"; do \
 	  [ -n "$$d" ] || continue; r=$$(realpath -m "$$d"); \
-	  case "$$r" in /|"$$HOME"|"$$(pwd)") echo "make clean: not deleting $$d ($$r): set it to a directory of docket's own" >&2; continue;; esac; \
+	  keep=""; for p in "$$(realpath -m "$${HOME:-/}")" "$$(realpath -m .)"; do \
+	    case "$$p/" in "$${r%/}/"*) keep=$$p;; esac; done; \
+	  if [ -n "$$keep" ]; then echo "make clean: not deleting $$d ($$r): it holds $$keep; set it to a directory of docket's own" >&2; continue; fi; \
 	  if [ -e "$$r" ]; then echo "rm -rf $$r"; rm -rf "$$r"; fi; \
 	done
