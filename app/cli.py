@@ -67,7 +67,7 @@ def check_domain_setting() -> None:
 
     try:
         registry.versions(name)
-    except UnknownDomain as exc:
+    except (UnknownDomain, TypeError, ValueError) as exc:  # TypeError: module:attribute is no domain
         raise ConfigError(f"DOCKET_DOMAIN={name!r}: {exc}") from None
 
 

@@ -135,6 +135,11 @@ def test_unknown_domain_refused_at_start(command) -> None:
     assert "inventory" in refused.stderr and "Traceback" not in refused.stderr
     table = subprocess.run([str(docket), "config"], env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "`DOCKET_DOMAIN`" in table.stdout
+    # a module:attribute that is no domain (it ended in a TypeError's traceback)
+    env["DOCKET_DOMAIN"] = "os:path"
+    refused = subprocess.run([str(docket), *command], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "configuration error: DOCKET_DOMAIN='os:path'" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_process_logs_in_one_format_worker_json_has_faust_lines_and_nothing_else(tmp_path: Path) -> None:
