@@ -755,3 +755,17 @@ def test_a_lag_shorter_than_the_grace_is_never_named():
     assert lag.lines({(0, "b")}, 20.0) == []
     assert lag.lines({(0, "b")}, 29.0) == []
     assert lag.lines({(0, "b")}, 30.0)[0].startswith("instance b is more than 100 offsets behind")
+
+
+def test_freeze_watch_counts_gaps_between_runs_not_before_the_first():
+    """ClerkSaysWhenItWasFrozen: a gap longer than the session timeout between two runs
+    of the timer is reported; the first run has no previous one, however late it comes
+    (Faust starts timers once the first assignment's recovery completes)."""
+    from agents.clerk import FreezeWatch
+
+    watch = FreezeWatch(limit_s=10.0)
+    assert watch.tick(1_000.0) is None  # first run, long after the worker was built
+    assert watch.tick(1_001.0) is None
+    assert watch.tick(1_011.0) is None  # exactly the limit: not longer than it
+    assert watch.tick(1_021.5) == 10.5
+    assert watch.tick(1_022.5) is None
