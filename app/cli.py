@@ -56,19 +56,11 @@ def cli(ctx: click.Context) -> None:
 
 
 def check_domain_setting() -> None:
-    """A DOCKET_DOMAIN that names no domain is a configuration error for every command
-    (ConfigError): the API and the instances ended in a traceback, and the Clerk, which
-    judges no event, started on another domain's topics."""
-    name = os.environ.get("DOCKET_DOMAIN", "").strip()
-    if not name:
-        return
-    import app.domains  # noqa: F401  registers the built-in domains
-    from app.registry import UnknownDomain, registry
+    """:func:`app.registry.check_domain` of DOCKET_DOMAIN as the settings read it."""
+    from app.registry import check_domain
+    from app.settings import domain_setting
 
-    try:
-        registry.versions(name)
-    except (UnknownDomain, TypeError, ValueError) as exc:  # TypeError: module:attribute is no domain
-        raise ConfigError(f"DOCKET_DOMAIN={name!r}: {exc}") from None
+    check_domain(domain_setting())
 
 
 @cli.command("config")

@@ -182,3 +182,20 @@ def version_number(name: str, version: object) -> int | None:
 
 
 registry = DomainRegistry()
+
+
+def check_domain(name: str) -> None:
+    """Raise app.settings.ConfigError, naming DOCKET_DOMAIN, when ``name`` (its value)
+    names no domain: neither a registered one nor a ``module:attribute`` holding one
+    (UnknownDomainRefusedAtStart, specs/integration.allium). Every command but
+    ``docket config`` and both Faust command-line apps (docket_apps) check it before
+    they start: the API and the instances ended in a traceback, and the Clerk, which
+    judges no event, started on another domain's topics."""
+    from app.settings import ConfigError
+
+    import app.domains  # noqa: F401  registers the built-in domains
+
+    try:
+        registry.versions(name)
+    except (UnknownDomain, TypeError, ValueError) as exc:  # TypeError: module:attribute is no domain
+        raise ConfigError(f"DOCKET_DOMAIN={name!r}: {exc}") from None

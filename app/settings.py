@@ -97,6 +97,12 @@ def _raw(env: str) -> str:
     return _DEFAULTS[env] if value is None or value.strip() == "" else value.strip()
 
 
+def domain_setting() -> str:
+    """DOCKET_DOMAIN's value (its default when unset or blank), without loading or
+    checking any other setting."""
+    return _raw("DOCKET_DOMAIN")
+
+
 def _int(env: str, minimum: int) -> int:
     raw = _raw(env)
     try:

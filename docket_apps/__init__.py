@@ -18,14 +18,19 @@ from __future__ import annotations
 import sys
 
 from agents.plumbing import worker_settings
+from app.registry import check_domain
 from app.settings import ConfigError, Settings
 
 
 def settings_or_exit() -> Settings:
-    """The DOCKET_* settings (:func:`agents.plumbing.worker_settings`); on a ConfigError the process exits 2 with docket's message
-    (the same as ``docket``'s), not a traceback from inside Faust's app lookup."""
+    """The DOCKET_* settings (:func:`agents.plumbing.worker_settings`), DOCKET_DOMAIN
+    checked (:func:`app.registry.check_domain`); on a ConfigError the process exits 2
+    with docket's message (the same as ``docket``'s), not a traceback from inside
+    Faust's app lookup."""
     try:
-        return worker_settings()  # DOCKET_EVENT_LOOP installed before Faust's worker creates its loop
+        settings = worker_settings()  # DOCKET_EVENT_LOOP installed before Faust's worker creates its loop
+        check_domain(settings.domain)
+        return settings
     except ConfigError as exc:
         print(f"docket: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -142,6 +142,20 @@ def test_unknown_domain_refused_at_start(command) -> None:
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.parametrize("module", ["docket_apps.instance", "docket_apps.clerk"])
+def test_unknown_domain_refused_by_the_faust_command_line_apps(module) -> None:
+    """UnknownDomainRefusedAtStart, through Faust's own command line (`faust -A
+    docket_apps.instance worker`): exit 2 with docket's one line, where it ended in a
+    traceback from inside Faust's app lookup (a fresh-clone user check)."""
+    faust_cli = Path(sys.executable).with_name("faust")
+    env = clean_env(DOCKET_DOMAIN="nope", DOCKET_INSTANCE_ID="a", DOCKET_KAFKA_BOOTSTRAP="127.0.0.1:9")
+    refused = subprocess.run([str(faust_cli), "-A", module, "worker"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "docket: configuration error: DOCKET_DOMAIN='nope': no domain named 'nope'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_process_logs_in_one_format_worker_json_has_faust_lines_and_nothing_else(tmp_path: Path) -> None:
     """ProcessLogsInOneFormat: a worker under DOCKET_LOG_FORMAT=json writes nothing but
     JSON objects to stderr, one a line, Faust's and aiokafka's records among them (the
