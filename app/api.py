@@ -498,7 +498,14 @@ class ApiMetrics:
         self._unavailable: tuple[float, int] | None = None
 
     def observe_submission(self, sub: Submission) -> None:
-        if self._unavailable:
+        """Count an answered submission. Ends a run of 503s (observe_unavailable) only
+        when Kafka acknowledged this one after the run's first 503: a request
+        acknowledged before an outage and answered during it (its result came late),
+        or a repeat answered from the index (nothing produced), says nothing of Kafka
+        now; either ended the run with a false "acknowledges submissions again" line
+        (a fresh-clone user check)."""
+        acked_at = time.monotonic() - sub.waited_s
+        if self._unavailable and not sub.repeated and acked_at >= self._unavailable[0]:
             began, count = self._unavailable
             self._unavailable = None
             log.warning("Kafka acknowledges submissions again, after %d answered 503 kafka_unavailable over %.1f s",

@@ -1655,3 +1655,24 @@ async def test_readyz_names_the_domain_and_the_demo_refuses_another(settings, mo
             assert unready is not None and "is not ready" in unready
         async with TestClient(server) as tc:
             assert (await (await tc.get("/readyz")).json())["domain"] == "accounts"
+
+
+def test_an_outage_ends_only_with_a_submission_acknowledged_after_it(caplog) -> None:
+    """ApiReportsKafkaUnavailable: the line saying Kafka acknowledges submissions again
+    comes with the first submission acknowledged after the run's first 503; a request
+    acknowledged before the outage and answered late, or a repeat answered from the
+    index, ended the run with that line while Kafka was still away."""
+    metrics = api_mod.ApiMetrics()
+    pos = (0, 7)
+    with caplog.at_level(logging.WARNING, logger="docket.api"):
+        metrics.observe_unavailable(True, "Kafka at x is unreachable")
+        # acknowledged 30 s ago, its result read now
+        metrics.observe_submission(Submission("k1", "decided", pos, result={"outcome": {"status": "applied"}},
+                                              waited_s=30.0))
+        metrics.observe_submission(Submission("k2", "diverged", pos, divergence={}, repeated=True))
+        assert [r.getMessage() for r in caplog.records if "submissions again" in r.getMessage()] == []
+        metrics.observe_unavailable(False, "not acknowledged")
+        metrics.observe_submission(Submission("k3", "decided", pos, result={"outcome": {"status": "applied"}},
+                                              waited_s=0.0))
+    again = [r.getMessage() for r in caplog.records if "acknowledges submissions again" in r.getMessage()]
+    assert len(again) == 1 and "after 2 answered 503" in again[0], again
