@@ -214,6 +214,34 @@ def pipeline_is_ready(settings: Settings, members: tuple[list[str], bool]) -> bo
     return clerk and len(running) >= settings.required_copies
 
 
+def metrics_url(settings: Settings, port: int) -> str:
+    """The /metrics page a stack worker serves on ``port``, on DOCKET_METRICS_HOST (a
+    wildcard address read through the loopback of its family)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.metrics_host, settings.metrics_host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
+
+
+def workers_serving(settings: Settings, running: list[str], timeout_s: float = 2.0) -> bool:
+    """True when the Clerk and each instance of ``running`` that the stack gives a web
+    port (DOCKET_CLERK_WEB_PORT, DOCKET_INSTANCE_A/B_WEB_PORT) answer /metrics with 200.
+    Faust starts a worker's web server only once its first assignment's table recovery
+    has completed, so this is the worker holding partitions, where a stable consumer
+    group is not: after a run that was killed, the group still lists the dead members
+    (stable) until their session times out, and the stack said ready 9 s before the
+    instances could judge (the first requests answered 202; a fresh-clone user check)."""
+    ports = [settings.clerk_web_port] + [port for ident, port in settings.instance_web_ports if ident in running]
+    for port in ports:
+        try:
+            with urllib.request.urlopen(metrics_url(settings, port), timeout=timeout_s) as response:
+                if response.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+    return True
+
+
 async def pipeline_ready(settings: Settings) -> bool:
     """:func:`pipeline_is_ready` with the groups' states read from Kafka now."""
     return pipeline_is_ready(settings, await pipeline_members(settings))
@@ -795,7 +823,7 @@ def topics_cmd(wait_s: float) -> None:
         if not api_ready(base):
             return False
         seen[0] = asyncio.run(pipeline_members(settings))
-        return pipeline_is_ready(settings, seen[0])
+        return pipeline_is_ready(settings, seen[0]) and workers_serving(settings, seen[0][0])
 
     if until(ready, time.monotonic() + wait_s):
         since = _since_stack_start() or (time.monotonic() - began)
@@ -805,11 +833,12 @@ def topics_cmd(wait_s: float) -> None:
                  f"instances {', '.join(running)} and the Clerk are (not {', '.join(missing)}: "
                  f"{settings.required_copies} matching copies decide)")
         click.echo(f"docket is ready in {since:.1f} s: the API answers at {base}, {which} in their consumer "
-                   "groups (Ctrl-C stops everything)")
+                   "groups with their partitions (Ctrl-C stops everything)")
     elif not stopping:
         click.echo(f"warning: the stack was not ready within {wait_s:g} s after the topics (the API at {base} "
                    f"answers /readyz: {api_ready(base)}; instances and Clerk in their consumer groups: "
-                   f"{asyncio.run(pipeline_ready(settings))})")
+                   f"{asyncio.run(pipeline_ready(settings))}; their /metrics pages answer (Faust serves them once "
+                   f"a worker's partitions are recovered): {workers_serving(settings, seen[0][0])})")
     while not stopping:  # idle; not signal.pause(), which a signal just before it would miss
         time.sleep(0.5)
 

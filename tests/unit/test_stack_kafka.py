@@ -157,3 +157,41 @@ def test_the_stack_is_ready_once_the_clerk_and_the_required_instances_are(settin
 
     s = dataclasses.replace(settings, instances=instances, required_copies=required)
     assert pipeline_is_ready(s, (running, clerk)) is ready
+
+
+def test_the_stack_is_ready_only_once_its_workers_serve_metrics(settings) -> None:
+    """StackReportsReady: the Clerk and the running instances given a web port must
+    answer /metrics (Faust serves it once a worker's partitions are recovered); a
+    group stable with a killed run's dead members made the stack say ready 9 s early."""
+    import http.server
+    import threading
+
+    from launcher.broker import free_port
+    from launcher.stack import metrics_url, workers_serving
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  http.server's name
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        clerk_port, a_port = (server.server_address[1] for server in servers)
+        b_port = free_port()  # nobody listens: b has not started serving
+        s = dataclasses.replace(settings, metrics_host="127.0.0.1", clerk_web_port=clerk_port,
+                                instance_web_ports=(("a", a_port), ("b", b_port)))
+        assert workers_serving(s, ["a"]) is True  # b not running: not asked
+        assert workers_serving(s, ["a", "b"]) is False
+        assert workers_serving(dataclasses.replace(s, clerk_web_port=b_port), ["a"]) is False
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    for host, url in [("0.0.0.0", "http://127.0.0.1:1/metrics"), ("::", "http://[::1]:1/metrics"),
+                      ("10.1.2.3", "http://10.1.2.3:1/metrics"), ("fd00::1", "http://[fd00::1]:1/metrics")]:
+        assert metrics_url(dataclasses.replace(settings, metrics_host=host), 1) == url
