@@ -69,7 +69,7 @@ from app.records import (
     partition_for,
     unreadable_reason,
 )
-from app.settings import Settings, client_name_problem, load
+from app.settings import ConfigError, Settings, client_name_problem, load
 
 log = logging.getLogger("docket.client")
 
@@ -156,6 +156,14 @@ class KafkaUnavailable(ClientError):
 class TopicsMissing(ClientError):
     """docket's topics do not exist, have another partition count, or the input topic
     lacks broker timestamps (LogAppendTime); the message says how to fix it."""
+
+
+class TopicsDisagree(TopicsMissing, ConfigError):
+    """The topics exist but do not fit the settings, which waiting cannot change: the
+    input topic has another partition count than DOCKET_PARTITIONS, or the instances'
+    status records say the topics serve another domain than DOCKET_DOMAIN
+    (TopicsServeOneDomain). A ConfigError: the API stops with exit status 2 instead of
+    retrying (and answering 503 "Kafka is unreachable") for ever."""
 
 
 @dataclass(frozen=True)
@@ -364,9 +372,33 @@ class DocketClient:
     async def wait_caught_up(self, timeout: float) -> None:
         await asyncio.wait_for(self._caught_up.wait(), timeout)
 
+    async def _check_domain(self) -> None:
+        """Raise TopicsDisagree when the instances' status records say the topics serve
+        another domain than DOCKET_DOMAIN: this client would judge requests by the wrong
+        domain's rules (a fresh-clone user check saw an accounts API on inventory
+        topics answer every account.open 409 unknown_event, and `docket demo` pick the
+        API's domain). A status topic that cannot be read within 10 s is logged and
+        the check skipped, as the instances do (agents/instance.py
+        check_topics_domain)."""
+        from aiokafka.errors import KafkaError
+
+        from app.status import domain_conflict, read_statuses
+
+        try:
+            statuses = await read_statuses(self.settings, min(self.start_timeout_s, 10.0))
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("could not read %s to check which domain its topics serve (%s); starting without that "
+                        "check", self.settings.status_topic, exc or type(exc).__name__)
+            return
+        conflict = domain_conflict(self.settings, statuses)
+        if conflict is not None:
+            raise TopicsDisagree(conflict)
+
     async def start(self) -> None:
         """Connect, check the topics, load the entity view and start following results.
-        Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP) or TopicsMissing."""
+        Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP), TopicsMissing, or
+        TopicsDisagree (a TopicsMissing and a ConfigError: another partition count than
+        DOCKET_PARTITIONS, or topics of another domain)."""
         if self._started:
             return
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -396,9 +428,11 @@ class DocketClient:
             raise TopicsMissing(f"topic(s) {', '.join(missing)} do not exist on {s.kafka_bootstrap}; "
                                 "run `docket topics create`")
         if counts[s.input_topic] != s.partitions:
-            raise TopicsMissing(f"{s.input_topic} has {counts[s.input_topic]} partitions but "
-                                f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
-                                "where the instances do not expect them")
+            raise TopicsDisagree(f"{s.input_topic} has {counts[s.input_topic]} partitions but "
+                                 f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
+                                 f"where the instances do not expect them; set DOCKET_PARTITIONS="
+                                 f"{counts[s.input_topic]}")
+        await self._check_domain()
 
         producer = self._new_producer()
         # fetch_max_wait_ms: see app/faust_tuning.py; aiokafka's 500 ms default would

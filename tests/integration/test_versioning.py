@@ -326,3 +326,19 @@ async def test_the_topics_of_one_domain_refuse_another_and_domain_status_shows_e
     status = docket_cli(s, "domain", "status", DOCKET_DOMAIN="accounts")
     assert status.returncode == 1 and "belong to the inventory domain" in status.stderr, status.stderr
     assert await end_offsets(s.kafka_bootstrap, s.input_topic) == ends  # no activation record was written
+    # the API's client refuses them too, for good (a ConfigError: `docket api` exits 2
+    # rather than answering 503 "unreachable" while retrying), and so does a partition
+    # count other than the topics' (it retried for ever; a fresh-clone user check)
+    import dataclasses
+
+    from app.client import DocketClient, TopicsDisagree
+    from app.settings import ConfigError
+
+    with pytest.raises(TopicsDisagree, match="belong to the inventory domain") as refused_domain:
+        await DocketClient(dataclasses.replace(s, domain="accounts")).start()
+    assert isinstance(refused_domain.value, ConfigError)
+    with pytest.raises(TopicsDisagree, match=f"has {s.partitions} partitions but DOCKET_PARTITIONS="):
+        await DocketClient(dataclasses.replace(s, partitions=s.partitions + 1)).start()
+    client = DocketClient(s)  # the right domain and count: it starts
+    await client.start()
+    await client.stop()

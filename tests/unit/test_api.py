@@ -1319,14 +1319,16 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
 def test_a_refused_login_is_not_retried_anything_else_is() -> None:
     """KafkaLoginRefusedFailsFast: the API's decision after a failed start of its
     client. A ConfigError (KafkaAuthError: Kafka answered and refused the credentials or
-    the TLS handshake; a setting the client cannot use) is final; Kafka unreachable,
-    topics missing, or a fault of docket's are retried."""
+    the TLS handshake; a setting the client cannot use; topics of another partition
+    count or domain) is final; Kafka unreachable, topics missing, or a fault of docket's
+    are retried."""
     from aiokafka.errors import KafkaConnectionError
 
-    from app.client import KafkaUnavailable, TopicsMissing
+    from app.client import KafkaUnavailable, TopicsDisagree, TopicsMissing
     from app.kafka_config import KafkaAuthError
 
-    for final in (KafkaAuthError("refused"), ConfigError("DOCKET_KAFKA_BOOTSTRAP: 'x' is not host:port")):
+    for final in (KafkaAuthError("refused"), ConfigError("DOCKET_KAFKA_BOOTSTRAP: 'x' is not host:port"),
+                  TopicsDisagree("docket.input has 8 partitions but DOCKET_PARTITIONS=4")):
         assert api_mod._retry_start(final) is False, final
     for passing in (KafkaUnavailable("down"), TopicsMissing("no topics"), KafkaConnectionError("x"),
                     OSError("refused"), TimeoutError(), KeyError("key")):
