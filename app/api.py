@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from app import logs, openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
-from app.client import (DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
+from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
 from app.settings import ConfigError, Settings, api_tokens_absence, load, named_tokens
 
@@ -379,7 +379,10 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(422, "idempotency_key_reused", str(exc),
                        [{"field": "Idempotency-Key", "reason": "idempotency_key_reused", "message": str(exc)}],
                        idempotency_key=key, position=_position(exc.position)) from None
-    except KafkaUnavailable as exc:
+    except (KafkaUnavailable, ClientNotStarted) as exc:
+        if isinstance(exc, ClientNotStarted):  # the API's client has not connected (yet, or again)
+            exc = KafkaUnavailable(f"not connected to Kafka at {client.settings.kafka_bootstrap}: nothing was sent. "
+                                   "Send it again once Kafka is back: it cannot be applied twice", accepted=False)
         if exc.accepted is False:
             message = f"the request was not accepted: {exc}"
         else:

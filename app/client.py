@@ -158,6 +158,14 @@ class TopicsMissing(ClientError):
     lacks broker timestamps (LogAppendTime); the message says how to fix it."""
 
 
+class ClientNotStarted(ClientError, RuntimeError):
+    """:meth:`DocketClient.submit` on a client whose :meth:`~DocketClient.start` was
+    never called (use ``async with DocketClient() as client``), or after its
+    :meth:`~DocketClient.stop`: a mistake in the calling code, which waiting for Kafka
+    cannot fix (it was reported as KafkaUnavailable, "send it again once Kafka is
+    back")."""
+
+
 class TopicsDisagree(TopicsMissing, ConfigError):
     """The topics exist but do not fit the settings, which waiting cannot change: the
     input topic has another partition count than DOCKET_PARTITIONS, or the instances'
@@ -303,6 +311,8 @@ class DocketClient:
         self._consumer = None
         self._task: asyncio.Task | None = None
         self._started = False
+        self._start_called = False  # start() called at least once (ClientNotStarted)
+        self._stopped = False  # stop() called since the last start()
         self._caught_up = asyncio.Event()
         self._catch_up_to: dict = {}  # TopicPartition -> end offset at start
         # submissions waiting for a result, by input position
@@ -394,11 +404,25 @@ class DocketClient:
         if conflict is not None:
             raise TopicsDisagree(conflict)
 
+    def _check_open(self) -> None:
+        """Raise ClientNotStarted before start() was first called, or after stop(). A
+        client whose start is still being attempted (the API's, connecting in the
+        background) is open: its submissions get KafkaUnavailable."""
+        if self._started:
+            return
+        if not self._start_called:
+            raise ClientNotStarted("this DocketClient was never started: use `async with DocketClient() as "
+                                   "client:` or `await client.start()` first")
+        if self._stopped:
+            raise ClientNotStarted("this DocketClient was stopped: start it again (`await client.start()`) or "
+                                   "use a new one")
+
     async def start(self) -> None:
         """Connect, check the topics, load the entity view and start following results.
         Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP), TopicsMissing, or
         TopicsDisagree (a TopicsMissing and a ConfigError: another partition count than
         DOCKET_PARTITIONS, or topics of another domain)."""
+        self._start_called, self._stopped = True, False
         if self._started:
             return
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -521,6 +545,9 @@ class DocketClient:
             pass
 
     async def stop(self) -> None:
+        """Stop following results and close the Kafka clients; waiting submissions are
+        cancelled. A later submit() raises ClientNotStarted."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -647,7 +674,8 @@ class DocketClient:
         name; None is the key space of Kafka-native producers).
 
         Raises ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
-        accepted, or not acknowledged in time). Returns a Submission whose status is
+        accepted, or not acknowledged in time), ClientNotStarted (start() never called,
+        or stop() since). Returns a Submission whose status is
         decided, pending (timeout; the event was accepted) or diverged. A repeat of a
         request that diverged is answered with its divergence, and nothing is produced
         (ClientAnswersRepeatOfDivergedRequest)."""
@@ -666,6 +694,7 @@ class DocketClient:
             return Submission(idempotency_key, "diverged", known.position,
                               divergence=orjson.loads(known.divergence), repeated=True)
         if not self.connected:
+            self._check_open()  # never started, or stopped: the caller's doing, not Kafka's
             raise KafkaUnavailable(
                 f"Kafka at {self.settings.kafka_bootstrap} is unreachable: nothing was sent"
                 + (f" ({self.last_error})" if self.last_error else "")
@@ -744,7 +773,8 @@ class DocketClient:
     # ------------------------------------------------------------------ reading
 
     def status(self, idempotency_key: str, client: str | None = None) -> KeyStatus:
-        """What this client knows of ``idempotency_key`` in ``client``'s key space."""
+        """What this client knows of ``idempotency_key`` in ``client``'s key space
+        (from what it has read: "unknown" from a client not started)."""
         entry = self._live((client, idempotency_key), self._clock_ms())
         if entry is None:
             return KeyStatus(idempotency_key, "unknown")

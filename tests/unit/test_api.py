@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from app import api as api_mod
 from app.api import MAX_BODY_BYTES, create_app, parse_idempotency_key, parse_prefer, submission_response
-from app.client import DocketClient, KeyStatus, Submission
+from app.client import ClientNotStarted, DocketClient, KeyStatus, Submission
 from app.records import partition_for
 from app.settings import SETTINGS, ConfigError, load, named_token
 from launcher.broker import free_port
@@ -1139,8 +1139,32 @@ async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(set
     client.on_divergence(divergence_report("seen", home, 21))  # from a report alone
     sub = await client.submit("stock.adjust", payload, "seen")
     assert (sub.status, sub.position, sub.replay) == ("diverged", (home, 21), True)
-    with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):  # a key it knows nothing of
+    with pytest.raises(ClientNotStarted, match="never started"):  # a key it knows nothing of: to Kafka
         await client.submit("stock.adjust", payload, "fresh")
+
+
+async def test_submit_on_a_client_never_started_or_stopped_says_so(settings) -> None:
+    """ClientRefusesSubmitWhenNotStarted: a DocketClient whose start() was never called,
+    or that was stopped, raises ClientNotStarted from submit(), saying what to do; it raised KafkaUnavailable
+    ("send it again once Kafka is back") with the broker up, an endless retry for a
+    caller (a fresh-clone user check). One whose start was tried and failed (Kafka
+    away: the API's client while it connects) still raises KafkaUnavailable. Validation
+    comes first either way."""
+    from app.client import ClientNotStarted, KafkaUnavailable, ValidationError
+
+    payload = {"warehouse": "w1", "sku": "s1", "delta": 5}
+    client = DocketClient(settings, start_timeout_s=1.0)
+    with pytest.raises(ClientNotStarted, match="never started.*async with DocketClient"):
+        await client.submit("stock.adjust", payload, "k1")
+    with pytest.raises(ValidationError):
+        await client.submit("stock.adjust", {**payload, "delta": "x"}, "k1")
+    with pytest.raises(KafkaUnavailable, match="is the broker running"):  # nobody listens at its bootstrap
+        await client.start()
+    with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):
+        await client.submit("stock.adjust", payload, "k1")
+    await client.stop()
+    with pytest.raises(ClientNotStarted, match="was stopped"):
+        await client.submit("stock.adjust", payload, "k1")
 
 
 async def test_a_client_name_the_usher_would_refuse_is_refused_unsent(settings) -> None:
