@@ -127,8 +127,8 @@ def status_cmd(timeout_s: float) -> None:
     From the instances' status records (<prefix>.status): per partition and instance,
     "judging" with the version and the offset of the activation that chose it (-1:
     the base, no activation), or "blocked" at an offset, with what the instance's
-    WARNING says to do. Exits 1 when the records name another domain than
-    DOCKET_DOMAIN."""
+    WARNING says to do; then the partitions no status record names yet. Exits 1 when
+    the records name another domain than DOCKET_DOMAIN."""
     settings = load()
     statuses = _statuses(settings, timeout_s)
     if not statuses:
@@ -138,6 +138,11 @@ def status_cmd(timeout_s: float) -> None:
     for rec in statuses:
         click.echo(f"{rec['partition']:>9}  {rec['instance']:<10} {rec['state']:<8} {rec['version']:<16} "
                    f"{rec['offset']:>10}" + (f"  {rec['remedy']}" if rec.get("remedy") else ""))
+    silent = sorted(set(range(settings.partitions)) - {rec["partition"] for rec in statuses})
+    if silent:
+        # an instance writes a partition's status once it has processed a record of it
+        click.echo(f"no status record yet for partition(s) {', '.join(map(str, silent))}: no instance has "
+                   "processed a record of them")
     conflict = domain_conflict(settings, statuses)
     if conflict is not None:
         raise click.ClickException(conflict)

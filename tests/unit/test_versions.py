@@ -433,3 +433,27 @@ def test_status_records_name_the_domain_their_topics_serve(monkeypatch) -> None:
     monkeypatch.setenv("DOCKET_DOMAIN", "accounts")
     problem = domain_conflict(load(), [judging])
     assert "belong to the inventory domain" in problem and "set DOCKET_DOMAIN=inventory" in problem
+
+
+def test_domain_status_names_the_partitions_without_a_status(monkeypatch) -> None:
+    """TopicsServeOneDomain (`docket domain status`): every status record, then the
+    partitions no instance has processed a record of, which have none (they were left
+    out, where the README promised a row per partition; a fresh-clone user check)."""
+    from click.testing import CliRunner
+
+    from app import domain_cli
+    from app.status import parse_status
+    from app.versions import status_record
+
+    monkeypatch.setenv("DOCKET_PARTITIONS", "4")
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    records = [parse_status(*status_record(i, p, "judging", -1, "inventory/1", ["inventory/1"]))
+               for p in (0, 2) for i in ("a", "b")]
+    monkeypatch.setattr(domain_cli, "_statuses", lambda settings, timeout_s: records)
+    out = CliRunner().invoke(domain_cli.domain, ["status"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count(" judging ") == 4
+    assert "no status record yet for partition(s) 1, 3: no instance has processed a record of them" in out.output
+    records[:] = [parse_status(*status_record("a", p, "judging", -1, "inventory/1", ["inventory/1"]))
+                  for p in range(4)]
+    assert "no status record yet" not in CliRunner().invoke(domain_cli.domain, ["status"]).output
