@@ -65,7 +65,7 @@ demo: $(STAMP)
 	@$(BIN)/docket demo $(DEMO_ARGS)
 
 # The fault console (console/, issue 16): its own broker, instances a, b, c, the Clerk and
-# a workload in var/console/ (wiped at start); prints the page's URL with its token.
+# a workload in $DOCKET_DATA_ROOT/console (var/console/, wiped at start); prints the page's URL with its token.
 # Ctrl-C stops everything. Options: CONSOLE_ARGS="--rate 100 --open-browser".
 CONSOLE_ARGS ?=
 console: $(STAMP) broker-fetch

@@ -748,8 +748,9 @@ def _client_fault(exc: BaseException) -> bool:
 
 _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
 # What aiohttp quotes of the request in its descriptions: a bytes or str literal
-# (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it.
-_QUOTED = re.compile(r"""\s*:?\s*b?['"].*$""")
+# (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it. A literal
+# starts a line or follows a space or a colon: the apostrophe of "can't" starts none.
+_QUOTED = re.compile(r"""\s*:?\s*(?<![^\s:])b?['"].*$""")
 # A quoted header line: its field name, nothing of its value.
 _HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
 _DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")

@@ -195,18 +195,24 @@ class _Stopped(Exception):
 @click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
               envvar="DOCKET_CONSOLE_PARTITIONS", help="partitions of every topic [env DOCKET_CONSOLE_PARTITIONS]")
 @click.option("--seed", type=int, default=None, help="seed of the workload [default: random, printed]")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var/console"),
-              show_default=True, envvar="DOCKET_CONSOLE_DATA_DIR",
-              help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="DOCKET_CONSOLE_DATA_DIR",
+              help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR; "
+                   "default: $DOCKET_DATA_ROOT/console, var/console]")
 @click.option("--fault-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,
               envvar="DOCKET_CONSOLE_FAULT_RATE",
               help="share of records a corrupt switch corrupts [env DOCKET_CONSOLE_FAULT_RATE]")
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True,
               help="open the page in the default browser once the stack is ready")
-def console(port: int, rate: int, partitions: int, seed: int | None, data_dir: Path, fault_rate: float,
+def console(port: int, rate: int, partitions: int, seed: int | None, data_dir: Path | None, fault_rate: float,
             open_browser: bool) -> None:
     """The fault console: kill, slow and corrupt a live stack from a web page and watch
     the Clerk hold."""
+    if data_dir is None:
+        # beside the rest of docket's state (it was var/console whatever DOCKET_DATA_ROOT said)
+        from app.settings import load
+
+        data_dir = load().data_root / "console"
     seed = random.SystemRandom().randrange(1, 2**31) if seed is None else seed
     try:
         code = asyncio.run(run_console(port, rate, partitions, seed, data_dir.resolve(), fault_rate, open_browser))

@@ -508,6 +508,10 @@ def test_a_fault_description_holds_nothing_of_the_request() -> None:
         (BadStatusLine(error=f"Bad status line:\n  Invalid method encountered:\n\n  {secret.encode()!r}\n  ^"),
          "Bad status line: Invalid method encountered"),
         (BadHttpMessage("Duplicate 'Content-Type' header found."), "Duplicate 'Content-Type' header found."),
+        # an apostrophe is no quoted literal: the text was cut to "Transfer-Encoding can"
+        (BadHttpMessage("Transfer-Encoding can't be present with Content-Length"),
+         "Transfer-Encoding can't be present with Content-Length"),
+        (BadHttpMessage(f"Bad header:'{secret}'"), "Bad header"),
     ]
     for exc, said in cases:
         assert api_mod._fault_text(exc) == said, exc  # noqa: SLF001

@@ -315,3 +315,28 @@ def test_data_dir_is_wiped_only_when_it_is_a_consoles(tmp_path) -> None:
     with pytest.raises(click.ClickException, match="not a console's data directory"):
         wipe(precious)
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_console_keeps_its_data_under_docket_data_root(monkeypatch, tmp_path) -> None:
+    """The console's --data-dir defaults to $DOCKET_DATA_ROOT/console (it was var/console
+    whatever DOCKET_DATA_ROOT said; a fresh-clone user check); DOCKET_CONSOLE_DATA_DIR
+    and --data-dir still name another."""
+    from click.testing import CliRunner
+
+    from console import cli as console_cli
+
+    seen = []
+
+    async def run_console(port, rate, partitions, seed, data_dir, fault_rate, open_browser):
+        seen.append(data_dir)
+        return 0
+
+    monkeypatch.setattr(console_cli, "run_console", run_console)
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(tmp_path / "root"))
+    monkeypatch.delenv("DOCKET_CONSOLE_DATA_DIR", raising=False)
+    assert CliRunner().invoke(console_cli.console, []).exit_code == 0
+    monkeypatch.setenv("DOCKET_CONSOLE_DATA_DIR", str(tmp_path / "env"))
+    assert CliRunner().invoke(console_cli.console, []).exit_code == 0
+    assert CliRunner().invoke(console_cli.console, ["--data-dir", str(tmp_path / "flag")]).exit_code == 0
+    assert seen == [(tmp_path / "root" / "console").resolve(), (tmp_path / "env").resolve(),
+                    (tmp_path / "flag").resolve()]
