@@ -338,6 +338,11 @@ async def post_event(request: web.Request) -> web.Response:
     try:
         body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:  # orjson's words for it: "str is not valid UTF-8: surrogates ..."
+            raise ApiError(400, "invalid_json", f"the body is not UTF-8 text (byte 0x{raw[bad.start]:02x} at "
+                                                f"offset {bad.start}): JSON must be UTF-8 (RFC 8259)") from None
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except DuplicateMember as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}",
@@ -749,8 +754,9 @@ def _client_fault(exc: BaseException) -> bool:
 _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one log line
 # What aiohttp quotes of the request in its descriptions: a bytes or str literal
 # (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it. A literal
-# starts a line or follows a space or a colon: the apostrophe of "can't" starts none.
-_QUOTED = re.compile(r"""\s*:?\s*(?<![^\s:])b?['"].*$""")
+# starts a line or follows a space, a colon, a bracket or "=" (bytearray(b'...')): the
+# apostrophe of "can't" starts none.
+_QUOTED = re.compile(r"""\s*:?\s*(?<![^\s:(\[=])b?['"].*$""")
 # A quoted header line: its field name, nothing of its value.
 _HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
 _DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")

@@ -610,6 +610,9 @@ async def _counted_more(port: int, before: float) -> bool:
 BAD_REQUESTS = [
     # (name, body, key, content type, expected status, error code, field, text in message)
     ("not JSON", b"{nope", "k1", "application/json", 400, "invalid_json", None, "not valid JSON"),
+    # said as "str is not valid UTF-8: surrogates not allowed" (orjson's words) before
+    ("not UTF-8", b'{"event_name": "stock.adjust", "payload": {"sku": "\xff"}}', "k1", "application/json", 400,
+     "invalid_json", None, "not UTF-8 text (byte 0xff at offset 51)"),
     ("array body", [1, 2], "k1", "application/json", 400, "invalid_request", "body", "must be a JSON object"),
     ("null body", None, "k1", "application/json", 400, "invalid_request", "body", "not null"),
     ("no key", adjust(), None, "application/json", 400, "invalid_request", "Idempotency-Key", "header is required"),
