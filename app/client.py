@@ -59,6 +59,7 @@ from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import (
+    MAX_EVENT_NAME,
     MAX_IDEMPOTENCY_KEY,
     MAX_VALUE_BYTES,
     UnreadableRecord,
@@ -623,6 +624,10 @@ class DocketClient:
         errors = []
         if not isinstance(event_name, str) or not event_name:
             errors.append(FieldError("event_name", "invalid_event_name", "event_name must be a non-empty string"))
+        elif len(event_name) > MAX_EVENT_NAME:
+            # as the Usher reads the envelope (app/records.py decode); and not echoed whole
+            errors.append(FieldError("event_name", "invalid_event_name",
+                                     f"event_name exceeds {MAX_EVENT_NAME} characters ({len(event_name):,})"))
         elif event_name not in self.domain.event_names:
             names = ", ".join(sorted(self.domain.event_names))
             errors.append(FieldError("event_name", "unknown_event",

@@ -610,6 +610,9 @@ async def _counted_more(port: int, before: float) -> bool:
 BAD_REQUESTS = [
     # (name, body, key, content type, expected status, error code, field, text in message)
     ("not JSON", b"{nope", "k1", "application/json", 400, "invalid_json", None, "not valid JSON"),
+    # the Usher's limit; the unknown name was echoed whole
+    ("long event name", {"event_name": "x" * 300, "payload": {}}, "k1", "application/json", 400,
+     "invalid_request", "event_name", "event_name exceeds 256 characters (300)"),
     # said as "str is not valid UTF-8: surrogates not allowed" (orjson's words) before
     ("not UTF-8", b'{"event_name": "stock.adjust", "payload": {"sku": "\xff"}}', "k1", "application/json", 400,
      "invalid_json", None, "not UTF-8 text (byte 0xff at offset 51)"),
