@@ -674,12 +674,12 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
                    "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
                                                ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
     app.router.add_post("/v1/events", post_event)
-    app.router.add_get("/v1/events/{idempotency_key}", get_event, allow_head=False)
-    app.router.add_get("/v1/entities/{type}/{id}", get_entity, allow_head=False)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics_page, allow_head=False)
-    app.router.add_get("/openapi.json", openapi_page, allow_head=False)
+    app.router.add_get("/v1/events/{idempotency_key}", get_event)
+    app.router.add_get("/v1/entities/{type}/{id}", get_entity)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/openapi.json", openapi_page)
     if connect:
         app.cleanup_ctx.append(_kafka_connection)
     return app

@@ -901,6 +901,18 @@ async def test_events_and_entities_need_a_connection_and_valid_names(http) -> No
     assert (await resp.json())["errors"][0]["field"] == "type"
 
 
+async def test_get_routes_answer_head_as_http_has_it(http) -> None:
+    """HEAD of a GET route answers as GET would, without the body (RFC 9110 9.3.2):
+    /healthz answered 405, which a load balancer's HEAD probe reads as down (a
+    fresh-clone user check)."""
+    tc, _ = http
+    for path in ("/healthz", "/openapi.json"):
+        got, head = await tc.get(path), await tc.head(path)
+        assert head.status == got.status == 200 and await head.read() == b""
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert (await tc.head("/v1/events/some-key")).status == 401  # authenticated like GET
+
+
 async def test_unknown_routes_and_methods_answer_json(http) -> None:
     tc, _ = http
     resp = await tc.get("/v2/nothing")
