@@ -779,7 +779,13 @@ class DocketClient:
 
     def status(self, idempotency_key: str, client: str | None = None) -> KeyStatus:
         """What this client knows of ``idempotency_key`` in ``client``'s key space
-        (from what it has read: "unknown" from a client not started)."""
+        (from what it has read: "unknown" from a client not started). Raises
+        ValidationError for a key no request can carry (the envelope's rule, 1-128
+        characters), which "unknown" would pass off as merely unseen."""
+        problem = key_problem(idempotency_key)
+        if problem:
+            raise ValidationError([FieldError("idempotency_key", "invalid_idempotency_key",
+                                              f"idempotency key {problem}")])
         entry = self._live((client, idempotency_key), self._clock_ms())
         if entry is None:
             return KeyStatus(idempotency_key, "unknown")

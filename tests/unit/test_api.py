@@ -1724,3 +1724,17 @@ def test_an_outage_ends_only_with_a_submission_acknowledged_after_it(caplog) -> 
                                               waited_s=0.0))
     again = [r.getMessage() for r in caplog.records if "acknowledges submissions again" in r.getMessage()]
     assert len(again) == 1 and "after 2 answered 503" in again[0], again
+
+
+def test_status_of_a_key_no_request_can_carry_is_a_validation_error(settings) -> None:
+    """DocketClient.status refuses a key outside the envelope's rule (1-128 characters):
+    "" and a 200-character key answered "unknown", as if merely unseen (a fresh-clone
+    user check); a valid key it has not seen is still "unknown"."""
+    from app.client import ValidationError
+
+    client = DocketClient(settings)
+    for bad in ("", "k" * 129):
+        with pytest.raises(ValidationError) as refused:
+            client.status(bad)
+        assert refused.value.errors[0].field == "idempotency_key"
+    assert client.status("k" * 128).state == "unknown"
