@@ -418,11 +418,30 @@ class DocketClient:
             raise ClientNotStarted("this DocketClient was stopped: start it again (`await client.start()`) or "
                                    "use a new one")
 
+    async def _await_catch_up(self, timeout: float | None) -> None:
+        """Wait, up to the submission's timeout, until the results and divergences
+        published before the client started are read (ClientJudgesReuseOnlyCaughtUp):
+        until then its index lacks the keys other processes used within the TTL, and a
+        key of another process's request on another affinity key went on to be applied
+        twice (the Wardens judge per partition; a fresh-clone user check, 5 of 5 right
+        after start). Raises KafkaUnavailable (not accepted) when the timeout passes."""
+        limit = self.settings.api_timeout_ms / 1000 if timeout is None else timeout
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), max(limit, 0.0))
+        except TimeoutError:
+            left = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self._catch_up_to)[:4])
+            raise KafkaUnavailable(
+                "this client is still reading the results published within the idempotency TTL before it started "
+                f"(left: {left or 'none'}), which it needs to judge a reused key: nothing was sent. Send it again "
+                "in a moment: it cannot be applied twice", accepted=False) from None
+
     async def start(self) -> None:
         """Connect, check the topics, load the entity view and start following results.
-        Raises KafkaUnavailable (no broker at DOCKET_KAFKA_BOOTSTRAP), TopicsMissing, or
-        TopicsDisagree (a TopicsMissing and a ConfigError: another partition count than
-        DOCKET_PARTITIONS, or topics of another domain)."""
+        Returns before the results of the TTL published before it are read
+        (``caught_up``; submit waits for them). Raises KafkaUnavailable (no broker at
+        DOCKET_KAFKA_BOOTSTRAP), TopicsMissing, or TopicsDisagree (a TopicsMissing and a
+        ConfigError: another partition count than DOCKET_PARTITIONS, or topics of another
+        domain)."""
         self._start_called, self._stopped = True, False
         if self._started:
             return
@@ -686,6 +705,8 @@ class DocketClient:
         (ClientAnswersRepeatOfDivergedRequest)."""
         key, home, fp, value = self._prepare(event_name, payload, idempotency_key, client)
         skey = (client, idempotency_key)
+        if self.connected and not self._caught_up.is_set():
+            await self._await_catch_up(timeout)
         now = self._clock_ms()
         self._check_reuse(skey, home, fp, now)
         known = self._live(skey, now)

@@ -807,6 +807,7 @@ async def test_event_kafka_does_not_acknowledge_in_time_is_503_with_its_outcome_
             return True
 
     client = Connected(settings, produce_timeout_ms=50)
+    client._caught_up.set()  # noqa: SLF001  its results read (ClientJudgesReuseOnlyCaughtUp)
     client._outbox = outbox = Hanging()
     async with TestClient(TestServer(create_app(settings, client, connect=False))) as tc:
         status, headers, body = await post(tc, adjust())
@@ -844,6 +845,7 @@ async def test_refused_submissions_are_counted_and_an_outage_is_two_log_lines(se
             return self.up
 
     client = Connected(settings, produce_timeout_ms=50)
+    client._caught_up.set()  # noqa: SLF001  its results read (ClientJudgesReuseOnlyCaughtUp)
     client._outbox = outbox = Flaky()
     caplog.set_level(logging.INFO, logger="docket.api")
     async with TestClient(TestServer(create_app(settings, client, connect=False))) as tc:
@@ -1738,3 +1740,34 @@ def test_status_of_a_key_no_request_can_carry_is_a_validation_error(settings) ->
             client.status(bad)
         assert refused.value.errors[0].field == "idempotency_key"
     assert client.status("k" * 128).state == "unknown"
+
+
+async def test_a_client_judges_reuse_only_once_it_has_caught_up(settings) -> None:
+    """ClientJudgesReuseOnlyCaughtUp: a submission to a connected client that has not yet
+    read the results of the TTL published before it started waits for them (up to its
+    timeout; then 503-style KafkaUnavailable, nothing sent), so a key another process
+    used on another affinity key is refused KeyReused rather than applied twice (a
+    fresh-clone user check: 5 of 5 right after start)."""
+    import types
+
+    from app.client import KafkaUnavailable, KeyReused
+
+    client = DocketClient(settings)
+    client._started = True  # noqa: SLF001  connected, its results not read yet
+    client._consumer = types.SimpleNamespace(_client=object())  # noqa: SLF001
+    skus = [f"sku-{i}" for i in range(50)]
+    home = partition_for(skus[0].encode(), settings.partitions)
+    other = next(s for s in skus if partition_for(s.encode(), settings.partitions) != home)
+    with pytest.raises(KafkaUnavailable, match="still reading the results") as refused:
+        await client.submit("stock.adjust", {"warehouse": "w1", "sku": other, "delta": 1}, "used-key", timeout=0.05)
+    assert refused.value.accepted is False
+
+    async def catch_up() -> None:  # what the results consumer reads meanwhile, then caught up
+        await asyncio.sleep(0)
+        client.on_result(result_record("used-key", home, 3, applied=True))
+        client._caught_up.set()  # noqa: SLF001
+
+    reader = asyncio.create_task(catch_up())
+    with pytest.raises(KeyReused):
+        await client.submit("stock.adjust", {"warehouse": "w1", "sku": other, "delta": 1}, "used-key", timeout=5)
+    await reader
