@@ -131,6 +131,18 @@ READ_DEADLINE_S = 30  # for the broker to hand over a range of the look-back
 
 
 SEED_FETCH_WAIT_MS = 20  # the tail reader's fetch_max_wait_ms
+# The tail reader's retry_backoff_ms (aiokafka's default: 100). Each seed assigns one
+# partition, which narrows the consumer's metadata to that topic; the next offsets
+# request of another topic then finds no leader, asks for metadata and sleeps this
+# long before it retries: twice per partition, 200 ms of every seed at the default.
+SEED_RETRY_BACKOFF_MS = 20
+# How long one poll of the look-back waits for records (ms). The tail of a results
+# partition is a transaction's commit marker, which a poll returns no record for: it
+# ended only when this ran out, so at 500 ms every seed of a partition with history
+# took at least that long, and a restarted Clerk's first decisions came 0.5-0.7 s per
+# partition late (a fresh-clone user check saw requests answered 202 for 5 s after
+# `docket is ready`).
+SEED_POLL_MS = 50
 
 
 class TailReader:
@@ -147,7 +159,8 @@ class TailReader:
         self.side = SideConsumer(app, **client_kwargs(settings, "clerk", "consumer",
                                                       bootstrap_servers=settings.kafka_bootstrap,
                                                       enable_auto_commit=False, isolation_level=ISOLATION_LEVEL,
-                                                      fetch_max_wait_ms=SEED_FETCH_WAIT_MS))
+                                                      fetch_max_wait_ms=SEED_FETCH_WAIT_MS,
+                                                      retry_backoff_ms=SEED_RETRY_BACKOFF_MS))
 
     async def seed(self, core: ClerkCore, partition: int) -> None:
         """Seed ``partition`` in ``core``: the newest readable Clerk state of the two
@@ -187,7 +200,7 @@ class TailReader:
                     raise RuntimeError(
                         f"could not read {tp.topic} partition {tp.partition} from offset {lo} to {hi} within "
                         f"{READ_DEADLINE_S} s to restore the Clerk's state; is the broker overloaded?")
-                for rec in (await c.getmany(tp, timeout_ms=500)).get(tp, []):
+                for rec in (await c.getmany(tp, timeout_ms=SEED_POLL_MS)).get(tp, []):
                     if rec.offset >= hi:
                         return
                     yield rec

@@ -314,6 +314,7 @@ class DocketClient:
         self._started = False
         self._start_called = False  # start() called at least once (ClientNotStarted)
         self._stopped = False  # stop() called since the last start()
+        self._start_failed = False  # a start() raised (the API's retries: Kafka unreachable)
         self._caught_up = asyncio.Event()
         self._catch_up_to: dict = {}  # TopicPartition -> end offset at start
         # submissions waiting for a result, by input position
@@ -445,6 +446,13 @@ class DocketClient:
         self._start_called, self._stopped = True, False
         if self._started:
             return
+        try:
+            await self._start()
+        except BaseException:
+            self._start_failed = True  # later submissions say Kafka is unreachable, not "connecting"
+            raise
+
+    async def _start(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from app import metadata_backoff
@@ -721,9 +729,12 @@ class DocketClient:
                               divergence=orjson.loads(known.divergence), repeated=True)
         if not self.connected:
             self._check_open()  # never started, or stopped: the caller's doing, not Kafka's
+            if not self._started and not self._start_failed:  # its first start still under way
+                what = f"not connected to Kafka at {self.settings.kafka_bootstrap} yet (connecting)"
+            else:
+                what = f"Kafka at {self.settings.kafka_bootstrap} is unreachable"
             raise KafkaUnavailable(
-                f"Kafka at {self.settings.kafka_bootstrap} is unreachable: nothing was sent"
-                + (f" ({self.last_error})" if self.last_error else "")
+                f"{what}: nothing was sent" + (f" ({self.last_error})" if self.last_error else "")
                 + ". Send it again once Kafka is back: it cannot be applied twice", accepted=False)
         if self._live(skey, now) is None:
             # provisional owner, so a concurrent request with the same key and another

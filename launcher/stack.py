@@ -707,7 +707,10 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_
     codes = [p.get("returncode") for p in manager._processes.values()]
     if manager.requested and not manager.forced and all(c == 0 for c in codes):
         return 0  # Ctrl-C and every process stopped cleanly (make then reports no error)
-    return manager.returncode or 1
+    code = manager.returncode or 1
+    # a component killed by signal N has returncode -N: exit 128+N as a shell does
+    # (sys.exit(-9) left 247, which make reported as "Error 247")
+    return 128 - code if code < 0 else code
 
 
 # --------------------------------------------------------------------------- CLI

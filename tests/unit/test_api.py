@@ -1171,9 +1171,10 @@ async def test_submit_on_a_client_never_started_or_stopped_says_so(settings) -> 
     """ClientRefusesSubmitWhenNotStarted: a DocketClient whose start() was never called,
     or that was stopped, raises ClientNotStarted from submit(), saying what to do; it raised KafkaUnavailable
     ("send it again once Kafka is back") with the broker up, an endless retry for a
-    caller (a fresh-clone user check). One whose start was tried and failed (Kafka
-    away: the API's client while it connects) still raises KafkaUnavailable. Validation
-    comes first either way."""
+    caller (a fresh-clone user check). One whose first start is under way (the API's,
+    connecting) raises KafkaUnavailable saying so ("unreachable" it was not), and one
+    whose start failed (Kafka away) raises KafkaUnavailable. Validation comes first
+    either way."""
     from app.client import ClientNotStarted, KafkaUnavailable, ValidationError
 
     payload = {"warehouse": "w1", "sku": "s1", "delta": 5}
@@ -1182,6 +1183,9 @@ async def test_submit_on_a_client_never_started_or_stopped_says_so(settings) -> 
         await client.submit("stock.adjust", payload, "k1")
     with pytest.raises(ValidationError):
         await client.submit("stock.adjust", {**payload, "delta": "x"}, "k1")
+    client._start_called = True  # noqa: SLF001  its first start under way (the API connecting)
+    with pytest.raises(KafkaUnavailable, match=r"not connected to Kafka at \S+ yet \(connecting\): nothing was sent"):
+        await client.submit("stock.adjust", payload, "k1")
     with pytest.raises(KafkaUnavailable, match="is the broker running"):  # nobody listens at its bootstrap
         await client.start()
     with pytest.raises(KafkaUnavailable, match="unreachable: nothing was sent"):

@@ -195,3 +195,16 @@ def test_the_stack_is_ready_only_once_its_workers_serve_metrics(settings) -> Non
     for host, url in [("0.0.0.0", "http://127.0.0.1:1/metrics"), ("::", "http://[::1]:1/metrics"),
                       ("10.1.2.3", "http://10.1.2.3:1/metrics"), ("fd00::1", "http://[fd00::1]:1/metrics")]:
         assert metrics_url(dataclasses.replace(settings, metrics_host=host), 1) == url
+
+
+def test_a_component_killed_by_a_signal_ends_the_stack_with_128_plus_it(tmp_path) -> None:
+    """StackStopsBrokerLast: a component that exits by itself stops the others, and the
+    stack's status is that component's, 128+N for one killed by signal N (137 for
+    SIGKILL) as the docstring said; it was 247 (sys.exit(-9)), which make reported as
+    'Error 247' (a fresh-clone user check)."""
+    from launcher.stack import run_procfile
+
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("victim: sh -c 'sleep 0.5; kill -9 $$'\nbystander: sleep 60\n")
+    code = run_procfile(procfile, dict(os.environ), colour=False, fallback_log=tmp_path / "stack.log", grace_s=5.0)
+    assert code == 137
