@@ -141,14 +141,18 @@ def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) ->
         asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.warning("%s", line)))
 
 
-def api_base_url(settings: Settings) -> str:
-    """Where clients on this host reach the API (a wildcard bind address means loopback)."""
-    host = settings.api_host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+def local_url(bind_host: str, port: int) -> str:
+    """``http://host:port`` where clients on this host reach a server bound to
+    ``bind_host`` (a wildcard bind address means loopback; an IPv6 one is bracketed)."""
+    host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{settings.api_port}"
+    return f"http://{host}:{port}"
+
+
+def api_base_url(settings: Settings) -> str:
+    """Where clients on this host reach the API."""
+    return local_url(settings.api_host, settings.api_port)
 
 
 def api_ready(base_url: str, timeout_s: float = 2.0) -> bool:
@@ -215,12 +219,8 @@ def pipeline_is_ready(settings: Settings, members: tuple[list[str], bool]) -> bo
 
 
 def metrics_url(settings: Settings, port: int) -> str:
-    """The /metrics page a stack worker serves on ``port``, on DOCKET_METRICS_HOST (a
-    wildcard address read through the loopback of its family)."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.metrics_host, settings.metrics_host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+    """The /metrics page a stack worker serves on ``port``, on DOCKET_METRICS_HOST."""
+    return local_url(settings.metrics_host, port) + "/metrics"
 
 
 def workers_serving(settings: Settings, running: list[str], timeout_s: float = 2.0) -> bool:

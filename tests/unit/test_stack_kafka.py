@@ -192,7 +192,7 @@ def test_the_stack_is_ready_only_once_its_workers_serve_metrics(settings) -> Non
         for server in servers:
             server.shutdown()
             server.server_close()
-    for host, url in [("0.0.0.0", "http://127.0.0.1:1/metrics"), ("::", "http://[::1]:1/metrics"),
+    for host, url in [("0.0.0.0", "http://127.0.0.1:1/metrics"), ("::", "http://127.0.0.1:1/metrics"),
                       ("10.1.2.3", "http://10.1.2.3:1/metrics"), ("fd00::1", "http://[fd00::1]:1/metrics")]:
         assert metrics_url(dataclasses.replace(settings, metrics_host=host), 1) == url
 
