@@ -9,10 +9,9 @@ at about 10,000 events/s on 8 partitions). Three steps, each timed alone with th
 process's CPU clock (``time.process_time``), the best of ``--repeat`` runs:
 
 1. **instance**: ``Usher.process`` of every batch (admission, the Warden, the domain's
-   evaluation, the table writes), on :class:`OrderedStore`: a dict with an ordered key
-   index per partition, standing in for RocksDB (whose reads and writes it leaves out;
-   ``tables.store.MemoryStore`` scans by sorting everything, which is quadratic here),
-   then ``records.seal_batch``: the copy records.
+   evaluation, the table writes), on chaos/replay.py's ``IndexedMemoryStore`` (a dict
+   with an ordered key index per partition, the replay's stand-in for RocksDB, whose
+   reads and writes it leaves out), then ``records.seal_batch``: the copy records.
 2. **Clerk**: what agents/clerk.py's agent does with the copy records of instances a and
    b (parse each, ``copy_body``, the digest check) and ``ClerkCore.on_copies`` /
    ``on_watermark``: the decisions, the result bodies.
@@ -25,10 +24,8 @@ README, Performance) to see docket's own share of it.
 from __future__ import annotations
 
 import argparse
-import bisect
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,39 +39,13 @@ from agents.usher import Usher  # noqa: E402
 from app.canonical import digest  # noqa: E402
 from app.records import InputRecord, partition_for, seal_batch  # noqa: E402
 from app.registry import registry  # noqa: E402
+from chaos.replay import IndexedMemoryStore  # noqa: E402
 from chaos.workload import inventory  # noqa: E402
 from tables.ledger import Ledger  # noqa: E402
 from tables.registrar import Registrar  # noqa: E402
-from tables.store import MemoryStore  # noqa: E402
 from tables.warden import Warden  # noqa: E402
 
 TTL_MS = 300_000  # DOCKET_IDEMPOTENCY_TTL_MS's default
-
-
-class OrderedStore(MemoryStore):
-    """MemoryStore with a sorted key list per partition, so a prefix scan is a bisection
-    (RocksDB's iterator seek), not a sort of everything."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: dict[int, list[bytes]] = {}
-
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
-        if (partition, key) not in self.data:
-            bisect.insort(self.keys.setdefault(partition, []), key)
-        self.data[(partition, key)] = value
-
-    def delete(self, partition: int, key: bytes) -> None:
-        if self.data.pop((partition, key), None) is not None:
-            keys = self.keys[partition]
-            del keys[bisect.bisect_left(keys, key)]
-
-    def scan(self, partition: int, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        keys = self.keys.get(partition, [])
-        i = bisect.bisect_left(keys, prefix)
-        while i < len(keys) and keys[i].startswith(prefix):
-            yield keys[i], self.data[(partition, keys[i])]
-            i += 1
 
 
 def batches(events: int, partitions: int, batch: int) -> list[list[InputRecord]]:
@@ -94,7 +65,7 @@ def batches(events: int, partitions: int, batch: int) -> list[list[InputRecord]]
 
 def judge(work: list[list[InputRecord]], partitions: int, instance: str) -> tuple[float, list[tuple[int, bytes]]]:
     """(CPU seconds, the copy records as (partition, value)) of one instance."""
-    store = OrderedStore()
+    store = IndexedMemoryStore()
     usher = Usher(instance, registry.get("inventory"), Registrar(Ledger(store), 1000), Warden(store, TTL_MS),
                   partitions)
     sealed = []

@@ -18,17 +18,6 @@ def test_judging_cost_decides_every_event_and_prints_its_figures(capsys) -> None
     assert re.search(r"instance \d+\.\d µs \(Usher.*Clerk \d+\.\d µs", out), out
 
 
-def test_the_ordered_store_scans_a_prefix_in_key_order() -> None:
-    store = judging_cost.OrderedStore()
-    for key in (b"w:b", b"w:a", b"x:a", b"v:z"):
-        store.put(0, key, key.upper())
-    store.put(1, b"w:c", b"other partition")
-    store.delete(0, b"w:b")
-    assert list(store.scan(0, b"w:")) == [(b"w:a", b"W:A")]
-    store.put(0, b"w:b", b"again")
-    assert [k for k, _ in store.scan(0, b"w:")] == [b"w:a", b"w:b"]
-
-
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         judging_cost.main(["--events", "0"])
