@@ -3,9 +3,9 @@
 ``uvloop`` (the default) is libuv's loop written in C (https://github.com/MagicStack/uvloop),
 a drop-in for asyncio's, and the loop mode-streaming and Faust offer themselves
 (``mode.loop.use("uvloop")``). An isolated event's CPU is mostly Python stepping
-asyncio's machinery (README, Performance, "Where an isolated event's CPU goes"); with
+asyncio's machinery (docs/performance.md, "Where an isolated event's CPU goes"); with
 the loop itself in C, each instance spent 10-12% less CPU per event at 150 events/s and
-the Clerk 8-14% less, in four alternating pairs (README, Performance, "uvloop: the event
+the Clerk 8-14% less, in four alternating pairs (docs/performance.md, "uvloop: the event
 loop in C"). ``asyncio`` is the standard library's loop, for a platform uvloop does not
 support or to compare against it (bench/loopcount counts asyncio's loop only).
 
@@ -16,7 +16,7 @@ The REST API (`docket api`) and the other commands stay on asyncio's loop: with 
 on uvloop, `make bench` at 2,000 to 5,000 requests/s offered (more than the stack can
 decide) left 4-11% of the requests unanswered after vegeta's 10 s (timeouts, and some
 connections reset), where on asyncio's every request got its answer (p99 3-4 s); with
-a listen backlog of 1,024 it dropped 10% at 1,000/s too (README, Performance, "The REST
+a listen backlog of 1,024 it dropped 10% at 1,000/s too (docs/performance.md, "The REST
 API's own cost per request").
 """
 

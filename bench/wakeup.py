@@ -9,7 +9,7 @@ each of the first two CPUs (``os.sched_setaffinity``; Linux only). Printed per r
 trip: the wall time, and the CPU time both processes used (getrusage of this process
 and its child). docket's pipeline is made of such wake-ups (a record produced wakes the
 broker's network thread, a fetch response wakes a consumer, ...), so what one costs
-bounds what a pipeline round costs (README, Performance, "What a wake-up costs").
+bounds what a pipeline round costs (docs/performance.md, "What a wake-up costs").
 """
 
 from __future__ import annotations

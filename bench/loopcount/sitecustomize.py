@@ -23,7 +23,7 @@ what happened between them (bench/loopdiff.py). Without ``DOCKET_LOOPCOUNT_DIR``
 module does nothing; with it, the process runs on asyncio's own loop (it sets
 ``DOCKET_EVENT_LOOP=asyncio`` unless set: uvloop's loop, in C, cannot be counted).
 It slows every iteration (a few µs): read its counts, not the latency or CPU of a run
-it instruments. Why it exists: README, Performance, "Where an
+it instruments. Why it exists: docs/performance.md, "Where an
 isolated event's CPU goes".
 """
 
