@@ -53,6 +53,8 @@ PRIVATE_API: tuple[tuple[str, str, str, str], ...] = (
     ("aiokafka", "aiokafka.client:AIOKafkaClient", "_retry_backoff", "app/metadata_backoff.py"),
     ("aiokafka", "aiokafka.producer.producer:AIOKafkaProducer", "_message_accumulator", "app/batching.py send_batched"),
     ("aiokafka", "aiokafka.producer.producer:AIOKafkaProducer", "_request_timeout_ms", "app/batching.py send_batched"),
+    ("aiokafka", "aiokafka.producer.producer:AIOKafkaProducer", "_sender",
+     "app/client.py stop_producer (._sender.sender_task.cancel(): a stop without the flush)"),
     ("aiokafka", "aiokafka.producer.message_accumulator:MessageAccumulator", "_batches",
      "app/batching.py send_batched"),
     ("aiokafka", "aiokafka.producer.message_accumulator:MessageAccumulator", "_closed",

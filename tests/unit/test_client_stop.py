@@ -54,3 +54,52 @@ def test_a_cancelled_stop_is_still_cancelled() -> None:
         assert task.cancelled()
 
     asyncio.run(main())
+
+
+# ---- stop_producer: ClientStopHasADeadline -------------------------------------------
+
+
+def _stuck_producer():
+    """A real AIOKafkaProducer, never connected, holding one record it cannot deliver
+    and a sender task that never sends it: what a producer looks like whose broker died
+    under load (aiokafka's stop would wait on its flush for good)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.structs import TopicPartition
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")
+    producer._sender._sender_task = asyncio.ensure_future(asyncio.sleep(3600))
+    return producer, TopicPartition("docket.input", 0)
+
+
+def test_a_stop_cuts_short_a_flush_kafka_cannot_take() -> None:
+    """ClientStopHasADeadline: a record Kafka never acknowledges bounds the stop at the
+    flush timeout; the sender task is cancelled and the record's future never says
+    delivered."""
+    from app.client import stop_producer
+
+    async def main() -> None:
+        producer, tp = _stuck_producer()
+        delivery = await producer._message_accumulator.add_message(tp, None, b"{}", timeout=1)
+        began = asyncio.get_running_loop().time()
+        delivered = await asyncio.wait_for(stop_producer(producer, 0.2), 10)
+        took = asyncio.get_running_loop().time() - began
+        assert delivered is False
+        assert 0.2 <= took < 5
+        assert producer._sender.sender_task.cancelled()
+        assert not (delivery.done() and not delivery.cancelled() and delivery.exception() is None)
+
+    asyncio.run(main())
+
+
+def test_a_stop_with_nothing_held_is_aiokafkas_own() -> None:
+    """ClientStopHasADeadline: with no record held the flush is over at once and the
+    stop is aiokafka's as it is, reported as complete; the sender is stopped by it."""
+    from app.client import stop_producer
+
+    async def main() -> None:
+        producer, _ = _stuck_producer()
+        assert await asyncio.wait_for(stop_producer(producer, 5), 10) is True
+        assert producer._sender.sender_task.done()
+
+    asyncio.run(main())
+
