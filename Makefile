@@ -131,17 +131,10 @@ resilience: $(STAMP) broker-fetch
 	echo "make resilience: wall time $$(( wall / 60 )) min $$(( wall % 60 )) s; report bench/results/resilience-$$day.json (.md)"; \
 	exit $$rc
 
-# Stops the brokers first, so removing var/ never leaves one running without its files.
+# `docket clean` (launcher/clean.py): refuses while `make run`'s workers hold their data
+# directories; stops the brokers first, so removing var/ never leaves one running without
+# its files; deletes var/, and DOCKET_DATA_ROOT and DOCKET_BROKER_DIR when set, never one
+# that is or holds your home directory or this checkout, nor one holding files git tracks.
+# Before `make install` (no $(BIN)/docket, so no worker or broker of this checkout) it only removes var/.
 clean:
-	@if [ -x $(BIN)/docket ]; then $(BIN)/docket broker stop || true; \
-	  DOCKET_BROKER_DIR=$(TEST_BROKER_DIR) $(BIN)/docket broker stop >/dev/null 2>&1 || true; fi
-	rm -rf var/
-	@# DOCKET_DATA_ROOT and DOCKET_BROKER_DIR, when set elsewhere, hold the same state;
-	@# never one that is, or holds, your home directory or this checkout
-	@for d in "$${DOCKET_DATA_ROOT:-}" "$${DOCKET_BROKER_DIR:-}"; do \
-	  [ -n "$$d" ] || continue; r=$$(realpath -m "$$d"); \
-	  keep=""; for p in "$$(realpath -m "$${HOME:-/}")" "$$(realpath -m .)"; do \
-	    case "$$p/" in "$${r%/}/"*) keep=$$p;; esac; done; \
-	  if [ -n "$$keep" ]; then echo "make clean: not deleting $$d ($$r): it holds $$keep; set it to a directory of docket's own" >&2; continue; fi; \
-	  if [ -e "$$r" ]; then echo "rm -rf $$r"; rm -rf "$$r"; fi; \
-	done
+	@if [ -x $(BIN)/docket ]; then $(BIN)/docket clean; else echo "rm -rf var/"; rm -rf var/; fi

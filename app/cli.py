@@ -14,6 +14,7 @@ from app.settings import SETTINGS, ConfigError
 # name -> "module:attribute" of a click command or group
 _COMMANDS = {
     "broker": "launcher.broker:broker",
+    "clean": "launcher.clean:clean",
     "topics": "app.topics:topics",
     "instance": "agents.instance:instance",
     "clerk": "agents.clerk:clerk",

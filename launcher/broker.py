@@ -36,6 +36,7 @@ import click
 
 from app.kafka_admin import quiet
 from app.settings import Settings, load
+from launcher.clean import checkouts, home, refusal
 
 POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
 HOST = "127.0.0.1"
@@ -507,6 +508,17 @@ def _prepare(settings: Settings, broker_dir: Path, step: Step,
     return [*java_command(java, jars, broker_dir), str(broker_dir / CONFIG_FILE)], f"{HOST}:{port}"
 
 
+def _check_broker_dir(broker_dir: Path) -> None:
+    """Raise BrokerError unless ``broker_dir`` (resolved) may be the broker's: not one
+    that `make clean` would refuse to delete (launcher/clean.py refusal), such as the
+    checkout's own broker/, whose tracked pom.xml a broker's files would sit beside and
+    `make clean` once deleted (specs/integration.allium CleanKeepsTrackedFiles)."""
+    why = refusal(broker_dir, checkouts(), keep=(home(),))
+    if why is not None:
+        raise BrokerError(f"DOCKET_BROKER_DIR {broker_dir} is not a directory of docket's own: {why}; "
+                          "set DOCKET_BROKER_DIR to one (by default var/broker)")
+
+
 def start_broker(
     settings: Settings,
     timeout: float = 60.0,
@@ -525,6 +537,7 @@ def start_broker(
     probed on the PLAINTEXT one, whose address the handle carries.
     """
     broker_dir = settings.broker_dir.resolve()
+    _check_broker_dir(broker_dir)
     broker_dir.mkdir(parents=True, exist_ok=True)
     log_path = broker_dir / LOG_FILE
     pid = running_pid(broker_dir)
@@ -580,6 +593,7 @@ def run_broker(
     it. Its output goes to ``broker.log`` in DOCKET_BROKER_DIR, as with `broker start`.
     """
     broker_dir = settings.broker_dir.resolve()
+    _check_broker_dir(broker_dir)
     broker_dir.mkdir(parents=True, exist_ok=True)
     log_path = broker_dir / LOG_FILE
     pid = running_pid(broker_dir)

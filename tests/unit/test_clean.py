@@ -1,0 +1,174 @@
+"""`docket clean` (launcher/clean.py), what `make clean` runs: it refuses while workers
+hold their data directories, and never deletes $HOME, the checkout or files git tracks.
+No broker needed: each test runs in a throwaway git repository laid out as a checkout,
+and the brokers' stop is a stand-in that records its calls."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.settings import SETTINGS
+from launcher import broker, clean
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository laid out as a docket checkout (tracked launcher/clean.py and
+    broker/pom.xml, var/ ignored and holding state), the current directory; no DOCKET_*
+    setting set; the brokers' stop recorded in ``stops`` instead of done."""
+    repo = tmp_path / "checkout"
+    for name, text in {"launcher/clean.py": "", "broker/pom.xml": "<project/>\n", ".gitignore": "var/\n",
+                       "var/docket-a/tables/ledger-0.db": "state", "var/broker/data/meta.properties": "x"}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    monkeypatch.chdir(repo)
+    stops.clear()
+    monkeypatch.setattr(broker, "stop_broker", lambda broker_dir, timeout=30.0: stops.append(broker_dir))
+    return repo.resolve()
+
+
+stops: list[Path] = []
+
+
+def run_clean():
+    return CliRunner().invoke(cli, ["clean"], catch_exceptions=False)
+
+
+def test_lock_file_name_is_the_workers() -> None:
+    """CleanRefusesWhileWorkersRun: the lock file `docket clean` tries is the one
+    agents/plumbing.py claim_data_dir holds (clean does not import it: it imports Faust)."""
+    from agents.plumbing import DATA_DIR_LOCK
+
+    assert clean.DATA_DIR_LOCK == DATA_DIR_LOCK
+
+
+@needs_git
+def test_a_held_data_directory_refuses_and_nothing_is_stopped_or_deleted(checkout: Path) -> None:
+    """CleanRefusesWhileWorkersRun: while a worker holds its data directory under var/
+    (here the test holds the flock itself, through a file description of its own),
+    `docket clean` exits 1 naming the directory, the pid and what to do, stops no broker
+    and deletes nothing; once the lock is released (the lock file stays, as a dead
+    worker's does), it stops the brokers and deletes var/."""
+    data_dir = checkout / "var" / "docket-a"
+    fd = os.open(data_dir / clean.DATA_DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242")
+        result = run_clean()
+        assert result.exit_code == 1, result.output
+        assert f"a docket worker (pid 4242) holds {data_dir}" in result.stderr
+        assert "nothing stopped or deleted; stop `make run` (Ctrl-C) first" in result.stderr
+        assert "then run `make clean` again" in result.stderr
+        assert "rm -rf" not in result.stdout
+        assert stops == []
+        assert (data_dir / "tables" / "ledger-0.db").read_text() == "state"
+    finally:
+        os.close(fd)
+    result = run_clean()
+    assert result.exit_code == 0, result.output
+    assert stops == [checkout / "var" / "broker", Path("var/test-broker")]
+    assert result.stdout == f"rm -rf {checkout / 'var'}\n"
+    assert not (checkout / "var").exists()
+
+
+@needs_git
+def test_a_tracked_directory_is_kept_and_an_untracked_one_deleted(checkout: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanKeepsTrackedFiles: DOCKET_BROKER_DIR set to the checkout's own broker/ (git
+    tracks its pom.xml) is refused with what to do, while DOCKET_DATA_ROOT, an untracked
+    directory inside the checkout, and var/ are deleted; exit 1 for the refusal."""
+    scratch = checkout / "scratch"
+    (scratch / "docket-b").mkdir(parents=True)
+    monkeypatch.setenv("DOCKET_BROKER_DIR", "broker")
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(scratch))
+    result = run_clean()
+    assert result.exit_code == 1, result.output
+    assert (f"not deleting {checkout / 'broker'} (DOCKET_BROKER_DIR): it holds files git tracks in {checkout} "
+            "(broker/pom.xml); set DOCKET_BROKER_DIR to a directory of docket's own") in result.stderr
+    assert result.stdout == f"rm -rf {checkout / 'var'}\nrm -rf {scratch}\n"
+    assert (checkout / "broker" / "pom.xml").read_text() == "<project/>\n"
+    assert not scratch.exists() and not (checkout / "var").exists()
+
+
+@needs_git
+def test_home_and_the_checkout_are_refused(checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanKeepsTrackedFiles: a DOCKET_DATA_ROOT that is $HOME, or a DOCKET_BROKER_DIR
+    that holds the checkout, is refused, and both stay; the real checkout (which holds
+    this test) and its tracked broker/ are refused too, its var/ is not."""
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(home))
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(checkout.parent))
+    result = run_clean()
+    assert result.exit_code == 1, result.output
+    assert f"not deleting {home} (DOCKET_DATA_ROOT): it holds {home}; set DOCKET_DATA_ROOT to" in result.stderr
+    assert f"not deleting {checkout.parent} (DOCKET_BROKER_DIR): it holds " in result.stderr
+    assert (home / "notes").is_dir() and (checkout / "broker" / "pom.xml").is_file()
+    assert result.stdout == f"rm -rf {checkout / 'var'}\n"
+
+    real = clean.CHECKOUT
+    assert clean.refusal(real, [real]) == f"it holds {real}"
+    assert clean.refusal(real.parent, [real]) == f"it holds {real}"
+    assert clean.refusal(real / "broker", [real]) is not None  # broker/pom.xml is tracked
+    assert clean.refusal(real / "var" / "broker", [real]) is None
+
+
+def test_without_git_only_var_inside_the_checkout_is_deleted(tmp_path: Path) -> None:
+    """CleanKeepsTrackedFiles: where git cannot tell what is tracked (no .git), a path
+    inside the checkout is refused unless it is var/ or lies in it."""
+    root = tmp_path / "tarball"
+    root.mkdir()
+    why = clean.refusal(root / "data", [root])
+    assert why is not None and "git cannot tell" in why
+    assert clean.refusal(root / "var", [root]) is None
+    assert clean.refusal(root / "var" / "console", [root]) is None
+    assert clean.refusal(tmp_path / "elsewhere", [root]) is None
+
+
+def test_var_is_kept_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanKeepsTrackedFiles: `docket clean` run by hand in a directory that is no docket
+    checkout leaves its var/ alone (someone else's) and exits 1 saying why."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    (tmp_path / "var" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(broker, "stop_broker", lambda broker_dir, timeout=30.0: None)
+    result = run_clean()
+    assert result.exit_code == 1, result.output
+    assert "is not a docket checkout; run `make clean` in one" in result.stderr
+    assert (tmp_path / "var" / "mine").is_dir()
+
+
+@needs_git
+@pytest.mark.parametrize("command", ["start", "run"])
+def test_the_broker_refuses_a_tracked_directory(checkout: Path, monkeypatch: pytest.MonkeyPatch,
+                                                command: str) -> None:
+    """CleanKeepsTrackedFiles: `docket broker start` and `docket broker run` with
+    DOCKET_BROKER_DIR set to the checkout's broker/ exit 1 before writing in it (no
+    Java is looked for: the stand-in would fail the test)."""
+    def no_java() -> str:
+        raise AssertionError("the broker got as far as looking for Java")
+
+    monkeypatch.setattr(broker, "java_executable", no_java)
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(checkout / "broker"))
+    result = CliRunner().invoke(cli, ["broker", command], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert (f"DOCKET_BROKER_DIR {checkout / 'broker'} is not a directory of docket's own: it holds files git "
+            "tracks") in result.stderr
+    assert sorted(p.name for p in (checkout / "broker").iterdir()) == ["pom.xml"]
