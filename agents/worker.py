@@ -160,6 +160,11 @@ class DocketWorker(faust.Worker):
       handler and formatter (to ``logfile`` when Faust's command line names one, else
       stderr). With the ``json`` format the worker is quiet too: Faust's start-up
       banner, which is no log record, would break the one-object-per-line output.
+      mode then hands stdout and stderr to its logger ``mode.redirect`` (Faust's
+      ``redirect_stdouts``, kept: a stray print or warning still becomes a record,
+      in the handler's format), and an exception a thread does not catch becomes
+      one record of ``docket.worker`` (:func:`app.logs.log_thread_exceptions`)
+      instead of a traceback printed there one fragment per record.
     - No progress spinner: it sets the ROOT logger to DEBUG to catch every line, so
       every logger.debug() in Faust and aiokafka builds a LogRecord: about 8% of a
       worker's time, for a spinner nobody sees in a service.
@@ -185,6 +190,18 @@ class DocketWorker(faust.Worker):
         self.spinner = None
         timeout_ms = getattr(app, "docket_stop_timeout_ms", None)
         self.stop_deadline = StopDeadline(timeout_ms) if timeout_ms else None
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # mode calls it once it has applied the logging_config, before it hands stdout
+        # and stderr to the logger mode.redirect (one WARNING record per write)
+        super().on_setup_root_logger(logger, level)
+        logs.log_thread_exceptions(self._stopping)
+
+    def _stopping(self, thread) -> bool:
+        """True while this worker stops (or crashed), or ``thread``'s mode service (a
+        ServiceThread's WorkerThread: Faust's consumer thread) does."""
+        service = getattr(thread, "service", None)
+        return self.should_stop or bool(getattr(service, "should_stop", False))
 
     def _schedule_shutdown(self, signal) -> None:
         # mode's handler of SIGTERM and SIGINT (and Faust's, which calls it); it ignores

@@ -22,12 +22,20 @@ Two formats, chosen by ``DOCKET_LOG_FORMAT``:
 
 Both write to standard error; the level is ``DOCKET_LOG_LEVEL`` unless a command line
 names another.
+
+A worker (agents/worker.py) also makes an exception a thread does not catch one record,
+:func:`log_thread_exceptions`, where Python would print its traceback to stderr: Faust
+(mode) hands a worker's stderr to the logger ``mode.redirect``, one WARNING record per
+write, and a traceback printed there came as hundreds of one-fragment records.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
+import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -142,3 +150,34 @@ def configure_from_settings() -> None:
 
     level, fmt = log_settings()
     configure(level, fmt)
+
+
+def log_thread_exceptions(stopping: Callable[[threading.Thread | None], bool] = lambda _thread: False,
+                          logger: str = "docket.worker") -> None:
+    """Install a :data:`threading.excepthook` that makes an exception a thread does not
+    catch ONE record of ``logger``: ERROR, ``thread <name> died: <type>: <message>``,
+    with the traceback as the record's exc_info (the ``exc_info`` field of a json line,
+    the lines after the message in text). A CancelledError while ``stopping(thread)``
+    (the process is stopping) is one INFO line without a traceback: a thread's event
+    loop cancelled by the stop. SystemExit ends a thread silently, as Python's own hook
+    has it.
+
+    Python's own hook prints the traceback to ``sys.stderr``, one write per line and
+    frame; in a Faust worker that is mode's redirect (``mode.redirect``, one WARNING
+    record per write), so a worker whose broker went away logged each thread's
+    traceback as hundreds of one-fragment records."""
+    log = logging.getLogger(logger)
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        thread = args.thread
+        name = thread.name if thread is not None else f"<{threading.get_ident()}>"
+        message = "" if args.exc_value is None else str(args.exc_value)
+        what = f"{args.exc_type.__name__}: {message}" if message else args.exc_type.__name__
+        if issubclass(args.exc_type, asyncio.CancelledError) and stopping(thread):
+            log.info("thread %s ended while stopping: %s", name, what)
+            return
+        log.error("thread %s died: %s", name, what, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = hook
