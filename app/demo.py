@@ -122,14 +122,18 @@ class Demo:
 
     async def preflight(self, domain: str) -> str | None:
         """None if the API is ready, serves ``domain`` and accepts the token, else what
-        is wrong."""
+        is wrong: also when nothing answers at the URL, or a server that is not docket's
+        REST API does (a worker's /metrics port, any other HTTP server)."""
         import aiohttp
 
         try:
             async with self.session.get(f"{self.url}/readyz") as r:
-                body = await r.json(content_type=None)
-                served = body.get("domain") if isinstance(body, dict) else None
-                if served is not None and served != domain:
+                body = await self._json(r)
+                if not (isinstance(body, dict) and isinstance(body.get("checks"), dict)
+                        and isinstance(body.get("domain"), str)):
+                    return await self._foreign(r, "/readyz")
+                served = body["domain"]
+                if served != domain:
                     return (f"the API at {self.url} serves the {served} domain, and this demo submits {domain} "
                             f"events: run `make demo DEMO_ARGS='--domain {served}'` (or `DOCKET_DOMAIN={served} "
                             f"make demo`)")
@@ -137,11 +141,33 @@ class Demo:
                     return f"the API at {self.url} is not ready: {body.get('message', r.status)}"
             async with self.session.get(f"{self.url}/v1/events/demo-preflight", headers=self.headers) as r:
                 if r.status in (401, 403):
-                    body = await r.json(content_type=None)
+                    body = await self._json(r)
+                    if not isinstance(body, dict):
+                        return await self._foreign(r, "/v1/events/demo-preflight")
                     return f"the API refused the token ({r.status}): {body.get('message')}"
-        except aiohttp.ClientError as exc:
-            return f"cannot reach the API at {self.url}: {exc}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return (f"cannot reach the API at {self.url}: {str(exc) or type(exc).__name__}; start the stack with "
+                    "`make run`, or point --url at `docket api`'s address (by default "
+                    "http://127.0.0.1:$DOCKET_API_PORT)")
         return None
+
+    @staticmethod
+    async def _json(r) -> Any:
+        """The JSON body of answer ``r``, or None when it is not JSON."""
+        try:
+            return orjson.loads(await r.read())
+        except orjson.JSONDecodeError:
+            return None
+
+    async def _foreign(self, r, path: str) -> str:
+        """What is wrong when ``GET path`` answered ``r``, which is not docket's REST API."""
+        text = (await r.read()).decode("utf-8", errors="replace")
+        shown = " ".join(text.split())
+        shown = shown[:80] + ("..." if len(shown) > 80 else "")
+        return (f"the server at {self.url} does not look like docket's REST API: GET {path} answered "
+                f"{r.status} {r.headers.get('Content-Type') or '(no content type)'}, {shown!r}. Point --url "
+                "at `docket api`'s address (by default http://127.0.0.1:$DOCKET_API_PORT), or start the stack "
+                "with `make run`")
 
     # ------------------------------------------------------------------ submitting
 

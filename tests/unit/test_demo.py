@@ -1,9 +1,20 @@
 """`docket demo` without a stack: the workload it sends, how it counts the API's answers,
-and its balance check (the integration test runs it against a real stack)."""
+its balance check (the integration test runs it against a real stack), and its refusal
+of a server that is not docket's REST API (real aiohttp servers)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import threading
 from collections import Counter
+from collections.abc import Iterator
+
+import click
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 import app.domains  # noqa: F401  registers the built-in domains
 from app.demo import (
@@ -13,6 +24,7 @@ from app.demo import (
     _quantile,
     balance_check,
     requests_for,
+    run_demo,
     summary_table,
 )
 from app.domains.accounts import DEPOSIT, OPEN
@@ -133,3 +145,125 @@ def test_quantiles_and_table() -> None:
     text = console.export_text()
     assert "balance check" in text and "passed" in text and "rejected: insufficient_stock" in text
     assert "stock_conserved" in text and "1 skus conserved" in text
+
+
+# --------------------------------------------------------------------------- the preflight
+
+
+def foreign_app(readyz=None, preflight=None) -> web.Application:
+    """An HTTP server that is not docket's REST API: a Faust worker's web port (only
+    /metrics, in Prometheus' text format; aiohttp answers anything else 404 "404: Not
+    Found", which a JSON parser reads as the number 404 and then "Extra data"), unless
+    ``readyz`` / ``preflight`` answer /readyz and /v1/events/demo-preflight."""
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(text="# HELP docket_events_total Events\n# TYPE docket_events_total counter\n"
+                                 "docket_events_total 3.0\n", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    if readyz is not None:
+        app.router.add_get("/readyz", readyz)
+    if preflight is not None:
+        app.router.add_get("/v1/events/demo-preflight", preflight)
+    return app
+
+
+async def demo_refusal(url: str) -> str:
+    """The click error `docket demo`'s run stops with at ``url``, before sending anything."""
+    with pytest.raises(click.ClickException) as refused:
+        await run_demo(url, "t", INVENTORY, events=5, seed=1, concurrency=2, shape=None, run_id="r",
+                       timeout_s=5.0, show_progress=False, console=None)
+    return refused.value.message
+
+
+def assert_foreign(message: str, url: str, status: str, content_type: str, body: str) -> None:
+    assert message.startswith(f"the server at {url} does not look like docket's REST API: "), message
+    assert f"answered {status} {content_type}" in message, message
+    assert repr(body) in message, message
+    assert "Point --url at `docket api`'s address (by default http://127.0.0.1:$DOCKET_API_PORT)" in message, message
+    assert "or start the stack with `make run`" in message, message
+
+
+async def test_the_demo_refuses_a_server_that_is_not_docket_api() -> None:
+    """DemoRefusesAForeignServer: `docket demo --url` at a Faust worker's /metrics port (a
+    user's run ended with a JSONDecodeError traceback, "Extra data"), at a server answering
+    another JSON, or HTML, stops with a click error naming the URL, what answered and what
+    to do; so does a 401 that is not JSON."""
+    async with TestServer(foreign_app()) as server:
+        url = str(server.make_url("")).rstrip("/")
+        assert_foreign(await demo_refusal(url), url, "404", "text/plain; charset=utf-8", "404: Not Found")
+
+    async def other_json(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "UP", "domain": "inventory"})
+
+    async with TestServer(foreign_app(readyz=other_json)) as server:
+        url = str(server.make_url("")).rstrip("/")
+        assert_foreign(await demo_refusal(url), url, "200", "application/json; charset=utf-8",
+                       '{"status": "UP", "domain": "inventory"}')
+
+    page = "<!doctype html><html><head><title>Welcome</title></head><body>" + "x" * 200 + "</body></html>"
+
+    async def html(_request: web.Request) -> web.Response:
+        return web.Response(text=page, status=503, content_type="text/html")
+
+    async with TestServer(foreign_app(readyz=html)) as server:
+        url = str(server.make_url("")).rstrip("/")
+        assert_foreign(await demo_refusal(url), url, "503", "text/html; charset=utf-8", page[:80] + "...")
+
+    async def ready(_request: web.Request) -> web.Response:  # docket's /readyz, then no docket behind it
+        return web.json_response({"ready": True, "checks": {"kafka_connected": True}, "domain": "inventory"})
+
+    async def login(_request: web.Request) -> web.Response:
+        return web.Response(text="Unauthorized\n\n  please log in", status=401)
+
+    async with TestServer(foreign_app(readyz=ready, preflight=login)) as server:
+        url = str(server.make_url("")).rstrip("/")
+        assert_foreign(await demo_refusal(url), url, "401", "text/plain; charset=utf-8",
+                       "Unauthorized please log in")
+
+
+async def test_the_demo_says_how_to_start_an_api_it_cannot_reach() -> None:
+    """DemoRefusesAForeignServer: nothing listening at --url: "cannot reach the API", and
+    where docket's API is or how to start it."""
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    message = await demo_refusal(url)
+    assert message.startswith(f"cannot reach the API at {url}: "), message
+    assert "`make run`" in message and "http://127.0.0.1:$DOCKET_API_PORT" in message, message
+
+
+@contextlib.contextmanager
+def serving(app: web.Application) -> Iterator[str]:
+    """``app`` served on 127.0.0.1 (a free port) by a real web.AppRunner in a thread of
+    its own; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_docket_demo_at_a_metrics_port_ends_with_an_error_line() -> None:
+    """DemoRefusesAForeignServer: the user's command, `docket demo --url <a worker's web
+    port> --events 5`, ends with one `Error: ...` line and exit code 1, no traceback."""
+    from click.testing import CliRunner
+
+    from app.demo import demo
+
+    with serving(foreign_app()) as url:
+        out = CliRunner().invoke(demo, ["--url", url, "--events", "5", "--token", "t", "--domain", "inventory"])
+    assert out.exit_code == 1, out.output
+    assert isinstance(out.exception, SystemExit), out.exception  # not a JSONDecodeError
+    assert "Traceback" not in out.output
+    assert f"Error: the server at {url} does not look like docket's REST API" in out.output, out.output
