@@ -33,6 +33,7 @@ from faust.types.settings.settings import Settings as FaustSettings
 
 from agents.stopping import StopDeadline
 from app import logs
+from app.ports import bindable, port_in_use
 
 log = logging.getLogger("docket.worker")
 
@@ -222,6 +223,14 @@ class DocketWorker(faust.Worker):
                 # a check may have run its own event loop (asyncio.run), which leaves
                 # none set: the worker's is the one Faust works in
                 asyncio.set_event_loop(self.loop)
+        conf = self.app.conf
+        if conf.web_enabled and not bindable(conf.web_bind, conf.web_port):
+            # Faust would log the bind's OSError with a traceback and crash
+            click.ClickException(port_in_use(
+                conf.web_bind, conf.web_port, "this worker's web server, /metrics",
+                "--web-port (under `make run`: DOCKET_INSTANCE_A_WEB_PORT, DOCKET_INSTANCE_B_WEB_PORT or "
+                "DOCKET_CLERK_WEB_PORT)")).show()
+            raise SystemExit(1)
         tune_process()
         return super().execute_from_commandline()
 

@@ -21,6 +21,7 @@ stops and exits 2 with the message naming the setting, as the workers do.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import re
@@ -39,6 +40,7 @@ from app import logs, openapi
 from app.canonical import DuplicateMember, NotIJson, loads_strict
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
+from app.ports import bindable, port_in_use
 from app.settings import ConfigError, Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
@@ -875,7 +877,13 @@ async def serve(app: web.Application, host: str, port: int, *, access_log: bool 
     runner = app_runner(app, access_log=access_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # stops the Kafka client the setup started
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(port_in_use(host, port, "the REST API", "DOCKET_API_PORT (or --port)")) from None
+        raise
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001
     announce(f"docket api listening on http://{host}:{bound} (OpenAPI: http://{host}:{bound}/openapi.json)")
     stop = asyncio.Event()
@@ -915,7 +923,10 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     logs.configure(settings.log_level, settings.log_format)
     if insecure_no_auth:
         log.warning("--insecure-no-auth: /v1 endpoints accept requests WITHOUT credentials")
+    host, port = host or settings.api_host, settings.api_port if port is None else port
+    if not bindable(host, port):  # before anything connects to Kafka (serve checks again)
+        raise click.ClickException(port_in_use(host, port, "the REST API", "DOCKET_API_PORT (or --port)"))
     app = create_app(settings, auth=not insecure_no_auth)
-    asyncio.run(serve(app, host or settings.api_host, settings.api_port if port is None else port,
+    asyncio.run(serve(app, host, port,
                       access_log=settings.log_level in ("debug", "info"),
                       announce=lambda line: click.echo(line, err=False)))

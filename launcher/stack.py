@@ -390,6 +390,21 @@ def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callab
         "give docket's broker another one: DOCKET_BROKER_PORT=<port> DOCKET_KAFKA_BOOTSTRAP=127.0.0.1:<port>.")
 
 
+def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = None) -> list[str]:
+    """What the default Procfile's servers could not listen on now: one message per port
+    another process holds (the REST API's, the Clerk's and each instance's /metrics),
+    naming the setting that moves it (app/ports.py). ``free(host, port)`` defaults to
+    app.ports.bindable (tests pass their own). The broker's port is stack_kafka's."""
+    from app.ports import bindable, port_in_use
+
+    free = free or bindable
+    servers = [(settings.api_host, settings.api_port, "the REST API", "DOCKET_API_PORT"),
+               (settings.metrics_host, settings.clerk_web_port, "the Clerk's /metrics", "DOCKET_CLERK_WEB_PORT")]
+    servers += [(settings.metrics_host, port, f"instance {i}'s /metrics", f"DOCKET_INSTANCE_{i.upper()}_WEB_PORT")
+                for i, port in settings.instance_web_ports]
+    return [port_in_use(host, port, what, setting) for host, port, what, setting in servers if not free(host, port)]
+
+
 # --------------------------------------------------------------------------- running the Procfile
 
 
@@ -733,6 +748,10 @@ def run_cmd(procfile: Path) -> None:
     # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
     # the user's own Kafka needs neither Java nor Maven
     kafka = stack_kafka(settings, os.environ)
+    if procfile.resolve() == PROCFILE.resolve():
+        busy = busy_ports(settings)
+        if busy:  # nothing started: a second stack's components would each fail on it
+            raise StackError("; ".join(busy))
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)

@@ -1,0 +1,45 @@
+"""Whether a TCP port can still be listened on, and what to say when it cannot.
+
+docket's servers (the REST API, each worker's /metrics page, the local broker) listen on
+ports that are settings. A port another process holds used to end in a traceback from
+deep inside aiohttp or Faust (``OSError: [Errno 98] ... address already in use``), and a
+second `make run` even printed a "docket is ready" line that the first stack's API had
+answered (a fresh-clone user check). So each start checks its ports first and names the
+setting to change (specs/integration.allium ServerPortInUseRefusedAtStart).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+def bindable(host: str, port: int) -> bool:
+    """True if a listening TCP socket could be bound to ``host``:``port`` now. With
+    SO_REUSEADDR, as aiohttp's and the JVM's server sockets have it, so a port whose
+    last listener left only TIME_WAIT connections counts as free and one with a listener
+    does not. Port 0 (the kernel's choice) is always bindable. A host that does not
+    resolve counts as bindable: the server's own bind then says what is wrong."""
+    if port == 0:
+        return True
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return True
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+    return True
+
+
+def port_in_use(host: str, port: int, what: str, setting: str) -> str:
+    """The message for a server that cannot listen on ``host``:``port`` because another
+    process does: ``what`` names the server ("the REST API"), ``setting`` the setting or
+    option that moves it ("DOCKET_API_PORT (or --port)")."""
+    return (f"port {port} on {host} ({what}) is already in use by another process: stop that process "
+            f"(another `make run` or `docket stack run`?), or set {setting} to a free port")

@@ -1,0 +1,113 @@
+"""A server port another process holds (app/ports.py): each of docket's servers refuses
+to start with one line naming the port and the setting that moves it
+(specs/integration.allium ServerPortInUseRefusedAtStart). Real sockets, no broker."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.ports import bindable
+from app.settings import SETTINGS, load
+from launcher.stack import busy_ports
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def held_port():
+    """A port a listening socket of this test holds."""
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    env.update({"DOCKET_DATA_ROOT": str(tmp_path / "var"), "DOCKET_BROKER_DIR": str(tmp_path / "broker"),
+                "DOCKET_API_TOKENS": "stand-in-token", **extra})
+    return env
+
+
+def _docket(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_held_port_is_not_bindable_and_a_released_one_is(held_port) -> None:
+    """ServerPortInUseRefusedAtStart: bindable tells a port with a listener from a free one."""
+    assert not bindable(HOST, held_port)
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        free = probe.getsockname()[1]
+    assert bindable(HOST, free)
+    assert bindable(HOST, 0)
+
+
+def test_the_stacks_busy_ports_name_their_settings(held_port, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServerPortInUseRefusedAtStart: each busy port of the stack's servers is named with
+    the setting that moves it; free ones are not named."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    settings = dataclasses.replace(load(), api_port=held_port, instance_web_ports=(("a", 0), ("b", held_port)),
+                                   clerk_web_port=0)
+    busy = busy_ports(settings)
+    assert len(busy) == 2, busy
+    assert "(the REST API)" in busy[0] and "DOCKET_API_PORT" in busy[0] and f"port {held_port}" in busy[0]
+    assert "(instance b's /metrics)" in busy[1] and "DOCKET_INSTANCE_B_WEB_PORT" in busy[1]
+    assert busy_ports(settings, free=lambda _host, _port: True) == []
+
+
+def test_docket_api_refuses_a_held_port_in_one_line(tmp_path: Path, held_port) -> None:
+    """ServerPortInUseRefusedAtStart: `docket api` on a held port exits 1 with one Error
+    line naming DOCKET_API_PORT, before it connects to Kafka (none runs here)."""
+    proc = _docket(["api", "--insecure-no-auth"], _env(tmp_path, DOCKET_API_PORT=str(held_port),
+                                                      DOCKET_KAFKA_BOOTSTRAP="127.0.0.1:9"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"Error: port {held_port} on {HOST} (the REST API) is already in use" in proc.stderr
+    assert "DOCKET_API_PORT (or --port)" in proc.stderr
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stdout
+
+
+def test_stack_run_starts_nothing_on_a_held_api_port(tmp_path: Path, held_port) -> None:
+    """ServerPortInUseRefusedAtStart: `docket stack run` (the default Procfile) whose API
+    port another process holds exits 1 before starting anything, naming the setting; so
+    a second `make run` can no longer report the first stack's API as ready."""
+    proc = _docket(["stack", "run"], _env(tmp_path, DOCKET_API_PORT=str(held_port),
+                                          DOCKET_KAFKA_BOOTSTRAP="kafka.example:9093"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"port {held_port} on {HOST} (the REST API) is already in use" in proc.stderr
+    assert "starting the stack" not in out and "api.1" not in out
+
+
+def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixture) -> None:
+    """ServerPortInUseRefusedAtStart: a Faust worker launched as docket's workers are
+    (agents/worker.py DocketWorker) whose web port is held exits 1 with one Error line
+    naming --web-port and the stack's settings, before Faust starts anything."""
+    import asyncio
+
+    import faust
+
+    from agents.worker import DocketWorker
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = faust.App("docket-test-ports", broker="kafka://127.0.0.1:9", web_port=held_port, web_bind=HOST)
+        with pytest.raises(SystemExit) as exited:
+            DocketWorker(app, loop=loop, quiet=True).execute_from_commandline()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"Error: port {held_port} on {HOST} (this worker's web server, /metrics) is already in use" in err
+    assert "--web-port" in err and "DOCKET_CLERK_WEB_PORT" in err
