@@ -175,3 +175,17 @@ async def docket_settings(
     settings = load()
     await create_topics(settings)
     return settings
+
+
+@pytest.fixture
+def offline_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """docket's settings from the defaults alone (every DOCKET_* variable of the
+    environment removed), with a Kafka address nobody listens on, so nothing a test
+    builds can connect, and the data root in the test's own directory."""
+    from app.settings import SETTINGS, load
+
+    for s in SETTINGS:
+        monkeypatch.delenv(s.env, raising=False)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(tmp_path / "data"))
+    return load()

@@ -25,7 +25,7 @@ from prometheus_client import generate_latest
 from agents import clerk as clerk_mod
 from agents import instance as instance_mod
 from app import logs
-from app.settings import SETTINGS, ConfigError, load
+from app.settings import ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_KEYS = ("time", "level", "logger", "message", "pid")
@@ -52,12 +52,8 @@ def clean_env(**docket: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    for s in SETTINGS:
-        monkeypatch.delenv(s.env, raising=False)
-    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
-    monkeypatch.setenv("DOCKET_DATA_ROOT", str(tmp_path / "data"))
-    return load()
+def settings(offline_settings):
+    return offline_settings
 
 
 def formatted(fmt: str, record: logging.LogRecord) -> str:

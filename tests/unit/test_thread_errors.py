@@ -19,12 +19,10 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from agents import worker as worker_mod
-from app.settings import SETTINGS, load
 
 
 class Records(logging.Handler):
@@ -39,12 +37,8 @@ class Records(logging.Handler):
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    for s in SETTINGS:
-        monkeypatch.delenv(s.env, raising=False)
-    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nobody listens: nothing may connect
-    monkeypatch.setenv("DOCKET_DATA_ROOT", str(tmp_path / "data"))
-    return load()
+def settings(offline_settings):
+    return offline_settings
 
 
 @pytest.fixture
