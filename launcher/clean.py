@@ -1,12 +1,15 @@
 """`docket clean`: what `make clean` runs once .venv holds docket (specs/integration.allium
-CleanRefusesWhileWorkersRun, CleanKeepsTrackedFiles).
+CleanRefusesWhileWorkersRun, CleanKeepsTrackedFiles, CleanDeletesOnlyDocketsOwn).
 
-In this order: refuse, stopping and deleting nothing, while a docket worker holds a data
-directory under what it would delete; stop the local brokers (DOCKET_BROKER_DIR's and the
-test session's, var/test-broker); delete var/ (of the current directory), and
-DOCKET_DATA_ROOT and DOCKET_BROKER_DIR when they are set, but never a path that
-:func:`refusal` refuses. :func:`refusal` also guards `docket broker start | run`
-(launcher/broker.py ``_check_broker_dir``).
+In this order: refuse, stopping and deleting nothing, while a `docket stack run` holds
+DOCKET_BROKER_DIR (launcher/stacklock.py) or a docket worker holds a data directory under
+what it would delete; stop the local brokers (DOCKET_BROKER_DIR's and the test session's,
+var/test-broker); delete var/ (of the current directory, a checkout's), and what docket
+made in DOCKET_DATA_ROOT and DOCKET_BROKER_DIR when they are set: never a path that
+:func:`refusal` refuses, and in a directory a setting names only what docket itself
+writes there (:func:`docket_entry`, :func:`broker_made`), so a setting that names, say,
+/var/lib or a repository's .git costs nothing but docket's own files. :func:`refusal`
+also guards `docket broker start | run` (launcher/broker.py ``_check_broker_dir``).
 
 This module imports nothing of Faust (nor launcher/broker.py at import time, which
 imports it back), so `docket clean` starts fast; of the settings it reads only the two paths.
@@ -25,6 +28,7 @@ from pathlib import Path
 import click
 
 from app.settings import _raw
+from launcher.stacklock import STACK_LOCK
 
 # The checkout this module belongs to (like launcher/broker.py's POM).
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -116,16 +120,58 @@ def held_data_dirs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     return sorted(held.items())
 
 
+# What docket writes in DOCKET_DATA_ROOT besides the workers' data directories
+# (launcher/stack.py TOKEN_FILE and STACK_LOG), and the files that tell its broker
+# directory (launcher/broker.py CONFIG_FILE and LOG4J_FILE: it writes both before the
+# broker's first start). tests/unit/test_clean.py checks they agree.
+DATA_ROOT_FILES = ("api-token", "stack.log")
+BROKER_FILES = ("server.properties", "log4j2.properties")
+WORKER_MARKS = (DATA_DIR_LOCK, "docket-domain")  # agents/plumbing.py: every worker's data directory
+
+
+# What a broker directory holds before the launcher writes its configuration: a stack's
+# lock (launcher/stacklock.py), and the launcher's log and pid files
+# (launcher/broker.py LOG_FILE, PID_FILE, BACKGROUND_FILE).
+BROKER_EARLY_FILES = frozenset({STACK_LOCK, "broker.log", "broker.pid", "broker.background"})
+
+
+def broker_made(path: Path) -> bool:
+    """True if ``path`` is a directory docket's broker launcher made: it holds the
+    broker's configuration as the launcher writes it (:data:`BROKER_FILES`), or nothing
+    but what comes before it (:data:`BROKER_EARLY_FILES`; empty: about to be used)."""
+    if not path.is_dir():
+        return False
+    return (all((path / name).is_file() for name in BROKER_FILES)
+            or all(entry.name in BROKER_EARLY_FILES for entry in path.iterdir()))
+
+
+def docket_entry(path: Path, depth: int = 3) -> bool:
+    """True if ``path``, an entry of DOCKET_DATA_ROOT, is docket's: one of the files it
+    writes there, a broker directory it made, or a directory holding a worker's data
+    directory (:data:`WORKER_MARKS`) within ``depth`` levels (the console keeps its own
+    stack one level down)."""
+    if path.is_symlink():
+        return False
+    if path.is_file():
+        return path.name in DATA_ROOT_FILES
+    if not path.is_dir():
+        return False
+    if broker_made(path) or any((path / mark).is_file() for mark in WORKER_MARKS):
+        return True
+    return depth > 0 and any(docket_entry(child, depth - 1) for child in path.iterdir() if child.is_dir())
+
+
 def _set_path(env: str) -> Path | None:
     value = os.environ.get(env, "").strip()
     return Path(value).expanduser().resolve() if value else None
 
 
 def run_clean(echo=click.echo) -> int:
-    """Do what `docket clean` does; return its exit status: 0, or 1 when workers run (then
-    nothing was stopped or deleted) or some path was refused or could not be deleted (the
-    others are deleted). ``echo(text, err=bool)`` prints. Raises BrokerError (exit 1,
-    nothing deleted) when a broker survives its stop."""
+    """Do what `docket clean` does; return its exit status: 0, or 1 when a stack or workers
+    run (then nothing was stopped or deleted) or some path was refused or could not be
+    deleted (the others are deleted). ``echo(text, err=bool)`` prints. Raises BrokerError
+    (exit 1, nothing deleted) when a broker survives its stop."""
+    from launcher import stacklock
     from launcher.broker import stop_broker  # here: launcher/broker.py imports this module
 
     here = Path.cwd().resolve()
@@ -137,11 +183,31 @@ def run_clean(echo=click.echo) -> int:
     verdicts = [(name, path, refusal(path, roots, keep)) for name, path in targets]
     if not is_checkout(here):  # `docket clean` run by hand elsewhere: ./var is someone else's
         verdicts[0] = ("var/", targets[0][1], f"{here} is not a docket checkout; run `make clean` in one")
+    doomed: list[Path] = []  # what to delete, in order
+    foreign: list[tuple[Path, list[Path]]] = []  # DOCKET_DATA_ROOT and what it holds that docket did not make
+    for i, (name, path, why) in enumerate(verdicts):
+        if why is not None or not path.exists():
+            continue
+        if name == "DOCKET_BROKER_DIR" and not broker_made(path):
+            verdicts[i] = (name, path, "it does not look like a broker directory docket made (no "
+                           f"{' and '.join(BROKER_FILES)} in it)")
+        elif name == "DOCKET_DATA_ROOT" and path.is_dir():
+            others = [entry for entry in sorted(path.iterdir()) if not docket_entry(entry)]
+            if others:
+                foreign.append((path, others))
+                doomed += [entry for entry in sorted(path.iterdir()) if entry not in others]
+            else:
+                doomed.append(path)
+        else:
+            doomed.append(path)
 
-    held = held_data_dirs(path for _, path, why in verdicts if why is None and path.is_dir())
+    stack = stacklock.holder(broker_dir)
+    if stack is not None:
+        echo(f"docket clean: a `docket stack run` (pid {stack}) runs its broker from {broker_dir}", err=True)
+    held = held_data_dirs(path for path in doomed if path.is_dir())
     for data_dir, pid in held:
         echo(f"docket clean: a docket worker (pid {pid}) holds {data_dir}", err=True)
-    if held:
+    if held or stack is not None:
         echo(f"docket clean: nothing stopped or deleted; {STOP_FIRST}", err=True)
         return 1
 
@@ -156,13 +222,18 @@ def run_clean(echo=click.echo) -> int:
             advice = f"; set {name} to a directory of docket's own" if name.startswith("DOCKET_") else ""
             echo(f"docket clean: not deleting {path} ({name}): {why}{advice}", err=True)
             status = 1
-        elif path.exists():  # not when deleted already: DOCKET_DATA_ROOT may lie inside var/
-            echo(f"rm -rf {path}")
-            try:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            except OSError as exc:
-                echo(f"docket clean: could not delete {path}: {exc}", err=True)
-                status = 1
+    for path in doomed:
+        if not path.exists() and not path.is_symlink():  # deleted already: DOCKET_DATA_ROOT may lie inside var/
+            continue
+        echo(f"rm -rf {path}")
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError as exc:
+            echo(f"docket clean: could not delete {path}: {exc}", err=True)
+            status = 1
+    for root, others in foreign:
+        shown = ", ".join(entry.name for entry in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        echo(f"docket clean: kept {root} (DOCKET_DATA_ROOT) and what docket did not make there: {shown}", err=True)
     return status
 
 
@@ -170,8 +241,9 @@ def run_clean(echo=click.echo) -> int:
 def clean() -> None:
     """Delete docket's local state for a fresh start (what `make clean` runs).
 
-    Refuses while docket workers hold data directories there (stop `make run` first);
-    stops the local brokers; deletes var/, and DOCKET_DATA_ROOT and DOCKET_BROKER_DIR when
-    set, never a path holding $HOME, the checkout, or files git tracks. Exit status 1 when
-    it refused anything."""
+    Refuses while a stack runs its broker from DOCKET_BROKER_DIR or docket workers hold
+    data directories there (stop `make run` first); stops the local brokers; deletes var/,
+    and what docket made in DOCKET_DATA_ROOT and DOCKET_BROKER_DIR when set, never a path
+    holding $HOME, the checkout, or files git tracks. Exit status 1 when it refused
+    anything."""
     sys.exit(run_clean())

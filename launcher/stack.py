@@ -405,6 +405,27 @@ def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = Non
     return [port_in_use(host, port, what, setting) for host, port, what, setting in servers if not free(host, port)]
 
 
+STACK_LOCK_WAIT_S = 20.0  # for a stack still stopping on the same broker directory (its broker stops last)
+
+
+def hold_broker_dir(broker_dir: Path, wait_s: float = STACK_LOCK_WAIT_S, echo=click.echo) -> None:
+    """Hold ``broker_dir`` for this stack (launcher/stacklock.py), waiting up to ``wait_s``
+    seconds, with one line saying so, for a stack that is still stopping there; StackError
+    saying what to do when another stack runs on it."""
+    from launcher import stacklock
+
+    pid = stacklock.holder(broker_dir)
+    if pid is not None:
+        echo(f"another `docket stack run` (pid {pid}) has its broker in {broker_dir}; waiting up to {wait_s:g} s "
+             "for it to stop", err=True)
+    pid = stacklock.hold(broker_dir, wait_s)
+    if pid is not None:
+        raise StackError(
+            f"another `docket stack run` (pid {pid}) runs its broker from {broker_dir}, and two stacks must not share "
+            "one: stop it (Ctrl-C in its terminal), or give this stack a DOCKET_BROKER_DIR and a DOCKET_BROKER_PORT "
+            "of its own")
+
+
 # --------------------------------------------------------------------------- running the Procfile
 
 
@@ -752,6 +773,8 @@ def run_cmd(procfile: Path) -> None:
         busy = busy_ports(settings)
         if busy:  # nothing started: a second stack's components would each fail on it
             raise StackError("; ".join(busy))
+    if kafka.local:
+        hold_broker_dir(settings.broker_dir)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)

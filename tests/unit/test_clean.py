@@ -172,3 +172,100 @@ def test_the_broker_refuses_a_tracked_directory(checkout: Path, monkeypatch: pyt
     assert (f"DOCKET_BROKER_DIR {checkout / 'broker'} is not a directory of docket's own: it holds files git "
             "tracks") in result.stderr
     assert sorted(p.name for p in (checkout / "broker").iterdir()) == ["pom.xml"]
+
+
+def test_the_files_clean_recognises_are_the_ones_docket_writes() -> None:
+    """CleanDeletesOnlyDocketsOwn: the names `docket clean` takes for docket's own are the
+    ones the stack and the broker launcher write (clean does not import them: the broker
+    launcher imports clean)."""
+    from launcher import stack
+
+    assert set(clean.DATA_ROOT_FILES) == {stack.TOKEN_FILE, stack.STACK_LOG}
+    assert set(clean.BROKER_FILES) == {broker.CONFIG_FILE, broker.LOG4J_FILE}
+    assert {broker.LOG_FILE, broker.PID_FILE, broker.BACKGROUND_FILE} < clean.BROKER_EARLY_FILES
+
+
+@needs_git
+def test_a_directory_docket_did_not_make_keeps_everything_of_its_own(checkout: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanDeletesOnlyDocketsOwn: DOCKET_BROKER_DIR naming a directory docket's broker
+    did not make (a repository's .git) is refused and kept whole; DOCKET_DATA_ROOT
+    naming a directory that also holds other files (as /var/lib would) loses only what
+    docket made there: a worker's data directory, the token, a broker directory; the
+    rest and the directory itself stay, and a line says what was kept."""
+    other_repo = tmp_path / "other" / ".git"
+    (other_repo / "objects").mkdir(parents=True)
+    (other_repo / "HEAD").write_text("ref: refs/heads/main\n")
+    root = tmp_path / "shared"
+    for name, text in {"docket-a/docket-domain": "inventory\n", "api-token": "t\n",
+                       "broker/server.properties": "x=1\n", "broker/log4j2.properties": "x\n",
+                       "keep/file": "mine", "notes.txt": "mine"}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(other_repo))
+    monkeypatch.setenv("DOCKET_DATA_ROOT", str(root))
+    result = run_clean()
+    assert result.exit_code == 1, result.output
+    assert (f"not deleting {other_repo} (DOCKET_BROKER_DIR): it does not look like a broker directory docket "
+            "made (no server.properties and log4j2.properties in it)") in result.stderr
+    assert (other_repo / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert sorted(p.name for p in root.iterdir()) == ["keep", "notes.txt"]
+    assert (root / "keep" / "file").read_text() == "mine"
+    assert f"kept {root} (DOCKET_DATA_ROOT) and what docket did not make there: keep, notes.txt" in result.stderr
+    assert result.stdout == (f"rm -rf {checkout / 'var'}\nrm -rf {root / 'api-token'}\nrm -rf {root / 'broker'}\n"
+                             f"rm -rf {root / 'docket-a'}\n")
+
+
+@needs_git
+def test_a_running_stack_refuses_whatever_data_root_the_shell_names(checkout: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanRefusesWhileWorkersRun, StackHoldsItsBrokerDirectory: while a `docket stack
+    run` holds DOCKET_BROKER_DIR (its stack lock), `docket clean` stops and deletes
+    nothing, even when this shell's DOCKET_DATA_ROOT is not the stack's (its workers'
+    data directories are elsewhere): a stack's broker was stopped under it so."""
+    from launcher import stacklock
+
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(broker_dir))
+    fd = os.open(broker_dir / stacklock.STACK_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"5151")
+        result = run_clean()
+        assert result.exit_code == 1, result.output
+        assert f"a `docket stack run` (pid 5151) runs its broker from {broker_dir}" in result.stderr
+        assert "nothing stopped or deleted" in result.stderr
+        assert stops == [] and (checkout / "var").is_dir() and broker_dir.is_dir()
+    finally:
+        os.close(fd)
+    assert run_clean().exit_code == 0
+    assert stops and not broker_dir.exists()
+
+
+def test_a_second_stack_on_one_broker_directory_is_refused(tmp_path: Path) -> None:
+    """StackHoldsItsBrokerDirectory: the stack lock of a broker directory another
+    process holds is waited for, with a line saying so, then refused with what to do;
+    once it is free it is taken, and held by this process until it ends."""
+    from launcher import stacklock
+    from launcher.stack import StackError, hold_broker_dir
+
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    said: list[str] = []
+    fd = os.open(broker_dir / stacklock.STACK_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"6262")
+        with pytest.raises(StackError, match=r"another `docket stack run` \(pid 6262\) runs its broker from .*"
+                                             r"give this stack a DOCKET_BROKER_DIR and a DOCKET_BROKER_PORT"):
+            hold_broker_dir(broker_dir, wait_s=0.3, echo=lambda text, err=False: said.append(text))
+        assert said and "waiting up to 0.3 s for it to stop" in said[0]
+    finally:
+        os.close(fd)
+    try:
+        hold_broker_dir(broker_dir, wait_s=0.3, echo=lambda text, err=False: said.append(text))
+        assert stacklock.holder(broker_dir) == str(os.getpid())
+    finally:
+        os.close(stacklock._held.pop(broker_dir.resolve()))
+    assert stacklock.holder(broker_dir) is None
