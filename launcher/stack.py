@@ -769,12 +769,12 @@ def run_cmd(procfile: Path) -> None:
     # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
     # the user's own Kafka needs neither Java nor Maven
     kafka = stack_kafka(settings, os.environ)
+    if kafka.local:  # first: a stack still stopping there may hold the ports below a moment longer
+        hold_broker_dir(settings.broker_dir)
     if procfile.resolve() == PROCFILE.resolve():
         busy = busy_ports(settings)
         if busy:  # nothing started: a second stack's components would each fail on it
             raise StackError("; ".join(busy))
-    if kafka.local:
-        hold_broker_dir(settings.broker_dir)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)
