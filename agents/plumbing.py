@@ -327,10 +327,11 @@ def claim_domain(data_dir: Path, domain: str) -> None:
 
 
 async def check_topics(settings: Settings, topics: list[str]) -> None:
-    """Raise ClickException unless Kafka answers, every one of ``topics`` exists and, if
-    the input topic is among them, it has broker timestamps (LogAppendTime)."""
+    """Raise ClickException unless Kafka answers, every one of ``topics`` exists with
+    DOCKET_PARTITIONS partitions and, if the input topic is among them, it has broker
+    timestamps (LogAppendTime)."""
     from app.kafka_admin import KafkaUnreachable, connect_admin
-    from app.topics import TopicError, check_broker_time
+    from app.topics import TopicError, check_broker_time, partition_counts
 
     try:
         admin = await connect_admin(settings.kafka_bootstrap, 10.0, settings)
@@ -348,6 +349,16 @@ async def check_topics(settings: Settings, topics: list[str]) -> None:
         if missing:
             # Faust would silently consume nothing from a missing source topic.
             raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
+        counts = await partition_counts(admin, topics)
+        wrong = sorted((name, n) for name, n in counts.items() if n != settings.partitions)
+        if wrong:
+            # a Clerk of another count joined the group and claimed partitions of its own
+            # count's transactional ids (a fresh-clone user check)
+            raise click.ClickException(
+                f"existing topics disagree with DOCKET_PARTITIONS={settings.partitions}: "
+                + "; ".join(f"{name} has {n} partitions" for name, n in wrong)
+                + f". Every component of one stack needs the same DOCKET_PARTITIONS: set it to {wrong[0][1]}, "
+                "or use another DOCKET_TOPIC_PREFIX")
         if settings.input_topic in topics:
             try:
                 await check_broker_time(admin, settings.input_topic)

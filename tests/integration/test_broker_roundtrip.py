@@ -102,7 +102,8 @@ async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(do
     """TopicsCreatedExplicitly, PerEventTopicsHavePPartitions: `create_topics` made every
     docket topic with DOCKET_PARTITIONS partitions and running it again changes nothing;
     TopicsRefusedOnPartitionMismatch: existing topics with another partition count are
-    an error that says what to do."""
+    an error that says what to do; WorkerRefusesTopicsOfAnotherPartitionCount: so are
+    they to a worker's start-up check."""
     import dataclasses
 
     from app.topics import TopicError
@@ -121,6 +122,17 @@ async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(do
     wrong = dataclasses.replace(docket_settings, partitions=docket_settings.partitions + 1)
     with pytest.raises(TopicError, match="disagree with DOCKET_PARTITIONS"):
         await create_topics(wrong)
+    # WorkerRefusesTopicsOfAnotherPartitionCount: a worker's start-up check too
+    import click
+
+    from agents.plumbing import check_topics
+
+    topics = [docket_settings.output_topic(i) for i in docket_settings.instances] + [docket_settings.results_topic]
+    await check_topics(docket_settings, topics)
+    with pytest.raises(click.ClickException, match=rf"DOCKET_PARTITIONS={wrong.partitions}: .* has "
+                                                   rf"{docket_settings.partitions} partitions.*set it to "
+                                                   rf"{docket_settings.partitions}"):
+        await check_topics(wrong, topics)
 
 
 def test_an_instance_creates_its_ledger_changelog_before_it_starts(docket_settings) -> None:
