@@ -1122,6 +1122,7 @@ def test_the_changelog_an_instance_creates_is_the_one_its_table_writes(settings,
 class FakeAdmin:
     topics: ClassVar[set[str]] = set()
     fail: ClassVar[bool] = False
+    partitions: ClassVar[int] = 8
 
     def __init__(self, **kwargs) -> None:
         pass
@@ -1132,6 +1133,11 @@ class FakeAdmin:
 
     async def list_topics(self):
         return sorted(FakeAdmin.topics)
+
+    async def describe_topics(self, names):
+        # the shape of aiokafka's describe_topics: each existing topic with its partitions
+        return [{"topic": n, "error_code": 0, "partitions": [{"partition": p} for p in range(FakeAdmin.partitions)]}
+                if n in FakeAdmin.topics else {"topic": n, "error_code": 3, "partitions": []} for n in names]
 
     async def describe_configs(self, resources):
         # the shape of aiokafka's DescribeConfigsResponse: resources of (error code,
@@ -1165,7 +1171,7 @@ def test_workers_start_only_when_their_topics_exist(settings, monkeypatch) -> No
     monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", FakeAdmin)
     monkeypatch.setattr(kafka_config, "check_connection", check_connection)
     needed = [settings.input_topic, settings.output_topic("a")]
-    FakeAdmin.topics, FakeAdmin.fail = set(needed) | {"other"}, False
+    FakeAdmin.topics, FakeAdmin.fail, FakeAdmin.partitions = set(needed) | {"other"}, False, settings.partitions
     asyncio.run(plumbing.check_topics(settings, needed))
     FakeAdmin.topics = {settings.input_topic}
     with pytest.raises(click.ClickException, match=r"topic\(s\) spec.output.a do not exist; run `docket topics create`"):
