@@ -296,7 +296,8 @@ def claim_data_dir(data_dir: Path) -> None:
         os.close(fd)
         raise click.ClickException(
             f"data directory {data_dir} is in use by another worker (pid {holder}): give each worker its own "
-            "--data-dir (README, 'Scale-out')") from None
+            "--data-dir (under `faust ... worker`, which has no such option: a DOCKET_DATA_ROOT of its own; "
+            "README, 'Scale-out')") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD_DATA_DIRS[data_dir.resolve()] = fd
@@ -348,7 +349,12 @@ async def check_topics(settings: Settings, topics: list[str]) -> None:
         missing = [t for t in topics if t not in existing]
         if missing:
             # Faust would silently consume nothing from a missing source topic.
-            raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; run `docket topics create`")
+            unlisted = [t for t in missing if t.startswith(f"{settings.topic_prefix}.output.")
+                        and t not in {settings.output_topic(i) for i in settings.instances}]
+            how = ("add the instance to DOCKET_INSTANCES (of every component, `docket topics create` included: it "
+                   f"makes output topics for those alone, now {','.join(settings.instances)}), then run "
+                   "`docket topics create`" if unlisted else "run `docket topics create`")
+            raise click.ClickException(f"topic(s) {', '.join(missing)} do not exist; {how}")
         counts = await partition_counts(admin, topics)
         wrong = sorted((name, n) for name, n in counts.items() if n != settings.partitions)
         if wrong:

@@ -621,7 +621,7 @@ class DocketClient:
             self._consumer = None
         if self._producer is not None:
             if not await stop_producer(self._producer, self.produce_timeout_ms / 1000):
-                log.warning("stopped with records Kafka had not acknowledged %d ms into the stop (is Kafka "
+                log.warning("stopped with records Kafka had not acknowledged after a flush of %d ms (is Kafka "
                             "reachable?): none of them had been answered as accepted", self.produce_timeout_ms)
             self._producer = None
         self._started = False
@@ -736,12 +736,17 @@ class DocketClient:
         same key of two clients names two requests (the API passes its client's
         name; None is the key space of Kafka-native producers).
 
-        Raises ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
+        Raises ValueError for a negative ``timeout`` (or one that is not a number),
+        ValidationError or KeyReused (nothing produced), KafkaUnavailable (not
         accepted, or not acknowledged in time), ClientNotStarted (start() never called,
         or stop() since). Returns a Submission whose status is
         decided, pending (timeout; the event was accepted) or diverged. A repeat of a
         request that diverged is answered with its divergence, and nothing is produced
         (ClientAnswersRepeatOfDivergedRequest)."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            # a negative one was taken as 0: the event produced, and "pending" at once
+            raise ValueError(f"timeout must be a number of seconds, 0 or more, or None; got {timeout!r}")
         key, home, fp, value = self._prepare(event_name, payload, idempotency_key, client)
         skey = (client, idempotency_key)
         if self.connected and not self._caught_up.is_set():

@@ -1195,6 +1195,16 @@ async def test_submit_on_a_client_never_started_or_stopped_says_so(settings) -> 
         await client.submit("stock.adjust", payload, "k1")
 
 
+@pytest.mark.parametrize("timeout", [-1, -0.001, float("nan"), "5", True])
+async def test_a_negative_timeout_is_refused_before_anything_is_sent(settings, timeout) -> None:
+    """ClientRefusesANegativeTimeout: submit() with a timeout that is negative or not a
+    number raises ValueError saying what it takes, before anything else (here before
+    ClientNotStarted); a negative one was taken as 0 and came back "pending" at once."""
+    client = DocketClient(settings, start_timeout_s=1.0)
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds, 0 or more, or None"):
+        await client.submit("stock.adjust", {"warehouse": "w1", "sku": "s1", "delta": 5}, "k1", timeout=timeout)
+
+
 async def test_a_client_name_the_usher_would_refuse_is_refused_unsent(settings) -> None:
     """ApiScopesKeysToItsClient: submit(client=...) with a name the envelope rule
     refuses (1-64 of A-Z a-z 0-9 . _ -) raises ValidationError naming the field

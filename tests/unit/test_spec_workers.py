@@ -1159,8 +1159,9 @@ class FakeAdmin:
 def test_workers_start_only_when_their_topics_exist(settings, monkeypatch) -> None:
     """WorkerStartsWhenTopicsExist, WorkerRefusesToStartWithoutTopics: the start-up check
     passes when the broker answers and every needed topic exists; otherwise the worker
-    stops with a message naming the missing topics and `docket topics create`, or the
-    unreachable broker and `docket broker start`."""
+    stops with a message naming the missing topics and `docket topics create` (for an
+    instance outside DOCKET_INSTANCES, adding it there first), or the unreachable broker
+    and `docket broker start`."""
     import aiokafka.admin
 
     from app import kafka_config
@@ -1176,6 +1177,10 @@ def test_workers_start_only_when_their_topics_exist(settings, monkeypatch) -> No
     FakeAdmin.topics = {settings.input_topic}
     with pytest.raises(click.ClickException, match=r"topic\(s\) spec.output.a do not exist; run `docket topics create`"):
         asyncio.run(plumbing.check_topics(settings, needed))
+    FakeAdmin.topics = {settings.input_topic, settings.output_topic("a")}
+    with pytest.raises(click.ClickException, match=r"topic\(s\) spec.output.z do not exist; add the instance to "
+                                                   r"DOCKET_INSTANCES .* now a,b\), then run `docket topics create`"):
+        asyncio.run(plumbing.check_topics(settings, [settings.input_topic, settings.output_topic("z")]))
     FakeAdmin.fail = True
     with pytest.raises(click.ClickException, match="cannot reach Kafka at 127.0.0.1:1 .*`docket broker start`"):
         asyncio.run(plumbing.check_topics(settings, needed))
