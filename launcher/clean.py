@@ -17,7 +17,6 @@ imports it back), so `docket clean` starts fast; of the settings it reads only t
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 import click
 
 from app.settings import _raw
-from launcher.stacklock import STACK_LOCK
+from launcher.stacklock import STACK_LOCK, lock_holder
 
 # The checkout this module belongs to (like launcher/broker.py's POM).
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -96,27 +95,13 @@ def held_data_dirs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     """(data directory, holder's pid as written in its lock file) for each directory under
     ``paths`` whose worker lock (agents/plumbing.py claim_data_dir) a process holds now.
 
-    Each lock file is tried with a non-blocking exclusive flock and released at once: a
-    worker's flock goes with its process however it exits, so a lock file left by a dead
-    worker is free, and its pid file would be stale."""
+    Each lock file is tried as :func:`launcher.stacklock.lock_holder` does: a lock file
+    left by a dead worker is free."""
     held: dict[Path, str] = {}
     for top in paths:
         for parent, _dirs, files in os.walk(top):  # symlinks are not followed
-            if DATA_DIR_LOCK not in files:
-                continue
-            lock = Path(parent) / DATA_DIR_LOCK
-            try:
-                fd = os.open(lock, os.O_RDONLY)
-            except OSError:
-                continue  # gone meanwhile (a worker does not remove it, but `rm` may)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held[Path(parent)] = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            if DATA_DIR_LOCK in files and (pid := lock_holder(Path(parent) / DATA_DIR_LOCK)) is not None:
+                held[Path(parent)] = pid
     return sorted(held.items())
 
 

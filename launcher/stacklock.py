@@ -28,8 +28,15 @@ _held: dict[Path, int] = {}  # broker dir -> its lock's descriptor, for the life
 
 def holder(broker_dir: Path) -> str | None:
     """The pid (as the lock file says) of the stack that holds ``broker_dir`` now, or None
-    when none does. Tries the lock without waiting and releases it at once."""
-    path = broker_dir / STACK_LOCK
+    when none does."""
+    return lock_holder(broker_dir / STACK_LOCK)
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid written in lock file ``path`` while a process holds its flock, else None
+    (also when there is no such file). Tries the lock without waiting and releases it at
+    once: a flock goes with its process however it exits, so the file of a dead holder
+    is free, whatever pid it still names."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

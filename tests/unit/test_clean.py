@@ -5,6 +5,7 @@ and the brokers' stop is a stand-in that records its calls."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -49,6 +50,19 @@ def run_clean():
     return CliRunner().invoke(cli, ["clean"], catch_exceptions=False)
 
 
+@contextlib.contextmanager
+def holding(lock: Path, pid: bytes):
+    """Hold ``lock``'s flock through a file description of this test's own, the file
+    naming ``pid``, as a worker or a stack holds theirs."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, pid)
+        yield
+    finally:
+        os.close(fd)
+
+
 def test_lock_file_name_is_the_workers() -> None:
     """CleanRefusesWhileWorkersRun: the lock file `docket clean` tries is the one
     agents/plumbing.py claim_data_dir holds (clean does not import it: it imports Faust)."""
@@ -65,10 +79,7 @@ def test_a_held_data_directory_refuses_and_nothing_is_stopped_or_deleted(checkou
     and deletes nothing; once the lock is released (the lock file stays, as a dead
     worker's does), it stops the brokers and deletes var/."""
     data_dir = checkout / "var" / "docket-a"
-    fd = os.open(data_dir / clean.DATA_DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"4242")
+    with holding(data_dir / clean.DATA_DIR_LOCK, b"4242"):
         result = run_clean()
         assert result.exit_code == 1, result.output
         assert f"a docket worker (pid 4242) holds {data_dir}" in result.stderr
@@ -77,8 +88,6 @@ def test_a_held_data_directory_refuses_and_nothing_is_stopped_or_deleted(checkou
         assert "rm -rf" not in result.stdout
         assert stops == []
         assert (data_dir / "tables" / "ledger-0.db").read_text() == "state"
-    finally:
-        os.close(fd)
     result = run_clean()
     assert result.exit_code == 0, result.output
     assert stops == [checkout / "var" / "broker", Path("var/test-broker")]
@@ -228,17 +237,12 @@ def test_a_running_stack_refuses_whatever_data_root_the_shell_names(checkout: Pa
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
     monkeypatch.setenv("DOCKET_BROKER_DIR", str(broker_dir))
-    fd = os.open(broker_dir / stacklock.STACK_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"5151")
+    with holding(broker_dir / stacklock.STACK_LOCK, b"5151"):
         result = run_clean()
         assert result.exit_code == 1, result.output
         assert f"a `docket stack run` (pid 5151) runs its broker from {broker_dir}" in result.stderr
         assert "nothing stopped or deleted" in result.stderr
         assert stops == [] and (checkout / "var").is_dir() and broker_dir.is_dir()
-    finally:
-        os.close(fd)
     assert run_clean().exit_code == 0
     assert stops and not broker_dir.exists()
 
@@ -253,16 +257,11 @@ def test_a_second_stack_on_one_broker_directory_is_refused(tmp_path: Path) -> No
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
     said: list[str] = []
-    fd = os.open(broker_dir / stacklock.STACK_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"6262")
+    with holding(broker_dir / stacklock.STACK_LOCK, b"6262"):
         with pytest.raises(StackError, match=r"another `docket stack run` \(pid 6262\) runs its broker from .*"
                                              r"give this stack a DOCKET_BROKER_DIR and a DOCKET_BROKER_PORT"):
             hold_broker_dir(broker_dir, wait_s=0.3, echo=lambda text, err=False: said.append(text))
         assert said and "waiting up to 0.3 s for it to stop" in said[0]
-    finally:
-        os.close(fd)
     try:
         hold_broker_dir(broker_dir, wait_s=0.3, echo=lambda text, err=False: said.append(text))
         assert stacklock.holder(broker_dir) == str(os.getpid())
