@@ -413,7 +413,9 @@ def hold_broker_dir(broker_dir: Path, wait_s: float = STACK_LOCK_WAIT_S, echo=cl
     seconds, with one line saying so, for a stack that is still stopping there; StackError
     saying what to do when another stack runs on it."""
     from launcher import stacklock
+    from launcher.broker import _check_broker_dir
 
+    _check_broker_dir(broker_dir.resolve())  # before the lock file: nothing written in a directory not docket's
     pid = stacklock.holder(broker_dir)
     if pid is not None:
         echo(f"another `docket stack run` (pid {pid}) has its broker in {broker_dir}; waiting up to {wait_s:g} s "

@@ -268,3 +268,15 @@ def test_a_second_stack_on_one_broker_directory_is_refused(tmp_path: Path) -> No
     finally:
         os.close(stacklock._held.pop(broker_dir.resolve()))
     assert stacklock.holder(broker_dir) is None
+
+
+@needs_git
+def test_a_stack_writes_no_lock_into_a_tracked_directory(checkout: Path) -> None:
+    """CleanKeepsTrackedFiles, StackHoldsItsBrokerDirectory: a stack whose
+    DOCKET_BROKER_DIR is the checkout's broker/ is refused before its lock file is
+    written there."""
+    from launcher.stack import hold_broker_dir
+
+    with pytest.raises(broker.BrokerError, match="is not a directory of docket's own"):
+        hold_broker_dir(checkout / "broker", wait_s=0.1)
+    assert sorted(p.name for p in (checkout / "broker").iterdir()) == ["pom.xml"]
