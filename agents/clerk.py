@@ -307,7 +307,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     adopt_settings(app, settings)
     sources = app.topic(*[settings.output_topic(i) for i in settings.instances],
                         key_type=bytes, value_type=bytes, internal=False)
-    core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag)
+    core = ClerkCore(settings.instances, settings.required_copies, settings.max_lag, settings.idempotency_ttl_ms)
     metrics = ClerkMetrics()
     tail = TailReader(settings, app)
     producers = PartitionProducers(settings)
@@ -375,10 +375,13 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     def emit(p: int, actions: list[Publish | Report], agreement: HistogramBatch, reported: set[int],
              now: float) -> None:
         """Queue what the core decided for partition ``p``, in order; the offsets of
-        its divergence reports go into ``reported``."""
+        its divergence reports, and of its results, go into ``reported`` (a held
+        duplicate is published with its original, by an item that carries no copy of
+        it: ClerkHoldsDuplicateOfUndecidedOriginal)."""
         for action in actions:
             if isinstance(action, Publish):
                 publisher.result(p, action)
+                reported.add(action.offset)
                 agreement.add(now - first_read.get((p, action.offset), now))
             else:
                 publisher.divergence(p, action.value)

@@ -25,6 +25,15 @@ never published twice.
 A divergence record says what diverged (:func:`divergence_record`): the request's
 idempotency key, event name and stream time, and every copy's body, each cut to
 :data:`DIVERGENCE_BODY_LIMIT` bytes.
+
+A duplicate (its agreed body's ``duplicate_of`` names an earlier position of the
+partition, the original) is published only if the original was published: while the
+original is undecided the agreed duplicate is HELD (not final), and once the original
+diverges, or if it had, the duplicate is reported ``original_diverged`` and never
+published (specs/clerk.allium, ClerkHoldsDuplicateOfUndecidedOriginal,
+ClerkWithholdsDuplicateOfDivergedOriginal). Diverged positions are remembered for this
+after they are forgotten, for the idempotency TTL of stream time and at most
+:data:`DIVERGED_REMEMBERED` per partition.
 """
 
 from __future__ import annotations
@@ -68,6 +77,15 @@ TAIL_LOOKBACK_OFFSETS = 1_000
 TAIL_LOOKBACK_BYTES = 64 * 1024 * 1024
 # Kafka offsets are signed 64-bit integers
 OFFSET_LIMIT = 2**63
+# Diverged positions a partition remembers after they are forgotten, at most, so that a
+# duplicate of one is withheld (ClerkWithholdsDuplicateOfDivergedOriginal); the oldest
+# goes first. Entries older than the idempotency TTL (stream time) go anyway, as no
+# duplicate can name them. 100,000 offsets with their stream times are about 10 MB; a
+# partition that diverges that often within one TTL is an incident of its own.
+DIVERGED_REMEMBERED = 100_000
+# The cause of the report that withholds a duplicate of a diverged original
+# (app/records.py DIVERGENCE_CAUSES)
+ORIGINAL_DIVERGED = "original_diverged"
 
 
 @dataclass(slots=True)
@@ -77,6 +95,9 @@ class Position:
     bodies: dict[str, bytes] = field(default_factory=dict)  # digest -> body
     decided: str | None = None  # the agreed digest
     diverged: bool = False
+    # a duplicate whose copies agree on this digest, held until its original is final
+    held: str | None = None
+    held_by: list[str] | None = None  # the agreeing instances, sorted
     # digest -> the body as the copy record held it, already decoded (what a result is
     # made of: decoding the bytes again would cost as much as the rest of a decision)
     parsed: dict[str, dict] = field(default_factory=dict)
@@ -135,15 +156,26 @@ class PartitionState:
     # the same offsets (finished and restored, above decided_below) as sorted
     # [start, end) ranges, kept up to date so a record's state costs O(ranges)
     ranges: list[list[int]] = field(default_factory=list)
+    # positions this run saw diverge, oldest first: offset -> stream time (ms; None when
+    # no copy says one), kept after they are forgotten (DIVERGED_REMEMBERED)
+    diverged: dict[int, int | None] = field(default_factory=dict)
+    # original offset -> the offsets of agreed duplicates held until it is final
+    waiting: dict[int, list[int]] = field(default_factory=dict)
 
 
 class ClerkCore:
-    def __init__(self, instances: tuple[str, ...], required: int, max_lag: int = 10_000) -> None:
+    def __init__(self, instances: tuple[str, ...], required: int, max_lag: int = 10_000,
+                 ttl_ms: int = 300_000) -> None:
+        """``instances``: the configured instance ids; ``required``: matching copies a
+        decision needs (1 to len(instances), else ValueError); ``max_lag``: offsets
+        (DOCKET_MAX_LAG); ``ttl_ms``: the idempotency TTL in stream time
+        (DOCKET_IDEMPOTENCY_TTL_MS), how long a diverged position is remembered."""
         if not 1 <= required <= len(instances):
             raise ValueError(f"required copies {required} must be between 1 and {len(instances)}")
         self.instances = tuple(sorted(instances))
         self.required = required
         self.max_lag = max_lag
+        self.ttl_ms = ttl_ms
         self.partitions: dict[int, PartitionState] = {}
         self.counts = collections.Counter()  # metric name -> count
         self.copies_by_instance = collections.Counter()
@@ -243,10 +275,7 @@ class ClerkCore:
             st.order.append(offset)
             if self.required > 1:
                 return  # it can still be decided (required <= the instances, checked at start)
-            pos.decided = digest
-            st.finished[offset] = digest
-            _add_to_ranges(st.ranges, offset)
-            actions.append(self._publish(st, partition, pos, [instance]))
+            self._decide(st, partition, pos, digest, [instance], actions)
             return
         previous = pos.copies.get(instance)
         if previous is not None:
@@ -268,21 +297,107 @@ class ClerkCore:
             # position that has already diverged
             actions.append(self._report(st, partition, pos, "mismatch"))
             return
+        if pos.held is not None:
+            return  # decided with its original: a disagreeing copy is reported then
         agreeing = [i for i, d in pos.copies.items() if d == digest]
         if len(agreeing) > 1:
             agreeing.sort()
         if len(agreeing) >= self.required:
-            pos.decided = digest
-            st.finished[offset] = digest
-            _add_to_ranges(st.ranges, offset)
-            actions.append(self._publish(st, partition, pos, agreeing))
-            if len(agreeing) < len(pos.copies):
-                actions.append(self._report(st, partition, pos, "mismatch"))
+            self._decide(st, partition, pos, digest, agreeing, actions)
         elif not self._can_still_decide(pos):
-            pos.diverged = True
-            st.finished[offset] = None
-            _add_to_ranges(st.ranges, offset)
+            self._diverge(st, partition, pos, "mismatch", actions)
+
+    def _decide(self, st: PartitionState, partition: int, pos: Position, digest: str, agreeing: list[str],
+                actions: list) -> None:
+        """``agreeing`` (sorted) carry ``digest``, enough for a decision: publish it,
+        unless it is a duplicate whose original is not published. Held while the
+        original is undecided (ClerkHoldsDuplicateOfUndecidedOriginal); withheld once
+        it diverged (ClerkWithholdsDuplicateOfDivergedOriginal)."""
+        original = self._original(partition, pos, digest)
+        if original is not None:
+            fate = self._fate(st, original)
+            if fate is None:
+                pos.held, pos.held_by = digest, agreeing
+                st.waiting.setdefault(original, []).append(pos.offset)
+                self.counts["held_duplicates"] += 1
+                return
+            if not fate:
+                self.counts["withheld_duplicates"] += 1
+                self._diverge(st, partition, pos, ORIGINAL_DIVERGED, actions)
+                return
+        pos.decided = digest
+        st.finished[pos.offset] = digest
+        _add_to_ranges(st.ranges, pos.offset)
+        actions.append(self._publish(st, partition, pos, agreeing))
+        if len(agreeing) < len(pos.copies):
             actions.append(self._report(st, partition, pos, "mismatch"))
+        self._release(st, partition, pos, actions)
+
+    def _diverge(self, st: PartitionState, partition: int, pos: Position, cause: str, actions: list) -> None:
+        """``pos`` can never be published: report it (``cause``), remember it for the
+        duplicates that may name it, and settle the duplicates held for it."""
+        pos.diverged = True
+        st.finished[pos.offset] = None
+        _add_to_ranges(st.ranges, pos.offset)
+        self._remember_diverged(st, pos)
+        actions.append(self._report(st, partition, pos, cause))
+        self._release(st, partition, pos, actions)
+
+    def _original(self, partition: int, pos: Position, digest: str) -> int | None:
+        """The input offset of the original a duplicate's agreed body names
+        (``duplicate_of``, an earlier position of the same partition), else None."""
+        body = pos.parsed.get(digest)
+        if body is None:
+            try:
+                body = orjson.loads(pos.bodies[digest])
+            except orjson.JSONDecodeError:
+                return None
+            pos.parsed[digest] = body  # what _publish reads: decoded once per decision
+        dup = body.get("duplicate_of") if isinstance(body, dict) else None
+        if not isinstance(dup, dict) or dup.get("partition") != partition:
+            return None
+        offset = dup.get("offset")
+        return offset if type(offset) is int and 0 <= offset < pos.offset else None
+
+    def _fate(self, st: PartitionState, offset: int) -> bool | None:
+        """Whether the position at ``offset`` was published: True (or not known to have
+        diverged: forgotten before this run, or past DIVERGED_REMEMBERED), False if it
+        diverged, None while it is undecided."""
+        pos = st.positions.get(offset)
+        if pos is not None:
+            if pos.decided is not None:
+                return True
+            return False if pos.diverged else None
+        return offset not in st.diverged
+
+    def _remember_diverged(self, st: PartitionState, pos: Position) -> None:
+        stream_time = _request_fields(pos.bodies.get(pos.copies[naming_copy(pos)])).get("stream_time")
+        known = st.diverged
+        known[pos.offset] = stream_time
+        if isinstance(stream_time, int):
+            # no duplicate can name a position older than the TTL (stream time is
+            # monotone in offset, and entries arrive roughly in offset order)
+            while known:
+                oldest = next(iter(known))
+                then = known[oldest]
+                if not (isinstance(then, int) and stream_time - then >= self.ttl_ms):
+                    break
+                del known[oldest]
+        while len(known) > DIVERGED_REMEMBERED:
+            del known[next(iter(known))]
+
+    def _release(self, st: PartitionState, partition: int, pos: Position, actions: list) -> None:
+        """``pos`` is final: settle the duplicates held for it, in offset order."""
+        waiting = st.waiting.pop(pos.offset, None)
+        if not waiting:
+            return
+        for offset in sorted(waiting):
+            dup = st.positions.get(offset)
+            if dup is None or dup.held is None or dup.final:
+                continue
+            digest, agreeing = dup.held, dup.held_by
+            dup.held = dup.held_by = None
+            self._decide(st, partition, dup, digest, agreeing, actions)
 
     def pending(self, partition: int) -> int:
         st = self.partitions.get(partition)
@@ -381,11 +496,10 @@ class ClerkCore:
             pos = st.positions.get(st.decided_below)
             if pos is None or pos.final:
                 return
-            pos.diverged = True
-            st.finished[pos.offset] = None
-            _add_to_ranges(st.ranges, pos.offset)
+            if pos.held is not None:
+                return  # its original is final below it: it is settled with it
             self.counts["given_up"] += 1
-            actions.append(self._report(st, partition, pos, "mismatch"))  # advances past it
+            self._diverge(st, partition, pos, "mismatch", actions)  # advances past it
 
     def _collect(self, st: PartitionState, settled: int | None) -> None:
         # Forget finished positions every instance has passed: memory is bounded by

@@ -59,6 +59,8 @@ from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import (
+    DIVERGENCE_CAUSES,
+    FINISHING_CAUSES,
     MAX_EVENT_NAME,
     MAX_IDEMPOTENCY_KEY,
     MAX_VALUE_BYTES,
@@ -993,7 +995,8 @@ class DocketClient:
         self._deliver(pos, "result", rec, compact)
 
     def on_divergence(self, raw: bytes) -> None:
-        """One record of the divergences topic. Only a ``mismatch`` with no decision
+        """One record of the divergences topic. Only a ``mismatch``, ``version_mismatch``
+        or ``original_diverged`` (a duplicate of a diverged request) with no decision
         finishes a position (it will never be published); a copy that disagrees with a
         decision already made is reported too, but the decision stands, and a
         ``replay_mismatch`` changes nothing either.
@@ -1006,15 +1009,15 @@ class DocketClient:
         start within the lookback included); a key owned by ANOTHER position (the
         diverged request repeated or reused an owned key) keeps its owner's state.
         Raises UnreadableRecord, before any effect, for a record that is not a report
-        (its cause is not mismatch, version_mismatch or replay_mismatch, its decision neither null nor a
+        (its cause not one of DIVERGENCE_CAUSES, its decision neither null nor a
         digest) or a finishing report that is not one as the Clerk writes it."""
         self.divergences_read += 1
         rec = json_object(raw)
-        if rec.get("cause") not in ("mismatch", "version_mismatch", "replay_mismatch"):
-            raise UnreadableRecord("cause is not mismatch, version_mismatch or replay_mismatch")
+        if rec.get("cause") not in DIVERGENCE_CAUSES:
+            raise UnreadableRecord("cause is not " + ", ".join(DIVERGENCE_CAUSES[:-1]) + " or " + DIVERGENCE_CAUSES[-1])
         if rec.get("decided") is not None and not isinstance(rec["decided"], str):
             raise UnreadableRecord("decided is neither null nor a digest")
-        if rec["cause"] not in ("mismatch", "version_mismatch") or rec.get("decided") is not None:
+        if rec["cause"] not in FINISHING_CAUSES or rec.get("decided") is not None:
             return
         check_divergence(rec)
         rec.pop("clerk", None)

@@ -310,6 +310,16 @@ def check_result(rec: dict) -> None:
         raise UnreadableRecord("outcome.entities is not a list of {key, state, version}")
 
 
+# The causes a divergence report names (specs/clerk.allium, DivergenceCause): a
+# position whose copies disagree (mismatch; version_mismatch when they name different
+# domain versions), an instance's replayed copy that differs from its first
+# (replay_mismatch), and a duplicate withheld because its original diverged
+# (original_diverged, ClerkWithholdsDuplicateOfDivergedOriginal).
+DIVERGENCE_CAUSES = ("mismatch", "version_mismatch", "replay_mismatch", "original_diverged")
+# Those that, with no decision, finish a position: it is never published.
+FINISHING_CAUSES = ("mismatch", "version_mismatch", "original_diverged")
+
+
 def check_divergence(rec: dict) -> None:
     """UnreadableRecord unless a finishing divergence report has the fields
     DocketClient.on_divergence reads, of the type it needs."""

@@ -36,7 +36,7 @@ import orjson
 from agents.usher import Usher
 from app.canonical import canonical, digest
 from app.domains.inventory import ADJUST
-from app.records import InputRecord
+from app.records import FINISHING_CAUSES, InputRecord
 from app.registry import Domain
 from chaos.replay import IndexedMemoryStore
 from tables.ledger import Ledger
@@ -47,8 +47,9 @@ Position = tuple[int, int]
 # Fields the Clerk adds to an agreed body to make a result (agents/clerk_core.py _publish).
 RESULT_EXTRAS = ("digest", "instances", "clerk")
 # Divergence causes after which the position is final with nothing published, when
-# ``decided`` is null (a replay_mismatch report can come while a position is pending).
-DIVERGED_CAUSES = ("mismatch", "version_mismatch")
+# ``decided`` is null (a replay_mismatch report can come while a position is pending):
+# app/records.py FINISHING_CAUSES, a withheld duplicate's original_diverged included.
+DIVERGED_CAUSES = FINISHING_CAUSES
 
 
 @dataclass(slots=True)

@@ -1340,7 +1340,7 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
         "outcome is not {status: applied or rejected, ...}",
         f"skipped an unreadable record of {divergences} partition 1 at offset 21: not a JSON object but list",
         f"skipped an unreadable record of {divergences} partition 1 at offset 23: "
-        "cause is not mismatch, version_mismatch or replay_mismatch",
+        "cause is not mismatch, version_mismatch, replay_mismatch or original_diverged",
         f"skipped an unreadable record of {divergences} partition 1 at offset 24: decided is neither null nor a digest",
     ], caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text

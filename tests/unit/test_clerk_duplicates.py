@@ -1,0 +1,200 @@
+"""The Clerk's judgement of duplicates whose original diverged or is undecided
+(specs/clerk.allium ClerkHoldsDuplicateOfUndecidedOriginal, ClerkSettlesHeldDuplicate,
+ClerkWithholdsDuplicateOfDivergedOriginal, ClerkRemembersDivergedPositions)."""
+
+from __future__ import annotations
+
+import orjson
+
+from agents.clerk_core import DIVERGED_REMEMBERED, ClerkCore, Publish, Report
+from app.canonical import canonical, digest
+from app.records import FINISHING_CAUSES
+from tests.unit.test_clerk_core import body, copy, published, reports
+
+
+def dup_body(offset: int, original: int, partition: int = 0, variant: int = 0) -> bytes:
+    """A duplicate's copy body: the original's outcome, duplicate_of naming it."""
+    rec = orjson.loads(body(offset, partition))
+    rec["idempotency_key"] = f"k{original}"
+    rec["duplicate_of"] = {"partition": partition, "offset": original}
+    rec["outcome"] = orjson.loads(body(original, partition, variant))["outcome"]
+    return canonical(rec)
+
+
+def dup(core, instance, offset, original, variant=0, partition=0):
+    raw = dup_body(offset, original, partition, variant)
+    return core.on_copy(partition, offset, instance, digest(raw), raw, f"k{original}".encode())
+
+
+def test_a_duplicate_of_a_diverged_original_is_reported_never_published():
+    """ClerkWithholdsDuplicateOfDivergedOriginal: offset 0 diverged (a fault in b's
+    output only); its repeat at offset 5 gets agreeing copies (both instances stored
+    the same outcome), yet nothing is published: one original_diverged report, and
+    the position is final so its copies can be acknowledged."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    (diverged,) = reports(copy(core, "b", 0, variant=1))
+    assert diverged["cause"] == "mismatch" and diverged["decided"] is None
+    for o in range(1, 5):
+        copy(core, "a", o)
+        copy(core, "b", o)
+    assert dup(core, "a", 5, 0) == []
+    actions = dup(core, "b", 5, 0)
+    assert published(actions) == []
+    (report,) = reports(actions)
+    assert report["cause"] == "original_diverged" and report["decided"] is None
+    assert report["input"] == {"partition": 0, "offset": 5}
+    assert report["idempotency_key"] == "k0"
+    assert {c["digest"] for c in report["copies"]} == {digest(dup_body(5, 0))}
+    assert core.is_final(0, 5) and core.decided_below(0) == 6
+    assert "original_diverged" in FINISHING_CAUSES
+
+
+def test_a_duplicate_of_a_forgotten_diverged_original_is_still_withheld():
+    """ClerkRemembersDivergedPositions: the diverged original has been dropped (every
+    instance's watermark passed it) when its duplicate arrives, much later."""
+    core = ClerkCore(("a", "b"), 2, max_lag=10)
+    copy(core, "a", 0)
+    copy(core, "b", 0, variant=1)
+    for o in range(1, 200):
+        copy(core, "a", o)
+        copy(core, "b", o)
+    for inst in ("a", "b"):
+        core.on_watermark(0, inst, 200)
+    assert 0 not in core.partitions[0].positions
+    dup(core, "a", 200, 0)
+    actions = dup(core, "b", 200, 0)
+    assert published(actions) == []
+    assert [r["cause"] for r in reports(actions)] == ["original_diverged"]
+
+
+def test_a_duplicate_of_a_published_original_is_published():
+    """ClerkWithholdsDuplicateOfDivergedOriginal applies only to diverged originals: a
+    duplicate of a published one, held or forgotten, is published with duplicate_of."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0)
+    for inst in ("a", "b"):
+        core.on_watermark(0, inst, 1)
+    dup(core, "a", 1, 0)
+    (result,) = published(dup(core, "b", 1, 0))
+    assert result["duplicate_of"] == {"partition": 0, "offset": 0}
+
+
+def test_a_duplicate_waits_for_its_undecided_original_and_follows_its_decision():
+    """ClerkHoldsDuplicateOfUndecidedOriginal, ClerkFindsHeldDuplicatesOfFinalOriginal,
+    ClerkSettlesHeldDuplicate: three instances, two required. Offset 0
+    has one copy from a and one that disagrees from b: undecided, c still to come.
+    Offset 1 (its duplicate) gets agreeing copies from a and b: held, not final, nothing
+    published. c's copy of 0 agrees with a: 0 is published, then 1, in offset order, by
+    the item that carried c's copy."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0)
+    assert reports(copy(core, "b", 0, variant=1)) == []
+    dup(core, "a", 1, 0)
+    assert dup(core, "b", 1, 0) == []
+    assert not core.is_final(0, 1) and core.decided_below(0) == 0
+    actions = copy(core, "c", 0)
+    results = published(actions)
+    assert [r["input"]["offset"] for r in results] == [0, 1]
+    assert results[1]["duplicate_of"] == {"partition": 0, "offset": 0}
+    assert results[1]["instances"] == ["a", "b"]
+    assert [r["input"]["offset"] for r in reports(actions)] == [0]  # b's odd copy of 0
+    assert core.is_final(0, 1) and core.decided_below(0) == 2
+
+
+def test_a_held_duplicate_is_withheld_when_its_original_diverges():
+    """ClerkSettlesHeldDuplicate for an original that diverged:
+    the third copy of 0 disagrees with both: 0 diverges, and the duplicate held for it
+    is reported original_diverged right after, never published."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0, variant=1)
+    dup(core, "a", 1, 0)
+    dup(core, "b", 1, 0)
+    actions = copy(core, "c", 0, variant=2)
+    assert published(actions) == []
+    assert [(r["input"]["offset"], r["cause"]) for r in reports(actions)] == [(0, "mismatch"),
+                                                                           (1, "original_diverged")]
+    assert core.decided_below(0) == 2
+
+
+def test_a_held_duplicate_is_settled_when_its_original_is_given_up():
+    """ClerkGivesUpUndecidedPosition then ClerkHoldsDuplicateOfUndecidedOriginal: c is
+    down for good, so the undecided original is given up past max_lag; the duplicate
+    held for it is withheld with it, not given up on its own."""
+    core = ClerkCore(("a", "b", "c"), 2, max_lag=5)
+    copy(core, "a", 0)
+    copy(core, "b", 0, variant=1)
+    dup(core, "a", 1, 0)
+    dup(core, "b", 1, 0)
+    for o in range(2, 10):
+        copy(core, "a", o)
+        copy(core, "b", o)
+    core.on_watermark(0, "a", 10)
+    actions = core.on_watermark(0, "b", 10)
+    assert [(r["input"]["offset"], r["cause"]) for r in reports(actions)] == [(0, "mismatch"),
+                                                                           (1, "original_diverged")]
+    assert published(actions) == []
+    assert core.decided_below(0) == 10
+
+
+def test_a_disagreeing_copy_of_a_held_duplicate_is_reported_with_its_decision():
+    """ClerkHoldsDuplicateOfUndecidedOriginal, ClerkSettlesHeldDuplicate: a third copy of the held duplicate that
+    disagrees is compared when the duplicate is decided, as any decision's odd copy."""
+    core = ClerkCore(("a", "b", "c"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0, variant=1)
+    dup(core, "a", 1, 0)
+    dup(core, "b", 1, 0)
+    assert dup(core, "c", 1, 0, variant=3) == []
+    actions = copy(core, "c", 0)
+    assert [r["input"]["offset"] for r in published(actions)] == [0, 1]
+    assert [r["input"]["offset"] for r in reports(actions)] == [0, 1]
+
+
+def test_diverged_positions_are_forgotten_past_the_ttl_and_the_bound():
+    """ClerkRemembersDivergedPositions: entries older than the idempotency TTL (stream
+    time) go, since no duplicate can name them, and never more than
+    DIVERGED_REMEMBERED are kept."""
+    core = ClerkCore(("a", "b"), 2, ttl_ms=50)
+    for o in range(0, 200, 2):  # stream time 1000 + offset: every even offset diverges
+        copy(core, "a", o)
+        copy(core, "b", o, variant=1)
+        copy(core, "a", o + 1)
+        copy(core, "b", o + 1)
+    for inst in ("a", "b"):
+        core.on_watermark(0, inst, 200)
+    assert 0 not in core.partitions[0].positions  # forgotten: only the memory knows it
+    kept = core.partitions[0].diverged
+    assert sorted(kept) == list(range(150, 200, 2))  # 1000 + 198 - 50 < 1000 + o
+    assert DIVERGED_REMEMBERED >= 10_000
+    # a duplicate naming a position forgotten past the TTL is not one a Warden makes;
+    # judged as before, it is published
+    dup(core, "a", 200, 0)
+    assert [r["input"]["offset"] for r in published(dup(core, "b", 200, 0))] == [200]
+
+
+def test_a_duplicate_naming_another_partition_or_a_later_offset_is_judged_as_before():
+    """ClerkWithholdsDuplicateOfDivergedOriginal names an EARLIER position of the SAME
+    partition (core/DuplicateRefersToEarlierEvent); agreeing copies that name anything
+    else are published as agreed, as every agreed body is."""
+    core = ClerkCore(("a", "b"), 2)
+    copy(core, "a", 0)
+    copy(core, "b", 0, variant=1)
+    raw = orjson.loads(dup_body(1, 0))
+    raw["duplicate_of"] = {"partition": 3, "offset": 0}
+    raw = canonical(raw)
+    core.on_copy(0, 1, "a", digest(raw), raw, b"k0")
+    assert [r["input"]["offset"] for r in published(core.on_copy(0, 1, "b", digest(raw), raw, b"k0"))] == [1]
+
+
+def test_with_one_copy_required_a_duplicate_of_a_decided_original_is_published():
+    """ClerkWithholdsDuplicateOfDivergedOriginal with required_copies 1: the first copy
+    decides, so an original is always published; its duplicate is published on its
+    first copy too, and the second, agreeing, changes nothing."""
+    core = ClerkCore(("a", "b"), 1)
+    (first,) = published(copy(core, "a", 0))
+    (second,) = [a for a in dup(core, "a", 1, 0) if isinstance(a, Publish)]
+    assert orjson.loads(second.value)["duplicate_of"] == {"partition": 0, "offset": 0}
+    assert not any(isinstance(a, Report) for a in dup(core, "b", 1, 0))
