@@ -40,7 +40,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import click
 import orjson
@@ -427,6 +427,32 @@ def _parse_shape(values: tuple[str, ...]) -> dict[str, int]:
     return shape
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")  # RFC 3986's scheme, then "://"
+
+
+def url_problem(url: str, example: str) -> str | None:
+    """None when ``url`` is one the demo can send to (http or https, with a host), else
+    one line saying what is wrong with it, that only http and https are supported and
+    what a valid URL looks like (``example``: the default --url). Pure: the demo checks
+    it before connecting, as aiohttp's own error for another scheme ("ftp://x/readyz")
+    named neither the scheme nor the fix (a user check)."""
+    fix = (f"docket demo supports only http and https: write http://HOST:PORT or https://HOST:PORT, e.g. "
+           f"--url {example} (`docket api`'s address by default)")
+    found = _SCHEME.match(url)
+    if found is None:  # "localhost:8080", "mailto:x": no scheme://, so no host to send to
+        return f"--url {url!r} does not start with http:// or https://; {fix}"
+    scheme = found[1].lower()  # schemes are case-insensitive (RFC 3986, 3.1)
+    if scheme not in ("http", "https"):
+        return f"--url {url!r} uses the unsupported scheme {scheme!r}; {fix}"
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        return f"--url {url!r} is not a valid URL ({exc}); {fix}"
+    if not host:
+        return f"--url {url!r} names no host; {fix}"
+    return None
+
+
 def default_token() -> str | None:
     from launcher.stack import TOKEN_FILE
 
@@ -484,7 +510,11 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
     if events < kit.min_events:
         raise click.BadParameter(f"the {domain} demo needs at least {kit.min_events} events for its checks to "
                                  "prove anything", param_hint="--events")
-    url = url or api_base_url(load())
+    default_url = api_base_url(load())
+    url = url or default_url
+    problem = url_problem(url, default_url)
+    if problem:  # before connecting: an Error line and exit 1, as for a server that is not docket's API
+        raise click.ClickException(problem)
     token = token or default_token()
     if not token:
         raise click.UsageError("no token: pass --token, or set DOCKET_API_TOKENS (`make run` prints its token)")

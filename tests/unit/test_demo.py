@@ -267,3 +267,54 @@ def test_docket_demo_at_a_metrics_port_ends_with_an_error_line() -> None:
     assert isinstance(out.exception, SystemExit), out.exception  # not a JSONDecodeError
     assert "Traceback" not in out.output
     assert f"Error: the server at {url} does not look like docket's REST API" in out.output, out.output
+
+
+@pytest.mark.parametrize(("url", "what"), [
+    ("ftp://x", "uses the unsupported scheme 'ftp'"),
+    ("FTP://x", "uses the unsupported scheme 'ftp'"),
+    ("localhost:8080", "does not start with http:// or https://"),
+    ("http://", "names no host"),
+    ("https://[::1", "is not a valid URL"),
+])
+def test_url_problem_names_what_is_wrong_and_how_a_url_looks(url: str, what: str) -> None:
+    """DemoRefusesAnUnsupportedScheme: the URL, what is wrong with it, that only http and
+    https are supported, and what a valid one looks like (the default --url)."""
+    from app.demo import url_problem
+
+    problem = url_problem(url, "http://127.0.0.1:8080")
+    assert problem is not None and problem.startswith(f"--url {url!r} {what}"), problem
+    assert "supports only http and https" in problem, problem
+    assert "http://HOST:PORT or https://HOST:PORT, e.g. --url http://127.0.0.1:8080" in problem, problem
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://api.example/docket", "HTTP://h:1",
+                                 "http://[::1]:8080"])
+def test_url_problem_accepts_http_and_https(url: str) -> None:
+    """DemoRefusesAnUnsupportedScheme: http and https URLs with a host pass."""
+    from app.demo import url_problem
+
+    assert url_problem(url, "http://127.0.0.1:8080") is None
+
+
+def test_docket_demo_refuses_an_unsupported_scheme_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DemoRefusesAnUnsupportedScheme: `docket demo --url ftp://x` said only "cannot reach
+    the API at ftp://x: ftp://x/readyz" (a user check). It ends before connecting with one
+    `Error: ...` line and exit code 1 (as DemoRefusesAForeignServer), naming the scheme,
+    saying only http and https are supported, and giving the default --url as an example."""
+    from click.testing import CliRunner
+
+    import app.demo as demo_mod
+
+    async def connecting_forbidden(*_args, **_kwargs) -> dict:
+        raise AssertionError("the demo ran against a URL it cannot use")
+
+    monkeypatch.setattr(demo_mod, "run_demo", connecting_forbidden)
+    env = {"DOCKET_API_HOST": "127.0.0.1", "DOCKET_API_PORT": "8123"}
+    out = CliRunner().invoke(demo_mod.demo, ["--url", "ftp://x", "--events", "5", "--token", "t",
+                                             "--domain", "inventory"], env=env)
+    assert out.exit_code == 1, (out.output, out.exception)
+    assert isinstance(out.exception, SystemExit), out.exception
+    assert out.output.strip().splitlines() == [
+        "Error: --url 'ftp://x' uses the unsupported scheme 'ftp'; docket demo supports only http and https: "
+        "write http://HOST:PORT or https://HOST:PORT, e.g. --url http://127.0.0.1:8123 (`docket api`'s address "
+        "by default)"], out.output
