@@ -31,6 +31,7 @@ import click
 
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
+from app.records import FINISHING_CAUSES
 from app.settings import Settings, load
 
 DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
@@ -304,6 +305,32 @@ class _Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class _ReportCount(click.ParamType):
+    """--last: a whole number of reports, at least 1. Zero or a negative count would
+    list nothing while its title claimed "the 0 newest" (a user check), so click
+    refuses it as a usage error (exit 2)."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        count = click.INT.convert(value, param, ctx)  # "'x' is not a valid integer." for text
+        if count < 1:
+            # a UsageError, not self.fail: "Invalid value for '--last': --last must..." says it twice
+            raise click.UsageError(f"--last must be at least 1, not {count} (it is how many of the newest "
+                                   "reports to list)", ctx)
+        return count
+
+
+def _original_of(report: dict) -> str:
+    """'partition@offset' of the original an original_diverged report's copies name
+    (their ``duplicate_of``), or 'its original' when no copy says one readably."""
+    for c in report.get("copies") or ():
+        dup = c.get("body", {}).get("duplicate_of") if isinstance(c, dict) and isinstance(c.get("body"), dict) else None
+        if isinstance(dup, dict) and "partition" in dup and "offset" in dup:
+            return f"{dup['partition']}@{dup['offset']}"
+    return "its original"
+
+
 def reports_table(reports: list[dict], title: str):
     """The rich table of :func:`read_reports`' entries. Every value from a report is
     plain text (never rich markup: a corrupted body may hold "[red]")."""
@@ -323,10 +350,12 @@ def reports_table(reports: list[dict], title: str):
         cause = str(r.get("cause"))
         if r.get("decided") is not None:
             cause += f"\n(decided {str(r['decided'])[:12]}; the result stands)"
-        elif cause in ("mismatch", "version_mismatch"):
+        elif cause in FINISHING_CAUSES:
             cause += "\n(nothing published)"
         named = "\n".join("(none)" if v is None else str(v) for v in (r.get("idempotency_key"), r.get("event_name")))
-        diff = "\n".join(DiffRow(d["path"], d["values"]).text() for d in r["diff"]) or "(no difference found)"
+        diff = "\n".join(DiffRow(d["path"], d["values"]).text() for d in r["diff"]) or (
+            f"(the copies agree: a duplicate of {_original_of(r)}, which diverged)" if r.get("cause") == "original_diverged"
+            else "(no difference found)")
         t.add_row(when, Text(f"{inp.get('partition')}@{inp.get('offset')}"), Text(cause), Text(named), Text(diff))
     return t
 
@@ -334,8 +363,8 @@ def reports_table(reports: list[dict], title: str):
 @click.command("divergences")
 @click.option("--since", "since_ms", type=_Duration(), default=None,
               help="only reports written within this DURATION (e.g. 30m, 2h, 7d)")
-@click.option("--last", type=click.IntRange(0), default=None,
-              help=f"only the N newest reports [default: {DEFAULT_LAST} unless --since is given]")
+@click.option("--last", type=_ReportCount(), default=None,
+              help=f"only the N newest reports, N >= 1 [default: {DEFAULT_LAST} unless --since is given]")
 @click.option("--json", "as_json", is_flag=True, help="print the reports as JSON (one array) instead of a table")
 @click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
               help="seconds to read the topic to its end before giving up")
@@ -371,4 +400,18 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
     if not reports:
         click.echo(title)
         return
-    Console().print(reports_table(reports, title))
+    print_table(reports_table(reports, title), Console())
+
+
+def print_table(table, console) -> None:
+    """Print rich ``table`` on ``console``. On a terminal the table fits the screen:
+    cells wrap, and a word wider than its column is cut with "…". Piped or redirected
+    there is no screen to fit (rich would take $COLUMNS, or 80), and a cut diff path
+    could not be read back anywhere (a user check: "what differs" ended in "…" under a
+    narrow $COLUMNS): the table is printed as wide as its cells need, every cell whole."""
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        unbounded = console.options.update_width(1 << 20)  # any width wider than a table of cut values
+        console.width = max(1, Measurement.get(console, unbounded, table).maximum)
+    console.print(table)

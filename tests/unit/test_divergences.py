@@ -193,3 +193,88 @@ def test_long_values_are_cut_in_the_table_only() -> None:
     row = DiffRow("p", {"a": '"' + "x" * 500 + '"', "b": "1"})
     assert len(row.text()) < 300 and row.text().endswith("b=1")
     assert row.as_dict()["values"]["a"] == '"' + "x" * 500 + '"'
+
+
+async def _reading_forbidden(*_args, **_kwargs) -> list[dict]:
+    raise AssertionError("docket divergences read the topic for a request it should have refused")
+
+
+@pytest.mark.parametrize("last", ["0", "-1"])
+def test_last_below_one_is_refused_as_a_usage_error(monkeypatch: pytest.MonkeyPatch, last: str) -> None:
+    """OperatorListsDivergences: `docket divergences --last 0` listed "(the 0 newest)" (a
+    user check); --last 0 or below is a usage error, exit 2, "--last must be at least 1",
+    before anything is read."""
+    from click.testing import CliRunner
+
+    import app.divergences as divergences_mod
+
+    monkeypatch.setattr(divergences_mod, "read_reports", _reading_forbidden)
+    out = CliRunner().invoke(divergences_mod.divergences, ["--last", last])
+    assert out.exit_code == 2, (out.output, out.exception)
+    assert f"Error: --last must be at least 1, not {last}" in out.output, out.output
+    assert "newest)" not in out.output
+
+
+def _long_path_entry() -> tuple[dict, str]:
+    """A listed report whose one diff row is longer than any narrow screen, and that row."""
+    field = "a_rather_long_field_name_of_the_entity_state"
+    b = out(5, quantity=10)
+    b["outcome"]["entities"][0]["state"][field] = "value-without-spaces-0123456789-abcdefghij"
+    entry = report_entry(_clerk_report(canonical(out(5, quantity=10)), canonical(b)), 1_700_000_000_000, 0, 3)
+    return entry, f'outcome.entities[0].state.{field}: a=<absent> b="value-without-spaces-0123456789-abcdefghij"'
+
+
+def test_piped_table_cuts_no_path_or_value_whatever_the_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OperatorListsDivergences: `docket divergences | ...` with COLUMNS=50 cut the "what
+    differs" column to "outcome.entitie…" (a user check). Not on a terminal, the table is
+    as wide as its cells need: the diff row comes out whole, on one line."""
+    from click.testing import CliRunner
+
+    import app.divergences as divergences_mod
+
+    entry, row = _long_path_entry()
+
+    async def reports(*_args, **_kwargs) -> list[dict]:
+        return [entry]
+
+    monkeypatch.setattr(divergences_mod, "read_reports", reports)
+    # FORCE_COLOR / TTY_COMPATIBLE would make rich treat the pipe as a terminal
+    env = {"COLUMNS": "50", "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+    got = CliRunner().invoke(divergences_mod.divergences, ["--last", "1"], env=env)
+    assert got.exit_code == 0, (got.output, got.exception)
+    assert row in got.output, got.output
+    assert "…" not in got.output, got.output
+
+
+def test_table_on_a_terminal_still_fits_the_screen() -> None:
+    """OperatorListsDivergences: on a terminal the table keeps fitting the screen's
+    width (cells wrap; the whole row is in --json)."""
+    import io
+
+    from app.divergences import print_table
+
+    entry, row = _long_path_entry()
+    screen = io.StringIO()
+    print_table(reports_table([entry], "t"), Console(file=screen, width=50, force_terminal=True, color_system=None))
+    lines = screen.getvalue().splitlines()
+    assert lines and max(len(line) for line in lines) <= 50, screen.getvalue()
+    assert row not in screen.getvalue()
+
+
+def test_a_withheld_duplicate_is_listed_with_the_original_it_names() -> None:
+    """OperatorListsDivergences, ClerkWithholdsDuplicateOfDivergedOriginal: an
+    original_diverged report (the copies agree) is listed as nothing published, and
+    its diff column names the diverged original instead of "no difference found"."""
+    core = ClerkCore(("a", "b"), 2)
+    core.on_copy(0, 5, "a", digest(canonical(out(5, quantity=10))), canonical(out(5, quantity=10)), None)
+    core.on_copy(0, 5, "b", digest(canonical(out(5, quantity=11))), canonical(out(5, quantity=11)), None)
+    dup = canonical(out(9, quantity=10, duplicate_of={"partition": 0, "offset": 5}))
+    core.on_copy(0, 9, "a", digest(dup), dup, None)
+    (report,) = core.on_copy(0, 9, "b", digest(dup), dup, None)
+    entry = report_entry(report.value, 0, 0, 7)
+    assert entry["cause"] == "original_diverged" and entry["diff"] == []
+    console = Console(width=200, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "(nothing published)" in text
+    assert "the copies agree: a duplicate of 0@5, which diverged" in text
