@@ -487,9 +487,11 @@ class DocketClient:
 
         from app import metadata_backoff
         from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
+        from app.logs import thin_kafka_client_logs
         from app.topics import broker_time_problem, partition_counts, timestamp_types
 
         metadata_backoff.install()
+        thin_kafka_client_logs()  # before the first connection attempt can complain
 
         s = self.settings
         try:

@@ -96,6 +96,37 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+# The Kafka client libraries whose loggers thin_kafka_client_logs filters
+KAFKA_CLIENT_LOGGERS = ("aiokafka", "kafka")
+_LIBRARY_REPEATS = RepeatFilter(KAFKA_CLIENT_LOGGERS)
+
+
+def thin_kafka_client_logs() -> int:
+    """Put one shared :class:`RepeatFilter` on every logger of the Kafka client
+    libraries (``aiokafka`` and its modules' loggers) that exists and has none, and
+    return how many got it. For a process that uses :class:`app.client.DocketClient`
+    as a library, under its own logging: docket's handler (logging_config) thins
+    these repeats only in docket's processes, and a script's client with its broker
+    gone printed aiokafka's connection errors unthrottled (871 lines in 25 s, a user
+    check). A logger's filter sees only the records logged on that logger, not its
+    children's, so each module's logger gets it: aiokafka's modules are imported
+    first, so that every one of its loggers exists. In a docket process the records
+    meet two filters with the same rule: the second lets through what the first let
+    through, counts aside. Idempotent."""
+    import aiokafka.admin  # noqa: F401  with aiokafka's consumer and producer: every logger it has
+    import aiokafka.consumer.group_coordinator  # noqa: F401
+
+    added = 0
+    for name in list(logging.root.manager.loggerDict):
+        if not name.split(".", 1)[0] in KAFKA_CLIENT_LOGGERS:
+            continue
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(_LIBRARY_REPEATS)
+            added += 1
+    return added
+
+
 def utc_time(created: float) -> str:
     """``created`` (seconds since the epoch, as LogRecord.created) as ISO-8601 UTC with
     milliseconds: ``2026-01-02T03:04:05.678Z``."""

@@ -295,3 +295,41 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     assert later.getMessage() == ("Unable connect to node with id 2: refused "
                                   "[4999 more like this left out, over 5.0 s ending 65.0 s before this one]")
     assert all(repeats.filter(record("docket.instance", 110.6)) for _ in range(3))
+
+
+async def test_a_docket_client_in_a_users_script_thins_aiokafkas_repeats(offline_settings) -> None:
+    """ClientThinsKafkaClientLogs: a DocketClient started under a script's own logging
+    (no docket handler: logging.basicConfig's) puts the repeat filter on every aiokafka
+    module's logger, before it connects, so an outage no longer floods the script's log
+    (871 lines in 25 s in a user check). Kafka is unreachable here: start raises, and the
+    filters are in place all the same; 2,000 records of one complaint then reach the
+    script's handler once."""
+    from app.client import DocketClient, KafkaUnavailable
+
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Collect()
+    logging.getLogger().addHandler(handler)
+    conn = logging.getLogger("aiokafka.conn")
+    before = list(conn.filters)
+    try:
+        client = DocketClient(offline_settings, start_timeout_s=0.5)
+        with pytest.raises(KafkaUnavailable):
+            await client.start()
+        assert any(isinstance(f, logs.RepeatFilter) for f in conn.filters)
+        assert logs.thin_kafka_client_logs() == 0  # idempotent: every logger has it already
+        seen.clear()
+        for _ in range(2000):
+            conn.error("Unable connect to node with id %s: %s", 1, "refused")
+        assert [r.name for r in seen] == ["aiokafka.conn"]
+        logging.getLogger("docket.mine").error("a script's own record")
+        assert [r.name for r in seen] == ["aiokafka.conn", "docket.mine"]
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for f in list(conn.filters):
+            if f not in before:
+                conn.removeFilter(f)
