@@ -915,7 +915,8 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Serve the REST API: submit events, read outcomes and entity states."""
     settings = load()
     if not settings.api_tokens and not insecure_no_auth:
-        raise click.ClickException(
+        # a setting at fault, as a malformed token is: a configuration error, exit 2
+        raise ConfigError(
             f"DOCKET_API_TOKENS {api_tokens_absence()}: the API accepts only requests with a bearer token from it. "
             "Set it to one or more comma-separated tokens, e.g. "
             "DOCKET_API_TOKENS=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "

@@ -196,13 +196,14 @@ async def test_insecure_no_auth_accepts_requests_without_credentials(settings) -
 
 
 def test_docket_api_refuses_to_start_without_tokens() -> None:
-    """ApiRefusesToStartWithoutTokens: `docket api` exits 1 before serving and says how
-    to set a token, or to pass --insecure-no-auth."""
+    """ApiRefusesToStartWithoutTokens: `docket api` exits 2 (a configuration error, as a
+    malformed DOCKET_API_TOKENS is) before serving and says how to set a token, or to
+    pass --insecure-no-auth."""
     docket = Path(sys.executable).with_name("docket")
     env = {k: v for k, v in os.environ.items() if k != "DOCKET_API_TOKENS"}
     proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 1
-    assert "DOCKET_API_TOKENS is not set" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "docket: configuration error: DOCKET_API_TOKENS is not set" in proc.stderr
     assert "--insecure-no-auth" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -352,12 +353,12 @@ def test_no_token_says_whether_the_variable_is_unset_empty_or_holds_none(monkeyp
 
 
 def test_docket_api_says_a_comma_holds_no_token() -> None:
-    """ApiRefusesToStartWithoutTokens: `docket api` with DOCKET_API_TOKENS=',' exits 1
+    """ApiRefusesToStartWithoutTokens: `docket api` with DOCKET_API_TOKENS=',' exits 2
     before serving: the variable holds no token (it is set), and how to set one."""
     docket = Path(sys.executable).with_name("docket")
     env = {**os.environ, "DOCKET_API_TOKENS": ",", "DOCKET_API_PORT": str(free_port())}
     proc = subprocess.run([str(docket), "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2, proc.stderr
     assert "DOCKET_API_TOKENS holds no token" in proc.stderr and "is not set" not in proc.stderr, proc.stderr
     assert "listening" not in proc.stdout and "Traceback" not in proc.stderr
 
