@@ -41,6 +41,7 @@ from agents.clerk_core import (
     Report,
     TailScan,
     newest_state,
+    read_diverged,
     scan_tail,
 )
 from agents.plumbing import (STAGE_BUCKETS, HistogramBatch, SideConsumer, check_topics, claim_data_dir, faust_settings,
@@ -164,15 +165,22 @@ class TailReader:
 
     async def seed(self, core: ClerkCore, partition: int) -> None:
         """Seed ``partition`` in ``core``: the newest readable Clerk state of the two
-        topics' ends, and the positions readable results after it name (TailScan)."""
+        topics' ends, the positions readable results after it name (TailScan), and the
+        positions the newest divergence reports say diverged (read_diverged)."""
         s = self.settings
         async with self.side.use() as c:
             input_end = await self._input_end(c, partition)
             scans = [await self._scan(c, TailScan(s.results_topic, partition, results=True), input_end),
                      await self._scan(c, TailScan(s.divergences_topic, partition, results=False), input_end)]
+            tp = TopicPartition(s.divergences_topic, partition)
+            begin, end = await self._bounds(c, tp)
+            try:
+                diverged = await read_diverged(begin, end, self._reader(c, tp), partition, s.idempotency_ttl_ms)
+            finally:
+                c.pause(tp)
         for scan in scans:
             report(scan)
-        core.restore(partition, newest_state(scans), [o for scan in scans for o in scan.published])
+        core.restore(partition, newest_state(scans), [o for scan in scans for o in scan.published], diverged)
 
     async def _input_end(self, c: AIOKafkaConsumer, partition: int) -> int | None:
         """The input partition's end offset (its last stable offset, read_committed): no
@@ -187,10 +195,27 @@ class TailReader:
 
     async def _scan(self, c: AIOKafkaConsumer, scan: TailScan, input_end: int | None) -> TailScan:
         tp = TopicPartition(scan.topic, scan.partition)
+        begin, end = await self._bounds(c, tp)
+        try:
+            return await scan_tail(scan, begin, end, self._reader(c, tp), input_end)
+        finally:
+            # no fetch left polling between seeds (unsubscribe would stop aiokafka's
+            # fetch routine for good: it reads the subscription, then None)
+            c.pause(tp)
+
+    @staticmethod
+    async def _bounds(c: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
+        """``tp``'s first and end offsets, then ``tp`` assigned to ``c`` alone."""
         # the offsets first, while nothing is assigned (no fetch for them to wait behind)
         begin = (await c.beginning_offsets([tp]))[tp]
         end = (await c.end_offsets([tp]))[tp]
         c.assign([tp])
+        return begin, end
+
+    @staticmethod
+    def _reader(c: AIOKafkaConsumer, tp: TopicPartition):
+        """read(lo, hi) for scan_tail and read_diverged: the records of ``tp`` from lo
+        to hi, in offset order, from the consumer ``c`` it is assigned to."""
 
         async def read(lo: int, hi: int):
             c.seek(tp, lo)
@@ -205,12 +230,7 @@ class TailReader:
                         return
                     yield rec
 
-        try:
-            return await scan_tail(scan, begin, end, read, input_end)
-        finally:
-            # no fetch left polling between seeds (unsubscribe would stop aiokafka's
-            # fetch routine for good: it reads the subscription, then None)
-            c.pause(tp)
+        return read
 
     async def close(self) -> None:
         await self.side.close()

@@ -33,7 +33,8 @@ diverges, or if it had, the duplicate is reported ``original_diverged`` and neve
 published (specs/clerk.allium, ClerkHoldsDuplicateOfUndecidedOriginal,
 ClerkWithholdsDuplicateOfDivergedOriginal). Diverged positions are remembered for this
 after they are forgotten, for the idempotency TTL of stream time and at most
-:data:`DIVERGED_REMEMBERED` per partition.
+:data:`DIVERGED_REMEMBERED` per partition; a restarted Clerk reads those of the
+partition's newest divergence reports back (:func:`read_diverged`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from app.records import MAX_IDEMPOTENCY_KEY, UnreadableRecord, check_result, json_object
+from app.records import FINISHING_CAUSES, MAX_IDEMPOTENCY_KEY, UnreadableRecord, check_result, json_object
 from app.settings import client_name_problem
 
 # A divergence record carries each copy's canonical body whole up to this many bytes
@@ -196,11 +197,19 @@ class ClerkCore:
                 continue
         self.restore(partition, max(states, key=lambda s: s["seq"], default=None))
 
-    def restore(self, partition: int, state: dict | None, published: Iterable[int] = ()) -> None:
+    def restore(self, partition: int, state: dict | None, published: Iterable[int] = (),
+                diverged: Iterable[tuple[int, int | None]] = ()) -> None:
         """Initialise a partition from a checked Clerk state (:func:`tail_state`; None:
         from nothing), and count the input offsets in ``published`` as finished too:
-        positions that readable results newer than the state name (TailScan)."""
+        positions that readable results newer than the state name (TailScan).
+        ``diverged``: (input offset, stream time) of the positions the partition's
+        newest divergence reports say diverged, oldest first (:func:`read_diverged`),
+        remembered as this run's own (ClerkSeedsDivergedPositions)."""
         st = PartitionState()
+        for offset, stream_time in diverged:
+            st.diverged[offset] = stream_time
+        while len(st.diverged) > DIVERGED_REMEMBERED:
+            del st.diverged[next(iter(st.diverged))]
         if state is not None:
             st.seq = state["seq"]
             st.decided_below = state["decided_below"]
@@ -754,6 +763,65 @@ async def scan_tail(scan: TailScan, begin: int, end: int, read: Callable[[int, i
         hi, size = lo, max(1, min(size * 8, (max_bytes - spent) // average))
     scan.exhausted = hi > begin
     return scan
+
+
+def diverged_position(raw: bytes | None, partition: int) -> tuple[int, int | None] | None:
+    """(input offset, stream time) of the position a divergence record says diverged
+    for good (a cause of FINISHING_CAUSES, no decision), on ``partition``; None for any
+    other record (a late copy's report, a replay mismatch, a record someone else wrote:
+    nothing readable is taken for a divergence)."""
+    try:
+        rec = json_object(raw)
+    except UnreadableRecord:
+        return None
+    position = rec.get("input")
+    if rec.get("cause") not in FINISHING_CAUSES or rec.get("decided") is not None or not isinstance(position, dict):
+        return None
+    offset, stream_time = position.get("offset"), rec.get("stream_time")
+    if position.get("partition") != partition or type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+        return None
+    return offset, stream_time if type(stream_time) is int else None
+
+
+async def read_diverged(begin: int, end: int, read: Callable[[int, int], AsyncIterator], partition: int,
+                        ttl_ms: int, *, max_offsets: int = TAIL_LOOKBACK_OFFSETS,
+                        max_bytes: int = TAIL_LOOKBACK_BYTES) -> list[tuple[int, int | None]]:
+    """The positions the newest divergence reports of ``partition`` say diverged
+    (:func:`diverged_position`), as (input offset, stream time), oldest report first,
+    for a restarted Clerk to remember (ClerkSeedsDivergedPositions). Reads back from
+    ``end`` (``begin``: the partition's first offset) in ranges growing 8 times, as
+    :func:`scan_tail` does, and stops at the first range that reaches a report more than
+    ``ttl_ms`` of stream time older than the newest (no duplicate can name it), or at
+    the look-back bound (``max_offsets`` offsets, ``max_bytes`` bytes of keys and
+    values). ``read(lo, hi)``: as for scan_tail."""
+    floor = max(begin, end - max_offsets)
+    hi, size, spent = end, 8, 0
+    found: list[tuple[int, int | None]] = []  # newest range first, each range in offset order
+    newest: int | None = None
+    while hi > floor:
+        lo = max(floor, hi - size)
+        taken: list[tuple[int, int | None]] = []
+        done = False
+        async with contextlib.aclosing(read(lo, hi)) as records:
+            async for rec in records:
+                spent += len(rec.value or b"") + len(rec.key or b"")
+                seen = diverged_position(rec.value, partition)
+                if seen is not None:
+                    taken.append(seen)
+                if spent >= max_bytes:
+                    done = True
+                    break
+        times = [t for _, t in taken if t is not None]
+        if newest is None and times:
+            newest = max(times)
+        if newest is not None and times and min(times) <= newest - ttl_ms:
+            taken = [(o, t) for o, t in taken if t is None or t > newest - ttl_ms]
+            done = True
+        found[:0] = taken
+        if done:
+            break
+        hi, size = lo, size * 8
+    return found
 
 
 def newest_state(scans: Iterable[TailScan]) -> dict | None:

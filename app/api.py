@@ -169,6 +169,7 @@ def submission_response(sub: Submission, timeout_ms: int) -> web.Response:
                               {"Idempotent-Replayed": "true" if sub.replay else "false"}, **body)
     result = sub.result
     body = event_body(sub.idempotency_key, "decided", sub.position, result)
+    body["replay"] = sub.replay  # also a repeat answered with its agreed original's result
     headers = {"Idempotent-Replayed": "true" if sub.replay else "false"}
     outcome = result["outcome"]
     if outcome["status"] == "applied":

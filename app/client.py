@@ -188,7 +188,9 @@ class Submission:
     when the pipeline answered it as a repeat of an earlier request with the same key
     (``result["duplicate_of"]`` is that request's position), or when it repeats a
     request that diverged (``repeated``: answered from the index with that request's
-    divergence and position, nothing produced)."""
+    divergence and position, nothing produced), or when it repeats a request that was
+    agreed and its own copies diverged (``repeated``: answered with that request's
+    result and position; ``divergence`` is the repeat's report)."""
 
     idempotency_key: str
     status: str
@@ -845,7 +847,25 @@ class DocketClient:
         waited = time.monotonic() - acked
         if kind == "result":
             return Submission(idempotency_key, "decided", pos, result=record, waited_s=waited)
-        return Submission(idempotency_key, "diverged", pos, divergence=record, waited_s=waited)
+        return self._diverged_answer(idempotency_key, skey, fp, pos, record, waited)
+
+    def _diverged_answer(self, idempotency_key: str, skey: ScopedKey, fp: str, pos: Position, divergence: dict,
+                         waited_s: float) -> Submission:
+        """The Submission for this submission's position ``pos`` diverging. When it
+        repeats a request this client knows was agreed and published (the same key and
+        fingerprint, owned by another position with a result), that request's result
+        answers it: decided, replay, the original's position, the repeat's report as
+        ``divergence`` (ClientAnswersDivergedRepeatWithAgreedOriginal). The repeat's
+        copies disagreed (a faulty instance), but its request's outcome was agreed
+        before; "diverged, no outcome was published" told a client whose first answer
+        was lost that its applied request was not (a user check), inviting it to send
+        it again under a new key. Otherwise: diverged at ``pos``."""
+        entry = self._live(skey, self._clock_ms())
+        if (entry is not None and entry.position not in (None, pos) and entry.fingerprint == fp
+                and entry.divergence is None and entry.result is not None):
+            return Submission(idempotency_key, "decided", entry.position, result=orjson.loads(entry.result),
+                              divergence=divergence, waited_s=waited_s, repeated=True)
+        return Submission(idempotency_key, "diverged", pos, divergence=divergence, waited_s=waited_s)
 
     # ------------------------------------------------------------------ reading
 

@@ -42,13 +42,17 @@ def at(tail: TopicTail, position: tuple[int, int]) -> list[dict]:
             if (r.value["input"]["partition"], r.value["input"]["offset"]) == position]
 
 
-async def test_a_kafka_native_repeat_of_a_diverged_request_is_withheld(clerk_settings, spawn, tmp_path) -> None:
+@pytest.mark.parametrize("clerk_restarted", [False, True], ids=["same-clerk", "clerk-restarted"])
+async def test_a_kafka_native_repeat_of_a_diverged_request_is_withheld(clerk_settings, spawn, tmp_path,
+                                                                     clerk_restarted) -> None:
     """ClerkWithholdsDuplicateOfDivergedOriginal, ClerkRemembersDivergedPositions: the
     original diverges (mismatch, nothing published); a fresh event after faults are off
     is published (b agrees again); the repeat's copies agree and name the original as
     duplicate_of, yet the Clerk reports it original_diverged and publishes nothing for
     it. On the old Clerk the repeat was published: 200 'applied' for a request that
-    diverged."""
+    diverged. ClerkSeedsDivergedPositions (clerk-restarted): the Clerk that saw the
+    original diverge is SIGKILLed and a new one started before the repeat; it knows the
+    divergence from the report it reads back at its seed."""
     s = clerk_settings
     switch = tmp_path / "b.faults"
     switch.write_text("bitflip:1")
@@ -78,6 +82,9 @@ async def test_a_kafka_native_repeat_of_a_diverged_request_is_withheld(clerk_set
         (published,) = await wait_for(lambda: at(results, fresh), DEADLINE_S, "the fresh event's result",
                                       detail=logs)
         assert published["outcome"]["status"] == "applied" and published["duplicate_of"] is None
+        if clerk_restarted:
+            clerk.kill()
+            clerk.start()
 
         meta = await producer.send_and_wait(s.input_topic, envelope(f"{sku}-once", sku, 5), key=key)
         repeat = (meta.partition, meta.offset)
@@ -100,3 +107,44 @@ async def test_a_kafka_native_repeat_of_a_diverged_request_is_withheld(clerk_set
         await reports.stop()
         await results.stop()
         await producer.stop()
+
+
+async def test_a_repeat_whose_copies_diverge_is_answered_with_its_agreed_original(clerk_settings, spawn,
+                                                                                tmp_path) -> None:
+    """ClientAnswersDivergedRepeatWithAgreedOriginal: a request agreed and applied while
+    b was sound; b then flips a bit in every output, so the repeat's copies disagree and
+    the Clerk reports it (mismatch). The client that sent both answers the repeat with
+    the original's result (decided, applied, replay, the original's position), not
+    "diverged, no outcome was published" for a request that was applied."""
+    import dataclasses
+
+    from app.client import DocketClient
+
+    s = dataclasses.replace(clerk_settings, api_timeout_ms=DEADLINE_S * 1000)
+    switch = tmp_path / "b.faults"
+    switch.write_text("off")
+    procs = [spawn("a").start(), spawn("b", "--faults-file", str(switch)).start(),
+             spawn("clerk", command="clerk").start()]
+    client = DocketClient(s)
+    await client.start()
+    sku = f"rep-{secrets.token_hex(3)}"
+    payload = {"warehouse": "w1", "sku": sku, "delta": 7}
+    try:
+        await client.wait_caught_up(60)
+        first = await client.submit("stock.adjust", payload, f"{sku}-once")
+        assert (first.status, first.outcome["status"], first.replay) == ("decided", "applied", False), first
+        switch.write_text("bitflip:1")
+        # faults are read before each batch: once a fresh event diverges, b corrupts every output
+        probe = await client.submit("stock.adjust", {**payload, "delta": 1}, f"{sku}-probe")
+        assert probe.status == "diverged", (probe, procs[1].log_tail())
+        again = await client.submit("stock.adjust", payload, f"{sku}-once")
+        assert (again.status, again.position, again.replay) == ("decided", first.position, True), again
+        assert again.outcome == first.outcome
+        assert again.divergence is not None and again.divergence["cause"] == "mismatch"
+        repeat = (again.divergence["input"]["partition"], again.divergence["input"]["offset"])
+        assert repeat != first.position and repeat[0] == first.position[0]
+        assert client.status(f"{sku}-once").state == "decided"
+        for proc in procs:
+            proc.assert_alive()
+    finally:
+        await client.stop()

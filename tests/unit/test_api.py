@@ -1168,6 +1168,46 @@ async def test_a_repeat_of_a_diverged_request_is_answered_502_from_the_index(set
         await client.submit("stock.adjust", payload, "fresh")
 
 
+async def test_a_repeat_whose_own_copies_diverged_is_answered_with_the_agreed_original(settings) -> None:
+    """ClientAnswersDivergedRepeatWithAgreedOriginal: this client produced "kr" at
+    (home, 20) and read its result (applied); a repeat at (home, 40) diverged (a faulty
+    instance corrupted the duplicate's copy). The repeat is answered with the original's
+    result: decided, replay, the original's position, 200 with Idempotent-Replayed;
+    the repeat's report rides along. Before: 502 "no outcome was published" for a
+    request that was applied (a fresh-clone user check). Not so when the client does
+    not know the request is the same (fingerprint unknown: only its result was read) or
+    when the original itself diverged."""
+    import time
+
+    from app.client import _Entry
+
+    client = DocketClient(settings)
+    payload = {"warehouse": "w1", "sku": "s1", "delta": 5}
+    _key, home, fp, _value = client._prepare("stock.adjust", payload, "kr", None)  # noqa: SLF001
+    now = int(time.time() * 1000)
+    client._remember((None, "kr"), _Entry(home, fp, now, (home, 20)))  # noqa: SLF001  what submit() records
+    client._mine[(home, 20)] = ((None, "kr"), now, fp)  # noqa: SLF001
+    client.on_result(result_record("kr", home, 20, applied=True))
+    report = orjson.loads(divergence_report("kr", home, 40))
+    sub = client._diverged_answer("kr", (None, "kr"), fp, (home, 40), report, 0.1)  # noqa: SLF001
+    assert (sub.status, sub.position, sub.replay) == ("decided", (home, 20), True)
+    assert sub.outcome["status"] == "applied" and sub.divergence["input"] == {"partition": home, "offset": 40}
+    resp = submission_response(sub, 5000)
+    body = await body_of(resp)
+    assert resp.status == 200 and resp.headers["Idempotent-Replayed"] == "true" and body["replay"] is True
+    assert body["position"] == {"partition": home, "offset": 20}
+    assert client.status("kr").state == "decided"
+
+    client.on_result(result_record("other", home, 21, applied=True))  # known from its result alone
+    sub = client._diverged_answer("other", (None, "other"), fp, (home, 41), report, 0.1)  # noqa: SLF001
+    assert (sub.status, sub.position, sub.replay) == ("diverged", (home, 41), False)
+    client._remember((None, "gone"), _Entry(home, fp, now, (home, 22)))  # noqa: SLF001
+    client._mine[(home, 22)] = ((None, "gone"), now, fp)  # noqa: SLF001
+    client.on_divergence(divergence_report("gone", home, 22))  # the original diverged
+    sub = client._diverged_answer("gone", (None, "gone"), fp, (home, 42), report, 0.1)  # noqa: SLF001
+    assert (sub.status, sub.position) == ("diverged", (home, 42))
+
+
 async def test_submit_on_a_client_never_started_or_stopped_says_so(settings) -> None:
     """ClientRefusesSubmitWhenNotStarted: a DocketClient whose start() was never called,
     or that was stopped, raises ClientNotStarted from submit(), saying what to do; it raised KafkaUnavailable

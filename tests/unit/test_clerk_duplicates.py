@@ -198,3 +198,86 @@ def test_with_one_copy_required_a_duplicate_of_a_decided_original_is_published()
     (second,) = [a for a in dup(core, "a", 1, 0) if isinstance(a, Publish)]
     assert orjson.loads(second.value)["duplicate_of"] == {"partition": 0, "offset": 0}
     assert not any(isinstance(a, Report) for a in dup(core, "b", 1, 0))
+
+
+# ---- across a restart: the divergence reports read back -----------------------------
+
+
+def _restart(reports: list[bytes], ttl_ms: int = 300_000, **bounds) -> tuple[ClerkCore, list]:
+    """A Clerk restarted on a divergences partition holding ``reports`` (the results
+    topic empty): what TailReader.seed does, on lists."""
+    import asyncio
+
+    from agents.clerk_core import read_diverged
+    from tests.unit.test_clerk_seed import Topic
+
+    topic = Topic()
+    for raw in reports:
+        topic.append(raw)
+    diverged = asyncio.run(read_diverged(0, len(topic.entries), topic.read, 0, ttl_ms, **bounds))
+    core = ClerkCore(("a", "b"), 2, ttl_ms=ttl_ms)
+    core.restore(0, None, (), diverged)
+    return core, topic.asked
+
+
+def _diverged_reports(core: ClerkCore, offsets) -> list[bytes]:
+    out = []
+    for o in offsets:
+        copy(core, "a", o)
+        out += [a.value for a in copy(core, "b", o, variant=1) if isinstance(a, Report)]
+    return out
+
+
+def test_a_restarted_clerk_withholds_a_duplicate_of_a_position_diverged_before():
+    """ClerkSeedsDivergedPositions: the Clerk that saw offset 0 diverge is gone; the
+    next one reads the partition's newest divergence reports back at its seed and
+    withholds the repeat of 0 all the same (before, it published it)."""
+    core, _ = _restart(_diverged_reports(ClerkCore(("a", "b"), 2), [0]))
+    assert list(core.partitions[0].diverged) == [0]
+    dup(core, "a", 9, 0)
+    actions = dup(core, "b", 9, 0)
+    assert published(actions) == []
+    assert [r["cause"] for r in reports(actions)] == ["original_diverged"]
+
+
+def test_the_read_back_takes_only_reports_that_finish_a_position():
+    """ClerkSeedsDivergedPositions: a late copy's report (decided set), a replay
+    mismatch and a record someone else wrote are not diverged positions; withheld
+    duplicates' reports are (original_diverged); the order is the reports'."""
+    first = ClerkCore(("a", "b", "c"), 2)
+    written = []
+    copy(first, "a", 0)
+    copy(first, "b", 0)
+    written += [a.value for a in copy(first, "c", 0, variant=1) if isinstance(a, Report)]  # decided: late
+    copy(first, "a", 1)
+    written += [a.value for a in copy(first, "a", 1, variant=5) if isinstance(a, Report)]  # replay mismatch
+    copy(first, "a", 2)
+    copy(first, "b", 2, variant=1)
+    written += [a.value for a in copy(first, "c", 2, variant=2) if isinstance(a, Report)]  # diverged
+    dup(first, "a", 3, 2)
+    written += [a.value for a in dup(first, "b", 3, 2) if isinstance(a, Report)]  # withheld
+    assert len(written) == 4
+    written.append(b"not json")
+    written.append(orjson.dumps({"input": {"partition": 1, "offset": 7}, "cause": "mismatch", "decided": None}))
+    core, _ = _restart(written)
+    assert list(core.partitions[0].diverged) == [2, 3]
+
+
+def test_the_read_back_stops_one_ttl_of_stream_time_behind_the_newest_report():
+    """ClerkSeedsDivergedPositions, ClerkRemembersDivergedPositions: stream time is
+    1000 + offset; with a TTL of 50 ms only reports within 50 ms of the newest are kept,
+    and the read-back stops at the first range that reaches past them (the ranges grow
+    8 times from the end: 8, then 64 offsets)."""
+    reports = _diverged_reports(ClerkCore(("a", "b"), 2), range(0, 400, 2))
+    core, asked = _restart(reports, ttl_ms=50)
+    assert list(core.partitions[0].diverged) == list(range(350, 400, 2))
+    assert asked == [(192, 200), (128, 192)]
+
+
+def test_the_read_back_stops_at_the_look_back_bound():
+    """ClerkSeedsDivergedPositions: at most max_offsets reports back (the seed's
+    look-back bound): older diverged positions are not known."""
+    reports = _diverged_reports(ClerkCore(("a", "b"), 2), range(0, 100, 2))
+    core, asked = _restart(reports, max_offsets=20)
+    assert list(core.partitions[0].diverged) == list(range(60, 100, 2))
+    assert min(lo for lo, _ in asked) == 30
