@@ -36,7 +36,7 @@ import click
 
 from app.kafka_admin import quiet
 from app.settings import Settings, load
-from launcher.clean import checkouts, home, refusal
+from launcher.clean import broker_made, checkouts, home, refusal
 
 POM = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
 HOST = "127.0.0.1"
@@ -512,11 +512,17 @@ def _check_broker_dir(broker_dir: Path) -> None:
     """Raise BrokerError unless ``broker_dir`` (resolved) may be the broker's: not one
     that `make clean` would refuse to delete (launcher/clean.py refusal), such as the
     checkout's own broker/, whose tracked pom.xml a broker's files would sit beside and
-    `make clean` once deleted (specs/integration.allium CleanKeepsTrackedFiles)."""
+    `make clean` once deleted (specs/integration.allium CleanKeepsTrackedFiles); and new,
+    empty or one docket's broker made, never a directory of someone else's files
+    (BrokerRefusesAForeignDirectory)."""
     why = refusal(broker_dir, checkouts(), keep=(home(),))
+    if why is None and broker_dir.is_dir() and not broker_made(broker_dir):
+        others = [entry.name for entry in sorted(broker_dir.iterdir())]
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        why = f"it holds files docket's broker did not make ({shown})"
     if why is not None:
         raise BrokerError(f"DOCKET_BROKER_DIR {broker_dir} is not a directory of docket's own: {why}; "
-                          "set DOCKET_BROKER_DIR to one (by default var/broker)")
+                          "set DOCKET_BROKER_DIR to a new or empty directory (by default var/broker)")
 
 
 def start_broker(

@@ -118,6 +118,9 @@ WORKER_MARKS = (DATA_DIR_LOCK, "docket-domain")  # agents/plumbing.py: every wor
 # lock (launcher/stacklock.py), and the launcher's log and pid files
 # (launcher/broker.py LOG_FILE, PID_FILE, BACKGROUND_FILE).
 BROKER_EARLY_FILES = frozenset({STACK_LOCK, "broker.log", "broker.pid", "broker.background"})
+# Every entry docket's broker launcher writes in its directory: the configuration, the
+# early files, the previous log (launcher/broker.py rotates broker.log) and the data.
+BROKER_ENTRIES = frozenset({*BROKER_FILES, *BROKER_EARLY_FILES, "broker.log.1", "data"})
 
 
 def broker_made(path: Path) -> bool:
@@ -128,6 +131,14 @@ def broker_made(path: Path) -> bool:
         return False
     return (all((path / name).is_file() for name in BROKER_FILES)
             or all(entry.name in BROKER_EARLY_FILES for entry in path.iterdir()))
+
+
+def foreign_entries(broker_dir: Path) -> list[Path]:
+    """The entries of ``broker_dir`` that docket's broker launcher does not write
+    (:data:`BROKER_ENTRIES`), sorted; none for a directory that does not exist."""
+    if not broker_dir.is_dir():
+        return []
+    return sorted(entry for entry in broker_dir.iterdir() if entry.name not in BROKER_ENTRIES)
 
 
 def docket_entry(path: Path, depth: int = 3) -> bool:
@@ -169,17 +180,22 @@ def run_clean(echo=click.echo) -> int:
     if not is_checkout(here):  # `docket clean` run by hand elsewhere: ./var is someone else's
         verdicts[0] = ("var/", targets[0][1], f"{here} is not a docket checkout; run `make clean` in one")
     doomed: list[Path] = []  # what to delete, in order
-    foreign: list[tuple[Path, list[Path]]] = []  # DOCKET_DATA_ROOT and what it holds that docket did not make
+    # a directory a setting names, its setting, and what it holds that docket did not make
+    foreign: list[tuple[Path, str, list[Path]]] = []
     for i, (name, path, why) in enumerate(verdicts):
         if why is not None or not path.exists():
             continue
         if name == "DOCKET_BROKER_DIR" and not broker_made(path):
             verdicts[i] = (name, path, "it does not look like a broker directory docket made (no "
                            f"{' and '.join(BROKER_FILES)} in it)")
+        elif name == "DOCKET_BROKER_DIR" and (others := foreign_entries(path)):
+            # a directory docket's broker ran in, holding files of someone else's too
+            foreign.append((path, name, others))
+            doomed += [entry for entry in sorted(path.iterdir()) if entry not in others]
         elif name == "DOCKET_DATA_ROOT" and path.is_dir():
             others = [entry for entry in sorted(path.iterdir()) if not docket_entry(entry)]
             if others:
-                foreign.append((path, others))
+                foreign.append((path, name, others))
                 doomed += [entry for entry in sorted(path.iterdir()) if entry not in others]
             else:
                 doomed.append(path)
@@ -216,9 +232,9 @@ def run_clean(echo=click.echo) -> int:
         except OSError as exc:
             echo(f"docket clean: could not delete {path}: {exc}", err=True)
             status = 1
-    for root, others in foreign:
+    for root, name, others in foreign:
         shown = ", ".join(entry.name for entry in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        echo(f"docket clean: kept {root} (DOCKET_DATA_ROOT) and what docket did not make there: {shown}", err=True)
+        echo(f"docket clean: kept {root} ({name}) and what docket did not make there: {shown}", err=True)
     return status
 
 

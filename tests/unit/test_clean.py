@@ -280,3 +280,56 @@ def test_a_stack_writes_no_lock_into_a_tracked_directory(checkout: Path) -> None
     with pytest.raises(broker.BrokerError, match="is not a directory of docket's own"):
         hold_broker_dir(checkout / "broker", wait_s=0.1)
     assert sorted(p.name for p in (checkout / "broker").iterdir()) == ["pom.xml"]
+
+
+@pytest.mark.parametrize("command", ["start", "run"])
+def test_the_broker_refuses_a_directory_of_someone_elses_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              command: str) -> None:
+    """BrokerRefusesAForeignDirectory: `docket broker start | run` with DOCKET_BROKER_DIR
+    naming a directory that holds files docket's broker did not make exits 1, naming
+    them, before writing there; `make clean` would otherwise take the directory for the
+    broker's (a user check lost its own file that way). An empty directory, or one the
+    broker made, is taken."""
+    def no_java() -> str:
+        raise AssertionError("the broker got as far as looking for Java")
+
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    monkeypatch.setattr(broker, "java_executable", no_java)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("mine")
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(mine))
+    result = CliRunner().invoke(cli, ["broker", command], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert (f"DOCKET_BROKER_DIR {mine.resolve()} is not a directory of docket's own: it holds files docket's broker "
+            "did not make (precious.txt); set DOCKET_BROKER_DIR to a new or empty directory") in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["precious.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broker._check_broker_dir(empty)  # noqa: SLF001  taken: nothing raised
+    broker._check_broker_dir(tmp_path / "new")  # noqa: SLF001
+
+
+@needs_git
+def test_a_broker_directory_keeps_what_docket_did_not_write_there(checkout: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CleanDeletesOnlyDocketsOwn: in a DOCKET_BROKER_DIR docket's broker ran in, a file
+    someone put there later stays, with the directory, and a line says so; the broker's
+    own files, its log and its data go (before: rm -rf of the whole directory)."""
+    broker_dir = tmp_path / "b"
+    for name, text in {"server.properties": "x=1\n", "log4j2.properties": "x\n", "broker.log": "log\n",
+                       "broker.log.1": "old\n", "data/meta.properties": "m\n", "precious.txt": "mine"}.items():
+        (broker_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (broker_dir / name).write_text(text)
+    monkeypatch.setenv("DOCKET_BROKER_DIR", str(broker_dir))
+    result = run_clean()
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in broker_dir.iterdir()) == ["precious.txt"]
+    assert f"kept {broker_dir} (DOCKET_BROKER_DIR) and what docket did not make there: precious.txt" in result.stderr
+    assert f"rm -rf {broker_dir / 'data'}" in result.stdout and f"rm -rf {broker_dir}\n" not in result.stdout
+    (broker_dir / "precious.txt").unlink()
+    (broker_dir / "server.properties").write_text("x=1\n")
+    (broker_dir / "log4j2.properties").write_text("x\n")
+    assert run_clean().exit_code == 0
+    assert not broker_dir.exists()  # nothing but docket's: the directory goes whole
