@@ -445,11 +445,18 @@ def url_problem(url: str, example: str) -> str | None:
     if scheme not in ("http", "https"):
         return f"--url {url!r} uses the unsupported scheme {scheme!r}; {fix}"
     try:
-        host = urlsplit(url).hostname
-    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port raises for one out of 0-65535
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address, port 99999
         return f"--url {url!r} is not a valid URL ({exc}); {fix}"
     if not host:
         return f"--url {url!r} names no host; {fix}"
+    if parts.username is not None or parts.password is not None:
+        # aiohttp refuses credentials in the URL beside the Authorization header (a
+        # traceback), and the banner would print the password: name neither
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return (f"--url {shown!r} (credentials removed) holds a user name or password: docket's API takes a bearer "
+                "token, not them; pass it with --token (or DOCKET_API_TOKENS), and the URL without them")
     return None
 
 

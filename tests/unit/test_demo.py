@@ -275,6 +275,7 @@ def test_docket_demo_at_a_metrics_port_ends_with_an_error_line() -> None:
     ("localhost:8080", "does not start with http:// or https://"),
     ("http://", "names no host"),
     ("https://[::1", "is not a valid URL"),
+    ("http://127.0.0.1:99999", "is not a valid URL (Port out of range 0-65535)"),
 ])
 def test_url_problem_names_what_is_wrong_and_how_a_url_looks(url: str, what: str) -> None:
     """DemoRefusesAnUnsupportedScheme: the URL, what is wrong with it, that only http and
@@ -285,6 +286,20 @@ def test_url_problem_names_what_is_wrong_and_how_a_url_looks(url: str, what: str
     assert problem is not None and problem.startswith(f"--url {url!r} {what}"), problem
     assert "supports only http and https" in problem, problem
     assert "http://HOST:PORT or https://HOST:PORT, e.g. --url http://127.0.0.1:8080" in problem, problem
+
+
+@pytest.mark.parametrize("url", ["http://user:secret@127.0.0.1:8080", "http://user@h:1/x"])
+def test_url_problem_refuses_credentials_without_showing_them(url: str) -> None:
+    """DemoRefusesAnUnsupportedScheme: a URL holding a user name or password (aiohttp
+    refused it beside the bearer token with a traceback, and the banner printed the
+    password; a user check) is refused before connecting, shown without them, saying to
+    pass the token."""
+    from app.demo import url_problem
+
+    problem = url_problem(url, "http://127.0.0.1:8080")
+    assert problem is not None and "(credentials removed) holds a user name or password" in problem, problem
+    assert "secret" not in problem and "user" not in problem.split("holds")[0], problem
+    assert "--token" in problem
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "https://api.example/docket", "HTTP://h:1",
