@@ -451,8 +451,24 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
+# A log4j line of the broker at ERROR or FATAL (LOG4J2_PROPERTIES' pattern: "[time] LEVEL ...")
+_ERROR_LINE = re.compile(r"^\[[^\]]*\] (ERROR|FATAL) ")
+
+
 def _tail_text(text: str, lines: int = 25) -> str:
-    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:]) or "    (empty)"
+    """The last ``lines`` lines of a broker log, indented; when its first ERROR or FATAL
+    line lies before them, that line and the next two errors come first: a broker that
+    failed to bind its port logged why, then some 60 lines of shutdown, and the tail
+    alone showed only the shutdown (a user check)."""
+    every = text.rstrip().splitlines()
+    tail = every[-lines:]
+    errors = [i for i, line in enumerate(every) if _ERROR_LINE.match(line)]
+    head = []
+    if errors and errors[0] < len(every) - len(tail):
+        head = [f"    (the first errors, {len(every) - len(tail) - errors[0]} lines before the last {len(tail)}:)"]
+        head += ["    " + every[i][:500] for i in errors[:3] if i < len(every) - len(tail)]
+        head.append("    (...)")
+    return "\n".join(head + ["    " + line for line in tail]) or "    (empty)"
 
 
 def set_parent_death_signal() -> None:

@@ -196,3 +196,21 @@ def test_busy_port_is_refused_with_advice(isolated_env: dict[str, str], tmp_path
         proc = run_docket("broker", "start", env=env)
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "DOCKET_BROKER_PORT" in proc.stderr
+
+
+def test_a_failed_start_shows_the_first_errors_before_the_tail() -> None:
+    """BrokerFailureShowsItsFirstErrors: the bind failure logged 61 lines before the end
+    comes first, marked with how far back it is, then the last 25 lines; a log whose
+    errors are in its tail shows the tail alone."""
+    from launcher.broker import _tail_text
+
+    log = ["[2026-12-05 03:00:00,000] INFO starting (kafka.Kafka$)"] * 10
+    log.append("[2026-12-05 03:00:01,000] ERROR [KafkaServer id=1] Fatal error during KafkaServer startup. "
+               "Socket server failed to bind to 127.0.0.1:39592: Address already in use. (kafka.server.KafkaServer)")
+    log += ["[2026-12-05 03:00:01,100] INFO shutting down (kafka.server.KafkaServer)"] * 60
+    shown = _tail_text("\n".join(log)).splitlines()
+    assert shown[0] == "    (the first errors, 36 lines before the last 25:)"  # 71 lines, the error 11th
+    assert "Address already in use" in shown[1] and shown[2] == "    (...)"
+    assert len(shown) == 3 + 25 and all("shutting down" in line for line in shown[3:])
+    short = _tail_text("\n".join(log[:12])).splitlines()
+    assert len(short) == 12 and "Address already in use" in short[10]
