@@ -40,6 +40,20 @@ NODES = (*INSTANCES, "clerk", "broker")
 ACTIONS = {"instance": ("kill", "restart", "slow", "corrupt"), "clerk": ("kill", "restart", "slow"),
            "broker": ("stop", "start")}
 FAULT_KINDS = ("bitflip", "state")
+
+
+def fault_refusal(name: str, others: list[str]) -> str:
+    """Why a corrupt switch for ``name`` is refused while ``others`` are faulty: with two
+    copies required of three, two faulty instances can agree on one wrong copy (a
+    `state` fault adding 1 in one, a bitflip of the low bit in the other) and it is
+    published: outside what docket tolerates (one faulty instance), so the console's
+    safety check would read BROKEN, calling a wrong result a bug of docket's (a user
+    check)."""
+    named = " and ".join(others)
+    return (f"{named} {'is' if len(others) == 1 else 'are'} faulty already (a corrupt switch on, or state a `state` "
+            f"fault corrupted, which stays corrupt): with two copies required of three, docket tolerates one faulty "
+            f"instance, and two can agree on a wrong copy, which is then published. Turn {named}'s faults off "
+            f"first; state a `state` fault corrupted stays so until the console's stack starts afresh")
 # The slow duty cycle: stopped SLOW_STOPPED_S of every SLOW_PERIOD_S seconds (CONTRACT.md).
 SLOW_PERIOD_S = 1.0
 SLOW_STOPPED_S = 0.6
@@ -116,6 +130,9 @@ class Controller:
         self.t0 = clock()
         self.slowed: dict[str, Slow] = {}
         self.corrupt: dict[str, str | None] = dict.fromkeys(INSTANCES)
+        # instances whose stored state a `state` fault has touched: corrupt for the rest
+        # of the console's stack, whatever their switch says now
+        self.tainted: set[str] = set()
         self.broker_starts = 0
         self._broker_task: asyncio.Task | None = None
         self._exits_noted: set[tuple[str, int]] = set()  # (role, start number) whose own exit was logged
@@ -283,7 +300,14 @@ class Controller:
     def set_corrupt(self, name: str, kind: str | None) -> None:
         """Turn live faults of ``kind`` on (None: off) in instance ``name``: the worker
         reads its switch file before its next batch. Allowed while it is down: it reads
-        the switch when it starts again."""
+        the switch when it starts again. Refused (409 second_faulty_instance) while
+        another instance is faulty, its switch on or its state corrupted by an earlier
+        `state` fault (ConsoleKeepsOneFaultyInstance)."""
+        others = sorted({n for n, k in self.corrupt.items() if k and n != name} | (self.tainted - {name}))
+        if kind is not None and others:
+            raise ControlError(409, "second_faulty_instance", fault_refusal(name, others))
+        if kind == "state":
+            self.tainted.add(name)
         self.corrupt[name] = kind
         self._write_fault_file(name, kind)
         self.note(f"corrupt {name}: {kind} at rate {self.fault_rate}" if kind else f"corrupt {name}: off")

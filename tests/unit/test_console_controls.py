@@ -247,6 +247,34 @@ async def test_corrupt_switches_the_instances_live_fault_file(console, tmp_path)
     assert c.files["b"].read_text().strip() == "state:0.3"
 
 
+async def test_a_second_faulty_instance_is_refused(console) -> None:
+    """ConsoleKeepsOneFaultyInstance: with two copies required of three, corrupting a
+    second instance while one is faulty is 409 second_faulty_instance, naming it and
+    saying why, and changes no switch. A bitflip switch turned off leaves its instance
+    sound; a `state` fault leaves it corrupt for good (a user check had a and b agree on
+    one wrong quantity, and the safety check blamed docket)."""
+    c = await console()
+    status, _ = await post(c.client, "/api/nodes/a/corrupt", {"kind": "bitflip"})
+    assert status == 200
+    switch_b = c.files["b"].read_bytes() if c.files["b"].exists() else None
+    status, body = await post(c.client, "/api/nodes/b/corrupt", {"kind": "state"})
+    assert (status, body["error"]) == (409, "second_faulty_instance"), body
+    assert "a is faulty already" in body["message"] and "tolerates one faulty instance" in body["message"]
+    assert c.controller.corrupt["b"] is None
+    assert (c.files["b"].read_bytes() if c.files["b"].exists() else None) == switch_b
+    status, _ = await post(c.client, "/api/nodes/a/corrupt", {"kind": "bitflip"})  # a again: its own switch
+    assert status == 200
+    await post(c.client, "/api/nodes/a/corrupt", {"kind": None})
+    status, _ = await post(c.client, "/api/nodes/b/corrupt", {"kind": "state"})  # a is sound again
+    assert status == 200
+    await post(c.client, "/api/nodes/b/corrupt", {"kind": None})
+    status, body = await post(c.client, "/api/nodes/c/corrupt", {"kind": "bitflip"})
+    assert (status, body["error"]) == (409, "second_faulty_instance")  # b's state stays corrupt
+    assert "b is faulty already" in body["message"]
+    status, _ = await post(c.client, "/api/nodes/c/corrupt", {"kind": None})  # off is always allowed
+    assert status == 200
+
+
 async def test_broker_stop_when_stopped_is_refused(console) -> None:
     """ConsoleRefusesBrokerStopWhenStopped: stop of a broker that is not running is 409
     already_stopped (here the console's broker was never started)."""
