@@ -164,8 +164,12 @@ class Demo:
         text = (await r.read()).decode("utf-8", errors="replace")
         shown = " ".join(text.split())
         shown = shown[:80] + ("..." if len(shown) > 80 else "")
+        prefix = urlsplit(self.url).path.rstrip("/")
+        # `--url http://host:port/v1` reached docket's API under a path it does not serve (a user check)
+        hint = (f" (--url ends in the path {prefix!r}: give the API's base URL, without the /v1 of its routes)"
+                if prefix.endswith("/v1") else "")
         return (f"the server at {self.url} does not look like docket's REST API: GET {path} answered "
-                f"{r.status} {r.headers.get('Content-Type') or '(no content type)'}, {shown!r}. Point --url "
+                f"{r.status} {r.headers.get('Content-Type') or '(no content type)'}, {shown!r}{hint}. Point --url "
                 "at `docket api`'s address (by default http://127.0.0.1:$DOCKET_API_PORT), or start the stack "
                 "with `make run`")
 

@@ -222,6 +222,17 @@ async def test_the_demo_refuses_a_server_that_is_not_docket_api() -> None:
                        "Unauthorized please log in")
 
 
+async def test_a_url_ending_in_v1_is_told_to_drop_it() -> None:
+    """DemoRefusesAForeignServer: `--url http://host:port/v1` reached a server under a
+    path it does not serve (a user check took docket's own API for a foreign one); the
+    refusal says to give the base URL without /v1. A base URL gets no such hint."""
+    async with TestServer(foreign_app()) as server:
+        base = str(server.make_url("")).rstrip("/")
+        message = await demo_refusal(base + "/v1")
+        assert "(--url ends in the path '/v1': give the API's base URL, without the /v1 of its routes)" in message
+        assert "ends in the path" not in await demo_refusal(base)
+
+
 async def test_the_demo_says_how_to_start_an_api_it_cannot_reach() -> None:
     """DemoRefusesAForeignServer: nothing listening at --url: "cannot reach the API", and
     where docket's API is or how to start it."""
