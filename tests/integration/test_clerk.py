@@ -560,9 +560,12 @@ async def test_three_instances_two_required_c_down_for_good_keeps_the_clerk_boun
         # a marker at every other offset: the decided watermark passes the markers of
         # a copy batch once its watermark is handled, so the last record's state holds
         # the batch's own decisions, not one range per transaction since the first
-        # marker (300 here before the fix)
-        assert len(state["finished_ranges"]) <= 20, (p, state)
-        assert state["decided_below"] >= r.value["input"]["offset"] - 40, (p, state)
+        # marker (300 here before the fix, decided_below stuck at the first marker). How
+        # many the last batch holds depends on how far the instances ran ahead: 37 on a
+        # slow CI box, so the bound is a quarter of the transactions, not a batch size.
+        batch = transactions // 4
+        assert len(state["finished_ranges"]) <= batch, (p, state)
+        assert state["decided_below"] >= r.value["input"]["offset"] - 2 * batch, (p, state)
 
 
 @pytest.mark.parametrize("instances", ["a,b,c"])
