@@ -3,7 +3,14 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-PYTHON ?= python3
+# The interpreter the virtualenv is made from: the OS's own Python 3.11 when it has venv
+# (Debian's and Ubuntu's /usr/bin/python3.11 are built with profile-guided and link-time
+# optimisation), else python3. With an interpreter built from source without
+# --enable-optimizations (pyenv's default) each of docket's processes spent 7 to 11% more
+# CPU per event on this box (docs/performance.md, "The interpreter"). Another: `make PYTHON=/path/to/python3.11`;
+# a .venv made earlier keeps its interpreter until it is removed (`rm -rf .venv`).
+OS_PYTHON := /usr/bin/python3.11
+PYTHON ?= $(or $(shell $(OS_PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 && echo $(OS_PYTHON)),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Touched after a successful install; pip runs again only when pyproject.toml is newer.
