@@ -208,8 +208,7 @@ class ClerkCore:
         st = PartitionState()
         for offset, stream_time in diverged:
             st.diverged[offset] = stream_time
-        while len(st.diverged) > DIVERGED_REMEMBERED:
-            del st.diverged[next(iter(st.diverged))]
+        _forget_oldest(st.diverged)
         if state is not None:
             st.seq = state["seq"]
             st.decided_below = state["decided_below"]
@@ -392,8 +391,7 @@ class ClerkCore:
                 if not (isinstance(then, int) and stream_time - then >= self.ttl_ms):
                     break
                 del known[oldest]
-        while len(known) > DIVERGED_REMEMBERED:
-            del known[next(iter(known))]
+        _forget_oldest(known)
 
     def _release(self, st: PartitionState, partition: int, pos: Position, actions: list) -> None:
         """``pos`` is final: settle the duplicates held for it, in offset order."""
@@ -763,6 +761,13 @@ async def scan_tail(scan: TailScan, begin: int, end: int, read: Callable[[int, i
         hi, size = lo, max(1, min(size * 8, (max_bytes - spent) // average))
     scan.exhausted = hi > begin
     return scan
+
+
+def _forget_oldest(known: dict[int, int | None]) -> None:
+    """Drop the oldest entries of ``known`` (diverged offset -> stream time, in the order
+    remembered) beyond DIVERGED_REMEMBERED (ClerkRemembersDivergedPositions)."""
+    while len(known) > DIVERGED_REMEMBERED:
+        del known[next(iter(known))]
 
 
 def diverged_position(raw: bytes | None, partition: int) -> tuple[int, int | None] | None:

@@ -175,6 +175,24 @@ def test_diverged_positions_are_forgotten_past_the_ttl_and_the_bound():
     assert [r["input"]["offset"] for r in published(dup(core, "b", 200, 0))] == [200]
 
 
+def test_diverged_positions_beyond_the_bound_forget_the_oldest(monkeypatch):
+    """ClerkRemembersDivergedPositions: at most DIVERGED_REMEMBERED per partition, the
+    oldest forgotten first, both as positions diverge and when a restart restores them
+    (ClerkSeedsDivergedPositions)."""
+    import agents.clerk_core as clerk_core
+
+    monkeypatch.setattr(clerk_core, "DIVERGED_REMEMBERED", 3)
+    core = ClerkCore(("a", "b"), 2)  # the default TTL: only the bound forgets
+    for o in range(0, 10, 2):
+        copy(core, "a", o)
+        copy(core, "b", o, variant=1)
+        copy(core, "a", o + 1)
+        copy(core, "b", o + 1)
+    assert list(core.partitions[0].diverged) == [4, 6, 8]
+    core.restore(1, None, diverged=[(o, 1000 + o) for o in range(5)])
+    assert list(core.partitions[1].diverged) == [2, 3, 4]
+
+
 def test_a_duplicate_naming_another_partition_or_a_later_offset_is_judged_as_before():
     """ClerkWithholdsDuplicateOfDivergedOriginal names an EARLIER position of the SAME
     partition (core/DuplicateRefersToEarlierEvent); agreeing copies that name anything
