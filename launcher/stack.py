@@ -405,6 +405,14 @@ def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = Non
     return [port_in_use(host, port, what, setting) for host, port, what, setting in servers if not free(host, port)]
 
 
+def refuse_busy_ports(settings: Settings) -> None:
+    """StackError naming every busy port of the stack's servers (:func:`busy_ports`):
+    nothing is started, since a second stack's components would each fail on them."""
+    busy = busy_ports(settings)
+    if busy:
+        raise StackError("; ".join(busy))
+
+
 STACK_LOCK_WAIT_S = 20.0  # for a stack still stopping on the same broker directory (its broker stops last)
 
 
@@ -771,12 +779,18 @@ def run_cmd(procfile: Path) -> None:
     # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
     # the user's own Kafka needs neither Java nor Maven
     kafka = stack_kafka(settings, os.environ)
-    if kafka.local:  # first: a stack still stopping there may hold the ports below a moment longer
+    own_procfile = procfile.resolve() == PROCFILE.resolve()
+    if kafka.local:
+        from launcher import stacklock
+
+        if own_procfile and stacklock.holder(settings.broker_dir) is None:
+            # no stack is stopping there, so the ports are another program's: refused
+            # before the lock file is written (a refused start leaves nothing behind)
+            refuse_busy_ports(settings)
+        # a stack still stopping there may hold the ports a moment longer: wait for it first
         hold_broker_dir(settings.broker_dir)
-    if procfile.resolve() == PROCFILE.resolve():
-        busy = busy_ports(settings)
-        if busy:  # nothing started: a second stack's components would each fail on it
-            raise StackError("; ".join(busy))
+    if own_procfile:
+        refuse_busy_ports(settings)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)

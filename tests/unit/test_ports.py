@@ -88,6 +88,22 @@ def test_stack_run_starts_nothing_on_a_held_api_port(tmp_path: Path, held_port) 
     assert "starting the stack" not in out and "api.1" not in out
 
 
+def test_stack_run_refused_for_a_held_port_writes_nothing_in_a_new_broker_dir(tmp_path: Path, held_port) -> None:
+    """ServerPortInUseRefusedAtStart with the stack's own broker: no stack holds the
+    broker directory, so the busy port is refused before the stack lock is taken, and a
+    new DOCKET_BROKER_DIR is not created (a user check's refused second `make run` left
+    one holding only the lock file)."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        broker_port = probe.getsockname()[1]  # free once closed: the stack's Kafka is its own broker
+    proc = _docket(["stack", "run"], _env(tmp_path, DOCKET_API_PORT=str(held_port),
+                                          DOCKET_BROKER_PORT=str(broker_port)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"port {held_port} on {HOST} (the REST API) is already in use" in proc.stderr
+    assert not (tmp_path / "broker").exists(), sorted(p.name for p in (tmp_path / "broker").iterdir())
+
+
 def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixture) -> None:
     """ServerPortInUseRefusedAtStart: a Faust worker launched as docket's workers are
     (agents/worker.py DocketWorker) whose web port is held exits 1 with one Error line
