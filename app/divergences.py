@@ -408,10 +408,15 @@ def print_table(table, console) -> None:
     cells wrap, and a word wider than its column is cut with "…". Piped or redirected
     there is no screen to fit (rich would take $COLUMNS, or 80), and a cut diff path
     could not be read back anywhere (a user check: "what differs" ended in "…" under a
-    narrow $COLUMNS): the table is printed as wide as its cells need, every cell whole."""
+    narrow $COLUMNS): the table is printed as wide as its cells need, every cell whole,
+    and no line ends in spaces (rich pads the title to the table's width)."""
     if not console.is_terminal:
         from rich.measure import Measurement
 
         unbounded = console.options.update_width(1 << 20)  # any width wider than a table of cut values
         console.width = max(1, Measurement.get(console, unbounded, table).maximum)
+        with console.capture() as captured:
+            console.print(table)
+        console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        return
     console.print(table)

@@ -244,6 +244,8 @@ def test_piped_table_cuts_no_path_or_value_whatever_the_columns(monkeypatch: pyt
     assert got.exit_code == 0, (got.output, got.exception)
     assert row in got.output, got.output
     assert "…" not in got.output, got.output
+    # the title's line was padded to the table's width (a user check)
+    assert all(line == line.rstrip() for line in got.output.splitlines()), got.output
 
 
 def test_table_on_a_terminal_still_fits_the_screen() -> None:
