@@ -779,17 +779,18 @@ def run_cmd(procfile: Path) -> None:
     # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
     # the user's own Kafka needs neither Java nor Maven
     kafka = stack_kafka(settings, os.environ)
-    own_procfile = procfile.resolve() == PROCFILE.resolve()
-    if kafka.local:
-        from launcher import stacklock
+    from launcher import stacklock
 
-        if own_procfile and stacklock.holder(settings.broker_dir) is None:
-            # no stack is stopping there, so the ports are another program's: refused
-            # before the lock file is written (a refused start leaves nothing behind)
-            refuse_busy_ports(settings)
-        # a stack still stopping there may hold the ports a moment longer: wait for it first
+    own_procfile = procfile.resolve() == PROCFILE.resolve()
+    # The ports are checked before the stack lock is taken, so a refused start writes
+    # nothing in the broker directory; but a stack still stopping there may hold them a
+    # moment longer, so while one holds the lock they are checked once it has let go.
+    stopping = kafka.local and stacklock.holder(settings.broker_dir) is not None
+    if own_procfile and not stopping:
+        refuse_busy_ports(settings)
+    if kafka.local:
         hold_broker_dir(settings.broker_dir)
-    if own_procfile:
+    if own_procfile and stopping:
         refuse_busy_ports(settings)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
