@@ -239,6 +239,18 @@ def server_stages(before: dict[str, dict], after: dict[str, dict], instance: str
     return out
 
 
+def stream_items_per_event(before: dict[str, dict], after: dict[str, dict], events: int) -> dict[str, float]:
+    """Per worker role, the stream items its agents took (Faust's
+    ``faust_total_events_total``, a batch or a Clerk item each) between two scrapes,
+    per event sent: how many rounds of its agent an event cost. A role missing from
+    either scrape is left out; empty when ``events`` is 0."""
+    if not events:
+        return {}
+    return {role: round((_counter(after[role], "faust_total_events_total")
+                         - _counter(before[role], "faust_total_events_total")) / events, 3)
+            for role in after if role in before and role != "api"}
+
+
 def _counter(scrape: dict, name: str) -> float:
     return sum(v["value"] for (n, _), v in scrape.items() if n == name and "value" in v)
 

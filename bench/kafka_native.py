@@ -34,7 +34,7 @@ from app.kafka_config import client_kwargs
 from app.records import partition_for
 from app.settings import Settings
 from bench.common import percentiles, say
-from bench.http_load import scrape_all, server_stages
+from bench.http_load import scrape_all, server_stages, stream_items_per_event
 from bench.profile import cpu_delta, cpu_seconds
 from bench.rdkafka import partition_count, rdkafka_config
 from bench.stages import stages
@@ -293,8 +293,12 @@ async def sweep(settings: Settings, rates: list[int], duration_s: float, *, seed
                     step["stages_error"] = f"{type(exc).__name__}: {exc}"
                     say(f"kafka-native: {rate:,}/s stages not read: {step['stages_error']}")
                 if scraped is not None:
-                    step["server_ms"] = server_stages(scraped, await _scrape(metrics_urls))
+                    after = await _scrape(metrics_urls)
+                    step["server_ms"] = server_stages(scraped, after)
                     say(f"kafka-native: {rate:,}/s server stages p50/p99 ms: {stages_summary(step['server_ms'])}")
+                    step["stream_items_per_event"] = stream_items_per_event(scraped, after, sent["sent"])
+                    say(f"kafka-native: {rate:,}/s stream items per event: "
+                        + ", ".join(f"{role} {n:.2f}" for role, n in step["stream_items_per_event"].items()))
             if not drained:
                 break
     finally:

@@ -10,7 +10,7 @@ import math
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from app.api import _REQUEST_FIELDS, create_app, parse_idempotency_key
 from app.client import DocketClient
@@ -251,3 +251,23 @@ def test_the_http_floor_app_says_in_one_line_why_it_cannot_listen(monkeypatch, c
         with pytest.raises(SystemExit) as exit_:
             http_floor_app.main()
         assert exit_.value.code == 2 and "is not a port number" in capsys.readouterr().err
+
+
+def items_page(per_stream: dict[str, float]) -> dict:
+    """A worker's /metrics as Faust's Prometheus monitor writes its stream counter, parsed."""
+    r = CollectorRegistry()
+    c = Counter("faust_total_events", "events", ["stream"], registry=r)
+    for stream, n in per_stream.items():
+        c.labels(stream).inc(n)
+    return http_load.parse_metrics(generate_latest(r).decode())
+
+
+def test_stream_items_per_event_is_the_counters_delta_over_the_events_sent() -> None:
+    """The Kafka-native sweep's stream items per event (how many rounds of its agents
+    an event cost a worker): every stream's items of a role between the two scrapes,
+    over the events sent; the API, and a role missing from either scrape, left out."""
+    before = {"clerk": items_page({"clerk": 100}), "a": items_page({"usher": 40}), "api": items_page({"x": 1})}
+    after = {"clerk": items_page({"clerk": 1_100, "other": 50}), "a": items_page({"usher": 540}),
+             "b": items_page({"usher": 9}), "api": items_page({"x": 99})}
+    assert http_load.stream_items_per_event(before, after, 1_000) == {"clerk": 1.05, "a": 0.5}
+    assert http_load.stream_items_per_event(before, after, 0) == {}
