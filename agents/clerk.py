@@ -48,7 +48,7 @@ from agents.plumbing import (STAGE_BUCKETS, HistogramBatch, SideConsumer, check_
                              run_worker, worker_settings)
 from agents.worker import adopt_settings, new_app, serve_metrics
 from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
-from agents.intake import OrderedAcks, records_of, stop_committing
+from agents.intake import OrderedAcks, members_of, records_of, stop_committing
 from agents.intake import install as install_batch_intake
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
@@ -339,13 +339,14 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     # final: position -> the events waiting on it, event -> how many it waits on
     held: dict[tuple[int, int], list] = defaultdict(list)
     waits: dict[object, int] = {}
-    acks = OrderedAcks()  # and acknowledged in the order read (OrderedAcks says why)
+    # and acknowledged in the order read (OrderedAcks says why)
+    acks = OrderedAcks(ack_companion=lambda message: app.consumer.ack(message))
     # metrics only: (partition, offset) -> when its first copy was read, until it is final
     first_read: dict[tuple[int, int], float] = {}
     instance_of = {settings.output_topic(i): i for i in settings.instances}
     in_progress: list = [None]  # the item the agent is working on
     # a rebalance waits for the item in progress, not for the copies held (module doc)
-    install_batch_intake(app, instance_of, settings.batch_size,
+    install_batch_intake(app, instance_of, settings.batch_size, across_topics=True,
                          in_progress=lambda: None if in_progress[0] is None else in_progress[0].message)
 
     def forget(partition: int) -> None:
@@ -440,43 +441,45 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     if not producers.owns(p):  # revoked meanwhile
                         forget(p)
                         continue
-                # Who sent it is the topic it came on, not what it says about itself.
-                instance = instance_of[msg.topic]
                 now = time.time()  # metrics only
                 seen: list[int] = []  # input offsets this event carried copies of
                 reported: set[int] = set()  # input offsets of the divergences it led to
-                for rec in records_of(msg):
-                    metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
-                    try:
-                        data = orjson.loads(rec.value)
-                        batch = data.get("copies", [])  # an older instance's watermark record has none
-                        watermark = data.get("watermark")
-                        if (not isinstance(batch, list) or (not batch and watermark is None)
-                                or not (watermark is None or (type(watermark) is int and watermark >= 0))):
-                            raise TypeError("not a copy-batch record")
-                    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                        log.warning("ignoring an unreadable record on %s[%d]@%d", msg.topic, p, rec.offset)
-                        continue
-                    parsed = []
-                    for copy in batch:
+                for member in members_of(msg):  # a batch per output topic (ClerkItemAcrossOutputTopics)
+                    # Who sent it is the topic it came on, not what it says about itself.
+                    instance = instance_of[member.topic]
+                    copies = len(seen)
+                    for rec in records_of(member):
+                        metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
                         try:
-                            body, offset = copy_body(copy)
-                            claimed = copy["digest"]
-                        except (KeyError, TypeError, AttributeError, ValueError):
-                            log.warning("ignoring an unreadable copy on %s[%d]@%d", msg.topic, p, rec.offset)
+                            data = orjson.loads(rec.value)
+                            batch = data.get("copies", [])  # an older instance's watermark record has none
+                            watermark = data.get("watermark")
+                            if (not isinstance(batch, list) or (not batch and watermark is None)
+                                    or not (watermark is None or (type(watermark) is int and watermark >= 0))):
+                                raise TypeError("not a copy-batch record")
+                        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                            log.warning("ignoring an unreadable record on %s[%d]@%d", member.topic, p, rec.offset)
                             continue
-                        actual = digest(body)
-                        if actual != claimed:
-                            metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
-                        parsed.append((offset, actual, body, None))
-                        if (p, offset) not in first_read:
-                            first_read[(p, offset)] = now
-                    seen.extend(o for o, _, _, _ in parsed)
-                    emit(p, core.on_copies(p, instance, parsed), agreement, reported, now)
-                    if watermark is not None:
-                        emit(p, core.on_watermark(p, instance, watermark), agreement, reported, now)
+                        parsed = []
+                        for copy in batch:
+                            try:
+                                body, offset = copy_body(copy)
+                                claimed = copy["digest"]
+                            except (KeyError, TypeError, AttributeError, ValueError):
+                                log.warning("ignoring an unreadable copy on %s[%d]@%d", member.topic, p, rec.offset)
+                                continue
+                            actual = digest(body)
+                            if actual != claimed:
+                                metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
+                            parsed.append((offset, actual, body, None))
+                            if (p, offset) not in first_read:
+                                first_read[(p, offset)] = now
+                        seen.extend(o for o, _, _, _ in parsed)
+                        emit(p, core.on_copies(p, instance, parsed), agreement, reported, now)
+                        if watermark is not None:
+                            emit(p, core.on_watermark(p, instance, watermark), agreement, reported, now)
+                    metrics.copies.labels(instance).inc(len(seen) - copies)
                 agreement.flush()
-                metrics.copies.labels(instance).inc(len(seen))
                 # This event's copies, and the ones held for the same positions, may be
                 # acknowledged only once the transaction publishing the decisions that
                 # finished them has committed (Publisher.then); copies of positions not

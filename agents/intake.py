@@ -79,9 +79,13 @@ class BatchMessage(ConsumerMessage):
 
     ``records``: the aiokafka ConsumerRecords, in offset order (at least one);
     ``offset``: the last one's; ``ack_from``: the first offset this batch covers for
-    the commit (the one after the previous batch's last, or the first record's)."""
+    the commit (the one after the previous batch's last, or the first record's);
+    ``companions``: for a consumer that hands over one item per partition number
+    across its topics (``BatchConsumer.across_topics``), the batches of the same fetch
+    and partition number of the other topics, which travel with this one as one
+    stream item (:func:`members_of`); else empty."""
 
-    __slots__ = ("records", "ack_from")
+    __slots__ = ("records", "ack_from", "companions")
 
     def __init__(self, tp, records: list, ack_from: int, generation_id: int | None) -> None:
         last = records[-1]
@@ -89,6 +93,7 @@ class BatchMessage(ConsumerMessage):
                          None, None, None, None, 0, 0, tp, generation_id=generation_id)
         self.records = records
         self.ack_from = min(ack_from, records[0].offset)
+        self.companions: tuple[BatchMessage, ...] = ()
 
 
 class OneRecord(NamedTuple):
@@ -115,6 +120,12 @@ def records_of(message) -> list:
                       message.timestamp_type)]
 
 
+def members_of(message) -> tuple:
+    """The messages a stream item carries: a BatchMessage and its companions (one per
+    topic, all of one partition number and one fetch), or the item's message alone."""
+    return (message, *getattr(message, "companions", ()))
+
+
 def chunks(records: list, size: int) -> Iterable[list]:
     for start in range(0, len(records), size):
         yield records[start:start + size]
@@ -127,6 +138,11 @@ class BatchConsumer(_driver.Consumer):
 
     batch_topics: frozenset[str] = frozenset()
     batch_size: int = 256
+    # hand over what one fetch returned for one partition NUMBER of every batch topic
+    # as one item (the Clerk: partition p of every output topic carries copies of the
+    # same input partition p, and one item per topic made two rounds of its agent
+    # per event where one would do); else one item per topic-partition
+    across_topics: bool = False
     # the first record the producer failed to deliver (guard_delivery): from then on
     # nothing is committed
     undelivered: BaseException | None = None
@@ -410,6 +426,36 @@ class BatchConsumer(_driver.Consumer):
         if low < message.offset:
             self._gap[tp].addi(low, message.offset)
 
+    async def _hand_over(self, parts: list, generation: int, callback, suspend) -> bool:
+        """Hand over ``parts`` ([(tp, records, ack_from)], what one fetch returned for
+        each partition, the records at or after its read offset, at least one each) in
+        pieces of at most ``batch_size`` records per partition: the i-th pieces of all
+        of them travel as one item (the first one's BatchMessage, the others its
+        companions), in order, each partition's read offset moved past its piece once
+        the item is handed over. Returns False when a rebalance began meanwhile: the
+        rest is dropped and the read offsets are left to the rebalance
+        (:meth:`handing_over` says why)."""
+        read_offset = self._read_offset
+        pieces = [list(chunks(recs, self.batch_size)) for _, recs, _ in parts]
+        acks_from = [ack_from for _, _, ack_from in parts]
+        for i in range(max(len(p) for p in pieces)):
+            if not self.handing_over(generation):
+                return False
+            members = []
+            for j, (tp, _, _) in enumerate(parts):
+                if i < len(pieces[j]):
+                    message = BatchMessage(tp, pieces[j][i], acks_from[j], generation)
+                    self.cover(message)
+                    members.append((j, message))
+            first = members[0][1]
+            first.companions = tuple(message for _, message in members[1:])
+            await self.wait_first(callback(first), suspend())
+            if not self.handing_over(generation):
+                return False
+            for j, message in members:
+                acks_from[j] = read_offset[message.tp] = message.offset + 1
+        return True
+
     async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised on a real broker
         # Faust's own loop (faust/transport/consumer.py, Consumer._drain_messages), with
         # the per-record path kept for every topic but ``batch_topics``.
@@ -418,7 +464,6 @@ class BatchConsumer(_driver.Consumer):
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
         batch_topics = self.batch_topics
-        batch_size = self.batch_size
         to_message = self._to_message
         acks_enabled_for = self.app.topics.acks_enabled_for
         suspend = self.suspend_flow.wait
@@ -444,6 +489,7 @@ class BatchConsumer(_driver.Consumer):
                     continue
                 # records come after the wait, so after any rebalance's seek
                 generation = self.app.consumer_generation_id
+                across: dict[int, list] = {}  # partition number -> [(tp, records, ack_from)]
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break
@@ -457,6 +503,7 @@ class BatchConsumer(_driver.Consumer):
                             continue
                     if tp.topic in batch_topics:
                         if self._starts.get(tp) is not UNSOUGHT and not await self.queues_kept(generation):
+                            across.clear()  # a rebalance began, or the worker stops: hand nothing more over
                             break
                         if not await self.starts_where_sought(tp, recs[0].offset):
                             continue
@@ -465,17 +512,10 @@ class BatchConsumer(_driver.Consumer):
                         # keeps the last offset delivered instead); everything from it
                         # up to a batch's last record is that batch's to acknowledge.
                         ack_from = recs[0].offset if r_offset is None else r_offset
-                        for piece in chunks(recs, batch_size):
-                            if not self.handing_over(generation):
-                                break
-                            message = BatchMessage(tp, piece, ack_from, generation)
-                            self.cover(message)
-                            await self.wait_first(callback(message), suspend())
-                            if not self.handing_over(generation):
-                                # a rebalance began while it was handed over: leave the
-                                # read offset to the rebalance (handing_over says why)
-                                break
-                            ack_from = read_offset[tp] = message.offset + 1
+                        if self.across_topics:
+                            across.setdefault(tp.partition, []).append((tp, recs, ack_from))
+                        else:
+                            await self._hand_over([(tp, recs, ack_from)], generation, callback, suspend)
                         continue
                     acks_enabled = acks_enabled_for(tp.topic)
                     for record in recs:
@@ -485,6 +525,9 @@ class BatchConsumer(_driver.Consumer):
                             await self._add_gap(tp, r_offset + 1, offset)
                         await self.wait_first(callback(to_message(tp, record)), suspend())
                         read_offset[tp] = offset
+                for parts in across.values():
+                    if not await self._hand_over(parts, generation, callback, suspend):
+                        break
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -545,50 +588,78 @@ class OrderedAcks:
     later items); held here until every earlier item of its partition is finished, the
     acknowledged offsets always continue the committed ones.
 
-    ``read(item)`` when an item is taken, ``finish(item)`` when it may be acknowledged
-    (acknowledges it and every finished item after it, up to the first unfinished one),
-    ``forget(tps)`` for revoked partitions. Items are Faust events (``.message.tp``,
-    ``.ack()``)."""
+    An item that carries batches of several partitions (a BatchMessage and its
+    companions: :func:`members_of`) takes its place in each of their queues, and each
+    of its messages is acknowledged when its own partition's turn comes.
 
-    def __init__(self) -> None:
-        self._queues: dict = {}  # TP -> deque of [item, finished]
-        self._entries: dict = {}  # item -> its [item, finished] entry
+    ``read(item)`` when an item is taken, ``finish(item)`` when it may be acknowledged
+    (acknowledges what of it is at the head of its partitions' queues, and every
+    finished item after it, up to the first unfinished one), ``forget(tps)`` for
+    revoked partitions: every item with a message of one of them is forgotten. Items
+    are Faust events (``.message``, ``.ack()`` for the message itself); a companion is
+    acknowledged with ``ack_companion(message)`` (the consumer's ``ack``)."""
+
+    def __init__(self, ack_companion=None) -> None:
+        self._ack_companion = ack_companion
+        self._queues: dict = {}  # TP -> deque of [item, message, finished]
+        self._entries: dict = {}  # item -> its entries, one per message
 
     def read(self, item) -> None:
-        entry = [item, False]
-        self._entries[item] = entry
-        self._queues.setdefault(item.message.tp, deque()).append(entry)
+        entries = []
+        for message in members_of(item.message):
+            entry = [item, message, False]
+            entries.append(entry)
+            self._queues.setdefault(message.tp, deque()).append(entry)
+        self._entries[item] = entries
 
     def finish(self, item) -> None:
-        entry = self._entries.get(item)
-        if entry is None:  # its partition was revoked since
+        entries = self._entries.get(item)
+        if entries is None:  # its partition was revoked since
             return
-        entry[1] = True
-        queue = self._queues[item.message.tp]
-        while queue and queue[0][1]:
-            done, _ = queue.popleft()
-            del self._entries[done]
-            done.ack()
+        for entry in entries:
+            entry[2] = True
+        for entry in tuple(entries):  # (entries shrinks as they are acknowledged)
+            queue = self._queues[entry[1].tp]
+            while queue and queue[0][2]:
+                done, message, _ = queue.popleft()
+                if message is done.message:
+                    done.ack()
+                else:
+                    self._ack_companion(message)
+                left = self._entries[done]
+                left[:] = [e for e in left if e[1] is not message]
+                if not left:
+                    del self._entries[done]
 
     def waiting(self) -> int:
-        """Items read and not yet acknowledged."""
+        """Items read and not yet acknowledged in full."""
         return len(self._entries)
 
     def forget(self, tps: Iterable) -> None:
+        gone = set()
         for tp in tps:
-            for item, _ in self._queues.pop(tp, ()):
-                del self._entries[item]
+            for item, _, _ in self._queues.pop(tp, ()):
+                gone.add(item)
+        for item in gone:
+            for _, message, _ in self._entries.pop(item, ()):
+                queue = self._queues.get(message.tp)
+                if queue is not None:
+                    self._queues[message.tp] = deque(e for e in queue if e[0] is not item)
 
 
-def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=None) -> None:
+def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=None,
+            across_topics: bool = False) -> None:
     """Make ``app``'s consumer deliver ``topics`` in batches of at most ``batch_size``
     records. Call before the app's consumer is created (before the worker starts).
     ``in_progress``: for an app that holds messages unacknowledged on purpose, a
     callable returning the message its agent is working on, or None (see
     :meth:`BatchConsumer.wait_empty`); ``held``: for one that holds some messages
-    unacknowledged for good, a callable returning them (not waited for either)."""
+    unacknowledged for good, a callable returning them (not waited for either);
+    ``across_topics``: one item per partition number of a fetch across ``topics``
+    (:attr:`BatchConsumer.across_topics`), else one per topic-partition."""
     consumer_class = type("DocketBatchConsumer", (BatchConsumer,),
                           {"batch_topics": frozenset(topics), "batch_size": batch_size,
+                           "across_topics": across_topics,
                            "in_progress": staticmethod(in_progress) if in_progress is not None else None,
                            "held": staticmethod(held) if held is not None else None})
     app.transport.Consumer = consumer_class

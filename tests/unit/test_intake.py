@@ -17,8 +17,9 @@ from faust.transport import consumer as faust_consumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
+from agents import clerk as clerk_mod
 from agents import instance as instance_mod
-from agents.intake import FAUST_INTERNALS, BatchMessage, OrderedAcks, guard_delivery
+from agents.intake import FAUST_INTERNALS, BatchMessage, OrderedAcks, guard_delivery, members_of
 from app.batching import AIOKAFKA_INTERNALS
 from app.settings import SETTINGS, load
 
@@ -41,6 +42,16 @@ def app(settings, tmp_path):
     app.topics.add(app.agents["usher"].channel)
     asyncio.run(app.topics._update_indices())
     return app
+
+
+@pytest.fixture
+def clerk_app(settings, tmp_path):
+    """The Clerk's app: its consumer hands over one item per partition number across
+    the output topics (across_topics)."""
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    capp.topics.add(capp.agents["clerk"].channel)
+    asyncio.run(capp.topics._update_indices())
+    return capp
 
 
 def record(tp: TP, offset: int) -> ConsumerRecord:
@@ -259,6 +270,102 @@ async def test_a_revocation_while_an_item_is_handed_over_leaves_no_read_offset_b
                         on_item=lambda message: revoke(consumer, [tp]))
     assert [(m.records[0].offset, m.offset) for m in items] == [(895, 898)]  # no piece after the revocation
     assert consumer._read_offset.get(tp) is None
+
+
+def shape(item) -> list:
+    """An item as [(topic-partition, record offsets, ack_from)] per message it carries."""
+    return [(m.tp, [r.offset for r in m.records], m.ack_from) for m in members_of(item)]
+
+
+async def test_the_clerks_item_carries_every_output_topics_batch_of_one_partition(clerk_app, settings) -> None:
+    """ClerkItemAcrossOutputTopics, BatchWithinSize, BatchKeepsPartitionOffsetOrder:
+    the Clerk's consumer hands over what one fetch returned for partition p of every
+    output topic as ONE item: a batch of one topic with the other topics' batches of p
+    as its companions, each cut to DOCKET_BATCH_SIZE records, the i-th pieces
+    together; each partition's read offset moves past its own piece, so what was read
+    is not handed over again; partitions of different numbers never share an item."""
+    consumer = clerk_app.consumer
+    assert consumer.across_topics
+    a1, b1 = TP(settings.output_topic("a"), 1), TP(settings.output_topic("b"), 1)
+    a3, b2 = TP(settings.output_topic("a"), 3), TP(settings.output_topic("b"), 2)
+    fetches = [
+        {a1: [record(a1, o) for o in range(6)], b1: [record(b1, o) for o in range(3)], a3: [record(a3, 7)],
+         b2: [record(b2, 4)]},
+        {b1: [record(b1, o) for o in (2, 3, 5)], a1: [record(a1, 6)]},  # b1's 2 was read already
+    ]
+    items = await drain(consumer, fetches)
+    assert [shape(item) for item in items] == [
+        [(a1, [0, 1, 2, 3], 0), (b1, [0, 1, 2], 0)],
+        [(a1, [4, 5], 4)],
+        [(a3, [7], 7)],
+        [(b2, [4], 4)],
+        [(b1, [3, 5], 3), (a1, [6], 6)],
+    ]
+    assert {tp: consumer._read_offset[tp] for tp in (a1, b1, a3, b2)} == {a1: 7, b1: 6, a3: 8, b2: 5}
+    assert all(m.offset == m.records[-1].offset for item in items for m in members_of(item))
+
+
+async def test_a_revocation_while_the_clerks_item_is_handed_over_moves_no_read_offset(clerk_app, settings) -> None:
+    """NoReadOffsetAcrossARebalance, ClerkItemAcrossOutputTopics: a rebalance that begins
+    while an item of several output topics is handed over stops the hand-over, and the
+    read offset of none of its partitions is set again."""
+    consumer = clerk_app.consumer
+    a1, b1 = TP(settings.output_topic("a"), 1), TP(settings.output_topic("b"), 1)
+    consumer._read_offset[a1], consumer._read_offset[b1] = 10, 20
+    items = await drain(consumer, [{a1: [record(a1, o) for o in range(10, 20)],
+                                    b1: [record(b1, o) for o in range(20, 22)]}],
+                        on_item=lambda message: revoke(consumer, [a1, b1]))
+    assert [shape(item) for item in items] == [[(a1, [10, 11, 12, 13], 10), (b1, [20, 21], 20)]]
+    assert consumer._read_offset.get(a1) is None and consumer._read_offset.get(b1) is None
+
+
+def test_an_item_of_several_partitions_is_acknowledged_in_each_partitions_read_order(clerk_app, settings) -> None:
+    """ClerkItemAcrossOutputTopics, ClerkAcksOnlyFinalPositions, CommitOnlyAcknowledgedOffsets:
+    an item carrying batches of two output partitions takes its place in both
+    partitions' read order; each of its messages is acknowledged once it and every
+    earlier item of that partition are finished, so a later item of either partition
+    finished first waits for it; a revocation forgets every item touching the revoked
+    partitions."""
+    consumer = clerk_app.consumer
+    a, b = TP(settings.output_topic("a"), 0), TP(settings.output_topic("b"), 0)
+
+    class Item:  # a Faust event's message (with companions) and ack()
+        def __init__(self, *parts: tuple) -> None:
+            messages = [BatchMessage(tp, [record(tp, o) for o in offsets], offsets[0], None) for tp, offsets in parts]
+            for m in messages:
+                consumer.cover(m)
+            self.message = messages[0]
+            self.message.companions = tuple(messages[1:])
+
+        def ack(self) -> None:
+            consumer.ack(self.message)
+
+    acks = OrderedAcks(ack_companion=consumer.ack)
+    both, later_a, later_b = Item((a, [0]), (b, [0, 1])), Item((a, [1, 2])), Item((b, [2]))
+    for item in (both, later_a, later_b):
+        acks.read(item)
+    acks.finish(later_b)
+    acks.finish(later_a)
+    assert not any(m.acked for item in (both, later_a, later_b) for m in members_of(item.message))
+    assert consumer._new_offset(a) is None and consumer._new_offset(b) is None
+    acks.finish(both)
+    assert all(m.acked for item in (both, later_a, later_b) for m in members_of(item.message))
+    assert (consumer._new_offset(a), consumer._new_offset(b)) == (3, 3)
+    assert acks.waiting() == 0
+    # one partition's item finished, the other's earlier one not: only the first moves
+    early_b, pair = Item((b, [3])), Item((a, [3]), (b, [4]))
+    acks.read(early_b)
+    acks.read(pair)
+    acks.finish(pair)
+    assert pair.message.acked and not pair.message.companions[0].acked and acks.waiting() == 2
+    acks.finish(early_b)
+    assert pair.message.companions[0].acked and acks.waiting() == 0
+    # revoked: every item touching the partitions is forgotten, finishing it later does nothing
+    gone = Item((a, [4]), (b, [5]))
+    acks.read(gone)
+    acks.forget({a, b})
+    acks.finish(gone)
+    assert not any(m.acked for m in members_of(gone.message)) and acks.waiting() == 0
 
 
 def seeks(consumer, monkeypatch) -> list:

@@ -23,13 +23,15 @@ from typing import ClassVar
 import click
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 from faust.types.tuples import Message
 
 from agents import clerk as clerk_mod
 from agents import instance as instance_mod
 from agents import plumbing
 from agents.faults import FaultInjector, FaultSpec
-from agents.intake import OneRecord
+from agents.intake import BatchMessage, OneRecord, members_of
 from app.canonical import canonical, digest
 from app.records import partition_for, seal
 from app.settings import SETTINGS, load
@@ -496,6 +498,44 @@ async def test_clerk_handles_a_copy_batch_and_publishes_its_decisions_in_batches
         last = await put(out_a, batch("a", [copies[3]], 5))
         assert len(producer.sent(settings.results_topic)) == 4
         assert all(ev.message.acked for ev in (from_b, *bad, last))
+        assert capp.docket["acks"].waiting() == 0
+
+
+async def test_clerk_handles_one_item_carrying_every_output_topics_batch_of_a_partition(settings, tmp_path) -> None:
+    """ClerkItemAcrossOutputTopics: an item that carries a's and b's copy-batch records
+    of partition p (what the Clerk's consumer hands over when one fetch returned both)
+    decides in that item every position both copied; each copy counts for the instance
+    whose topic carried it. ClerkAcksOnlyFinalPositions: every message of the item is
+    acknowledged once its positions are final; an item whose positions lack a copy is
+    held, all of it, until a later item finishes them."""
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core, metrics = capp.docket["core"], capp.docket["metrics"]
+    p = 1
+    producer = claimed(capp, RecordingProducer(), p)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        async def put(*parts: tuple[str, int, bytes]):
+            """One item: a BatchMessage of the first (topic, offset, value), the others its companions."""
+            messages = [BatchMessage(TP(topic, p), [ConsumerRecord(topic, p, offset, int(time.time() * 1000), 1, None,
+                                                                   value, None, 0, len(value), [])], offset,
+                                     capp.consumer_generation_id)
+                        for topic, offset, value in parts]
+            messages[0].companions = tuple(messages[1:])
+            ctx.to_message = lambda *args, **kwargs: messages[0]
+            event = await ctx.put(None, partition=p)
+            await capp.docket["publisher"].settle()
+            return event
+
+        both = await put((out_a, 0, copy_value("a", 0, p)), (out_b, 0, copy_value("b", 0, p)))
+        assert [orjson.loads(e[3])["input"]["offset"] for _, e in producer.sent(settings.results_topic)] == [0]
+        assert all(m.acked for m in members_of(both.message))
+        assert metrics.copies.labels("a")._value.get() == 1 == metrics.copies.labels("b")._value.get()
+
+        crossed = await put((out_a, 1, copy_value("a", 1, p)), (out_b, 1, copy_value("b", 2, p)))
+        assert core.pending(p) == 2 and not any(m.acked for m in members_of(crossed.message))
+        closing = await put((out_b, 2, copy_value("b", 1, p)), (out_a, 2, copy_value("a", 2, p)))
+        assert [orjson.loads(e[3])["input"]["offset"] for _, e in producer.sent(settings.results_topic)] == [0, 1, 2]
+        assert all(m.acked for item in (crossed, closing) for m in members_of(item.message))
         assert capp.docket["acks"].waiting() == 0
 
 
