@@ -222,17 +222,26 @@ async def run(args: argparse.Namespace) -> int:
                     continue
                 failed += partial_failures(name, results[name])
         results["wall_s"] = round(time.time() - began)
-        # The README shows the latest complete run only.
-        complete = not (args.smoke or args.no_readme or args.only)
-        paths = report.write(results, Path(args.out), work, update_readme=complete)
+        paths = report.write(results, Path(args.out), work, update_readme=updates_readme(args, failed))
         say(f"report: {', '.join(str(p) for p in paths)}")
         print(report.summary(results))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if failed:
+            # what the failure's message points at (a worker's log) must still be there
+            say(f"the run's logs and data are kept in {work}; remove it when done")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if failed:
         say(f"failed: {', '.join(failed)}")
         return 1
     return 0
+
+
+def updates_readme(args: argparse.Namespace, failed: Sequence[str]) -> bool:
+    """The README shows the latest complete run only: every measurement, the full plan,
+    none failed (a failed one would replace its figures with the error), and not
+    ``--no-readme``."""
+    return not (args.smoke or args.no_readme or args.only or failed)
 
 
 def plan_of(args: argparse.Namespace) -> dict:

@@ -201,3 +201,14 @@ def test_sigterm_stops_the_soak_during_its_warden_measurement(tmp_path: Path) ->
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err, err
     assert subprocess.run(child, capture_output=True).returncode == 1, "the Warden measurement outlived the soak"
+
+
+def test_only_a_complete_run_without_a_failure_replaces_the_readme_table() -> None:
+    """`make bench` (bench/run.py) writes the README's table from a full run whose every
+    measurement came back; a failed one (2026-12-05: instance a exited while an HTTP
+    stack started) would have replaced the last complete run's figures with an error."""
+    full = run.parser().parse_args([])
+    assert run.updates_readme(full, [])
+    assert not run.updates_readme(full, ["http"])
+    for argv in (["--smoke"], ["--no-readme"], ["--only", "kafka_native"]):
+        assert not run.updates_readme(run.parser().parse_args(argv), [])
