@@ -54,10 +54,10 @@ MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_nativ
 # input partition is an instance batch and a Clerk transaction lane of its own per
 # cycle, so on 2 cores the count moves the low-latency rate by an order of magnitude.
 NATIVE_PARTITIONS = [8, 2]
-FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 2000, 5000, 10000], "native_duration_s": 20.0,
+FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000], "native_duration_s": 20.0,
         "native_partitions": NATIVE_PARTITIONS,
         "warmup_s": 40.0, "warmup_rate": 200, "idle_s": 10.0,
-        "http_rates": [100, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
+        "http_rates": [100, 300, 500, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
         "http_warmup_s": 10.0, "http_warmup_rate": 200, "http_floor_s": 20.0, "profile_s": 20.0}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50, "idle_s": 1.0,
          "native_partitions": NATIVE_PARTITIONS[:1],

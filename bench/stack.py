@@ -27,7 +27,7 @@ from app.settings import Settings
 from app.topics import create_topics
 from bench.common import say
 from chaos.stack import ROOT, Proc, component_env
-from launcher.broker import free_port, set_parent_death_signal
+from launcher.broker import free_ports, set_parent_death_signal
 
 
 def _get(url: str, timeout: float = 2.0) -> int | None:
@@ -49,7 +49,8 @@ class BenchStack:
         self.with_api = api
         self.ready_timeout_s = ready_timeout_s
         self.token = secrets.token_urlsafe(16)
-        self.ports = {role: free_port() for role in (*self.settings.instances, "clerk", "api")}
+        roles = (*self.settings.instances, "clerk", "api")
+        self.ports = dict(zip(roles, free_ports(len(roles)), strict=True))
         self.procs: dict[str, Proc] = {}
         self.api: subprocess.Popen | None = None
 

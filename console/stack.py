@@ -30,7 +30,7 @@ from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.settings import Settings
 from chaos.stack import BrokerKeeper, Proc, component_env
-from launcher.broker import HOST, free_port, running_pid
+from launcher.broker import HOST, free_port, free_ports, running_pid
 
 log = logging.getLogger("docket.console")
 
@@ -97,7 +97,8 @@ def build_procs(settings: Settings, data_dir: Path) -> tuple[dict[str, Proc], di
     port (/metrics), instance -> its live fault switch file (agents/faults.py)."""
     env = component_env(settings)
     logs = data_dir / "logs"
-    ports = {role: free_port() for role in (*INSTANCES, "clerk")}
+    roles = (*INSTANCES, "clerk")
+    ports = dict(zip(roles, free_ports(len(roles)), strict=True))
     files = {i: data_dir / "faults" / f"{i}.faults" for i in INSTANCES}
     procs = {i: Proc(i, env, settings.data_root / f"docket-{i}", logs,
                      args=("--web-port", str(ports[i]), "--faults-file", str(files[i]))) for i in INSTANCES}

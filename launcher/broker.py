@@ -422,9 +422,25 @@ def _port_free(port: int) -> bool:
 
 def free_port() -> int:
     """A port nobody listens on right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nobody listens on right now (the kernel's choices).
+
+    Every probe socket stays bound until all are chosen: the kernel picks the port of a
+    bind to port 0 afresh each time, so ports picked one after the other (each probe
+    closed before the next) can repeat, and two components of one stack would then
+    race for one port, the loser exiting while starting (about 1 in 2,300 stacks of
+    four with ~14,000 candidate ports; a birthday bound). Raises OSError when the
+    kernel has no free port left."""
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            sock = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((HOST, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def _controller_port(broker_dir: Path, broker_port: int) -> int:

@@ -41,7 +41,7 @@ import orjson
 import pytest
 
 from launcher import broker as launcher
-from launcher.broker import free_port, set_parent_death_signal
+from launcher.broker import free_ports, set_parent_death_signal
 from launcher.stack import STACK_LOG
 from tests.terminal import Terminal, members_of_group, plain
 
@@ -177,7 +177,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     except launcher.MissingTool as exc:  # e.g. a host whose tests use a Kafka container
         pytest.skip(f"make run needs the local broker: {exc.message}")
     root = tmp_path_factory.mktemp("make-run")
-    broker_port, api_port = free_port(), free_port()
+    broker_port, api_port, clerk_port, a_port, b_port = free_ports(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_") or k == "DOCKET_BROKER_CACHE"}
     env.update({
         "DOCKET_DATA_ROOT": str(root / "var"),
@@ -185,9 +185,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DOCKET_BROKER_PORT": str(broker_port),
         "DOCKET_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
         "DOCKET_API_PORT": str(api_port),
-        "DOCKET_CLERK_WEB_PORT": str(free_port()),
-        "DOCKET_INSTANCE_A_WEB_PORT": str(free_port()),
-        "DOCKET_INSTANCE_B_WEB_PORT": str(free_port()),
+        "DOCKET_CLERK_WEB_PORT": str(clerk_port),
+        "DOCKET_INSTANCE_A_WEB_PORT": str(a_port),
+        "DOCKET_INSTANCE_B_WEB_PORT": str(b_port),
         "DOCKET_PARTITIONS": "4",
         "PYTHONUNBUFFERED": "1",
     })

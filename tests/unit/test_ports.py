@@ -127,3 +127,16 @@ def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert f"Error: port {held_port} on {HOST} (this worker's web server, /metrics) is already in use" in err
     assert "--web-port" in err and "DOCKET_CLERK_WEB_PORT" in err
+
+
+def test_free_ports_are_distinct_and_free() -> None:
+    """The ports of one stack (launcher.broker.free_ports) never repeat: probed one at a
+    time, 200 bind-to-0 choices among the kernel's ~14,000 odd ports repeat one with a
+    probability of about 0.76, so this fails for a picker that closes each probe before
+    the next. Each is bindable once they are returned."""
+    from launcher.broker import free_ports
+
+    ports = free_ports(200)
+    assert len(ports) == 200
+    assert len(set(ports)) == 200, sorted(p for p in ports if ports.count(p) > 1)
+    assert all(bindable(HOST, port) for port in ports)
