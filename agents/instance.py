@@ -23,7 +23,7 @@ import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec, LiveFaults
 from agents.intake import guard_delivery
 from agents.intake import install as install_batch_intake
-from agents.intake import records_of
+from agents.intake import members_of, records_of
 from agents.plumbing import (STAGE_BUCKETS, ConfirmedOffsets, SideConsumer, check_topics, claim_data_dir, claim_domain,
                              faust_settings, observe_many, run_worker, worker_settings)
 from agents.usher import Usher
@@ -221,7 +221,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     # activation is committed; a worker with newer code resumes from there
     held: dict[int, list] = {}
     install_batch_intake(app, [settings.input_topic], settings.batch_size,
-                         held=lambda: [e.message for items in held.values() for e in items])
+                         held=lambda: [m for messages in held.values() for m in messages], across_partitions=True)
 
     judges_with = [d.version for d in versions.known.values()]
 
@@ -231,7 +231,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         sent = await app.producer.send(settings.status_topic, key, value, p, None, None)
         guard_delivery(app, sent, f"status of {instance_id} for partition {p}")
 
-    async def hold(p: int, event, blocked: Blocked) -> None:
+    async def hold(message, blocked: Blocked) -> None:
+        p = message.partition
         if p not in held:
             held[p] = []
             await announce_status(p, "blocked", blocked.offset, blocked.version, versions.remedy(blocked.version))
@@ -246,66 +247,91 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                         blocked.offset)
             metrics.blocked.labels(partition=str(p)).set(1)
             app.consumer.pause_partitions([TP(settings.input_topic, p)])
-        held[p].append(event)
+        held[p].append(message)
+
+    def acknowledge(event, message) -> None:
+        # the item's own message through its event (Faust's stream counts it), a
+        # companion through the consumer
+        if message is event.message:
+            event.ack()
+        else:
+            app.consumer.ack(message)
 
     @app.agent(input_topic, concurrency=1, name="usher")
     async def usher_agent(stream):
-        # One stream item per batch of one input partition (agents/intake.py), one
-        # acknowledgement per batch, at the end of this loop: after the batch's
-        # changelog and copy record are queued; never for a batch of a blocked partition.
+        # One stream item per fetch: a batch of each input partition it returned
+        # (agents/intake.py, UsherItemAcrossPartitions), each batch acknowledged once,
+        # at the end of this loop: after its changelog and copy record are queued;
+        # never a batch of a blocked partition.
         producer = app.producer
         intake = metrics.intake
         async for event in stream.noack().events():
-            msg = event.message
-            p = msg.partition
-            if p in usher.blocked:
-                await hold(p, event, usher.blocked[p])
+            members = []
+            for message in members_of(event.message):
+                blocked = usher.blocked.get(message.partition)
+                if blocked is None:
+                    members.append(message)
+                else:
+                    await hold(message, blocked)
+            if not members:
                 continue
             taken = time.time()  # metrics only
-            if p not in rebuilt:
-                warden.rebuild(p)
-                rebuilt.add(p)
+            batches = [records_of(message) for message in members]
+            for message, batch in zip(members, batches):
+                p = message.partition
+                if p not in rebuilt:
+                    warden.rebuild(p)
+                    rebuilt.add(p)
+                if p not in producer_clocked:
+                    clocked = next((r for r in batch if r.timestamp_type != LOG_APPEND_TIME), None)
+                    if clocked is not None:
+                        producer_clocked.add(p)
+                        log.warning("%s[%d]@%d carries a producer's timestamp (CreateTime): it moves no stream "
+                                    "time. Set message.timestamp.type=LogAppendTime on the topic again "
+                                    "(kafka-configs.sh --alter ... --add-config message.timestamp.type=LogAppendTime)",
+                                    settings.input_topic, p, clocked.offset)
             if not ready.is_set() and app.tables.recovery.completed.is_set():
                 announce()  # before this run's first copy record, so the log tells the truth
-            batch = records_of(msg)  # aiokafka's ConsumerRecords: what an InputRecord has
-            if p not in producer_clocked:
-                clocked = next((r for r in batch if r.timestamp_type != LOG_APPEND_TIME), None)
-                if clocked is not None:
-                    producer_clocked.add(p)
-                    log.warning("%s[%d]@%d carries a producer's timestamp (CreateTime): it moves no stream "
-                                "time. Set message.timestamp.type=LogAppendTime on the topic again "
-                                "(kafka-configs.sh --alter ... --add-config message.timestamp.type=LogAppendTime)",
-                                settings.input_topic, p, clocked.offset)
             if live is not None:
-                usher.faults = live.poll()  # on or off from this batch on, without a restart
+                usher.faults = live.poll()  # on or off from this item on, without a restart
             began = time.perf_counter()
-            outputs = usher.process(batch, committed)
+            outputs = usher.process(batches[0] if len(batches) == 1 else [r for b in batches for r in b], committed)
             evaluated = time.perf_counter()
             await store.flush()
-            blocked = usher.blocked.get(p)
-            # a blocked batch claims only the offsets below the activation it stopped at
-            watermark = batch[-1].offset + 1 if blocked is None else blocked.offset
-            sent = None
-            if outputs:
-                for value in seal_batch(instance_id, p, watermark, outputs):
-                    sent = await producer.send(output_name, None, value, p, None, None)
-                    guard_delivery(app, sent, f"copies of {output_name}[{p}]")
+            by_partition: dict[int, list] = {}
+            for output in outputs:
+                by_partition.setdefault(output.partition, []).append(output)
+            sent = []
+            for message, batch in zip(members, batches):
+                p = message.partition
+                blocked = usher.blocked.get(p)
+                # a blocked batch claims only the offsets below the activation it stopped at
+                watermark = batch[-1].offset + 1 if blocked is None else blocked.offset
+                mine = by_partition.get(p)
+                if mine:
+                    for value in seal_batch(instance_id, p, watermark, mine):
+                        fut = await producer.send(output_name, None, value, p, None, None)
+                        guard_delivery(app, fut, f"copies of {output_name}[{p}]")
+                    sent.append(fut)
+                processed[p] = watermark
             handed = time.perf_counter()
-            processed[p] = watermark
-            n = len(batch)
+            n = sum(len(b) for b in batches)
             metrics.events.inc(n)
-            metrics.batch.observe(n)
-            observe_many(intake, max(0.0, taken - batch[0].timestamp / 1000), n)
+            for batch in batches:
+                metrics.batch.observe(len(batch))
+                observe_many(intake, max(0.0, taken - batch[0].timestamp / 1000), len(batch))
             observe_many(metrics.evaluation, evaluated - began, n)
             observe_many(metrics.produce, handed - evaluated, n)
-            if sent is not None:
-                _time_acks(metrics.ack, [sent], handed, n)
-            for q, offset, version in usher.statuses(p, watermark):
-                await announce_status(q, "judging", offset, version)
-            if blocked is None:
-                event.ack()
-            else:
-                await hold(p, event, blocked)
+            _time_acks(metrics.ack, sent, handed, n)
+            for message, batch in zip(members, batches):
+                p = message.partition
+                for q, offset, version in usher.statuses(p, processed[p]):
+                    await announce_status(q, "judging", offset, version)
+                blocked = usher.blocked.get(p)
+                if blocked is None:
+                    acknowledge(event, message)
+                else:
+                    await hold(message, blocked)
 
     def announce() -> None:
         ready.set()

@@ -1,4 +1,5 @@
-"""Batch intake: a Faust consumer that hands a stream one item per (partition, fetch).
+"""Batch intake: a Faust consumer that hands a stream batches of one partition each, one
+item per fetch (an instance) or per partition and fetch (the Clerk).
 
 Faust delivers a topic record by record: for each one it builds a Message, awaits a
 race between the stream's queue and the flow-control event, builds an Event, and the
@@ -10,7 +11,10 @@ offset order, cut into pieces of at most ``batch_size``, travel as ONE
 every offset it covers (the records, and the offsets between them and the previous
 batch that hold no record for this consumer: transaction markers, aborted records)
 as acknowledged, so Faust's commit machinery works unchanged: offsets are committed
-only up to a batch whose processing has finished.
+only up to a batch whose processing has finished. An instance's consumer hands the
+batches of every input partition one fetch returned over as ONE item
+(``across_partitions``), the Clerk's those of one partition number across its
+output topics (``across_topics``); each batch in it keeps its own acknowledgement.
 
 Every other topic (the tables' changelogs, during recovery and for standbys) is
 delivered record by record exactly as Faust does.
@@ -143,6 +147,11 @@ class BatchConsumer(_driver.Consumer):
     # same input partition p, and one item per topic made two rounds of its agent
     # per event where one would do); else one item per topic-partition
     across_topics: bool = False
+    # hand over what one fetch returned for every partition of one batch topic as one
+    # item (the instances: each partition's batch is judged, flushed and sent on its
+    # own within the item, but the item costs one round of the agent and of Faust's
+    # stream, not one per partition); else one item per topic-partition
+    across_partitions: bool = False
     # the first record the producer failed to deliver (guard_delivery): from then on
     # nothing is committed
     undelivered: BaseException | None = None
@@ -489,7 +498,7 @@ class BatchConsumer(_driver.Consumer):
                     continue
                 # records come after the wait, so after any rebalance's seek
                 generation = self.app.consumer_generation_id
-                across: dict[int, list] = {}  # partition number -> [(tp, records, ack_from)]
+                across: dict = {}  # partition number or topic -> [(tp, records, ack_from)]
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break
@@ -514,6 +523,8 @@ class BatchConsumer(_driver.Consumer):
                         ack_from = recs[0].offset if r_offset is None else r_offset
                         if self.across_topics:
                             across.setdefault(tp.partition, []).append((tp, recs, ack_from))
+                        elif self.across_partitions:
+                            across.setdefault(tp.topic, []).append((tp, recs, ack_from))
                         else:
                             await self._hand_over([(tp, recs, ack_from)], generation, callback, suspend)
                         continue
@@ -648,7 +659,7 @@ class OrderedAcks:
 
 
 def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=None,
-            across_topics: bool = False) -> None:
+            across_topics: bool = False, across_partitions: bool = False) -> None:
     """Make ``app``'s consumer deliver ``topics`` in batches of at most ``batch_size``
     records. Call before the app's consumer is created (before the worker starts).
     ``in_progress``: for an app that holds messages unacknowledged on purpose, a
@@ -656,10 +667,14 @@ def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=
     :meth:`BatchConsumer.wait_empty`); ``held``: for one that holds some messages
     unacknowledged for good, a callable returning them (not waited for either);
     ``across_topics``: one item per partition number of a fetch across ``topics``
-    (:attr:`BatchConsumer.across_topics`), else one per topic-partition."""
+    (:attr:`BatchConsumer.across_topics`); ``across_partitions``: one item per topic of a
+    fetch across its partitions (:attr:`BatchConsumer.across_partitions`); else one per
+    topic-partition."""
+    if across_topics and across_partitions:
+        raise ValueError("an item goes across topics or across partitions, not both")
     consumer_class = type("DocketBatchConsumer", (BatchConsumer,),
                           {"batch_topics": frozenset(topics), "batch_size": batch_size,
-                           "across_topics": across_topics,
+                           "across_topics": across_topics, "across_partitions": across_partitions,
                            "in_progress": staticmethod(in_progress) if in_progress is not None else None,
                            "held": staticmethod(held) if held is not None else None})
     app.transport.Consumer = consumer_class

@@ -88,13 +88,16 @@ async def drain(consumer, fetches: list[dict], on_item=None) -> list:
     return delivered
 
 
-async def test_a_fetch_becomes_batches_of_one_partition_within_batch_size(app, settings) -> None:
+async def test_a_fetch_becomes_one_item_of_batches_of_one_partition_each(app, settings) -> None:
     """BatchWithinSize, BatchIsOnePartition, BatchKeepsPartitionOffsetOrder,
-    OneItemPerPartitionFetch: what one fetch returned for a partition of the input
-    topic travels as batches of at most DOCKET_BATCH_SIZE records of that partition, in
-    offset order; a record already read is not handed on again; any other topic (a
-    changelog, during recovery) is delivered record by record, as Faust does."""
+    OneItemPerPartitionFetch, UsherItemAcrossPartitions: what one fetch returned for
+    the partitions of the input topic travels as ONE item, a batch per partition (the
+    first a BatchMessage, the others its companions), each of at most DOCKET_BATCH_SIZE
+    records of that partition in offset order, the i-th pieces together; a record
+    already read is not handed on again; any other topic (a changelog, during recovery)
+    is delivered record by record, as Faust does."""
     consumer = app.consumer
+    assert consumer.across_partitions and not consumer.across_topics
     p1, p3 = TP(settings.input_topic, 1), TP(settings.input_topic, 3)
     changelog = TP(settings.app_id("a") + "-ledger-changelog", 1)
     fetches = [
@@ -102,16 +105,15 @@ async def test_a_fetch_becomes_batches_of_one_partition_within_batch_size(app, s
         {p1: [record(p1, o) for o in (8, 9, 10, 12)]},  # 8 and 9 were read already; 11 holds no record
     ]
     items = await drain(consumer, fetches)
-    batches = [(m.tp, [r.offset for r in m.records], m.ack_from, m.offset)
-               for m in items if isinstance(m, BatchMessage)]
-    assert batches == [
-        (p1, [0, 1, 2, 3], 0, 3), (p1, [4, 5, 6, 7], 4, 7), (p1, [8, 9], 8, 9),
-        (p3, [7], 7, 7),
-        (p1, [10, 12], 10, 12),
+    assert [shape(m) for m in items if isinstance(m, BatchMessage)] == [
+        [(p1, [0, 1, 2, 3], 0), (p3, [7], 7)], [(p1, [4, 5, 6, 7], 4)], [(p1, [8, 9], 8)],
+        [(p1, [10, 12], 10)],
     ]
+    assert [m.offset for m in items if isinstance(m, BatchMessage)] == [3, 7, 9, 12]
     plain = [m for m in items if not isinstance(m, BatchMessage)]
     assert [(type(m), m.tp, m.offset) for m in plain] == [(ConsumerMessage, changelog, 0)]
-    assert all(len(m.records) <= BATCH_SIZE for m in items if isinstance(m, BatchMessage))
+    assert all(len(m.records) <= BATCH_SIZE for item in items if isinstance(item, BatchMessage)
+               for m in members_of(item))
 
 
 def compiled_ack(consumer, message) -> None:
@@ -508,8 +510,9 @@ async def test_a_fetch_dropped_while_the_seek_runs_is_read_again_from_the_commit
     await recovery_seek(consumer)
     assert done == [(tp, 175)] and still_unsought == [[]]
     items = await drain(consumer, [{tp: [record(tp, o) for o in range(175, 460)], quiet: [record(quiet, 125)]}])
-    assert [r.offset for m in items if m.partition == 2 for r in m.records] == list(range(175, 460))
-    assert [r.offset for m in items if m.partition == 1 for r in m.records] == [125]
+    batches = [m for item in items for m in members_of(item)]
+    assert [r.offset for m in batches if m.partition == 2 for r in m.records] == list(range(175, 460))
+    assert [r.offset for m in batches if m.partition == 1 for r in m.records] == [125]
 
 
 async def test_nothing_is_handed_over_before_the_flow_resumes_after_the_seek(app, settings, monkeypatch) -> None:
@@ -730,3 +733,12 @@ def test_the_clerk_shortens_aiokafkas_concurrent_transactions_retry() -> None:
     source = inspect.getsource(sender.AddPartitionsToTxnHandler.handle_response)
     assert "error_type is ConcurrentTransactions" in source and "return BACKOFF_OVERRIDE" in source, (
         "aiokafka's AddPartitionsToTxn retry changed: check agents/clerk_publish.py CONCURRENT_TXN_RETRY_S")
+
+
+def test_an_item_goes_across_topics_or_across_partitions_not_both(app) -> None:
+    """UsherItemAcrossPartitions, ClerkItemAcrossOutputTopics: the two groupings of a
+    fetch are exclusive; asking for both is refused before any consumer exists."""
+    from agents.intake import install
+
+    with pytest.raises(ValueError, match="not both"):
+        install(app, ["t"], 4, across_topics=True, across_partitions=True)

@@ -34,6 +34,7 @@ from agents.faults import FaultInjector, FaultSpec
 from agents.intake import BatchMessage, OneRecord, members_of
 from app.canonical import canonical, digest
 from app.records import partition_for, seal
+from app.versions import Blocked
 from app.settings import SETTINGS, load
 from app.topics import topic_specs
 from tables.ledger import ENTITY_PREFIX
@@ -325,6 +326,68 @@ async def test_usher_agent_takes_batches_and_writes_changelog_then_one_copy_reco
     assert entities[ENTITY_PREFIX + b"stock:w2:s1"] == {"s": {"quantity": 4}, "v": 1, "o": 3}
     assert writes[-1][2] == clock_key(3)
     assert producer.batches < len(producer.sent(changelog))  # records went in batches
+
+
+async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(settings, tmp_path) -> None:
+    """UsherItemAcrossPartitions: an item that carries a batch of each of two input
+    partitions (what an instance's consumer hands over when one fetch returned both)
+    is judged in one Usher.process; each batch gets its own copy-batch record, on its
+    own partition, with its own watermark; every changelog record of the item reaches
+    the producer before the first copy record (ChangelogOrderPerBatch,
+    OutputFollowsItsEntityWrites); both batches are acknowledged (BatchAcknowledgedOnce),
+    the companion through the consumer. InstanceBlocksOnUnknownVersion: a batch of a
+    blocked partition in a later item is held unacknowledged and judged not at all,
+    while the item's other batch is judged and acknowledged."""
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+    app.producer = producer = RecordingProducer()
+    app.consumer.pause_partitions = lambda tps: None  # no broker to pause a partition at
+    usher = app.docket["usher"]
+    calls = []
+    process = usher.process
+
+    def recording(batch, committed):
+        calls.append([(r.partition, r.offset) for r in batch])
+        return process(batch, committed)
+
+    usher.process = recording
+    p1, p4 = partition_for(b"s1", PARTITIONS), partition_for(b"s4", PARTITIONS)
+    assert p1 != p4
+    input_topic, out_topic = settings.input_topic, settings.output_topic("a")
+    changelog = settings.app_id("a") + "-ledger-changelog"
+
+    def batch(p: int, first: int, *records: tuple[bytes, bytes]) -> BatchMessage:
+        return BatchMessage(TP(input_topic, p), [ConsumerRecord(input_topic, p, first + i, 1_000 + first + i, 1, key,
+                                                                value, None, len(key), len(value), [])
+                                                 for i, (key, value) in enumerate(records)],
+                            first, app.consumer_generation_id)
+
+    async with app.agents["usher"].test_context() as ctx:
+        async def put(*messages: BatchMessage):
+            messages[0].companions = tuple(messages[1:])
+            ctx.to_message = lambda *args, **kwargs: messages[0]
+            return await ctx.put(None, partition=messages[0].partition)
+
+        first = await put(batch(p1, 0, adjust("k0", "s1", 5), adjust("k1", "s1", -2)),
+                          batch(p4, 3, adjust("k2", "s4", 7)))
+        await until(lambda: len(producer.sent(out_topic)) == 2, "a copy record per batch")
+        assert calls == [[(p1, 0), (p1, 1), (p4, 3)]]
+        copies = producer.sent(out_topic)
+        shown = [(e[4], orjson.loads(e[3])["partition"], orjson.loads(e[3])["watermark"],
+                  [orjson.loads(c["body"])["input"]["offset"] for c in orjson.loads(e[3])["copies"]])
+                 for _, e in copies]
+        assert shown == [(p1, p1, 2, [0, 1]), (p4, p4, 4, [3])]
+        writes = producer.sent(changelog)
+        assert {e[4] for _, e in writes} == {p1, p4}
+        assert max(i for i, _ in writes) < min(i for i, _ in copies)
+        assert all(m.acked for m in members_of(first.message))
+
+        usher.blocked[p4] = Blocked(p4, 4, "v9")  # as an activation of a version this worker lacks leaves it
+        second = await put(batch(p4, 4, adjust("k3", "s4", 1)), batch(p1, 2, adjust("k4", "s1", 1)))
+        await until(lambda: len(producer.sent(out_topic)) == 3, "the unblocked batch's copy record")
+    assert calls[1] == [(p1, 2)]
+    assert orjson.loads(producer.sent(out_topic)[-1][1][3])["partition"] == p1
+    held, companion = members_of(second.message)
+    assert companion.acked and not held.acked
 
 
 async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(settings, tmp_path, caplog) -> None:
