@@ -262,6 +262,21 @@ async def put_batch(ctx, topic: str, partition: int, items: list[tuple[bytes | N
     return event
 
 
+def recorded_processing(app) -> list[list[tuple[int, int]]]:
+    """Wrap the instance app's Usher.process: the list returned gets, per call, the
+    (partition, offset) of every record it was given, in order."""
+    usher = app.docket["usher"]
+    calls: list[list[tuple[int, int]]] = []
+    process = usher.process
+
+    def recording(batch, committed):
+        calls.append([(r.partition, r.offset) for r in batch])
+        return process(batch, committed)
+
+    usher.process = recording
+    return calls
+
+
 async def test_usher_agent_takes_batches_and_writes_changelog_then_one_copy_record(settings, tmp_path) -> None:
     """UsherTakesBatch, BatchKeepsPartitionOffsetOrder, BatchIsOnePartition: each stream
     item is one partition's records in offset order, and the Usher gets exactly them.
@@ -281,15 +296,7 @@ async def test_usher_agent_takes_batches_and_writes_changelog_then_one_copy_reco
     is written once per batch."""
     app = instance_mod.build(settings, "a", tmp_path / "a")
     app.producer = producer = RecordingProducer()
-    usher = app.docket["usher"]
-    batches = []
-    process = usher.process
-
-    def recording(batch, committed):
-        batches.append([(r.partition, r.offset) for r in batch])
-        return process(batch, committed)
-
-    usher.process = recording
+    batches = recorded_processing(app)
     p1, p4 = partition_for(b"s1", PARTITIONS), partition_for(b"s4", PARTITIONS)
     assert p1 != p4
     input_topic = settings.input_topic
@@ -342,14 +349,7 @@ async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(s
     app.producer = producer = RecordingProducer()
     app.consumer.pause_partitions = lambda tps: None  # no broker to pause a partition at
     usher = app.docket["usher"]
-    calls = []
-    process = usher.process
-
-    def recording(batch, committed):
-        calls.append([(r.partition, r.offset) for r in batch])
-        return process(batch, committed)
-
-    usher.process = recording
+    calls = recorded_processing(app)
     p1, p4 = partition_for(b"s1", PARTITIONS), partition_for(b"s4", PARTITIONS)
     assert p1 != p4
     input_topic, out_topic = settings.input_topic, settings.output_topic("a")
