@@ -266,14 +266,15 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         producer = app.producer
         intake = metrics.intake
         async for event in stream.noack().events():
-            members = []
+            # Batches of partitions blocked before this item are held once the rest
+            # is done: until then the item's own message, even when it is one of
+            # them, keeps a rebalance's drain waiting (BatchConsumer.wait_empty).
+            members, parked = [], []
             for message in members_of(event.message):
-                blocked = usher.blocked.get(message.partition)
-                if blocked is None:
-                    members.append(message)
-                else:
-                    await hold(message, blocked)
+                (members if message.partition not in usher.blocked else parked).append(message)
             if not members:
+                for message in parked:
+                    await hold(message, usher.blocked[message.partition])
                 continue
             taken = time.time()  # metrics only
             batches = [records_of(message) for message in members]
@@ -302,11 +303,13 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             for output in outputs:
                 by_partition.setdefault(output.partition, []).append(output)
             sent = []
+            watermarks = []
             for message, batch in zip(members, batches):
                 p = message.partition
                 blocked = usher.blocked.get(p)
                 # a blocked batch claims only the offsets below the activation it stopped at
                 watermark = batch[-1].offset + 1 if blocked is None else blocked.offset
+                watermarks.append(watermark)
                 mine = by_partition.get(p)
                 if mine:
                     for value in seal_batch(instance_id, p, watermark, mine):
@@ -323,14 +326,17 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             observe_many(metrics.evaluation, evaluated - began, n)
             observe_many(metrics.produce, handed - evaluated, n)
             _time_acks(metrics.ack, sent, handed, n)
-            for message, batch in zip(members, batches):
-                p = message.partition
-                for q, offset, version in usher.statuses(p, processed[p]):
+            # (processed may be cleared by an assignment while this awaits: the
+            # watermarks are this item's own)
+            for message, watermark in zip(members, watermarks):
+                for q, offset, version in usher.statuses(message.partition, watermark):
                     await announce_status(q, "judging", offset, version)
-                blocked = usher.blocked.get(p)
-                if blocked is None:
+            for message in members:
+                if message.partition not in usher.blocked:
                     acknowledge(event, message)
-                else:
+            for message in (*members, *parked):
+                blocked = usher.blocked.get(message.partition)
+                if blocked is not None:
                     await hold(message, blocked)
 
     def announce() -> None:
