@@ -2,7 +2,7 @@
 then the report (bench/report.py): JSON, a Markdown table and PNG plots in
 bench/results/, and the README's benchmark section.
 
-    python -m bench.run                 # the full run (about 29 minutes on 2 cores)
+    python -m bench.run                 # the full run (about 36 minutes on 2 cores)
     python -m bench.run --smoke         # seconds per measurement: does the harness work?
 
 1. kafka_ceiling  Kafka's own ProducerPerformance / ConsumerPerformance
