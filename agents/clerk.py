@@ -321,6 +321,42 @@ def stale(msg, generation: int) -> bool:
     return item_generation is not None and item_generation != generation
 
 
+class Share:
+    """What one Clerk stream item carries of one partition number: a batch per output
+    topic that the item's fetch returned records of that partition for
+    (``messages``, in the item's order). The Clerk judges, holds and acknowledges an
+    item share by share (specs/clerk.allium ClerkItemAcrossPartitions), so a
+    partition revoked, fenced or claimed meanwhile concerns only its own share: the
+    other partitions' batches are still acknowledged, and their commits go on.
+    ``message`` and ``ack()`` are the item's event's (agents/intake.py OrderedAcks
+    acknowledges the event's own message through the event, the others as
+    companions)."""
+
+    __slots__ = ("event", "partition", "messages")
+
+    def __init__(self, event, partition: int, messages: tuple) -> None:
+        self.event = event
+        self.partition = partition
+        self.messages = messages
+
+    @property
+    def message(self):
+        return self.event.message
+
+    def ack(self) -> bool:
+        return self.event.ack()
+
+
+def shares_of(event) -> list[Share]:
+    """The shares of a Clerk stream item (``event``, whose message carries batches of
+    one or more output partitions: agents/intake.py members_of), by partition number
+    ascending."""
+    by_partition: dict[int, list] = {}
+    for member in members_of(event.message):
+        by_partition.setdefault(member.partition, []).append(member)
+    return [Share(event, p, tuple(by_partition[p])) for p in sorted(by_partition)]
+
+
 def build(settings: Settings, data_dir: Path, web_port: int | None):
     app = new_app(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port, "clerk"),
                                                "store": "memory://"})
@@ -335,8 +371,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     # copies are skipped (their owner reads them), and never claimed back, which would
     # fence the owner in turn
     fenced: set[int] = set()
-    # a copy-batch record's event is acknowledged once every position it carries is
-    # final: position -> the events waiting on it, event -> how many it waits on
+    # a share of an item (Share) is acknowledged once every position its copies carry
+    # is final: position -> the shares waiting on it, share -> how many it waits on
     held: dict[tuple[int, int], list] = defaultdict(list)
     waits: dict[object, int] = {}
     # and acknowledged in the order read (OrderedAcks says why)
@@ -346,7 +382,7 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
     instance_of = {settings.output_topic(i): i for i in settings.instances}
     in_progress: list = [None]  # the item the agent is working on
     # a rebalance waits for the item in progress, not for the copies held (module doc)
-    install_batch_intake(app, instance_of, settings.batch_size, across_topics=True,
+    install_batch_intake(app, instance_of, settings.batch_size, across_topics=True, across_partitions=True,
                          in_progress=lambda: None if in_progress[0] is None else in_progress[0].message)
 
     def forget(partition: int) -> None:
@@ -419,82 +455,90 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                 raise publisher.failure
             in_progress[0] = event
             try:
-                msg = event.message
-                p = msg.partition
-                if p in fenced or stale(msg, app.consumer_generation_id) or app.rebalancing:
+                for share in shares_of(event):  # a share per partition number (ClerkItemAcrossPartitions)
                     # (during a rebalance the item is read again after it, from the committed
                     # offsets; a claim now could fence the partition's next owner)
-                    continue
-                acks.read(event)
-                if not core.known(p):
-                    try:
-                        began = time.monotonic()
-                        # fences the previous owner: before the seed
-                        await producers.claim(p, lane_plan())
-                        claimed_s = time.monotonic() - began
-                        await tail.seed(core, p)
-                        log.info("claimed partition %d (transactional id %s) at %s[%d]@%d in %.0f ms (seed read in "
-                                 "%.0f ms)", p, producers.transactional_id(producers.lane(p)), msg.topic, p,
-                                 msg.offset, claimed_s * 1000, (time.monotonic() - began - claimed_s) * 1000)
-                    except PartitionLost:
-                        pass
-                    if not producers.owns(p):  # revoked meanwhile
-                        forget(p)
+                    if share.partition in fenced or stale(event.message, app.consumer_generation_id) \
+                            or app.rebalancing:
                         continue
-                now = time.time()  # metrics only
-                seen: list[int] = []  # input offsets this event carried copies of
-                reported: set[int] = set()  # input offsets of the divergences it led to
-                for member in members_of(msg):  # a batch per output topic (ClerkItemAcrossOutputTopics)
-                    # Who sent it is the topic it came on, not what it says about itself.
-                    instance = instance_of[member.topic]
-                    copies = len(seen)
-                    for rec in records_of(member):
-                        metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
-                        try:
-                            data = orjson.loads(rec.value)
-                            batch = data.get("copies", [])  # an older instance's watermark record has none
-                            watermark = data.get("watermark")
-                            if (not isinstance(batch, list) or (not batch and watermark is None)
-                                    or not (watermark is None or (type(watermark) is int and watermark >= 0))):
-                                raise TypeError("not a copy-batch record")
-                        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                            log.warning("ignoring an unreadable record on %s[%d]@%d", member.topic, p, rec.offset)
-                            continue
-                        parsed = []
-                        for copy in batch:
-                            try:
-                                body, offset = copy_body(copy)
-                                claimed = copy["digest"]
-                            except (KeyError, TypeError, AttributeError, ValueError):
-                                log.warning("ignoring an unreadable copy on %s[%d]@%d", member.topic, p, rec.offset)
-                                continue
-                            actual = digest(body)
-                            if actual != claimed:
-                                metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
-                            parsed.append((offset, actual, body, None))
-                            if (p, offset) not in first_read:
-                                first_read[(p, offset)] = now
-                        seen.extend(o for o, _, _, _ in parsed)
-                        emit(p, core.on_copies(p, instance, parsed), agreement, reported, now)
-                        if watermark is not None:
-                            emit(p, core.on_watermark(p, instance, watermark), agreement, reported, now)
-                    metrics.copies.labels(instance).inc(len(seen) - copies)
+                    await judge(share, agreement)
                 agreement.flush()
-                # This event's copies, and the ones held for the same positions, may be
-                # acknowledged only once the transaction publishing the decisions that
-                # finished them has committed (Publisher.then); copies of positions not
-                # final yet are held until a later item finishes them, or until a
-                # watermark gives them up (ClerkGivesUpUndecidedPosition).
-                finals = [offset for offset in seen if core.is_final(p, offset)]
-                finals += [offset for offset in reported.difference(seen) if core.is_final(p, offset)]
-                unfinished = set(seen).difference(finals)
-                if unfinished:
-                    waits[event] = len(unfinished)
-                    for offset in unfinished:
-                        held[(p, offset)].append(event)
-                publisher.then(p, _finisher(p, finals, None if unfinished else event))
             finally:
                 in_progress[0] = None  # finished, held or skipped
+
+    async def judge(share: Share, agreement: HistogramBatch) -> None:
+        """Judge the copy-batch records of one share of an item: the batches of one
+        partition number (a batch per output topic), held and acknowledged together;
+        ``agreement`` collects the agreement waits, flushed once per item."""
+        p = share.partition
+        acks.read(share, share.messages)
+        if not core.known(p):
+            try:
+                began = time.monotonic()
+                # fences the previous owner: before the seed
+                await producers.claim(p, lane_plan())
+                claimed_s = time.monotonic() - began
+                await tail.seed(core, p)
+                first = share.messages[0]
+                log.info("claimed partition %d (transactional id %s) at %s[%d]@%d in %.0f ms (seed read in %.0f ms)",
+                         p, producers.transactional_id(producers.lane(p)), first.topic, p, first.offset,
+                         claimed_s * 1000, (time.monotonic() - began - claimed_s) * 1000)
+            except PartitionLost:
+                pass
+            if not producers.owns(p):  # revoked meanwhile
+                forget(p)
+                return
+        now = time.time()  # metrics only
+        seen: list[int] = []  # input offsets this share carried copies of
+        reported: set[int] = set()  # input offsets of the divergences it led to
+        for member in share.messages:  # a batch per output topic (ClerkItemAcrossOutputTopics)
+            # Who sent it is the topic it came on, not what it says about itself.
+            instance = instance_of[member.topic]
+            copies = len(seen)
+            for rec in records_of(member):
+                metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
+                try:
+                    data = orjson.loads(rec.value)
+                    batch = data.get("copies", [])  # an older instance's watermark record has none
+                    watermark = data.get("watermark")
+                    if (not isinstance(batch, list) or (not batch and watermark is None)
+                            or not (watermark is None or (type(watermark) is int and watermark >= 0))):
+                        raise TypeError("not a copy-batch record")
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    log.warning("ignoring an unreadable record on %s[%d]@%d", member.topic, p, rec.offset)
+                    continue
+                parsed = []
+                for copy in batch:
+                    try:
+                        body, offset = copy_body(copy)
+                        claimed = copy["digest"]
+                    except (KeyError, TypeError, AttributeError, ValueError):
+                        log.warning("ignoring an unreadable copy on %s[%d]@%d", member.topic, p, rec.offset)
+                        continue
+                    actual = digest(body)
+                    if actual != claimed:
+                        metrics.corrupt.labels(instance).inc()  # the digest no longer covers the body
+                    parsed.append((offset, actual, body, None))
+                    if (p, offset) not in first_read:
+                        first_read[(p, offset)] = now
+                seen.extend(o for o, _, _, _ in parsed)
+                emit(p, core.on_copies(p, instance, parsed), agreement, reported, now)
+                if watermark is not None:
+                    emit(p, core.on_watermark(p, instance, watermark), agreement, reported, now)
+            metrics.copies.labels(instance).inc(len(seen) - copies)
+        # This share's copies, and the ones held for the same positions, may be
+        # acknowledged only once the transaction publishing the decisions that
+        # finished them has committed (Publisher.then); copies of positions not
+        # final yet are held until a later item finishes them, or until a
+        # watermark gives them up (ClerkGivesUpUndecidedPosition).
+        finals = [offset for offset in seen if core.is_final(p, offset)]
+        finals += [offset for offset in reported.difference(seen) if core.is_final(p, offset)]
+        unfinished = set(seen).difference(finals)
+        if unfinished:
+            waits[share] = len(unfinished)
+            for offset in unfinished:
+                held[(p, offset)].append(share)
+        publisher.then(p, _finisher(p, finals, None if unfinished else share))
 
     plan: list[frozenset[int] | None] = [None]  # lane_plan() of the current assignment
 
@@ -519,12 +563,12 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             every.update(range(count))
         return frozenset(every)
 
-    def _finisher(p: int, finals: list[int], event):
+    def _finisher(p: int, finals: list[int], share: Share | None):
         def finish() -> None:
             for offset in finals:
                 release(p, offset)
-            if event is not None:
-                acks.finish(event)
+            if share is not None:
+                acks.finish(share)
         return finish
 
     freeze = FreezeWatch(settings.session_timeout_ms / 1000)

@@ -1,5 +1,5 @@
 """Batch intake: a Faust consumer that hands a stream batches of one partition each, one
-item per fetch (an instance) or per partition and fetch (the Clerk).
+item per fetch.
 
 Faust delivers a topic record by record: for each one it builds a Message, awaits a
 race between the stream's queue and the flow-control event, builds an Event, and the
@@ -13,8 +13,9 @@ batch that hold no record for this consumer: transaction markers, aborted record
 as acknowledged, so Faust's commit machinery works unchanged: offsets are committed
 only up to a batch whose processing has finished. An instance's consumer hands the
 batches of every input partition one fetch returned over as ONE item
-(``across_partitions``), the Clerk's those of one partition number across its
-output topics (``across_topics``); each batch in it keeps its own acknowledgement.
+(``across_partitions``), the Clerk's those of every partition of every output topic
+(``across_topics`` and ``across_partitions``); each batch in it keeps its own
+acknowledgement.
 
 Every other topic (the tables' changelogs, during recovery and for standbys) is
 delivered record by record exactly as Faust does.
@@ -84,10 +85,10 @@ class BatchMessage(ConsumerMessage):
     ``records``: the aiokafka ConsumerRecords, in offset order (at least one);
     ``offset``: the last one's; ``ack_from``: the first offset this batch covers for
     the commit (the one after the previous batch's last, or the first record's);
-    ``companions``: for a consumer that hands over one item per partition number
-    across its topics (``BatchConsumer.across_topics``), the batches of the same fetch
-    and partition number of the other topics, which travel with this one as one
-    stream item (:func:`members_of`); else empty."""
+    ``companions``: for a consumer that hands over items across topics or partitions
+    (``BatchConsumer.across_topics``, ``across_partitions``), the other batches of the
+    same fetch that travel with this one as one stream item (:func:`members_of`);
+    else empty."""
 
     __slots__ = ("records", "ack_from", "companions")
 
@@ -125,8 +126,8 @@ def records_of(message) -> list:
 
 
 def members_of(message) -> tuple:
-    """The messages a stream item carries: a BatchMessage and its companions (one per
-    topic, all of one partition number and one fetch), or the item's message alone."""
+    """The messages a stream item carries: a BatchMessage and its companions (the
+    other batches of one fetch, one per topic-partition), or the item's message alone."""
     return (message, *getattr(message, "companions", ()))
 
 
@@ -143,14 +144,15 @@ class BatchConsumer(_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
     batch_size: int = 256
     # hand over what one fetch returned for one partition NUMBER of every batch topic
-    # as one item (the Clerk: partition p of every output topic carries copies of the
-    # same input partition p, and one item per topic made two rounds of its agent
-    # per event where one would do); else one item per topic-partition
+    # as one item (partition p of every Clerk source carries copies of the same input
+    # partition p, and one item per topic made two rounds of its agent per event
+    # where one would do); else one item per topic-partition
     across_topics: bool = False
     # hand over what one fetch returned for every partition of one batch topic as one
     # item (the instances: each partition's batch is judged, flushed and sent on its
     # own within the item, but the item costs one round of the agent and of Faust's
-    # stream, not one per partition); else one item per topic-partition
+    # stream, not one per partition); else one item per topic-partition. With
+    # across_topics too (the Clerk), one item per fetch.
     across_partitions: bool = False
     # the first record the producer failed to deliver (guard_delivery): from then on
     # nothing is committed
@@ -498,7 +500,7 @@ class BatchConsumer(_driver.Consumer):
                     continue
                 # records come after the wait, so after any rebalance's seek
                 generation = self.app.consumer_generation_id
-                across: dict = {}  # partition number or topic -> [(tp, records, ack_from)]
+                across: dict = {}  # (topic or None, partition or None) -> [(tp, records, ack_from)]
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break
@@ -521,10 +523,10 @@ class BatchConsumer(_driver.Consumer):
                         # keeps the last offset delivered instead); everything from it
                         # up to a batch's last record is that batch's to acknowledge.
                         ack_from = recs[0].offset if r_offset is None else r_offset
-                        if self.across_topics:
-                            across.setdefault(tp.partition, []).append((tp, recs, ack_from))
-                        elif self.across_partitions:
-                            across.setdefault(tp.topic, []).append((tp, recs, ack_from))
+                        if self.across_topics or self.across_partitions:
+                            key = (None if self.across_topics else tp.topic,
+                                   None if self.across_partitions else tp.partition)
+                            across.setdefault(key, []).append((tp, recs, ack_from))
                         else:
                             await self._hand_over([(tp, recs, ack_from)], generation, callback, suspend)
                         continue
@@ -607,17 +609,20 @@ class OrderedAcks:
     (acknowledges what of it is at the head of its partitions' queues, and every
     finished item after it, up to the first unfinished one), ``forget(tps)`` for
     revoked partitions: every item with a message of one of them is forgotten. Items
-    are Faust events (``.message``, ``.ack()`` for the message itself); a companion is
-    acknowledged with ``ack_companion(message)`` (the consumer's ``ack``)."""
+    are Faust events (``.message``, ``.ack()`` for the message itself) or shares of one
+    (``read(share, messages)``: only ``messages`` of the event's members, agents/clerk.py
+    Share: the Clerk holds and acknowledges an item partition by partition, so a
+    revoked partition forgets only its own share); a companion is acknowledged with
+    ``ack_companion(message)`` (the consumer's ``ack``)."""
 
     def __init__(self, ack_companion=None) -> None:
         self._ack_companion = ack_companion
         self._queues: dict = {}  # TP -> deque of [item, message, finished]
         self._entries: dict = {}  # item -> its entries, one per message
 
-    def read(self, item) -> None:
+    def read(self, item, messages=None) -> None:
         entries = []
-        for message in members_of(item.message):
+        for message in members_of(item.message) if messages is None else messages:
             entry = [item, message, False]
             entries.append(entry)
             self._queues.setdefault(message.tp, deque()).append(entry)
@@ -668,10 +673,9 @@ def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=
     unacknowledged for good, a callable returning them (not waited for either);
     ``across_topics``: one item per partition number of a fetch across ``topics``
     (:attr:`BatchConsumer.across_topics`); ``across_partitions``: one item per topic of a
-    fetch across its partitions (:attr:`BatchConsumer.across_partitions`); else one per
+    fetch across its partitions (:attr:`BatchConsumer.across_partitions`); both: one item
+    per fetch, a batch per topic-partition it returned records of; else one per
     topic-partition."""
-    if across_topics and across_partitions:
-        raise ValueError("an item goes across topics or across partitions, not both")
     consumer_class = type("DocketBatchConsumer", (BatchConsumer,),
                           {"batch_topics": frozenset(topics), "batch_size": batch_size,
                            "across_topics": across_topics, "across_partitions": across_partitions,

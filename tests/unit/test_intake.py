@@ -46,8 +46,8 @@ def app(settings, tmp_path):
 
 @pytest.fixture
 def clerk_app(settings, tmp_path):
-    """The Clerk's app: its consumer hands over one item per partition number across
-    the output topics (across_topics)."""
+    """The Clerk's app: its consumer hands over one item per fetch across the output
+    topics and their partitions (across_topics and across_partitions)."""
     capp = clerk_mod.build(settings, tmp_path / "clerk", None)
     capp.topics.add(capp.agents["clerk"].channel)
     asyncio.run(capp.topics._update_indices())
@@ -279,15 +279,15 @@ def shape(item) -> list:
     return [(m.tp, [r.offset for r in m.records], m.ack_from) for m in members_of(item)]
 
 
-async def test_the_clerks_item_carries_every_output_topics_batch_of_one_partition(clerk_app, settings) -> None:
-    """ClerkItemAcrossOutputTopics, BatchWithinSize, BatchKeepsPartitionOffsetOrder:
-    the Clerk's consumer hands over what one fetch returned for partition p of every
-    output topic as ONE item: a batch of one topic with the other topics' batches of p
-    as its companions, each cut to DOCKET_BATCH_SIZE records, the i-th pieces
-    together; each partition's read offset moves past its own piece, so what was read
-    is not handed over again; partitions of different numbers never share an item."""
+async def test_the_clerks_item_carries_every_output_partition_of_a_fetch(clerk_app, settings) -> None:
+    """ClerkItemAcrossOutputTopics, ClerkItemAcrossPartitions, BatchWithinSize,
+    BatchKeepsPartitionOffsetOrder: the Clerk's consumer hands over what one fetch
+    returned for every partition of every output topic as ONE item: a batch per
+    topic-partition (the first a BatchMessage, the others its companions), each cut to
+    DOCKET_BATCH_SIZE records, the i-th pieces together; each partition's read offset
+    moves past its own piece, so what was read is not handed over again."""
     consumer = clerk_app.consumer
-    assert consumer.across_topics
+    assert consumer.across_topics and consumer.across_partitions
     a1, b1 = TP(settings.output_topic("a"), 1), TP(settings.output_topic("b"), 1)
     a3, b2 = TP(settings.output_topic("a"), 3), TP(settings.output_topic("b"), 2)
     fetches = [
@@ -297,10 +297,8 @@ async def test_the_clerks_item_carries_every_output_topics_batch_of_one_partitio
     ]
     items = await drain(consumer, fetches)
     assert [shape(item) for item in items] == [
-        [(a1, [0, 1, 2, 3], 0), (b1, [0, 1, 2], 0)],
+        [(a1, [0, 1, 2, 3], 0), (b1, [0, 1, 2], 0), (a3, [7], 7), (b2, [4], 4)],
         [(a1, [4, 5], 4)],
-        [(a3, [7], 7)],
-        [(b2, [4], 4)],
         [(b1, [3, 5], 3), (a1, [6], 6)],
     ]
     assert {tp: consumer._read_offset[tp] for tp in (a1, b1, a3, b2)} == {a1: 7, b1: 6, a3: 8, b2: 5}
@@ -735,10 +733,19 @@ def test_the_clerk_shortens_aiokafkas_concurrent_transactions_retry() -> None:
         "aiokafka's AddPartitionsToTxn retry changed: check agents/clerk_publish.py CONCURRENT_TXN_RETRY_S")
 
 
-def test_an_item_goes_across_topics_or_across_partitions_not_both(app) -> None:
-    """UsherItemAcrossPartitions, ClerkItemAcrossOutputTopics: the two groupings of a
-    fetch are exclusive; asking for both is refused before any consumer exists."""
-    from agents.intake import install
-
-    with pytest.raises(ValueError, match="not both"):
-        install(app, ["t"], 4, across_topics=True, across_partitions=True)
+async def test_an_item_across_topics_only_or_partitions_only_keeps_the_other_apart(clerk_app, settings) -> None:
+    """OneItemPerPartitionFetch: a consumer across topics only puts the batches of one
+    partition number in an item, one across partitions only those of one topic; with
+    both (the Clerk, ClerkItemAcrossPartitions) one fetch is one item."""
+    consumer = clerk_app.consumer
+    a1, b1 = TP(settings.output_topic("a"), 1), TP(settings.output_topic("b"), 1)
+    a3, b3 = TP(settings.output_topic("a"), 3), TP(settings.output_topic("b"), 3)
+    fetch = {a1: [record(a1, 0)], b1: [record(b1, 0)], a3: [record(a3, 0)], b3: [record(b3, 0)]}
+    expected = {(True, False): [[a1, b1], [a3, b3]], (False, True): [[a1, a3], [b1, b3]],
+                (True, True): [[a1, b1, a3, b3]], (False, False): [[a1], [b1], [a3], [b3]]}
+    for (topics, partitions), grouping in expected.items():
+        consumer.across_topics, consumer.across_partitions = topics, partitions
+        for tp in fetch:
+            consumer._read_offset[tp] = None
+        items = await drain(consumer, [dict(fetch)])
+        assert [[m.tp for m in members_of(item)] for item in items] == grouping, (topics, partitions)

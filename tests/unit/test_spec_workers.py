@@ -602,6 +602,51 @@ async def test_clerk_handles_one_item_carrying_every_output_topics_batch_of_a_pa
         assert capp.docket["acks"].waiting() == 0
 
 
+async def test_clerk_judges_an_item_of_several_partitions_share_by_share(settings, tmp_path) -> None:
+    """ClerkItemAcrossPartitions: one item carries batches of two partitions; each
+    partition's share is judged, held and acknowledged on its own: partition 2's
+    decided positions are acknowledged while partition 1's held copy is not, and
+    revoking partition 1 forgets its share only (ClerkForgetsRevokedPartition), so
+    partition 2's later items are still acknowledged and its commits go on. A share
+    of a partition this worker was fenced out of is skipped, the rest of the item
+    judged (FencedClerkPublishesNothing)."""
+    from faust.types import TP
+
+    capp = clerk_mod.build(settings, tmp_path / "clerk", None)
+    core, fenced = capp.docket["core"], capp.docket["fenced"]
+    claimed(capp, RecordingProducer(), 1)
+    claimed(capp, RecordingProducer(), 3)
+    producer = claimed(capp, RecordingProducer(), 2)
+    out_a, out_b = settings.output_topic("a"), settings.output_topic("b")
+    async with capp.agents["clerk"].test_context() as ctx:
+        async def put(*parts: tuple[str, int, int, bytes]):
+            """One item of (topic, partition, offset, value) batches: the first a BatchMessage, the rest companions."""
+            messages = [BatchMessage(TP(topic, p), [ConsumerRecord(topic, p, offset, int(time.time() * 1000), 1, None,
+                                                                   value, None, 0, len(value), [])], offset,
+                                     capp.consumer_generation_id)
+                        for topic, p, offset, value in parts]
+            messages[0].companions = tuple(messages[1:])
+            ctx.to_message = lambda *args, **kwargs: messages[0]
+            await ctx.put(None, partition=parts[0][1])
+            await capp.docket["publisher"].settle()
+            return messages
+
+        held_1, a_2, b_2 = await put((out_a, 1, 0, copy_value("a", 0, 1)), (out_a, 2, 0, copy_value("a", 0, 2)),
+                                     (out_b, 2, 0, copy_value("b", 0, 2)))
+        assert [orjson.loads(e[3])["input"] for _, e in producer.sent(settings.results_topic)] == [
+            {"partition": 2, "offset": 0}]
+        assert a_2.acked and b_2.acked and not held_1.acked and core.pending(1) == 1
+
+        await capp.on_partitions_revoked.send(revoked={TP(out_a, 1), TP(out_b, 1)})
+        assert not core.known(1) and core.known(2)
+        fenced.add(3)
+        later = await put((out_a, 2, 1, copy_value("a", 1, 2)), (out_a, 3, 0, copy_value("a", 0, 3)),
+                          (out_b, 2, 1, copy_value("b", 1, 2)))
+        assert [orjson.loads(e[3])["input"]["offset"] for _, e in producer.sent(settings.results_topic)] == [0, 1]
+        assert later[0].acked and later[2].acked and not later[1].acked and core.pending(3) == 0
+        assert not held_1.acked and capp.docket["acks"].waiting() == 0
+
+
 async def test_clerk_goes_on_while_a_transaction_commits_and_acknowledges_after_it(settings, tmp_path) -> None:
     """ClerkPublishesWithoutWaiting: while an item's transaction commits, the agent goes
     on with the next items; their decisions wait for the next transaction of the
