@@ -44,6 +44,8 @@ PRIVATE_API: tuple[tuple[str, str, str, str], ...] = (
      "chaos/replay.py _partitions (._client.fetch_all_metadata())"),
     ("aiokafka", "aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetch_max_wait_ms",
      "app/faust_tuning.py (set before the consumer starts)"),
+    ("aiokafka", "aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetch_min_bytes",
+     "app/faust_tuning.py (set before the consumer starts)"),
     ("aiokafka", "aiokafka.consumer.consumer:AIOKafkaConsumer", "_isolation_level",
      "app/faust_tuning.py (set before the consumer starts)"),
     ("aiokafka", "aiokafka.admin.client:AIOKafkaAdminClient", "_client", "launcher/stack.py group_states (._client.send)"),

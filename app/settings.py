@@ -64,6 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
             "not compared), and how far past a position whose copies disagree the others go before it is "
             "reported diverged instead of waiting for such an instance's copy"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
+    Setting("DOCKET_FETCH_MIN_BYTES", "1048576", "bytes of records a worker's Kafka fetch waits for, up to DOCKET_FETCH_MAX_WAIT_MS (Kafka's fetch.min.bytes; 1 returns at the first record)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
@@ -282,6 +283,7 @@ class Settings:
     required_copies: int
     max_lag: int
     fetch_max_wait_ms: int
+    fetch_min_bytes: int
     session_timeout_ms: int
     commit_check_interval_ms: int
     idempotency_ttl_ms: int
@@ -417,6 +419,7 @@ def load() -> Settings:
         required_copies=required,
         max_lag=_int("DOCKET_MAX_LAG", 1),
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
+        fetch_min_bytes=_int("DOCKET_FETCH_MIN_BYTES", 1),
         session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
         commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),

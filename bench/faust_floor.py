@@ -98,6 +98,7 @@ async def measure(settings: Settings, work: Path, *, smoke: bool = False) -> dic
                "DOCKET_KAFKA_BOOTSTRAP": bootstrap,
                "DOCKET_PARTITIONS": str(settings.partitions),
                "DOCKET_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
+               "DOCKET_FETCH_MIN_BYTES": str(settings.fetch_min_bytes),
                "DOCKET_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
                "DOCKET_LOG_LEVEL": settings.log_level,
                "BENCH_FAUST_APP_ID": app_id,

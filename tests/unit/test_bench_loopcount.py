@@ -105,12 +105,14 @@ def test_the_workers_environment_keeps_the_counters_variables(monkeypatch) -> No
     from app.settings import load
     from chaos.stack import component_env
 
-    settings = dataclasses.replace(load(), fetch_max_wait_ms=37)
+    settings = dataclasses.replace(load(), fetch_max_wait_ms=37, fetch_min_bytes=4096)
     monkeypatch.setenv("DOCKET_LOOPCOUNT_DIR", "/tmp/loops")
     monkeypatch.setenv("DOCKET_FETCH_MAX_WAIT_MS", "999")  # a setting: from the Settings only
+    monkeypatch.setenv("DOCKET_FETCH_MIN_BYTES", "1")
     env = component_env(settings)
     assert env["DOCKET_LOOPCOUNT_DIR"] == "/tmp/loops"
     assert env["DOCKET_FETCH_MAX_WAIT_MS"] == "37"
+    assert env["DOCKET_FETCH_MIN_BYTES"] == "4096"  # the stack's workers fetch as its settings say
 
 
 @pytest.mark.parametrize("raw", ["soon", "0", "-1", "nan"])

@@ -309,3 +309,33 @@ def test_a_data_directory_serves_one_domain(tmp_path) -> None:
     with pytest.raises(click.ClickException, match=r"holds the state of domain 'inventory', not 'accounts'.*make clean"):
         claim_domain(data, "accounts")
     assert (data / DOMAIN_MARK).read_text() == "inventory\n"
+
+
+@pytest.mark.parametrize("role", ["instance", "clerk"])
+def test_fetch_waits_for_a_round_worker_consumer_takes_min_bytes_and_max_wait(settings, tmp_path, monkeypatch,
+                                                                             role) -> None:
+    """FetchWaitsForARound: the Kafka consumer Faust builds for an instance's or the
+    Clerk's worker asks for DOCKET_FETCH_MIN_BYTES and waits at most
+    DOCKET_FETCH_MAX_WAIT_MS (aiokafka's fetch_min_bytes, fetch_max_wait_ms), reading
+    committed records only; aiokafka's own defaults (1 byte, 500 ms) and Faust's
+    (1,500 ms) are not what runs. Built, never started: nothing connects."""
+    monkeypatch.setenv("DOCKET_FETCH_MIN_BYTES", "4096")
+    monkeypatch.setenv("DOCKET_FETCH_MAX_WAIT_MS", "37")
+    settings = load()
+    assert (settings.fetch_min_bytes, settings.fetch_max_wait_ms) == (4096, 37)
+    app = (instance_mod.build(settings, "a", tmp_path / "a") if role == "instance"
+           else clerk_mod.build(settings, tmp_path / "clerk", None))
+
+    async def create():  # aiokafka binds its consumer to the running loop
+        return app.consumer._thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(create())
+    assert consumer._fetch_min_bytes == 4096
+    assert consumer._fetch_max_wait_ms == 37
+    assert consumer._isolation_level == "read_committed"
+
+
+def test_fetch_waits_for_a_round_defaults_a_mebibyte_and_20_ms(settings) -> None:
+    """FetchWaitsForARound: by default a worker's fetch waits for 1 MiB or 20 ms
+    (specs/core.allium fetch_min_bytes, fetch_max_wait), whichever comes first."""
+    assert (settings.fetch_min_bytes, settings.fetch_max_wait_ms) == (1_048_576, 20)

@@ -80,6 +80,8 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_PARTITIONS", "eight", "DOCKET_PARTITIONS='eight' is not a whole number"),
         ("DOCKET_PARTITIONS", "0", "DOCKET_PARTITIONS=0 must be at least 1"),
         ("DOCKET_BROKER_PORT", "-1", "DOCKET_BROKER_PORT=-1 must be at least 1"),
+        ("DOCKET_FETCH_MIN_BYTES", "0", "DOCKET_FETCH_MIN_BYTES=0 must be at least 1"),
+        ("DOCKET_FETCH_MIN_BYTES", "1MiB", "DOCKET_FETCH_MIN_BYTES='1MiB' is not a whole number"),
         ("DOCKET_TOPIC_PREFIX", "bad/prefix", "DOCKET_TOPIC_PREFIX='bad/prefix' may only use"),
         ("DOCKET_INSTANCES", " , ", "DOCKET_INSTANCES names no instance"),
         ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
