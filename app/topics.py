@@ -32,6 +32,12 @@ TIMESTAMP_TYPE = "message.timestamp.type"
 BROKER_TIME = "LogAppendTime"
 _BROKER_TIME = {TIMESTAMP_TYPE: BROKER_TIME}
 
+# The entities topic's segments roll after ENTITIES_ROLL_MS less a random jitter of at
+# most ENTITIES_ROLL_JITTER_MS (Kafka's segment.ms and segment.jitter.ms), so the
+# partitions are cleaned one by one through the minute instead of all at once.
+ENTITIES_ROLL_MS = 60_000
+ENTITIES_ROLL_JITTER_MS = 30_000
+
 
 class TopicError(click.ClickException):
     """Topics could not be created or have the wrong shape; the message says what to do.
@@ -85,8 +91,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.entities_topic, p, {**_BROKER_TIME, "cleanup.policy": "compact",
                                                 # roll and clean often: a reader at start-up
                                                 # should meet about one record per entity
-                                                "segment.ms": "60000",
-                                                "min.cleanable.dirty.ratio": "0.1"}),
+                                                "segment.ms": str(ENTITIES_ROLL_MS),
+                                                "min.cleanable.dirty.ratio": "0.1",
+                                                # each partition's segment rolls 30 to 60 s
+                                                # after the last, at a random point: cleaned
+                                                # together, the 8 partitions' minute took the
+                                                # box's cores at once (docs/performance.md,
+                                                # "The soak's tail")
+                                                "segment.jitter.ms": str(ENTITIES_ROLL_JITTER_MS)}),
         # a record per (instance, input partition) whose state others must see, on that
         # partition: few, rare
         TopicSpec(settings.status_topic, p, {**_BROKER_TIME, "cleanup.policy": "compact"}),

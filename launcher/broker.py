@@ -259,6 +259,10 @@ def _broker_properties(port: int, controller_port: int, data_dir: Path) -> dict[
         "log.retention.ms": "-1",
         "log.retention.bytes": str(256 * 1024 * 1024),
         "log.segment.bytes": str(64 * 1024 * 1024),
+        # The log cleaner looks for a log to clean every second when it found none
+        # (Kafka's default, 15 s, gathers the entities partitions that rolled meanwhile
+        # into one burst of cleaning: app/topics.py ENTITIES_ROLL_JITTER_MS).
+        "log.cleaner.backoff.ms": "1000",
     }
 
 

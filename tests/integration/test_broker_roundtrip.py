@@ -3,6 +3,7 @@ the partition the Java client would pick, which is what co-partitioning relies o
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -133,6 +134,34 @@ async def test_create_topics_is_idempotent_and_rejects_other_partition_counts(do
                                                    rf"{docket_settings.partitions} partitions.*set it to "
                                                    rf"{docket_settings.partitions}"):
         await check_topics(wrong, topics)
+
+
+async def test_the_entities_topic_the_broker_holds_rolls_apart(docket_settings) -> None:
+    """EntitiesPartitionsRollApart: the entities topic `create_topics` made (the fixture
+    did) has, on the broker, the segment roll and jitter app/topics.py asks for."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from app.topics import ENTITIES_ROLL_JITTER_MS, ENTITIES_ROLL_MS, SETTLE_S
+
+    admin = await connect_admin(docket_settings.kafka_bootstrap)
+    try:
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            [response] = await admin.describe_configs([ConfigResource(
+                ConfigResourceType.TOPIC, docket_settings.entities_topic,
+                {"segment.ms": None, "segment.jitter.ms": None})])
+            [(error, *_rest, entries)] = [tuple(r) for r in response.resources]
+            # a topic just created may not be in the broker's metadata yet (error 3,
+            # UNKNOWN_TOPIC_OR_PARTITION): wait for it, up to SETTLE_S
+            if error != 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    assert error == 0, response
+    configs = {e[0]: e[1] for e in entries}
+    assert configs["segment.ms"] == str(ENTITIES_ROLL_MS)
+    assert configs["segment.jitter.ms"] == str(ENTITIES_ROLL_JITTER_MS)
 
 
 def test_an_instance_creates_its_ledger_changelog_before_it_starts(docket_settings) -> None:

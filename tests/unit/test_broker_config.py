@@ -43,6 +43,8 @@ def test_group_and_topic_behaviour() -> None:
     # Event-time records may be old; time-based retention must not delete them.
     assert p["log.retention.ms"] == "-1"
     assert 0 < int(p["log.retention.bytes"])
+    # the cleaner takes each entities partition soon after it rolls (app/topics.py)
+    assert int(p["log.cleaner.backoff.ms"]) <= 1000
 
 
 def test_kraft_combined_node_on_loopback_only() -> None:

@@ -1253,6 +1253,20 @@ def test_topic_definitions(settings) -> None:
         assert "cleanup.policy" not in specs[name].configs
 
 
+def test_entities_partitions_roll_apart(settings) -> None:
+    """EntitiesPartitionsRollApart: the entities topic rolls a segment every minute,
+    less a random jitter that is more than nothing and less than the minute (Kafka's
+    segment.ms and segment.jitter.ms), so its partitions are not cleaned all at once;
+    no other topic sets either."""
+    specs = {t.name: t for t in topic_specs(settings)}
+    entities = specs[settings.entities_topic].configs
+    assert int(entities["segment.ms"]) == 60_000
+    assert 0 < int(entities["segment.jitter.ms"]) < int(entities["segment.ms"])
+    for name in settings.all_topics():
+        if name != settings.entities_topic:
+            assert not {"segment.ms", "segment.jitter.ms"} & set(specs[name].configs), name
+
+
 def test_the_changelog_an_instance_creates_is_the_one_its_table_writes(settings, tmp_path) -> None:
     """ChangelogBeforeWorker: the topic an instance worker creates before it starts
     (app/topics.py changelog_spec) is its Ledger table's changelog as Faust names it,
