@@ -34,7 +34,9 @@ _BROKER_TIME = {TIMESTAMP_TYPE: BROKER_TIME}
 
 # The entities topic's segments roll after ENTITIES_ROLL_MS less a random jitter of at
 # most ENTITIES_ROLL_JITTER_MS (Kafka's segment.ms and segment.jitter.ms), so the
-# partitions are cleaned one by one through the minute instead of all at once.
+# partitions are cleaned one by one through the minute instead of all at once: rolled
+# together, their cleaning filled the box's two cores for most of a second every minute
+# (docs/performance.md, "The soak's tail").
 ENTITIES_ROLL_MS = 60_000
 ENTITIES_ROLL_JITTER_MS = 30_000
 
@@ -93,11 +95,6 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                                                 # should meet about one record per entity
                                                 "segment.ms": str(ENTITIES_ROLL_MS),
                                                 "min.cleanable.dirty.ratio": "0.1",
-                                                # each partition's segment rolls 30 to 60 s
-                                                # after the last, at a random point: cleaned
-                                                # together, the 8 partitions' minute took the
-                                                # box's cores at once (docs/performance.md,
-                                                # "The soak's tail")
                                                 "segment.jitter.ms": str(ENTITIES_ROLL_JITTER_MS)}),
         # a record per (instance, input partition) whose state others must see, on that
         # partition: few, rare

@@ -3,7 +3,6 @@ the partition the Java client would pick, which is what co-partitioning relies o
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -142,23 +141,24 @@ async def test_the_entities_topic_the_broker_holds_rolls_apart(docket_settings) 
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     from app.topics import ENTITIES_ROLL_JITTER_MS, ENTITIES_ROLL_MS, SETTLE_S
+    from tests.integration.procs import wait_for
+
+    async def described():
+        [response] = await admin.describe_configs([ConfigResource(
+            ConfigResourceType.TOPIC, docket_settings.entities_topic,
+            {"segment.ms": None, "segment.jitter.ms": None})])
+        [(error, *_rest, entries)] = [tuple(r) for r in response.resources]
+        # a topic just created may not be in the broker's metadata yet (error 3,
+        # UNKNOWN_TOPIC_OR_PARTITION)
+        return None if error == 3 else (error, entries)
 
     admin = await connect_admin(docket_settings.kafka_bootstrap)
     try:
-        deadline = time.monotonic() + SETTLE_S
-        while True:
-            [response] = await admin.describe_configs([ConfigResource(
-                ConfigResourceType.TOPIC, docket_settings.entities_topic,
-                {"segment.ms": None, "segment.jitter.ms": None})])
-            [(error, *_rest, entries)] = [tuple(r) for r in response.resources]
-            # a topic just created may not be in the broker's metadata yet (error 3,
-            # UNKNOWN_TOPIC_OR_PARTITION): wait for it, up to SETTLE_S
-            if error != 3 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+        error, entries = await wait_for(described, SETTLE_S, "the entities topic in the broker's metadata",
+                                        interval_s=0.1)
     finally:
         await admin.close()
-    assert error == 0, response
+    assert error == 0, entries
     configs = {e[0]: e[1] for e in entries}
     assert configs["segment.ms"] == str(ENTITIES_ROLL_MS)
     assert configs["segment.jitter.ms"] == str(ENTITIES_ROLL_JITTER_MS)
