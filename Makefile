@@ -78,7 +78,7 @@ CONSOLE_ARGS ?=
 console: $(STAMP) broker-fetch
 	@$(BIN)/docket console $(CONSOLE_ARGS)
 
-# The six benchmarks of bench/run.py on a broker of their own (about 29 minutes on 2
+# The seven benchmarks of bench/run.py on a broker of their own (about 37 minutes on 2
 # cores); the report (JSON, Markdown, PNG plots, py-spy stacks) goes to bench/results/
 # and its summary into the README. Options: BENCH_ARGS="--only kafka_native --native-rates 100 200".
 BENCH_ARGS ?=

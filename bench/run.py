@@ -1,8 +1,8 @@
-"""`make bench`: the six measurements, one after the other on one broker of their own,
+"""`make bench`: the seven measurements, one after the other on one broker of their own,
 then the report (bench/report.py): JSON, a Markdown table and PNG plots in
 bench/results/, and the README's benchmark section.
 
-    python -m bench.run                 # the full run (about 36 minutes on 2 cores)
+    python -m bench.run                 # the full run (about 37 minutes on 2 cores)
     python -m bench.run --smoke         # seconds per measurement: does the harness work?
 
 1. kafka_ceiling  Kafka's own ProducerPerformance / ConsumerPerformance
@@ -10,8 +10,10 @@ bench/results/, and the README's benchmark section.
 3. faust_floor    a plain one-agent Faust app updating a RocksDB table per event
 4. quix           a plain Quix Streams app (librdkafka) doing docket's inventory arithmetic
                   per event on RocksDB state, one output record per event
-5. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
-6. http           docket over its REST API with vegeta, fixed rates, server-side stages,
+5. drain          docket working off a backlog (closed model, as the Faust floor and Quix
+                  are measured): results/s and each process's CPU per event
+6. kafka_native   docket end to end over Kafka, open-model rate sweep (+ py-spy profiles)
+7. http           docket over its REST API with vegeta, fixed rates, server-side stages,
                   each process's CPU per request; then the same rates against a plain
                   aiohttp app (the HTTP floor)
 
@@ -48,7 +50,7 @@ from launcher.broker import running_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_native", "http"]
+MEASUREMENTS = ["kafka_ceiling", "aiokafka", "faust_floor", "quix", "drain", "kafka_native", "http"]
 # Partition counts of the Kafka-native sweeps: the default's first (the headline, the
 # profile), then 2, the fewest that still lets a role scale out to two workers. Each
 # input partition is an instance batch and a Clerk transaction lane of its own per
@@ -58,11 +60,13 @@ FULL = {"native_rates": [50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500, 2000
         "native_partitions": NATIVE_PARTITIONS,
         "warmup_s": 40.0, "warmup_rate": 200, "idle_s": 10.0,
         "http_rates": [100, 300, 500, 1000, 2000, 3000, 5000], "http_duration_s": 60.0, "http_partitions": NATIVE_PARTITIONS,
-        "http_warmup_s": 10.0, "http_warmup_rate": 200, "http_floor_s": 20.0, "profile_s": 20.0}
+        "http_warmup_s": 10.0, "http_warmup_rate": 200, "http_floor_s": 20.0, "profile_s": 20.0,
+        "drain_events": 150_000}
 SMOKE = {"native_rates": [50, 100], "native_duration_s": 3.0, "warmup_s": 2.0, "warmup_rate": 50, "idle_s": 1.0,
          "native_partitions": NATIVE_PARTITIONS[:1],
          "http_rates": [50], "http_duration_s": 3.0, "http_partitions": NATIVE_PARTITIONS[:1],
-         "http_warmup_s": 1.0, "http_warmup_rate": 50, "http_floor_s": 3.0, "profile_s": 0.0}
+         "http_warmup_s": 1.0, "http_warmup_rate": 50, "http_floor_s": 3.0, "profile_s": 0.0,
+         "drain_events": 2_000}
 
 
 async def baseline(name: str, settings: Settings, work: Path, smoke: bool) -> dict:
@@ -76,6 +80,24 @@ async def quix(settings: Settings, work: Path, smoke: bool, events: int | None) 
 
     say("quix ...")
     return await module.measure(settings, work / "quix", smoke=smoke, events=events)
+
+
+async def drain_backlog(settings: Settings, work: Path, events: int) -> dict:
+    """docket's capacity measured as the Faust floor's is: ``events`` inventory events
+    produced at once into a fresh stack of ``settings.partitions`` partitions
+    (bench/drain.py), results/s from the first result to the last (the broker's
+    timestamps) and each process's CPU per event: instances, Clerk and broker (the
+    producer, this process, is not counted; it runs while the stack already works).
+    Raises BenchError when not every event got its result within bench/drain.py's
+    deadline."""
+    from bench import drain
+    from bench.kafka_ceiling import BenchError
+
+    say(f"drain: {events:,} events at once on {settings.partitions} partitions ...")
+    result = await drain.measure(settings, work / "drain", events)
+    if result["results"] != events:
+        raise BenchError(f"the drain got {result['results']:,} results of {events:,} events within its deadline")
+    return {"partitions": settings.partitions, **result}
 
 
 async def per_partition_count(measure, settings: Settings, work: Path, plan: dict, counts: list[int]) -> dict:
@@ -208,6 +230,7 @@ async def run(args: argparse.Namespace) -> int:
                 "aiokafka": lambda: baseline("aiokafka_ceiling", settings, work, args.smoke),
                 "faust_floor": lambda: baseline("faust_floor", settings, work, args.smoke),
                 "quix": lambda: quix(settings, work, args.smoke, plan["quix_events"]),
+                "drain": lambda: drain_backlog(settings, work, plan["drain_events"]),
                 "kafka_native": lambda: native(settings, work, plan),
                 "http": lambda: http(settings, work, plan),
             }

@@ -1,5 +1,5 @@
 """`make bench`'s harness at smoke size (`python -m bench.run --smoke`) on the session's
-broker: each of the six measurements yields figures, the report has its tables and
+broker: each of the seven measurements yields figures, the report has its tables and
 plots. It asserts that the harness measures, never how fast anything is."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(900)
-def test_bench_smoke_measures_all_six_and_writes_the_report(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_bench_smoke_measures_all_seven_and_writes_the_report(kafka_bootstrap: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
     env["DOCKET_DATA_ROOT"] = str(tmp_path / "data")
     out = tmp_path / "results"
@@ -32,7 +32,7 @@ def test_bench_smoke_measures_all_six_and_writes_the_report(kafka_bootstrap: str
     reports = list(out.glob("bench-*-smoke.json"))
     assert len(reports) == 1, sorted(p.name for p in out.iterdir())
     results = json.loads(reports[0].read_text())
-    for key in ("kafka_ceiling", "aiokafka", "faust_floor", "quix", "kafka_native", "http"):
+    for key in ("kafka_ceiling", "aiokafka", "faust_floor", "quix", "drain", "kafka_native", "http"):
         assert key in results and "error" not in results[key], (key, results.get(key))
 
     assert results["kafka_ceiling"]["producer"]["records_per_s"] > 0
@@ -43,6 +43,11 @@ def test_bench_smoke_measures_all_six_and_writes_the_report(kafka_bootstrap: str
     quix = results["quix"]
     assert quix["events"] == quix["output_records"] == results["plan"]["quix_events"]
     assert quix["events_per_s"] > 0 and quix["cpu_us_per_event"] is not None
+
+    drain = results["drain"]
+    # every event of the backlog got its result; the ratios to the floor and ceiling are the drain's
+    assert drain["events"] == drain["results"] == results["plan"]["drain_events"]
+    assert drain["results_per_s"] > 0 and set(drain["cpu_us_per_event"]) >= {"a", "b", "clerk"}
 
     native = results["kafka_native"]
     assert "max_rate_p99_under_100ms" in native

@@ -208,3 +208,10 @@ def test_bench_run_has_quix_after_the_faust_floor():
 
     assert run.MEASUREMENTS.index("quix") == run.MEASUREMENTS.index("faust_floor") + 1
     assert run.quix_events(smoke=True) < run.quix_events(smoke=False)
+
+
+def test_bench_run_drains_a_backlog_before_the_sweep():
+    from bench import run
+
+    assert run.MEASUREMENTS.index("drain") == run.MEASUREMENTS.index("quix") + 1 < run.MEASUREMENTS.index("kafka_native")
+    assert 0 < run.SMOKE["drain_events"] < run.FULL["drain_events"]
