@@ -277,6 +277,8 @@ def plan_of(args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
     plan["quix_events"] = args.quix_events or quix_events(args.smoke)
+    if args.drain_events:
+        plan["drain_events"] = args.drain_events
     return plan
 
 
@@ -321,6 +323,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--smoke", action="store_true", help="a few seconds per measurement")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="report directory [bench/results]")
     ap.add_argument("--only", nargs="+", choices=MEASUREMENTS)
+    ap.add_argument("--drain-events", type=positive_int,
+                    help=f"events of docket's drain [{FULL['drain_events']:,}; smoke {SMOKE['drain_events']:,}]")
     ap.add_argument("--quix-events", type=positive_int,
                     help=f"events the Quix Streams app processes [{quix_events(False):,}; smoke {quix_events(True):,}]")
     ap.add_argument("--native-rates", type=positive_int, nargs="+", help=f"[{FULL['native_rates']}]")

@@ -103,6 +103,15 @@ def test_the_least_duration_named_is_accepted_and_only_measurements_run_are_chec
     assert run.too_short(run.plan_of(args), ["http"]) is not None
 
 
+def test_drain_events_default_to_the_plans_and_may_be_given(capsys) -> None:
+    assert run.plan_of(run.parser().parse_args([]))["drain_events"] == run.FULL["drain_events"]
+    assert run.plan_of(run.parser().parse_args(["--smoke"]))["drain_events"] == run.SMOKE["drain_events"]
+    assert run.plan_of(run.parser().parse_args(["--drain-events", "7000"]))["drain_events"] == 7000
+    with pytest.raises(SystemExit):
+        run.parser().parse_args(["--drain-events", "0"])
+    assert "must be greater than 0" in capsys.readouterr().err
+
+
 def test_profile_seconds_may_be_zero_but_not_negative(capsys) -> None:
     assert run.parser().parse_args(["--profile-s", "0"]).profile_s == 0
     with pytest.raises(SystemExit):
