@@ -1,7 +1,8 @@
 """How fast docket works off a backlog, and the CPU each process spends per event.
 
-A closed-model throughput figure for the development loop (the open-model latency
-sweep is bench/kafka_native.py): instances a and b and the Clerk start on a fresh
+A closed-model throughput figure, `make bench`'s fifth measurement (bench/run.py
+drain_backlog; the open-model latency sweep is bench/kafka_native.py) and a quick one
+for the development loop: instances a and b and the Clerk start on a fresh
 prefix (bench/stack.py), ``--events`` inventory events are produced as fast as the
 producer can, and the run lasts until every event has its result. It prints results/s
 between the first and the last result, and the CPU seconds every process used (the

@@ -89,8 +89,9 @@ DRAIN_ROLES = (("a", "a"), ("b", "b"), ("clerk", "Clerk"), ("broker", "broker"))
 def drain_row(dr: dict) -> tuple[str, str]:
     """The summary row of docket's drain (bench/drain.py via bench.run)."""
     parts = f", {dr['partitions']} partitions" if dr.get("partitions") else ""
+    events = f"{_n(dr['events'])} events" if dr.get("events") else "events"
     name = (f"**docket draining a backlog{parts}** (closed model, as the Faust floor: "
-            f"{_n(dr.get('events'))} events produced at once, first to last result)")
+            f"{events} produced at once, first to last result)")
     if "error" in dr:
         return name, f"failed: {dr['error']}"
     cpu = dr.get("cpu_us_per_event") or {}
