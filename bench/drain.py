@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.settings import Settings
 from bench import profile
-from bench.common import say
+from bench.common import positive_int, say
 from bench.stack import BenchStack
 from chaos.workload import inventory, produce
 from launcher.broker import running_pid
@@ -104,15 +105,26 @@ async def measure(settings: Settings, work: Path, events: int, with_profile: boo
                     print(f"  {role} by {kind}:")
                     for row in top[kind]:
                         print(f"    {row['share']:7.1%}  {row['function']}")
-    span_s = (last - first) / 1000 if last > first else float("nan")
     cpu = {role: round(sum(after[role]) - sum(before[role]), 2) for role in pids}
-    out = {"events": events, "results": seen, "instance_batch_mean": batches, "results_per_s": round(seen / span_s) if span_s else None,
-           "cpu_s": cpu, "cpu_us_per_event": {r: round(c / max(seen, 1) * 1e6, 1) for r, c in cpu.items()},
-           "cpu_us_per_event_total": round(sum(cpu.values()) / max(seen, 1) * 1e6, 1)}
-    say(f"drain: {seen:,} results in {span_s:.1f} s = {out['results_per_s']:,} results/s; CPU per event "
+    out = {"events": events, "instance_batch_mean": batches, **figures(seen, first, last, cpu)}
+    rate = "no rate (the results' broker timestamps span no time)" if out["results_per_s"] is None \
+        else f"{out['results_per_s']:,} results/s"
+    say(f"drain: {seen:,} results in {out['seconds']} s = {rate}; CPU per event "
         + ", ".join(f"{r} {v} us" for r, v in out["cpu_us_per_event"].items())
         + f"; total {out['cpu_us_per_event_total']} us; instance a's batches {batches} events on average")
     return out
+
+
+def figures(seen: int, first_ms: int, last_ms: int, cpu_s: dict[str, float]) -> dict:
+    """The drain's figures from ``seen`` results whose broker timestamps run from
+    ``first_ms`` to ``last_ms`` and each process's CPU seconds: ``results_per_s`` over
+    that span (None when it is no span: no result, or all in one millisecond),
+    ``seconds``, and µs of CPU per result, per process and in all."""
+    span_s = (last_ms - first_ms) / 1000 if last_ms > first_ms else None
+    return {"results": seen, "seconds": None if span_s is None else round(span_s, 3),
+            "results_per_s": round(seen / span_s) if span_s else None,
+            "cpu_s": cpu_s, "cpu_us_per_event": {r: round(c / max(seen, 1) * 1e6, 1) for r, c in cpu_s.items()},
+            "cpu_us_per_event_total": round(sum(cpu_s.values()) / max(seen, 1) * 1e6, 1)}
 
 
 def main() -> None:
@@ -122,24 +134,29 @@ def main() -> None:
     from bench.common import own_broker
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--events", type=positive_int, default=50_000, help="events in the backlog [50,000]")
     ap.add_argument("--bootstrap", help="a running broker (default: start one)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="docket-drain-"))
+    out = None
     try:
         if args.bootstrap:
             settings = dataclasses.replace(load(), kafka_bootstrap=args.bootstrap,
                                            broker_dir=Path(os.environ.get("DOCKET_BROKER_DIR", "var/broker")))
-            asyncio.run(measure(settings, work, args.events, args.profile))
+            out = asyncio.run(measure(settings, work, args.events, args.profile))
         else:
             with own_broker(work) as settings:
-                asyncio.run(measure(settings, work, args.events, args.profile))
+                out = asyncio.run(measure(settings, work, args.events, args.profile))
     finally:
-        if args.profile:
+        complete = out is not None and out["results"] == args.events
+        if args.profile or not complete:  # what went wrong is in the stack's logs
             print(f"profiles and logs kept in {work}")
         else:  # the stack's RocksDB directories and logs: about 20 MB a run
             shutil.rmtree(work, ignore_errors=True)
+    if not complete:
+        sys.exit(f"drain: only {out['results']:,} of {args.events:,} events got their result within the deadline, "
+                 f"so the figures above are not docket's rate: see the workers' logs in {work}")
 
 
 if __name__ == "__main__":

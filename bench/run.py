@@ -97,6 +97,9 @@ async def drain_backlog(settings: Settings, work: Path, events: int) -> dict:
     result = await drain.measure(settings, work / "drain", events)
     if result["results"] != events:
         raise BenchError(f"the drain got {result['results']:,} results of {events:,} events within its deadline")
+    if result["results_per_s"] is None:
+        raise BenchError(f"the results of {events:,} events all carry one broker timestamp, so the drain has no "
+                         "rate: give --drain-events a few thousand or more")
     return {"partitions": settings.partitions, **result}
 
 

@@ -215,3 +215,57 @@ def test_bench_run_drains_a_backlog_before_the_sweep():
 
     assert run.MEASUREMENTS.index("drain") == run.MEASUREMENTS.index("quix") + 1 < run.MEASUREMENTS.index("kafka_native")
     assert 0 < run.SMOKE["drain_events"] < run.FULL["drain_events"]
+
+
+def test_the_drain_has_no_rate_when_its_results_span_no_time():
+    """A backlog whose results all carry one broker timestamp (or none came) has no
+    rate, rather than a division by zero; bench.run then fails the measurement."""
+    from bench.drain import figures
+
+    cpu = {"a": 0.02, "clerk": 0.01}
+    one_ms = figures(1, 5_000, 5_000, cpu)
+    assert one_ms["results_per_s"] is None and one_ms["seconds"] is None
+    assert figures(0, 0, 0, cpu)["results_per_s"] is None
+    timed = figures(3_000, 1_000, 1_250, cpu)
+    assert timed["results_per_s"] == 12_000 and timed["seconds"] == 0.25
+    assert timed["cpu_us_per_event"] == {"a": 6.7, "clerk": 3.3} and timed["cpu_us_per_event_total"] == 10.0
+
+
+def test_bench_drain_refuses_a_backlog_of_no_events(monkeypatch, capsys):
+    import sys
+
+    from bench import drain
+
+    for bad in ("0", "-3"):
+        monkeypatch.setattr(sys, "argv", ["bench.drain", "--events", bad])
+        with pytest.raises(SystemExit) as exit_:
+            drain.main()
+        assert exit_.value.code == 2 and "must be greater than 0" in capsys.readouterr().err
+
+
+def _drain_backlog(monkeypatch, tmp_path, events: int, got: dict) -> dict:
+    import asyncio
+    import dataclasses
+
+    from app.settings import load
+    from bench import drain, run
+
+    async def measure(settings, work, n):
+        return {"events": n, **got}
+
+    monkeypatch.setattr(drain, "measure", measure)
+    return asyncio.run(run.drain_backlog(dataclasses.replace(load(), partitions=8), tmp_path, events))
+
+
+@pytest.mark.parametrize(("got", "message"), [
+    ({"results": 7, "results_per_s": 900}, "the drain got 7 results of 10 events"),
+    ({"results": 10, "results_per_s": None}, "give --drain-events a few thousand or more"),
+])
+def test_bench_run_fails_a_drain_missing_results_or_a_rate(monkeypatch, tmp_path, got, message):
+    with pytest.raises(BenchError, match=message):
+        _drain_backlog(monkeypatch, tmp_path, 10, got)
+
+
+def test_bench_run_records_a_whole_drain_with_its_partitions(monkeypatch, tmp_path):
+    out = _drain_backlog(monkeypatch, tmp_path, 10, {"results": 10, "results_per_s": 900})
+    assert out == {"partitions": 8, "events": 10, "results": 10, "results_per_s": 900}
