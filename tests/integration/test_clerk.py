@@ -23,6 +23,7 @@ import pytest
 import app.domains  # noqa: F401  registers the built-in domains
 from app.kafka_config import client_kwargs
 from app.canonical import canonical, digest
+from app.divergences import diff_copies
 from app.records import unseal_batch
 from app.registry import registry
 from app.settings import Settings
@@ -120,12 +121,36 @@ async def wait_answered(s: Settings, expected: set[Position], results: TopicTail
         return (f"{len(done & expected)} of {len(expected)} positions answered; first missing {missing[:5]}\n"
                 + "\n".join(p.log_tail(15) for p in procs))
 
-    await wait_for(answered, deadline_s, "a result (or divergence) for every input position",
-                   interval_s=0.2, detail=progress)
+    try:
+        await wait_for(answered, deadline_s, "a result (or divergence) for every input position",
+                       interval_s=0.2, detail=progress)
+    except AssertionError as exc:
+        # what diverged, read whole from the topic: the caller's tail may not be reading it
+        reports = await read_all(s.kafka_bootstrap, s.divergences_topic)
+        raise AssertionError(f"{exc}\n{divergence_summary(reports)}") from None
     outputs = [s.output_topic(i) for i in s.instances]
     await wait_for(lambda: group_caught_up(s.kafka_bootstrap, s.app_id("clerk"), outputs), 60,
                    "the Clerk to commit every output record", interval_s=0.5,
                    detail=lambda: "\n".join(p.log_tail(15) for p in procs))
+
+
+def divergence_summary(reports: list[Rec], shown: int = 3) -> str:
+    """For a failure message: how many divergence reports there are, by cause, and the
+    field-level diff (app/divergences.py diff_copies) of the first ``shown`` of them in
+    input order, so a mismatch says which entity or field the copies disagree on."""
+    if not reports:
+        return ""
+    causes: dict[str, int] = {}
+    for r in reports:
+        causes[r.value["cause"]] = causes.get(r.value["cause"], 0) + 1
+    lines = [f"{len(reports)} divergence report(s): "
+             + ", ".join(f"{n} {cause}" for cause, n in sorted(causes.items()))]
+    first = sorted(reports, key=lambda r: (r.value["input"]["partition"], r.value["input"]["offset"]))[:shown]
+    for r in first:
+        where = f"input[{r.value['input']['partition']}]@{r.value['input']['offset']}"
+        rows = diff_copies(r.value.get("copies") or [])
+        lines.append(f"  {where} {r.value['cause']}: " + ("; ".join(row.text() for row in rows) or "(no diff)"))
+    return "\n".join(lines) + "\n"
 
 
 def assert_sequence_numbers_unique(results: list[Rec], reports: list[Rec]) -> None:
