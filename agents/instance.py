@@ -36,7 +36,7 @@ from app.kafka_admin import ISOLATION_LEVEL
 from app.settings import Settings
 from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
-from tables.faust_store import FaustStore
+from tables.faust_store import LEDGER_STORE_URL, FaustStore
 from tables.ledger import LEDGER_TABLE, Ledger
 from tables.rocks_memory import memory_bound_bytes, memory_bytes
 from tables.registrar import Registrar
@@ -147,8 +147,9 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     adopt_settings(app, settings)
     # Raw bytes: FaustStore writes RocksDB and the changelog itself, and recovery
     # copies changelog bytes straight into RocksDB.
+    # restores keep each entity's newest record (tables/faust_store.py LedgerRocksStore)
     table = app.Table(LEDGER_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes,
-                      options=dict(LEDGER_ROCKSDB_OPTIONS))
+                      options=dict(LEDGER_ROCKSDB_OPTIONS), store=LEDGER_STORE_URL)
     input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw", internal=False)
     output_name = settings.output_topic(instance_id)

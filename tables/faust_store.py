@@ -16,7 +16,17 @@ writes are held in memory (reads see them) until :meth:`FaustStore.flush`, which
    ChangelogOrderPerBatch, says why any prefix of that order restores to a state a
    replay finishes correctly;
 3. records the changelog offset the partition's RocksDB holds up to (Faust's persisted
-   offset), once the batch is acknowledged.
+   offset), once the batch is acknowledged, if the batch directly follows what that
+   RocksDB holds (PersistedOffsetOverContiguousWrites).
+
+The Ledger's RocksDB store is :class:`LedgerRocksStore`: Faust's, except that applying
+the changelog (recovery, standbys) never puts an entity record over one with a higher
+stamp (RestoreKeepsNewestEntityRecord). Both are for a writer presumed dead: a worker
+frozen past its session timeout (a long GC or VM pause, a starved process) wakes up
+still holding the batches it had taken and writes their changelog records after its
+successor has restored the partition and written newer ones; nothing on the broker
+fences a plain producer. Seen in tests/integration/test_scale_out.py on a slow CI
+machine, and made to happen by freezing a worker (SIGSTOP) there.
 
 Offsets are committed only after the producer has flushed the changelog batches
 (faust Consumer._commit_offsets flushes the producer first), which is the recovery
@@ -27,12 +37,25 @@ restore on assignment.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+import logging
+from typing import Any, Callable, Iterable, Iterator
 
+from faust.stores import STORES
+from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from agents.intake import guard_delivery
 from app.batching import send_batched
+from tables.ledger import ENTITY_PREFIX, keeps_stored_entity
+
+log = logging.getLogger("docket.ledger")
+
+# The Faust store URL of the Ledger table (agents/instance.py): Faust's RocksDB store
+# with the restore rule below. The path is the table's name, where rocksdb:// puts its
+# files; without one the URL is falsy (yarl) and Faust's Collection._new_store takes
+# the app's store instead.
+LEDGER_STORE_URL = "docket-ledger:ledger"
 
 # changelog emission order of a batch's writes, by key space (tables/ledger.py,
 # tables/warden.py); deletions of any key space go last
@@ -136,8 +159,6 @@ class FaustStore:
         """The RocksDB half of :meth:`flush`: the writes of this batch, one RocksDB write
         batch per partition; returns them (partition -> key -> value, None for a
         deletion) for the changelog."""
-        from rocksdict import WriteBatch
-
         batches, self._writes = self._writes, {}
         self._iters.clear()
         for partition, writes in batches.items():
@@ -171,5 +192,81 @@ def _persist(data, tp: TP, n: int):
     # directory only re-reads the tail. A batch's metadata is its first record's offset.
     def done(fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            data.set_persisted_offset(tp, fut.result().offset + n - 1)
+            first = fut.result().offset
+            persist_own_write(data, tp, first, first + n - 1)
     return done
+
+
+# changelog partitions this process has warned about (one line each, not one per batch)
+_warned: set[TP] = set()
+
+
+def persist_own_write(data, tp: TP, first: int, last: int) -> bool:
+    """This worker's changelog records ``first``..``last`` (offsets) of ``tp`` are
+    acknowledged: record ``last`` as the offset ``data`` (a Faust store) holds the
+    changelog up to, if ``first`` directly follows the one recorded (or none is).
+    Otherwise another writer's records lie between, which this RocksDB does not hold (a
+    worker of this instance presumed dead wrote after this one restored the partition):
+    keep the older offset, so that the next restore on this data directory reads them
+    too, and say so once. Returns whether the offset moved
+    (specs/ledger.allium, PersistedOffsetOverContiguousWrites)."""
+    held = data.persisted_offset(tp)
+    if held is None or first == held + 1:
+        data.set_persisted_offset(tp, last)
+        return True
+    if first > held + 1 and tp not in _warned:
+        _warned.add(tp)
+        log.warning("%s[%d]: offsets %d..%d were written by another worker after this one restored the "
+                    "partition (a worker presumed dead, e.g. frozen past its session timeout, woke up and "
+                    "wrote); this worker's RocksDB does not hold them, so its next restore of the partition "
+                    "re-reads the changelog from offset %d, keeping each entity's newest record",
+                    tp.topic, tp.partition, held + 1, first - 1, held + 1)
+    return False
+
+
+class LedgerRocksStore(RocksStore):
+    """Faust's RocksDB store (faust.stores.rocksdb.Store, rocksdict driver) for the
+    Ledger table: applying changelog records (Faust's recovery of an active partition,
+    a standby following the changelog) writes each entity record ("e\\0" keys) only
+    over one with a stamp at or below its own, so the restored entity is the newest
+    any writer wrote, whatever order writers appended in
+    (RestoreKeepsNewestEntityRecord). Every other key is Faust's last write wins, a
+    tombstone deleting. Registered as :data:`LEDGER_STORE_URL`."""
+
+    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
+                              to_value: Callable[[Any], Any]) -> None:
+        """Write a batch of changelog events (faust Events; their messages' raw key and
+        value) to the partitions' RocksDB, one write batch per partition, then each
+        changelog partition's highest offset as persisted, as Faust does."""
+        batches: dict[int, WriteBatch] = {}
+        # partition -> entity key -> what this batch leaves it at so far (None: deleted);
+        # the write batch is not readable before it is written
+        entities: dict[int, dict[bytes, bytes | None]] = {}
+        offsets: dict[TP, int] = {}
+        for event in batch:
+            msg = event.message
+            tp, offset = msg.tp, msg.offset
+            offsets[tp] = offset if tp not in offsets else max(offset, offsets[tp])
+            wb = batches.get(msg.partition)
+            if wb is None:
+                wb = batches[msg.partition] = WriteBatch(raw_mode=True)
+            key, value = msg.key, msg.value
+            if value is None:
+                wb.delete(key)
+                if key[:2] == ENTITY_PREFIX:
+                    entities.setdefault(msg.partition, {})[key] = None
+                continue
+            if key[:2] == ENTITY_PREFIX:
+                mine = entities.setdefault(msg.partition, {})
+                stored = mine[key] if key in mine else self._db_for_partition(msg.partition).get(key)
+                if keeps_stored_entity(stored, value):
+                    continue
+                mine[key] = value
+            wb.put(key, value)
+        for partition, wb in batches.items():
+            self._db_for_partition(partition).write(wb)
+        for tp, offset in offsets.items():
+            self.set_persisted_offset(tp, offset)
+
+
+STORES.aliases["docket-ledger"] = f"{__name__}:LedgerRocksStore"

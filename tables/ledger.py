@@ -42,6 +42,23 @@ class EntityRecord:
         return EntityRecord(d["s"], d["v"], d["o"])
 
 
+def entity_stamp(raw: bytes) -> int:
+    """The ``stamp`` (input offset) of an encoded entity record."""
+    return orjson.loads(raw)["o"]
+
+
+def keeps_stored_entity(stored: bytes | None, incoming: bytes) -> bool:
+    """Whether a restore (Faust's recovery or a standby applying the changelog) leaves
+    the ``stored`` entity record in place of the ``incoming`` one from the changelog:
+    when the stored one carries the higher stamp (specs/ledger.allium,
+    RestoreKeepsNewestEntityRecord). Every run that writes an entity at stamp o writes
+    the same value (the state after event o is a function of the input alone), so the
+    higher stamp is the newer state, whichever order writers reached the changelog in:
+    a worker presumed dead (frozen past its session timeout) can append its writes
+    after its successor's."""
+    return stored is not None and entity_stamp(stored) > entity_stamp(incoming)
+
+
 def entity_key(key: str) -> bytes:
     return ENTITY_PREFIX + key.encode("utf-8")
 

@@ -57,11 +57,16 @@ class MemoryStore:
 
     @classmethod
     def replayed(cls, writes: list[tuple[int, bytes, bytes | None]]) -> "MemoryStore":
-        """The store a changelog holding exactly these writes restores to."""
+        """The store a changelog holding exactly these writes restores to, as a worker
+        restores it (tables/faust_store.py LedgerRocksStore): in order, a tombstone
+        deleting, an entity record put only over one with a stamp at or below its own
+        (specs/ledger.allium, RestoreKeepsNewestEntityRecord), any other record put."""
+        from tables.ledger import ENTITY_PREFIX, keeps_stored_entity  # tables.ledger imports this module
+
         store = cls()
         for partition, key, value in writes:
             if value is None:
                 store.delete(partition, key)
-            else:
+            elif not (key[:2] == ENTITY_PREFIX and keeps_stored_entity(store.get(partition, key), value)):
                 store.put(partition, key, value)
         return store

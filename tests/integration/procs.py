@@ -455,15 +455,18 @@ async def wait_committed_to_end(bootstrap: str, group: str, topic: str, deadline
 
 async def changelog_fold(bootstrap: str, topic: str) -> dict[int, dict[bytes, bytes]]:
     """What restoring from the changelog ``topic`` alone yields: partition -> {key: value},
-    the last record per key, tombstones removing it."""
+    the last record per key, tombstones removing it, except that an entity record is
+    not put over one with a higher stamp (tables/faust_store.py LedgerRocksStore,
+    RestoreKeepsNewestEntityRecord)."""
     from chaos.replay import read_topic
+    from tables.ledger import ENTITY_PREFIX, keeps_stored_entity
 
     state: dict[int, dict[bytes, bytes]] = {}
     for rec in await read_topic(bootstrap, topic):
         part = state.setdefault(rec.partition, {})
         if rec.value is None:
             part.pop(rec.key, None)
-        else:
+        elif not (rec.key[:2] == ENTITY_PREFIX and keeps_stored_entity(part.get(rec.key), rec.value)):
             part[rec.key] = rec.value
     return state
 

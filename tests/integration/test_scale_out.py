@@ -260,3 +260,61 @@ async def test_a_frozen_clerk_worker_neither_stalls_the_group_nor_publishes_when
         f"a decision waited {worst} ms: more than the session timeout ({SESSION_TIMEOUT_S:.0f} s) "
         f"+ {RESUME_SLACK_S:.0f} s")
     assert "did not run for" in woken_log, woken_log[-3000:]  # it says so
+
+
+
+async def test_an_instance_worker_frozen_past_its_session_timeout_leaves_the_ledger_right(
+        clerk_settings, spawn, tmp_path) -> None:
+    """A writer presumed dead (specs/recovery.allium, point 6): at 150 events/s,
+    worker a2 of instance a is frozen (SIGSTOP) until a1 has taken its partitions and
+    answered more events, then woken: it writes the changelog records of the batches
+    it still held after a1's newer ones. It rejoins and gets partitions back (a
+    restore on its own data directory: PersistedOffsetOverContiguousWrites, else it
+    jumps past a1's records to its own), then a1 stops and a2 takes every partition
+    (from its standby copies: RestoreKeepsNewestEntityRecord, else a1's newer entity
+    records are overwritten by a2's older ones). Before these rules, a's copies
+    diverged from b's on every later event of the entities involved. Asserted: exactly
+    one result per event, equal to the replay; no divergence; both Ledgers, as their
+    changelogs restore them, equal to the replay's. Prints whether the woken worker's
+    writes were found interleaved (the warning of PersistedOffsetOverContiguousWrites)."""
+    s = clerk_settings
+    began = time.monotonic()
+    a1, b1 = spawn("a").start(), spawn("b").start()
+    c1, _ = clerk_worker(spawn, "clerk1")
+    a2 = extra_worker(s, tmp_path, "a", 2)
+    results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
+    events = 4_000
+    try:
+        for p in (a1, b1):
+            await wait_for(lambda p=p: p.assert_alive() or READY in p.log_text(), START_DEADLINE_S,
+                           f"instance {p.instance} to log {READY!r}", detail=p.log_tail)
+        a2.start()
+        await wait_group(s, "a", 2, [a1, a2, b1, c1])
+        await wait_group(s, "clerk", 1, [a1, a2, b1, c1])
+        paced = Paced(list(workload.inventory(2718, events)), RATE)
+        producing = asyncio.create_task(workload.produce(s.kafka_bootstrap, s.input_topic, paced, rate=RATE))
+        await wait_results(results, 800, [a1, a2, b1, c1])
+        os.kill(a2.pid, signal.SIGSTOP)
+        try:
+            await wait_group(s, "a", 1, [a1, b1, c1], deadline_s=SESSION_TIMEOUT_S + RESUME_SLACK_S)
+            await wait_results(results, len(results.records) + 300, [a1, b1, c1])
+        finally:
+            os.kill(a2.pid, signal.SIGCONT)
+        await wait_group(s, "a", 2, [a1, a2, b1, c1])
+        await wait_results(results, len(results.records) + 600, [a1, a2, b1, c1])
+        a1.proc.send_signal(signal.SIGTERM)
+        await wait_group(s, "a", 1, [a2, b1, c1])
+        positions = await producing
+        expected = set(positions)
+        await wait_answered(s, expected, results, TopicTail(s.kafka_bootstrap, s.divergences_topic),
+                            [a2, b1, c1], 120)
+    finally:
+        if "producing" in locals() and not producing.done():
+            producing.cancel()
+        await results.stop()
+    await stop_all([a2, b1, c1])
+    assert a1.proc.wait(timeout=30) == 0, a1.log_tail()
+    await check_run(s, expected, positions, paced)
+    interleaved = sum(p.log_text().count("were written by another worker") for p in (a1, a2))
+    print(f"\nfrozen instance worker at {RATE:.0f}/s, {events} events: the woken worker's writes found "
+          f"interleaved {interleaved} time(s); test {time.monotonic() - began:.1f} s")

@@ -477,6 +477,70 @@ def test_replay_after_crash_is_idempotent(seed, batch_size, commit_every, model,
     assert entity_state(recovered) == entity_state(clean_store)
 
 
+def _committing_run(u, batches, commit_every, committed):
+    """Process ``batches`` with ``u``, committing every ``commit_every`` batches (an
+    offset commit covers every earlier batch: the producer was flushed first) into
+    ``committed``; returns (outputs, the store's write count at the last commit)."""
+    outs, commit_index = [], 0
+    for index, batch in enumerate(batches):
+        if index % commit_every == 0:
+            for r in (r for done in batches[:index] for r in done):
+                committed[r.partition] = max(committed.get(r.partition, 0), r.offset + 1)
+            commit_index = len(u.registrar.ledger.store.writes)
+        outs.extend(u.process(batch, lambda p: committed.get(p, 0)))
+    return outs, commit_index
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), batch_size=st.sampled_from([1, 3, 16]),
+       commit_every=st.integers(1, 4), local=st.booleans(), ttl_jumps=st.booleans())
+def test_a_worker_presumed_dead_writing_after_its_successor_changes_no_output(seed, batch_size, commit_every,
+                                                                              local, ttl_jumps):
+    """specs/recovery.allium point 6, RestoreKeepsNewestEntityRecord,
+    PersistedOffsetOverContiguousWrites: worker A is frozen after some batches, with
+    only part of its writes in the changelog; B restores that and replays from A's
+    commit and goes on (committing; A's commits fail from then on); A wakes and its
+    remaining writes land anywhere among B's. Then the partition is restored once more,
+    either by a fresh worker from the whole log or by A on its own data directory (its
+    local store, then the log from its persisted offset, which is no later than where
+    its own writes stopped being contiguous), and replayed from B's commit to the end.
+    Every output of B and of the last run is the uncrashed run's, byte for byte, and
+    the final entities are the uncrashed run's."""
+    rng = random.Random(seed)
+    stream = workload(seed, 160, ttl_jumps=ttl_jumps)
+    records = stream.records
+    clean_store = MemoryStore()
+    clean = {(o.partition, o.offset): o.value for o in run(usher(clean_store), records, batch_size)}
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    committed: dict[int, int] = {}
+    a = usher(MemoryStore())
+    _, a_commit_index = _committing_run(a, batches[:rng.randint(1, len(batches))], commit_every, committed)
+    a_writes = list(a.registrar.ledger.store.writes)
+    logged = rng.randint(a_commit_index, len(a_writes))  # A's writes that reached the log before it froze
+
+    b_store = MemoryStore.replayed(a_writes[:logged])
+    b_store.writes.clear()
+    b = usher(b_store)
+    todo = [r for r in records if r.offset >= committed.get(r.partition, 0)]
+    b_batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    b_outs, _ = _committing_run(b, b_batches[:rng.randint(0, len(b_batches))], commit_every, committed)
+    for o in b_outs:  # B stops gracefully: its last commit covers all it did
+        committed[o.partition] = max(committed.get(o.partition, 0), o.offset + 1)
+    at = rng.randint(0, len(b_store.writes))
+    log = a_writes[:logged] + b_store.writes[:at] + a_writes[logged:] + b_store.writes[at:]
+
+    if local:
+        recovered = MemoryStore.replayed(a_writes + log[rng.randint(a_commit_index, logged):])
+    else:
+        recovered = MemoryStore.replayed(log)
+    recovered.writes.clear()
+    rest = [r for r in records if r.offset >= committed.get(r.partition, 0)]
+    last_outs = run(usher(recovered), rest, batch_size, committed=lambda p: committed.get(p, 0))
+    for o in b_outs + last_outs:
+        assert o.value == clean[(o.partition, o.offset)], (o.partition, o.offset)
+    assert entity_state(recovered) == entity_state(clean_store)
+
+
 def test_replay_of_fully_applied_batch_reemits_from_warden():
     """ReplayReemitsOriginalOutput, RecordDeliveredAgain, WardenRecognisesReplay: a
     batch delivered again whose writes all survived is not evaluated again: its
