@@ -205,21 +205,23 @@ def persist_own_write(data, tp: TP, first: int, last: int) -> bool:
     """This worker's changelog records ``first``..``last`` (offsets) of ``tp`` are
     acknowledged: record ``last`` as the offset ``data`` (a Faust store) holds the
     changelog up to, if ``first`` directly follows the one recorded (or none is).
-    Otherwise another writer's records lie between, which this RocksDB does not hold (a
-    worker of this instance presumed dead wrote after this one restored the partition):
-    keep the older offset, so that the next restore on this data directory reads them
-    too, and say so once. Returns whether the offset moved
-    (specs/ledger.allium, PersistedOffsetOverContiguousWrites)."""
+    Otherwise another worker's records lie between, which this RocksDB does not hold:
+    two workers of this instance wrote the partition's changelog at once, one of them
+    presumed dead (frozen past its session timeout), this one or the other. Keep the
+    older offset, so that the next restore on this data directory reads them too, and
+    say so once per partition for the life of the process. Returns whether the offset
+    moved (specs/ledger.allium, PersistedOffsetOverContiguousWrites)."""
     held = data.persisted_offset(tp)
     if held is None or first == held + 1:
         data.set_persisted_offset(tp, last)
         return True
     if first > held + 1 and tp not in _warned:
         _warned.add(tp)
-        log.warning("%s[%d]: offsets %d..%d were written by another worker after this one restored the "
-                    "partition (a worker presumed dead, e.g. frozen past its session timeout, woke up and "
-                    "wrote); this worker's RocksDB does not hold them, so its next restore of the partition "
-                    "re-reads the changelog from offset %d, keeping each entity's newest record",
+        log.warning("%s[%d]: offsets %d..%d were written by another worker of this instance while this one "
+                    "wrote the partition too: one of the two was presumed dead (paused longer than "
+                    "DOCKET_SESSION_TIMEOUT_MS, e.g. a long GC or VM pause or a starved process) and wrote "
+                    "after the other took the partition over. Nothing is lost: this worker's next restore of "
+                    "the partition re-reads the changelog from offset %d, keeping each entity's newest record",
                     tp.topic, tp.partition, held + 1, first - 1, held + 1)
     return False
 

@@ -52,11 +52,18 @@ def keeps_stored_entity(stored: bytes | None, incoming: bytes) -> bool:
     the ``stored`` entity record in place of the ``incoming`` one from the changelog:
     when the stored one carries the higher stamp (specs/ledger.allium,
     RestoreKeepsNewestEntityRecord). Every run that writes an entity at stamp o writes
-    the same value (the state after event o is a function of the input alone), so the
-    higher stamp is the newer state, whichever order writers reached the changelog in:
-    a worker presumed dead (frozen past its session timeout) can append its writes
-    after its successor's."""
-    return stored is not None and entity_stamp(stored) > entity_stamp(incoming)
+    the same value (the state after event o is a function of the input alone; only
+    ``--inject-faults state`` breaks that, on purpose), so the higher stamp is the newer
+    state, whichever order writers reached the changelog in: a worker presumed dead
+    (frozen past its session timeout) can append its writes after its successor's.
+    A record whose stamp cannot be read (not docket's encoding) is last write wins, as
+    Faust's restore: raising here would stop the recovery for good."""
+    if stored is None:
+        return False
+    try:
+        return entity_stamp(stored) > entity_stamp(incoming)
+    except (ValueError, TypeError, KeyError):  # orjson.JSONDecodeError is a ValueError
+        return False
 
 
 def entity_key(key: str) -> bytes:

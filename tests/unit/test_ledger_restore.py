@@ -65,6 +65,15 @@ def test_keeps_stored_entity_only_over_a_lower_stamp() -> None:
     assert not keeps_stored_entity(None, entity(4))
 
 
+def test_an_entity_record_without_a_readable_stamp_is_last_write_wins() -> None:
+    """RestoreKeepsNewestEntityRecord never stops a recovery: a stored or incoming value
+    that is not docket's entity encoding is compared as Faust would, last write wins,
+    instead of raising inside Faust's recovery loop (which would retry it for good)."""
+    assert not keeps_stored_entity(b"not json", entity(4))
+    assert not keeps_stored_entity(entity(9), b'{"s":{}}')
+    assert not keeps_stored_entity(entity(9), b"[1, 2]")
+
+
 def test_restore_keeps_newest_entity_record_within_and_across_batches(restoring) -> None:
     """RestoreKeepsNewestEntityRecord: an older entity record after a newer one, in the
     same applied batch or a later one, leaves the newer; Warden versions and clock

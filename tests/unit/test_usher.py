@@ -496,16 +496,17 @@ def _committing_run(u, batches, commit_every, committed):
        commit_every=st.integers(1, 4), local=st.booleans(), ttl_jumps=st.booleans())
 def test_a_worker_presumed_dead_writing_after_its_successor_changes_no_output(seed, batch_size, commit_every,
                                                                               local, ttl_jumps):
-    """specs/recovery.allium point 6, RestoreKeepsNewestEntityRecord,
-    PersistedOffsetOverContiguousWrites: worker A is frozen after some batches, with
-    only part of its writes in the changelog; B restores that and replays from A's
-    commit and goes on (committing; A's commits fail from then on); A wakes and its
-    remaining writes land anywhere among B's. Then the partition is restored once more,
-    either by a fresh worker from the whole log or by A on its own data directory (its
-    local store, then the log from its persisted offset, which is no later than where
-    its own writes stopped being contiguous), and replayed from B's commit to the end.
-    Every output of B and of the last run is the uncrashed run's, byte for byte, and
-    the final entities are the uncrashed run's."""
+    """specs/recovery.allium point 6, RestoreKeepsNewestEntityRecord: worker A is
+    frozen after some batches, with only part of its writes in the changelog; B
+    restores that and replays from A's commit and goes on (committing; A's commits fail
+    from then on); A wakes and its remaining writes land among B's, in up to two
+    stretches anywhere. Then the partition is restored once more, either by a fresh
+    worker from the whole log or by A on its own data directory: its local store, then
+    the log from its persisted offset, which PersistedOffsetOverContiguousWrites keeps
+    no later than where its own writes stopped being contiguous (this models that rule's
+    effect; tests/unit/test_ledger_restore.py tests the rule). Replayed from B's commit
+    to the end, every output of the last run is the uncrashed run's, byte for byte, and
+    so are the final entities."""
     rng = random.Random(seed)
     stream = workload(seed, 160, ttl_jumps=ttl_jumps)
     records = stream.records
@@ -526,8 +527,11 @@ def test_a_worker_presumed_dead_writing_after_its_successor_changes_no_output(se
     b_outs, _ = _committing_run(b, b_batches[:rng.randint(0, len(b_batches))], commit_every, committed)
     for o in b_outs:  # B stops gracefully: its last commit covers all it did
         committed[o.partition] = max(committed.get(o.partition, 0), o.offset + 1)
-    at = rng.randint(0, len(b_store.writes))
-    log = a_writes[:logged] + b_store.writes[:at] + a_writes[logged:] + b_store.writes[at:]
+    b_writes, late = b_store.writes, a_writes[logged:]
+    at = sorted(rng.randint(0, len(b_writes)) for _ in range(2))
+    split = rng.randint(0, len(late))
+    log = (a_writes[:logged] + b_writes[:at[0]] + late[:split] + b_writes[at[0]:at[1]] + late[split:]
+           + b_writes[at[1]:])
 
     if local:
         recovered = MemoryStore.replayed(a_writes + log[rng.randint(a_commit_index, logged):])
