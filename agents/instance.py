@@ -146,8 +146,8 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                   **faust_settings(settings, data_dir, web_port, f"instance-{instance_id}"))
     adopt_settings(app, settings)
     # Raw bytes: FaustStore writes RocksDB and the changelog itself, and recovery
-    # copies changelog bytes straight into RocksDB.
-    # restores keep each entity's newest record (tables/faust_store.py LedgerRocksStore)
+    # copies changelog bytes into RocksDB, keeping each entity's newest record
+    # (tables/faust_store.py LedgerRocksStore).
     table = app.Table(LEDGER_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes,
                       options=dict(LEDGER_ROCKSDB_OPTIONS), store=LEDGER_STORE_URL)
     input_topic = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
