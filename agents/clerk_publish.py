@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced
 
 from agents.clerk_core import Publish, entity_record
-from app.batching import retrieved, send_batched
+from app.batching import Deliveries, retrieved, send_batched
 from app.kafka_config import client_kwargs
 from app.settings import Settings
 
@@ -435,7 +435,7 @@ class Publisher:
             raise PartitionLost(partitions, fenced=False)
         producer = self.producers.get(partitions[0])
         s = self.settings
-        batches: list[asyncio.Future] = []
+        deliveries = Deliveries()
         try:
             await producer.begin_transaction()
             for p in partitions:
@@ -444,16 +444,14 @@ class Publisher:
                 for topic, records in ((s.results_topic, [(r.key, r.value) for r in decided]),
                                        (s.entities_topic, [entity_record(*e) for e in latest.values()]),
                                        (s.divergences_topic, [(None, v) for v in divergences.get(p, [])])):
-                    for fut, _ in await send_batched(producer, topic, p, records):
-                        fut.add_done_callback(retrieved)
-                        batches.append(fut)
+                    deliveries.queued(await send_batched(producer, topic, p, records, on_done=deliveries.done))
             # Every batch delivered before the commit: aiokafka 0.14 commits a
             # transaction one of whose batches the broker refused (it only fails that
             # batch's future), and then the item would count as published with records
             # missing. Seen after a broker restart in tests/integration/test_chaos.py:
             # OutOfOrderSequence on results[0..2] for every later transaction, each
             # committed with only its markers, 467 results lost.
-            failed = [o for o in await asyncio.gather(*batches, return_exceptions=True) if isinstance(o, BaseException)]
+            failed = await deliveries.wait()
             if failed:
                 # a failed sender fails aiokafka's transaction waiter too, which only
                 # commit_transaction reads: retrieve it, or asyncio logs "Future exception

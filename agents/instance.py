@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 from faust.types import TP
@@ -21,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 import app.domains  # noqa: F401  registers the built-in domains
 from agents.faults import FaultInjector, FaultSpec, LiveFaults
-from agents.intake import guard_delivery
+from agents.intake import check_delivery, guard_delivery
 from agents.intake import install as install_batch_intake
 from agents.intake import members_of, records_of
 from agents.plumbing import (STAGE_BUCKETS, ConfirmedOffsets, SideConsumer, check_topics, claim_data_dir, claim_domain,
@@ -314,9 +315,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                 mine = by_partition.get(p)
                 if mine:
                     for value in seal_batch(instance_id, p, watermark, mine):
-                        fut = await producer.send(output_name, None, value, p, None, None)
-                        guard_delivery(app, fut, f"copies of {output_name}[{p}]")
-                    sent.append(fut)
+                        sent.append((await producer.send(output_name, None, value, p, None, None), p))
                 processed[p] = watermark
             handed = time.perf_counter()
             n = sum(len(b) for b in batches)
@@ -326,7 +325,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                 observe_many(intake, max(0.0, taken - batch[0].timestamp / 1000), len(batch))
             observe_many(metrics.evaluation, evaluated - began, n)
             observe_many(metrics.produce, handed - evaluated, n)
-            _time_acks(metrics.ack, sent, handed, n)
+            watch_copies(app, metrics.ack, sent, output_name, handed, n)
             # (processed may be cleared by an assignment while this awaits: the
             # watermarks are this item's own)
             for message, watermark in zip(members, watermarks):
@@ -380,21 +379,26 @@ def partitions_without_table(assigned, input_topic: str, changelog_topic: str) -
     return sorted(tp.partition for tp in assigned if tp.topic == input_topic and tp.partition not in tables)
 
 
-def _time_acks(histogram: Histogram, futures: list, handed: float, n: int) -> None:
-    """Observe, ``n`` times, ``handed`` -> the last of ``futures`` done (one clock
-    reading per batch; nothing waits on it)."""
-    futures = [f for f in futures if hasattr(f, "add_done_callback")]
-    if not futures:
+def watch_copies(app, histogram: Histogram, sent: list[tuple[asyncio.Future, int]], topic: str,
+                 handed: float, n: int) -> None:
+    """Watch the copy records of one item, ``sent`` as (aiokafka send future, partition):
+    one that is not delivered stops the worker's commits (agents/intake.py
+    guard_delivery); once all are, ``histogram`` observes ``handed`` -> then (s,
+    perf_counter), ``n`` times. One callback per future (nothing waits on them)."""
+    if not sent:
         return
-    left = [len(futures)]
+    left = [len(sent)]
 
-    def done(_future) -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            observe_many(histogram, max(0.0, time.perf_counter() - handed), n)
+    def watcher(p: int) -> Callable[[asyncio.Future], None]:
+        def done(future: asyncio.Future) -> None:
+            if check_delivery(app, future, f"copies of {topic}[{p}]"):
+                left[0] -= 1
+                if left[0] == 0:
+                    observe_many(histogram, max(0.0, time.perf_counter() - handed), n)
+        return done
 
-    for f in futures:
-        f.add_done_callback(done)
+    for future, p in sent:
+        future.add_done_callback(watcher(p))
 
 
 @click.command("instance")

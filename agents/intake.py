@@ -567,11 +567,21 @@ def guard_delivery(app, future: asyncio.Future, what: str) -> None:
     replay finds recorded). ``what`` names the records in the ERROR line."""
 
     def delivered(fut: asyncio.Future) -> None:
-        exc = asyncio.CancelledError("cancelled") if fut.cancelled() else fut.exception()
-        if exc is not None:
-            stop_committing(app, exc, what)
+        check_delivery(app, fut, what)
 
     future.add_done_callback(delivered)
+
+
+def check_delivery(app, future: asyncio.Future, what: str) -> bool:
+    """For a done ``future`` (an aiokafka send's or record batch's): True if it was
+    delivered, else False, once ``app``'s consumer has been told to commit nothing more
+    (:func:`stop_committing`): what :func:`guard_delivery` does, for a caller that
+    watches the future with a callback of its own."""
+    exc = asyncio.CancelledError("cancelled") if future.cancelled() else future.exception()
+    if exc is None:
+        return True
+    stop_committing(app, exc, what)
+    return False
 
 
 def stop_committing(app, exc: BaseException, what: str) -> None:

@@ -15,7 +15,7 @@ and checked by tests/unit/test_intake.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka.errors import ProducerClosed
 from aiokafka.structs import TopicPartition
@@ -39,13 +39,23 @@ AIOKAFKA_INTERNALS = (
 
 
 async def send_batched(producer, topic: str, partition: int,
-                       records: Sequence[tuple[bytes | None, bytes | None]]) -> list[tuple[asyncio.Future, int]]:
+                       records: Sequence[tuple[bytes | None, bytes | None]],
+                       on_done: Callable[[asyncio.Future, int], None] | None = None,
+                       ) -> list[tuple[asyncio.Future, int]]:
     """Queue ``records`` (key, value; a None value is a tombstone) for
     ``topic``[``partition``] with ``producer`` (an AIOKafkaProducer), in order, in as
     few record batches as they fit in (the producer's max_batch_size). Returns
     (future, record count) per batch; a future's RecordMetadata names the batch's first
     offset. Raises ValueError for a record larger than a batch, ProducerClosed after the
-    producer stopped. Returns once the batches are queued, not sent."""
+    producer stopped. Returns once the batches are queued, not sent.
+
+    With ``on_done``, ``on_done(future, record count)`` is called once for each batch
+    when it is delivered or has failed, and the futures returned are aiokafka's own,
+    not shielded: for a caller that only watches them and never awaits them (a
+    cancelled await would cancel the batch's future inside the producer). That is one
+    event-loop callback per batch instead of four (the shield's two, the drain
+    waiter's, the caller's): an instance queues two batches per input partition per
+    round (docs/performance.md, "What a round costs")."""
     if not records:
         return []
     await producer.client._wait_on_metadata(topic)
@@ -74,10 +84,27 @@ async def send_batched(producer, topic: str, partition: int,
         # only wait_drain reads: retrieve it, or asyncio logs "Future exception was never
         # retrieved" when the producer is collected (the caller hears of the failure
         # through the batch's future and the transaction's outcome)
-        batch._drain_waiter.add_done_callback(retrieved)
-        sent.append((asyncio.shield(batch.future), n))
+        if on_done is None:
+            batch._drain_waiter.add_done_callback(retrieved)
+            sent.append((asyncio.shield(batch.future), n))
+        else:
+            batch.future.add_done_callback(_watched(batch, n, on_done))
+            sent.append((batch.future, n))
         i += n
     return sent
+
+
+def _watched(batch, n: int, on_done: Callable[[asyncio.Future, int], None]) -> Callable[[asyncio.Future], None]:
+    def done(future: asyncio.Future) -> None:
+        # aiokafka fails a batch's future and then its drain waiter in one call, and
+        # drains a batch before it can be delivered: the waiter is done by now
+        waiter = batch._drain_waiter
+        if waiter.done():
+            retrieved(waiter)
+        else:
+            waiter.add_done_callback(retrieved)
+        on_done(future, n)
+    return done
 
 
 def retrieved(future: asyncio.Future) -> None:
@@ -86,6 +113,42 @@ def retrieved(future: asyncio.Future) -> None:
     caller learns of otherwise."""
     if not future.cancelled():
         future.exception()
+
+
+class Deliveries:
+    """Record batches queued with ``send_batched(..., on_done=deliveries.done)`` and
+    counted with :meth:`queued`, awaited together: :meth:`wait` returns once every one
+    of them is delivered or has failed, with the failures (exceptions, in the order the
+    batches finished; a cancelled batch as CancelledError). What ``asyncio.gather(...,
+    return_exceptions=True)`` over shielded futures gives, at one event-loop callback
+    per batch instead of five; cancelling the waiting task cancels no batch."""
+
+    __slots__ = ("failed", "_queued", "_done", "_waiter")
+
+    def __init__(self) -> None:
+        self.failed: list[BaseException] = []
+        self._queued = 0
+        self._done = 0
+        self._waiter: asyncio.Future | None = None
+
+    def queued(self, sent: list) -> None:
+        """Count the batches ``send_batched`` returned (its list)."""
+        self._queued += len(sent)
+
+    def done(self, future: asyncio.Future, _n: int) -> None:
+        """The ``on_done`` of each batch."""
+        self._done += 1
+        exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if exc is not None:
+            self.failed.append(exc)
+        if self._waiter is not None and self._done >= self._queued and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> list[BaseException]:
+        if self._done < self._queued:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self.failed
 
 
 class Produced(tuple):

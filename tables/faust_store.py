@@ -45,7 +45,7 @@ from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from agents.intake import guard_delivery
+from agents.intake import check_delivery
 from app.batching import send_batched
 from tables.ledger import ENTITY_PREFIX, keeps_stored_entity
 
@@ -181,17 +181,17 @@ class FaustStore:
         topic = self.changelog_topic
         data = self.table.data
         for partition, writes in batches.items():
-            for fut, n in await send_batched(producer, topic, partition, changelog_order(writes)):
-                fut.add_done_callback(_persist(data, TP(topic, partition), n))
-                guard_delivery(self.app, fut, f"changelog records of {topic}[{partition}]")
+            await send_batched(producer, topic, partition, changelog_order(writes),
+                               on_done=_persist(self.app, data, TP(topic, partition)))
 
 
-def _persist(data, tp: TP, n: int):
+def _persist(app, data, tp: TP) -> Callable[[asyncio.Future, int], None]:
     # At-least-once Faust records, per changelog partition, the offset up to which the
     # local RocksDB already holds the changelog, so a restart on the same data
     # directory only re-reads the tail. A batch's metadata is its first record's offset.
-    def done(fut: asyncio.Future) -> None:
-        if not fut.cancelled() and fut.exception() is None:
+    # A batch not delivered stops the worker's commits (agents/intake.py guard_delivery).
+    def done(fut: asyncio.Future, n: int) -> None:
+        if check_delivery(app, fut, f"changelog records of {tp.topic}[{tp.partition}]"):
             first = fut.result().offset
             persist_own_write(data, tp, first, first + n - 1)
     return done

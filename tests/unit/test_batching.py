@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from app.batching import MAX_QUEUED, Outbox, send_batched
+from app.batching import MAX_QUEUED, Deliveries, Outbox, send_batched
 from tests.unit.test_spec_workers import RecordingProducer
 
 
@@ -83,3 +83,101 @@ async def test_outbox_reports_a_failed_batch_to_each_of_its_callers() -> None:
     for fut in futures:
         with pytest.raises(RuntimeError, match="broker said no"):
             await fut
+
+
+class RealBatches(RecordingProducer):
+    """A RecordingProducer whose queued batches are aiokafka's own MessageBatch (its
+    future, its drain waiter, its done and failure), kept in ``queued`` for the test to
+    finish as the sender would."""
+
+    def __init__(self, batch_room: int = 1000) -> None:
+        super().__init__(batch_room)
+        self.queued: list = []
+
+    def _append_batch(self, batch, tp):
+        from aiokafka.producer.message_accumulator import MessageBatch
+
+        super()._append_batch(batch, tp)
+        real = MessageBatch(tp, batch, ttl=30, linger_time=0)
+        self.queued.append(real)
+        return real
+
+
+def _never_retrieved(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Collect the loop's "exception was never retrieved" reports from now on."""
+    seen: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
+    return seen
+
+
+async def test_on_done_is_one_callback_per_batch_and_retrieves_a_failed_drain_waiter() -> None:
+    """ChangelogOrderPerBatch's batches, watched: with ``on_done`` each batch calls it
+    once, with its future (aiokafka's own, not a shield) and its record count, whether
+    delivered or failed; a producer that fails a batch before draining it fails the
+    drain waiter too, and nothing is left for asyncio to report as never retrieved."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    seen = _never_retrieved(loop)
+    producer = RealBatches(batch_room=2)
+    calls: list[tuple[object, int]] = []
+    sent = await send_batched(producer, "t", 1, [(b"k", b"v")] * 5, on_done=lambda f, n: calls.append((f, n)))
+    assert [n for _, n in sent] == [2, 2, 1]
+    assert [f for f, _ in sent] == [b.future for b in producer.queued]  # unshielded
+    first, second, third = producer.queued
+    first.drain_ready()
+    first.done(base_offset=40)
+    second.failure(RuntimeError("broker said no"))  # before draining: its drain waiter fails too
+    third.drain_ready()
+    third.failure(RuntimeError("broker said no again"))
+    await asyncio.sleep(0)
+    assert [(f.result().offset if f.exception() is None else str(f.exception()), n) for f, n in calls] == [
+        (40, 2), ("broker said no", 2), ("broker said no again", 1)]
+    assert second._drain_waiter.done()  # (failed: reading its exception here would retrieve it)
+    del sent, calls, first, second, third
+    producer.queued.clear()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert seen == []
+
+
+async def test_deliveries_wait_for_every_batch_and_return_the_failures() -> None:
+    """What the Clerk's transaction waits for before it commits: every batch of it done,
+    the failed ones' exceptions returned (a cancelled batch as CancelledError), whether
+    a batch finished before wait() was called or after."""
+    producer = RealBatches(batch_room=1)
+    deliveries = Deliveries()
+    deliveries.queued(await send_batched(producer, "t", 0, [(b"k", b"v")] * 2, on_done=deliveries.done))
+    early, late = producer.queued
+    early.drain_ready()
+    early.done(base_offset=0)
+    await asyncio.sleep(0)
+    deliveries.queued(await send_batched(producer, "t", 1, [(b"k", b"v")], on_done=deliveries.done))
+    cancelled = producer.queued[2]
+    waiting = asyncio.ensure_future(deliveries.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    late.drain_ready()
+    late.failure(RuntimeError("refused"))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # one batch still out
+    cancelled.future.cancel()
+    failed = await asyncio.wait_for(waiting, 5)
+    assert [type(e) for e in failed] == [RuntimeError, asyncio.CancelledError]
+    assert await Deliveries().wait() == []  # nothing queued: nothing to wait for
+
+
+async def test_cancelling_the_wait_for_deliveries_cancels_no_batch() -> None:
+    producer = RealBatches()
+    deliveries = Deliveries()
+    deliveries.queued(await send_batched(producer, "t", 0, [(b"k", b"v")], on_done=deliveries.done))
+    waiting = asyncio.ensure_future(deliveries.wait())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not producer.queued[0].future.cancelled()
+    producer.queued[0].drain_ready()
+    producer.queued[0].done(base_offset=0)
+    await asyncio.sleep(0)
+    assert deliveries.failed == []

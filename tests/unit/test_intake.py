@@ -6,6 +6,7 @@ FetchBatchIntake)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import hashlib
 import importlib
 import inspect
@@ -228,6 +229,43 @@ async def test_an_undelivered_batch_stops_every_later_commit_and_crashes_the_wor
     assert consumer._committed_offset[tp] == 3
     await asyncio.sleep(0)
     assert app.crashed
+
+
+async def test_an_undelivered_copy_record_stops_commits_and_the_ack_time_waits_for_every_copy(app, settings,
+                                                                                               caplog) -> None:
+    """UndeliveredRecordStopsCommits for an instance's copy records, watched with one
+    callback each (agents/instance.py watch_copies): a failed one stops the commits and
+    names its topic and partition; the output-ack histogram observes the item's events
+    once every copy record of it is delivered, not before."""
+    from aiokafka.errors import KafkaTimeoutError
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from agents.instance import watch_copies
+
+    loop = asyncio.get_running_loop()
+    histogram = Histogram("acks", "test", registry=CollectorRegistry())
+
+    def observed() -> float:
+        return next(x.value for x in histogram.collect()[0].samples if x.name.endswith("_count"))
+
+    first, second = loop.create_future(), loop.create_future()
+    watch_copies(app, histogram, [(first, 0), (second, 3)], "out", time.perf_counter(), 5)
+    first.set_result(None)
+    await asyncio.sleep(0)
+    assert observed() == 0 and app.consumer.undelivered is None  # one still out
+    second.set_result(None)
+    await asyncio.sleep(0)
+    assert observed() == 5
+
+    failed = loop.create_future()
+    watch_copies(app, histogram, [(failed, 2)], "out", time.perf_counter(), 1)
+    with caplog.at_level(logging.ERROR, logger="docket.intake"):
+        failed.set_exception(KafkaTimeoutError())
+        await asyncio.sleep(0)
+    assert isinstance(app.consumer.undelivered, KafkaTimeoutError)
+    assert observed() == 5  # a failed item's time is not observed
+    assert any("copies of out[2]" in r.getMessage() for r in caplog.records if r.name == "docket.intake")
+    await asyncio.sleep(0)
 
 
 # The source of Faust's drain loop that agents/intake.py BatchConsumer._drain_messages
