@@ -183,11 +183,27 @@ async def _settled_partition_count(admin, name: str) -> int | None:
         await asyncio.sleep(0.1)
 
 
+async def _listed(admin, names: list[str]) -> None:
+    """Return once the broker lists every one of ``names`` (polled every 0.1 s for up to
+    SETTLE_S seconds). A broker answers CreateTopics once its controller has committed
+    the topics and applies that to the metadata it serves a moment later; a worker
+    started in that moment (tests/integration: at once, on a busy box) would find its
+    topics missing and stop. What the workers' start-up check reads
+    (agents/plumbing.py check_topics) is this same listing."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_S
+    while names:
+        listed = set(await admin.list_topics())
+        if all(n in listed for n in names) or asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def create_topics(settings: Settings, timeout_s: float = 30.0,
                         specs: list[TopicSpec] | None = None) -> TopicReport:
     """Create docket's topics (``specs``; by default :func:`topic_specs`, the
     Settings.all_topics()) that do not exist yet. Idempotent.
 
+    Returns once the broker lists the topics it created (up to SETTLE_S seconds more).
     Raises TopicError if a topic exists with a partition count other than
     DOCKET_PARTITIONS, if the input topic exists without LogAppendTime, or if the
     broker refuses a topic.
@@ -240,6 +256,7 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0,
                     failures.append(f"{name}: Kafka error {code} {rest[0] if rest else ''}".rstrip())
             if failures:
                 raise TopicError("the broker refused to create topics:\n  " + "\n  ".join(failures))
+            await _listed(admin, report.created)
         report.existing = [s.name for s in specs if s.name in existing] + report.existing
         return report
     finally:

@@ -388,3 +388,43 @@ def test_unreachable_server_is_not_an_auth_failure() -> None:
 
     assert asyncio.run(kafka_config.check_connection(load_connection({}), f"127.0.0.1:{free_port()}", 2.0)) is False
     assert issubclass(KafkaAuthError, ConfigError)
+
+
+async def test_create_topics_returns_once_the_broker_lists_what_it_created(monkeypatch, offline_settings) -> None:
+    """TopicsCreatedExplicitly: the broker answers CreateTopics before the metadata it
+    serves lists the new topics; create_topics waits (up to app.topics.SETTLE_S) until
+    its listing, the one a worker's start-up check reads, names every topic created, so
+    a worker started at once does not stop on "topic(s) ... do not exist"."""
+    from app import topics
+
+    class Admin:
+        def __init__(self) -> None:
+            self.created: list[str] = []
+            self.listings = 0
+
+        async def describe_topics(self, names):
+            return [{"topic": n, "error_code": 3, "partitions": []} for n in names]  # UNKNOWN_TOPIC
+
+        async def create_topics(self, new, timeout_ms):
+            self.created = [t.name for t in new]
+
+            class Response:
+                topic_errors = [(t.name, 0, None) for t in new]
+            return Response()
+
+        async def list_topics(self):
+            self.listings += 1
+            return self.created if self.listings >= 3 else self.created[:1]  # the rest shows later
+
+        async def close(self) -> None:
+            pass
+
+    admin = Admin()
+
+    async def connect(*_args, **_kwargs):
+        return admin
+
+    monkeypatch.setattr(topics, "_admin", connect)
+    report = await topics.create_topics(offline_settings)
+    assert sorted(report.created) == sorted(offline_settings.all_topics())
+    assert admin.listings == 3
