@@ -586,9 +586,10 @@ async def test_three_instances_two_required_c_down_for_good_keeps_the_clerk_boun
         # a copy batch once its watermark is handled, so the last record's state holds
         # the batch's own decisions, not one range per transaction since the first
         # marker (300 here before the fix, decided_below stuck at the first marker). How
-        # many the last batch holds depends on how far the instances ran ahead: 37 on a
-        # slow CI box, so the bound is a quarter of the transactions, not a batch size.
-        batch = transactions // 4
+        # many the last batch holds depends on how far the instances ran ahead of the
+        # Clerk: 37 on a slow CI box, 95 on a busy one (2026-12-06), so the bound is half
+        # the transactions, not a batch size; it still fails the stuck watermark.
+        batch = transactions // 2
         assert len(state["finished_ranges"]) <= batch, (p, state)
         assert state["decided_below"] >= r.value["input"]["offset"] - 2 * batch, (p, state)
 
