@@ -306,26 +306,29 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
                 by_partition.setdefault(output.partition, []).append(output)
             sent = []
             watermarks = []
-            for message, batch in zip(members, batches):
-                p = message.partition
-                blocked = usher.blocked.get(p)
-                # a blocked batch claims only the offsets below the activation it stopped at
-                watermark = batch[-1].offset + 1 if blocked is None else blocked.offset
-                watermarks.append(watermark)
-                mine = by_partition.get(p)
-                if mine:
-                    for value in seal_batch(instance_id, p, watermark, mine):
-                        sent.append((await producer.send(output_name, None, value, p, None, None), p))
-                processed[p] = watermark
-            handed = time.perf_counter()
             n = sum(len(b) for b in batches)
+            try:
+                for message, batch in zip(members, batches):
+                    p = message.partition
+                    blocked = usher.blocked.get(p)
+                    # a blocked batch claims only the offsets below the activation it stopped at
+                    watermark = batch[-1].offset + 1 if blocked is None else blocked.offset
+                    watermarks.append(watermark)
+                    mine = by_partition.get(p)
+                    if mine:
+                        for value in seal_batch(instance_id, p, watermark, mine):
+                            sent.append((await producer.send(output_name, None, value, p, None, None), p))
+                    processed[p] = watermark
+            finally:
+                # also when a later send raised: the ones queued before it are watched
+                handed = time.perf_counter()
+                watch_copies(app, metrics.ack, sent, output_name, handed, n)
             metrics.events.inc(n)
             for batch in batches:
                 metrics.batch.observe(len(batch))
                 observe_many(intake, max(0.0, taken - batch[0].timestamp / 1000), len(batch))
             observe_many(metrics.evaluation, evaluated - began, n)
             observe_many(metrics.produce, handed - evaluated, n)
-            watch_copies(app, metrics.ack, sent, output_name, handed, n)
             # (processed may be cleared by an assignment while this awaits: the
             # watermarks are this item's own)
             for message, watermark in zip(members, watermarks):
@@ -383,8 +386,9 @@ def watch_copies(app, histogram: Histogram, sent: list[tuple[asyncio.Future, int
                  handed: float, n: int) -> None:
     """Watch the copy records of one item, ``sent`` as (aiokafka send future, partition):
     one that is not delivered stops the worker's commits (agents/intake.py
-    guard_delivery); once all are, ``histogram`` observes ``handed`` -> then (s,
-    perf_counter), ``n`` times. One callback per future (nothing waits on them)."""
+    check_delivery, stop_committing); once all are, ``histogram`` observes ``handed`` ->
+    then (s, perf_counter), ``n`` times. One callback per future (nothing waits on
+    them), where a delivery check and an ack timer were two."""
     if not sent:
         return
     left = [len(sent)]

@@ -52,6 +52,7 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "wait_first"),
     (_driver.Consumer, "callback"),
     (_driver.Consumer, "_commit_offsets"),
+    (_driver.Consumer, "_commit"),
     (_driver.Consumer, "on_partitions_assigned"),
     (_driver.Consumer, "flow_active"),
     (_driver.Consumer, "_read_offset"),
@@ -165,6 +166,15 @@ class BatchConsumer(_driver.Consumer):
         if self.undelivered is not None:
             return False
         return await super()._commit_offsets(offsets, start_new_transaction)
+
+    async def _commit(self, offsets) -> bool:
+        # Checked again between Faust's flush and the commit request itself: a batch
+        # still in flight when the commit began (an item is acknowledged once its
+        # batches are queued) may fail during that flush, and its done-callback has
+        # set ``undelivered`` by the time the flush returns (it was attached first).
+        if self.undelivered is not None:
+            return False
+        return await super()._commit(offsets)
 
     # for an app that holds messages unacknowledged on purpose (the Clerk: copies of
     # positions not yet final): returns the message its agent is working on, or None

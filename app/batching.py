@@ -53,9 +53,10 @@ async def send_batched(producer, topic: str, partition: int,
     when it is delivered or has failed, and the futures returned are aiokafka's own,
     not shielded: for a caller that only watches them and never awaits them (a
     cancelled await would cancel the batch's future inside the producer). That is one
-    event-loop callback per batch instead of four (the shield's two, the drain
-    waiter's, the caller's): an instance queues two batches per input partition per
-    round (docs/performance.md, "What a round costs")."""
+    event-loop callback per batch where there were three and the caller's own (the
+    shield's two, the drain waiter's): an instance queues a changelog batch per input
+    partition per round, the Clerk a batch per partition and topic per transaction
+    (docs/performance.md, "What a round costs")."""
     if not records:
         return []
     await producer.client._wait_on_metadata(topic)

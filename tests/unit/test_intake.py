@@ -231,6 +231,37 @@ async def test_an_undelivered_batch_stops_every_later_commit_and_crashes_the_wor
     assert app.crashed
 
 
+async def test_a_batch_failing_during_the_commits_flush_stops_that_commit(app, settings, monkeypatch) -> None:
+    """UndeliveredRecordStopsCommits, ProducerFlushAcknowledgesWrites: an item is
+    acknowledged once its batches are queued, so a commit can begin while one is still
+    in flight. Faust flushes the producer and then sends the commit; the flush returns
+    as well when that batch FAILED. The commit request is not sent: the batch's
+    callback has marked the consumer undelivered before the flush returns."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 0)
+    in_flight = asyncio.get_running_loop().create_future()
+    guard_delivery(app, in_flight, "changelog records of ledger-changelog[0]")
+    sent: list = []
+
+    async def flush() -> None:  # aiokafka's flush: returns once every batch is done, failed or not
+        in_flight.set_exception(KafkaTimeoutError())
+        await asyncio.wait([in_flight])
+
+    async def commit(offsets) -> bool:
+        sent.append(offsets)
+        return True
+
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    monkeypatch.setattr(app.producer, "flush", flush)
+    monkeypatch.setattr(consumer._thread, "commit", commit)
+    assert consumer.undelivered is None
+    assert await consumer._commit_offsets({tp: 9}) is False
+    assert sent == [] and isinstance(consumer.undelivered, KafkaTimeoutError)
+    await asyncio.sleep(0)
+
+
 async def test_an_undelivered_copy_record_stops_commits_and_the_ack_time_waits_for_every_copy(app, settings,
                                                                                                caplog) -> None:
     """UndeliveredRecordStopsCommits for an instance's copy records, watched with one
