@@ -63,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
             "partition the Clerk holds for a lagging or stopped instance (its copies of older ones are counted, "
             "not compared), and how far past a position whose copies disagree the others go before it is "
             "reported diverged instead of waiting for such an instance's copy"),
-    Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500)"),
+    Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500); a longer wait means fewer rounds: less CPU per event on a busy box, more latency for every event on a quiet one (docs/performance.md, 'A longer fetch wait')"),
     Setting("DOCKET_FETCH_MIN_BYTES", "1048576", "bytes of records a worker's Kafka fetch waits for, up to DOCKET_FETCH_MAX_WAIT_MS (Kafka's fetch.min.bytes; 1 returns at the first record)"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),
