@@ -220,7 +220,7 @@ def faust_settings(settings: Settings, data_dir: Path, web_port: int | None, com
     internal topics Faust creates (table changelogs) get DOCKET_KAFKA_REPLICATION_FACTOR."""
     from app.kafka_config import _connection, faust_kwargs
 
-    tune_worker_consumer(settings.fetch_max_wait_ms, settings.fetch_min_bytes)
+    tune_worker_consumer(settings.fetch_max_wait_ms, settings.fetch_min_bytes, settings.fetch_idle_wait_ms)
     metadata_backoff.install()
     return dict(
         **faust_kwargs(settings, component),

@@ -65,6 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
             "reported diverged instead of waiting for such an instance's copy"),
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500); a longer wait means fewer rounds: less CPU per event on a busy box, more latency for every event on a quiet one (docs/performance.md, 'A longer fetch wait')"),
     Setting("DOCKET_FETCH_MIN_BYTES", "1048576", "bytes of records a worker's Kafka fetch waits for, up to DOCKET_FETCH_MAX_WAIT_MS (Kafka's fetch.min.bytes; 1 returns at the first record)"),
+    Setting("DOCKET_FETCH_IDLE_WAIT_MS", "500", "longest a worker's Kafka fetch waits when its last one found no records; such a fetch returns at the first record, so an idle worker asks the broker twice a second instead of every DOCKET_FETCH_MAX_WAIT_MS and an event that finds it idle is fetched at once (0: every fetch waits for a round; docs/performance.md, 'Idle fetches')"),
     Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),
     Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
@@ -284,6 +285,7 @@ class Settings:
     max_lag: int
     fetch_max_wait_ms: int
     fetch_min_bytes: int
+    fetch_idle_wait_ms: int
     session_timeout_ms: int
     commit_check_interval_ms: int
     idempotency_ttl_ms: int
@@ -420,6 +422,7 @@ def load() -> Settings:
         max_lag=_int("DOCKET_MAX_LAG", 1),
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
         fetch_min_bytes=_int("DOCKET_FETCH_MIN_BYTES", 1),
+        fetch_idle_wait_ms=_at_most("DOCKET_FETCH_IDLE_WAIT_MS", _int("DOCKET_FETCH_IDLE_WAIT_MS", 0), 10_000),
         session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
         commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),

@@ -68,6 +68,7 @@ def component_env(settings: Settings, log_level: str = "info") -> dict[str, str]
         "DOCKET_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
         "DOCKET_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
         "DOCKET_FETCH_MIN_BYTES": str(settings.fetch_min_bytes),
+        "DOCKET_FETCH_IDLE_WAIT_MS": str(settings.fetch_idle_wait_ms),
         "DOCKET_COMMIT_CHECK_INTERVAL_MS": str(settings.commit_check_interval_ms),
         "DOCKET_MAX_LAG": str(settings.max_lag),
         "DOCKET_BATCH_SIZE": str(settings.batch_size),

@@ -335,6 +335,25 @@ def test_fetch_waits_for_a_round_worker_consumer_takes_min_bytes_and_max_wait(se
     assert consumer._isolation_level == "read_committed"
 
 
+@pytest.mark.parametrize("idle_wait_ms", ["500", "0"])
+def test_fetch_waits_for_the_first_record_when_idle_worker_consumer_is_paced(settings, tmp_path, monkeypatch,
+                                                                             idle_wait_ms) -> None:
+    """FetchWaitsForTheFirstRecordWhenIdle: with DOCKET_FETCH_IDLE_WAIT_MS > 0 the
+    consumer Faust builds for a worker paces its fetcher once started (app/faust_tuning.py
+    pace; tests/unit/test_fetch_pacer.py has the pacing itself); with 0 it starts as
+    aiokafka's, every fetch a round. Built, never started: nothing connects."""
+    monkeypatch.setenv("DOCKET_FETCH_IDLE_WAIT_MS", idle_wait_ms)
+    settings = load()
+    assert settings.fetch_idle_wait_ms == int(idle_wait_ms)
+    app = instance_mod.build(settings, "a", tmp_path / "a")
+
+    async def create():
+        return app.consumer._thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(create())
+    assert (consumer.start.__name__ == "start_paced") == (idle_wait_ms != "0")
+
+
 def test_fetch_waits_for_a_round_defaults_a_mebibyte_and_20_ms(settings) -> None:
     """FetchWaitsForARound: by default a worker's fetch waits for 1 MiB or 20 ms
     (specs/core.allium fetch_min_bytes, fetch_max_wait), whichever comes first."""

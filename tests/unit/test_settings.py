@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert s.required_copies == 2
     assert s.broker_port == 9092
     assert s.partitions >= 1
+    assert s.fetch_idle_wait_ms == 500  # core.allium fetch_idle_wait
     assert s.data_root.is_absolute() and s.broker_dir.is_absolute() and s.broker_cache.is_absolute()
 
 
@@ -82,6 +83,8 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_BROKER_PORT", "-1", "DOCKET_BROKER_PORT=-1 must be at least 1"),
         ("DOCKET_FETCH_MIN_BYTES", "0", "DOCKET_FETCH_MIN_BYTES=0 must be at least 1"),
         ("DOCKET_FETCH_MIN_BYTES", "1MiB", "DOCKET_FETCH_MIN_BYTES='1MiB' is not a whole number"),
+        ("DOCKET_FETCH_IDLE_WAIT_MS", "-1", "DOCKET_FETCH_IDLE_WAIT_MS=-1 must be at least 0"),
+        ("DOCKET_FETCH_IDLE_WAIT_MS", "10001", "DOCKET_FETCH_IDLE_WAIT_MS=10001 must be at most 10000"),
         ("DOCKET_TOPIC_PREFIX", "bad/prefix", "DOCKET_TOPIC_PREFIX='bad/prefix' may only use"),
         ("DOCKET_INSTANCES", " , ", "DOCKET_INSTANCES names no instance"),
         ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
