@@ -392,6 +392,34 @@ class BatchConsumer(_driver.Consumer):
                 log.info("%s[%d]: a fetch was dropped while the seek to the committed offsets ran; sought to %d "
                          "again", tp.topic, tp.partition, start)
 
+    def dropped(self, tp, first: int, why: str) -> None:
+        """The drain loop drops a fetch of batch-topic partition ``tp`` whose first
+        record (at or after the read offset) is at ``first``, without handing it over,
+        for a reason of Faust's (``why``, for the log line: the flow is off, or the
+        partition is paused): note it so that it is read again, as aiokafka's position
+        is past it. A partition still unsought is sought back to ``first`` by the
+        recovery's seek (:meth:`sought`, as for a fetch dropped as unsought); one
+        whose next hand-over had no start to check (the seek found no committed
+        offset, or a hand-over since the seek started where it should) must start its
+        next hand-over there (:meth:`starts_where_sought`); one with a start to check
+        keeps it. Why: Faust's seek in its loop moves only partitions with a committed
+        offset, and the partition's next fetch came from past the dropped records.
+        With an idle fetch in flight across an assignment, a worker of instance a so
+        dropped input partition 3's first records (paused for the recovery when they
+        came back) and handed over its next fetch from offset 4: offset 0 was never
+        answered and 115 later copies of the entities it touched diverged (fresh-clone
+        CI of 7b6c885; StartWhereSought)."""
+        start = self._starts.get(tp, HANDED_OVER)
+        if start is UNSOUGHT:
+            self._dropped_from[tp] = min(first, self._dropped_from.get(tp, first))
+        elif start is None or start is HANDED_OVER:
+            self._starts[tp] = first
+            self._resought.discard(tp)
+        else:
+            return
+        log.info("%s[%d]: a fetch from offset %d was dropped (%s); it is read again", tp.topic, tp.partition,
+                 first, why)
+
     async def starts_where_sought(self, tp, first: int) -> bool:
         """May a fetch of batch-topic partition ``tp`` whose first record (at or after
         the read offset) is at ``first`` be handed over? Yes once a hand-over since the
@@ -497,6 +525,9 @@ class BatchConsumer(_driver.Consumer):
                     self.diag.unset_flag(CONSUMER_FETCHING)
                     continue
                 if not self.flow_active:
+                    for tp, recs in records.items():
+                        if tp.topic in batch_topics and recs:
+                            self.dropped(tp, recs[0].offset, "the flow is off")
                     try:
                         # Faust's seek alone: the partitions stay unsought until the
                         # recovery's seek. Marked sought here (a rebalance that ended
@@ -514,14 +545,16 @@ class BatchConsumer(_driver.Consumer):
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
-                        continue
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     r_offset = read_offset[tp]
                     if r_offset is not None:
                         recs = [r for r in recs if r.offset >= r_offset]
                         if not recs:
                             continue
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        if tp.topic in batch_topics:
+                            self.dropped(tp, recs[0].offset, "the partition is paused")
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in batch_topics:
                         if self._starts.get(tp) is not UNSOUGHT and not await self.queues_kept(generation):
                             across.clear()  # a rebalance began, or the worker stops: hand nothing more over

@@ -58,11 +58,27 @@ SESSION_TIMEOUT_S = int(WORKER_TEST_ENV["DOCKET_SESSION_TIMEOUT_MS"]) / 1000
 RESUME_SLACK_S = 10.0
 
 
-def extra_worker(s: Settings, tmp_path, instance: str, n: int) -> DocketProc:
-    """Worker number ``n`` of ``instance``: same consumer group, its own data directory
-    and log directory (README "Scale-out": one data directory per worker)."""
-    return DocketProc(instance=instance, env=worker_env(s), data_dir=s.data_root / f"{s.app_id(instance)}-w{n}",
-                      log_dir=tmp_path / f"logs-{instance}{n}")
+@pytest.fixture
+def extra_worker(clerk_settings: Settings, tmp_path):  # noqa: F811
+    """``extra_worker(instance, n) -> DocketProc`` (not started): worker number ``n`` of
+    ``instance``, same consumer group, its own data directory and log directory (README
+    "Scale-out": one data directory per worker). Each is SIGKILLed at teardown if it is
+    still running, whatever the test's outcome (a failed test left one running)."""
+    s, made = clerk_settings, []
+
+    def extra(instance: str, n: int) -> DocketProc:
+        proc = DocketProc(instance=instance, env=worker_env(s), data_dir=s.data_root / f"{s.app_id(instance)}-w{n}",
+                          log_dir=tmp_path / f"logs-{instance}{n}")
+        made.append(proc)
+        return proc
+
+    try:
+        yield extra
+    finally:
+        for proc in made:
+            proc.kill()
+        leftovers = [proc.pid for proc in made if proc.alive]
+        assert not leftovers, f"worker processes survived teardown: {leftovers}"
 
 
 def clerk_worker(spawn, name: str) -> tuple[DocketProc, int]:
@@ -126,7 +142,8 @@ async def check_run(s: Settings, expected: set, positions: list, paced: Paced) -
     return latency_ms(published, positions, paced)
 
 
-async def test_workers_join_and_leave_under_load_and_a_clerk_worker_is_killed(clerk_settings, spawn, tmp_path) -> None:
+async def test_workers_join_and_leave_under_load_and_a_clerk_worker_is_killed(clerk_settings, spawn,
+                                                                             extra_worker) -> None:
     """Scale-out (issue 14): under 150 events/s, a second and a third worker of
     instance a and of instance b join, then leave (SIGTERM, one SIGKILL), while the Clerk
     runs two workers and one of them is SIGKILLed. Exactly one result per event, each
@@ -139,7 +156,7 @@ async def test_workers_join_and_leave_under_load_and_a_clerk_worker_is_killed(cl
     a1, b1 = spawn("a").start(), spawn("b").start()
     c1, port1 = clerk_worker(spawn, "clerk1")
     c2, _ = clerk_worker(spawn, "clerk2")
-    extra = {(i, n): extra_worker(s, tmp_path, i, n) for i in ("a", "b") for n in (2, 3)}
+    extra = {(i, n): extra_worker(i, n) for i in ("a", "b") for n in (2, 3)}
     results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
     events = 7_500
     steps: list[str] = []
@@ -264,7 +281,7 @@ async def test_a_frozen_clerk_worker_neither_stalls_the_group_nor_publishes_when
 
 
 async def test_an_instance_worker_frozen_past_its_session_timeout_leaves_the_ledger_right(
-        clerk_settings, spawn, tmp_path) -> None:
+        clerk_settings, spawn, extra_worker) -> None:
     """A writer presumed dead (specs/recovery.allium, point 6): at 150 events/s,
     worker a2 of instance a is frozen (SIGSTOP) until a1 has taken its partitions and
     answered more events, then woken: it writes the changelog records of the batches
@@ -281,7 +298,7 @@ async def test_an_instance_worker_frozen_past_its_session_timeout_leaves_the_led
     began = time.monotonic()
     a1, b1 = spawn("a").start(), spawn("b").start()
     c1, _ = clerk_worker(spawn, "clerk1")
-    a2 = extra_worker(s, tmp_path, "a", 2)
+    a2 = extra_worker("a", 2)
     results = await TopicTail(s.kafka_bootstrap, s.results_topic).start()
     events = 4_000
     try:

@@ -59,10 +59,11 @@ def record(tp: TP, offset: int) -> ConsumerRecord:
     return ConsumerRecord(tp.topic, tp.partition, offset, 1_000 + offset, 1, b"k", b"v", None, 1, 1, [])
 
 
-async def drain(consumer, fetches: list[dict], on_item=None) -> list:
+async def drain(consumer, fetches: list[dict], on_item=None, active: set | None = None) -> list:
     """Feed ``fetches`` (each {tp: records}, as aiokafka's getmany returns them) to the
     consumer's drain loop; returns the stream items it handed on, in order.
-    ``on_item(message)``: called as each item is handed over (e.g. a rebalance then)."""
+    ``on_item(message)``: called as each item is handed over (e.g. a rebalance then);
+    ``active``: the partitions Faust's fetch says are not paused (None: all)."""
     delivered = []
 
     async def callback(message) -> None:
@@ -80,7 +81,7 @@ async def drain(consumer, fetches: list[dict], on_item=None) -> list:
         if not pending:
             fetcher._stopped.set()
             return None, None
-        return pending.pop(0), None
+        return pending.pop(0), active
 
     consumer.callback = callback
     consumer._wait_next_records = next_records
@@ -660,6 +661,33 @@ async def test_a_rebalance_while_waiting_for_the_resume_hands_nothing_over(
     assert await asyncio.wait_for(fetch_loop, 5) == []
 
 
+async def drop_while_stopped(consumer, fetched: dict) -> None:
+    """Feed one fetch (``fetched``, {tp: records}) to the consumer's drain loop while
+    the flow is off (the caller stops it): the loop drops it and makes Faust's seek to
+    the committed offsets; fails if anything is handed over."""
+    assert not consumer.flow_active
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    fetcher = Fetcher()
+    pending = [fetched]
+
+    async def next_records(timeout: float):
+        if pending:
+            return pending.pop(), None
+        fetcher._stopped.set()  # and the loop ends
+        return None, None
+
+    async def callback(message) -> None:
+        raise AssertionError("handed over while the flow is off")
+
+    consumer.callback = callback
+    consumer._wait_next_records = next_records
+    consumer.highwater = lambda tp_: 10_000
+    await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+
+
 async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, settings, monkeypatch) -> None:
     """StartWhereSought, NoReadOffsetAcrossARebalance: the seek Faust's drain loop makes
     when it finds the flow off (here after a rebalance that ended within its fetch
@@ -672,29 +700,8 @@ async def test_the_drain_loops_own_seek_leaves_the_partitions_unsought(app, sett
     await assign(consumer, monkeypatch, {tp}, 2)
     committed_offsets(consumer, monkeypatch, {tp: 40})
     consumer.stop_flow()
-    fetched_meanwhile = {tp: [record(tp, 40)]}
-    resumed = []
-
-    class Fetcher:
-        _stopped = asyncio.Event()
-
-    fetcher = Fetcher()
-
-    async def next_records(timeout: float):  # one fetch that finds the flow off, then the flow is on
-        if not resumed:
-            resumed.append(True)
-            return fetched_meanwhile, None
-        consumer.resume_flow()
-        fetcher._stopped.set()  # and the loop ends
-        return None, None
-
-    async def callback(message) -> None:
-        raise AssertionError("handed over before the recovery's seek")
-
-    consumer.callback = callback
-    consumer._wait_next_records = next_records
-    consumer.highwater = lambda tp_: 10_000
-    await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+    await drop_while_stopped(consumer, {tp: [record(tp, 40)]})
+    consumer.resume_flow()  # the rebalance ended within the fetch wait
     assert consumer._read_offset[tp] == 40  # Faust's seek ran
     assert await drain(consumer, [{tp: [record(tp, 40)]}]) == []  # still unsought
     await recovery_seek(consumer)  # the recovery's
@@ -818,3 +825,100 @@ async def test_an_item_across_topics_only_or_partitions_only_keeps_the_other_apa
             consumer._read_offset[tp] = None
         items = await drain(consumer, [dict(fetch)])
         assert [[m.tp for m in members_of(item)] for item in items] == grouping, (topics, partitions)
+
+
+async def test_a_fetch_dropped_with_the_flow_off_is_read_again_without_a_committed_offset(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: a fetch that a worker's wait began before a rebalance can end
+    after the new assignment's partitions are resumed but before the flow is (aiokafka's
+    fetched_records waits out the reassignment); the drain loop drops it, and Faust's
+    seek then moves only partitions with a committed offset. A partition with none is
+    sought back to the first dropped record by the recovery's seek. Taken as the next
+    fetch came, offset 0 of input partition 3 was never answered by instance a and the
+    later copies of the entities it touched diverged (fresh-clone CI of 7b6c885)."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 3)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 2)
+    committed_offsets(consumer, monkeypatch, {tp: None})
+    consumer.stop_flow()
+    await drop_while_stopped(consumer, {tp: [record(tp, 0)]})
+    assert done == []  # Faust's seek found nothing to seek to
+    await recovery_seek(consumer)
+    consumer.resume_flow()
+    assert done == [(tp, 0)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(0, 3)]}])
+    assert [r.offset for m in items for r in m.records] == [0, 1, 2]
+
+
+async def test_a_fetch_dropped_with_the_flow_off_during_the_seek_sets_where_to_start(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: a partition the seek to the committed offsets found no committed
+    offset for takes its first fetch as it comes, unless a fetch of it was dropped with
+    the flow off after that (while the seek went on with another partition): then its
+    next hand-over must start at the first dropped record, and a fetch from further on
+    is dropped and the partition sought back there."""
+    consumer = app.consumer
+    fresh, other = TP(settings.input_topic, 3), TP(settings.input_topic, 1)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {fresh, other}, 4)
+    assert await drain(consumer, [{other: [record(other, o) for o in range(10, 14)]}]) == []  # unsought
+    committed_offsets(consumer, monkeypatch, {fresh: None, other: 10})
+    consumer.stop_flow()
+    real_seek = consumer.seek
+
+    async def seek(tp_, offset) -> None:  # `other` sought again; meanwhile `fresh` is fetched and dropped
+        await real_seek(tp_, offset)
+        await drop_while_stopped(consumer, {fresh: [record(fresh, 0), record(fresh, 1)]})
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    await consumer.perform_seek()
+    monkeypatch.setattr(consumer, "seek", real_seek)
+    consumer.resume_flow()
+    consumer.app.flow_control.resume()
+    assert done == [(other, 10)]
+    assert await drain(consumer, [{fresh: [record(fresh, 2)]}]) == []
+    assert done == [(other, 10), (fresh, 0)]
+    items = await drain(consumer, [{fresh: [record(fresh, o) for o in range(0, 3)]}])
+    assert [r.offset for m in items for r in m.records] == [0, 1, 2]
+
+
+async def test_a_fetch_of_a_paused_partition_is_read_again_from_its_first_record(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: a fetch can come back with records of a partition Faust has
+    paused since it was sent (an assignment pauses the partitions for the recovery; an
+    idle fetch waits up to DOCKET_FETCH_IDLE_WAIT_MS); the drain loop drops them, and
+    aiokafka's position is past them. A partition with no committed offset is sought
+    back to the first of them by the recovery's seek. Taken as the next fetch came, a
+    worker of instance a handed over input partition 3 from offset 4: offset 0 was never
+    answered and 115 later copies diverged (fresh-clone CI of 7b6c885)."""
+    consumer = app.consumer
+    tp, other = TP(settings.input_topic, 3), TP(settings.input_topic, 2)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp, other}, 2)
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(0, 4)]}], active={other}) == []
+    committed_offsets(consumer, monkeypatch, {tp: None, other: None})
+    await recovery_seek(consumer)
+    assert done == [(tp, 0)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(0, 6)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(0, 6))
+
+
+async def test_a_paused_partitions_fetch_dropped_after_hand_overs_sets_where_to_start(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: once hand-overs follow one another, a fetch dropped because its
+    partition is paused makes its first record the start the next hand-over is checked
+    against: a fetch from further on is dropped and the partition sought back there."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 1)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 3)
+    committed_offsets(consumer, monkeypatch, {tp: 10})
+    await recovery_seek(consumer)
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(10, 14)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(10, 14))
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(14, 18)]}], active=set()) == []
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(18, 20)]}]) == []
+    assert done == [(tp, 14)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(14, 20)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(14, 20))
