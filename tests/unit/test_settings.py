@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert s.required_copies == 2
     assert s.broker_port == 9092
     assert s.partitions >= 1
-    assert s.fetch_idle_wait_ms == 0  # core.allium fetch_idle_wait: off by default for now
+    assert s.fetch_idle_wait_ms == 500  # core.allium fetch_idle_wait
     assert s.data_root.is_absolute() and s.broker_dir.is_absolute() and s.broker_cache.is_absolute()
 
 
