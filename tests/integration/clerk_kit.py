@@ -34,7 +34,7 @@ import pytest
 from app.kafka_config import client_kwargs
 from app.settings import Settings
 from chaos.workload import Record
-from tests.integration.procs import BackgroundReader, Worker, worker_env
+from tests.integration.procs import BackgroundReader, Worker, killed_at_teardown, worker_env
 
 Position = tuple[int, int]
 CLERK_PARTITIONS = 4
@@ -119,13 +119,8 @@ async def spawn(clerk_settings: Settings, tmp_path: Path) -> AsyncIterator[Calla
         spawned.append(proc)
         return proc
 
-    try:
+    with killed_at_teardown(spawned):
         yield make
-    finally:
-        for proc in spawned:
-            proc.kill()
-        leftovers = [p.pid for p in spawned if p.alive]
-        assert not leftovers, f"processes survived teardown: {leftovers}"
 
 
 # --------------------------------------------------------------------------- topics

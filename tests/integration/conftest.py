@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.integration.procs import Worker, worker_env
+from tests.integration.procs import Worker, killed_at_teardown, worker_env
 
 PIPELINE_PARTITIONS = 4
 PIPELINE_TTL_MS = 2_000  # stream time; the workloads span ~10 s of it (1 ms per event)
@@ -56,10 +56,5 @@ async def workers(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterator[
         spawned.append(worker)
         return worker
 
-    try:
+    with killed_at_teardown(spawned):
         yield spawn
-    finally:
-        for worker in spawned:
-            worker.kill()
-        leftovers = [w.pid for w in spawned if w.alive]
-        assert not leftovers, f"worker processes survived teardown: {leftovers}"

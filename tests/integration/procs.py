@@ -67,6 +67,20 @@ async def wait_for(
         await asyncio.sleep(interval_s)  # poll interval of the condition, not a synchronisation
 
 
+@contextlib.contextmanager
+def killed_at_teardown(made: list):
+    """Run the body (a fixture's ``yield``), then SIGKILL every process of ``made`` (Workers,
+    appended to as they are made) still running, whatever the test's outcome; fails if one
+    survives that."""
+    try:
+        yield
+    finally:
+        for proc in made:
+            proc.kill()
+        leftovers = [proc.pid for proc in made if proc.alive]
+        assert not leftovers, f"processes survived teardown: {leftovers}"
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a docket subprocess: the test's settings as DOCKET_* variables."""
     env = dict(os.environ)

@@ -40,7 +40,14 @@ from tests.integration.clerk_kit import (
     required_copies,  # noqa: F401  fixture
     spawn,  # noqa: F401  fixture
 )
-from tests.integration.procs import WORKER_TEST_ENV, changelog_fold, oracle_entities, wait_for, worker_env
+from tests.integration.procs import (
+    WORKER_TEST_ENV,
+    changelog_fold,
+    killed_at_teardown,
+    oracle_entities,
+    wait_for,
+    worker_env,
+)
 from tests.integration.test_clerk import (
     READY,
     START_DEADLINE_S,
@@ -72,13 +79,8 @@ def extra_worker(clerk_settings: Settings, tmp_path):  # noqa: F811
         made.append(proc)
         return proc
 
-    try:
+    with killed_at_teardown(made):
         yield extra
-    finally:
-        for proc in made:
-            proc.kill()
-        leftovers = [proc.pid for proc in made if proc.alive]
-        assert not leftovers, f"worker processes survived teardown: {leftovers}"
 
 
 def clerk_worker(spawn, name: str) -> tuple[DocketProc, int]:
