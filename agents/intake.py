@@ -402,7 +402,8 @@ class BatchConsumer(_driver.Consumer):
         whose next hand-over had no start to check (the seek found no committed
         offset, or a hand-over since the seek started where it should) must start its
         next hand-over there (:meth:`starts_where_sought`); one with a start to check
-        keeps it. Why: Faust's seek in its loop moves only partitions with a committed
+        keeps it, and its next fetch is checked against it even if the dropped one was
+        read from there after a seek back. Why: Faust's seek in its loop moves only partitions with a committed
         offset, and the partition's next fetch came from past the dropped records.
         With an idle fetch in flight across an assignment, a worker of instance a so
         dropped input partition 3's first records (paused for the recovery when they
@@ -416,6 +417,9 @@ class BatchConsumer(_driver.Consumer):
             self._starts[tp] = first
             self._resought.discard(tp)
         else:
+            # if this was what was read from the start the partition was sought back
+            # to, the next fetch comes from past it: check it against the start again
+            self._resought.discard(tp)
             return
         log.info("%s[%d]: a fetch from offset %d was dropped (%s); it is read again", tp.topic, tp.partition,
                  first, why)
@@ -526,8 +530,11 @@ class BatchConsumer(_driver.Consumer):
                     continue
                 if not self.flow_active:
                     for tp, recs in records.items():
-                        if tp.topic in batch_topics and recs:
-                            self.dropped(tp, recs[0].offset, "the flow is off")
+                        if tp.topic in batch_topics:
+                            r_offset = read_offset.get(tp)
+                            first = next((r.offset for r in recs if r_offset is None or r.offset >= r_offset), None)
+                            if first is not None:
+                                self.dropped(tp, first, "the flow is off")
                     try:
                         # Faust's seek alone: the partitions stay unsought until the
                         # recovery's seek. Marked sought here (a rebalance that ended

@@ -922,3 +922,25 @@ async def test_a_paused_partitions_fetch_dropped_after_hand_overs_sets_where_to_
     assert done == [(tp, 14)]
     items = await drain(consumer, [{tp: [record(tp, o) for o in range(14, 20)]}])
     assert [r.offset for m in items for r in m.records] == list(range(14, 20))
+
+
+async def test_a_dropped_fetch_from_the_start_sought_back_to_leaves_the_next_one_checked(
+        app, settings, monkeypatch) -> None:
+    """StartWhereSought: what is read from the start a partition was sought back to is
+    taken as it is (a later first record is a gap holding no record); if that fetch is
+    dropped (here: its partition paused), the next one comes from past it and is checked
+    against the start again, not taken as the read from there, whose offsets would then
+    be acknowledged as a gap unread."""
+    consumer = app.consumer
+    tp = TP(settings.input_topic, 2)
+    done = seeks(consumer, monkeypatch)
+    await assign(consumer, monkeypatch, {tp}, 6)
+    committed_offsets(consumer, monkeypatch, {tp: 10})
+    await recovery_seek(consumer)
+    assert await drain(consumer, [{tp: [record(tp, 12), record(tp, 13)]}]) == []  # not from 10: sought back
+    assert done == [(tp, 10)]
+    assert await drain(consumer, [{tp: [record(tp, o) for o in range(10, 14)]}], active=set()) == []
+    assert await drain(consumer, [{tp: [record(tp, 14), record(tp, 15)]}]) == []
+    assert done == [(tp, 10), (tp, 10)]
+    items = await drain(consumer, [{tp: [record(tp, o) for o in range(10, 16)]}])
+    assert [r.offset for m in items for r in m.records] == list(range(10, 16))
