@@ -60,7 +60,15 @@ class StopDeadline:
     first signal arrives on a running event loop (mode's signal handler), the reason
     given on the deadline also names what the stop was still waiting on
     (:func:`waiting_on`), so that a stop that hangs with Kafka up can be told apart from
-    one that waits for an unreachable broker."""
+    one that waits for an unreachable broker.
+
+    From the first signal on, SIGTERM and SIGINT reach :meth:`requested` as the
+    process's own signal handlers, run by the main thread, instead of through the
+    event loop: mode's handler is a callback of the loop, which a main thread blocked
+    in a synchronous wait never runs (mode's ``ServiceThread.stop`` waits for Faust's
+    consumer thread with ``threading.Event.wait()`` and no timeout; such a wait is
+    interrupted by the signal, and the handler runs). :meth:`cancel` puts the previous
+    handlers back."""
 
     def __init__(self, timeout_ms: int, exit: Callable[[str], None] = exit_now) -> None:
         if timeout_ms < 1:
@@ -69,6 +77,7 @@ class StopDeadline:
         self._exit = exit
         self._timer: threading.Timer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous: dict[int, object] = {}
 
     @property
     def armed(self) -> bool:
@@ -90,11 +99,31 @@ class StopDeadline:
         self._timer = threading.Timer(self.timeout_ms / 1000, self._overdue)
         self._timer.daemon = True
         self._timer.start()
+        self._take_over_stop_signals()
+
+    def _take_over_stop_signals(self) -> None:
+        """Make :meth:`requested` the handler of SIGTERM and SIGINT (Python runs it in the
+        main thread, between two bytecodes or when a wait it is blocked in is
+        interrupted). Only the main thread may set a handler: called from another
+        (tests), the signals stay with the loop."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(signum, self._on_signal)
+            # None: a handler set outside Python, which cannot be set back; the default
+            self._previous[signum] = signal.SIG_DFL if previous is None else previous
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.requested(signum)
 
     def cancel(self) -> None:
-        """Stop the timer (tests; a worker keeps it until the process ends)."""
+        """Stop the timer and give SIGTERM and SIGINT their previous handlers back
+        (tests; a worker keeps both until the process ends)."""
         if self._timer is not None:
             self._timer.cancel()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _overdue(self) -> None:
         try:

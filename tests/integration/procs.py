@@ -5,6 +5,8 @@
   (tests/integration/conftest.py) hands them out and kills whatever is left.
 - :func:`wait_for`: poll a condition until a deadline, then fail saying what was
   awaited (and what was seen). Tests synchronise only through it, never by sleeping.
+- :func:`thread_stacks`: every thread's stack of a live Python process (py-spy dump),
+  for a failure message when a process is stuck.
 - :class:`OutputCollector`: consumes ``<prefix>.output.<id>`` in the background and
   groups the copies per input position, so a test can wait until every input
   position has an output and then inspect every copy (re-emissions included).
@@ -41,6 +43,19 @@ Position = tuple[int, int]
 WORKER_TEST_ENV = {
     "DOCKET_SESSION_TIMEOUT_MS": "6000",
 }
+
+
+def thread_stacks(pid: int) -> str:
+    """The Python stack of every thread of process ``pid`` (``py-spy dump``, at most 30 s),
+    or why it could not be read; for the failure message of a test whose process does
+    not react, so that where its threads are is known without a rerun."""
+    from bench.profile import py_spy
+
+    try:
+        done = subprocess.run([py_spy(), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        return f"\n(no stacks of pid {pid}: {exc})"
+    return f"\nthreads of pid {pid} (py-spy dump, exit {done.returncode}):\n{done.stdout}{done.stderr}"
 
 
 async def wait_for(

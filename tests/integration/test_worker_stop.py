@@ -23,7 +23,7 @@ from app.topics import create_topics
 from launcher import broker as launcher
 
 from chaos import workload
-from tests.integration.procs import OutputCollector, Worker, wait_for, worker_env
+from tests.integration.procs import OutputCollector, Worker, thread_stacks, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
         assert b.alive, b.log_tail()
         b.proc.send_signal(signal.SIGTERM)
         asyncio.run(wait_for(lambda: not b.alive, 60, "instance b to exit on the second SIGTERM",
-                             detail=b.log_tail))
+                             detail=lambda: b.log_tail() + thread_stacks(b.proc.pid)))
         assert b.proc.returncode == EXIT_STOP_CUT_SHORT, b.log_tail()
         assert "SIGTERM received again while stopping: exiting at once" in b.log_text(), b.log_tail()
         assert "did not finish within" not in b.log_text()

@@ -4,6 +4,7 @@ WorkerStopHasADeadline), without a broker: the exit is replaced by a recorder.""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 
@@ -34,9 +35,12 @@ def test_the_stop_is_cut_short_when_the_deadline_passes() -> None:
     exits = Exits()
     deadline = StopDeadline(50, exit=exits)
     assert not deadline.armed
-    deadline.requested(signal.SIGTERM)
-    assert deadline.armed
-    assert exits.seen.wait(30), "the deadline never fired"
+    try:
+        deadline.requested(signal.SIGTERM)
+        assert deadline.armed
+        assert exits.seen.wait(30), "the deadline never fired"
+    finally:
+        deadline.cancel()
     (reason,) = exits.reasons
     assert "did not finish within 50 ms (DOCKET_STOP_TIMEOUT_MS)" in reason
     assert f"status {EXIT_STOP_CUT_SHORT}" in reason and "last committed offsets" in reason
@@ -55,6 +59,35 @@ def test_a_second_signal_cuts_the_stop_short_at_once() -> None:
         assert exits.reasons[0].startswith("SIGINT received again while stopping: exiting at once")
     finally:
         deadline.cancel()
+
+
+def test_a_second_signal_reaches_a_main_thread_blocked_in_a_wait() -> None:
+    """WorkerStopHasADeadline: the second SIGTERM cuts the stop short even while the
+    main thread is blocked in a synchronous wait, where the event loop's handler never
+    runs (mode's ServiceThread.stop waits for Faust's consumer thread with
+    threading.Event.wait() and no timeout: a fresh-clone CI run's worker was still
+    stopping 60 s after its second SIGTERM). A real signal to this process; the handler
+    it finds first is a no-op, as asyncio's and uvloop's add_signal_handler leave it
+    (the loop's callback runs only when the loop reads its wakeup fd); cancel() puts
+    that handler back."""
+    exits = Exits()
+
+    def loops_handler(_signum, _frame) -> None:
+        return None
+
+    before = signal.signal(signal.SIGTERM, loops_handler)
+    deadline = StopDeadline(600_000, exit=exits)
+    try:
+        deadline.requested(signal.SIGTERM)
+        assert exits.reasons == []
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        # the main thread now blocks as mode's stop does; only the signal can end the wait
+        assert exits.seen.wait(30), "the second SIGTERM never reached the deadline"
+        assert exits.reasons[0].startswith("SIGTERM received again while stopping: exiting at once")
+    finally:
+        deadline.cancel()
+        assert signal.getsignal(signal.SIGTERM) is loops_handler
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_deadline_below_one_ms_is_refused() -> None:
