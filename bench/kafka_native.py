@@ -49,7 +49,14 @@ IDLE_S = 10.0
 # read from the result's broker timestamp, so reading late costs nothing but the drain
 # check's precision, and fewer fetches cost the broker less
 RESULT_FETCH_WAIT_MS = 100
-TICK_S = 0.002  # the generator wakes at most this often and sends every record that is due
+# The generator wakes at most this often and sends every record that is due: a client
+# producer's linger, 5 ms as Kafka's own producer's default since 4.0 (KIP-1030) and
+# librdkafka's (linger.ms). Its records' latencies still run from their intended send
+# times, so the wait is charged to docket. 2 ms until 2026-12-06: at 1,500 events/s on
+# 8 partitions, 5 ms took the generator's CPU from 0.24-0.26 cores to 0.16-0.18 and the
+# broker's from 0.55-0.62 to 0.46-0.50 (fewer, larger produce requests), in three
+# alternating pairs (docs/performance.md, "The load generator's linger").
+TICK_S = 0.005
 
 
 def result_reader_config(settings: Settings, group_id: str) -> dict:
@@ -146,9 +153,10 @@ async def send_at_rate(producer: AIOKafkaProducer, topic: str, rate: float, dura
     ``on_start`` is called with the schedule's start (wall clock, ms): record i is due
     ``i * 1000 / rate`` ms after it.
 
-    The records due at a tick go out as one batch per partition (routed as Kafka's
-    default partitioner routes them): the generator shares the 2 cores with what it
-    measures, and aiokafka's per-record send() costs several times more CPU."""
+    The records due at a tick (every :data:`TICK_S`, or when the next record is due if
+    that is later) go out as one batch per partition (routed as Kafka's default
+    partitioner routes them): the generator shares the 2 cores with what it measures,
+    and aiokafka's per-record send() costs several times more CPU."""
     total = max(1, round(rate * duration_s))
     partitions = len(await producer.partitions_for(topic))
     records = [(partition_for(r.key, partitions), r.key, r.value) for r in inventory(seed=seed, events=total)]
