@@ -36,15 +36,20 @@ EXIT_STOP_CUT_SHORT = 75
 
 def exit_now(message: str) -> None:
     """Log ``message`` as an error, flush the log handlers and end the process with
-    :data:`EXIT_STOP_CUT_SHORT` (``os._exit``: no further clean-up, which is what hangs)."""
-    log.error("%s", message)
-    for handler in logging.getLogger().handlers:
-        try:
-            handler.flush()
-        except Exception:  # noqa: BLE001  a handler that cannot flush must not keep us alive
-            pass
-    sys.stderr.flush()
-    os._exit(EXIT_STOP_CUT_SHORT)
+    :data:`EXIT_STOP_CUT_SHORT` (``os._exit``: no further clean-up, which is what hangs).
+    The exit happens whatever the logging raises: run as a signal handler, this may
+    interrupt the main thread inside a write to the same stream (a reentrant write
+    raises RuntimeError)."""
+    try:
+        log.error("%s", message)
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001  a handler that cannot flush must not keep us alive
+                pass
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_STOP_CUT_SHORT)
 
 
 class StopDeadline:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +91,26 @@ def test_a_second_signal_reaches_a_main_thread_blocked_in_a_wait() -> None:
         deadline.cancel()
         assert signal.getsignal(signal.SIGTERM) is loops_handler
         signal.signal(signal.SIGTERM, before)
+
+
+def test_exit_now_exits_75_even_when_the_log_cannot_be_written() -> None:
+    """WorkerStopHasADeadline: the exit does not depend on the log; a stderr whose flush
+    raises (as a reentrant write does when the handler interrupts one) still ends the
+    process with status 75, after the message reached the log."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout)\n"
+        "class Broken:\n"
+        "    def write(self, s): return len(s)\n"
+        "    def flush(self): raise RuntimeError('reentrant call')\n"
+        "sys.stderr = Broken()\n"
+        "from agents.stopping import exit_now\n"
+        "exit_now('cut short')\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == EXIT_STOP_CUT_SHORT, done
+    assert "cut short" in done.stdout and "not reached" not in done.stdout, done
 
 
 def test_a_deadline_below_one_ms_is_refused() -> None:
