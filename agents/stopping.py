@@ -71,9 +71,11 @@ class StopDeadline:
     process's own signal handlers, run by the main thread, instead of through the
     event loop: mode's handler is a callback of the loop, which a main thread blocked
     in a synchronous wait never runs (mode's ``ServiceThread.stop`` waits for Faust's
-    consumer thread with ``threading.Event.wait()`` and no timeout; such a wait is
-    interrupted by the signal, and the handler runs). :meth:`cancel` puts the previous
-    handlers back."""
+    consumer thread with ``threading.Event.wait()`` and no timeout; Linux delivers a
+    signal sent to the process to its main thread, whose wait is interrupted, and the
+    handler runs). :meth:`cancel` puts the previous handlers back. On asyncio's loop
+    (not uvloop's), closing the loop at the very end of a stop gives both signals their
+    defaults again."""
 
     def __init__(self, timeout_ms: int, exit: Callable[[str], None] = exit_now) -> None:
         if timeout_ms < 1:
@@ -123,7 +125,7 @@ class StopDeadline:
 
     def cancel(self) -> None:
         """Stop the timer and give SIGTERM and SIGINT their previous handlers back
-        (tests; a worker keeps both until the process ends)."""
+        (tests; a worker keeps them until its loop closes). Call it from the main thread."""
         if self._timer is not None:
             self._timer.cancel()
         for signum, handler in self._previous.items():

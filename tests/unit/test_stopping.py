@@ -20,6 +20,18 @@ from agents.stopping import EXIT_STOP_CUT_SHORT, StopDeadline
 from app.settings import ConfigError, load
 
 
+@pytest.fixture(autouse=True)
+def stop_signals_given_back():
+    """A deadline armed on the main thread takes SIGTERM and SIGINT over
+    (StopDeadline._take_over_stop_signals); pytest gets its own handlers back after each
+    test, whether or not the test cancelled its deadline."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
 class Exits:
     """Records the reasons a deadline gave for exiting; ``seen`` is set on the first."""
 
@@ -70,9 +82,9 @@ def test_a_second_signal_reaches_a_main_thread_blocked_in_a_wait() -> None:
     runs (mode's ServiceThread.stop waits for Faust's consumer thread with
     threading.Event.wait() and no timeout: a fresh-clone CI run's worker was still
     stopping 60 s after its second SIGTERM). A real signal to this process; the handler
-    it finds first is a no-op, as asyncio's and uvloop's add_signal_handler leave it
-    (the loop's callback runs only when the loop reads its wakeup fd); cancel() puts
-    that handler back."""
+    it finds first does nothing the test can see, as asyncio's and uvloop's
+    add_signal_handler leave it (the loop's callback runs only when the loop reads its
+    wakeup fd); cancel() puts that handler back."""
     exits = Exits()
 
     def loops_handler(_signum, _frame) -> None:
@@ -89,8 +101,8 @@ def test_a_second_signal_reaches_a_main_thread_blocked_in_a_wait() -> None:
         assert exits.reasons[0].startswith("SIGTERM received again while stopping: exiting at once")
     finally:
         deadline.cancel()
-        assert signal.getsignal(signal.SIGTERM) is loops_handler
-        signal.signal(signal.SIGTERM, before)
+        restored = signal.signal(signal.SIGTERM, before)
+    assert restored is loops_handler
 
 
 def test_exit_now_exits_75_even_when_the_log_cannot_be_written() -> None:
