@@ -125,6 +125,9 @@ class Proc:
             self.proc = subprocess.Popen(
                 self.command(), env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT,
+                # Ctrl-C in the harness's terminal must not reach it: the harness stops it
+                # (one SIGTERM, a graceful stop); a second signal cuts a stop short (exit 75)
+                start_new_session=True,
                 # dies with the harness, even if the harness is SIGKILLed
                 preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
             )

@@ -329,3 +329,15 @@ async def test_stop_stops_everything(console) -> None:
     assert not c.controller.slowed
     assert all(not p.alive for p in c.procs.values())
     assert c.procs["a"].returncode == -15  # SIGTERM reached it: it was continued first
+
+
+async def test_a_worker_is_in_a_session_of_its_own(console) -> None:
+    """ConsoleStopsEverything: every worker the console (or the resilience harness, the
+    same chaos/stack.py Proc) starts leads a session of its own, as the broker does, so
+    Ctrl-C in the console's terminal (SIGINT to the terminal's foreground process group)
+    reaches the console alone, and a worker's stop is the console's single SIGTERM: a
+    graceful one, not a second signal that cuts it short (WorkerStopHasADeadline)."""
+    c = await console()
+    for role, proc in c.procs.items():
+        assert os.getsid(proc.pid) == proc.pid, role
+        assert os.getpgid(proc.pid) != os.getpgid(0), role
