@@ -115,6 +115,33 @@ class NestedTooDeep(NotIJson):
         super().__init__(f"arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels")
 
 
+# The integers orjson reads exactly (an unsigned or signed 64-bit machine word); it reads
+# any other integer literal as a float, which the domain would then refuse as "not an
+# integer" when the number is an integer too large.
+MIN_JSON_INT = -(2**63)
+MAX_JSON_INT = 2**64 - 1
+
+
+class IntegerOutOfRange(NotIJson):
+    """An integer literal outside MIN_JSON_INT..MAX_JSON_INT. RFC 7493 (section 2.2)
+    advises I-JSON senders to stay within +-(2**53 - 1); docket reads exactly up to 64
+    bits and refuses the rest by name rather than read them as floats."""
+
+    name = None
+
+    def __init__(self, literal: str) -> None:
+        shown = literal if len(literal) <= 40 else f"{literal[:20]}...{literal[-8:]} ({len(literal.lstrip('-'))} digits)"
+        super().__init__(f"the integer {shown} is outside the 64-bit range docket reads exactly "
+                         f"({MIN_JSON_INT} to {MAX_JSON_INT})")
+
+
+def _int_in_range(literal: str) -> int:
+    value = int(literal)
+    if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+        raise IntegerOutOfRange(literal)
+    return value
+
+
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     seen: dict[str, Any] = {}
     for name, value in pairs:
@@ -145,11 +172,15 @@ def loads_strict(raw: bytes | str) -> Any:
     """``orjson.loads``, refusing what two readers could read differently.
 
     Raises orjson.JSONDecodeError (not JSON), NestedTooDeep (arrays and objects nested
-    deeper than MAX_JSON_DEPTH) or DuplicateMember (an object names a member twice).
-    For compact JSON (what docket's clients and most producers send) this costs one
-    extra ``orjson.dumps``: bytes that re-encode to themselves hold no duplicate, since
-    the parsed value has each member once. Anything else is scanned again by the
-    standard library's parser, which reports duplicates."""
+    deeper than MAX_JSON_DEPTH), DuplicateMember (an object names a member twice) or
+    IntegerOutOfRange (an integer beyond 64 bits, which orjson reads as a float);
+    with both, the first the standard library's parser meets (an integer as it is read,
+    an object's duplicate when the object closes). For compact JSON (what docket's
+    clients and most producers send) this costs one extra ``orjson.dumps``: bytes that
+    re-encode to themselves hold no duplicate, since the parsed value has each member
+    once, and no integer read as a float, since a float is written with a point or an
+    exponent. Anything else is scanned again by the standard library's parser, which
+    reports both."""
     value = orjson.loads(raw)
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
     # fewer brackets than the limit cannot nest deeper than it (brackets inside
@@ -161,7 +192,7 @@ def loads_strict(raw: bytes | str) -> Any:
             return value
     except TypeError:
         pass  # not re-encodable (e.g. NaN); the full scan decides
-    json.loads(data, object_pairs_hook=_refuse_duplicates)
+    json.loads(data, object_pairs_hook=_refuse_duplicates, parse_int=_int_in_range)
     return value
 
 

@@ -98,7 +98,11 @@ GENERIC_HEAD: dict[str, str] = {
     "missing_field": "invalid_payload",
     "unknown_field": "invalid_payload",
 }
-INT_FIELD_KINDS = ("string", "float", "bool", "huge")  # -> "<kind>_<int_field>": invalid_payload
+# "<kind>_<int_field>" -> the reason: a string, float or bool where an integer belongs is
+# the domain's invalid_payload; an integer beyond 64 bits is refused where the value is
+# parsed, before the domain sees it (usher.allium DuplicateMemberIsMalformed)
+INT_FIELD_KINDS = {"string": "invalid_payload", "float": "invalid_payload", "bool": "invalid_payload",
+                   "huge": "malformed_record"}
 GENERIC_TAIL: dict[str, str] = {
     "affinity_key_mismatch": "affinity_key_mismatch",
     "misrouted": "misrouted",
@@ -108,7 +112,7 @@ GENERIC_TAIL: dict[str, str] = {
 def poison_kinds(kit: DomainKit) -> dict[str, str]:
     """Every poison kind of ``kit``'s workloads -> the rejection reason docket must give
     it, in the order a workload cycles through them."""
-    return {**GENERIC_HEAD, **{f"{k}_{kit.int_field}": "invalid_payload" for k in INT_FIELD_KINDS},
+    return {**GENERIC_HEAD, **{f"{k}_{kit.int_field}": reason for k, reason in INT_FIELD_KINDS.items()},
             **kit.poison_kinds, **GENERIC_TAIL}
 
 
@@ -158,7 +162,7 @@ def _poison(kit: DomainKit, model: Any, kind: str, ikey: str, subject: str,
         return k, envelope(ikey, name, {**good, f: 5.0}), None
     if kind == f"bool_{f}":
         return k, envelope(ikey, name, {**good, f: True}), None
-    if kind == f"huge_{f}":  # beyond 64 bits: decodes as a float
+    if kind == f"huge_{f}":  # beyond 64 bits, which the parser would read as a float
         value = envelope(ikey, name, {**good, f: 1}).replace(f'"{f}":1'.encode(), f'"{f}":'.encode() + str(10**30).encode())
         return k, value, None
     if kind in kit.poison_kinds:

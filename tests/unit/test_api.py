@@ -666,6 +666,10 @@ BAD_REQUESTS = [
      "application/json", 400, "invalid_json", "event_name", "member 'event_name' appears twice"),
     ("nested too deep", b'{"event_name":"stock.adjust","payload":{"a":' + b"[" * 900 + b"]" * 900 + b"}}", "k1",
      "application/json", 400, "invalid_json", None, "nested deeper than 64 levels"),
+    # DuplicateMemberIsInvalidJson: an integer orjson would read as a float is refused by name
+    ("delta beyond 64 bits", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":'
+     + b"9" * 30 + b"}}", "k1", "application/json", 400, "invalid_json", None,
+     "the integer 999999999999999999999999999999 is outside the 64-bit range"),
     ("duplicate behind an escape", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1",'
      b'"delta":5,"\\u0064elta":6}}', "k1", "application/json", 400, "invalid_json", "delta",
      "member 'delta' appears twice"),

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.canonical import (MAX_JSON_DEPTH, DuplicateMember, NestedTooDeep, NotCanonical, _fallback, canonical,
+from app.canonical import (MAX_JSON_DEPTH, MAX_JSON_INT, MIN_JSON_INT, DuplicateMember, IntegerOutOfRange,
+                           NestedTooDeep, NotCanonical, _fallback, canonical,
                            digest, loads_strict)
 from app.records import InputRecord, body, decode, outcome, seal, unseal
 from app.registry import Rejection
@@ -177,3 +178,28 @@ def test_copy_batch_records_stay_bounded_and_name_their_watermarks():
         expected = 17 if following is None else json.loads(following["copies"][0]["body"])["input"]["offset"]
         assert r["watermark"] == expected
         assert sum(len(c["body"].encode()) for c in r["copies"]) <= MAX_COPY_RECORD_BYTES
+
+
+def test_an_integer_beyond_64_bits_is_refused_by_name():
+    """DuplicateMemberIsMalformed (an integer beyond 64 bits): orjson reads an integer literal outside -2**63 ..
+    2**64 - 1 as a float, which the domain then refused as "must be an integer"; it is
+    refused where the value is parsed, by name, the literal shortened in the detail.
+    The range's ends read exactly; floats stay floats (the domain judges them); with a
+    duplicate member too, the first the parser meets decides, the same way every time."""
+    assert (MIN_JSON_INT, MAX_JSON_INT) == (-(2**63), 2**64 - 1)
+    assert loads_strict(str(MAX_JSON_INT).encode()) == MAX_JSON_INT
+    assert loads_strict(f"[{MIN_JSON_INT}, 1.5, 1e20]".encode()) == [MIN_JSON_INT, 1.5, 1e20]
+    for literal in (str(MAX_JSON_INT + 1), str(MIN_JSON_INT - 1), "9" * 30):
+        with pytest.raises(IntegerOutOfRange, match=f"the integer {literal} is outside the 64-bit range"):
+            loads_strict(f'{{"p": {{"n": {literal}}}}}'.encode())
+    with pytest.raises(IntegerOutOfRange, match=r"the integer 99999999999999999999\.\.\.99999999 \(300 digits\)"):
+        loads_strict(b'{"n": ' + b"9" * 300 + b"}")
+    with pytest.raises(IntegerOutOfRange):  # read before the object holding the duplicate closes
+        loads_strict(b'{"q": 1, "q": ' + b"9" * 30 + b"}")
+    with pytest.raises(DuplicateMember):  # that object closed before the integer is read
+        loads_strict(b'[{"q": 1, "q": 2}, ' + b"9" * 30 + b"]")
+    value = b'{"idempotency_key":"k","event_name":"stock.adjust","payload":{"delta":' + b"9" * 30 + b"}}"
+    got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+    assert isinstance(got, Rejection) and got.reason == "malformed_record"
+    assert got.detail == ("record value is not I-JSON: the integer " + "9" * 30 + " is outside the 64-bit range "
+                          f"docket reads exactly ({MIN_JSON_INT} to {MAX_JSON_INT})")
