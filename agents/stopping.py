@@ -32,6 +32,8 @@ log = logging.getLogger("docket.worker")
 # sysexits.h EX_TEMPFAIL: the stop did not finish, and a restart (once Kafka answers)
 # recovers from it; distinct from 0 (a clean stop) and 1 (an error).
 EXIT_STOP_CUT_SHORT = 75
+# How long exit_now gives its log line before it exits without it, s.
+EXIT_LOG_GRACE_S = 2.0
 
 
 def exit_now(message: str) -> None:
@@ -39,7 +41,12 @@ def exit_now(message: str) -> None:
     :data:`EXIT_STOP_CUT_SHORT` (``os._exit``: no further clean-up, which is what hangs).
     The exit happens whatever the logging raises: run as a signal handler, this may
     interrupt the main thread inside a write to the same stream (a reentrant write
-    raises RuntimeError)."""
+    raises RuntimeError). Nor may the logging block it: another thread may hold a log
+    handler's lock while its write waits on a full pipe, so a daemon timer exits
+    :data:`EXIT_LOG_GRACE_S` s later if the log has not returned by then."""
+    watchdog = threading.Timer(EXIT_LOG_GRACE_S, os._exit, (EXIT_STOP_CUT_SHORT,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         log.error("%s", message)
         for handler in logging.getLogger().handlers:

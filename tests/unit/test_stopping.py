@@ -125,6 +125,30 @@ def test_exit_now_exits_75_even_when_the_log_cannot_be_written() -> None:
     assert "cut short" in done.stdout and "not reached" not in done.stdout, done
 
 
+def test_exit_now_exits_75_even_when_the_log_blocks() -> None:
+    """WorkerStopHasADeadline: the exit does not wait for a log that never returns; with
+    another thread holding the log handler's lock (as one stuck writing to a full pipe
+    does), the process still ends with status 75, EXIT_LOG_GRACE_S later."""
+    script = (
+        "import logging, sys, threading, time\n"
+        "logging.basicConfig(stream=sys.stdout)\n"
+        "handler = logging.getLogger().handlers[0]\n"
+        "held = threading.Event()\n"
+        "def hold():\n"
+        "    handler.acquire()\n"
+        "    held.set()\n"
+        "    time.sleep(3600)\n"
+        "threading.Thread(target=hold, daemon=True).start()\n"
+        "held.wait()\n"
+        "from agents.stopping import exit_now\n"
+        "exit_now('cut short')\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == EXIT_STOP_CUT_SHORT, done
+    assert "not reached" not in done.stdout, done
+
+
 def test_a_deadline_below_one_ms_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout_ms=0 must be at least 1"):
         StopDeadline(0)
