@@ -312,6 +312,13 @@ def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     return timeout_s, None
 
 
+# The content codings aiohttp decodes a request body from (brotli and backports.zstd
+# installed for br and zstd), and identity. Any other it would hand over still coded, so
+# the API answers 415 with Accept-Encoding, as RFC 9110 (section 15.5.16) says; a body
+# coded twice ("gzip, br") too.
+CONTENT_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+
+
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (content_type.startswith("application/")
                                                    and content_type.endswith("+json"))
@@ -327,6 +334,14 @@ async def post_event(request: web.Request) -> web.Response:
     if not _is_json(request.content_type) or given is None:
         raise ApiError(415, "unsupported_media_type",
                        f"the body must be JSON sent as Content-Type: application/json (got {given or 'none'})")
+    codings = request.headers.getall("Content-Encoding", [])
+    if codings and (len(codings) > 1 or codings[0].strip().lower() not in CONTENT_CODINGS | {""}):
+        shown = ", ".join(codings)
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Encoding {shown!r} is not supported: send the body as it is, or coded with "
+                       f"one of {', '.join(sorted(CONTENT_CODINGS - {'identity'}))}",
+                       headers={"Accept-Encoding": ", ".join(sorted(CONTENT_CODINGS - {"identity"}))})
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")

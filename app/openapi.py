@@ -224,7 +224,8 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                              + ": `error` is the reason",
                              _REPLAYED),
                 "413": _error("body over the size limit"),
-                "415": _error("body is not application/json"),
+                "415": _error("body is not application/json, or its Content-Encoding is not gzip, deflate, "
+                              "br, zstd or identity"),
                 "422": _error("the Idempotency-Key was used for a different request"),
                 "502": _error("the instances disagreed on this event: a fault was detected and no outcome "
                               "was published (a repeat of that request gets the same answer, `replay: true`)",

@@ -602,6 +602,45 @@ async def test_a_body_that_cannot_be_read_is_400_not_a_server_error(served, capl
     assert "Traceback" not in caplog.text
 
 
+async def test_content_codings_br_and_zstd_are_decoded_and_others_are_415(served) -> None:
+    """ApiRefusesMalformedHttp: a body coded br or zstd is decoded like gzip (its
+    duplicate member is named, which only a decoded body can show), one that does not
+    decode is docket's JSON 400, not aiohttp's plain-text advice to install a library;
+    a content coding aiohttp does not decode (which it would hand over still coded), or
+    two codings, is 415 `unsupported_media_type` with Accept-Encoding (RFC 9110, section
+    15.5.16); identity is the body as it is."""
+    import brotli
+    from backports import zstd
+
+    port, client = served
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-1\r\nConnection: close\r\n")
+    doubled = b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":-5,"delta":5}}'
+
+    async def post(coding: bytes | None, body: bytes) -> tuple[int, dict, bytes]:
+        extra = b"" if coding is None else b"Content-Encoding: " + coding + b"\r\n"
+        answer = await _raw(port, [head + extra + f"Content-Length: {len(body)}\r\n\r\n".encode() + body])
+        status_head, _, payload = answer.partition(b"\r\n\r\n")
+        return int(status_head.split()[1]), orjson.loads(payload), status_head
+
+    for coding, coded in ((b"br", brotli.compress(doubled)), (b"zstd", zstd.compress(doubled)),
+                          (b"identity", doubled), (b"BR", brotli.compress(doubled))):
+        status, body, _ = await post(coding, coded)
+        assert (status, body["error"]) == (400, "invalid_json"), (coding, body)
+        assert "member 'delta' appears twice" in body["message"], (coding, body)
+    for coding in (b"br", b"zstd"):  # a body labelled with a coding it was never given
+        status, body, _ = await post(coding, doubled)
+        assert (status, body["error"]) == (400, "invalid_request"), (coding, body)
+        assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
+    for coding in (b"compress", b"bogus", b"gzip, br"):
+        status, body, status_head = await post(coding, doubled)
+        assert (status, body["error"]) == (415, "unsupported_media_type"), (coding, body)
+        assert body["message"] == (f"Content-Encoding {coding.decode()!r} is not supported: send the body as it "
+                                   "is, or coded with one of br, deflate, gzip, zstd"), body
+        assert b"\r\nAccept-Encoding: br, deflate, gzip, zstd" in status_head, status_head
+    assert client.index_size == 0
+
+
 async def _counted_more(port: int, before: float) -> bool:
     return await _requests_counted(port, "400") > before
 
