@@ -608,7 +608,8 @@ async def test_content_codings_br_and_zstd_are_decoded_and_others_are_415(served
     decode is docket's JSON 400, not aiohttp's plain-text advice to install a library;
     a content coding aiohttp does not decode (which it would hand over still coded), or
     two codings, is 415 `unsupported_media_type` with Accept-Encoding (RFC 9110, section
-    15.5.16); identity is the body as it is."""
+    15.5.16); identity is the body as it is. A small coded body that decodes to more than
+    the limit is 413, as an uncoded one is."""
     import brotli
     from backports import zstd
 
@@ -632,6 +633,10 @@ async def test_content_codings_br_and_zstd_are_decoded_and_others_are_415(served
         status, body, _ = await post(coding, doubled)
         assert (status, body["error"]) == (400, "invalid_request"), (coding, body)
         assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
+    bomb = b"\0" * (16 << 20)  # a few hundred bytes coded; aiohttp decodes in bounded steps up to the limit
+    for coding, coded in ((b"br", brotli.compress(bomb, quality=5)), (b"zstd", zstd.compress(bomb))):
+        status, body, _ = await post(coding, coded)
+        assert (status, body["error"]) == (413, "payload_too_large"), (coding, len(coded), body)
     for coding in (b"compress", b"bogus", b"gzip, br"):
         status, body, status_head = await post(coding, doubled)
         assert (status, body["error"]) == (415, "unsupported_media_type"), (coding, body)
