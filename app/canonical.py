@@ -136,10 +136,32 @@ class IntegerOutOfRange(NotIJson):
 
 
 def _int_in_range(literal: str) -> int:
+    # 2**64 - 1 has 20 digits and JSON allows no leading zeros, so a longer literal is out
+    # of range without int(), which refuses over 4,300 digits (sys.int_info)
+    if len(literal) - literal.startswith("-") > 20:
+        raise IntegerOutOfRange(literal)
     value = int(literal)
     if not MIN_JSON_INT <= value <= MAX_JSON_INT:
         raise IntegerOutOfRange(literal)
     return value
+
+
+def _shallow(data: bytes) -> bool:
+    # fewer brackets than the limit cannot nest deeper than it (brackets inside strings
+    # only overcount)
+    return data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
+
+
+def _integers_in_range(data: bytes) -> None:
+    """Raise IntegerOutOfRange for the first integer literal of ``data`` outside the
+    range, if the standard library's parser reads ``data`` that far; anything else it
+    says about ``data`` is left to orjson's error, which the caller raises."""
+    try:
+        json.loads(data, parse_int=_int_in_range)
+    except IntegerOutOfRange:
+        raise
+    except ValueError:
+        pass
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -181,11 +203,20 @@ def loads_strict(raw: bytes | str) -> Any:
     once, and no integer read as a float, since a float is written with a point or an
     exponent. Anything else is scanned again by the standard library's parser, which
     reports both."""
-    value = orjson.loads(raw)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # a number beyond a double (orjson checks UTF-8 first, so raw encodes): name it if
+        # it is an integer. Only where the nesting is known to be shallow, so that the
+        # standard library's recursion limit, which depends on the caller's stack, can
+        # never decide which error a document gets.
+        if "infinity" in str(exc):
+            data = raw.encode("utf-8") if isinstance(raw, str) else raw
+            if _shallow(data):
+                _integers_in_range(data)
+        raise
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
-    # fewer brackets than the limit cannot nest deeper than it (brackets inside
-    # strings only overcount)
-    if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH and not _depth_within(value, MAX_JSON_DEPTH):
+    if not _shallow(data) and not _depth_within(value, MAX_JSON_DEPTH):
         raise NestedTooDeep()
     try:
         if orjson.dumps(value) == data:

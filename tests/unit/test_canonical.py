@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -192,8 +193,15 @@ def test_an_integer_beyond_64_bits_is_refused_by_name():
     for literal in (str(MAX_JSON_INT + 1), str(MIN_JSON_INT - 1), "9" * 30):
         with pytest.raises(IntegerOutOfRange, match=f"the integer {literal} is outside the 64-bit range"):
             loads_strict(f'{{"p": {{"n": {literal}}}}}'.encode())
-    with pytest.raises(IntegerOutOfRange, match=r"the integer 99999999999999999999\.\.\.99999999 \(300 digits\)"):
-        loads_strict(b'{"n": ' + b"9" * 300 + b"}")
+    for digits in (300, 309, 5000):  # from 309 digits on orjson says "infinity" first; int() stops at 4,300
+        with pytest.raises(IntegerOutOfRange, match=rf"the integer 99999999999999999999\.\.\.99999999 \({digits} digits\)"):
+            loads_strict(b'{"n": ' + b"9" * digits + b"}")
+    with pytest.raises(orjson.JSONDecodeError, match="infinity"):  # a float beyond a double is no integer
+        loads_strict(b"[1e400]")
+    # past 64 brackets the nesting is not known to be shallow: orjson's words, never a
+    # recursion limit's (which would depend on the caller's stack)
+    with pytest.raises(orjson.JSONDecodeError, match="infinity"):
+        loads_strict(b"[" * 70 + b"9" * 400 + b"]" * 70)
     with pytest.raises(IntegerOutOfRange):  # read before the object holding the duplicate closes
         loads_strict(b'{"q": 1, "q": ' + b"9" * 30 + b"}")
     with pytest.raises(DuplicateMember):  # that object closed before the integer is read
