@@ -105,22 +105,29 @@ def test_a_second_signal_reaches_a_main_thread_blocked_in_a_wait() -> None:
     assert restored is loops_handler
 
 
+def _exit_now_after(setup: str) -> subprocess.CompletedProcess:
+    """Run, in a fresh interpreter logging to its stdout, ``setup`` and then
+    ``exit_now('cut short')`` followed by a line that must never print; deadline 60 s
+    (subprocess.TimeoutExpired fails the test)."""
+    script = ("import logging, sys\n"
+              "logging.basicConfig(stream=sys.stdout)\n"
+              + setup
+              + "from agents.stopping import exit_now\n"
+                "exit_now('cut short')\n"
+                "print('not reached')\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
 def test_exit_now_exits_75_even_when_the_log_cannot_be_written() -> None:
     """WorkerStopHasADeadline: the exit does not depend on the log; a stderr whose flush
     raises (as a reentrant write does when the handler interrupts one) still ends the
     process with status 75, after the message reached the log."""
-    script = (
-        "import logging, sys\n"
-        "logging.basicConfig(stream=sys.stdout)\n"
+    done = _exit_now_after(
         "class Broken:\n"
         "    def write(self, s): return len(s)\n"
         "    def flush(self): raise RuntimeError('reentrant call')\n"
-        "sys.stderr = Broken()\n"
-        "from agents.stopping import exit_now\n"
-        "exit_now('cut short')\n"
-        "print('not reached')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])
+        "sys.stderr = Broken()\n")
     assert done.returncode == EXIT_STOP_CUT_SHORT, done
     assert "cut short" in done.stdout and "not reached" not in done.stdout, done
 
@@ -129,9 +136,8 @@ def test_exit_now_exits_75_even_when_the_log_blocks() -> None:
     """WorkerStopHasADeadline: the exit does not wait for a log that never returns; with
     another thread holding the log handler's lock (as one stuck writing to a full pipe
     does), the process still ends with status 75, EXIT_LOG_GRACE_S later."""
-    script = (
-        "import logging, sys, threading, time\n"
-        "logging.basicConfig(stream=sys.stdout)\n"
+    done = _exit_now_after(
+        "import threading, time\n"
         "handler = logging.getLogger().handlers[0]\n"
         "held = threading.Event()\n"
         "def hold():\n"
@@ -139,12 +145,7 @@ def test_exit_now_exits_75_even_when_the_log_blocks() -> None:
         "    held.set()\n"
         "    time.sleep(3600)\n"
         "threading.Thread(target=hold, daemon=True).start()\n"
-        "held.wait()\n"
-        "from agents.stopping import exit_now\n"
-        "exit_now('cut short')\n"
-        "print('not reached')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])
+        "held.wait()\n")
     assert done.returncode == EXIT_STOP_CUT_SHORT, done
     assert "not reached" not in done.stdout, done
 
