@@ -317,6 +317,7 @@ def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
 # the API answers 415 with Accept-Encoding, as RFC 9110 (section 15.5.16) says; a body
 # coded twice ("gzip, br") too.
 CONTENT_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+_CODED = ", ".join(sorted(CONTENT_CODINGS - {"identity"}))  # the 415's list and Accept-Encoding
 
 
 def _is_json(content_type: str) -> bool:
@@ -340,8 +341,7 @@ async def post_event(request: web.Request) -> web.Response:
         shown = shown if len(shown) <= 64 else shown[:61] + "..."
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Encoding {shown!r} is not supported: send the body as it is, or coded with "
-                       f"one of {', '.join(sorted(CONTENT_CODINGS - {'identity'}))}",
-                       headers={"Accept-Encoding": ", ".join(sorted(CONTENT_CODINGS - {"identity"}))})
+                       f"one of {_CODED}", headers={"Accept-Encoding": _CODED})
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
