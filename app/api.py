@@ -37,7 +37,7 @@ from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import logs, openapi
-from app.canonical import DuplicateMember, NotIJson, loads_strict
+from app.canonical import NotIJson, loads_strict
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
 from app.ports import bindable, port_in_use
@@ -362,11 +362,9 @@ async def post_event(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_json", f"the body is not UTF-8 text (byte 0x{raw[bad.start]:02x} at "
                                                 f"offset {bad.start}): JSON must be UTF-8 (RFC 8259)") from None
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    except DuplicateMember as exc:
+    except NotIJson as exc:  # a member named twice is that member's fault; depth and range the body's
         raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}",
-                       [{"field": exc.name, "reason": "duplicate_member", "message": str(exc)}]) from None
-    except NotIJson as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}") from None
+                       [{"field": exc.name or "body", "reason": exc.reason, "message": str(exc)}]) from None
     errors: list[dict] = []
     key, key_error = parse_idempotency_key_header(request.headers.getall("Idempotency-Key", []))
     if key_error:

@@ -93,13 +93,20 @@ MAX_JSON_DEPTH = 64
 
 
 class NotIJson(ValueError):
-    """A JSON document docket refuses although it parses: see the subclasses."""
+    """A JSON document docket refuses although it parses: see the subclasses.
+    ``name`` is the member at fault (None when the document as a whole is), ``reason``
+    the REST API's errors[] reason for it (app/api.py)."""
+
+    name: str | None = None
+    reason = "not_i_json"
 
 
 class DuplicateMember(NotIJson):
     """A JSON object names a member twice. RFC 8259 leaves the meaning open (most
     parsers keep the last, some the first); I-JSON (RFC 7493, section 2.3) forbids it,
     and so does docket: two readers of the same bytes must never see different values."""
+
+    reason = "duplicate_member"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -109,7 +116,7 @@ class DuplicateMember(NotIJson):
 class NestedTooDeep(NotIJson):
     """Arrays and objects nested deeper than MAX_JSON_DEPTH."""
 
-    name = None
+    reason = "nested_too_deep"
 
     def __init__(self) -> None:
         super().__init__(f"arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels")
@@ -127,7 +134,7 @@ class IntegerOutOfRange(NotIJson):
     advises I-JSON senders to stay within +-(2**53 - 1); docket reads exactly up to 64
     bits and refuses the rest by name rather than read them as floats."""
 
-    name = None
+    reason = "integer_out_of_range"
 
     def __init__(self, literal: str) -> None:
         shown = literal if len(literal) <= 40 else f"{literal[:20]}...{literal[-8:]} ({len(literal.lstrip('-'))} digits)"
