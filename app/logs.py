@@ -96,6 +96,46 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class CoordinatorLookupFilter(logging.Filter):
+    """aiokafka logs every failed lookup of a consumer group's coordinator at ERROR
+    ("Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError")
+    and retries it. A broker answers so for its first seconds, and while it creates
+    and loads ``__consumer_offsets`` for the first group it serves: every worker that
+    starts with a fresh broker (``make run``, the console, the benchmark) logged one
+    ERROR that asked nothing of anyone. A lookup refused for one of these retriable
+    reasons is INFO during the first ``grace_s`` seconds (30, by the records' own
+    times) of a run of them (records less than ``grace_s`` apart), and dropped unless
+    the root logger takes INFO: the level checks are behind a handler's filter. Past
+    that it keeps its level and says how long the lookups have failed. Other records
+    pass unchanged."""
+
+    LOGGER = "aiokafka.consumer.group_coordinator"
+    TEMPLATE = "Group Coordinator Request failed: %s"
+    # aiokafka.errors' names of Kafka's COORDINATOR_NOT_AVAILABLE (15),
+    # COORDINATOR_LOAD_IN_PROGRESS (14) and NOT_COORDINATOR (16)
+    TRANSIENT = ("GroupCoordinatorNotAvailableError", "GroupLoadInProgressError", "NotCoordinatorForGroupError")
+
+    def __init__(self, grace_s: float = 30.0) -> None:
+        super().__init__()
+        self.grace_s = grace_s
+        self._run: tuple[float, float] | None = None  # (first, latest) record time of the run, s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != self.LOGGER or record.msg != self.TEMPLATE or not record.args:
+            return True
+        if type(record.args[0]).__name__ not in self.TRANSIENT:
+            return True
+        first, latest = self._run or (record.created, record.created)
+        if record.created - latest >= self.grace_s:
+            first = record.created
+        self._run = (first, record.created)
+        if record.created - first < self.grace_s:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)
+        record.msg = f"{record.msg} (lookups of the group's coordinator have failed for {record.created - first:.0f} s)"
+        return True
+
+
 # The Kafka client libraries whose loggers thin_kafka_client_logs filters
 KAFKA_CLIENT_LOGGERS = ("aiokafka", "kafka")
 _LIBRARY_REPEATS = RepeatFilter(KAFKA_CLIENT_LOGGERS)
@@ -160,10 +200,11 @@ def logging_config(level: str | int, fmt: str, filename: str | None = None) -> d
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"docket": formatter},
-        "filters": {"repeats": {"()": "app.logs.RepeatFilter"}},
+        "filters": {"coordinator": {"()": "app.logs.CoordinatorLookupFilter"},
+                    "repeats": {"()": "app.logs.RepeatFilter"}},
         "handlers": {"docket": ({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"} if filename is None
                                 else {"class": "logging.FileHandler", "filename": filename})
-                     | {"formatter": "docket", "filters": ["repeats"]}},
+                     | {"formatter": "docket", "filters": ["coordinator", "repeats"]}},
         "root": {"level": level_name(level), "handlers": ["docket"]},
     }
 

@@ -280,7 +280,7 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     config = logs.logging_config("info", "text")
     configurator = logging.config.DictConfigurator(config)
     repeats = configurator.configure_filter(config["filters"]["repeats"])
-    assert config["handlers"]["docket"]["filters"] == ["repeats"]
+    assert config["handlers"]["docket"]["filters"] == ["coordinator", "repeats"]
 
     def record(name: str, at: float, node: int = 1) -> logging.LogRecord:
         rec = logging.LogRecord(name, logging.ERROR, __file__, 1, "Unable connect to node with id %s: %s",
@@ -295,6 +295,47 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     assert later.getMessage() == ("Unable connect to node with id 2: refused "
                                   "[4999 more like this left out, over 5.0 s ending 65.0 s before this one]")
     assert all(repeats.filter(record("docket.instance", 110.6)) for _ in range(3))
+
+
+def test_a_coordinator_lookup_refused_while_the_broker_loads_is_info_for_30_s() -> None:
+    """ProcessLogsInOneFormat: aiokafka's ERROR "Group Coordinator Request failed" for
+    a retriable refusal (COORDINATOR_NOT_AVAILABLE while a fresh broker loads
+    __consumer_offsets) is INFO for the first 30 s of a run of them, dropped when the
+    root logger is at WARNING (docket's default); past 30 s it is an ERROR again that
+    says for how long. Another error of the same lookup, and other records, pass as
+    they are (a fresh-user trial saw the ERROR in the console's Clerk log)."""
+    from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError
+
+    config = logs.logging_config("info", "text")
+    coordinator = logging.config.DictConfigurator(config).configure_filter(config["filters"]["coordinator"])
+
+    def lookup(at: float, err: Exception) -> logging.LogRecord:
+        rec = logging.LogRecord(logs.CoordinatorLookupFilter.LOGGER, logging.ERROR, __file__, 1,
+                                "Group Coordinator Request failed: %s", (err,), None)
+        rec.created = at
+        return rec
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.WARNING)
+        early = lookup(100.0, GroupCoordinatorNotAvailableError())
+        assert not coordinator.filter(early) and early.levelname == "INFO"
+        root.setLevel(logging.INFO)
+        assert coordinator.filter(lookup(120.0, GroupCoordinatorNotAvailableError()))
+        late = lookup(131.0, GroupCoordinatorNotAvailableError())
+        assert coordinator.filter(late) and late.levelno == logging.ERROR
+        assert "have failed for 31 s" in late.getMessage()
+        root.setLevel(logging.WARNING)
+        fresh = lookup(200.0, GroupCoordinatorNotAvailableError())  # a new run: 69 s after the last one
+        assert not coordinator.filter(fresh) and fresh.levelno == logging.INFO
+    finally:
+        root.setLevel(before)
+    other = lookup(201.0, GroupAuthorizationFailedError())
+    assert coordinator.filter(other) and other.levelno == logging.ERROR
+    unrelated = logging.LogRecord("docket.clerk", logging.ERROR, __file__, 1, "Group Coordinator Request failed: %s",
+                                  (GroupCoordinatorNotAvailableError(),), None)
+    assert coordinator.filter(unrelated) and unrelated.levelno == logging.ERROR
 
 
 async def test_a_docket_client_in_a_users_script_thins_aiokafkas_repeats(offline_settings) -> None:
