@@ -10,6 +10,7 @@ silently accepted.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 import click
@@ -17,6 +18,8 @@ import click
 from app.kafka_admin import KafkaUnreachable, connect_admin
 from app.settings import Settings, load
 from tables.ledger import LEDGER_TABLE
+
+log = logging.getLogger("docket.topics")
 
 # Kafka protocol error codes (org.apache.kafka.common.protocol.Errors)
 _NONE = 0
@@ -189,11 +192,20 @@ async def _listed(admin, names: list[str]) -> None:
     the topics and applies that to the metadata it serves a moment later; a worker
     started in that moment (tests/integration: at once, on a busy box) would find its
     topics missing and stop. What the workers' start-up check reads
-    (agents/plumbing.py check_topics) is this same listing."""
+    (agents/plumbing.py check_topics) is this same listing. A WARNING names the topics
+    still not listed after SETTLE_S seconds: a worker started now would stop, saying
+    they are missing."""
     deadline = asyncio.get_running_loop().time() + SETTLE_S
     while names:
         listed = set(await admin.list_topics())
-        if all(n in listed for n in names) or asyncio.get_running_loop().time() >= deadline:
+        if all(n in listed for n in names):
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            unlisted = sorted(n for n in names if n not in listed)
+            log.warning("the broker created %s but does not list %s after %.0f s; a worker started now "
+                        "stops on a missing topic: check the broker's log, then run `docket topics create` "
+                        "again (it keeps the topics it finds)", ", ".join(unlisted),
+                        "it" if len(unlisted) == 1 else "them", SETTLE_S)
             return
         await asyncio.sleep(0.1)
 
