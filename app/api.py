@@ -813,7 +813,15 @@ class ServerLog(logging.LoggerAdapter):
     fields, a NUL or an obs-fold in a header, a line over 8190 bytes, a chunked or
     encoded body it cannot decode) is the client's fault, answered 400: it is logged as
     one WARNING line (or aiohttp's DEBUG, for what it deems noise) without a traceback,
-    where aiohttp logs ERROR and the traceback. Everything else passes unchanged."""
+    where aiohttp logs ERROR and the traceback. Such lines are thinned per peer and
+    fault (:class:`app.logs.RepeatFilter`: the first in each ``window_s``, 10 s, passes,
+    the next to pass counts the rest): anyone who can open a connection, credentials or
+    not, could otherwise write one WARNING line per request. Everything else passes
+    unchanged."""
+
+    def __init__(self, logger: logging.Logger, window_s: float = 10.0) -> None:
+        super().__init__(logger, {})
+        self.repeats = logs.RepeatFilter(prefixes=(logger.name,), window_s=window_s)
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
@@ -821,13 +829,17 @@ class ServerLog(logging.LoggerAdapter):
             level = min(level, logging.WARNING)
             if self.isEnabledFor(level):
                 where = f" from {args[0]}" if len(args) == 1 and "%s" in str(msg) else ""
-                self.logger.log(level, "refused a malformed HTTP request%s (the client's fault): %s",
-                                where, _fault_text(exc))
+                # the whole line is the message (no args), so that the thinning is per peer and fault
+                record = self.logger.makeRecord(self.logger.name, level, __file__, 0,
+                                                f"refused a malformed HTTP request{where} (the client's fault): "
+                                                f"{_fault_text(exc)}", (), None)
+                if self.repeats.filter(record):
+                    self.logger.handle(record)
             return
         super().log(level, msg, *args, **kwargs)
 
 
-SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
+SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"))
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: never sent (nobody is there), logged and counted
 

@@ -404,7 +404,8 @@ def served_server(port: int) -> web.Server:
 async def served(settings):
     """(port, DocketClient) of the API served as `docket api` serves it (app_runner: the
     same AppRunner, request handler and loggers) on a real socket; its client is not
-    connected."""
+    connected. The thinning of malformed-request lines starts afresh."""
+    api_mod.SERVER_LOG.repeats._seen.clear()
     client = DocketClient(settings)
     runner = api_mod.app_runner(create_app(settings, client, connect=False))
     await runner.setup()
@@ -488,6 +489,30 @@ async def test_malformed_requests_are_one_warning_line_without_a_traceback(serve
         assert shown not in caplog.text and shown.encode() not in answer, (shown, caplog.text, answer)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
+
+
+async def test_a_peer_repeating_a_malformed_request_is_one_warning_per_window(served, caplog, monkeypatch) -> None:
+    """ApiRefusesMalformedHttp: the WARNING lines of malformed requests are thinned per
+    peer and fault: of 20 alike from one peer, without credentials, within the window
+    one is logged; the next after the window counts those left out. Every request is
+    still answered 400 (a fresh-user trial sent 20 and read 20 WARNING lines)."""
+    port, _ = served
+    monkeypatch.setattr(api_mod.SERVER_LOG.repeats, "window_s", 2.0)
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    request = b"GET /v1/events/k HTTP/1.1\r\n" + _HOST + b"X-Note: a\x00b\r\n\r\n"
+    began = time.time()
+    for _ in range(20):
+        answer = await _raw(port, [request])
+        assert answer.split(b"\r\n", 1)[0].split()[1] == b"400", answer[:200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert lines[0].startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), lines
+    if time.time() - began < 2.0:  # all 20 within the window (nearly always: a few ms each)
+        assert len(lines) == 1, lines
+    while time.time() - began < 2.05:  # the window runs on the records' own times: let it pass
+        await asyncio.sleep(0.05)
+    await _raw(port, [request])
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(lines) < 21 and f"[{21 - len(lines)} more like this left out" in lines[-1], lines
 
 
 def test_a_fault_description_holds_nothing_of_the_request() -> None:
