@@ -92,8 +92,21 @@ class RepeatFilter(logging.Filter):
         if left_out:
             record.msg = (f"{record.msg} [{left_out} more like this left out, over {last - first:.1f} s ending "
                           f"{record.created - last:.1f} s before this one]")
+        if len(self._seen) >= self.MAX_KEYS:
+            self._forget_quiet(record.created)
         self._seen[key] = (record.created, 0, 0.0, 0.0)
         return True
+
+    # keys kept before the quiet ones are forgotten: the REST API's keys name a peer,
+    # and a client may come from many addresses
+    MAX_KEYS = 4096
+
+    def _forget_quiet(self, now: float) -> None:
+        """Forget the keys whose window is over with nothing left out: the next record of
+        one passes as the first would. Bounds the memory to the keys active in a window."""
+        for key, (began, left_out, _first, _last) in list(self._seen.items()):
+            if not left_out and now - began >= self.window_s:
+                del self._seen[key]
 
 
 class CoordinatorLookupFilter(logging.Filter):

@@ -297,6 +297,26 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     assert all(repeats.filter(record("docket.instance", 110.6)) for _ in range(3))
 
 
+def test_the_thinning_forgets_quiet_keys_past_its_bound() -> None:
+    """ProcessLogsInOneFormat: the thinning keeps at most MAX_KEYS templates before it
+    forgets those whose window is over with nothing left out (the REST API's lines name
+    their peer: a client from many addresses must not grow it without bound); a key
+    with records left out is kept, so its count still comes."""
+    repeats = logs.RepeatFilter(("aiohttp.server",), window_s=10.0)
+
+    def record(text: str, at: float) -> logging.LogRecord:
+        rec = logging.LogRecord("aiohttp.server", logging.WARNING, __file__, 1, text, (), None)
+        rec.created = at
+        return rec
+
+    assert repeats.filter(record("busy peer", 100.0)) and not repeats.filter(record("busy peer", 101.0))
+    for i in range(3 * repeats.MAX_KEYS):
+        assert repeats.filter(record(f"peer {i}", 100.0 + i * 0.01))
+    assert len(repeats._seen) <= repeats.MAX_KEYS + 1
+    late = record("busy peer", 200.0)
+    assert repeats.filter(late) and "[1 more like this left out" in late.getMessage()
+
+
 def test_a_coordinator_lookup_refused_while_the_broker_loads_is_info_for_30_s() -> None:
     """ProcessLogsInOneFormat: aiokafka's ERROR "Group Coordinator Request failed" for
     a retriable refusal (COORDINATOR_NOT_AVAILABLE while a fresh broker loads
