@@ -66,10 +66,13 @@ def check_domain_setting() -> None:
 
 @cli.command("config")
 def config_cmd() -> None:
-    """Print every DOCKET_* setting with its default and meaning (Markdown table)."""
+    """Print every DOCKET_* setting with its default and meaning (Markdown table; an
+    empty default is shown as *(empty)*: a pair of backticks around nothing renders as
+    two backticks)."""
     click.echo("| variable | default | meaning |\n|---|---|---|")
     for s in SETTINGS:
-        click.echo(f"| `{s.env}` | `{s.default}` | {s.doc} |")
+        default = f"`{s.default}`" if s.default else "*(empty)*"
+        click.echo(f"| `{s.env}` | {default} | {s.doc} |")
 
 
 def main() -> None:
