@@ -737,7 +737,8 @@ def install(app, topics: Iterable[str], batch_size: int, in_progress=None, held=
     per fetch, a batch per topic-partition it returned records of; else one per
     topic-partition."""
     consumer_class = type("DocketBatchConsumer", (BatchConsumer,),
-                          {"batch_topics": frozenset(topics), "batch_size": batch_size,
+                          # named, or mode's logger for it is named after the metaclass's module, "abc"
+                          {"__module__": __name__, "batch_topics": frozenset(topics), "batch_size": batch_size,
                            "across_topics": across_topics, "across_partitions": across_partitions,
                            "in_progress": staticmethod(in_progress) if in_progress is not None else None,
                            "held": staticmethod(held) if held is not None else None})

@@ -944,3 +944,17 @@ async def test_a_dropped_fetch_from_the_start_sought_back_to_leaves_the_next_one
     assert done == [(tp, 10), (tp, 10)]
     items = await drain(consumer, [{tp: [record(tp, o) for o in range(10, 16)]}])
     assert [r.offset for m in items for r in m.records] == list(range(10, 16))
+
+
+def test_the_installed_consumer_logs_under_docket_s_module() -> None:
+    """The consumer class install() makes logs through mode's logger named after its
+    module: agents.intake, not "abc" (ABCMeta's module, which type() gave it; a
+    fresh-user trial read "abc: [^--DocketBatchConsumer]: Consumer shutting down")."""
+    from types import SimpleNamespace
+
+    from agents.intake import install
+
+    app = SimpleNamespace(transport=SimpleNamespace(Consumer=None))
+    install(app, ["t"], 100)
+    assert app.transport.Consumer.__module__ == "agents.intake"
+    assert app.transport.Consumer.logger.name == "agents.intake"
