@@ -359,9 +359,13 @@ async def post_event(request: web.Request) -> web.Response:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as bad:  # orjson's words for it: "str is not valid UTF-8: surrogates ..."
-            raise ApiError(400, "invalid_json", f"the body is not UTF-8 text (byte 0x{raw[bad.start]:02x} at "
-                                                f"offset {bad.start}): JSON must be UTF-8 (RFC 8259)") from None
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+            message = (f"the body is not UTF-8 text (byte 0x{raw[bad.start]:02x} at offset {bad.start}): "
+                       f"JSON must be UTF-8 (RFC 8259)")
+            raise ApiError(400, "invalid_json", message,
+                           [{"field": "body", "reason": "not_utf8", "message": message}]) from None
+        message = f"the body is not valid JSON: {exc}"
+        raise ApiError(400, "invalid_json", message,
+                       [{"field": "body", "reason": "not_json", "message": message}]) from None
     except NotIJson as exc:  # a member named twice is that member's fault; depth and range the body's
         raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}",
                        [{"field": exc.name or "body", "reason": exc.reason, "message": str(exc)}]) from None

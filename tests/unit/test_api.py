@@ -679,13 +679,15 @@ async def _counted_more(port: int, before: float) -> bool:
 
 BAD_REQUESTS = [
     # (name, body, key, content type, expected status, error code, field, text in message)
-    ("not JSON", b"{nope", "k1", "application/json", 400, "invalid_json", None, "not valid JSON"),
+    ("not JSON", b"{nope", "k1", "application/json", 400, "invalid_json", ("body", "not_json"), "not valid JSON"),
+    ("a double's range exceeded", b'{"event_name":"stock.adjust","payload":{"delta":1e400}}', "k1", "application/json",
+     400, "invalid_json", ("body", "not_json"), "not valid JSON"),
     # the Usher's limit; the unknown name was echoed whole
     ("long event name", {"event_name": "x" * 300, "payload": {}}, "k1", "application/json", 400,
      "invalid_request", "event_name", "event_name exceeds 256 characters (300)"),
     # said as "str is not valid UTF-8: surrogates not allowed" (orjson's words) before
     ("not UTF-8", b'{"event_name": "stock.adjust", "payload": {"sku": "\xff"}}', "k1", "application/json", 400,
-     "invalid_json", None, "not UTF-8 text (byte 0xff at offset 51)"),
+     "invalid_json", ("body", "not_utf8"), "not UTF-8 text (byte 0xff at offset 51)"),
     ("array body", [1, 2], "k1", "application/json", 400, "invalid_request", "body", "must be a JSON object"),
     ("null body", None, "k1", "application/json", 400, "invalid_request", "body", "not null"),
     ("no key", adjust(), None, "application/json", 400, "invalid_request", "Idempotency-Key", "header is required"),
