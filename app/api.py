@@ -36,7 +36,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app import logs, openapi
+from app import content_coding, logs, openapi
 from app.canonical import NotIJson, loads_strict
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
@@ -312,11 +312,11 @@ def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     return timeout_s, None
 
 
-# The content codings aiohttp decodes a request body from (brotli and backports.zstd
-# installed for br and zstd), and identity. Any other it would hand over still coded, so
-# the API answers 415 with Accept-Encoding, as RFC 9110 (section 15.5.16) says; a body
-# coded twice ("gzip, br") too.
-CONTENT_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+# The content codings the API decodes a request body from (app/content_coding.py, not
+# aiohttp's decoding, which accepts a stream cut short), and identity. Any other, or a
+# body coded twice ("gzip, br"), is 415 with Accept-Encoding, as RFC 9110 (section
+# 15.5.16) says.
+CONTENT_CODINGS = content_coding.CODINGS | {"identity"}
 _CODED = ", ".join(sorted(CONTENT_CODINGS - {"identity"}))  # the 415's list and Accept-Encoding
 
 
@@ -347,10 +347,17 @@ async def post_event(request: web.Request) -> web.Response:
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
     try:
         raw = await request.read()  # client_max_size stops a chunked body over the limit
-    except web.RequestPayloadError as exc:  # chunked or Content-Encoding framing aiohttp cannot decode
+        raw = content_coding.decode_body(codings[0].strip().lower() if codings else "", raw, MAX_BODY_BYTES)
+    except web.RequestPayloadError as exc:  # chunked framing aiohttp cannot read
         message = f"the body could not be read: {_fault_text(exc)}"
         raise ApiError(400, "invalid_request", message,
                        [{"field": "body", "reason": "unreadable_body", "message": message}]) from None
+    except content_coding.UnreadableBody as exc:  # not what its Content-Encoding says, or cut short
+        message = f"the body could not be read: {exc}"
+        raise ApiError(400, "invalid_request", message,
+                       [{"field": "body", "reason": "unreadable_body", "message": message}]) from None
+    except content_coding.BodyTooLarge as exc:
+        raise ApiError(413, "payload_too_large", str(exc)) from None
     except ConnectionError:  # the client closed the connection before the whole body arrived
         raise ApiError(400, "invalid_request", "the connection was closed before the whole body arrived") from None
     try:
@@ -894,10 +901,11 @@ class AppRunner(web.AppRunner):
 
 def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
     """The AppRunner `docket api` serves ``app`` with: docket's request handler
-    (:class:`RequestHandler`), aiohttp's access log when asked, and SERVER_LOG for the
-    request handler's own reports."""
+    (:class:`RequestHandler`), aiohttp's access log when asked, SERVER_LOG for the
+    request handler's own reports, and request bodies handed over as sent, for
+    post_event to decode whole or refuse (app/content_coding.py says why)."""
     return AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
-                     logger=SERVER_LOG)
+                     logger=SERVER_LOG, auto_decompress=False)  # post_event decodes (app/content_coding.py)
 
 
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,

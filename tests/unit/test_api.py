@@ -616,7 +616,7 @@ async def test_a_body_that_cannot_be_read_is_400_not_a_server_error(served, capl
     status_head, _, payload = answer.partition(b"\r\n\r\n")
     assert status_head.split()[1] == b"400", answer[:300]
     body = orjson.loads(payload)
-    assert body["error"] == "invalid_request" and "Can not decode content-encoding: gzip" in body["message"], body
+    assert body["error"] == "invalid_request" and "is not valid gzip data" in body["message"], body
     assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
     before = await _requests_counted(port, "400")
     await _raw(port, [head + b"Content-Length: 100\r\n\r\n{\"event_name\"", None])  # then half-closed
@@ -668,6 +668,54 @@ async def test_content_codings_br_and_zstd_are_decoded_and_others_are_415(served
         assert body["message"] == (f"Content-Encoding {coding.decode()!r} is not supported: send the body as it "
                                    "is, or coded with one of br, deflate, gzip, zstd"), body
         assert b"\r\nAccept-Encoding: br, deflate, gzip, zstd" in status_head, status_head
+    assert client.index_size == 0
+
+
+async def test_a_coded_body_cut_short_is_unreadable_not_decoded_in_part(served) -> None:
+    """ApiRefusesMalformedHttp: a coded body is decoded whole or refused. A gzip body
+    cut before its trailer (CRC-32 and length), whose data alone decodes to the whole
+    document, was accepted unchecked by aiohttp's decoding; now it, one with a wrong
+    CRC-32, one cut inside its data and a br, zstd or deflate stream cut short are 400
+    `invalid_request`, field `body`, reason `unreadable_body`, saying what is wrong.
+    Two gzip members are one body (RFC 1952), as is raw deflate data. Nothing reaches
+    Kafka."""
+    import gzip
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    port, client = served
+    head = (b"POST /v1/events HTTP/1.1\r\n" + _HOST + f"Authorization: Bearer {TOKENS[0]}\r\n".encode()
+            + b"Content-Type: application/json\r\nIdempotency-Key: k-1\r\nConnection: close\r\n")
+    # a member named twice: the 400 invalid_json naming it shows a body that was decoded
+    doubled = b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":-5,"delta":5}}'
+
+    async def post(coding: bytes, body: bytes) -> tuple[int, dict]:
+        answer = await _raw(port, [head + b"Content-Encoding: " + coding + b"\r\n"
+                                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body])
+        status_head, _, payload = answer.partition(b"\r\n\r\n")
+        return int(status_head.split()[1]), orjson.loads(payload)
+
+    gz = gzip.compress(doubled)
+    whole = [(b"gzip", gz + gzip.compress(b" ")),  # two members: the body and a space
+             (b"deflate", zlib.compress(doubled)[2:-4])]  # raw deflate, no zlib header or Adler-32
+    for coding, coded in whole:
+        status, body = await post(coding, coded)
+        assert (status, body["error"]) == (400, "invalid_json"), (coding, body)
+        assert "member 'delta' appears twice" in body["message"], (coding, body)
+    cut = [(b"gzip", gz[:-8], "its trailer, CRC-32 and length, is missing"),
+           (b"gzip", gz[:-8] + b"\0" * 8, "incorrect data check"),
+           (b"gzip", gz[:20], "cut short"),
+           (b"br", brotli.compress(doubled)[:-1], "cut short"),
+           (b"zstd", zstd.compress(doubled)[:-1], "cut short"),
+           (b"deflate", zlib.compress(doubled)[:-4], "cut short"),
+           (b"deflate", zlib.compress(doubled) + b"x", "1 byte after the end of its stream")]
+    for coding, coded, words in cut:
+        status, body = await post(coding, coded)
+        assert (status, body["error"]) == (400, "invalid_request"), (coding, coded, body)
+        assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")], body
+        assert words in body["message"] and coding.decode() in body["message"], (coding, body)
     assert client.index_size == 0
 
 
