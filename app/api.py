@@ -47,6 +47,10 @@ log = logging.getLogger("docket.api")
 
 MAX_BODY_BYTES = 64 * 1024
 CONNECT_RETRY_S = 1.0
+# How long after its start the API's failed connections to Kafka are INFO, not WARNING:
+# `make run` starts the API beside the broker, which takes a few seconds to answer and
+# to have the topics created (ApiServesWithoutKafka).
+CONNECT_GRACE_S = 15.0
 
 _KEY = re.compile(openapi.KEY_PATTERN)
 _ENTITY_TYPE = re.compile(openapi.ENTITY_TYPE_PATTERN)
@@ -735,7 +739,7 @@ async def _kafka_connection(app: web.Application):
     client: DocketClient = app[CLIENT]
 
     async def connect() -> None:
-        said = None
+        said, began, warned = None, time.monotonic(), False
         while not client.started:
             try:
                 await client.start()
@@ -747,14 +751,19 @@ async def _kafka_connection(app: web.Application):
                     log.error("not connecting to Kafka, stopping (a retry cannot fix this): %s", exc)
                     app[REFUSED].set(exc)
                     return
-                if client.last_error != said:
-                    if _kafka_trouble(exc):
-                        log.warning("not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
-                                    client.last_error)
+                # Kafka's trouble is INFO within the grace, and said again as a WARNING once
+                # it has outlasted the grace
+                late = time.monotonic() - began >= CONNECT_GRACE_S
+                kafkas = _kafka_trouble(exc)
+                if client.last_error != said or (kafkas and late and not warned):
+                    if kafkas:
+                        log.log(logging.WARNING if late else logging.INFO,
+                                "not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
+                                client.last_error)
                     else:  # not Kafka's doing: a fault of docket's, shown as one
                         log.error("the Kafka client failed to start (retrying every %.0f s): %s: %s",
                                   CONNECT_RETRY_S, type(exc).__name__, exc, exc_info=exc)
-                    said = client.last_error
+                    said, warned = client.last_error, warned or late
                 await asyncio.sleep(CONNECT_RETRY_S)  # retry back-off, not a synchronisation
         client.last_error = None
         log.info("connected to Kafka at %s", client.settings.kafka_bootstrap)

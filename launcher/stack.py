@@ -93,16 +93,21 @@ async def wait_for_topics(
     wait_s: float,
     *,
     echo: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    warn_after_s: float = 15.0,
     interval_s: float = 0.5,
 ) -> float:
     """Poll until Kafka answers and every topic in ``topics`` exists; return the seconds
     waited. After ``wait_s`` seconds raise StackError saying what was missing. ``echo``
-    gets one line when waiting starts (not one per attempt)."""
+    gets one line when waiting starts (not one per attempt); ``warn``, when given, one
+    more if the wait is still on after ``warn_after_s`` seconds, saying what to check
+    (a stack starting its broker beside the workers waits a few seconds as a rule, and
+    that is no warning: WorkerRefusesToStartWithoutTopics)."""
     from app.kafka_admin import KafkaUnreachable, connect_admin
 
     began = time.monotonic()
     deadline = began + wait_s
-    told = False
+    told = warned = False
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -129,16 +134,23 @@ async def wait_for_topics(
         if not told and echo is not None:
             echo(f"waiting up to {wait_s:g} s for {missing_what}")
             told = True
+        if not warned and warn is not None and time.monotonic() - began >= warn_after_s:
+            warn(f"still waiting for {missing_what} after {time.monotonic() - began:.0f} s (up to {wait_s:g} s): "
+                 "is the broker running (`docket broker start`), and are the topics created "
+                 "(`docket topics create`)?")
+            warned = True
         await asyncio.sleep(interval_s)  # poll interval of the condition above
 
 
 def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) -> None:
     """``--wait`` of the component commands: wait (if ``wait_s`` > 0), in a private loop.
-    What it waits for is one WARNING of ``docket.stack``, so DOCKET_LOG_FORMAT=json
-    holds JSON only (it was a plain line: a fresh-clone user check)."""
+    What it waits for is one INFO line of ``docket.stack`` (a log record, so
+    DOCKET_LOG_FORMAT=json holds JSON only: it was a plain line, a fresh-clone user
+    check), and one WARNING if it still waits after 15 s."""
     if wait_s > 0:
         log = logging.getLogger("docket.stack")
-        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.warning("%s", line)))
+        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.info("%s", line),
+                                    warn=lambda line: log.warning("%s", line)))
 
 
 def local_url(bind_host: str, port: int) -> str:

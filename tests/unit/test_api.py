@@ -1523,6 +1523,7 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
     from app.client import KafkaUnavailable
 
     monkeypatch.setattr(api_mod, "CONNECT_RETRY_S", 0.01)
+    monkeypatch.setattr(api_mod, "CONNECT_GRACE_S", 0.0)  # past the grace of a start beside the broker
     caplog.set_level(logging.INFO, logger="docket.api")
     failures = [KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1"), KeyError("key")]
 
@@ -1543,6 +1544,42 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
         ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
         ("ERROR", "the Kafka client failed to start (retrying every 0 s): KeyError: 'key'", True)], said
     assert said[2][:2] == ("INFO", f"connected to Kafka at {settings.kafka_bootstrap}"), said
+
+
+async def test_kafka_away_at_the_apis_start_is_info_until_it_outlasts_the_grace(settings, caplog,
+                                                                                   monkeypatch) -> None:
+    """ApiServesWithoutKafka: in the API's first CONNECT_GRACE_S "not connected to Kafka"
+    is INFO (`make run` starts the API beside a broker that takes seconds to answer);
+    the same failure outlasting the grace is said once more, as a WARNING, and not
+    again while it stays the same; a new reason after it is a WARNING too."""
+    import time
+
+    from app.client import KafkaUnavailable
+
+    monkeypatch.setattr(api_mod, "CONNECT_RETRY_S", 0.01)
+    monkeypatch.setattr(api_mod, "CONNECT_GRACE_S", 0.3)
+    caplog.set_level(logging.INFO, logger="docket.api")
+    began = time.monotonic()
+
+    class Starting(DocketClient):
+        async def start(self) -> None:
+            waited = time.monotonic() - began
+            if waited < 0.6:
+                raise KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1")
+            if waited < 0.8:
+                raise KafkaUnavailable("topic(s) docket.input do not exist")
+            self._started = True
+
+        async def stop(self) -> None:
+            self._started = False
+
+    client = Starting(settings)
+    async with TestClient(TestServer(create_app(settings, client))):
+        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+    said = [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in caplog.records
+            if r.name == "docket.api" and r.getMessage().startswith("not connected to Kafka")]
+    assert said == [("INFO", "cannot reach Kafka at 127.0.0.1:1"), ("WARNING", "cannot reach Kafka at 127.0.0.1:1"),
+                    ("WARNING", "topic(s) docket.input do not exist")], said
 
 
 def test_a_refused_login_is_not_retried_anything_else_is() -> None:

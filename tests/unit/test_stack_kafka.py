@@ -208,3 +208,26 @@ def test_a_component_killed_by_a_signal_ends_the_stack_with_128_plus_it(tmp_path
     procfile.write_text("victim: sh -c 'sleep 0.5; kill -9 $$'\nbystander: sleep 60\n")
     code = run_procfile(procfile, dict(os.environ), colour=False, fallback_log=tmp_path / "stack.log", grace_s=5.0)
     assert code == 137
+
+
+def test_a_workers_wait_for_kafka_is_info_then_one_warning(settings) -> None:
+    """WorkerRefusesToStartWithoutTopics: `--wait` says it waits once (INFO, through
+    ``echo``), warns once if the wait outlasts ``warn_after_s`` naming what to check,
+    and gives up after ``wait_s`` with a StackError. Kafka here is a closed port."""
+    import asyncio
+    import time
+
+    from launcher.stack import wait_for_topics
+
+    with socket.socket() as closed:
+        closed.bind((HOST, 0))
+        port = closed.getsockname()[1]
+    told, warned = [], []
+    began = time.monotonic()
+    with pytest.raises(StackError, match=r"gave up after 1.5 s waiting for Kafka at .*docket broker start"):
+        asyncio.run(wait_for_topics(dataclasses.replace(settings, kafka_bootstrap=f"{HOST}:{port}"), ["t"], 1.5,
+                                    echo=told.append, warn=warned.append, warn_after_s=0.4, interval_s=0.1))
+    assert time.monotonic() - began >= 1.5
+    assert told == [f"waiting up to 1.5 s for Kafka at {HOST}:{port}"], told
+    assert len(warned) == 1 and warned[0].startswith(f"still waiting for Kafka at {HOST}:{port} after "), warned
+    assert "`docket broker start`" in warned[0] and "`docket topics create`" in warned[0], warned
