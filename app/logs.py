@@ -74,6 +74,10 @@ class RepeatFilter(logging.Filter):
     3,000-8,000 times a second per worker (9-31 MB of log in half a minute, found
     with the fault console's broker stop)."""
 
+    # keys kept before the quiet ones are forgotten: the REST API's keys name a peer,
+    # and a client may come from many addresses
+    MAX_KEYS = 4096
+
     def __init__(self, prefixes: tuple[str, ...] = ("aiokafka", "kafka"), window_s: float = 10.0) -> None:
         super().__init__()
         self.prefixes = prefixes
@@ -96,10 +100,6 @@ class RepeatFilter(logging.Filter):
             self._forget_quiet(record.created)
         self._seen[key] = (record.created, 0, 0.0, 0.0)
         return True
-
-    # keys kept before the quiet ones are forgotten: the REST API's keys name a peer,
-    # and a client may come from many addresses
-    MAX_KEYS = 4096
 
     def _forget_quiet(self, now: float) -> None:
         """Forget the keys whose window is over with nothing left out: the next record of

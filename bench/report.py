@@ -205,6 +205,8 @@ def _cell(value) -> str:
 def native_tables(results: dict) -> str:
     """The sweep's table and where its latency went, per partition count."""
     kn = results.get("kafka_native") or {}
+    if not kn.get("rates") and not kn.get("by_partitions"):  # --only another part, or it failed
+        return f"Not measured{': ' + _cell(kn['error']) if kn.get('error') else '.'}"
     sweeps = [kn] + [o for o in kn.get("by_partitions") or [] if "error" not in o]
     parts = []
     for sweep in sweeps:

@@ -425,3 +425,11 @@ def test_the_report_shows_the_cost_above_idle_per_rate_and_in_the_summary() -> N
     rows = dict(report.summary_rows(results))
     assert rows["docket over Kafka: CPU per event above the idle stack at 50 events/s (every process)"].startswith(
         "6,000 µs: every core of the box at ")
+
+
+def test_a_sweep_not_run_or_failed_is_one_line_not_an_empty_table() -> None:
+    """`--only drain` (no sweep) printed the sweep's table header with no rows."""
+    assert report.native_tables({}) == "Not measured."
+    assert report.native_tables({"drain": {}}) == "Not measured."
+    assert report.native_tables({"kafka_native": {"error": "RuntimeError: a | b"}}) == \
+        "Not measured: RuntimeError: a \\| b"
