@@ -1514,6 +1514,25 @@ async def test_an_unreadable_record_is_skipped_alone_and_the_batch_goes_on(setti
     assert (client.records_skipped, client.last_error) == (5, None)
 
 
+async def _serve_until_started(settings, caplog, failure) -> None:
+    """Serve the API over a client whose start raises what ``failure()`` returns, until
+    it returns None and the client starts."""
+
+    class Starting(DocketClient):
+        async def start(self) -> None:
+            exc = failure()
+            if exc is not None:
+                raise exc
+            self._started = True
+
+        async def stop(self) -> None:
+            self._started = False
+
+    client = Starting(settings)
+    async with TestClient(TestServer(create_app(settings, client))):
+        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+
+
 async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(settings, caplog, monkeypatch) -> None:
     """ApiServesWithoutKafka: the API retries its client's start until it succeeds; a
     Kafka that does not answer is one WARNING 'not connected to Kafka', but a failure
@@ -1526,19 +1545,7 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
     monkeypatch.setattr(api_mod, "CONNECT_GRACE_S", 0.0)  # past the grace of a start beside the broker
     caplog.set_level(logging.INFO, logger="docket.api")
     failures = [KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1"), KeyError("key")]
-
-    class Starting(DocketClient):
-        async def start(self) -> None:
-            if failures:
-                raise failures.pop(0)
-            self._started = True
-
-        async def stop(self) -> None:
-            self._started = False
-
-    client = Starting(settings)
-    async with TestClient(TestServer(create_app(settings, client))):
-        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+    await _serve_until_started(settings, caplog, lambda: failures.pop(0) if failures else None)
     said = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "docket.api"]
     assert said[:2] == [
         ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
@@ -1561,21 +1568,15 @@ async def test_kafka_away_at_the_apis_start_is_info_until_it_outlasts_the_grace(
     caplog.set_level(logging.INFO, logger="docket.api")
     began = time.monotonic()
 
-    class Starting(DocketClient):
-        async def start(self) -> None:
-            waited = time.monotonic() - began
-            if waited < 0.6:
-                raise KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1")
-            if waited < 0.8:
-                raise KafkaUnavailable("topic(s) docket.input do not exist")
-            self._started = True
+    def failure() -> Exception | None:
+        waited = time.monotonic() - began
+        if waited < 0.6:
+            return KafkaUnavailable("cannot reach Kafka at 127.0.0.1:1")
+        if waited < 0.8:
+            return KafkaUnavailable("topic(s) docket.input do not exist")
+        return None
 
-        async def stop(self) -> None:
-            self._started = False
-
-    client = Starting(settings)
-    async with TestClient(TestServer(create_app(settings, client))):
-        await wait_for(lambda: client.started, 10, "the client to start", detail=lambda: caplog.text)
+    await _serve_until_started(settings, caplog, failure)
     said = [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in caplog.records
             if r.name == "docket.api" and r.getMessage().startswith("not connected to Kafka")]
     assert said == [("INFO", "cannot reach Kafka at 127.0.0.1:1"), ("WARNING", "cannot reach Kafka at 127.0.0.1:1"),
