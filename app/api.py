@@ -753,13 +753,14 @@ async def _kafka_connection(app: web.Application):
                     return
                 # Kafka's trouble is INFO within the grace, and said again as a WARNING once
                 # it has outlasted the grace
-                late = time.monotonic() - began >= CONNECT_GRACE_S
+                waited = time.monotonic() - began
+                late = waited >= CONNECT_GRACE_S
                 kafkas = _kafka_trouble(exc)
                 if client.last_error != said or (kafkas and late and not warned):
                     if kafkas:
                         log.log(logging.WARNING if late else logging.INFO,
-                                "not connected to Kafka (retrying every %.0f s): %s", CONNECT_RETRY_S,
-                                client.last_error)
+                                "not connected to Kafka%s (retrying every %.0f s): %s",
+                                f" for {waited:.0f} s" if late else "", CONNECT_RETRY_S, client.last_error)
                     else:  # not Kafka's doing: a fault of docket's, shown as one
                         log.error("the Kafka client failed to start (retrying every %.0f s): %s: %s",
                                   CONNECT_RETRY_S, type(exc).__name__, exc, exc_info=exc)

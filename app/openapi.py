@@ -202,12 +202,16 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                     "description": f"RFC 7240: `wait=N` waits at most N seconds (never more than {timeout_ms} ms) "
                                    "for the agreed result; `respond-async` answers 202 once Kafka has the event",
                     "schema": {"type": "string"}}
+    coding_param = {"name": "Content-Encoding", "in": "header", "required": False,
+                    "description": "the body's coding, one of gzip, deflate (zlib or raw), br, zstd or identity "
+                                   "(any case); it is decoded whole (at most 64 KiB) or refused",
+                    "schema": {"type": "string"}}
     paths = {
         "/v1/events": {"post": {
             "operationId": "submitEvent",
             "summary": "Submit an event and wait for the outcome the instances agreed on",
             "security": secured,
-            "parameters": [key_param, prefer_param],
+            "parameters": [key_param, prefer_param, coding_param],
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _ref("EventRequest"),
                                                              **_example(example_event(domain))}}},
@@ -216,16 +220,20 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                 "202": _json(_ref("Event"), f"not decided within {timeout_ms} ms: poll `Location`",
                              {"Location": {"schema": {"type": "string"}, "required": True,
                                            "description": "/v1/events/{idempotency_key}"}, **_RETRY_AFTER}),
-                "400": _error("invalid request: field-level `errors`"),
+                "400": _error("invalid request: field-level `errors` (also a body that is not JSON, `invalid_json`, "
+                              "or does not decode whole from its Content-Encoding, reason `unreadable_body`)"),
                 **auth_errors,
                 "409": _json({"allOf": [_ref("Event"), _ref("Error")]},
                              "rejected by the domain's rules"
                              + (f" (e.g. `{kit.example_rejection}`)" if kit is not None else "")
                              + ": `error` is the reason",
                              _REPLAYED),
-                "413": _error("body over the size limit"),
+                "413": _error("body over the size limit (as sent, or decoded from its Content-Encoding)"),
                 "415": _error("body is not application/json, or its Content-Encoding is not gzip, deflate, "
-                              "br, zstd or identity"),
+                              "br, zstd or identity",
+                              {"Accept-Encoding": {"schema": {"type": "string"},
+                                                   "description": "the content codings a body may be sent in "
+                                                                  "(with a Content-Encoding refusal)"}}),
                 "422": _error("the Idempotency-Key was used for a different request"),
                 "502": _error("the instances disagreed on this event: a fault was detected and no outcome "
                               "was published (a repeat of that request gets the same answer, `replay: true`)",

@@ -146,11 +146,17 @@ def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) ->
     """``--wait`` of the component commands: wait (if ``wait_s`` > 0), in a private loop.
     What it waits for is one INFO line of ``docket.stack`` (a log record, so
     DOCKET_LOG_FORMAT=json holds JSON only: it was a plain line, a fresh-clone user
-    check), and one WARNING if it still waits after 15 s."""
+    check), and one WARNING if it still waits after 15 s. Ctrl-C (SIGINT) meanwhile ends
+    the process with status 130 and one INFO line, not click's "Aborted!" and status 1:
+    nothing was started, so there is nothing to stop."""
     if wait_s > 0:
         log = logging.getLogger("docket.stack")
-        asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.info("%s", line),
-                                    warn=lambda line: log.warning("%s", line)))
+        try:
+            asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.info("%s", line),
+                                        warn=lambda line: log.warning("%s", line)))
+        except KeyboardInterrupt:
+            log.info("interrupted while waiting for Kafka and its topics; nothing was started")
+            raise SystemExit(130) from None
 
 
 def local_url(bind_host: str, port: int) -> str:

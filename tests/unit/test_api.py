@@ -616,7 +616,8 @@ async def test_a_body_that_cannot_be_read_is_400_not_a_server_error(served, capl
     status_head, _, payload = answer.partition(b"\r\n\r\n")
     assert status_head.split()[1] == b"400", answer[:300]
     body = orjson.loads(payload)
-    assert body["error"] == "invalid_request" and "is not valid gzip data" in body["message"], body
+    assert body["error"] == "invalid_request" and "is not valid gzip data: it does not start with a gzip header" \
+        in body["message"], body
     assert [(e["field"], e["reason"]) for e in body["errors"]] == [("body", "unreadable_body")]
     before = await _requests_counted(port, "400")
     await _raw(port, [head + b"Content-Length: 100\r\n\r\n{\"event_name\"", None])  # then half-closed
@@ -704,8 +705,8 @@ async def test_a_coded_body_cut_short_is_unreadable_not_decoded_in_part(served) 
         status, body = await post(coding, coded)
         assert (status, body["error"]) == (400, "invalid_json"), (coding, body)
         assert "member 'delta' appears twice" in body["message"], (coding, body)
-    cut = [(b"gzip", gz[:-8], "its trailer, CRC-32 and length, is missing"),
-           (b"gzip", gz[:-8] + b"\0" * 8, "incorrect data check"),
+    cut = [(b"gzip", gz[:-8], "cut short (a gzip stream ends with a trailer: CRC-32 and length)"),
+           (b"gzip", gz[:-8] + b"\0" * 8, "its CRC-32 does not match its data"),
            (b"gzip", gz[:20], "cut short"),
            (b"br", brotli.compress(doubled)[:-1], "cut short"),
            (b"zstd", zstd.compress(doubled)[:-1], "cut short"),
@@ -1548,7 +1549,7 @@ async def test_a_start_failure_that_is_not_kafkas_is_not_blamed_on_kafka(setting
     await _serve_until_started(settings, caplog, lambda: failures.pop(0) if failures else None)
     said = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "docket.api"]
     assert said[:2] == [
-        ("WARNING", "not connected to Kafka (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
+        ("WARNING", "not connected to Kafka for 0 s (retrying every 0 s): cannot reach Kafka at 127.0.0.1:1", False),
         ("ERROR", "the Kafka client failed to start (retrying every 0 s): KeyError: 'key'", True)], said
     assert said[2][:2] == ("INFO", f"connected to Kafka at {settings.kafka_bootstrap}"), said
 
@@ -1577,10 +1578,14 @@ async def test_kafka_away_at_the_apis_start_is_info_until_it_outlasts_the_grace(
         return None
 
     await _serve_until_started(settings, caplog, failure)
-    said = [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in caplog.records
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
             if r.name == "docket.api" and r.getMessage().startswith("not connected to Kafka")]
-    assert said == [("INFO", "cannot reach Kafka at 127.0.0.1:1"), ("WARNING", "cannot reach Kafka at 127.0.0.1:1"),
-                    ("WARNING", "topic(s) docket.input do not exist")], said
+    assert [(level, message.split(": ", 1)[1]) for level, message in said] == [
+        ("INFO", "cannot reach Kafka at 127.0.0.1:1"), ("WARNING", "cannot reach Kafka at 127.0.0.1:1"),
+        ("WARNING", "topic(s) docket.input do not exist")], said
+    assert said[0][1].startswith("not connected to Kafka (retrying"), said  # no duration within the grace
+    assert said[1][1].split(" (retrying")[0] in ("not connected to Kafka for 0 s",  # how long, after it
+                                                 "not connected to Kafka for 1 s"), said
 
 
 def test_a_refused_login_is_not_retried_anything_else_is() -> None:

@@ -64,17 +64,49 @@ def test_a_gzip_body_without_its_trailer_is_unreadable_though_its_data_is_whole(
     RFC 1952 section 2.3.1) is all that is missing."""
     coded = gzip.compress(DOC)
     assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(coded[:-8]) == DOC  # the data alone is whole
-    with pytest.raises(UnreadableBody, match=r"its trailer, CRC-32 and length, is missing"):
+    with pytest.raises(UnreadableBody, match=r"cut short \(a gzip stream ends with a trailer: CRC-32 and length\)"):
         decode_body("gzip", coded[:-8], 1024)
 
 
-@pytest.mark.parametrize(("coding", "check"), [("gzip", -8), ("deflate", -1)])
-def test_a_wrong_check_value_is_unreadable(coding: str, check: int) -> None:
-    """gzip's CRC-32 and zlib's Adler-32 are checked."""
+@pytest.mark.parametrize(("coding", "check", "named"), [("gzip", -8, "its CRC-32 does not match its data"),
+                                                        ("gzip", -1, r"its length \(ISIZE\) does not match"),
+                                                        ("deflate", -1, "its Adler-32 does not match its data")])
+def test_a_wrong_check_value_is_unreadable_and_named(coding: str, check: int, named: str) -> None:
+    """gzip's CRC-32 and length and zlib's Adler-32 are checked, and named in the
+    format's own terms, with zlib's words after them."""
     coded = bytearray(ENCODERS[coding](DOC))
     coded[check] ^= 0xFF
-    with pytest.raises(UnreadableBody, match=f"not valid {coding} data .*incorrect"):
+    with pytest.raises(UnreadableBody, match=f"^the body is not valid {coding} data: {named} .*incorrect"):
         decode_body(coding, bytes(coded), 1024)
+
+
+def test_a_stray_byte_after_a_gzip_stream_is_named_so_even_when_it_starts_a_header() -> None:
+    """0x1f is the first byte of a gzip header, so zlib takes it for a member cut short;
+    it is a byte after the stream (a fresh-user trial read "cut short")."""
+    with pytest.raises(UnreadableBody, match=r"^the gzip body has 1 byte after the end of its stream that is no "):
+        decode_body("gzip", gzip.compress(DOC) + b"\x1f", 1024)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_more_than_max_streams_members_or_frames_are_refused(coding: str) -> None:
+    """Each member or frame costs a decoder: 7,281 empty zstd frames took 110 ms."""
+    from app.content_coding import MAX_STREAMS
+
+    empty = ENCODERS[coding](b"")
+    assert decode_body(coding, empty * (MAX_STREAMS - 1) + ENCODERS[coding](DOC), 1024) == DOC
+    with pytest.raises(UnreadableBody, match=f"holds more than {MAX_STREAMS} "):
+        decode_body(coding, empty * MAX_STREAMS + ENCODERS[coding](DOC), 1024)
+
+
+def test_raw_deflate_whose_first_byte_looks_like_a_zlib_header_is_still_raw() -> None:
+    """A raw stream opening with a stored block whose padding bits are set has the first
+    byte 0x08, zlib's compression method: its second byte fails zlib's header check
+    (the two bytes a multiple of 31, RFC 1950), so it is read as raw data."""
+    raw = bytes([0x08, 0x05, 0x00, 0xFA, 0xFF]) + b"hello" + zlib.compress(b"")[2:-4]  # stored "hello", then end
+    plain = zlib.decompressobj(-zlib.MAX_WBITS)
+    assert plain.decompress(raw) == b"hello" and plain.eof
+    assert (raw[0] << 8 | raw[1]) % 31 != 0
+    assert decode_body("deflate", raw, 1024) == b"hello"
 
 
 @pytest.mark.parametrize("coding", sorted(ENCODERS))
@@ -84,7 +116,7 @@ def test_bytes_after_the_stream_are_unreadable(coding: str) -> None:
 
 
 def test_bytes_after_a_gzip_member_that_are_no_member_are_named_so() -> None:
-    with pytest.raises(UnreadableBody, match=r"the gzip body has 3 bytes after the end of its stream that are no gzip"):
+    with pytest.raises(UnreadableBody, match=r"the gzip body has 3 bytes after the end of its stream that are no whole gzip member"):
         decode_body("gzip", gzip.compress(DOC) + b"xyz", 1024)
 
 

@@ -231,3 +231,34 @@ def test_a_workers_wait_for_kafka_is_info_then_one_warning(settings) -> None:
     assert told == [f"waiting up to 1.5 s for Kafka at {HOST}:{port}"], told
     assert len(warned) == 1 and warned[0].startswith(f"still waiting for Kafka at {HOST}:{port} after "), warned
     assert "`docket broker start`" in warned[0] and "`docket topics create`" in warned[0], warned
+
+
+def test_ctrl_c_while_a_worker_waits_for_kafka_ends_it_quietly_with_130(tmp_path: Path) -> None:
+    """WorkerRefusesToStartWithoutTopics: SIGINT during `--wait` ends the worker with
+    status 130 and one INFO line; it was click's "Aborted!" and status 1 (a fresh-user
+    trial). Kafka here is a closed port, so the worker is still waiting."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")} | {
+        "DOCKET_KAFKA_BOOTSTRAP": f"{HOST}:1", "DOCKET_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+        "DOCKET_DATA_ROOT": str(tmp_path / "data")}
+    docket = Path(sys.executable).with_name("docket")
+    proc = subprocess.Popen([str(docket), "instance", "--id", "a", "--wait", "60"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stderr:  # blocks until the next line; the wait's line comes within a second or two
+            seen.append(line)
+            if "waiting up to 60 s for Kafka" in line:
+                break
+        assert seen and "waiting up to 60 s for Kafka" in seen[-1], seen
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 130, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert "interrupted while waiting for Kafka and its topics; nothing was started" in rest, rest
+    assert "Aborted!" not in rest and "Traceback" not in rest, rest
