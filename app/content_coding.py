@@ -32,14 +32,21 @@ CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 # one; RFC 1952 and RFC 8878 allow more, and a few are accepted.
 MAX_STREAMS = 64
 
-# zlib's words for a failed check, in the terms of the coding's own format
-_ZLIB_WORDS = {
+# the libraries' words for a failed check, in the terms of the coding's own format
+_CHECK_WORDS = {
     "gzip": {"incorrect header check": "it does not start with a gzip header (1f 8b)",
              "incorrect data check": "its CRC-32 does not match its data",
              "incorrect length check": "its length (ISIZE) does not match its data"},
     "deflate": {"incorrect header check": "it does not start with a zlib header",
-                "incorrect data check": "its Adler-32 does not match its data"},
+                "incorrect data check": "its Adler-32 does not match its data",
+                "Error 2 while decompressing data": "it needs a preset dictionary (FDICT), which an HTTP body "
+                                                    "cannot name"},
+    "zstd": {"Restored data doesn't match checksum": "its checksum does not match its data"},
 }
+# how a further gzip member or zstd frame (or a skippable frame) begins: RFC 1952
+# section 2.3.1, RFC 8878 sections 3.1.1 and 3.1.2
+_MAGIC = {"gzip": lambda d: d[:2] == b"\x1f\x8b",
+          "zstd": lambda d: d[:4] == b"\x28\xb5\x2f\xfd" or (d[1:4] == b"\x2a\x4d\x18" and d[0] & 0xF0 == 0x50)}
 
 
 class BodyTooLarge(ValueError):
@@ -75,8 +82,16 @@ def decode_body(coding: str, raw: bytes, limit: int) -> bytes:
         # its first byte, and its two bytes a multiple of 31; anything else is taken for
         # raw deflate data, which some clients send under this name
         wrapped = len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0
-        wbits = zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS
-        return _members(coding, raw, limit, lambda: zlib.decompressobj(wbits), one=True)
+        as_raw = lambda: _members(coding, raw, limit, lambda: zlib.decompressobj(-zlib.MAX_WBITS), one=True)  # noqa: E731
+        if not wrapped:
+            return as_raw()
+        try:
+            return _members(coding, raw, limit, lambda: zlib.decompressobj(zlib.MAX_WBITS), one=True)
+        except UnreadableBody as as_zlib:  # raw data whose first two bytes pass for a zlib header (1 in 31)
+            try:
+                return as_raw()
+            except UnreadableBody:
+                raise as_zlib from None
     if coding == "zstd":
         return _members(coding, raw, limit, zstd.ZstdDecompressor)
     if coding == "br":
@@ -87,12 +102,17 @@ def decode_body(coding: str, raw: bytes, limit: int) -> bytes:
 def _members(coding: str, raw: bytes, limit: int, make, *, one: bool = False) -> bytes:
     """Decode ``raw`` as consecutive streams (gzip members, zstd frames; a single one
     when ``one``), each from a fresh ``make()`` (zlib's or zstd's decompressor: both
-    have ``decompress(data, max_length)``, ``eof`` and ``unused_data``)."""
+    have ``decompress(data, max_length)``, ``eof`` and ``unused_data``). A fault in a
+    later member is named with its number; bytes after a whole stream that begin no
+    further member are named as such."""
     kind = "frame" if coding == "zstd" else "member"
     out = bytearray()
     data = raw
-    for streams in range(MAX_STREAMS + 1):
-        if streams == MAX_STREAMS:
+    for number in range(1, MAX_STREAMS + 2):
+        if number > 1 and (one or not _MAGIC[coding](data)):
+            raise UnreadableBody(f"the {coding} body has {_bytes(len(data))} after the end of its stream, "
+                                 f"which {'is' if len(data) == 1 else 'are'} not a complete {coding} {kind}")
+        if number > MAX_STREAMS:
             raise UnreadableBody(f"the {coding} body holds more than {MAX_STREAMS} {kind}s: send it as one")
         decoder = make()
         room = limit + 1 - len(out)
@@ -101,25 +121,22 @@ def _members(coding: str, raw: bytes, limit: int, make, *, one: bool = False) ->
             out += decoder.decompress(data, room)
             fault = None if decoder.eof else "cut short"
         except (zlib.error, zstd.ZstdError) as exc:
-            words = _ZLIB_WORDS.get(coding, {}).get(str(exc).split(": ")[-1])
+            words = _CHECK_WORDS.get(coding, {}).get(str(exc).split(": ")[-1])
             fault = f": {words} ({exc})" if words else f" ({exc})"
         if len(out) > limit:
             raise BodyTooLarge(coding, limit)
-        if fault is not None and data is not raw:  # bytes after a whole stream
-            raise UnreadableBody(f"the {coding} body has {_bytes(len(data))} after the end of its stream "
-                                 f"that {'is' if len(data) == 1 else 'are'} no whole {coding} {kind}")
         if fault == "cut short":
-            raise UnreadableBody(f"the {coding} body ends before its stream does: it was cut short"
-                                 + (" (a gzip stream ends with a trailer: CRC-32 and length)" if coding == "gzip"
-                                    else ""))
+            trailer = f" (a gzip {'stream' if number == 1 else 'member'} ends with a trailer: CRC-32 and length)"
+            raise UnreadableBody((f"the {coding} body ends before its stream does: it was cut short" if number == 1
+                                  else f"{kind} {number} of the {coding} body was cut short")
+                                 + (trailer if coding == "gzip" else ""))
         if fault is not None:
-            raise UnreadableBody(f"the body is not valid {coding} data{fault}")
+            where = "the body" if number == 1 else f"{kind} {number} of the body"
+            raise UnreadableBody(f"{where} is not valid {coding} data{fault}")
         data = decoder.unused_data
         if not data:
             return bytes(out)
-        if one:
-            raise UnreadableBody(f"the {coding} body has {_bytes(len(data))} after the end of its stream")
-    raise AssertionError("unreachable: the loop raises at MAX_STREAMS")
+    raise AssertionError("unreachable: the loop raises past MAX_STREAMS")
 
 
 def _bytes(n: int) -> str:

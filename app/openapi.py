@@ -204,7 +204,8 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                     "schema": {"type": "string"}}
     coding_param = {"name": "Content-Encoding", "in": "header", "required": False,
                     "description": "the body's coding, one of gzip, deflate (zlib or raw), br, zstd or identity "
-                                   "(any case); it is decoded whole (at most 64 KiB) or refused",
+                                   "(any case); it is decoded whole (at most 64 KiB, up to 64 gzip members or zstd "
+                                   "frames) or refused",
                     "schema": {"type": "string"}}
     paths = {
         "/v1/events": {"post": {

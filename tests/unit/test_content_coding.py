@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 
 import brotli
@@ -83,7 +84,7 @@ def test_a_wrong_check_value_is_unreadable_and_named(coding: str, check: int, na
 def test_a_stray_byte_after_a_gzip_stream_is_named_so_even_when_it_starts_a_header() -> None:
     """0x1f is the first byte of a gzip header, so zlib takes it for a member cut short;
     it is a byte after the stream (a fresh-user trial read "cut short")."""
-    with pytest.raises(UnreadableBody, match=r"^the gzip body has 1 byte after the end of its stream that is no "):
+    with pytest.raises(UnreadableBody, match=r"^the gzip body has 1 byte after the end of its stream, which is not a complete gzip member$"):
         decode_body("gzip", gzip.compress(DOC) + b"\x1f", 1024)
 
 
@@ -116,7 +117,7 @@ def test_bytes_after_the_stream_are_unreadable(coding: str) -> None:
 
 
 def test_bytes_after_a_gzip_member_that_are_no_member_are_named_so() -> None:
-    with pytest.raises(UnreadableBody, match=r"the gzip body has 3 bytes after the end of its stream that are no whole gzip member"):
+    with pytest.raises(UnreadableBody, match=r"the gzip body has 3 bytes after the end of its stream, which are not a complete gzip member"):
         decode_body("gzip", gzip.compress(DOC) + b"xyz", 1024)
 
 
@@ -152,3 +153,58 @@ def test_gzip_members_share_the_limit() -> None:
 def test_an_unknown_coding_is_a_value_error_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match="br, deflate, gzip, zstd"):
         decode_body("compress", DOC, 1024)
+
+
+def _second_member_faults(coding: str) -> list[tuple[bytes, str]]:
+    first, second = ENCODERS[coding](DOC[:10]), bytearray(ENCODERS[coding](DOC[10:]))
+    kind = "frame" if coding == "zstd" else "member"
+    if coding == "gzip":
+        crc = bytearray(second)
+        crc[-8] ^= 0xFF
+        return [(first + bytes(crc), "member 2 of the body is not valid gzip data: its CRC-32 does not match"),
+                (first + bytes(second[:-4]), "member 2 of the gzip body was cut short (a gzip member ends with")]
+    checked = bytearray(zstd.compress(DOC[10:], options={zstd.CompressionParameter.checksum_flag: 1}))
+    checked[-1] ^= 0xFF
+    return [(first + bytes(checked), "frame 2 of the body is not valid zstd data: its checksum does not match"),
+            (first + bytes(second[:-2]), f"{kind} 2 of the zstd body was cut short")]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_a_fault_in_a_later_member_or_frame_is_named_with_its_number(coding: str) -> None:
+    """Not "bytes after the end of its stream" (a second fresh-user trial): a member or
+    frame that begins as one and then fails is that member's fault."""
+    assert decode_body(coding, ENCODERS[coding](DOC[:10]) + ENCODERS[coding](DOC[10:]), 1024) == DOC
+    for coded, words in _second_member_faults(coding):
+        with pytest.raises(UnreadableBody, match=re.escape(words)):
+            decode_body(coding, coded, 1024)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_stray_bytes_after_max_streams_members_are_stray_bytes_not_one_member_too_many(coding: str) -> None:
+    from app.content_coding import MAX_STREAMS
+
+    coded = ENCODERS[coding](b"") * (MAX_STREAMS - 1) + ENCODERS[coding](DOC) + b"xyz"
+    with pytest.raises(UnreadableBody, match="has 3 bytes after the end of its stream"):
+        decode_body(coding, coded, 1024)
+
+
+def test_a_zlib_stream_with_a_preset_dictionary_says_so() -> None:
+    packer = zlib.compressobj(zdict=b"warehouse sku delta")
+    coded = packer.compress(DOC) + packer.flush()
+    with pytest.raises(UnreadableBody, match=r"needs a preset dictionary \(FDICT\)"):
+        decode_body("deflate", coded, 1024)
+
+
+def test_raw_deflate_whose_first_two_bytes_pass_for_a_zlib_header_is_read_raw() -> None:
+    """1 raw stream in 31 opening with 0x08 has a second byte that passes zlib's check:
+    read as zlib it fails, and is then read raw."""
+    for pad in range(300):
+        body = b'{"pad":"' + b"x" * pad + b'"}'
+        raw = bytes([0x08]) + len(body).to_bytes(2, "little") + (len(body) ^ 0xFFFF).to_bytes(2, "little") + body \
+            + zlib.compress(b"")[2:-4]
+        if (raw[0] << 8 | raw[1]) % 31 == 0:
+            break
+    else:
+        raise AssertionError("no padding made the first two bytes pass for a zlib header")
+    assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw) == body
+    assert decode_body("deflate", raw, 1024) == body
