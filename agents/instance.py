@@ -28,6 +28,7 @@ from agents.intake import members_of, records_of
 from agents.plumbing import (STAGE_BUCKETS, ConfirmedOffsets, SideConsumer, check_topics, claim_data_dir, claim_domain,
                              faust_settings, observe_many, run_worker, worker_settings)
 from agents.usher import Usher
+from app import logs
 from app.kafka_config import client_kwargs
 from agents.worker import adopt_settings, new_app, serve_metrics
 from app.records import LOG_APPEND_TIME, seal_batch
@@ -344,7 +345,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
 
     def announce() -> None:
         ready.set()
-        log.warning("instance %s ready: recovery complete, advertising watermarks", instance_id)
+        log.log(logs.NOTICE, "instance %s ready: recovery complete, advertising watermarks", instance_id)
 
     @app.timer(READY_CHECK_S)
     async def announce_ready() -> None:

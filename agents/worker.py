@@ -184,7 +184,7 @@ class DocketWorker(faust.Worker):
             loglevel = getattr(app, "docket_log_level", None) or loglevel
         fmt = getattr(app, "docket_log_format", "text")
         if logging_config is None:
-            logging_config = logs.logging_config(loglevel or "WARNING", fmt,
+            logging_config = logs.logging_config(loglevel or logs.DEFAULT_LEVEL, fmt,
                                                  logfile if isinstance(logfile, str) else None)
         super().__init__(app, *services, loglevel=loglevel, logfile=logfile, logging_config=logging_config,
                          quiet=quiet or fmt == "json", **kwargs)

@@ -29,6 +29,17 @@ _COMMANDS = {
 
 
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        # Ctrl-C (SIGINT) that no command handles itself, e.g. a worker's while Python
+        # still imports Faust before its --wait begins: status 130 (128+2), as a
+        # shell reports an interrupted program, and nothing printed; click's own
+        # handling printed "Aborted!" and exited 1, which reads as a failure under
+        # `make run` stopped during its start (a fresh-user trial)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *_COMMANDS])
 

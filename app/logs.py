@@ -11,7 +11,8 @@ Two formats, chosen by ``DOCKET_LOG_FORMAT``:
 
 - ``text`` (the default): one line per record,
   ``[2026-01-02 03:04:05,678] [4242] [WARNING] docket.instance: message``
-  (the host's local time; the level in brackets, as Faust's own format has it);
+  (the host's local time; the level in brackets, as Faust's own format has it:
+  DEBUG, INFO, NOTICE (:data:`NOTICE`), WARNING, ERROR, CRITICAL);
 - ``json``: one JSON object per line (python-json-logger's formatter), with
   ``time`` (ISO-8601, UTC, milliseconds, e.g. ``2026-01-02T03:04:05.678Z``),
   ``level`` (``WARNING``), ``logger`` (``docket.instance``), ``message`` (the
@@ -42,6 +43,15 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 FORMATS = ("text", "json")
+
+# A level between INFO (20) and WARNING (30), as syslog's (RFC 5424: 5, "normal but
+# significant condition"), for the few lines a person starting docket wants at the
+# default level although nothing is wrong: an instance is ready. Before it they were
+# WARNINGs, the readiness signal the chaos runner and the tests wait for.
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+# DOCKET_LOG_LEVEL's default (app/settings.py), and a worker's when it is given none
+DEFAULT_LEVEL = "NOTICE"
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
@@ -187,8 +197,8 @@ def utc_time(created: float) -> str:
 
 
 def level_name(level: str | int) -> str:
-    """``level`` (``warning``, ``WARN``, ``30``, 30) as the logging module's name for it
-    (``WARNING``); ValueError for a level logging does not know."""
+    """``level`` (``warning``, ``WARN``, ``30``, 30, ``notice``) as the logging module's
+    name for it (``WARNING``, ``NOTICE``); ValueError for a level logging does not know."""
     if isinstance(level, int) or (isinstance(level, str) and level.isdigit()):
         return logging.getLevelName(int(level))
     name = level.upper()

@@ -77,7 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
     Setting("DOCKET_EVENT_LOOP", "uvloop", "event loop of the instance and Clerk workers: `uvloop` (libuv's, in C: 8-14% less CPU per event at 150 events/s) or `asyncio` (the standard library's); the REST API always runs on asyncio's"),
     Setting("DOCKET_STOP_TIMEOUT_MS", "30000", "longest an instance or Clerk worker's graceful stop (after SIGTERM or SIGINT) may take, 1 to 3600000: past it, or on a second signal, the worker exits 75 without finishing it (a stop that cannot reach Kafka otherwise never ends); the next start resumes from the last committed offsets, as after a crash. `make run` sends SIGKILL to a component still running 5 s later"),
-    Setting("DOCKET_LOG_LEVEL", "warning", "log level of docket's processes (debug, info, warning, error)"),
+    Setting("DOCKET_LOG_LEVEL", "notice", "log level of docket's processes (debug, info, notice, warning, error); `notice`, between info and warning, adds to the warnings only the lines a person starting docket wants to see (each instance's `ready` line)"),
     Setting("DOCKET_LOG_FORMAT", "text", "how docket's processes write their log to stderr, Faust's and aiokafka's lines included: `text` (one line per record) or `json` (one JSON object per line: time (ISO-8601 UTC), level, logger, message, pid, and the record's structured extras)"),
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
@@ -367,11 +367,11 @@ class Settings:
 
 def log_settings() -> tuple[str, str]:
     """(DOCKET_LOG_LEVEL, DOCKET_LOG_FORMAT), lower case, checked: ConfigError naming the
-    variable for a level other than debug, info, warning, error, or a format other than
+    variable for a level other than debug, info, notice, warning, error, or a format other than
     text, json. Read alone (app/logs.py) by commands that need no other setting."""
     level = _raw("DOCKET_LOG_LEVEL").lower()
-    if level not in {"debug", "info", "warning", "error"}:
-        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, warning, error")
+    if level not in {"debug", "info", "notice", "warning", "error"}:
+        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, notice, warning, error")
     fmt = _raw("DOCKET_LOG_FORMAT").lower()
     if fmt not in {"text", "json"}:
         raise ConfigError(f"DOCKET_LOG_FORMAT={fmt!r} must be text or json")

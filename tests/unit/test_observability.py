@@ -100,6 +100,33 @@ def test_process_logs_in_one_format_text_line() -> None:
     assert line.rstrip("\n").endswith("aiohttp.server: refused x")
 
 
+def test_process_logs_in_one_format_default_level_is_notice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ProcessLogsInOneFormat, InstanceBecomesReady: DOCKET_LOG_LEVEL is notice by
+    default, a level between INFO and WARNING: a process configured from the default
+    settings writes a NOTICE record (an instance's ready line) as `[NOTICE]`, and
+    `"level": "NOTICE"` in json, and drops an INFO one; `warning` drops the NOTICE too."""
+    monkeypatch.delenv("DOCKET_LOG_LEVEL", raising=False)
+    assert load().log_level == "notice" and logging.INFO < logs.NOTICE < logging.WARNING
+    script = ("import logging; from app import logs; logs.configure_from_settings(); "
+              "log = logging.getLogger('docket.instance'); log.info('an info line'); "
+              "log.log(logs.NOTICE, 'instance a ready: recovery complete, advertising watermarks')")
+
+    def stderr(**docket: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script], env=clean_env(**docket), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()
+
+    (line,) = stderr()
+    assert TEXT_LINE.match(line).groups()[1:] == ("NOTICE", "docket.instance") and line.endswith("watermarks"), line
+    (line,) = stderr(DOCKET_LOG_FORMAT="json")
+    assert json.loads(line)["level"] == "NOTICE", line
+    assert stderr(DOCKET_LOG_LEVEL="warning") == []
+    assert len(stderr(DOCKET_LOG_LEVEL="info")) == 2
+    monkeypatch.setenv("DOCKET_LOG_LEVEL", "NOTICE")
+    assert load().log_level == "notice"
+
+
 def test_process_logs_in_one_format_refuses_another_format(monkeypatch: pytest.MonkeyPatch) -> None:
     """ProcessLogsInOneFormat: DOCKET_LOG_FORMAT is text or json, else a configuration
     error naming the variable; `docket` exits 2 before doing anything (`docket config`

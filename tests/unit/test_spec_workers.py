@@ -32,6 +32,7 @@ from agents import instance as instance_mod
 from agents import plumbing
 from agents.faults import FaultInjector, FaultSpec
 from agents.intake import BatchMessage, OneRecord, members_of
+from app import logs
 from app.canonical import canonical, digest
 from app.records import partition_for, seal
 from app.versions import Blocked
@@ -392,7 +393,7 @@ async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(s
 
 async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(settings, tmp_path, caplog) -> None:
     """AdvertiseWatermarkOnlyWhenReady, NoWatermarkBeforeRestore, WatermarksCoverOnlyEmittedOutputs:
-    an instance's watermark is the copy record's: the next offset after its batch, in
+    InstanceBecomesReady: an instance's watermark is the copy record's: the next offset after its batch, in
     the record that carries the batch's copies, so it never names an offset whose copy
     is not already sent; nothing is sent on its own, and the instance says it is ready
     only once Faust's recovery is complete.
@@ -408,13 +409,14 @@ async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(
     async with app.agents["usher"].test_context() as ctx:
         await put_batch(ctx, settings.input_topic, home, [(*adjust(f"k{i}", "s1", 1), 1_000 + i) for i in range(3)], 0)
         await until(lambda: len(producer.sent(out_topic)) == 1, "the copy record")
-        with caplog.at_level(logging.WARNING, logger="docket.instance"):
+        with caplog.at_level(logs.NOTICE, logger="docket.instance"):
             await announce()
             assert not any("ready" in m for m in caplog.messages)  # recovery is not complete
             app.tables.recovery.completed.set()
             await announce()
             await announce()
-        assert sum("ready: recovery complete" in m for m in caplog.messages) == 1
+        # InstanceBecomesReady: once, at NOTICE (shown at the default level, no WARNING)
+        assert [r.levelname for r in caplog.records if "ready: recovery complete" in r.getMessage()] == ["NOTICE"]
         ((_, (_, _, _, value, partition)),) = producer.sent(out_topic)
         record = orjson.loads(value)
         assert partition == home and record["watermark"] == 3 == len(record["copies"])

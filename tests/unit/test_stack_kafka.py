@@ -262,3 +262,23 @@ def test_ctrl_c_while_a_worker_waits_for_kafka_ends_it_quietly_with_130(tmp_path
         proc.stderr.close()
     assert "interrupted while waiting for Kafka and its topics; nothing was started" in rest, rest
     assert "Aborted!" not in rest and "Traceback" not in rest, rest
+
+
+def test_ctrl_c_before_a_commands_own_handling_exits_130_without_aborted() -> None:
+    """WorkerRefusesToStartWithoutTopics: SIGINT that reaches a `docket` command before
+    it handles Ctrl-C itself (a worker still importing Faust, before its --wait) ends
+    it with status 130 and nothing printed; click printed "Aborted!" and exited 1. A
+    real SIGINT through `docket`'s own entry point (app.cli.main), sent by a command
+    added for the test."""
+    script = ("import os, signal, time, click\n"
+              "from app import cli\n"
+              "@cli.cli.command('interrupted')\n"
+              "def interrupted():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(30)  # the signal's KeyboardInterrupt ends this at once\n"
+              "cli.main()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")}
+    done = subprocess.run([sys.executable, "-c", script, "interrupted"], env=env, cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stderr == "" and done.stdout == "", (done.stdout, done.stderr)
