@@ -47,10 +47,9 @@ log = logging.getLogger("docket.api")
 
 MAX_BODY_BYTES = 64 * 1024
 CONNECT_RETRY_S = 1.0
-# How long after its start the API's failed connections to Kafka are INFO, not WARNING:
-# `make run` starts the API beside the broker, which takes a few seconds to answer and
-# to have the topics created (ApiServesWithoutKafka).
-CONNECT_GRACE_S = 15.0
+# How long after its start the API's failed connections to Kafka are INFO, not WARNING
+# (ApiServesWithoutKafka): the quiet start of every docket process
+CONNECT_GRACE_S = logs.QUIET_START_S
 
 _KEY = re.compile(openapi.KEY_PATTERN)
 _ENTITY_TYPE = re.compile(openapi.ENTITY_TYPE_PATTERN)

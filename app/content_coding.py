@@ -82,7 +82,10 @@ def decode_body(coding: str, raw: bytes, limit: int) -> bytes:
         # its first byte, and its two bytes a multiple of 31; anything else is taken for
         # raw deflate data, which some clients send under this name
         wrapped = len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0
-        as_raw = lambda: _members(coding, raw, limit, lambda: zlib.decompressobj(-zlib.MAX_WBITS), one=True)  # noqa: E731
+
+        def as_raw() -> bytes:
+            return _members(coding, raw, limit, lambda: zlib.decompressobj(-zlib.MAX_WBITS), one=True)
+
         if not wrapped:
             return as_raw()
         try:

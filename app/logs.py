@@ -52,6 +52,12 @@ NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 # DOCKET_LOG_LEVEL's default (app/settings.py), and a worker's when it is given none
 DEFAULT_LEVEL = "NOTICE"
+# How long a start beside the broker waits for Kafka quietly (INFO) before it says so
+# as a WARNING: `make run` starts the broker, the topics, the workers and the API at
+# once, and the broker takes a few seconds to answer and the topics to be created. A
+# worker's --wait (launcher/stack.py wait_for_topics) and the REST API's connection
+# (app/api.py) both use it (WorkerRefusesToStartWithoutTopics, ApiServesWithoutKafka).
+QUIET_START_S = 15.0
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import click
 
+from app.logs import QUIET_START_S
 from app.settings import Settings, load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ async def wait_for_topics(
     *,
     echo: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
-    warn_after_s: float = 15.0,
+    warn_after_s: float = QUIET_START_S,
     interval_s: float = 0.5,
 ) -> float:
     """Poll until Kafka answers and every topic in ``topics`` exists; return the seconds
