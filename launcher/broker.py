@@ -162,6 +162,9 @@ def java_executable() -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MissingTool(NEED_JAVA.format(min=MIN_JAVA, found=f"; `{java} -version` failed: {exc}")) from None
     major = _java_major(out.stderr + out.stdout)
+    if out.returncode < 0:
+        found = f"; `{java} -version` was killed by {signal.Signals(-out.returncode).name}"
+        raise MissingTool(NEED_JAVA.format(min=MIN_JAVA, found=found))
     if major is None or major < MIN_JAVA:
         found = f"; {java} is Java {major}" if major else f"; cannot tell the version of {java}"
         raise MissingTool(NEED_JAVA.format(min=MIN_JAVA, found=found))
@@ -663,7 +666,16 @@ def run_broker(
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, request_stop) for sig in stops}
     try:
-        cmd, bootstrap = _prepare(settings, broker_dir, step)
+        try:
+            cmd, bootstrap = _prepare(settings, broker_dir, step)
+        except BrokerError:
+            # the stop signal reached what _prepare runs too (`java -version` in this
+            # process group): its failure is the stop's, not a missing Java (a Ctrl-C
+            # 0.5 s into `make run` said "docket needs Java 17+", a fresh-user trial)
+            if stop_requested:
+                echo("broker stopped before it started")
+                return 0
+            raise
         if stop_requested:
             return 0
         began = time.monotonic()

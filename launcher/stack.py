@@ -622,7 +622,11 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
         def _running(self, which) -> list[str]:
             return [n for n, p in self._processes.items() if "returncode" not in p and which(n)]
 
-        def _signal(self, names: list[str], force: bool, why: str = "") -> None:
+        def _signal(self, names: list[str], force: bool, why: str = "") -> list[str]:
+            """Signal each of ``names`` whose pid is known; return those signalled. One
+            whose relay has not reported its pid yet is signalled when it does
+            (:meth:`_started`)."""
+            sent = []
             for n in names:
                 pid = self._processes[n].get("pid")
                 if pid is None:
@@ -630,6 +634,26 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 self._system_print(f"sending {'SIGKILL' if force else 'SIGTERM'} to {n} (pid {pid}){why}\n")
                 self.forced = self.forced or force
                 (self._procmgr.kill if force else self._procmgr.terminate)(pid)
+                sent.append(n)
+            return sent
+
+        def _started(self, name: str, pid: int) -> None:
+            """A relay reported its process's pid. During a stop, that process gets the
+            signal its step has sent the others: a Ctrl-C in the first tenths of a second
+            of `make run` came before the relays' reports, the components were sent
+            nothing and were SIGKILLed 35 s later (a fresh-user trial)."""
+            self._processes[name]["pid"] = pid
+            self._system_print(f"{name} started (pid={pid})\n")
+            if not self._terminating:
+                return
+            if self._phase == "kill":
+                self._signal([name], force=True)
+            elif self._phase == "last" or not self._is_last(name):
+                # a first one after grace_s had passed gets SIGKILL as the others did
+                late = self._phase == "first" and self._elapsed() > datetime.timedelta(seconds=grace_s)
+                if late:
+                    self._killed.add(name)
+                self._signal([name], force=late)
 
         def terminate(self) -> None:
             if self._terminating:
@@ -665,8 +689,8 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                 if firsts and self._elapsed() > datetime.timedelta(seconds=grace_s):
                     # once each: the loop comes by every 0.1 s until the kernel reaps it
                     unkilled = [n for n in firsts if n not in self._killed]
-                    self._killed.update(unkilled)
-                    self._signal(unkilled, force=True, why=f": still running {grace_s:g} s after SIGTERM")
+                    self._killed.update(self._signal(unkilled, force=True,
+                                                     why=f": still running {grace_s:g} s after SIGTERM"))
                 elif not firsts:
                     self._enter("last")
                     self._signal(self._running(self._is_last), force=False)
@@ -712,8 +736,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                     if msg.type == "line":
                         self._printer.write(msg)
                     elif msg.type == "start":
-                        self._processes[msg.name]["pid"] = msg.data["pid"]
-                        self._system_print(f"{msg.name} started (pid={msg.data['pid']})\n")
+                        self._started(msg.name, msg.data["pid"])
                     elif msg.type == "stop":
                         self._processes[msg.name]["returncode"] = msg.data["returncode"]
                         self._system_print(f"{msg.name} stopped (rc={msg.data['returncode']})\n")

@@ -216,3 +216,35 @@ def test_a_failed_start_shows_the_first_errors_before_the_tail() -> None:
     assert len(shown) == 3 + 25 and all("shutting down" in line for line in shown[3:])
     short = _tail_text("\n".join(log[:12])).splitlines()
     assert len(short) == 12 and "Address already in use" in short[10]
+
+
+def fake_java_home(tmp_path: Path, script: str) -> str:
+    """A JAVA_HOME whose bin/java is the shell ``script``."""
+    java = tmp_path / "fake-jdk" / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text("#!/bin/sh\n" + script)
+    java.chmod(java.stat().st_mode | stat.S_IXUSR)
+    return str(java.parent.parent)
+
+
+def test_a_stop_while_the_broker_checks_java_is_a_stop_not_a_missing_java(isolated_env, tmp_path: Path) -> None:
+    """StackStopsOnSignal: the stack's SIGTERM reaches `docket broker run` and the
+    `java -version` it runs alike (one process group); the check's failure is the
+    stop's: exit 0 and "stopped before it started". It said "docket needs Java 17+
+    ... cannot tell the version" and exited 2 (a fresh-user trial: Ctrl-C 0.5 s into
+    `make run`). Here the fake java sends the SIGTERM to its parent, then gets one."""
+    home = fake_java_home(tmp_path, "kill -TERM $PPID\nsleep 0.2\nkill -TERM $$\n")
+    proc = run_docket("broker", "run", env={**isolated_env, "JAVA_HOME": home})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "SIGTERM received: stopping the broker" in said and "broker stopped before it started" in said, said
+    assert "Java 17+" not in proc.stdout + proc.stderr
+
+
+def test_a_java_killed_while_telling_its_version_is_named(isolated_env, tmp_path: Path) -> None:
+    """A `java -version` killed by a signal when no stop was asked for is named as such,
+    not "cannot tell the version"."""
+    home = fake_java_home(tmp_path, "kill -TERM $$\n")
+    proc = run_docket("broker", "run", env={**isolated_env, "JAVA_HOME": home})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "-version` was killed by SIGTERM" in proc.stderr and "Java 17+" in proc.stderr, proc.stderr

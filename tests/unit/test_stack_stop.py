@@ -388,3 +388,44 @@ def test_stack_output_goes_on_in_the_file_once_the_pipe_is_gone(tmp_path: Path) 
                     rf"\(pid {os.getpid()}\) goes on here ---", lines[0]), lines
     assert lines[1:] == ["first line", "second line"]
     assert switched == [True] and out.switched and not out.isatty()
+
+
+def test_a_component_reported_started_after_the_stop_began_gets_its_signal() -> None:
+    """StackStopsOnSignal: a stop that begins before a relay has reported its process's
+    pid (Ctrl-C in the first tenths of a second of `make run`) signals that process as
+    soon as the pid is reported: a component with SIGTERM, the broker only in its own
+    step. Before, such components were sent nothing and got SIGKILL 35 s later (a
+    fresh-user trial: `make run` stopped 0.14 s after its start took 35.8 s). Real
+    processes in sessions of their own, as honcho starts them."""
+    from honcho.printer import Printer
+
+    from launcher.stack import ordered_manager
+
+    lines: list[str] = []
+
+    class Lines:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    manager = ordered_manager(last=("broker",), printer=Printer(Lines(), colour=False, prefix=False), grace_s=30.0)
+    for name in ("app.1", "broker.1"):
+        manager.add_process(name, "sleep 60")
+    app = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    broker = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        manager.terminate()  # the stop begins: no pid reported yet, nothing can be signalled
+        assert not any("sending" in line for line in lines), lines
+        manager._started("broker.1", broker.pid)
+        manager._started("app.1", app.pid)
+        assert app.wait(timeout=DEADLINE_S) == -signal.SIGTERM
+        assert broker.poll() is None  # the broker waits for its step
+        assert [line for line in lines if "sending" in line] == [f"sending SIGTERM to app.1 (pid {app.pid})"], lines
+        assert not manager.forced
+    finally:
+        for proc in (app, broker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
