@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from app.entry import resume_interrupts
 from app.settings import SETTINGS, ConfigError
 
 # name -> "module:attribute" of a click command or group
@@ -65,6 +66,10 @@ def cli(ctx: click.Context) -> None:
 
         logs.configure_from_settings()
         check_domain_setting()
+    # the command's module is imported (resolve_command runs before this): a Ctrl-C
+    # that came while it was is status 130 now, later ones are KeyboardInterrupt
+    # (app/entry.py)
+    resume_interrupts()
 
 
 def check_domain_setting() -> None:

@@ -152,10 +152,14 @@ def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) ->
     nothing was started, so there is nothing to stop."""
     if wait_s > 0:
         log = logging.getLogger("docket.stack")
+        waiting = wait_for_topics(settings, topics, wait_s, echo=lambda line: log.info("%s", line),
+                                  warn=lambda line: log.warning("%s", line))
         try:
-            asyncio.run(wait_for_topics(settings, topics, wait_s, echo=lambda line: log.info("%s", line),
-                                        warn=lambda line: log.warning("%s", line)))
+            asyncio.run(waiting)
         except KeyboardInterrupt:
+            # interrupted before asyncio.run started it, the coroutine is closed here, or
+            # Python warns at exit that it was never awaited (a fresh-user trial)
+            waiting.close()
             log.info("interrupted while waiting for Kafka and its topics; nothing was started")
             raise SystemExit(130) from None
 

@@ -282,3 +282,31 @@ def test_ctrl_c_before_a_commands_own_handling_exits_130_without_aborted() -> No
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert done.stderr == "" and done.stdout == "", (done.stdout, done.stderr)
+
+
+def test_ctrl_c_while_a_command_imports_is_noted_then_130(tmp_path: Path) -> None:
+    """WorkerRefusesToStartWithoutTopics: a SIGINT while `docket` imports the command's
+    module does not interrupt the import (a KeyboardInterrupt inside an extension
+    module's initialisation segfaulted in orjson 3.13, or printed a traceback: a
+    fresh-user trial); once imported, the process ends with status 130, nothing
+    printed, and the command does not run. Through the console script's entry point
+    (app.entry.main), with a command added for the test whose import sends the SIGINT."""
+    (tmp_path / "slow_import.py").write_text(
+        "import os, signal, time, click\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.2)  # a KeyboardInterrupt raised by the signal would end the import here\n"
+        "open(os.environ['IMPORTED'], 'w').write('imported')\n"
+        "@click.command()\n"
+        "def command():\n"
+        "    print('ran')\n")
+    script = ("from app import cli\n"
+              "cli._COMMANDS['slow'] = 'slow_import:command'\n"
+              "from app.entry import main\n"
+              "main()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")} | {
+        "PYTHONPATH": str(tmp_path), "IMPORTED": str(tmp_path / "imported")}
+    done = subprocess.run([sys.executable, "-c", script, "slow"], env=env, cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stdout == "" and done.stderr == "", (done.stdout, done.stderr)
+    assert (tmp_path / "imported").read_text() == "imported"  # the import ran to its end
