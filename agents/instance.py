@@ -72,6 +72,9 @@ class InstanceMetrics:
         self.ack = Histogram("docket_instance_output_ack_seconds",
                              "the batch's outputs handed to the producer -> Kafka acknowledged the last of them",
                              registry=r, buckets=STAGE_BUCKETS)
+        self.ready = Gauge("docket_instance_ready",
+                           "1 once this worker's first recovery is complete and it has logged its ready line "
+                           "(InstanceBecomesReady): `docket stack run` says ready only after it", registry=r)
         self.blocked = Gauge("docket_instance_partition_blocked",
                              "1 while this worker holds the partition stopped at an activation of a domain "
                              "version it does not know (specs/versioning.allium)", ["partition"], registry=r)
@@ -346,6 +349,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     def announce() -> None:
         ready.set()
         log.log(logs.NOTICE, "instance %s ready: recovery complete, advertising watermarks", instance_id)
+        metrics.ready.set(1)
 
     @app.timer(READY_CHECK_S)
     async def announce_ready() -> None:

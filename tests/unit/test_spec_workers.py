@@ -409,14 +409,17 @@ async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(
     async with app.agents["usher"].test_context() as ctx:
         await put_batch(ctx, settings.input_topic, home, [(*adjust(f"k{i}", "s1", 1), 1_000 + i) for i in range(3)], 0)
         await until(lambda: len(producer.sent(out_topic)) == 1, "the copy record")
+        gauge = app.docket["metrics"].registry.get_sample_value
         with caplog.at_level(logs.NOTICE, logger="docket.instance"):
             await announce()
             assert not any("ready" in m for m in caplog.messages)  # recovery is not complete
+            assert gauge("docket_instance_ready") == 0  # StackReportsReady waits for it
             app.tables.recovery.completed.set()
             await announce()
             await announce()
         # InstanceBecomesReady: once, at NOTICE (shown at the default level, no WARNING)
         assert [r.levelname for r in caplog.records if "ready: recovery complete" in r.getMessage()] == ["NOTICE"]
+        assert gauge("docket_instance_ready") == 1
         ((_, (_, _, _, value, partition)),) = producer.sent(out_topic)
         record = orjson.loads(value)
         assert partition == home and record["watermark"] == 3 == len(record["copies"])

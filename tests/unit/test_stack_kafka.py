@@ -161,18 +161,25 @@ def test_the_stack_is_ready_once_the_clerk_and_the_required_instances_are(settin
 
 def test_the_stack_is_ready_only_once_its_workers_serve_metrics(settings) -> None:
     """StackReportsReady: the Clerk and the running instances given a web port must
-    answer /metrics (Faust serves it once a worker's partitions are recovered); a
-    group stable with a killed run's dead members made the stack say ready 9 s early."""
+    answer /metrics (Faust serves it once a worker's partitions are recovered), each
+    instance's with docket_instance_ready 1.0 (its ready line logged); a group stable
+    with a killed run's dead members made the stack say ready 9 s early, and "docket is
+    ready" came before an instance's ready line in 3 of 8 starts."""
     import http.server
     import threading
 
     from launcher.broker import free_port
     from launcher.stack import metrics_url, workers_serving
 
+    said_ready = {"value": b"1.0"}
+
     class Metrics(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802  http.server's name
             self.send_response(200 if self.path == "/metrics" else 404)
             self.end_headers()
+            # as prometheus_client writes it: HELP, TYPE, then the sample
+            self.wfile.write(b"# HELP docket_instance_ready 1 once ...\n# TYPE docket_instance_ready gauge\n"
+                             b"docket_instance_ready " + said_ready["value"] + b"\n")
 
         def log_message(self, *args) -> None:
             pass
@@ -188,6 +195,9 @@ def test_the_stack_is_ready_only_once_its_workers_serve_metrics(settings) -> Non
         assert workers_serving(s, ["a"]) is True  # b not running: not asked
         assert workers_serving(s, ["a", "b"]) is False
         assert workers_serving(dataclasses.replace(s, clerk_web_port=b_port), ["a"]) is False
+        # serving, but its ready line not logged yet (it comes up to 0.2 s after the web server)
+        said_ready["value"] = b"0.0"
+        assert workers_serving(s, ["a"]) is False
     finally:
         for server in servers:
             server.shutdown()
