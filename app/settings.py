@@ -367,14 +367,16 @@ class Settings:
 
 def log_settings() -> tuple[str, str]:
     """(DOCKET_LOG_LEVEL, DOCKET_LOG_FORMAT), lower case, checked: ConfigError naming the
-    variable for a level other than debug, info, notice, warning, error, or a format other than
-    text, json. Read alone (app/logs.py) by commands that need no other setting."""
+    variable and its value as given for a level other than debug, info, notice, warning
+    (or warn), error, or a format other than text, json. Read alone (app/logs.py) by commands that need no other setting."""
     level = _raw("DOCKET_LOG_LEVEL").lower()
+    level = {"warn": "warning"}.get(level, level)  # Faust's and logging's other spelling
     if level not in {"debug", "info", "notice", "warning", "error"}:
-        raise ConfigError(f"DOCKET_LOG_LEVEL={level!r} must be one of debug, info, notice, warning, error")
+        raise ConfigError(f"DOCKET_LOG_LEVEL={_raw('DOCKET_LOG_LEVEL')!r} must be one of debug, info, notice, "
+                          f"warning, error")
     fmt = _raw("DOCKET_LOG_FORMAT").lower()
     if fmt not in {"text", "json"}:
-        raise ConfigError(f"DOCKET_LOG_FORMAT={fmt!r} must be text or json")
+        raise ConfigError(f"DOCKET_LOG_FORMAT={_raw('DOCKET_LOG_FORMAT')!r} must be text or json")
     return level, fmt
 
 
@@ -384,7 +386,7 @@ def event_loop_setting() -> str:
     setting, by every command that starts an event loop."""
     name = _raw("DOCKET_EVENT_LOOP").lower()
     if name not in {"uvloop", "asyncio"}:
-        raise ConfigError(f"DOCKET_EVENT_LOOP={name!r} must be uvloop or asyncio")
+        raise ConfigError(f"DOCKET_EVENT_LOOP={_raw('DOCKET_EVENT_LOOP')!r} must be uvloop or asyncio")
     return name
 
 
@@ -394,7 +396,7 @@ def _switch(env: str) -> bool:
         return True
     if raw in {"off", "false", "0", "no"}:
         return False
-    raise ConfigError(f"{env}={raw!r} must be on or off")
+    raise ConfigError(f"{env}={_raw(env)!r} must be on or off")
 
 
 def load() -> Settings:

@@ -91,6 +91,10 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_INSTANCES", "a,b,a", "names an instance twice"),
         ("DOCKET_REQUIRED_COPIES", "3", "DOCKET_REQUIRED_COPIES=3 exceeds the 2 instances"),
         ("DOCKET_LOG_LEVEL", "loud", "DOCKET_LOG_LEVEL='loud' must be one of"),
+        # the value as given, not lower-cased (a fresh-user trial)
+        ("DOCKET_LOG_LEVEL", "LOUD", "DOCKET_LOG_LEVEL='LOUD' must be one of"),
+        ("DOCKET_LOG_FORMAT", "XML", "DOCKET_LOG_FORMAT='XML' must be text or json"),
+        ("DOCKET_FAUST_METRICS", "Maybe", "DOCKET_FAUST_METRICS='Maybe' must be on or off"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
@@ -127,3 +131,18 @@ def test_readme_configuration_table_is_current() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     embedded = readme.split("<!-- docket config -->", 1)[1].split("<!-- /docket config -->", 1)[0].strip()
     assert embedded == expected, "README.md's configuration table is stale: paste `.venv/bin/docket config` into it"
+
+
+def test_warn_is_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKET_LOG_LEVEL takes WARN, Faust's and logging's other spelling, as warning (it
+    was refused as 'warn': a fresh-user trial)."""
+    monkeypatch.setenv("DOCKET_LOG_LEVEL", "WARN")
+    assert load().log_level == "warning"
+
+
+def test_the_event_loop_setting_names_the_value_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import event_loop_setting
+
+    monkeypatch.setenv("DOCKET_EVENT_LOOP", "Trio")
+    with pytest.raises(ConfigError, match="DOCKET_EVENT_LOOP='Trio' must be uvloop or asyncio"):
+        event_loop_setting()
