@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import signal
 
-# the SIGINTs noted while deferred, and the handler to put back (None: not deferred)
+# the SIGINTs noted while deferred, and the handler to put back (empty: not deferred)
 _noted: list[int] = []
 _previous: list = []
 
