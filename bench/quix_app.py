@@ -72,10 +72,12 @@ def build(group: str, source: str, output: str, state_dir: Path):
     from quixstreams import Application
     from quixstreams.models import TopicConfig
 
+    from app import logs  # registers docket's NOTICE level, DOCKET_LOG_LEVEL's default, with logging
+
     settings = load()
     app = Application(broker_address=settings.kafka_bootstrap, consumer_group=group,
                       auto_offset_reset="earliest", state_dir=str(state_dir),
-                      loglevel=settings.log_level.upper())
+                      loglevel=logs.level_name(settings.log_level))
     source_topic = app.topic(source, value_deserializer="json", key_deserializer="bytes")
     output_topic = app.topic(output, value_serializer="json", key_serializer="bytes",
                              config=TopicConfig(num_partitions=settings.partitions, replication_factor=1,
