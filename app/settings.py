@@ -30,8 +30,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers every component and command "
-            "connects to; unset: the local broker, 127.0.0.1:$DOCKET_BROKER_PORT"),
+    Setting("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:$DOCKET_BROKER_PORT", "Kafka bootstrap servers every component and command "
+            "connects to; unset: the local broker (127.0.0.1:9092 with DOCKET_BROKER_PORT's default)"),
     Setting("DOCKET_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "how every Kafka client docket opens connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     Setting("DOCKET_KAFKA_SASL_MECHANISM", "", "SASL mechanism under SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with them, refused without)"),
     Setting("DOCKET_KAFKA_USERNAME", "", "SASL user name"),

@@ -37,6 +37,9 @@ def test_the_default_bootstrap_follows_the_local_broker_port(monkeypatch: pytest
     `make run` ran its broker on another port); a given bootstrap wins."""
     monkeypatch.setenv("DOCKET_BROKER_PORT", "19392")
     assert load().kafka_bootstrap == "127.0.0.1:19392"
+    # `docket config` (and README's table) shows that default as it is computed, not as 9092
+    shown = next(s.default for s in SETTINGS if s.env == "DOCKET_KAFKA_BOOTSTRAP")
+    assert shown.replace("$DOCKET_BROKER_PORT", "19392") == load().kafka_bootstrap
     monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "kafka-1:9093")
     assert load().kafka_bootstrap == "kafka-1:9093"
 
