@@ -38,6 +38,8 @@ from faust.transport.drivers import aiokafka as _driver
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent
 
+from agents.consumer_close import DocketConsumerThread
+
 log = logging.getLogger("docket.intake")
 
 # (object, attribute) pairs of Faust the batch consumer reads, calls or overrides.
@@ -61,6 +63,8 @@ FAUST_INTERNALS = (
     (_driver.Consumer, "_thread"),
     (_driver.AIOKafkaConsumerThread, "call_thread"),
     (_driver.AIOKafkaConsumerThread, "_ensure_consumer"),
+    (_driver.AIOKafkaConsumerThread, "on_thread_stop"),
+    (_driver.Consumer, "_new_consumer_thread"),
     (_driver.Consumer, "_gap"),
     (_driver.Consumer, "_new_offset"),
     (_driver.Consumer, "wait_empty"),
@@ -158,6 +162,10 @@ class BatchConsumer(_driver.Consumer):
     # the first record the producer failed to deliver (guard_delivery): from then on
     # nothing is committed
     undelivered: BaseException | None = None
+
+    def _new_consumer_thread(self) -> DocketConsumerThread:
+        # Faust's, with a bounded close of the consumer (agents/consumer_close.py)
+        return DocketConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
         # Faust flushes the producer and then commits, but a flush returns as well when

@@ -207,6 +207,7 @@ class DocketWorker(faust.Worker):
     def _schedule_shutdown(self, signal) -> None:
         # mode's handler of SIGTERM and SIGINT (and Faust's, which calls it); it ignores
         # every signal after the first, which the deadline does not
+        logs.mark_stopping()
         if self.stop_deadline is not None:
             self.stop_deadline.requested(signal)
         super()._schedule_shutdown(signal)

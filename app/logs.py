@@ -165,6 +165,39 @@ class CoordinatorLookupFilter(logging.Filter):
         return True
 
 
+class StopNoiseFilter(logging.Filter):
+    """A worker stopped during its group join or its first offset fetch closes the
+    connections that aiokafka's group coordination still uses (agents/consumer_close.py),
+    and aiokafka logs what failed because of it at ERROR and WARNING: "Error sending
+    OffsetFetchRequest ... Connection ... closed -- marking coordinator dead", "Marking
+    the coordinator dead", "LeaveGroup request failed: ... GroupCoordinatorNotAvailable"
+    (1 of 16 Clerks stopped right after subscribing). Once :func:`mark_stopping` has
+    been called, those three of aiokafka's group coordinator are INFO (and dropped
+    unless the root logger takes INFO): the member they concern is left to the broker,
+    which drops it when its session expires, and nothing is asked of anyone. A stop
+    that cannot reach Kafka at all is reported by its deadline (agents/stopping.py).
+    Other records pass unchanged."""
+
+    LOGGER = "aiokafka.consumer.group_coordinator"
+    TEMPLATES = ("Error sending %s to node %s [%s] -- marking coordinator dead",
+                 "Marking the coordinator dead (node %s)for group %s.",
+                 "LeaveGroup request failed: %s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _STOPPING.is_set() or record.name != self.LOGGER or record.msg not in self.TEMPLATES:
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
+_STOPPING = threading.Event()
+
+
+def mark_stopping() -> None:
+    """Say that this process's graceful stop has begun (:class:`StopNoiseFilter`)."""
+    _STOPPING.set()
+
+
 # The Kafka client libraries whose loggers thin_kafka_client_logs filters
 KAFKA_CLIENT_LOGGERS = ("aiokafka", "kafka")
 _LIBRARY_REPEATS = RepeatFilter(KAFKA_CLIENT_LOGGERS)
@@ -230,10 +263,11 @@ def logging_config(level: str | int, fmt: str, filename: str | None = None) -> d
         "disable_existing_loggers": False,
         "formatters": {"docket": formatter},
         "filters": {"coordinator": {"()": "app.logs.CoordinatorLookupFilter"},
+                    "stopping": {"()": "app.logs.StopNoiseFilter"},
                     "repeats": {"()": "app.logs.RepeatFilter"}},
         "handlers": {"docket": ({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"} if filename is None
                                 else {"class": "logging.FileHandler", "filename": filename})
-                     | {"formatter": "docket", "filters": ["coordinator", "repeats"]}},
+                     | {"formatter": "docket", "filters": ["coordinator", "stopping", "repeats"]}},
         "root": {"level": level_name(level), "handlers": ["docket"]},
     }
 

@@ -1,11 +1,13 @@
 """A worker told to stop after its broker went away (specs/integration.allium
 WorkerStopHasADeadline), on a broker of this test's own (the launcher, launcher/broker.py),
-so stopping it disturbs no other test.
+so stopping it disturbs no other test; and one told to stop during its group join
+(WorkerStopsDuringGroupJoin), on the session's broker.
 
 Without the deadline, Faust's graceful stop retries its last offset commit for as long as
 the broker is away: an instance SIGTERMed together with its broker was still stopping 4
 minutes later (a `make bench` stack killed with its harness).
 """
+# ruff: noqa: F811  (test arguments name the fixtures imported from clerk_kit)
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from app.topics import create_topics
 from launcher import broker as launcher
 
 from chaos import workload
+from tests.integration.clerk_kit import clerk_env, clerk_settings, instances, required_copies, spawn  # noqa: F401
 from tests.integration.procs import OutputCollector, Worker, thread_stacks, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -123,3 +126,32 @@ def test_a_stop_that_cannot_reach_kafka_is_cut_short(tmp_path) -> None:
         for w in workers:
             w.kill()
         launcher.stop_broker(settings.broker_dir, timeout=15)
+
+
+async def test_a_clerk_stopped_during_its_group_join_exits_cleanly(clerk_settings, spawn) -> None:
+    """WorkerStopsDuringGroupJoin: a Clerk whose predecessor crashed (SIGKILL: its
+    member stays in the group for its 45-s session) joins the group, and the broker holds
+    its JoinGroup for that member; SIGINT then ends it with 0 and the log line that says
+    the join was abandoned, not with 75 at the 30-s stop deadline (what aiokafka's own
+    close did: it waited for the join's answer)."""
+    env = {"DOCKET_SESSION_TIMEOUT_MS": "45000", "DOCKET_LOG_LEVEL": "info"}
+    crashed = spawn("clerk-1", command="clerk")
+    crashed.env.update(env)
+    crashed.start()
+    await wait_for(lambda: "Worker ready" in crashed.log_text(), 120, "the first Clerk to join its group",
+                   detail=crashed.log_tail)
+    crashed.kill()
+
+    clerk = spawn("clerk-2", command="clerk")
+    clerk.env.update(env)
+    clerk.start()
+    await wait_for(lambda: "(Re-)joining group" in clerk.log_text(), 120, "the second Clerk to join its group",
+                   detail=clerk.log_tail)
+    assert "Worker ready" not in clerk.log_text(), "the join was not held: " + clerk.log_tail()
+    clerk.proc.send_signal(signal.SIGINT)
+    await wait_for(lambda: not clerk.alive, 40, "the second Clerk to exit after SIGINT", detail=clerk.log_tail)
+    log = clerk.log_text()
+    assert clerk.proc.returncode == 0, clerk.log_tail()
+    assert "group coordination still waited on the broker 2.0 s into the stop" in log, clerk.log_tail()
+    assert "did not finish within" not in log
+    assert "[ERROR]" not in log, clerk.log_tail()

@@ -958,3 +958,11 @@ def test_the_installed_consumer_logs_under_docket_s_module() -> None:
     install(app, ["t"], 100)
     assert app.transport.Consumer.__module__ == "agents.intake"
     assert app.transport.Consumer.logger.name == "agents.intake"
+
+
+def test_the_batch_consumers_thread_closes_its_consumer_within_a_bound(app) -> None:
+    """WorkerStopsDuringGroupJoin: the consumer thread of docket's batch consumer is
+    DocketConsumerThread, whose stop closes the aiokafka consumer with close_consumer."""
+    from agents.consumer_close import DocketConsumerThread
+
+    assert isinstance(app.consumer._thread, DocketConsumerThread)
