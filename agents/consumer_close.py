@@ -29,6 +29,8 @@ import logging
 from faust.transport.consumer import ConsumerThread
 from faust.transport.drivers import aiokafka as _driver
 
+from app.stop_bound import StopEnd, stop_within
+
 log = logging.getLogger("docket.worker")
 
 # How long a consumer's close may wait for its group coordination before that is
@@ -42,26 +44,25 @@ async def close_consumer(consumer, grace_s: float = CONSUMER_CLOSE_GRACE_S) -> b
     the group coordination routine is what it waits for, cancel the routine and close
     the fetcher and the connections here. Returns True when the coordination was
     abandoned so. Raises what ``consumer.stop()`` raises otherwise."""
-    stopping = asyncio.ensure_future(consumer.stop())
-    await asyncio.wait({stopping}, timeout=grace_s)
-    coordination = getattr(consumer._coordinator, "_coordination_task", None)
-    if stopping.done() or coordination is None or coordination.done():
-        await stopping  # anything else it waits on is the stop's deadline's (agents/stopping.py)
-        return False
-    log.info("the consumer's group coordination still waited on the broker %.1f s into the stop (a group join "
-             "or a metadata update): abandoned; the broker drops this member when its session expires", grace_s)
-    coordination.cancel()
-    try:
-        await stopping
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+    abandoned = False
+
+    def cut() -> None:
+        nonlocal abandoned
+        coordination = getattr(consumer._coordinator, "_coordination_task", None)
+        if coordination is None or coordination.done():
+            return  # anything else it waits on is the stop's deadline's (agents/stopping.py)
+        log.info("the consumer's group coordination still waited on the broker %.1f s into the stop (a group "
+                 "join or a metadata update): abandoned; the broker drops this member when its session expires",
+                 grace_s)
+        coordination.cancel()
+        abandoned = True
+
+    if await stop_within(consumer.stop(), grace_s, cut) is StopEnd.CUT_SHORT:
         # GroupCoordinator.close re-raised the routine's cancellation: the rest of
         # AIOKafkaConsumer.stop did not run
         await consumer._fetcher.close()
         await consumer._client.close()
-    return True
+    return abandoned
 
 
 class DocketConsumerThread(_driver.AIOKafkaConsumerThread):

@@ -73,6 +73,7 @@ from app.records import (
     unreadable_reason,
 )
 from app.settings import ConfigError, Settings, client_name_problem, load
+from app.stop_bound import StopEnd, stop_within
 
 log = logging.getLogger("docket.client")
 
@@ -310,19 +311,12 @@ async def stop_producer(producer, flush_timeout_s: float) -> bool:
     Nothing is lost by cutting it short: a record Kafka never acknowledged was never
     answered as accepted. Relies on aiokafka 0.14's ``producer._sender.sender_task``
     (app/private_api.py)."""
-    stopping = asyncio.ensure_future(producer.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=flush_timeout_s)
-    if not done:
+    def cut() -> None:
         task = producer._sender.sender_task  # noqa: SLF001  aiokafka has no stop without the flush
         if task is not None:
             task.cancel()
-    try:
-        await stopping
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    return bool(done)
+
+    return await stop_within(producer.stop(), flush_timeout_s, cut) is StopEnd.IN_TIME
 
 
 class DocketClient:
