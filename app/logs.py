@@ -165,26 +165,36 @@ class CoordinatorLookupFilter(logging.Filter):
         return True
 
 
-class StopNoiseFilter(logging.Filter):
-    """A worker stopped during its group join or its first offset fetch closes the
-    connections that aiokafka's group coordination still uses (agents/consumer_close.py),
-    and aiokafka logs what failed because of it at ERROR and WARNING: "Error sending
-    OffsetFetchRequest ... Connection ... closed -- marking coordinator dead", "Marking
-    the coordinator dead", "LeaveGroup request failed: ... GroupCoordinatorNotAvailable"
-    (1 of 16 Clerks stopped right after subscribing). Once :func:`mark_stopping` has
-    been called, those three of aiokafka's group coordinator are INFO (and dropped
-    unless the root logger takes INFO): the member they concern is left to the broker,
-    which drops it when its session expires, and nothing is asked of anyone. A stop
-    that cannot reach Kafka at all is reported by its deadline (agents/stopping.py).
+class GroupNoiseFilter(logging.Filter):
+    """Records of aiokafka's group coordinator that ask nothing of anyone, made INFO
+    (and dropped unless the root logger takes INFO):
+
+    - "Heartbeat failed for group ... because it is rebalancing", a WARNING at every
+      rebalance (three in a running worker while a second worker of its instance
+      joined: the README's scale-out, a fresh-user check); Kafka's own Java consumer
+      logs it at INFO.
+    - Once :func:`mark_stopping` has been called, what fails because the stop closed
+      the connections the group coordination still used (agents/consumer_close.py): a
+      worker stopped during its group join or first offset fetch logged "Error sending
+      OffsetFetchRequest ... Connection ... closed -- marking coordinator dead",
+      "Marking the coordinator dead", "LeaveGroup request failed: ...
+      GroupCoordinatorNotAvailable" at ERROR and WARNING (1 of 16 Clerks stopped right
+      after subscribing). The member they concern is left to the broker, which drops
+      it when its session expires; a stop that cannot reach Kafka at all is reported by
+      its deadline (agents/stopping.py).
+
     Other records pass unchanged."""
 
     LOGGER = "aiokafka.consumer.group_coordinator"
-    TEMPLATES = ("Error sending %s to node %s [%s] -- marking coordinator dead",
-                 "Marking the coordinator dead (node %s)for group %s.",
-                 "LeaveGroup request failed: %s")
+    ROUTINE = ("Heartbeat failed for group %s because it is rebalancing",)
+    WHILE_STOPPING = ("Error sending %s to node %s [%s] -- marking coordinator dead",
+                      "Marking the coordinator dead (node %s)for group %s.",
+                      "LeaveGroup request failed: %s")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _STOPPING.is_set() or record.name != self.LOGGER or record.msg not in self.TEMPLATES:
+        if record.name != self.LOGGER or record.levelno <= logging.INFO:
+            return True
+        if record.msg not in self.ROUTINE and not (_STOPPING.is_set() and record.msg in self.WHILE_STOPPING):
             return True
         record.levelno, record.levelname = logging.INFO, "INFO"
         return logging.getLogger().isEnabledFor(logging.INFO)
@@ -194,7 +204,7 @@ _STOPPING = threading.Event()
 
 
 def mark_stopping() -> None:
-    """Say that this process's graceful stop has begun (:class:`StopNoiseFilter`)."""
+    """Say that this process's graceful stop has begun (:class:`GroupNoiseFilter`)."""
     _STOPPING.set()
 
 
@@ -263,11 +273,11 @@ def logging_config(level: str | int, fmt: str, filename: str | None = None) -> d
         "disable_existing_loggers": False,
         "formatters": {"docket": formatter},
         "filters": {"coordinator": {"()": "app.logs.CoordinatorLookupFilter"},
-                    "stopping": {"()": "app.logs.StopNoiseFilter"},
+                    "group": {"()": "app.logs.GroupNoiseFilter"},
                     "repeats": {"()": "app.logs.RepeatFilter"}},
         "handlers": {"docket": ({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"} if filename is None
                                 else {"class": "logging.FileHandler", "filename": filename})
-                     | {"formatter": "docket", "filters": ["coordinator", "stopping", "repeats"]}},
+                     | {"formatter": "docket", "filters": ["coordinator", "group", "repeats"]}},
         "root": {"level": level_name(level), "handlers": ["docket"]},
     }
 

@@ -532,7 +532,8 @@ def _prepare(settings: Settings, broker_dir: Path, step: Step,
     if not _port_free(port):
         raise BrokerError(
             f"port {port} on {HOST} is already in use by another process; stop it, or pick "
-            "another port with DOCKET_BROKER_PORT (and point DOCKET_KAFKA_BOOTSTRAP at it)."
+            "another port with DOCKET_BROKER_PORT (which every docket command then connects to, while "
+            "DOCKET_KAFKA_BOOTSTRAP is unset)."
         )
     if secure is not None and not _port_free(secure.port):
         raise BrokerError(f"port {secure.port} on {HOST} (the SASL_SSL listener) is already in use")

@@ -420,7 +420,7 @@ def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callab
         "there. If that is a Kafka docket should use, run again with "
         f"DOCKET_KAFKA_BOOTSTRAP={launcher.HOST}:{port} (and the DOCKET_KAFKA_* security settings it needs; "
         "see \"Use your own Kafka\" in the README): the stack then starts no broker. Otherwise free the port, or "
-        "give docket's broker another one: DOCKET_BROKER_PORT=<port> DOCKET_KAFKA_BOOTSTRAP=127.0.0.1:<port>.")
+        "give docket's broker another one: DOCKET_BROKER_PORT=<port> (with DOCKET_KAFKA_BOOTSTRAP unset).")
 
 
 def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = None) -> list[str]:

@@ -1,5 +1,5 @@
 """A worker's consumer closed during its group join (specs/integration.allium
-WorkerStopsDuringGroupJoin): agents/consumer_close.py and app/logs.py StopNoiseFilter.
+WorkerStopsDuringGroupJoin): agents/consumer_close.py and app/logs.py GroupNoiseFilter.
 
 The stand-in consumer below follows aiokafka 0.14's AIOKafkaConsumer.stop and
 GroupCoordinator.close, whose sources are pinned here: the close awaits the group
@@ -144,9 +144,19 @@ def _record(msg: str, *args: object, level: int = logging.ERROR,
 def test_aiokafkas_complaints_about_a_stop_are_info_once_it_began(monkeypatch: pytest.MonkeyPatch) -> None:
     """WorkerStopsDuringGroupJoin: before the stop, aiokafka's "marking coordinator
     dead" ERROR passes as it is; after mark_stopping, it and the LeaveGroup failure are
-    INFO (dropped at the default level); other records keep their level."""
+    INFO (dropped at the default level); other records keep their level. ProcessLogsInOneFormat:
+    a heartbeat refused because the group rebalances is INFO at any time."""
     monkeypatch.setattr(logs, "_STOPPING", threading.Event())
-    f = logs.StopNoiseFilter()
+    f = logs.GroupNoiseFilter()
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(logging.INFO)
+    try:
+        # a rebalance's heartbeat refusal is INFO whether or not the worker stops
+        beat = _record("Heartbeat failed for group %s because it is rebalancing", "g", level=logging.WARNING)
+        assert f.filter(beat) and beat.levelno == logging.INFO
+    finally:
+        root.setLevel(saved)
     dead = _record("Error sending %s to node %s [%s] -- marking coordinator dead", "OffsetFetchRequest", 1,
                    "KafkaConnectionError: Connection at 127.0.0.1:9092 closed")
     assert f.filter(dead) and dead.levelno == logging.ERROR

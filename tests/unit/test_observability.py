@@ -311,7 +311,7 @@ def test_a_kafka_clients_repeated_complaint_is_thinned_out() -> None:
     config = logs.logging_config("info", "text")
     configurator = logging.config.DictConfigurator(config)
     repeats = configurator.configure_filter(config["filters"]["repeats"])
-    assert config["handlers"]["docket"]["filters"] == ["coordinator", "stopping", "repeats"]
+    assert config["handlers"]["docket"]["filters"] == ["coordinator", "group", "repeats"]
 
     def record(name: str, at: float, node: int = 1) -> logging.LogRecord:
         rec = logging.LogRecord(name, logging.ERROR, __file__, 1, "Unable connect to node with id %s: %s",
