@@ -23,7 +23,6 @@ follows and repeats are pinned by tests/unit/test_consumer_close.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from faust.transport.consumer import ConsumerThread
@@ -37,6 +36,7 @@ log = logging.getLogger("docket.worker")
 # abandoned, s. A close with nothing to wait for takes a LeaveGroup round trip (about
 # 10 ms on one host); 2 s leaves a slow broker room to answer one.
 CONSUMER_CLOSE_GRACE_S = 2.0
+
 
 async def close_consumer(consumer, grace_s: float = CONSUMER_CLOSE_GRACE_S) -> bool:
     """Stop ``consumer`` (an aiokafka AIOKafkaConsumer): leave its group, close its
