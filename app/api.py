@@ -37,7 +37,7 @@ from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app import content_coding, logs, openapi
-from app.canonical import NotIJson, loads_strict
+from app.canonical import NotIJson, loads_strict, utf8_problem
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
 from app.ports import bindable, port_in_use
@@ -366,11 +366,9 @@ async def post_event(request: web.Request) -> web.Response:
     try:
         body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:  # orjson's words for it: "str is not valid UTF-8: surrogates ..."
-            message = (f"the body is not UTF-8 text (byte 0x{raw[bad.start]:02x} at offset {bad.start}): "
-                       f"JSON must be UTF-8 (RFC 8259)")
+        problem = utf8_problem(raw)  # orjson's words for it: "str is not valid UTF-8: surrogates ..."
+        if problem is not None:
+            message = f"the body is not UTF-8 text ({problem}): JSON must be UTF-8 (RFC 8259)"
             raise ApiError(400, "invalid_json", message,
                            [{"field": "body", "reason": "not_utf8", "message": message}]) from None
         message = f"the body is not valid JSON: {exc}"

@@ -234,5 +234,17 @@ def loads_strict(raw: bytes | str) -> Any:
     return value
 
 
+def utf8_problem(data: bytes) -> str | None:
+    """Where ``data`` stops being UTF-8, as "byte 0x<hex> at offset <n>" (the first byte
+    of the first invalid sequence; offsets count from 0), or None when it is UTF-8.
+    Python's codec decides (RFC 3629: surrogates and overlong forms are invalid), not a
+    JSON parser's message, so the text does not change with the parser's version."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+    return None
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from app.canonical import NotIJson, canonical_trusted, digest, loads_strict
+from app.canonical import NotIJson, canonical_trusted, digest, loads_strict, utf8_problem
 from app.registry import Rejection
 from app.settings import client_name_problem
 
@@ -90,6 +90,13 @@ def _murmur2(key: bytes) -> int:
     return murmur2(key)
 
 
+def _not_json(value: bytes) -> str:
+    # JSON exchanged between systems is UTF-8 (RFC 8259, section 8.1): say so when that
+    # is what is wrong, as the record key's check does
+    problem = utf8_problem(value)
+    return "record value is not JSON" if problem is None else f"record value is not UTF-8 ({problem})"
+
+
 def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     """The envelope check. Anything a producer could get wrong becomes a named
     rejection; nothing raises."""
@@ -108,7 +115,7 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     try:
         value = loads_strict(record.value)
     except orjson.JSONDecodeError:
-        return Rejection("malformed_record", "record value is not JSON")
+        return Rejection("malformed_record", _not_json(record.value))
     except NotIJson as exc:
         return Rejection("malformed_record", f"record value is not I-JSON: {exc}")
     if not isinstance(value, dict):

@@ -211,3 +211,22 @@ def test_an_integer_beyond_64_bits_is_refused_by_name():
     assert isinstance(got, Rejection) and got.reason == "malformed_record"
     assert got.detail == ("record value is not I-JSON: the integer " + "9" * 30 + " is outside the 64-bit range "
                           f"docket reads exactly ({MIN_JSON_INT} to {MAX_JSON_INT})")
+
+
+@pytest.mark.parametrize("value, detail", [
+    (b"\xff\xfegarbage{", "record value is not UTF-8 (byte 0xff at offset 0)"),
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\xc3"}',
+     "record value is not UTF-8 (byte 0xc3 at offset 62)"),
+    # an encoded surrogate (U+D800): not UTF-8 (RFC 3629), though some decoders pass it
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\xed\xa0\x80"}',
+     "record value is not UTF-8 (byte 0xed at offset 62)"),
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\xc3\xa9"', "record value is not JSON"),
+    (b"\xef\xbb\xbf{}", "record value is not JSON"),  # a byte order mark: UTF-8, not JSON (RFC 8259, 8.1)
+])
+def test_a_value_that_is_not_utf8_says_so(value, detail):
+    """UsherRejectsMalformedRecord: a record value that is not UTF-8 is rejected
+    malformed_record with the first byte that is not, as the record key's check says
+    its own; a UTF-8 value the parser refuses is "not JSON". Before, both were "record
+    value is not JSON"."""
+    got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+    assert isinstance(got, Rejection) and (got.reason, got.detail) == ("malformed_record", detail)
