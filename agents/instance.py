@@ -195,6 +195,12 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         for p in list(rebuilt):
             warden.forget(p)
         rebuilt.clear()
+        # The held batches were fetched under the old assignment, and the drain has let
+        # them go (BatchConsumer.wait_empty); a partition still blocked is fetched again
+        # from its committed offset and its batches held anew. Kept, they would add one
+        # fetch per rebalance for the process's life.
+        for messages in held.values():
+            messages.clear()
         # Faust forgets the pause of a partition that was revoked meanwhile: a blocked
         # one stays blocked for this process's life (its code still lacks the version)
         again = [TP(settings.input_topic, p) for p in usher.blocked if TP(settings.input_topic, p) in assigned]
@@ -372,7 +378,7 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
     serve_metrics(app, metrics.registry, settings.faust_metrics)
 
     app.docket = {"usher": usher, "store": store, "registrar": registrar, "warden": warden, "metrics": metrics,
-                  "processed": processed}
+                  "processed": processed, "held": held}
     return app
 
 

@@ -345,7 +345,8 @@ async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(s
     OutputFollowsItsEntityWrites); both batches are acknowledged (BatchAcknowledgedOnce),
     the companion through the consumer. InstanceBlocksOnUnknownVersion: a batch of a
     blocked partition in a later item is held unacknowledged and judged not at all,
-    while the item's other batch is judged and acknowledged."""
+    while the item's other batch is judged and acknowledged; after a rebalance that
+    leaves it here, the batch fetched again is held in place of the old one."""
     app = instance_mod.build(settings, "a", tmp_path / "a")
     app.producer = producer = RecordingProducer()
     app.consumer.pause_partitions = lambda tps: None  # no broker to pause a partition at
@@ -385,6 +386,16 @@ async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(s
         usher.blocked[p4] = Blocked(p4, 4, "v9")  # as an activation of a version this worker lacks leaves it
         second = await put(batch(p4, 4, adjust("k3", "s4", 1)), batch(p1, 2, adjust("k4", "s1", 1)))
         await until(lambda: len(producer.sent(out_topic)) == 3, "the unblocked batch's copy record")
+
+        # A rebalance that leaves p4 here: its batch is fetched again from the committed
+        # offset and held in place of the old one, not beside it (one more per rebalance)
+        held = app.docket["held"]
+        assert [m.offset for m in held[p4]] == [4]
+        await app.on_partitions_assigned.send(assigned={TP(input_topic, p4), TP(changelog, p4)})
+        refetched = batch(p4, 4, adjust("k3", "s4", 1))
+        await put(refetched)
+        await until(lambda: refetched in held[p4], "the fetched-again batch to be held")
+        assert held[p4] == [refetched] and calls[2:] == []
     assert calls[1] == [(p1, 2)]
     assert orjson.loads(producer.sent(out_topic)[-1][1][3])["partition"] == p1
     held, companion = members_of(second.message)
