@@ -39,6 +39,7 @@ pytestmark = pytest.mark.integration
 
 SKUS = 100
 ADJUSTS_PER_SKU = 4  # receipts of 1..4 units: every one applies
+CODECS = ("gzip", "snappy", "lz4", "zstd")  # Kafka's compression codecs (compression.type)
 
 
 def envelope(ikey: str, sku: str, delta: int) -> bytes:
@@ -47,14 +48,16 @@ def envelope(ikey: str, sku: str, delta: int) -> bytes:
 
 
 def produce_with_librdkafka(bootstrap: str, topic: str, events: list[tuple[str, bytes]],
-                            partitioner: str | None) -> list[tuple[str, int, int]]:
+                            partitioner: str | None, compression: str = "none") -> list[tuple[str, int, int]]:
     """Produce ``events`` ((sku, value), keyed by the sku) with confluent-kafka, with
-    ``partitioner`` (None: librdkafka's default), every record with a header and a
-    producer timestamp an hour in the future; returns (sku, partition, offset) per
-    event in the order given. Blocking: run it in a thread."""
+    ``partitioner`` (None: librdkafka's default) and ``compression`` (its
+    compression.type), every record with a header and a producer timestamp an hour in
+    the future; returns (sku, partition, offset) per event in the order given.
+    Blocking: run it in a thread."""
     from confluent_kafka import KafkaException, Producer
 
-    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "compression.type": compression}
     if partitioner is not None:
         conf["partitioner"] = partitioner
     producer = Producer(conf)
@@ -92,7 +95,11 @@ async def test_confluent_kafka_with_murmur2_random_gets_every_event_applied(cler
     default partitioner: each one that landed elsewhere than murmur2 picks is rejected
     `misrouted` with the detail naming both partitions and partitioner=murmur2_random
     (exactly misrouted_detail(home, partition, P)); the ones it put on the right
-    partition by chance are applied."""
+    partition by chance are applied.
+    AnyCompressionCodec: 40 receipts more per codec, compressed with gzip, snappy, lz4
+    and zstd (10 per sku, produced at once: batches of several records, which
+    librdkafka compresses), are applied like the rest, while every worker stays up
+    (wait_answered checks them)."""
     s = clerk_settings
     insts = start_instances(spawn, "a,b")
     clerk, _port = start_clerk(spawn)
@@ -108,6 +115,12 @@ async def test_confluent_kafka_with_murmur2_random_gets_every_event_applied(cler
                                        "murmur2_random")
         wrong = [(f"rd-{n:03d}", envelope(f"rd-{n:03d}", f"rd-{n:03d}", 1)) for n in range(100)]
         defaulted = await asyncio.to_thread(produce_with_librdkafka, s.kafka_bootstrap, s.input_topic, wrong, None)
+        for codec in CODECS:
+            packed = [(f"rc-{codec}-{n}", envelope(f"rc-{codec}-{n}-{i}-" + "x" * 60, f"rc-{codec}-{n}", 1))
+                      for i in range(10) for n in range(4)]
+            good += await asyncio.to_thread(produce_with_librdkafka, s.kafka_bootstrap, s.input_topic, packed,
+                                            "murmur2_random", codec)
+            events += packed
         for sku, partition, _offset in good:
             assert partition == partition_for(sku.encode(), s.partitions), f"{sku} went to partition {partition}"
         expected = {(p, o) for _, p, o in good + defaulted}
@@ -128,7 +141,8 @@ async def test_confluent_kafka_with_murmur2_random_gets_every_event_applied(cler
         outcome = by_pos[(p, o)].value["outcome"]
         assert outcome["status"] == "applied", (sku, outcome)
         quantity[sku] = outcome["entities"][0]["state"]["quantity"]  # in offset order per sku
-    assert quantity == {f"rk-{n:03d}": sum(range(1, ADJUSTS_PER_SKU + 1)) for n in range(SKUS)}
+    assert quantity == {**{f"rk-{n:03d}": sum(range(1, ADJUSTS_PER_SKU + 1)) for n in range(SKUS)},
+                        **{f"rc-{codec}-{n}": 10 for codec in CODECS for n in range(4)}}
     misrouted = 0
     for sku, p, o in defaulted:
         outcome = by_pos[(p, o)].value["outcome"]

@@ -179,3 +179,24 @@ def test_private_api_pinned_no_unlisted_private_access() -> None:
     assert not unlisted, ("private attributes of other packages used but not listed in app/private_api.py "
                           "(list them, and pin their distribution to its minor version):\n"
                           + "\n".join(f"{a}: {', '.join(w)}" for a, w in sorted(unlisted.items())))
+
+
+def test_any_compression_codec_every_kafka_codec_decodes() -> None:
+    """AnyCompressionCodec: a record batch compressed with each of Kafka's codecs
+    (gzip 1, snappy 2, lz4 3, zstd 4: the batch header's attribute bits) reads back
+    through aiokafka's record reader, the one its fetcher uses, record for record.
+    Without cramjam (aiokafka's lz4, snappy and zstd extras) codecs 2 to 4 raise
+    UnsupportedCodecError, which crashed a worker fetching such a batch."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    values = [b'{"idempotency_key":"k-%d","event_name":"stock.adjust","payload":{}}' % i for i in range(20)]
+    for codec in (1, 2, 3, 4):
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
+                                            producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+        for i, value in enumerate(values):
+            builder.append(i, timestamp=1_000 + i, key=b"s1", value=value, headers=[])
+        raw = bytes(builder.build())
+        batch = MemoryRecords(raw).next_batch()
+        assert batch.compression_type == codec and len(raw) < sum(map(len, values)), codec
+        assert [(r.offset, r.key, r.value) for r in batch] == [(i, b"s1", v) for i, v in enumerate(values)], codec
