@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -159,6 +161,22 @@ def _shallow(data: bytes) -> bool:
     return data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
 
 
+# a JSON string (RFC 8259 section 7), as bytes; an unterminated one matches nothing
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether the brackets of ``data`` outside its strings ever stand more than
+    ``limit`` deep, read left to right. For JSON this is the nesting of its arrays and
+    objects; it is also defined for text a parser refuses, so it can name a document
+    whose nesting is beyond a parser's own limit (orjson's is 1,024) by docket's rule,
+    whether or not something else is wrong with it too."""
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
+    return max(accumulate(_STEP[b] for b in brackets), default=0) > limit
+
+
 def _integers_in_range(data: bytes) -> None:
     """Raise IntegerOutOfRange for the first integer literal of ``data`` outside the
     range, if the standard library's parser reads ``data`` that far; anything else it
@@ -217,10 +235,13 @@ def loads_strict(raw: bytes | str) -> Any:
         # it is an integer. Only where the nesting is known to be shallow, so that the
         # standard library's recursion limit, which depends on the caller's stack, can
         # never decide which error a document gets.
-        if "infinity" in str(exc):
-            data = raw.encode("utf-8") if isinstance(raw, str) else raw
-            if _shallow(data):
-                _integers_in_range(data)
+        data = raw.encode("utf-8") if isinstance(raw, str) else raw
+        if "infinity" in str(exc) and _shallow(data):
+            _integers_in_range(data)
+        # nesting beyond the parser's own limit (or beside another fault) is still
+        # docket's rule's to name, not the parser's "not JSON"
+        if not _shallow(data) and _nests_deeper(data, MAX_JSON_DEPTH):
+            raise NestedTooDeep() from None
         raise
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
     if not _shallow(data) and not _depth_within(value, MAX_JSON_DEPTH):

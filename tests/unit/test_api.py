@@ -786,6 +786,10 @@ BAD_REQUESTS = [
      "application/json", 400, "invalid_json", "event_name", "member 'event_name' appears twice"),
     ("nested too deep", b'{"event_name":"stock.adjust","payload":{"a":' + b"[" * 900 + b"]" * 900 + b"}}", "k1",
      "application/json", 400, "invalid_json", ("body", "nested_too_deep"), "nested deeper than 64 levels"),
+    # deeper than the parser's own limit (orjson: 1,024): still docket's rule, not "not JSON"
+    ("nested beyond the parser", b'{"event_name":"stock.adjust","payload":{"a":' + b"[" * 1500 + b"]" * 1500
+     + b"}}", "k1", "application/json", 400, "invalid_json", ("body", "nested_too_deep"),
+     "nested deeper than 64 levels"),
     # DuplicateMemberIsInvalidJson: an integer orjson would read as a float is refused by name
     ("delta beyond 64 bits", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":'
      + b"9" * 30 + b"}}", "k1", "application/json", 400, "invalid_json", ("body", "integer_out_of_range"),

@@ -199,8 +199,11 @@ def test_an_integer_beyond_64_bits_is_refused_by_name():
     with pytest.raises(orjson.JSONDecodeError, match="infinity"):  # a float beyond a double is no integer
         loads_strict(b"[1e400]")
     # past 64 brackets the nesting is not known to be shallow: orjson's words, never a
-    # recursion limit's (which would depend on the caller's stack)
+    # recursion limit's (which would depend on the caller's stack); nested that deep,
+    # the nesting's
     with pytest.raises(orjson.JSONDecodeError, match="infinity"):
+        loads_strict(b"[" + b"[1]," * 70 + b"9" * 400 + b"]")
+    with pytest.raises(NestedTooDeep):
         loads_strict(b"[" * 70 + b"9" * 400 + b"]" * 70)
     with pytest.raises(IntegerOutOfRange):  # read before the object holding the duplicate closes
         loads_strict(b'{"q": 1, "q": ' + b"9" * 30 + b"}")
@@ -230,3 +233,26 @@ def test_a_value_that_is_not_utf8_says_so(value, detail):
     value is not JSON"."""
     got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
     assert isinstance(got, Rejection) and (got.reason, got.detail) == ("malformed_record", detail)
+
+
+@pytest.mark.parametrize("value, detail", [
+    (b"[" * 1500 + b"]" * 1500, "nested"),
+    (b"[" * 30_000 + b"]" * 30_000, "nested"),  # 60 KB: under the size limit
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":' + b"[" * 2000 + b"]" * 2000 + b"}", "nested"),
+    (b"[" * 2000, "nested"),  # not JSON either, but beyond the limit already
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"' + b"[" * 3000 + b'"}x', "not JSON"),
+    (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\\"' + b"{" * 3000 + b'"}x', "not JSON"),
+])
+def test_nesting_beyond_the_parsers_limit_is_named_by_dockets_rule(value, detail):
+    """DuplicateMemberIsMalformed: a value nested deeper than MAX_JSON_DEPTH is
+    "nested deeper than 64 levels" however deep it goes: beyond the parser's own limit
+    (orjson refuses 1,024 levels as "not JSON") too, and when something else is wrong
+    with it as well; brackets inside strings count for nothing, so a value the parser
+    refuses for another reason stays "not JSON". Before, 1,025 levels and more were
+    "record value is not JSON" (the sixth fresh-user trial)."""
+    got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+    assert isinstance(got, Rejection) and got.reason == "malformed_record"
+    if detail == "nested":
+        assert got.detail == f"record value is not I-JSON: arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels"
+    else:
+        assert got.detail == "record value is not JSON"
