@@ -202,7 +202,8 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
         ends = await consumer.end_offsets(tps)
         found = {}
         if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: int(time.time() * 1000) - since_ms for tp in tps})
+            found = await consumer.offsets_for_times({tp: since_timestamp_ms(since_ms, int(time.time() * 1000))
+                                                      for tp in tps})
         starts = {}
         for tp in tps:
             start = begins[tp]
@@ -291,6 +292,14 @@ def parse_duration_ms(text: str) -> int:
     if m is None:
         raise ValueError(f"{text!r} is not a duration: write a number and a unit (ms, s, m, h, d), e.g. 30m")
     return round(float(m[1]) * _UNIT_MS[m[2]])
+
+
+def since_timestamp_ms(since_ms: int, now_ms: int) -> int:
+    """The broker time (ms since the epoch) ``--since``'s duration reaches back to from
+    ``now_ms``: at least 0, the first time Kafka can search for, since a duration longer
+    than the time since 1970 asks for every report (Kafka refuses a negative target time:
+    aiokafka raised ValueError, shown as a traceback)."""
+    return max(0, now_ms - since_ms)
 
 
 class _Duration(click.ParamType):

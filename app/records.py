@@ -107,7 +107,7 @@ def decode(record: InputRecord, stream_time: int) -> Event | Rejection:
     try:
         key = record.key.decode("utf-8")
     except UnicodeDecodeError:
-        return Rejection("malformed_record", "record key is not UTF-8")
+        return Rejection("malformed_record", f"record key is not UTF-8 ({utf8_problem(record.key)})")
     if record.value is None:
         return Rejection("malformed_record", "record has no value")
     if len(record.value) > MAX_VALUE_BYTES:

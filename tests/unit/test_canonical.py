@@ -233,6 +233,9 @@ def test_a_value_that_is_not_utf8_says_so(value, detail):
     value is not JSON"."""
     got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
     assert isinstance(got, Rejection) and (got.reason, got.detail) == ("malformed_record", detail)
+    # the key's check names its first bad byte the same way
+    got = decode(InputRecord(0, 0, 1, b"sku-\xe9", b"{}"), 1)
+    assert got.detail == "record key is not UTF-8 (byte 0xe9 at offset 4)"
 
 
 @pytest.mark.parametrize("value, detail", [

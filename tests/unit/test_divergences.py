@@ -18,6 +18,7 @@ from app.divergences import (
     copy_labels,
     diff_copies,
     parse_duration_ms,
+    since_timestamp_ms,
     report_entry,
     reports_table,
 )
@@ -280,3 +281,13 @@ def test_a_withheld_duplicate_is_listed_with_the_original_it_names() -> None:
     text = console.export_text()
     assert "(nothing published)" in text
     assert "the copies agree: a duplicate of 0@5, which diverged" in text
+
+
+def test_a_since_longer_than_the_epoch_asks_for_every_report() -> None:
+    """OperatorListsDivergences: `docket divergences --since 100000d` lists every
+    report, as a duration reaching before 1970 asks for; before, Kafka's refusal of a
+    negative target time came out as a traceback (the sixth fresh-user trial)."""
+    now = 1_796_000_000_000
+    assert since_timestamp_ms(parse_duration_ms("100000d"), now) == 0
+    assert since_timestamp_ms(parse_duration_ms("99999999999d"), now) == 0
+    assert since_timestamp_ms(parse_duration_ms("2h"), now) == now - 7_200_000
