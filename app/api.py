@@ -92,13 +92,17 @@ class ApiError(Exception):
     """An error response: ``status``, ``error`` code, a message, optional field errors."""
 
     def __init__(self, status: int, error: str, message: str, errors: list[dict] | None = None,
-                 headers: dict | None = None, **extra: Any) -> None:
+                 headers: dict | None = None, *, close: bool = False, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
         self.errors, self.headers, self.extra = errors, headers, extra
+        self.close = close  # the connection is closed after the answer (what is left of it is unread)
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.error, self.message, self.errors, self.headers, **self.extra)
+        response = error_response(self.status, self.error, self.message, self.errors, self.headers, **self.extra)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def json_response(status: int, body: dict, headers: dict | None = None) -> web.Response:
@@ -349,7 +353,8 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
     try:
-        raw = await request.read()  # client_max_size stops a chunked body over the limit
+        async with asyncio.timeout(config["read_timeout_s"]):  # a client that stalls holds nothing for long
+            raw = await request.read()  # client_max_size stops a chunked body over the limit
         raw = content_coding.decode_body(codings[0].strip().lower() if codings else "", raw, MAX_BODY_BYTES)
     except web.RequestPayloadError as exc:  # chunked framing aiohttp cannot read
         message = f"the body could not be read: {_fault_text(exc)}"
@@ -363,6 +368,10 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(413, "payload_too_large", str(exc)) from None
     except ConnectionError:  # the client closed the connection before the whole body arrived
         raise ApiError(400, "invalid_request", "the connection was closed before the whole body arrived") from None
+    except TimeoutError:
+        raise ApiError(408, "request_timeout",
+                       f"the body did not arrive whole within {config['read_timeout_s'] * 1000:.0f} ms "
+                       "(DOCKET_API_READ_TIMEOUT_MS): send it at once; nothing was accepted", close=True) from None
     try:
         body = loads_strict(raw)
     except orjson.JSONDecodeError as exc:
@@ -698,7 +707,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     app[CLIENT] = client
     app[METRICS] = metrics
     app[REFUSED] = StartRefused()
-    app[CONFIG] = {"timeout_s": timeout_ms / 1000,
+    app[CONFIG] = {"timeout_s": timeout_ms / 1000, "read_timeout_s": settings.api_read_timeout_ms / 1000,
                    "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
                                                ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
     app.router.add_post("/v1/events", post_event)
@@ -909,10 +918,17 @@ class AppRunner(web.AppRunner):
 def app_runner(app: web.Application, *, access_log: bool = False) -> web.AppRunner:
     """The AppRunner `docket api` serves ``app`` with: docket's request handler
     (:class:`RequestHandler`), aiohttp's access log when asked, SERVER_LOG for the
-    request handler's own reports, and request bodies handed over as sent, for
-    post_event to decode whole or refuse (app/content_coding.py says why)."""
+    request handler's own reports, request bodies handed over as sent, for
+    post_event to decode whole or refuse (app/content_coding.py says why), and
+    connections closed when no whole request head came within DOCKET_API_READ_TIMEOUT_MS."""
+    # keepalive_timeout: aiohttp closes a connection still waiting for a whole request
+    # head that long after it opened or after its last answer (its default is an hour);
+    # lingering_time: how long it then reads what is left of an unread body before it
+    # closes (10 s by default), so that the answer is not lost to a reset
+    read_timeout_s = app[CONFIG]["read_timeout_s"]
     return AppRunner(app, access_log=logging.getLogger("aiohttp.access") if access_log else None,
-                     logger=SERVER_LOG, auto_decompress=False)  # post_event decodes (app/content_coding.py)
+                     logger=SERVER_LOG, auto_decompress=False,  # post_event decodes (app/content_coding.py)
+                     keepalive_timeout=read_timeout_s, lingering_time=min(10.0, read_timeout_s))
 
 
 async def serve(app: web.Application, host: str, port: int, *, access_log: bool = False,

@@ -229,6 +229,8 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                              + (f" (e.g. `{kit.example_rejection}`)" if kit is not None else "")
                              + ": `error` is the reason",
                              _REPLAYED),
+                "408": _error("the body did not arrive whole within DOCKET_API_READ_TIMEOUT_MS of its head; "
+                              "nothing was accepted, and the connection is closed"),
                 "413": _error("body over the size limit (as sent, or decoded from its Content-Encoding)"),
                 "415": _error("body is not application/json, or its Content-Encoding is not gzip, deflate, "
                               "br, zstd or identity",

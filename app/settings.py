@@ -83,6 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
     Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is RFC 6750's b64token (1 or more of `A-Z a-z 0-9 - . _ ~ + /`, then only `=` padding); an entry without `:` is a bare token, named `token-<hash>`; a name or a token given twice, or any other character, is refused; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
+    Setting("DOCKET_API_READ_TIMEOUT_MS", "60000", "how long the REST API waits for a client: a connection that has not sent a whole request head within it (from connecting, or since its last answer; idle keep-alive connections too) is closed, and a body not whole within it of its head is answered 408 and the connection closed (nginx's client_header_timeout and client_body_timeout, 60 s)"),
     Setting("DOCKET_METRICS_HOST", "127.0.0.1", "address the instances' and the Clerk's web server (/metrics) listens on; `0.0.0.0` for every interface, e.g. in a container scraped from outside"),
     Setting("DOCKET_FAUST_METRICS", "on", "`on`: the instances' and the Clerk's /metrics also show Faust's own sensors (`faust_*`: consumer offsets and end offsets per partition, rebalances, commit and send latency); `off`: docket's metrics only"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
@@ -302,6 +303,7 @@ class Settings:
     # (client name, token) per DOCKET_API_TOKENS entry
     api_clients: tuple[tuple[str, str], ...] = ()
     api_timeout_ms: int = 5000
+    api_read_timeout_ms: int = 60_000
     clerk_web_port: int = 6066
     # the `make run` stack's instances a and b (DOCKET_INSTANCE_A_WEB_PORT, _B_)
     instance_web_ports: tuple[tuple[str, int], ...] = (("a", 6067), ("b", 6068))
@@ -440,6 +442,7 @@ def load() -> Settings:
         api_port=_port("DOCKET_API_PORT"),
         api_clients=_tokens("DOCKET_API_TOKENS"),
         api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
+        api_read_timeout_ms=_int("DOCKET_API_READ_TIMEOUT_MS", 1),
         clerk_web_port=_port("DOCKET_CLERK_WEB_PORT"),
         instance_web_ports=(("a", _port("DOCKET_INSTANCE_A_WEB_PORT")), ("b", _port("DOCKET_INSTANCE_B_WEB_PORT"))),
         metrics_host=_raw("DOCKET_METRICS_HOST"),

@@ -1999,3 +1999,49 @@ async def test_a_client_judges_reuse_only_once_it_has_caught_up(settings) -> Non
     with pytest.raises(KeyReused):
         await client.submit("stock.adjust", {"warehouse": "w1", "sku": other, "delta": 1}, "used-key", timeout=5)
     await reader
+
+
+async def test_a_client_that_stalls_is_let_go_after_the_read_timeout(settings, monkeypatch) -> None:
+    """ApiLetsGoOfStalledClients: with DOCKET_API_READ_TIMEOUT_MS=300, a connection that
+    sends nothing, or half a request head, is closed unanswered once 300 ms have passed,
+    and so is an idle keep-alive connection after its answer; an authenticated POST
+    whose body stops after 20 of its 86 declared bytes is answered 408
+    `request_timeout` and closed. Before, all of them stayed open for as long as the
+    client wished (the sixth fresh-user trial: 300 half heads held for 100 s and more)."""
+    monkeypatch.setenv("DOCKET_API_READ_TIMEOUT_MS", "300")
+    runner = api_mod.app_runner(create_app(load(), DocketClient(load()), connect=False))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    async def closed_after(parts: list[bytes]) -> tuple[bytes, float]:
+        # what the server sent before closing, and how long after the last part it closed
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for part in parts:
+                writer.write(part)
+            await writer.drain()
+            sent = time.monotonic()
+            answer = await asyncio.wait_for(reader.read(), 30)  # until the server closes
+            return answer, time.monotonic() - sent
+        finally:
+            writer.close()
+
+    try:
+        for parts in ([], [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: b\r\n"]):
+            answer, after = await closed_after(parts)
+            assert answer == b"" and after >= 0.25, (parts, answer, after)
+        answer, after = await closed_after([b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"])
+        assert answer.startswith(b"HTTP/1.1 200") and after >= 0.25, answer  # answered, then let go when idle
+        body = b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":5}}12345'
+        head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Idempotency-Key: k1\r\nAuthorization: Bearer " + TOKENS[0].encode()
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        answer, _ = await closed_after([head + body[:20]])
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 408 Request Timeout", answer
+        reply = orjson.loads(rest.partition(b"\r\n\r\n")[2])
+        assert reply["error"] == "request_timeout" and "DOCKET_API_READ_TIMEOUT_MS" in reply["message"]
+    finally:
+        await runner.cleanup()
