@@ -31,7 +31,8 @@ import click
 
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
-from app.records import FINISHING_CAUSES
+from app.canonical import utf8_problem
+from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence
 from app.settings import Settings, load
 
 DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
@@ -266,12 +267,19 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
 def report_entry(value: bytes | None, timestamp: int, partition: int, offset: int) -> dict:
     """One listed report (see :func:`read_reports`)."""
     meta = {"timestamp": timestamp, "partition": partition, "offset": offset}
+    if value is None:
+        return {**meta, "unreadable": "no value (a tombstone)"}
     try:
-        rec = json.loads(value) if value is not None else None
+        rec = json.loads(value)
     except ValueError as exc:
-        return {**meta, "unreadable": f"not JSON: {exc}"}
+        problem = utf8_problem(value)
+        return {**meta, "unreadable": f"not JSON: {exc}" if problem is None else f"not UTF-8 ({problem})"}
     if not isinstance(rec, dict):
         return {**meta, "unreadable": "not a JSON object"}
+    try:
+        check_divergence(rec)  # what the REST API also refuses to take for a report
+    except UnreadableRecord as exc:
+        return {**meta, "unreadable": f"not a divergence report: {exc}"}
     rec.pop("clerk", None)
     copies = rec.get("copies") if isinstance(rec.get("copies"), list) else []
     copies = [c for c in copies if isinstance(c, dict)]

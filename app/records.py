@@ -275,7 +275,8 @@ def json_object(raw: Any) -> dict:
     try:
         rec = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise UnreadableRecord(f"not JSON ({exc})") from None
+        problem = utf8_problem(bytes(raw)) if isinstance(raw, (bytes, bytearray, memoryview)) else None
+        raise UnreadableRecord(f"not JSON ({exc})" if problem is None else f"not UTF-8 ({problem})") from None
     if not isinstance(rec, dict):
         raise UnreadableRecord(f"not a JSON object but {type(rec).__name__}")
     return rec

@@ -1737,7 +1737,7 @@ async def test_an_unreadable_entity_record_is_skipped_and_the_view_loads(setting
         return entity_record(name, {"quantity": quantity}, version, {"partition": 0, "offset": version})
 
     garbage = {
-        (0, 1): ((b"stock:w1:junk", b"\xff\xfegarbage{"), "not JSON"),
+        (0, 1): ((b"stock:w1:junk", b"\xff\xfegarbage{"), "not UTF-8 (byte 0xff at offset 0)"),
         (0, 2): ((b"stock:w1:junk", b"[1, 2, 3]"), "not a JSON object but list"),
         (0, 3): ((b"stock:w1:junk", b'{"foo": 1}'), "key is not a string"),
         (0, 4): ((b"stock:w1:junk", orjson.dumps({"key": "stock:w1:other", "state": {}, "version": 1})),

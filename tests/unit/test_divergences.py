@@ -172,6 +172,14 @@ def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
 
     assert report_entry(b"not json", 0, 1, 2)["unreadable"].startswith("not JSON")
     assert report_entry(b"[1]", 0, 1, 2)["unreadable"] == "not a JSON object"
+    # records no Clerk writes are named unreadable, not listed as reports of None@None
+    # (the sixth fresh-user trial), as the REST API names them
+    assert report_entry(None, 0, 1, 2)["unreadable"] == "no value (a tombstone)"
+    assert report_entry(b"\xff\xfe", 0, 1, 2)["unreadable"] == "not UTF-8 (byte 0xff at offset 0)"
+    assert report_entry(b"{}", 0, 1, 2)["unreadable"] == (
+        "not a divergence report: input is not an input position {partition, offset}")
+    assert report_entry(b'{"input":{"partition":0,"offset":"x"}}', 0, 1, 2)["unreadable"].startswith(
+        "not a divergence report")
     original = orjson.loads(raw)
     mangled = copy_mod.deepcopy(original)
     mangled["copies"] = "garbage"
