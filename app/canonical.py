@@ -103,6 +103,13 @@ class NotIJson(ValueError):
     reason = "not_i_json"
 
 
+def shown_name(name: str, limit: int = 64) -> str:
+    """``name`` as a message shows it: whole up to ``limit`` characters, else its first
+    ``limit`` - 3 and its length, so that no answer or detail grows with what a client
+    named (a member name can be 64 KiB)."""
+    return name if len(name) <= limit else f"{name[:limit - 3]}... ({len(name)} characters)"
+
+
 class DuplicateMember(NotIJson):
     """A JSON object names a member twice. RFC 8259 leaves the meaning open (most
     parsers keep the last, some the first); I-JSON (RFC 7493, section 2.3) forbids it,
@@ -112,7 +119,8 @@ class DuplicateMember(NotIJson):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"member {name!r} appears twice in one JSON object (RFC 7493 forbids duplicate names)")
+        super().__init__(f"member {shown_name(name)!r} appears twice in one JSON object "
+                         "(RFC 7493 forbids duplicate names)")
 
 
 class NestedTooDeep(NotIJson):

@@ -2045,3 +2045,25 @@ async def test_a_client_that_stalls_is_let_go_after_the_read_timeout(settings, m
         assert reply["error"] == "request_timeout" and "DOCKET_API_READ_TIMEOUT_MS" in reply["message"]
     finally:
         await runner.cleanup()
+
+
+async def test_an_answer_never_grows_with_what_the_client_named(http) -> None:
+    """ApiRefusesBadRequests, DuplicateMemberIsInvalidJson: a body naming 5,000 unknown
+    members is answered with at most MAX_FIELD_ERRORS errors[] entries, the last saying
+    how many more there are, and a member name of 30,000 characters named twice is
+    shown as its first 61 and its length. Before, 44 KB of request got a 940-KB answer,
+    and the 30,000 characters came back three times (the sixth fresh-user trial)."""
+    tc, _ = http
+    headers = {**AUTH, "Content-Type": "application/json", "Idempotency-Key": "k1"}
+    resp = await tc.post("/v1/events", data=orjson.dumps({f"u{i}": 1 for i in range(5000)}), headers=headers)
+    raw = await resp.read()
+    errors = orjson.loads(raw)["errors"]
+    assert resp.status == 400 and len(errors) == api_mod.MAX_FIELD_ERRORS and len(raw) < 10_000, len(raw)
+    assert errors[-1] == {"field": "body", "reason": "more_errors",
+                          "message": f"and {5002 - api_mod.MAX_FIELD_ERRORS + 1} more problems, not listed"}
+    name = "n" * 30_000
+    resp = await tc.post("/v1/events", data=b'{"%s":1,"%s":2}' % (name.encode(), name.encode()), headers=headers)
+    raw = await resp.read()
+    (error,) = orjson.loads(raw)["errors"]
+    assert resp.status == 400 and len(raw) < 1_000, len(raw)
+    assert error["field"] == "n" * 61 + "... (30000 characters)" and error["reason"] == "duplicate_member"
