@@ -112,7 +112,10 @@ def _members(coding: str, raw: bytes, limit: int, make, *, one: bool = False) ->
     out = bytearray()
     data = raw
     for number in range(1, MAX_STREAMS + 2):
-        if number > 1 and (one or not _MAGIC[coding](data)):
+        if number > 1 and one:  # deflate: one zlib (or raw deflate) stream, whatever follows it
+            raise UnreadableBody(f"the {coding} body has {_bytes(len(data))} after the end of its stream: a "
+                                 f"{coding} body is one stream (send several as one, or as gzip members)")
+        if number > 1 and not _MAGIC[coding](data):
             raise UnreadableBody(f"the {coding} body has {_bytes(len(data))} after the end of its stream, "
                                  f"which {'is' if len(data) == 1 else 'are'} not a complete {coding} {kind}")
         if number > MAX_STREAMS:

@@ -121,6 +121,18 @@ def test_bytes_after_a_gzip_member_that_are_no_member_are_named_so() -> None:
         decode_body("gzip", gzip.compress(DOC) + b"xyz", 1024)
 
 
+def test_a_second_deflate_stream_is_not_called_an_incomplete_member() -> None:
+    """ApiRefusesBadRequests: deflate is one stream, so two whole zlib streams are refused
+    for the second's bytes, without calling them "not a complete deflate member"
+    (members are gzip's, and these bytes are a complete stream: the sixth fresh-user
+    trial)."""
+    twice = zlib.compress(DOC) + zlib.compress(DOC)
+    with pytest.raises(UnreadableBody) as caught:
+        decode_body("deflate", twice, 1024)
+    assert str(caught.value) == (f"the deflate body has {len(zlib.compress(DOC))} bytes after the end of its "
+                                 "stream: a deflate body is one stream (send several as one, or as gzip members)")
+
+
 @pytest.mark.parametrize("coding", sorted(ENCODERS))
 def test_a_body_not_of_its_coding_is_unreadable(coding: str) -> None:
     with pytest.raises(UnreadableBody, match=coding):
