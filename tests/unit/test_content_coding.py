@@ -122,7 +122,7 @@ def test_bytes_after_a_gzip_member_that_are_no_member_are_named_so() -> None:
 
 
 def test_a_second_deflate_stream_is_not_called_an_incomplete_member() -> None:
-    """ApiRefusesBadRequests: deflate is one stream, so two whole zlib streams are refused
+    """ApiRefusesMalformedHttp: deflate is one stream, so two whole zlib streams are refused
     for the second's bytes, without calling them "not a complete deflate member"
     (members are gzip's, and these bytes are a complete stream: the sixth fresh-user
     trial)."""
