@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import click
 import orjson
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion11, web, web_protocol
 from aiohttp.http import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -350,9 +350,11 @@ def _is_json(content_type: str) -> bool:
 # --------------------------------------------------------------------------- handlers
 
 
-async def post_event(request: web.Request) -> web.Response:
-    client: DocketClient = request.app[CLIENT]
-    config = request.app[CONFIG]
+def _check_event_head(request: web.Request) -> list[str]:
+    """What POST /v1/events refuses from a request's head alone, before its body is read:
+    ApiError 415 for a media type that is not JSON or a Content-Encoding docket does
+    not decode, 413 for a declared length over MAX_BODY_BYTES. Returns the request's
+    Content-Encoding fields."""
     given = request.headers.get("Content-Type")
     if not _is_json(request.content_type) or given is None:
         raise ApiError(415, "unsupported_media_type",
@@ -367,6 +369,13 @@ async def post_event(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large",
                        f"the body is {request.content_length} bytes; at most {MAX_BODY_BYTES}")
+    return codings
+
+
+async def post_event(request: web.Request) -> web.Response:
+    client: DocketClient = request.app[CLIENT]
+    config = request.app[CONFIG]
+    codings = _check_event_head(request)
     try:
         async with asyncio.timeout(config["read_timeout_s"]):  # a client that stalls holds nothing for long
             raw = await request.read()  # client_max_size stops a chunked body over the limit
@@ -727,7 +736,34 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     app[CONFIG] = {"timeout_s": timeout_ms / 1000, "read_timeout_s": settings.api_read_timeout_ms / 1000,
                    "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
                                                ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
-    app.router.add_post("/v1/events", post_event)
+    async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+        # Expect: 100-continue (RFC 9110, 10.1.1): what the head alone refuses is
+        # answered before the client sends its body, not after (aiohttp's own handler
+        # sends 100 Continue at once). The refusal closes the connection: a client may
+        # send the body anyway, and its bytes must not be read as the next request.
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no interim answers
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            shown = expect if len(expect) <= 64 else expect[:61] + "..."
+            response = error_response(417, "expectation_failed",
+                                      f"Expect: {shown!r} is not supported; only 100-continue is")
+            response.force_close()
+            return response
+        try:
+            if auth:
+                _check_auth(request, secrets)
+            _check_event_head(request)
+        except ApiError as exc:
+            response = exc.response()
+            response.force_close()
+            metrics.requests.labels(request.method, request.path, str(response.status)).inc()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper is still to come (as aiohttp's handler does)
+        return None
+
+    app.router.add_post("/v1/events", post_event, expect_handler=expect_continue)
     app.router.add_get("/v1/events/{idempotency_key}", get_event)
     app.router.add_get("/v1/entities/{type}/{id}", get_entity)
     app.router.add_get("/healthz", healthz)

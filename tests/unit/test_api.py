@@ -591,6 +591,44 @@ async def test_a_client_gone_before_its_answer_is_one_info_line_not_an_error(ser
     assert answer.split(b"\r\n", 1)[0].split()[1] == b"503", answer[:300]
 
 
+async def _answer_to_head(port: int, head: bytes) -> tuple[int, dict]:
+    """Send a request head alone and read the first answer: (status, JSON body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        top = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(next(line.split(b":", 1)[1] for line in top.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        return int(top.split()[1]), orjson.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(("change", "status", "error"), [
+    ({"Authorization": "Bearer not-a-token-of-ours"}, 403, "forbidden"),
+    ({"Authorization": None}, 401, "unauthorized"),
+    ({"Content-Length": str(MAX_BODY_BYTES + 1)}, 413, "payload_too_large"),
+    ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"Content-Encoding": "compress"}, 415, "unsupported_media_type"),
+    ({"Expect": "something-else"}, 417, "expectation_failed"),
+])
+async def test_expect_100_continue_refuses_from_the_head_before_the_body(served, change, status, error) -> None:
+    """ApiRefusesBadRequests, ApiRequiresBearerToken: a POST /v1/events with `Expect:
+    100-continue` whose head alone is refused (credentials, declared size, media type,
+    content coding) gets that answer at once, in place of `100 Continue`, so the client
+    never sends a body that was always going to be refused; an Expect other than
+    100-continue is 417. Before, aiohttp sent 100 Continue first and docket answered
+    after the body (the sixth fresh-user trial)."""
+    port, _ = served
+    fields = {"Host": "127.0.0.1", "Authorization": f"Bearer {TOKENS[0]}", "Content-Type": "application/json",
+              "Idempotency-Key": "k-expect", "Expect": "100-continue", "Content-Length": "80", **change}
+    head = b"POST /v1/events HTTP/1.1\r\n" + b"".join(
+        f"{k}: {v}\r\n".encode() for k, v in fields.items() if v is not None) + b"\r\n"
+    got, body = await _answer_to_head(port, head)
+    assert (got, body["error"]) == (status, error), body
+
+
 async def _requests_counted(port: int, status: str) -> float:
     """docket_api_requests_total of POST /v1/events with ``status``, from /metrics."""
     answer = await _raw(port, [b"GET /metrics HTTP/1.1\r\n" + _HOST + b"Connection: close\r\n\r\n"])
