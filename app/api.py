@@ -852,7 +852,7 @@ _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one lo
 # (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it. A literal
 # starts a line or follows a space, a colon, a bracket or "=" (bytearray(b'...')): the
 # apostrophe of "can't" starts none.
-_QUOTED = re.compile(r"""\s*:?\s*(?<![^\s:(\[=])b?['"].*$""")
+_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?(?<![^\s:(\[=])b?['"].*$""")
 # A quoted header line: its field name, nothing of its value.
 _HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
 _DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")

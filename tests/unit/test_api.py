@@ -484,6 +484,7 @@ async def test_malformed_requests_are_one_warning_line_without_a_traceback(serve
     line = records[0].getMessage()
     assert line.startswith("refused a malformed HTTP request from 127.0.0.1 (the client's fault): "), line
     assert said in line and "\n" not in line and len(line) < 400, line
+    assert not line.rstrip(" .").endswith(("(", ":", "bytearray")), line  # no quotation's cut-off opening
     assert body.decode() == line.split("(the client's fault): ", 1)[1], body  # the same words, no more
     for shown in (TOKENS[0], "a\\x00b", "aaaa", "folded", "zz"):  # what the requests hold
         assert shown not in caplog.text and shown.encode() not in answer, (shown, caplog.text, answer)
