@@ -91,10 +91,16 @@ def _murmur2(key: bytes) -> int:
 
 
 def _not_json(value: bytes) -> str:
-    # JSON exchanged between systems is UTF-8 (RFC 8259, section 8.1): say so when that
-    # is what is wrong, as the record key's check does
+    # JSON exchanged between systems is UTF-8 without a byte order mark (RFC 8259,
+    # section 8.1): say so when that is what is wrong, as the record key's check does
+    if not value:
+        return "record value is empty (an empty value is no JSON)"
     problem = utf8_problem(value)
-    return "record value is not JSON" if problem is None else f"record value is not UTF-8 ({problem})"
+    if problem is not None:
+        return f"record value is not UTF-8 ({problem})"
+    if value.startswith(b"\xef\xbb\xbf"):
+        return "record value starts with a byte order mark (EF BB BF), which JSON sent between systems must not"
+    return "record value is not JSON"
 
 
 def decode(record: InputRecord, stream_time: int) -> Event | Rejection:

@@ -224,13 +224,16 @@ def test_an_integer_beyond_64_bits_is_refused_by_name():
     (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\xed\xa0\x80"}',
      "record value is not UTF-8 (byte 0xed at offset 62)"),
     (b'{"idempotency_key":"k","event_name":"stock.adjust","payload":"\xc3\xa9"', "record value is not JSON"),
-    (b"\xef\xbb\xbf{}", "record value is not JSON"),  # a byte order mark: UTF-8, not JSON (RFC 8259, 8.1)
+    (b"\xef\xbb\xbf{}",  # a byte order mark: UTF-8, but not to be sent (RFC 8259, 8.1)
+     "record value starts with a byte order mark (EF BB BF), which JSON sent between systems must not"),
+    (b"", "record value is empty (an empty value is no JSON)"),
 ])
 def test_a_value_that_is_not_utf8_says_so(value, detail):
     """UsherRejectsMalformedRecord: a record value that is not UTF-8 is rejected
     malformed_record with the first byte that is not, as the record key's check says
-    its own; a UTF-8 value the parser refuses is "not JSON". Before, both were "record
-    value is not JSON"."""
+    its own; an empty value and one opening with a byte order mark say so; any other
+    UTF-8 value the parser refuses is "not JSON". Before, all were "record value is
+    not JSON" (the sixth fresh-user trial)."""
     got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
     assert isinstance(got, Rejection) and (got.reason, got.detail) == ("malformed_record", detail)
     # the key's check names its first bad byte the same way
