@@ -53,7 +53,7 @@ from agents.intake import install as install_batch_intake
 from app.canonical import canonical_trusted, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
-from app.records import UnreadableRecord, unreadable_reason
+from app.records import UnreadableRecord, json_object, unreadable_reason
 from app.settings import Settings
 from launcher.stack import wait_for_topics_cli
 
@@ -498,22 +498,24 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
             for rec in records_of(member):
                 metrics.transit.observe(max(0.0, now - rec.timestamp / 1000))
                 try:
-                    data = orjson.loads(rec.value)
+                    data = json_object(rec.value)
                     batch = data.get("copies", [])  # an older instance's watermark record has none
                     watermark = data.get("watermark")
                     if (not isinstance(batch, list) or (not batch and watermark is None)
                             or not (watermark is None or (type(watermark) is int and watermark >= 0))):
-                        raise TypeError("not a copy-batch record")
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    log.warning("ignoring an unreadable record on %s[%d]@%d", member.topic, p, rec.offset)
+                        raise UnreadableRecord("not a copy-batch record (a list of copies, a watermark)")
+                except UnreadableRecord as exc:
+                    log.warning("ignoring an unreadable record on %s[%d]@%d: %s", member.topic, p, rec.offset,
+                                unreadable_reason(exc))
                     continue
                 parsed = []
                 for copy in batch:
                     try:
                         body, offset = copy_body(copy)
                         claimed = copy["digest"]
-                    except (KeyError, TypeError, AttributeError, ValueError):
-                        log.warning("ignoring an unreadable copy on %s[%d]@%d", member.topic, p, rec.offset)
+                    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                        log.warning("ignoring an unreadable copy on %s[%d]@%d: %s", member.topic, p, rec.offset,
+                                    unreadable_reason(exc))
                         continue
                     actual = digest(body)
                     if actual != claimed:

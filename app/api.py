@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from app import content_coding, logs, openapi
 from app.canonical import NotIJson, loads_strict, shown_name, utf8_problem
+from app.records import cut_detail
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
 from app.ports import bindable, port_in_use
@@ -112,9 +113,14 @@ def json_response(status: int, body: dict, headers: dict | None = None) -> web.R
 
 def error_response(status: int, error: str, message: str, errors: list[dict] | None = None,
                    headers: dict | None = None, **extra: Any) -> web.Response:
-    body: dict[str, Any] = {**extra, "error": error, "message": message}
+    """docket's JSON error answer. Its message and each errors[] entry's are cut at
+    MAX_DETAIL characters (records.cut_detail) and a field name at 64 (canonical.shown_name):
+    no answer grows with what the client sent (a domain's message may name every unknown
+    member of a payload: a 65-KB body was answered with 262 KB, the seventh trial)."""
+    body: dict[str, Any] = {**extra, "error": error, "message": cut_detail(message)}
     if errors:
-        body["errors"] = errors
+        body["errors"] = [{**e, "field": shown_name(str(e["field"])), "message": cut_detail(str(e["message"]))}
+                          if "field" in e and "message" in e else e for e in errors]
     return json_response(status, body, headers)
 
 
@@ -350,6 +356,22 @@ def _is_json(content_type: str) -> bool:
 # --------------------------------------------------------------------------- handlers
 
 
+def _check_transfer_coding(request: web.Request) -> None:
+    """ApiError 501 unless the request's Transfer-Encoding is absent or ``chunked`` alone:
+    aiohttp takes any list ending in chunked for chunked and leaves the other codings
+    (gzip, say) undone, so such a body would be read as if it were not coded. RFC 9112,
+    section 6.1: a server SHOULD answer a transfer coding it does not know with 501.
+    The connection is closed after the answer, since its framing is in doubt."""
+    fields = request.headers.getall("Transfer-Encoding", [])
+    codings = [c.strip().lower() for field in fields for c in field.split(",") if c.strip()]
+    if fields and codings != ["chunked"]:
+        shown = ", ".join(fields)
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        raise ApiError(501, "not_implemented",
+                       f"Transfer-Encoding {shown!r} is not supported: only chunked is (send a compressed body "
+                       f"with Content-Encoding: {_CODED})", close=True)
+
+
 def _check_event_head(request: web.Request) -> list[str]:
     """What POST /v1/events refuses from a request's head alone, before its body is read:
     ApiError 415 for a media type that is not JSON or a Content-Encoding docket does
@@ -409,8 +431,7 @@ async def post_event(request: web.Request) -> web.Response:
                        [{"field": "body", "reason": "not_json", "message": message}]) from None
     except NotIJson as exc:  # a member named twice is that member's fault; depth and range the body's
         raise ApiError(400, "invalid_json", f"the body is not valid I-JSON: {exc}",
-                       [{"field": shown_name(exc.name) if exc.name else "body", "reason": exc.reason,
-                         "message": str(exc)}]) from None
+                       [{"field": exc.name or "body", "reason": exc.reason, "message": str(exc)}]) from None
     errors: list[dict] = []
     key, key_error = parse_idempotency_key_header(request.headers.getall("Idempotency-Key", []))
     if key_error:
@@ -421,7 +442,7 @@ async def post_event(request: web.Request) -> web.Response:
                                   f"not {type(body).__name__ if body is not None else 'null'}"})
     else:
         for name in sorted(set(body) - set(_REQUEST_FIELDS)):
-            errors.append({"field": shown_name(name), "reason": "unknown_field",
+            errors.append({"field": name, "reason": "unknown_field",
                            "message": f"unknown field {shown_name(name)!r}; a request has only event_name and payload"})
         if "event_name" not in body:
             errors.append({"field": "event_name", "reason": "missing", "message": "event_name is required"})
@@ -713,6 +734,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
         started = time.perf_counter()
         route = _route_of(request)
         try:
+            _check_transfer_coding(request)
             if auth and request.path.startswith("/v1/"):
                 request[CLIENT_NAME] = _check_auth(request, secrets)
             response = await handler(request)
@@ -736,6 +758,14 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
     app[CONFIG] = {"timeout_s": timeout_ms / 1000, "read_timeout_s": settings.api_read_timeout_ms / 1000,
                    "openapi": openapi.document(client.domain, timeout_ms=timeout_ms,
                                                ttl_ms=settings.idempotency_ttl_ms, auth=auth)}
+    def refuse(request: web.Request, response: web.Response) -> web.Response:
+        # answered in place of 100 Continue: the client sends no body, so none is awaited
+        response.force_close()
+        if isinstance(request.protocol, RequestHandler):  # `docket api`'s (not a test server's)
+            request.protocol.answer_then_close()
+        metrics.requests.labels(request.method, request.path, str(response.status)).inc()
+        return response
+
     async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         # Expect: 100-continue (RFC 9110, 10.1.1): what the head alone refuses is
         # answered before the client sends its body, not after (aiohttp's own handler
@@ -746,19 +776,15 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
         expect = request.headers.get("Expect", "")
         if expect.lower() != "100-continue":
             shown = expect if len(expect) <= 64 else expect[:61] + "..."
-            response = error_response(417, "expectation_failed",
-                                      f"Expect: {shown!r} is not supported; only 100-continue is")
-            response.force_close()
-            return response
+            return refuse(request, error_response(417, "expectation_failed",
+                                                  f"Expect: {shown!r} is not supported; only 100-continue is"))
         try:
+            _check_transfer_coding(request)
             if auth:
                 _check_auth(request, secrets)
             _check_event_head(request)
         except ApiError as exc:
-            response = exc.response()
-            response.force_close()
-            metrics.requests.labels(request.method, request.path, str(response.status)).inc()
-            return response
+            return refuse(request, exc.response())
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper is still to come (as aiohttp's handler does)
         return None
@@ -851,8 +877,10 @@ _FAULT_CHARS = 200  # of aiohttp's description of a malformed request, in one lo
 # What aiohttp quotes of the request in its descriptions: a bytes or str literal
 # (b'Authorization: Bearer ...', 'GET /x?token=...'), and everything after it. A literal
 # starts a line or follows a space, a colon, a bracket or "=" (bytearray(b'...')): the
-# apostrophe of "can't" starts none.
-_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?(?<![^\s:(\[=])b?['"].*$""")
+# apostrophe of "can't" starts none, nor does a quoted field name aiohttp names
+# ("Missing 'Host' header in request.").
+_QUOTED = re.compile(r"""\s*:?\s*(?:bytearray\()?(?<![^\s:(\[=])(?!'[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header)"""
+                     r"""b?['"].*$""")
 # A quoted header line: its field name, nothing of its value.
 _HEADER_LINE = re.compile(r"""^b?['"]([!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):""")
 _DUPLICATE_FIELD = re.compile(r"Duplicate '[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}' header found\.")
@@ -938,6 +966,14 @@ class RequestHandler(web_protocol.RequestHandler):
       and the traceback and counts a 500: it is the client's doing, not a fault."""
 
     __slots__ = ()
+
+    def answer_then_close(self) -> None:
+        """Close the connection once the answer in progress is written, reading nothing
+        more of it: not what is left of the request's body either (aiohttp's lingering
+        read, up to lingering_time, which waits for a body that a client told
+        ``Expect: 100-continue`` is refused never sends). The answer itself must say
+        Connection: close (``response.force_close()``)."""
+        self._lingering_time = 0.0
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

@@ -175,7 +175,7 @@ _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
-def _nests_deeper(data: bytes, limit: int) -> bool:
+def nests_deeper(data: bytes, limit: int) -> bool:
     """Whether the brackets of ``data`` outside its strings ever stand more than
     ``limit`` deep, read left to right. For JSON this is the nesting of its arrays and
     objects; it is also defined for text a parser refuses, so it can name a document
@@ -248,7 +248,7 @@ def loads_strict(raw: bytes | str) -> Any:
             _integers_in_range(data)
         # nesting beyond the parser's own limit (or beside another fault) is still
         # docket's rule's to name, not the parser's "not JSON"
-        if not _shallow(data) and _nests_deeper(data, MAX_JSON_DEPTH):
+        if not _shallow(data) and nests_deeper(data, MAX_JSON_DEPTH):
             raise NestedTooDeep() from None
         raise
     data = raw.encode("utf-8") if isinstance(raw, str) else raw

@@ -31,7 +31,7 @@ import click
 
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
-from app.canonical import utf8_problem
+from app.canonical import nests_deeper, utf8_problem
 from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence
 from app.settings import Settings, load
 
@@ -264,11 +264,21 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
     return [report_entry(m.value, m.timestamp, m.partition, m.offset) for m in raw]
 
 
+# The deepest report the listing reads: the parser and the diff's walk recurse once per
+# level, and Python's recursion limit (1,000) must never be what refuses one (a record
+# nested 2,000 deep on the topic stopped the command with a RecursionError: the seventh
+# fresh-user trial). A report of the Clerk's nests a few levels over its copies' bodies,
+# whose payloads nest at most MAX_JSON_DEPTH (64).
+REPORT_DEPTH = 200
+
+
 def report_entry(value: bytes | None, timestamp: int, partition: int, offset: int) -> dict:
     """One listed report (see :func:`read_reports`)."""
     meta = {"timestamp": timestamp, "partition": partition, "offset": offset}
     if value is None:
         return {**meta, "unreadable": "no value (a tombstone)"}
+    if nests_deeper(value, REPORT_DEPTH):
+        return {**meta, "unreadable": f"nested deeper than {REPORT_DEPTH} levels"}
     try:
         rec = json.loads(value)
     except ValueError as exc:
@@ -308,6 +318,15 @@ def since_timestamp_ms(since_ms: int, now_ms: int) -> int:
     than the time since 1970 asks for every report (Kafka refuses a negative target time:
     aiokafka raised ValueError, shown as a traceback)."""
     return max(0, now_ms - since_ms)
+
+
+def duration_text(ms: int) -> str:
+    """``ms`` in the largest unit of parse_duration_ms's that keeps it whole: "2 h",
+    "90 s", "100000 d", "1500 ms" (the title of the listing)."""
+    for unit in ("d", "h", "m", "s"):
+        if ms % _UNIT_MS[unit] == 0:
+            return f"{ms // _UNIT_MS[unit]} {unit}"
+    return f"{ms} ms"
 
 
 class _Duration(click.ParamType):
@@ -409,7 +428,7 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
 
     scope = []
     if since_ms is not None:
-        scope.append(f"written in the last {since_ms / 1000:g} s")
+        scope.append(f"written in the last {duration_text(since_ms)}")
     if last is not None:
         scope.append(f"the {last} newest")
     title = (f"{len(reports)} divergence report(s) on {settings.divergences_topic}"

@@ -36,6 +36,7 @@ PRIVATE_API: tuple[tuple[str, str, str, str], ...] = (
     ("honcho", "honcho.manager:Manager", "_any_stopped", "launcher/stack.py OrderedManager.loop"),
     # aiohttp: the API's own request handler and the port it was given
     ("aiohttp", "aiohttp.web_runner:AppRunner", "_make_server", "app/api.py AppRunner (overridden)"),
+    ("aiohttp", "aiohttp.web_protocol:RequestHandler", "_lingering_time", "app/api.py RequestHandler.answer_then_close"),
     ("aiohttp", "aiohttp.web_server:Server", "_loop", "app/api.py _Server.__call__"),
     ("aiohttp", "aiohttp.web_server:Server", "_kwargs", "app/api.py _Server.__call__"),
     ("aiohttp", "aiohttp.web_runner:TCPSite", "_server", "app/api.py serve (the bound port)"),

@@ -249,13 +249,17 @@ def unseal(value: bytes) -> tuple[str, str, dict]:
     return out.pop("instance"), out.pop("digest"), out
 
 
+def cut_detail(text: str) -> str:
+    """``text`` whole up to MAX_DETAIL characters, else its first MAX_DETAIL and its
+    length: "...x... (5000 characters)". Deterministic: the same text is cut the same
+    way on every instance."""
+    return text if len(text) <= MAX_DETAIL else f"{text[:MAX_DETAIL]}... ({len(text)} characters)"
+
+
 def outcome(status: str, reason: str | None = None, detail: str = "", entities: list | None = None) -> dict:
     """One shape for every outcome, so consumers never guess which keys exist. A detail
-    over MAX_DETAIL characters is cut there and marked (deterministically: the same
-    detail is cut the same way on every instance)."""
-    if len(detail) > MAX_DETAIL:
-        detail = f"{detail[:MAX_DETAIL]}... ({len(detail)} characters)"
-    return {"status": status, "reason": reason, "detail": detail, "entities": entities or []}
+    over MAX_DETAIL characters is cut there and marked (:func:`cut_detail`)."""
+    return {"status": status, "reason": reason, "detail": cut_detail(detail), "entities": entities or []}
 
 
 # --- reading what the Clerk writes (the results and divergences topics) -------------

@@ -19,6 +19,7 @@ from app.divergences import (
     diff_copies,
     parse_duration_ms,
     since_timestamp_ms,
+    duration_text,
     report_entry,
     reports_table,
 )
@@ -180,6 +181,13 @@ def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
         "not a divergence report: input is not an input position {partition, offset}")
     assert report_entry(b'{"input":{"partition":0,"offset":"x"}}', 0, 1, 2)["unreadable"].startswith(
         "not a divergence report")
+    # nested past what the parser and the diff's walk recurse through (the seventh trial's RecursionError)
+    deep = b'{"a":' * 2000 + b"1" + b"}" * 2000
+    assert report_entry(deep, 0, 1, 2)["unreadable"] == "nested deeper than 200 levels"
+    copies_deep = orjson.loads(raw)
+    copies_deep["copies"][0]["body"] = "x"  # placeholder, replaced below by a 3,000-deep value
+    text = orjson.dumps(copies_deep).replace(b'"body":"x"', b'"body":' + b"[" * 3000 + b"]" * 3000)
+    assert report_entry(text, 0, 1, 2)["unreadable"] == "nested deeper than 200 levels"
     original = orjson.loads(raw)
     mangled = copy_mod.deepcopy(original)
     mangled["copies"] = "garbage"
@@ -299,3 +307,6 @@ def test_a_since_longer_than_the_epoch_asks_for_every_report() -> None:
     assert since_timestamp_ms(parse_duration_ms("100000d"), now) == 0
     assert since_timestamp_ms(parse_duration_ms("99999999999d"), now) == 0
     assert since_timestamp_ms(parse_duration_ms("2h"), now) == now - 7_200_000
+    # and the listing's title says the window in its own unit, not "8.64e+09 s" (the seventh trial)
+    assert [duration_text(parse_duration_ms(t)) for t in ("100000d", "2h", "90s", "1.5h", "500ms")] == [
+        "100000 d", "2 h", "90 s", "90 m", "500 ms"]

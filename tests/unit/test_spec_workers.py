@@ -496,6 +496,11 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
                 ev = await put(out_a, garbage)
                 assert ev.message.acked, garbage
         assert sum("ignoring an unreadable record" in m for m in caplog.messages) == 5
+        # each line says what is wrong (the seventh fresh-user trial saw none)
+        said = [m.split(": ", 1)[-1] for m in caplog.messages if "ignoring an unreadable record" in m]
+        assert [w.split(" (")[0] for w in said] == ["not JSON", "not a JSON object but list",
+                                                    "not a copy-batch record", "not a JSON object but NoneType",
+                                                    "not a copy-batch record"], said
         assert core.pending(p) == 0 and producer.log == []
 
         ev = await put(out_a, orjson.dumps({"watermark": 7, "instance": "zz", "partition": p}))
