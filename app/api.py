@@ -356,6 +356,12 @@ def _is_json(content_type: str) -> bool:
 # --------------------------------------------------------------------------- handlers
 
 
+def _shown_fields(values: list[str]) -> str:
+    """A header's field values as a message quotes them: joined, at most 64 characters."""
+    shown = ", ".join(values)
+    return shown if len(shown) <= 64 else shown[:61] + "..."
+
+
 def _check_transfer_coding(request: web.Request) -> None:
     """ApiError 501 unless the request's Transfer-Encoding is absent or ``chunked`` alone:
     aiohttp takes any list ending in chunked for chunked and leaves the other codings
@@ -365,8 +371,7 @@ def _check_transfer_coding(request: web.Request) -> None:
     fields = request.headers.getall("Transfer-Encoding", [])
     codings = [c.strip().lower() for field in fields for c in field.split(",") if c.strip()]
     if fields and codings != ["chunked"]:
-        shown = ", ".join(fields)
-        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        shown = _shown_fields(fields)
         raise ApiError(501, "not_implemented",
                        f"Transfer-Encoding {shown!r} is not supported: only chunked is (send a compressed body "
                        f"with Content-Encoding: {_CODED})", close=True)
@@ -383,8 +388,7 @@ def _check_event_head(request: web.Request) -> list[str]:
                        f"the body must be JSON sent as Content-Type: application/json (got {given or 'none'})")
     codings = request.headers.getall("Content-Encoding", [])
     if codings and (len(codings) > 1 or codings[0].strip().lower() not in CONTENT_CODINGS | {""}):
-        shown = ", ".join(codings)
-        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        shown = _shown_fields(codings)
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Encoding {shown!r} is not supported: send the body as it is, or coded with "
                        f"one of {_CODED}", headers={"Accept-Encoding": _CODED})
@@ -775,7 +779,7 @@ def create_app(settings: Settings | None = None, client: DocketClient | None = N
             return None  # HTTP/1.0 has no interim answers
         expect = request.headers.get("Expect", "")
         if expect.lower() != "100-continue":
-            shown = expect if len(expect) <= 64 else expect[:61] + "..."
+            shown = _shown_fields([expect])
             return refuse(request, error_response(417, "expectation_failed",
                                                   f"Expect: {shown!r} is not supported; only 100-continue is"))
         try:
