@@ -185,8 +185,9 @@ def submission_response(sub: Submission, timeout_ms: int) -> web.Response:
     reused (the Warden's verdict), 202 undecided, 502 diverged."""
     if sub.status == "pending":
         body = event_body(sub.idempotency_key, "pending", sub.position)
-        body["message"] = (f"not decided within {timeout_ms} ms; the event was accepted: "
-                           f"poll {_location(sub.idempotency_key)}")
+        waited = (f"not decided within {timeout_ms} ms" if timeout_ms > 0
+                  else "not waited for, as the request's Prefer header asked")
+        body["message"] = f"{waited}; the event was accepted: poll {_location(sub.idempotency_key)}"
         return json_response(202, body, {"Location": _location(sub.idempotency_key), "Retry-After": "1"})
     if sub.status == "diverged":
         body = event_body(sub.idempotency_key, "diverged", sub.position, divergence=sub.divergence)
@@ -224,13 +225,15 @@ def status_response(st: KeyStatus, ttl_ms: int) -> web.Response:
 # --------------------------------------------------------------------------- request parsing
 
 
-def parse_idempotency_key(raw: str | None) -> tuple[str | None, dict | None]:
-    """(key, None) or (None, field error). An RFC 8941 sf-string (quoted) is unquoted."""
+def parse_idempotency_key(raw: str | None, quoted: bool = True) -> tuple[str | None, dict | None]:
+    """(key, None) or (None, field error). An RFC 8941 sf-string (quoted) is unquoted
+    when ``quoted`` (the Idempotency-Key header); a URL path segment has no such syntax,
+    so there a quote is a character of the key (and the key rule refuses it)."""
     if raw is None:
         return None, {"field": "Idempotency-Key", "reason": "missing",
                       "message": "the Idempotency-Key header is required (e.g. a UUID per request)"}
-    key = raw.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':
+    key = raw.strip() if quoted else raw
+    if quoted and len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
     if not key:
         return None, {"field": "Idempotency-Key", "reason": "invalid_idempotency_key",
@@ -498,7 +501,7 @@ def _require_started(client: DocketClient, what: str) -> None:
 
 async def get_event(request: web.Request) -> web.Response:
     client: DocketClient = request.app[CLIENT]
-    key, problem = parse_idempotency_key(request.match_info["idempotency_key"])
+    key, problem = parse_idempotency_key(request.match_info["idempotency_key"], quoted=False)
     if problem:
         raise ApiError(400, "invalid_request", problem["message"], [{**problem, "field": "idempotency_key"}])
     _require_started(client, "the state of events is")

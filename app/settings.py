@@ -208,8 +208,8 @@ def named_tokens(entries, what: str = "DOCKET_API_TOKENS") -> tuple[tuple[str, s
         try:
             clients.append(named_token(entry))
         except ConfigError as exc:
-            where = f"entry {i} of {len(entries)}" if len(entries) > 1 else "the entry"
-            raise ConfigError(f"{what}: {where}: {exc}") from None
+            where = f" entry {i} of {len(entries)}:" if len(entries) > 1 else ""
+            raise ConfigError(f"{what}:{where} {exc}") from None
     by_token: dict[str, list[str]] = {}
     for name, token in clients:
         by_token.setdefault(token, []).append(name)

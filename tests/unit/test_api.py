@@ -226,12 +226,12 @@ def test_api_settings_name_the_variable_at_fault(monkeypatch, env, value, messag
     ("alice:s3cret-1,bob:s3cret-1", "DOCKET_API_TOKENS gives one token to clients alice and bob; "),
     ("tok-1,alice:tok-1", "DOCKET_API_TOKENS gives one token to clients token-"),
     ("tok-1,tok-1", "DOCKET_API_TOKENS gives the token of client token-[0-9a-f]{12} twice"),
-    ("a/b:s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' holds a character outside A-Z a-z 0-9 . _ - "
+    ("a/b:s3cret-1", "DOCKET_API_TOKENS: the name before ':' holds a character outside A-Z a-z 0-9 . _ - "
                      r"\(a name is 1-64 characters .*so a bare token cannot contain ':'\)"),
     ("good-token," + "n" * 65 + ":s3cret-1", "DOCKET_API_TOKENS: entry 2 of 2: the name before ':' is 65 characters; "
                                              "at most 64"),
-    (":s3cret-1", "DOCKET_API_TOKENS: the entry: the name before ':' is empty"),
-    ("alice:", "DOCKET_API_TOKENS: the entry: client 'alice' has an empty token"),
+    (":s3cret-1", "DOCKET_API_TOKENS: the name before ':' is empty"),
+    ("alice:", "DOCKET_API_TOKENS: client 'alice' has an empty token"),
     ("bob:s3cret-1,alice:", "DOCKET_API_TOKENS: entry 2 of 2: client 'alice' has an empty token"),
 ])
 def test_token_misconfigurations_are_config_errors(monkeypatch, value, message) -> None:
@@ -290,10 +290,10 @@ def test_tokens_are_named_and_the_older_form_still_works(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("alice:s3cret13;bob:s3cret14", "DOCKET_API_TOKENS: the entry: the token of client 'alice' holds ';' at character 9 "
+    ("alice:s3cret13;bob:s3cret14", "DOCKET_API_TOKENS: the token of client 'alice' holds ';' at character 9 "
                                     "of 21 (entries are separated by ','"),
     ("bob:s3cret:y", "the token of client 'bob' holds ':' at character 7 of 8"),
-    ("s3cret=x", "the entry: the token holds '=' at character 7 of 8 ('=' may only end a token, as padding)"),
+    ("s3cret=x", "DOCKET_API_TOKENS: the token holds '=' at character 7 of 8 ('=' may only end a token, as padding)"),
     ("alice:s3cret\u00e9", "holds U+00E9 at character 7 of 7"),
     ("alice:s3cret\x7f", "holds U+007F at character 7 of 7"),
     ("alice:s3cret\ty", "holds U+0009 at character 7 of 8"),
@@ -327,7 +327,7 @@ def test_tokens_of_the_b64token_alphabet_are_accepted(monkeypatch) -> None:
     from app.settings import token_problem  # (a NUL cannot be in the environment; create_app's tokens)
 
     assert token_problem("s3cret\x00") == "holds U+0000 at character 7 of 7"
-    with pytest.raises(ConfigError, match="tokens: the entry: the token holds U[+]0000 at character 7 of 7"):
+    with pytest.raises(ConfigError, match="tokens: the token holds U[+]0000 at character 7 of 7"):
         create_app(load(), DocketClient(load()), tokens=("s3cret\x00",), connect=False)
 
 
@@ -952,6 +952,17 @@ async def test_get_event_takes_its_key_from_the_path_only(http) -> None:
     assert resp.status == 503 and (await resp.json())["error"] == "not_ready"  # not a 400: the path's key is valid
 
 
+@pytest.mark.parametrize("path", ['/v1/events/"k-1"', "/v1/events/%22k-1%22", "/v1/events/%20k-1"])
+async def test_get_event_path_key_is_taken_as_written(http, path) -> None:
+    """ApiReportsEventStatus: the path's key has no header syntax, so quotes or spaces
+    around it are characters of the key, which the key rule refuses (a 400), never
+    another key's status: GET /v1/events/"k-1" answered for k-1 (a fresh-user trial)."""
+    tc, _ = http
+    resp = await tc.get(path, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 400 and body["errors"][0]["field"] == "idempotency_key", body
+
+
 async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) -> None:
     """ApiReportsKafkaUnavailable: 503, and the body says the request was not accepted."""
     tc, client = http
@@ -1033,6 +1044,9 @@ async def test_refused_submissions_are_counted_and_an_outage_is_two_log_lines(se
         client.up, outbox.hang = True, False
         status, _, body = await post(tc, adjust(), key="ok-1", headers={"Prefer": "respond-async"})
         assert status == 202, body
+        # ApiAnswersPendingAfterTimeout: not "not decided within 0 ms" (a fresh-user trial)
+        assert body["message"].startswith("not waited for, as the request's Prefer header asked; the event was "
+                                          "accepted: poll /v1/events/ok-1"), body
         page = await (await tc.get("/metrics")).text()
     counts = {line.split(" ")[0]: float(line.split(" ")[1]) for line in page.splitlines()
               if line.startswith("docket_api_submissions_total{")}
