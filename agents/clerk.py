@@ -50,7 +50,7 @@ from agents.worker import adopt_settings, new_app, serve_metrics
 from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
 from agents.intake import OrderedAcks, members_of, records_of, stop_committing
 from agents.intake import install as install_batch_intake
-from app.canonical import canonical_trusted, digest
+from app.canonical import canonical_trusted, digest, shown_name
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import UnreadableRecord, json_object, unreadable_reason
@@ -310,6 +310,21 @@ def copy_body(copy: dict) -> tuple[bytes, int]:
     return raw, int(raw[start:end])
 
 
+def miscast(topic: str, partition: int, offset: int, instance: str, data: dict) -> None:
+    """Log a copy-batch record that names another instance or input partition than
+    the topic and partition it came on. The Clerk reads it as what its topic and
+    partition say (a copy counts for the instance whose topic carried it), so nothing
+    else changes; but an instance writes only its own topic, each batch to its input
+    partition's number, so such a record means another producer writes there (a
+    misconfigured instance id, a tool, a forgery). The values shown are cut at 64
+    characters (canonical.shown_name)."""
+    said = ", ".join(f"{name} {shown_name(repr(data[name]))}" for name in ("instance", "partition")
+                     if name in data)
+    log.warning("a record on %s[%d]@%d says %s: read as instance %s's copies of input partition %d, as its topic and "
+                "partition say. Instance %s writes only its own topic, each batch to its input partition's number: "
+                "find what else produces to %s", topic, partition, offset, said, instance, partition, instance, topic)
+
+
 def stale(msg, generation: int) -> bool:
     """True for an item fetched before the latest rebalance (``msg.generation_id``, when
     it has one, is not the consumer group's current ``generation``): the partition was
@@ -508,6 +523,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
                     log.warning("ignoring an unreadable record on %s[%d]@%d: %s", member.topic, p, rec.offset,
                                 unreadable_reason(exc))
                     continue
+                if data.get("instance", instance) != instance or data.get("partition", p) != p:
+                    miscast(member.topic, p, rec.offset, instance, data)
                 parsed = []
                 for copy in batch:
                     try:

@@ -503,8 +503,19 @@ async def test_clerk_agent_acknowledges_publishes_and_skips(settings, tmp_path, 
                                                     "not a copy-batch record"], said
         assert core.pending(p) == 0 and producer.log == []
 
-        ev = await put(out_a, orjson.dumps({"watermark": 7, "instance": "zz", "partition": p}))
-        assert ev.message.acked and core.partitions[p].watermarks == {"a": 7}
+        with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+            caplog.clear()
+            ev = await put(out_a, orjson.dumps({"watermark": 7, "instance": "zz", "partition": p}))
+            # ClerkLogsMiscastRecord: what it says of itself is logged, not believed
+            (said,) = [m for m in caplog.messages if "says" in m]
+            assert said.startswith(f"a record on {out_a}[{p}]@") and f"says instance 'zz', partition {p}: read as " \
+                f"instance a's copies of input partition {p}" in said and f"produces to {out_a}" in said, said
+            caplog.clear()
+            await put(out_a, orjson.dumps({"watermark": 8, "instance": "a", "partition": p + 1}))
+            await put(out_a, orjson.dumps({"watermark": 9, "instance": "a", "partition": p}))
+            await put(out_a, orjson.dumps({"watermark": 10}))
+            assert [m.split(" says ")[1].split(":")[0] for m in caplog.messages] == [f"instance 'a', partition {p + 1}"]
+        assert ev.message.acked and core.partitions[p].watermarks == {"a": 10}
         core.partitions[p].watermarks.clear()
 
         held = await put(out_a, copy_value("a", 0, p, ikey="order-1"))
