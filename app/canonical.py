@@ -132,6 +132,44 @@ class NestedTooDeep(NotIJson):
         super().__init__(f"arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels")
 
 
+class LoneSurrogate(NotIJson):
+    """A string escapes half of a UTF-16 surrogate pair alone (``"\\ud800"``): JSON's
+    grammar allows the escape, but it names no character, so I-JSON (RFC 7493, section
+    2.1) forbids it and orjson refuses it; one reader's string would not be another's."""
+
+    reason = "lone_surrogate"
+
+    def __init__(self, escape: str, offset: int) -> None:
+        super().__init__(f"a string holds the escape {escape} at byte offset {offset}: half of a UTF-16 surrogate "
+                         "pair alone, which names no character (RFC 7493, section 2.1 forbids it)")
+
+
+# One escape sequence of a JSON string: a \u with its four hex digits, or a backslash
+# with the character it escapes (so that "\\\\u..." is an escaped backslash, not an escape).
+_ESCAPE = re.compile(rb"\\(?:u([0-9A-Fa-f]{4})|.)", re.DOTALL)
+
+
+def lone_surrogate(data: bytes) -> LoneSurrogate | None:
+    """The first \\u escape of ``data`` that is half a surrogate pair without its other
+    half (a high one not followed at once by a low one, or a low one alone), as a
+    LoneSurrogate, or None. A function of the bytes alone, not of a parser's message,
+    so every instance names the same escape. Costs one regex pass; called only for a
+    document the parser has refused."""
+    pending = None  # a high surrogate's match, waiting for its low half
+    for m in _ESCAPE.finditer(data):
+        unit = int(m.group(1), 16) if m.group(1) else None
+        if pending is not None:
+            if m.start() == pending.end() and unit is not None and 0xDC00 <= unit <= 0xDFFF:
+                pending = None
+                continue
+            return LoneSurrogate(pending.group(0).decode("ascii"), pending.start())
+        if unit is not None and 0xD800 <= unit <= 0xDBFF:
+            pending = m
+        elif unit is not None and 0xDC00 <= unit <= 0xDFFF:
+            return LoneSurrogate(m.group(0).decode("ascii"), m.start())
+    return None if pending is None else LoneSurrogate(pending.group(0).decode("ascii"), pending.start())
+
+
 # The integers orjson reads exactly (an unsigned or signed 64-bit machine word); it reads
 # any other integer literal as a float, which the domain would then refuse as "not an
 # integer" when the number is an integer too large.
@@ -227,7 +265,8 @@ def loads_strict(raw: bytes | str) -> Any:
     """``orjson.loads``, refusing what two readers could read differently.
 
     Raises orjson.JSONDecodeError (not JSON), NestedTooDeep (arrays and objects nested
-    deeper than MAX_JSON_DEPTH), DuplicateMember (an object names a member twice) or
+    deeper than MAX_JSON_DEPTH), LoneSurrogate (an escaped half of a surrogate pair
+    alone), DuplicateMember (an object names a member twice) or
     IntegerOutOfRange (an integer beyond 64 bits, which orjson reads as a float);
     with both, the first the standard library's parser meets (an integer as it is read,
     an object's duplicate when the object closes). For compact JSON (what docket's
@@ -250,6 +289,11 @@ def loads_strict(raw: bytes | str) -> Any:
         # docket's rule's to name, not the parser's "not JSON"
         if not _shallow(data) and nests_deeper(data, MAX_JSON_DEPTH):
             raise NestedTooDeep() from None
+        # an escape JSON's grammar allows but I-JSON does not: docket's rule's to name
+        if b"\\u" in data and utf8_problem(data) is None:
+            lone = lone_surrogate(data)
+            if lone is not None:
+                raise lone from None
         raise
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
     if not _shallow(data) and not _depth_within(value, MAX_JSON_DEPTH):

@@ -839,6 +839,10 @@ BAD_REQUESTS = [
     ("delta beyond 64 bits", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1","delta":'
      + b"9" * 30 + b"}}", "k1", "application/json", 400, "invalid_json", ("body", "integer_out_of_range"),
      "the integer 999999999999999999999999999999 is outside the 64-bit range"),
+    # DuplicateMemberIsInvalidJson: an escaped lone surrogate is named, not "not valid JSON"
+    ("lone surrogate", b'{"event_name":"stock.adjust","payload":{"warehouse":"w\\ud800","sku":"s1","delta":5}}',
+     "k1", "application/json", 400, "invalid_json", ("body", "lone_surrogate"),
+     "a string holds the escape \\ud800 at byte offset 54: half of a UTF-16 surrogate pair alone"),
     ("duplicate behind an escape", b'{"event_name":"stock.adjust","payload":{"warehouse":"w1","sku":"s1",'
      b'"delta":5,"\\u0064elta":6}}', "k1", "application/json", 400, "invalid_json", "delta",
      "member 'delta' appears twice"),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.canonical import (MAX_JSON_DEPTH, MAX_JSON_INT, MIN_JSON_INT, DuplicateMember, IntegerOutOfRange,
-                           NestedTooDeep, NotCanonical, _fallback, canonical,
+                           LoneSurrogate, NestedTooDeep, NotCanonical, _fallback, canonical,
                            digest, loads_strict)
 from app.records import InputRecord, body, decode, outcome, seal, unseal
 from app.registry import Rejection
@@ -262,3 +262,46 @@ def test_nesting_beyond_the_parsers_limit_is_named_by_dockets_rule(value, detail
         assert got.detail == f"record value is not I-JSON: arrays and objects are nested deeper than {MAX_JSON_DEPTH} levels"
     else:
         assert got.detail == "record value is not JSON"
+
+
+@pytest.mark.parametrize(("value", "escape", "offset"), [
+    (rb'["\ud800"]', r"\ud800", 2),
+    (rb'["\uDBFF x"]', r"\uDBFF", 2),  # a high half followed by a character, not its low half
+    (rb'["\udc00"]', r"\udc00", 2),  # a low half alone
+    (rb'["\ud800\u0041"]', r"\ud800", 2),  # followed by an escape that is no low half
+    (rb'["\ud83d\ude00\udc00"]', r"\udc00", 14),  # a whole pair, then a low half alone
+    (rb'["\\\ud800"]', r"\ud800", 4),  # an escaped backslash, then the escape
+    (rb'["ok", "x\ud800', r"\ud800", 9),  # the string not even closed: still this escape's fault
+])
+def test_a_lone_surrogate_escape_is_named_by_dockets_rule(value, escape, offset) -> None:
+    """DuplicateMemberIsMalformed: a string escaping half of a UTF-16 surrogate pair
+    alone is refused as not I-JSON, naming the escape and its byte offset; on Kafka the
+    detail is "record value is not I-JSON: a string holds the escape ...". Before, it
+    was "record value is not JSON" (RFC 8259's grammar allows the escape; RFC 7493,
+    section 2.1 forbids it; a fresh-user trial)."""
+    with pytest.raises(LoneSurrogate) as caught:
+        loads_strict(value)
+    assert caught.value.reason == "lone_surrogate"
+    assert str(caught.value).startswith(f"a string holds the escape {escape} at byte offset {offset}: half of a "
+                                        "UTF-16 surrogate pair alone")
+    envelope = b'{"idempotency_key":"k","event_name":"stock.adjust","payload":'
+    got = decode(InputRecord(0, 0, 1, b"s1", envelope + value + b"}"), 1)
+    assert isinstance(got, Rejection) and got.detail.startswith(
+        f"record value is not I-JSON: a string holds the escape {escape} at byte offset {offset + len(envelope)}")
+
+
+@pytest.mark.parametrize("value", [rb'["\ud83d\ude00"]', rb'["\\ud800"]', rb'["\\\\ud800"]'])
+def test_a_whole_surrogate_pair_or_an_escaped_backslash_is_no_lone_surrogate(value) -> None:
+    """DuplicateMemberIsMalformed: a pair whole is one character, and a backslash
+    escaped before "ud800" leaves it plain text: both parse."""
+    assert isinstance(loads_strict(value), list)
+
+
+def test_bytes_that_are_not_utf8_stay_the_utf8_checks_beside_a_lone_surrogate() -> None:
+    """UsherRejectsMalformedRecord: a value that is not UTF-8 is "not UTF-8 (byte 0xff
+    at offset n)", checked before the escapes are, whatever else it holds."""
+    value = rb'{"idempotency_key":"k","event_name":"stock.adjust","payload":["\ud800' + b'\xff"]}'
+    with pytest.raises(orjson.JSONDecodeError):
+        loads_strict(value)
+    got = decode(InputRecord(0, 0, 1, b"s1", value), 1)
+    assert got.detail == "record value is not UTF-8 (byte 0xff at offset 69)"
