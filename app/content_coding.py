@@ -154,9 +154,42 @@ def _brotli(raw: bytes, limit: int) -> bytes:
     try:
         out = decoder.process(raw, output_buffer_limit=limit + 1)
     except brotli.error as exc:
+        end = _brotli_end(raw, limit)
+        if end is not None:
+            raise UnreadableBody(f"the br body has {_bytes(len(raw) - end)} after the end of its stream: a br body "
+                                 "is one stream (send several as one)") from None
         raise UnreadableBody(f"the body is not valid br data ({exc or 'brotli could not decode it'})") from None
     if len(out) > limit:
         raise BodyTooLarge("br", limit)
     if not decoder.is_finished():
         raise UnreadableBody("the br body ends before its stream does: it was cut short")
     return out
+
+
+def _brotli_end(raw: bytes, limit: int) -> int | None:
+    """Where the br stream at the start of ``raw`` ends, when one ends before ``raw``
+    does (brotli's decoder refuses the bytes after it without saying so), else None.
+    A prefix shorter than the stream decodes without error and unfinished; the first
+    prefix that does not is the stream, when it finishes. A bisection: about 16
+    decodings of at most 64 KiB, on a refused body only."""
+    def unfinished(n: int) -> bool:
+        decoder = brotli.Decompressor()
+        try:
+            decoder.process(raw[:n], output_buffer_limit=limit + 1)
+        except brotli.error:
+            return False
+        return not decoder.is_finished()
+
+    low, high = 0, len(raw)  # unfinished(low) holds; unfinished(len(raw)) does not (it raised)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if unfinished(middle):
+            low = middle
+        else:
+            high = middle
+    decoder = brotli.Decompressor()
+    try:
+        decoder.process(raw[:high], output_buffer_limit=limit + 1)
+    except brotli.error:
+        return None
+    return high if decoder.is_finished() and high < len(raw) else None

@@ -133,6 +133,20 @@ def test_a_second_deflate_stream_is_not_called_an_incomplete_member() -> None:
                                  "stream: a deflate body is one stream (send several as one, or as gzip members)")
 
 
+@pytest.mark.parametrize("after", [b"x", b"xyz", brotli.compress(DOC)])
+def test_bytes_after_a_br_stream_are_named_so(after: bytes) -> None:
+    """ApiRefusesMalformedHttp: bytes after a whole br stream (a stray byte, or a second
+    stream) are named as such, as gzip's, zstd's and deflate's are; brotli's decoder
+    says only "decoder failed" (a fresh-user trial). A body that is no br data from its
+    start is still "not valid br data"."""
+    with pytest.raises(UnreadableBody) as caught:
+        decode_body("br", brotli.compress(DOC) + after, 1024)
+    assert str(caught.value) == (f"the br body has {len(after)} byte{'s' if len(after) > 1 else ''} after the end "
+                                 "of its stream: a br body is one stream (send several as one)")
+    with pytest.raises(UnreadableBody, match=r"^the body is not valid br data \(brotli: decoder failed\)$"):
+        decode_body("br", b"\xff" * 10 + after, 4096)
+
+
 @pytest.mark.parametrize("coding", sorted(ENCODERS))
 def test_a_body_not_of_its_coding_is_unreadable(coding: str) -> None:
     with pytest.raises(UnreadableBody, match=coding):
