@@ -59,13 +59,13 @@ from app.canonical import NotCanonical, canonical, digest
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import (
-    DIVERGENCE_CAUSES,
     FINISHING_CAUSES,
     MAX_EVENT_NAME,
     MAX_IDEMPOTENCY_KEY,
     MAX_VALUE_BYTES,
     UnreadableRecord,
     check_divergence,
+    check_report,
     check_result,
     entity_record,
     json_object,
@@ -1029,10 +1029,7 @@ class DocketClient:
         digest) or a finishing report that is not one as the Clerk writes it."""
         self.divergences_read += 1
         rec = json_object(raw)
-        if rec.get("cause") not in DIVERGENCE_CAUSES:
-            raise UnreadableRecord("cause is not " + ", ".join(DIVERGENCE_CAUSES[:-1]) + " or " + DIVERGENCE_CAUSES[-1])
-        if rec.get("decided") is not None and not isinstance(rec["decided"], str):
-            raise UnreadableRecord("decided is neither null nor a digest")
+        check_report(rec)
         if rec["cause"] not in FINISHING_CAUSES or rec.get("decided") is not None:
             return
         check_divergence(rec)

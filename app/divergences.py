@@ -32,7 +32,7 @@ import click
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.canonical import nests_deeper, utf8_problem
-from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence
+from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence, check_report
 from app.settings import Settings, load
 
 DEFAULT_LAST = 20  # reports listed when neither --since nor --last is given
@@ -287,12 +287,15 @@ def report_entry(value: bytes | None, timestamp: int, partition: int, offset: in
     if not isinstance(rec, dict):
         return {**meta, "unreadable": "not a JSON object"}
     try:
-        check_divergence(rec)  # what the REST API also refuses to take for a report
+        check_report(rec)  # what the REST API also refuses to take for a report
+        check_divergence(rec)
+        # and what a listing needs of one, which the Clerk always writes
+        copies = rec.get("copies")
+        if not (isinstance(copies, list) and copies and all(isinstance(c, dict) for c in copies)):
+            raise UnreadableRecord("copies is not a list of copies (objects)")
     except UnreadableRecord as exc:
         return {**meta, "unreadable": f"not a divergence report: {exc}"}
     rec.pop("clerk", None)
-    copies = rec.get("copies") if isinstance(rec.get("copies"), list) else []
-    copies = [c for c in copies if isinstance(c, dict)]
     return {**meta, **rec, "diff": [row.as_dict() for row in diff_copies(copies)]}
 
 
@@ -367,6 +370,12 @@ def _original_of(report: dict) -> str:
     return "its original"
 
 
+# The diff rows the table shows per report: a body corrupted throughout differs at
+# every path, up to about a thousand within the 16 KiB of body a report carries
+# (agents/clerk_core.py DIVERGENCE_BODY_LIMIT); --json lists them all.
+TABLE_DIFF_ROWS = 20
+
+
 def reports_table(reports: list[dict], title: str):
     """The rich table of :func:`read_reports`' entries. Every value from a report is
     plain text (never rich markup: a corrupted body may hold "[red]")."""
@@ -389,7 +398,10 @@ def reports_table(reports: list[dict], title: str):
         elif cause in FINISHING_CAUSES:
             cause += "\n(nothing published)"
         named = "\n".join("(none)" if v is None else str(v) for v in (r.get("idempotency_key"), r.get("event_name")))
-        diff = "\n".join(DiffRow(d["path"], d["values"]).text() for d in r["diff"]) or (
+        shown = r["diff"][:TABLE_DIFF_ROWS]
+        more = len(r["diff"]) - len(shown)
+        diff = "\n".join([*(DiffRow(d["path"], d["values"]).text() for d in shown),
+                          *([f"... and {more} more row(s): --json lists every one"] if more else [])]) or (
             f"(the copies agree: a duplicate of {_original_of(r)}, which diverged)" if r.get("cause") == "original_diverged"
             else "(no difference found)")
         t.add_row(when, Text(f"{inp.get('partition')}@{inp.get('offset')}"), Text(cause), Text(named), Text(diff))

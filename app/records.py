@@ -338,6 +338,16 @@ DIVERGENCE_CAUSES = ("mismatch", "version_mismatch", "replay_mismatch", "origina
 FINISHING_CAUSES = ("mismatch", "version_mismatch", "original_diverged")
 
 
+def check_report(rec: dict) -> None:
+    """UnreadableRecord unless ``rec`` is a divergence report at all: its cause one of
+    DIVERGENCE_CAUSES, its decision null or a digest (what every reader of the
+    divergences topic asks first)."""
+    if rec.get("cause") not in DIVERGENCE_CAUSES:
+        raise UnreadableRecord("cause is not " + ", ".join(DIVERGENCE_CAUSES[:-1]) + " or " + DIVERGENCE_CAUSES[-1])
+    if rec.get("decided") is not None and not isinstance(rec["decided"], str):
+        raise UnreadableRecord("decided is neither null nor a digest")
+
+
 def check_divergence(rec: dict) -> None:
     """UnreadableRecord unless a finishing divergence report has the fields
     DocketClient.on_divergence reads, of the type it needs."""

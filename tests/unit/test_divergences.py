@@ -178,9 +178,11 @@ def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
     assert report_entry(None, 0, 1, 2)["unreadable"] == "no value (a tombstone)"
     assert report_entry(b"\xff\xfe", 0, 1, 2)["unreadable"] == "not UTF-8 (byte 0xff at offset 0)"
     assert report_entry(b"{}", 0, 1, 2)["unreadable"] == (
+        "not a divergence report: cause is not mismatch, version_mismatch, replay_mismatch or original_diverged")
+    assert report_entry(b'{"cause":"mismatch"}', 0, 1, 2)["unreadable"] == (
         "not a divergence report: input is not an input position {partition, offset}")
-    assert report_entry(b'{"input":{"partition":0,"offset":"x"}}', 0, 1, 2)["unreadable"].startswith(
-        "not a divergence report")
+    assert report_entry(b'{"cause":"mismatch","input":{"partition":0,"offset":"x"}}', 0, 1, 2)["unreadable"].startswith(
+        "not a divergence report: input is not")
     # nested past what the parser and the diff's walk recurse through (the seventh trial's RecursionError)
     deep = b'{"a":' * 2000 + b"1" + b"}" * 2000
     assert report_entry(deep, 0, 1, 2)["unreadable"] == "nested deeper than 200 levels"
@@ -188,10 +190,34 @@ def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
     copies_deep["copies"][0]["body"] = "x"  # placeholder, replaced below by a 3,000-deep value
     text = orjson.dumps(copies_deep).replace(b'"body":"x"', b'"body":' + b"[" * 3000 + b"]" * 3000)
     assert report_entry(text, 0, 1, 2)["unreadable"] == "nested deeper than 200 levels"
+    # a cause or copies no Clerk writes: unreadable too, not a report of cause None and no difference
     original = orjson.loads(raw)
-    mangled = copy_mod.deepcopy(original)
-    mangled["copies"] = "garbage"
-    assert report_entry(orjson.dumps(mangled), 0, 0, 0)["diff"] == []
+    for field, value, why in [("copies", "garbage", "copies is not a list of copies (objects)"),
+                              ("copies", [], "copies is not a list of copies (objects)"),
+                              ("copies", [1, 2], "copies is not a list of copies (objects)"),
+                              ("cause", None, "cause is not mismatch, version_mismatch, replay_mismatch or "
+                                              "original_diverged"),
+                              ("cause", "x" * 500, "cause is not mismatch"),
+                              ("decided", 5, "decided is neither null nor a digest")]:
+        mangled = {**copy_mod.deepcopy(original), field: value}
+        assert report_entry(orjson.dumps(mangled), 0, 0, 0)["unreadable"].startswith(
+            f"not a divergence report: {why}"), (field, value)
+    assert len(report_entry(orjson.dumps({**original, "cause": "x" * 5000}), 0, 0, 0)["unreadable"]) < 200
+    for cause in ("mismatch", "version_mismatch", "original_diverged", "replay_mismatch"):
+        assert "unreadable" not in report_entry(orjson.dumps({**original, "cause": cause}), 0, 0, 0)
+
+
+def test_the_table_shows_at_most_twenty_diff_rows_per_report() -> None:
+    """OperatorListsDivergences: a body that differs at every path (300 members)
+    is 20 rows in the table and a line saying how many more; --json keeps every row."""
+    wide = {f"m{i:04d}": i for i in range(300)}
+    entry = report_entry(_clerk_report(canonical(out(5, **wide)), canonical(out(5))), 0, 0, 3)
+    assert len(entry["diff"]) == 300
+    console = Console(width=200, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "m0019: a=19 b=<absent>" in text and "m0020:" not in text
+    assert "... and 280 more row(s): --json lists every one" in text
 
 
 @pytest.mark.parametrize(("text", "ms"), [("500ms", 500), ("90s", 90_000), ("15m", 900_000), ("2h", 7_200_000),
