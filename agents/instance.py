@@ -199,8 +199,12 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
         # them go (BatchConsumer.wait_empty); a partition still blocked is fetched again
         # from its committed offset and its batches held anew. Kept, they would add one
         # fetch per rebalance for the process's life.
-        for messages in held.values():
-            messages.clear()
+        # Another worker of this instance may have held one of these partitions
+        # meanwhile and written its status ("judging" from newer code, "blocked" from
+        # older code or a lower version limit): the first batch after this assignment
+        # announces this worker's again, "blocked" when held, "judging" when processed.
+        held.clear()
+        usher.announced.clear()
         # Faust forgets the pause of a partition that was revoked meanwhile: a blocked
         # one stays blocked for this process's life (its code still lacks the version)
         again = [TP(settings.input_topic, p) for p in usher.blocked if TP(settings.input_topic, p) in assigned]

@@ -73,7 +73,7 @@ class Usher:
         # (partition, offset, version) of each activation applied, first time or replay,
         # for the instance to announce on the status topic; it empties the list
         self.switched: list[tuple[int, int, str]] = []
-        self.announced: set[int] = set()  # partitions with a "judging" status this run
+        self.announced: set[int] = set()  # partitions with a "judging" status since the last assignment
         self.faults = None  # agents.faults.FaultInjector, only when asked for
 
     @property
@@ -90,9 +90,10 @@ class Usher:
         """The "judging" status records to write after a batch of ``partition`` processed
         up to ``watermark``, as (partition, activation offset, version): one per
         activation applied (``switched``, emptied here), and one for ``partition`` the
-        first time this Usher processes it unblocked, so that a "blocked" status an
-        earlier run left (a downgrade, a version limit) is replaced once the partition
-        moves again (InstanceAnnouncesJudging)."""
+        first time this Usher processes it unblocked since ``announced`` was last
+        cleared (at each assignment: agents/instance.py), so that a "blocked" status an
+        earlier run or another worker of the instance left (a downgrade, a version
+        limit) is replaced once the partition moves again (InstanceAnnouncesJudging)."""
         out, self.switched = self.switched, []
         self.announced.update(q for q, _o, _v in out)
         if partition not in self.blocked and partition not in self.announced:

@@ -391,11 +391,18 @@ async def test_usher_agent_takes_one_item_of_several_partitions_batch_by_batch(s
         # offset and held in place of the old one, not beside it (one more per rebalance)
         held = app.docket["held"]
         assert [m.offset for m in held[p4]] == [4]
+        def blocked_statuses() -> list[int]:
+            return [e[4] for _, e in producer.sent(settings.status_topic) if orjson.loads(e[3])["state"] == "blocked"]
+
+        assert blocked_statuses() == [p4]
         await app.on_partitions_assigned.send(assigned={TP(input_topic, p4), TP(changelog, p4)})
         refetched = batch(p4, 4, adjust("k3", "s4", 1))
         await put(refetched)
         await until(lambda: refetched in held[p4], "the fetched-again batch to be held")
         assert held[p4] == [refetched] and calls[2:] == []
+        # StatusAnnouncedAgainAfterAssignment: another worker of "a" may have announced
+        # p4 judging meanwhile; its status says blocked again
+        assert blocked_statuses() == [p4, p4]
     assert calls[1] == [(p1, 2)]
     assert orjson.loads(producer.sent(out_topic)[-1][1][3])["partition"] == p1
     held, companion = members_of(second.message)
@@ -408,6 +415,8 @@ async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(
     the record that carries the batch's copies, so it never names an offset whose copy
     is not already sent; nothing is sent on its own, and the instance says it is ready
     only once Faust's recovery is complete.
+    InstanceAnnouncesJudging, StatusAnnouncedAgainAfterAssignment: "judging" once per
+    partition per assignment.
     RecoveryStartsOnAssignment, RegistrarClearsOnRebalance, ResumedAtOrBeforeNext: an
     assignment empties the Registrar and forgets the Warden's collection state and
     what was processed (the run's cursor starts where it resumed and moves only with
@@ -437,12 +446,22 @@ async def test_watermarks_ride_in_copy_records_and_readiness_waits_for_recovery(
 
         registrar, warden = app.docket["registrar"], app.docket["warden"]
         assert len(registrar) > 0 and warden.size(home) > 0
+
+        def judging() -> list[int]:
+            return [e[4] for _, e in producer.sent(settings.status_topic) if orjson.loads(e[3])["state"] == "judging"]
+
+        await put_batch(ctx, settings.input_topic, home, [(*adjust("k8", "s1", 1), 1_005)], 3)
+        await until(lambda: len(producer.sent(out_topic)) == 2, "the second copy record")
+        assert judging() == [home]  # InstanceAnnouncesJudging: once, not per batch
         await app.on_partitions_assigned.send(assigned=set())
         assert len(registrar) == 0 and warden.size(home) == 0 and app.docket["processed"] == {}
-        await put_batch(ctx, settings.input_topic, home, [(*adjust("k9", "s1", 1), 1_010)], 3)
-        await until(lambda: len(producer.sent(out_topic)) == 2, "the second copy record")
-        assert orjson.loads(producer.sent(out_topic)[-1][1][3])["watermark"] == 4
-        assert app.docket["processed"] == {home: 4}
+        await put_batch(ctx, settings.input_topic, home, [(*adjust("k9", "s1", 1), 1_010)], 4)
+        await until(lambda: len(producer.sent(out_topic)) == 3, "the third copy record")
+        assert orjson.loads(producer.sent(out_topic)[-1][1][3])["watermark"] == 5
+        assert app.docket["processed"] == {home: 5}
+        # StatusAnnouncedAgainAfterAssignment: a "blocked" status another worker of the
+        # instance wrote meanwhile is replaced (an eighth-trial /readyz kept it for good)
+        assert judging() == [home, home]
 
 
 # --------------------------------------------------------------------------- the Clerk app
