@@ -35,7 +35,7 @@ from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import LEDGER_STORE_URL, FaustStore
@@ -512,6 +512,8 @@ def check_topics_domain(settings: Settings) -> None:
 
     try:
         statuses = asyncio.run(read_statuses(settings, 15.0))
+    except ConfigError as exc:  # DOCKET_PARTITIONS is not the input topic's: it would call events misrouted
+        raise click.ClickException(str(exc)) from None
     except (TimeoutError, KafkaError, OSError) as exc:
         click.echo(f"warning: could not read {settings.status_topic} to check which domain its topics serve "
                    f"({exc or type(exc).__name__}); starting without that check", err=True)

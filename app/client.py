@@ -484,7 +484,7 @@ class DocketClient:
         from app import metadata_backoff
         from app.kafka_admin import KafkaUnreachable, connect_admin, quiet
         from app.logs import thin_kafka_client_logs
-        from app.topics import broker_time_problem, partition_counts, timestamp_types
+        from app.topics import broker_time_problem, partition_count_problem, partition_counts, timestamp_types
 
         metadata_backoff.install()
         thin_kafka_client_logs()  # before the first connection attempt can complain
@@ -507,11 +507,9 @@ class DocketClient:
         if missing:
             raise TopicsMissing(f"topic(s) {', '.join(missing)} do not exist on {s.kafka_bootstrap}; "
                                 "run `docket topics create`")
-        if counts[s.input_topic] != s.partitions:
-            raise TopicsDisagree(f"{s.input_topic} has {counts[s.input_topic]} partitions but "
-                                 f"DOCKET_PARTITIONS={s.partitions}: the client would route events "
-                                 f"where the instances do not expect them; set DOCKET_PARTITIONS="
-                                 f"{counts[s.input_topic]}")
+        problem = partition_count_problem(s, counts[s.input_topic])
+        if problem:
+            raise TopicsDisagree(problem)
         await self._check_domain()
 
         producer = self._new_producer()

@@ -17,7 +17,7 @@ import orjson
 
 from app.kafka_admin import ISOLATION_LEVEL, quiet
 from app.kafka_config import client_kwargs
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 
 STATES = ("blocked", "judging")
 
@@ -64,9 +64,24 @@ def domain_conflict(settings: Settings, statuses: list[dict]) -> str | None:
 async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dict]:
     """The latest status record per key, sorted by (partition, instance). Raises
     TimeoutError (asyncio's) when the topic cannot be read to its end within
-    ``timeout_s`` seconds, KafkaError when Kafka fails."""
+    ``timeout_s`` seconds, KafkaError or OSError when Kafka fails, ConfigError when
+    the input topic's partition count is not DOCKET_PARTITIONS."""
     from aiokafka import AIOKafkaConsumer
 
+    from app.kafka_admin import connect_admin
+    from app.topics import partition_count_problem, partition_counts
+
+    # one status partition per input partition is read: with another DOCKET_PARTITIONS
+    # than the input topic's, some would go unread and their statuses unshown
+    admin = await connect_admin(settings.kafka_bootstrap, timeout_s, settings, "status")
+    try:
+        count = (await asyncio.wait_for(partition_counts(admin, [settings.input_topic]), timeout_s)).get(
+            settings.input_topic)
+    finally:
+        await admin.close()
+    problem = count is not None and partition_count_problem(settings, count)
+    if problem:
+        raise ConfigError(problem)
     topic = settings.status_topic
     consumer = AIOKafkaConsumer(**client_kwargs(settings, "status", "consumer",
                                                 bootstrap_servers=settings.kafka_bootstrap,

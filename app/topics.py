@@ -154,6 +154,16 @@ def broker_time_problem(topic: str, timestamp_type: str | None) -> str | None:
             f"timestamps), or recreate the topics with `docket topics create`")
 
 
+def partition_count_problem(settings: Settings, count: int) -> str | None:
+    """Why an input topic of ``count`` partitions does not fit DOCKET_PARTITIONS, or
+    None: a client would route events where the instances do not expect them, and a
+    reader of one partition per input partition (the status topic's) would miss some."""
+    if count == settings.partitions:
+        return None
+    return (f"{settings.input_topic} has {count} partitions but DOCKET_PARTITIONS={settings.partitions}: the "
+            f"client would route events where the instances do not expect them; set DOCKET_PARTITIONS={count}")
+
+
 async def check_broker_time(admin, topic: str) -> None:
     """Raise TopicError unless ``topic`` (existing) has LogAppendTime."""
     problem = broker_time_problem(topic, (await timestamp_types(admin, [topic])).get(topic))

@@ -339,6 +339,12 @@ async def test_the_topics_of_one_domain_refuse_another_and_domain_status_shows_e
     assert isinstance(refused_domain.value, ConfigError)
     with pytest.raises(TopicsDisagree, match=f"has {s.partitions} partitions but DOCKET_PARTITIONS="):
         await DocketClient(dataclasses.replace(s, partitions=s.partitions + 1)).start()
+    # `docket domain status` with a DOCKET_PARTITIONS below the topic's refuses too, not
+    # a table of the first partitions alone (the eighth fresh-user trial: a stale
+    # setting hid partitions, blocked ones among them)
+    fewer = docket_cli(s, "domain", "status", DOCKET_PARTITIONS=str(s.partitions - 1))
+    assert fewer.returncode == 1 and (f"has {s.partitions} partitions but DOCKET_PARTITIONS={s.partitions - 1}"
+                                      in fewer.stderr) and "judging" not in fewer.stdout, (fewer.stdout, fewer.stderr)
     client = DocketClient(s)  # the right domain and count: it starts
     await client.start()
     await client.stop()
