@@ -51,6 +51,7 @@ from agents.clerk_publish import PartitionLost, PartitionProducers, Publisher
 from agents.intake import OrderedAcks, members_of, records_of, stop_committing
 from agents.intake import install as install_batch_intake
 from app.canonical import canonical_trusted, digest, shown_name
+from app.cli_types import PORT, Seconds
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import UnreadableRecord, json_object, unreadable_reason
@@ -643,8 +644,8 @@ def build(settings: Settings, data_dir: Path, web_port: int | None):
 @click.command("clerk")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Faust's directory for this worker [default: $DOCKET_DATA_ROOT/<prefix>-clerk]")
-@click.option("--web-port", type=int, default=None, help="serve /metrics on this port [default: none]")
-@click.option("--wait", "wait_s", type=float, default=0.0, metavar="SECONDS",
+@click.option("--web-port", type=PORT, default=None, help="serve /metrics on this port [default: none]")
+@click.option("--wait", "wait_s", type=Seconds(zero_ok=True), default=0.0, metavar="SECONDS",
               help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
 def clerk(data_dir: Path | None, web_port: int | None, wait_s: float) -> None:
     """Run a Clerk worker: publish results the instances agree on."""

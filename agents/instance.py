@@ -29,13 +29,14 @@ from agents.plumbing import (STAGE_BUCKETS, ConfirmedOffsets, SideConsumer, chec
                              faust_settings, observe_many, run_worker, worker_settings)
 from agents.usher import Usher
 from app import logs
+from app.cli_types import PORT, Seconds
 from app.kafka_config import client_kwargs
 from agents.worker import adopt_settings, new_app, serve_metrics
 from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
-from app.settings import ConfigError, Settings
+from app.settings import ConfigError, Settings, instance_id_problem
 from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import LEDGER_STORE_URL, FaustStore
@@ -420,17 +421,25 @@ def watch_copies(app, histogram: Histogram, sent: list[tuple[asyncio.Future, int
         future.add_done_callback(watcher(p))
 
 
+def _check_id(ident: str) -> str:
+    problem = instance_id_problem(ident)
+    if problem:  # it names topics, consumer groups and data directories
+        raise click.BadParameter(f"{ident!r}: {problem}")
+    return ident
+
+
 @click.command("instance")
-@click.option("--id", "instance_id", required=True, help="instance id, e.g. a")
+@click.option("--id", "instance_id", required=True, callback=lambda _c, _p, v: _check_id(v),
+              help="instance id, e.g. a (letters, digits, - and _)")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="RocksDB directory of this worker [default: $DOCKET_DATA_ROOT/<prefix>-<id>]")
-@click.option("--web-port", type=int, default=None, help="serve Faust's web endpoints on this port")
+@click.option("--web-port", type=PORT, default=None, help="serve Faust's web endpoints on this port")
 @click.option("--inject-faults", "faults", default=None, metavar="KIND:RATE",
               help="FOR TESTS AND DEMOS: corrupt outputs (bitflip) or state (state) at this rate")
 @click.option("--faults-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
               help="FOR TESTS AND DEMOS: the live fault switch; before each batch, KIND:RATE in PATH turns "
                    "faults on, an empty file or off turns them off (the fault console uses it)")
-@click.option("--wait", "wait_s", type=float, default=0.0, metavar="SECONDS",
+@click.option("--wait", "wait_s", type=Seconds(zero_ok=True), default=0.0, metavar="SECONDS",
               help="wait up to SECONDS for Kafka and the topics instead of failing at once [default: 0]")
 def instance(instance_id: str, data_dir: Path | None, web_port: int | None, faults: str | None,
              faults_file: Path | None, wait_s: float) -> None:

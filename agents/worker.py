@@ -33,7 +33,7 @@ from faust.types.settings.settings import Settings as FaustSettings
 
 from agents.stopping import StopDeadline
 from app import logs
-from app.ports import bindable, port_in_use
+from app.ports import bindable, host_problem, port_in_use
 
 log = logging.getLogger("docket.worker")
 
@@ -225,6 +225,11 @@ class DocketWorker(faust.Worker):
                 # none set: the worker's is the one Faust works in
                 asyncio.set_event_loop(self.loop)
         conf = self.app.conf
+        problem = conf.web_enabled and host_problem(conf.web_bind, "this worker's web server, /metrics",
+                                                    "DOCKET_METRICS_HOST")
+        if problem:
+            click.ClickException(problem).show()  # Faust would log a traceback and crash
+            raise SystemExit(1)
         if conf.web_enabled and not bindable(conf.web_bind, conf.web_port):
             # Faust would log the bind's OSError with a traceback and crash
             click.ClickException(port_in_use(

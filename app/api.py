@@ -41,7 +41,7 @@ from app.canonical import NotIJson, loads_strict, shown_name, utf8_problem
 from app.records import cut_detail
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
-from app.ports import bindable, port_in_use
+from app.ports import bindable, host_problem, port_in_use
 from app.settings import ConfigError, Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
@@ -1040,6 +1040,9 @@ async def serve(app: web.Application, host: str, port: int, *, access_log: bool 
         await runner.cleanup()  # stops the Kafka client the setup started
         if exc.errno == errno.EADDRINUSE:
             raise click.ClickException(port_in_use(host, port, "the REST API", "DOCKET_API_PORT (or --port)")) from None
+        problem = host_problem(host, "the REST API", "DOCKET_API_HOST (or --host)")
+        if problem:
+            raise click.ClickException(problem) from None
         raise
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001
     announce(f"docket api listening on http://{host}:{bound} (OpenAPI: http://{host}:{bound}/openapi.json)")
@@ -1082,7 +1085,11 @@ def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     if insecure_no_auth:
         log.warning("--insecure-no-auth: /v1 endpoints accept requests WITHOUT credentials")
     host, port = host or settings.api_host, settings.api_port if port is None else port
-    if not bindable(host, port):  # before anything connects to Kafka (serve checks again)
+    # before anything connects to Kafka (serve checks again)
+    problem = host_problem(host, "the REST API", "DOCKET_API_HOST (or --host)")
+    if problem:
+        raise click.ClickException(problem)
+    if not bindable(host, port):
         raise click.ClickException(port_in_use(host, port, "the REST API", "DOCKET_API_PORT (or --port)"))
     app = create_app(settings, auth=not insecure_no_auth)
     asyncio.run(serve(app, host, port,

@@ -45,6 +45,7 @@ from urllib.parse import quote, urlsplit
 import click
 import orjson
 
+from app.cli_types import Seconds
 from app.settings import load
 
 
@@ -492,7 +493,7 @@ def default_token() -> str | None:
                    "accounts=6) [default: the domain's]")
 @click.option("--run-id", default=None, callback=lambda _c, _p, v: _check_run_id(v),
               help="names this run's affinity groups and keys (1-16 of A-Z a-z 0-9 _ -) [default: random]")
-@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=Seconds(), default=60.0, show_default=True,
               help="seconds to wait for one event's outcome")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of a table")
 def demo(url: str | None, token: str | None, events: int, seed: int, concurrency: int, domain: str | None,

@@ -32,6 +32,7 @@ import click
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.canonical import nests_deeper, utf8_problem
+from app.cli_types import Seconds
 from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence, check_report
 from app.settings import Settings, load
 
@@ -414,7 +415,7 @@ def reports_table(reports: list[dict], title: str):
 @click.option("--last", type=_ReportCount(), default=None,
               help=f"only the N newest reports, N >= 1 [default: {DEFAULT_LAST} unless --since is given]")
 @click.option("--json", "as_json", is_flag=True, help="print the reports as JSON (one array) instead of a table")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=Seconds(), default=60.0, show_default=True,
               help="seconds to read the topic to its end before giving up")
 def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s: float) -> None:
     """List recent divergence reports, with what the copies disagree about."""

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 import app.domains  # noqa: F401  registers the built-in domains
 from app import records
+from app.cli_types import Seconds
 from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.registry import Rejection, UnknownDomain, registry, version_number
@@ -77,7 +78,7 @@ def versions_cmd() -> None:
 
 @domain.command("activate", short_help="Switch every partition to VERSION.")
 @click.argument("version")
-@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=Seconds(), default=30.0, show_default=True,
               help="seconds to wait for Kafka: to read which version each partition runs (half of it at "
                    "most) and to acknowledge every record")
 @click.option("--force", is_flag=True,
@@ -266,7 +267,7 @@ def _kafka_failures(timed_out: str, failed: Callable[[Exception], str]) -> Itera
 
 
 @domain.command("status", short_help="Show the version per partition.")
-@click.option("--timeout", "timeout_s", type=float, default=15.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=Seconds(), default=15.0, show_default=True,
               help="seconds to wait for Kafka")
 def status_cmd(timeout_s: float) -> None:
     """Print which version each instance judges each input partition with.

@@ -15,11 +15,12 @@ import socket
 
 
 def bindable(host: str, port: int) -> bool:
-    """True if a listening TCP socket could be bound to ``host``:``port`` now. With
-    SO_REUSEADDR, as aiohttp's and the JVM's server sockets have it, so a port whose
-    last listener left only TIME_WAIT connections counts as free and one with a listener
-    does not. Port 0 (the kernel's choice) is always bindable. A host that does not
-    resolve counts as bindable: the server's own bind then says what is wrong."""
+    """True if a listening TCP socket could be bound to ``host``:``port`` now as far as
+    the port goes. With SO_REUSEADDR, as aiohttp's and the JVM's server sockets have
+    it, so a port whose last listener left only TIME_WAIT connections counts as free
+    and one with a listener does not. Port 0 (the kernel's choice) is always bindable.
+    A host nothing can listen on counts as bindable here: :func:`host_problem` says
+    what is wrong with it."""
     if port == 0:
         return True
     try:
@@ -35,6 +36,28 @@ def bindable(host: str, port: int) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return False
     return True
+
+
+def host_problem(host: str, what: str, setting: str) -> str | None:
+    """Why no server can listen on ``host`` whatever the port, or None: a name that does
+    not resolve, or an address that is not this machine's (EADDRNOTAVAIL). ``what``
+    names the server, ``setting`` the setting or option that sets the host. Both used
+    to end in a traceback from deep inside aiohttp or Faust (the eighth fresh-user
+    trial)."""
+    try:
+        infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return (f"{setting}={host} ({what}) does not resolve ({exc.strerror}): set it to an address of this "
+                "machine (127.0.0.1, or 0.0.0.0 for every interface)")
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return (f"{setting}={host} ({what}) is not an address of this machine, so nothing can listen "
+                            "on it: set it to one (127.0.0.1, or 0.0.0.0 for every interface)")
+    return None
 
 
 def port_in_use(host: str, port: int, what: str, setting: str) -> str:

@@ -72,19 +72,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_BATCH_SIZE", "256", "most records a worker takes as one batch: an instance's input records of one partition, the Clerk's copy records"),
     Setting("DOCKET_CACHE_CAPACITY", "100000", "entities the Registrar keeps in memory per worker"),
     Setting("DOCKET_DATA_ROOT", "var", "directory under which each worker keeps its RocksDB data"),
-    Setting("DOCKET_BROKER_PORT", "9092", "port of the local broker started by `docket broker start`"),
+    Setting("DOCKET_BROKER_PORT", "9092", "port of the local broker started by `docket broker start` (1-65535)"),
     Setting("DOCKET_BROKER_DIR", "var/broker", "storage, config and log of the local broker"),
     Setting("DOCKET_BROKER_CACHE", str(_cache_home() / "docket"), "where the broker's jars are cached, shared by every checkout"),
     Setting("DOCKET_EVENT_LOOP", "uvloop", "event loop of the instance and Clerk workers: `uvloop` (libuv's, in C: 8-14% less CPU per event at 150 events/s) or `asyncio` (the standard library's); the REST API always runs on asyncio's"),
     Setting("DOCKET_STOP_TIMEOUT_MS", "30000", "longest an instance or Clerk worker's graceful stop (after SIGTERM or SIGINT) may take, 1 to 3600000: past it, or on a second signal, the worker exits 75 without finishing it (a stop that cannot reach Kafka otherwise never ends); the next start resumes from the last committed offsets, as after a crash. `make run` sends SIGKILL to a component still running 5 s later"),
     Setting("DOCKET_LOG_LEVEL", "notice", "log level of docket's processes (debug, info, notice, warning, error); `notice`, between info and warning, adds to the warnings only the lines a person starting docket wants to see (each instance's `ready` line)"),
     Setting("DOCKET_LOG_FORMAT", "text", "how docket's processes write their log to stderr, Faust's and aiokafka's lines included: `text` (one line per record) or `json` (one JSON object per line: time (ISO-8601 UTC), level, logger, message, pid, and the record's structured extras)"),
-    Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on"),
+    Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on: one of this machine's (a name that does not resolve, or another machine's address, refuses the start in one line)"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
     Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is RFC 6750's b64token (1 or more of `A-Z a-z 0-9 - . _ ~ + /`, then only `=` padding); an entry without `:` is a bare token, named `token-<hash>`; a name or a token given twice, or any other character, is refused; required (`docket api` refuses to start without one)"),
     Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
     Setting("DOCKET_API_READ_TIMEOUT_MS", "60000", "how long the REST API waits for a client: a connection that has not sent a whole request head within it (from connecting, or since its last answer; idle keep-alive connections too) is closed, and a body not whole within it of its head is answered 408 and the connection closed (nginx's client_header_timeout and client_body_timeout, 60 s); 1 to 3600000"),
-    Setting("DOCKET_METRICS_HOST", "127.0.0.1", "address the instances' and the Clerk's web server (/metrics) listens on; `0.0.0.0` for every interface, e.g. in a container scraped from outside"),
+    Setting("DOCKET_METRICS_HOST", "127.0.0.1", "address the instances' and the Clerk's web server (/metrics) listens on; `0.0.0.0` for every interface, e.g. in a container scraped from outside; one of this machine's, as for `DOCKET_API_HOST`"),
     Setting("DOCKET_FAUST_METRICS", "on", "`on`: the instances' and the Clerk's /metrics also show Faust's own sensors (`faust_*`: consumer offsets and end offsets per partition, rebalances, commit and send latency); `off`: docket's metrics only"),
     Setting("DOCKET_CLERK_WEB_PORT", "6066", "port of the Clerk's /metrics page in the `make run` stack (the Procfile's `clerk --web-port`)"),
     Setting("DOCKET_INSTANCE_A_WEB_PORT", "6067", "port of instance a's /metrics page in the `make run` stack (the Procfile's `instance --id a --web-port`)"),
@@ -261,17 +261,28 @@ def _instances(env: str) -> tuple[str, ...]:
     if not ids:
         raise ConfigError(f"{env} names no instance; set it to e.g. 'a,b'")
     for ident in ids:
-        if not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum():
+        if instance_id_problem(ident):
             raise ConfigError(f"{env}: instance id {ident!r} may only use letters, digits, '-' and '_'")
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{env}={_raw(env)!r} names an instance twice")
     return ids
 
 
+def instance_id_problem(ident: str) -> str | None:
+    """Why ``ident`` cannot name an instance (it names topics, consumer groups and data
+    directories), or None: it must be 1 or more of letters, digits, '-' and '_'."""
+    if not ident:
+        return "an instance id must not be empty"
+    if not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum():
+        return "an instance id may only use letters, digits, '-' and '_'"
+    return None
+
+
 def _instance_id(env: str) -> str:
     ident = _raw(env)
-    if ident and (not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum()):
-        raise ConfigError(f"{env}={ident!r}: an instance id may only use letters, digits, '-' and '_'")
+    problem = ident and instance_id_problem(ident)
+    if problem:
+        raise ConfigError(f"{env}={ident!r}: {problem}")
     return ident
 
 
@@ -412,7 +423,7 @@ def load() -> Settings:
         raise ConfigError(
             f"DOCKET_REQUIRED_COPIES={required} exceeds the {len(instances)} instances in DOCKET_INSTANCES"
         )
-    broker_port = _int("DOCKET_BROKER_PORT", 1)
+    broker_port = _at_most("DOCKET_BROKER_PORT", _int("DOCKET_BROKER_PORT", 1), 65535)
     # unset: the local broker, on its configured port (so that every command, not only
     # the stack's components, finds the broker `make run` started on another port)
     bootstrap = (os.environ.get("DOCKET_KAFKA_BOOTSTRAP") or "").strip() or f"127.0.0.1:{broker_port}"

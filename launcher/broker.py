@@ -34,6 +34,7 @@ from pathlib import Path
 
 import click
 
+from app.cli_types import Seconds
 from app.kafka_admin import quiet
 from app.settings import Settings, load
 from launcher.clean import broker_made, checkouts, home, refusal
@@ -852,7 +853,7 @@ def fetch() -> None:
 
 
 @broker.command()
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
+@click.option("--timeout", type=Seconds(), default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
 def start(timeout: float) -> None:
     """Start the broker in the background and print its bootstrap address."""
     settings = load()
@@ -874,7 +875,7 @@ def start(timeout: float) -> None:
 
 
 @broker.command()
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the broker to answer.")
+@click.option("--timeout", type=Seconds(), default=120.0, show_default=True, help="Seconds to wait for the broker to answer.")
 def run(timeout: float) -> None:
     """Run the broker in the foreground (the Procfile's broker): Ctrl-C or SIGTERM stops it.
 
@@ -885,7 +886,7 @@ def run(timeout: float) -> None:
 
 
 @broker.command()
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option("--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
 def stop(timeout: float) -> None:
     """Stop the broker (idempotent)."""
     broker_dir = load().broker_dir

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import click
 
+from app.cli_types import Seconds
 from app.logs import QUIET_START_S
 from app.settings import Settings, load
 
@@ -439,9 +440,15 @@ def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = Non
 
 
 def refuse_busy_ports(settings: Settings) -> None:
-    """StackError naming every busy port of the stack's servers (:func:`busy_ports`):
-    nothing is started, since a second stack's components would each fail on them."""
-    busy = busy_ports(settings)
+    """StackError naming every busy port of the stack's servers (:func:`busy_ports`),
+    or a host they cannot listen on (app/ports.py host_problem): nothing is started,
+    since the components would each fail on them."""
+    from app.ports import host_problem
+
+    hosts = [(settings.api_host, "the REST API", "DOCKET_API_HOST"),
+             (settings.metrics_host, "the workers' /metrics", "DOCKET_METRICS_HOST")]
+    busy = [problem for host, what, setting in hosts if (problem := host_problem(host, what, setting))]
+    busy = busy or busy_ports(settings)
     if busy:
         raise StackError("; ".join(busy))
 
@@ -871,7 +878,7 @@ def run_cmd(procfile: Path) -> None:
 
 
 @stack.command("topics")
-@click.option("--wait", "wait_s", type=float, default=120.0, show_default=True,
+@click.option("--wait", "wait_s", type=Seconds(zero_ok=True), default=120.0, show_default=True,
               help="seconds to wait for the broker, then for the API")
 def topics_cmd(wait_s: float) -> None:
     """The Procfile's one-shot setup: wait for the broker, create the topics, announce

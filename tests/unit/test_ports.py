@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ports import bindable
+from app.ports import bindable, host_problem
 from app.settings import SETTINGS, load
 from launcher.stack import busy_ports
 
@@ -127,6 +127,67 @@ def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert f"Error: port {held_port} on {HOST} (this worker's web server, /metrics) is already in use" in err
     assert "--web-port" in err and "DOCKET_CLERK_WEB_PORT" in err
+
+
+NOT_LOCAL = "192.0.2.1"  # TEST-NET-1 (RFC 5737): no machine's own address
+UNRESOLVED = "no.such.host.invalid"  # .invalid never resolves (RFC 2606)
+
+
+def test_a_host_nothing_can_listen_on_is_named_with_its_setting() -> None:
+    """ServerHostRefusedAtStart: a host that does not resolve, or an address that is not
+    this machine's, is one message naming the setting; this machine's are None."""
+    unresolved = host_problem(UNRESOLVED, "the REST API", "DOCKET_API_HOST (or --host)")
+    assert unresolved.startswith(f"DOCKET_API_HOST (or --host)={UNRESOLVED} (the REST API) does not resolve ("), \
+        unresolved
+    foreign = host_problem(NOT_LOCAL, "the REST API", "DOCKET_API_HOST")
+    assert foreign.startswith(f"DOCKET_API_HOST={NOT_LOCAL} (the REST API) is not an address of this machine"), foreign
+    assert host_problem(HOST, "x", "Y") is None and host_problem("0.0.0.0", "x", "Y") is None
+    assert host_problem("localhost", "x", "Y") is None
+
+
+@pytest.mark.parametrize("host", [NOT_LOCAL, UNRESOLVED])
+def test_docket_api_refuses_a_host_it_cannot_listen_on_in_one_line(tmp_path: Path, host: str) -> None:
+    """ServerHostRefusedAtStart: `docket api` on such a host exits 1 with one Error line
+    naming DOCKET_API_HOST, not a 42-line traceback (the eighth fresh-user trial)."""
+    proc = _docket(["api"], _env(tmp_path, DOCKET_API_HOST=host, DOCKET_KAFKA_BOOTSTRAP="127.0.0.1:9"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"Error: DOCKET_API_HOST (or --host)={host} (the REST API) "), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_stack_run_starts_nothing_on_a_metrics_host_it_cannot_listen_on(tmp_path: Path) -> None:
+    """ServerHostRefusedAtStart: `docket stack run` with a DOCKET_METRICS_HOST that does
+    not resolve exits 1 before starting anything (each worker used to crash with a
+    traceback, and the stack with them)."""
+    proc = _docket(["stack", "run"], _env(tmp_path, DOCKET_METRICS_HOST=UNRESOLVED,
+                                          DOCKET_KAFKA_BOOTSTRAP="kafka.example:9093"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"DOCKET_METRICS_HOST={UNRESOLVED} (the workers' /metrics) does not resolve" in proc.stderr, out
+    assert "starting the stack" not in out and "Traceback" not in out
+
+
+def test_a_worker_refuses_a_web_host_it_cannot_listen_on(capsys: pytest.CaptureFixture) -> None:
+    """ServerHostRefusedAtStart: a worker whose web server's host is not this machine's
+    exits 1 with one Error line naming DOCKET_METRICS_HOST, before Faust starts."""
+    import asyncio
+
+    import faust
+
+    from agents.worker import DocketWorker
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = faust.App("docket-test-ports", broker="kafka://127.0.0.1:9", web_port=6066, web_bind=NOT_LOCAL)
+        with pytest.raises(SystemExit) as exited:
+            DocketWorker(app, loop=loop, quiet=True).execute_from_commandline()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"Error: DOCKET_METRICS_HOST={NOT_LOCAL} (this worker's web server, /metrics) is not an address" in err
 
 
 def test_free_ports_are_distinct_and_free() -> None:
