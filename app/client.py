@@ -865,11 +865,15 @@ class DocketClient:
         """What this client knows of ``idempotency_key`` in ``client``'s key space
         (from what it has read: "unknown" from a client not started). Raises
         ValidationError for a key no request can carry (the envelope's rule, 1-128
-        characters), which "unknown" would pass off as merely unseen."""
+        characters), or a client name no request can carry (as :meth:`submit` does),
+        which "unknown" would pass off as merely unseen."""
         problem = key_problem(idempotency_key)
         if problem:
             raise ValidationError([FieldError("idempotency_key", "invalid_idempotency_key",
                                               f"idempotency key {problem}")])
+        named = None if client is None else client_name_problem(client)
+        if named:
+            raise ValidationError([FieldError("client", "invalid_client", f"client {named}")])
         entry = self._live((client, idempotency_key), self._clock_ms())
         if entry is None:
             return KeyStatus(idempotency_key, "unknown")

@@ -324,6 +324,20 @@ def since_timestamp_ms(since_ms: int, now_ms: int) -> int:
     return max(0, now_ms - since_ms)
 
 
+def listing_title(count: int, topic: str, since_ms: int | None, last: int | None, now_ms: int) -> str:
+    """The title of the listing: how many reports, from which topic, within which
+    window ("the last 2 h"; "any time" for a --since that reaches back past 1970, not
+    "the last 864000000000000055460912693248 ms": the eighth fresh-user trial) and how
+    many newest."""
+    scope = []
+    if since_ms is not None:
+        scope.append("written at any time" if since_timestamp_ms(since_ms, now_ms) == 0
+                     else f"written in the last {duration_text(since_ms)}")
+    if last is not None:
+        scope.append(f"the {last} newest")
+    return f"{count} divergence report(s) on {topic}" + (f" ({', '.join(scope)})" if scope else "")
+
+
 def duration_text(ms: int) -> str:
     """``ms`` in the largest unit of parse_duration_ms's that keeps it whole: "2 h",
     "90 s", "100000 d", "1500 ms" (the title of the listing)."""
@@ -439,13 +453,7 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
         return
     from rich.console import Console
 
-    scope = []
-    if since_ms is not None:
-        scope.append(f"written in the last {duration_text(since_ms)}")
-    if last is not None:
-        scope.append(f"the {last} newest")
-    title = (f"{len(reports)} divergence report(s) on {settings.divergences_topic}"
-             + (f" ({', '.join(scope)})" if scope else ""))
+    title = listing_title(len(reports), settings.divergences_topic, since_ms, last, int(time.time() * 1000))
     if not reports:
         click.echo(title)
         return

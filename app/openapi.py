@@ -233,6 +233,7 @@ def document(domain, *, timeout_ms: int, ttl_ms: int, auth: bool = True) -> dict
                               "nothing was accepted, and the connection is closed"),
                 "413": _error("body over the size limit (as sent, or decoded from its Content-Encoding)"),
                 "501": _error("a Transfer-Encoding other than chunked alone; the connection is closed"),
+                "417": _error("an Expect header other than 100-continue; the connection is closed"),
                 "415": _error("body is not application/json, or its Content-Encoding is not gzip, deflate, "
                               "br, zstd or identity",
                               {"Accept-Encoding": {"schema": {"type": "string"},

@@ -1868,6 +1868,10 @@ async def test_openapi_paths_and_methods_are_the_routers(http) -> None:
                 assert op["security"] == [], (method, path)
             params = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert params == set(_path_params(path)), (method, path)
+    # every status POST /v1/events answers is documented (417 was not: the eighth trial)
+    answered = {"200", "202", "400", "401", "403", "408", "409", "413", "415", "417", "422", "501", "502", "503"}
+    assert answered <= set(doc["paths"]["/v1/events"]["post"]["responses"]), sorted(
+        answered - set(doc["paths"]["/v1/events"]["post"]["responses"]))
 
 
 def _path_params(path: str) -> list[str]:
@@ -2020,7 +2024,8 @@ def test_an_outage_ends_only_with_a_submission_acknowledged_after_it(caplog) -> 
 
 
 def test_status_of_a_key_no_request_can_carry_is_a_validation_error(settings) -> None:
-    """DocketClient.status refuses a key outside the envelope's rule (1-128 characters):
+    """ApiReportsEventStatus: DocketClient.status refuses a key outside the envelope's
+    rule (1-128 characters), or a client name outside the client rule:
     "" and a 200-character key answered "unknown", as if merely unseen (a fresh-clone
     user check); a valid key it has not seen is still "unknown"."""
     from app.client import ValidationError
@@ -2031,6 +2036,12 @@ def test_status_of_a_key_no_request_can_carry_is_a_validation_error(settings) ->
             client.status(bad)
         assert refused.value.errors[0].field == "idempotency_key"
     assert client.status("k" * 128).state == "unknown"
+    # nor a client name no request can carry, as submit refuses it (the eighth trial)
+    for bad in ("bad client!", "", "c" * 65):
+        with pytest.raises(ValidationError) as refused:
+            client.status("k1", client=bad)
+        assert (refused.value.errors[0].field, refused.value.errors[0].reason) == ("client", "invalid_client")
+    assert client.status("k1", client="c-1").state == "unknown"
 
 
 async def test_a_client_judges_reuse_only_once_it_has_caught_up(settings) -> None:

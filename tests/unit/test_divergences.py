@@ -20,6 +20,7 @@ from app.divergences import (
     parse_duration_ms,
     since_timestamp_ms,
     duration_text,
+    listing_title,
     report_entry,
     reports_table,
 )
@@ -336,3 +337,10 @@ def test_a_since_longer_than_the_epoch_asks_for_every_report() -> None:
     # and the listing's title says the window in its own unit, not "8.64e+09 s" (the seventh trial)
     assert [duration_text(parse_duration_ms(t)) for t in ("100000d", "2h", "90s", "1.5h", "500ms")] == [
         "100000 d", "2 h", "90 s", "90 m", "500 ms"]
+    # ... and a window reaching back past 1970 is "any time", not a 30-digit count of ms
+    # (the eighth trial: --since 9999999999999999999999d)
+    assert listing_title(3, "docket.divergences", parse_duration_ms("9999999999999999999999d"), None, now) == (
+        "3 divergence report(s) on docket.divergences (written at any time)")
+    assert listing_title(0, "t", parse_duration_ms("2h"), 5, now) == "0 divergence report(s) on t (written in the last " \
+        "2 h, the 5 newest)"
+    assert listing_title(1, "t", None, None, now) == "1 divergence report(s) on t"
