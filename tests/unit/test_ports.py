@@ -104,10 +104,10 @@ def test_stack_run_refused_for_a_held_port_writes_nothing_in_a_new_broker_dir(tm
     assert not (tmp_path / "broker").exists(), sorted(p.name for p in (tmp_path / "broker").iterdir())
 
 
-def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixture) -> None:
-    """ServerPortInUseRefusedAtStart: a Faust worker launched as docket's workers are
-    (agents/worker.py DocketWorker) whose web port is held exits 1 with one Error line
-    naming --web-port and the stack's settings, before Faust starts anything."""
+def _worker_exit(**web) -> int | str | None:
+    """The exit code of a Faust worker launched as docket's workers are (agents/worker.py
+    DocketWorker) with the ``web`` settings (web_port, web_bind); it must exit before
+    Faust starts anything (no broker answers at 127.0.0.1:9)."""
     import asyncio
 
     import faust
@@ -117,13 +117,20 @@ def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixtu
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = faust.App("docket-test-ports", broker="kafka://127.0.0.1:9", web_port=held_port, web_bind=HOST)
+        app = faust.App("docket-test-ports", broker="kafka://127.0.0.1:9", **web)
         with pytest.raises(SystemExit) as exited:
             DocketWorker(app, loop=loop, quiet=True).execute_from_commandline()
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-    assert exited.value.code == 1
+    return exited.value.code
+
+
+def test_a_worker_refuses_a_held_web_port(held_port, capsys: pytest.CaptureFixture) -> None:
+    """ServerPortInUseRefusedAtStart: a Faust worker launched as docket's workers are
+    (agents/worker.py DocketWorker) whose web port is held exits 1 with one Error line
+    naming --web-port and the stack's settings, before Faust starts anything."""
+    assert _worker_exit(web_port=held_port, web_bind=HOST) == 1
     err = capsys.readouterr().err
     assert f"Error: port {held_port} on {HOST} (this worker's web server, /metrics) is already in use" in err
     assert "--web-port" in err and "DOCKET_CLERK_WEB_PORT" in err
@@ -170,22 +177,7 @@ def test_stack_run_starts_nothing_on_a_metrics_host_it_cannot_listen_on(tmp_path
 def test_a_worker_refuses_a_web_host_it_cannot_listen_on(capsys: pytest.CaptureFixture) -> None:
     """ServerHostRefusedAtStart: a worker whose web server's host is not this machine's
     exits 1 with one Error line naming DOCKET_METRICS_HOST, before Faust starts."""
-    import asyncio
-
-    import faust
-
-    from agents.worker import DocketWorker
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        app = faust.App("docket-test-ports", broker="kafka://127.0.0.1:9", web_port=6066, web_bind=NOT_LOCAL)
-        with pytest.raises(SystemExit) as exited:
-            DocketWorker(app, loop=loop, quiet=True).execute_from_commandline()
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    assert exited.value.code == 1
+    assert _worker_exit(web_port=6066, web_bind=NOT_LOCAL) == 1
     err = capsys.readouterr().err
     assert f"Error: DOCKET_METRICS_HOST={NOT_LOCAL} (this worker's web server, /metrics) is not an address" in err
 
