@@ -33,7 +33,7 @@ from faust.types.settings.settings import Settings as FaustSettings
 
 from agents.stopping import StopDeadline
 from app import logs
-from app.ports import bindable, host_problem, port_in_use
+from app.ports import bindable, host_problem, port_in_use, url_host
 
 log = logging.getLogger("docket.worker")
 
@@ -281,8 +281,10 @@ def serve_metrics(app: faust.App, registry, faust_metrics: bool) -> None:
 
 def web_host(bind: str) -> str:
     """The host name Faust puts in its web server's URL for bind address ``bind``
-    (DOCKET_METRICS_HOST): ``bind`` itself, or this host's name for a wildcard
+    (DOCKET_METRICS_HOST): ``bind`` itself, in brackets when it is an IPv6 address (a
+    URL's host, RFC 3986 section 3.2.2: Faust read "::1" as a port and each worker
+    crashed, the ninth fresh-user trial), or this host's name for a wildcard
     (``0.0.0.0``, ``::``, empty), which no client can connect to."""
     import socket
 
-    return socket.gethostname() if bind in ("", "0.0.0.0", "::") else bind
+    return socket.gethostname() if bind in ("", "0.0.0.0", "::") else url_host(bind)

@@ -41,7 +41,7 @@ from app.canonical import NotIJson, loads_strict, shown_name, utf8_problem
 from app.records import cut_detail
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
-from app.ports import bindable, host_problem, port_in_use
+from app.ports import bindable, host_problem, port_in_use, url_host
 from app.settings import ConfigError, Settings, api_tokens_absence, load, named_tokens
 
 log = logging.getLogger("docket.api")
@@ -324,23 +324,29 @@ def parse_idempotency_key_header(values: list[str]) -> tuple[str | None, dict | 
 
 def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     """RFC 7240 ``Prefer``: ``respond-async`` or ``wait=N`` (seconds) shorten the wait for
-    the result; they never lengthen it past the server's timeout. Anything else is ignored.
-    Returns (seconds to wait, the Preference-Applied value or None)."""
+    the result; they never lengthen it past the server's timeout. Both together, in
+    either order, mean "wait up to N s, then answer 202" (RFC 7240, section 4.3), so
+    the wait is N's; ``respond-async`` alone is no wait. The first valid ``wait`` counts;
+    anything else is ignored. Returns (seconds to wait, the Preference-Applied value or
+    None)."""
     if not raw:
         return timeout_s, None
+    is_async, wait = False, None
     for pref in raw.split(","):
         token = pref.split(";")[0].strip().lower()
         if token == "respond-async":
-            return 0.0, "respond-async"
-        if token.startswith("wait="):
+            is_async = True
+        elif token.startswith("wait=") and wait is None:
             try:
                 wait = int(token[5:].strip().strip('"'))
             except ValueError:
                 continue
-            if wait >= 0:
-                # Preference-Applied names the wait honoured: a longer one is cut to the timeout
-                return min(float(wait), timeout_s), f"wait={wait}" if wait <= timeout_s else f"wait={timeout_s:g}"
-    return timeout_s, None
+            wait = wait if wait >= 0 else None
+    if wait is None:
+        return (0.0, "respond-async") if is_async else (timeout_s, None)
+    # Preference-Applied names the wait honoured: a longer one is cut to the timeout
+    applied = f"wait={wait}" if wait <= timeout_s else f"wait={timeout_s:g}"
+    return min(float(wait), timeout_s), f"respond-async, {applied}" if is_async else applied
 
 
 # The content codings the API decodes a request body from (app/content_coding.py, not
@@ -1045,7 +1051,8 @@ async def serve(app: web.Application, host: str, port: int, *, access_log: bool 
             raise click.ClickException(problem) from None
         raise
     bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001
-    announce(f"docket api listening on http://{host}:{bound} (OpenAPI: http://{host}:{bound}/openapi.json)")
+    where = f"http://{url_host(host)}:{bound}"
+    announce(f"docket api listening on {where} (OpenAPI: {where}/openapi.json)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -243,11 +243,18 @@ def fingerprint(event_name: str, payload: Any) -> str:
 
 def key_problem(idempotency_key: Any) -> str | None:
     """Why ``idempotency_key`` cannot be used, or None. The envelope's rule
-    (app/records.py): a non-empty string of at most MAX_IDEMPOTENCY_KEY characters."""
+    (app/records.py): a non-empty string of at most MAX_IDEMPOTENCY_KEY characters,
+    which UTF-8 can encode (a Python str can hold a lone surrogate; it raised orjson's
+    TypeError from submit: the ninth fresh-user trial)."""
     if not isinstance(idempotency_key, str) or not idempotency_key:
         return "must be a non-empty string"
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         return f"must be at most {MAX_IDEMPOTENCY_KEY} characters (got {len(idempotency_key)})"
+    try:
+        idempotency_key.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8, so no record can carry it
+        return (f"must be text that UTF-8 can encode (character {exc.start} is U+{ord(idempotency_key[exc.start]):04X}, "
+                "half of a surrogate pair alone)")
     return None
 
 

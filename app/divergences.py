@@ -31,7 +31,7 @@ import click
 
 from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
-from app.canonical import nests_deeper, utf8_problem
+from app.canonical import lone_surrogate, nests_deeper, utf8_problem
 from app.cli_types import Seconds
 from app.records import FINISHING_CAUSES, UnreadableRecord, check_divergence, check_report
 from app.settings import Settings, load
@@ -280,6 +280,11 @@ def report_entry(value: bytes | None, timestamp: int, partition: int, offset: in
         return {**meta, "unreadable": "no value (a tombstone)"}
     if nests_deeper(value, REPORT_DEPTH):
         return {**meta, "unreadable": f"nested deeper than {REPORT_DEPTH} levels"}
+    # the standard library's parser takes an escaped lone surrogate, which no terminal
+    # or JSON output can then encode (the ninth trial: every listing holding it crashed)
+    lone = lone_surrogate(value) if b"\\u" in value else None
+    if lone is not None:
+        return {**meta, "unreadable": f"not I-JSON: {lone}"}
     try:
         rec = json.loads(value)
     except ValueError as exc:
@@ -354,9 +359,12 @@ class _Duration(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            return parse_duration_ms(value)
+            ms = parse_duration_ms(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if ms == 0:  # no report is written within no time ("the last 0 d": the ninth trial)
+            self.fail(f"{value!r} is no time: give a DURATION above 0, e.g. 30m", param, ctx)
+        return ms
 
 
 class _ReportCount(click.ParamType):
@@ -391,6 +399,17 @@ def _original_of(report: dict) -> str:
 TABLE_DIFF_ROWS = 20
 
 
+# C0 and C1 control characters and DEL: a terminal acts on them (ESC [2J clears it)
+_CONTROLS = {c: f"\\u{c:04x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters written as \\uXXXX, as the diff column's
+    JSON writes them: a Kafka-native producer's idempotency key may hold any, and the
+    table printed them raw to the operator's terminal (the ninth fresh-user trial)."""
+    return text.translate(_CONTROLS)
+
+
 def reports_table(reports: list[dict], title: str):
     """The rich table of :func:`read_reports`' entries. Every value from a report is
     plain text (never rich markup: a corrupted body may hold "[red]")."""
@@ -404,15 +423,16 @@ def reports_table(reports: list[dict], title: str):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["timestamp"] / 1000))
         if "unreadable" in r:
             t.add_row(when, Text(f"(report {r['partition']}@{r['offset']})"), Text("unreadable", style="red"), "",
-                      Text(r["unreadable"]))
+                      Text(_printable(r["unreadable"])))
             continue
         inp = r.get("input") if isinstance(r.get("input"), dict) else {}
         cause = str(r.get("cause"))
         if r.get("decided") is not None:
-            cause += f"\n(decided {str(r['decided'])[:12]}; the result stands)"
+            cause += f"\n(decided {_printable(str(r['decided'])[:12])}; the result stands)"
         elif cause in FINISHING_CAUSES:
             cause += "\n(nothing published)"
-        named = "\n".join("(none)" if v is None else str(v) for v in (r.get("idempotency_key"), r.get("event_name")))
+        named = "\n".join("(none)" if v is None else _printable(str(v))
+                          for v in (r.get("idempotency_key"), r.get("event_name")))
         shown = r["diff"][:TABLE_DIFF_ROWS]
         more = len(r["diff"]) - len(shown)
         diff = "\n".join([*(DiffRow(d["path"], d["values"]).text() for d in shown),

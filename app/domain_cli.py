@@ -25,7 +25,7 @@ from app import records
 from app.cli_types import Seconds
 from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
-from app.registry import Rejection, UnknownDomain, registry, version_number
+from app.registry import Rejection, UnknownDomain, registry, version_number, version_rule
 from app.settings import ConfigError, Settings, load
 from app.status import domain_conflict, domains_of, read_statuses
 from app.versions import ACTIVATE_EVENT, ACTIVATION_KEY, DomainVersions, activation_record
@@ -101,7 +101,7 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
     number = version_number(name, version)
     if number is None:
         raise click.BadParameter(f"{version!r} is not a version of {name} (DOCKET_DOMAIN={settings.domain}):"
-                                 f" expected {name}/<n>, n >= 1", param_hint="VERSION")
+                                 f" expected {version_rule(name)}", param_hint="VERSION")
     known = registry.versions(name)
     if number not in known and not force:
         raise click.ClickException(

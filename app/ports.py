@@ -57,6 +57,10 @@ def host_problem(host: str, what: str, setting: str) -> str | None:
                 if exc.errno == errno.EADDRNOTAVAIL:
                     return (f"{setting}={host} ({what}) is not an address of this machine, so nothing can listen "
                             "on it: set it to one (127.0.0.1, or 0.0.0.0 for every interface)")
+                if exc.errno == errno.EINVAL:  # an IPv6 link-local address without its zone (fe80::1)
+                    return (f"{setting}={host} ({what}) cannot be listened on ({exc.strerror}; a link-local IPv6 "
+                            "address needs its interface, e.g. fe80::1%eth0): set it to an address of this machine "
+                            "(127.0.0.1, or 0.0.0.0 for every interface)")
     return None
 
 
@@ -66,3 +70,10 @@ def port_in_use(host: str, port: int, what: str, setting: str) -> str:
     option that moves it ("DOCKET_API_PORT (or --port)")."""
     return (f"port {port} on {host} ({what}) is already in use by another process: stop that process "
             f"(another `make run` or `docket stack run`?), or set {setting} to a free port")
+
+
+def url_host(host: str) -> str:
+    """``host`` as the host of a URL: an IPv6 address in brackets (RFC 3986, section
+    3.2.2), anything else as it is. "http://::1:8080" is no URL; Faust read its
+    "::1" as a port and crashed (the ninth fresh-user trial)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

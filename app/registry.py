@@ -114,7 +114,7 @@ class DomainRegistry:
         number = version_number(domain.name, domain.version)
         if number is None:
             raise ValueError(f"domain {domain.name!r} has version {domain.version!r}: "
-                             f"expected {domain.name}/<n>, n >= 1")
+                             f"expected {version_rule(domain.name)}")
         versions = self._domains.get(domain.name, {})
         if number in versions and versions[number] is not domain:
             raise ValueError(f"a different domain named {domain.name!r} is already registered "
@@ -170,13 +170,20 @@ class DomainRegistry:
         return sorted(self._domains)
 
 
+MAX_VERSION_DIGITS = 9  # n of <name>/<n> is at most 999,999,999
+
+
+def version_rule(name: str) -> str:
+    """What a version of domain ``name`` looks like, for an error message."""
+    return f"{name}/<n>, n from 1 to {'9' * MAX_VERSION_DIGITS} without sign or leading zero"
+
+
 def version_number(name: str, version: object) -> int | None:
-    """n of a version string ``<name>/<n>`` (n a decimal integer >= 1, no sign or
-    leading zero), else None."""
+    """n of a version string ``<name>/<n>`` (:func:`version_rule`), else None."""
     if not isinstance(version, str) or not version.startswith(name + "/"):
         return None
     digits = version[len(name) + 1:]
-    if not digits.isascii() or not digits.isdigit() or digits[0] == "0" or len(digits) > 9:
+    if not digits.isascii() or not digits.isdigit() or digits[0] == "0" or len(digits) > MAX_VERSION_DIGITS:
         return None
     return int(digits)
 

@@ -28,7 +28,7 @@ from typing import Mapping
 
 import orjson
 
-from app.registry import Domain, Rejection, version_number
+from app.registry import Domain, Rejection, version_number, version_rule
 
 # The record key of an activation record. No domain's affinity key may equal it: both
 # built-in domains' identifiers exclude ':'.
@@ -140,7 +140,7 @@ class DomainVersions:
         number = version_number(self.name, version)
         if number is None:
             return Rejection("invalid_activation",
-                             f"version must be {self.name}/<n> with n >= 1 (this pipeline runs {self.name})")
+                             f"version must be {version_rule(self.name)} (this pipeline runs {self.name})")
         return number
 
 

@@ -169,10 +169,9 @@ def wait_for_topics_cli(settings: Settings, topics: list[str], wait_s: float) ->
 def local_url(bind_host: str, port: int) -> str:
     """``http://host:port`` where clients on this host reach a server bound to
     ``bind_host`` (a wildcard bind address means loopback; an IPv6 one is bracketed)."""
-    host = "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    from app.ports import url_host
+
+    return f"http://{url_host('127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host)}:{port}"
 
 
 def api_base_url(settings: Settings) -> str:
@@ -432,22 +431,32 @@ def busy_ports(settings: Settings, free: Callable[[str, int], bool] | None = Non
     from app.ports import bindable, port_in_use
 
     free = free or bindable
+    return [port_in_use(host, port, what, setting) for host, port, what, setting in _servers(settings)
+            if not free(host, port)]
+
+
+def _servers(settings: Settings) -> list[tuple[str, int, str, str]]:
+    """(host, port, what, setting) of each server of the default Procfile."""
     servers = [(settings.api_host, settings.api_port, "the REST API", "DOCKET_API_PORT"),
                (settings.metrics_host, settings.clerk_web_port, "the Clerk's /metrics", "DOCKET_CLERK_WEB_PORT")]
-    servers += [(settings.metrics_host, port, f"instance {i}'s /metrics", f"DOCKET_INSTANCE_{i.upper()}_WEB_PORT")
-                for i, port in settings.instance_web_ports]
-    return [port_in_use(host, port, what, setting) for host, port, what, setting in servers if not free(host, port)]
+    return servers + [(settings.metrics_host, port, f"instance {i}'s /metrics", f"DOCKET_INSTANCE_{i.upper()}_WEB_PORT")
+                      for i, port in settings.instance_web_ports]
 
 
 def refuse_busy_ports(settings: Settings) -> None:
     """StackError naming every busy port of the stack's servers (:func:`busy_ports`),
-    or a host they cannot listen on (app/ports.py host_problem): nothing is started,
-    since the components would each fail on them."""
+    a host they cannot listen on (app/ports.py host_problem) or a port of 0: nothing is
+    started, since the components would each fail on them."""
     from app.ports import host_problem
 
     hosts = [(settings.api_host, "the REST API", "DOCKET_API_HOST"),
              (settings.metrics_host, "the workers' /metrics", "DOCKET_METRICS_HOST")]
     busy = [problem for host, what, setting in hosts if (problem := host_problem(host, what, setting))]
+    # 0 picks a free port for one server run alone; the stack names its servers' ports
+    # to its clients and its readiness check (the ninth fresh-user trial's stack
+    # printed http://127.0.0.1:0 and never became ready)
+    busy += [f"{setting}=0 ({what}) picks a free port, which the stack cannot name to its clients: set a port "
+             "(1-65535)" for _host, port, what, setting in _servers(settings) if port == 0]
     busy = busy or busy_ports(settings)
     if busy:
         raise StackError("; ".join(busy))

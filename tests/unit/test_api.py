@@ -1221,8 +1221,14 @@ def test_prefer_header_shortens_the_wait_only() -> None:
     assert parse_prefer("wait=1", 5.0) == (1.0, "wait=1")
     assert parse_prefer("wait=60", 5.0) == (5.0, "wait=5")
     assert parse_prefer("wait=99999999999999999999", 2.5) == (2.5, "wait=2.5")
-    assert parse_prefer("respond-async, wait=3", 5.0) == (0.0, "respond-async")
+    # both, in either order: wait up to N, then 202 (RFC 7240, section 4.3); the order
+    # decided it before (the ninth fresh-user trial)
+    assert parse_prefer("respond-async, wait=3", 5.0) == (3.0, "respond-async, wait=3")
+    assert parse_prefer("wait=3, respond-async", 5.0) == (3.0, "respond-async, wait=3")
+    assert parse_prefer("respond-async", 5.0) == (0.0, "respond-async")
+    assert parse_prefer("respond-async, wait=60", 5.0) == (5.0, "respond-async, wait=5")
     assert parse_prefer("handling=lenient, wait=x", 5.0) == (5.0, None)
+    assert parse_prefer("wait=-1, respond-async", 5.0) == (0.0, "respond-async")
 
 
 # --------------------------------------------------------------------------- the client's index
@@ -1453,6 +1459,10 @@ async def test_a_client_name_the_usher_would_refuse_is_refused_unsent(settings) 
         with pytest.raises(ValidationError) as caught:
             await client.submit("stock.adjust", payload, "k-client", client=bad)
         assert [(e.field, e.reason) for e in caught.value.errors] == [("client", "invalid_client")], bad
+    # a key UTF-8 cannot encode: a ValidationError naming it, not orjson's TypeError (the ninth trial)
+    with pytest.raises(ValidationError) as caught:
+        await client.submit("stock.adjust", payload, "k-\ud800")
+    assert [e.field for e in caught.value.errors] == ["idempotency_key"], caught.value.errors
 
 
 def test_a_diverged_key_expires_with_its_request(settings) -> None:
@@ -2036,6 +2046,11 @@ def test_status_of_a_key_no_request_can_carry_is_a_validation_error(settings) ->
             client.status(bad)
         assert refused.value.errors[0].field == "idempotency_key"
     assert client.status("k" * 128).state == "unknown"
+    # a key UTF-8 cannot encode (a lone surrogate) is a ValidationError from status and
+    # submit alike, not orjson's TypeError (the ninth trial)
+    with pytest.raises(ValidationError) as refused:
+        client.status("k\ud800")
+    assert "character 1 is U+D800, half of a surrogate pair alone" in refused.value.errors[0].message
     # nor a client name no request can carry, as submit refuses it (the eighth trial)
     for bad in ("bad client!", "", "c" * 65):
         with pytest.raises(ValidationError) as refused:

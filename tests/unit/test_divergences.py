@@ -6,6 +6,7 @@ Against a real broker and a real fault: tests/integration/test_api_divergence.py
 from __future__ import annotations
 
 import copy as copy_mod
+import json
 
 import orjson
 import pytest
@@ -344,3 +345,42 @@ def test_a_since_longer_than_the_epoch_asks_for_every_report() -> None:
     assert listing_title(0, "t", parse_duration_ms("2h"), 5, now) == "0 divergence report(s) on t (written in the last " \
         "2 h, the 5 newest)"
     assert listing_title(1, "t", None, None, now) == "1 divergence report(s) on t"
+
+
+def test_a_report_with_a_lone_surrogate_is_one_unreadable_row() -> None:
+    """OperatorListsDivergences: a record escaping a lone surrogate is an unreadable row
+    saying so; the standard library's parser took it, and printing it crashed every
+    listing that held it (UnicodeEncodeError: the ninth fresh-user trial)."""
+    raw = (b'{"input":{"partition":0,"offset":1},"cause":"mismatch","copies":[{"instance":"a","digest":"x",'
+           b'"body":{"a":"\\ud800"}},{"instance":"b","digest":"y","body":{"a":1}}]}')
+    entry = report_entry(raw, 0, 0, 13)
+    assert entry["unreadable"].startswith("not I-JSON: a string holds the escape \\ud800 at byte offset "), entry
+    console = Console(width=200, record=True)
+    console.print(reports_table([entry], "t"))
+    console.export_text().encode("utf-8")  # printable: nothing left that UTF-8 cannot encode
+    json.dumps([entry], ensure_ascii=False).encode("utf-8")  # and --json
+
+
+def test_control_characters_of_a_report_are_shown_escaped() -> None:
+    """OperatorListsDivergences: a key or event name holding ESC or BEL (any string a
+    Kafka-native producer sends) is shown as \\u001b, never sent raw to the terminal,
+    which would act on it (clear the screen, set its title: the ninth trial)."""
+    original = orjson.loads(_clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11))))
+    hostile = "esc-3\u001b[2J\u001b]0;pwned\u0007\u009b"
+    entry = report_entry(orjson.dumps({**original, "idempotency_key": hostile, "event_name": "e\u007f"}), 0, 0, 3)
+    console = Console(width=300, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "esc-3\\u001b[2J\\u001b]0;pwned\\u0007\\u009b" in text and "e\\u007f" in text, text
+    assert not any(c in text for c in "\u001b\u0007\u007f\u009b")
+
+
+def test_a_since_of_no_time_is_a_usage_error() -> None:
+    """OperatorListsDivergences: --since 0s asks for nothing; it was listed as "the
+    last 0 d" (the ninth trial)."""
+    from click.testing import CliRunner
+
+    from app.divergences import divergences
+
+    result = CliRunner().invoke(divergences, ["--since", "0s"])
+    assert result.exit_code == 2 and "'0s' is no time" in result.output, result.output

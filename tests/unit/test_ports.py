@@ -193,3 +193,31 @@ def test_free_ports_are_distinct_and_free() -> None:
     assert len(ports) == 200
     assert len(set(ports)) == 200, sorted(p for p in ports if ports.count(p) > 1)
     assert all(bindable(HOST, port) for port in ports)
+
+
+def test_stack_run_refuses_a_server_port_of_zero(tmp_path: Path) -> None:
+    """ServerPortInUseRefusedAtStart: 0 picks a free port for a server run alone; the
+    stack names its servers' ports to its clients and its readiness check, so it
+    refuses 0 before starting anything (the ninth trial's stack printed
+    http://127.0.0.1:0 and never became ready)."""
+    proc = _docket(["stack", "run"], _env(tmp_path, DOCKET_API_PORT="0", DOCKET_KAFKA_BOOTSTRAP="kafka.example:9093"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "DOCKET_API_PORT=0 (the REST API) picks a free port, which the stack cannot name" in proc.stderr
+    assert "starting the stack" not in proc.stdout + proc.stderr
+
+
+def test_an_ipv6_host_is_bracketed_in_urls() -> None:
+    """ServerHostRefusedAtStart: an IPv6 bind address is a URL's host only in brackets
+    (RFC 3986, 3.2.2): Faust read "http://::1:16966" as a port and every worker crashed
+    with DOCKET_METRICS_HOST=::1 (the ninth trial); a link-local address without its
+    zone cannot be listened on and is refused in one line."""
+    import faust
+
+    from agents.worker import web_host
+    from app.ports import url_host
+
+    assert url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]" and url_host(HOST) == HOST
+    assert web_host("::1") == "[::1]" and web_host(HOST) == HOST
+    app = faust.App("docket-test-ports", web_host=web_host("::1"), web_port=6066, web_bind="::1")
+    assert str(app.conf.canonical_url) == "http://[::1]:6066"
+    assert "a link-local IPv6 address needs its interface" in host_problem("fe80::1", "x", "Y")

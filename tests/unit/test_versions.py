@@ -211,6 +211,7 @@ def test_an_instance_without_the_version_blocks_the_partition_and_resumes_identi
 
 @pytest.mark.parametrize("payload, reason", [
     ({"version": "inventory/x"}, "invalid_activation"),
+    ({"version": "inventory/9999999999"}, "invalid_activation"),  # past the bound the detail names
     ({"version": "accounts/2"}, "invalid_activation"),
     ({"version": 2}, "invalid_activation"),
     ({"version": "inventory/2", "at": 5}, "invalid_activation"),
@@ -228,6 +229,10 @@ def test_a_malformed_activation_is_rejected_alike_and_switches_nothing(payload, 
     assert [o.body for o in outs[0]] == [o.body for o in outs[1]]
     first = body(outs[0][0])
     assert (first["input"]["offset"], first["outcome"]["reason"]) == (rec.offset, reason)
+    # the detail says the bound: "n >= 1" was met by the 23-digit n it refused (the ninth trial)
+    assert first["outcome"]["detail"] == ("version must be inventory/<n>, n from 1 to 999999999 without sign or "
+                                          "leading zero (this pipeline runs inventory)") or payload in (
+        "inventory/2", {"version": 2}, {"version": "inventory/2", "at": 5})
     assert {body(o)["domain_version"] for o in outs[0]} == {"inventory/1"}
 
 
