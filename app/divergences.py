@@ -297,7 +297,7 @@ def report_entry(value: bytes | None, timestamp: int, partition: int, offset: in
         check_divergence(rec)
         # and what a listing needs of one, which the Clerk always writes
         copies = rec.get("copies")
-        if not (isinstance(copies, list) and copies and all(isinstance(c, dict) for c in copies)):
+        if not (isinstance(copies, list) and all(isinstance(c, dict) for c in copies)):
             raise UnreadableRecord("copies is not a list of copies (objects)")
     except UnreadableRecord as exc:
         return {**meta, "unreadable": f"not a divergence report: {exc}"}
