@@ -9,6 +9,7 @@ finish the event and re-emit the identical output.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import orjson
@@ -19,6 +20,8 @@ from app.registry import Domain
 from tables.ledger import EntityRecord
 from tables.registrar import Registrar
 from tables.warden import Warden, WardenEntry
+
+log = logging.getLogger("docket.arbiter")
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs 3x (object.__setattr__ per field), per event
@@ -32,6 +35,8 @@ class Arbiter:
         self.domain = domain
         self.registrar = registrar
         self.warden = warden
+        # partitions whose Ledger was found ahead of the Warden (logged once each)
+        self.ahead_reported: set[int] = set()
 
     def evaluate(self, event: Event) -> Evaluation:
         """Evaluate against the current entity states; changes nothing."""
@@ -42,6 +47,10 @@ class Arbiter:
             keys = domain.entity_keys(event.event_name, event.payload)
         get = self.registrar.get
         current = {key: get(partition, key) for key in keys}
+        offset = event.record.offset
+        for key, rec in current.items():
+            if rec is not None and rec.stamp >= offset:
+                self._ledger_ahead(partition, offset, key, rec.stamp)
         states = {key: (rec.state if rec is not None else domain.initial_state(key))
                   for key, rec in current.items()}
         try:
@@ -68,6 +77,22 @@ class Arbiter:
             client=event.client, event_name=event.event_name,
             domain_version=domain.version, outcome=outcome, duplicate_of=None)
         return Evaluation(body, entities)
+
+    def _ledger_ahead(self, partition: int, offset: int, key: str, stamp: int) -> None:
+        """An event the Warden has no version of (judged fresh) reads an entity stamped
+        at or after its own offset: the Ledger holds this event's effect or a later
+        one's, which the write order makes impossible (recovery.allium). The event is
+        evaluated all the same and its copy diverges, so the Clerk withholds it; the
+        worker says where, once per partition (ArbiterReportsLedgerAheadOfEvent)."""
+        if partition in self.ahead_reported:
+            return
+        self.ahead_reported.add(partition)
+        log.error("partition %d offset %d is judged as new (the Warden holds no version of it) but entity %r "
+                  "carries stamp %d, the offset of a later event or of this one: the Ledger is ahead of the "
+                  "Warden, so this event's effect is applied twice and its copy will diverge (the Clerk "
+                  "withholds it). Keep this worker's log and data directory and the divergence reports "
+                  "(`docket divergences`), and report them",
+                  partition, offset, key, stamp)
 
     def apply(self, event: Event, evaluation: Evaluation, fingerprint: str) -> None:
         record = event.record

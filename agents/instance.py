@@ -297,6 +297,12 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             batches = [records_of(message) for message in members]
             for message, batch in zip(members, batches):
                 p = message.partition
+                if p in processed and batch[0].offset != processed[p]:
+                    # Not an error by itself (transaction markers and aborted records
+                    # hold offsets; a seek back re-reads), but where a worker judged on
+                    # a state without some events, this line says where it jumped.
+                    log.info("%s[%d]: this batch starts at offset %d, the last one processed ended before %d",
+                             settings.input_topic, p, batch[0].offset, processed[p])
                 if p not in rebuilt:
                     warden.rebuild(p)
                     rebuilt.add(p)

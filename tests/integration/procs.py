@@ -203,6 +203,17 @@ class Worker:
         tail = "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty)"
         return f"--- tail of {self.logs[-1]} ---\n{tail}"
 
+    def notable_lines(self, lines: int = 25) -> str:
+        """The last ``lines`` lines of the latest log that a reader of a failure wants
+        among INFO noise: docket's own loggers, warnings and errors, and the
+        assignments (cut to 240 characters)."""
+        if not self.logs or not self.logs[-1].exists():
+            return f"(worker {self.instance} has no log)"
+        kept = [line[:240] for line in self.logs[-1].read_text(errors="replace").splitlines()
+                if "] docket." in line or "[WARNING]" in line or "[ERROR]" in line
+                or "newly assigned partitions" in line]
+        return f"--- docket's lines of {self.logs[-1]} ---\n" + ("\n".join(kept[-lines:]) or "(none)")
+
     def assert_alive(self) -> None:
         assert self.alive, f"worker {self.instance} exited with {self.proc.returncode}\n{self.log_tail()}"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 import pytest
@@ -105,10 +105,11 @@ async def wait_clerk_assigned(s: Settings, clerk: DocketProc, deadline_s: float 
 
 async def wait_answered(s: Settings, expected: set[Position], results: TopicTail, divergences: TopicTail,
                         procs: list[DocketProc], deadline_s: float, *,
-                        diverged: Callable[[], set[Position]] = set) -> None:
+                        diverged: Callable[[], set[Position]] = set, logs: Sequence[DocketProc] = ()) -> None:
     """Every expected position has a result, or a divergence report if it is in
     ``diverged()`` (e.g. the positions a faulty instance has logged so far); then the
-    Clerk's group has committed every output record."""
+    Clerk's group has committed every output record. ``logs``: workers (say, ones
+    that have left) whose docket lines a failure shows too (Worker.notable_lines)."""
     def answered() -> bool:
         for p in procs:
             p.assert_alive()
@@ -119,7 +120,8 @@ async def wait_answered(s: Settings, expected: set[Position], results: TopicTail
         done = results.positions() | (divergences.positions() & diverged())
         missing = sorted(expected - done)
         return (f"{len(done & expected)} of {len(expected)} positions answered; first missing {missing[:5]}\n"
-                + "\n".join(p.log_tail(15) for p in procs))
+                + "\n".join(p.log_tail(15) for p in procs)
+                + "".join("\n" + p.notable_lines() for p in logs))
 
     try:
         await wait_for(answered, deadline_s, "a result (or divergence) for every input position",
@@ -127,7 +129,7 @@ async def wait_answered(s: Settings, expected: set[Position], results: TopicTail
     except AssertionError as exc:
         # what diverged, read whole from the topic: the caller's tail may not be reading it
         reports = await read_all(s.kafka_bootstrap, s.divergences_topic)
-        raise AssertionError(f"{exc}\n{divergence_summary(reports)}") from None
+        raise AssertionError(f"{exc}\n{divergence_summary(reports)}{await copies_off_replay(s, reports)}") from None
     outputs = [s.output_topic(i) for i in s.instances]
     await wait_for(lambda: group_caught_up(s.kafka_bootstrap, s.app_id("clerk"), outputs), 60,
                    "the Clerk to commit every output record", interval_s=0.5,
@@ -151,6 +153,28 @@ def divergence_summary(reports: list[Rec], shown: int = 3) -> str:
         rows = diff_copies(r.value.get("copies") or [])
         lines.append(f"  {where} {r.value['cause']}: " + ("; ".join(row.text() for row in rows) or "(no diff)"))
     return "\n".join(lines) + "\n"
+
+
+async def copies_off_replay(s: Settings, reports: list[Rec]) -> str:
+    """For a failure message: which instance's copies in the divergence ``reports``
+    differ from the pure replay of the input topic, with the first such offset of each
+    input partition; so a mismatch says which instance went wrong, and from where."""
+    if not reports:
+        return ""
+    inputs = sorted({(r.partition, r.offset): r for r in await read_topic(s.kafka_bootstrap, s.input_topic)}.values(),
+                    key=lambda r: (r.partition, r.offset))
+    oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
+    off: dict[str, dict[int, list[int]]] = {}
+    for r in reports:
+        p, o = r.value["input"]["partition"], r.value["input"]["offset"]
+        for copy in r.value.get("copies") or []:
+            if copy.get("digest") != oracle.digests.get((p, o)):
+                off.setdefault(str(copy.get("instance")), {}).setdefault(p, []).append(o)
+    if not off:
+        return "every reported copy equals the replay's\n"
+    return "".join(f"copies of {name} off the replay: "
+                   + "; ".join(f"input[{p}] {len(os)}, first @{min(os)}" for p, os in sorted(by_p.items())) + "\n"
+                   for name, by_p in sorted(off.items()))
 
 
 def assert_sequence_numbers_unique(results: list[Rec], reports: list[Rec]) -> None:

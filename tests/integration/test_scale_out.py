@@ -65,6 +65,14 @@ SESSION_TIMEOUT_S = int(WORKER_TEST_ENV["DOCKET_SESSION_TIMEOUT_MS"]) / 1000
 RESUME_SLACK_S = 10.0
 
 
+@pytest.fixture(autouse=True)
+def info_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers log at INFO here (before the settings fixture reads the environment):
+    should a rebalance ever leave an instance judging on a wrong state, the failure
+    shows where each worker's partitions went and where its batches jumped."""
+    monkeypatch.setenv("DOCKET_LOG_LEVEL", "info")
+
+
 @pytest.fixture
 def extra_worker(clerk_settings: Settings, tmp_path):  # noqa: F811
     """``extra_worker(instance, n) -> DocketProc`` (not started): worker number ``n`` of
@@ -196,7 +204,7 @@ async def test_workers_join_and_leave_under_load_and_a_clerk_worker_is_killed(cl
         expected = set(positions)
         assert len(expected) == events
         await wait_answered(s, expected, results, TopicTail(s.kafka_bootstrap, s.divergences_topic),
-                            [a1, b1, c1], 180)
+                            [a1, b1, c1], 180, logs=[a1, b1, *extra.values(), c1, c2])
         metrics = clerk_metrics(port1)
     finally:
         if "producing" in locals() and not producing.done():

@@ -560,6 +560,31 @@ def test_replay_of_fully_applied_batch_reemits_from_warden():
     assert entity_state(store)["stock:w1:s1"] == ({"quantity": 0}, 2)
 
 
+def test_a_fresh_event_reading_an_entity_stamped_at_or_after_it_is_reported_once(caplog):
+    """ArbiterReportsLedgerAheadOfEvent: with the Warden versions of two events gone
+    while the Ledger keeps their effects (a state the write order rules out), a new
+    worker judges them as new and reads the entity stamped with the later one: one
+    ERROR for the partition, naming the offset, the entity and the stamp. A replay of
+    an intact store reports nothing."""
+    s = Stream()
+    _adjust(s, "k1", 5, 1)
+    second = _adjust(s, "k2", -2, 2)
+    third = _adjust(s, "k3", 1, 3)
+    store = MemoryStore()
+    run(usher(store), s.records, 10)
+    with caplog.at_level("ERROR", logger="docket.arbiter"):
+        run(usher(store), s.records, 10)
+    assert not caplog.records
+    for rec in (second, third):
+        store.delete(rec.partition, version_key(f"k{rec.offset + 1}", rec.offset))
+    with caplog.at_level("ERROR", logger="docket.arbiter"):
+        run(usher(store), s.records, 10)
+    (report,) = caplog.records
+    text = report.getMessage()
+    assert f"partition {second.partition} offset {second.offset} " in text
+    assert f"'stock:w1:s1' carries stamp {third.offset}," in text
+
+
 def test_registrar_eviction_does_not_change_results():
     """RegistrarIsACacheOnly: a tiny cache gives the same outputs as a large one."""
     stream = workload(11, 400)
