@@ -36,7 +36,7 @@ from app.records import LOG_APPEND_TIME, seal_batch
 from app.registry import registry
 from app.versions import Blocked, DomainVersions, status_record
 from app.kafka_admin import ISOLATION_LEVEL
-from app.settings import ConfigError, Settings, instance_id_problem
+from app.settings import Settings, instance_id_problem
 from launcher.stack import wait_for_topics_cli
 from tables.allocator import TRIM_INTERVAL_S, trim_heap
 from tables.faust_store import LEDGER_STORE_URL, FaustStore
@@ -297,12 +297,16 @@ def build(settings: Settings, instance_id: str, data_dir: Path, web_port: int | 
             batches = [records_of(message) for message in members]
             for message, batch in zip(members, batches):
                 p = message.partition
-                if p in processed and batch[0].offset != processed[p]:
-                    # Not an error by itself (transaction markers and aborted records
-                    # hold offsets; a seek back re-reads), but where a worker judged on
-                    # a state without some events, this line says where it jumped.
-                    log.info("%s[%d]: this batch starts at offset %d, the last one processed ended before %d",
-                             settings.input_topic, p, batch[0].offset, processed[p])
+                # Not an error by itself (transaction markers and aborted records hold
+                # offsets; a seek back re-reads), but should a worker ever judge on a
+                # state without some events, this line says where it jumped.
+                expected = processed.get(p)
+                if expected is None:  # the first batch since the assignment
+                    expected = app.consumer._committed_offset.get(TP(settings.input_topic, p))
+                if expected is not None and batch[0].offset != expected:
+                    log.info("%s[%d]: this batch starts at offset %d where %d was next (%s)", settings.input_topic,
+                             p, batch[0].offset, expected,
+                             "the last batch processed" if p in processed else "the committed offset")
                 if p not in rebuilt:
                     warden.rebuild(p)
                     rebuilt.add(p)
@@ -525,10 +529,8 @@ def check_topics_domain(settings: Settings) -> None:
 
     from app.status import domain_conflict, read_statuses
 
-    try:
+    try:  # (check_topics has checked the input topic's partition count)
         statuses = asyncio.run(read_statuses(settings, 15.0))
-    except ConfigError as exc:  # DOCKET_PARTITIONS is not the input topic's: it would call events misrouted
-        raise click.ClickException(str(exc)) from None
     except (TimeoutError, KafkaError, OSError) as exc:
         click.echo(f"warning: could not read {settings.status_topic} to check which domain its topics serve "
                    f"({exc or type(exc).__name__}); starting without that check", err=True)
