@@ -27,7 +27,7 @@ from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.registry import Rejection, UnknownDomain, registry, version_number, version_rule
 from app.settings import ConfigError, Settings, load
-from app.status import domain_conflict, domains_of, read_statuses
+from app.status import check_partition_count, domain_conflict, domains_of, read_statuses
 from app.versions import ACTIVATE_EVENT, ACTIVATION_KEY, DomainVersions, activation_record
 
 # How many input records `docket domain activate` reads per step back from a
@@ -248,7 +248,13 @@ def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
             "broker up and the topic created (`docket topics create`)?",
             lambda exc: f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
                         "is the broker up?"):
-        return asyncio.run(read_statuses(settings, timeout_s))
+        return asyncio.run(_checked_statuses(settings, timeout_s))
+
+
+async def _checked_statuses(settings: Settings, timeout_s: float) -> list[dict]:
+    # a stale DOCKET_PARTITIONS would hide the statuses of the partitions past it
+    await check_partition_count(settings, timeout_s)
+    return await read_statuses(settings, timeout_s)
 
 
 @contextlib.contextmanager

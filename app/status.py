@@ -61,18 +61,16 @@ def domain_conflict(settings: Settings, statuses: list[dict]) -> str | None:
             f"DOCKET_DATA_ROOT); `make clean` starts the local stack afresh")
 
 
-async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dict]:
-    """The latest status record per key, sorted by (partition, instance). Raises
-    TimeoutError (asyncio's) when the topic cannot be read to its end within
-    ``timeout_s`` seconds, KafkaError or OSError when Kafka fails, ConfigError when
-    the input topic's partition count is not DOCKET_PARTITIONS."""
-    from aiokafka import AIOKafkaConsumer
-
+async def check_partition_count(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Raise ConfigError when the input topic's partition count is not
+    DOCKET_PARTITIONS: :func:`read_statuses` reads one status partition per input
+    partition, so some statuses would go unshown. For a reader that has not checked
+    the count already (the API's client and an instance's preflight have). Raises
+    TimeoutError (asyncio's) past ``timeout_s`` seconds, KafkaError or OSError when
+    Kafka fails; a missing input topic passes (the reader says what is missing)."""
     from app.kafka_admin import connect_admin
     from app.topics import partition_count_problem, partition_counts
 
-    # one status partition per input partition is read: with another DOCKET_PARTITIONS
-    # than the input topic's, some would go unread and their statuses unshown
     admin = await connect_admin(settings.kafka_bootstrap, timeout_s, settings, "status")
     try:
         count = (await asyncio.wait_for(partition_counts(admin, [settings.input_topic]), timeout_s)).get(
@@ -82,6 +80,16 @@ async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dic
     problem = count is not None and partition_count_problem(settings, count)
     if problem:
         raise ConfigError(problem)
+
+
+async def read_statuses(settings: Settings, timeout_s: float = 15.0) -> list[dict]:
+    """The latest status record per key, sorted by (partition, instance), reading
+    DOCKET_PARTITIONS partitions (:func:`check_partition_count` says whether that is
+    the input topic's count). Raises TimeoutError (asyncio's) when the topic cannot be
+    read to its end within ``timeout_s`` seconds, KafkaError or OSError when Kafka
+    fails."""
+    from aiokafka import AIOKafkaConsumer
+
     topic = settings.status_topic
     consumer = AIOKafkaConsumer(**client_kwargs(settings, "status", "consumer",
                                                 bootstrap_servers=settings.kafka_bootstrap,
