@@ -89,8 +89,8 @@ class Arbiter:
         self.ahead_reported.add(partition)
         log.error("partition %d offset %d is judged as new (the Warden holds no version of it) but entity %r "
                   "carries stamp %d, the offset of a later event or of this one: the Ledger is ahead of the "
-                  "Warden, so this event's effect is applied twice and its copy will diverge (the Clerk "
-                  "withholds it). Keep this worker's log and data directory and the divergence reports "
+                  "Warden, so this event is judged on a state that already holds its effect or a later one's, "
+                  "and its copy will diverge (the Clerk withholds it). Keep this worker's log and data directory and the divergence reports "
                   "(`docket divergences`), and report them",
                   partition, offset, key, stamp)
 
