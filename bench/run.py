@@ -243,7 +243,7 @@ async def run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # noqa: BLE001  recorded, reported, and the run fails at the end
                     traceback.print_exc()
                     say(f"{name} FAILED: {exc}")
-                    results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    results[name] = {**failed_context(name, settings, plan), "error": f"{type(exc).__name__}: {exc}"}
                     failed.append(name)
                     continue
                 failed += partial_failures(name, results[name])
@@ -301,6 +301,14 @@ def too_short(plan: dict, only: Sequence[str] = MEASUREMENTS) -> str | None:
             return (f"{option} {seconds:g} s at {rate:,}/s sends nothing (less than one event or request): "
                     f"give at least {least:g} s")
     return None
+
+
+def failed_context(name: str, settings: Settings, plan: dict) -> dict:
+    """What a failed measurement's row still names, beside its error: the drain's
+    partition count and events (report.drain_row), which its result would have held."""
+    if name == "drain":
+        return {"partitions": settings.partitions, "events": plan["drain_events"]}
+    return {}
 
 
 def partial_failures(name: str, result: dict) -> list[str]:

@@ -174,6 +174,19 @@ def test_a_failed_partition_count_or_http_floor_fails_the_run() -> None:
     assert run.partial_failures("kafka_native", {"rates": []}) == []
 
 
+def test_a_failed_drains_row_still_names_its_partitions_and_events() -> None:
+    import dataclasses
+
+    from app.settings import load
+    from bench import report
+    settings = dataclasses.replace(load(), partitions=3)
+    failed = {**run.failed_context("drain", settings, {"drain_events": 1234}), "error": "BenchError: no"}
+    name, figure = report.drain_row(failed)
+    assert name.startswith("**docket draining a backlog, 3 partitions**") and "1,234 events produced at once" in name
+    assert figure == "failed: BenchError: no"
+    assert run.failed_context("quix", settings, {"drain_events": 1234}) == {}
+
+
 WARDEN_SIGTERMED = """
 import argparse, sys
 from pathlib import Path
