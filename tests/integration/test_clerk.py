@@ -161,9 +161,7 @@ async def copies_off_replay(s: Settings, reports: list[Rec]) -> str:
     input partition; so a mismatch says which instance went wrong, and from where."""
     if not reports:
         return ""
-    inputs = sorted({(r.partition, r.offset): r for r in await read_topic(s.kafka_bootstrap, s.input_topic)}.values(),
-                    key=lambda r: (r.partition, r.offset))
-    oracle = replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
+    _inputs, oracle = await replay_input(s)
     off: dict[str, dict[int, list[int]]] = {}
     for r in reports:
         p, o = r.value["input"]["partition"], r.value["input"]["offset"]
@@ -204,12 +202,20 @@ async def stop_all(procs: list[DocketProc]) -> None:
         assert not bad, f"{p.instance} logged errors while stopping:\n" + "\n".join(bad[:10]) + f"\n{p.log_tail()}"
 
 
-async def oracle_for(s: Settings, expected: set[Position]):
+async def replay_input(s: Settings):
+    """The input topic read whole, each record once in (partition, offset) order, and the
+    pure replay of it (the oracle): ``(inputs, oracle)``."""
     # each record once, should the consumer deliver one twice (see clerk_kit.read_all)
     inputs = sorted({(r.partition, r.offset): r for r in await read_topic(s.kafka_bootstrap, s.input_topic)}.values(),
                     key=lambda r: (r.partition, r.offset))
-    assert [(r.partition, r.offset) for r in inputs] == sorted(expected), "the input topic is not what was produced"
     return inputs, replay(inputs, registry.versions(s.domain), s.partitions, s.idempotency_ttl_ms)
+
+
+async def oracle_for(s: Settings, expected: set[Position]):
+    """:func:`replay_input`, once the input topic holds exactly the ``expected`` positions."""
+    inputs, oracle = await replay_input(s)
+    assert [(r.partition, r.offset) for r in inputs] == sorted(expected), "the input topic is not what was produced"
+    return inputs, oracle
 
 
 def duplicates_of(oracle) -> dict[Position, Position]:
@@ -395,6 +401,8 @@ async def test_bitflips_in_one_of_two_instances_are_reported_never_published(cle
     - ClerkWithholdsDuplicateOfDivergedOriginal: the workload repeats requests; a repeat
       of a corrupted one gets agreeing copies (b's state is right) and is reported
       original_diverged, never published.
+    - The diagnosis a timed-out wait_answered prints (copies_off_replay) names b, whose
+      copies differ from the replay, and not a.
     """
     s = clerk_settings
     began = time.monotonic()
@@ -444,6 +452,9 @@ async def test_bitflips_in_one_of_two_instances_are_reported_never_published(cle
         assert copies.keys() == {"a", "b"}, r.value
         assert copies["a"] == oracle.digests[pos] != copies["b"], r.value
         assert r.value["decided"] is None, f"{pos}: a divergence with two of two copies decided something: {r.value}"
+    # what a timed-out wait_answered would say: b's copies, not a's, are off the replay
+    named = await copies_off_replay(s, reports)
+    assert named.startswith("copies of b off the replay: ") and "copies of a" not in named, named
     final = await read_all(s.kafka_bootstrap, s.results_topic)
     assert_one_result_each(final, expected, oracle, not_published=set(injected) | held_back)
     assert_sequence_numbers_unique(final, everything)
