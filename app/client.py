@@ -978,11 +978,13 @@ class DocketClient:
 
     @property
     def blocked_partitions(self) -> list[dict]:
-        """The (instance, partition) pairs whose latest status is "blocked": each
-        {instance, partition, offset, version, judges_with}, sorted by partition then
-        instance."""
+        """The (instance, partition) pairs of DOCKET_INSTANCES' instances whose latest
+        status is "blocked": each {instance, partition, offset, version, judges_with},
+        sorted by partition then instance. Another instance's records are kept but not
+        listed (app/status.py of_instances): nothing of this deployment replaces them."""
+        deployed = set(self.settings.instances)
         out = [{k: v for k, v in rec.items() if k != "state"} for rec in self._statuses.values()
-               if rec["state"] == "blocked"]
+               if rec["state"] == "blocked" and rec["instance"] in deployed]
         return sorted(out, key=lambda r: (r["partition"], r["instance"]))
 
     def on_entity_record(self, key: bytes | None, raw: bytes | None) -> None:

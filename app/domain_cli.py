@@ -27,7 +27,7 @@ from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.registry import Rejection, UnknownDomain, registry, version_number, version_rule
 from app.settings import ConfigError, Settings, load
-from app.status import check_partition_count, domain_conflict, domains_of, read_statuses
+from app.status import check_partition_count, domain_conflict, domains_of, of_instances, read_statuses
 from app.versions import ACTIVATE_EVENT, ACTIVATION_KEY, DomainVersions, activation_record
 
 # How many input records `docket domain activate` reads per step back from a
@@ -278,7 +278,8 @@ def _kafka_failures(timed_out: str, failed: Callable[[Exception], str]) -> Itera
 def status_cmd(timeout_s: float) -> None:
     """Print which version each instance judges each input partition with.
 
-    From the instances' status records (<prefix>.status): per partition and instance,
+    From the status records (<prefix>.status) of DOCKET_INSTANCES' instances (those of
+    any other instance are named on stderr and ignored): per partition and instance,
     "judging" with the version and the offset of the activation that chose it (-1:
     the base, no activation), or "blocked" at an offset, with what the instance's
     WARNING says to do; then the partitions no status record names yet. When the
@@ -287,9 +288,14 @@ def status_cmd(timeout_s: float) -> None:
     domain exits 2."""
     settings = load()
     name = domain_name(settings)
-    statuses = _statuses(settings, timeout_s)
+    statuses, others = of_instances(_statuses(settings, timeout_s), settings.instances)
+    if others:
+        # they would stay for good (a compacted topic), and read as the deployment's
+        click.echo(f"ignoring the status records of {', '.join(others)}: not in DOCKET_INSTANCES="
+                   f"{','.join(settings.instances)} (a worker started with other instances wrote them)", err=True)
     if not statuses:
-        click.echo(f"no status record on {settings.status_topic} yet: no instance has processed an event")
+        click.echo(f"no status record on {settings.status_topic} yet: no instance of "
+                   f"{','.join(settings.instances)} has processed an event")
         return
     wrong = wrong_domain(name, settings, statuses)
     if wrong is not None:

@@ -38,6 +38,19 @@ def parse_status(key: bytes | None, raw: bytes | None) -> dict | None:
     return rec
 
 
+def of_instances(statuses: list[dict], instances: tuple[str, ...]) -> tuple[list[dict], list[str]]:
+    """Split status records by DOCKET_INSTANCES: ``(the records of ``instances``, in
+    their order; the sorted names of the other instances that wrote some)``. The
+    compacted topic keeps a record for good once written, so a worker started with
+    another DOCKET_INSTANCES (a third instance tried and stopped) or a stray producer
+    leaves records that no deployed instance will ever replace; the deployment's
+    readers ignore them (StatusOfOtherInstancesIgnored)."""
+    deployed = set(instances)
+    ours = [r for r in statuses if r["instance"] in deployed]
+    others = sorted({r["instance"] for r in statuses} - deployed)
+    return ours, others
+
+
 def domains_of(statuses: list[dict]) -> set[str]:
     """The domain names the status records' versions (``<name>/<n>``) belong to."""
     names = set()
@@ -48,10 +61,12 @@ def domains_of(statuses: list[dict]) -> set[str]:
 
 
 def domain_conflict(settings: Settings, statuses: list[dict]) -> str | None:
-    """None when the status records name no domain other than DOCKET_DOMAIN; else
-    what is wrong and what to do (one topic prefix serves one domain: an instance of
-    another domain would misread the topics' events and activation history)."""
-    others = sorted(domains_of(statuses) - {settings.domain})
+    """None when the status records of DOCKET_INSTANCES' instances name no domain
+    other than DOCKET_DOMAIN; else what is wrong and what to do (one topic prefix
+    serves one domain: an instance of another domain would misread the topics' events
+    and activation history). Other instances' records are not read (:func:`of_instances`):
+    one stray record must not keep the deployment from starting."""
+    others = sorted(domains_of(of_instances(statuses, settings.instances)[0]) - {settings.domain})
     if not others:
         return None
     return (f"the topics under DOCKET_TOPIC_PREFIX={settings.topic_prefix} at {settings.kafka_bootstrap} belong to "

@@ -1957,6 +1957,24 @@ def test_client_index_costs_about_a_kilobyte_per_key(settings) -> None:
     assert per_key < 1500, f"{per_key:.0f} bytes per remembered key ({len(records[0])}-byte results)"
 
 
+async def test_readyz_lists_no_blocked_partition_of_an_instance_outside_docket_instances(http) -> None:
+    """StatusOfOtherInstancesIgnored: a third instance c, started with
+    DOCKET_INSTANCES=a,b,c and a version limit, blocked partitions and stopped; its
+    records stay on the compacted topic, and an API of a and b listed them for good (the
+    tenth fresh-user trial). It lists a's, not c's."""
+    from app.versions import status_record
+
+    tc, client = http
+    assert client.settings.instances == ("a", "b")
+    client.on_status(*status_record("c", 0, "blocked", 5, "inventory/2", ["inventory/1"], "raise the limit"))
+    client.on_status(*status_record("a", 4, "blocked", 8, "inventory/2", ["inventory/1"]))
+    body = await (await tc.get("/readyz")).json()
+    assert [(b["instance"], b["partition"]) for b in body["blocked_partitions"]] == [("a", 4)]
+    assert "c:" not in body["blocked_message"] and "raise the limit" not in body["blocked_message"]
+    client.on_status(b"a:4", None)
+    assert "blocked_partitions" not in await (await tc.get("/readyz")).json()
+
+
 async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> None:
     """ApiShowsBlockedPartitions (specs/versioning.allium): status records of the status
     topic (app/versions.py status_record) feed /readyz: a partition whose latest record
@@ -1976,10 +1994,10 @@ async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> No
         ("a", 1, 9), ("a", 2, 40)]
     assert "a on partition 1 at offset 9 (inventory/2)" in body["blocked_message"]
     assert "What to do: a: upgrade this worker to code that registers inventory/2" in body["blocked_message"]
-    client.on_status(*status_record("c", 3, "blocked", 7, "inventory/2", ["inventory/1"],
+    client.on_status(*status_record("b", 3, "blocked", 7, "inventory/2", ["inventory/1"],
                                     "raise DOCKET_DOMAIN_VERSION_LIMIT"))
-    assert "c: raise DOCKET_DOMAIN_VERSION_LIMIT." in (await (await tc.get("/readyz")).json())["blocked_message"]
-    client.on_status(b"c:3", None)
+    assert "b: raise DOCKET_DOMAIN_VERSION_LIMIT." in (await (await tc.get("/readyz")).json())["blocked_message"]
+    client.on_status(b"b:3", None)
     assert resp.status == 503 and body["checks"]["kafka_connected"] is False  # unready for its own reasons only
     client.on_status(*status_record("a", 2, "judging", 40, "inventory/2", ["inventory/1", "inventory/2"]))
     client.on_status(b"a:1", None)

@@ -235,6 +235,23 @@ def test_status_under_another_domain_prints_one_line_and_no_table(cli_env) -> No
     assert out.exit_code == 0 and out.stdout.count(" judging ") == 2 and "blocked" in out.stdout, out.output
 
 
+def test_status_ignores_the_records_of_instances_outside_docket_instances(cli_env) -> None:
+    """StatusOfOtherInstancesIgnored: `docket domain status` shows the rows of
+    DOCKET_INSTANCES' instances and names the others on stderr; a stray record of
+    another domain under another instance's name is no refusal."""
+    stray = [parse_status(*status_record("c", 1, "blocked", 3, "inventory/2", ["inventory/1"], "raise it")),
+             parse_status(*status_record("junk", 5, "judging", 5, "accounts/1", ["accounts/1"]))]
+    cli_env.setattr(domain_cli, "_statuses", lambda settings, timeout_s: inventory_statuses() + stray)
+    cli_env.setenv("DOCKET_DOMAIN", "inventory")
+    out = CliRunner().invoke(domain_cli.domain, ["status"])
+    assert out.exit_code == 0, out.output
+    assert " c " not in out.stdout and "junk" not in out.stdout and out.stdout.count(" judging ") == 2, out.stdout
+    assert "ignoring the status records of c, junk: not in DOCKET_INSTANCES=a,b" in out.stderr
+    cli_env.setattr(domain_cli, "_statuses", lambda settings, timeout_s: stray)
+    out = CliRunner().invoke(domain_cli.domain, ["status"])
+    assert out.exit_code == 0 and "no instance of a,b has processed an event" in out.stdout, out.output
+
+
 def test_status_of_a_domain_nobody_registered_is_a_setting_error(cli_env) -> None:
     """StatusOfAnotherDomainRefused (UnknownDomainRefusedAtStart): a DOCKET_DOMAIN that
     names no domain is refused before Kafka is read, exit 2, naming the registered

@@ -440,6 +440,26 @@ def test_status_records_name_the_domain_their_topics_serve(monkeypatch) -> None:
     assert "belong to the inventory domain" in problem and "set DOCKET_DOMAIN=inventory" in problem
 
 
+def test_a_stray_instances_record_of_another_domain_is_no_conflict(monkeypatch) -> None:
+    """StatusOfOtherInstancesIgnored, TopicsServeOneDomain: one record of an instance
+    outside DOCKET_INSTANCES naming accounts/1, beside a's and b's inventory records,
+    made the inventory API exit 2 and the instances refuse to start (the tenth
+    fresh-user trial). Only the deployment's records name the topics' domain."""
+    from app.settings import load
+    from app.status import domain_conflict, of_instances, parse_status
+    from app.versions import status_record
+
+    a = parse_status(*status_record("a", 0, "judging", -1, "inventory/2", ["inventory/1", "inventory/2"]))
+    b = parse_status(*status_record("b", 0, "judging", -1, "inventory/2", ["inventory/1", "inventory/2"]))
+    junk = parse_status(*status_record("junk", 5, "judging", 5, "accounts/1", ["accounts/1"]))
+    c = parse_status(*status_record("c", 1, "blocked", 3, "inventory/2", ["inventory/1"]))
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    assert of_instances([a, junk, c, b], ("a", "b")) == ([a, b], ["c", "junk"])
+    assert domain_conflict(load(), [a, junk, b]) is None
+    monkeypatch.setenv("DOCKET_INSTANCES", "a,b,junk")  # now junk is one of them, and its record counts
+    assert "belong to the accounts domain" in domain_conflict(load(), [a, junk, b])
+
+
 def test_domain_status_names_the_partitions_without_a_status(monkeypatch) -> None:
     """TopicsServeOneDomain (`docket domain status`): every status record, then the
     partitions no instance has processed a record of, which have none (they were left
