@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from app import content_coding, logs, openapi
 from app.canonical import NotIJson, loads_strict, shown_name, utf8_problem
+from app.cli_types import ANY_PORT
 from app.records import cut_detail
 from app.client import (ClientNotStarted, DocketClient, KafkaUnavailable, KeyReused, KeyStatus, Submission, TopicsMissing,
                         ValidationError)
@@ -1075,7 +1076,8 @@ async def serve(app: web.Application, host: str, port: int, *, access_log: bool 
 
 @click.command("api")
 @click.option("--host", default=None, help="listen address [default: $DOCKET_API_HOST]")
-@click.option("--port", type=int, default=None, help="listen port [default: $DOCKET_API_PORT]")
+@click.option("--port", type=ANY_PORT, default=None,
+              help="listen port, 0 for a free one [default: $DOCKET_API_PORT]")
 @click.option("--insecure-no-auth", is_flag=True,
               help="FOR LOCAL TESTS ONLY: accept /v1 requests without a bearer token")
 def api(host: str | None, port: int | None, insecure_no_auth: bool) -> None:

@@ -1,8 +1,10 @@
-"""Parameter types the `docket` commands share: a number of seconds and a TCP port,
-refused as usage errors (exit 2, naming the option) instead of being passed on to fail
-later with a misleading message (the eighth fresh-user trial: `--timeout 0` was "could
-not read ... within 0 s: is the broker up?", `--web-port 99999` a 70-line traceback
-from Faust)."""
+"""Parameter types the `docket` commands share: a number of seconds, a TCP port and a
+finite number in a range, refused as usage errors (exit 2, naming the option) instead
+of being passed on to fail later with a misleading message (the eighth fresh-user
+trial: `--timeout 0` was "could not read ... within 0 s: is the broker up?",
+`--web-port 99999` a 70-line traceback from Faust; a later one: `docket chaos --rate
+nan` a ValueError once the stack was up, `--drain-timeout -1` a run reporting events
+lost, `docket api --port 70000` an OverflowError traceback)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,21 @@ import click
 
 # A server port an option names: 1-65535 (Faust refuses 0 for its web server).
 PORT = click.IntRange(1, 65535)
+# A listening port where 0 asks the OS for a free one, as the port settings allow
+# (app/settings.py _port): `docket api --port`, whose option and DOCKET_API_PORT must agree.
+ANY_PORT = click.IntRange(0, 65535)
+
+
+class FiniteRange(click.FloatRange):
+    """A click.FloatRange that refuses nan and inf as well: nan compares false with
+    every bound, so a FloatRange lets it through whatever its bounds, and inf passes any
+    range without a maximum."""
+
+    def convert(self, value, param, ctx) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 class Seconds(click.ParamType):

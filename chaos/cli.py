@@ -36,6 +36,7 @@ import click
 import orjson
 from rich.markup import escape
 
+from app.cli_types import FiniteRange, Seconds
 from chaos.scenarios import SCENARIOS, Events, Options, Scenario
 from chaos.verify import invariants
 
@@ -277,7 +278,7 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
               help="write the JSON report here")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the summary as a Markdown table here")
-@click.option("--rate", type=click.FloatRange(min=1), default=500.0, show_default=True,
+@click.option("--rate", type=FiniteRange(min=1), default=500.0, show_default=True,
               help="input events per second (a fixed schedule, so kills land mid-stream)")
 @click.option("--kills", type=click.IntRange(min=1), default=3, show_default=True,
               help="kill rounds per scenario")
@@ -290,8 +291,9 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
               help="the Warden's TTL (stream time; the workload spans 1 ms per event, so keys expire mid-run)")
 @click.option("--session-timeout-ms", type=click.IntRange(min=6000), default=6_000, show_default=True,
               help="the workers' consumer-group session timeout (how soon a killed worker's partitions move)")
-@click.option("--drain-timeout", "drain_timeout_s", type=float, default=None,
-              help="seconds to wait for every event's result after producing [default: 300 + events/100]")
+@click.option("--drain-timeout", "drain_timeout_s", type=Seconds(), default=None,
+              help="seconds to wait for every event's result after producing, more than 0 "
+                   "[default: 300 + events/100]")
 @click.option("--domain", default=None, metavar="NAME",
               help="the domain the instances evaluate and the workload is made for (one with a kit) "
                    "[default: DOCKET_DOMAIN, else inventory]")
@@ -328,7 +330,8 @@ def chaos(scenario, events, seed, report_path, markdown_path, rate, kills, recov
     opts = Options(events=events, seed=seed, rate=rate, kills=kills, recovery_kills=recovery_kills,
                    broker_restarts=broker_restarts, partitions=partitions, ttl_ms=ttl_ms,
                    session_timeout_ms=session_timeout_ms,
-                   drain_timeout_s=drain_timeout_s or 300 + events / 100, domain=domain, activate=activate)
+                   drain_timeout_s=300 + events / 100 if drain_timeout_s is None else drain_timeout_s,
+                   domain=domain, activate=activate)
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="docket-chaos-")) if own_dir else workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

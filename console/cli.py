@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from app.cli_types import FiniteRange
+
 log = logging.getLogger("docket.console")
 
 START_DEADLINE_S = 180.0  # broker boot + Faust start-up + the first rebalance on a busy 2-core machine
@@ -199,7 +201,7 @@ class _Stopped(Exception):
               envvar="DOCKET_CONSOLE_DATA_DIR",
               help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR; "
                    "default: $DOCKET_DATA_ROOT/console, var/console]")
-@click.option("--fault-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,
+@click.option("--fault-rate", type=FiniteRange(0, 1, min_open=True), default=0.3, show_default=True,
               envvar="DOCKET_CONSOLE_FAULT_RATE",
               help="share of records a corrupt switch corrupts [env DOCKET_CONSOLE_FAULT_RATE]")
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True,

@@ -60,3 +60,60 @@ def test_the_broker_port_is_a_tcp_port(monkeypatch: pytest.MonkeyPatch) -> None:
         load()
     monkeypatch.setenv("DOCKET_BROKER_PORT", "65535")
     assert load().kafka_bootstrap == "127.0.0.1:65535"
+
+
+# Each bad value comes before an option the command refuses too (`chaos`: an unknown
+# --domain, in its body; `console`: --port 0, which click checks after --fault-rate, as it
+# checks options in command-line order): were the bad value let through, the test fails
+# naming that other option at once instead of starting a broker and workers.
+_NO_DOMAIN = ["--domain", "no-such-domain"]
+
+
+@pytest.mark.parametrize(("args", "option", "says"), [
+    (["chaos", "--drain-timeout", "-1", *_NO_DOMAIN], "--drain-timeout", "is not a number of seconds more than 0"),
+    (["chaos", "--drain-timeout", "nan", *_NO_DOMAIN], "--drain-timeout", "is not a number of seconds more than 0"),
+    (["chaos", "--drain-timeout", "0", *_NO_DOMAIN], "--drain-timeout", "is not a number of seconds more than 0"),
+    (["chaos", "--rate", "nan", *_NO_DOMAIN], "--rate", "nan is not a finite number in the range x>=1"),
+    (["chaos", "--rate", "inf", *_NO_DOMAIN], "--rate", "inf is not a finite number in the range x>=1"),
+    (["console", "--fault-rate", "nan", "--port", "0"], "--fault-rate",
+     "nan is not a finite number in the range 0<x<=1"),
+    (["api", "--port", "-1"], "--port", "-1 is not in the range 0<=x<=65535"),
+    (["api", "--port", "70000"], "--port", "70000 is not in the range 0<=x<=65535"),
+])
+def test_chaos_console_and_api_options_are_checked_at_parse(args: list[str], option: str, says: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: before, `chaos --drain-timeout -1` (or nan, or 0,
+    which silently became the default) started a run that reported events lost,
+    `chaos --rate nan` a ValueError once the stack was up, `console --fault-rate nan`
+    was accepted and `api --port 70000` an OverflowError traceback (a fresh-user trial)."""
+    # without a token `api` stops on its settings: an unchecked --port still fails fast
+    monkeypatch.delenv("DOCKET_API_TOKENS", raising=False)
+    result = CliRunner().invoke(cli, args, prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output and says in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_api_port_may_be_zero_as_its_setting_may(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: `api --port 0` picks a free port as DOCKET_API_PORT=0
+    does, so the option takes 0-65535; the run goes on past parsing, here to stop on the
+    missing DOCKET_API_TOKENS before anything binds."""
+    monkeypatch.delenv("DOCKET_API_TOKENS", raising=False)
+    with pytest.raises(ConfigError, match="DOCKET_API_TOKENS"):
+        CliRunner().invoke(cli, ["api", "--port", "0"], prog_name="docket", catch_exceptions=False)
+    monkeypatch.setenv("DOCKET_API_PORT", "0")
+    assert load().api_port == 0
+
+
+@pytest.mark.parametrize("text", ["nan", "inf"])
+def test_a_finite_range_refuses_nan_and_inf(text: str) -> None:
+    """CommandOptionsCheckedAtParse: nan passes every FloatRange bound and inf any range
+    without a maximum; FiniteRange refuses both and passes what its range takes."""
+    import click
+
+    from app.cli_types import FiniteRange
+
+    with pytest.raises(click.BadParameter, match="is not a finite number"):
+        FiniteRange(min=1).convert(text, None, None)
+    assert FiniteRange(min=1).convert("2.5", None, None) == 2.5
+    assert FiniteRange(0, 1, min_open=True).convert("1", None, None) == 1.0
