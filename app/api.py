@@ -327,19 +327,28 @@ def parse_prefer(raw: str | None, timeout_s: float) -> tuple[float, str | None]:
     """RFC 7240 ``Prefer``: ``respond-async`` or ``wait=N`` (seconds) shorten the wait for
     the result; they never lengthen it past the server's timeout. Both together, in
     either order, mean "wait up to N s, then answer 202" (RFC 7240, section 4.3), so
-    the wait is N's; ``respond-async`` alone is no wait. The first valid ``wait`` counts;
-    anything else is ignored. Returns (seconds to wait, the Preference-Applied value or
-    None)."""
+    the wait is N's; ``respond-async`` alone is no wait.
+
+    ``raw`` is every Prefer field of the request joined with ", " (None or "" for none):
+    several fields are one list of preferences (RFC 7240, section 2; RFC 9110, section
+    5.3), so ``Prefer: respond-async`` and ``Prefer: wait=3`` sent as two fields, in
+    either order, are ``respond-async, wait=3``. A preference is ``token [ BWS "=" BWS
+    word ]`` (RFC 7240, section 2): ``wait = 3`` is ``wait=3``. The first valid ``wait``
+    counts, within a field or across fields (``wait=3, wait=9`` waits 3 s; an invalid one,
+    ``wait=x`` or ``wait=-1``, is skipped); parameters after ``;`` and anything else are
+    ignored. Returns (seconds to wait, the Preference-Applied value or None), e.g.
+    ``(3.0, "respond-async, wait=3")``."""
     if not raw:
         return timeout_s, None
     is_async, wait = False, None
     for pref in raw.split(","):
-        token = pref.split(";")[0].strip().lower()
-        if token == "respond-async":
+        name, eq, value = pref.split(";")[0].partition("=")
+        token = name.strip().lower()
+        if token == "respond-async" and not eq:  # it takes no value (RFC 7240, section 4.1)
             is_async = True
-        elif token.startswith("wait=") and wait is None:
+        elif token == "wait" and eq and wait is None:
             try:
-                wait = int(token[5:].strip().strip('"'))
+                wait = int(value.strip().strip('"'))
             except ValueError:
                 continue
             wait = wait if wait >= 0 else None
@@ -470,7 +479,8 @@ async def post_event(request: web.Request) -> web.Response:
     if errors:
         errors = _at_most(errors, MAX_FIELD_ERRORS)
         raise ApiError(400, "invalid_request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
-    wait_s, applied = parse_prefer(request.headers.get("Prefer"), config["timeout_s"])
+    # several Prefer fields are one list (RFC 7240, section 2): the first alone lost the rest
+    wait_s, applied = parse_prefer(", ".join(request.headers.getall("Prefer", [])), config["timeout_s"])
     try:
         sub = await client.submit(body["event_name"], body["payload"], key, timeout=wait_s,
                                   client=request.get(CLIENT_NAME))

@@ -1231,6 +1231,50 @@ def test_prefer_header_shortens_the_wait_only() -> None:
     assert parse_prefer("wait=-1, respond-async", 5.0) == (0.0, "respond-async")
 
 
+def test_prefer_fields_are_one_list_and_bws_is_allowed() -> None:
+    """ApiProducesWithAffinityKey: several Prefer fields are one list (RFC 7240, section
+    2), which the API joins with ", " before parse_prefer; BWS may surround "=" (a
+    fresh-user trial: `Prefer: wait = 3` was ignored)."""
+    assert parse_prefer("wait = 3", 5.0) == (3.0, "wait=3")
+    assert parse_prefer("wait =3, respond-async", 5.0) == (3.0, "respond-async, wait=3")
+    assert parse_prefer('respond-async, wait\t=\t"2"', 5.0) == (2.0, "respond-async, wait=2")
+    # the first valid wait counts, whether the two are in one field or two
+    assert parse_prefer("wait=3, wait=1", 5.0) == (3.0, "wait=3")
+    assert parse_prefer("wait=x, wait = 1", 5.0) == (1.0, "wait=1")
+    assert parse_prefer("wait=3;x=1, respond-async;y", 5.0) == (3.0, "respond-async, wait=3")
+    assert parse_prefer("respond-async=1", 5.0) == (5.0, None)  # respond-async takes no value
+    assert parse_prefer("waiting=1, wait", 5.0) == (5.0, None)
+
+
+@pytest.mark.parametrize("fields", [("respond-async", "wait=3"), ("wait=3", "respond-async"),
+                                    ("respond-async", "wait = 3")],
+                         ids=["async first", "wait first", "BWS"])
+async def test_two_prefer_fields_are_read_as_one_list(settings, fields) -> None:
+    """ApiProducesWithAffinityKey: `Prefer: respond-async` and `Prefer: wait=3` as two
+    header fields, in either order, wait up to 3 s, as the one-field form does (a
+    fresh-user trial: only the first field was read, so respond-async first answered
+    202 at once)."""
+    waits: list[float] = []
+
+    class Pending(DocketClient):
+        async def submit(self, event_name, payload, idempotency_key, timeout=None, *, client=None):
+            waits.append(timeout)
+            return Submission(idempotency_key, "pending", (1, 4))
+
+    app = create_app(settings, Pending(settings), connect=False)
+    headers = CIMultiDict(AUTH)
+    headers.update({"Idempotency-Key": "p-1", "Content-Type": "application/json"})
+    for field in fields:
+        headers.add("Prefer", field)
+    async with TestClient(TestServer(app)) as tc:
+        resp = await tc.post("/v1/events", data=orjson.dumps(adjust()), headers=headers)
+        body = await resp.json()
+    assert resp.status == 202, body
+    assert waits == [3.0]
+    assert resp.headers.getall("Preference-Applied") == ["respond-async, wait=3"]
+    assert body["message"].startswith("not decided within 3000 ms"), body
+
+
 # --------------------------------------------------------------------------- the client's index
 
 
