@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,9 @@ class DiffRow:
         return {"path": self.path, "values": dict(self.values)}
 
     def text(self) -> str:
-        return f"{self.path}: " + " ".join(f"{label}={_cut(v)}" for label, v in self.values.items())
+        """The row as the table shows it, ``path: a=10 b=11``: the path, copy labels
+        (instance ids) and values are a record's text, so they pass :func:`_printable`."""
+        return _printable(f"{self.path}: " + " ".join(f"{label}={_cut(v)}" for label, v in self.values.items()))
 
 
 def copy_labels(copies: list[dict]) -> list[str]:
@@ -399,15 +402,43 @@ def _original_of(report: dict) -> str:
 TABLE_DIFF_ROWS = 20
 
 
-# C0 and C1 control characters and DEL: a terminal acts on them (ESC [2J clears it)
-_CONTROLS = {c: f"\\u{c:04x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+# Control characters (Cc: C0, DEL, C1) a terminal acts on (ESC [2J clears it); format
+# characters (Cf) that reorder or hide text (U+202E RIGHT-TO-LEFT OVERRIDE shows what
+# follows reversed, U+200B is invisible); line and paragraph separators
+# (Zl, Zp), which break a cell's line where the record has none.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+class _Escapes(dict):
+    """The str.translate table of :func:`_printable`, filled as escaped characters are
+    met: the categories span the whole of Unicode (Cf reaches U+E007F), too many to list
+    at import. Only escapes are kept (a few hundred at most); any other character is a
+    KeyError, which str.translate leaves as it is."""
+
+    def __missing__(self, code: int) -> str:
+        if unicodedata.category(chr(code)) not in _ESCAPED_CATEGORIES:
+            raise KeyError(code)
+        if code <= 0xFFFF:
+            shown = f"\\u{code:04x}"
+        else:  # as JSON writes it: a surrogate pair
+            high, low = divmod(code - 0x10000, 0x400)
+            shown = f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+        self[code] = shown
+        return shown
+
+
+_ESCAPES = _Escapes()
 
 
 def _printable(text: str) -> str:
-    """``text`` with its control characters written as \\uXXXX, as the diff column's
-    JSON writes them: a Kafka-native producer's idempotency key may hold any, and the
-    table printed them raw to the operator's terminal (the ninth fresh-user trial)."""
-    return text.translate(_CONTROLS)
+    """``text`` with its control and format characters (Unicode categories Cc, Cf) and
+    line and paragraph separators (Zl, Zp) written as \\uXXXX, as JSON writes them
+    (one beyond U+FFFF as its surrogate pair, U+E0001 as \\udb40\\udc01), e.g.
+    "b\\x1b[2J" -> "b\\u001b[2J". Every string of a record the table shows passes
+    here: a Kafka-native producer's key or a corrupted report may hold any, and the table
+    printed them raw to the operator's terminal (the ninth fresh-user trial: ESC in a
+    key; a later trial: ESC and U+202E in a copy's instance)."""
+    return text.translate(_ESCAPES)
 
 
 def reports_table(reports: list[dict], title: str):
@@ -426,7 +457,7 @@ def reports_table(reports: list[dict], title: str):
                       Text(_printable(r["unreadable"])))
             continue
         inp = r.get("input") if isinstance(r.get("input"), dict) else {}
-        cause = str(r.get("cause"))
+        cause = _printable(str(r.get("cause")))
         if r.get("decided") is not None:
             cause += f"\n(decided {_printable(str(r['decided'])[:12])}; the result stands)"
         elif cause in FINISHING_CAUSES:
@@ -437,9 +468,11 @@ def reports_table(reports: list[dict], title: str):
         more = len(r["diff"]) - len(shown)
         diff = "\n".join([*(DiffRow(d["path"], d["values"]).text() for d in shown),
                           *([f"... and {more} more row(s): --json lists every one"] if more else [])]) or (
-            f"(the copies agree: a duplicate of {_original_of(r)}, which diverged)" if r.get("cause") == "original_diverged"
+            f"(the copies agree: a duplicate of {_printable(_original_of(r))}, which diverged)"
+            if r.get("cause") == "original_diverged"
             else "(no difference found)")
-        t.add_row(when, Text(f"{inp.get('partition')}@{inp.get('offset')}"), Text(cause), Text(named), Text(diff))
+        t.add_row(when, Text(_printable(f"{inp.get('partition')}@{inp.get('offset')}")), Text(cause), Text(named),
+                  Text(diff))
     return t
 
 

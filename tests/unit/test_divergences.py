@@ -307,16 +307,23 @@ def test_table_on_a_terminal_still_fits_the_screen() -> None:
     assert row not in screen.getvalue()
 
 
-def test_a_withheld_duplicate_is_listed_with_the_original_it_names() -> None:
-    """OperatorListsDivergences, ClerkWithholdsDuplicateOfDivergedOriginal: an
-    original_diverged report (the copies agree) is listed as nothing published, and
-    its diff column names the diverged original instead of "no difference found"."""
+def withheld_duplicate_report():
+    """The Clerk's original_diverged report (a Record) of input[0]@9, a duplicate whose
+    copies agree, of input[0]@5, whose copies (a quantity 10, b 11) diverged."""
     core = ClerkCore(("a", "b"), 2)
     core.on_copy(0, 5, "a", digest(canonical(out(5, quantity=10))), canonical(out(5, quantity=10)), None)
     core.on_copy(0, 5, "b", digest(canonical(out(5, quantity=11))), canonical(out(5, quantity=11)), None)
     dup = canonical(out(9, quantity=10, duplicate_of={"partition": 0, "offset": 5}))
     core.on_copy(0, 9, "a", digest(dup), dup, None)
     (report,) = core.on_copy(0, 9, "b", digest(dup), dup, None)
+    return report
+
+
+def test_a_withheld_duplicate_is_listed_with_the_original_it_names() -> None:
+    """OperatorListsDivergences, ClerkWithholdsDuplicateOfDivergedOriginal: an
+    original_diverged report (the copies agree) is listed as nothing published, and
+    its diff column names the diverged original instead of "no difference found"."""
+    report = withheld_duplicate_report()
     entry = report_entry(report.value, 0, 0, 7)
     assert entry["cause"] == "original_diverged" and entry["diff"] == []
     console = Console(width=200, record=True)
@@ -372,6 +379,40 @@ def test_control_characters_of_a_report_are_shown_escaped() -> None:
     text = console.export_text()
     assert "esc-3\\u001b[2J\\u001b]0;pwned\\u0007\\u009b" in text and "e\\u007f" in text, text
     assert not any(c in text for c in "\u001b\u0007\u007f\u009b")
+
+
+def test_every_string_of_a_report_in_the_table_is_escaped() -> None:
+    """OperatorListsDivergences: a copy's instance, a diff path and value, and the
+    original a duplicate names are a record's strings as much as its key: ESC, U+202E
+    (RIGHT-TO-LEFT OVERRIDE) and the other control and format characters are shown as
+    \\uXXXX (a copy's instance "b\\x1b[2J" was printed raw: a fresh-user trial)."""
+    original = orjson.loads(_clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11))))
+    original["copies"][1]["instance"] = "b\u001b[2J"
+    original["copies"][0]["instance"] = "a\u202eevil"
+    original["copies"][0]["body"]["outcome"]["detail"] = "d\u2066\u200b\u2028\U000e0001"
+    original["copies"][0]["body"]["k\u202e"] = 1
+    entry = report_entry(orjson.dumps(original), 0, 0, 3)
+    console = Console(width=300, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "b\\u001b[2J=11" in text and "a\\u202eevil=10" in text, text
+    assert 'a\\u202eevil="d\\u2066\\u200b\\u2028\\udb40\\udc01"' in text, text
+    assert '["k\\u202e"]: a\\u202eevil=1 b\\u001b[2J=<absent>' in text, text
+    assert not any(c in text for c in "\u001b\u202e\u2066\u200b\u2028\U000e0001"), text
+    # --json keeps the record's strings
+    assert [r["values"] for r in entry["diff"]][-1] == {"a\u202eevil": "10", "b\u001b[2J": "11"}
+
+    report = withheld_duplicate_report()
+    withheld = orjson.loads(report.value)
+    for c in withheld["copies"]:  # the original it names, as a corrupted copy could name it
+        c["body"]["duplicate_of"] = {"partition": "0\u202e", "offset": "5\u001b[2J"}
+    entry = report_entry(orjson.dumps(withheld), 0, 0, 7)
+    assert entry["cause"] == "original_diverged" and entry["diff"] == [], entry
+    console = Console(width=300, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert "a duplicate of 0\\u202e@5\\u001b[2J, which diverged" in text, text
+    assert not any(c in text for c in "\u001b\u202e"), text
 
 
 def test_a_since_of_no_time_is_a_usage_error() -> None:
