@@ -104,6 +104,39 @@ def _exists(pid: int) -> bool:
     return True
 
 
+async def test_a_request_line_the_parser_refuses_logs_nothing_of_the_token(console, caplog) -> None:
+    """ConsoleRefusesBadToken: ``GET /api/stream?token=<token>&x=<raw UTF-8 bytes>`` made
+    aiohttp log ERROR 'Error handling request' with a traceback quoting the request
+    line, the token in it (the tenth fresh-user trial). Served as `docket console`
+    serves (console/web.py make_runner): a 400, and no log record holds the token."""
+    import logging
+
+    from aiohttp import web
+
+    from console.web import make_runner
+
+    c = await console()
+    runner = make_runner(c.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001  the port the kernel chose
+        caplog.set_level(logging.DEBUG)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /api/stream?token={TOKEN}&x=".encode() + "é".encode() + b" HTTP/1.1\r\n"
+                     b"Host: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert head.split(b" ")[1] == b"400", head
+    logged = "\n".join(r.getMessage() + (caplog.text if r.exc_info else "") for r in caplog.records)
+    assert TOKEN not in logged and TOKEN not in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 async def test_api_needs_the_token_and_never_echoes_it(console) -> None:
     """ConsoleRefusesMissingToken, ConsoleRefusesBadToken, ConsoleAcceptsToken,
     ConsolePageNeedsNoToken: /api/* without a token is 401 missing_token; a wrong one
