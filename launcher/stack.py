@@ -342,8 +342,8 @@ docket: starting the stack ({names}) with honcho
   Kafka      {kafka.why}
   API        {base}   (OpenAPI: {base}/openapi.json)
   token      {token}   ({token_source})
-  metrics    {base}/metrics, Clerk: http://127.0.0.1:{settings.clerk_web_port}/metrics
-             {", ".join(f"instance {i}: http://127.0.0.1:{p}/metrics" for i, p in settings.instance_web_ports)}
+  metrics    {base}/metrics, Clerk: {metrics_url(settings, settings.clerk_web_port)}
+             {", ".join(f"instance {i}: {metrics_url(settings, p)}" for i, p in settings.instance_web_ports)}
   state      {settings.data_root} (RocksDB of each worker, the token){"; broker: " + str(settings.broker_dir) if kafka.local else ""}
   stop       Ctrl-C (or closing the terminal) stops the components{", then the broker" if kafka.local else ""}; `make run` again
              resumes the same state

@@ -133,6 +133,25 @@ def test_the_stacks_banner_names_the_procfiles_metrics_ports(procfile: dict[str,
     assert dict(load().instance_web_ports)["b"] == 7001
 
 
+def test_the_stacks_banner_prints_metrics_on_docket_metrics_host(monkeypatch) -> None:
+    """MetricsListenOnConfiguredAddress: under DOCKET_METRICS_HOST=::1 the banner named
+    http://127.0.0.1:<port>/metrics for the Clerk and the instances, where nothing
+    listened (the tenth fresh-user trial); it names [::1], and 127.0.0.1 for a
+    wildcard."""
+    from app.settings import load
+    from launcher.stack import banner
+
+    monkeypatch.setenv("DOCKET_METRICS_HOST", "::1")
+    settings = load()
+    text = banner(settings, "tok", "generated", "key-1")
+    assert f"Clerk: http://[::1]:{settings.clerk_web_port}/metrics" in text
+    for ident, port in settings.instance_web_ports:
+        assert f"instance {ident}: http://[::1]:{port}/metrics" in text
+    assert "127.0.0.1:" + str(settings.clerk_web_port) not in text
+    monkeypatch.setenv("DOCKET_METRICS_HOST", "0.0.0.0")
+    assert f"Clerk: http://127.0.0.1:{settings.clerk_web_port}/metrics" in banner(load(), "tok", "generated", "k")
+
+
 def test_compose_workers_serve_metrics_to_the_network_and_the_host(services: dict[str, dict]) -> None:
     """In compose each worker's /metrics listens on the container's interfaces
     (DOCKET_METRICS_HOST=0.0.0.0: reachable from the compose network) and is published
