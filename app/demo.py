@@ -105,6 +105,9 @@ class Demo:
         self.timeout_s = timeout_s
         self.tally = Tally()
         self.first_sent: dict[str, Request] = {}
+        # requests whose every send failed until the timeout: (request, when first
+        # sent, why); the API may have accepted one before the failure
+        self.unknown: list[tuple[Request, float, str]] = []
         self.session = None
 
     async def __aenter__(self) -> Self:
@@ -186,36 +189,63 @@ class Demo:
         attempts = 0
         async with gate:
             began = time.perf_counter()  # latency: from sending (not from queueing for the gate)
+            deadline = time.monotonic() + self.timeout_s
             while True:
                 attempts += 1
                 try:
                     async with self.session.post(f"{self.url}/v1/events", data=body, headers=headers) as r:
                         status, answer = r.status, await r.json(content_type=None)
                 except (TimeoutError, aiohttp.ClientError) as exc:
-                    if attempts < 5:
-                        t.resent += 1
-                        await asyncio.sleep(0.2 * attempts)  # back-off before sending again
-                        continue
-                    t.errors[type(exc).__name__] += 1
+                    why = type(exc).__name__
+                else:
+                    if status != 503:
+                        break
+                    why = "HTTP 503"
+                # not accepted, or accepted and the answer lost: the same key is safe to
+                # send again, for as long as one event's outcome is waited for (--timeout)
+                if time.monotonic() >= deadline:
+                    self.unknown.append((req, began, why))
                     return
-                if status == 503 and attempts < 5:  # not accepted or unknown: the same key is safe
-                    t.resent += 1
-                    await asyncio.sleep(0.5 * attempts)  # back-off before sending again
-                    continue
-                break
+                t.resent += 1
+                await asyncio.sleep(min(0.2 * attempts, 2.0))  # back-off before sending again
         if status == 202:
             t.polled += 1
             status, answer = await self.poll(req.key)
         self.record(req, status, answer, time.perf_counter() - began)
 
+    async def settle_unknown(self) -> None:
+        """Send once more, with the same key, each request whose sends all failed until
+        the timeout (the API down meanwhile): the API may have accepted one before a
+        failure, and the checks must count it if it was applied; a repeat answers the
+        original's outcome, or submits it if it never arrived. What still fails is
+        counted as an error under its failure (``Tally.errors``) and stays in
+        ``self.unknown``: its fate is not known, and the checks count it as not applied."""
+        unknown, self.unknown = self.unknown, []
+        gate = asyncio.Semaphore(self.concurrency)
+        await asyncio.gather(*(self.submit(req, gate) for req, _began, _why in unknown))
+        for _req, _began, why in self.unknown:
+            self.tally.done += 1
+            self.tally.errors[why] += 1
+
     async def poll(self, key: str) -> tuple[int, dict]:
-        """Poll GET /v1/events/{key} until decided or diverged (or the timeout)."""
+        """Poll GET /v1/events/{key} until decided or diverged (or the timeout), through
+        transport failures (the API restarting: it died with a traceback before).
+        Returns (status, answer): 200 applied, 409 rejected, 422 key reused, 502
+        diverged, 202 not decided at the timeout (the answer last read, ``{}`` if none)."""
+        import aiohttp
+
         deadline = time.monotonic() + self.timeout_s
         while True:
-            async with self.session.get(f"{self.url}/v1/events/{quote(key, safe='')}", headers=self.headers) as r:
-                answer = await r.json(content_type=None)
+            try:
+                async with self.session.get(f"{self.url}/v1/events/{quote(key, safe='')}",
+                                            headers=self.headers) as r:
+                    answer, status = await r.json(content_type=None), r.status
+            except (TimeoutError, aiohttp.ClientError, ValueError):  # ValueError: not JSON
+                answer, status = {}, 503  # the API restarting, or a proxy's page: ask again
+            if not isinstance(answer, dict):
+                answer = {}
             state = answer.get("state")
-            if r.status == 200 and state == "decided":
+            if status == 200 and state == "decided":
                 outcome = answer.get("outcome") or {}
                 if outcome.get("status") == "applied":
                     return 200, answer
@@ -281,6 +311,8 @@ class Demo:
     async def read_entities(self, keys: list[str], deadline_s: float = 30.0) -> dict[str, dict | None]:
         """GET every entity; wait (up to ``deadline_s``) until each has reached the highest
         version an answer reported, so the check sees the state after the last event."""
+        import aiohttp
+
         gate = asyncio.Semaphore(self.concurrency)
         found: dict[str, dict | None] = {}
 
@@ -291,9 +323,12 @@ class Demo:
             want = self.tally.versions.get(key, 0)
             async with gate:
                 while True:
-                    async with self.session.get(url, headers=self.headers) as r:
-                        body = await r.json(content_type=None)
-                    ent = body if r.status == 200 else None
+                    try:
+                        async with self.session.get(url, headers=self.headers) as r:
+                            body, status = await r.json(content_type=None), r.status
+                    except (TimeoutError, aiohttp.ClientError, ValueError):  # ValueError: not JSON
+                        body, status = None, 503  # the API restarting: ask again until the deadline
+                    ent = body if status == 200 and isinstance(body, dict) else None
                     if (ent or {}).get("version", 0) >= want or time.monotonic() >= deadline:
                         found[key] = ent
                         return
@@ -389,6 +424,7 @@ async def run_demo(url: str, token: str, kit, *, events: int, seed: int, concurr
                 seconds = await demo.run(requests, progress)
         else:
             seconds = await demo.run(requests)
+        await demo.settle_unknown()
         t = demo.tally
         keys = sorted({k for r in requests for k in kit.domain.entity_keys(r.event_name, r.payload)})
         entities = await demo.read_entities(keys)
@@ -408,6 +444,7 @@ async def run_demo(url: str, token: str, kit, *, events: int, seed: int, concurr
         "divergences": t.diverged,
         "undecided": t.undecided,
         "errors": dict(t.errors),
+        "unknown_fate": len(demo.unknown),
         "resent": t.resent,
         "polled": t.polled,
         "latency_ms": {"p50": _quantile(ms, 0.50), "p99": _quantile(ms, 0.99), "max": max(ms, default=None)},
@@ -542,6 +579,10 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(summary_table(summary))
+        if summary["unknown_fate"]:
+            click.echo(f"{summary['unknown_fate']} request(s) could not be sent within --timeout "
+                       f"({timeout_s:g} s), nor once more at the end: the API may have applied them, and the "
+                       "checks below count them as not applied", err=True)
         for name, c in summary["balance"]["checks"].items():
             if not c["passed"]:
                 click.echo(f"{name} failed: {c['detail']}", err=True)

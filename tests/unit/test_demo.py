@@ -344,3 +344,97 @@ def test_docket_demo_refuses_an_unsupported_scheme_before_connecting(monkeypatch
         "Error: --url 'ftp://x' uses the unsupported scheme 'ftp'; docket demo supports only http and https: "
         "write http://HOST:PORT or https://HOST:PORT, e.g. --url http://127.0.0.1:8123 (`docket api`'s address "
         "by default)"], out.output
+
+
+def outage_app(down_s: float, decided_after_s: float | None = None) -> tuple[web.Application, dict]:
+    """A stand-in for docket's API that, for ``down_s`` seconds from its first request,
+    takes every POST (the event is applied) and then drops the connection before
+    answering, as an API killed with requests in flight; afterwards a POST of a known
+    key answers the original's outcome as a replay. With ``decided_after_s``, a POST
+    after the outage answers 202 and GET /v1/events/{key} drops the connection until
+    then, and answers decided after."""
+    seen: dict = {"applied": {}, "began": None, "gets": 0}
+
+    def elapsed() -> float:
+        now = asyncio.get_running_loop().time()
+        seen["began"] = seen["began"] if seen["began"] is not None else now
+        return now - seen["began"]
+
+    def outcome(key: str) -> dict:
+        return {"outcome": {"status": "applied", "entities": []}, "idempotency_key": key}
+
+    async def post(request: web.Request) -> web.StreamResponse:
+        key = request.headers["Idempotency-Key"]
+        first = key not in seen["applied"]
+        seen["applied"].setdefault(key, await request.json())
+        if elapsed() < down_s:
+            request.transport.close()  # accepted, the answer lost
+            raise ConnectionResetError("the API went down")
+        if decided_after_s is not None:
+            return web.json_response({"state": "pending", "idempotency_key": key}, status=202)
+        return web.json_response({**outcome(key), "replay": not first})
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        seen["gets"] += 1
+        if elapsed() < decided_after_s:
+            request.transport.close()
+            raise ConnectionResetError("the API went down")
+        return web.json_response({**outcome(request.match_info["key"]), "state": "decided"})
+
+    app = web.Application()
+    app.router.add_post("/v1/events", post)
+    app.router.add_get("/v1/events/{key}", get)
+    return app, seen
+
+
+def adjustments(n: int) -> list[Request]:
+    return [Request(f"lane-{i}", f"k-{i}", ADJUST, {"warehouse": "w", "sku": f"s{i}", "delta": 5}) for i in range(n)]
+
+
+async def test_requests_are_sent_again_through_an_outage_and_counted_applied() -> None:
+    """DemoCountsRequestsThroughAnOutage: every request is accepted and its answer lost
+    for 3 s, longer than the five sends of 0.2 to 0.8 s back-off the demo used to make;
+    it keeps sending with the same key within --timeout, and counts each as applied
+    (the API answers the original's outcome), with no error."""
+    app, seen = outage_app(down_s=3.0)
+    async with TestServer(app) as server:
+        async with Demo(str(server.make_url("")), "t", 4, timeout_s=20) as demo:
+            await demo.run(adjustments(4))
+            await demo.settle_unknown()
+    t = demo.tally
+    assert not t.errors and not demo.unknown and t.resent > 4 * 4, (t.errors, t.resent)
+    assert sorted(t.applied_keys) == sorted(seen["applied"]) == [f"k-{i}" for i in range(4)]
+
+
+async def test_what_failed_until_the_timeout_is_sent_once_more_at_the_end() -> None:
+    """DemoCountsRequestsThroughAnOutage: with a 1-s --timeout and a 2.5-s outage each
+    send fails until its timeout; the demo sends them once more after the rest, once
+    the API is back, and counts them applied, not lost. An API still down at the end
+    leaves errors, and the requests named as of unknown fate."""
+    app, _seen = outage_app(down_s=2.5)
+    async with TestServer(app) as server:
+        async with Demo(str(server.make_url("")), "t", 4, timeout_s=1.0) as demo:
+            await demo.run(adjustments(3))
+            assert [req.key for req, _b, _w in demo.unknown] == ["k-0", "k-1", "k-2"]
+            await asyncio.sleep(1.6)  # the API comes back meanwhile (synchronised on its clock)
+            await demo.settle_unknown()
+    assert not demo.tally.errors and sorted(demo.tally.applied_keys) == ["k-0", "k-1", "k-2"]
+    app, _seen = outage_app(down_s=60.0)
+    async with TestServer(app) as server:
+        async with Demo(str(server.make_url("")), "t", 4, timeout_s=0.5) as demo:
+            await demo.run(adjustments(2))
+            await demo.settle_unknown()
+    assert sum(demo.tally.errors.values()) == 2 and len(demo.unknown) == 2 and demo.tally.done == 2
+    assert set(demo.tally.errors) <= {"ServerDisconnectedError", "ClientOSError"}, demo.tally.errors
+
+
+async def test_polling_a_pending_event_asks_again_through_a_dropped_connection() -> None:
+    """DemoCountsRequestsThroughAnOutage: a 202 answer, then GET /v1/events/{key}
+    dropping the connection for 1.5 s: the demo ended in a ClientConnectorError
+    traceback; it polls on and records the event decided."""
+    app, seen = outage_app(down_s=0.0, decided_after_s=1.5)
+    async with TestServer(app) as server:
+        async with Demo(str(server.make_url("")), "t", 2, timeout_s=10) as demo:
+            await demo.run(adjustments(1))
+    assert demo.tally.polled == 1 and demo.tally.applied == 1 and not demo.tally.errors
+    assert seen["gets"] > 1
