@@ -383,16 +383,21 @@ class StackKafka:
 
 def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callable[[int], bool] | None = None,
                 own_broker_runs: Callable[[], bool] | None = None,
-                own_broker_background: Callable[[], bool] | None = None) -> StackKafka:
+                own_broker_background: Callable[[], bool] | None = None,
+                stack_holder: Callable[[], str | None] | None = None) -> StackKafka:
     """The stack's Kafka: its own broker when DOCKET_KAFKA_BOOTSTRAP is unset (in ``env``)
     or names that broker's address (127.0.0.1 or localhost, DOCKET_BROKER_PORT) while
     the port is free or held by the broker of DOCKET_BROKER_DIR in the foreground (an
     earlier stack's, still stopping); the broker of DOCKET_BROKER_DIR as it is when it
     runs in the background (`docket broker start`: the stack neither starts a second
-    one on its directory nor stops it); the Kafka at DOCKET_KAFKA_BOOTSTRAP otherwise.
-    StackError, saying what to do, when the variable is unset and another process holds
-    the port. ``port_free(port)``, ``own_broker_runs()`` and ``own_broker_background()``
-    default to the launcher's checks (tests pass their own)."""
+    one on its directory nor stops it); the Kafka at DOCKET_KAFKA_BOOTSTRAP otherwise,
+    also when it names the foreground broker of another stack that runs from
+    DOCKET_BROKER_DIR (the variable says to use it: waiting for that stack's lock, the
+    second stack failed after 20 s; the tenth fresh-user trial). StackError, saying
+    what to do, when the variable is unset and another process holds the port.
+    ``port_free(port)``, ``own_broker_runs()``, ``own_broker_background()`` and
+    ``stack_holder()`` (the pid of the stack holding DOCKET_BROKER_DIR, or None) default
+    to the launcher's checks (tests pass their own)."""
     from launcher import broker as launcher
 
     port_free = port_free or launcher._port_free
@@ -409,6 +414,14 @@ def stack_kafka(settings: Settings, env: Mapping[str, str], *, port_free: Callab
         return StackKafka(False, bootstrap, f"the local broker already running on {bootstrap} from "
                           f"{settings.broker_dir} (`docket broker start`); this stack neither starts nor stops it "
                           "(`docket broker stop` does)")
+    if not port_free(port) and given and own_broker_runs():
+        from launcher import stacklock
+
+        holder = (stack_holder or (lambda: stacklock.holder(settings.broker_dir)))()
+        if holder is not None:
+            return StackKafka(False, given, f"the Kafka at {given} (DOCKET_KAFKA_BOOTSTRAP): the broker of the "
+                              f"docket stack running from {settings.broker_dir} (pid {holder}); this stack neither "
+                              "starts nor stops it, and loses Kafka when that stack stops")
     if port_free(port) or own_broker_runs():
         return StackKafka(True, f"{launcher.HOST}:{port}", f"a local broker on {launcher.HOST}:{port}, data in "
                           f"{settings.broker_dir}")

@@ -27,9 +27,10 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return dataclasses.replace(load(), broker_port=19092, broker_dir=tmp_path / "broker")
 
 
-def decide(settings, env: dict, *, free: bool, own: bool = False, background: bool = False):
+def decide(settings, env: dict, *, free: bool, own: bool = False, background: bool = False,
+           holder: str | None = None):
     return stack_kafka(settings, env, port_free=lambda _port: free, own_broker_runs=lambda: own or background,
-                       own_broker_background=lambda: background)
+                       own_broker_background=lambda: background, stack_holder=lambda: holder)
 
 
 def test_unset_bootstrap_starts_the_local_broker(settings) -> None:
@@ -74,6 +75,20 @@ def test_a_background_broker_of_the_broker_dir_is_used_as_it_is(settings) -> Non
     # a bootstrap elsewhere wins over the local broker, whatever runs
     assert decide(settings, {"DOCKET_KAFKA_BOOTSTRAP": "kafka.example:9093"}, free=False,
                   background=True).bootstrap == "kafka.example:9093"
+
+
+def test_bootstrap_naming_another_running_stacks_broker_uses_it(settings) -> None:
+    """StackUsesYourKafka: DOCKET_KAFKA_BOOTSTRAP=127.0.0.1:<port> while another `make
+    run` (pid 4242) runs its broker there from the same DOCKET_BROKER_DIR: the second
+    stack waited 20 s for that stack's lock and failed (the tenth fresh-user trial); it
+    uses that Kafka and starts no broker. Unset, or with no stack holding the directory
+    (an earlier stack's broker still stopping), the stack's own broker waits for it."""
+    env = {"DOCKET_KAFKA_BOOTSTRAP": f"{HOST}:19092"}
+    k = decide(settings, env, free=False, own=True, holder="4242")
+    assert not k.local and k.bootstrap == f"{HOST}:19092"
+    assert "pid 4242" in k.why and "neither starts nor stops it" in k.why
+    assert decide(settings, {}, free=False, own=True, holder="4242").local
+    assert decide(settings, env, free=False, own=True, holder=None).local
 
 
 def test_taken_port_without_bootstrap_says_what_to_do(settings) -> None:
