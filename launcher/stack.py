@@ -456,10 +456,37 @@ def _servers(settings: Settings) -> list[tuple[str, int, str, str]]:
                       for i, port in settings.instance_web_ports]
 
 
-def refuse_busy_ports(settings: Settings) -> None:
+def shared_ports(settings: Settings, broker_port: int | None = None) -> list[str]:
+    """One message per port that two of the stack's servers are set to (the REST API,
+    the Clerk's and each instance's /metrics, and ``broker_port``, the stack's own
+    broker's, when it runs one), naming their settings: each would start, and the
+    second to bind fail, which one varying from run to run (the tenth fresh-user trial:
+    DOCKET_INSTANCE_A_WEB_PORT = DOCKET_INSTANCE_B_WEB_PORT ended in Faust's traceback,
+    or in a message blaming "another process"). Servers on different hosts, neither a
+    wildcard address, do not clash."""
+    from launcher import broker as launcher
+
+    servers = [(host, port, setting) for host, port, _what, setting in _servers(settings)]
+    if broker_port is not None:
+        servers.append((launcher.HOST, broker_port, "DOCKET_BROKER_PORT"))
+    wildcard = ("0.0.0.0", "::", "")
+    clashes: dict[int, list[str]] = {}
+    for i, (host, port, setting) in enumerate(servers):
+        for other_host, other_port, other in servers[:i]:
+            if port and port == other_port and (host == other_host or host in wildcard or other_host in wildcard):
+                names = clashes.setdefault(port, [other])
+                names.append(setting)
+                break
+    return [f"{' and '.join(names)} are {'both' if len(names) == 2 else 'all'} {port}: each server of the stack "
+            "needs a port of its own" for port, names in sorted(clashes.items())]
+
+
+def refuse_busy_ports(settings: Settings, broker_port: int | None = None) -> None:
     """StackError naming every busy port of the stack's servers (:func:`busy_ports`),
-    a host they cannot listen on (app/ports.py host_problem) or a port of 0: nothing is
-    started, since the components would each fail on them."""
+    a port two of them share (:func:`shared_ports`; ``broker_port``: the stack's own
+    broker's, when it runs one), a host they cannot listen on (app/ports.py
+    host_problem) or a port of 0: nothing is started, since the components would each
+    fail on them."""
     from app.ports import host_problem
 
     hosts = [(settings.api_host, "the REST API", "DOCKET_API_HOST"),
@@ -470,6 +497,7 @@ def refuse_busy_ports(settings: Settings) -> None:
     # printed http://127.0.0.1:0 and never became ready)
     busy += [f"{setting}=0 ({what}) picks a free port, which the stack cannot name to its clients: set a port "
              "(1-65535)" for _host, port, what, setting in _servers(settings) if port == 0]
+    busy += shared_ports(settings, broker_port)
     busy = busy or busy_ports(settings)
     if busy:
         raise StackError("; ".join(busy))
@@ -871,12 +899,13 @@ def run_cmd(procfile: Path) -> None:
     # nothing in the broker directory; but a stack still stopping there may hold them a
     # moment longer, so while one holds the lock they are checked once it has let go.
     stopping = kafka.local and stacklock.holder(settings.broker_dir) is not None
+    broker_port = settings.broker_port if kafka.local else None
     if own_procfile and not stopping:
-        refuse_busy_ports(settings)
+        refuse_busy_ports(settings, broker_port)
     if kafka.local:
         hold_broker_dir(settings.broker_dir)
     if own_procfile and stopping:
-        refuse_busy_ports(settings)
+        refuse_busy_ports(settings, broker_port)
     token, source = stack_token(settings)
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ)

@@ -65,6 +65,41 @@ def test_the_stacks_busy_ports_name_their_settings(held_port, monkeypatch: pytes
     assert busy_ports(settings, free=lambda _host, _port: True) == []
 
 
+def test_two_servers_of_the_stack_on_one_port_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServerPortInUseRefusedAtStart: DOCKET_INSTANCE_A_WEB_PORT = DOCKET_INSTANCE_B_WEB_PORT
+    started the stack, and the second instance to bind failed with Faust's traceback or a
+    message blaming "another process" (the tenth fresh-user trial); the settings that
+    share a port are named, the broker's among them when the stack runs its own."""
+    from launcher.stack import shared_ports
+
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    settings = dataclasses.replace(load(), api_port=7100, clerk_web_port=7101,
+                                   instance_web_ports=(("a", 7102), ("b", 7102)), broker_port=7100)
+    assert shared_ports(settings) == ["DOCKET_INSTANCE_A_WEB_PORT and DOCKET_INSTANCE_B_WEB_PORT are both 7102: "
+                                      "each server of the stack needs a port of its own"]
+    both = shared_ports(settings, broker_port=7100)
+    assert both[0].startswith("DOCKET_API_PORT and DOCKET_BROKER_PORT are both 7100") and len(both) == 2
+    apart = dataclasses.replace(settings, instance_web_ports=(("a", 7102), ("b", 7103)))
+    assert shared_ports(apart) == []
+    # on two hosts, neither a wildcard, two servers may share a port number
+    assert shared_ports(dataclasses.replace(settings, api_port=7101, api_host="127.0.0.2"),
+                        None)[0].startswith("DOCKET_INSTANCE_A")
+    assert len(shared_ports(dataclasses.replace(apart, api_port=7101, api_host="0.0.0.0"))) == 1
+
+
+def test_stack_run_starts_nothing_when_two_servers_share_a_port(tmp_path: Path) -> None:
+    """ServerPortInUseRefusedAtStart: `docket stack run` with both instances' /metrics on
+    one port exits 1 before starting anything, naming both settings."""
+    proc = _docket(["stack", "run"], _env(tmp_path, DOCKET_INSTANCE_A_WEB_PORT="16167",
+                                          DOCKET_INSTANCE_B_WEB_PORT="16167",
+                                          DOCKET_KAFKA_BOOTSTRAP="kafka.example:9093"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "DOCKET_INSTANCE_A_WEB_PORT and DOCKET_INSTANCE_B_WEB_PORT are both 16167" in proc.stderr
+    assert "starting the stack" not in out
+
+
 def test_docket_api_refuses_a_held_port_in_one_line(tmp_path: Path, held_port) -> None:
     """ServerPortInUseRefusedAtStart: `docket api` on a held port exits 1 with one Error
     line naming DOCKET_API_PORT, before it connects to Kafka (none runs here)."""
