@@ -473,7 +473,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")  # RFC 3986's scheme, the
 
 
 def url_problem(url: str, example: str) -> str | None:
-    """None when ``url`` is one the demo can send to (http or https, with a host), else
+    """None when ``url`` is one the demo can send to (http or https, with a host, a port
+    in 1-65535 when one is given, and no query or fragment), else
     one line saying what is wrong with it, that only http and https are supported and
     what a valid URL looks like (``example``: the default --url). Pure: the demo checks
     it before connecting, as aiohttp's own error for another scheme ("ftp://x/readyz")
@@ -488,11 +489,20 @@ def url_problem(url: str, example: str) -> str | None:
         return f"--url {url!r} uses the unsupported scheme {scheme!r}; {fix}"
     try:
         parts = urlsplit(url)
-        host, _port = parts.hostname, parts.port  # .port raises for one out of 0-65535
+        host, port = parts.hostname, parts.port  # .port raises for one out of 0-65535
     except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 address, port 99999
         return f"--url {url!r} is not a valid URL ({exc}); {fix}"
     if not host:
         return f"--url {url!r} names no host; {fix}"
+    if port == 0:  # nothing listens on port 0: connecting would only fail with "cannot reach"
+        return f"--url {url!r} names port 0, which no server listens on; {fix}"
+    # the demo appends its routes to --url, so "?x=1" or "#top" left it asking GET
+    # /readyz of a page that is not the API (404, "does not look like docket's REST API")
+    extra = [f"the query {'?' + parts.query!r}"] if parts.query else []
+    extra += [f"the fragment {'#' + parts.fragment!r}"] if parts.fragment else []
+    if extra:
+        return (f"--url {url!r} is not a base URL: drop {' and '.join(extra)} (the demo appends its own "
+                f"routes, /readyz and /v1/...); {fix}")
     if parts.username is not None or parts.password is not None:
         # aiohttp refuses credentials in the URL beside the Authorization header (a
         # traceback), and the banner would print the password: name neither

@@ -287,10 +287,16 @@ def test_docket_demo_at_a_metrics_port_ends_with_an_error_line() -> None:
     ("http://", "names no host"),
     ("https://[::1", "is not a valid URL"),
     ("http://127.0.0.1:99999", "is not a valid URL (Port out of range 0-65535)"),
+    ("http://127.0.0.1:0", "names port 0, which no server listens on"),
+    ("http://127.0.0.1:8080?x=1", "is not a base URL: drop the query '?x=1'"),
+    ("http://127.0.0.1:8080/#top", "is not a base URL: drop the fragment '#top'"),
+    ("http://h:1/?a=b#c", "is not a base URL: drop the query '?a=b' and the fragment '#c'"),
 ])
 def test_url_problem_names_what_is_wrong_and_how_a_url_looks(url: str, what: str) -> None:
     """DemoRefusesAnUnsupportedScheme: the URL, what is wrong with it, that only http and
-    https are supported, and what a valid one looks like (the default --url)."""
+    https are supported, and what a valid one looks like (the default --url). Port 0, a
+    query and a fragment went on to connect (a fresh-user trial: "?x=1" ended in "GET
+    /readyz answered 404 ... does not look like docket's REST API")."""
     from app.demo import url_problem
 
     problem = url_problem(url, "http://127.0.0.1:8080")
