@@ -226,7 +226,7 @@ class DocketWorker(faust.Worker):
                 asyncio.set_event_loop(self.loop)
         conf = self.app.conf
         problem = conf.web_enabled and host_problem(conf.web_bind, "this worker's web server, /metrics",
-                                                    "DOCKET_METRICS_HOST")
+                                                    web_bind_source(conf.web_bind))
         if problem:
             click.ClickException(problem).show()  # Faust would log a traceback and crash
             raise SystemExit(1)
@@ -239,6 +239,15 @@ class DocketWorker(faust.Worker):
             raise SystemExit(1)
         tune_process()
         return super().execute_from_commandline()
+
+
+def web_bind_source(web_bind: str) -> str:
+    """The setting or option a worker's web host ``web_bind`` came from, to name in a
+    message about it: DOCKET_METRICS_HOST when that variable holds it, else Faust's
+    --web-bind, which overrides the app's web_bind (the variable's value, or its
+    default). Naming the variable for --web-bind 192.0.2.1 sent the user to a setting
+    they never set (a fresh-user trial)."""
+    return "DOCKET_METRICS_HOST" if os.environ.get("DOCKET_METRICS_HOST", "").strip() == web_bind else "--web-bind"
 
 
 # Faust's Prometheus sensor names its metrics <prefix>_<name> (faust_consumer_commit_latency,

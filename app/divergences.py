@@ -228,7 +228,7 @@ async def read_reports(settings: Settings, *, since_ms: int | None = None, last:
                     todo.add(tp)
             while todo:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic} to its end offsets within {timeout_s:.0f} s "
+                    raise TimeoutError(f"could not read {topic} to its end offsets within {timeout_s:g} s "
                                        f"(partitions {sorted(tp.partition for tp in todo)} unfinished)")
                 for tp, msgs in (await consumer.getmany(*todo, timeout_ms=500)).items():
                     out[tp].extend(m for m in msgs if m.offset < ends[tp])
@@ -497,7 +497,11 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
         click.echo(f"docket divergences: topic {settings.divergences_topic} does not exist on "
                    f"{settings.kafka_bootstrap}; run `docket topics create`", err=True)
         sys.exit(1)
-    except (TimeoutError, OSError, KafkaError) as exc:
+    except TimeoutError as exc:  # before OSError, which it is: Kafka answered, but not within --timeout
+        click.echo(f"docket divergences: timed out at {settings.kafka_bootstrap}: {exc}; a longer --timeout "
+                   "may be all it needs", err=True)
+        sys.exit(1)
+    except (OSError, KafkaError) as exc:
         click.echo(f"docket divergences: cannot read {settings.divergences_topic} on "
                    f"{settings.kafka_bootstrap}: {exc}", err=True)
         sys.exit(1)

@@ -127,7 +127,7 @@ def activate(version: str, timeout_s: float, force: bool) -> None:
             f"Kafka at {settings.kafka_bootstrap} did not acknowledge the activation records within {timeout_s:g} "
             "s: check the broker and run it again (the repeat writes only where the version is not active yet)",
             lambda exc: f"could not activate {version} on {settings.input_topic} at {settings.kafka_bootstrap}: "
-                        f"{exc}; is the broker up and the topic created (`docket topics create`)?"):
+                        f"{exc}; is the broker up and the topic created (`docket topics create`)?", timeout_s):
         placed = asyncio.run(asyncio.wait_for(
             produce_activations(settings, version, None if force else needed), timeout_s))
     if not placed:
@@ -244,10 +244,11 @@ def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
     """The instances' status records (app/status.py), or click.ClickException saying
     why they cannot be read."""
     with _kafka_failures(
-            f"could not read {settings.status_topic} at {settings.kafka_bootstrap} within {timeout_s:g} s: is the "
-            "broker up and the topic created (`docket topics create`)?",
+            f"timed out: could not read {settings.status_topic} at {settings.kafka_bootstrap} within {timeout_s:g} s "
+            "(--timeout); a longer --timeout may be all it needs, else check that the broker is up and the topic "
+            "created (`docket topics create`)",
             lambda exc: f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
-                        "is the broker up?"):
+                        "is the broker up?", timeout_s):
         return asyncio.run(_checked_statuses(settings, timeout_s))
 
 
@@ -258,10 +259,12 @@ async def _checked_statuses(settings: Settings, timeout_s: float) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _kafka_failures(timed_out: str, failed: Callable[[Exception], str]) -> Iterator[None]:
+def _kafka_failures(timed_out: str, failed: Callable[[Exception], str], timeout_s: float) -> Iterator[None]:
     """Turn what a Kafka call in the block raises into click.ClickException:
-    ``timed_out`` for asyncio's timeout, ``failed(error)`` for a KafkaError or
-    OSError, a ConfigError's own message for a setting at fault."""
+    ``timed_out`` for asyncio's timeout, and for a KafkaError or OSError raised once
+    ``timeout_s`` seconds (the block's --timeout) have passed; ``failed(error)`` for
+    one raised sooner; a ConfigError's own message for a setting at fault."""
+    began = time.monotonic()
     try:
         yield
     except asyncio.TimeoutError:
@@ -269,6 +272,11 @@ def _kafka_failures(timed_out: str, failed: Callable[[Exception], str]) -> Itera
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:
+        # a connection attempt cut short by the timeout reports the broker unreachable
+        # (KafkaUnreachable): --timeout 0.001 blamed a broker that was up (a fresh-user
+        # trial). A broker that is down refuses at once, well within the timeout
+        if time.monotonic() - began >= timeout_s:
+            raise click.ClickException(timed_out) from None
         raise click.ClickException(failed(exc)) from None
 
 

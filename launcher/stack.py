@@ -67,7 +67,7 @@ import click
 
 from app.cli_types import Seconds
 from app.logs import QUIET_START_S
-from app.settings import Settings, load
+from app.settings import Settings, instance_id_problem, load
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
@@ -1033,12 +1033,21 @@ def _since_stack_start() -> float | None:
 def health_cmd(component: str, ident: str | None) -> None:
     """Exit 0 if COMPONENT is healthy (the compose file's healthchecks): Kafka answers;
     the topics exist; instance IDENT / the Clerk has a stable consumer group with a
-    member; the API answers /readyz."""
+    member; the API answers /readyz. Exit 2 (a usage error) for an IDENT that is not an
+    instance id, or one given to a component that takes none."""
+    # checked before anything connects: an invalid id was a silent exit 1 (its consumer
+    # group simply not found), and an argument to another component was ignored
+    if component != "instance" and ident is not None:
+        raise click.UsageError(f"Got unexpected extra argument ({ident}): only `instance` takes an id, "
+                               f"e.g. `docket stack health {component}`")
+    if component == "instance" and ident is None:
+        raise click.UsageError("instance needs its id, e.g. `docket stack health instance a`")
+    problem = ident is not None and instance_id_problem(ident)
+    if problem:
+        raise click.BadParameter(f"{ident!r}: {problem}", param_hint="'IDENT'")
     settings = load()
     if component == "api":
         sys.exit(0 if api_ready(api_base_url(settings)) else 1)
-    if component == "instance" and not ident:
-        raise click.UsageError("instance needs its id, e.g. `docket stack health instance a`")
     sys.exit(0 if asyncio.run(_healthy(settings, component, ident)) else 1)
 
 

@@ -117,3 +117,137 @@ def test_a_finite_range_refuses_nan_and_inf(text: str) -> None:
         FiniteRange(min=1).convert(text, None, None)
     assert FiniteRange(min=1).convert("2.5", None, None) == 2.5
     assert FiniteRange(0, 1, min_open=True).convert("1", None, None) == 1.0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["instance", "a b"], "Invalid value for 'IDENT': 'a b': an instance id may only use letters, digits"),
+    (["instance", ""], "Invalid value for 'IDENT': '': an instance id must not be empty"),
+    (["instance"], "instance needs its id"),
+    (["api", "x"], "Got unexpected extra argument (x): only `instance` takes an id"),
+    (["clerk", "a"], "Got unexpected extra argument (a): only `instance` takes an id"),
+])
+def test_stack_health_refuses_a_bad_id_or_an_argument_it_does_not_take(args: list[str], says: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: `docket stack health instance 'a b'` exited 1
+    silently (no consumer group of that name) and `docket stack health api x` ignored
+    the x (a fresh-user trial); both are usage errors (exit 2) before anything connects."""
+    import launcher.stack
+
+    monkeypatch.setattr(launcher.stack, "api_ready", lambda _base: pytest.fail("connected"))
+    monkeypatch.setattr(launcher.stack, "_healthy", lambda *_a: pytest.fail("connected"))
+    result = CliRunner().invoke(cli, ["stack", "health", *args], prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert says in result.output, result.output
+
+
+def test_stack_health_still_answers_for_a_valid_component(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: `api` alone and `instance a` pass the checks and
+    exit 0 or 1 as the component is healthy or not."""
+    import launcher.stack
+
+    async def healthy(_settings, component: str, ident: str | None) -> bool:
+        return (component, ident) == ("instance", "a")
+
+    monkeypatch.setattr(launcher.stack, "api_ready", lambda _base: False)
+    monkeypatch.setattr(launcher.stack, "_healthy", healthy)
+    run = CliRunner().invoke
+    assert run(cli, ["stack", "health", "api"], prog_name="docket").exit_code == 1
+    assert run(cli, ["stack", "health", "instance", "a"], prog_name="docket").exit_code == 0
+    assert run(cli, ["stack", "health", "instance", "b-2"], prog_name="docket").exit_code == 1
+
+
+def test_domain_status_says_a_too_short_timeout_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: `docket domain status --timeout 0.001` printed
+    "cannot reach Kafka ... is the broker up?" while the broker was up (a fresh-user
+    trial): the connection attempt, cut short by the timeout, reports the broker
+    unreachable. Raised once the timeout has passed, it is a timeout of 0.001 s."""
+    import asyncio
+
+    from app import domain_cli
+    from app.kafka_admin import KafkaUnreachable
+
+    async def cut_short(settings, timeout_s: float) -> list[dict]:
+        await asyncio.sleep(timeout_s)
+        raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}")
+
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    monkeypatch.setattr(domain_cli, "_checked_statuses", cut_short)
+    result = CliRunner().invoke(cli, ["domain", "status", "--timeout", "0.001"], prog_name="docket")
+    assert result.exit_code == 1, result.output
+    assert "timed out: could not read" in result.output and "within 0.001 s (--timeout)" in result.output, \
+        result.output
+    assert "is the broker up?" not in result.output, result.output
+
+
+def test_domain_status_still_blames_a_broker_that_refuses_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: a broker that is down refuses well within the
+    timeout, and the message still says so."""
+    from app import domain_cli
+    from app.kafka_admin import KafkaUnreachable
+
+    async def refused(settings, timeout_s: float) -> list[dict]:
+        raise KafkaUnreachable(f"cannot reach Kafka at {settings.kafka_bootstrap}")
+
+    monkeypatch.setenv("DOCKET_DOMAIN", "inventory")
+    monkeypatch.setattr(domain_cli, "_checked_statuses", refused)
+    result = CliRunner().invoke(cli, ["domain", "status", "--timeout", "15"], prog_name="docket")
+    assert result.exit_code == 1, result.output
+    assert "cannot reach Kafka at" in result.output and "is the broker up?" in result.output, result.output
+    assert "timed out" not in result.output, result.output
+
+
+def test_divergences_says_the_timeout_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: `docket divergences --timeout 0.001` said "within
+    0 s" (a fresh-user trial); it names 0.001 s, says it timed out, and that a longer
+    --timeout may be all it needs. Kafka is a stand-in consumer that never gets to the
+    end offsets."""
+    import asyncio
+
+    import aiokafka
+
+    import app.kafka_config
+    import chaos.replay
+
+    class Stalled:
+        def __init__(self, **_kwargs) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        def assign(self, _tps) -> None:
+            pass
+
+        def seek(self, _tp, _offset) -> None:
+            pass
+
+        async def beginning_offsets(self, tps):
+            return {tp: 0 for tp in tps}
+
+        async def end_offsets(self, tps):
+            return {tp: 5 for tp in tps}
+
+        async def getmany(self, *_tps, timeout_ms: int):
+            await asyncio.sleep(0.01)
+            return {}
+
+        async def position(self, _tp) -> int:
+            return 0
+
+    async def reached(*_a, **_kw) -> bool:
+        return True
+
+    async def partitions(_consumer, _topic) -> list[int]:
+        return [0]
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", Stalled)
+    monkeypatch.setattr(app.kafka_config, "check_connection", reached)
+    monkeypatch.setattr(chaos.replay, "_partitions", partitions)
+    result = CliRunner().invoke(cli, ["divergences", "--timeout", "0.001"], prog_name="docket")
+    assert result.exit_code == 1, result.output
+    assert "docket divergences: timed out at" in result.output, result.output
+    assert "within 0.001 s (partitions [0] unfinished); a longer --timeout may be all it needs" in result.output, \
+        result.output

@@ -209,12 +209,33 @@ def test_stack_run_starts_nothing_on_a_metrics_host_it_cannot_listen_on(tmp_path
     assert "starting the stack" not in out and "Traceback" not in out
 
 
-def test_a_worker_refuses_a_web_host_it_cannot_listen_on(capsys: pytest.CaptureFixture) -> None:
-    """ServerHostRefusedAtStart: a worker whose web server's host is not this machine's
-    exits 1 with one Error line naming DOCKET_METRICS_HOST, before Faust starts."""
+def test_a_worker_refuses_a_web_host_it_cannot_listen_on(capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServerHostRefusedAtStart: a worker whose web server's host (DOCKET_METRICS_HOST)
+    is not this machine's exits 1 with one Error line naming DOCKET_METRICS_HOST, before
+    Faust starts."""
+    monkeypatch.setenv("DOCKET_METRICS_HOST", NOT_LOCAL)
     assert _worker_exit(web_port=6066, web_bind=NOT_LOCAL) == 1
     err = capsys.readouterr().err
     assert f"Error: DOCKET_METRICS_HOST={NOT_LOCAL} (this worker's web server, /metrics) is not an address" in err
+
+
+@pytest.mark.parametrize("metrics_host", [None, "127.0.0.1"])
+def test_a_worker_names_web_bind_for_a_host_the_variable_did_not_set(capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     metrics_host: str | None) -> None:
+    """ServerHostRefusedAtStart: `faust -A docket_apps.instance worker --web-bind
+    192.0.2.1` named DOCKET_METRICS_HOST=192.0.2.1, which the user never set (a
+    fresh-user trial); a host the variable does not hold came from --web-bind, and the
+    message names that option."""
+    if metrics_host is None:
+        monkeypatch.delenv("DOCKET_METRICS_HOST", raising=False)
+    else:
+        monkeypatch.setenv("DOCKET_METRICS_HOST", metrics_host)
+    assert _worker_exit(web_port=6066, web_bind=NOT_LOCAL) == 1
+    err = capsys.readouterr().err
+    assert f"Error: --web-bind={NOT_LOCAL} (this worker's web server, /metrics) is not an address" in err, err
+    assert "DOCKET_METRICS_HOST" not in err, err
 
 
 def test_free_ports_are_distinct_and_free() -> None:
