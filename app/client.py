@@ -982,9 +982,10 @@ class DocketClient:
         status is "blocked": each {instance, partition, offset, version, judges_with},
         sorted by partition then instance. Another instance's records are kept but not
         listed (app/status.py of_instances): nothing of this deployment replaces them."""
-        deployed = set(self.settings.instances)
-        out = [{k: v for k, v in rec.items() if k != "state"} for rec in self._statuses.values()
-               if rec["state"] == "blocked" and rec["instance"] in deployed]
+        from app.status import of_instances
+
+        ours, _others = of_instances(list(self._statuses.values()), self.settings.instances)
+        out = [{k: v for k, v in rec.items() if k != "state"} for rec in ours if rec["state"] == "blocked"]
         return sorted(out, key=lambda r: (r["partition"], r["instance"]))
 
     def on_entity_record(self, key: bytes | None, raw: bytes | None) -> None:
