@@ -37,7 +37,7 @@ import secrets
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
@@ -108,6 +108,10 @@ class Demo:
         # requests whose every send failed until the timeout: (request, when first
         # sent, why); the API may have accepted one before the failure
         self.unknown: list[tuple[Request, float, str]] = []
+        # when the API stopped answering (monotonic s; None while it answers): one
+        # outage is waited out for --timeout in all, not --timeout per request
+        self.down_since: float | None = None
+        self.unread: list[str] = []  # entity keys read_entities could not read (the API unreachable)
         self.session = None
 
     async def __aenter__(self) -> Self:
@@ -199,11 +203,17 @@ class Demo:
                     why = type(exc).__name__
                 else:
                     if status != 503:
+                        self.down_since = None
                         break
                     why = "HTTP 503"
                 # not accepted, or accepted and the answer lost: the same key is safe to
-                # send again, for as long as one event's outcome is waited for (--timeout)
-                if time.monotonic() >= deadline:
+                # send again, for as long as one event's outcome is waited for (--timeout),
+                # and no longer than --timeout after the API stopped answering: each
+                # request waiting its own --timeout in turn made an API gone for good a
+                # hang of events / concurrency x --timeout (the eleventh fresh-user trial)
+                now = time.monotonic()
+                self.down_since = now if self.down_since is None else self.down_since
+                if now >= min(deadline, self.down_since + self.timeout_s):
                     self.unknown.append((req, began, why))
                     return
                 t.resent += 1
@@ -308,19 +318,28 @@ class Demo:
 
     # ------------------------------------------------------------------ checking
 
-    async def read_entities(self, keys: list[str], deadline_s: float = 30.0) -> dict[str, dict | None]:
-        """GET every entity; wait (up to ``deadline_s``) until each has reached the highest
-        version an answer reported, so the check sees the state after the last event."""
+    async def read_entities(self, keys: list[str], deadline_s: float | None = None) -> dict[str, dict | None]:
+        """GET every entity; wait until each has reached the highest version an answer
+        reported, so the check sees the state after the last event. One deadline for the
+        whole read, ``deadline_s`` from now [default: --timeout, at least 30 s], through
+        dropped connections and 5xx answers (the API restarting): a deadline per entity
+        that ran while it queued for a connection left most entities one try after an
+        outage (the eleventh fresh-user trial). Entity key -> its answer, or None when
+        the API says no agreed change exists (404) or the version stays behind; the keys
+        never read (no answer but failures until the deadline) are also in
+        ``self.unread``: the checks cannot judge them."""
         import aiohttp
 
         gate = asyncio.Semaphore(self.concurrency)
         found: dict[str, dict | None] = {}
+        deadline = time.monotonic() + (max(30.0, self.timeout_s) if deadline_s is None else deadline_s)
+        self.unread = []
 
         async def one(key: str) -> None:
             kind, ident = key.split(":", 1)
             url = f"{self.url}/v1/entities/{quote(kind, safe='')}/{quote(ident, safe=':')}"
-            deadline = time.monotonic() + deadline_s
             want = self.tally.versions.get(key, 0)
+            answered = False
             async with gate:
                 while True:
                     try:
@@ -328,29 +347,39 @@ class Demo:
                             body, status = await r.json(content_type=None), r.status
                     except (TimeoutError, aiohttp.ClientError, ValueError):  # ValueError: not JSON
                         body, status = None, 503  # the API restarting: ask again until the deadline
+                    answered = answered or status < 500
                     ent = body if status == 200 and isinstance(body, dict) else None
-                    if (ent or {}).get("version", 0) >= want or time.monotonic() >= deadline:
+                    # an answer that is no answer (the API down) is not "no change yet"
+                    if (status < 500 and (ent or {}).get("version", 0) >= want) or time.monotonic() >= deadline:
                         found[key] = ent
+                        if not answered:
+                            self.unread.append(key)
                         return
                     await asyncio.sleep(0.2)  # poll interval: the API's view catches up
 
         await asyncio.gather(*(one(k) for k in keys))
+        self.unread.sort()
         return found
 
 
-def balance_check(kit, tally: Tally, entities: dict[str, dict | None]) -> dict[str, Any]:
+def balance_check(kit, tally: Tally, entities: dict[str, dict | None],
+                  unread: Sequence[str] = ()) -> dict[str, Any]:
     """The kit's checks over what the API said: the requests answered as applied (each
     key once), the entities read (entity key -> the API's answer, None when not found)
-    and every state an answer carried. ``passed`` when every check passes."""
+    and every state an answer carried. ``passed`` when every check passes. With
+    ``unread`` entities (the API unreachable while they were read) no check is run,
+    and it does not pass: an entity not read counted as empty, and the checks failed
+    docket's correct results (the eleventh fresh-user trial)."""
     final = {key: ent["state"] for key, ent in entities.items() if ent is not None}
     missing = sorted(k for k, e in entities.items() if e is None)
     applied = [(req.event_name, req.payload) for req in tally.applied_keys.values()]
-    checks = kit.check(applied, final, tally.seen)
+    checks = {} if unread else kit.check(applied, final, tally.seen)
     return {
         "entities_read": len(final),
         "entities_missing": missing,
+        "entities_unread": list(unread),
         "checks": {name: c.as_dict() for name, c in checks.items()},
-        "passed": all(c.passed for c in checks.values()),
+        "passed": not unread and all(c.passed for c in checks.values()),
     }
 
 
@@ -387,6 +416,9 @@ def summary_table(summary: dict):
     t.add_row("latency p50 / p99 / max", f"{fmt(lat['p50'])} / {fmt(lat['p99'])} / {fmt(lat['max'])}")
     b = summary["balance"]
     t.add_row("entities read from the API", f"{b['entities_read']} of {b['entities_read'] + len(b['entities_missing'])}")
+    if b.get("entities_unread"):
+        t.add_row("checks", f"[red]not run: {len(b['entities_unread'])} entities could not be read (the API "
+                  "unreachable)[/red]")
     for name, c in b["checks"].items():
         t.add_row(name, c["detail"] if c["passed"] else f"[red]FAILED: {c['detail']}[/red]")
     t.add_row("balance check", "[green]passed[/green]" if b["passed"] else "[red]FAILED[/red]")
@@ -428,7 +460,7 @@ async def run_demo(url: str, token: str, kit, *, events: int, seed: int, concurr
         t = demo.tally
         keys = sorted({k for r in requests for k in kit.domain.entity_keys(r.event_name, r.payload)})
         entities = await demo.read_entities(keys)
-    balance = balance_check(kit, t, entities)
+    balance = balance_check(kit, t, entities, demo.unread)
     ms = [x * 1000 for x in t.latencies]
     return {
         "run_id": run_id,
@@ -498,8 +530,9 @@ def url_problem(url: str, example: str) -> str | None:
         return f"--url {url!r} names port 0, which no server listens on; {fix}"
     # the demo appends its routes to --url, so "?x=1" or "#top" left it asking GET
     # /readyz of a page that is not the API (404, "does not look like docket's REST API")
-    extra = [f"the query {'?' + parts.query!r}"] if parts.query else []
-    extra += [f"the fragment {'#' + parts.fragment!r}"] if parts.fragment else []
+    # an empty one ("http://host:8080/?") too: urlsplit gives '' for it, as for none
+    extra = [f"the query {'?' + parts.query!r}"] if parts.query or "?" in url.split("#", 1)[0] else []
+    extra += [f"the fragment {'#' + parts.fragment!r}"] if parts.fragment or "#" in url else []
     if extra:
         return (f"--url {url!r} is not a base URL: drop {' and '.join(extra)} (the demo appends its own "
                 f"routes, /readyz and /v1/...); {fix}")
@@ -589,6 +622,10 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
         click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     else:
         Console().print(summary_table(summary))
+        if summary["balance"]["entities_unread"]:
+            click.echo(f"{len(summary['balance']['entities_unread'])} entities could not be read back within "
+                       f"--timeout ({timeout_s:g} s, at least 30): the API did not answer, so the checks were not "
+                       "run", err=True)
         if summary["unknown_fate"]:
             click.echo(f"{summary['unknown_fate']} request(s) could not be sent within --timeout "
                        f"({timeout_s:g} s), nor once more at the end: the API may have applied them, and the "
