@@ -177,6 +177,23 @@ def _cut(text: str) -> str:
 
 async def read_reports(settings: Settings, *, since_ms: int | None = None, last: int | None = None,
                        timeout_s: float = 60.0) -> list[dict]:
+    """:func:`_read_reports` within ``timeout_s`` seconds in all, connecting included: a
+    listener that accepts and never answers (not Kafka, or a Kafka hung) held
+    `docket divergences --timeout 0.001` past 40 s, each step waiting its own client
+    timeout (the eleventh fresh-user trial). Raises what it raises, and TimeoutError
+    past ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(_read_reports(settings, since_ms=since_ms, last=last, timeout_s=timeout_s),
+                                      timeout_s)
+    except TimeoutError as exc:
+        if str(exc):  # the reading loop's own, naming the partitions left
+            raise
+        raise TimeoutError(f"could not read {settings.divergences_topic} to its end offsets within {timeout_s:g} s "
+                           "(no answer from Kafka)") from None
+
+
+async def _read_reports(settings: Settings, *, since_ms: int | None = None, last: int | None = None,
+                        timeout_s: float = 60.0) -> list[dict]:
     """The divergence reports of ``settings.divergences_topic`` written in the last
     ``since_ms`` milliseconds (by record timestamp; None: all the topic retains), of
     those the ``last`` newest (None: all), oldest first. Each is the record's JSON

@@ -249,5 +249,6 @@ def test_divergences_says_the_timeout_as_given(monkeypatch: pytest.MonkeyPatch) 
     result = CliRunner().invoke(cli, ["divergences", "--timeout", "0.001"], prog_name="docket")
     assert result.exit_code == 1, result.output
     assert "docket divergences: timed out at" in result.output, result.output
-    assert "within 0.001 s (partitions [0] unfinished); a longer --timeout may be all it needs" in result.output, \
+    # the reading loop's message, or read_reports' own bound on the whole read, whichever fires first
+    assert "within 0.001 s (" in result.output and "a longer --timeout may be all it needs" in result.output, \
         result.output

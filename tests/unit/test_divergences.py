@@ -424,3 +424,28 @@ def test_a_since_of_no_time_is_a_usage_error() -> None:
 
     result = CliRunner().invoke(divergences, ["--since", "0s"])
     assert result.exit_code == 2 and "'0s' is no time" in result.output, result.output
+
+
+def test_divergences_gives_up_within_its_timeout_on_a_listener_that_never_answers(tmp_path) -> None:
+    """OperatorListsDivergences: a port that accepts connections and never answers (not
+    Kafka, or a Kafka hung) held `docket divergences --timeout 0.001` past 40 s, each
+    step waiting its own client timeout (the eleventh fresh-user trial). It exits 1 with
+    a line saying it timed out within --timeout. The subprocess's own limit (60 s) only
+    stops a hang; the run takes about its --timeout plus start-up."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(50)  # the kernel completes connections; nobody reads them
+        port = silent.getsockname()[1]
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DOCKET_")},
+               "DOCKET_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "DOCKET_DATA_ROOT": str(tmp_path)}
+        proc = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "divergences",
+                               "--timeout", "0.01"], env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "timed out" in proc.stderr and "within 0.01 s" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
