@@ -429,26 +429,49 @@ def _port_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A port nobody listens on right now (the kernel's choice)."""
+    """A port nobody listens on right now (:func:`free_ports`)."""
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nobody listens on right now (the kernel's choices).
+# Where free_ports looks: below Linux's ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999 by default), from which the kernel gives outgoing connections their local
+# ports. A port chosen there (a bind to port 0 picks from it too) can be taken by some
+# client's connection between the choice and the server's bind: the console's browser
+# test lost instance c that way ("port 45035 ... already in use", CI on 0fa0127).
+FREE_PORT_RANGE = (20000, 32767)
 
-    Every probe socket stays bound until all are chosen: the kernel picks the port of a
-    bind to port 0 afresh each time, so ports picked one after the other (each probe
-    closed before the next) can repeat, and two components of one stack would then
-    race for one port, the loser exiting while starting (about 1 in 2,300 stacks of
-    four with ~14,000 candidate ports; a birthday bound). Raises OSError when the
-    kernel has no free port left."""
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports in FREE_PORT_RANGE that nobody listens on right now.
+
+    Every probe socket stays bound until all are chosen, so the ports are distinct
+    (ports picked one after the other, each probe closed before the next, can repeat,
+    and two components of one stack would race for one port). The candidates are
+    drawn at random, so that concurrent test sessions rarely try the same ones; which
+    port a component gets is no input of docket's. Raises OSError when no free port is
+    found in 10,000 tries."""
+    import random
+
+    draw = random.Random()
     with contextlib.ExitStack() as probes:
-        ports = []
-        for _ in range(count):
-            sock = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((HOST, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+        ports: list[int] = []
+        for _ in range(10_000):
+            if len(ports) == count:
+                return ports
+            port = draw.randint(*FREE_PORT_RANGE)
+            if port in ports:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                sock.close()
+                continue
+            probes.enter_context(sock)
+            ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"no {count} free port(s) on {HOST} in {FREE_PORT_RANGE[0]}-{FREE_PORT_RANGE[1]}")
 
 
 def _controller_port(broker_dir: Path, broker_port: int) -> int:

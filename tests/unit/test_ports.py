@@ -251,6 +251,18 @@ def test_free_ports_are_distinct_and_free() -> None:
     assert all(bindable(HOST, port) for port in ports)
 
 
+def test_free_ports_are_below_the_ephemeral_range() -> None:
+    """The kernel gives outgoing connections local ports from its ephemeral range
+    (ip_local_port_range); a port chosen there was taken by one before a console worker
+    bound it ("port 45035 ... already in use", the fresh-clone CI on 0fa0127). Every
+    port free_ports chooses lies below that range."""
+    from launcher.broker import free_ports
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(50)
+    assert all(1024 <= port < low for port in ports), [p for p in ports if p >= low]
+
+
 def test_stack_run_refuses_a_server_port_of_zero(tmp_path: Path) -> None:
     """ServerPortInUseRefusedAtStart: 0 picks a free port for a server run alone; the
     stack names its servers' ports to its clients and its readiness check, so it
