@@ -257,9 +257,16 @@ def _port(env: str) -> int:
 
 
 def _instances(env: str) -> tuple[str, ...]:
-    ids = tuple(part.strip() for part in _raw(env).split(",") if part.strip())
+    entries = [part.strip() for part in _raw(env).split(",")]
+    ids = tuple(entry for entry in entries if entry)
     if not ids:
         raise ConfigError(f"{env} names no instance; set it to e.g. 'a,b'")
+    if len(ids) != len(entries):
+        # 'a,,b' is more likely an id left out than a stray comma: every id names
+        # topics and consumer groups, so a guess here would run another deployment
+        empty = [str(i) for i, entry in enumerate(entries, 1) if not entry]
+        raise ConfigError(f"{env}={_raw(env)!r} has an empty entry (entry {', '.join(empty)} of {len(entries)}); "
+                          "name each instance once, separated by single commas, e.g. 'a,b'")
     for ident in ids:
         if instance_id_problem(ident):
             raise ConfigError(f"{env}: instance id {ident!r} may only use letters, digits, '-' and '_'")

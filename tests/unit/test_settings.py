@@ -92,6 +92,8 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_INSTANCES", " , ", "DOCKET_INSTANCES names no instance"),
         ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
         ("DOCKET_INSTANCES", "a,b,a", "names an instance twice"),
+        ("DOCKET_INSTANCES", "a,,b", "has an empty entry (entry 2 of 3)"),
+        ("DOCKET_INSTANCES", "a,b,", "has an empty entry (entry 3 of 3)"),
         ("DOCKET_REQUIRED_COPIES", "3", "DOCKET_REQUIRED_COPIES=3 exceeds the 2 instances"),
         ("DOCKET_LOG_LEVEL", "loud", "DOCKET_LOG_LEVEL='loud' must be one of"),
         # the value as given, not lower-cased (a fresh-user trial)
