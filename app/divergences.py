@@ -458,6 +458,17 @@ def _printable(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+def json_text(reports: list[dict]) -> str:
+    """``reports`` as JSON (indent 2, UTF-8 characters as they are) whose text holds
+    none of the characters :func:`_printable` escapes: each is written as a \\uXXXX
+    escape, so the text is safe on a terminal and decodes to the very strings the
+    records hold (``json.dumps`` escapes C0 controls only: DEL, C1, U+202E and U+2028
+    went out raw; the eleventh fresh-user trial)."""
+    text = json.dumps(reports, indent=2, ensure_ascii=False)
+    # json.dumps writes a newline inside a string as \n: every raw one is indentation
+    return "\n".join(_printable(line) for line in text.split("\n"))
+
+
 def reports_table(reports: list[dict], title: str):
     """The rich table of :func:`read_reports`' entries. Every value from a report is
     plain text (never rich markup: a corrupted body may hold "[red]")."""
@@ -523,7 +534,7 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
                    f"{settings.kafka_bootstrap}: {exc}", err=True)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(reports, indent=2, ensure_ascii=False))
+        click.echo(json_text(reports))
         return
     from rich.console import Console
 

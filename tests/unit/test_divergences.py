@@ -18,6 +18,7 @@ from app.divergences import (
     DiffRow,
     copy_labels,
     diff_copies,
+    json_text,
     parse_duration_ms,
     since_timestamp_ms,
     duration_text,
@@ -413,6 +414,22 @@ def test_every_string_of_a_report_in_the_table_is_escaped() -> None:
     text = console.export_text()
     assert "a duplicate of 0\\u202e@5\\u001b[2J, which diverged" in text, text
     assert not any(c in text for c in "\u001b\u202e"), text
+
+
+def test_json_listing_escapes_what_the_table_escapes() -> None:
+    """OperatorListsDivergences: --json writes DEL, C1 controls, format characters and
+    line separators of a record's strings as \\uXXXX escapes (they went out raw: the
+    eleventh fresh-user trial), and its text still parses to the record's strings."""
+    original = orjson.loads(_clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11))))
+    original["copies"][1]["instance"] = "b\u001b[2J\u007f\u009b"
+    original["copies"][0]["instance"] = "a\u202eevil\u2028\U000e0001"
+    original["idempotency_key"] = "k\nline\u00e9"
+    entry = report_entry(orjson.dumps(original), 0, 0, 3)
+    text = json_text([entry])
+    assert not any(c in text for c in "\u001b\u007f\u009b\u202e\u2028\U000e0001"), text
+    assert "b\\u001b[2J\\u007f\\u009b" in text and "a\\u202eevil\\u2028\\udb40\\udc01" in text, text
+    assert "\u00e9" in text  # a printable non-ASCII character stays as it is
+    assert json.loads(text) == json.loads(json.dumps([entry])), text
 
 
 def test_a_since_of_no_time_is_a_usage_error() -> None:
