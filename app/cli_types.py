@@ -17,6 +17,11 @@ PORT = click.IntRange(1, 65535)
 # A listening port where 0 asks the OS for a free one, as the port settings allow
 # (app/settings.py _port): `docket api --port`, whose option and DOCKET_API_PORT must agree.
 ANY_PORT = click.IntRange(0, 65535)
+# A workload's seed (--seed of `chaos`, `console`, `demo`): a 64-bit integer. The
+# workload's idempotency keys hold it (chaos/workload.py, "ik-<seed>-<i>"), and a seed of
+# 120 digits made keys past their 128 characters, refused as rejections (the tenth
+# fresh-user trial); 64 bits keep every key under 50 characters.
+SEED = click.IntRange(-(2**63), 2**63 - 1)
 
 
 class FiniteRange(click.FloatRange):

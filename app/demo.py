@@ -45,7 +45,7 @@ from urllib.parse import quote, urlsplit
 import click
 import orjson
 
-from app.cli_types import Seconds
+from app.cli_types import SEED, Seconds
 from app.settings import load
 
 
@@ -563,7 +563,8 @@ def default_token() -> str | None:
               help="bearer token [default: the first of DOCKET_API_TOKENS, else the one `make run` keeps "
                    "in $DOCKET_DATA_ROOT/api-token]")
 @click.option("--events", default=3000, show_default=True, type=click.IntRange(1), help="events to submit")
-@click.option("--seed", default=1, show_default=True, help="workload seed (same seed, same workload)")
+@click.option("--seed", type=SEED, default=1, show_default=True,
+              help="workload seed, a 64-bit integer (same seed, same workload)")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
               help="most requests in flight")
 @click.option("--domain", default=None, metavar="NAME",

@@ -36,7 +36,7 @@ import click
 import orjson
 from rich.markup import escape
 
-from app.cli_types import FiniteRange, Seconds
+from app.cli_types import SEED, FiniteRange, Seconds
 from chaos.scenarios import SCENARIOS, Events, Options, Scenario
 from chaos.verify import invariants
 
@@ -273,7 +273,8 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
               help=f"scenario(s) to run, comma-separated or repeated: {', '.join(SCENARIOS)}, or all [default: all]")
 @click.option("--events", type=click.IntRange(min=200), default=10_000, show_default=True,
               help="input events per scenario")
-@click.option("--seed", type=int, default=None, help="seed of the workload and of every kill timing [default: random, printed]")
+@click.option("--seed", type=SEED, default=None,
+              help="seed of the workload and of every kill timing, a 64-bit integer [default: random, printed]")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the JSON report here")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

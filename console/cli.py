@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from app.cli_types import FiniteRange
+from app.cli_types import SEED, FiniteRange
 
 log = logging.getLogger("docket.console")
 
@@ -196,7 +196,7 @@ class _Stopped(Exception):
                                                  "[env DOCKET_CONSOLE_RATE]")
 @click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
               envvar="DOCKET_CONSOLE_PARTITIONS", help="partitions of every topic [env DOCKET_CONSOLE_PARTITIONS]")
-@click.option("--seed", type=int, default=None, help="seed of the workload [default: random, printed]")
+@click.option("--seed", type=SEED, default=None, help="seed of the workload, a 64-bit integer [default: random, printed]")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="DOCKET_CONSOLE_DATA_DIR",
               help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR; "
