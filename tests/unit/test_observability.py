@@ -26,6 +26,7 @@ from agents import clerk as clerk_mod
 from agents import instance as instance_mod
 from app import logs
 from app.settings import ConfigError, load
+from launcher.broker import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_KEYS = ("time", "level", "logger", "message", "pid")
@@ -41,7 +42,7 @@ from agents import instance
 from agents.plumbing import run_worker
 settings = load()
 asyncio.set_event_loop(asyncio.new_event_loop())
-app = instance.build(settings, "a", Path(sys.argv[1]), web_port=0)
+app = instance.build(settings, "a", Path(sys.argv[1]), web_port=int(sys.argv[2]))
 run_worker(app, settings)
 """
 
@@ -184,7 +185,7 @@ def test_process_logs_in_one_format_worker_json_has_faust_lines_and_nothing_else
     JSON objects to stderr, one a line, Faust's and aiokafka's records among them (the
     failed bootstrap, with its traceback), and no banner to stdout."""
     env = clean_env(DOCKET_LOG_FORMAT="json", DOCKET_LOG_LEVEL="info", DOCKET_DATA_ROOT=str(tmp_path / "data"))
-    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a")], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a"), str(free_ports(1)[0])], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stdout == "", done.stdout[-2000:]
@@ -206,7 +207,7 @@ def test_process_logs_in_one_format_worker_text(tmp_path: Path) -> None:
     """ProcessLogsInOneFormat: the same worker under the default text format: every
     line of its log record is `[time] [pid] [LEVEL] logger: message`, Faust's too."""
     env = clean_env(DOCKET_LOG_LEVEL="info", DOCKET_DATA_ROOT=str(tmp_path / "data"))
-    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a")], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path / "a"), str(free_ports(1)[0])], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-3000:]
     heads = [TEXT_LINE.match(line) for line in done.stderr.splitlines()]
