@@ -176,7 +176,8 @@ class TailReader:
             tp = TopicPartition(s.divergences_topic, partition)
             begin, end = await self._bounds(c, tp)
             try:
-                diverged = await read_diverged(begin, end, self._reader(c, tp), partition, s.idempotency_ttl_ms)
+                diverged = await read_diverged(begin, end, self._reader(c, tp), partition, s.idempotency_ttl_ms,
+                                               input_end)
             finally:
                 c.pause(tp)
         for scan in scans:

@@ -770,11 +770,17 @@ def _forget_oldest(known: dict[int, int | None]) -> None:
         del known[next(iter(known))]
 
 
-def diverged_position(raw: bytes | None, partition: int) -> tuple[int, int | None] | None:
+def diverged_position(raw: bytes | None, partition: int,
+                      input_end: int | None = None) -> tuple[int, int | None] | None:
     """(input offset, stream time) of the position a divergence record says diverged
-    for good (a cause of FINISHING_CAUSES, no decision), on ``partition``; None for any
-    other record (a late copy's report, a replay mismatch, a record someone else wrote:
-    nothing readable is taken for a divergence)."""
+    for good (a cause of FINISHING_CAUSES, no decision), on ``partition``, as the Clerk
+    writes it: with its Clerk state (:func:`tail_state`, checked against ``input_end``)
+    in which that position is finished, since the Clerk finishes a position before it
+    reports it (ClerkCore._report). None for any other record: a late copy's report, a
+    replay mismatch, a record someone else wrote. A report without that state was taken
+    for a divergence, and a duplicate of the position it named, published long before,
+    was then withheld as "original_diverged" (the twelfth fresh-user trial: a retry
+    of a request answered 200 got 502 after a restart)."""
     try:
         rec = json_object(raw)
     except UnreadableRecord:
@@ -785,11 +791,17 @@ def diverged_position(raw: bytes | None, partition: int) -> tuple[int, int | Non
     offset, stream_time = position.get("offset"), rec.get("stream_time")
     if position.get("partition") != partition or type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
         return None
+    try:
+        state = tail_state(raw, partition, input_end)
+    except UnreadableRecord:
+        return None
+    if offset >= state["decided_below"] and not any(a <= offset < b for a, b in state["finished_ranges"]):
+        return None
     return offset, stream_time if type(stream_time) is int else None
 
 
 async def read_diverged(begin: int, end: int, read: Callable[[int, int], AsyncIterator], partition: int,
-                        ttl_ms: int, *, max_offsets: int = TAIL_LOOKBACK_OFFSETS,
+                        ttl_ms: int, input_end: int | None = None, *, max_offsets: int = TAIL_LOOKBACK_OFFSETS,
                         max_bytes: int = TAIL_LOOKBACK_BYTES) -> list[tuple[int, int | None]]:
     """The positions the newest divergence reports of ``partition`` say diverged
     (:func:`diverged_position`), as (input offset, stream time), oldest report first,
@@ -798,7 +810,8 @@ async def read_diverged(begin: int, end: int, read: Callable[[int, int], AsyncIt
     :func:`scan_tail` does, and stops at the first range that reaches a report more than
     ``ttl_ms`` of stream time older than the newest (no duplicate can name it), or at
     the look-back bound (``max_offsets`` offsets, ``max_bytes`` bytes of keys and
-    values). ``read(lo, hi)``: as for scan_tail."""
+    values). ``read(lo, hi)``: as for scan_tail; ``input_end``: the input partition's
+    end offset, as for scan_tail."""
     floor = max(begin, end - max_offsets)
     hi, size, spent = end, 8, 0
     found: list[tuple[int, int | None]] = []  # newest range first, each range in offset order
@@ -810,7 +823,7 @@ async def read_diverged(begin: int, end: int, read: Callable[[int, int], AsyncIt
         async with contextlib.aclosing(read(lo, hi)) as records:
             async for rec in records:
                 spent += len(rec.value or b"") + len(rec.key or b"")
-                seen = diverged_position(rec.value, partition)
+                seen = diverged_position(rec.value, partition, input_end)
                 if seen is not None:
                     taken.append(seen)
                 if spent >= max_bytes:

@@ -281,6 +281,38 @@ def test_the_read_back_takes_only_reports_that_finish_a_position():
     assert list(core.partitions[0].diverged) == [2, 3]
 
 
+def test_the_read_back_takes_no_report_without_a_clerk_state_that_finishes_its_position():
+    """ClerkSeedsDivergedPositions: a report counts only with a readable Clerk state in
+    which its own position is finished, as every report the Clerk writes has. The
+    twelfth fresh-user trial wrote a report-shaped record naming offset 5 (no Clerk
+    state) before offset 5 existed; the request decided there was published, and after
+    a restart its retry, a duplicate of 5, was withheld as original_diverged (502)."""
+    genuine = _diverged_reports(ClerkCore(("a", "b"), 2), [2])
+    stray = orjson.loads(genuine[0])
+    stray["input"]["offset"] = 5
+    no_state = {k: v for k, v in stray.items() if k != "clerk"}
+    unfinished = {**stray, "clerk": {"seq": 1, "decided_below": 3, "finished_ranges": [[4, 5]]}}
+    garbled = {**stray, "clerk": {"seq": 1, "decided_below": "six", "finished_ranges": []}}
+    written = [*genuine, *(orjson.dumps(r) for r in (no_state, unfinished, garbled))]
+    core, _ = _restart(written)
+    assert list(core.partitions[0].diverged) == [2]
+    for o in range(3, 6):  # the request the stray reports named is decided at 5
+        copy(core, "a", o)
+        copy(core, "b", o)
+    dup(core, "a", 9, 5)
+    assert [r["input"]["offset"] for r in published(dup(core, "b", 9, 5))] == [9]
+    # past the input's end no state is readable (ClerkSeedsFromNewestReadableRecords)
+    import asyncio
+
+    from agents.clerk_core import read_diverged
+    from tests.unit.test_clerk_seed import Topic
+
+    topic = Topic()
+    topic.append(genuine[0])
+    assert asyncio.run(read_diverged(0, 1, topic.read, 0, 300_000, input_end=3)) == [(2, orjson.loads(genuine[0])["stream_time"])]
+    assert asyncio.run(read_diverged(0, 1, topic.read, 0, 300_000, input_end=2)) == []
+
+
 def test_the_read_back_stops_one_ttl_of_stream_time_behind_the_newest_report():
     """ClerkSeedsDivergedPositions, ClerkRemembersDivergedPositions: stream time is
     1000 + offset; with a TTL of 50 ms only reports within 50 ms of the newest are kept,
