@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.settings import ConfigError
+from app.settings import ConfigError, whole_number
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -132,17 +132,16 @@ def _file(env: Mapping[str, str], name: str) -> Path | None:
     return path
 
 
+# Kafka's protocol carries a replication factor as a 16-bit integer (CreateTopics): a
+# larger one passed and then failed in the admin client's encoder (the twelfth trial)
+REPLICAS_MAX = 2**15 - 1
+
+
 def _positive(env: Mapping[str, str], name: str, default: str) -> int | None:
     raw = _env(env, name, default)
     if raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}={value} must be at least 1")
-    return value
+    return whole_number(name, raw, 1, REPLICAS_MAX)
 
 
 def _extra(env: Mapping[str, str]) -> dict[str, object]:

@@ -56,7 +56,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_DOMAIN_VERSION_LIMIT", "0", "newest version of the domain this worker judges with (0: every version its code registers); "
             "an activation of a later one blocks its partition here as if the code did not know it: a staged "
             "rollout, and how the tests run an instance of older code (specs/versioning.allium)"),
-    Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics)"),
+    Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics): ASCII letters, digits, '-' and '_', not 'clerk'"),
     Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk "
             "reports it; with more instances than DOCKET_REQUIRED_COPIES, also the most decided positions per "
@@ -66,9 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_FETCH_MAX_WAIT_MS", "20", "longest a worker's Kafka fetch waits for new records (Faust's own is 1500); a longer wait means fewer rounds: less CPU per event on a busy box, more latency for every event on a quiet one (docs/performance.md, 'A longer fetch wait')"),
     Setting("DOCKET_FETCH_MIN_BYTES", "1048576", "bytes of records a worker's Kafka fetch waits for, up to DOCKET_FETCH_MAX_WAIT_MS (Kafka's fetch.min.bytes; 1 returns at the first record)"),
     Setting("DOCKET_FETCH_IDLE_WAIT_MS", "500", "longest a worker's Kafka fetch waits when its last one found no records; such a fetch returns at the first record, so an idle worker asks the broker twice a second instead of every DOCKET_FETCH_MAX_WAIT_MS and an event that finds it idle is fetched at once (0: every fetch waits for a round; docs/performance.md, 'Idle fetches')"),
-    Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move"),
+    Setting("DOCKET_SESSION_TIMEOUT_MS", "10000", "consumer group session timeout of docket's workers: how soon a killed worker's partitions move; 6000 to 90000 (Faust's request timeout)"),
     Setting("DOCKET_COMMIT_CHECK_INTERVAL_MS", "2000", "how often an instance reads back its committed offsets from Kafka (the Warden collects only below them; while Kafka is out of reach it keeps the last ones read)"),
-    Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key"),
+    Setting("DOCKET_IDEMPOTENCY_TTL_MS", "300000", "how long (stream time, ms) the Warden remembers an idempotency key; at most a year (31536000000)"),
     Setting("DOCKET_BATCH_SIZE", "256", "most records a worker takes as one batch: an instance's input records of one partition, the Clerk's copy records"),
     Setting("DOCKET_CACHE_CAPACITY", "100000", "entities the Registrar keeps in memory per worker"),
     Setting("DOCKET_DATA_ROOT", "var", "directory under which each worker keeps its RocksDB data"),
@@ -82,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_API_HOST", "127.0.0.1", "address the REST API (`docket api`) listens on: one of this machine's (a name that does not resolve, or another machine's address, refuses the start in one line)"),
     Setting("DOCKET_API_PORT", "8080", "port the REST API listens on"),
     Setting("DOCKET_API_TOKENS", "", "bearer tokens the REST API accepts, comma-separated `name:token`: the name (1-64 of `A-Z a-z 0-9 . _ -`) scopes that client's idempotency keys, the token is RFC 6750's b64token (1 or more of `A-Z a-z 0-9 - . _ ~ + /`, then only `=` padding); an entry without `:` is a bare token, named `token-<hash>`; a name or a token given twice, or any other character, is refused; required (`docket api` refuses to start without one)"),
-    Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202"),
+    Setting("DOCKET_API_TIMEOUT_MS", "5000", "how long POST /v1/events waits for the agreed result before answering 202; at most 3600000"),
     Setting("DOCKET_API_READ_TIMEOUT_MS", "60000", "how long the REST API waits for a client: a connection that has not sent a whole request head within it (from connecting, or since its last answer; idle keep-alive connections too) is closed, and a body not whole within it of its head is answered 408 and the connection closed (nginx's client_header_timeout and client_body_timeout, 60 s); 1 to 3600000"),
     Setting("DOCKET_METRICS_HOST", "127.0.0.1", "address the instances' and the Clerk's web server (/metrics) listens on; `0.0.0.0` for every interface, e.g. in a container scraped from outside; one of this machine's, as for `DOCKET_API_HOST`"),
     Setting("DOCKET_FAUST_METRICS", "on", "`on`: the instances' and the Clerk's /metrics also show Faust's own sensors (`faust_*`: consumer offsets and end offsets per partition, rebalances, commit and send latency); `off`: docket's metrics only"),
@@ -106,15 +106,33 @@ def domain_setting() -> str:
     return _raw("DOCKET_DOMAIN")
 
 
-def _int(env: str, minimum: int) -> int:
-    raw = _raw(env)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{env}={raw!r} is not a whole number") from None
+# A whole number as a setting writes it: ASCII digits, an optional sign. int() also takes
+# other scripts' digits ('٣' is 3) and underscores ('1_000'): a value that reads as one
+# number and is taken as another (the twelfth fresh-user trial: DOCKET_BROKER_PORT=٣).
+WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+# The most a whole-number setting may hold unless it says otherwise: Kafka's protocol
+# carries partition counts, fetch waits and fetch sizes as 32-bit integers, and 10^20
+# passed the check and then failed inside aiokafka ("struct.error: argument out of
+# range", a worker that never fetched) or Kafka's admin client (the same trial).
+INT32_MAX = 2**31 - 1
+
+
+def whole_number(name: str, raw: str, minimum: int, maximum: int = INT32_MAX) -> int:
+    """``raw`` (a setting's value, e.g. " 8 ") as an int from ``minimum`` to ``maximum``;
+    ConfigError naming ``name`` otherwise."""
+    text = raw.strip()
+    if not WHOLE_NUMBER.fullmatch(text):
+        raise ConfigError(f"{name}={raw!r} is not a whole number")
+    value = int(text)
     if value < minimum:
-        raise ConfigError(f"{env}={value} must be at least {minimum}")
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    if value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
+
+
+def _int(env: str, minimum: int, maximum: int = INT32_MAX) -> int:
+    return whole_number(env, _raw(env), minimum, maximum)
 
 
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -243,6 +261,9 @@ def api_tokens_absence() -> str:
     return f"holds no token (its value, {raw!r}, has no entry between its commas)"
 
 
+MAX_IDEMPOTENCY_TTL_MS = 365 * 86_400_000
+
+
 def _at_most(env: str, value: int, maximum: int) -> int:
     if value > maximum:
         raise ConfigError(f"{env}={value} must be at most {maximum}")
@@ -269,19 +290,30 @@ def _instances(env: str) -> tuple[str, ...]:
                           "name each instance once, separated by single commas, e.g. 'a,b'")
     for ident in ids:
         if instance_id_problem(ident):
-            raise ConfigError(f"{env}: instance id {ident!r} may only use letters, digits, '-' and '_'")
+            problem = instance_id_problem(ident).removeprefix("an instance id ")
+            raise ConfigError(f"{env}: instance id {ident!r} {problem}")
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{env}={_raw(env)!r} names an instance twice")
     return ids
 
 
+# Instance ids another role's names hold: the Clerk's consumer group, data directory and
+# changelog topics are <prefix>-clerk, as an instance's are <prefix>-<id> (an instance
+# "clerk" joined the Clerk's group: the twelfth fresh-user trial).
+RESERVED_INSTANCE_IDS = ("clerk",)
+
+
 def instance_id_problem(ident: str) -> str | None:
     """Why ``ident`` cannot name an instance (it names topics, consumer groups and data
-    directories), or None: it must be 1 or more of letters, digits, '-' and '_'."""
+    directories), or None: it must be 1 or more of ASCII letters, digits, '-' and '_',
+    and none of RESERVED_INSTANCE_IDS."""
     if not ident:
         return "an instance id must not be empty"
     if not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum():
-        return "an instance id may only use letters, digits, '-' and '_'"
+        return "an instance id may only use ASCII letters, digits, '-' and '_'"
+    if ident in RESERVED_INSTANCE_IDS:
+        return (f"an instance id may not be {ident!r}: the Clerk's consumer group and data directory are "
+                f"<prefix>-{ident}")
     return None
 
 
@@ -421,8 +453,10 @@ def _switch(env: str) -> bool:
 
 def load() -> Settings:
     prefix = _raw("DOCKET_TOPIC_PREFIX")
-    if not all(c.isalnum() or c in "._-" for c in prefix):
-        raise ConfigError(f"DOCKET_TOPIC_PREFIX={prefix!r} may only use letters, digits, '.', '_' and '-'")
+    if not prefix.isascii() or not all(c.isalnum() or c in "._-" for c in prefix):
+        # Kafka's rule for topic names; a non-ASCII letter passed and Kafka refused the
+        # topics with "error 17" (the twelfth fresh-user trial)
+        raise ConfigError(f"DOCKET_TOPIC_PREFIX={prefix!r} may only use ASCII letters, digits, '.', '_' and '-'")
     level, log_format = log_settings()
     instances = _instances("DOCKET_INSTANCES")
     required = _int("DOCKET_REQUIRED_COPIES", 1)
@@ -445,9 +479,13 @@ def load() -> Settings:
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
         fetch_min_bytes=_int("DOCKET_FETCH_MIN_BYTES", 1),
         fetch_idle_wait_ms=_at_most("DOCKET_FETCH_IDLE_WAIT_MS", _int("DOCKET_FETCH_IDLE_WAIT_MS", 0), 10_000),
-        session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000),
+        # Faust refuses a session timeout above its request timeout (90 s), with a traceback
+        # from every worker at start (the twelfth fresh-user trial: 100000)
+        session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000, 90_000),
         commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
-        idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1),
+        # a year at most: the API looks back one TTL from now for the keys it knows, and a
+        # TTL reaching before 1970 left it never ready, blaming Kafka (the same trial)
+        idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1, MAX_IDEMPOTENCY_TTL_MS),
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
         cache_capacity=_int("DOCKET_CACHE_CAPACITY", 1),
         data_root=Path(_raw("DOCKET_DATA_ROOT")).expanduser().resolve(),
@@ -459,7 +497,7 @@ def load() -> Settings:
         api_host=_raw("DOCKET_API_HOST"),
         api_port=_port("DOCKET_API_PORT"),
         api_clients=_tokens("DOCKET_API_TOKENS"),
-        api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1),
+        api_timeout_ms=_int("DOCKET_API_TIMEOUT_MS", 1, 3_600_000),
         api_read_timeout_ms=_at_most("DOCKET_API_READ_TIMEOUT_MS", _int("DOCKET_API_READ_TIMEOUT_MS", 1), 3_600_000),
         clerk_web_port=_port("DOCKET_CLERK_WEB_PORT"),
         instance_web_ports=(("a", _port("DOCKET_INSTANCE_A_WEB_PORT")), ("b", _port("DOCKET_INSTANCE_B_WEB_PORT"))),

@@ -29,9 +29,11 @@ def test_a_wait_may_be_zero_and_values_pass_through() -> None:
 
 
 @pytest.mark.parametrize(("args", "option", "says"), [
-    (["instance", "--id", "a b"], "--id", "an instance id may only use letters, digits, '-' and '_'"),
+    (["instance", "--id", "a b"], "--id", "an instance id may only use ASCII letters, digits, '-' and '_'"),
     (["instance", "--id", ""], "--id", "an instance id must not be empty"),
-    (["instance", "--id", "a/../x"], "--id", "may only use letters"),
+    (["instance", "--id", "a/../x"], "--id", "may only use ASCII letters"),
+    (["instance", "--id", "é"], "--id", "may only use ASCII letters"),
+    (["instance", "--id", "clerk"], "--id", "may not be 'clerk': the Clerk's consumer group"),
     (["instance", "--id", "a", "--web-port", "99999"], "--web-port", "is not in the range 1<=x<=65535"),
     (["instance", "--id", "a", "--wait", "-5"], "--wait", "is not a number of seconds 0 or more"),
     (["clerk", "--web-port", "-1"], "--web-port", "is not in the range 1<=x<=65535"),
@@ -124,7 +126,7 @@ def test_a_finite_range_refuses_nan_and_inf(text: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["instance", "a b"], "Invalid value for 'IDENT': 'a b': an instance id may only use letters, digits"),
+    (["instance", "a b"], "Invalid value for 'IDENT': 'a b': an instance id may only use ASCII letters, digits"),
     (["instance", ""], "Invalid value for 'IDENT': '': an instance id must not be empty"),
     (["instance"], "instance needs its id"),
     (["api", "x"], "Got unexpected extra argument (x): only `instance` takes an id"),

@@ -93,6 +93,19 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
         ("DOCKET_INSTANCES", "a,b,a", "names an instance twice"),
         ("DOCKET_INSTANCES", "a,,b", "has an empty entry (entry 2 of 3)"),
+        # the twelfth fresh-user trial: each passed the check and failed later
+        ("DOCKET_INSTANCES", "a,clerk", "instance id 'clerk' may not be 'clerk': the Clerk's consumer group"),
+        ("DOCKET_INSTANCES", "\u00e9,b", "instance id '\u00e9' may only use ASCII letters"),
+        ("DOCKET_TOPIC_PREFIX", "dock\u00e9t", "may only use ASCII letters"),
+        ("DOCKET_BROKER_PORT", "\u0663", "DOCKET_BROKER_PORT='\u0663' is not a whole number"),
+        ("DOCKET_PARTITIONS", "1_000", "DOCKET_PARTITIONS='1_000' is not a whole number"),
+        ("DOCKET_PARTITIONS", "3000000000", "DOCKET_PARTITIONS=3000000000 must be at most 2147483647"),
+        ("DOCKET_FETCH_MAX_WAIT_MS", "9" * 20, f"DOCKET_FETCH_MAX_WAIT_MS={'9' * 20} must be at most 2147483647"),
+        ("DOCKET_FETCH_MIN_BYTES", "2147483648", "must be at most 2147483647"),
+        ("DOCKET_SESSION_TIMEOUT_MS", "100000", "DOCKET_SESSION_TIMEOUT_MS=100000 must be at most 90000"),
+        ("DOCKET_IDEMPOTENCY_TTL_MS", "9" * 20, "must be at most 31536000000"),
+        ("DOCKET_API_TIMEOUT_MS", "3600001", "DOCKET_API_TIMEOUT_MS=3600001 must be at most 3600000"),
+        ("DOCKET_KAFKA_REPLICATION_FACTOR", "40000", "DOCKET_KAFKA_REPLICATION_FACTOR=40000 must be at most 32767"),
         ("DOCKET_INSTANCES", "a,b,", "has an empty entry (entry 3 of 3)"),
         ("DOCKET_REQUIRED_COPIES", "3", "DOCKET_REQUIRED_COPIES=3 exceeds the 2 instances"),
         ("DOCKET_LOG_LEVEL", "loud", "DOCKET_LOG_LEVEL='loud' must be one of"),
@@ -103,6 +116,8 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
+    """NumericSettingsRefusedOutOfRange and the settings' other checks: each bad value
+    is a ConfigError naming the variable and what it takes."""
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError) as excinfo:
         load()
