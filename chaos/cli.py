@@ -265,6 +265,9 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
             elif part:
                 raise click.BadParameter(f"unknown scenario {part!r}; one of {', '.join(SCENARIOS)} or all",
                                          param_hint="--scenario")
+    if not names:
+        # `--scenario ,` started a broker, ran nothing and reported FAILED (the twelfth trial)
+        raise click.BadParameter(f"names no scenario; one of {', '.join(SCENARIOS)} or all", param_hint="--scenario")
     return names
 
 

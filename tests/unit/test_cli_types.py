@@ -258,3 +258,13 @@ def test_divergences_says_the_timeout_as_given(monkeypatch: pytest.MonkeyPatch) 
     # the reading loop's message, or read_reports' own bound on the whole read, whichever fires first
     assert "within 0.001 s (" in result.output and "a longer --timeout may be all it needs" in result.output, \
         result.output
+
+
+@pytest.mark.parametrize("value", [",", " ", " , ,"])
+def test_a_scenario_list_naming_none_is_a_usage_error(value: str) -> None:
+    """CommandOptionsCheckedAtParse: `chaos --scenario ,` started a broker, ran nothing
+    and reported FAILED (the twelfth fresh-user trial); it is a usage error, as an
+    unknown scenario is, before anything starts."""
+    result = CliRunner().invoke(cli, ["chaos", "--scenario", value], prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --scenario: names no scenario; one of kill-a" in result.output, result.output
