@@ -283,8 +283,15 @@ def claim_data_dir(data_dir: Path) -> None:
     exits). Raises click.ClickException naming the holder's pid when another worker
     holds it: two workers sharing one data directory otherwise fail only when the
     second is given a partition the first holds, with a RocksDB LOCK error (a user
-    check of the README's scale-out found it 33 s after start)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    check of the README's scale-out found it 33 s after start). Raises
+    click.ClickException too when the directory cannot be made (a file in its place,
+    a read-only or pseudo file system: a traceback before, the twelfth trial)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot use {data_dir} as this worker's data directory ({exc.strerror or exc}): give --data-dir "
+            "(or DOCKET_DATA_ROOT) a directory it can create and write") from None
     if data_dir.resolve() in _HELD_DATA_DIRS:  # this process holds it already
         return
     path = data_dir / DATA_DIR_LOCK

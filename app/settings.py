@@ -270,6 +270,21 @@ def _at_most(env: str, value: int, maximum: int) -> int:
     return value
 
 
+def _directory(env: str) -> Path:
+    """The directory a path setting names, absolute; ConfigError when something other
+    than a directory is there, or in place of one of its parents (a file: every command
+    using it ended in NotADirectoryError or FileExistsError tracebacks, the twelfth
+    fresh-user trial). A directory that does not exist yet is fine: it is made."""
+    path = Path(_raw(env)).expanduser().resolve()
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "" if place == path else f" ({place} is not a directory)"
+                raise ConfigError(f"{env}={_raw(env)!r} is not a directory{where}: point it at a directory")
+            break
+    return path
+
+
 def _port(env: str) -> int:
     port = _int(env, 0)
     if port > 65535:
@@ -488,10 +503,10 @@ def load() -> Settings:
         idempotency_ttl_ms=_int("DOCKET_IDEMPOTENCY_TTL_MS", 1, MAX_IDEMPOTENCY_TTL_MS),
         batch_size=_int("DOCKET_BATCH_SIZE", 1),
         cache_capacity=_int("DOCKET_CACHE_CAPACITY", 1),
-        data_root=Path(_raw("DOCKET_DATA_ROOT")).expanduser().resolve(),
+        data_root=_directory("DOCKET_DATA_ROOT"),
         broker_port=broker_port,
-        broker_dir=Path(_raw("DOCKET_BROKER_DIR")).expanduser().resolve(),
-        broker_cache=Path(_raw("DOCKET_BROKER_CACHE")).expanduser().resolve(),
+        broker_dir=_directory("DOCKET_BROKER_DIR"),
+        broker_cache=_directory("DOCKET_BROKER_CACHE"),
         log_level=level,
         log_format=log_format,
         api_host=_raw("DOCKET_API_HOST"),

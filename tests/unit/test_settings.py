@@ -116,7 +116,7 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
-    """NumericSettingsRefusedOutOfRange and the settings' other checks: each bad value
+    """SettingValuesRefusedWhenUnusable and the settings' other checks: each bad value
     is a ConfigError naming the variable and what it takes."""
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError) as excinfo:
@@ -166,3 +166,34 @@ def test_the_event_loop_setting_names_the_value_as_given(monkeypatch: pytest.Mon
     monkeypatch.setenv("DOCKET_EVENT_LOOP", "Trio")
     with pytest.raises(ConfigError, match="DOCKET_EVENT_LOOP='Trio' must be uvloop or asyncio"):
         event_loop_setting()
+
+
+@pytest.mark.parametrize("env", ["DOCKET_DATA_ROOT", "DOCKET_BROKER_DIR", "DOCKET_BROKER_CACHE"])
+def test_a_path_setting_naming_a_file_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             env: str) -> None:
+    """SettingValuesRefusedWhenUnusable, the path settings: a file where a directory (or one of its parents) should be is a ConfigError
+    naming the variable (the twelfth fresh-user trial: NotADirectoryError and
+    FileExistsError tracebacks from `docket clerk`, `broker start` and `broker stop`); a
+    directory that does not exist yet is fine."""
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv(env, str(tmp_path / "f"))
+    with pytest.raises(ConfigError, match=f"{env}='.*f' is not a directory: point it at a directory"):
+        load()
+    monkeypatch.setenv(env, str(tmp_path / "f" / "below"))
+    with pytest.raises(ConfigError, match=r"is not a directory \(.*/f is not a directory\)"):
+        load()
+    monkeypatch.setenv(env, str(tmp_path / "new" / "deeper"))
+    assert str(tmp_path / "new" / "deeper") in {str(p) for p in vars(load()).values() if isinstance(p, Path)}
+
+
+def test_a_data_dir_that_cannot_be_made_is_an_error_naming_it(tmp_path: Path) -> None:
+    """SettingValuesRefusedWhenUnusable: a worker's --data-dir that cannot be created (a file in the way) is a
+    ClickException naming it, not an OSError traceback (the twelfth fresh-user trial:
+    `docket clerk --data-dir /proc/self`)."""
+    import click
+
+    from agents.plumbing import claim_data_dir
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(click.ClickException, match=r"cannot use .*f/d as this worker's data directory"):
+        claim_data_dir(tmp_path / "f" / "d")
