@@ -481,6 +481,33 @@ def shared_ports(settings: Settings, broker_port: int | None = None) -> list[str
             "needs a port of its own" for port, names in sorted(clashes.items())]
 
 
+_PROCFILE_INSTANCE = re.compile(r"\bdocket\s+instance\b[^\n]*?\s--id[=\s]+([^\s]+)")
+
+
+def instance_mismatch(settings: Settings, procfile_text: str) -> str | None:
+    """Why the instances a Procfile runs (its ``docket instance --id X`` lines) cannot
+    make the stack ready with DOCKET_INSTANCES and DOCKET_REQUIRED_COPIES, or None: an
+    instance it runs that DOCKET_INSTANCES does not name (the Clerk does not read its
+    copies), or fewer of DOCKET_INSTANCES' instances than a decision needs. The
+    twelfth fresh-user trial's DOCKET_INSTANCES=x,y started a and b, whose copies no
+    one read, and waited for "docket is ready" for good. A Procfile that runs no
+    instance (the instances run elsewhere) is not checked."""
+    ran = list(dict.fromkeys(_PROCFILE_INSTANCE.findall(procfile_text)))
+    if not ran:
+        return None
+    named = ",".join(settings.instances)
+    strangers = [i for i in ran if i not in settings.instances]
+    if strangers:
+        return (f"the Procfile runs instance(s) {', '.join(strangers)}, which DOCKET_INSTANCES={named} does not name: "
+                f"the Clerk would not read their copies and the stack would never be ready; add them to "
+                f"DOCKET_INSTANCES (e.g. DOCKET_INSTANCES={','.join(dict.fromkeys([*settings.instances, *ran]))})")
+    if len(ran) < settings.required_copies:
+        return (f"the Procfile runs {len(ran)} instance(s) ({', '.join(ran)}) but DOCKET_REQUIRED_COPIES="
+                f"{settings.required_copies}: no event could be decided until more run; start the others "
+                f"of DOCKET_INSTANCES={named} as well")
+    return None
+
+
 def refuse_busy_ports(settings: Settings, broker_port: int | None = None) -> None:
     """StackError naming every busy port of the stack's servers (:func:`busy_ports`),
     a port two of them share (:func:`shared_ports`; ``broker_port``: the stack's own
@@ -889,6 +916,9 @@ def run_cmd(procfile: Path) -> None:
     the components, then the broker; once the terminal is gone, the output goes on in
     $DOCKET_DATA_ROOT/stack.log."""
     settings = load()
+    mismatch = instance_mismatch(settings, procfile.read_text())
+    if mismatch is not None:
+        raise StackError(mismatch)
     # the Procfile's broker (`docket broker run`) fetches its jars itself, so a stack on
     # the user's own Kafka needs neither Java nor Maven
     kafka = stack_kafka(settings, os.environ)

@@ -335,3 +335,38 @@ def test_ctrl_c_while_a_command_imports_is_noted_then_130(tmp_path: Path) -> Non
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert done.stdout == "" and done.stderr == "", (done.stdout, done.stderr)
     assert (tmp_path / "imported").read_text() == "imported"  # the import ran to its end
+
+
+def test_a_procfile_instance_outside_docket_instances_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """StackRefusesInstancesItCannotDecideWith: the twelfth fresh-user trial's
+    DOCKET_INSTANCES=x,y started instances a and b, whose copies the Clerk never read,
+    and waited for "docket is ready" for good; the start is refused before anything
+    runs, naming them. The README's DOCKET_INSTANCES=a,b,c with 2 required copies
+    (c started elsewhere) and a Procfile running no instance are fine."""
+    from launcher.stack import PROCFILE, instance_mismatch
+
+    text = PROCFILE.read_text()
+    monkeypatch.setenv("DOCKET_INSTANCES", "x,y")
+    said = instance_mismatch(load(), text)
+    assert said is not None and "runs instance(s) a, b, which DOCKET_INSTANCES=x,y does not name" in said, said
+    assert "DOCKET_INSTANCES=x,y,a,b" in said
+    faults = text.replace("--id b --wait 180", "--id b --wait 180 --inject-faults bitflip:0.5")
+    monkeypatch.setenv("DOCKET_INSTANCES", "a,c")
+    assert "runs instance(s) b, which" in (instance_mismatch(load(), faults) or "")
+    monkeypatch.setenv("DOCKET_INSTANCES", "a,b,c")
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "2")
+    assert instance_mismatch(load(), text) is None
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "3")
+    said = instance_mismatch(load(), text)
+    assert said is not None and "runs 2 instance(s) (a, b) but DOCKET_REQUIRED_COPIES=3" in said, said
+    assert instance_mismatch(load(), "api: exec docket api\n") is None
+    # through the command: refused before any process, broker or lock
+    from click.testing import CliRunner
+
+    from launcher.stack import run_cmd
+
+    monkeypatch.setenv("DOCKET_INSTANCES", "x,y")
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "2")
+    result = CliRunner().invoke(run_cmd, [], catch_exceptions=False)
+    assert result.exit_code == 1 and "does not name: the Clerk would not read their copies" in result.output, \
+        result.output
