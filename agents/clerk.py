@@ -374,7 +374,22 @@ def shares_of(event) -> list[Share]:
     return [Share(event, p, tuple(by_partition[p])) for p in sorted(by_partition)]
 
 
+def single_copy_warning(settings: Settings) -> str | None:
+    """The warning a Clerk logs at start when DOCKET_REQUIRED_COPIES is 1: each copy is
+    published alone, so nothing is compared (ClerkWarnsOfSingleCopyDecisions); None
+    otherwise. The twelfth fresh-user trial ran 1 with a bit-flipping instance, and its
+    corrupted quantities were published without a word."""
+    if settings.required_copies != 1:
+        return None
+    return (f"DOCKET_REQUIRED_COPIES=1: the first copy of each event, from any of {', '.join(settings.instances)}, "
+            "is published without another to agree with it, so an instance's silent corruption or "
+            "non-determinism reaches clients; set it to 2 or more for redundant evaluation")
+
+
 def build(settings: Settings, data_dir: Path, web_port: int | None):
+    warning = single_copy_warning(settings)
+    if warning is not None:
+        log.warning(warning)
     app = new_app(settings.app_id("clerk"), **{**faust_settings(settings, data_dir, web_port, "clerk"),
                                                "store": "memory://"})
     adopt_settings(app, settings)

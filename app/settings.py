@@ -57,7 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
             "an activation of a later one blocks its partition here as if the code did not know it: a staged "
             "rollout, and how the tests run an instance of older code (specs/versioning.allium)"),
     Setting("DOCKET_INSTANCES", "a,b", "ids of the redundant instances (the Clerk reads their output topics): ASCII letters, digits, '-' and '_', not 'clerk'"),
-    Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result"),
+    Setting("DOCKET_REQUIRED_COPIES", "2", "matching copies the Clerk needs before it publishes a result; 1 compares nothing (the Clerk warns at start)"),
     Setting("DOCKET_MAX_LAG", "10000", "offsets an instance may fall behind the most advanced one before the Clerk "
             "reports it; with more instances than DOCKET_REQUIRED_COPIES, also the most decided positions per "
             "partition the Clerk holds for a lagging or stopped instance (its copies of older ones are counted, "

@@ -331,3 +331,27 @@ def test_the_read_back_stops_at_the_look_back_bound():
     core, asked = _restart(reports, max_offsets=20)
     assert list(core.partitions[0].diverged) == list(range(60, 100, 2))
     assert min(lo for lo, _ in asked) == 30
+
+
+def test_a_clerk_deciding_on_one_copy_warns_at_start(monkeypatch, caplog, tmp_path):
+    """ClerkWarnsOfSingleCopyDecisions: DOCKET_REQUIRED_COPIES=1 publishes each copy
+    alone; the Clerk says so once at start, naming the setting (the twelfth fresh-user
+    trial's bit-flipped results were published without a word). 2 says nothing."""
+    import asyncio
+    import logging
+
+    from agents import clerk as clerk_mod
+    from app.settings import load
+
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "1")
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+        clerk_mod.build(load(), tmp_path / "one", None)
+    said = [r.getMessage() for r in caplog.records if r.name == "docket.clerk"]
+    assert len(said) == 1 and said[0].startswith("DOCKET_REQUIRED_COPIES=1: the first copy of each event, from any "
+                                                 "of a, b, is published without another"), said
+    caplog.clear()
+    monkeypatch.setenv("DOCKET_REQUIRED_COPIES", "2")
+    with caplog.at_level(logging.WARNING, logger="docket.clerk"):
+        clerk_mod.build(load(), tmp_path / "two", None)
+    assert not [r for r in caplog.records if r.name == "docket.clerk"]
