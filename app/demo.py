@@ -491,11 +491,16 @@ def _check_run_id(value: str | None) -> str | None:
     return value
 
 
+# The most entities the shapes may multiply to (warehouses x skus, books x accounts):
+# the demo's model of the expected state holds each one.
+MAX_SHAPE_PRODUCT = 1_000_000
+
+
 def _parse_shape(values: tuple[str, ...]) -> dict[str, int]:
     shape = {}
     for v in values:
         name, eq, n = v.partition("=")
-        if not eq or not name.isidentifier() or not n.isdigit():
+        if not eq or not name.isidentifier() or not (n.isascii() and n.isdigit()):
             raise click.BadParameter(f"{v!r} is not NAME=N (e.g. skus=50)", param_hint="--shape")
         shape[name] = int(n)
     return shape
@@ -596,6 +601,12 @@ def demo(url: str | None, token: str | None, events: int, seed: int, concurrency
         raise click.BadParameter(f"{domain} has no shape {', '.join(unknown)} (its shapes: "
                                  f"{', '.join(f'{k}={v}' for k, v in kit.demo_shape.items())})", param_hint="--shape")
     shape = {**kit.demo_shape, **shape}
+    product = math.prod(shape.values())
+    if product > MAX_SHAPE_PRODUCT:
+        # the demo's model holds every entity (inventory: a stock per warehouse and sku):
+        # skus=5000000 ran out of memory, skus=10^20 hung (the twelfth fresh-user trial)
+        raise click.BadParameter(f"{' x '.join(f'{k}={v:,}' for k, v in shape.items())} = {product:,} entities; "
+                                 f"the demo holds each in memory, at most {MAX_SHAPE_PRODUCT:,}", param_hint="--shape")
     try:
         requests_for(kit, seed, 1, "check", shape)
     except (TypeError, ValueError) as exc:

@@ -369,6 +369,14 @@ def test_chaos_and_demo_refuse_a_domain_without_a_kit() -> None:
     assert out.exit_code == 2 and "accounts has no shape skus (its shapes: books=20, accounts=6)" in out.output
     out = CliRunner().invoke(demo, ["--domain", "accounts", "--events", "1", "--token", "t"])
     assert out.exit_code == 2 and "needs at least 2 events" in out.output
+    # shapes multiplying past what the demo can hold (the twelfth fresh-user trial: skus=10^20 hung,
+    # skus=5000000 ran out of memory)
+    for shape in ("skus=" + "9" * 20, "skus=200001"):
+        out = CliRunner().invoke(demo, ["--domain", "inventory", "--shape", shape, "--token", "t"])
+        assert out.exit_code == 2 and "entities; the demo holds each in memory, at most 1,000,000" in out.output, \
+            out.output
+    out = CliRunner().invoke(demo, ["--domain", "inventory", "--shape", "skus=\u0663", "--token", "t"])
+    assert out.exit_code == 2 and "is not NAME=N" in out.output, out.output
 
 
 def test_the_smallest_accounts_workload_funds_an_account_so_its_checks_prove_something() -> None:
