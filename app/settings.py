@@ -270,6 +270,34 @@ def _at_most(env: str, value: int, maximum: int) -> int:
     return value
 
 
+# host:port, as aiokafka reads it: the port may be left out (9092), an IPv6 address goes
+# in brackets
+_BOOTSTRAP_SERVER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]/,]+))(?::(?P<port>[0-9]+))?")
+
+
+def _bootstrap(raw: str) -> str:
+    """DOCKET_KAFKA_BOOTSTRAP as given (stripped; "" when unset), checked: host:port
+    entries, comma-separated, an IPv6 address in brackets, each port 1-65535 (or left
+    out: aiokafka then takes 9092). A
+    ConfigError names the entry otherwise: " , ", "127.0.0.1:99999" and "[::1" reached
+    the Kafka client and were reported as "cannot reach Kafka at ..." (the twelfth
+    fresh-user trial), and an empty entry ("h:1,,h:2") was dropped silently."""
+    text = raw.strip()
+    if not text:
+        return ""
+    entries = [entry.strip() for entry in text.split(",")]
+    for i, entry in enumerate(entries, 1):
+        where = f" (entry {i} of {len(entries)})" if len(entries) > 1 else ""
+        found = _BOOTSTRAP_SERVER.fullmatch(entry)
+        if found is None:
+            raise ConfigError(f"DOCKET_KAFKA_BOOTSTRAP={raw!r}: {entry!r}{where} is not host:port (an IPv6 address "
+                              "in brackets: [::1]:9092); separate servers with single commas")
+        if found["port"] is not None and not 1 <= int(found["port"]) <= 65535:
+            raise ConfigError(f"DOCKET_KAFKA_BOOTSTRAP={raw!r}: {entry!r}{where} names port {found['port']}, "
+                              "not a TCP port (1-65535)")
+    return ",".join(entries)
+
+
 def _directory(env: str) -> Path:
     """The directory a path setting names, absolute; ConfigError when something other
     than a directory is there, or in place of one of its parents (a file: every command
@@ -482,7 +510,7 @@ def load() -> Settings:
     broker_port = _at_most("DOCKET_BROKER_PORT", _int("DOCKET_BROKER_PORT", 1), 65535)
     # unset: the local broker, on its configured port (so that every command, not only
     # the stack's components, finds the broker `make run` started on another port)
-    bootstrap = (os.environ.get("DOCKET_KAFKA_BOOTSTRAP") or "").strip() or f"127.0.0.1:{broker_port}"
+    bootstrap = _bootstrap(os.environ.get("DOCKET_KAFKA_BOOTSTRAP") or "") or f"127.0.0.1:{broker_port}"
     return Settings(
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,

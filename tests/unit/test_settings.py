@@ -93,6 +93,12 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_INSTANCES", "a,b!", "instance id 'b!' may only use"),
         ("DOCKET_INSTANCES", "a,b,a", "names an instance twice"),
         ("DOCKET_INSTANCES", "a,,b", "has an empty entry (entry 2 of 3)"),
+        ("DOCKET_KAFKA_BOOTSTRAP", " , ", "'' (entry 1 of 2) is not host:port"),
+        ("DOCKET_KAFKA_BOOTSTRAP", "h:1,,h:2", "'' (entry 2 of 3) is not host:port"),
+        ("DOCKET_KAFKA_BOOTSTRAP", "[::1", "'[::1' is not host:port"),
+        ("DOCKET_KAFKA_BOOTSTRAP", "a b:1", "'a b:1' is not host:port"),
+        ("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:99999", "'127.0.0.1:99999' names port 99999, not a TCP port"),
+        ("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:0", "names port 0, not a TCP port"),
         # the twelfth fresh-user trial: each passed the check and failed later
         ("DOCKET_INSTANCES", "a,clerk", "instance id 'clerk' may not be 'clerk': the Clerk's consumer group"),
         ("DOCKET_INSTANCES", "\u00e9,b", "instance id '\u00e9' may only use ASCII letters"),
@@ -197,3 +203,11 @@ def test_a_data_dir_that_cannot_be_made_is_an_error_naming_it(tmp_path: Path) ->
     (tmp_path / "f").write_text("")
     with pytest.raises(click.ClickException, match=r"cannot use .*f/d as this worker's data directory"):
         claim_data_dir(tmp_path / "f" / "d")
+
+
+@pytest.mark.parametrize("given", ["127.0.0.1:9092", " localhost:9092 ", "[::1]:9092", "a.example:9093, b-2.example:9094",
+                                   "kafka_1:19092", "localhost"])
+def test_a_bootstrap_of_host_port_entries_is_taken_as_given(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    """SettingValuesRefusedWhenUnusable: well-formed servers pass, stripped."""
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", given)
+    assert load().kafka_bootstrap == ",".join(e.strip() for e in given.split(","))
