@@ -27,7 +27,14 @@ from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
 from app.registry import Rejection, UnknownDomain, registry, version_number, version_rule
 from app.settings import ConfigError, Settings, load
-from app.status import check_partition_count, domain_conflict, domains_of, of_instances, read_statuses
+from app.status import (
+    StatusTopicMissing,
+    check_partition_count,
+    domain_conflict,
+    domains_of,
+    of_instances,
+    read_statuses,
+)
 from app.versions import ACTIVATE_EVENT, ACTIVATION_KEY, DomainVersions, activation_record
 
 # How many input records `docket domain activate` reads per step back from a
@@ -249,7 +256,10 @@ def _statuses(settings: Settings, timeout_s: float) -> list[dict]:
             "created (`docket topics create`)",
             lambda exc: f"could not read {settings.status_topic} at {settings.kafka_bootstrap}: {exc}; "
                         "is the broker up?", timeout_s):
-        return asyncio.run(_checked_statuses(settings, timeout_s))
+        try:
+            return asyncio.run(_checked_statuses(settings, timeout_s))
+        except StatusTopicMissing as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 async def _checked_statuses(settings: Settings, timeout_s: float) -> list[dict]:

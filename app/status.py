@@ -76,22 +76,31 @@ def domain_conflict(settings: Settings, statuses: list[dict]) -> str | None:
             f"DOCKET_DATA_ROOT); `make clean` starts the local stack afresh")
 
 
+class StatusTopicMissing(LookupError):
+    """The status topic does not exist on the broker (the message says what to do)."""
+
+
 async def check_partition_count(settings: Settings, timeout_s: float = 15.0) -> None:
     """Raise ConfigError when the input topic's partition count is not
     DOCKET_PARTITIONS: :func:`read_statuses` reads one status partition per input
-    partition, so some statuses would go unshown. For a reader that has not checked
-    the count already (the API's client and an instance's preflight have). Raises
-    TimeoutError (asyncio's) past ``timeout_s`` seconds, KafkaError or OSError when
-    Kafka fails; a missing input topic passes (the reader says what is missing)."""
+    partition, so some statuses would go unshown; StatusTopicMissing when there is no
+    status topic to read (a reader waited its whole timeout for one, then suggested a
+    longer timeout: the twelfth fresh-user trial's DOCKET_TOPIC_PREFIX=nope). For the
+    `docket domain` commands. Raises TimeoutError (asyncio's) past ``timeout_s``
+    seconds, KafkaError or OSError when Kafka fails; a missing input topic passes."""
     from app.kafka_admin import connect_admin
     from app.topics import partition_count_problem, partition_counts
 
     admin = await connect_admin(settings.kafka_bootstrap, timeout_s, settings, "status")
     try:
-        count = (await asyncio.wait_for(partition_counts(admin, [settings.input_topic]), timeout_s)).get(
-            settings.input_topic)
+        counts = await asyncio.wait_for(partition_counts(admin, [settings.input_topic, settings.status_topic]),
+                                        timeout_s)
     finally:
         await admin.close()
+    if settings.status_topic not in counts:
+        raise StatusTopicMissing(f"topic {settings.status_topic} does not exist on {settings.kafka_bootstrap}: "
+                                 "check DOCKET_TOPIC_PREFIX, or run `docket topics create`")
+    count = counts.get(settings.input_topic)
     problem = count is not None and partition_count_problem(settings, count)
     if problem:
         raise ConfigError(problem)

@@ -345,6 +345,14 @@ async def test_the_topics_of_one_domain_refuse_another_and_domain_status_shows_e
     fewer = docket_cli(s, "domain", "status", DOCKET_PARTITIONS=str(s.partitions - 1))
     assert fewer.returncode == 1 and (f"has {s.partitions} partitions but DOCKET_PARTITIONS={s.partitions - 1}"
                                       in fewer.stderr) and "judging" not in fewer.stdout, (fewer.stdout, fewer.stderr)
+    # a prefix naming no topics: said at once, not after --timeout as a timeout (the
+    # twelfth fresh-user trial: DOCKET_TOPIC_PREFIX=nope waited 15 s and suggested a
+    # longer --timeout)
+    for command in (["status"], ["activate", "inventory/2"]):
+        nowhere = docket_cli(s, "domain", *command, "--timeout", "120", DOCKET_TOPIC_PREFIX=f"{s.topic_prefix}-none")
+        assert nowhere.returncode == 1 and (f"topic {s.topic_prefix}-none.status does not exist on "
+                                            f"{s.kafka_bootstrap}: check DOCKET_TOPIC_PREFIX") in nowhere.stderr, \
+            nowhere.stderr
     client = DocketClient(s)  # the right domain and count: it starts
     await client.start()
     await client.stop()
