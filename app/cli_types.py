@@ -9,6 +9,7 @@ lost, `docket api --port 70000` an OverflowError traceback)."""
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -57,3 +58,20 @@ class Seconds(click.ParamType):
         if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero_ok):
             self.fail(f"{value!r} is not a number of seconds {least}", param, ctx)
         return seconds
+
+
+class EnvOption(click.Option):
+    """A click.Option whose usage error names its environment variable when the value
+    came from it: click says "Invalid value for '--rate'" either way, and a user who
+    never typed --rate (DOCKET_CONSOLE_RATE=abc) was left to guess (the twelfth
+    fresh-user trial). Use with ``envvar=``."""
+
+    def process_value(self, ctx: click.Context, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as exc:
+            from click.core import ParameterSource
+
+            if ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+                exc.message = f"{self.envvar}={os.environ.get(self.envvar, '')!r}: {exc.message}"
+            raise

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from app.cli_types import SEED, FiniteRange
+from app.cli_types import SEED, EnvOption, FiniteRange
 
 log = logging.getLogger("docket.console")
 
@@ -189,20 +189,20 @@ class _Stopped(Exception):
 
 
 @click.command("console")
-@click.option("--port", type=click.IntRange(1, 65535), default=8090, show_default=True, envvar="DOCKET_CONSOLE_PORT",
+@click.option("--port", type=click.IntRange(1, 65535), default=8090, show_default=True, cls=EnvOption, envvar="DOCKET_CONSOLE_PORT",
               help="serve the page on 127.0.0.1:PORT [env DOCKET_CONSOLE_PORT]")
 @click.option("--rate", type=click.IntRange(1, 2000), default=DEFAULT_RATE, show_default=True,
-              envvar="DOCKET_CONSOLE_RATE", help="input events per second, changeable on the page "
+              cls=EnvOption, envvar="DOCKET_CONSOLE_RATE", help="input events per second, changeable on the page "
                                                  "[env DOCKET_CONSOLE_RATE]")
 @click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
-              envvar="DOCKET_CONSOLE_PARTITIONS", help="partitions of every topic [env DOCKET_CONSOLE_PARTITIONS]")
+              cls=EnvOption, envvar="DOCKET_CONSOLE_PARTITIONS", help="partitions of every topic [env DOCKET_CONSOLE_PARTITIONS]")
 @click.option("--seed", type=SEED, default=None, help="seed of the workload, a 64-bit integer [default: random, printed]")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="DOCKET_CONSOLE_DATA_DIR",
+              cls=EnvOption, envvar="DOCKET_CONSOLE_DATA_DIR",
               help="the console's broker, RocksDB and logs; WIPED at start [env DOCKET_CONSOLE_DATA_DIR; "
                    "default: $DOCKET_DATA_ROOT/console, var/console]")
 @click.option("--fault-rate", type=FiniteRange(0, 1, min_open=True), default=0.3, show_default=True,
-              envvar="DOCKET_CONSOLE_FAULT_RATE",
+              cls=EnvOption, envvar="DOCKET_CONSOLE_FAULT_RATE",
               help="share of records a corrupt switch corrupts [env DOCKET_CONSOLE_FAULT_RATE]")
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True,
               help="open the page in the default browser once the stack is ready")

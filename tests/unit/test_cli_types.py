@@ -268,3 +268,16 @@ def test_a_scenario_list_naming_none_is_a_usage_error(value: str) -> None:
     result = CliRunner().invoke(cli, ["chaos", "--scenario", value], prog_name="docket", catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert "Invalid value for --scenario: names no scenario; one of kill-a" in result.output, result.output
+
+
+def test_an_option_from_its_environment_variable_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CommandOptionsCheckedAtParse: a bad value from DOCKET_CONSOLE_RATE is a usage
+    error naming the variable and its value (click named only --rate, which the user
+    never typed: the twelfth fresh-user trial); typed as --rate it reads as before."""
+    monkeypatch.setenv("DOCKET_CONSOLE_RATE", "abc")
+    result = CliRunner().invoke(cli, ["console"], prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--rate': DOCKET_CONSOLE_RATE='abc': 'abc' is not a valid integer" in result.output
+    monkeypatch.delenv("DOCKET_CONSOLE_RATE")
+    result = CliRunner().invoke(cli, ["console", "--rate", "abc"], prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 2 and "Invalid value for '--rate': 'abc' is not" in result.output, result.output
