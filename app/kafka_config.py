@@ -128,7 +128,9 @@ def _file(env: Mapping[str, str], name: str) -> Path | None:
         return None
     path = Path(raw).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError(f"{name}={raw!r}: no such file")
+        # a directory is there, say (the twelfth fresh-user trial's /tmp read "no such file")
+        what = "a directory, not a file" if path.is_dir() else "no such file" if not path.exists() else "not a file"
+        raise ConfigError(f"{name}={raw!r}: {what}")
     return path
 
 

@@ -147,6 +147,8 @@ def test_password_from_file(tmp_path: Path) -> None:
      "DOCKET_KAFKA_USERNAME, DOCKET_KAFKA_PASSWORD set, but DOCKET_KAFKA_SECURITY_PROTOCOL=SSL uses no SASL"),
     ({"DOCKET_KAFKA_SECURITY_PROTOCOL": "SSL", "DOCKET_KAFKA_SSL_CA_FILE": "/no/such/ca.pem"},
      "DOCKET_KAFKA_SSL_CA_FILE='/no/such/ca.pem': no such file"),
+    ({"DOCKET_KAFKA_SECURITY_PROTOCOL": "SSL", "DOCKET_KAFKA_SSL_CA_FILE": "/tmp"},
+     "DOCKET_KAFKA_SSL_CA_FILE='/tmp': a directory, not a file"),  # the twelfth trial: "no such file"
     ({"DOCKET_KAFKA_REPLICATION_FACTOR": "0"}, "DOCKET_KAFKA_REPLICATION_FACTOR=0 must be at least 1"),
     ({"DOCKET_KAFKA_REPLICATION_FACTOR": "three"}, "DOCKET_KAFKA_REPLICATION_FACTOR='three' is not a whole number"),
     ({"DOCKET_KAFKA_REPLICATION_FACTOR": "2", "DOCKET_KAFKA_MIN_INSYNC_REPLICAS": "3"},
