@@ -942,7 +942,7 @@ class DocketClient:
         if topic == self.settings.status_topic:
             for m in records:
                 try:
-                    self.on_status(m.key, m.value)
+                    self.on_status(m.key, m.value, m.partition)
                 except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
                     self._skipped(topic, partition, m.offset, exc)
             return
@@ -958,11 +958,12 @@ class DocketClient:
         log.warning("skipped an unreadable record of %s partition %d at offset %d: %s", topic, partition, offset,
                     unreadable_reason(exc))
 
-    def on_status(self, key: bytes | None, raw: bytes | None) -> None:
+    def on_status(self, key: bytes | None, raw: bytes | None, partition: int | None = None) -> None:
         """One record of the status topic (an instance's state for one input
         partition, app/versions.py status_record): the latest per key is kept; a
         tombstone drops the key. Raises UnreadableRecord, before any effect, for a
-        record that is not a status record as an instance writes it."""
+        record that is not a status record as an instance writes it, on the status
+        partition of the input partition it names (``partition``, when given)."""
         if key is None:
             raise UnreadableRecord("a status record needs a key")
         name = key.decode("utf-8", errors="replace")
@@ -974,6 +975,9 @@ class DocketClient:
                 or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
                 or not isinstance(rec.get("version"), str)):
             raise UnreadableRecord("not {instance, partition, state: blocked or judging, offset, version}")
+        if partition is not None and rec["partition"] != partition:
+            raise UnreadableRecord(f"it names input partition {rec['partition']} but lies on status partition "
+                                   f"{partition}")
         self._statuses[name] = rec
 
     @property

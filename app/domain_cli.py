@@ -25,6 +25,7 @@ from app import records
 from app.cli_types import Seconds
 from app.kafka_admin import quiet
 from app.kafka_config import client_kwargs
+from app.printable import printable
 from app.registry import Rejection, UnknownDomain, registry, version_number, version_rule
 from app.settings import ConfigError, Settings, load
 from app.status import (
@@ -322,8 +323,11 @@ def status_cmd(timeout_s: float) -> None:
         raise click.ClickException(wrong)
     click.echo(f"{'partition':>9}  {'instance':<10} {'state':<8} {'version':<16} {'offset':>10}")
     for rec in statuses:
-        click.echo(f"{rec['partition']:>9}  {rec['instance']:<10} {rec['state']:<8} {rec['version']:<16} "
-                   f"{rec['offset']:>10}" + (f"  {rec['remedy']}" if rec.get("remedy") else ""))
+        # a record's strings are anyone's who can write to the topic: escaped, as
+        # `docket divergences` shows them (U+202E reached the terminal: the twelfth trial)
+        remedy = rec.get("remedy")
+        click.echo(printable(f"{rec['partition']:>9}  {rec['instance']:<10} {rec['state']:<8} {rec['version']:<16} "
+                             f"{rec['offset']:>10}" + (f"  {remedy}" if remedy else "")))
     silent = sorted(set(range(settings.partitions)) - {rec["partition"] for rec in statuses})
     if silent:
         # an instance writes a partition's status once it has processed a record of it

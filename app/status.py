@@ -22,9 +22,12 @@ from app.settings import ConfigError, Settings
 STATES = ("blocked", "judging")
 
 
-def parse_status(key: bytes | None, raw: bytes | None) -> dict | None:
+def parse_status(key: bytes | None, raw: bytes | None, partition: int | None = None) -> dict | None:
     """A status record as an instance writes it ({instance, partition, state, offset,
-    version, judges_with, ...}), or None for a tombstone or anything else."""
+    version, judges_with, ...}), or None for a tombstone or anything else; with
+    ``partition`` (the status topic's partition it was read from), None too when it
+    names another input partition, as no instance writes it (one naming partition 99
+    of an 8-partition topic was listed: the twelfth fresh-user trial)."""
     if key is None or raw is None:
         return None
     try:
@@ -34,6 +37,8 @@ def parse_status(key: bytes | None, raw: bytes | None) -> dict | None:
     if (not isinstance(rec, dict) or rec.get("state") not in STATES or not isinstance(rec.get("instance"), str)
             or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
             or not isinstance(rec.get("version"), str)):
+        return None
+    if partition is not None and rec["partition"] != partition:
         return None
     return rec
 
@@ -144,7 +149,7 @@ async def _read(consumer, topic: str, settings: Settings, timeout_s: float, dead
             for tp, msgs in (await consumer.getmany(*todo, timeout_ms=200)).items():
                 for m in msgs:
                     if m.offset < ends[tp]:
-                        latest[m.key] = parse_status(m.key, m.value)
+                        latest[m.key] = parse_status(m.key, m.value, tp.partition)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)

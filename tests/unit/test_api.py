@@ -2017,6 +2017,13 @@ async def test_readyz_lists_no_blocked_partition_of_an_instance_outside_docket_i
     assert "c:" not in body["blocked_message"] and "raise the limit" not in body["blocked_message"]
     client.on_status(b"a:4", None)
     assert "blocked_partitions" not in await (await tc.get("/readyz")).json()
+    # a record naming another input partition than the status partition it lies on is
+    # none an instance writes (the twelfth trial listed a forged partition 99)
+    from app.records import UnreadableRecord
+
+    with pytest.raises(UnreadableRecord, match="names input partition 99 but lies on status partition 3"):
+        client.on_status(*status_record("a", 99, "blocked", 5, "inventory/2", ["inventory/1"]), 3)
+    assert "blocked_partitions" not in await (await tc.get("/readyz")).json()
 
 
 async def test_readyz_lists_blocked_partitions_from_the_status_topic(http) -> None:

@@ -252,6 +252,24 @@ def test_status_ignores_the_records_of_instances_outside_docket_instances(cli_en
     assert out.exit_code == 0 and "no instance of a,b has processed an event" in out.stdout, out.output
 
 
+def test_status_shows_a_records_strings_escaped_and_reads_each_on_its_own_partition(cli_env) -> None:
+    """OperatorListsDivergences' rule for a record's strings, in `docket domain status`:
+    a forged version or remedy holding U+202E or ESC is shown as \\uXXXX, never sent raw
+    to the terminal; and a record naming another input partition than the status
+    partition it lies on is not a status record (one naming partition 99 of an
+    8-partition topic was listed: the twelfth fresh-user trial)."""
+    forged = parse_status(*status_record("a", 2, "blocked", 7, "inventory/\u202e7", ["inventory/1"], "do\u001b[2J"))
+    cli_env.setattr(domain_cli, "_statuses", lambda settings, timeout_s: inventory_statuses() + [forged])
+    cli_env.setenv("DOCKET_DOMAIN", "inventory")
+    out = CliRunner().invoke(domain_cli.domain, ["status"])
+    assert out.exit_code == 0, out.output
+    assert "inventory/\\u202e7" in out.stdout and "do\\u001b[2J" in out.stdout, out.stdout
+    assert "\u202e" not in out.stdout and "\u001b" not in out.stdout
+    key, value = status_record("a", 99, "judging", 5, "inventory/1", ["inventory/1"])
+    assert parse_status(key, value, 3) is None and parse_status(key, value, 99) is not None
+    assert parse_status(key, value) is not None  # the caller that knows no partition
+
+
 def test_status_of_a_domain_nobody_registered_is_a_setting_error(cli_env) -> None:
     """StatusOfAnotherDomainRefused (UnknownDomainRefusedAtStart): a DOCKET_DOMAIN that
     names no domain is refused before Kafka is read, exit 2, naming the registered
