@@ -432,6 +432,23 @@ def test_json_listing_escapes_what_the_table_escapes() -> None:
     assert json.loads(text) == json.loads(json.dumps([entry])), text
 
 
+def test_a_report_with_nan_or_infinity_is_unreadable_and_a_non_string_name_shows_as_json() -> None:
+    """OperatorListsDivergences: NaN and Infinity are no JSON values; the API and the
+    Clerk skip such a record as not JSON, and the listing showed it as a report (the
+    twelfth fresh-user trial). An event_name that is not a string shows as JSON, not as
+    a Python repr."""
+    original = orjson.loads(_clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11))))
+    raw = orjson.dumps(original)
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        entry = report_entry(raw[:-1] + b',"stream_time":' + constant + b"}", 0, 0, 3)
+        assert entry["unreadable"] == f"not JSON: {constant.decode()} is not a JSON value", entry
+    entry = report_entry(orjson.dumps({**original, "event_name": {"x": 1}}), 0, 0, 3)
+    console = Console(width=300, record=True)
+    console.print(reports_table([entry], "t"))
+    text = console.export_text()
+    assert '{"x":1}' in text and "{'x': 1}" not in text, text
+
+
 def test_a_since_of_no_time_is_a_usage_error() -> None:
     """OperatorListsDivergences: --since 0s asks for nothing; it was listed as "the
     last 0 d" (the ninth trial)."""
