@@ -620,7 +620,11 @@ def tail_state(raw: bytes | None, partition: int, input_end: int | None = None) 
     end, sorted and disjoint. Raises UnreadableRecord (saying what is wrong) for
     anything else: a tombstone, not JSON, not an object, no or an ill-typed
     ``clerk``, a number out of range. ``partition`` is only named in messages."""
-    rec = json_object(raw)
+    return _state_of(json_object(raw), input_end)
+
+
+def _state_of(rec: dict, input_end: int | None) -> dict:
+    """:func:`tail_state` of a record already parsed."""
     state = rec.get("clerk")
     if not isinstance(state, dict):
         raise UnreadableRecord("no clerk state" if state is None else f"clerk is {type(state).__name__}, not an object")
@@ -792,7 +796,7 @@ def diverged_position(raw: bytes | None, partition: int,
     if position.get("partition") != partition or type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
         return None
     try:
-        state = tail_state(raw, partition, input_end)
+        state = _state_of(rec, input_end)
     except UnreadableRecord:
         return None
     if offset >= state["decided_below"] and not any(a <= offset < b for a, b in state["finished_ranges"]):
