@@ -290,7 +290,9 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
               help="kill-during-recovery: kills before the restarted worker is ready, per round")
 @click.option("--broker-restarts", type=click.IntRange(min=1), default=2, show_default=True,
               help="broker-restart: broker stops and restarts")
-@click.option("--partitions", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="partitions of every topic, at most 64 as the console's (each one is a consumer and a "
+                   "RocksDB store in every worker of the run's stack)")
 @click.option("--ttl-ms", type=click.IntRange(min=1), default=2_000, show_default=True,
               help="the Warden's TTL (stream time; the workload spans 1 ms per event, so keys expire mid-run)")
 @click.option("--session-timeout-ms", type=click.IntRange(min=6000), default=6_000, show_default=True,

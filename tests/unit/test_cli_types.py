@@ -78,6 +78,7 @@ _NO_DOMAIN = ["--domain", "no-such-domain"]
     (["chaos", "--rate", "nan", *_NO_DOMAIN], "--rate", "nan is not a finite number in the range x>=1"),
     (["chaos", "--seed", str(2**63), *_NO_DOMAIN], "--seed", f"{2**63} is not in the range"),
     (["chaos", "--seed", "9" * 120, *_NO_DOMAIN], "--seed", "is not in the range"),
+    (["chaos", "--partitions", "65", *_NO_DOMAIN], "--partitions", "65 is not in the range 1<=x<=64"),
     (["console", "--seed", str(-2**63 - 1), "--port", "0"], "--seed", "is not in the range"),
     (["demo", "--seed", str(2**63), "--domain", "no-such-domain"], "--seed", "is not in the range"),
     (["chaos", "--rate", "inf", *_NO_DOMAIN], "--rate", "inf is not a finite number in the range x>=1"),
