@@ -47,7 +47,17 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from app.records import FINISHING_CAUSES, MAX_IDEMPOTENCY_KEY, UnreadableRecord, check_result, json_object
+from app.records import (
+    FINISHING_CAUSES,
+    MAX_IDEMPOTENCY_KEY,
+    OFFSET_LIMIT,
+    UnreadableRecord,
+    bounded_int,
+    check_result,
+    clerk_state,
+    finished_in,
+    json_object,
+)
 from app.settings import client_name_problem
 
 # A divergence record carries each copy's canonical body whole up to this many bytes
@@ -76,8 +86,6 @@ DIVERGENCE_NAME_LIMIT = 256
 # Clerk's agent, all partitions, waits while a partition is seeded).
 TAIL_LOOKBACK_OFFSETS = 1_000
 TAIL_LOOKBACK_BYTES = 64 * 1024 * 1024
-# Kafka offsets are signed 64-bit integers
-OFFSET_LIMIT = 2**63
 # Diverged positions a partition remembers after they are forgotten, at most, so that a
 # duplicate of one is withheld (ClerkWithholdsDuplicateOfDivergedOriginal); the oldest
 # goes first. Entries older than the idempotency TTL (stream time) go anyway, as no
@@ -596,21 +604,6 @@ class ClerkCore:
 # ---- restart: reading back the results and divergences topics ----------------------
 
 
-def _bounded(value, name: str, low: int, high: int | None) -> int:
-    """``value`` if it is an integer from ``low`` to ``high`` (the input partition's end
-    offset; None: any offset), else UnreadableRecord."""
-    top = OFFSET_LIMIT - 1 if high is None else high
-    if type(value) is not int or not low <= value <= top:
-        bound = "2^63 - 1" if high is None else f"{high} (the input partition's end offset)"
-        raise UnreadableRecord(f"{name} is {_show(value)}, not an integer from {low} to {bound}")
-    return value
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
 def tail_state(raw: bytes | None, partition: int, input_end: int | None = None) -> dict:
     """The ``clerk`` state (ClerkState: seq, decided_below, finished_ranges) of a
     record of the results or divergences topic, checked: ``seq`` a non-negative
@@ -620,29 +613,7 @@ def tail_state(raw: bytes | None, partition: int, input_end: int | None = None) 
     end, sorted and disjoint. Raises UnreadableRecord (saying what is wrong) for
     anything else: a tombstone, not JSON, not an object, no or an ill-typed
     ``clerk``, a number out of range. ``partition`` is only named in messages."""
-    return _state_of(json_object(raw), input_end)
-
-
-def _state_of(rec: dict, input_end: int | None) -> dict:
-    """:func:`tail_state` of a record already parsed."""
-    state = rec.get("clerk")
-    if not isinstance(state, dict):
-        raise UnreadableRecord("no clerk state" if state is None else f"clerk is {type(state).__name__}, not an object")
-    seq = _bounded(state.get("seq"), "clerk.seq", 0, None)
-    below = _bounded(state.get("decided_below"), "clerk.decided_below", 0, input_end)
-    ranges = state.get("finished_ranges")
-    if not isinstance(ranges, list):
-        raise UnreadableRecord("clerk.finished_ranges is not a list")
-    checked = []
-    floor = below
-    for r in ranges:
-        if not (isinstance(r, list) and len(r) == 2):
-            raise UnreadableRecord(f"clerk.finished_ranges holds {_show(r)}, not a [start, end] pair")
-        start = _bounded(r[0], "a clerk.finished_ranges start", floor, input_end)
-        end = _bounded(r[1], "a clerk.finished_ranges end", start + 1, input_end)
-        checked.append([start, end])
-        floor = end
-    return {"seq": seq, "decided_below": below, "finished_ranges": checked}
+    return clerk_state(json_object(raw), input_end)
 
 
 def published_position(raw: bytes | None, partition: int, input_end: int | None = None) -> int:
@@ -655,7 +626,7 @@ def published_position(raw: bytes | None, partition: int, input_end: int | None 
     where = rec["input"]
     if where["partition"] != partition:
         raise UnreadableRecord(f"input.partition is {where['partition']}, not {partition}")
-    offset = _bounded(where["offset"], "input.offset", 0, input_end)
+    offset = bounded_int(where["offset"], "input.offset", 0, input_end)
     if offset == input_end:
         raise UnreadableRecord(f"input.offset is {offset}, the input partition's end offset: no record is there yet")
     return offset
@@ -796,10 +767,9 @@ def diverged_position(raw: bytes | None, partition: int,
     if position.get("partition") != partition or type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
         return None
     try:
-        state = _state_of(rec, input_end)
+        if not finished_in(clerk_state(rec, input_end), offset):
+            return None
     except UnreadableRecord:
-        return None
-    if offset >= state["decided_below"] and not any(a <= offset < b for a, b in state["finished_ranges"]):
         return None
     return offset, stream_time if type(stream_time) is int else None
 

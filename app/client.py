@@ -67,7 +67,9 @@ from app.records import (
     check_divergence,
     check_report,
     check_result,
+    clerk_state,
     entity_record,
+    finished_in,
     json_object,
     partition_for,
     unreadable_reason,
@@ -942,14 +944,17 @@ class DocketClient:
         if topic == self.settings.status_topic:
             for m in records:
                 try:
-                    self.on_status(m.key, m.value, m.partition)
+                    self.on_status(m.key, m.value, partition)
                 except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
                     self._skipped(topic, partition, m.offset, exc)
             return
-        handle = self.on_result if topic == self.settings.results_topic else self.on_divergence
+        results = topic == self.settings.results_topic
         for m in records:
             try:
-                handle(m.value)
+                if results:
+                    self.on_result(m.value)
+                else:
+                    self.on_divergence(m.value, partition)
             except Exception as exc:  # noqa: BLE001  one bad record must not cost the batch
                 self._skipped(topic, partition, m.offset, exc)
 
@@ -1026,7 +1031,7 @@ class DocketClient:
         self._mine.pop(pos, None)
         self._deliver(pos, "result", rec, compact)
 
-    def on_divergence(self, raw: bytes) -> None:
+    def on_divergence(self, raw: bytes, partition: int | None = None) -> None:
         """One record of the divergences topic. Only a ``mismatch``, ``version_mismatch``
         or ``original_diverged`` (a duplicate of a diverged request) with no decision
         finishes a position (it will never be published); a copy that disagrees with a
@@ -1042,20 +1047,34 @@ class DocketClient:
         diverged request repeated or reused an owned key) keeps its owner's state.
         Raises UnreadableRecord, before any effect, for a record that is not a report
         (its cause not one of DIVERGENCE_CAUSES, its decision neither null nor a
-        digest) or a finishing report that is not one as the Clerk writes it."""
+        digest) or a finishing report that is not one as the Clerk writes it: with the
+        fields it reads, on the divergences partition of its input partition (``partition``,
+        when given), with a Clerk state that counts its position finished (as
+        ClerkSeedsDivergedPositions asks), and for a position whose result this client
+        has not read (the Clerk never both publishes and finishes a position). A
+        report-shaped record without a Clerk state turned a request decided and answered
+        200 into "diverged", 502 to every retry (the thirteenth fresh-user trial)."""
         self.divergences_read += 1
         rec = json_object(raw)
         check_report(rec)
         if rec["cause"] not in FINISHING_CAUSES or rec.get("decided") is not None:
             return
         check_divergence(rec)
-        rec.pop("clerk", None)
-        compact = _exact(orjson.dumps(rec))
         pos = (rec["input"]["partition"], rec["input"]["offset"])
-        mine = self._mine.pop(pos, None)
+        if partition is not None and pos[0] != partition:
+            raise UnreadableRecord(f"it reports input partition {pos[0]} but lies on divergences partition {partition}")
+        if not finished_in(clerk_state(rec), pos[1]):
+            raise UnreadableRecord(f"its clerk state does not count input offset {pos[1]} as finished")
+        mine = self._mine.get(pos)
         skey = (rec.get("client"), rec.get("idempotency_key"))
         if mine is not None and skey != mine[0]:
             skey = mine[0]  # this process knows what it sent; the report's key came from one copy
+        owner = self._index.get(skey)
+        if owner is not None and owner.position == pos and owner.result is not None:
+            raise UnreadableRecord(f"the result of input {pos[0]}@{pos[1]} was published: no report finishes it")
+        self._mine.pop(pos, None)
+        rec.pop("clerk", None)
+        compact = _exact(orjson.dumps(rec))
         if isinstance(skey[1], str):
             self._index_divergence(skey, pos, rec, compact, mine)
         self._deliver(pos, "divergence", rec, compact)

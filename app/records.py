@@ -382,3 +382,59 @@ def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | Non
     if rec.get("input") is not None:
         _check_position(rec["input"], "input")
     return name, rec
+
+
+# Kafka offsets are signed 64-bit integers
+OFFSET_LIMIT = 2**63
+
+
+def bounded_int(value, name: str, low: int, high: int | None) -> int:
+    """``value`` if it is an integer from ``low`` to ``high`` (the input partition's end
+    offset; None: any offset), else UnreadableRecord."""
+    top = OFFSET_LIMIT - 1 if high is None else high
+    if type(value) is not int or not low <= value <= top:
+        bound = "2^63 - 1" if high is None else f"{high} (the input partition's end offset)"
+        raise UnreadableRecord(f"{name} is {_show(value)}, not an integer from {low} to {bound}")
+    return value
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def clerk_state(rec: dict, input_end: int | None = None) -> dict:
+    """The ``clerk`` state (ClerkState: seq, decided_below, finished_ranges) a record of
+    the results or divergences topic carries, checked: ``seq`` a non-negative integer,
+    ``decided_below`` and every range bound integers from 0 to ``input_end`` (the input
+    partition's end offset: no position at or beyond it can be final; 2^63 when not
+    given), ranges [start, end) with decided_below <= start < end, sorted and disjoint.
+    Raises UnreadableRecord saying what is wrong. The Clerk's restart seed reads it
+    (agents/clerk_core.py tail_state), and every reader of a finishing divergence
+    report asks it (:func:`finished_in`)."""
+    state = rec.get("clerk")
+    if not isinstance(state, dict):
+        raise UnreadableRecord("no clerk state" if state is None else f"clerk is {type(state).__name__}, not an object")
+    seq = bounded_int(state.get("seq"), "clerk.seq", 0, None)
+    below = bounded_int(state.get("decided_below"), "clerk.decided_below", 0, input_end)
+    ranges = state.get("finished_ranges")
+    if not isinstance(ranges, list):
+        raise UnreadableRecord("clerk.finished_ranges is not a list")
+    checked = []
+    floor = below
+    for r in ranges:
+        if not (isinstance(r, list) and len(r) == 2):
+            raise UnreadableRecord(f"clerk.finished_ranges holds {_show(r)}, not a [start, end] pair")
+        start = bounded_int(r[0], "a clerk.finished_ranges start", floor, input_end)
+        end = bounded_int(r[1], "a clerk.finished_ranges end", start + 1, input_end)
+        checked.append([start, end])
+        floor = end
+    return {"seq": seq, "decided_below": below, "finished_ranges": checked}
+
+
+def finished_in(state: dict, offset: int) -> bool:
+    """Whether the checked Clerk ``state`` (:func:`clerk_state`) counts input ``offset``
+    as finished: below its decided watermark or in a finished range. Every report the
+    Clerk writes finishes its position first (agents/clerk_core.py ClerkCore._report),
+    so a finishing report whose own state does not is none the Clerk wrote."""
+    return offset < state["decided_below"] or any(a <= offset < b for a, b in state["finished_ranges"])

@@ -1350,6 +1350,32 @@ async def test_any_api_process_answers_a_diverged_key_from_the_report(settings) 
     assert "clerk" not in div and div["decided"] is None
 
 
+def test_a_finishing_report_not_as_the_clerk_writes_it_changes_no_key(settings) -> None:
+    """ApiIndexesDivergenceByKey: a report-shaped record without a Clerk state, with one
+    that does not count its position finished, on another divergences partition than
+    its input's, or for a position whose result the client has read, is no report the
+    Clerk writes: refused before any effect. The thirteenth fresh-user trial's forged
+    report turned a key decided 200 into "diverged", answered 502 to every retry."""
+    from app.records import UnreadableRecord
+
+    client = DocketClient(settings)
+    client.on_result(result_record("k", 0, 22, applied=True))
+    genuine = orjson.loads(divergence_report("k", 0, 22))
+    forged = [({k: v for k, v in genuine.items() if k != "clerk"}, None, "no clerk state"),
+              ({**genuine, "clerk": {"seq": 1, "decided_below": 5, "finished_ranges": [[30, 31]]}}, None,
+               "its clerk state does not count input offset 22 as finished"),
+              (genuine, 3, "it reports input partition 0 but lies on divergences partition 3"),
+              (genuine, 0, "the result of input 0@22 was published: no report finishes it")]
+    for rec, partition, says in forged:
+        with pytest.raises(UnreadableRecord, match=says):
+            client.on_divergence(orjson.dumps(rec), partition)
+        st = client.status("k")
+        assert (st.state, st.position) == ("decided", (0, 22)), (says, st)
+    # the same report for a key the client holds no result of is taken (any API process)
+    client.on_divergence(divergence_report("other", 0, 23), 0)
+    assert client.status("other").state == "diverged"
+
+
 def test_divergence_reports_that_finish_nothing_do_not_touch_the_index(settings) -> None:
     """ApiIndexesDivergenceByKey, ApiAnswersDiverged: a late copy disagreeing with a
     decision (the result stands), a replay_mismatch, and a report without a key
