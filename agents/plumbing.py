@@ -286,16 +286,20 @@ def claim_data_dir(data_dir: Path) -> None:
     check of the README's scale-out found it 33 s after start). Raises
     click.ClickException too when the directory cannot be made (a file in its place,
     a read-only or pseudo file system: a traceback before, the twelfth trial)."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot use {data_dir} as this worker's data directory ({exc.strerror or exc}): give --data-dir "
-            "(or DOCKET_DATA_ROOT) a directory it can create and write") from None
-    if data_dir.resolve() in _HELD_DATA_DIRS:  # this process holds it already
-        return
     path = data_dir / DATA_DIR_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not data_dir.is_dir():
+            data_dir.mkdir(parents=True)
+        if data_dir.resolve() in _HELD_DATA_DIRS:  # this process holds it already
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        # the lock file too: /proc/self exists, and nothing can be created in it (the
+        # thirteenth fresh-user trial); /dev/null exists and is no directory ("File exists")
+        reason = "not a directory" if data_dir.exists() and not data_dir.is_dir() else exc.strerror or str(exc)
+        raise click.ClickException(
+            f"cannot use {data_dir} as this worker's data directory ({reason}): give --data-dir "
+            "(or DOCKET_DATA_ROOT) a directory it can create and write") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -158,14 +158,20 @@ def wipe(data_dir: Path) -> None:
     """Empty ``data_dir`` for a fresh run: only a directory a console made before (it
     holds MARKER) or an empty or missing one, so a mistyped --data-dir never deletes
     anything else (click.ClickException)."""
-    # (a run from before the marker existed left at least faults/ and broker/)
-    ours = (data_dir / MARKER).exists() or all((data_dir / d).is_dir() for d in ("faults", "broker"))
-    if data_dir.exists() and any(data_dir.iterdir()) and not ours:
-        raise click.ClickException(f"{data_dir} is not empty and not a console's data directory: the console "
-                                   "wipes its --data-dir at start, so give it a new or empty directory")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    (data_dir / MARKER).write_text("docket console data directory: wiped at every start\n")
+    try:
+        # (a run from before the marker existed left at least faults/ and broker/)
+        ours = (data_dir / MARKER).exists() or all((data_dir / d).is_dir() for d in ("faults", "broker"))
+        if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())) and not ours:
+            raise click.ClickException(f"{data_dir} is not empty and not a console's data directory: the console "
+                                       "wipes its --data-dir at start, so give it a new or empty directory")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        (data_dir / MARKER).write_text("docket console data directory: wiped at every start\n")
+    except OSError as exc:
+        # a file where a directory should be, a read-only place: a traceback before (the
+        # thirteenth fresh-user trial: --data-dir below a regular file)
+        raise click.ClickException(f"cannot use {data_dir} as the console's data directory ({exc.strerror or exc}): "
+                                   "give --data-dir (or DOCKET_CONSOLE_DATA_DIR) a directory it can create") from None
 
 
 async def _until_stopped(aw, stopping: asyncio.Event):

@@ -315,6 +315,15 @@ def test_data_dir_is_wiped_only_when_it_is_a_consoles(tmp_path) -> None:
     with pytest.raises(click.ClickException, match="not a console's data directory"):
         wipe(precious)
     assert (precious / "thesis.tex").read_text() == "years of work"
+    # a regular file, or a path below one, is refused naming it, untouched (a
+    # NotADirectoryError traceback before: the thirteenth fresh-user trial)
+    plain = tmp_path / "plain"
+    plain.write_text("keep")
+    with pytest.raises(click.ClickException, match="not a console's data directory"):
+        wipe(plain)
+    with pytest.raises(click.ClickException, match=r"cannot use .*plain/x as the console's data directory"):
+        wipe(plain / "x")
+    assert plain.read_text() == "keep"
 
 
 def test_the_console_keeps_its_data_under_docket_data_root(monkeypatch, tmp_path) -> None:

@@ -203,6 +203,12 @@ def test_a_data_dir_that_cannot_be_made_is_an_error_naming_it(tmp_path: Path) ->
     (tmp_path / "f").write_text("")
     with pytest.raises(click.ClickException, match=r"cannot use .*f/d as this worker's data directory"):
         claim_data_dir(tmp_path / "f" / "d")
+    # a directory nothing can be created in, and a file that exists (the thirteenth trial:
+    # --data-dir /proc/self was a FileNotFoundError traceback, /dev/null "File exists")
+    with pytest.raises(click.ClickException, match=r"cannot use /proc/self as this worker's data directory"):
+        claim_data_dir(Path("/proc/self"))
+    with pytest.raises(click.ClickException, match=r"f as this worker's data directory \(not a directory\)"):
+        claim_data_dir(tmp_path / "f")
 
 
 @pytest.mark.parametrize("given", ["127.0.0.1:9092", " localhost:9092 ", "[::1]:9092", "a.example:9093, b-2.example:9094",
