@@ -171,6 +171,22 @@ async def check_broker_time(admin, topic: str) -> None:
         raise TopicError(problem)
 
 
+# Kafka's longest topic name (its Topic.MAX_NAME_LENGTH)
+MAX_TOPIC_NAME = 249
+
+
+def topic_name_problem(names: list[str]) -> str | None:
+    """What is wrong with the longest of ``names`` when it is longer than Kafka allows,
+    naming the settings that make it; None when all fit. Kafka refused such a topic as
+    "error 17" (InvalidTopicException), which said nothing of the cause (the thirteenth
+    fresh-user trial: a 240-character instance id)."""
+    longest = max(names, key=len, default="")
+    if len(longest) <= MAX_TOPIC_NAME:
+        return None
+    return (f"topic {longest[:60]}... would be {len(longest)} characters, more than Kafka's {MAX_TOPIC_NAME}: "
+            "shorten DOCKET_TOPIC_PREFIX or the instance ids in DOCKET_INSTANCES")
+
+
 def changelog_spec(settings: Settings, instance_id: str) -> TopicSpec:
     """The changelog topic of instance ``instance_id``'s Ledger table,
     ``<prefix>-<id>-ledger-changelog``, as Faust would declare it (compacted,
@@ -231,6 +247,10 @@ async def create_topics(settings: Settings, timeout_s: float = 30.0,
     broker refuses a topic.
     """
     specs = topic_specs(settings) if specs is None else specs
+    problem = topic_name_problem([s.name for s in specs] + [changelog_spec(settings, i).name
+                                                              for i in settings.instances])
+    if problem:
+        raise TopicSettingRefused(problem)
     admin = await _admin(settings.kafka_bootstrap, timeout_s, settings)
     try:
         from aiokafka.admin import NewTopic

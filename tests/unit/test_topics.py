@@ -43,3 +43,22 @@ async def test_topics_never_listed_are_named_in_a_warning(monkeypatch: pytest.Mo
     message = record.getMessage()
     assert "the broker created d.entities, d.results but does not list them after 0 s" in message
     assert "docket topics create" in message
+
+
+async def test_topic_names_past_kafkas_limit_are_refused_before_any_connection(monkeypatch) -> None:
+    """TopicsCreatedExplicitly: a topic name over Kafka's 249 characters (a long
+    DOCKET_TOPIC_PREFIX or instance id) is refused naming the settings that make it,
+    before the admin client connects; Kafka said "error 17" (the thirteenth trial)."""
+    from app.settings import load
+
+    monkeypatch.setenv("DOCKET_INSTANCES", "a,b," + "i" * 240)
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: a connection would fail
+
+    async def no_admin(*_args, **_kwargs):
+        raise AssertionError("connected before checking the names")
+
+    monkeypatch.setattr(topics, "_admin", no_admin)
+    with pytest.raises(topics.TopicSettingRefused, match=r"would be 2\d\d characters, more than Kafka's 249: "
+                                                          "shorten DOCKET_TOPIC_PREFIX or the instance ids"):
+        await topics.create_topics(load())
+    assert topics.topic_name_problem(["x" * 249]) is None
