@@ -911,8 +911,17 @@ def run(timeout: float) -> None:
 @broker.command()
 @click.option("--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
 def stop(timeout: float) -> None:
-    """Stop the broker (idempotent)."""
+    """Stop the broker (idempotent). Refused while a `make run` stack holds the broker
+    directory: its broker is the stack's, and stopping it tore the whole stack down
+    (exit 143) with no word of why (the thirteenth fresh-user trial)."""
+    from launcher import stacklock
+
     broker_dir = load().broker_dir
+    stack = stacklock.holder(broker_dir)
+    if stack is not None:
+        raise click.ClickException(f"the broker of {broker_dir} is the one `make run` (pid {stack}) runs: stop the "
+                                   "stack with Ctrl-C in its terminal (or `kill -INT` its pid), which stops the "
+                                   "broker after its components")
     pid = stop_broker(broker_dir, timeout)
     click.echo(f"broker stopped (pid {pid})" if pid else f"no broker running from {broker_dir}", err=True)
 

@@ -173,6 +173,19 @@ def test_status_and_stop_without_a_broker(isolated_env: dict[str, str]) -> None:
         assert stop.returncode == 0 and "no broker running" in stop.stderr
 
 
+def test_stop_is_refused_while_a_stack_holds_the_broker_directory(isolated_env: dict[str, str]) -> None:
+    """BrokerStopLeavesAStacksBrokerAlone: `docket broker stop` beside a running `make
+    run` stopped the stack's broker and tore the stack down (exit 143) with no word of
+    why (the thirteenth fresh-user trial); it refuses, naming the stack's pid and how
+    to stop it. (This test process holds the stack lock, as `docket stack run` does.)"""
+    from launcher import stacklock
+
+    assert stacklock.hold(Path(isolated_env["DOCKET_BROKER_DIR"]), wait_s=0) is None
+    stop = run_docket("broker", "stop", env=isolated_env)
+    assert stop.returncode == 1, stop.stderr
+    assert f"is the one `make run` (pid {os.getpid()}) runs: stop the stack with Ctrl-C" in stop.stderr, stop.stderr
+
+
 def test_pid_file_of_another_process_is_not_the_broker(tmp_path: Path) -> None:
     # A stale pid file whose pid now belongs to some other process (here: this one).
     (tmp_path / launcher.PID_FILE).write_text(f"{os.getpid()}\n")
