@@ -494,7 +494,7 @@ def divergences(since_ms: int | None, last: int | None, as_json: bool, timeout_s
         reports = asyncio.run(read_reports(settings, since_ms=since_ms, last=last, timeout_s=timeout_s))
     except LookupError:
         click.echo(f"docket divergences: topic {settings.divergences_topic} does not exist on "
-                   f"{settings.kafka_bootstrap}; run `docket topics create`", err=True)
+                   f"{settings.kafka_bootstrap}: check DOCKET_TOPIC_PREFIX, or run `docket topics create`", err=True)
         sys.exit(1)
     except TimeoutError as exc:  # before OSError, which it is: Kafka answered, but not within --timeout
         click.echo(f"docket divergences: timed out at {settings.kafka_bootstrap}: {exc}; a longer --timeout "

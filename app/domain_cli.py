@@ -310,8 +310,9 @@ def status_cmd(timeout_s: float) -> None:
     statuses, others = of_instances(_statuses(settings, timeout_s), settings.instances)
     if others:
         # they would stay for good (a compacted topic), and read as the deployment's
-        click.echo(f"ignoring the status records of {', '.join(others)}: not in DOCKET_INSTANCES="
-                   f"{','.join(settings.instances)} (a worker started with other instances wrote them)", err=True)
+        click.echo(printable(f"ignoring the status records of {', '.join(others)}: not in DOCKET_INSTANCES="
+                             f"{','.join(settings.instances)} (a worker started with other instances wrote them)"),
+                   err=True)
     if not statuses:
         click.echo(f"no status record on {settings.status_topic} yet: no instance of "
                    f"{','.join(settings.instances)} has processed an event")

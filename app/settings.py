@@ -354,9 +354,10 @@ def instance_id_problem(ident: str) -> str | None:
         return "an instance id must not be empty"
     if not ident.isascii() or not ident.replace("-", "").replace("_", "").isalnum():
         return "an instance id may only use ASCII letters, digits, '-' and '_'"
-    if ident in RESERVED_INSTANCE_IDS:
+    if ident.lower() in RESERVED_INSTANCE_IDS:
+        # in any case: on a case-insensitive file system <prefix>-Clerk is <prefix>-clerk
         return (f"an instance id may not be {ident!r}: the Clerk's consumer group and data directory are "
-                f"<prefix>-{ident}")
+                f"<prefix>-{ident.lower()}")
     return None
 
 

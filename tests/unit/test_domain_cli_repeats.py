@@ -259,12 +259,15 @@ def test_status_shows_a_records_strings_escaped_and_reads_each_on_its_own_partit
     partition it lies on is not a status record (one naming partition 99 of an
     8-partition topic was listed: the twelfth fresh-user trial)."""
     forged = parse_status(*status_record("a", 2, "blocked", 7, "inventory/\u202e7", ["inventory/1"], "do\u001b[2J"))
-    cli_env.setattr(domain_cli, "_statuses", lambda settings, timeout_s: inventory_statuses() + [forged])
+    stray = parse_status(*status_record("zz\u202e", 2, "judging", 7, "inventory/1", ["inventory/1"]))
+    cli_env.setattr(domain_cli, "_statuses", lambda settings, timeout_s: inventory_statuses() + [forged, stray])
     cli_env.setenv("DOCKET_DOMAIN", "inventory")
     out = CliRunner().invoke(domain_cli.domain, ["status"])
     assert out.exit_code == 0, out.output
     assert "inventory/\\u202e7" in out.stdout and "do\\u001b[2J" in out.stdout, out.stdout
     assert "\u202e" not in out.stdout and "\u001b" not in out.stdout
+    # the names of the instances it ignores too (the thirteenth trial: raw on stderr)
+    assert "ignoring the status records of zz\\u202e" in out.stderr and "\u202e" not in out.stderr, out.stderr
     key, value = status_record("a", 99, "judging", 5, "inventory/1", ["inventory/1"])
     assert parse_status(key, value, 3) is None and parse_status(key, value, 99) is not None
     assert parse_status(key, value) is not None  # the caller that knows no partition
