@@ -1133,6 +1133,11 @@ class DocketClient:
             return
         if entry is not None and entry.position == pos:
             entry.result = compact
+            # a published position is decided, whatever a report said of it: the Clerk
+            # never both publishes and finishes one, so a report read first was not the
+            # Clerk's (the fourteenth fresh-user trial: read before the result at an API
+            # start, a forged one left the key "diverged" in 6 starts of 8)
+            entry.divergence = None
             return
         # a new owner: evaluated afresh (first use, or the previous use has expired in
         # the Warden's stream time); its fingerprint is known if this process sent it

@@ -449,6 +449,23 @@ def test_a_report_with_nan_or_infinity_is_unreadable_and_a_non_string_name_shows
     assert '{"x":1}' in text and "{'x': 1}" not in text, text
 
 
+def test_a_finishing_report_not_as_the_clerk_writes_it_is_listed_unreadable() -> None:
+    """OperatorListsDivergences, ApiIndexesDivergenceByKey: a report that finishes its
+    position without a Clerk state counting it finished, or on another divergences
+    partition than its input's, is none the Clerk writes: the API and the Clerk skip it,
+    and the listing showed it as "nothing published" for a request whose result was
+    published (the fourteenth fresh-user trial). It is listed unreadable, saying why."""
+    genuine = orjson.loads(_clerk_report(canonical(out(5, quantity=10)), canonical(out(5, quantity=11))))
+    assert "unreadable" not in report_entry(orjson.dumps(genuine), 0, 0, 3)
+    cases = [({k: v for k, v in genuine.items() if k != "clerk"}, 0, "no clerk state"),
+             ({**genuine, "clerk": {"seq": 1, "decided_below": 0, "finished_ranges": [[6, 7]]}}, 0,
+              "its clerk state does not count input offset 5 as finished"),
+             (genuine, 3, "it reports input partition 0 but lies on divergences partition 3")]
+    for rec, partition, says in cases:
+        entry = report_entry(orjson.dumps(rec), 0, partition, 3)
+        assert entry["unreadable"] == f"not a divergence report: {says}", entry
+
+
 def test_a_since_of_no_time_is_a_usage_error() -> None:
     """OperatorListsDivergences: --since 0s asks for nothing; it was listed as "the
     last 0 d" (the ninth trial)."""
