@@ -84,7 +84,9 @@ def test_a_stop_cuts_short_a_flush_kafka_cannot_take() -> None:
         delivered = await asyncio.wait_for(stop_producer(producer, 0.2), 10)
         took = asyncio.get_running_loop().time() - began
         assert delivered is False
-        assert 0.2 <= took < 5
+        # asyncio runs a timer up to its clock resolution early, and the float sum of the
+        # deadline can land a hair below it: 0.19999999999708962 failed a full run once
+        assert 0.2 - 0.001 <= took < 5
         assert producer._sender.sender_task.cancelled()
         assert not (delivery.done() and not delivery.cancelled() and delivery.exception() is None)
 
