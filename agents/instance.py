@@ -489,6 +489,13 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
         click.echo(f"warning: instance {instance_id!r} is not in DOCKET_INSTANCES "
                    f"({','.join(settings.instances)}); the Clerk will not read its outputs", err=True)
     topics = [settings.input_topic, settings.output_topic(instance_id), settings.status_topic]
+    from app.topics import changelog_spec, topic_name_problem
+
+    # a name Kafka cannot hold: no wait ends it, and `docket topics create` refuses it too
+    # (a 226-character --id said "run `docket topics create`": the fourteenth trial)
+    too_long = topic_name_problem([*topics, changelog_spec(settings, instance_id).name])
+    if too_long:
+        raise click.ClickException(too_long)
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
     create_changelog(settings, instance_id)

@@ -356,8 +356,8 @@ def instance_id_problem(ident: str) -> str | None:
         return "an instance id may only use ASCII letters, digits, '-' and '_'"
     if ident.lower() in RESERVED_INSTANCE_IDS:
         # in any case: on a case-insensitive file system <prefix>-Clerk is <prefix>-clerk
-        return (f"an instance id may not be {ident!r}: the Clerk's consumer group and data directory are "
-                f"<prefix>-{ident.lower()}")
+        return (f"an instance id may not be {ident.lower()!r} in any case: the Clerk's consumer group and data "
+                f"directory are <prefix>-{ident.lower()}")
     return None
 
 

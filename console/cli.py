@@ -161,7 +161,10 @@ def wipe(data_dir: Path) -> None:
     try:
         # (a run from before the marker existed left at least faults/ and broker/)
         ours = (data_dir / MARKER).exists() or all((data_dir / d).is_dir() for d in ("faults", "broker"))
-        if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())) and not ours:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise click.ClickException(f"{data_dir} is not a directory: give --data-dir (or DOCKET_CONSOLE_DATA_DIR) "
+                                       "a new or empty directory")
+        if data_dir.exists() and any(data_dir.iterdir()) and not ours:
             raise click.ClickException(f"{data_dir} is not empty and not a console's data directory: the console "
                                        "wipes its --data-dir at start, so give it a new or empty directory")
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -919,7 +919,8 @@ def stop(timeout: float) -> None:
     broker_dir = load().broker_dir
     stack = stacklock.holder(broker_dir)
     if stack is not None:
-        raise click.ClickException(f"the broker of {broker_dir} is the one `make run` (pid {stack}) runs: stop the "
+        raise click.ClickException(f"the broker of {broker_dir} is the one a `make run` stack (`docket stack run`, "
+                                   f"pid {stack}) runs: stop the "
                                    "stack with Ctrl-C in its terminal (or `kill -INT` its pid), which stops the "
                                    "broker after its components")
     pid = stop_broker(broker_dir, timeout)

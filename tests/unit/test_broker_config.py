@@ -183,7 +183,7 @@ def test_stop_is_refused_while_a_stack_holds_the_broker_directory(isolated_env: 
     assert stacklock.hold(Path(isolated_env["DOCKET_BROKER_DIR"]), wait_s=0) is None
     stop = run_docket("broker", "stop", env=isolated_env)
     assert stop.returncode == 1, stop.stderr
-    assert f"is the one `make run` (pid {os.getpid()}) runs: stop the stack with Ctrl-C" in stop.stderr, stop.stderr
+    assert f"is the one a `make run` stack (`docket stack run`, pid {os.getpid()}) runs: stop the stack with Ctrl-C" in stop.stderr, stop.stderr
 
 
 def test_pid_file_of_another_process_is_not_the_broker(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_a_wait_may_be_zero_and_values_pass_through() -> None:
     (["instance", "--id", ""], "--id", "an instance id must not be empty"),
     (["instance", "--id", "a/../x"], "--id", "may only use ASCII letters"),
     (["instance", "--id", "é"], "--id", "may only use ASCII letters"),
-    (["instance", "--id", "clerk"], "--id", "may not be 'clerk': the Clerk's consumer group"),
+    (["instance", "--id", "clerk"], "--id", "may not be 'clerk' in any case: the Clerk's consumer group"),
     (["instance", "--id", "a", "--web-port", "99999"], "--web-port", "is not in the range 1<=x<=65535"),
     (["instance", "--id", "a", "--wait", "-5"], "--wait", "is not a number of seconds 0 or more"),
     (["clerk", "--web-port", "-1"], "--web-port", "is not in the range 1<=x<=65535"),
@@ -282,3 +282,19 @@ def test_an_option_from_its_environment_variable_names_the_variable(monkeypatch:
     monkeypatch.delenv("DOCKET_CONSOLE_RATE")
     result = CliRunner().invoke(cli, ["console", "--rate", "abc"], prog_name="docket", catch_exceptions=False)
     assert result.exit_code == 2 and "Invalid value for '--rate': 'abc' is not" in result.output, result.output
+
+
+def test_an_instance_whose_topic_names_kafka_cannot_hold_is_refused_before_waiting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """TopicsCreatedExplicitly: `docket instance --id <226 characters>` said its output
+    topic did not exist and to run `docket topics create`, which refuses the name (the
+    fourteenth fresh-user trial); it says the name is too long, before any connection
+    (nothing listens at the bootstrap here)."""
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    long_id = "i" * 226
+    monkeypatch.setenv("DOCKET_INSTANCES", f"a,b,{long_id}")
+    result = CliRunner().invoke(cli, ["instance", "--id", long_id, "--wait", "60"], prog_name="docket",
+                                catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "would be 250 characters, more than Kafka's 249: shorten DOCKET_TOPIC_PREFIX" in result.output, \
+        result.output

@@ -319,7 +319,7 @@ def test_data_dir_is_wiped_only_when_it_is_a_consoles(tmp_path) -> None:
     # NotADirectoryError traceback before: the thirteenth fresh-user trial)
     plain = tmp_path / "plain"
     plain.write_text("keep")
-    with pytest.raises(click.ClickException, match="not a console's data directory"):
+    with pytest.raises(click.ClickException, match="plain is not a directory: give --data-dir"):
         wipe(plain)
     with pytest.raises(click.ClickException, match=r"cannot use .*plain/x as the console's data directory"):
         wipe(plain / "x")

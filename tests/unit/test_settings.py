@@ -100,8 +100,8 @@ def test_broker_cache_follows_xdg_cache_home_by_default(tmp_path: Path) -> None:
         ("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:99999", "'127.0.0.1:99999' names port 99999, not a TCP port"),
         ("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:0", "names port 0, not a TCP port"),
         # the twelfth fresh-user trial: each passed the check and failed later
-        ("DOCKET_INSTANCES", "a,clerk", "instance id 'clerk' may not be 'clerk': the Clerk's consumer group"),
-        ("DOCKET_INSTANCES", "a,Clerk", "instance id 'Clerk' may not be 'Clerk': the Clerk's consumer group"),
+        ("DOCKET_INSTANCES", "a,clerk", "instance id 'clerk' may not be 'clerk' in any case: the Clerk's consumer group"),
+        ("DOCKET_INSTANCES", "a,Clerk", "instance id 'Clerk' may not be 'clerk' in any case: the Clerk's consumer group"),
         ("DOCKET_INSTANCES", "\u00e9,b", "instance id '\u00e9' may only use ASCII letters"),
         ("DOCKET_TOPIC_PREFIX", "dock\u00e9t", "may only use ASCII letters"),
         ("DOCKET_BROKER_PORT", "\u0663", "DOCKET_BROKER_PORT='\u0663' is not a whole number"),
