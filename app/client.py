@@ -65,11 +65,10 @@ from app.records import (
     MAX_VALUE_BYTES,
     UnreadableRecord,
     check_divergence,
+    check_finishing_report,
     check_report,
     check_result,
-    clerk_state,
     entity_record,
-    finished_in,
     json_object,
     partition_for,
     unreadable_reason,
@@ -1060,11 +1059,8 @@ class DocketClient:
         if rec["cause"] not in FINISHING_CAUSES or rec.get("decided") is not None:
             return
         check_divergence(rec)
+        check_finishing_report(rec, partition)
         pos = (rec["input"]["partition"], rec["input"]["offset"])
-        if partition is not None and pos[0] != partition:
-            raise UnreadableRecord(f"it reports input partition {pos[0]} but lies on divergences partition {partition}")
-        if not finished_in(clerk_state(rec), pos[1]):
-            raise UnreadableRecord(f"its clerk state does not count input offset {pos[1]} as finished")
         mine = self._mine.get(pos)
         skey = (rec.get("client"), rec.get("idempotency_key"))
         if mine is not None and skey != mine[0]:

@@ -38,9 +38,8 @@ from app.records import (
     FINISHING_CAUSES,
     UnreadableRecord,
     check_divergence,
+    check_finishing_report,
     check_report,
-    clerk_state,
-    finished_in,
 )
 from app.settings import Settings, load
 
@@ -330,15 +329,9 @@ def report_entry(value: bytes | None, timestamp: int, partition: int, offset: in
         check_report(rec)  # what the REST API also refuses to take for a report
         check_divergence(rec)
         if rec["cause"] in FINISHING_CAUSES and rec.get("decided") is None:
-            # what the API's client and the Clerk's seed ask of a report that finishes a
-            # position (ApiIndexesDivergenceByKey): listed as a divergence, one without it
-            # was a request published, shown as "nothing published" (the fourteenth trial)
-            where = rec["input"]
-            if where["partition"] != partition:
-                raise UnreadableRecord(f"it reports input partition {where['partition']} but lies on divergences "
-                                       f"partition {partition}")
-            if not finished_in(clerk_state(rec), where["offset"]):
-                raise UnreadableRecord(f"its clerk state does not count input offset {where['offset']} as finished")
+            # listed as a divergence, one the API and the Clerk skip was a request
+            # published, shown as "nothing published" (the fourteenth trial)
+            check_finishing_report(rec, partition)
         # and what a listing needs of one, which the Clerk always writes
         copies = rec.get("copies")
         if not (isinstance(copies, list) and all(isinstance(c, dict) for c in copies)):

@@ -438,3 +438,19 @@ def finished_in(state: dict, offset: int) -> bool:
     Clerk writes finishes its position first (agents/clerk_core.py ClerkCore._report),
     so a finishing report whose own state does not is none the Clerk wrote."""
     return offset < state["decided_below"] or any(a <= offset < b for a, b in state["finished_ranges"])
+
+
+def check_finishing_report(rec: dict, partition: int | None = None) -> None:
+    """UnreadableRecord unless a report that finishes its position (checked by
+    :func:`check_report` and :func:`check_divergence`) is one as the Clerk writes it: on
+    the divergences partition of its input partition (``partition``, when the reader
+    knows it) and with a Clerk state that counts its position finished (:func:`finished_in`).
+    The API's client and `docket divergences` ask it (ApiIndexesDivergenceByKey); a
+    report-shaped record without it turned a published request into "diverged" (the
+    thirteenth and fourteenth fresh-user trials)."""
+    where = rec["input"]
+    if partition is not None and where["partition"] != partition:
+        raise UnreadableRecord(f"it reports input partition {where['partition']} but lies on divergences "
+                               f"partition {partition}")
+    if not finished_in(clerk_state(rec), where["offset"]):
+        raise UnreadableRecord(f"its clerk state does not count input offset {where['offset']} as finished")
