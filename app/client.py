@@ -74,6 +74,7 @@ from app.records import (
     unreadable_reason,
 )
 from app.settings import ConfigError, Settings, client_name_problem, load
+from app.status import check_status
 from app.stop_bound import StopEnd, stop_within
 
 log = logging.getLogger("docket.client")
@@ -974,15 +975,7 @@ class DocketClient:
         if raw is None:
             self._statuses.pop(name, None)
             return
-        rec = json_object(raw)
-        if (rec.get("state") not in ("blocked", "judging") or not isinstance(rec.get("instance"), str)
-                or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
-                or not isinstance(rec.get("version"), str)):
-            raise UnreadableRecord("not {instance, partition, state: blocked or judging, offset, version}")
-        if partition is not None and rec["partition"] != partition:
-            raise UnreadableRecord(f"it names input partition {rec['partition']} but lies on status partition "
-                                   f"{partition}")
-        self._statuses[name] = rec
+        self._statuses[name] = check_status(raw, partition)
 
     @property
     def blocked_partitions(self) -> list[dict]:

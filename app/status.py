@@ -13,34 +13,42 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
-
 from app.kafka_admin import ISOLATION_LEVEL, quiet
 from app.kafka_config import client_kwargs
+from app.records import UnreadableRecord, json_object
 from app.settings import ConfigError, Settings
 
 STATES = ("blocked", "judging")
 
 
+def check_status(raw: object, partition: int | None = None) -> dict:
+    """A status record's value as an instance writes it (app/versions.py
+    status_record): ``{instance, partition, state, offset, version, judges_with, ...}``.
+    With ``partition`` (the status topic's partition it was read from) it must name
+    that input partition, as an instance's record always does (one naming partition 99
+    of an 8-partition topic was listed: the twelfth fresh-user trial). Raises
+    app.records.UnreadableRecord saying what is wrong; the API's client logs that and
+    skips the record, the CLI's readers drop it (parse_status)."""
+    rec = json_object(raw)
+    if (rec.get("state") not in STATES or not isinstance(rec.get("instance"), str)
+            or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
+            or not isinstance(rec.get("version"), str)):
+        raise UnreadableRecord(f"not {{instance, partition, state: {' or '.join(STATES)}, offset, version}}")
+    if partition is not None and rec["partition"] != partition:
+        raise UnreadableRecord(f"it names input partition {rec['partition']} but lies on status partition "
+                               f"{partition}")
+    return rec
+
+
 def parse_status(key: bytes | None, raw: bytes | None, partition: int | None = None) -> dict | None:
-    """A status record as an instance writes it ({instance, partition, state, offset,
-    version, judges_with, ...}), or None for a tombstone or anything else; with
-    ``partition`` (the status topic's partition it was read from), None too when it
-    names another input partition, as no instance writes it (one naming partition 99
-    of an 8-partition topic was listed: the twelfth fresh-user trial)."""
+    """check_status's record, or None for a record without a key, a tombstone or a
+    record check_status refuses."""
     if key is None or raw is None:
         return None
     try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return check_status(raw, partition)
+    except UnreadableRecord:
         return None
-    if (not isinstance(rec, dict) or rec.get("state") not in STATES or not isinstance(rec.get("instance"), str)
-            or type(rec.get("partition")) is not int or type(rec.get("offset")) is not int
-            or not isinstance(rec.get("version"), str)):
-        return None
-    if partition is not None and rec["partition"] != partition:
-        return None
-    return rec
 
 
 def of_instances(statuses: list[dict], instances: tuple[str, ...]) -> tuple[list[dict], list[str]]:

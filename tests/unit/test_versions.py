@@ -4,6 +4,8 @@ replay; an instance that does not know the version blocks the partition."""
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -438,6 +440,26 @@ def test_status_records_name_the_domain_their_topics_serve(monkeypatch) -> None:
     monkeypatch.setenv("DOCKET_DOMAIN", "accounts")
     problem = domain_conflict(load(), [judging])
     assert "belong to the inventory domain" in problem and "set DOCKET_DOMAIN=inventory" in problem
+
+
+def test_a_status_record_not_as_an_instance_writes_it_says_what_is_wrong() -> None:
+    """PartitionStatus: the API's client and the CLI's readers take a status record
+    through one check (app/status.py check_status), which says why it refuses one;
+    parse_status is that check with the refusal as None."""
+    from app.records import UnreadableRecord
+    from app.status import check_status, parse_status
+    from app.versions import status_record
+
+    key, value = status_record("a", 4, "judging", 7, "inventory/1", ["inventory/1"])
+    assert check_status(value, 4) == parse_status(key, value, 4) and check_status(value)["offset"] == 7
+    refused = {b"\xff": "not UTF-8", b"[1]": "not a JSON object but list",
+               b'{"state": "asleep"}': "not {instance, partition, state: blocked or judging, offset, version}"}
+    for raw, reason in refused.items():
+        with pytest.raises(UnreadableRecord, match=re.escape(reason)):
+            check_status(raw)
+        assert parse_status(b"a:0", raw) is None
+    with pytest.raises(UnreadableRecord, match="names input partition 4 but lies on status partition 5"):
+        check_status(value, 5)
 
 
 def test_a_stray_instances_record_of_another_domain_is_no_conflict(monkeypatch) -> None:
