@@ -589,6 +589,23 @@ def _check_broker_dir(broker_dir: Path) -> None:
                           "set DOCKET_BROKER_DIR to a new or empty directory (by default var/broker)")
 
 
+def _spawn(cmd: list[str], broker_dir: Path, log_path: Path, die_with_parent: bool) -> subprocess.Popen:
+    """The broker's JVM in a session of its own (Ctrl-C in the starting terminal must
+    not reach it), its output appended to ``log_path``; with ``die_with_parent`` it gets
+    SIGTERM when this process dies (set_parent_death_signal, Linux only)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            cwd=broker_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # preexec_fn is the only way to set PR_SET_PDEATHSIG; it only calls prctl.
+            preexec_fn=set_parent_death_signal if die_with_parent and sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+
+
 def start_broker(
     settings: Settings,
     timeout: float = 60.0,
@@ -617,17 +634,7 @@ def start_broker(
 
     cmd, bootstrap = _prepare(settings, broker_dir, step, secure)
     began = time.monotonic()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=broker_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in the starting terminal must not reach it
-            # preexec_fn is the only way to set PR_SET_PDEATHSIG; it only calls prctl.
-            preexec_fn=set_parent_death_signal if die_with_parent and sys.platform == "linux" else None,  # noqa: PLW1509
-        )
+    proc = _spawn(cmd, broker_dir, log_path, die_with_parent)
     try:
         _write_atomically(broker_dir / PID_FILE, f"{proc.pid}\n")
         _write_atomically(broker_dir / BACKGROUND_FILE, f"{proc.pid}\n")
@@ -704,16 +711,7 @@ def run_broker(
         if stop_requested:
             return 0
         began = time.monotonic()
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=broker_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,  # noqa: PLW1509
-            )
+        proc = _spawn(cmd, broker_dir, log_path, die_with_parent=True)
         _write_atomically(broker_dir / PID_FILE, f"{proc.pid}\n")
         ready = False
         try:
