@@ -332,14 +332,10 @@ def report_entry(value: bytes | None, timestamp: int, partition: int, offset: in
             # listed as a divergence, one the API and the Clerk skip was a request
             # published, shown as "nothing published" (the fourteenth trial)
             check_finishing_report(rec, partition)
-        # and what a listing needs of one, which the Clerk always writes
-        copies = rec.get("copies")
-        if not (isinstance(copies, list) and all(isinstance(c, dict) for c in copies)):
-            raise UnreadableRecord("copies is not a list of copies (objects)")
     except UnreadableRecord as exc:
         return {**meta, "unreadable": f"not a divergence report: {exc}"}
     rec.pop("clerk", None)
-    return {**meta, **rec, "diff": [row.as_dict() for row in diff_copies(copies)]}
+    return {**meta, **rec, "diff": [row.as_dict() for row in diff_copies(rec["copies"])]}
 
 
 # --------------------------------------------------------------------------- the command

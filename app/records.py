@@ -296,9 +296,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Kafka's partition numbers are signed 32-bit, its offsets signed 64-bit; neither is negative
+PARTITION_LIMIT = 2**31
+OFFSET_LIMIT = 2**63
+
+
 def _check_position(value: Any, name: str) -> None:
+    """UnreadableRecord unless ``value`` is an input position {partition, offset} Kafka
+    can have: integers, the partition from 0 to 2^31 - 1, the offset from 0 to 2^63 - 1
+    (a report of offset -1 was indexed by the REST API: the fifteenth fresh-user trial)."""
     if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
         raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
+    if not (0 <= value["partition"] < PARTITION_LIMIT and 0 <= value["offset"] < OFFSET_LIMIT):
+        raise UnreadableRecord(f"{name} is partition {_show(value['partition'])} offset {_show(value['offset'])}, "
+                               "not a position Kafka can have (a partition from 0 to 2^31 - 1, an offset from "
+                               "0 to 2^63 - 1)")
 
 
 def _check_scope(rec: dict) -> None:
@@ -349,12 +361,21 @@ def check_report(rec: dict) -> None:
 
 
 def check_divergence(rec: dict) -> None:
-    """UnreadableRecord unless a finishing divergence report has the fields
-    DocketClient.on_divergence reads, of the type it needs."""
+    """UnreadableRecord unless a divergence report has the fields its readers use, of
+    the type they need: the input position (:func:`_check_position`), the request's
+    scope, its stream time, and ``copies`` a list of objects, as the Clerk always
+    writes it (agents/clerk_core.py divergence_record). DocketClient.on_divergence
+    asks it of a finishing report, whose copies a GET answers with, and `docket
+    divergences` of every report it lists: one check, so the two do not disagree (a
+    report with ``"copies": "x"`` was a diverged request to the API and unreadable to
+    the listing: the fifteenth fresh-user trial)."""
     _check_position(rec.get("input"), "input")
     _check_scope(rec)
     if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
         raise UnreadableRecord("stream_time is not an integer")
+    copies = rec.get("copies")
+    if not (isinstance(copies, list) and all(isinstance(c, dict) for c in copies)):
+        raise UnreadableRecord("copies is not a list of copies (objects)")
 
 
 def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | None]:
@@ -382,10 +403,6 @@ def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | Non
     if rec.get("input") is not None:
         _check_position(rec["input"], "input")
     return name, rec
-
-
-# Kafka offsets are signed 64-bit integers
-OFFSET_LIMIT = 2**63
 
 
 def bounded_int(value, name: str, low: int, high: int | None) -> int:

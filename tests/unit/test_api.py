@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -1381,6 +1382,32 @@ def test_a_finishing_report_not_as_the_clerk_writes_it_changes_no_key(settings) 
     st = client.status("other")
     assert (st.state, st.position) == ("decided", (0, 23)), st
     assert client.status("other").divergence is None
+
+
+def test_the_api_and_the_listing_refuse_the_same_reports(settings) -> None:
+    """ApiIndexesDivergenceByKey, OperatorListsDivergences: a report whose copies are not
+    a list of objects, or whose input position Kafka cannot have (offset -1, a negative
+    partition), was taken by the API (GET answered "diverged" at 5@-1, with "copies":
+    "x") and listed unreadable, or as a normal row, by `docket divergences` (the
+    fifteenth fresh-user trial). Both readers now refuse each, for the same reason."""
+    from app.divergences import report_entry
+    from app.records import UnreadableRecord
+
+    genuine = orjson.loads(divergence_report("k", 5, 70))
+    genuine["clerk"] = {"seq": 5, "decided_below": 0, "finished_ranges": [[70, 71]]}
+    assert "unreadable" not in report_entry(orjson.dumps(genuine), 0, 5, 9)
+    cases = [({**genuine, "copies": "x"}, "copies is not a list of copies (objects)"),
+             ({**genuine, "copies": [1]}, "copies is not a list of copies (objects)"),
+             ({**genuine, "input": {"partition": 5, "offset": -1}}, "input is partition 5 offset -1, not a position"),
+             ({**genuine, "input": {"partition": -5, "offset": 70}}, "input is partition -5 offset 70, not a position"),
+             ({**genuine, "input": {"partition": 5, "offset": 2**63}}, "not a position Kafka can have")]
+    for rec, says in cases:
+        client = DocketClient(settings)
+        with pytest.raises(UnreadableRecord, match=re.escape(says)):
+            client.on_divergence(orjson.dumps(rec), rec["input"]["partition"])
+        assert client.status("k").state == "unknown", says
+        entry = report_entry(orjson.dumps(rec), 0, rec["input"]["partition"], 9)
+        assert says in entry.get("unreadable", ""), entry
 
 
 def test_divergence_reports_that_finish_nothing_do_not_touch_the_index(settings) -> None:
