@@ -262,6 +262,11 @@ def api_tokens_absence() -> str:
 
 
 MAX_IDEMPOTENCY_TTL_MS = 365 * 86_400_000
+# Kafka's consumer-group session timeout as docket's workers may use it: at least the
+# 6 s Kafka's default group.min.session.timeout.ms allows, at most Faust's 90 s request
+# timeout (Faust refuses more, with a traceback from every worker at start: the twelfth
+# fresh-user trial's 100000)
+MIN_SESSION_TIMEOUT_MS, MAX_SESSION_TIMEOUT_MS = 6_000, 90_000
 
 
 def _at_most(env: str, value: int, maximum: int) -> int:
@@ -523,9 +528,7 @@ def load() -> Settings:
         fetch_max_wait_ms=_int("DOCKET_FETCH_MAX_WAIT_MS", 1),
         fetch_min_bytes=_int("DOCKET_FETCH_MIN_BYTES", 1),
         fetch_idle_wait_ms=_at_most("DOCKET_FETCH_IDLE_WAIT_MS", _int("DOCKET_FETCH_IDLE_WAIT_MS", 0), 10_000),
-        # Faust refuses a session timeout above its request timeout (90 s), with a traceback
-        # from every worker at start (the twelfth fresh-user trial: 100000)
-        session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", 6000, 90_000),
+        session_timeout_ms=_int("DOCKET_SESSION_TIMEOUT_MS", MIN_SESSION_TIMEOUT_MS, MAX_SESSION_TIMEOUT_MS),
         commit_check_interval_ms=_int("DOCKET_COMMIT_CHECK_INTERVAL_MS", 100),
         # a year at most: the API looks back one TTL from now for the keys it knows, and a
         # TTL reaching before 1970 left it never ready, blaming Kafka (the same trial)

@@ -37,6 +37,7 @@ import orjson
 from rich.markup import escape
 
 from app.cli_types import SEED, FiniteRange, Seconds
+from app.settings import MAX_IDEMPOTENCY_TTL_MS, MAX_SESSION_TIMEOUT_MS, MIN_SESSION_TIMEOUT_MS
 from chaos.scenarios import SCENARIOS, Events, Options, Scenario
 from chaos.verify import invariants
 
@@ -293,9 +294,13 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
 @click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True,
               help="partitions of every topic, at most 64 as the console's (each one is a consumer and a "
                    "RocksDB store in every worker of the run's stack)")
-@click.option("--ttl-ms", type=click.IntRange(min=1), default=2_000, show_default=True,
+# the bounds DOCKET_IDEMPOTENCY_TTL_MS and DOCKET_SESSION_TIMEOUT_MS have: a value past
+# them was taken, and every worker the run started refused it and was restarted, over
+# and over, the reason only in their logs (the fifteenth fresh-user trial)
+@click.option("--ttl-ms", type=click.IntRange(1, MAX_IDEMPOTENCY_TTL_MS), default=2_000, show_default=True,
               help="the Warden's TTL (stream time; the workload spans 1 ms per event, so keys expire mid-run)")
-@click.option("--session-timeout-ms", type=click.IntRange(min=6000), default=6_000, show_default=True,
+@click.option("--session-timeout-ms", type=click.IntRange(MIN_SESSION_TIMEOUT_MS, MAX_SESSION_TIMEOUT_MS),
+              default=6_000, show_default=True,
               help="the workers' consumer-group session timeout (how soon a killed worker's partitions move)")
 @click.option("--drain-timeout", "drain_timeout_s", type=Seconds(), default=None,
               help="seconds to wait for every event's result after producing, more than 0 "

@@ -79,6 +79,11 @@ _NO_DOMAIN = ["--domain", "no-such-domain"]
     (["chaos", "--seed", str(2**63), *_NO_DOMAIN], "--seed", f"{2**63} is not in the range"),
     (["chaos", "--seed", "9" * 120, *_NO_DOMAIN], "--seed", "is not in the range"),
     (["chaos", "--partitions", "65", *_NO_DOMAIN], "--partitions", "65 is not in the range 1<=x<=64"),
+    # the settings' own bounds: past them every worker refused them and was restarted in
+    # a loop (the fifteenth fresh-user trial)
+    (["chaos", "--ttl-ms", "31536000001", *_NO_DOMAIN], "--ttl-ms", "not in the range 1<=x<=31536000000"),
+    (["chaos", "--session-timeout-ms", "90001", *_NO_DOMAIN], "--session-timeout-ms",
+     "90001 is not in the range 6000<=x<=90000"),
     (["console", "--seed", str(-2**63 - 1), "--port", "0"], "--seed", "is not in the range"),
     (["demo", "--seed", str(2**63), "--domain", "no-such-domain"], "--seed", "is not in the range"),
     (["chaos", "--rate", "inf", *_NO_DOMAIN], "--rate", "inf is not a finite number in the range x>=1"),
