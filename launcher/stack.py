@@ -712,6 +712,7 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
             self.requested = False  # stopped by a signal or the hang-up, not because a process exited
             self.forced = False  # some process needed SIGKILL
             self.cause = None  # the first stop cause (a key of STOP_CAUSES), set by _note
+            self.first_ended: str | None = None  # the component whose exit set returncode
             self._killed: set[str] = set()  # components sent SIGKILL after grace_s
 
         def _is_last(self, name: str) -> bool:
@@ -840,8 +841,14 @@ def ordered_manager(last: tuple[str, ...] = ("broker",), grace_s: float = 30.0, 
                         self._system_print(f"{msg.name} stopped (rc={msg.data['returncode']})\n")
                         if self.returncode is None:
                             self.returncode = msg.data["returncode"]
+                            self.first_ended = msg.name
                 self._take_stop_request()
                 if not self._terminating and self._all_started() and self._any_stopped():
+                    # nothing asked for this stop: say which component began it (the
+                    # fifteenth fresh-user trial saw the others stopped without a word why)
+                    code = self.returncode if self.returncode is not None else 1
+                    self._system_print(f"{self.first_ended} ended by itself (rc={code}): stopping the other "
+                                       f"components; the stack exits {exit_status(code)}\n")
                     self.terminate()
                 if self._terminating:
                     self._advance()
@@ -893,9 +900,16 @@ def run_procfile(procfile: Path, env: dict[str, str], *, colour: bool, fallback_
     codes = [p.get("returncode") for p in manager._processes.values()]
     if manager.requested and not manager.forced and all(c == 0 for c in codes):
         return 0  # Ctrl-C and every process stopped cleanly (make then reports no error)
-    code = manager.returncode or 1
-    # a component killed by signal N has returncode -N: exit 128+N as a shell does
-    # (sys.exit(-9) left 247, which make reported as "Error 247")
+    return exit_status(manager.returncode)
+
+
+def exit_status(code: int | None) -> int:
+    """The stack's exit status for the return code of the component that ended first:
+    128 + N for one killed by signal N (returncode -N), as a shell reports it
+    (sys.exit(-9) left 247, which make reported as "Error 247"); 1 for one that ended
+    by itself with 0, since nothing asked the stack to stop, or for none at all."""
+    if not code:
+        return 1
     return 128 - code if code < 0 else code
 
 

@@ -235,6 +235,22 @@ def test_a_component_killed_by_a_signal_ends_the_stack_with_128_plus_it(tmp_path
     assert code == 137
 
 
+def test_a_component_that_ends_by_itself_with_0_is_named_and_the_stack_exits_1(tmp_path, capfd) -> None:
+    """StackStopsBrokerLast: nothing asked the stack to stop, so a component that ends
+    by itself, even with 0, stops the others with a line naming it, and the stack exits 1,
+    as the README says. The fifteenth fresh-user trial saw the broker end with 0 and the
+    others stopped without a word why; the README then said the stack exits 0."""
+    from launcher.stack import exit_status, run_procfile
+
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("quitter: sh -c 'sleep 0.5; exit 0'\nbystander: sleep 60\n")
+    code = run_procfile(procfile, dict(os.environ), colour=False, fallback_log=tmp_path / "stack.log", grace_s=5.0)
+    out = capfd.readouterr().out
+    assert code == 1, out
+    assert "quitter.1 ended by itself (rc=0): stopping the other components; the stack exits 1" in out, out
+    assert [exit_status(c) for c in (None, 0, 3, -9, -15)] == [1, 1, 3, 137, 143]
+
+
 def test_a_workers_wait_for_kafka_is_info_then_one_warning(settings) -> None:
     """WorkerRefusesToStartWithoutTopics: `--wait` says it waits once (INFO, through
     ``echo``), warns once if the wait outlasts ``warn_after_s`` naming what to check,
