@@ -493,7 +493,8 @@ def preflight(settings: Settings, instance_id: str, data_dir: Path, wait_s: floa
 
     # a name Kafka cannot hold: no wait ends it, and `docket topics create` refuses it too
     # (a 226-character --id said "run `docket topics create`": the fourteenth trial)
-    too_long = topic_name_problem([*topics, changelog_spec(settings, instance_id).name])
+    # the id is --id's, not one of DOCKET_INSTANCES' (the fifteenth trial)
+    too_long = topic_name_problem([*topics, changelog_spec(settings, instance_id).name], "the instance's --id")
     if too_long:
         raise click.ClickException(too_long)
     wait_for_topics_cli(settings, topics, wait_s)

@@ -175,16 +175,17 @@ async def check_broker_time(admin, topic: str) -> None:
 MAX_TOPIC_NAME = 249
 
 
-def topic_name_problem(names: list[str]) -> str | None:
+def topic_name_problem(names: list[str], ids_from: str = "the instance ids in DOCKET_INSTANCES") -> str | None:
     """What is wrong with the longest of ``names`` when it is longer than Kafka allows,
-    naming the settings that make it; None when all fit. Kafka refused such a topic as
-    "error 17" (InvalidTopicException), which said nothing of the cause (the thirteenth
-    fresh-user trial: a 240-character instance id)."""
+    naming the settings that make it (``ids_from``: where the instance ids in the names
+    came from); None when all fit. Kafka refused such a topic as "error 17"
+    (InvalidTopicException), which said nothing of the cause (the thirteenth fresh-user
+    trial: a 240-character instance id)."""
     longest = max(names, key=len, default="")
     if len(longest) <= MAX_TOPIC_NAME:
         return None
     return (f"topic {longest[:60]}... would be {len(longest)} characters, more than Kafka's {MAX_TOPIC_NAME}: "
-            "shorten DOCKET_TOPIC_PREFIX or the instance ids in DOCKET_INSTANCES")
+            f"shorten DOCKET_TOPIC_PREFIX or {ids_from}")
 
 
 def changelog_spec(settings: Settings, instance_id: str) -> TopicSpec:
