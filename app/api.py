@@ -239,13 +239,15 @@ def parse_idempotency_key(raw: str | None, quoted: bool = True) -> tuple[str | N
     if not key:
         return None, {"field": "Idempotency-Key", "reason": "invalid_idempotency_key",
                       "message": "the Idempotency-Key header is empty"}
+    # a key in GET's path is no header: its error named the Idempotency-Key (the
+    # fifteenth fresh-user trial)
+    what = "the Idempotency-Key" if quoted else "the idempotency key in the path"
     if len(key) > openapi.MAX_IDEMPOTENCY_KEY:
         return None, {"field": "Idempotency-Key", "reason": "too_long",
-                      "message": f"the Idempotency-Key is {len(key)} characters; at most "
-                                 f"{openapi.MAX_IDEMPOTENCY_KEY}"}
+                      "message": f"{what} is {len(key)} characters; at most {openapi.MAX_IDEMPOTENCY_KEY}"}
     if not _KEY.fullmatch(key):
         return None, {"field": "Idempotency-Key", "reason": "invalid_idempotency_key",
-                      "message": f"the Idempotency-Key must be {_KEY_RULE}"}
+                      "message": f"{what} must be {_KEY_RULE}"}
     return key, None
 
 

@@ -966,6 +966,18 @@ async def test_get_event_path_key_is_taken_as_written(http, path) -> None:
     resp = await tc.get(path, headers=AUTH)
     body = await resp.json()
     assert resp.status == 400 and body["errors"][0]["field"] == "idempotency_key", body
+    assert body["message"].startswith("the idempotency key in the path must be"), body
+
+
+async def test_get_event_path_key_too_long_names_the_path(http) -> None:
+    """ApiReportsEventStatus: a 129-character key in GET's path is refused naming the
+    path; it said "the Idempotency-Key is 129 characters", a header never sent (the
+    fifteenth fresh-user trial)."""
+    tc, _ = http
+    resp = await tc.get("/v1/events/" + "k" * 129, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 400 and body["errors"][0]["reason"] == "too_long", body
+    assert body["message"] == "the idempotency key in the path is 129 characters; at most 128", body
 
 
 async def test_valid_event_while_kafka_is_unreachable_is_503_not_accepted(http) -> None:
