@@ -164,7 +164,10 @@ class Controller:
     def state_of(self, name: str) -> str:
         """dead | starting | restoring | ready | slowed | faulty (instances and clerk);
         ready | starting | stopped (broker). A stopped process is dead; slowed wins over
-        faulty, faulty over the recovery phase."""
+        faulty, faulty over the recovery phase. An instance is faulty while its corrupt
+        switch is on, and for good once a `state` fault has corrupted its state, which
+        stays corrupt (it showed ready after `corrupt off` while the console refused a
+        switch elsewhere for it being faulty: the fifteenth fresh-user trial)."""
         if name == "broker":
             return self.broker_state()
         proc = self.procs[name]
@@ -172,7 +175,7 @@ class Controller:
             return "dead"
         if name in self.slowed:
             return "slowed"
-        if self.corrupt.get(name) is not None:
+        if self.corrupt.get(name) is not None or name in self.tainted:
             return "faulty"
         phase = proc.phase()
         return {"ready": "ready", "restoring": "restoring", "restored": "restoring"}.get(phase, "starting")

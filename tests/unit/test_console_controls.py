@@ -297,10 +297,14 @@ async def test_a_second_faulty_instance_is_refused(console) -> None:
     assert (c.files["b"].read_bytes() if c.files["b"].exists() else None) == switch_b
     status, _ = await post(c.client, "/api/nodes/a/corrupt", {"kind": "bitflip"})  # a again: its own switch
     assert status == 200
-    await post(c.client, "/api/nodes/a/corrupt", {"kind": None})
+    status, body = await post(c.client, "/api/nodes/a/corrupt", {"kind": None})
+    assert status == 200 and body["node"]["state"] != "faulty", body  # a bitflip switch off: sound
     status, _ = await post(c.client, "/api/nodes/b/corrupt", {"kind": "state"})  # a is sound again
     assert status == 200
-    await post(c.client, "/api/nodes/b/corrupt", {"kind": None})
+    status, body = await post(c.client, "/api/nodes/b/corrupt", {"kind": None})
+    # its state stays corrupt, so its card says faulty, as the refusal below counts it (it
+    # showed ready: the fifteenth fresh-user trial)
+    assert status == 200 and (body["node"]["corrupt"], body["node"]["state"]) == (None, "faulty"), body
     status, body = await post(c.client, "/api/nodes/c/corrupt", {"kind": "bitflip"})
     assert (status, body["error"]) == (409, "second_faulty_instance")  # b's state stays corrupt
     assert "b is faulty already" in body["message"]
