@@ -41,6 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKET_KAFKA_SSL_CERT_FILE", "", "PEM client certificate, for brokers that require one (ssl.client.auth=required)"),
     Setting("DOCKET_KAFKA_SSL_KEY_FILE", "", "PEM private key of the client certificate"),
     Setting("DOCKET_KAFKA_SSL_KEY_PASSWORD", "", "password of an encrypted client key (or DOCKET_KAFKA_SSL_KEY_PASSWORD_FILE)"),
+    Setting("DOCKET_KAFKA_SSL_KEY_PASSWORD_FILE", "", "file holding the client key's password, instead of DOCKET_KAFKA_SSL_KEY_PASSWORD"),
     Setting("DOCKET_KAFKA_CLIENT_ID_PREFIX", "docket", "client.id of every Kafka client is `<prefix>-<component>` (e.g. docket-instance-a, docket-clerk, docket-api, docket-admin), for quotas and broker logs"),
     Setting("DOCKET_KAFKA_REPLICATION_FACTOR", "1", "replication factor of the topics docket creates (`docket topics create`, and the instances' Faust changelog topics); managed clusters usually want 3"),
     Setting("DOCKET_KAFKA_MIN_INSYNC_REPLICAS", "", "min.insync.replicas of the topics docket creates (empty: the broker's default); at most the replication factor"),
