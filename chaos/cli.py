@@ -368,7 +368,12 @@ def chaos(scenario, events, seed, report_path, markdown_path, rate, kills, recov
     try:
         report = asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
+        # its logs may say why a run was stopped (one that seemed stuck), so they are kept,
+        # and named: an interrupted run left its temporary directory unnamed (the
+        # fifteenth fresh-user trial)
         console.print("[red]interrupted: every process the run started has been stopped[/red]")
+        console.print(f"logs and data kept in {workdir}" + (" (remove it when done)" if own_dir else ""),
+                      highlight=False)
         sys.exit(130)
     finally:
         if report is not None and report_path is not None:

@@ -175,3 +175,43 @@ def test_an_activation_in_the_middle_of_a_scenario_keeps_every_invariant(tmp_pat
         assert e["passed"], f"scenario {e['name']} (logs in {e['logs']})"
     assert report["passed"] is True and proc.returncode == 0, output
     print(f"\ndocket chaos --activate inventory/2: {proc.stdout[proc.stdout.rfind('docket chaos, seed'):]}")
+
+
+@pytest.mark.timeout(180)
+def test_an_interrupted_run_stops_everything_and_names_its_kept_directory(tmp_path: Path) -> None:
+    """A SIGTERM stops a run as Ctrl-C does: exit code 130, every process it started gone,
+    and its work directory kept and named (an interrupted run left its temporary
+    directory without a word: the fifteenth fresh-user trial)."""
+    import os
+    import signal
+
+    try:
+        launcher.java_executable()
+    except launcher.MissingTool as exc:
+        pytest.skip(f"docket chaos runs its own broker: {exc}")
+    work = tmp_path / "work"
+    log = tmp_path / "chaos.out"
+    cmd = [sys.executable, "-c", "from app.cli import main; main()", "chaos", "--scenario", "kill-a",
+           "--events", "100000", "--rate", "100", "--workdir", str(work)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                preexec_fn=launcher.set_parent_death_signal if sys.platform == "linux" else None)
+    try:
+        deadline = time.monotonic() + 120
+        while "stack ready" not in log.read_text():  # the broker and the workers run
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)  # poll interval of the condition above
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 130, output[-3000:]
+    assert "interrupted: every process the run started has been stopped" in output
+    assert f"logs and data kept in {work}" in output, output[-3000:]
+    assert (work / "broker").is_dir()
+    # nothing of the run is left running: no process has the work directory in its command line
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True, check=False).stdout.split()
+    assert left == [], left
