@@ -56,6 +56,7 @@ from app.kafka_admin import ISOLATION_LEVEL
 from app.kafka_config import client_kwargs
 from app.records import UnreadableRecord, json_object, unreadable_reason
 from app.settings import Settings
+from app.topics import topic_name_problem
 from launcher.stack import wait_for_topics_cli
 
 log = logging.getLogger("docket.clerk")
@@ -687,6 +688,11 @@ def preflight(settings: Settings, data_dir: Path, wait_s: float = 0.0) -> None:
     ``data_dir`` exists."""
     topics = ([settings.output_topic(i) for i in settings.instances]
               + [settings.results_topic, settings.divergences_topic, settings.entities_topic])
+    # a name Kafka cannot hold: no wait ends it, and `docket topics create` refuses it too
+    # (the Clerk said to run that command: the sixteenth fresh-user trial)
+    too_long = topic_name_problem(topics)
+    if too_long:
+        raise click.ClickException(too_long)
     wait_for_topics_cli(settings, topics, wait_s)
     asyncio.run(check_topics(settings, topics))
     claim_data_dir(data_dir)

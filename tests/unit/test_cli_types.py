@@ -289,6 +289,21 @@ def test_an_option_from_its_environment_variable_names_the_variable(monkeypatch:
     assert result.exit_code == 2 and "Invalid value for '--rate': 'abc' is not" in result.output, result.output
 
 
+def test_a_clerk_whose_topic_names_kafka_cannot_hold_is_refused_before_waiting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """TopicsCreatedExplicitly: a Clerk whose DOCKET_INSTANCES make an output topic name
+    longer than Kafka's 249 characters said the topics did not exist and to run `docket
+    topics create`, which refuses the name (the sixteenth fresh-user trial); it says the
+    name is too long, before any connection (nothing listens at the bootstrap here)."""
+    monkeypatch.setenv("DOCKET_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("DOCKET_TOPIC_PREFIX", "zz")
+    monkeypatch.setenv("DOCKET_INSTANCES", "a," + "y" * 240)
+    result = CliRunner().invoke(cli, ["clerk", "--wait", "60"], prog_name="docket", catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert ("would be 250 characters, more than Kafka's 249: shorten DOCKET_TOPIC_PREFIX or the instance ids in "
+            "DOCKET_INSTANCES") in result.output, result.output
+
+
 def test_an_instance_whose_topic_names_kafka_cannot_hold_is_refused_before_waiting(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """TopicsCreatedExplicitly: `docket instance --id <226 characters>` said its output
