@@ -272,6 +272,21 @@ def _scenarios(value: tuple[str, ...]) -> list[str]:
     return names
 
 
+def usable_workdir(workdir: Path) -> Path:
+    """``--workdir`` resolved, made if missing, and checked by making (and removing) a
+    directory in it, as the run makes its broker's and workers' there. Raises
+    click.BadParameter saying why it cannot be used: a path below a file or in /proc
+    gave a traceback from the broker's start (the sixteenth fresh-user trial)."""
+    workdir = workdir.resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".probe-", dir=workdir)).rmdir()
+    except OSError as exc:
+        raise click.BadParameter(f"{workdir} cannot hold the run's directories: {exc.strerror or exc}",
+                                 param_hint="'--workdir'") from None
+    return workdir
+
+
 @click.command("chaos")
 @click.option("--scenario", "scenario", multiple=True, metavar="NAME|all",
               help=f"scenario(s) to run, comma-separated or repeated: {', '.join(SCENARIOS)}, or all [default: all]")
@@ -344,8 +359,7 @@ def chaos(scenario, events, seed, report_path, markdown_path, rate, kills, recov
                    drain_timeout_s=300 + events / 100 if drain_timeout_s is None else drain_timeout_s,
                    domain=domain, activate=activate)
     own_dir = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="docket-chaos-")) if own_dir else workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="docket-chaos-")) if own_dir else usable_workdir(workdir)
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))  # a log: wide enough for the tables

@@ -5,6 +5,8 @@ connects or starts. No broker: each refusal happens before one would be needed."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -287,6 +289,22 @@ def test_an_option_from_its_environment_variable_names_the_variable(monkeypatch:
     monkeypatch.delenv("DOCKET_CONSOLE_RATE")
     result = CliRunner().invoke(cli, ["console", "--rate", "abc"], prog_name="docket", catch_exceptions=False)
     assert result.exit_code == 2 and "Invalid value for '--rate': 'abc' is not" in result.output, result.output
+
+
+def test_a_chaos_workdir_that_cannot_hold_the_run_is_a_usage_error(tmp_path) -> None:
+    """CommandOptionsCheckedAtParse: `chaos --workdir` below a regular file, or in
+    /proc, started the run and ended in a traceback from the broker's start (the
+    sixteenth fresh-user trial); it is a usage error naming the option and why, and
+    nothing starts."""
+    afile = tmp_path / "f"
+    afile.write_text("")
+    for workdir, why in ((afile / "sub", "Not a directory"), (Path("/proc"), "No such file or directory")):
+        result = CliRunner().invoke(cli, ["chaos", "--workdir", str(workdir)], prog_name="docket",
+                                    catch_exceptions=False)
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '--workdir': {workdir} cannot hold the run's directories: {why}" \
+            in result.output, result.output
+        assert "starting a broker" not in result.output
 
 
 def test_a_clerk_whose_topic_names_kafka_cannot_hold_is_refused_before_waiting(
