@@ -303,14 +303,17 @@ OFFSET_LIMIT = 2**63
 
 def _check_position(value: Any, name: str) -> None:
     """UnreadableRecord unless ``value`` is an input position {partition, offset} Kafka
-    can have: integers, the partition from 0 to 2^31 - 1, the offset from 0 to 2^63 - 1
-    (a report of offset -1 was indexed by the REST API: the fifteenth fresh-user trial)."""
+    can have: integers, the partition from 0 to 2^31 - 1, the offset from 0 to 2^63 - 2
+    (the partition's end offset, one past its last record, is a signed 64-bit integer
+    too). A report of offset -1 was indexed by the REST API (the fifteenth fresh-user
+    trial); one of 2^63 - 1 could name no finished range and was refused as "not an
+    integer from 2^63 to 2^63 - 1" (the sixteenth)."""
     if not (isinstance(value, dict) and _is_int(value.get("partition")) and _is_int(value.get("offset"))):
         raise UnreadableRecord(f"{name} is not an input position {{partition, offset}}")
-    if not (0 <= value["partition"] < PARTITION_LIMIT and 0 <= value["offset"] < OFFSET_LIMIT):
+    if not (0 <= value["partition"] < PARTITION_LIMIT and 0 <= value["offset"] < OFFSET_LIMIT - 1):
         raise UnreadableRecord(f"{name} is partition {_show(value['partition'])} offset {_show(value['offset'])}, "
                                "not a position Kafka can have (a partition from 0 to 2^31 - 1, an offset from "
-                               "0 to 2^63 - 1)")
+                               "0 to 2^63 - 2)")
 
 
 def _check_scope(rec: dict) -> None:
@@ -374,8 +377,12 @@ def check_divergence(rec: dict) -> None:
     if rec.get("stream_time") is not None and not _is_int(rec["stream_time"]):
         raise UnreadableRecord("stream_time is not an integer")
     copies = rec.get("copies")
-    if not (isinstance(copies, list) and all(isinstance(c, dict) for c in copies)):
-        raise UnreadableRecord("copies is not a list of copies (objects)")
+    if not (isinstance(copies, list) and copies and all(
+            isinstance(c, dict) and isinstance(c.get("instance"), str) and isinstance(c.get("digest"), str)
+            for c in copies)):
+        # every report the Clerk writes holds the copy or copies it is about (an empty
+        # list, or an instance 7, was listed as a report: the sixteenth trial)
+        raise UnreadableRecord("copies is not a list of one or more copies {instance, digest, ...}")
 
 
 def entity_record(key: bytes | None, raw: bytes | None) -> tuple[str, dict | None]:

@@ -1408,8 +1408,12 @@ def test_the_api_and_the_listing_refuse_the_same_reports(settings) -> None:
     genuine = orjson.loads(divergence_report("k", 5, 70))
     genuine["clerk"] = {"seq": 5, "decided_below": 0, "finished_ranges": [[70, 71]]}
     assert "unreadable" not in report_entry(orjson.dumps(genuine), 0, 5, 9)
-    cases = [({**genuine, "copies": "x"}, "copies is not a list of copies (objects)"),
-             ({**genuine, "copies": [1]}, "copies is not a list of copies (objects)"),
+    cases = [({**genuine, "copies": "x"}, "copies is not a list of one or more copies {instance, digest, ...}"),
+             ({**genuine, "copies": [1]}, "copies is not a list of one or more copies {instance, digest, ...}"),
+             ({**genuine, "copies": []}, "copies is not a list of one or more copies {instance, digest, ...}"),
+             ({**genuine, "copies": [{"instance": 7, "digest": "d"}]}, "copies is not a list of one or more copies"),
+             ({**genuine, "input": {"partition": 2, "offset": 2**63 - 1},
+               "clerk": {"seq": 1, "decided_below": 0, "finished_ranges": []}}, "an offset from 0 to 2^63 - 2"),
              ({**genuine, "input": {"partition": 5, "offset": -1}}, "input is partition 5 offset -1, not a position"),
              ({**genuine, "input": {"partition": -5, "offset": 70}}, "input is partition -5 offset 70, not a position"),
              ({**genuine, "input": {"partition": 5, "offset": 2**63}}, "not a position Kafka can have")]

@@ -195,8 +195,8 @@ def test_a_clerk_record_is_listed_with_its_request_and_its_diff() -> None:
     assert report_entry(text, 0, 1, 2)["unreadable"] == "nested deeper than 200 levels"
     # a cause or copies no Clerk writes: unreadable too, not a report of cause None and no difference
     original = orjson.loads(raw)
-    for field, value, why in [("copies", "garbage", "copies is not a list of copies (objects)"),
-                              ("copies", [1, 2], "copies is not a list of copies (objects)"),
+    for field, value, why in [("copies", "garbage", "copies is not a list of one or more copies {instance, digest, ...}"),
+                              ("copies", [1, 2], "copies is not a list of one or more copies {instance, digest, ...}"),
                               ("cause", None, "cause is not mismatch, version_mismatch, replay_mismatch or "
                                               "original_diverged"),
                               ("cause", "x" * 500, "cause is not mismatch"),
