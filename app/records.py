@@ -366,8 +366,9 @@ def check_report(rec: dict) -> None:
 def check_divergence(rec: dict) -> None:
     """UnreadableRecord unless a divergence report has the fields its readers use, of
     the type they need: the input position (:func:`_check_position`), the request's
-    scope, its stream time, and ``copies`` a list of objects, as the Clerk always
-    writes it (agents/clerk_core.py divergence_record). DocketClient.on_divergence
+    scope, its stream time, and ``copies`` a list of one or more objects, each naming
+    its ``instance`` and ``digest`` as strings, as the Clerk always writes it
+    (agents/clerk_core.py divergence_record). DocketClient.on_divergence
     asks it of a finishing report, whose copies a GET answers with, and `docket
     divergences` of every report it lists: one check, so the two do not disagree (a
     report with ``"copies": "x"`` was a diverged request to the API and unreadable to
