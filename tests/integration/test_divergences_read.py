@@ -26,7 +26,8 @@ async def test_last_n_lists_the_n_newest_reports_of_transactional_records(docket
             async with producer.transaction():
                 # as the Clerk writes it: its state counts the position finished
                 await producer.send_and_wait(s.divergences_topic, orjson.dumps(
-                    {"input": {"partition": 0, "offset": n}, "cause": "mismatch", "copies": [], "decided": None,
+                    {"input": {"partition": 0, "offset": n}, "cause": "mismatch",
+                     "copies": [{"instance": "a", "digest": "d1"}, {"instance": "b", "digest": "d2"}], "decided": None,
                      "clerk": {"seq": n + 1, "decided_below": n + 1, "finished_ranges": []}}),
                     partition=0)
     finally:
